@@ -1,0 +1,203 @@
+"""One Settings object, read once at start from the environment, `.env` and an optional `exai.toml`."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from exai.observability.errors import ValidationError as ExaiValidationError
+from exai.providers.specs import PROVIDER_SPECS, ProviderSpec
+
+CommaList = Annotated[list[str], NoDecode]
+
+
+def _key(provider: str) -> Any:
+    return Field(default=None, validation_alias=AliasChoices(*PROVIDER_SPECS[provider].key_env))
+
+
+def _env(name: str, default: Any = None) -> Any:
+    return Field(default=default, validation_alias=name)
+
+
+class ProviderConfig:
+    """What the settings say about one provider."""
+
+    def __init__(
+        self, spec: ProviderSpec, api_key: SecretStr | None, base_url: str | None, allowed: list[str], denied: list[str]
+    ) -> None:
+        self.spec = spec
+        self.api_key = api_key.get_secret_value() if api_key else None
+        self.base_url = base_url or spec.default_base_url
+        self.allowed = {m.lower() for m in allowed}
+        self.denied = {m.lower() for m in denied}
+
+    @property
+    def enabled(self) -> bool:
+        if self.spec.key_required:
+            return bool(self.api_key)
+        return bool(self.base_url)
+
+    def allows(self, *names: str) -> bool:
+        lowered = {n.lower() for n in names}
+        if lowered & self.denied:
+            return False
+        return not self.allowed or bool(lowered & self.allowed)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="EXAI_",
+        env_file=".env",
+        extra="ignore",
+        populate_by_name=True,
+        toml_file=os.environ.get("EXAI_CONFIG_FILE", "exai.toml"),
+    )
+
+    # Serving
+    host: str = "127.0.0.1"
+    port: int = Field(default=8765, ge=1, le=65535)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_json: bool = False
+    shutdown_grace_seconds: float = Field(default=20.0, gt=0)
+    allowed_hosts: CommaList = Field(default_factory=list)
+    disabled_tools: CommaList = Field(default_factory=list)
+    max_prompt_chars: int = Field(default=100_000, gt=0)
+
+    # Routing and resilience
+    default_model: str = "auto"
+    fallback_chain: CommaList = Field(default_factory=list)
+    call_deadline_seconds: float = Field(default=120.0, gt=0)
+    max_retries: int = Field(default=2, ge=0, le=10)
+    retry_base_delay: float = Field(default=0.5, ge=0)
+    retry_max_delay: float = Field(default=8.0, ge=0)
+    breaker_failure_threshold: int = Field(default=5, ge=1)
+    breaker_cooldown_seconds: float = Field(default=30.0, gt=0)
+    provider_concurrency: int = Field(default=16, ge=1)
+    models_file: Path | None = None
+
+    # Providers
+    kimi_api_key: SecretStr | None = _key("kimi")
+    kimi_base_url: str | None = _env("KIMI_BASE_URL")
+    kimi_allowed_models: CommaList = _env("KIMI_ALLOWED_MODELS", [])
+    kimi_denied_models: CommaList = _env("KIMI_DENIED_MODELS", [])
+    glm_api_key: SecretStr | None = _key("glm")
+    glm_base_url: str | None = _env("GLM_BASE_URL")
+    glm_allowed_models: CommaList = _env("GLM_ALLOWED_MODELS", [])
+    glm_denied_models: CommaList = _env("GLM_DENIED_MODELS", [])
+    openai_api_key: SecretStr | None = _key("openai")
+    openai_base_url: str | None = _env("OPENAI_BASE_URL")
+    openai_allowed_models: CommaList = _env("OPENAI_ALLOWED_MODELS", [])
+    openai_denied_models: CommaList = _env("OPENAI_DENIED_MODELS", [])
+    anthropic_api_key: SecretStr | None = _key("anthropic")
+    anthropic_base_url: str | None = _env("ANTHROPIC_BASE_URL")
+    anthropic_allowed_models: CommaList = _env("ANTHROPIC_ALLOWED_MODELS", [])
+    anthropic_denied_models: CommaList = _env("ANTHROPIC_DENIED_MODELS", [])
+    openrouter_api_key: SecretStr | None = _key("openrouter")
+    openrouter_base_url: str | None = _env("OPENROUTER_BASE_URL")
+    openrouter_allowed_models: CommaList = _env("OPENROUTER_ALLOWED_MODELS", [])
+    openrouter_denied_models: CommaList = _env("OPENROUTER_DENIED_MODELS", [])
+    custom_api_key: SecretStr | None = _key("custom")
+    custom_base_url: str | None = Field(
+        default=None, validation_alias=AliasChoices("CUSTOM_API_URL", "CUSTOM_BASE_URL")
+    )
+    custom_allowed_models: CommaList = _env("CUSTOM_ALLOWED_MODELS", [])
+    custom_denied_models: CommaList = _env("CUSTOM_DENIED_MODELS", [])
+    custom_models: CommaList = _env("CUSTOM_MODELS", [])
+
+    @field_validator(
+        "allowed_hosts",
+        "disabled_tools",
+        "fallback_chain",
+        "kimi_allowed_models",
+        "kimi_denied_models",
+        "glm_allowed_models",
+        "glm_denied_models",
+        "openai_allowed_models",
+        "openai_denied_models",
+        "anthropic_allowed_models",
+        "anthropic_denied_models",
+        "openrouter_allowed_models",
+        "openrouter_denied_models",
+        "custom_allowed_models",
+        "custom_denied_models",
+        "custom_models",
+        mode="before",
+    )
+    @classmethod
+    def _split_commas(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator(
+        "kimi_base_url",
+        "glm_base_url",
+        "openai_base_url",
+        "anthropic_base_url",
+        "openrouter_base_url",
+        "custom_base_url",
+    )
+    @classmethod
+    def _check_url(cls, value: str | None) -> str | None:
+        if value and not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return value.rstrip("/") if value else value
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, dotenv_settings, TomlConfigSettingsSource(settings_cls))
+
+    def provider(self, name: str) -> ProviderConfig:
+        return ProviderConfig(
+            PROVIDER_SPECS[name],
+            getattr(self, f"{name}_api_key"),
+            getattr(self, f"{name}_base_url"),
+            getattr(self, f"{name}_allowed_models"),
+            getattr(self, f"{name}_denied_models"),
+        )
+
+    def providers(self) -> dict[str, ProviderConfig]:
+        return {name: self.provider(name) for name in PROVIDER_SPECS}
+
+
+def _env_name(field: str) -> str:
+    info = Settings.model_fields.get(field)
+    alias = info.validation_alias if info else None
+    if isinstance(alias, str):
+        return alias
+    if isinstance(alias, AliasChoices):
+        return " or ".join(str(choice) for choice in alias.choices)
+    return f"EXAI_{field.upper()}"
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Read and validate the settings once; errors name the variable and say how to fix it."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            field = str(err["loc"][0]) if err["loc"] else "?"
+            problems.append(f"{_env_name(field)}: {err['msg']}")
+        raise ExaiValidationError(
+            "Invalid configuration: " + "; ".join(problems) + ".",
+            code="config_invalid",
+            remedy="Correct these variables in the environment, .env or exai.toml and start again.",
+        ) from exc

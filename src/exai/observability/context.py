@@ -1,0 +1,28 @@
+"""The correlation id of the request being served, carried in a context variable."""
+
+from __future__ import annotations
+
+import uuid
+from contextvars import ContextVar
+
+import structlog
+
+_correlation_id: ContextVar[str | None] = ContextVar("exai_correlation_id", default=None)
+
+
+def new_correlation_id() -> str:
+    return uuid.uuid4().hex[:16]
+
+
+def current_correlation_id() -> str:
+    """The id of the current request; a fresh one when called outside any request."""
+    value = _correlation_id.get()
+    return value if value is not None else new_correlation_id()
+
+
+def bind_correlation_id(value: str | None) -> str:
+    """Make `value` (or a new id) the current correlation id, also for every log line."""
+    cid = value or new_correlation_id()
+    _correlation_id.set(cid)
+    structlog.contextvars.bind_contextvars(correlation_id=cid)
+    return cid

@@ -1,0 +1,142 @@
+"""The model catalogue: capabilities, limits, prices and vendor quirks of every known model."""
+
+from __future__ import annotations
+
+import difflib
+import tomllib
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, PositiveInt, ValidationError
+
+from exai.observability.errors import ValidationError as ExaiValidationError
+from exai.providers.specs import PROVIDER_SPECS
+
+
+class TemperatureRule(BaseModel):
+    kind: Literal["range", "fixed", "none"] = "range"
+    min: float = 0.0
+    max: float = 1.0
+    value: float | None = None
+
+
+class ModelInfo(BaseModel):
+    name: str
+    provider: str
+    aliases: list[str] = Field(default_factory=list)
+    context_window: PositiveInt
+    max_output_tokens: PositiveInt
+    images: bool = False
+    thinking: bool = False
+    tools: bool = True
+    streaming: bool = True
+    json_mode: bool = True
+    temperature: TemperatureRule = Field(default_factory=TemperatureRule)
+    intelligence: int = Field(default=10, ge=0, le=20)
+    price_in: float = Field(default=0.0, ge=0)
+    price_out: float = Field(default=0.0, ge=0)
+    reasoning_field: str | None = None
+    max_tokens_param: Literal["max_tokens", "max_completion_tokens"] = "max_tokens"
+    thinking_style: Literal["none", "native", "glm", "openai_effort", "anthropic_budget"] = "none"
+
+    def cost(self, input_tokens: int, output_tokens: int) -> float:
+        return (input_tokens * self.price_in + output_tokens * self.price_out) / 1_000_000
+
+    def capabilities(self) -> dict[str, Any]:
+        return {
+            "context_window": self.context_window,
+            "max_output_tokens": self.max_output_tokens,
+            "images": self.images,
+            "thinking": self.thinking,
+            "tools": self.tools,
+            "streaming": self.streaming,
+            "json_mode": self.json_mode,
+            "temperature": self.temperature.model_dump(exclude_none=True),
+            "intelligence": self.intelligence,
+            "price_in_per_mtok": self.price_in,
+            "price_out_per_mtok": self.price_out,
+        }
+
+
+def _parse(data: dict[str, Any], source: str) -> dict[str, ModelInfo]:
+    defaults = data.get("defaults", {})
+    models: dict[str, ModelInfo] = {}
+    for name, raw in data.get("models", {}).items():
+        try:
+            info = ModelInfo.model_validate({**defaults, **raw, "name": name})
+        except ValidationError as exc:
+            problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+            raise ExaiValidationError(
+                f"Model '{name}' in {source} is invalid: {problems}.",
+                code="catalogue_invalid",
+                remedy=f"Correct the model entry in {source}.",
+            ) from exc
+        if info.provider not in PROVIDER_SPECS:
+            raise ExaiValidationError(
+                f"Model '{name}' in {source} names unknown provider '{info.provider}'.",
+                code="catalogue_invalid",
+                remedy=f"Use one of: {', '.join(PROVIDER_SPECS)}.",
+            )
+        models[name] = info
+    return models
+
+
+class Catalogue:
+    """All known models, looked up by name or alias (case-insensitive)."""
+
+    def __init__(self, models: dict[str, ModelInfo]) -> None:
+        self.models = models
+        self._index: dict[str, ModelInfo] = {}
+        for info in models.values():
+            for key in (info.name, *info.aliases):
+                self._index.setdefault(key.lower(), info)
+
+    @classmethod
+    def load(cls, user_file: Path | None = None, custom_models: list[str] | None = None) -> Catalogue:
+        text = resources.files("exai.providers").joinpath("catalogue.toml").read_text(encoding="utf-8")
+        data = tomllib.loads(text)
+        models = _parse(data, "the built-in catalogue")
+        if user_file is not None:
+            try:
+                user_data = tomllib.loads(user_file.read_text(encoding="utf-8"))
+            except (OSError, tomllib.TOMLDecodeError) as exc:
+                raise ExaiValidationError(
+                    f"Cannot read the models file {user_file}: {exc}.",
+                    code="catalogue_invalid",
+                    remedy="Fix EXAI_MODELS_FILE or the TOML in that file.",
+                ) from exc
+            merged_defaults = {**data.get("defaults", {}), **user_data.get("defaults", {})}
+            models.update(_parse({"defaults": merged_defaults, "models": user_data.get("models", {})}, str(user_file)))
+        for entry in custom_models or []:
+            info = custom_model(entry)
+            models.setdefault(info.name, info)
+        return cls(models)
+
+    def get(self, name: str) -> ModelInfo | None:
+        return self._index.get(name.lower())
+
+    def suggestions(self, name: str, among: list[str] | None = None) -> list[str]:
+        names = among if among is not None else list(self._index)
+        return difflib.get_close_matches(name.lower(), names, n=3, cutoff=0.5)
+
+
+def custom_model(entry: str) -> ModelInfo:
+    """A model of the Custom provider from `name` or `name:context_window`."""
+    name, _, window = entry.strip().partition(":")
+    try:
+        context = int(window) if window else 32768
+    except ValueError as exc:
+        raise ExaiValidationError(
+            f"CUSTOM_MODELS entry '{entry}' has a context window that is not a number.",
+            code="config_invalid",
+            remedy="Write entries as name or name:context_window, e.g. llama3.2:131072.",
+        ) from exc
+    return ModelInfo(
+        name=name,
+        provider="custom",
+        context_window=context,
+        max_output_tokens=min(8192, context),
+        intelligence=10,
+        temperature=TemperatureRule(kind="range", min=0.0, max=2.0),
+    )

@@ -1,0 +1,83 @@
+"""Where the catalogue's vendor quirk flags turn into request parameters: the one place they apply."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from exai.providers.catalogue import ModelInfo
+from exai.providers.types import GenerateRequest, ThinkingMode
+
+_EFFORT: dict[ThinkingMode, str] = {
+    "off": "minimal",
+    "minimal": "minimal",
+    "low": "low",
+    "medium": "medium",
+    "high": "high",
+    "max": "high",
+}
+_BUDGET: dict[ThinkingMode, int] = {"minimal": 1024, "low": 2048, "medium": 8192, "high": 16384, "max": 32000}
+DEFAULT_MAX_OUTPUT = 8192
+
+
+def temperature_for(model: ModelInfo, requested: float | None) -> float | None:
+    """The temperature to send: clamped into the model's range, its fixed value, or none at all."""
+    rule = model.temperature
+    if rule.kind == "none":
+        return None
+    if rule.kind == "fixed":
+        return rule.value
+    if requested is None:
+        return None
+    return min(max(requested, rule.min), rule.max)
+
+
+def max_output_for(model: ModelInfo, requested: int | None) -> int:
+    return min(requested or min(DEFAULT_MAX_OUTPUT, model.max_output_tokens), model.max_output_tokens)
+
+
+def openai_params(request: GenerateRequest, model: ModelInfo) -> dict[str, Any]:
+    """Keyword arguments for `chat.completions.create`, message list excluded."""
+    params: dict[str, Any] = {model.max_tokens_param: max_output_for(model, request.max_output_tokens)}
+    extra_body: dict[str, Any] = {}
+    temperature = temperature_for(model, request.temperature)
+    if temperature is not None:
+        params["temperature"] = temperature
+    if request.json_mode and model.json_mode:
+        params["response_format"] = {"type": "json_object"}
+    if model.thinking_style == "openai_effort":
+        params["reasoning_effort"] = _EFFORT[request.thinking]
+    elif model.thinking_style == "glm":
+        extra_body["thinking"] = {"type": "disabled" if request.thinking == "off" else "enabled"}
+    if extra_body:
+        params["extra_body"] = extra_body
+    return params
+
+
+def anthropic_params(request: GenerateRequest, model: ModelInfo) -> dict[str, Any]:
+    """Keyword arguments for `messages.create`, message list excluded."""
+    max_tokens = max_output_for(model, request.max_output_tokens)
+    params: dict[str, Any] = {"max_tokens": max_tokens}
+    if request.system:
+        params["system"] = request.system
+    thinking_on = model.thinking_style == "anthropic_budget" and request.thinking != "off"
+    if thinking_on:
+        budget = min(_BUDGET[request.thinking], max(1024, max_tokens - 1024))
+        params["thinking"] = {"type": "enabled", "budget_tokens": budget}
+    else:
+        # Anthropic requires the default temperature while extended thinking is on. The SDK no longer
+        # names the parameter, so it travels in the body for the models that still accept it.
+        temperature = temperature_for(model, request.temperature)
+        if temperature is not None:
+            params["extra_body"] = {"temperature": temperature}
+    return params
+
+
+def reasoning_from(model: ModelInfo, payload: Any) -> str | None:
+    """The reasoning text a vendor returns beside the answer (Kimi and GLM: `reasoning_content`)."""
+    if not model.reasoning_field or payload is None:
+        return None
+    value = getattr(payload, model.reasoning_field, None)
+    if value is None:
+        extra = getattr(payload, "model_extra", None) or {}
+        value = extra.get(model.reasoning_field)
+    return value if isinstance(value, str) and value else None

@@ -1,0 +1,64 @@
+"""Standard request, response and capability types shared by every provider."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+Role = Literal["user", "assistant"]
+ThinkingMode = Literal["off", "minimal", "low", "medium", "high", "max"]
+
+
+class ImageInput(BaseModel):
+    """An image as a data URL or an http(s) URL."""
+
+    url: str
+
+
+class Message(BaseModel):
+    role: Role
+    content: str
+    images: list[ImageInput] = Field(default_factory=list)
+
+
+class GenerateRequest(BaseModel):
+    model: str
+    messages: list[Message]
+    system: str | None = None
+    temperature: float | None = None
+    max_output_tokens: int | None = None
+    thinking: ThinkingMode = "off"
+    json_mode: bool = False
+
+
+class Usage(BaseModel):
+    input_tokens: int = 0
+    output_tokens: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        return self.input_tokens + self.output_tokens
+
+
+class GenerateResponse(BaseModel):
+    text: str
+    reasoning: str | None = None
+    usage: Usage = Field(default_factory=Usage)
+    finish_reason: str | None = None
+    model: str
+    provider: str
+    upstream_latency_ms: float = 0.0
+
+
+class StreamChunk(BaseModel):
+    """One piece of a streamed answer; the last chunk carries usage and finish reason."""
+
+    text: str = ""
+    reasoning: str = ""
+    usage: Usage | None = None
+    finish_reason: str | None = None
+
+
+DeltaCallback = Callable[[StreamChunk], Awaitable[None]]

@@ -1,0 +1,469 @@
+"""The upstream simulator: an OpenAI- and Anthropic-compatible model API with latency and fault injection.
+
+Every reply is derived from the request, so a test can prove that the prompt, the system prompt and the
+history arrived intact (`reply_digest`). A control API under `/_sim/` sets latency and faults at run time
+and reports counters and the recent requests (with their headers), so tests can assert what really
+happened on the wire.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import random
+import time
+from collections import Counter, deque
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
+
+FaultKind = Literal[
+    "429", "500", "503", "401", "hang", "reset", "malformed", "truncate", "context_length", "content_filter"
+]
+DEFAULT_MODELS = ["sim-fast", "sim-smart", "sim-large"]
+
+
+class FaultRule(BaseModel):
+    model: str = "*"
+    kind: FaultKind
+    rate: float = Field(default=1.0, ge=0.0, le=1.0)
+    count: int | None = Field(default=None, ge=1, description="fire this many times, then stop")
+    retry_after: float | None = Field(default=None, ge=0)
+    hang_seconds: float = Field(default=600.0, gt=0)
+
+
+class LatencyRule(BaseModel):
+    model: str = "*"
+    ms: float = Field(default=0.0, ge=0)
+    jitter_ms: float = Field(default=0.0, ge=0)
+
+
+def reply_digest(system: str | None, messages: list[tuple[str, str]]) -> str:
+    """The digest the simulator puts in its reply: proves system prompt and history arrived unchanged."""
+    canonical = json.dumps({"system": system or "", "messages": [list(m) for m in messages]}, sort_keys=True)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def _text_of(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(part.get("text", "") for part in content if isinstance(part, dict))
+    return ""
+
+
+def _count_images(messages: list[dict[str, Any]]) -> int:
+    return sum(
+        1
+        for m in messages
+        if isinstance(m.get("content"), list)
+        for part in m["content"]
+        if isinstance(part, dict) and part.get("type") in ("image_url", "image")
+    )
+
+
+@dataclass
+class _Parsed:
+    model: str
+    system: str | None
+    messages: list[tuple[str, str]]
+    images: int
+    stream: bool
+    thinking: bool
+
+    def reply(self) -> str:
+        last = next((c for r, c in reversed(self.messages) if r == "user"), "")
+        system = (self.system or "")[:120]
+        return (
+            f"SIM {self.model} | turns: {len(self.messages)} | images: {self.images} | "
+            f"digest: {reply_digest(self.system, self.messages)} | system: {system} | echo: {last[:500]}"
+        )
+
+    def prompt_tokens(self) -> int:
+        return max(1, sum(len(c.split()) for _, c in self.messages) + len((self.system or "").split()))
+
+
+@dataclass
+class SimState:
+    faults: list[FaultRule] = field(default_factory=list)
+    latency: list[LatencyRule] = field(default_factory=list)
+    models: list[str] = field(default_factory=lambda: list(DEFAULT_MODELS))
+    api_key: str | None = None
+    counters: Counter[str] = field(default_factory=Counter)
+    recent: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=500))
+    in_flight: int = 0
+    max_in_flight: int = 0
+    rng: random.Random = field(default_factory=lambda: random.Random(7))
+
+    def pick_fault(self, model: str) -> FaultRule | None:
+        for rule in self.faults:
+            if rule.model not in ("*", model):
+                continue
+            if rule.count is not None and rule.count <= 0:
+                continue
+            if self.rng.random() >= rule.rate:
+                continue
+            if rule.count is not None:
+                rule.count -= 1
+            return rule
+        return None
+
+    def delay_for(self, model: str) -> float:
+        for rule in self.latency:
+            if rule.model in ("*", model):
+                jitter = self.rng.uniform(-rule.jitter_ms, rule.jitter_ms) if rule.jitter_ms else 0.0
+                return max(0.0, rule.ms + jitter) / 1000
+        return 0.0
+
+
+class _ResetResponse(Response):
+    """Starts a response, then drops the connection: the client sees it cut off."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", b"4096")],
+            }
+        )
+        await send({"type": "http.response.body", "body": b'{"id": "', "more_body": True})
+        raise ConnectionResetError("simulated connection reset")
+
+
+class Simulator:
+    def __init__(self, state: SimState | None = None) -> None:
+        self.state = state or SimState()
+        self.app = Starlette(
+            routes=[
+                Route("/v1/chat/completions", self.chat_completions, methods=["POST"]),
+                Route("/v1/messages", self.messages, methods=["POST"]),
+                Route("/v1/models", self.list_models, methods=["GET"]),
+                Route("/_sim/faults", self.set_fault, methods=["POST"]),
+                Route("/_sim/faults", self.clear_faults, methods=["DELETE"]),
+                Route("/_sim/latency", self.set_latency, methods=["POST"]),
+                Route("/_sim/stats", self.stats, methods=["GET"]),
+                Route("/_sim/requests", self.requests, methods=["GET"]),
+                Route("/_sim/reset", self.reset, methods=["POST"]),
+                Route("/healthz", lambda _: JSONResponse({"ok": True}), methods=["GET"]),
+            ]
+        )
+
+    # ----- control API --------------------------------------------------------------------------
+    async def set_fault(self, request: Request) -> Response:
+        rule = FaultRule.model_validate(await request.json())
+        self.state.faults.append(rule)
+        return JSONResponse(rule.model_dump())
+
+    async def clear_faults(self, request: Request) -> Response:
+        self.state.faults.clear()
+        return JSONResponse({"faults": 0})
+
+    async def set_latency(self, request: Request) -> Response:
+        rule = LatencyRule.model_validate(await request.json())
+        self.state.latency = [r for r in self.state.latency if r.model != rule.model]
+        self.state.latency.insert(0 if rule.model != "*" else len(self.state.latency), rule)
+        return JSONResponse(rule.model_dump())
+
+    async def stats(self, request: Request) -> Response:
+        return JSONResponse(
+            {
+                "counters": dict(self.state.counters),
+                "in_flight": self.state.in_flight,
+                "max_in_flight": self.state.max_in_flight,
+            }
+        )
+
+    async def requests(self, request: Request) -> Response:
+        limit = int(request.query_params.get("limit", "50"))
+        return JSONResponse(list(self.state.recent)[-limit:])
+
+    async def reset(self, request: Request) -> Response:
+        fresh = SimState(api_key=self.state.api_key, models=self.state.models)
+        self.state.__dict__.update(fresh.__dict__)
+        return JSONResponse({"reset": True})
+
+    # ----- model API ----------------------------------------------------------------------------
+    async def list_models(self, request: Request) -> Response:
+        if "anthropic-version" in request.headers:
+            data = [
+                {"id": m, "type": "model", "display_name": m, "created_at": "2025-01-01T00:00:00Z"}
+                for m in self.state.models
+            ]
+            return JSONResponse(
+                {
+                    "data": data,
+                    "has_more": False,
+                    "first_id": data[0]["id"] if data else None,
+                    "last_id": data[-1]["id"] if data else None,
+                }
+            )
+        return JSONResponse(
+            {
+                "object": "list",
+                "data": [{"id": m, "object": "model", "created": 0, "owned_by": "exai-sim"} for m in self.state.models],
+            }
+        )
+
+    async def chat_completions(self, request: Request) -> Response:
+        body = await request.json()
+        messages = body.get("messages", [])
+        system = "\n".join(_text_of(m["content"]) for m in messages if m.get("role") == "system") or None
+        parsed = _Parsed(
+            model=body.get("model", ""),
+            system=system,
+            messages=[(m["role"], _text_of(m.get("content"))) for m in messages if m.get("role") != "system"],
+            images=_count_images(messages),
+            stream=bool(body.get("stream")),
+            thinking="thinking" in body.get("model", "") or (body.get("thinking") or {}).get("type") == "enabled",
+        )
+        return await self._serve(request, "openai", body, parsed)
+
+    async def messages(self, request: Request) -> Response:
+        body = await request.json()
+        messages = body.get("messages", [])
+        system = body.get("system")
+        parsed = _Parsed(
+            model=body.get("model", ""),
+            system=_text_of(system) if system is not None else None,
+            messages=[(m["role"], _text_of(m.get("content"))) for m in messages],
+            images=_count_images(messages),
+            stream=bool(body.get("stream")),
+            thinking=(body.get("thinking") or {}).get("type") == "enabled",
+        )
+        return await self._serve(request, "anthropic", body, parsed)
+
+    # ----- shared serving path ------------------------------------------------------------------
+    async def _serve(self, request: Request, wire: str, body: dict[str, Any], parsed: _Parsed) -> Response:
+        state = self.state
+        state.counters["requests"] += 1
+        state.counters[f"requests:{parsed.model}"] += 1
+        headers = {k: v for k, v in request.headers.items() if k not in ("authorization", "x-api-key")}
+        state.recent.append(
+            {"wire": wire, "model": parsed.model, "headers": headers, "body": body, "time": time.time()}
+        )
+        if state.api_key is not None:
+            sent = request.headers.get("x-api-key") or request.headers.get("authorization", "").removeprefix("Bearer ")
+            if sent != state.api_key:
+                return self._error(wire, 401, "invalid api key", "authentication_error")
+        fault = state.pick_fault(parsed.model)
+        state.in_flight += 1
+        state.max_in_flight = max(state.max_in_flight, state.in_flight)
+        try:
+            if fault is not None:
+                state.counters[f"fault:{fault.kind}"] += 1
+                state.counters[f"fault:{fault.kind}:{parsed.model}"] += 1
+                if fault.kind == "hang":
+                    await self._sleep_unless_gone(request, fault.hang_seconds)
+                    return self._error(wire, 504, "simulated hang ended", "timeout_error")
+                if fault.kind != "truncate" or not parsed.stream:
+                    return self._fault_response(wire, fault)
+            if not await self._sleep_unless_gone(request, state.delay_for(parsed.model)):
+                return Response(status_code=499)
+            state.counters["completed"] += 1
+            if parsed.stream:
+                gen = _openai_stream if wire == "openai" else _anthropic_stream
+                return StreamingResponse(gen(parsed, truncate=fault is not None), media_type="text/event-stream")
+            return JSONResponse(_openai_body(parsed) if wire == "openai" else _anthropic_body(parsed))
+        finally:
+            state.in_flight -= 1
+
+    async def _sleep_unless_gone(self, request: Request, seconds: float) -> bool:
+        """Sleep, but stop early (and count it) if the client hangs up. True if the client is still there."""
+        if seconds <= 0:
+            return True
+        sleeper = asyncio.ensure_future(asyncio.sleep(seconds))
+        watcher = asyncio.ensure_future(request.receive())
+        done, _ = await asyncio.wait({sleeper, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        for task in (sleeper, watcher):
+            task.cancel()
+        if watcher in done and not watcher.cancelled() and watcher.result().get("type") == "http.disconnect":
+            self.state.counters["disconnects"] += 1
+            return False
+        return True
+
+    def _fault_response(self, wire: str, fault: FaultRule) -> Response:
+        kind = fault.kind
+        if kind == "429":
+            response = self._error(wire, 429, "rate limit reached, slow down", "rate_limit_error")
+            if fault.retry_after is not None:
+                response.headers["retry-after"] = str(fault.retry_after)
+            return response
+        if kind in ("500", "503"):
+            return self._error(wire, int(kind), "simulated upstream failure", "api_error")
+        if kind == "401":
+            return self._error(wire, 401, "invalid api key", "authentication_error")
+        if kind == "context_length":
+            return self._error(
+                wire,
+                400,
+                "This model's maximum context length is exceeded (context_length_exceeded)",
+                "invalid_request_error",
+                code="context_length_exceeded",
+            )
+        if kind == "content_filter":
+            return self._error(
+                wire,
+                400,
+                "The request was rejected by the content filter (sensitive content)",
+                "invalid_request_error",
+                code="content_filter",
+            )
+        if kind == "malformed":
+            return Response(b'{"id": "x", "choices": [ {not json', media_type="application/json")
+        return _ResetResponse()
+
+    @staticmethod
+    def _error(wire: str, status: int, message: str, kind: str, code: str | None = None) -> Response:
+        if wire == "anthropic":
+            return JSONResponse({"type": "error", "error": {"type": kind, "message": message}}, status_code=status)
+        return JSONResponse({"error": {"message": message, "type": kind, "code": code}}, status_code=status)
+
+
+def _words(text: str) -> list[str]:
+    parts = text.split(" ")
+    return [p + (" " if i < len(parts) - 1 else "") for i, p in enumerate(parts)]
+
+
+def _openai_body(p: _Parsed) -> dict[str, Any]:
+    text = p.reply()
+    message: dict[str, Any] = {"role": "assistant", "content": text}
+    if p.thinking:
+        message["reasoning_content"] = f"reasoning about {p.model}"
+    return {
+        "id": "chatcmpl-sim",
+        "object": "chat.completion",
+        "created": 0,
+        "model": p.model,
+        "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
+        "usage": {
+            "prompt_tokens": p.prompt_tokens(),
+            "completion_tokens": len(text.split()),
+            "total_tokens": p.prompt_tokens() + len(text.split()),
+        },
+    }
+
+
+def _anthropic_body(p: _Parsed) -> dict[str, Any]:
+    text = p.reply()
+    content: list[dict[str, Any]] = []
+    if p.thinking:
+        content.append({"type": "thinking", "thinking": f"reasoning about {p.model}", "signature": "sim"})
+    content.append({"type": "text", "text": text})
+    return {
+        "id": "msg_sim",
+        "type": "message",
+        "role": "assistant",
+        "model": p.model,
+        "content": content,
+        "stop_reason": "end_turn",
+        "stop_sequence": None,
+        "usage": {"input_tokens": p.prompt_tokens(), "output_tokens": len(text.split())},
+    }
+
+
+def _sse(data: dict[str, Any], event: str | None = None) -> str:
+    prefix = f"event: {event}\n" if event else ""
+    return f"{prefix}data: {json.dumps(data)}\n\n"
+
+
+async def _openai_stream(p: _Parsed, truncate: bool) -> AsyncIterator[str]:
+    words = _words(p.reply())
+    base = {"id": "chatcmpl-sim", "object": "chat.completion.chunk", "created": 0, "model": p.model}
+    if p.thinking:
+        yield _sse(
+            {
+                **base,
+                "choices": [
+                    {"index": 0, "delta": {"reasoning_content": f"reasoning about {p.model}"}, "finish_reason": None}
+                ],
+            }
+        )
+    for i, word in enumerate(words):
+        if truncate and i == len(words) // 2:
+            raise ConnectionResetError("simulated truncated stream")
+        yield _sse({**base, "choices": [{"index": 0, "delta": {"content": word}, "finish_reason": None}]})
+        await asyncio.sleep(0)
+    yield _sse({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+    yield _sse(
+        {
+            **base,
+            "choices": [],
+            "usage": {
+                "prompt_tokens": p.prompt_tokens(),
+                "completion_tokens": len(words),
+                "total_tokens": p.prompt_tokens() + len(words),
+            },
+        }
+    )
+    yield "data: [DONE]\n\n"
+
+
+async def _anthropic_stream(p: _Parsed, truncate: bool) -> AsyncIterator[str]:
+    words = _words(p.reply())
+    yield _sse(
+        {
+            "type": "message_start",
+            "message": {
+                "id": "msg_sim",
+                "type": "message",
+                "role": "assistant",
+                "model": p.model,
+                "content": [],
+                "stop_reason": None,
+                "stop_sequence": None,
+                "usage": {"input_tokens": p.prompt_tokens(), "output_tokens": 0},
+            },
+        },
+        "message_start",
+    )
+    index = 0
+    if p.thinking:
+        yield _sse(
+            {
+                "type": "content_block_start",
+                "index": 0,
+                "content_block": {"type": "thinking", "thinking": "", "signature": ""},
+            },
+            "content_block_start",
+        )
+        yield _sse(
+            {
+                "type": "content_block_delta",
+                "index": 0,
+                "delta": {"type": "thinking_delta", "thinking": f"reasoning about {p.model}"},
+            },
+            "content_block_delta",
+        )
+        yield _sse({"type": "content_block_stop", "index": 0}, "content_block_stop")
+        index = 1
+    yield _sse(
+        {"type": "content_block_start", "index": index, "content_block": {"type": "text", "text": ""}},
+        "content_block_start",
+    )
+    for i, word in enumerate(words):
+        if truncate and i == len(words) // 2:
+            raise ConnectionResetError("simulated truncated stream")
+        yield _sse(
+            {"type": "content_block_delta", "index": index, "delta": {"type": "text_delta", "text": word}},
+            "content_block_delta",
+        )
+        await asyncio.sleep(0)
+    yield _sse({"type": "content_block_stop", "index": index}, "content_block_stop")
+    yield _sse(
+        {
+            "type": "message_delta",
+            "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+            "usage": {"output_tokens": len(words)},
+        },
+        "message_delta",
+    )
+    yield _sse({"type": "message_stop"}, "message_stop")
