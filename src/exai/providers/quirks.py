@@ -55,14 +55,16 @@ def openai_params(request: GenerateRequest, model: ModelInfo) -> dict[str, Any]:
 
 def anthropic_params(request: GenerateRequest, model: ModelInfo) -> dict[str, Any]:
     """Keyword arguments for `messages.create`, message list excluded."""
-    max_tokens = max_output_for(model, request.max_output_tokens)
+    thinking_on = model.thinking_style == "anthropic_budget" and request.thinking != "off"
+    budget = _BUDGET.get(request.thinking, 0) if thinking_on else 0
+    # The thinking budget counts against max_tokens, so room for the answer is added on top of it.
+    wanted = request.max_output_tokens or (budget + min(DEFAULT_MAX_OUTPUT, model.max_output_tokens))
+    max_tokens = min(wanted, model.max_output_tokens)
     params: dict[str, Any] = {"max_tokens": max_tokens}
     if request.system:
         params["system"] = request.system
-    thinking_on = model.thinking_style == "anthropic_budget" and request.thinking != "off"
-    if thinking_on:
-        budget = min(_BUDGET[request.thinking], max(1024, max_tokens - 1024))
-        params["thinking"] = {"type": "enabled", "budget_tokens": budget}
+    if thinking_on and max_tokens > 2048:
+        params["thinking"] = {"type": "enabled", "budget_tokens": min(budget, max_tokens - 1024)}
     else:
         # Anthropic requires the default temperature while extended thinking is on. The SDK no longer
         # names the parameter, so it travels in the body for the models that still accept it.

@@ -1,0 +1,3 @@
+from exai.cli import app
+
+app()

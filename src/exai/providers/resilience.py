@@ -1,0 +1,148 @@
+"""Circuit breakers, retry delays, and the mapping of upstream failures to the error taxonomy."""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Literal
+
+from exai.observability.errors import DeadlineError, ExaiError, NetworkError, ProviderError
+from exai.providers.base import FailureKind, UpstreamError
+
+BreakerState = Literal["closed", "open", "half_open"]
+
+BREAKER_KINDS: frozenset[FailureKind] = frozenset({"server", "timeout", "connection", "rate_limit", "auth"})
+"""Failures that say something about the upstream's health (not about the request)."""
+
+
+@dataclass
+class CircuitBreaker:
+    """Opens after `threshold` consecutive failures; lets one probe through after `cooldown` seconds."""
+
+    threshold: int
+    cooldown: float
+    clock: Callable[[], float] = time.monotonic
+    failures: int = 0
+    opened_at: float | None = None
+    probing: bool = False
+    last_failure: str | None = None
+    times_opened: int = field(default=0)
+
+    @property
+    def state(self) -> BreakerState:
+        if self.opened_at is None:
+            return "closed"
+        if self.clock() - self.opened_at >= self.cooldown:
+            return "half_open"
+        return "open"
+
+    def retry_in(self) -> float:
+        if self.opened_at is None:
+            return 0.0
+        return max(0.0, self.cooldown - (self.clock() - self.opened_at))
+
+    def allow(self) -> bool:
+        """May a call go through now? In half-open state only one probe at a time does."""
+        state = self.state
+        if state == "closed":
+            return True
+        if state == "half_open" and not self.probing:
+            self.probing = True
+            return True
+        return False
+
+    def record_success(self) -> None:
+        self.failures = 0
+        self.opened_at = None
+        self.probing = False
+
+    def record_failure(self, kind: FailureKind) -> None:
+        self.last_failure = kind
+        if kind not in BREAKER_KINDS:
+            self.probing = False
+            return
+        self.failures += 1
+        if self.probing or self.failures >= self.threshold:
+            if self.opened_at is None or self.probing:
+                self.times_opened += 1
+            self.opened_at = self.clock()
+        self.probing = False
+
+    def release_probe(self) -> None:
+        """A probe that ended without a verdict (cancelled) frees the slot for the next one."""
+        self.probing = False
+
+
+def backoff_delay(attempt: int, base: float, cap: float, retry_after: float | None, rng: random.Random) -> float:
+    """Exponential backoff with full jitter; an upstream's Retry-After wins when it asks for longer."""
+    delay = rng.uniform(0, min(cap, base * (2**attempt)))
+    return delay if retry_after is None else max(delay, retry_after)
+
+
+def to_exai_error(error: UpstreamError, provider: str, model: str, key_env: str) -> ExaiError:
+    """The client-facing error for an upstream failure that the router could not route around."""
+    where = f"{provider}/{model}"
+    details = {"provider": provider, "model": model, "upstream_status": error.status}
+    match error.kind:
+        case "auth":
+            return ProviderError(
+                f"{where} refused our credentials: {error.message}",
+                code="upstream_auth",
+                retryable=False,
+                details=details,
+                remedy=f"Check {key_env}: the key is missing, wrong or revoked.",
+            )
+        case "rate_limit":
+            return ProviderError(
+                f"{where} is rate limiting us: {error.message}",
+                code="upstream_rate_limited",
+                details=details,
+                remedy="Wait and try again, or pick another model.",
+            )
+        case "context_too_long":
+            return ProviderError(
+                f"The prompt does not fit {where}'s context window and no larger model was available.",
+                code="context_too_long",
+                retryable=False,
+                details=details,
+                remedy="Send less (fewer files, a shorter prompt) or choose a model with a larger context window.",
+            )
+        case "content_filter":
+            return ProviderError(
+                f"{where}'s content filter refused the request.",
+                code="content_filtered",
+                retryable=False,
+                details=details,
+                remedy="Rephrase the request or use another model.",
+            )
+        case "bad_request":
+            return ProviderError(
+                f"{where} rejected the request: {error.message}",
+                code="upstream_bad_request",
+                retryable=False,
+                details=details,
+                remedy="Check the arguments (model, temperature, images) against `listmodels`.",
+            )
+        case "timeout":
+            return DeadlineError(
+                f"{where} did not answer in time.",
+                code="upstream_timeout",
+                details=details,
+                remedy="Try again, pick a faster model, or raise EXAI_CALL_DEADLINE_SECONDS.",
+            )
+        case "connection":
+            return NetworkError(
+                f"Cannot reach {where}: {error.message}",
+                code="upstream_unreachable",
+                details=details,
+                remedy="Check the provider's base URL and the network, then try again.",
+            )
+        case _:
+            return ProviderError(
+                f"{where} failed: {error.message}",
+                code="upstream_error",
+                details=details,
+                remedy="Try again; the router already retried and tried fallbacks.",
+            )

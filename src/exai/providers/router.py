@@ -1,0 +1,296 @@
+"""The router: picks a model, retries, falls back, and keeps one circuit breaker per provider and model.
+
+It is the only retry loop in the program (the SDKs' own retries are off). Failures are classified by the
+wire layer; the router decides: auth and bad requests are never retried, a prompt too long for the model
+moves to a model with a larger context window, everything transient is retried with backoff and then
+handed to the next model of the fallback chain, all inside one deadline per call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Literal
+
+from exai.config import ProviderConfig, Settings
+from exai.observability.context import current_correlation_id
+from exai.observability.errors import DeadlineError, ExaiError, NotFoundError, ProviderError, ValidationError
+from exai.observability.logging import get_logger
+from exai.providers.base import CallOptions, Provider, UpstreamError
+from exai.providers.catalogue import Catalogue, ModelInfo
+from exai.providers.resilience import CircuitBreaker, backoff_delay, to_exai_error
+from exai.providers.types import DeltaCallback, GenerateRequest, GenerateResponse
+
+Category = Literal["fast", "balanced", "reasoning"]
+EventCallback = Callable[[str], Awaitable[None]]
+log = get_logger(__name__)
+
+
+@dataclass
+class Attempt:
+    provider: str
+    model: str
+    outcome: str
+    latency_ms: float
+
+
+@dataclass
+class RouteResult:
+    response: GenerateResponse
+    attempts: list[Attempt]
+    fallbacks: list[str] = field(default_factory=list)
+
+    @property
+    def retries(self) -> int:
+        return len(self.attempts) - 1
+
+
+class Router:
+    def __init__(
+        self,
+        settings: Settings,
+        catalogue: Catalogue,
+        providers: dict[str, Provider],
+        configs: dict[str, ProviderConfig],
+        rng: random.Random | None = None,
+    ) -> None:
+        self.settings = settings
+        self.catalogue = catalogue
+        self.providers = providers
+        self.configs = configs
+        self._rng = rng or random.Random()
+        self._breakers: dict[tuple[str, str], CircuitBreaker] = {}
+        self._slots = {name: asyncio.Semaphore(settings.provider_concurrency) for name in providers}
+        self.recent_errors: deque[tuple[float, str, str]] = deque(maxlen=1000)
+
+    # ----- what can be routed to ----------------------------------------------------------------
+    def available_models(self) -> list[ModelInfo]:
+        """Models whose provider is configured and whose allow/deny lists admit them."""
+        return [
+            info
+            for info in self.catalogue.models.values()
+            if info.provider in self.providers and self.configs[info.provider].allows(info.name, *info.aliases)
+        ]
+
+    def breaker(self, model: ModelInfo) -> CircuitBreaker:
+        key = (model.provider, model.name)
+        if key not in self._breakers:
+            self._breakers[key] = CircuitBreaker(
+                self.settings.breaker_failure_threshold, self.settings.breaker_cooldown_seconds
+            )
+        return self._breakers[key]
+
+    def breaker_state(self, model: ModelInfo) -> str:
+        breaker = self._breakers.get((model.provider, model.name))
+        return breaker.state if breaker else "closed"
+
+    def resolve(self, name: str) -> ModelInfo:
+        """An explicit model name or alias, checked against what is configured and allowed."""
+        if not self.providers:
+            raise no_provider_error()
+        info = self.catalogue.get(name)
+        available = self.available_models()
+        if info is None or info not in available:
+            names = sorted({n for m in available for n in (m.name, *m.aliases)})
+            hints = self.catalogue.suggestions(name, [n.lower() for n in names])
+            reason = "is not configured" if info is not None else "is unknown"
+            raise NotFoundError(
+                f"Model '{name}' {reason}." + (f" Did you mean: {', '.join(hints)}?" if hints else ""),
+                code="unknown_model",
+                remedy="Use 'auto' or a model listed by the `listmodels` tool"
+                + (f" (configured providers: {', '.join(self.providers)})." if self.providers else "."),
+                details={"suggestions": hints},
+            )
+        return info
+
+    def candidates(self, requested: str, category: Category, needs_images: bool = False) -> list[ModelInfo]:
+        """The models to try, in order: the chosen one first, then the fallback chain."""
+        available = [m for m in self.available_models() if m.images or not needs_images]
+        if not available:
+            if not self.providers:
+                raise no_provider_error()
+            raise ValidationError(
+                "No configured model accepts images." if needs_images else "No configured model is allowed.",
+                code="no_model",
+                remedy="Configure a provider with a vision model, or check *_ALLOWED_MODELS.",
+            )
+        if requested.lower() != "auto":
+            first = self.resolve(requested)
+            if needs_images and not first.images:
+                raise ValidationError(
+                    f"Model '{first.name}' does not accept images.",
+                    code="images_unsupported",
+                    remedy="Choose a model with images: true in `listmodels`, or 'auto'.",
+                )
+            chain = self._fallback_chain(first, available)
+            return [first, *chain]
+        ranked = sorted(available, key=lambda m: _rank(m, category))
+        healthy = [m for m in ranked if self.breaker_state(m) != "open"]
+        return healthy + [m for m in ranked if m not in healthy]
+
+    def _fallback_chain(self, first: ModelInfo, available: list[ModelInfo]) -> list[ModelInfo]:
+        if self.settings.fallback_chain:
+            chain = [self.catalogue.get(n) for n in self.settings.fallback_chain]
+            return [m for m in chain if m is not None and m in available and m != first]
+        # Default: other providers first (a provider outage is the common failure), strongest first.
+        others = [m for m in available if m != first]
+        return sorted(others, key=lambda m: (m.provider == first.provider, -m.intelligence, m.price_out))[:4]
+
+    # ----- the call ---------------------------------------------------------------------------------
+    async def generate(
+        self,
+        request: GenerateRequest,
+        *,
+        model: str = "auto",
+        category: Category = "balanced",
+        deadline_seconds: float | None = None,
+        on_delta: DeltaCallback | None = None,
+        on_event: EventCallback | None = None,
+    ) -> RouteResult:
+        deadline = time.monotonic() + (deadline_seconds or self.settings.call_deadline_seconds)
+        needs_images = any(m.images for m in request.messages)
+        queue = self.candidates(model, category, needs_images)
+        attempts: list[Attempt] = []
+        fallbacks: list[str] = []
+        last: ExaiError | None = None
+        skipped_open: list[CircuitBreaker] = []
+
+        while queue:
+            info = queue.pop(0)
+            breaker = self.breaker(info)
+            if not breaker.allow():
+                skipped_open.append(breaker)
+                attempts.append(Attempt(info.provider, info.name, "breaker_open", 0.0))
+                continue
+            if attempts and attempts[-1].model != info.name:
+                fallbacks.append(info.name)
+                if on_event:
+                    await on_event(f"falling back to {info.provider}/{info.name}")
+            try:
+                response = await self._call_with_retries(info, breaker, request, deadline, attempts, on_delta, on_event)
+                return RouteResult(response, attempts, fallbacks)
+            except UpstreamError as exc:
+                last = to_exai_error(
+                    exc, info.provider, info.name, " or ".join(self.configs[info.provider].spec.key_env)
+                )
+                if exc.kind in ("bad_request", "content_filter"):
+                    raise last from exc
+                if exc.kind == "context_too_long":
+                    queue = [m for m in queue if m.context_window > info.context_window]
+            if time.monotonic() >= deadline:
+                break
+
+        if last is None and skipped_open:
+            wait = min(b.retry_in() for b in skipped_open)
+            raise ProviderError(
+                "Every candidate model has its circuit breaker open after repeated upstream failures.",
+                code="breakers_open",
+                details={"retry_in_seconds": round(wait, 1)},
+                remedy=f"Try again in {wait:.0f} s, or pick a model from a healthy provider (see `status`).",
+            )
+        if time.monotonic() >= deadline and (last is None or last.code != "context_too_long"):
+            raise DeadlineError(
+                f"The call did not finish within its deadline of "
+                f"{deadline_seconds or self.settings.call_deadline_seconds:.0f} s "
+                f"({len(attempts)} attempts).",
+                code="deadline_exceeded",
+                remedy="Try again, pick a faster model, or raise EXAI_CALL_DEADLINE_SECONDS.",
+                details={"attempts": [a.__dict__ for a in attempts]},
+            )
+        assert last is not None
+        last.details["attempts"] = [a.__dict__ for a in attempts]
+        raise last
+
+    async def _call_with_retries(
+        self,
+        info: ModelInfo,
+        breaker: CircuitBreaker,
+        request: GenerateRequest,
+        deadline: float,
+        attempts: list[Attempt],
+        on_delta: DeltaCallback | None,
+        on_event: EventCallback | None,
+    ) -> GenerateResponse:
+        provider = self.providers[info.provider]
+        for attempt in range(self.settings.max_retries + 1):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                breaker.release_probe()
+                raise UpstreamError("timeout", "the call's deadline passed")
+            started = time.perf_counter()
+            try:
+                async with asyncio.timeout(remaining):
+                    async with self._slots[info.provider]:
+                        options = CallOptions(
+                            timeout=max(0.001, deadline - time.monotonic()),
+                            headers={"X-Request-ID": current_correlation_id()},
+                        )
+                        response = await provider.generate(
+                            request.model_copy(update={"model": info.name}), info, options, on_delta
+                        )
+            except TimeoutError:
+                exc = UpstreamError("timeout", "the call's deadline passed while waiting for the upstream")
+            except UpstreamError as error:
+                exc = error
+            except BaseException:
+                breaker.release_probe()
+                raise
+            else:
+                breaker.record_success()
+                attempts.append(Attempt(info.provider, info.name, "ok", (time.perf_counter() - started) * 1000))
+                return response
+            elapsed = (time.perf_counter() - started) * 1000
+            attempts.append(Attempt(info.provider, info.name, exc.kind, elapsed))
+            breaker.record_failure(exc.kind)
+            self.recent_errors.append((time.time(), info.provider, exc.kind))
+            log.warning(
+                "upstream_failure",
+                provider=info.provider,
+                model=info.name,
+                kind=exc.kind,
+                status=exc.status,
+                attempt=attempt + 1,
+            )
+            if not exc.retryable or attempt == self.settings.max_retries or breaker.state == "open":
+                raise exc
+            delay = backoff_delay(
+                attempt, self.settings.retry_base_delay, self.settings.retry_max_delay, exc.retry_after, self._rng
+            )
+            if time.monotonic() + delay >= deadline:
+                raise exc
+            if on_event:
+                await on_event(f"{info.provider}/{info.name}: {exc.kind}; retrying in {delay:.2f} s")
+            await asyncio.sleep(delay)
+            if not breaker.allow():
+                raise exc
+        raise AssertionError("unreachable")
+
+    async def close(self) -> None:
+        await asyncio.gather(*(p.close() for p in self.providers.values()), return_exceptions=True)
+
+
+def _rank(model: ModelInfo, category: Category) -> tuple[float, ...]:
+    if category == "fast":
+        return (model.price_out + model.price_in, -model.intelligence)
+    if category == "reasoning":
+        return (not model.thinking, -model.intelligence, model.price_out)
+    return (-model.intelligence, model.price_out)
+
+
+def no_provider_error() -> ValidationError:
+    from exai.providers.specs import PROVIDER_SPECS
+
+    hints = "; ".join(
+        f"{spec.title}: {' or '.join(spec.key_env) if spec.key_required else 'CUSTOM_API_URL'}"
+        for spec in PROVIDER_SPECS.values()
+    )
+    return ValidationError(
+        "No model provider is configured.",
+        code="no_provider",
+        remedy=f"Set at least one of these environment variables, then restart: {hints}. "
+        "To try without a key, run `exai sim` and set CUSTOM_API_URL=http://127.0.0.1:8900/v1.",
+    )

@@ -1,0 +1,65 @@
+"""What every tool is: metadata, an input model, an output model, and one stateless `run`.
+
+Tool objects hold no per-call state: everything a call needs arrives in its `ToolContext`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
+
+from pydantic import BaseModel, ConfigDict
+
+if TYPE_CHECKING:
+    from exai.app import Services
+
+InputT = TypeVar("InputT", bound=BaseModel)
+OutputT = TypeVar("OutputT", bound=BaseModel)
+
+
+class ToolInput(BaseModel):
+    """Base of tool inputs: unknown fields are refused, so a typo gets an error instead of being ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+@dataclass
+class ToolContext:
+    services: Services
+    correlation_id: str
+    progress: Callable[[float, float | None, str | None], Awaitable[None]]
+    log: Callable[[str, str], Awaitable[None]]
+    wants_progress: bool = False
+
+
+@dataclass
+class ToolResult(Generic[OutputT]):
+    text: str
+    data: OutputT
+
+
+class Tool(Generic[InputT, OutputT]):
+    name: ClassVar[str]
+    title: ClassVar[str]
+    description: ClassVar[str]
+    input_model: ClassVar[type[BaseModel]]
+    output_model: ClassVar[type[BaseModel]]
+    read_only: ClassVar[bool] = True
+    calls_model: ClassVar[bool] = False
+
+    async def run(self, args: InputT, ctx: ToolContext) -> ToolResult[OutputT]:
+        raise NotImplementedError
+
+
+def compact_schema(model: type[BaseModel]) -> dict[str, Any]:
+    """The model's JSON schema without the auto-generated titles (they cost tokens and say nothing)."""
+
+    def strip(node: Any) -> Any:
+        if isinstance(node, dict):
+            return {k: strip(v) for k, v in node.items() if not (k == "title" and isinstance(v, str))}
+        if isinstance(node, list):
+            return [strip(v) for v in node]
+        return node
+
+    return strip(model.model_json_schema())

@@ -1,0 +1,127 @@
+"""`chat`: ask another model, with the router's retries and fallbacks behind it."""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated
+
+from pydantic import BaseModel, Field
+
+from exai.observability.errors import ValidationError
+from exai.providers.types import GenerateRequest, ImageInput, Message, StreamChunk, ThinkingMode
+from exai.tools.base import Tool, ToolContext, ToolInput, ToolResult
+
+SYSTEM_PROMPT = (
+    "You are a senior software engineer consulted by an AI coding agent. Answer precisely and concretely; "
+    "when you are unsure, say so. Prefer short, actionable answers with code where it helps."
+)
+
+
+class ChatInput(ToolInput):
+    prompt: Annotated[str, Field(min_length=1, description="The question or request for the model.")]
+    model: str = Field(default="auto", description="Model name or alias from `listmodels`, or 'auto'.")
+    temperature: float | None = Field(default=None, ge=0.0, le=2.0, description="Sampling temperature.")
+    thinking_mode: ThinkingMode = Field(default="off", description="Reasoning effort for models that think.")
+    system_prompt: str | None = Field(default=None, description="Extra instructions added to the system prompt.")
+    images: list[str] = Field(default_factory=list, max_length=8, description="Image data URLs or http(s) URLs.")
+    max_output_tokens: int | None = Field(default=None, ge=1, description="Cap on the answer's length in tokens.")
+
+
+class UsageOut(BaseModel):
+    input_tokens: int
+    output_tokens: int
+
+
+class ChatOutput(BaseModel):
+    answer: str
+    model: str
+    provider: str
+    usage: UsageOut
+    cost_usd: float
+    latency_ms: float
+    upstream_latency_ms: float
+    fallbacks: list[str]
+    retries: int
+    finish_reason: str | None
+    reasoning: str | None = None
+    correlation_id: str
+
+
+class ChatTool(Tool[ChatInput, ChatOutput]):
+    name = "chat"
+    title = "Chat with another model"
+    description = (
+        "Ask another model (Kimi, GLM, OpenAI, Anthropic, OpenRouter or a local endpoint) for a second opinion, "
+        "an explanation or a brainstorm. Returns the answer plus the model, usage and cost."
+    )
+    input_model = ChatInput
+    output_model = ChatOutput
+    calls_model = True
+
+    async def run(self, args: ChatInput, ctx: ToolContext) -> ToolResult[ChatOutput]:
+        services = ctx.services
+        limit = services.settings.max_prompt_chars
+        size = len(args.prompt) + len(args.system_prompt or "")
+        if size > limit:
+            raise ValidationError(
+                f"The prompt is {size:,} characters; the limit is {limit:,}.",
+                code="prompt_too_large",
+                remedy="Send a shorter prompt (put large content in files once the file tools are enabled), "
+                "or raise EXAI_MAX_PROMPT_CHARS.",
+                details={"field": "prompt", "size": size, "limit": limit},
+            )
+        for index, url in enumerate(args.images):
+            if not url.startswith(("data:image/", "http://", "https://")):
+                raise ValidationError(
+                    f"images[{index}] is neither an image data URL nor an http(s) URL.",
+                    code="invalid_argument",
+                    remedy="Pass data:image/...;base64,... or an http(s) URL.",
+                    details={"field": f"images.{index}"},
+                )
+        system = SYSTEM_PROMPT + (f"\n\n{args.system_prompt}" if args.system_prompt else "")
+        request = GenerateRequest(
+            model=args.model,
+            system=system,
+            messages=[Message(role="user", content=args.prompt, images=[ImageInput(url=u) for u in args.images])],
+            temperature=args.temperature,
+            thinking=args.thinking_mode,
+            max_output_tokens=args.max_output_tokens,
+        )
+        received = 0
+
+        async def on_delta(chunk: StreamChunk) -> None:
+            nonlocal received
+            received += len(chunk.text)
+            if chunk.text:
+                await ctx.progress(received, None, f"{received} characters received")
+
+        async def on_event(message: str) -> None:
+            await ctx.log("warning", message)
+
+        started = time.perf_counter()
+        await ctx.progress(0, None, "routing")
+        result = await services.router.generate(
+            request,
+            model=args.model,
+            category="balanced",
+            on_delta=on_delta if ctx.wants_progress else None,
+            on_event=on_event,
+        )
+        response = result.response
+        info = services.catalogue.get(response.model)
+        cost = info.cost(response.usage.input_tokens, response.usage.output_tokens) if info else 0.0
+        data = ChatOutput(
+            answer=response.text,
+            model=response.model,
+            provider=response.provider,
+            usage=UsageOut(input_tokens=response.usage.input_tokens, output_tokens=response.usage.output_tokens),
+            cost_usd=round(cost, 6),
+            latency_ms=round((time.perf_counter() - started) * 1000, 2),
+            upstream_latency_ms=round(response.upstream_latency_ms, 2),
+            fallbacks=result.fallbacks,
+            retries=result.retries,
+            finish_reason=response.finish_reason,
+            reasoning=response.reasoning,
+            correlation_id=ctx.correlation_id,
+        )
+        return ToolResult(text=response.text, data=data)

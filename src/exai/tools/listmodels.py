@@ -1,0 +1,86 @@
+"""`listmodels`: every provider (configured or not, and how to enable it) and every usable model."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel
+
+from exai.providers.specs import PROVIDER_SPECS
+from exai.tools.base import Tool, ToolContext, ToolInput, ToolResult
+
+
+class ListModelsInput(ToolInput):
+    pass
+
+
+class ProviderOut(BaseModel):
+    name: str
+    title: str
+    configured: bool
+    enable_with: list[str]
+    base_url: str | None
+    models: int
+
+
+class ModelOut(BaseModel):
+    name: str
+    provider: str
+    aliases: list[str]
+    capabilities: dict[str, Any]
+    breaker: str
+
+
+class ListModelsOutput(BaseModel):
+    providers: list[ProviderOut]
+    models: list[ModelOut]
+
+
+class ListModelsTool(Tool[ListModelsInput, ListModelsOutput]):
+    name = "listmodels"
+    title = "List models"
+    description = "List providers (configured or not, with the variables that enable them) and usable models."
+    input_model = ListModelsInput
+    output_model = ListModelsOutput
+
+    async def run(self, args: ListModelsInput, ctx: ToolContext) -> ToolResult[ListModelsOutput]:
+        router = ctx.services.router
+        available = sorted(router.available_models(), key=lambda m: (m.provider, -m.intelligence, m.name))
+        providers = []
+        for name, spec in PROVIDER_SPECS.items():
+            config = router.configs[name]
+            enable = list(spec.key_env) if spec.key_required else ["CUSTOM_API_URL", "CUSTOM_MODELS"]
+            providers.append(
+                ProviderOut(
+                    name=name,
+                    title=spec.title,
+                    configured=config.enabled,
+                    enable_with=enable,
+                    base_url=config.base_url,
+                    models=sum(1 for m in available if m.provider == name),
+                )
+            )
+        models = [
+            ModelOut(
+                name=m.name,
+                provider=m.provider,
+                aliases=m.aliases,
+                capabilities=m.capabilities(),
+                breaker=router.breaker_state(m),
+            )
+            for m in available
+        ]
+        lines = []
+        for p in providers:
+            state = f"{p.models} models" if p.configured else f"not configured (set {' or '.join(p.enable_with)})"
+            lines.append(f"{p.title} [{p.name}]: {state}")
+        for m in models:
+            caps = m.capabilities
+            flags = ", ".join(k for k in ("images", "thinking") if caps[k])
+            alias = f" (aliases: {', '.join(m.aliases)})" if m.aliases else ""
+            lines.append(
+                f"  {m.provider}/{m.name}{alias}: context {caps['context_window']:,}"
+                + (f", {flags}" if flags else "")
+                + (f", breaker {m.breaker}" if m.breaker != "closed" else "")
+            )
+        return ToolResult(text="\n".join(lines), data=ListModelsOutput(providers=providers, models=models))

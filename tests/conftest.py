@@ -1,0 +1,171 @@
+"""Shared fixtures: a real upstream simulator process, real daemons, and a clean environment per test."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx2
+import pytest
+
+from exai.providers.specs import PROVIDER_SPECS
+
+SIM_MODELS = "sim-fast,sim-smart,sim-large:1000000"
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+def _provider_env_names() -> set[str]:
+    names = {"CUSTOM_API_URL", "CUSTOM_BASE_URL", "CUSTOM_MODELS"}
+    for spec in PROVIDER_SPECS.values():
+        names.update(spec.key_env)
+        names.update({spec.base_url_env, spec.allowed_env, spec.denied_env})
+    return names
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No test sees the developer's keys, .env or exai.toml."""
+    for name in list(os.environ):
+        if name.startswith("EXAI_") or name in _provider_env_names():
+            monkeypatch.delenv(name, raising=False)
+    monkeypatch.chdir(tmp_path)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class Proc:
+    """A real `exai` process on a port of its own."""
+
+    process: subprocess.Popen[bytes]
+    port: int
+    log_path: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def logs(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            return self.process.wait(5)
+
+
+def start_exai(args: list[str], env: dict[str, str], log_path: Path, port: int) -> Proc:
+    log = log_path.open("wb")
+    process = subprocess.Popen([sys.executable, "-m", "exai", *args], env=env, stdout=log, stderr=subprocess.STDOUT)
+    proc = Proc(process, port, log_path)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"exai {' '.join(args)} exited with {process.returncode}:\n{proc.logs()}")
+        try:
+            if httpx2.get(f"{proc.url}/healthz", timeout=1).status_code == 200:
+                return proc
+        except httpx2.TransportError:
+            time.sleep(0.05)
+    proc.stop(signal.SIGKILL)
+    raise RuntimeError(f"exai {' '.join(args)} did not become healthy:\n{proc.logs()}")
+
+
+@dataclass
+class SimControl:
+    """Drives the simulator's control API."""
+
+    url: str
+    client: httpx2.Client = field(default_factory=lambda: httpx2.Client(timeout=10))
+
+    @property
+    def openai_url(self) -> str:
+        return f"{self.url}/v1"
+
+    def fault(self, kind: str, model: str = "*", **options: Any) -> None:
+        self.client.post(f"{self.url}/_sim/faults", json={"kind": kind, "model": model, **options}).raise_for_status()
+
+    def clear_faults(self) -> None:
+        self.client.delete(f"{self.url}/_sim/faults").raise_for_status()
+
+    def latency(self, ms: float, model: str = "*", jitter_ms: float = 0.0) -> None:
+        self.client.post(f"{self.url}/_sim/latency", json={"ms": ms, "model": model, "jitter_ms": jitter_ms})
+
+    def stats(self) -> dict[str, Any]:
+        return self.client.get(f"{self.url}/_sim/stats").json()
+
+    def count(self, key: str) -> int:
+        return self.stats()["counters"].get(key, 0)
+
+    def requests(self, limit: int = 50) -> list[dict[str, Any]]:
+        return self.client.get(f"{self.url}/_sim/requests", params={"limit": limit}).json()
+
+    def reset(self) -> None:
+        self.client.post(f"{self.url}/_sim/reset").raise_for_status()
+
+
+@pytest.fixture(scope="session")
+def sim_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proc]:
+    port = free_port()
+    proc = start_exai(["sim", "--port", str(port)], dict(os.environ), tmp_path_factory.mktemp("sim") / "sim.log", port)
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture
+def sim(sim_process: Proc) -> SimControl:
+    control = SimControl(sim_process.url)
+    control.reset()
+    return control
+
+
+def sim_env(sim: SimControl, **extra: str) -> dict[str, str]:
+    """Provider settings that point Custom, Kimi and Anthropic at the simulator, with quick retries."""
+    return {
+        "CUSTOM_API_URL": sim.openai_url,
+        "CUSTOM_MODELS": SIM_MODELS,
+        "KIMI_API_KEY": "sk-test-kimi-secret",
+        "KIMI_BASE_URL": sim.openai_url,
+        "ANTHROPIC_API_KEY": "sk-test-anthropic-secret",
+        "ANTHROPIC_BASE_URL": sim.url,
+        "EXAI_RETRY_BASE_DELAY": "0.01",
+        "EXAI_RETRY_MAX_DELAY": "0.05",
+        **extra,
+    }
+
+
+@pytest.fixture
+def daemon(sim: SimControl, tmp_path: Path) -> Iterator[Callable[..., Proc]]:
+    """Start real `exai serve` processes against the simulator; all are stopped after the test."""
+    started: list[Proc] = []
+
+    def start(**extra: str) -> Proc:
+        port = free_port()
+        env = {**os.environ, **sim_env(sim, **extra), "EXAI_PORT": str(port), "EXAI_LOG_JSON": "true"}
+        proc = start_exai(["serve"], env, tmp_path / f"daemon-{port}.log", port)
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in started:
+        proc.stop(signal.SIGKILL)

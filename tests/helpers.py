@@ -1,0 +1,15 @@
+"""Building in-process services against the simulator."""
+
+from __future__ import annotations
+
+import pytest
+
+from exai.app import Services
+from exai.config import load_settings
+from tests.conftest import SimControl, sim_env
+
+
+def build_services(monkeypatch: pytest.MonkeyPatch, sim: SimControl, **extra: str) -> Services:
+    for name, value in sim_env(sim, **extra).items():
+        monkeypatch.setenv(name, value)
+    return Services.build(load_settings())

@@ -1,0 +1,145 @@
+"""Each wire format, plain and streaming, against the simulator over real HTTP."""
+
+from __future__ import annotations
+
+import pytest
+
+from exai.providers.anthropic import AnthropicProvider
+from exai.providers.base import CallOptions, UpstreamError
+from exai.providers.catalogue import Catalogue
+from exai.providers.openai_compatible import OpenAICompatibleProvider
+from exai.providers.types import GenerateRequest, ImageInput, Message, StreamChunk
+from exai.testing.simulator import reply_digest
+from tests.conftest import SimControl
+
+pytestmark = pytest.mark.anyio
+CATALOGUE = Catalogue.load(custom_models=["sim-fast"])
+HISTORY = [
+    Message(role="user", content="first question"),
+    Message(role="assistant", content="first answer"),
+    Message(role="user", content="second question, with unicode: żółw 🐢"),
+]
+OPTIONS = CallOptions(timeout=10, headers={"X-Request-ID": "req-12345"})
+
+
+def _providers(sim: SimControl) -> list[tuple[object, str]]:
+    return [
+        (OpenAICompatibleProvider("custom", sim.openai_url, None), "sim-fast"),
+        (AnthropicProvider("anthropic", sim.url, "key"), "claude-haiku-4-5"),
+    ]
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+async def test_prompt_system_and_history_arrive_intact(sim: SimControl, streaming: bool) -> None:
+    request = GenerateRequest(model="x", system="You are terse.", messages=HISTORY)
+    expected = reply_digest("You are terse.", [(m.role, m.content) for m in HISTORY])
+    for provider, model in _providers(sim):
+        chunks: list[StreamChunk] = []
+
+        async def on_delta(chunk: StreamChunk, chunks: list[StreamChunk] = chunks) -> None:
+            chunks.append(chunk)
+
+        response = await provider.generate(request, CATALOGUE.get(model), OPTIONS, on_delta if streaming else None)
+        await provider.close()
+        assert f"digest: {expected}" in response.text
+        assert "echo: second question, with unicode: żółw 🐢" in response.text
+        assert response.usage.input_tokens > 0 and response.usage.output_tokens > 0
+        assert response.model == model
+        assert response.finish_reason in ("stop", "end_turn")
+        if streaming:
+            assert len([c for c in chunks if c.text]) > 5, "answer should arrive in many pieces"
+            assert "".join(c.text for c in chunks) == response.text
+    sent = sim.requests(2)
+    assert all(r["headers"]["x-request-id"] == "req-12345" for r in sent)
+    assert all(r["body"].get("stream", False) is streaming for r in sent)
+
+
+async def test_kimi_reasoning_content_is_returned(sim: SimControl) -> None:
+    provider = OpenAICompatibleProvider("kimi", sim.openai_url, "k")
+    request = GenerateRequest(model="x", messages=[Message(role="user", content="think")])
+    for on_delta in (None, _ignore):
+        response = await provider.generate(request, CATALOGUE.get("kimi-k2-thinking"), OPTIONS, on_delta)
+        assert response.reasoning == "reasoning about kimi-k2-thinking"
+    await provider.close()
+
+
+async def test_quirk_flags_shape_the_wire_request(sim: SimControl) -> None:
+    provider = OpenAICompatibleProvider("openai", sim.openai_url, "k")
+    request = GenerateRequest(model="x", messages=[Message(role="user", content="q")], temperature=0.2,
+                              thinking="high", max_output_tokens=100)
+    await provider.generate(request, CATALOGUE.get("gpt-5"), OPTIONS)
+    await provider.generate(request, CATALOGUE.get("glm-4.6"), OPTIONS)
+    await provider.close()
+    gpt5, glm = (r["body"] for r in sim.requests(2))
+    assert gpt5["max_completion_tokens"] == 100 and "max_tokens" not in gpt5
+    assert gpt5["temperature"] == 1.0, "gpt-5 only accepts its fixed temperature"
+    assert gpt5["reasoning_effort"] == "high"
+    assert glm["thinking"] == {"type": "enabled"} and glm["temperature"] == 0.2 and glm["max_tokens"] == 100
+
+
+async def test_anthropic_thinking_and_images(sim: SimControl) -> None:
+    provider = AnthropicProvider("anthropic", sim.url, "k")
+    image = ImageInput(url="data:image/png;base64,iVBORw0KGgo=")
+    request = GenerateRequest(model="x", system="sys", thinking="medium",
+                              messages=[Message(role="user", content="look", images=[image])])
+    response = await provider.generate(request, CATALOGUE.get("claude-sonnet-4-5"), OPTIONS)
+    await provider.close()
+    assert response.reasoning == "reasoning about claude-sonnet-4-5"
+    assert "images: 1" in response.text
+    body = sim.requests(1)[0]["body"]
+    assert body["thinking"]["type"] == "enabled" and body["thinking"]["budget_tokens"] == 8192
+    assert body["system"] == "sys" and "temperature" not in body
+    assert body["messages"][0]["content"][1]["source"] == {"type": "base64", "media_type": "image/png",
+                                                          "data": "iVBORw0KGgo="}
+
+
+async def test_list_models_on_both_wires(sim: SimControl) -> None:
+    for provider, _ in _providers(sim):
+        assert await provider.list_models(5) == ["sim-fast", "sim-smart", "sim-large"]
+        await provider.close()
+
+
+FAULTS = [
+    ("429", "rate_limit"), ("500", "server"), ("503", "server"), ("401", "auth"),
+    ("malformed", "server"), ("reset", "connection"), ("context_length", "context_too_long"),
+    ("content_filter", "content_filter"),
+]
+
+
+@pytest.mark.parametrize(("fault", "kind"), FAULTS)
+@pytest.mark.parametrize("streaming", [False, True])
+async def test_every_fault_is_classified(sim: SimControl, fault: str, kind: str, streaming: bool) -> None:
+    sim.fault(fault, retry_after=2)
+    request = GenerateRequest(model="x", messages=[Message(role="user", content="q")])
+    for provider, model in _providers(sim):
+        with pytest.raises(UpstreamError) as caught:
+            await provider.generate(request, CATALOGUE.get(model), OPTIONS, _ignore if streaming else None)
+        await provider.close()
+        expected = "connection" if (fault == "malformed" and streaming) else kind
+        assert caught.value.kind == expected, caught.value.message
+        if fault == "429":
+            assert caught.value.retry_after == 2
+
+
+async def test_truncated_stream_is_a_connection_failure(sim: SimControl) -> None:
+    sim.fault("truncate")
+    request = GenerateRequest(model="x", messages=[Message(role="user", content="a long enough question here")])
+    for provider, model in _providers(sim):
+        with pytest.raises(UpstreamError) as caught:
+            await provider.generate(request, CATALOGUE.get(model), OPTIONS, _ignore)
+        await provider.close()
+        assert caught.value.kind == "connection"
+
+
+async def test_hang_hits_the_timeout_and_the_upstream_sees_the_hang_up(sim: SimControl) -> None:
+    sim.fault("hang")
+    provider = OpenAICompatibleProvider("custom", sim.openai_url, None)
+    request = GenerateRequest(model="x", messages=[Message(role="user", content="q")])
+    with pytest.raises(UpstreamError) as caught:
+        await provider.generate(request, CATALOGUE.get("sim-fast"), CallOptions(timeout=0.3, headers={}))
+    await provider.close()
+    assert caught.value.kind == "timeout"
+
+
+async def _ignore(chunk: StreamChunk) -> None:
+    return None
