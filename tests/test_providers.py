@@ -65,8 +65,9 @@ async def test_kimi_reasoning_content_is_returned(sim: SimControl) -> None:
 
 async def test_quirk_flags_shape_the_wire_request(sim: SimControl) -> None:
     provider = OpenAICompatibleProvider("openai", sim.openai_url, "k")
-    request = GenerateRequest(model="x", messages=[Message(role="user", content="q")], temperature=0.2,
-                              thinking="high", max_output_tokens=100)
+    request = GenerateRequest(
+        model="x", messages=[Message(role="user", content="q")], temperature=0.2, thinking="high", max_output_tokens=100
+    )
     await provider.generate(request, CATALOGUE.get("gpt-5"), OPTIONS)
     await provider.generate(request, CATALOGUE.get("glm-4.6"), OPTIONS)
     await provider.close()
@@ -80,8 +81,9 @@ async def test_quirk_flags_shape_the_wire_request(sim: SimControl) -> None:
 async def test_anthropic_thinking_and_images(sim: SimControl) -> None:
     provider = AnthropicProvider("anthropic", sim.url, "k")
     image = ImageInput(url="data:image/png;base64,iVBORw0KGgo=")
-    request = GenerateRequest(model="x", system="sys", thinking="medium",
-                              messages=[Message(role="user", content="look", images=[image])])
+    request = GenerateRequest(
+        model="x", system="sys", thinking="medium", messages=[Message(role="user", content="look", images=[image])]
+    )
     response = await provider.generate(request, CATALOGUE.get("claude-sonnet-4-5"), OPTIONS)
     await provider.close()
     assert response.reasoning == "reasoning about claude-sonnet-4-5"
@@ -89,8 +91,11 @@ async def test_anthropic_thinking_and_images(sim: SimControl) -> None:
     body = sim.requests(1)[0]["body"]
     assert body["thinking"]["type"] == "enabled" and body["thinking"]["budget_tokens"] == 8192
     assert body["system"] == "sys" and "temperature" not in body
-    assert body["messages"][0]["content"][1]["source"] == {"type": "base64", "media_type": "image/png",
-                                                          "data": "iVBORw0KGgo="}
+    assert body["messages"][0]["content"][1]["source"] == {
+        "type": "base64",
+        "media_type": "image/png",
+        "data": "iVBORw0KGgo=",
+    }
 
 
 async def test_list_models_on_both_wires(sim: SimControl) -> None:
@@ -100,8 +105,13 @@ async def test_list_models_on_both_wires(sim: SimControl) -> None:
 
 
 FAULTS = [
-    ("429", "rate_limit"), ("500", "server"), ("503", "server"), ("401", "auth"),
-    ("malformed", "server"), ("reset", "connection"), ("context_length", "context_too_long"),
+    ("429", "rate_limit"),
+    ("500", "server"),
+    ("503", "server"),
+    ("401", "auth"),
+    ("malformed", "server"),
+    ("reset", "connection"),
+    ("context_length", "context_too_long"),
     ("content_filter", "content_filter"),
 ]
 

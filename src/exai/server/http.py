@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+from types import FrameType
 
 import uvicorn
 from mcp.server.transport_security import TransportSecuritySettings
@@ -61,6 +62,18 @@ def build_http_app(services: Services) -> Starlette:
     )
 
 
+class _GracefulServer(uvicorn.Server):
+    """uvicorn's server, except that a shutdown asked for with SIGTERM or SIGINT ends with exit code 0.
+
+    uvicorn re-raises the signal after its graceful shutdown, which makes the process die "by signal";
+    for a daemon that finished every call in flight, that is a clean exit.
+    """
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        super().handle_exit(sig, frame)
+        self._captured_signals.clear()
+
+
 async def serve_http(services: Services) -> None:
     """Serve until SIGTERM/SIGINT, then let calls in flight finish within the grace period."""
     settings = services.settings
@@ -74,6 +87,6 @@ async def serve_http(services: Services) -> None:
         lifespan="on",
     )
     try:
-        await uvicorn.Server(config).serve()
+        await _GracefulServer(config).serve()
     finally:
         await services.close()

@@ -68,6 +68,15 @@ def _incoming_correlation_id(ctx: ServerRequestContext[Any, Any]) -> str | None:
     return parts[1] if len(parts) == 4 and len(parts[1]) == 32 else None
 
 
+def _connection_of(ctx: ServerRequestContext[Any, Any]) -> Any:
+    """The client connection behind a request (the SDK builds a new session object for every request).
+
+    `logging/setLevel` is connection state on handshake-era protocol versions; the SDK offers no public
+    handle for the connection on the low-level context, so the private attribute is read here, in one place.
+    """
+    return getattr(ctx.session, "_connection", ctx.session)
+
+
 def _progress_token(ctx: ServerRequestContext[Any, Any]) -> Any:
     meta = ctx.meta or {}
     return meta.get("progress_token") or meta.get("progressToken")
@@ -119,7 +128,7 @@ def build_server(services: Services) -> Server[Any]:
                     log.debug("progress_not_sent", exc_info=True)
 
         async def send_log(level: str, message: str) -> None:
-            threshold = levels.get(ctx.session, "info")
+            threshold = levels.get(_connection_of(ctx), "info")
             if LEVELS.index(level) < LEVELS.index(threshold):
                 return
             try:
@@ -165,7 +174,7 @@ def build_server(services: Services) -> Server[Any]:
             services.stats.end(tool.name, outcome, category)
 
     async def set_level(ctx: ServerRequestContext[Any, Any], params: types.SetLevelRequestParams) -> types.EmptyResult:
-        levels[ctx.session] = params.level
+        levels[_connection_of(ctx)] = params.level
         return types.EmptyResult()
 
     async def list_prompts(ctx: ServerRequestContext[Any, Any], params: Any) -> types.ListPromptsResult:

@@ -193,7 +193,12 @@ class Simulator:
 
     # ----- model API ----------------------------------------------------------------------------
     async def list_models(self, request: Request) -> Response:
-        if "anthropic-version" in request.headers:
+        wire = "anthropic" if "anthropic-version" in request.headers else "openai"
+        self.state.counters["requests:/v1/models"] += 1
+        fault = self.state.pick_fault("")  # only faults set for every model ("*") apply to the listing
+        if fault is not None and fault.kind in ("401", "429", "500", "503"):
+            return self._fault_response(wire, fault)
+        if wire == "anthropic":
             data = [
                 {"id": m, "type": "model", "display_name": m, "created_at": "2025-01-01T00:00:00Z"}
                 for m in self.state.models

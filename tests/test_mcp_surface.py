@@ -1,0 +1,168 @@
+"""The MCP surface in process: schemas, errors, prompts, resources, progress and log notifications."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from mcp import Client
+from mcp.shared.exceptions import MCPError
+
+from exai.app import Services
+from exai.config import load_settings
+from exai.server.mcp import build_server
+from tests.conftest import SimControl
+from tests.helpers import build_services
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_every_tool_has_title_description_and_schemas(sim: SimControl, monkeypatch: pytest.MonkeyPatch) -> None:
+    services = build_services(monkeypatch, sim)
+    async with Client(build_server(services)) as client:
+        tools = (await client.list_tools()).tools
+    assert {t.name for t in tools} == {"chat", "listmodels", "version", "status"}
+    for tool in tools:
+        assert tool.title and tool.description
+        assert tool.input_schema["type"] == "object"
+        assert tool.output_schema and tool.output_schema["type"] == "object"
+    chat = next(t for t in tools if t.name == "chat")
+    assert chat.input_schema["required"] == ["prompt"]
+    assert chat.input_schema["additionalProperties"] is False
+
+
+async def test_chat_returns_answer_and_structured_metadata(sim: SimControl, monkeypatch: pytest.MonkeyPatch) -> None:
+    services = build_services(monkeypatch, sim)
+    async with Client(build_server(services)) as client:
+        await client.list_tools()
+        result = await client.call_tool(
+            "chat", {"prompt": "What is 2+2?", "model": "sim-smart", "system_prompt": "Answer in French."}
+        )
+    assert not result.is_error
+    data = result.structured_content
+    assert data["model"] == "sim-smart" and data["provider"] == "custom"
+    assert data["usage"]["input_tokens"] > 0 and data["retries"] == 0 and data["fallbacks"] == []
+    assert "echo: What is 2+2?" in result.content[0].text
+    system = sim.requests(1)[0]["body"]["messages"][0]
+    assert system["role"] == "system" and system["content"].endswith("Answer in French.")
+    await services.close()
+
+
+async def _error(client: Client, tool: str, args: dict[str, Any]) -> dict[str, Any]:
+    result = await client.call_tool(tool, args)
+    assert result.is_error
+    error = result.structured_content["error"]
+    assert error["correlation_id"] in result.content[0].text
+    return error
+
+
+async def test_bad_inputs_get_clear_errors(sim: SimControl, monkeypatch: pytest.MonkeyPatch) -> None:
+    services = build_services(monkeypatch, sim, EXAI_MAX_PROMPT_CHARS="1000")
+    async with Client(build_server(services)) as client:
+        error = await _error(client, "chat", {"model": "sim-fast"})
+        assert error["category"] == "validation" and error["details"]["fields"] == ["prompt"]
+        error = await _error(client, "chat", {"prompt": "x", "temperature": 9})
+        assert error["details"]["fields"] == ["temperature"] and "less than or equal to 2" in error["message"]
+        error = await _error(client, "chat", {"prompt": "x", "modle": "sim-fast"})
+        assert "modle: unknown field" in error["message"]
+        error = await _error(client, "chat", {"prompt": "x", "model": "sim-fsat"})
+        assert error["category"] == "not_found" and "sim-fast" in error["details"]["suggestions"]
+        error = await _error(client, "chat", {"prompt": "x" * 1001})
+        assert error["code"] == "prompt_too_large" and "EXAI_MAX_PROMPT_CHARS" in error["remedy"]
+        error = await _error(client, "chat", {"prompt": "x", "images": ["file:///etc/passwd"]})
+        assert error["details"]["field"] == "images.0"
+        error = await _error(client, "chat", {"prompt": "x", "model": "sim-fast", "images": ["https://x/y.png"]})
+        assert error["code"] == "images_unsupported"
+        with pytest.raises(MCPError) as caught:
+            await client.call_tool("no-such-tool", {})
+        assert caught.value.code == -32602 and "Available tools: chat" in caught.value.message
+    await services.close()
+
+
+async def test_no_provider_configured_names_the_variables() -> None:
+    services = Services.build(load_settings())
+    async with Client(build_server(services)) as client:
+        error = await _error(client, "chat", {"prompt": "hello"})
+        status = await client.call_tool("status", {})
+    assert error["code"] == "no_provider"
+    for variable in (
+        "KIMI_API_KEY",
+        "GLM_API_KEY",
+        "OPENAI_API_KEY",
+        "ANTHROPIC_API_KEY",
+        "OPENROUTER_API_KEY",
+        "CUSTOM_API_URL",
+    ):
+        assert variable in error["remedy"]
+    assert status.structured_content["health"] == "no_providers"
+
+
+async def test_upstream_failure_is_a_tool_error_with_category(sim: SimControl, monkeypatch: pytest.MonkeyPatch) -> None:
+    services = build_services(monkeypatch, sim, CUSTOM_ALLOWED_MODELS="sim-fast", KIMI_API_KEY="", ANTHROPIC_API_KEY="")
+    sim.fault("503")
+    async with Client(build_server(services)) as client:
+        error = await _error(client, "chat", {"prompt": "x", "model": "sim-fast"})
+        status = (await client.call_tool("status", {})).structured_content
+    assert error["category"] == "provider" and error["retryable"] is True
+    assert [a["outcome"] for a in error["details"]["attempts"]] == ["server"] * 3
+    assert status["recent_errors"] == {"provider": 1}
+    assert status["providers"][0]["recent_errors"] == {"server": 3}
+    await services.close()
+
+
+async def test_listmodels_version_status(sim: SimControl, monkeypatch: pytest.MonkeyPatch) -> None:
+    services = build_services(monkeypatch, sim, EXAI_DISABLED_TOOLS="status")
+    async with Client(build_server(services)) as client:
+        models = (await client.call_tool("listmodels", {})).structured_content
+        version = (await client.call_tool("version", {})).structured_content
+    configured = {p["name"]: p for p in models["providers"]}
+    assert configured["custom"]["configured"] and not configured["glm"]["configured"]
+    assert configured["glm"]["enable_with"] == ["GLM_API_KEY", "ZHIPUAI_API_KEY", "ZAI_API_KEY"]
+    names = {m["name"] for m in models["models"]}
+    assert {"sim-fast", "sim-large", "kimi-k2-thinking", "claude-haiku-4-5"} <= names
+    assert all(m["capabilities"]["context_window"] > 0 for m in models["models"])
+    assert version["tools"] == ["chat", "listmodels", "version"]
+    assert version["providers"] == ["anthropic", "custom", "kimi"]
+    await services.close()
+
+
+async def test_prompts_and_resources(sim: SimControl, monkeypatch: pytest.MonkeyPatch) -> None:
+    services = build_services(monkeypatch, sim)
+    async with Client(build_server(services)) as client:
+        prompts = (await client.list_prompts()).prompts
+        prompt = await client.get_prompt("chat", {"request": "review my diff"})
+        resources = (await client.list_resources()).resources
+        models = await client.read_resource("exai://models")
+    assert {p.name for p in prompts} == {"chat", "listmodels", "version", "status"}
+    assert "review my diff" in prompt.messages[0].content.text
+    assert [str(r.uri) for r in resources] == ["exai://models"]
+    assert any(m["name"] == "sim-fast" for m in json.loads(models.contents[0].text))
+    await services.close()
+
+
+async def test_progress_and_log_notifications(sim: SimControl, monkeypatch: pytest.MonkeyPatch) -> None:
+    services = build_services(monkeypatch, sim, EXAI_FALLBACK_CHAIN="sim-smart")
+    sim.fault("503", model="sim-fast")
+    progress: list[tuple[float, str | None]] = []
+    logs: list[Any] = []
+
+    async def on_progress(done: float, total: float | None, message: str | None) -> None:
+        progress.append((done, message))
+
+    async def on_log(params: Any) -> None:
+        logs.append(params)
+
+    async with Client(build_server(services), mode="legacy", logging_callback=on_log) as client:
+        await client.set_logging_level("info")
+        result = await client.call_tool(
+            "chat", {"prompt": "stream me please", "model": "sim-fast"}, progress_callback=on_progress
+        )
+        await client.set_logging_level("error")
+        await client.call_tool("chat", {"prompt": "quiet", "model": "sim-fast"})
+    assert not result.is_error and result.structured_content["fallbacks"] == ["sim-smart"]
+    assert len(progress) > 3 and progress[-1][0] > progress[1][0]
+    messages = [entry.data["message"] for entry in logs]
+    assert sum("retrying" in m for m in messages) == 2
+    assert sum("falling back to custom/sim-smart" in m for m in messages) == 1, "level error hides warnings"
+    await services.close()

@@ -1,0 +1,193 @@
+"""The router's reaction to every fault kind, counted on the simulator's side of the wire."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from exai.observability.errors import DeadlineError, NotFoundError, ProviderError
+from exai.providers.types import GenerateRequest, Message
+from tests.conftest import SimControl
+from tests.helpers import build_services
+
+pytestmark = pytest.mark.anyio
+REQUEST = GenerateRequest(model="auto", messages=[Message(role="user", content="route me")])
+
+
+async def test_transient_500_is_retried_on_the_same_model(sim: SimControl, monkeypatch: pytest.MonkeyPatch) -> None:
+    services = build_services(monkeypatch, sim)
+    sim.fault("500", model="sim-fast", count=2)
+    result = await services.router.generate(REQUEST, model="sim-fast")
+    assert result.response.model == "sim-fast" and result.fallbacks == []
+    assert [a.outcome for a in result.attempts] == ["server", "server", "ok"]
+    assert sim.count("requests:sim-fast") == 3
+    await services.close()
+
+
+async def test_429_waits_for_retry_after(sim: SimControl, monkeypatch: pytest.MonkeyPatch) -> None:
+    services = build_services(monkeypatch, sim)
+    sim.fault("429", model="sim-fast", count=1, retry_after=0.4)
+    started = time.monotonic()
+    result = await services.router.generate(REQUEST, model="sim-fast")
+    assert time.monotonic() - started >= 0.4
+    assert [a.outcome for a in result.attempts] == ["rate_limit", "ok"]
+    await services.close()
+
+
+@pytest.mark.parametrize("fault", ["reset", "malformed", "503"])
+async def test_other_transient_faults_are_retried(sim: SimControl, monkeypatch: pytest.MonkeyPatch, fault: str) -> None:
+    services = build_services(monkeypatch, sim)
+    sim.fault(fault, model="sim-fast", count=1)
+    result = await services.router.generate(REQUEST, model="sim-fast")
+    assert result.retries == 1 and result.response.model == "sim-fast"
+    assert sim.count("requests:sim-fast") == 2
+    await services.close()
+
+
+async def test_truncated_stream_is_retried(sim: SimControl, monkeypatch: pytest.MonkeyPatch) -> None:
+    services = build_services(monkeypatch, sim)
+    sim.fault("truncate", model="sim-fast", count=1)
+    seen: list[str] = []
+
+    async def on_delta(chunk) -> None:  # type: ignore[no-untyped-def]
+        seen.append(chunk.text)
+
+    result = await services.router.generate(REQUEST, model="sim-fast", on_delta=on_delta)
+    assert [a.outcome for a in result.attempts] == ["connection", "ok"]
+    assert result.response.text.startswith("SIM sim-fast")
+    await services.close()
+
+
+async def test_401_is_never_retried_and_falls_back_to_another_provider(
+    sim: SimControl, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    services = build_services(monkeypatch, sim)
+    sim.fault("401", model="sim-fast")
+    result = await services.router.generate(REQUEST, model="sim-fast")
+    assert sim.count("requests:sim-fast") == 1, "an auth failure must not be retried"
+    assert result.attempts[0].outcome == "auth"
+    assert result.response.provider != "custom", "the default chain tries another provider first"
+    assert result.fallbacks == [result.response.model]
+    await services.close()
+
+
+async def test_401_everywhere_reports_which_key_to_check(sim: SimControl, monkeypatch: pytest.MonkeyPatch) -> None:
+    services = build_services(monkeypatch, sim, EXAI_FALLBACK_CHAIN="sim-smart")
+    sim.fault("401")
+    with pytest.raises(ProviderError) as caught:
+        await services.router.generate(REQUEST, model="kimi-k2")
+    assert caught.value.code == "upstream_auth"
+    assert "CUSTOM_API_KEY" in (caught.value.remedy or "")
+    assert sim.count("requests") == 2
+    await services.close()
+
+
+async def test_bad_request_is_neither_retried_nor_rerouted(sim: SimControl, monkeypatch: pytest.MonkeyPatch) -> None:
+    services = build_services(monkeypatch, sim)
+    sim.fault("content_filter", model="sim-fast")
+    with pytest.raises(ProviderError) as caught:
+        await services.router.generate(REQUEST, model="sim-fast")
+    assert caught.value.code == "content_filtered" and not caught.value.retryable
+    assert sim.count("requests") == 1
+    await services.close()
+
+
+async def test_context_too_long_moves_to_a_larger_context_model(
+    sim: SimControl, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    services = build_services(monkeypatch, sim, EXAI_FALLBACK_CHAIN="sim-smart,sim-large")
+    sim.fault("context_length", model="sim-fast")
+    result = await services.router.generate(REQUEST, model="sim-fast")
+    assert result.response.model == "sim-large"
+    assert sim.count("requests:sim-fast") == 1
+    assert sim.count("requests:sim-smart") == 0, "a model with the same context window cannot help"
+    await services.close()
+
+
+async def test_exhausted_retries_fall_back_along_the_chain(sim: SimControl, monkeypatch: pytest.MonkeyPatch) -> None:
+    services = build_services(monkeypatch, sim, EXAI_FALLBACK_CHAIN="sim-smart")
+    sim.fault("503", model="sim-fast")
+    result = await services.router.generate(REQUEST, model="sim-fast")
+    assert result.response.model == "sim-smart" and result.fallbacks == ["sim-smart"]
+    assert sim.count("requests:sim-fast") == 3  # first try + EXAI_MAX_RETRIES (2)
+    await services.close()
+
+
+async def test_breaker_opens_then_half_opens_and_recovers(sim: SimControl, monkeypatch: pytest.MonkeyPatch) -> None:
+    services = build_services(
+        monkeypatch,
+        sim,
+        CUSTOM_ALLOWED_MODELS="sim-fast",
+        KIMI_API_KEY="",
+        ANTHROPIC_API_KEY="",
+        EXAI_BREAKER_FAILURE_THRESHOLD="3",
+        EXAI_BREAKER_COOLDOWN_SECONDS="0.5",
+    )
+    router = services.router
+    model = router.resolve("sim-fast")
+    sim.fault("500", model="sim-fast")
+    with pytest.raises(ProviderError):
+        await router.generate(REQUEST, model="sim-fast")
+    assert router.breaker_state(model) == "open"
+    assert sim.count("requests:sim-fast") == 3
+    with pytest.raises(ProviderError) as caught:
+        await router.generate(REQUEST, model="sim-fast")
+    assert caught.value.code == "breakers_open"
+    assert sim.count("requests:sim-fast") == 3, "an open breaker sends nothing upstream"
+    await asyncio.sleep(0.55)
+    assert router.breaker_state(model) == "half_open"
+    with pytest.raises(ProviderError):
+        await router.generate(REQUEST, model="sim-fast")
+    assert sim.count("requests:sim-fast") == 4, "half-open lets exactly one probe through"
+    assert router.breaker_state(model) == "open"
+    sim.clear_faults()
+    await asyncio.sleep(0.55)
+    result = await router.generate(REQUEST, model="sim-fast")
+    assert result.response.model == "sim-fast"
+    assert router.breaker_state(model) == "closed"
+    await services.close()
+
+
+async def test_deadline_is_respected_and_the_upstream_request_is_cancelled(
+    sim: SimControl, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    services = build_services(monkeypatch, sim, CUSTOM_ALLOWED_MODELS="sim-fast", KIMI_API_KEY="", ANTHROPIC_API_KEY="")
+    sim.fault("hang", model="sim-fast")
+    started = time.monotonic()
+    with pytest.raises(DeadlineError):
+        await services.router.generate(REQUEST, model="sim-fast", deadline_seconds=1.0)
+    assert time.monotonic() - started < 2.0
+    await asyncio.sleep(0.2)
+    assert sim.count("disconnects") >= 1
+    await services.close()
+
+
+async def test_concurrency_limit_per_provider(sim: SimControl, monkeypatch: pytest.MonkeyPatch) -> None:
+    services = build_services(monkeypatch, sim, EXAI_PROVIDER_CONCURRENCY="2")
+    sim.latency(150)
+    await asyncio.gather(*(services.router.generate(REQUEST, model="sim-fast") for _ in range(6)))
+    assert sim.stats()["max_in_flight"] == 2
+    await services.close()
+
+
+async def test_auto_skips_a_model_whose_breaker_is_open(sim: SimControl, monkeypatch: pytest.MonkeyPatch) -> None:
+    services = build_services(monkeypatch, sim)
+    router = services.router
+    best = router.candidates("auto", "balanced")[0]
+    breaker = router.breaker(best)
+    for _ in range(services.settings.breaker_failure_threshold):
+        breaker.record_failure("server")
+    result = await router.generate(REQUEST, model="auto")
+    assert result.response.model != best.name
+    assert sim.count(f"requests:{best.name}") == 0
+    await services.close()
+
+
+async def test_unknown_model_gets_suggestions(sim: SimControl, monkeypatch: pytest.MonkeyPatch) -> None:
+    services = build_services(monkeypatch, sim)
+    with pytest.raises(NotFoundError) as caught:
+        await services.router.generate(REQUEST, model="kimi-k3")
+    assert "kimi-k2" in caught.value.message
+    await services.close()

@@ -1,0 +1,69 @@
+"""`exai stdio` through the MCP SDK's stdio client, and the CLI's own commands, as real processes."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+from mcp import Client, StdioServerParameters
+
+from tests.conftest import SimControl, free_port, sim_env
+
+pytestmark = pytest.mark.anyio
+
+
+def _run(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "exai", *args],
+        env={**env, "COLUMNS": "200"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+async def test_all_four_tools_over_stdio(sim: SimControl) -> None:
+    params = StdioServerParameters(
+        command=sys.executable, args=["-m", "exai", "stdio"], env={**os.environ, **sim_env(sim)}
+    )
+    async with Client(params) as client:
+        await client.list_tools()
+        chat = await client.call_tool("chat", {"prompt": "over stdio", "model": "claude-haiku-4-5"})
+        others = [await client.call_tool(name, {}) for name in ("listmodels", "version", "status")]
+        bad = await client.call_tool("chat", {"prompt": 42})
+    assert not chat.is_error and chat.structured_content["provider"] == "anthropic"
+    assert "echo: over stdio" in chat.content[0].text
+    assert not any(r.is_error for r in others)
+    assert bad.is_error and bad.structured_content["error"]["details"]["fields"] == ["prompt"]
+
+
+def test_doctor_reports_each_provider(sim: SimControl) -> None:
+    ok = _run(["doctor"], {**os.environ, **sim_env(sim)})
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert "reachable" in ok.stdout and "set GLM_API_KEY" in ok.stdout
+    unreachable = _run(
+        ["doctor", "--timeout", "2"],
+        {**os.environ, "CUSTOM_API_URL": f"http://127.0.0.1:{free_port()}/v1", "CUSTOM_MODELS": "m"},
+    )
+    assert unreachable.returncode == 1 and "connection" in unreachable.stdout
+    sim.fault("401")
+    refused = _run(["doctor"], {**os.environ, **sim_env(sim)})
+    assert refused.returncode == 1 and "auth" in refused.stdout
+    nothing = _run(["doctor"], dict(os.environ))
+    assert nothing.returncode == 1 and "No provider is configured" in nothing.stdout
+
+
+def test_bad_configuration_names_the_variable(sim: SimControl) -> None:
+    result = _run(["models"], {**os.environ, "EXAI_PORT": "99999", "KIMI_BASE_URL": "ftp://x"})
+    assert result.returncode == 2
+    assert "EXAI_PORT" in result.stderr and "KIMI_BASE_URL" in result.stderr
+
+
+def test_models_table_and_secrets_stay_hidden(sim: SimControl) -> None:
+    result = _run(["models"], {**os.environ, **sim_env(sim)})
+    assert result.returncode == 0
+    assert "sim-large" in result.stdout and "kimi-k2-thinking" in result.stdout
+    assert "sk-test" not in result.stdout + result.stderr

@@ -1,0 +1,137 @@
+"""Pure units: catalogue, settings, quirks, breaker, backoff, classification."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+
+from exai.config import load_settings
+from exai.observability.errors import ValidationError
+from exai.providers.base import classify_status
+from exai.providers.catalogue import Catalogue
+from exai.providers.quirks import anthropic_params, openai_params, temperature_for
+from exai.providers.resilience import CircuitBreaker, backoff_delay
+from exai.providers.types import GenerateRequest, Message
+from exai.tools import enabled_tools
+
+
+def test_catalogue_has_real_limits_for_every_model() -> None:
+    catalogue = Catalogue.load()
+    assert all(m.context_window > 0 and m.max_output_tokens > 0 for m in catalogue.models.values())
+    for name in (
+        "kimi-k2-0905-preview",
+        "kimi-k2-thinking",
+        "moonshot-v1-128k",
+        "glm-4.6",
+        "glm-4.5",
+        "glm-4.5-air",
+        "glm-4.5-flash",
+        "glm-4.5v",
+        "gpt-5",
+        "claude-sonnet-4-5",
+    ):
+        assert catalogue.get(name) is not None, name
+    assert catalogue.get("KIMI").name == "kimi-k2-0905-preview"
+    assert catalogue.get("glm-4.6").reasoning_field == "reasoning_content"
+    assert catalogue.get("glm-4.5v").images
+
+
+def test_user_models_file_adds_and_overrides(tmp_path: Path) -> None:
+    user = tmp_path / "models.toml"
+    user.write_text(
+        '[models."glm-4.6"]\nprovider = "glm"\ncontext_window = 1000\nmax_output_tokens = 100\n'
+        '[models."my-model"]\nprovider = "custom"\ncontext_window = 4096\nmax_output_tokens = 512\n'
+    )
+    catalogue = Catalogue.load(user, ["llama3.2:131072"])
+    assert catalogue.get("glm-4.6").context_window == 1000
+    assert catalogue.get("my-model").provider == "custom"
+    assert catalogue.get("llama3.2").context_window == 131072
+    user.write_text('[models.bad]\nprovider = "glm"\ncontext_window = 0\nmax_output_tokens = 1\n')
+    with pytest.raises(ValidationError, match="context_window"):
+        Catalogue.load(user)
+    with pytest.raises(ValidationError, match="CUSTOM_MODELS"):
+        Catalogue.load(custom_models=["x:lots"])
+
+
+def test_settings_read_aliases_lists_and_toml(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("MOONSHOT_API_KEY", "sk-moon")
+    monkeypatch.setenv("ZAI_API_KEY", "sk-zai")
+    monkeypatch.setenv("GLM_BASE_URL", "https://open.bigmodel.cn/api/paas/v4/")
+    monkeypatch.setenv("KIMI_ALLOWED_MODELS", "kimi-k2, kimi-k2-thinking")
+    (tmp_path / "exai.toml").write_text('port = 9999\ndisabled_tools = ["status"]\n')
+    settings = load_settings()
+    kimi, glm = settings.provider("kimi"), settings.provider("glm")
+    assert kimi.api_key == "sk-moon" and kimi.allows("kimi-k2") and not kimi.allows("moonshot-v1-8k")
+    assert glm.api_key == "sk-zai" and glm.base_url == "https://open.bigmodel.cn/api/paas/v4"
+    assert settings.port == 9999 and settings.disabled_tools == ["status"]
+    assert "sk-moon" not in repr(settings)
+
+
+def test_unknown_disabled_tool_is_a_config_error() -> None:
+    with pytest.raises(ValidationError, match="chatt"):
+        enabled_tools(["chatt"])
+
+
+def test_temperature_rules() -> None:
+    catalogue = Catalogue.load()
+    assert temperature_for(catalogue.get("gpt-5"), 0.2) == 1.0
+    assert temperature_for(catalogue.get("o3"), 0.2) is None
+    assert temperature_for(catalogue.get("kimi-k2"), 1.7) == 1.0
+    assert temperature_for(catalogue.get("gpt-4.1"), 1.7) == 1.7
+
+
+def test_thinking_parameters_per_vendor() -> None:
+    catalogue = Catalogue.load()
+    request = GenerateRequest(model="x", messages=[Message(role="user", content="q")], thinking="max")
+    assert openai_params(request, catalogue.get("o3"))["reasoning_effort"] == "high"
+    off = request.model_copy(update={"thinking": "off"})
+    assert openai_params(off, catalogue.get("glm-4.5"))["extra_body"] == {"thinking": {"type": "disabled"}}
+    params = anthropic_params(request, catalogue.get("claude-opus-4-1"))
+    assert params["thinking"]["budget_tokens"] < params["max_tokens"] <= 32000
+
+
+def test_breaker_states_with_a_fake_clock() -> None:
+    now = [0.0]
+    breaker = CircuitBreaker(threshold=2, cooldown=10, clock=lambda: now[0])
+    breaker.record_failure("bad_request")
+    breaker.record_failure("context_too_long")
+    assert breaker.state == "closed", "request errors say nothing about upstream health"
+    breaker.record_failure("server")
+    breaker.record_failure("timeout")
+    assert breaker.state == "open" and not breaker.allow()
+    now[0] = 10
+    assert breaker.state == "half_open"
+    assert breaker.allow() and not breaker.allow(), "one probe at a time"
+    breaker.record_success()
+    assert breaker.state == "closed" and breaker.times_opened == 1
+
+
+def test_backoff_is_jittered_exponential_and_honours_retry_after() -> None:
+    rng = random.Random(1)
+    delays = [backoff_delay(attempt, 0.5, 8, None, rng) for attempt in range(6)]
+    assert all(0 <= d <= min(8, 0.5 * 2**i) for i, d in enumerate(delays))
+    assert backoff_delay(0, 0.5, 8, 30.0, rng) == 30.0
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "kind"),
+    [
+        (401, "", "auth"),
+        (403, "", "auth"),
+        (429, "", "rate_limit"),
+        (400, "context_length_exceeded", "context_too_long"),
+        (400, "prompt is too long", "context_too_long"),
+        (400, "content_filter", "content_filter"),
+        (400, "bad temperature", "bad_request"),
+        (404, "no such model", "bad_request"),
+        (500, "", "server"),
+        (502, "", "server"),
+        (529, "overloaded", "server"),
+        (504, "", "timeout"),
+        (408, "", "timeout"),
+    ],
+)
+def test_status_classification(status: int, body: str, kind: str) -> None:
+    assert classify_status(status, body).kind == kind
