@@ -41,6 +41,7 @@ def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
         if name.startswith("EXAI_") or name in _provider_env_names():
             monkeypatch.delenv(name, raising=False)
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("EXAI_DATA_DIR", str(tmp_path / "data"))
 
 
 def free_port() -> int:

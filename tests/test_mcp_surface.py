@@ -12,6 +12,7 @@ from mcp.shared.exceptions import MCPError
 from exai.app import Services
 from exai.config import load_settings
 from exai.server.mcp import build_server
+from exai.tools import PROFILES
 from tests.conftest import SimControl
 from tests.helpers import build_services
 
@@ -19,10 +20,10 @@ pytestmark = pytest.mark.anyio
 
 
 async def test_every_tool_has_title_description_and_schemas(sim: SimControl, monkeypatch: pytest.MonkeyPatch) -> None:
-    services = build_services(monkeypatch, sim)
+    services = await build_services(monkeypatch, sim)
     async with Client(build_server(services)) as client:
         tools = (await client.list_tools()).tools
-    assert {t.name for t in tools} == {"chat", "listmodels", "version", "status"}
+    assert {t.name for t in tools} == set(PROFILES["standard"])
     for tool in tools:
         assert tool.title and tool.description
         assert tool.input_schema["type"] == "object"
@@ -33,7 +34,7 @@ async def test_every_tool_has_title_description_and_schemas(sim: SimControl, mon
 
 
 async def test_chat_returns_answer_and_structured_metadata(sim: SimControl, monkeypatch: pytest.MonkeyPatch) -> None:
-    services = build_services(monkeypatch, sim)
+    services = await build_services(monkeypatch, sim)
     async with Client(build_server(services)) as client:
         await client.list_tools()
         result = await client.call_tool(
@@ -58,7 +59,7 @@ async def _error(client: Client, tool: str, args: dict[str, Any]) -> dict[str, A
 
 
 async def test_bad_inputs_get_clear_errors(sim: SimControl, monkeypatch: pytest.MonkeyPatch) -> None:
-    services = build_services(monkeypatch, sim, EXAI_MAX_PROMPT_CHARS="1000")
+    services = await build_services(monkeypatch, sim, EXAI_MAX_PROMPT_CHARS="1000")
     async with Client(build_server(services)) as client:
         error = await _error(client, "chat", {"model": "sim-fast"})
         assert error["category"] == "validation" and error["details"]["fields"] == ["prompt"]
@@ -76,12 +77,13 @@ async def test_bad_inputs_get_clear_errors(sim: SimControl, monkeypatch: pytest.
         assert error["code"] == "images_unsupported"
         with pytest.raises(MCPError) as caught:
             await client.call_tool("no-such-tool", {})
-        assert caught.value.code == -32602 and "Available tools: chat" in caught.value.message
+        assert caught.value.code == -32602 and "Available tools: analyze, challenge, chat" in caught.value.message
     await services.close()
 
 
 async def test_no_provider_configured_names_the_variables() -> None:
     services = Services.build(load_settings())
+    await services.start()
     async with Client(build_server(services)) as client:
         error = await _error(client, "chat", {"prompt": "hello"})
         status = await client.call_tool("status", {})
@@ -99,7 +101,7 @@ async def test_no_provider_configured_names_the_variables() -> None:
 
 
 async def test_upstream_failure_is_a_tool_error_with_category(sim: SimControl, monkeypatch: pytest.MonkeyPatch) -> None:
-    services = build_services(monkeypatch, sim, CUSTOM_ALLOWED_MODELS="sim-fast", KIMI_API_KEY="", ANTHROPIC_API_KEY="")
+    services = await build_services(monkeypatch, sim, CUSTOM_ALLOWED_MODELS="sim-fast", KIMI_API_KEY="", ANTHROPIC_API_KEY="")
     sim.fault("503")
     async with Client(build_server(services)) as client:
         error = await _error(client, "chat", {"prompt": "x", "model": "sim-fast"})
@@ -112,7 +114,7 @@ async def test_upstream_failure_is_a_tool_error_with_category(sim: SimControl, m
 
 
 async def test_listmodels_version_status(sim: SimControl, monkeypatch: pytest.MonkeyPatch) -> None:
-    services = build_services(monkeypatch, sim, EXAI_DISABLED_TOOLS="status")
+    services = await build_services(monkeypatch, sim, EXAI_DISABLED_TOOLS="status")
     async with Client(build_server(services)) as client:
         models = (await client.call_tool("listmodels", {})).structured_content
         version = (await client.call_tool("version", {})).structured_content
@@ -122,19 +124,19 @@ async def test_listmodels_version_status(sim: SimControl, monkeypatch: pytest.Mo
     names = {m["name"] for m in models["models"]}
     assert {"sim-fast", "sim-large", "kimi-k2-thinking", "claude-haiku-4-5"} <= names
     assert all(m["capabilities"]["context_window"] > 0 for m in models["models"])
-    assert version["tools"] == ["chat", "listmodels", "version"]
+    assert "status" not in version["tools"] and {"chat", "listmodels", "version"} <= set(version["tools"])
     assert version["providers"] == ["anthropic", "custom", "kimi"]
     await services.close()
 
 
 async def test_prompts_and_resources(sim: SimControl, monkeypatch: pytest.MonkeyPatch) -> None:
-    services = build_services(monkeypatch, sim)
+    services = await build_services(monkeypatch, sim)
     async with Client(build_server(services)) as client:
         prompts = (await client.list_prompts()).prompts
         prompt = await client.get_prompt("chat", {"request": "review my diff"})
         resources = (await client.list_resources()).resources
         models = await client.read_resource("exai://models")
-    assert {p.name for p in prompts} == {"chat", "listmodels", "version", "status"}
+    assert {p.name for p in prompts} == set(PROFILES["standard"])
     assert "review my diff" in prompt.messages[0].content.text
     assert [str(r.uri) for r in resources] == ["exai://models"]
     assert any(m["name"] == "sim-fast" for m in json.loads(models.contents[0].text))
@@ -142,7 +144,7 @@ async def test_prompts_and_resources(sim: SimControl, monkeypatch: pytest.Monkey
 
 
 async def test_progress_and_log_notifications(sim: SimControl, monkeypatch: pytest.MonkeyPatch) -> None:
-    services = build_services(monkeypatch, sim, EXAI_FALLBACK_CHAIN="sim-smart")
+    services = await build_services(monkeypatch, sim, EXAI_FALLBACK_CHAIN="sim-smart")
     sim.fault("503", model="sim-fast")
     progress: list[tuple[float, str | None]] = []
     logs: list[Any] = []

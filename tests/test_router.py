@@ -17,7 +17,7 @@ REQUEST = GenerateRequest(model="auto", messages=[Message(role="user", content="
 
 
 async def test_transient_500_is_retried_on_the_same_model(sim: SimControl, monkeypatch: pytest.MonkeyPatch) -> None:
-    services = build_services(monkeypatch, sim)
+    services = await build_services(monkeypatch, sim)
     sim.fault("500", model="sim-fast", count=2)
     result = await services.router.generate(REQUEST, model="sim-fast")
     assert result.response.model == "sim-fast" and result.fallbacks == []
@@ -27,7 +27,7 @@ async def test_transient_500_is_retried_on_the_same_model(sim: SimControl, monke
 
 
 async def test_429_waits_for_retry_after(sim: SimControl, monkeypatch: pytest.MonkeyPatch) -> None:
-    services = build_services(monkeypatch, sim)
+    services = await build_services(monkeypatch, sim)
     sim.fault("429", model="sim-fast", count=1, retry_after=0.4)
     started = time.monotonic()
     result = await services.router.generate(REQUEST, model="sim-fast")
@@ -38,7 +38,7 @@ async def test_429_waits_for_retry_after(sim: SimControl, monkeypatch: pytest.Mo
 
 @pytest.mark.parametrize("fault", ["reset", "malformed", "503"])
 async def test_other_transient_faults_are_retried(sim: SimControl, monkeypatch: pytest.MonkeyPatch, fault: str) -> None:
-    services = build_services(monkeypatch, sim)
+    services = await build_services(monkeypatch, sim)
     sim.fault(fault, model="sim-fast", count=1)
     result = await services.router.generate(REQUEST, model="sim-fast")
     assert result.retries == 1 and result.response.model == "sim-fast"
@@ -47,7 +47,7 @@ async def test_other_transient_faults_are_retried(sim: SimControl, monkeypatch: 
 
 
 async def test_truncated_stream_is_retried(sim: SimControl, monkeypatch: pytest.MonkeyPatch) -> None:
-    services = build_services(monkeypatch, sim)
+    services = await build_services(monkeypatch, sim)
     sim.fault("truncate", model="sim-fast", count=1)
     seen: list[str] = []
 
@@ -63,7 +63,7 @@ async def test_truncated_stream_is_retried(sim: SimControl, monkeypatch: pytest.
 async def test_401_is_never_retried_and_falls_back_to_another_provider(
     sim: SimControl, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    services = build_services(monkeypatch, sim)
+    services = await build_services(monkeypatch, sim)
     sim.fault("401", model="sim-fast")
     result = await services.router.generate(REQUEST, model="sim-fast")
     assert sim.count("requests:sim-fast") == 1, "an auth failure must not be retried"
@@ -74,7 +74,7 @@ async def test_401_is_never_retried_and_falls_back_to_another_provider(
 
 
 async def test_401_everywhere_reports_which_key_to_check(sim: SimControl, monkeypatch: pytest.MonkeyPatch) -> None:
-    services = build_services(monkeypatch, sim, EXAI_FALLBACK_CHAIN="sim-smart")
+    services = await build_services(monkeypatch, sim, EXAI_FALLBACK_CHAIN="sim-smart")
     sim.fault("401")
     with pytest.raises(ProviderError) as caught:
         await services.router.generate(REQUEST, model="kimi-k2")
@@ -85,7 +85,7 @@ async def test_401_everywhere_reports_which_key_to_check(sim: SimControl, monkey
 
 
 async def test_bad_request_is_neither_retried_nor_rerouted(sim: SimControl, monkeypatch: pytest.MonkeyPatch) -> None:
-    services = build_services(monkeypatch, sim)
+    services = await build_services(monkeypatch, sim)
     sim.fault("content_filter", model="sim-fast")
     with pytest.raises(ProviderError) as caught:
         await services.router.generate(REQUEST, model="sim-fast")
@@ -97,7 +97,7 @@ async def test_bad_request_is_neither_retried_nor_rerouted(sim: SimControl, monk
 async def test_context_too_long_moves_to_a_larger_context_model(
     sim: SimControl, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    services = build_services(monkeypatch, sim, EXAI_FALLBACK_CHAIN="sim-smart,sim-large")
+    services = await build_services(monkeypatch, sim, EXAI_FALLBACK_CHAIN="sim-smart,sim-large")
     sim.fault("context_length", model="sim-fast")
     result = await services.router.generate(REQUEST, model="sim-fast")
     assert result.response.model == "sim-large"
@@ -107,7 +107,7 @@ async def test_context_too_long_moves_to_a_larger_context_model(
 
 
 async def test_exhausted_retries_fall_back_along_the_chain(sim: SimControl, monkeypatch: pytest.MonkeyPatch) -> None:
-    services = build_services(monkeypatch, sim, EXAI_FALLBACK_CHAIN="sim-smart")
+    services = await build_services(monkeypatch, sim, EXAI_FALLBACK_CHAIN="sim-smart")
     sim.fault("503", model="sim-fast")
     result = await services.router.generate(REQUEST, model="sim-fast")
     assert result.response.model == "sim-smart" and result.fallbacks == ["sim-smart"]
@@ -116,7 +116,7 @@ async def test_exhausted_retries_fall_back_along_the_chain(sim: SimControl, monk
 
 
 async def test_breaker_opens_then_half_opens_and_recovers(sim: SimControl, monkeypatch: pytest.MonkeyPatch) -> None:
-    services = build_services(
+    services = await build_services(
         monkeypatch,
         sim,
         CUSTOM_ALLOWED_MODELS="sim-fast",
@@ -153,7 +153,7 @@ async def test_breaker_opens_then_half_opens_and_recovers(sim: SimControl, monke
 async def test_deadline_is_respected_and_the_upstream_request_is_cancelled(
     sim: SimControl, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    services = build_services(monkeypatch, sim, CUSTOM_ALLOWED_MODELS="sim-fast", KIMI_API_KEY="", ANTHROPIC_API_KEY="")
+    services = await build_services(monkeypatch, sim, CUSTOM_ALLOWED_MODELS="sim-fast", KIMI_API_KEY="", ANTHROPIC_API_KEY="")
     sim.fault("hang", model="sim-fast")
     started = time.monotonic()
     with pytest.raises(DeadlineError):
@@ -165,7 +165,7 @@ async def test_deadline_is_respected_and_the_upstream_request_is_cancelled(
 
 
 async def test_concurrency_limit_per_provider(sim: SimControl, monkeypatch: pytest.MonkeyPatch) -> None:
-    services = build_services(monkeypatch, sim, EXAI_PROVIDER_CONCURRENCY="2")
+    services = await build_services(monkeypatch, sim, EXAI_PROVIDER_CONCURRENCY="2")
     sim.latency(150)
     await asyncio.gather(*(services.router.generate(REQUEST, model="sim-fast") for _ in range(6)))
     assert sim.stats()["max_in_flight"] == 2
@@ -173,7 +173,7 @@ async def test_concurrency_limit_per_provider(sim: SimControl, monkeypatch: pyte
 
 
 async def test_auto_skips_a_model_whose_breaker_is_open(sim: SimControl, monkeypatch: pytest.MonkeyPatch) -> None:
-    services = build_services(monkeypatch, sim)
+    services = await build_services(monkeypatch, sim)
     router = services.router
     best = router.candidates("auto", "balanced")[0]
     breaker = router.breaker(best)
@@ -186,7 +186,7 @@ async def test_auto_skips_a_model_whose_breaker_is_open(sim: SimControl, monkeyp
 
 
 async def test_unknown_model_gets_suggestions(sim: SimControl, monkeypatch: pytest.MonkeyPatch) -> None:
-    services = build_services(monkeypatch, sim)
+    services = await build_services(monkeypatch, sim)
     with pytest.raises(NotFoundError) as caught:
         await services.router.generate(REQUEST, model="kimi-k3")
     assert "kimi-k2" in caught.value.message

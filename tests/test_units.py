@@ -71,7 +71,7 @@ def test_settings_read_aliases_lists_and_toml(monkeypatch: pytest.MonkeyPatch, t
 
 def test_unknown_disabled_tool_is_a_config_error() -> None:
     with pytest.raises(ValidationError, match="chatt"):
-        enabled_tools(["chatt"])
+        enabled_tools("standard", ["chatt"])
 
 
 def test_temperature_rules() -> None:

@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from exai.app import Services
+from exai.app import Services, Transport
 from exai.config import Settings, load_settings
 from exai.observability.errors import ExaiError
 from exai.observability.logging import configure_logging, get_logger
@@ -30,9 +30,9 @@ def _settings(**overrides: object) -> Settings:
     return settings
 
 
-def _services(settings: Settings) -> Services:
+def _services(settings: Settings, transport: Transport = "memory") -> Services:
     try:
-        return Services.build(settings)
+        return Services.build(settings, transport)
     except ExaiError as exc:
         console.print(f"[red]{exc.message}[/red]\n{exc.remedy}")
         raise typer.Exit(2) from None
@@ -47,7 +47,7 @@ def serve(
     from exai.server.http import serve_http
 
     settings = _settings(host=host, port=port)
-    services = _services(settings)
+    services = _services(settings, "http")
     log.info("starting", host=settings.host, port=settings.port, providers=sorted(services.router.providers))
     if not services.router.providers:
         log.warning("no_provider_configured", remedy="set a provider key or CUSTOM_API_URL; see `exai doctor`")
@@ -60,7 +60,7 @@ def stdio() -> None:
     from exai.server.stdio import serve_stdio
 
     settings = _settings()
-    asyncio.run(serve_stdio(_services(settings)))
+    asyncio.run(serve_stdio(_services(settings, "stdio")))
 
 
 @app.command()
@@ -115,6 +115,29 @@ def doctor(timeout: Annotated[float, typer.Option(help="Seconds to wait for each
     services = _services(settings)
     problems = asyncio.run(_doctor(services, timeout))
     raise typer.Exit(1 if problems else 0)
+
+
+def _db_upgrade_and_report(services: Services) -> int:
+    async def run() -> int:
+        await services.store.open()
+        try:
+            return await services.store.migrate()
+        finally:
+            await services.store.close()
+
+    return asyncio.run(run())
+
+
+db_app = typer.Typer(help="Database maintenance.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+
+
+@db_app.command("upgrade")
+def db_upgrade() -> None:
+    """Apply pending schema migrations (the daemon also does this at start)."""
+    services = _services(_settings())
+    version = _db_upgrade_and_report(services)
+    Console().print(f"{services.store.name}: schema at version {version}")
 
 
 async def _doctor(services: Services, timeout: float) -> int:

@@ -73,6 +73,21 @@ class Settings(BaseSettings):
     disabled_tools: CommaList = Field(default_factory=list)
     max_prompt_chars: int = Field(default=100_000, gt=0)
 
+    # Storage and conversations
+    data_dir: Path = Field(default_factory=lambda: _default_data_dir())
+    database_url: str | None = None
+    database_schema: str | None = None
+    redis_url: str | None = None
+    thread_ttl_hours: float = Field(default=72.0, gt=0)
+    max_turns_per_thread: int = Field(default=50, ge=2)
+    audit_retention_days: float = Field(default=30.0, gt=0)
+
+    # Tools and files
+    tool_profile: Literal["lean", "standard", "full"] = "standard"
+    file_roots: CommaList | None = None
+    max_file_bytes: int = Field(default=512_000, gt=0)
+    max_files_bytes: int = Field(default=2_000_000, gt=0)
+
     # Routing and resilience
     default_model: str = "auto"
     fallback_chain: CommaList = Field(default_factory=list)
@@ -116,6 +131,7 @@ class Settings(BaseSettings):
 
     @field_validator(
         "allowed_hosts",
+        "file_roots",
         "disabled_tools",
         "fallback_chain",
         "kimi_allowed_models",
@@ -175,6 +191,11 @@ class Settings(BaseSettings):
 
     def providers(self) -> dict[str, ProviderConfig]:
         return {name: self.provider(name) for name in PROVIDER_SPECS}
+
+
+def _default_data_dir() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "exai"
 
 
 def _env_name(field: str) -> str:

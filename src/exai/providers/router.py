@@ -150,10 +150,13 @@ class Router:
         deadline_seconds: float | None = None,
         on_delta: DeltaCallback | None = None,
         on_event: EventCallback | None = None,
+        allow_fallback: bool = True,
     ) -> RouteResult:
         deadline = time.monotonic() + (deadline_seconds or self.settings.call_deadline_seconds)
         needs_images = any(m.images for m in request.messages)
         queue = self.candidates(model, category, needs_images)
+        if not allow_fallback:
+            queue = queue[:1]
         attempts: list[Attempt] = []
         fallbacks: list[str] = []
         last: ExaiError | None = None

@@ -42,6 +42,17 @@ def build_http_app(services: Services) -> Starlette:
 
     async def readyz(request: Request) -> JSONResponse:
         providers = sorted(services.router.providers)
+        try:
+            await services.store.ping()
+        except Exception as exc:
+            return JSONResponse(
+                {
+                    "ready": False,
+                    "reason": f"storage ({services.store.name}) unreachable: {exc}",
+                    "remedy": "check EXAI_DATABASE_URL and the database",
+                },
+                status_code=503,
+            )
         if not providers:
             return JSONResponse(
                 {
@@ -51,7 +62,14 @@ def build_http_app(services: Services) -> Starlette:
                 },
                 status_code=503,
             )
-        return JSONResponse({"ready": True, "providers": providers, "tools": [t.name for t in services.tools]})
+        return JSONResponse(
+            {
+                "ready": True,
+                "providers": providers,
+                "storage": services.store.name,
+                "tools": [t.name for t in services.tools],
+            }
+        )
 
     server = build_server(services)
     return server.streamable_http_app(
@@ -86,6 +104,7 @@ async def serve_http(services: Services) -> None:
         timeout_graceful_shutdown=int(settings.shutdown_grace_seconds),
         lifespan="on",
     )
+    await services.start()
     try:
         await _GracefulServer(config).serve()
     finally:

@@ -8,6 +8,7 @@ the error's category, a remedy and the correlation id. Unknown tools are JSON-RP
 from __future__ import annotations
 
 import json
+import time
 import warnings
 from typing import Any
 from weakref import WeakKeyDictionary
@@ -23,9 +24,11 @@ from exai.app import Services
 from exai.observability.context import bind_correlation_id
 from exai.observability.errors import ExaiError, InternalError, NotFoundError, ValidationError
 from exai.observability.logging import get_logger
+from exai.storage.base import AuditRecord
 from exai.tools.base import Tool, ToolContext, compact_schema
 
 log = get_logger(__name__)
+LOCAL_TENANT = "local"
 LEVELS: list[str] = ["debug", "info", "notice", "warning", "error", "critical", "alert", "emergency"]
 INSTRUCTIONS = (
     "EX-AI gives you other models as tools. Use `chat` for a second opinion from Kimi, GLM, OpenAI, Anthropic or a "
@@ -66,6 +69,38 @@ def _incoming_correlation_id(ctx: ServerRequestContext[Any, Any]) -> str | None:
     traceparent = headers.get("traceparent", "")
     parts = traceparent.split("-")
     return parts[1] if len(parts) == 4 and len(parts[1]) == 32 else None
+
+
+def audit_record(
+    tenant: str,
+    tool: str,
+    outcome: str,
+    category: str | None,
+    correlation_id: str,
+    data: dict[str, Any] | None,
+    latency_ms: float,
+    services: Services,
+) -> AuditRecord:
+    """What the audit log keeps of one call; model, usage and cost come from the tool's structured output."""
+    data = data or {}
+    usage = data.get("usage") or {}
+    model = data.get("model")
+    info = services.catalogue.get(model) if model else None
+    tokens_in, tokens_out = usage.get("input_tokens", 0), usage.get("output_tokens", 0)
+    return AuditRecord(
+        tenant=tenant,
+        tool=tool,
+        model=model,
+        provider=data.get("provider"),
+        input_tokens=tokens_in,
+        output_tokens=tokens_out,
+        cost_usd=info.cost(tokens_in, tokens_out) if info else 0.0,
+        latency_ms=round(latency_ms, 2),
+        outcome=outcome,
+        error_category=category,
+        correlation_id=correlation_id,
+        thread_id=data.get("continuation_id"),
+    )
 
 
 def _connection_of(ctx: ServerRequestContext[Any, Any]) -> Any:
@@ -118,6 +153,7 @@ def build_server(services: Services) -> Server[Any]:
                 data={"category": "not_found", "code": "unknown_tool", "tools": sorted(tools)},
             )
         correlation_id = bind_correlation_id(_incoming_correlation_id(ctx))
+        tenant = LOCAL_TENANT
         wants_progress = _progress_token(ctx) is not None
 
         async def progress(done: float, total: float | None, message: str | None) -> None:
@@ -144,17 +180,19 @@ def build_server(services: Services) -> Server[Any]:
                 log.debug("log_notification_not_sent", exc_info=True)
 
         services.stats.begin()
-        outcome, category = "cancelled", None
+        outcome, category, data = "cancelled", None, None
+        started = time.perf_counter()
         try:
             try:
                 args = tool.input_model.model_validate(params.arguments or {})
             except pydantic.ValidationError as exc:
                 raise validation_error(tool, exc) from None
-            result = await tool.run(args, ToolContext(services, correlation_id, progress, send_log, wants_progress))
-            outcome = "ok"
+            result = await tool.run(
+                args, ToolContext(services, correlation_id, progress, send_log, wants_progress, tenant=tenant)
+            )
+            outcome, data = "ok", result.data.model_dump(mode="json")
             return types.CallToolResult(
-                content=[types.TextContent(type="text", text=result.text)],
-                structured_content=result.data.model_dump(mode="json"),
+                content=[types.TextContent(type="text", text=result.text)], structured_content=data
             )
         except ExaiError as exc:
             outcome, category = "error", exc.category.value
@@ -172,6 +210,18 @@ def build_server(services: Services) -> Server[Any]:
             )
         finally:
             services.stats.end(tool.name, outcome, category)
+            services.audit.add(
+                audit_record(
+                    tenant,
+                    tool.name,
+                    outcome,
+                    category,
+                    correlation_id,
+                    data,
+                    (time.perf_counter() - started) * 1000,
+                    services,
+                )
+            )
 
     async def set_level(ctx: ServerRequestContext[Any, Any], params: types.SetLevelRequestParams) -> types.EmptyResult:
         levels[_connection_of(ctx)] = params.level

@@ -10,6 +10,7 @@ from exai.server.mcp import build_server
 
 async def serve_stdio(services: Services) -> None:
     server = build_server(services)
+    await services.start()
     try:
         async with stdio_server() as (read_stream, write_stream):
             await server.run(read_stream, write_stream, server.create_initialization_options())

@@ -31,6 +31,7 @@ class ToolContext:
     progress: Callable[[float, float | None, str | None], Awaitable[None]]
     log: Callable[[str, str], Awaitable[None]]
     wants_progress: bool = False
+    tenant: str = "local"
 
 
 @dataclass

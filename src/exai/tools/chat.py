@@ -7,8 +7,10 @@ from typing import Annotated
 
 from pydantic import BaseModel, Field
 
+from exai.conversations.history import build_prompt
 from exai.observability.errors import ValidationError
-from exai.providers.types import GenerateRequest, ImageInput, Message, StreamChunk, ThinkingMode
+from exai.providers.types import GenerateRequest, ImageInput, StreamChunk, ThinkingMode
+from exai.storage.base import TurnRecord
 from exai.tools.base import Tool, ToolContext, ToolInput, ToolResult
 
 SYSTEM_PROMPT = (
@@ -25,6 +27,8 @@ class ChatInput(ToolInput):
     system_prompt: str | None = Field(default=None, description="Extra instructions added to the system prompt.")
     images: list[str] = Field(default_factory=list, max_length=8, description="Image data URLs or http(s) URLs.")
     max_output_tokens: int | None = Field(default=None, ge=1, description="Cap on the answer's length in tokens.")
+    files: list[str] = Field(default_factory=list, description="Absolute paths of files to include.")
+    continuation_id: str | None = Field(default=None, description="Thread id from an earlier response.")
 
 
 class UsageOut(BaseModel):
@@ -44,6 +48,9 @@ class ChatOutput(BaseModel):
     retries: int
     finish_reason: str | None
     reasoning: str | None = None
+    continuation_id: str
+    files_included: list[str]
+    earlier_turns_included: int
     correlation_id: str
 
 
@@ -66,7 +73,7 @@ class ChatTool(Tool[ChatInput, ChatOutput]):
             raise ValidationError(
                 f"The prompt is {size:,} characters; the limit is {limit:,}.",
                 code="prompt_too_large",
-                remedy="Send a shorter prompt (put large content in files once the file tools are enabled), "
+                remedy="Save the content to a file and pass its absolute path in `files` instead, "
                 "or raise EXAI_MAX_PROMPT_CHARS.",
                 details={"field": "prompt", "size": size, "limit": limit},
             )
@@ -79,10 +86,24 @@ class ChatTool(Tool[ChatInput, ChatOutput]):
                     details={"field": f"images.{index}"},
                 )
         system = SYSTEM_PROMPT + (f"\n\n{args.system_prompt}" if args.system_prompt else "")
+        target = services.router.candidates(args.model, "balanced", needs_images=bool(args.images))[0]
+        await services.files.read(args.files)  # refuse unreadable files before anything is recorded
+        thread = await services.conversations.open_or_start(args.continuation_id, ctx.tenant, args.prompt)
+        prompt = await build_prompt(
+            model=target,
+            system=system,
+            request=args.prompt,
+            turns=thread.turns,
+            files=args.files,
+            file_access=services.files,
+            max_output_tokens=args.max_output_tokens,
+        )
+        images = [ImageInput(url=u) for u in args.images]
+        prompt.messages[-1] = prompt.messages[-1].model_copy(update={"images": images})
         request = GenerateRequest(
             model=args.model,
             system=system,
-            messages=[Message(role="user", content=args.prompt, images=[ImageInput(url=u) for u in args.images])],
+            messages=prompt.messages,
             temperature=args.temperature,
             thinking=args.thinking_mode,
             max_output_tokens=args.max_output_tokens,
@@ -108,6 +129,22 @@ class ChatTool(Tool[ChatInput, ChatOutput]):
             on_event=on_event,
         )
         response = result.response
+        usage = {"input_tokens": response.usage.input_tokens, "output_tokens": response.usage.output_tokens}
+        await services.conversations.record(
+            thread,
+            [
+                TurnRecord(role="user", content=args.prompt, tool=self.name, files=args.files),
+                TurnRecord(
+                    role="assistant",
+                    content=response.text,
+                    tool=self.name,
+                    model=response.model,
+                    provider=response.provider,
+                    usage=usage,
+                ),
+            ],
+            self.name,
+        )
         info = services.catalogue.get(response.model)
         cost = info.cost(response.usage.input_tokens, response.usage.output_tokens) if info else 0.0
         data = ChatOutput(
@@ -122,6 +159,9 @@ class ChatTool(Tool[ChatInput, ChatOutput]):
             retries=result.retries,
             finish_reason=response.finish_reason,
             reasoning=response.reasoning,
+            continuation_id=thread.id,
+            files_included=prompt.files_included,
+            earlier_turns_included=prompt.turns_included,
             correlation_id=ctx.correlation_id,
         )
-        return ToolResult(text=response.text, data=data)
+        return ToolResult(text=f"{response.text}\n\ncontinuation_id: {thread.id}", data=data)

@@ -1,0 +1,104 @@
+"""Rebuilding a thread into a prompt that fits the target model.
+
+The budget is the model's context window minus room for the answer, the system prompt and the new request.
+Files referenced anywhere in the thread are embedded once, in their current version, newest reference first;
+turns are taken newest first until the budget is spent and then presented in order.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from exai.conversations.tokens import count_tokens_async
+from exai.providers.catalogue import ModelInfo
+from exai.providers.quirks import max_output_for
+from exai.providers.types import Message
+from exai.security.files import FileAccess
+from exai.storage.base import TurnRecord
+
+SAFETY_MARGIN = 0.05
+FILE_SHARE = 0.6  # at most this part of the budget goes to files; turns get the rest
+
+
+@dataclass
+class Prompt:
+    messages: list[Message]
+    budget: int
+    used: int
+    turns_included: int
+    turns_dropped: int
+    files_included: list[str] = field(default_factory=list)
+    files_skipped: list[str] = field(default_factory=list)
+
+
+async def build_prompt(
+    *,
+    model: ModelInfo,
+    system: str,
+    request: str,
+    turns: list[TurnRecord],
+    files: list[str],
+    file_access: FileAccess,
+    max_output_tokens: int | None = None,
+) -> Prompt:
+    """The messages to send: earlier turns (as many as fit) and the new request with its files embedded."""
+    fixed = await count_tokens_async(system) + await count_tokens_async(request)
+    budget = int(model.context_window * (1 - SAFETY_MARGIN)) - max_output_for(model, max_output_tokens) - fixed
+    budget = max(budget, 0)
+
+    # Files: this call's first, then those earlier turns referenced, newest first, each once.
+    ordered: list[str] = []
+    for path in [*files, *(p for turn in reversed(turns) for p in turn.files)]:
+        if path not in ordered:
+            ordered.append(path)
+    blocks: list[str] = []
+    included: list[str] = []
+    skipped: list[str] = []
+    spent = 0
+    for path in ordered:
+        try:
+            (item,) = await file_access.read([path])
+        except Exception:  # a file from an earlier turn may be gone; this call's files were checked already
+            skipped.append(path)
+            continue
+        block = item.numbered()
+        cost = await count_tokens_async(block)
+        if spent + cost > budget * FILE_SHARE:
+            skipped.append(path)
+            continue
+        blocks.append(block)
+        included.append(item.path)
+        spent += cost
+
+    # Turns: newest first while they fit, then back in order.
+    kept: list[TurnRecord] = []
+    for turn in reversed(turns):
+        cost = await count_tokens_async(turn.content) + 8
+        if spent + cost > budget:
+            break
+        kept.append(turn)
+        spent += cost
+    kept.reverse()
+
+    messages = _alternate(
+        [Message(role="assistant" if t.role == "assistant" else "user", content=t.content) for t in kept]
+    )
+    final = request if not blocks else request + "\n\n" + "\n\n".join(blocks)
+    if messages and messages[-1].role == "user":
+        messages[-1] = Message(role="user", content=messages[-1].content + "\n\n" + final)
+    else:
+        messages.append(Message(role="user", content=final))
+    return Prompt(messages, budget, spent, len(kept), len(turns) - len(kept), included, skipped)
+
+
+def _alternate(messages: list[Message]) -> list[Message]:
+    """Merge neighbours with the same role and start with the user, as every vendor requires."""
+    merged: list[Message] = []
+    for message in messages:
+        if merged and merged[-1].role == message.role:
+            merged[-1] = Message(role=message.role, content=merged[-1].content + "\n\n" + message.content)
+        else:
+            merged.append(message)
+    if merged and merged[0].role == "assistant":
+        merged.insert(0, Message(role="user", content="(Earlier parts of this conversation were omitted.)"))
+    return merged

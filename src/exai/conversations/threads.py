@@ -1,0 +1,104 @@
+"""Conversation threads: start, continue (per tenant, with TTL and turn limits) and record turns."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from exai.observability.errors import NotFoundError, ValidationError
+from exai.storage.base import Store, ThreadConflict, ThreadRecord, TurnRecord
+
+START_OVER = "Call the tool again without continuation_id to start a new thread; the `threads` tool lists yours."
+
+
+@dataclass
+class Thread:
+    record: ThreadRecord
+    turns: list[TurnRecord] = field(default_factory=list)
+    is_new: bool = False
+
+    @property
+    def id(self) -> str:
+        return self.record.id
+
+
+class Conversations:
+    def __init__(self, store: Store, ttl_seconds: float, max_turns: int) -> None:
+        self.store = store
+        self.ttl = ttl_seconds
+        self.max_turns = max_turns
+
+    async def start(self, tenant: str, title: str) -> Thread:
+        now = time.time()
+        record = ThreadRecord(
+            tenant=tenant, title=_title(title), created_at=now, updated_at=now, expires_at=now + self.ttl
+        )
+        await self.store.create_thread(record)
+        return Thread(record, [], is_new=True)
+
+    async def open(self, continuation_id: str, tenant: str) -> Thread:
+        """The caller's thread; unknown, foreign and expired ids are all clear errors, never a new thread."""
+        try:
+            uuid.UUID(continuation_id)
+        except ValueError:
+            raise ValidationError(
+                f"continuation_id '{continuation_id[:60]}' is not a thread id.",
+                code="invalid_continuation_id",
+                remedy=START_OVER,
+                details={"field": "continuation_id"},
+            ) from None
+        record = await self.store.get_thread(continuation_id)
+        if record is None or record.tenant != tenant:
+            raise NotFoundError(
+                f"Thread {continuation_id} does not exist.",
+                code="thread_not_found",
+                remedy=START_OVER,
+                details={"field": "continuation_id"},
+            )
+        if record.expires_at < time.time():
+            raise NotFoundError(
+                f"Thread {continuation_id} expired (threads live {self.ttl / 3600:g} h after their last turn).",
+                code="thread_expired",
+                remedy=START_OVER,
+                details={"field": "continuation_id"},
+            )
+        if record.turn_count >= self.max_turns:
+            raise ValidationError(
+                f"Thread {continuation_id} reached its limit of {self.max_turns} turns.",
+                code="thread_full",
+                remedy="Start a new thread (call without continuation_id), summarising what matters from this one.",
+                details={"field": "continuation_id"},
+            )
+        return Thread(record, await self.store.get_turns(continuation_id))
+
+    async def open_or_start(self, continuation_id: str | None, tenant: str, title: str) -> Thread:
+        if continuation_id:
+            return await self.open(continuation_id, tenant)
+        return await self.start(tenant, title)
+
+    async def record(
+        self, thread: Thread, turns: list[TurnRecord], tool: str, state: dict[str, Any] | None = None
+    ) -> ThreadRecord:
+        """Commit the turns; only after this returns may the response be sent."""
+        try:
+            record = await self.store.append_turns(
+                thread.id, turns, tool=tool, state=state, expires_at=time.time() + self.ttl
+            )
+        except ThreadConflict:
+            raise NotFoundError(
+                f"Thread {thread.id} was deleted while in use.", code="thread_not_found", remedy=START_OVER
+            ) from None
+        thread.record = record
+        thread.turns.extend(turns)
+        return record
+
+    async def list(self, tenant: str, limit: int) -> list[ThreadRecord]:
+        now = time.time()
+        return [t for t in await self.store.list_threads(tenant, limit) if t.expires_at >= now]
+
+
+def _title(text: str) -> str:
+    line = " ".join(text.split())
+    return line[:80] + ("…" if len(line) > 80 else "") or "(untitled)"

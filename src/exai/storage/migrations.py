@@ -1,0 +1,77 @@
+"""Versioned schema migrations, one entry per version, written once for each SQL dialect."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    sqlite: tuple[str, ...]
+    postgres: tuple[str, ...]
+
+
+def _both(*statements: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """Write a statement once with {json}, {real} and {serial} placeholders for the dialect types."""
+    sqlite = tuple(s.format(json="TEXT", real="REAL", serial="INTEGER PRIMARY KEY AUTOINCREMENT") for s in statements)
+    postgres = tuple(
+        s.format(json="JSONB", real="DOUBLE PRECISION", serial="BIGSERIAL PRIMARY KEY") for s in statements
+    )
+    return sqlite, postgres
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(
+        1,
+        *_both(
+            """CREATE TABLE threads (
+            id TEXT PRIMARY KEY,
+            tenant TEXT NOT NULL,
+            title TEXT NOT NULL,
+            created_at {real} NOT NULL,
+            updated_at {real} NOT NULL,
+            expires_at {real} NOT NULL,
+            turn_count INTEGER NOT NULL DEFAULT 0,
+            tools {json} NOT NULL,
+            state {json} NOT NULL
+        )""",
+            "CREATE INDEX threads_tenant_updated ON threads (tenant, updated_at DESC)",
+            "CREATE INDEX threads_expires ON threads (expires_at)",
+            """CREATE TABLE turns (
+            thread_id TEXT NOT NULL REFERENCES threads (id) ON DELETE CASCADE,
+            seq INTEGER NOT NULL,
+            role TEXT NOT NULL,
+            content TEXT NOT NULL,
+            tool TEXT NOT NULL,
+            model TEXT,
+            provider TEXT,
+            files {json} NOT NULL,
+            usage {json} NOT NULL,
+            created_at {real} NOT NULL,
+            PRIMARY KEY (thread_id, seq)
+        )""",
+            """CREATE TABLE audit (
+            id {serial},
+            time {real} NOT NULL,
+            tenant TEXT NOT NULL,
+            tool TEXT NOT NULL,
+            model TEXT,
+            provider TEXT,
+            input_tokens INTEGER NOT NULL,
+            output_tokens INTEGER NOT NULL,
+            cost_usd {real} NOT NULL,
+            latency_ms {real} NOT NULL,
+            outcome TEXT NOT NULL,
+            error_category TEXT,
+            correlation_id TEXT NOT NULL,
+            thread_id TEXT
+        )""",
+            "CREATE INDEX audit_time ON audit (time)",
+            "CREATE INDEX audit_tenant_time ON audit (tenant, time)",
+            "CREATE INDEX audit_correlation ON audit (correlation_id)",
+        ),
+    ),
+)
+
+LATEST = MIGRATIONS[-1].version

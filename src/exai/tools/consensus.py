@@ -1,0 +1,144 @@
+"""`consensus`: several models answer the same question at once, each blind to the others and with its stance."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from exai.conversations.history import build_prompt
+from exai.observability.errors import ExaiError, ValidationError
+from exai.providers.types import GenerateRequest
+from exai.storage.base import TurnRecord
+from exai.tools.base import Tool, ToolContext, ToolInput, ToolResult
+
+Stance = Literal["for", "against", "neutral"]
+STANCES: dict[str, str] = {
+    "for": "Argue in favour of the proposal: make the strongest honest case for it, and say where it is weak.",
+    "against": "Argue against the proposal: make the strongest honest case against it, and say where it is right.",
+    "neutral": "Weigh the proposal impartially: benefits, costs, risks and alternatives.",
+}
+ROLE = (
+    "You are one of several independent experts consulted on a technical proposal. You do not see the other "
+    "experts' answers. {stance} End with a verdict line: 'Verdict: <support|oppose|mixed> — <one sentence>'."
+)
+
+
+class ModelStance(BaseModel):
+    model: str = Field(description="Model name or alias.")
+    stance: Stance = "neutral"
+    stance_prompt: str | None = Field(default=None, description="Custom instructions replacing the stance's.")
+
+
+class ConsensusInput(ToolInput):
+    prompt: str = Field(min_length=1, description="The proposal or question to weigh.")
+    models: list[ModelStance] = Field(min_length=1, max_length=8, description="Models to consult, with stances.")
+    files: list[str] = Field(default_factory=list, description="Absolute paths of files to include.")
+    continuation_id: str | None = None
+    per_model_timeout_seconds: float = Field(default=120.0, gt=0, le=600)
+
+
+class Opinion(BaseModel):
+    model: str
+    stance: str
+    ok: bool
+    answer: str | None = None
+    provider: str | None = None
+    latency_ms: float
+    error: dict[str, object] | None = None
+
+
+class ConsensusOutput(BaseModel):
+    continuation_id: str
+    opinions: list[Opinion]
+    succeeded: int
+    failed: int
+    wall_ms: float
+
+
+class ConsensusTool(Tool[ConsensusInput, ConsensusOutput]):
+    name = "consensus"
+    title = "Consensus"
+    description = "Consult several models concurrently, each blind to the others with a for/against/neutral stance."
+    input_model = ConsensusInput
+    output_model = ConsensusOutput
+    calls_model = True
+
+    async def run(self, args: ConsensusInput, ctx: ToolContext) -> ToolResult[ConsensusOutput]:
+        services = ctx.services
+        targets = [services.router.resolve(entry.model) for entry in args.models]
+        seen = {(t.name, e.stance, e.stance_prompt) for t, e in zip(targets, args.models, strict=True)}
+        if len(seen) != len(args.models):
+            raise ValidationError(
+                "The same model is listed twice with the same stance.",
+                code="duplicate_model",
+                remedy="Give each repeated model a different stance.",
+                details={"field": "models"},
+            )
+        await services.files.read(args.files)
+        thread = await services.conversations.open_or_start(args.continuation_id, ctx.tenant, args.prompt)
+
+        async def consult(entry: ModelStance, index: int) -> Opinion:
+            target = targets[index]
+            system = ROLE.format(stance=entry.stance_prompt or STANCES[entry.stance])
+            started = time.perf_counter()
+            try:
+                prompt = await build_prompt(
+                    model=target,
+                    system=system,
+                    request=args.prompt,
+                    turns=thread.turns,
+                    files=args.files,
+                    file_access=services.files,
+                )
+                result = await services.router.generate(
+                    GenerateRequest(model=target.name, system=system, messages=prompt.messages),
+                    model=target.name,
+                    deadline_seconds=args.per_model_timeout_seconds,
+                    allow_fallback=False,
+                )
+            except ExaiError as exc:
+                return Opinion(
+                    model=target.name,
+                    stance=entry.stance,
+                    ok=False,
+                    error=exc.to_dict(),
+                    latency_ms=round((time.perf_counter() - started) * 1000, 1),
+                )
+            response = result.response
+            return Opinion(
+                model=target.name,
+                stance=entry.stance,
+                ok=True,
+                answer=response.text,
+                provider=response.provider,
+                latency_ms=round((time.perf_counter() - started) * 1000, 1),
+            )
+
+        started = time.perf_counter()
+        await ctx.progress(0, len(args.models), "consulting models")
+        opinions = await asyncio.gather(*(consult(entry, i) for i, entry in enumerate(args.models)))
+        wall = (time.perf_counter() - started) * 1000
+        summary = "\n\n".join(
+            f"## {o.model} ({o.stance})\n" + (o.answer or f"FAILED: {o.error and o.error.get('message')}")
+            for o in opinions
+        )
+        await services.conversations.record(
+            thread,
+            [
+                TurnRecord(role="user", content=args.prompt, tool=self.name, files=args.files),
+                TurnRecord(role="assistant", content=summary, tool=self.name),
+            ],
+            self.name,
+        )
+        succeeded = sum(o.ok for o in opinions)
+        data = ConsensusOutput(
+            continuation_id=thread.id,
+            opinions=opinions,
+            succeeded=succeeded,
+            failed=len(opinions) - succeeded,
+            wall_ms=round(wall, 1),
+        )
+        return ToolResult(text=f"{summary}\n\ncontinuation_id: {thread.id}", data=data)

@@ -1,0 +1,329 @@
+"""The multi-step workflow protocol shared by thinkdeep, debug, analyze, codereview, precommit and the rest.
+
+The agent investigates in steps (`step`, `step_number`, `total_steps`, `next_step_required`, `findings`,
+`relevant_files`, `confidence`, ...). Every step is committed to the thread before the answer goes out;
+intermediate steps return guidance, the final step asks the expert model to analyse everything gathered.
+All state lives in the thread, keyed by tool: two workflows never see each other's findings. A step sent
+again (same `step_number`) replaces the earlier version, so a failed final step is resumed by sending it again
+with the same `continuation_id`: the earlier steps are kept, only the expert call is redone.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal
+
+from pydantic import BaseModel, Field
+
+from exai.conversations.history import build_prompt
+from exai.conversations.threads import Thread
+from exai.observability.errors import ExaiError, ValidationError
+from exai.providers.router import Category
+from exai.providers.types import GenerateRequest, ThinkingMode
+from exai.storage.base import TurnRecord
+from exai.tools.base import Tool, ToolContext, ToolInput, ToolResult
+
+Confidence = Literal["exploring", "low", "medium", "high", "very_high", "almost_certain", "certain"]
+
+
+class Issue(BaseModel):
+    severity: Literal["critical", "high", "medium", "low"]
+    description: str
+    location: str | None = None
+
+
+class WorkflowInput(ToolInput):
+    step: str = Field(min_length=1, description="What you investigated or plan in this step.")
+    step_number: int = Field(ge=1, description="This step's number, from 1.")
+    total_steps: int = Field(ge=1, description="Your current estimate of the steps needed.")
+    next_step_required: bool = Field(description="False on the final step: then the expert analysis runs.")
+    findings: str = Field(default="", description="What this step found.")
+    relevant_files: list[str] = Field(default_factory=list, description="Absolute paths that matter.")
+    files_checked: list[str] = Field(default_factory=list, description="Absolute paths examined.")
+    issues_found: list[Issue] = Field(default_factory=list)
+    hypothesis: str | None = Field(default=None, description="Current theory, if any.")
+    confidence: Confidence = "exploring"
+    continuation_id: str | None = Field(default=None, description="Thread id from an earlier response.")
+    model: str = Field(default="auto", description="Expert model, or 'auto'.")
+    thinking_mode: ThinkingMode = "medium"
+    use_assistant_model: bool = Field(default=True, description="False skips the expert call.")
+
+
+class UsageOut(BaseModel):
+    input_tokens: int = 0
+    output_tokens: int = 0
+
+
+class WorkflowOutput(BaseModel):
+    status: Literal["in_progress", "complete", "complete_without_expert"]
+    tool: str
+    continuation_id: str
+    step_number: int
+    total_steps: int
+    next_step_required: bool
+    steps_recorded: list[int]
+    required_actions: list[str] = Field(default_factory=list)
+    relevant_files: list[str] = Field(default_factory=list)
+    issues_found: list[Issue] = Field(default_factory=list)
+    expert_analysis: str | None = None
+    model: str | None = None
+    provider: str | None = None
+    usage: UsageOut | None = None
+    fallbacks: list[str] = Field(default_factory=list)
+    files_included: list[str] = Field(default_factory=list)
+    earlier_turns_included: int = 0
+    next_call: str
+
+
+@dataclass(frozen=True)
+class WorkflowSpec:
+    """What makes one workflow tool different from another: words and settings, not code."""
+
+    name: str
+    title: str
+    description: str
+    expert_role: str
+    required_actions: tuple[str, ...]
+    category: Category = "reasoning"
+    expert: bool = True
+    extra_context: tuple[str, ...] = field(default_factory=tuple)
+
+
+class WorkflowTool(Tool[WorkflowInput, WorkflowOutput]):
+    """Runs one `WorkflowSpec`. Holds no state: everything is read from and written to the thread."""
+
+    spec: ClassVar[WorkflowSpec]
+    input_model = WorkflowInput
+    output_model = WorkflowOutput
+    read_only = True
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "spec" in cls.__dict__:
+            cls.name, cls.title, cls.description = cls.spec.name, cls.spec.title, cls.spec.description
+            cls.calls_model = cls.spec.expert
+
+    async def run(self, args: WorkflowInput, ctx: ToolContext) -> ToolResult[WorkflowOutput]:
+        services = ctx.services
+        if args.step_number > 1 and not args.continuation_id:
+            raise ValidationError(
+                f"step_number {args.step_number} needs the continuation_id returned by step 1.",
+                code="missing_continuation_id",
+                details={"field": "continuation_id"},
+                remedy="Pass continuation_id from the previous response, or start again with step_number 1.",
+            )
+        if args.step_number > args.total_steps:
+            args.total_steps = args.step_number
+        await self.precheck(args, ctx)
+        await services.files.read(args.relevant_files)  # refuse unreadable files before anything is recorded
+        thread = await services.conversations.open_or_start(args.continuation_id, ctx.tenant, args.step)
+        state = _workflow_state(thread, self.name, args.step_number)
+        step_record = {
+            "step": args.step,
+            "findings": args.findings,
+            "relevant_files": args.relevant_files,
+            "files_checked": args.files_checked,
+            "issues": [i.model_dump() for i in args.issues_found],
+            "hypothesis": args.hypothesis,
+            "confidence": args.confidence,
+            "at": time.time(),
+        }
+        previous = state["steps"].get(str(args.step_number))
+        state["steps"][str(args.step_number)] = step_record
+        state["total_steps"] = args.total_steps
+        final = not args.next_step_required
+        state["status"] = "expert_pending" if final else "in_progress"
+        unchanged = previous is not None and {**previous, "at": 0} == {**step_record, "at": 0}
+        turns = (
+            []
+            if unchanged
+            else [
+                TurnRecord(role="user", content=_step_text(self.name, args), tool=self.name, files=args.relevant_files)
+            ]
+        )
+        await self._commit(ctx, thread, turns, state)
+
+        steps = sorted(int(n) for n in state["steps"])
+        relevant = _union(f for n in steps for f in state["steps"][str(n)]["relevant_files"])
+        issues = [Issue(**i) for n in steps for i in state["steps"][str(n)]["issues"]]
+        base = {
+            "tool": self.name,
+            "continuation_id": thread.id,
+            "step_number": args.step_number,
+            "total_steps": args.total_steps,
+            "next_step_required": args.next_step_required,
+            "steps_recorded": steps,
+            "relevant_files": relevant,
+            "issues_found": issues,
+        }
+
+        if not final:
+            actions = list(self.spec.required_actions)
+            next_call = (
+                f"Do the required actions, then call {self.name} with step_number {args.step_number + 1}, "
+                f"continuation_id {thread.id}, and next_step_required false on the final step."
+            )
+            data = WorkflowOutput(status="in_progress", required_actions=actions, next_call=next_call, **base)
+            text = (
+                f"{self.title}: step {args.step_number}/{args.total_steps} recorded.\nRequired actions:\n"
+                + "\n".join(f"- {a}" for a in actions)
+                + f"\n{next_call}\ncontinuation_id: {thread.id}"
+            )
+            return ToolResult(text=text, data=data)
+
+        if not (self.spec.expert and args.use_assistant_model and args.confidence != "certain"):
+            state["status"] = "complete"
+            await self._commit(
+                ctx,
+                thread,
+                [
+                    TurnRecord(
+                        role="assistant",
+                        tool=self.name,
+                        content=(f"{self.title} finished without an expert call.\n" + _consolidate(self.spec, state)),
+                    )
+                ],
+                state,
+            )
+            next_call = f"Workflow complete. Continue the thread with any tool using continuation_id {thread.id}."
+            data = WorkflowOutput(status="complete_without_expert", next_call=next_call, **base)
+            return ToolResult(text=_consolidate(self.spec, state) + f"\n\ncontinuation_id: {thread.id}", data=data)
+
+        return await self._expert(args, ctx, thread, state, base)
+
+    async def _expert(
+        self, args: WorkflowInput, ctx: ToolContext, thread: Thread, state: dict[str, Any], base: dict[str, Any]
+    ) -> ToolResult[WorkflowOutput]:
+        services = ctx.services
+        started_seq = state["started_seq"]
+        earlier = [t for t in thread.turns if t.seq <= started_seq or t.tool != self.name]
+        request_text = _consolidate(self.spec, state) + "\n\n" + await self.extra_context(args, ctx)
+        try:
+            model = services.router.candidates(args.model, self.spec.category)[0]
+            prompt = await build_prompt(
+                model=model,
+                system=self.spec.expert_role,
+                request=request_text,
+                turns=earlier,
+                files=base["relevant_files"],
+                file_access=services.files,
+            )
+            await ctx.progress(0, None, f"consulting {model.name}")
+            result = await services.router.generate(
+                GenerateRequest(
+                    model=model.name,
+                    system=self.spec.expert_role,
+                    messages=prompt.messages,
+                    thinking=args.thinking_mode,
+                ),
+                model=args.model,
+                category=self.spec.category,
+                on_event=lambda message: ctx.log("warning", message),
+            )
+        except ExaiError as exc:
+            exc.details.update(
+                {
+                    "continuation_id": thread.id,
+                    "steps_kept": base["steps_recorded"],
+                    "resume": f"Call {self.name} again with continuation_id {thread.id}, step_number "
+                    f"{args.step_number} and next_step_required false: the recorded steps are kept and "
+                    "only the expert analysis is redone.",
+                }
+            )
+            exc.remedy = (
+                (exc.remedy or "") + f" Steps {base['steps_recorded']} are saved; resume with "
+                f"continuation_id {thread.id} and the same final step."
+            )
+            raise
+        response = result.response
+        state["status"] = "complete"
+        await self._commit(
+            ctx,
+            thread,
+            [
+                TurnRecord(
+                    role="assistant",
+                    content=response.text,
+                    tool=self.name,
+                    model=response.model,
+                    provider=response.provider,
+                    usage={"input_tokens": response.usage.input_tokens, "output_tokens": response.usage.output_tokens},
+                )
+            ],
+            state,
+        )
+        next_call = f"Review the expert analysis. Continue with any tool using continuation_id {thread.id}."
+        data = WorkflowOutput(
+            status="complete",
+            expert_analysis=response.text,
+            model=response.model,
+            provider=response.provider,
+            usage=UsageOut(input_tokens=response.usage.input_tokens, output_tokens=response.usage.output_tokens),
+            fallbacks=result.fallbacks,
+            files_included=prompt.files_included,
+            earlier_turns_included=prompt.turns_included,
+            next_call=next_call,
+            **base,
+        )
+        text = f"{self.title} — expert analysis by {response.model}:\n\n{response.text}\n\ncontinuation_id: {thread.id}"
+        return ToolResult(text=text, data=data)
+
+    async def precheck(self, args: WorkflowInput, ctx: ToolContext) -> None:
+        """Refuse a step before anything is recorded (precommit: no diff it could read or was sent)."""
+
+    async def extra_context(self, args: WorkflowInput, ctx: ToolContext) -> str:
+        """Anything a tool adds to the expert request beyond the steps (precommit: the diff)."""
+        return ""
+
+    async def _commit(self, ctx: ToolContext, thread: Thread, turns: list[TurnRecord], state: dict[str, Any]) -> None:
+        if not turns:  # the same step sent again: nothing new to keep
+            return
+        states = dict(thread.record.state)
+        states.setdefault("workflows", {})[self.name] = state
+        await ctx.services.conversations.record(thread, turns, self.name, states)
+
+
+def _workflow_state(thread: Thread, tool: str, step_number: int) -> dict[str, Any]:
+    """This tool's workflow in the thread; step 1 after a finished run starts a new run."""
+    existing = thread.record.state.get("workflows", {}).get(tool)
+    if existing is None or (step_number == 1 and existing.get("status") == "complete"):
+        return {"steps": {}, "status": "in_progress", "total_steps": 1, "started_seq": thread.record.turn_count}
+    return existing
+
+
+def _step_text(tool: str, args: WorkflowInput) -> str:
+    parts = [f"[{tool} step {args.step_number}/{args.total_steps}] {args.step}"]
+    if args.findings:
+        parts.append(f"Findings: {args.findings}")
+    if args.hypothesis:
+        parts.append(f"Hypothesis: {args.hypothesis}")
+    if args.issues_found:
+        parts.append("Issues: " + "; ".join(f"[{i.severity}] {i.description}" for i in args.issues_found))
+    parts.append(f"Confidence: {args.confidence}")
+    return "\n".join(parts)
+
+
+def _consolidate(spec: WorkflowSpec, state: dict[str, Any]) -> str:
+    lines = [f"{spec.title}: the agent's investigation, step by step."]
+    for number in sorted(int(n) for n in state["steps"]):
+        step = state["steps"][str(number)]
+        lines.append(f"\nStep {number}: {step['step']}")
+        if step["findings"]:
+            lines.append(f"Findings: {step['findings']}")
+        if step["hypothesis"]:
+            lines.append(f"Hypothesis: {step['hypothesis']}")
+        for issue in step["issues"]:
+            where = f" at {issue['location']}" if issue.get("location") else ""
+            lines.append(f"Issue [{issue['severity']}]{where}: {issue['description']}")
+        lines.append(f"Confidence: {step['confidence']}")
+    lines.extend(spec.extra_context)
+    return "\n".join(lines)
+
+
+def _union(paths: Any) -> list[str]:
+    seen: list[str] = []
+    for path in paths:
+        if path not in seen:
+            seen.append(path)
+    return seen
