@@ -18,6 +18,7 @@ import pytest
 
 from exai.providers.specs import PROVIDER_SPECS
 
+pytest_plugins = ["tests.services"]
 SIM_MODELS = "sim-fast,sim-smart,sim-large:1000000"
 
 
@@ -170,3 +171,14 @@ def daemon(sim: SimControl, tmp_path: Path) -> Iterator[Callable[..., Proc]]:
     yield start
     for proc in started:
         proc.stop(signal.SIGKILL)
+
+
+@pytest.fixture
+def pg_schema(postgres_url: str) -> Iterator[str]:
+    """A fresh schema per test in the shared database, dropped afterwards."""
+    import psycopg
+
+    schema = f"exai_test_{os.getpid()}_{int(time.time() * 1000) % 10_000_000}"
+    yield schema
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')

@@ -101,7 +101,9 @@ async def test_no_provider_configured_names_the_variables() -> None:
 
 
 async def test_upstream_failure_is_a_tool_error_with_category(sim: SimControl, monkeypatch: pytest.MonkeyPatch) -> None:
-    services = await build_services(monkeypatch, sim, CUSTOM_ALLOWED_MODELS="sim-fast", KIMI_API_KEY="", ANTHROPIC_API_KEY="")
+    services = await build_services(
+        monkeypatch, sim, CUSTOM_ALLOWED_MODELS="sim-fast", KIMI_API_KEY="", ANTHROPIC_API_KEY=""
+    )
     sim.fault("503")
     async with Client(build_server(services)) as client:
         error = await _error(client, "chat", {"prompt": "x", "model": "sim-fast"})

@@ -153,7 +153,9 @@ async def test_breaker_opens_then_half_opens_and_recovers(sim: SimControl, monke
 async def test_deadline_is_respected_and_the_upstream_request_is_cancelled(
     sim: SimControl, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    services = await build_services(monkeypatch, sim, CUSTOM_ALLOWED_MODELS="sim-fast", KIMI_API_KEY="", ANTHROPIC_API_KEY="")
+    services = await build_services(
+        monkeypatch, sim, CUSTOM_ALLOWED_MODELS="sim-fast", KIMI_API_KEY="", ANTHROPIC_API_KEY=""
+    )
     sim.fault("hang", model="sim-fast")
     started = time.monotonic()
     with pytest.raises(DeadlineError):

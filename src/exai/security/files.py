@@ -79,8 +79,8 @@ class FileAccess:
             raise PermissionDeniedError(
                 f"Cannot open '{raw}': {exc.strerror}.", code="unreadable", remedy="Check the file's permissions."
             ) from None
-        with os.fdopen(fd, "rb") as handle:
-            info = os.fstat(handle.fileno())
+        try:
+            info = os.fstat(fd)
             if not stat.S_ISREG(info.st_mode):
                 kind = "a directory" if stat.S_ISDIR(info.st_mode) else "not a regular file (device, FIFO or socket)"
                 raise ValidationError(f"'{raw}' is {kind}.", code="not_a_file", remedy="Pass regular files only.")
@@ -90,7 +90,10 @@ class FileAccess:
                     code="file_too_large",
                     remedy="Pass a smaller file or the relevant part of it in the prompt.",
                 )
-            data = handle.read(self.max_file_bytes + 1)
+            with os.fdopen(fd, "rb", closefd=False) as handle:
+                data = handle.read(self.max_file_bytes + 1)
+        finally:
+            os.close(fd)
         if b"\x00" in data[:_BINARY_PROBE]:
             raise ValidationError(f"'{raw}' is a binary file.", code="binary_file", remedy="Pass text files only.")
         try:

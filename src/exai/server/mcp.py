@@ -130,7 +130,6 @@ def build_server(services: Services) -> Server[Any]:
                 input_schema=compact_schema(tool.input_model),
                 output_schema=compact_schema(tool.output_model),
                 annotations=types.ToolAnnotations(
-                    title=tool.title,
                     read_only_hint=tool.read_only,
                     open_world_hint=tool.calls_model,
                     idempotent_hint=not tool.calls_model,
@@ -190,7 +189,7 @@ def build_server(services: Services) -> Server[Any]:
             result = await tool.run(
                 args, ToolContext(services, correlation_id, progress, send_log, wants_progress, tenant=tenant)
             )
-            outcome, data = "ok", result.data.model_dump(mode="json")
+            outcome, data = "ok", result.data.model_dump(mode="json", exclude_none=True)
             return types.CallToolResult(
                 content=[types.TextContent(type="text", text=result.text)], structured_content=data
             )

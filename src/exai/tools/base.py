@@ -54,13 +54,24 @@ class Tool(Generic[InputT, OutputT]):
 
 
 def compact_schema(model: type[BaseModel]) -> dict[str, Any]:
-    """The model's JSON schema without the auto-generated titles (they cost tokens and say nothing)."""
+    """The model's JSON schema without what costs a client's context and says nothing.
+
+    Auto-generated titles go, `anyOf: [X, null]` becomes plain X (the field is optional because it is not
+    required), and empty defaults (null, []) go. The best-known peer's tool listing cost about 15,000 tokens.
+    """
 
     def strip(node: Any) -> Any:
-        if isinstance(node, dict):
-            return {k: strip(v) for k, v in node.items() if not (k == "title" and isinstance(v, str))}
         if isinstance(node, list):
             return [strip(v) for v in node]
+        if not isinstance(node, dict):
+            return node
+        node = {k: strip(v) for k, v in node.items() if not (k == "title" and isinstance(v, str))}
+        options = node.get("anyOf")
+        if isinstance(options, list) and len(options) == 2 and {"type": "null"} in options:
+            kept = next(o for o in options if o != {"type": "null"})
+            node = {**{k: v for k, v in node.items() if k != "anyOf"}, **kept}
+        if node.get("default", 0) is None or node.get("default", 0) == []:
+            del node["default"]
         return node
 
     return strip(model.model_json_schema())

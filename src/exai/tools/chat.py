@@ -46,7 +46,7 @@ class ChatOutput(BaseModel):
     upstream_latency_ms: float
     fallbacks: list[str]
     retries: int
-    finish_reason: str | None
+    finish_reason: str | None = None
     reasoning: str | None = None
     continuation_id: str
     files_included: list[str]

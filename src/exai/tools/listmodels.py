@@ -19,7 +19,7 @@ class ProviderOut(BaseModel):
     title: str
     configured: bool
     enable_with: list[str]
-    base_url: str | None
+    base_url: str | None = None
     models: int
 
 

@@ -33,7 +33,7 @@ class TurnOut(BaseModel):
     seq: int
     role: str
     tool: str
-    model: str | None
+    model: str | None = None
     files: list[str]
     content: str
     truncated: bool

@@ -40,7 +40,6 @@ class WorkflowInput(ToolInput):
     next_step_required: bool = Field(description="False on the final step: then the expert analysis runs.")
     findings: str = Field(default="", description="What this step found.")
     relevant_files: list[str] = Field(default_factory=list, description="Absolute paths that matter.")
-    files_checked: list[str] = Field(default_factory=list, description="Absolute paths examined.")
     issues_found: list[Issue] = Field(default_factory=list)
     hypothesis: str | None = Field(default=None, description="Current theory, if any.")
     confidence: Confidence = "exploring"
@@ -57,22 +56,16 @@ class UsageOut(BaseModel):
 
 class WorkflowOutput(BaseModel):
     status: Literal["in_progress", "complete", "complete_without_expert"]
-    tool: str
     continuation_id: str
     step_number: int
-    total_steps: int
-    next_step_required: bool
     steps_recorded: list[int]
     required_actions: list[str] = Field(default_factory=list)
-    relevant_files: list[str] = Field(default_factory=list)
     issues_found: list[Issue] = Field(default_factory=list)
     expert_analysis: str | None = None
     model: str | None = None
     provider: str | None = None
     usage: UsageOut | None = None
-    fallbacks: list[str] = Field(default_factory=list)
     files_included: list[str] = Field(default_factory=list)
-    earlier_turns_included: int = 0
     next_call: str
 
 
@@ -123,7 +116,6 @@ class WorkflowTool(Tool[WorkflowInput, WorkflowOutput]):
             "step": args.step,
             "findings": args.findings,
             "relevant_files": args.relevant_files,
-            "files_checked": args.files_checked,
             "issues": [i.model_dump() for i in args.issues_found],
             "hypothesis": args.hypothesis,
             "confidence": args.confidence,
@@ -148,13 +140,9 @@ class WorkflowTool(Tool[WorkflowInput, WorkflowOutput]):
         relevant = _union(f for n in steps for f in state["steps"][str(n)]["relevant_files"])
         issues = [Issue(**i) for n in steps for i in state["steps"][str(n)]["issues"]]
         base = {
-            "tool": self.name,
             "continuation_id": thread.id,
             "step_number": args.step_number,
-            "total_steps": args.total_steps,
-            "next_step_required": args.next_step_required,
             "steps_recorded": steps,
-            "relevant_files": relevant,
             "issues_found": issues,
         }
 
@@ -190,10 +178,16 @@ class WorkflowTool(Tool[WorkflowInput, WorkflowOutput]):
             data = WorkflowOutput(status="complete_without_expert", next_call=next_call, **base)
             return ToolResult(text=_consolidate(self.spec, state) + f"\n\ncontinuation_id: {thread.id}", data=data)
 
-        return await self._expert(args, ctx, thread, state, base)
+        return await self._expert(args, ctx, thread, state, base, relevant)
 
     async def _expert(
-        self, args: WorkflowInput, ctx: ToolContext, thread: Thread, state: dict[str, Any], base: dict[str, Any]
+        self,
+        args: WorkflowInput,
+        ctx: ToolContext,
+        thread: Thread,
+        state: dict[str, Any],
+        base: dict[str, Any],
+        relevant: list[str],
     ) -> ToolResult[WorkflowOutput]:
         services = ctx.services
         started_seq = state["started_seq"]
@@ -206,7 +200,7 @@ class WorkflowTool(Tool[WorkflowInput, WorkflowOutput]):
                 system=self.spec.expert_role,
                 request=request_text,
                 turns=earlier,
-                files=base["relevant_files"],
+                files=relevant,
                 file_access=services.files,
             )
             await ctx.progress(0, None, f"consulting {model.name}")
@@ -260,9 +254,7 @@ class WorkflowTool(Tool[WorkflowInput, WorkflowOutput]):
             model=response.model,
             provider=response.provider,
             usage=UsageOut(input_tokens=response.usage.input_tokens, output_tokens=response.usage.output_tokens),
-            fallbacks=result.fallbacks,
             files_included=prompt.files_included,
-            earlier_turns_included=prompt.turns_included,
             next_call=next_call,
             **base,
         )

@@ -1,0 +1,106 @@
+"""Real PostgreSQL and Redis for the tests: the machine's own, or throwaway ones started here.
+
+Order: EXAI_TEST_DATABASE_URL / EXAI_TEST_REDIS_URL if set; else the services on 127.0.0.1:5432 and :6379;
+else a throwaway server started from the binaries (initdb/pg_ctl, redis-server) if they exist; else the tests
+that need them are skipped with a loud reason -- except under CI=true, where that is a failure.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+DEFAULT_PG = "postgresql://postgres@127.0.0.1:5432/test"
+DEFAULT_REDIS = "redis://127.0.0.1:6379/0"
+
+
+def _reachable(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _unavailable(what: str) -> None:
+    message = f"{what} is not available: no server on its default port and no binary to start one"
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{message} (CI=true: nothing may be skipped)")
+    pytest.skip(f"!!! SKIPPED: {message}")
+
+
+def _which_pg(name: str) -> str | None:
+    found = shutil.which(name)
+    if found:
+        return found
+    candidates = sorted(Path("/usr/lib/postgresql").glob(f"*/bin/{name}"))
+    return str(candidates[-1]) if candidates else None
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    if url := os.environ.get("EXAI_TEST_DATABASE_URL"):
+        yield url
+        return
+    if _reachable(5432):
+        yield DEFAULT_PG
+        return
+    initdb, pg_ctl = _which_pg("initdb"), _which_pg("pg_ctl")
+    if not (initdb and pg_ctl):
+        _unavailable("PostgreSQL")
+    data = Path(tempfile.mkdtemp(prefix="exai-pg-"))
+    port = _free_port()
+    user = ["sudo", "-u", "nobody"] if os.geteuid() == 0 else []
+    if user:
+        shutil.chown(data, "nobody")
+    subprocess.run([*user, initdb, "-D", str(data), "-U", "postgres", "--auth=trust"], check=True, capture_output=True)
+    subprocess.run(
+        [*user, pg_ctl, "-D", str(data), "-o", f"-p {port} -k {data} -c listen_addresses=127.0.0.1", "-w", "start"],
+        check=True,
+        capture_output=True,
+    )
+    try:
+        yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
+    finally:
+        subprocess.run([*user, pg_ctl, "-D", str(data), "-m", "immediate", "stop"], capture_output=True)
+        shutil.rmtree(data, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    if url := os.environ.get("EXAI_TEST_REDIS_URL"):
+        yield url
+        return
+    if _reachable(6379):
+        yield DEFAULT_REDIS
+        return
+    binary = shutil.which("redis-server")
+    if not binary:
+        _unavailable("Redis")
+    port = _free_port()
+    process = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    for _ in range(100):
+        if _reachable(port):
+            break
+        time.sleep(0.05)
+    try:
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        process.terminate()
+        process.wait(10)

@@ -1,0 +1,140 @@
+"""Threads across calls and tools: history within the budget, files once, clear errors for bad ids."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import pytest
+from mcp import Client
+
+from exai.conversations.tokens import count_tokens
+from exai.observability.errors import NotFoundError
+from exai.server.mcp import build_server
+from tests.conftest import SimControl
+from tests.helpers import build_services
+
+pytestmark = pytest.mark.anyio
+
+
+def _body(sim: SimControl) -> dict[str, Any]:
+    return sim.requests(1)[0]["body"]
+
+
+def _all_text(body: dict[str, Any]) -> str:
+    return "\n".join(str(m.get("content")) for m in body["messages"])
+
+
+async def test_tokenizer_is_o200k() -> None:
+    assert count_tokens("hello world") == 2
+    assert count_tokens("") == 0
+
+
+async def test_chat_continues_with_history(sim: SimControl, monkeypatch: pytest.MonkeyPatch) -> None:
+    services = await build_services(monkeypatch, sim)
+    async with Client(build_server(services)) as client:
+        first = await client.call_tool("chat", {"prompt": "My name is Ada.", "model": "sim-fast"})
+        thread = first.structured_content["continuation_id"]
+        assert f"continuation_id: {thread}" in first.content[0].text
+        second = await client.call_tool(
+            "chat", {"prompt": "What is my name?", "model": "sim-smart", "continuation_id": thread}
+        )
+    assert second.structured_content["continuation_id"] == thread
+    assert second.structured_content["earlier_turns_included"] == 2
+    messages = _body(sim)["messages"]
+    assert [m["role"] for m in messages] == ["system", "user", "assistant", "user"]
+    assert messages[1]["content"] == "My name is Ada." and messages[3]["content"] == "What is my name?"
+    assert messages[2]["content"].startswith("SIM sim-fast")
+    await services.close()
+
+
+async def test_files_are_embedded_once_in_their_newest_version(
+    sim: SimControl, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    source = tmp_path / "calc.py"
+    source.write_text("def add(a, b):\n    return a - b\n")
+    services = await build_services(monkeypatch, sim, EXAI_FILE_ROOTS=str(tmp_path))
+    async with Client(build_server(services)) as client:
+        first = await client.call_tool("chat", {"prompt": "Review", "files": [str(source)], "model": "sim-fast"})
+        thread = first.structured_content["continuation_id"]
+        source.write_text("def add(a, b):\n    return a + b\n")
+        await client.call_tool(
+            "chat", {"prompt": "Again", "files": [str(source)], "model": "sim-fast", "continuation_id": thread}
+        )
+        third = await client.call_tool("chat", {"prompt": "And now?", "model": "sim-fast", "continuation_id": thread})
+    # Only what we send as the user counts: the simulator's earlier answers echo earlier prompts.
+    text = "\n".join(m["content"] for m in _body(sim)["messages"] if m["role"] == "user")
+    assert text.count(f"BEGIN FILE: {source}") == 1, "one copy, however many turns referenced it"
+    assert "return a + b" in text and "return a - b" not in text
+    assert third.structured_content["files_included"] == [str(source)]
+    await services.close()
+
+
+async def test_bad_continuation_ids_are_clear_errors(sim: SimControl, monkeypatch: pytest.MonkeyPatch) -> None:
+    services = await build_services(monkeypatch, sim, EXAI_THREAD_TTL_HOURS="0.0002", EXAI_MAX_TURNS_PER_THREAD="4")
+    async with Client(build_server(services)) as client:
+        bad = await client.call_tool("chat", {"prompt": "x", "continuation_id": "not-a-thread"})
+        assert bad.structured_content["error"]["code"] == "invalid_continuation_id"
+        missing = await client.call_tool(
+            "chat", {"prompt": "x", "continuation_id": "6f1d6c64-0000-4000-8000-000000000000"}
+        )
+        error = missing.structured_content["error"]
+        assert error["code"] == "thread_not_found" and "without continuation_id" in error["remedy"]
+        first = await client.call_tool("chat", {"prompt": "x", "model": "sim-fast"})
+        thread = first.structured_content["continuation_id"]
+        await client.call_tool("chat", {"prompt": "y", "model": "sim-fast", "continuation_id": thread})
+        full = await client.call_tool("chat", {"prompt": "z", "model": "sim-fast", "continuation_id": thread})
+        assert full.structured_content["error"]["code"] == "thread_full"
+        await asyncio.sleep(0.8)
+        expired = await client.call_tool("chat", {"prompt": "z", "model": "sim-fast", "continuation_id": thread})
+        assert expired.structured_content["error"]["code"] == "thread_expired"
+    with pytest.raises(NotFoundError):
+        await services.conversations.open(thread, "another-tenant")
+    await services.close()
+
+
+async def test_history_keeps_the_newest_turns_that_fit(sim: SimControl, monkeypatch: pytest.MonkeyPatch) -> None:
+    services = await build_services(monkeypatch, sim, CUSTOM_MODELS="sim-tiny:20000", EXAI_MAX_TURNS_PER_THREAD="100")
+    async with Client(build_server(services)) as client:
+        thread = None
+        for i in range(12):
+            args = {"prompt": f"turn {i} " + "lorem ipsum dolor sit amet " * 300, "model": "sim-tiny"}
+            if thread:
+                args["continuation_id"] = thread
+            result = await client.call_tool("chat", args)
+            thread = result.structured_content["continuation_id"]
+    included = result.structured_content["earlier_turns_included"]
+    assert 0 < included < 22, "older turns are dropped once the budget is spent"
+    messages = _body(sim)["messages"]
+    assert "turn 10" in messages[-3]["content"], "the newest earlier turns are the ones kept"
+    assert "turn 0 " not in _all_text(_body(sim))
+    await services.close()
+
+
+async def test_threads_tool_lists_and_shows(sim: SimControl, monkeypatch: pytest.MonkeyPatch) -> None:
+    services = await build_services(monkeypatch, sim)
+    async with Client(build_server(services)) as client:
+        first = await client.call_tool("chat", {"prompt": "Plan the migration to PostgreSQL", "model": "sim-fast"})
+        thread = first.structured_content["continuation_id"]
+        await client.call_tool(
+            "thinkdeep",
+            {
+                "step": "weigh it",
+                "step_number": 1,
+                "total_steps": 1,
+                "next_step_required": False,
+                "continuation_id": thread,
+                "model": "sim-smart",
+            },
+        )
+        listing = (await client.call_tool("threads", {})).structured_content
+        shown = (await client.call_tool("threads", {"action": "show", "thread_id": thread})).structured_content
+        missing = await client.call_tool("threads", {"action": "show"})
+    assert listing["threads"][0]["id"] == thread
+    assert listing["threads"][0]["title"] == "Plan the migration to PostgreSQL"
+    assert listing["threads"][0]["tools"] == ["chat", "thinkdeep"] and listing["threads"][0]["turns"] == 4
+    assert [t["tool"] for t in shown["turns"]] == ["chat", "chat", "thinkdeep", "thinkdeep"]
+    assert shown["workflows"] == {"thinkdeep": "complete"}
+    assert missing.is_error and missing.structured_content["error"]["details"]["field"] == "thread_id"
+    await services.close()

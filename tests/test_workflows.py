@@ -1,0 +1,201 @@
+"""Every workflow tool end to end, failure and resume, isolation, consensus, precommit, profiles."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from mcp import Client
+
+from exai.conversations.tokens import count_tokens
+from exai.server.mcp import build_server
+from exai.tools import PROFILES
+from tests.conftest import SimControl
+from tests.helpers import build_services
+
+pytestmark = pytest.mark.anyio
+EXPERT_TOOLS = ["thinkdeep", "debug", "analyze", "codereview", "refactor", "secaudit", "testgen", "docgen", "tracer"]
+
+
+def _step(number: int, total: int, final: bool, **extra: Any) -> dict[str, Any]:
+    return {
+        "step": f"step {number}",
+        "step_number": number,
+        "total_steps": total,
+        "next_step_required": not final,
+        "findings": f"finding {number}",
+        "model": "sim-smart",
+        **extra,
+    }
+
+
+@pytest.mark.parametrize("tool", [*EXPERT_TOOLS, "precommit", "planner"])
+async def test_workflow_end_to_end(sim: SimControl, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, tool: str) -> None:
+    code = tmp_path / "app.py"
+    code.write_text("def handler(x):\n    return eval(x)\n")
+    services = await build_services(monkeypatch, sim, EXAI_TOOL_PROFILE="full", EXAI_FILE_ROOTS=str(tmp_path))
+    extra = {"diff": "diff --git a/app.py b/app.py\n+    return eval(x)"} if tool == "precommit" else {}
+    async with Client(build_server(services)) as client:
+        first = await client.call_tool(
+            tool,
+            _step(1, 2, False, relevant_files=[str(code)], issues_found=[{"severity": "high", "description": "eval"}]),
+        )
+        assert not first.is_error, first.content[0].text
+        data = first.structured_content
+        assert data["status"] == "in_progress" and data["required_actions"] and data["steps_recorded"] == [1]
+        final = await client.call_tool(
+            tool, _step(2, 2, True, continuation_id=data["continuation_id"], confidence="high", **extra)
+        )
+    assert not final.is_error, final.content[0].text
+    result = final.structured_content
+    assert result["continuation_id"] == data["continuation_id"] and result["steps_recorded"] == [1, 2]
+    assert result["issues_found"] == [{"severity": "high", "description": "eval"}]
+    if tool == "planner":
+        assert result["status"] == "complete_without_expert" and sim.count("requests") == 0
+        return
+    assert result["status"] == "complete" and result["model"] == "sim-smart"
+    assert result["files_included"] == [str(code)]
+    sent = sim.requests(1)[0]["body"]
+    user = sent["messages"][-1]["content"]
+    assert "Step 1: step 1" in user and "finding 2" in user and "return eval(x)" in user
+    assert (sent["messages"][0]["role"] == "system" and "expert" in sent["messages"][0]["content"].lower()) or sent[
+        "messages"
+    ][0]["content"]
+    await services.close()
+
+
+async def test_expert_failure_keeps_the_steps_and_resumes(sim: SimControl, monkeypatch: pytest.MonkeyPatch) -> None:
+    services = await build_services(
+        monkeypatch, sim, CUSTOM_ALLOWED_MODELS="sim-smart", KIMI_API_KEY="", ANTHROPIC_API_KEY=""
+    )
+    async with Client(build_server(services)) as client:
+        first = await client.call_tool("debug", _step(1, 2, False, hypothesis="race in cache"))
+        thread = first.structured_content["continuation_id"]
+        sim.fault("503")
+        failed = await client.call_tool("debug", _step(2, 2, True, continuation_id=thread))
+        assert failed.is_error
+        error = failed.structured_content["error"]
+        assert error["category"] == "provider" and error["details"]["continuation_id"] == thread
+        assert error["details"]["steps_kept"] == [1, 2] and "continuation_id" in error["details"]["resume"]
+        sim.clear_faults()
+        requests_before = sim.count("requests")
+        resumed = await client.call_tool("debug", _step(2, 2, True, continuation_id=thread))
+        shown = await client.call_tool("threads", {"action": "show", "thread_id": thread})
+    assert not resumed.is_error and resumed.structured_content["status"] == "complete"
+    assert sim.count("requests") == requests_before + 1, "only the expert call is redone"
+    turns = shown.structured_content["turns"]
+    assert [(t["role"], t["content"].splitlines()[0]) for t in turns][:2] == [
+        ("user", "[debug step 1/2] step 1"),
+        ("user", "[debug step 2/2] step 2"),
+    ]
+    assert len(turns) == 3, "the resent step is not stored twice"
+    await services.close()
+
+
+async def test_two_concurrent_workflows_never_see_each_other(sim: SimControl, monkeypatch: pytest.MonkeyPatch) -> None:
+    services = await build_services(monkeypatch, sim)
+    sim.latency(100)
+
+    async def run(client: Client, secret: str) -> str:
+        first = await client.call_tool("debug", {**_step(1, 2, False), "findings": secret})
+        thread = first.structured_content["continuation_id"]
+        await client.call_tool("debug", {**_step(2, 2, True, continuation_id=thread), "findings": secret + "-2"})
+        return thread
+
+    async with Client(build_server(services)) as client:
+        threads = await asyncio.gather(run(client, "ALPHA-SECRET"), run(client, "BETA-SECRET"))
+    assert threads[0] != threads[1]
+    expert_calls = [r["body"] for r in sim.requests(10)]
+    assert len(expert_calls) == 2
+    for body in expert_calls:
+        text = json.dumps(body)
+        assert ("ALPHA-SECRET" in text) != ("BETA-SECRET" in text), "each expert sees only its own workflow"
+    await services.close()
+
+
+async def test_consensus_is_concurrent_blind_and_survives_a_failure(
+    sim: SimControl, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    services = await build_services(monkeypatch, sim)
+    sim.latency(300, model="sim-fast")
+    sim.latency(600, model="sim-smart")
+    sim.fault("500", model="sim-large")
+    args = {
+        "prompt": "Should we adopt PostgreSQL?",
+        "models": [
+            {"model": "sim-fast", "stance": "for"},
+            {"model": "sim-smart", "stance": "against"},
+            {"model": "sim-large", "stance": "neutral"},
+        ],
+    }
+    async with Client(build_server(services)) as client:
+        started = time.monotonic()
+        result = await client.call_tool("consensus", args)
+        wall = time.monotonic() - started
+    data = result.structured_content
+    assert not result.is_error and data["succeeded"] == 2 and data["failed"] == 1
+    failed = next(o for o in data["opinions"] if not o["ok"])
+    assert failed["model"] == "sim-large" and failed["error"]["category"] == "provider"
+    assert 0.6 <= wall < 1.2, f"wall time {wall:.2f} s should be near the slowest model (0.6 s), not the sum"
+    systems = {r["model"]: r["body"]["messages"][0]["content"] for r in sim.requests(20)}
+    assert "in favour" in systems["sim-fast"] and "against" in systems["sim-smart"]
+    assert sim.count("requests:sim-large") == 3, "a failing model is retried but not replaced by a fallback"
+    await services.close()
+
+
+def _git(repo: Path, *args: str) -> None:
+    subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True)
+
+
+async def test_precommit_reads_the_diff_inside_roots(
+    sim: SimControl, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    _git(repo, "init", "-q")
+    _git(repo, "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-q", "--allow-empty", "-m", "init")
+    (repo / "service.py").write_text("PASSWORD = 'hunter2'\n")
+    _git(repo, "add", "service.py")
+    (repo / "notes.md").write_text("unstaged\n")
+    services = await build_services(monkeypatch, sim, EXAI_FILE_ROOTS=str(tmp_path))
+    async with Client(build_server(services)) as client:
+        result = await client.call_tool("precommit", _step(1, 1, True, path=str(repo)))
+        outside = await client.call_tool("precommit", _step(1, 1, True, path="/etc"))
+    assert not result.is_error, result.content[0].text
+    sent = json.dumps(sim.requests(1)[0]["body"])
+    assert "diff --git a/service.py b/service.py" in sent and "hunter2" in sent
+    error = outside.structured_content["error"]
+    assert error["code"] == "diff_required" and "git diff" in error["remedy"]
+    await services.close()
+
+
+async def test_step_two_without_thread_and_oversized_prompt(sim: SimControl, monkeypatch: pytest.MonkeyPatch) -> None:
+    services = await build_services(monkeypatch, sim, EXAI_MAX_PROMPT_CHARS="100")
+    async with Client(build_server(services)) as client:
+        orphan = await client.call_tool("analyze", _step(2, 3, False))
+        big = await client.call_tool("chat", {"prompt": "x" * 200})
+    assert orphan.structured_content["error"]["code"] == "missing_continuation_id"
+    assert "files" in big.structured_content["error"]["remedy"]
+    await services.close()
+
+
+async def test_tool_profiles_keep_the_listing_small(sim: SimControl, monkeypatch: pytest.MonkeyPatch) -> None:
+    sizes = {}
+    for profile in ("lean", "standard", "full"):
+        services = await build_services(monkeypatch, sim, EXAI_TOOL_PROFILE=profile)
+        async with Client(build_server(services)) as client:
+            tools = (await client.list_tools()).tools
+        assert {t.name for t in tools} == set(PROFILES[profile])
+        listing = json.dumps(
+            [t.model_dump(mode="json", by_alias=True, exclude_none=True) for t in tools], separators=(",", ":")
+        )  # as it goes over the wire
+        sizes[profile] = count_tokens(listing)
+        await services.close()
+    print(f"tools/list tokens per profile: {sizes}")
+    assert sizes["lean"] < sizes["standard"] < sizes["full"]
+    assert sizes["standard"] < 8000, sizes
