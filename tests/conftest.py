@@ -161,8 +161,8 @@ def daemon(sim: SimControl, tmp_path: Path) -> Iterator[Callable[..., Proc]]:
     """Start real `exai serve` processes against the simulator; all are stopped after the test."""
     started: list[Proc] = []
 
-    def start(**extra: str) -> Proc:
-        port = free_port()
+    def start(port: int | None = None, **extra: str) -> Proc:
+        port = port or free_port()
         env = {**os.environ, **sim_env(sim, **extra), "EXAI_PORT": str(port), "EXAI_LOG_JSON": "true"}
         proc = start_exai(["serve"], env, tmp_path / f"daemon-{port}.log", port)
         started.append(proc)

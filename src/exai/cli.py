@@ -55,11 +55,23 @@ def serve(
 
 
 @app.command()
-def stdio() -> None:
-    """Run the MCP server over stdio, for one local client."""
+def stdio(
+    connect: Annotated[
+        str | None, typer.Option(help="Forward to a daemon at this URL (e.g. http://host:8765/mcp) instead.")
+    ] = None,
+) -> None:
+    """Run the MCP server over stdio, for one local client (or bridge it to a shared daemon)."""
+    settings = _settings()
+    if connect:
+        from exai.server.bridge import serve_bridge
+
+        token = settings.token.get_secret_value() if settings.token else None
+        asyncio.run(
+            serve_bridge(connect, token, settings.bridge_connect_timeout_seconds, settings.call_deadline_seconds + 30)
+        )
+        return
     from exai.server.stdio import serve_stdio
 
-    settings = _settings()
     asyncio.run(serve_stdio(_services(settings, "stdio")))
 
 

@@ -73,6 +73,10 @@ class Settings(BaseSettings):
     disabled_tools: CommaList = Field(default_factory=list)
     max_prompt_chars: int = Field(default=100_000, gt=0)
 
+    # stdio bridge (`exai stdio --connect URL`)
+    token: SecretStr | None = None
+    bridge_connect_timeout_seconds: float = Field(default=30.0, gt=0)
+
     # Storage and conversations
     data_dir: Path = Field(default_factory=lambda: _default_data_dir())
     database_url: str | None = None

@@ -1,0 +1,103 @@
+"""Threads survive restarts and SIGKILL, and daemons sharing PostgreSQL (and Redis) share threads."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+from collections.abc import Callable
+
+import pytest
+from mcp import Client
+
+from tests.conftest import Proc, SimControl
+
+pytestmark = pytest.mark.anyio
+Daemon = Callable[..., Proc]
+
+
+async def _chat(url: str, prompt: str, thread: str | None = None, tool: str = "chat") -> dict:
+    async with Client(f"{url}/mcp") as client:
+        await client.list_tools()
+        args = {"prompt": prompt, "model": "sim-fast"}
+        if thread:
+            args["continuation_id"] = thread
+        result = await client.call_tool(tool, args)
+    assert not result.is_error, result.content[0].text
+    return result.structured_content
+
+
+async def _turns(url: str, thread: str) -> int:
+    async with Client(f"{url}/mcp") as client:
+        await client.list_tools()
+        shown = await client.call_tool("threads", {"action": "show", "thread_id": thread, "limit": 200})
+    assert not shown.is_error, shown.content[0].text
+    return shown.structured_content["thread"]["turns"]
+
+
+async def test_a_thread_continues_after_a_restart(daemon: Daemon, sim: SimControl) -> None:
+    first = daemon()
+    started = await _chat(first.url, "remember the number 7")
+    assert first.stop() == 0
+    second = daemon()
+    continued = await _chat(second.url, "which number?", started["continuation_id"])
+    assert continued["earlier_turns_included"] == 2
+    assert "remember the number 7" in str(sim.requests(1)[0]["body"]["messages"])
+
+
+async def test_sigkill_under_load_loses_no_acknowledged_turn(daemon: Daemon, sim: SimControl) -> None:
+    proc = daemon()
+    sim.latency(20)
+    acknowledged: dict[str, int] = {}
+    stop = asyncio.Event()
+
+    async def worker(index: int) -> None:
+        try:
+            async with Client(f"{proc.url}/mcp") as client:
+                await client.list_tools()
+                thread = None
+                while not stop.is_set():
+                    args = {"prompt": f"worker {index}", "model": "sim-fast"}
+                    if thread:
+                        args["continuation_id"] = thread
+                    result = await client.call_tool("chat", args)
+                    assert not result.is_error, result.content[0].text
+                    thread = result.structured_content["continuation_id"]
+                    acknowledged[thread] = acknowledged.get(thread, 0) + 1
+        except AssertionError:
+            raise
+        except Exception:  # the daemon died under this client: expected
+            return
+
+    async def killer() -> None:
+        await asyncio.sleep(2.0)
+        proc.process.send_signal(signal.SIGKILL)
+        stop.set()
+
+    async with asyncio.timeout(30):
+        await asyncio.gather(killer(), *(worker(i) for i in range(8)))
+    total = sum(acknowledged.values())
+    assert total >= 20, f"only {total} calls were acknowledged before the kill"
+    restarted = daemon()
+    for thread, acks in acknowledged.items():
+        turns = await _turns(restarted.url, thread)
+        assert 2 * acks <= turns <= 2 * (acks + 1), f"thread {thread}: {acks} acknowledged calls, {turns} turns"
+
+
+@pytest.mark.parametrize("with_redis", [False, True])
+async def test_two_daemons_share_threads_through_postgresql(
+    daemon: Daemon, sim: SimControl, postgres_url: str, pg_schema: str, redis_url: str, with_redis: bool
+) -> None:
+    env = {"EXAI_DATABASE_URL": postgres_url, "EXAI_DATABASE_SCHEMA": pg_schema}
+    if with_redis:
+        env["EXAI_REDIS_URL"] = redis_url
+    a, b = daemon(**env), daemon(**env)
+    thread = (await _chat(a.url, "started on A"))["continuation_id"]
+    on_b = await _chat(b.url, "continued on B", thread)
+    on_a = await _chat(a.url, "back on A", thread)
+    assert on_b["earlier_turns_included"] == 2 and on_a["earlier_turns_included"] == 4
+    started = time.monotonic()
+    results = await asyncio.gather(*(_chat((a, b)[i % 2].url, f"parallel {i}", thread) for i in range(6)))
+    assert all(r["continuation_id"] == thread for r in results)
+    assert await _turns(b.url, thread) == 6 + 12
+    assert time.monotonic() - started < 30
