@@ -12,13 +12,18 @@ import redis.asyncio as aioredis
 from exai.config import Settings
 from exai.conversations.threads import Conversations
 from exai.conversations.tokens import warm_up
+from exai.observability.alerts import AlertManager, AlertThresholds
+from exai.observability.context import add_upstream_wait
+from exai.observability.metrics import BREAKER_VALUES, Metrics
 from exai.observability.stats import CallStats
 from exai.providers.anthropic import AnthropicProvider
 from exai.providers.base import Provider
 from exai.providers.catalogue import Catalogue
 from exai.providers.openai_compatible import OpenAICompatibleProvider
-from exai.providers.router import Router
+from exai.providers.router import Attempt, Router
+from exai.security.auth import JWTVerifier, parse_api_keys
 from exai.security.files import FileAccess
+from exai.security.limits import Limits, LocalLimiter, RateLimiter, RedisLimiter
 from exai.storage.audit import AuditWriter
 from exai.storage.base import Store
 from exai.storage.cache import CachedStore
@@ -43,6 +48,37 @@ def build_store(settings: Settings) -> Store:
     return store
 
 
+def build_verifier(settings: Settings) -> JWTVerifier | None:
+    if not settings.auth_enabled:
+        return None
+    public_key = settings.jwt_public_key
+    if public_key and not public_key.lstrip().startswith("-----BEGIN"):
+        public_key = Path(public_key).read_text()
+    return JWTVerifier(
+        secret=settings.jwt_secret.get_secret_value() if settings.jwt_secret else None,
+        public_key=public_key,
+        jwks_url=settings.jwt_jwks_url,
+        issuer=settings.jwt_issuer,
+        audience=settings.jwt_audience,
+        tenant_claim=settings.tenant_claim,
+        api_keys=parse_api_keys(settings.api_keys),
+    )
+
+
+def build_limiter(settings: Settings, redis: aioredis.Redis | None) -> RateLimiter:
+    defaults = Limits(
+        requests_per_minute=settings.rate_limit_rpm,
+        concurrent=settings.rate_limit_concurrency,
+        tokens_per_day=settings.rate_limit_tokens_per_day,
+    )
+    overrides = {tenant: defaults.model_copy(update=values) for tenant, values in settings.tenant_limits.items()}
+    if redis is None:
+        return LocalLimiter(defaults, overrides)
+    return RedisLimiter(
+        redis, defaults, overrides, settings.rate_limit_on_redis_error, lease_ttl=settings.call_deadline_seconds + 60
+    )
+
+
 @dataclass
 class Services:
     settings: Settings
@@ -55,6 +91,10 @@ class Services:
     files: FileAccess
     audit: AuditWriter
     transport: Transport
+    metrics: Metrics
+    alerts: AlertManager
+    limiter: RateLimiter
+    verifier: JWTVerifier | None
 
     @classmethod
     def build(cls, settings: Settings, transport: Transport = "memory") -> Services:
@@ -64,8 +104,51 @@ class Services:
         for name, config in configs.items():
             if config.enabled and config.base_url:
                 providers[name] = WIRES[config.spec.wire](name, config.base_url, config.api_key)
+        metrics = Metrics()
         router = Router(settings, catalogue, providers, configs)
+        alerts = AlertManager(
+            AlertThresholds(
+                window_seconds=settings.alert_window_seconds,
+                provider_error_rate=settings.alert_provider_error_rate,
+                p95_latency_seconds=settings.alert_p95_latency_seconds,
+                auth_failures=settings.alert_auth_failures,
+                rate_limit_rejections=settings.alert_rate_limit_rejections,
+            ),
+            settings.alert_webhook_url,
+            router.open_breakers,
+        )
+
+        def on_attempt(attempt: Attempt) -> None:
+            outcome = "ok" if attempt.outcome == "ok" else attempt.outcome
+            metrics.provider_calls.labels(attempt.provider, attempt.model, outcome).inc()
+            if attempt.outcome != "breaker_open":
+                metrics.upstream_latency.labels(attempt.provider, attempt.model).observe(attempt.latency_ms / 1000)
+                add_upstream_wait(attempt.latency_ms / 1000)
+                alerts.record("provider", (attempt.provider, attempt.outcome == "ok"))
+            for (provider, model), state in router.breaker_states().items():
+                metrics.breaker.labels(provider, model).set(BREAKER_VALUES[state])
+
+        def on_storage(operation: str, seconds: float, ok: bool) -> None:
+            metrics.storage_latency.labels(operation).observe(seconds)
+            if not ok:
+                metrics.storage_errors.labels(operation).inc()
+                alerts.record("storage")
+
+        router.on_attempt = on_attempt
+        verifier = build_verifier(settings)
+        if verifier is not None:
+
+            def on_auth_failure() -> None:
+                metrics.auth_failures.inc()
+                alerts.record("auth")
+
+            verifier.on_failure = on_auth_failure
         store = build_store(settings)
+        redis = (
+            aioredis.from_url(settings.redis_url, socket_timeout=2, socket_connect_timeout=2)
+            if settings.redis_url
+            else None
+        )
         roots = settings.file_roots
         if roots is None:  # over stdio the client's working directory; a shared daemon reads nothing by default
             roots = [] if transport == "http" else [str(Path.cwd())]
@@ -76,10 +159,16 @@ class Services:
             stats=CallStats(),
             tools=enabled_tools(settings.tool_profile, settings.disabled_tools),
             store=store,
-            conversations=Conversations(store, settings.thread_ttl_hours * 3600, settings.max_turns_per_thread),
+            conversations=Conversations(
+                store, settings.thread_ttl_hours * 3600, settings.max_turns_per_thread, on_storage
+            ),
             files=FileAccess([Path(r) for r in roots], settings.max_file_bytes, settings.max_files_bytes),
             audit=AuditWriter(store),
             transport=transport,
+            metrics=metrics,
+            alerts=alerts,
+            limiter=build_limiter(settings, redis),
+            verifier=verifier,
         )
 
     async def start(self) -> None:
@@ -90,8 +179,10 @@ class Services:
         await self.store.purge(time.time(), audit_before=time.time() - retention)
         warm_up()
         self.audit.start()
+        self.alerts.start()
 
     async def close(self) -> None:
+        await self.alerts.close()
         await self.audit.close()
         await self.router.close()
         await self.store.close()

@@ -73,6 +73,29 @@ class Settings(BaseSettings):
     disabled_tools: CommaList = Field(default_factory=list)
     max_prompt_chars: int = Field(default=100_000, gt=0)
 
+    # Authentication (HTTP) and limits
+    jwt_secret: SecretStr | None = None
+    jwt_public_key: str | None = None
+    jwt_jwks_url: str | None = None
+    jwt_issuer: str | None = None
+    jwt_audience: str | None = None
+    tenant_claim: str = "sub"
+    api_keys: CommaList = Field(default_factory=list)
+    public_url: str | None = None
+    rate_limit_rpm: int = Field(default=120, ge=1)
+    rate_limit_concurrency: int = Field(default=8, ge=1)
+    rate_limit_tokens_per_day: int = Field(default=5_000_000, ge=1)
+    tenant_limits: dict[str, dict[str, int]] = Field(default_factory=dict)
+    rate_limit_on_redis_error: Literal["open", "closed"] = "open"
+
+    # Alerts
+    alert_webhook_url: str | None = None
+    alert_window_seconds: float = Field(default=300.0, gt=0)
+    alert_provider_error_rate: float = Field(default=0.5, gt=0, le=1)
+    alert_p95_latency_seconds: float = Field(default=30.0, gt=0)
+    alert_auth_failures: int = Field(default=20, ge=1)
+    alert_rate_limit_rejections: int = Field(default=50, ge=1)
+
     # stdio bridge (`exai stdio --connect URL`)
     token: SecretStr | None = None
     bridge_connect_timeout_seconds: float = Field(default=30.0, gt=0)
@@ -135,6 +158,7 @@ class Settings(BaseSettings):
 
     @field_validator(
         "allowed_hosts",
+        "api_keys",
         "file_roots",
         "disabled_tools",
         "fallback_chain",
@@ -183,6 +207,10 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         return (init_settings, env_settings, dotenv_settings, TomlConfigSettingsSource(settings_cls))
+
+    @property
+    def auth_enabled(self) -> bool:
+        return bool(self.jwt_secret or self.jwt_public_key or self.jwt_jwks_url or self.api_keys)
 
     def provider(self, name: str) -> ProviderConfig:
         return ProviderConfig(

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,18 +26,35 @@ class Thread:
         return self.record.id
 
 
+StorageObserver = Callable[[str, float, bool], None]
+
+
 class Conversations:
-    def __init__(self, store: Store, ttl_seconds: float, max_turns: int) -> None:
+    def __init__(
+        self, store: Store, ttl_seconds: float, max_turns: int, on_storage: StorageObserver | None = None
+    ) -> None:
         self.store = store
         self.ttl = ttl_seconds
         self.max_turns = max_turns
+        self.on_storage = on_storage
+
+    @asynccontextmanager
+    async def _timed(self, operation: str) -> AsyncIterator[None]:
+        started, ok = time.perf_counter(), False
+        try:
+            yield
+            ok = True
+        finally:
+            if self.on_storage is not None:
+                self.on_storage(operation, time.perf_counter() - started, ok)
 
     async def start(self, tenant: str, title: str) -> Thread:
         now = time.time()
         record = ThreadRecord(
             tenant=tenant, title=_title(title), created_at=now, updated_at=now, expires_at=now + self.ttl
         )
-        await self.store.create_thread(record)
+        async with self._timed("create_thread"):
+            await self.store.create_thread(record)
         return Thread(record, [], is_new=True)
 
     async def open(self, continuation_id: str, tenant: str) -> Thread:
@@ -49,7 +68,8 @@ class Conversations:
                 remedy=START_OVER,
                 details={"field": "continuation_id"},
             ) from None
-        record = await self.store.get_thread(continuation_id)
+        async with self._timed("get_thread"):
+            record = await self.store.get_thread(continuation_id)
         if record is None or record.tenant != tenant:
             raise NotFoundError(
                 f"Thread {continuation_id} does not exist.",
@@ -71,7 +91,9 @@ class Conversations:
                 remedy="Start a new thread (call without continuation_id), summarising what matters from this one.",
                 details={"field": "continuation_id"},
             )
-        return Thread(record, await self.store.get_turns(continuation_id))
+        async with self._timed("get_turns"):
+            turns = await self.store.get_turns(continuation_id)
+        return Thread(record, turns)
 
     async def open_or_start(self, continuation_id: str | None, tenant: str, title: str) -> Thread:
         if continuation_id:
@@ -83,9 +105,10 @@ class Conversations:
     ) -> ThreadRecord:
         """Commit the turns; only after this returns may the response be sent."""
         try:
-            record = await self.store.append_turns(
-                thread.id, turns, tool=tool, state=state, expires_at=time.time() + self.ttl
-            )
+            async with self._timed("append_turns"):
+                record = await self.store.append_turns(
+                    thread.id, turns, tool=tool, state=state, expires_at=time.time() + self.ttl
+                )
         except ThreadConflict:
             raise NotFoundError(
                 f"Thread {thread.id} was deleted while in use.", code="thread_not_found", remedy=START_OVER

@@ -13,13 +13,15 @@ class CallStats:
     in_flight: int = 0
     calls: Counter[tuple[str, str]] = field(default_factory=Counter)
     recent_errors: deque[tuple[float, str, str]] = field(default_factory=lambda: deque(maxlen=1000))
+    recent_calls: deque[tuple[float, str, str, float]] = field(default_factory=lambda: deque(maxlen=5000))
 
     def begin(self) -> None:
         self.in_flight += 1
 
-    def end(self, tool: str, outcome: str, error_category: str | None = None) -> None:
+    def end(self, tool: str, outcome: str, error_category: str | None = None, latency_ms: float = 0.0) -> None:
         self.in_flight -= 1
         self.calls[(tool, outcome)] += 1
+        self.recent_calls.append((time.time(), tool, outcome, latency_ms))
         if error_category is not None:
             self.recent_errors.append((time.time(), tool, error_category))
 

@@ -27,6 +27,7 @@ from exai.providers.types import DeltaCallback, GenerateRequest, GenerateRespons
 
 Category = Literal["fast", "balanced", "reasoning"]
 EventCallback = Callable[[str], Awaitable[None]]
+AttemptObserver = Callable[["Attempt"], None]
 log = get_logger(__name__)
 
 
@@ -57,6 +58,7 @@ class Router:
         providers: dict[str, Provider],
         configs: dict[str, ProviderConfig],
         rng: random.Random | None = None,
+        on_attempt: AttemptObserver | None = None,
     ) -> None:
         self.settings = settings
         self.catalogue = catalogue
@@ -66,6 +68,7 @@ class Router:
         self._breakers: dict[tuple[str, str], CircuitBreaker] = {}
         self._slots = {name: asyncio.Semaphore(settings.provider_concurrency) for name in providers}
         self.recent_errors: deque[tuple[float, str, str]] = deque(maxlen=1000)
+        self.on_attempt = on_attempt
 
     # ----- what can be routed to ----------------------------------------------------------------
     def available_models(self) -> list[ModelInfo]:
@@ -244,10 +247,10 @@ class Router:
                 raise
             else:
                 breaker.record_success()
-                attempts.append(Attempt(info.provider, info.name, "ok", (time.perf_counter() - started) * 1000))
+                self._observe(attempts, Attempt(info.provider, info.name, "ok", (time.perf_counter() - started) * 1000))
                 return response
             elapsed = (time.perf_counter() - started) * 1000
-            attempts.append(Attempt(info.provider, info.name, exc.kind, elapsed))
+            self._observe(attempts, Attempt(info.provider, info.name, exc.kind, elapsed))
             breaker.record_failure(exc.kind)
             self.recent_errors.append((time.time(), info.provider, exc.kind))
             log.warning(
@@ -271,6 +274,17 @@ class Router:
             if not breaker.allow():
                 raise exc
         raise AssertionError("unreachable")
+
+    def _observe(self, attempts: list[Attempt], attempt: Attempt) -> None:
+        attempts.append(attempt)
+        if self.on_attempt is not None:
+            self.on_attempt(attempt)
+
+    def open_breakers(self) -> list[str]:
+        return [f"{provider}/{model}" for (provider, model), b in self._breakers.items() if b.state == "open"]
+
+    def breaker_states(self) -> dict[tuple[str, str], str]:
+        return {key: breaker.state for key, breaker in self._breakers.items()}
 
     async def close(self) -> None:
         await asyncio.gather(*(p.close() for p in self.providers.values()), return_exceptions=True)

@@ -6,13 +6,20 @@ import ipaddress
 from types import FrameType
 
 import uvicorn
+from mcp.server.auth.settings import AuthSettings
 from mcp.server.transport_security import TransportSecuritySettings
+from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from exai.app import Services
+from exai.observability.context import new_correlation_id
+from exai.observability.errors import AuthError, PermissionDeniedError
+from exai.security.auth import ADMIN_SCOPE
+from exai.server.dashboard import DASHBOARD_HTML, dashboard_snapshot
 from exai.server.mcp import build_server
 
 
@@ -36,6 +43,34 @@ def transport_security(host: str, extra_hosts: list[str]) -> TransportSecuritySe
 
 def build_http_app(services: Services) -> Starlette:
     settings = services.settings
+    verifier = services.verifier
+
+    async def admin_denied(request: Request) -> JSONResponse | None:
+        """None when the caller may see operator data (admin scope; or no auth configured at all)."""
+        if verifier is None:
+            return None
+        header = request.headers.get("authorization", "")
+        token = header[7:].strip() if header.lower().startswith("bearer ") else ""
+        access = await verifier.verify_token(token) if token else None
+        if access is None:
+            error = AuthError(
+                "A valid bearer token is required.",
+                code="unauthenticated",
+                remedy="Send Authorization: Bearer <token> with the exai:admin scope.",
+            )
+            return JSONResponse(
+                {"error": error.to_dict()},
+                status_code=error.http_status,
+                headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
+            )
+        if ADMIN_SCOPE not in access.scopes:
+            error = PermissionDeniedError(
+                "This endpoint needs the exai:admin scope.",
+                code="missing_scope",
+                remedy="Use a token with the exai:admin scope.",
+            )
+            return JSONResponse({"error": error.to_dict()}, status_code=error.http_status)
+        return None
 
     async def healthz(request: Request) -> JSONResponse:
         return JSONResponse({"status": "ok", "uptime_seconds": round(services.stats.uptime(), 1)})
@@ -71,13 +106,70 @@ def build_http_app(services: Services) -> Starlette:
             }
         )
 
+    async def metrics(request: Request) -> Response:
+        if denied := await admin_denied(request):
+            return denied
+        return Response(services.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+    async def alerts(request: Request) -> JSONResponse:
+        if denied := await admin_denied(request):
+            return denied
+        return JSONResponse(services.alerts.snapshot())
+
+    async def dashboard_page(request: Request) -> HTMLResponse:
+        return HTMLResponse(DASHBOARD_HTML)
+
+    async def dashboard_data(request: Request) -> JSONResponse:
+        if denied := await admin_denied(request):
+            return denied
+        return JSONResponse(dashboard_snapshot(services))
+
+    routes = [
+        Route("/healthz", healthz),
+        Route("/readyz", readyz),
+        Route("/metrics", metrics),
+        Route("/alerts", alerts),
+        Route("/dashboard", dashboard_page),
+        Route("/dashboard/data", dashboard_data),
+    ]
+    auth = None
+    if verifier is not None:
+        public = settings.public_url or f"http://{settings.host}:{settings.port}/mcp"
+        auth = AuthSettings(issuer_url=settings.jwt_issuer or public, resource_server_url=public, required_scopes=[])
     server = build_server(services)
-    return server.streamable_http_app(
+    app = server.streamable_http_app(
         streamable_http_path="/mcp",
         transport_security=transport_security(settings.host, settings.allowed_hosts),
         host=settings.host,
-        custom_starlette_routes=[Route("/healthz", healthz), Route("/readyz", readyz)],
+        custom_starlette_routes=routes,
+        auth=auth,
+        token_verifier=verifier,
     )
+    app.add_middleware(RequestIdMiddleware)
+    return app
+
+
+class RequestIdMiddleware:
+    """Echo the request's correlation id (X-Request-ID, taken or made) on every HTTP response."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        incoming = dict(scope["headers"]).get(b"x-request-id", b"").decode(errors="replace")[:64]
+        request_id = (incoming or new_correlation_id()).encode()
+        if not incoming:
+            scope = {**scope, "headers": [*scope["headers"], (b"x-request-id", request_id)]}
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", []), (b"x-request-id", request_id)]}
+            await send(message)
+
+        await self.app(scope, receive, send_with_id)
 
 
 class _GracefulServer(uvicorn.Server):

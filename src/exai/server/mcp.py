@@ -13,17 +13,28 @@ import warnings
 from typing import Any
 from weakref import WeakKeyDictionary
 
+import anyio
 import mcp_types as types
 import pydantic
+from mcp.server.auth.middleware.auth_context import get_access_token
 from mcp.server.context import ServerRequestContext
 from mcp.server.lowlevel import Server
 from mcp.shared.exceptions import MCPError
 
 from exai import __version__
 from exai.app import Services
-from exai.observability.context import bind_correlation_id
-from exai.observability.errors import ExaiError, InternalError, NotFoundError, ValidationError
+from exai.observability.context import bind_correlation_id, start_upstream_clock
+from exai.observability.errors import (
+    ExaiError,
+    InternalError,
+    NotFoundError,
+    PermissionDeniedError,
+    RateLimitError,
+    ValidationError,
+)
 from exai.observability.logging import get_logger
+from exai.observability.metrics import Metrics
+from exai.security.auth import ADMIN_TOOLS, may_call
 from exai.storage.base import AuditRecord
 from exai.tools.base import Tool, ToolContext, compact_schema
 
@@ -103,6 +114,16 @@ def audit_record(
     )
 
 
+def _record_usage(metrics: Metrics, data: dict[str, Any] | None) -> None:
+    if not data or not data.get("provider") or not data.get("model"):
+        return
+    provider, model, usage = data["provider"], data["model"], data.get("usage") or {}
+    metrics.tokens.labels(provider, model, "in").inc(usage.get("input_tokens", 0))
+    metrics.tokens.labels(provider, model, "out").inc(usage.get("output_tokens", 0))
+    if data.get("cost_usd"):
+        metrics.cost.labels(provider, model).inc(data["cost_usd"])
+
+
 def _connection_of(ctx: ServerRequestContext[Any, Any]) -> Any:
     """The client connection behind a request (the SDK builds a new session object for every request).
 
@@ -140,7 +161,10 @@ def build_server(services: Services) -> Server[Any]:
     )
 
     async def list_tools(ctx: ServerRequestContext[Any, Any], params: Any) -> types.ListToolsResult:
-        return listing
+        token = get_access_token()
+        if services.verifier is None or token is None:
+            return listing
+        return types.ListToolsResult(tools=[t for t in listing.tools if may_call(t.name, token.scopes)])
 
     async def call_tool(ctx: ServerRequestContext[Any, Any], params: types.CallToolRequestParams) -> Any:
         tool = tools.get(params.name)
@@ -152,7 +176,17 @@ def build_server(services: Services) -> Server[Any]:
                 data={"category": "not_found", "code": "unknown_tool", "tools": sorted(tools)},
             )
         correlation_id = bind_correlation_id(_incoming_correlation_id(ctx))
-        tenant = LOCAL_TENANT
+        token = get_access_token()
+        tenant = token.subject if token is not None and token.subject else LOCAL_TENANT
+        if services.verifier is not None and token is not None and not may_call(tool.name, token.scopes):
+            error = PermissionDeniedError(
+                f"Your token does not allow the '{tool.name}' tool.",
+                code="missing_scope",
+                remedy=f"Ask for a token with scope {'exai:admin' if tool.name in ADMIN_TOOLS else 'exai:tools'}"
+                f" (or exai:tool:{tool.name}).",
+            )
+            services.metrics.errors.labels("permission").inc()
+            return error_result(error)
         wants_progress = _progress_token(ctx) is not None
 
         async def progress(done: float, total: float | None, message: str | None) -> None:
@@ -178,7 +212,19 @@ def build_server(services: Services) -> Server[Any]:
             except Exception:
                 log.debug("log_notification_not_sent", exc_info=True)
 
+        # Limits are per tenant, so they apply once tokens say who is calling (a daemon without auth serves
+        # one trusted local user).
+        limiter = services.limiter if services.verifier is not None else None
+        try:
+            lease = await limiter.acquire(tenant) if limiter is not None else None
+        except RateLimitError as exc:
+            services.metrics.rate_limited.labels(exc.details.get("limit", "?")).inc()
+            services.metrics.errors.labels("rate_limit").inc()
+            services.alerts.record("rate_limit")
+            return error_result(exc)
         services.stats.begin()
+        services.metrics.in_flight.inc()
+        upstream = start_upstream_clock()
         outcome, category, data = "cancelled", None, None
         started = time.perf_counter()
         try:
@@ -208,7 +254,22 @@ def build_server(services: Services) -> Server[Any]:
                 )
             )
         finally:
-            services.stats.end(tool.name, outcome, category)
+            elapsed = time.perf_counter() - started
+            if limiter is not None and lease is not None:
+                with anyio.CancelScope(shield=True):  # a cancelled call must still give its slot back
+                    await limiter.release(lease)
+                    usage = (data or {}).get("usage") or {}
+                    await limiter.add_tokens(tenant, usage.get("input_tokens", 0) + usage.get("output_tokens", 0))
+            services.stats.end(tool.name, outcome, category, elapsed * 1000)
+            metrics = services.metrics
+            metrics.in_flight.dec()
+            metrics.tool_calls.labels(tool.name, outcome).inc()
+            metrics.tool_latency.labels(tool.name).observe(elapsed)
+            metrics.gateway_overhead.labels(tool.name).observe(max(0.0, elapsed - upstream[0]))
+            if category is not None:
+                metrics.errors.labels(category).inc()
+            _record_usage(metrics, data)
+            services.alerts.record("latency", elapsed)
             services.audit.add(
                 audit_record(
                     tenant,

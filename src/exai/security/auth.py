@@ -1,0 +1,181 @@
+"""Bearer authentication for the HTTP daemon, as the MCP SDK's token verifier.
+
+Accepts JWTs (HS256 with a shared secret, RS256/ES256 with a PEM public key, or any key from a JWKS URL,
+refreshed when an unknown `kid` appears) and opaque API keys (`exai_...`, stored as SHA-256 hashes, revoked by
+removing the entry). The algorithm list is fixed by the kind of key configured, so `alg: none` and algorithm
+confusion (an HS256 token signed with a public key) are refused. The tenant comes from a configurable claim.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import jwt
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.serialization import load_pem_public_key
+from mcp.server.auth.provider import AccessToken
+
+from exai.observability.logging import get_logger
+
+log = get_logger(__name__)
+LEEWAY_SECONDS = 30
+API_KEY_PREFIX = "exai_"
+ADMIN_SCOPE = "exai:admin"
+TOOLS_SCOPE = "exai:tools"
+ADMIN_TOOLS = frozenset({"status"})
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    digest: str
+    tenant: str
+    scopes: tuple[str, ...]
+
+
+def hash_api_key(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def new_api_key(tenant: str, scopes: list[str]) -> tuple[str, str]:
+    """A fresh key and the EXAI_API_KEYS entry that accepts it (only the hash is stored)."""
+    key = API_KEY_PREFIX + secrets.token_urlsafe(32)
+    return key, f"{hash_api_key(key)}:{tenant}:{'+'.join(scopes)}"
+
+
+def parse_api_keys(entries: list[str]) -> list[ApiKey]:
+    keys = []
+    for entry in entries:
+        digest, _, rest = entry.partition(":")
+        tenant, _, scopes = rest.partition(":")
+        if len(digest) != 64 or not tenant:
+            raise ValueError(f"EXAI_API_KEYS entry '{entry[:20]}…' is not sha256hex:tenant:scope+scope")
+        keys.append(ApiKey(digest.lower(), tenant, tuple(s for s in scopes.split("+") if s)))
+    return keys
+
+
+def may_call(tool: str, scopes: list[str]) -> bool:
+    """`exai:admin` may call anything; admin tools need it; others need `exai:tools` or `exai:tool:<name>`."""
+    if ADMIN_SCOPE in scopes:
+        return True
+    if tool in ADMIN_TOOLS:
+        return False
+    return TOOLS_SCOPE in scopes or f"exai:tool:{tool}" in scopes
+
+
+class JWTVerifier:
+    """The daemon's `TokenVerifier`: returns an `AccessToken` whose `subject` is the tenant, or None."""
+
+    def __init__(
+        self,
+        *,
+        secret: str | None = None,
+        public_key: str | None = None,
+        jwks_url: str | None = None,
+        issuer: str | None = None,
+        audience: str | None = None,
+        tenant_claim: str = "sub",
+        api_keys: list[ApiKey] | None = None,
+    ) -> None:
+        self.issuer = issuer
+        self.audience = audience
+        self.tenant_claim = tenant_claim
+        self.api_keys = {k.digest: k for k in api_keys or []}
+        self._key: Any = None
+        self._algorithms: list[str] = []
+        self._jwks: jwt.PyJWKClient | None = None
+        if secret:
+            self._key, self._algorithms = secret, ["HS256"]
+        elif public_key:
+            self._key = load_pem_public_key(public_key.encode())
+            if isinstance(self._key, rsa.RSAPublicKey):
+                self._algorithms = ["RS256"]
+            elif isinstance(self._key, ec.EllipticCurvePublicKey):
+                self._algorithms = ["ES256"]
+            else:
+                raise ValueError("EXAI_JWT_PUBLIC_KEY must be an RSA or EC (P-256) public key in PEM")
+        elif jwks_url:
+            self._jwks = jwt.PyJWKClient(jwks_url, cache_keys=True, lifespan=300, timeout=5)
+            self._algorithms = ["RS256", "ES256"]
+        self.failures = 0
+        self.on_failure: Callable[[], None] | None = None
+
+    async def verify_token(self, token: str) -> AccessToken | None:
+        access = await self._verify(token)
+        if access is None:
+            self.failures += 1
+            if self.on_failure is not None:
+                self.on_failure()
+        return access
+
+    async def _verify(self, token: str) -> AccessToken | None:
+        if token.startswith(API_KEY_PREFIX):
+            return self._verify_api_key(token)
+        if not self._algorithms:
+            return None
+        try:
+            key = self._key
+            if self._jwks is not None:  # PyJWKClient fetches with urllib: keep it off the event loop
+                key = (await asyncio.to_thread(self._jwks.get_signing_key_from_jwt, token)).key
+            claims = jwt.decode(
+                token,
+                key,
+                algorithms=self._algorithms,
+                audience=self.audience,
+                issuer=self.issuer,
+                leeway=LEEWAY_SECONDS,
+                options={"require": ["exp", "iat"], "verify_aud": self.audience is not None},
+            )
+        except (jwt.PyJWTError, ValueError) as exc:
+            log.info("token_rejected", reason=type(exc).__name__)
+            return None
+        tenant = claims.get(self.tenant_claim)
+        if not isinstance(tenant, str) or not tenant:
+            log.info("token_rejected", reason=f"no '{self.tenant_claim}' claim")
+            return None
+        scopes = claims.get("scope", claims.get("scopes", ""))
+        scope_list = scopes.split() if isinstance(scopes, str) else [str(s) for s in scopes]
+        return AccessToken(
+            token=token,
+            client_id=str(claims.get("client_id", tenant)),
+            scopes=scope_list,
+            expires_at=int(claims["exp"]),
+            subject=tenant,
+            claims={"iss": claims.get("iss")},
+        )
+
+    def _verify_api_key(self, token: str) -> AccessToken | None:
+        digest = hash_api_key(token)
+        for known, entry in self.api_keys.items():
+            if hmac.compare_digest(known, digest):
+                return AccessToken(token=token, client_id=entry.tenant, scopes=list(entry.scopes), subject=entry.tenant)
+        return None
+
+
+def issue_token(
+    secret: str,
+    subject: str,
+    scopes: list[str],
+    ttl_seconds: int,
+    issuer: str | None = None,
+    audience: str | None = None,
+) -> str:
+    now = int(time.time())
+    claims: dict[str, Any] = {
+        "sub": subject,
+        "scope": " ".join(scopes),
+        "iat": now,
+        "nbf": now,
+        "exp": now + ttl_seconds,
+    }
+    if issuer:
+        claims["iss"] = issuer
+    if audience:
+        claims["aud"] = audience
+    return jwt.encode(claims, secret, algorithm="HS256")
