@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -42,11 +42,21 @@ def _services(settings: Settings, transport: Transport = "memory") -> Services:
 def serve(
     host: Annotated[str | None, typer.Option(help="Address to bind (default 127.0.0.1).")] = None,
     port: Annotated[int | None, typer.Option(help="Port to listen on (default 8765).")] = None,
+    insecure: Annotated[bool, typer.Option(help="Allow a non-loopback address without authentication.")] = False,
 ) -> None:
-    """Run the daemon: MCP over Streamable HTTP at /mcp, with /healthz and /readyz."""
-    from exai.server.http import serve_http
+    """Run the daemon: MCP over Streamable HTTP at /mcp, with /healthz, /readyz, /metrics and /dashboard."""
+    from exai.server.http import is_loopback, serve_http
 
     settings = _settings(host=host, port=port)
+    if not is_loopback(settings.host) and not settings.auth_enabled:
+        if not insecure:
+            console.print(
+                f"[red]Refusing to serve on {settings.host} without authentication.[/red]\n"
+                "Set EXAI_JWT_SECRET (or EXAI_JWT_PUBLIC_KEY, EXAI_JWT_JWKS_URL, EXAI_API_KEYS), bind 127.0.0.1, "
+                "or pass --insecure if something in front of the daemon authenticates callers."
+            )
+            raise typer.Exit(2)
+        log.warning("insecure_bind", host=settings.host, detail="anyone who can reach this port can use the server")
     services = _services(settings, "http")
     log.info("starting", host=settings.host, port=settings.port, providers=sorted(services.router.providers))
     if not services.router.providers:
@@ -138,6 +148,118 @@ def _db_upgrade_and_report(services: Services) -> int:
             await services.store.close()
 
     return asyncio.run(run())
+
+
+token_app = typer.Typer(help="Tokens for the HTTP daemon.", no_args_is_help=True)
+app.add_typer(token_app, name="token")
+
+
+@token_app.command("issue")
+def token_issue(
+    sub: Annotated[str, typer.Option(help="Subject: the tenant the token acts for.")],
+    scopes: Annotated[str, typer.Option(help="Space- or comma-separated scopes.")] = "exai:tools",
+    ttl: Annotated[str, typer.Option(help="Lifetime, e.g. 3600, 30m, 12h, 7d.")] = "24h",
+) -> None:
+    """Issue an HS256 token signed with EXAI_JWT_SECRET."""
+    from exai.security.auth import issue_token
+
+    settings = _settings()
+    if settings.jwt_secret is None:
+        console.print("[red]EXAI_JWT_SECRET is not set.[/red] Set it to the daemon's shared secret.")
+        raise typer.Exit(2)
+    seconds = _duration(ttl)
+    token = issue_token(
+        settings.jwt_secret.get_secret_value(),
+        sub,
+        scopes.replace(",", " ").split(),
+        seconds,
+        settings.jwt_issuer,
+        settings.jwt_audience,
+    )
+    print(token)
+
+
+@token_app.command("verify")
+def token_verify(token: Annotated[str, typer.Argument(help="The token to check.")]) -> None:
+    """Check a token the way the daemon would; print its tenant and scopes."""
+    from exai.app import build_verifier
+
+    verifier = build_verifier(_settings())
+    if verifier is None:
+        console.print("[red]No authentication is configured[/red] (EXAI_JWT_SECRET, EXAI_JWT_PUBLIC_KEY, ...).")
+        raise typer.Exit(2)
+    access = asyncio.run(verifier.verify_token(token))
+    if access is None:
+        console.print("[red]invalid[/red]: bad signature, expired, not yet valid, wrong issuer/audience, or revoked")
+        raise typer.Exit(1)
+    print(f"valid: tenant={access.subject} scopes={' '.join(access.scopes)} expires_at={access.expires_at}")
+
+
+@token_app.command("apikey")
+def token_apikey(
+    tenant: Annotated[str, typer.Option(help="The tenant the key acts for.")],
+    scopes: Annotated[str, typer.Option(help="Space- or comma-separated scopes.")] = "exai:tools",
+) -> None:
+    """Make an opaque API key; add the printed entry to EXAI_API_KEYS (only its hash is stored)."""
+    from exai.security.auth import new_api_key
+
+    key, entry = new_api_key(tenant, scopes.replace(",", " ").split())
+    print(f"key:   {key}\nentry: {entry}")
+
+
+def _duration(text: str) -> int:
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    try:
+        return int(text) if text.isdigit() else int(float(text[:-1]) * units[text[-1]])
+    except (KeyError, ValueError):
+        console.print(f"[red]Cannot read duration '{text}'.[/red] Use seconds or 30m, 12h, 7d.")
+        raise typer.Exit(2) from None
+
+
+@app.command()
+def audit(
+    tenant: Annotated[str | None, typer.Option(help="Only this tenant.")] = None,
+    tool: Annotated[str | None, typer.Option(help="Only this tool.")] = None,
+    since: Annotated[str | None, typer.Option(help="Only this recent, e.g. 30m, 24h, 7d.")] = None,
+    limit: Annotated[int, typer.Option(help="At most this many records.")] = 50,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON lines.")] = False,
+) -> None:
+    """List audit records (every tool call: tenant, tool, model, tokens, cost, latency, outcome, correlation id)."""
+    import json
+    import time
+
+    services = _services(_settings())
+    cutoff = time.time() - _duration(since) if since else None
+
+    async def fetch() -> list[Any]:
+        await services.store.open()
+        try:
+            await services.store.migrate()
+            return await services.store.list_audit(tenant=tenant, tool=tool, since=cutoff, limit=limit)
+        finally:
+            await services.store.close()
+
+    records = asyncio.run(fetch())
+    if as_json:
+        for record in records:
+            print(json.dumps(record.model_dump()))
+        return
+    table = Table(title=f"Audit ({len(records)} records)")
+    for column in ("time", "tenant", "tool", "model", "tokens in/out", "cost $", "ms", "outcome", "correlation id"):
+        table.add_column(column)
+    for r in records:
+        table.add_row(
+            time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r.time)),
+            r.tenant,
+            r.tool,
+            r.model or "",
+            f"{r.input_tokens}/{r.output_tokens}",
+            f"{r.cost_usd:.5f}",
+            f"{r.latency_ms:.0f}",
+            r.outcome + (f" ({r.error_category})" if r.error_category else ""),
+            r.correlation_id,
+        )
+    Console().print(table)
 
 
 db_app = typer.Typer(help="Database maintenance.", no_args_is_help=True)

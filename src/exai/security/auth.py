@@ -90,6 +90,7 @@ class JWTVerifier:
         self._key: Any = None
         self._algorithms: list[str] = []
         self._jwks: jwt.PyJWKClient | None = None
+        self._jwks_refreshed = 0.0
         if secret:
             self._key, self._algorithms = secret, ["HS256"]
         elif public_key:
@@ -122,7 +123,7 @@ class JWTVerifier:
         try:
             key = self._key
             if self._jwks is not None:  # PyJWKClient fetches with urllib: keep it off the event loop
-                key = (await asyncio.to_thread(self._jwks.get_signing_key_from_jwt, token)).key
+                key = await asyncio.to_thread(self._jwks_key, token)
             claims = jwt.decode(
                 token,
                 key,
@@ -149,6 +150,18 @@ class JWTVerifier:
             subject=tenant,
             claims={"iss": claims.get("iss")},
         )
+
+    def _jwks_key(self, token: str) -> Any:
+        """The signing key for the token's `kid`; an unknown `kid` refetches the set (at most every 10 s)."""
+        assert self._jwks is not None
+        try:
+            return self._jwks.get_signing_key_from_jwt(token).key
+        except jwt.PyJWKClientError:
+            if time.monotonic() - self._jwks_refreshed < 10:
+                raise
+            self._jwks_refreshed = time.monotonic()
+            self._jwks.fetch_data()
+            return self._jwks.get_signing_key_from_jwt(token).key
 
     def _verify_api_key(self, token: str) -> AccessToken | None:
         digest = hash_api_key(token)
