@@ -19,6 +19,8 @@ import pytest
 from exai.providers.specs import PROVIDER_SPECS
 
 pytest_plugins = ["tests.services"]
+TEST_JWT_SECRET = "a-test-secret-that-is-long-enough-0123456789"
+LEAK_MARKERS = ("sk-test-kimi-secret", "sk-test-anthropic-secret", TEST_JWT_SECRET, "Bearer ey")
 SIM_MODELS = "sim-fast,sim-smart,sim-large:1000000"
 
 
@@ -171,6 +173,9 @@ def daemon(sim: SimControl, tmp_path: Path) -> Iterator[Callable[..., Proc]]:
     yield start
     for proc in started:
         proc.stop(signal.SIGKILL)
+        logs = proc.logs()
+        for secret in LEAK_MARKERS:
+            assert secret not in logs, f"a secret ({secret[:12]}…) appeared in the daemon's log"
 
 
 @pytest.fixture

@@ -88,9 +88,9 @@ async def _git(path: str, *args: str) -> str:
             "git did not finish in time.", code="git_timeout", remedy="Pass the diff in `diff` instead."
         ) from None
     if process.returncode != 0:
-        raise ValidationError(
+        raise ToolFailure(
             f"git failed in '{path}': {err.decode(errors='replace').strip()[:300]}",
             code="git_failed",
-            remedy="Check that path is a git repository and the ref exists.",
+            remedy="Check that path is a git repository and the ref exists, or pass the diff in `diff`.",
         )
     return out.decode(errors="replace")

@@ -1,0 +1,120 @@
+"""Per-tenant limits: exact across two daemons sharing Redis, the outage setting, and slots always released."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Callable
+
+import anyio
+import httpx2
+import pytest
+import redis.asyncio as aioredis
+from mcp import Client
+from mcp.client.streamable_http import streamable_http_client
+
+from exai.observability.errors import RateLimitError
+from exai.security.auth import issue_token
+from exai.security.limits import Limits, LocalLimiter, RedisLimiter
+from tests.conftest import Proc, SimControl
+
+pytestmark = pytest.mark.anyio
+SECRET = "a-test-secret-that-is-long-enough-0123456789"
+Daemon = Callable[..., Proc]
+
+
+async def test_local_limits() -> None:
+    limiter = LocalLimiter(
+        Limits(requests_per_minute=3, concurrent=2, tokens_per_day=100),
+        {"vip": Limits(requests_per_minute=100, concurrent=50, tokens_per_day=10**9)},
+    )
+    first, second = await limiter.acquire("t"), await limiter.acquire("t")
+    with pytest.raises(RateLimitError) as caught:
+        await limiter.acquire("t")
+    assert caught.value.code == "rate_limited_concurrency"
+    await limiter.release(first)
+    third = await limiter.acquire("t")
+    with pytest.raises(RateLimitError) as caught:
+        await limiter.acquire("t")
+    assert caught.value.code == "rate_limited_rpm" and 0 < caught.value.details["retry_after_seconds"] <= 60
+    for lease in (second, third):
+        await limiter.release(lease)
+    other = LocalLimiter(Limits(tokens_per_day=100), {})
+    await other.add_tokens("t", 150)
+    with pytest.raises(RateLimitError, match="tokens per day"):
+        await other.acquire("t")
+    assert (await limiter.acquire("vip")).enforced
+
+
+async def test_redis_outage_follows_the_setting() -> None:
+    broken = aioredis.from_url("redis://127.0.0.1:1/0", socket_connect_timeout=0.2)
+    fail_open = RedisLimiter(broken, Limits(), {}, "open", 60)
+    lease = await fail_open.acquire("t")
+    assert not lease.enforced and fail_open.failures == 1
+    fail_closed = RedisLimiter(broken, Limits(), {}, "closed", 60)
+    with pytest.raises(RateLimitError) as caught:
+        await fail_closed.acquire("t")
+    assert caught.value.code == "rate_limited_unavailable"
+
+
+async def _call(url: str, token: str, args: dict, tool: str = "chat") -> object:
+    async with (
+        httpx2.AsyncClient(headers={"Authorization": f"Bearer {token}"}) as http,
+        Client(streamable_http_client(f"{url}/mcp", http_client=http)) as client,
+    ):
+        await client.list_tools()
+        return await client.call_tool(tool, args)
+
+
+async def test_requests_per_minute_are_exact_across_two_daemons(
+    daemon: Daemon, sim: SimControl, redis_url: str
+) -> None:
+    env = {
+        "EXAI_JWT_SECRET": SECRET,
+        "EXAI_REDIS_URL": redis_url,
+        "EXAI_RATE_LIMIT_RPM": "10",
+        "EXAI_RATE_LIMIT_CONCURRENCY": "100",
+    }
+    a, b = daemon(**env), daemon(**env)
+    token = issue_token(SECRET, f"tenant-{uuid.uuid4().hex[:8]}", ["exai:tools"], 600)
+    results = await asyncio.gather(
+        *(_call((a, b)[i % 2].url, token, {"prompt": f"n{i}", "model": "sim-fast"}) for i in range(24))
+    )
+    ok = [r for r in results if not r.is_error]
+    limited = [r.structured_content["error"] for r in results if r.is_error]
+    assert len(ok) == 10, f"{len(ok)} admitted; two replicas must admit the limit, not twice it"
+    assert len(limited) == 14 and all(e["category"] == "rate_limit" for e in limited)
+    assert all(e["details"]["retry_after_seconds"] > 0 for e in limited)
+    assert sim.count("requests") == 10
+
+
+async def test_slots_come_back_after_timeouts_and_cancellations(
+    daemon: Daemon, sim: SimControl, redis_url: str
+) -> None:
+    tenant = f"tenant-{uuid.uuid4().hex[:8]}"
+    proc = daemon(
+        EXAI_JWT_SECRET=SECRET,
+        EXAI_REDIS_URL=redis_url,
+        EXAI_RATE_LIMIT_CONCURRENCY="2",
+        EXAI_CALL_DEADLINE_SECONDS="1",
+        CUSTOM_ALLOWED_MODELS="sim-fast",
+        KIMI_API_KEY="",
+        ANTHROPIC_API_KEY="",
+    )
+    token = issue_token(SECRET, tenant, ["exai:tools"], 600)
+    sim.fault("hang", model="sim-fast")
+    timed_out = await asyncio.gather(*(_call(proc.url, token, {"prompt": "t", "model": "sim-fast"}) for _ in range(2)))
+    assert all(r.structured_content["error"]["category"] == "timeout" for r in timed_out)
+    for _ in range(2):
+        with anyio.move_on_after(0.5):
+            await _call(proc.url, token, {"prompt": "c", "model": "sim-fast"})
+    sim.clear_faults()
+    redis = aioredis.from_url(redis_url)
+    for _ in range(50):
+        if await redis.zcard(f"exai:rl:{tenant}:slots") == 0:
+            break
+        await asyncio.sleep(0.1)
+    assert await redis.zcard(f"exai:rl:{tenant}:slots") == 0, "every slot was given back"
+    await redis.aclose()
+    again = await asyncio.gather(*(_call(proc.url, token, {"prompt": "ok", "model": "sim-fast"}) for _ in range(2)))
+    assert not any(r.is_error for r in again)
