@@ -287,3 +287,33 @@ async def test_status_page_in_headless_chromium(daemon: Daemon, sim: SimControl,
     assert "custom" in after and ">chat<" in after and 'class="ok">ok<' in after
     denied = await asyncio.to_thread(render, user)
     assert "exai:admin" in denied, "a token without the admin scope sees the refusal, not the data"
+
+
+def test_deploy_rules_and_dashboard_use_metrics_that_exist() -> None:
+    from exai.observability.metrics import Metrics
+
+    metrics = Metrics()
+    metrics.tool_calls.labels("chat", "ok").inc()  # labelled families only render once a series exists
+    for family in (
+        metrics.provider_calls,
+        metrics.tokens,
+        metrics.cost,
+        metrics.errors,
+        metrics.breaker,
+        metrics.rate_limited,
+        metrics.storage_errors,
+    ):
+        family.labels(*["x"] * len(family._labelnames)).inc()
+    for family in (metrics.tool_latency, metrics.upstream_latency, metrics.gateway_overhead, metrics.storage_latency):
+        family.labels(*["x"] * len(family._labelnames)).observe(1)
+    exposed = set(re.findall(r"^(exai_[a-z_]+)", metrics.render().decode(), re.MULTILINE))
+    root = Path(__file__).parent.parent / "deploy"
+    dashboard = json.loads((root / "grafana-dashboard.json").read_text())
+    used = set(re.findall(r"exai_[a-z_]+", (root / "prometheus-alerts.yml").read_text()))
+    used |= {
+        name
+        for panel in dashboard["panels"]
+        for target in panel["targets"]
+        for name in re.findall(r"exai_[a-z_]+", target["expr"])
+    }
+    assert used and used <= exposed, used - exposed
