@@ -27,6 +27,8 @@ import httpx2
 import openai
 from mcp import Client
 
+from exai.tools.chat import SYSTEM_PROMPT
+
 HERE = Path(__file__).parent
 
 

@@ -36,6 +36,18 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
     await built.close()
 
 
+async def _create(store: Store, thread: ThreadRecord) -> None:
+    """Store a thread the way the server does: with its first turn, in one transaction."""
+    await store.append_turns(
+        thread.id,
+        [TurnRecord(role="user", content="seed", tool="chat")],
+        tool="chat",
+        state=None,
+        expires_at=thread.expires_at,
+        create=thread,
+    )
+
+
 def _thread(tenant: str = "alice", ttl: float = 3600) -> ThreadRecord:
     return ThreadRecord(tenant=tenant, title="t", expires_at=time.time() + ttl)
 
@@ -47,7 +59,7 @@ async def test_migrations_are_idempotent(store: Store) -> None:
 
 async def test_threads_and_turns_round_trip(store: Store) -> None:
     thread = _thread()
-    await store.create_thread(thread)
+    await _create(store, thread)
     turns = [
         TurnRecord(role="user", content="héllo ✓", tool="chat", files=["/a.py"]),
         TurnRecord(
@@ -62,7 +74,7 @@ async def test_threads_and_turns_round_trip(store: Store) -> None:
     updated = await store.append_turns(
         thread.id, turns, tool="chat", state={"workflows": {"x": {"n": 1}}}, expires_at=thread.expires_at + 10
     )
-    assert updated.turn_count == 2 and updated.tools == ["chat"] and updated.state["workflows"]["x"]["n"] == 1
+    assert updated.turn_count == 3 and updated.tools == ["chat"] and updated.state["workflows"]["x"]["n"] == 1
     await store.append_turns(
         thread.id,
         [TurnRecord(role="user", content="more", tool="analyze")],
@@ -71,17 +83,17 @@ async def test_threads_and_turns_round_trip(store: Store) -> None:
         expires_at=thread.expires_at + 20,
     )
     loaded = await store.get_thread(thread.id)
-    assert loaded is not None and loaded.turn_count == 3 and loaded.tools == ["chat", "analyze"]
+    assert loaded is not None and loaded.turn_count == 4 and loaded.tools == ["chat", "analyze"]
     assert loaded.state == {"workflows": {"x": {"n": 1}}}, "state=None keeps the previous state"
     got = await store.get_turns(thread.id)
-    assert [(t.seq, t.content) for t in got] == [(1, "héllo ✓"), (2, "hi"), (3, "more")]
-    assert got[0].files == ["/a.py"] and got[1].usage == {"input_tokens": 3, "output_tokens": 1}
+    assert [(t.seq, t.content) for t in got] == [(1, "seed"), (2, "héllo ✓"), (3, "hi"), (4, "more")]
+    assert got[1].files == ["/a.py"] and got[2].usage == {"input_tokens": 3, "output_tokens": 1}
     assert await store.get_thread("00000000-0000-0000-0000-000000000000") is None
 
 
 async def test_concurrent_appends_keep_every_turn_in_order(store: Store) -> None:
     thread = _thread()
-    await store.create_thread(thread)
+    await _create(store, thread)
 
     async def append(i: int) -> None:
         await store.append_turns(
@@ -97,16 +109,16 @@ async def test_concurrent_appends_keep_every_turn_in_order(store: Store) -> None
 
     await asyncio.gather(*(append(i) for i in range(20)))
     turns = await store.get_turns(thread.id)
-    assert [t.seq for t in turns] == list(range(1, 41))
-    for question, answer in zip(turns[::2], turns[1::2], strict=True):
+    assert [t.seq for t in turns] == list(range(1, 42))
+    for question, answer in zip(turns[1::2], turns[2::2], strict=True):
         assert question.content[1:] == answer.content[1:], "a call's two turns stay together"
-    assert (await store.get_thread(thread.id)).turn_count == 40
+    assert (await store.get_thread(thread.id)).turn_count == 41
 
 
 async def test_listing_is_per_tenant_and_newest_first(store: Store) -> None:
     for tenant in ("alice", "alice", "bob"):
         record = _thread(tenant)
-        await store.create_thread(record)
+        await _create(store, record)
         await store.append_turns(
             record.id,
             [TurnRecord(role="user", content="x", tool="chat")],
@@ -121,7 +133,7 @@ async def test_listing_is_per_tenant_and_newest_first(store: Store) -> None:
 
 async def test_purge_and_audit(store: Store) -> None:
     old = _thread(ttl=-1)
-    await store.create_thread(old)
+    await _create(store, old)
     await store.write_audit(
         [
             AuditRecord(
@@ -154,7 +166,7 @@ async def test_redis_cache_never_goes_back_to_an_older_version(
     await second.open()
     await first.migrate()
     thread = _thread()
-    await first.create_thread(thread)
+    await _create(first, thread)
     stale = await second.get_thread(thread.id)  # cached at version 0
     await first.append_turns(
         thread.id,
@@ -165,8 +177,8 @@ async def test_redis_cache_never_goes_back_to_an_older_version(
     )
     await second._set(f"exai:thread:{thread.id}", stale.turn_count, stale.model_dump())  # a late, stale write
     seen = await second.get_thread(thread.id)
-    assert seen.turn_count == 1 and seen.state == {"v": 1}
-    assert [t.content for t in await second.get_turns(thread.id)] == ["new"]
+    assert seen.turn_count == 2 and seen.state == {"v": 1}
+    assert [t.content for t in await second.get_turns(thread.id)] == ["seed", "new"]
     await first.close()
     await second.close()
 
@@ -178,7 +190,7 @@ async def test_redis_outage_falls_back_to_the_database(tmp_path: Path) -> None:
     await cached.open()
     await cached.migrate()
     thread = _thread()
-    await cached.create_thread(thread)
+    await _create(cached, thread)
     await cached.append_turns(
         thread.id,
         [TurnRecord(role="user", content="x", tool="chat")],
@@ -186,5 +198,5 @@ async def test_redis_outage_falls_back_to_the_database(tmp_path: Path) -> None:
         state=None,
         expires_at=thread.expires_at,
     )
-    assert (await cached.get_thread(thread.id)).turn_count == 1
+    assert (await cached.get_thread(thread.id)).turn_count == 2
     await cached.close()

@@ -53,9 +53,7 @@ class Conversations:
         record = ThreadRecord(
             tenant=tenant, title=_title(title), created_at=now, updated_at=now, expires_at=now + self.ttl
         )
-        async with self._timed("create_thread"):
-            await self.store.create_thread(record)
-        return Thread(record, [], is_new=True)
+        return Thread(record, [], is_new=True)  # stored with its first turns, in one transaction
 
     async def open(self, continuation_id: str, tenant: str) -> Thread:
         """The caller's thread; unknown, foreign and expired ids are all clear errors, never a new thread."""
@@ -107,13 +105,18 @@ class Conversations:
         try:
             async with self._timed("append_turns"):
                 record = await self.store.append_turns(
-                    thread.id, turns, tool=tool, state=state, expires_at=time.time() + self.ttl
+                    thread.id,
+                    turns,
+                    tool=tool,
+                    state=state,
+                    expires_at=time.time() + self.ttl,
+                    create=thread.record if thread.is_new else None,
                 )
         except ThreadConflict:
             raise NotFoundError(
                 f"Thread {thread.id} was deleted while in use.", code="thread_not_found", remedy=START_OVER
             ) from None
-        thread.record = record
+        thread.record, thread.is_new = record, False
         thread.turns.extend(turns)
         return record
 

@@ -76,16 +76,23 @@ class Store(Protocol):
 
     async def ping(self) -> None: ...
 
-    async def create_thread(self, thread: ThreadRecord) -> None: ...
-
     async def get_thread(self, thread_id: str) -> ThreadRecord | None: ...
 
     async def get_turns(self, thread_id: str) -> list[TurnRecord]: ...
 
     async def append_turns(
-        self, thread_id: str, turns: list[TurnRecord], *, tool: str, state: dict[str, Any] | None, expires_at: float
+        self,
+        thread_id: str,
+        turns: list[TurnRecord],
+        *,
+        tool: str,
+        state: dict[str, Any] | None,
+        expires_at: float,
+        create: ThreadRecord | None = None,
     ) -> ThreadRecord:
-        """Add turns (numbered after the existing ones) and update the thread, in one committed transaction."""
+        """Add turns (numbered after the existing ones) and update the thread, in one committed transaction.
+
+        With `create`, the thread itself is inserted in the same transaction (its first turns)."""
         ...
 
     async def list_threads(self, tenant: str, limit: int) -> list[ThreadRecord]: ...

@@ -9,6 +9,7 @@ A Redis failure never fails a call: the store answers and the failure is logged.
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -64,13 +65,12 @@ class CachedStore:
     async def ping(self) -> None:
         await self.inner.ping()
 
-    async def create_thread(self, thread: ThreadRecord) -> None:
-        await self.inner.create_thread(thread)
-
     async def get_thread(self, thread_id: str) -> ThreadRecord | None:
         cached = await self._get(f"exai:thread:{thread_id}")
         if cached is not None:
-            return ThreadRecord.model_validate(cached["data"])
+            record = ThreadRecord.model_validate(cached["data"])
+            if record.expires_at >= time.time():  # an expired thread may already be purged from the database
+                return record
         thread = await self.inner.get_thread(thread_id)
         if thread is not None:
             await self._set(f"exai:thread:{thread_id}", thread.turn_count, thread.model_dump())
@@ -85,9 +85,18 @@ class CachedStore:
         return turns
 
     async def append_turns(
-        self, thread_id: str, turns: list[TurnRecord], *, tool: str, state: dict[str, Any] | None, expires_at: float
+        self,
+        thread_id: str,
+        turns: list[TurnRecord],
+        *,
+        tool: str,
+        state: dict[str, Any] | None,
+        expires_at: float,
+        create: ThreadRecord | None = None,
     ) -> ThreadRecord:
-        thread = await self.inner.append_turns(thread_id, turns, tool=tool, state=state, expires_at=expires_at)
+        thread = await self.inner.append_turns(
+            thread_id, turns, tool=tool, state=state, expires_at=expires_at, create=create
+        )
         await self._set(f"exai:thread:{thread_id}", thread.turn_count, thread.model_dump())
         all_turns = await self.inner.get_turns(thread_id)
         await self._set(f"exai:turns:{thread_id}", len(all_turns), [t.model_dump() for t in all_turns])

@@ -71,23 +71,6 @@ class PostgresStore:
         async with self._pool.connection() as conn:
             await conn.execute("SELECT 1")
 
-    async def create_thread(self, thread: ThreadRecord) -> None:
-        async with self._pool.connection() as conn:
-            await conn.execute(
-                f"INSERT INTO threads ({_THREAD_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
-                (
-                    thread.id,
-                    thread.tenant,
-                    thread.title,
-                    thread.created_at,
-                    thread.updated_at,
-                    thread.expires_at,
-                    thread.turn_count,
-                    Jsonb(thread.tools),
-                    Jsonb(thread.state),
-                ),
-            )
-
     async def get_thread(self, thread_id: str) -> ThreadRecord | None:
         async with self._pool.connection() as conn:
             cursor = await conn.execute(f"SELECT {_THREAD_COLUMNS} FROM threads WHERE id = %s", (thread_id,))
@@ -104,9 +87,31 @@ class PostgresStore:
             return [TurnRecord(**row) for row in await cursor.fetchall()]
 
     async def append_turns(
-        self, thread_id: str, turns: list[TurnRecord], *, tool: str, state: dict[str, Any] | None, expires_at: float
+        self,
+        thread_id: str,
+        turns: list[TurnRecord],
+        *,
+        tool: str,
+        state: dict[str, Any] | None,
+        expires_at: float,
+        create: ThreadRecord | None = None,
     ) -> ThreadRecord:
         async with self._pool.connection() as conn, conn.transaction():
+            if create is not None:
+                await conn.execute(
+                    f"INSERT INTO threads ({_THREAD_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                    (
+                        create.id,
+                        create.tenant,
+                        create.title,
+                        create.created_at,
+                        create.updated_at,
+                        create.expires_at,
+                        create.turn_count,
+                        Jsonb(create.tools),
+                        Jsonb(create.state),
+                    ),
+                )
             cursor = await conn.execute(f"SELECT {_THREAD_COLUMNS} FROM threads WHERE id = %s FOR UPDATE", (thread_id,))
             row = await cursor.fetchone()
             if row is None:

@@ -1,21 +1,25 @@
 """SQLite storage: one file, WAL mode, every write committed before the call returns.
 
-`synchronous=NORMAL` in WAL mode keeps every committed transaction across a killed process (the WAL is in the
-OS's hands once `COMMIT` returns); only a power loss could take the last ones.
+All database work runs on one dedicated thread, one whole operation (a transaction) per hop, so the event loop
+never blocks and operations never interleave. `synchronous=NORMAL` in WAL mode keeps every committed transaction
+across a killed process (the WAL is in the OS's hands once `COMMIT` returns); only a power loss could take the
+last ones.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import sqlite3
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
-
-import aiosqlite
+from typing import Any, TypeVar
 
 from exai.storage.base import AuditRecord, ThreadConflict, ThreadRecord, TurnRecord
 from exai.storage.migrations import MIGRATIONS
 
+T = TypeVar("T")
 _THREAD_COLUMNS = "id, tenant, title, created_at, updated_at, expires_at, turn_count, tools, state"
 _AUDIT_FIELDS = tuple(AuditRecord.model_fields)
 
@@ -34,90 +38,88 @@ def _thread(row: Any) -> ThreadRecord:
     )
 
 
+def _insert_thread(db: sqlite3.Connection, thread: ThreadRecord) -> None:
+    db.execute(
+        f"INSERT INTO threads ({_THREAD_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            thread.id,
+            thread.tenant,
+            thread.title,
+            thread.created_at,
+            thread.updated_at,
+            thread.expires_at,
+            thread.turn_count,
+            json.dumps(thread.tools),
+            json.dumps(thread.state),
+        ),
+    )
+
+
 class SQLiteStore:
     name = "sqlite"
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._db: aiosqlite.Connection | None = None
-        self._lock = asyncio.Lock()  # one connection: transactions must not interleave
+        self._db: sqlite3.Connection | None = None
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="exai-sqlite")
 
-    @property
-    def db(self) -> aiosqlite.Connection:
-        if self._db is None:
-            raise RuntimeError("SQLiteStore used before open()")
-        return self._db
+    async def _run(self, operation: Callable[[sqlite3.Connection], T]) -> T:
+        def call() -> T:
+            if self._db is None:
+                raise RuntimeError("SQLiteStore used before open()")
+            return operation(self._db)
+
+        return await asyncio.get_running_loop().run_in_executor(self._executor, call)
 
     async def open(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = await aiosqlite.connect(self.path, isolation_level=None)
-        for pragma in ("journal_mode=WAL", "synchronous=NORMAL", "foreign_keys=ON", "busy_timeout=5000"):
-            await self._db.execute(f"PRAGMA {pragma}")
+        def connect() -> None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            for pragma in ("journal_mode=WAL", "synchronous=NORMAL", "foreign_keys=ON", "busy_timeout=5000"):
+                db.execute(f"PRAGMA {pragma}")
+            self._db = db
+
+        await asyncio.get_running_loop().run_in_executor(self._executor, connect)
 
     async def close(self) -> None:
         if self._db is not None:
-            await self._db.close()
+            await self._run(lambda db: db.close())
             self._db = None
+        self._executor.shutdown(wait=False)
 
     async def migrate(self) -> int:
-        async with self._lock:
-            await self.db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
-            async with self.db.execute("SELECT MAX(version) FROM schema_version") as cursor:
-                current = (await cursor.fetchone())[0] or 0
+        def migrate(db: sqlite3.Connection) -> int:
+            db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+            current = db.execute("SELECT MAX(version) FROM schema_version").fetchone()[0] or 0
             for migration in MIGRATIONS:
                 if migration.version <= current:
                     continue
-                await self.db.execute("BEGIN IMMEDIATE")
-                try:
+                with _transaction(db):
                     for statement in migration.sqlite:
-                        await self.db.execute(statement)
-                    await self.db.execute("INSERT INTO schema_version (version) VALUES (?)", (migration.version,))
-                    await self.db.execute("COMMIT")
-                except BaseException:
-                    await self.db.execute("ROLLBACK")
-                    raise
+                        db.execute(statement)
+                    db.execute("INSERT INTO schema_version (version) VALUES (?)", (migration.version,))
                 current = migration.version
             return current
 
-    async def ping(self) -> None:
-        async with self._lock, self.db.execute("SELECT 1") as cursor:
-            await cursor.fetchone()
+        return await self._run(migrate)
 
-    async def create_thread(self, thread: ThreadRecord) -> None:
-        async with self._lock:
-            await self.db.execute(
-                f"INSERT INTO threads ({_THREAD_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    thread.id,
-                    thread.tenant,
-                    thread.title,
-                    thread.created_at,
-                    thread.updated_at,
-                    thread.expires_at,
-                    thread.turn_count,
-                    json.dumps(thread.tools),
-                    json.dumps(thread.state),
-                ),
-            )
+    async def ping(self) -> None:
+        await self._run(lambda db: db.execute("SELECT 1").fetchone())
 
     async def get_thread(self, thread_id: str) -> ThreadRecord | None:
-        async with (
-            self._lock,
-            self.db.execute(f"SELECT {_THREAD_COLUMNS} FROM threads WHERE id = ?", (thread_id,)) as cursor,
-        ):
-            row = await cursor.fetchone()
+        row = await self._run(
+            lambda db: db.execute(f"SELECT {_THREAD_COLUMNS} FROM threads WHERE id = ?", (thread_id,)).fetchone()
+        )
         return _thread(row) if row else None
 
     async def get_turns(self, thread_id: str) -> list[TurnRecord]:
-        async with (
-            self._lock,
-            self.db.execute(
+        rows = await self._run(
+            lambda db: db.execute(
                 "SELECT seq, role, content, tool, model, provider, files, usage, created_at FROM turns "
                 "WHERE thread_id = ? ORDER BY seq",
                 (thread_id,),
-            ) as cursor,
-        ):
-            rows = await cursor.fetchall()
+            ).fetchall()
+        )
         return [
             TurnRecord(
                 seq=r[0],
@@ -134,21 +136,26 @@ class SQLiteStore:
         ]
 
     async def append_turns(
-        self, thread_id: str, turns: list[TurnRecord], *, tool: str, state: dict[str, Any] | None, expires_at: float
+        self,
+        thread_id: str,
+        turns: list[TurnRecord],
+        *,
+        tool: str,
+        state: dict[str, Any] | None,
+        expires_at: float,
+        create: ThreadRecord | None = None,
     ) -> ThreadRecord:
-        async with self._lock:
-            await self.db.execute("BEGIN IMMEDIATE")
-            try:
-                async with self.db.execute(
-                    f"SELECT {_THREAD_COLUMNS} FROM threads WHERE id = ?", (thread_id,)
-                ) as cursor:
-                    row = await cursor.fetchone()
+        def append(db: sqlite3.Connection) -> ThreadRecord:
+            with _transaction(db, immediate=True):
+                if create is not None:
+                    _insert_thread(db, create)
+                row = db.execute(f"SELECT {_THREAD_COLUMNS} FROM threads WHERE id = ?", (thread_id,)).fetchone()
                 if row is None:
                     raise ThreadConflict(thread_id)
                 thread = _thread(row)
                 for offset, turn in enumerate(turns, start=1):
                     turn.seq = thread.turn_count + offset
-                await self.db.executemany(
+                db.executemany(
                     "INSERT INTO turns (thread_id, seq, role, content, tool, model, provider, files, usage, "
                     "created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     [
@@ -172,7 +179,7 @@ class SQLiteStore:
                 thread.state = state if state is not None else thread.state
                 thread.updated_at = max((t.created_at for t in turns), default=thread.updated_at)
                 thread.expires_at = expires_at
-                await self.db.execute(
+                db.execute(
                     "UPDATE threads SET turn_count = ?, tools = ?, state = ?, updated_at = ?, expires_at = ? "
                     "WHERE id = ?",
                     (
@@ -184,38 +191,33 @@ class SQLiteStore:
                         thread_id,
                     ),
                 )
-                await self.db.execute("COMMIT")
-            except BaseException:
-                await self.db.execute("ROLLBACK")
-                raise
-        return thread
+            return thread
+
+        return await self._run(append)
 
     async def list_threads(self, tenant: str, limit: int) -> list[ThreadRecord]:
-        async with (
-            self._lock,
-            self.db.execute(
+        rows = await self._run(
+            lambda db: db.execute(
                 f"SELECT {_THREAD_COLUMNS} FROM threads WHERE tenant = ? ORDER BY updated_at DESC LIMIT ?",
                 (tenant, limit),
-            ) as cursor,
-        ):
-            return [_thread(row) for row in await cursor.fetchall()]
+            ).fetchall()
+        )
+        return [_thread(row) for row in rows]
 
     async def write_audit(self, records: list[AuditRecord]) -> None:
         if not records:
             return
         columns = ", ".join(_AUDIT_FIELDS)
         marks = ", ".join("?" for _ in _AUDIT_FIELDS)
-        async with self._lock:
-            await self.db.execute("BEGIN")
-            try:
-                await self.db.executemany(
+
+        def write(db: sqlite3.Connection) -> None:
+            with _transaction(db):
+                db.executemany(
                     f"INSERT INTO audit ({columns}) VALUES ({marks})",
                     [tuple(getattr(r, f) for f in _AUDIT_FIELDS) for r in records],
                 )
-                await self.db.execute("COMMIT")
-            except BaseException:
-                await self.db.execute("ROLLBACK")
-                raise
+
+        await self._run(write)
 
     async def list_audit(
         self, *, tenant: str | None = None, tool: str | None = None, since: float | None = None, limit: int = 100
@@ -229,15 +231,28 @@ class SQLiteStore:
             clauses.append("time >= ?")
             params.append(since)
         query = f"SELECT {', '.join(_AUDIT_FIELDS)} FROM audit WHERE {' AND '.join(clauses)} ORDER BY time DESC LIMIT ?"
-        async with self._lock, self.db.execute(query, (*params, limit)) as cursor:
-            rows = await cursor.fetchall()
+        rows = await self._run(lambda db: db.execute(query, (*params, limit)).fetchall())
         return [AuditRecord(**dict(zip(_AUDIT_FIELDS, row, strict=True))) for row in rows]
 
     async def purge(self, now: float, audit_before: float | None = None) -> int:
-        async with self._lock:
-            cursor = await self.db.execute("DELETE FROM threads WHERE expires_at < ?", (now,))
-            removed = cursor.rowcount
-            if audit_before is not None:
-                cursor = await self.db.execute("DELETE FROM audit WHERE time < ?", (audit_before,))
-                removed += cursor.rowcount
+        def purge(db: sqlite3.Connection) -> int:
+            with _transaction(db):
+                removed = db.execute("DELETE FROM threads WHERE expires_at < ?", (now,)).rowcount
+                if audit_before is not None:
+                    removed += db.execute("DELETE FROM audit WHERE time < ?", (audit_before,)).rowcount
             return removed
+
+        return await self._run(purge)
+
+
+class _transaction:
+    """BEGIN ... COMMIT, or ROLLBACK when the body raises."""
+
+    def __init__(self, db: sqlite3.Connection, immediate: bool = False) -> None:
+        self.db, self.begin = db, "BEGIN IMMEDIATE" if immediate else "BEGIN"
+
+    def __enter__(self) -> None:
+        self.db.execute(self.begin)
+
+    def __exit__(self, kind: object, value: object, traceback: object) -> None:
+        self.db.execute("COMMIT" if kind is None else "ROLLBACK")
