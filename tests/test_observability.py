@@ -317,3 +317,30 @@ def test_deploy_rules_and_dashboard_use_metrics_that_exist() -> None:
         for name in re.findall(r"exai_[a-z_]+", target["expr"])
     }
     assert used and used <= exposed, used - exposed
+
+
+async def test_spans_for_tool_and_provider_calls(sim: SimControl, monkeypatch: pytest.MonkeyPatch) -> None:
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    trace.set_tracer_provider(provider)
+    services = await build_services(monkeypatch, sim, EXAI_FALLBACK_CHAIN="sim-smart")
+    sim.fault("503", model="sim-fast")
+    async with Client(build_server(services)) as client:
+        result = await client.call_tool("chat", {"prompt": "traced", "model": "sim-fast"})
+    assert not result.is_error
+    spans = {
+        (s.name, s.attributes.get("exai.model"), s.attributes.get("exai.failure"))
+        for s in exporter.get_finished_spans()
+    }
+    assert ("tool chat", None, None) in spans
+    assert ("provider custom", "sim-fast", "server") in spans and ("provider custom", "sim-smart", None) in spans
+    tool_span = next(s for s in exporter.get_finished_spans() if s.name == "tool chat")
+    provider_span = next(s for s in exporter.get_finished_spans() if s.attributes.get("exai.model") == "sim-smart")
+    assert provider_span.parent is not None and provider_span.parent.span_id == tool_span.context.span_id
+    await services.close()

@@ -13,6 +13,7 @@ from exai.app import Services, Transport
 from exai.config import Settings, load_settings
 from exai.observability.errors import ExaiError
 from exai.observability.logging import configure_logging, get_logger
+from exai.observability.tracing import configure_tracing
 from exai.providers.specs import PROVIDER_SPECS
 
 app = typer.Typer(help="EX-AI MCP Server: tools for AI coding agents, backed by other models.", no_args_is_help=True)
@@ -27,6 +28,7 @@ def _settings(**overrides: object) -> Settings:
         console.print(f"[red]{exc.message}[/red]\n{exc.remedy}")
         raise typer.Exit(2) from None
     configure_logging(settings.log_level, settings.log_json)
+    configure_tracing(settings.otel_exporter)
     return settings
 
 

@@ -68,6 +68,7 @@ class Settings(BaseSettings):
     port: int = Field(default=8765, ge=1, le=65535)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_json: bool = False
+    otel_exporter: Literal["off", "console", "otlp"] = "off"
     shutdown_grace_seconds: float = Field(default=20.0, gt=0)
     allowed_hosts: CommaList = Field(default_factory=list)
     disabled_tools: CommaList = Field(default_factory=list)

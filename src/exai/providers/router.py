@@ -16,10 +16,13 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
+from opentelemetry.trace import StatusCode
+
 from exai.config import ProviderConfig, Settings
 from exai.observability.context import current_correlation_id
 from exai.observability.errors import DeadlineError, ExaiError, NotFoundError, ProviderError, ValidationError
 from exai.observability.logging import get_logger
+from exai.observability.tracing import tracer
 from exai.providers.base import CallOptions, Provider, UpstreamError
 from exai.providers.catalogue import Catalogue, ModelInfo
 from exai.providers.resilience import CircuitBreaker, backoff_delay, to_exai_error
@@ -231,13 +234,28 @@ class Router:
             try:
                 async with asyncio.timeout(remaining):
                     async with self._slots[info.provider]:
+                        span = tracer.start_span(
+                            f"provider {info.provider}",
+                            attributes={
+                                "exai.provider": info.provider,
+                                "exai.model": info.name,
+                                "exai.attempt": attempt + 1,
+                            },
+                        )
                         options = CallOptions(
                             timeout=max(0.001, deadline - time.monotonic()),
                             headers={"X-Request-ID": current_correlation_id()},
                         )
-                        response = await provider.generate(
-                            request.model_copy(update={"model": info.name}), info, options, on_delta
-                        )
+                        try:
+                            response = await provider.generate(
+                                request.model_copy(update={"model": info.name}), info, options, on_delta
+                            )
+                        except UpstreamError as error:
+                            span.set_attribute("exai.failure", error.kind)
+                            span.set_status(StatusCode.ERROR, error.kind)
+                            raise
+                        finally:
+                            span.end()
             except TimeoutError:
                 exc = UpstreamError("timeout", "the call's deadline passed while waiting for the upstream")
             except UpstreamError as error:

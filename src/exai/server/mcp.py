@@ -34,6 +34,7 @@ from exai.observability.errors import (
 )
 from exai.observability.logging import get_logger
 from exai.observability.metrics import Metrics
+from exai.observability.tracing import tracer
 from exai.security.auth import ADMIN_TOOLS, may_call
 from exai.storage.base import AuditRecord
 from exai.tools.base import Tool, ToolContext, compact_schema
@@ -232,9 +233,13 @@ def build_server(services: Services) -> Server[Any]:
                 args = tool.input_model.model_validate(params.arguments or {})
             except pydantic.ValidationError as exc:
                 raise validation_error(tool, exc) from None
-            result = await tool.run(
-                args, ToolContext(services, correlation_id, progress, send_log, wants_progress, tenant=tenant)
-            )
+            with tracer.start_as_current_span(
+                f"tool {tool.name}",
+                attributes={"exai.tool": tool.name, "exai.tenant": tenant, "exai.correlation_id": correlation_id},
+            ):
+                result = await tool.run(
+                    args, ToolContext(services, correlation_id, progress, send_log, wants_progress, tenant=tenant)
+                )
             outcome, data = "ok", result.data.model_dump(mode="json", exclude_none=True)
             return types.CallToolResult(
                 content=[types.TextContent(type="text", text=result.text)], structured_content=data
