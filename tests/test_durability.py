@@ -46,7 +46,7 @@ async def test_a_thread_continues_after_a_restart(daemon: Daemon, sim: SimContro
 
 
 async def test_sigkill_under_load_loses_no_acknowledged_turn(daemon: Daemon, sim: SimControl) -> None:
-    proc = daemon()
+    proc = daemon(EXAI_MAX_TURNS_PER_THREAD="100000")
     sim.latency(20)
     acknowledged: dict[str, int] = {}
     stop = asyncio.Event()
@@ -78,7 +78,7 @@ async def test_sigkill_under_load_loses_no_acknowledged_turn(daemon: Daemon, sim
         await asyncio.gather(killer(), *(worker(i) for i in range(8)))
     total = sum(acknowledged.values())
     assert total >= 20, f"only {total} calls were acknowledged before the kill"
-    restarted = daemon()
+    restarted = daemon(EXAI_MAX_TURNS_PER_THREAD="100000")
     for thread, acks in acknowledged.items():
         turns = await _turns(restarted.url, thread)
         assert 2 * acks <= turns <= 2 * (acks + 1), f"thread {thread}: {acks} acknowledged calls, {turns} turns"

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from exai.observability.errors import NotFoundError, ValidationError
+from exai.providers.types import GenerateResponse
 from exai.storage.base import Store, ThreadConflict, ThreadRecord, TurnRecord
 
 START_OVER = "Call the tool again without continuation_id to start a new thread; the `threads` tool lists yours."
@@ -123,6 +124,18 @@ class Conversations:
     async def list(self, tenant: str, limit: int) -> list[ThreadRecord]:
         now = time.time()
         return [t for t in await self.store.list_threads(tenant, limit) if t.expires_at >= now]
+
+
+def answer_turn(tool: str, response: GenerateResponse) -> TurnRecord:
+    """The turn that keeps a model's answer, with who gave it and what it cost."""
+    return TurnRecord(
+        role="assistant",
+        content=response.text,
+        tool=tool,
+        model=response.model,
+        provider=response.provider,
+        usage={"input_tokens": response.usage.input_tokens, "output_tokens": response.usage.output_tokens},
+    )
 
 
 def _title(text: str) -> str:

@@ -57,6 +57,19 @@ class AuditRecord(BaseModel):
     thread_id: str | None = None
 
 
+def audit_filter(tenant: str | None, tool: str | None, since: float | None, mark: str) -> tuple[str, list[Any]]:
+    """The WHERE clause and parameters of an audit query; `mark` is the dialect's placeholder."""
+    clauses, params = ["1 = 1"], []
+    for column, value in (("tenant", tenant), ("tool", tool)):
+        if value is not None:
+            clauses.append(f"{column} = {mark}")
+            params.append(value)
+    if since is not None:
+        clauses.append(f"time >= {mark}")
+        params.append(since)
+    return " AND ".join(clauses), params
+
+
 class ThreadConflict(Exception):
     """The thread changed or vanished between read and write."""
 

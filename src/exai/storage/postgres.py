@@ -13,7 +13,7 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
-from exai.storage.base import AuditRecord, ThreadConflict, ThreadRecord, TurnRecord
+from exai.storage.base import AuditRecord, ThreadConflict, ThreadRecord, TurnRecord, audit_filter
 from exai.storage.migrations import MIGRATIONS
 
 _THREAD_COLUMNS = "id, tenant, title, created_at, updated_at, expires_at, turn_count, tools, state"
@@ -180,17 +180,8 @@ class PostgresStore:
     async def list_audit(
         self, *, tenant: str | None = None, tool: str | None = None, since: float | None = None, limit: int = 100
     ) -> list[AuditRecord]:
-        clauses, params = ["TRUE"], []
-        for column, value in (("tenant", tenant), ("tool", tool)):
-            if value is not None:
-                clauses.append(f"{column} = %s")
-                params.append(value)
-        if since is not None:
-            clauses.append("time >= %s")
-            params.append(since)
-        query = (
-            f"SELECT {', '.join(_AUDIT_FIELDS)} FROM audit WHERE {' AND '.join(clauses)} ORDER BY time DESC LIMIT %s"
-        )
+        where, params = audit_filter(tenant, tool, since, "%s")
+        query = f"SELECT {', '.join(_AUDIT_FIELDS)} FROM audit WHERE {where} ORDER BY time DESC LIMIT %s"
         async with self._pool.connection() as conn:
             cursor = await conn.execute(query, (*params, limit))  # type: ignore[arg-type]
             return [AuditRecord(**row) for row in await cursor.fetchall()]

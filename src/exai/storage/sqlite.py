@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
-from exai.storage.base import AuditRecord, ThreadConflict, ThreadRecord, TurnRecord
+from exai.storage.base import AuditRecord, ThreadConflict, ThreadRecord, TurnRecord, audit_filter
 from exai.storage.migrations import MIGRATIONS
 
 T = TypeVar("T")
@@ -222,15 +222,8 @@ class SQLiteStore:
     async def list_audit(
         self, *, tenant: str | None = None, tool: str | None = None, since: float | None = None, limit: int = 100
     ) -> list[AuditRecord]:
-        clauses, params = ["1 = 1"], []
-        for column, value in (("tenant", tenant), ("tool", tool)):
-            if value is not None:
-                clauses.append(f"{column} = ?")
-                params.append(value)
-        if since is not None:
-            clauses.append("time >= ?")
-            params.append(since)
-        query = f"SELECT {', '.join(_AUDIT_FIELDS)} FROM audit WHERE {' AND '.join(clauses)} ORDER BY time DESC LIMIT ?"
+        where, params = audit_filter(tenant, tool, since, "?")
+        query = f"SELECT {', '.join(_AUDIT_FIELDS)} FROM audit WHERE {where} ORDER BY time DESC LIMIT ?"
         rows = await self._run(lambda db: db.execute(query, (*params, limit)).fetchall())
         return [AuditRecord(**dict(zip(_AUDIT_FIELDS, row, strict=True))) for row in rows]
 

@@ -8,6 +8,7 @@ from typing import Annotated
 from pydantic import BaseModel, Field
 
 from exai.conversations.history import build_prompt
+from exai.conversations.threads import answer_turn
 from exai.observability.errors import ValidationError
 from exai.providers.types import GenerateRequest, ImageInput, StreamChunk, ThinkingMode
 from exai.storage.base import TurnRecord
@@ -129,19 +130,11 @@ class ChatTool(Tool[ChatInput, ChatOutput]):
             on_event=on_event,
         )
         response = result.response
-        usage = {"input_tokens": response.usage.input_tokens, "output_tokens": response.usage.output_tokens}
         await services.conversations.record(
             thread,
             [
                 TurnRecord(role="user", content=args.prompt, tool=self.name, files=args.files),
-                TurnRecord(
-                    role="assistant",
-                    content=response.text,
-                    tool=self.name,
-                    model=response.model,
-                    provider=response.provider,
-                    usage=usage,
-                ),
+                answer_turn(self.name, response),
             ],
             self.name,
         )

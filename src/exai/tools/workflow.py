@@ -17,7 +17,7 @@ from typing import Any, ClassVar, Literal
 from pydantic import BaseModel, Field
 
 from exai.conversations.history import build_prompt
-from exai.conversations.threads import Thread
+from exai.conversations.threads import Thread, answer_turn
 from exai.observability.errors import ExaiError, ValidationError
 from exai.providers.router import Category
 from exai.providers.types import GenerateRequest, ThinkingMode
@@ -235,16 +235,7 @@ class WorkflowTool(Tool[WorkflowInput, WorkflowOutput]):
         await self._commit(
             ctx,
             thread,
-            [
-                TurnRecord(
-                    role="assistant",
-                    content=response.text,
-                    tool=self.name,
-                    model=response.model,
-                    provider=response.provider,
-                    usage={"input_tokens": response.usage.input_tokens, "output_tokens": response.usage.output_tokens},
-                )
-            ],
+            [answer_turn(self.name, response)],
             state,
         )
         next_call = f"Review the expert analysis. Continue with any tool using continuation_id {thread.id}."
