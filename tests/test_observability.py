@@ -8,6 +8,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -140,12 +141,13 @@ async def test_correlation_id_in_log_upstream_audit_and_response(daemon: Daemon,
     proc.stop()
     audit = await asyncio.to_thread(
         subprocess.run,
-        ["python", "-m", "exai", "audit", "--json"],
+        [sys.executable, "-m", "exai", "audit", "--json"],
         env=dict(os.environ),
         capture_output=True,
         text=True,
         timeout=60,
     )
+    assert audit.returncode == 0, audit.stderr
     records = [json.loads(line) for line in audit.stdout.splitlines()]
     ours = next(r for r in records if r["correlation_id"] == "corr-7f3a9")
     assert ours["tool"] == "chat" and ours["outcome"] == "ok" and ours["model"] == "sim-fast"
