@@ -67,3 +67,23 @@ def test_models_table_and_secrets_stay_hidden(sim: SimControl) -> None:
     assert result.returncode == 0
     assert "sim-large" in result.stdout and "kimi-k2-thinking" in result.stdout
     assert "sk-test" not in result.stdout + result.stderr
+
+
+def test_db_upgrade_and_token_commands(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    env = {**os.environ, "EXAI_DATABASE_URL": f"sqlite:///{tmp_path / 'cli.db'}"}
+    upgraded = _run(["db", "upgrade"], env)
+    assert upgraded.returncode == 0 and "schema at version 1" in upgraded.stdout
+    secret_env = {**env, "EXAI_JWT_SECRET": "a-test-secret-that-is-long-enough-0123456789"}
+    token = _run(["token", "issue", "--sub", "alice", "--scopes", "exai:tools,exai:admin", "--ttl", "10m"], secret_env)
+    assert token.returncode == 0
+    verified = _run(["token", "verify", token.stdout.strip()], secret_env)
+    assert verified.returncode == 0 and "tenant=alice scopes=exai:tools exai:admin" in verified.stdout
+    other = {**env, "EXAI_JWT_SECRET": "another-secret-that-is-long-enough-9876543210"}
+    assert _run(["token", "verify", token.stdout.strip()], other).returncode == 1
+    made = _run(["token", "apikey", "--tenant", "ci-bot"], env)
+    key = made.stdout.split("key:")[1].split()[0]
+    entry = made.stdout.split("entry:")[1].split()[0]
+    assert key not in entry
+    accepted = _run(["token", "verify", key], {**env, "EXAI_API_KEYS": entry})
+    assert accepted.returncode == 0 and "tenant=ci-bot" in accepted.stdout
+    assert _run(["token", "issue", "--sub", "x"], env).returncode == 2, "no secret configured is a clear error"
