@@ -105,7 +105,7 @@ class Router:
             hints = self.catalogue.suggestions(name, [n.lower() for n in names])
             reason = "is not configured" if info is not None else "is unknown"
             raise NotFoundError(
-                f"Model '{name}' {reason}." + (f" Did you mean: {', '.join(hints)}?" if hints else ""),
+                f"Model '{name[:80]}' {reason}." + (f" Did you mean: {', '.join(hints)}?" if hints else ""),
                 code="unknown_model",
                 remedy="Use 'auto' or a model listed by the `listmodels` tool"
                 + (f" (configured providers: {', '.join(self.providers)})." if self.providers else "."),

@@ -22,7 +22,7 @@ SYSTEM_PROMPT = (
 
 class ChatInput(ToolInput):
     prompt: Annotated[str, Field(min_length=1, description="The question or request for the model.")]
-    model: str = Field(default="auto", description="Model name or alias from `listmodels`, or 'auto'.")
+    model: str = Field(default="auto", max_length=200, description="Model name or alias from `listmodels`, or 'auto'.")
     temperature: float | None = Field(default=None, ge=0.0, le=2.0, description="Sampling temperature.")
     thinking_mode: ThinkingMode = Field(default="off", description="Reasoning effort for models that think.")
     system_prompt: str | None = Field(default=None, description="Extra instructions added to the system prompt.")

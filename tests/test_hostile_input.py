@@ -1,0 +1,65 @@
+"""Hostile and malformed input against the real daemon: clear errors, no crash, nothing lost."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import httpx2
+import pytest
+from mcp import Client
+
+from tests.conftest import Proc, SimControl
+
+pytestmark = pytest.mark.anyio
+Daemon = Callable[..., Proc]
+MCP_HEADERS = {"accept": "application/json, text/event-stream", "content-type": "application/json"}
+
+
+async def test_malformed_http_requests_are_refused_cleanly(daemon: Daemon, sim: SimControl) -> None:
+    proc = daemon()
+    url = f"{proc.url}/mcp"
+    async with httpx2.AsyncClient(timeout=10) as http:
+        garbage = [
+            b"{not json",
+            b"[]",
+            b'{"jsonrpc": "2.0"}',
+            b'{"jsonrpc": "1.0", "id": 1, "method": "tools/list"}',
+            b'{"jsonrpc": "2.0", "id": 1, "method": "\\ud800"}',
+            b'{"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": ' + b"[" * 5000 + b"]" * 5000 + b"}",
+            b"\xff\xfe\x00garbage",
+            b'{"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {"x": "' + b"a" * 6_000_000 + b'"}}',
+        ]
+        for body in garbage:
+            response = await http.post(url, content=body, headers=MCP_HEADERS)
+            assert 400 <= response.status_code < 500, (body[:40], response.status_code, response.text[:200])
+        assert (await http.get(f"{proc.url}/healthz")).status_code == 200
+
+
+async def test_hostile_tool_arguments_get_validation_errors(daemon: Daemon, sim: SimControl) -> None:
+    proc = daemon()
+    hostile = [
+        {"prompt": {"$gt": ""}},
+        {"prompt": ["a"] * 10_000},
+        {"prompt": "x", "images": ["javascript:alert(1)"]},
+        {"prompt": "x", "files": ["../../../../etc/passwd"]},
+        {"prompt": "x", "continuation_id": "' OR 1=1 --"},
+        {"prompt": "x", "temperature": -1},
+        {"prompt": "x", "model": "a" * 10_000},
+        {"prompt": "\u0000\u202e\ufeff zero-width and NUL \x00", "model": "sim-fast"},
+    ]
+    async with Client(f"{proc.url}/mcp") as client:
+        await client.list_tools()
+        for args in hostile:
+            result = await client.call_tool("chat", args)
+            if args.get("model") == "sim-fast":
+                assert not result.is_error, "odd but valid text is simply passed on"
+                assert "zero-width and NUL" in result.content[0].text
+                continue
+            assert result.is_error, args
+            error = result.structured_content["error"]
+            assert error["category"] in ("validation", "not_found", "permission"), error
+            assert len(result.content[0].text) < 2000, "errors do not echo huge inputs back"
+        ok = await client.call_tool("chat", {"prompt": "still fine?", "model": "sim-fast"})
+    assert not ok.is_error
+    status = httpx2.get(f"{proc.url}/readyz").json()
+    assert status["ready"]
