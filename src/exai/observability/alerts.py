@@ -73,7 +73,6 @@ class AlertManager:
         self.history: deque[Alert] = deque(maxlen=200)
         self._deliveries: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self._tasks: list[asyncio.Task[None]] = []
-        self.delivered = 0
 
     def record(self, kind: str, value: Any = 1) -> None:
         self.events[kind].append((time.time(), value))
@@ -154,7 +153,6 @@ class AlertManager:
                     try:
                         response = await http.post(self.webhook_url or "", json=payload)
                         if response.status_code < 500:
-                            self.delivered += 1
                             break
                     except httpx2.HTTPError as exc:
                         log.warning("alert_webhook_failed", attempt=attempt + 1, error=str(exc))

@@ -99,9 +99,6 @@ class LocalLimiter:
     async def add_tokens(self, tenant: str, tokens: int) -> None:
         self._tokens[(tenant, int(time.time() // DAY))] += tokens
 
-    def active(self, tenant: str) -> int:
-        return len(self._active[tenant])
-
 
 _ACQUIRE = """
 local rpm_key, slots_key, tokens_key = KEYS[1], KEYS[2], KEYS[3]
