@@ -81,3 +81,22 @@ async def test_progress_and_protocol_errors_pass_through(daemon: Daemon, sim: Si
             await client.call_tool("nope", {})
     assert not result.is_error and len(progress) > 3
     assert bad.is_error and bad.structured_content["error"]["category"] == "validation"
+
+
+async def test_cancelling_through_the_bridge_cancels_upstream(daemon: Daemon, sim: SimControl) -> None:
+    import anyio
+
+    proc = daemon()
+    sim.fault("hang", model="sim-fast")
+    async with Client(_bridge(proc.url)) as client:
+        await client.list_tools()
+        with anyio.move_on_after(1.5):
+            await client.call_tool("chat", {"prompt": "cancel me", "model": "sim-fast"})
+        for _ in range(60):
+            if sim.count("disconnects") >= 1:
+                break
+            await asyncio.sleep(0.1)
+        sim.clear_faults()
+        after = await client.call_tool("chat", {"prompt": "next", "model": "sim-fast"})
+    assert sim.count("disconnects") >= 1, "the daemon's upstream request was cancelled too"
+    assert not after.is_error
