@@ -9,7 +9,7 @@ from exai.providers.base import CallOptions, UpstreamError
 from exai.providers.catalogue import Catalogue
 from exai.providers.openai_compatible import OpenAICompatibleProvider
 from exai.providers.types import GenerateRequest, ImageInput, Message, StreamChunk
-from exai.testing.simulator import reply_digest
+from exai.testing.replies import reply_digest
 from tests.conftest import SimControl
 
 pytestmark = pytest.mark.anyio

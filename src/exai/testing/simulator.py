@@ -1,7 +1,7 @@
 """The upstream simulator: an OpenAI- and Anthropic-compatible model API with latency and fault injection.
 
 Every reply is derived from the request, so a test can prove that the prompt, the system prompt and the
-history arrived intact (`reply_digest`). A control API under `/_sim/` sets latency and faults at run time
+history arrived intact (`replies.reply_digest`). A control API under `/_sim/` sets latency and faults at run time
 and reports counters and the recent requests (with their headers), so tests can assert what really
 happened on the wire.
 """
@@ -9,12 +9,9 @@ happened on the wire.
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import json
 import random
 import time
 from collections import Counter, deque
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -24,6 +21,16 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
+
+from exai.testing.replies import (
+    ParsedRequest,
+    anthropic_body,
+    anthropic_stream,
+    count_images,
+    openai_body,
+    openai_stream,
+    text_of,
+)
 
 FaultKind = Literal[
     "429", "500", "503", "401", "hang", "reset", "malformed", "truncate", "context_length", "content_filter"
@@ -44,51 +51,6 @@ class LatencyRule(BaseModel):
     model: str = "*"
     ms: float = Field(default=0.0, ge=0)
     jitter_ms: float = Field(default=0.0, ge=0)
-
-
-def reply_digest(system: str | None, messages: list[tuple[str, str]]) -> str:
-    """The digest the simulator puts in its reply: proves system prompt and history arrived unchanged."""
-    canonical = json.dumps({"system": system or "", "messages": [list(m) for m in messages]}, sort_keys=True)
-    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
-
-
-def _text_of(content: Any) -> str:
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return "".join(part.get("text", "") for part in content if isinstance(part, dict))
-    return ""
-
-
-def _count_images(messages: list[dict[str, Any]]) -> int:
-    return sum(
-        1
-        for m in messages
-        if isinstance(m.get("content"), list)
-        for part in m["content"]
-        if isinstance(part, dict) and part.get("type") in ("image_url", "image")
-    )
-
-
-@dataclass
-class _Parsed:
-    model: str
-    system: str | None
-    messages: list[tuple[str, str]]
-    images: int
-    stream: bool
-    thinking: bool
-
-    def reply(self) -> str:
-        last = next((c for r, c in reversed(self.messages) if r == "user"), "")
-        system = (self.system or "")[:120]
-        return (
-            f"SIM {self.model} | turns: {len(self.messages)} | images: {self.images} | "
-            f"digest: {reply_digest(self.system, self.messages)} | system: {system} | echo: {last[:500]}"
-        )
-
-    def prompt_tokens(self) -> int:
-        return max(1, sum(len(c.split()) for _, c in self.messages) + len((self.system or "").split()))
 
 
 @dataclass
@@ -221,12 +183,12 @@ class Simulator:
     async def chat_completions(self, request: Request) -> Response:
         body = await request.json()
         messages = body.get("messages", [])
-        system = "\n".join(_text_of(m["content"]) for m in messages if m.get("role") == "system") or None
-        parsed = _Parsed(
+        system = "\n".join(text_of(m["content"]) for m in messages if m.get("role") == "system") or None
+        parsed = ParsedRequest(
             model=body.get("model", ""),
             system=system,
-            messages=[(m["role"], _text_of(m.get("content"))) for m in messages if m.get("role") != "system"],
-            images=_count_images(messages),
+            messages=[(m["role"], text_of(m.get("content"))) for m in messages if m.get("role") != "system"],
+            images=count_images(messages),
             stream=bool(body.get("stream")),
             thinking="thinking" in body.get("model", "") or (body.get("thinking") or {}).get("type") == "enabled",
         )
@@ -236,18 +198,18 @@ class Simulator:
         body = await request.json()
         messages = body.get("messages", [])
         system = body.get("system")
-        parsed = _Parsed(
+        parsed = ParsedRequest(
             model=body.get("model", ""),
-            system=_text_of(system) if system is not None else None,
-            messages=[(m["role"], _text_of(m.get("content"))) for m in messages],
-            images=_count_images(messages),
+            system=text_of(system) if system is not None else None,
+            messages=[(m["role"], text_of(m.get("content"))) for m in messages],
+            images=count_images(messages),
             stream=bool(body.get("stream")),
             thinking=(body.get("thinking") or {}).get("type") == "enabled",
         )
         return await self._serve(request, "anthropic", body, parsed)
 
     # ----- shared serving path ------------------------------------------------------------------
-    async def _serve(self, request: Request, wire: str, body: dict[str, Any], parsed: _Parsed) -> Response:
+    async def _serve(self, request: Request, wire: str, body: dict[str, Any], parsed: ParsedRequest) -> Response:
         state = self.state
         state.counters["requests"] += 1
         state.counters[f"requests:{parsed.model}"] += 1
@@ -275,9 +237,9 @@ class Simulator:
                 return Response(status_code=499)
             state.counters["completed"] += 1
             if parsed.stream:
-                gen = _openai_stream if wire == "openai" else _anthropic_stream
+                gen = openai_stream if wire == "openai" else anthropic_stream
                 return StreamingResponse(gen(parsed, truncate=fault is not None), media_type="text/event-stream")
-            return JSONResponse(_openai_body(parsed) if wire == "openai" else _anthropic_body(parsed))
+            return JSONResponse(openai_body(parsed) if wire == "openai" else anthropic_body(parsed))
         finally:
             state.in_flight -= 1
 
@@ -331,144 +293,3 @@ class Simulator:
         if wire == "anthropic":
             return JSONResponse({"type": "error", "error": {"type": kind, "message": message}}, status_code=status)
         return JSONResponse({"error": {"message": message, "type": kind, "code": code}}, status_code=status)
-
-
-def _words(text: str) -> list[str]:
-    parts = text.split(" ")
-    return [p + (" " if i < len(parts) - 1 else "") for i, p in enumerate(parts)]
-
-
-def _openai_body(p: _Parsed) -> dict[str, Any]:
-    text = p.reply()
-    message: dict[str, Any] = {"role": "assistant", "content": text}
-    if p.thinking:
-        message["reasoning_content"] = f"reasoning about {p.model}"
-    return {
-        "id": "chatcmpl-sim",
-        "object": "chat.completion",
-        "created": 0,
-        "model": p.model,
-        "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
-        "usage": {
-            "prompt_tokens": p.prompt_tokens(),
-            "completion_tokens": len(text.split()),
-            "total_tokens": p.prompt_tokens() + len(text.split()),
-        },
-    }
-
-
-def _anthropic_body(p: _Parsed) -> dict[str, Any]:
-    text = p.reply()
-    content: list[dict[str, Any]] = []
-    if p.thinking:
-        content.append({"type": "thinking", "thinking": f"reasoning about {p.model}", "signature": "sim"})
-    content.append({"type": "text", "text": text})
-    return {
-        "id": "msg_sim",
-        "type": "message",
-        "role": "assistant",
-        "model": p.model,
-        "content": content,
-        "stop_reason": "end_turn",
-        "stop_sequence": None,
-        "usage": {"input_tokens": p.prompt_tokens(), "output_tokens": len(text.split())},
-    }
-
-
-def _sse(data: dict[str, Any], event: str | None = None) -> str:
-    prefix = f"event: {event}\n" if event else ""
-    return f"{prefix}data: {json.dumps(data)}\n\n"
-
-
-async def _openai_stream(p: _Parsed, truncate: bool) -> AsyncIterator[str]:
-    words = _words(p.reply())
-    base = {"id": "chatcmpl-sim", "object": "chat.completion.chunk", "created": 0, "model": p.model}
-    if p.thinking:
-        yield _sse(
-            {
-                **base,
-                "choices": [
-                    {"index": 0, "delta": {"reasoning_content": f"reasoning about {p.model}"}, "finish_reason": None}
-                ],
-            }
-        )
-    for i, word in enumerate(words):
-        if truncate and i == len(words) // 2:
-            raise ConnectionResetError("simulated truncated stream")
-        yield _sse({**base, "choices": [{"index": 0, "delta": {"content": word}, "finish_reason": None}]})
-        await asyncio.sleep(0)
-    yield _sse({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
-    yield _sse(
-        {
-            **base,
-            "choices": [],
-            "usage": {
-                "prompt_tokens": p.prompt_tokens(),
-                "completion_tokens": len(words),
-                "total_tokens": p.prompt_tokens() + len(words),
-            },
-        }
-    )
-    yield "data: [DONE]\n\n"
-
-
-async def _anthropic_stream(p: _Parsed, truncate: bool) -> AsyncIterator[str]:
-    words = _words(p.reply())
-    yield _sse(
-        {
-            "type": "message_start",
-            "message": {
-                "id": "msg_sim",
-                "type": "message",
-                "role": "assistant",
-                "model": p.model,
-                "content": [],
-                "stop_reason": None,
-                "stop_sequence": None,
-                "usage": {"input_tokens": p.prompt_tokens(), "output_tokens": 0},
-            },
-        },
-        "message_start",
-    )
-    index = 0
-    if p.thinking:
-        yield _sse(
-            {
-                "type": "content_block_start",
-                "index": 0,
-                "content_block": {"type": "thinking", "thinking": "", "signature": ""},
-            },
-            "content_block_start",
-        )
-        yield _sse(
-            {
-                "type": "content_block_delta",
-                "index": 0,
-                "delta": {"type": "thinking_delta", "thinking": f"reasoning about {p.model}"},
-            },
-            "content_block_delta",
-        )
-        yield _sse({"type": "content_block_stop", "index": 0}, "content_block_stop")
-        index = 1
-    yield _sse(
-        {"type": "content_block_start", "index": index, "content_block": {"type": "text", "text": ""}},
-        "content_block_start",
-    )
-    for i, word in enumerate(words):
-        if truncate and i == len(words) // 2:
-            raise ConnectionResetError("simulated truncated stream")
-        yield _sse(
-            {"type": "content_block_delta", "index": index, "delta": {"type": "text_delta", "text": word}},
-            "content_block_delta",
-        )
-        await asyncio.sleep(0)
-    yield _sse({"type": "content_block_stop", "index": index}, "content_block_stop")
-    yield _sse(
-        {
-            "type": "message_delta",
-            "delta": {"stop_reason": "end_turn", "stop_sequence": None},
-            "usage": {"output_tokens": len(words)},
-        },
-        "message_delta",
-    )
-    yield _sse({"type": "message_stop"}, "message_stop")
