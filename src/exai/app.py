@@ -14,7 +14,7 @@ from exai.conversations.threads import Conversations
 from exai.conversations.tokens import warm_up
 from exai.observability.alerts import AlertManager, AlertThresholds
 from exai.observability.context import add_upstream_wait
-from exai.observability.metrics import BREAKER_VALUES, Metrics
+from exai.observability.metrics import Metrics
 from exai.observability.stats import CallStats
 from exai.providers.anthropic import AnthropicProvider
 from exai.providers.base import Provider
@@ -125,8 +125,6 @@ class Services:
                 metrics.upstream_latency.labels(attempt.provider, attempt.model).observe(attempt.latency_ms / 1000)
                 add_upstream_wait(attempt.latency_ms / 1000)
                 alerts.record("provider", (attempt.provider, attempt.outcome == "ok"))
-            for (provider, model), state in router.breaker_states().items():
-                metrics.breaker.labels(provider, model).set(BREAKER_VALUES[state])
 
         def on_storage(operation: str, seconds: float, ok: bool) -> None:
             metrics.storage_latency.labels(operation).observe(seconds)

@@ -58,8 +58,10 @@ async def build_prompt(
     for path in ordered:
         try:
             (item,) = await file_access.read([path])
-        except Exception:  # a file from an earlier turn may be gone; this call's files were checked already
-            skipped.append(path)
+        except Exception:
+            if path in files:  # this call's files must be readable: the caller gets the reason
+                raise
+            skipped.append(path)  # a file from an earlier turn may be gone
             continue
         block = item.numbered()
         cost = await count_tokens_async(block)

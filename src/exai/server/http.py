@@ -18,6 +18,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from exai.app import Services
 from exai.observability.context import new_correlation_id
 from exai.observability.errors import AuthError, PermissionDeniedError
+from exai.observability.metrics import BREAKER_VALUES
 from exai.security.auth import ADMIN_SCOPE
 from exai.server.dashboard import DASHBOARD_HTML, dashboard_snapshot
 from exai.server.mcp import build_server
@@ -109,6 +110,9 @@ def build_http_app(services: Services) -> Starlette:
     async def metrics(request: Request) -> Response:
         if denied := await admin_denied(request):
             return denied
+        # Breaker states change with time (open -> half-open), so they are read when scraped.
+        for (provider, model), state in services.router.breaker_states().items():
+            services.metrics.breaker.labels(provider, model).set(BREAKER_VALUES[state])
         return Response(services.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
     async def alerts(request: Request) -> JSONResponse:

@@ -88,7 +88,6 @@ class ChatTool(Tool[ChatInput, ChatOutput]):
                 )
         system = SYSTEM_PROMPT + (f"\n\n{args.system_prompt}" if args.system_prompt else "")
         target = services.router.candidates(args.model, "balanced", needs_images=bool(args.images))[0]
-        await services.files.read(args.files)  # refuse unreadable files before anything is recorded
         thread = await services.conversations.open_or_start(args.continuation_id, ctx.tenant, args.prompt)
         prompt = await build_prompt(
             model=target,
