@@ -13,6 +13,7 @@ import pytest
 from mcp import Client, StdioServerParameters
 
 from tests.conftest import Proc, SimControl, free_port
+from tests.helpers import tool_error
 
 pytestmark = pytest.mark.anyio
 Daemon = Callable[..., Proc]
@@ -60,7 +61,7 @@ async def test_unreachable_daemon_is_a_clear_error_not_a_hang(sim: SimControl) -
             await client.list_tools()
         assert "Cannot reach the EX-AI daemon" in str(caught.value)
         result = await client.call_tool("chat", {"prompt": "anyone there?"})
-        assert result.is_error and result.structured_content["error"]["code"] == "daemon_unreachable"
+        assert result.is_error and tool_error(result)["code"] == "daemon_unreachable"
         assert time.monotonic() - started < 10
 
 
@@ -80,7 +81,7 @@ async def test_progress_and_protocol_errors_pass_through(daemon: Daemon, sim: Si
         with pytest.raises(Exception, match="Unknown tool"):
             await client.call_tool("nope", {})
     assert not result.is_error and len(progress) > 3
-    assert bad.is_error and bad.structured_content["error"]["category"] == "validation"
+    assert bad.is_error and tool_error(bad)["category"] == "validation"
 
 
 async def test_cancelling_through_the_bridge_cancels_upstream(daemon: Daemon, sim: SimControl) -> None:

@@ -9,6 +9,7 @@ import pytest
 from mcp import Client
 
 from tests.conftest import Proc, SimControl
+from tests.helpers import tool_error
 
 pytestmark = pytest.mark.anyio
 Daemon = Callable[..., Proc]
@@ -56,7 +57,7 @@ async def test_hostile_tool_arguments_get_validation_errors(daemon: Daemon, sim:
                 assert "zero-width and NUL" in result.content[0].text
                 continue
             assert result.is_error, args
-            error = result.structured_content["error"]
+            error = tool_error(result)
             assert error["category"] in ("validation", "not_found", "permission"), error
             assert len(result.content[0].text) < 2000, "errors do not echo huge inputs back"
         ok = await client.call_tool("chat", {"prompt": "still fine?", "model": "sim-fast"})

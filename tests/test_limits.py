@@ -17,6 +17,7 @@ from exai.observability.errors import RateLimitError
 from exai.security.auth import issue_token
 from exai.security.limits import Limits, LocalLimiter, RedisLimiter
 from tests.conftest import Proc, SimControl
+from tests.helpers import tool_error
 
 pytestmark = pytest.mark.anyio
 SECRET = "a-test-secret-that-is-long-enough-0123456789"
@@ -81,7 +82,7 @@ async def test_requests_per_minute_are_exact_across_two_daemons(
         *(_call((a, b)[i % 2].url, token, {"prompt": f"n{i}", "model": "sim-fast"}) for i in range(24))
     )
     ok = [r for r in results if not r.is_error]
-    limited = [r.structured_content["error"] for r in results if r.is_error]
+    limited = [tool_error(r) for r in results if r.is_error]
     assert len(ok) == 10, f"{len(ok)} admitted; two replicas must admit the limit, not twice it"
     assert len(limited) == 14 and all(e["category"] == "rate_limit" for e in limited)
     assert all(e["details"]["retry_after_seconds"] > 0 for e in limited)
@@ -104,7 +105,7 @@ async def test_slots_come_back_after_timeouts_and_cancellations(
     token = issue_token(SECRET, tenant, ["exai:tools"], 600)
     sim.fault("hang", model="sim-fast")
     timed_out = await asyncio.gather(*(_call(proc.url, token, {"prompt": "t", "model": "sim-fast"}) for _ in range(2)))
-    assert all(r.structured_content["error"]["category"] == "timeout" for r in timed_out)
+    assert all(tool_error(r)["category"] == "timeout" for r in timed_out)
     for _ in range(2):
         with anyio.move_on_after(0.5):
             await _call(proc.url, token, {"prompt": "c", "model": "sim-fast"})

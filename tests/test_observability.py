@@ -25,7 +25,7 @@ from mcp.shared.exceptions import MCPError
 from exai.security.auth import issue_token
 from exai.server.mcp import build_server
 from tests.conftest import TEST_JWT_SECRET, Proc, SimControl, free_port
-from tests.helpers import build_services
+from tests.helpers import build_services, tool_error
 
 pytestmark = pytest.mark.anyio
 Daemon = Callable[..., Proc]
@@ -61,7 +61,7 @@ async def test_every_error_category_end_to_end(daemon: Daemon, sim: SimControl, 
     async def error_of(tool: str, args: dict[str, Any], token: str = user) -> None:
         result = await _call(proc.url, token, tool, args)
         assert result.is_error, result.content[0].text
-        error = result.structured_content["error"]
+        error = tool_error(result)
         assert error["correlation_id"] in result.content[0].text and error["message"] and "remedy" in error
         categories[error["category"]] = error
 
@@ -87,7 +87,7 @@ async def test_every_error_category_end_to_end(daemon: Daemon, sim: SimControl, 
     for _ in range(12):
         result = await _call(proc.url, user, "listmodels", {})
         if result.is_error:
-            categories["rate_limit"] = result.structured_content["error"]
+            categories["rate_limit"] = tool_error(result)
             break
     assert categories["validation"]["code"] == "invalid_arguments"
     assert categories["permission"]["code"] == "missing_scope"
@@ -119,7 +119,7 @@ async def test_internal_errors_do_not_leak_details(sim: SimControl, monkeypatch:
     monkeypatch.setattr(version, "run", explode)
     async with Client(build_server(services)) as client:
         result = await client.call_tool("version", {})
-    error = result.structured_content["error"]
+    error = tool_error(result)
     assert error["category"] == "internal" and "hunter2" not in result.content[0].text
     await services.close()
 

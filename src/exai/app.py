@@ -14,6 +14,7 @@ from exai.conversations.threads import Conversations
 from exai.conversations.tokens import warm_up
 from exai.observability.alerts import AlertManager, AlertThresholds
 from exai.observability.context import add_upstream_wait
+from exai.observability.events import Events
 from exai.observability.metrics import Metrics
 from exai.observability.stats import CallStats
 from exai.providers.anthropic import AnthropicProvider
@@ -65,7 +66,13 @@ def build_verifier(settings: Settings) -> JWTVerifier | None:
     )
 
 
-def build_limiter(settings: Settings, redis: aioredis.Redis | None) -> RateLimiter:
+LIMIT_SETTINGS = frozenset({"rate_limit_rpm", "rate_limit_concurrency", "rate_limit_tokens_per_day", "tenant_limits"})
+
+
+def build_limiter(settings: Settings, redis: aioredis.Redis | None) -> RateLimiter | None:
+    """Per-tenant limits: always with auth; without it, for the one `local` tenant once any limit is set."""
+    if not settings.auth_enabled and not LIMIT_SETTINGS & settings.model_fields_set:
+        return None
     defaults = Limits(
         requests_per_minute=settings.rate_limit_rpm,
         concurrent=settings.rate_limit_concurrency,
@@ -93,8 +100,9 @@ class Services:
     transport: Transport
     metrics: Metrics
     alerts: AlertManager
-    limiter: RateLimiter
+    limiter: RateLimiter | None
     verifier: JWTVerifier | None
+    events: Events
 
     @classmethod
     def build(cls, settings: Settings, transport: Transport = "memory") -> Services:
@@ -147,6 +155,8 @@ class Services:
             if settings.redis_url
             else None
         )
+        stats = CallStats()
+        audit = AuditWriter(store)
         roots = settings.file_roots
         if roots is None:  # over stdio the client's working directory; a shared daemon reads nothing by default
             roots = [] if transport == "http" else [str(Path.cwd())]
@@ -154,19 +164,20 @@ class Services:
             settings=settings,
             catalogue=catalogue,
             router=router,
-            stats=CallStats(),
+            stats=stats,
             tools=enabled_tools(settings.tool_profile, settings.disabled_tools),
             store=store,
             conversations=Conversations(
                 store, settings.thread_ttl_hours * 3600, settings.max_turns_per_thread, on_storage
             ),
             files=FileAccess([Path(r) for r in roots], settings.max_file_bytes, settings.max_files_bytes),
-            audit=AuditWriter(store),
+            audit=audit,
             transport=transport,
             metrics=metrics,
             alerts=alerts,
             limiter=build_limiter(settings, redis),
             verifier=verifier,
+            events=Events(stats, metrics, alerts, audit),
         )
 
     async def start(self) -> None:

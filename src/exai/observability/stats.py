@@ -18,8 +18,11 @@ class CallStats:
     def begin(self) -> None:
         self.in_flight += 1
 
-    def end(self, tool: str, outcome: str, error_category: str | None = None, latency_ms: float = 0.0) -> None:
-        self.in_flight -= 1
+    def end(
+        self, tool: str, outcome: str, error_category: str | None = None, latency_ms: float = 0.0, started: bool = True
+    ) -> None:
+        if started:
+            self.in_flight -= 1
         self.calls[(tool, outcome)] += 1
         self.recent_calls.append((time.time(), tool, outcome, latency_ms))
         if error_category is not None:

@@ -6,13 +6,18 @@ Tool objects hold no per-call state: everything a call needs arrives in its `Too
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
 from pydantic import BaseModel, ConfigDict
 
+from exai.observability.events import ModelCall
+
 if TYPE_CHECKING:
     from exai.app import Services
+    from exai.conversations.threads import Thread
+    from exai.providers.router import RouteResult
+    from exai.providers.types import GenerateRequest
 
 InputT = TypeVar("InputT", bound=BaseModel)
 OutputT = TypeVar("OutputT", bound=BaseModel)
@@ -32,6 +37,35 @@ class ToolContext:
     log: Callable[[str, str], Awaitable[None]]
     wants_progress: bool = False
     tenant: str = "local"
+    model_calls: list[ModelCall] = field(default_factory=list)
+    thread_id: str | None = None
+
+    async def open_thread(self, continuation_id: str | None, title: str) -> Thread:
+        """The caller's thread to continue, or a new one; the call is audited against it."""
+        thread = await self.services.conversations.open_or_start(continuation_id, self.tenant, title)
+        self.thread_id = thread.id
+        return thread
+
+    async def generate(self, request: GenerateRequest, **options: Any) -> RouteResult:
+        """Ask a model through the router; every answered call is kept for accounting (tokens, cost, audit)."""
+        result = await self.services.router.generate(request, **options)
+        response = result.response
+        info = self.services.catalogue.get(response.model)
+        usage = response.usage
+        self.model_calls.append(
+            ModelCall(
+                requested=options.get("model", "auto"),
+                provider=response.provider,
+                model=response.model,
+                input_tokens=usage.input_tokens,
+                output_tokens=usage.output_tokens,
+                cost_usd=round(info.cost(usage.input_tokens, usage.output_tokens), 8) if info else 0.0,
+                latency_ms=round(response.upstream_latency_ms, 2),
+                fallbacks=tuple(result.fallbacks),
+                retries=result.retries,
+            )
+        )
+        return result
 
 
 @dataclass

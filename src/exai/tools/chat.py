@@ -88,7 +88,7 @@ class ChatTool(Tool[ChatInput, ChatOutput]):
                 )
         system = SYSTEM_PROMPT + (f"\n\n{args.system_prompt}" if args.system_prompt else "")
         target = services.router.candidates(args.model, "balanced", needs_images=bool(args.images))[0]
-        thread = await services.conversations.open_or_start(args.continuation_id, ctx.tenant, args.prompt)
+        thread = await ctx.open_thread(args.continuation_id, args.prompt)
         prompt = await build_prompt(
             model=target,
             system=system,
@@ -121,7 +121,7 @@ class ChatTool(Tool[ChatInput, ChatOutput]):
 
         started = time.perf_counter()
         await ctx.progress(0, None, "routing")
-        result = await services.router.generate(
+        result = await ctx.generate(
             request,
             model=args.model,
             category="balanced",
@@ -137,14 +137,12 @@ class ChatTool(Tool[ChatInput, ChatOutput]):
             ],
             self.name,
         )
-        info = services.catalogue.get(response.model)
-        cost = info.cost(response.usage.input_tokens, response.usage.output_tokens) if info else 0.0
         data = ChatOutput(
             answer=response.text,
             model=response.model,
             provider=response.provider,
             usage=UsageOut(input_tokens=response.usage.input_tokens, output_tokens=response.usage.output_tokens),
-            cost_usd=round(cost, 6),
+            cost_usd=round(ctx.model_calls[-1].cost_usd, 6),
             latency_ms=round((time.perf_counter() - started) * 1000, 2),
             upstream_latency_ms=round(response.upstream_latency_ms, 2),
             fallbacks=result.fallbacks,
