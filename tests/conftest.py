@@ -165,7 +165,7 @@ def daemon(sim: SimControl, tmp_path: Path) -> Iterator[Callable[..., Proc]]:
 
     def start(port: int | None = None, **extra: str) -> Proc:
         port = port or free_port()
-        env = {**os.environ, **sim_env(sim, **extra), "EXAI_PORT": str(port), "EXAI_LOG_JSON": "true"}
+        env = {**os.environ, "EXAI_LOG_JSON": "true", **sim_env(sim, **extra), "EXAI_PORT": str(port)}
         proc = start_exai(["serve"], env, tmp_path / f"daemon-{port}.log", port)
         started.append(proc)
         return proc

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import redis.asyncio as aioredis
+from pydantic import SecretStr
 
 from exai.config import Settings
 from exai.conversations.threads import Conversations
@@ -15,6 +16,7 @@ from exai.conversations.tokens import warm_up
 from exai.observability.alerts import AlertManager, AlertThresholds
 from exai.observability.context import add_upstream_wait
 from exai.observability.events import Events
+from exai.observability.logging import register_secret
 from exai.observability.metrics import Metrics
 from exai.observability.stats import CallStats
 from exai.providers.anthropic import AnthropicProvider
@@ -35,6 +37,14 @@ from exai.tools.base import Tool
 
 WIRES = {"openai": OpenAICompatibleProvider, "anthropic": AnthropicProvider}
 Transport = Literal["stdio", "http", "memory"]
+
+
+def register_secrets(settings: Settings) -> None:
+    """Keep every secret setting (keys, JWT secret, database, Redis and webhook URLs) out of the logs."""
+    for name in type(settings).model_fields:
+        value = getattr(settings, name)
+        if isinstance(value, SecretStr):
+            register_secret(value.get_secret_value())
 
 
 def build_store(settings: Settings) -> Store:
@@ -106,6 +116,7 @@ class Services:
 
     @classmethod
     def build(cls, settings: Settings, transport: Transport = "memory") -> Services:
+        register_secrets(settings)
         catalogue = Catalogue.load(settings.models_file, settings.custom_models)
         configs = settings.providers()
         providers: dict[str, Provider] = {}

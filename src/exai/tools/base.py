@@ -5,11 +5,12 @@ Tool objects hold no per-call state: everything a call needs arrives in its `Too
 
 from __future__ import annotations
 
+import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, model_validator
 
 from exai.observability.events import ModelCall
 
@@ -23,10 +24,47 @@ InputT = TypeVar("InputT", bound=BaseModel)
 OutputT = TypeVar("OutputT", bound=BaseModel)
 
 
-class ToolInput(BaseModel):
-    """Base of tool inputs: unknown fields are refused, so a typo gets an error instead of being ignored."""
+TEXT_LIMIT = 100_000
+"""Characters in one text field, unless the field sets its own limit (prompts follow EXAI_MAX_PROMPT_CHARS)."""
+PROMPT_CEILING = 10_000_000
+"""The most a prompt field accepts whatever EXAI_MAX_PROMPT_CHARS says (the setting's limit is checked in the tool)."""
+LIST_LIMIT = 200
+"""Items in one list argument."""
+_CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 
-    model_config = ConfigDict(extra="forbid")
+
+class ToolInput(BaseModel):
+    """Base of tool inputs: unknown fields are refused, so a typo gets an error instead of being ignored.
+
+    Every text field has a length limit and every list a size limit; NUL and other control characters (tabs and
+    newlines aside) are refused anywhere in the arguments: they are never what a caller meant to send, and they
+    break storage and terminals downstream.
+    """
+
+    model_config = ConfigDict(extra="forbid", str_max_length=TEXT_LIMIT)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _plain_text_and_bounded_lists(cls, data: Any) -> Any:
+        _check_arguments(data, "")
+        return data
+
+
+def _check_arguments(value: Any, path: str) -> None:
+    if isinstance(value, str):
+        if found := _CONTROL.search(value):
+            raise ValueError(
+                f"{path or 'a value'} contains the control character U+{ord(found.group()):04X} at position "
+                f"{found.start()}; send plain text (tabs and newlines are fine)"
+            )
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _check_arguments(item, f"{path}.{key}" if path else str(key))
+    elif isinstance(value, list):
+        if len(value) > LIST_LIMIT:
+            raise ValueError(f"{path} has {len(value)} items; at most {LIST_LIMIT} are accepted")
+        for index, item in enumerate(value):
+            _check_arguments(item, f"{path}.{index}")
 
 
 @dataclass

@@ -12,7 +12,7 @@ from exai.conversations.threads import answer_turn
 from exai.observability.errors import ValidationError
 from exai.providers.types import GenerateRequest, ImageInput, StreamChunk, ThinkingMode
 from exai.storage.base import TurnRecord
-from exai.tools.base import Tool, ToolContext, ToolInput, ToolResult
+from exai.tools.base import PROMPT_CEILING, Tool, ToolContext, ToolInput, ToolResult
 
 SYSTEM_PROMPT = (
     "You are a senior software engineer consulted by an AI coding agent. Answer precisely and concretely; "
@@ -21,11 +21,15 @@ SYSTEM_PROMPT = (
 
 
 class ChatInput(ToolInput):
-    prompt: Annotated[str, Field(min_length=1, description="The question or request for the model.")]
+    prompt: Annotated[
+        str, Field(min_length=1, max_length=PROMPT_CEILING, description="The question or request for the model.")
+    ]
     model: str = Field(default="auto", max_length=200, description="Model name or alias from `listmodels`, or 'auto'.")
     temperature: float | None = Field(default=None, ge=0.0, le=2.0, description="Sampling temperature.")
     thinking_mode: ThinkingMode = Field(default="off", description="Reasoning effort for models that think.")
-    system_prompt: str | None = Field(default=None, description="Extra instructions added to the system prompt.")
+    system_prompt: str | None = Field(
+        default=None, max_length=PROMPT_CEILING, description="Extra instructions added to the system prompt."
+    )
     images: list[str] = Field(default_factory=list, max_length=8, description="Image data URLs or http(s) URLs.")
     max_output_tokens: int | None = Field(default=None, ge=1, description="Cap on the answer's length in tokens.")
     files: list[str] = Field(default_factory=list, description="Absolute paths of files to include.")
