@@ -81,7 +81,7 @@ async def test_every_model_call_of_consensus_counts_in_limits_metrics_and_audit(
 
 async def test_refused_calls_are_audited(daemon: Daemon, sim: SimControl, tmp_path: Path) -> None:
     proc = daemon(EXAI_JWT_SECRET=SECRET, EXAI_RATE_LIMIT_RPM="1")
-    narrow = issue_token(SECRET, "mallory", ["exai:tool:chat"], 600)
+    narrow = issue_token(SECRET, "mallory[/bold]", ["exai:tool:chat"], 600)
     async with (
         httpx2.AsyncClient(headers={"Authorization": f"Bearer {narrow}", "X-Request-ID": "probe-1"}) as http,
         Client(streamable_http_client(f"{proc.url}/mcp", http_client=http)) as client,
@@ -91,10 +91,18 @@ async def test_refused_calls_are_audited(daemon: Daemon, sim: SimControl, tmp_pa
     assert all(tool_error(r)["code"] == "missing_scope" for r in denied)
     assert any(r.is_error and tool_error(r)["category"] == "rate_limit" for r in limited)
     rows = audit_rows({"EXAI_DATA_DIR": str(tmp_path / "data"), "EXAI_JWT_SECRET": SECRET}, expected=4)
-    outcomes = sorted(r["outcome"] for r in rows if r["tenant"] == "mallory")
+    outcomes = sorted(r["outcome"] for r in rows if r["tenant"] == "mallory[/bold]")
     assert outcomes.count("denied") == 2, outcomes
     assert "rate_limited" in outcomes, outcomes
     assert len(outcomes) == 4, "every call, refused ones included, leaves one audit row"
+    listing = subprocess.run(
+        [sys.executable, "-m", "exai", "audit"],
+        env={**os.environ, "EXAI_DATA_DIR": str(tmp_path / "data"), "COLUMNS": "300"},
+        capture_output=True,
+        text=True,
+    )
+    assert listing.returncode == 0, listing.stderr[-500:]
+    assert "mallory[/bold]" in listing.stdout, "tenant names are shown as plain text, never as markup"
 
 
 async def test_hostile_correlation_ids_are_replaced_not_echoed(daemon: Daemon, sim: SimControl) -> None:

@@ -8,6 +8,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from exai.app import Services, Transport
 from exai.config import Settings, load_settings
@@ -250,7 +251,7 @@ def audit(
     for column in ("time", "tenant", "tool", "model", "tokens in/out", "cost $", "ms", "outcome", "correlation id"):
         table.add_column(column)
     for r in records:
-        table.add_row(
+        cells = (
             time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r.time)),
             r.tenant,
             r.tool,
@@ -261,6 +262,7 @@ def audit(
             r.outcome + (f" ({r.error_category})" if r.error_category else ""),
             r.correlation_id,
         )
+        table.add_row(*(Text(cell) for cell in cells))  # plain text: a tenant's name is never Rich markup
     Console().print(table)
 
 
