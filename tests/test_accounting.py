@@ -44,6 +44,14 @@ def audit_rows(env: dict[str, str], expected: int) -> list[dict[str, Any]]:
         time.sleep(0.2)
 
 
+def audit_table(env: dict[str, str]) -> str:
+    listing = subprocess.run(
+        [sys.executable, "-m", "exai", "audit"], env={**os.environ, **env}, capture_output=True, text=True
+    )
+    assert listing.returncode == 0, listing.stderr[-500:]
+    return listing.stdout
+
+
 def metric(text: str, name: str, **labels: str) -> float:
     total = 0.0
     for line in text.splitlines():
@@ -95,14 +103,8 @@ async def test_refused_calls_are_audited(daemon: Daemon, sim: SimControl, tmp_pa
     assert outcomes.count("denied") == 2, outcomes
     assert "rate_limited" in outcomes, outcomes
     assert len(outcomes) == 4, "every call, refused ones included, leaves one audit row"
-    listing = subprocess.run(
-        [sys.executable, "-m", "exai", "audit"],
-        env={**os.environ, "EXAI_DATA_DIR": str(tmp_path / "data"), "COLUMNS": "300"},
-        capture_output=True,
-        text=True,
-    )
-    assert listing.returncode == 0, listing.stderr[-500:]
-    assert "mallory[/bold]" in listing.stdout, "tenant names are shown as plain text, never as markup"
+    listing = audit_table({"EXAI_DATA_DIR": str(tmp_path / "data"), "COLUMNS": "300"})
+    assert "mallory[/bold]" in listing, "tenant names are shown as plain text, never as markup"
 
 
 async def test_hostile_correlation_ids_are_replaced_not_echoed(daemon: Daemon, sim: SimControl) -> None:
