@@ -82,7 +82,7 @@ def start_exai(args: list[str], env: dict[str, str], log_path: Path, port: int) 
     log = log_path.open("wb")
     process = subprocess.Popen([sys.executable, "-m", "exai", *args], env=env, stdout=log, stderr=subprocess.STDOUT)
     proc = Proc(process, port, log_path)
-    deadline = time.monotonic() + 20
+    deadline = time.monotonic() + 120  # generous: the machine may be busy; a healthy start takes about a second
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"exai {' '.join(args)} exited with {process.returncode}:\n{proc.logs()}")
