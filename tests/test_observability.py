@@ -274,16 +274,18 @@ def test_deploy_rules_and_dashboard_use_metrics_that_exist() -> None:
         family.labels(*["x"] * len(family._labelnames)).inc()
     for family in (metrics.tool_latency, metrics.upstream_latency, metrics.gateway_overhead, metrics.storage_latency):
         family.labels(*["x"] * len(family._labelnames)).observe(1)
-    exposed = set(re.findall(r"^(exai_[a-z_]+)", metrics.render().decode(), re.MULTILINE))
+    names = r"\b(?:exai|process|python)_[a-z_]+"
+    exposed = set(re.findall(rf"^{names}", metrics.render().decode(), re.MULTILINE))
     root = Path(__file__).parent.parent / "deploy"
     dashboard = json.loads((root / "grafana-dashboard.json").read_text())
-    used = set(re.findall(r"exai_[a-z_]+", (root / "prometheus-alerts.yml").read_text()))
+    used = set(re.findall(names, (root / "prometheus-alerts.yml").read_text()))
     used |= {
         name
         for panel in dashboard["panels"]
         for target in panel["targets"]
-        for name in re.findall(r"exai_[a-z_]+", target["expr"])
+        for name in re.findall(names, target["expr"])
     }
+    assert {"exai_limiter_degraded", "process_resident_memory_bytes", "process_open_fds"} <= used
     assert used and used <= exposed, used - exposed
 
 
