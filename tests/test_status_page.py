@@ -121,7 +121,7 @@ async def test_status_page_shows_calls_models_fallbacks_and_charts(
     dom = await _render_until(chromium, tmp_path / "chrome", page, shows_calls)
     header, *calls = _rows(dom, "calls")
     assert header == [
-        "time",
+        "time (UTC)",
         "tool",
         "tenant",
         "model asked → answered",
