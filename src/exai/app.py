@@ -14,16 +14,16 @@ from exai.config import Settings
 from exai.conversations.threads import Conversations
 from exai.conversations.tokens import warm_up
 from exai.observability.alerts import AlertManager, AlertThresholds
-from exai.observability.context import add_upstream_wait
 from exai.observability.events import Events
+from exai.observability.health import Health
 from exai.observability.logging import register_secret
 from exai.observability.metrics import Metrics
-from exai.observability.stats import CallStats
+from exai.observability.stats import Stats
 from exai.providers.anthropic import AnthropicProvider
 from exai.providers.base import Provider
 from exai.providers.catalogue import Catalogue
 from exai.providers.openai_compatible import OpenAICompatibleProvider
-from exai.providers.router import Attempt, Router
+from exai.providers.router import Router
 from exai.security.auth import JWTVerifier, parse_api_keys
 from exai.security.files import FileAccess
 from exai.security.limits import Limits, LocalLimiter, RateLimiter, RedisLimiter
@@ -101,7 +101,8 @@ class Services:
     settings: Settings
     catalogue: Catalogue
     router: Router
-    stats: CallStats
+    stats: Stats
+    health: Health
     tools: list[Tool[Any, Any]]
     store: Store
     conversations: Conversations
@@ -123,8 +124,16 @@ class Services:
         for name, config in configs.items():
             if config.enabled and config.base_url:
                 providers[name] = WIRES[config.spec.wire](name, config.base_url, config.api_key)
-        metrics = Metrics()
         router = Router(settings, catalogue, providers, configs)
+        redis = (
+            aioredis.from_url(settings.redis_url, socket_timeout=2, socket_connect_timeout=2)
+            if settings.redis_url
+            else None
+        )
+        limiter = build_limiter(settings, redis)
+        stats = Stats()
+        health = Health(stats, router, limiter, settings.alert_window_seconds, settings.breaker_cooldown_seconds)
+        metrics = Metrics(health.limiter)
         alerts = AlertManager(
             AlertThresholds(
                 window_seconds=settings.alert_window_seconds,
@@ -134,40 +143,16 @@ class Services:
                 rate_limit_rejections=settings.alert_rate_limit_rejections,
             ),
             settings.alert_webhook_url,
-            router.open_breakers,
+            stats,
+            health,
         )
-
-        def on_attempt(attempt: Attempt) -> None:
-            outcome = "ok" if attempt.outcome == "ok" else attempt.outcome
-            metrics.provider_calls.labels(attempt.provider, attempt.model, outcome).inc()
-            if attempt.outcome != "breaker_open":
-                metrics.upstream_latency.labels(attempt.provider, attempt.model).observe(attempt.latency_ms / 1000)
-                add_upstream_wait(attempt.latency_ms / 1000)
-                alerts.record("provider", (attempt.provider, attempt.outcome == "ok"))
-
-        def on_storage(operation: str, seconds: float, ok: bool) -> None:
-            metrics.storage_latency.labels(operation).observe(seconds)
-            if not ok:
-                metrics.storage_errors.labels(operation).inc()
-                alerts.record("storage")
-
-        router.on_attempt = on_attempt
+        store = build_store(settings)
+        audit = AuditWriter(store)
+        events = Events(stats, metrics, audit)
+        router.on_attempt = events.attempt_finished
         verifier = build_verifier(settings)
         if verifier is not None:
-
-            def on_auth_failure() -> None:
-                metrics.auth_failures.inc()
-                alerts.record("auth")
-
-            verifier.on_failure = on_auth_failure
-        store = build_store(settings)
-        redis = (
-            aioredis.from_url(settings.redis_url, socket_timeout=2, socket_connect_timeout=2)
-            if settings.redis_url
-            else None
-        )
-        stats = CallStats()
-        audit = AuditWriter(store)
+            verifier.on_failure = events.auth_failed
         roots = settings.file_roots
         if roots is None:  # over stdio the client's working directory; a shared daemon reads nothing by default
             roots = [] if transport == "http" else [str(Path.cwd())]
@@ -176,19 +161,20 @@ class Services:
             catalogue=catalogue,
             router=router,
             stats=stats,
+            health=health,
             tools=enabled_tools(settings.tool_profile, settings.disabled_tools),
             store=store,
             conversations=Conversations(
-                store, settings.thread_ttl_hours * 3600, settings.max_turns_per_thread, on_storage
+                store, settings.thread_ttl_hours * 3600, settings.max_turns_per_thread, events.storage_finished
             ),
             files=FileAccess([Path(r) for r in roots], settings.max_file_bytes, settings.max_files_bytes),
             audit=audit,
             transport=transport,
             metrics=metrics,
             alerts=alerts,
-            limiter=build_limiter(settings, redis),
+            limiter=limiter,
             verifier=verifier,
-            events=Events(stats, metrics, alerts, audit),
+            events=events,
         )
 
     async def start(self) -> None:

@@ -1,7 +1,8 @@
 """One record per finished tool call and per upstream attempt, fanned out to every subscriber in one place.
 
-Stats (the `status` tool and the status page), Prometheus metrics, alerts and the audit log all learn about a call
-from the same `CallEvent`, so they agree by construction. A tool never reports usage by writing keys into its
+Recent history (read by the `status` tool, the status page and the alert rules), Prometheus metrics and the audit
+log all learn about a call from the same `CallEvent`, and about an upstream request from the same router
+`Attempt`, so they agree by construction. A tool never reports usage by writing keys into its
 output: every model call it makes through `ToolContext.generate` becomes a `ModelCall` of the event.
 """
 
@@ -11,9 +12,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Literal
 
-from exai.observability.alerts import AlertManager
+from exai.observability.context import add_upstream_wait
 from exai.observability.metrics import Metrics
-from exai.observability.stats import CallStats
+from exai.observability.stats import Attempt, Stats
 from exai.storage.audit import AuditWriter
 from exai.storage.base import AuditRecord
 
@@ -91,34 +92,35 @@ class CallEvent:
 
 
 class Events:
-    """Where finished calls are recorded: one method, every subscriber."""
+    """Where finished calls and upstream attempts are recorded: one method each, every subscriber.
 
-    def __init__(self, stats: CallStats, metrics: Metrics, alerts: AlertManager, audit: AuditWriter) -> None:
+    `Stats` keeps the recent history that the `status` tool, the status page and the alert rules read;
+    Prometheus counts; the audit log keeps one row per model call.
+    """
+
+    def __init__(self, stats: Stats, metrics: Metrics, audit: AuditWriter) -> None:
         self.stats = stats
         self.metrics = metrics
-        self.alerts = alerts
         self.audit = audit
 
     def call_started(self) -> None:
-        self.stats.begin()
+        self.stats.call_started()
         self.metrics.in_flight.inc()
 
     def call_finished(self, event: CallEvent, *, started: bool = True) -> None:
         """Record `event`; `started` is False for calls refused before they began (no in-flight slot taken)."""
+        self.stats.call_finished(event, started=started)
         metrics = self.metrics
         if started:
             metrics.in_flight.dec()
-        self.stats.end(event.tool, event.outcome, event.error_category, event.latency_s * 1000, started=started)
         metrics.tool_calls.labels(event.tool, event.outcome).inc()
         if event.error_category is not None:
             metrics.errors.labels(event.error_category).inc()
         if event.outcome == "rate_limited":
             metrics.rate_limited.labels((event.error_code or "").removeprefix("rate_limited_") or "?").inc()
-            self.alerts.record("rate_limit")
         if started:
             metrics.tool_latency.labels(event.tool).observe(event.latency_s)
             metrics.gateway_overhead.labels(event.tool).observe(max(0.0, event.latency_s - event.upstream_s))
-            self.alerts.record("latency", event.latency_s)
         for call in event.model_calls:
             metrics.tokens.labels(call.provider, call.model, "in").inc(call.input_tokens)
             metrics.tokens.labels(call.provider, call.model, "out").inc(call.output_tokens)
@@ -126,3 +128,22 @@ class Events:
                 metrics.cost.labels(call.provider, call.model).inc(call.cost_usd)
         for record in event.audit_records():
             self.audit.add(record)
+
+    def attempt_finished(self, attempt: Attempt) -> None:
+        """One upstream request ended (or was skipped because its breaker is open)."""
+        self.stats.attempt_finished(attempt)
+        self.metrics.provider_calls.labels(attempt.provider, attempt.model, attempt.outcome).inc()
+        if attempt.outcome != "breaker_open":
+            seconds = attempt.latency_ms / 1000
+            self.metrics.upstream_latency.labels(attempt.provider, attempt.model).observe(seconds)
+            add_upstream_wait(seconds)
+
+    def auth_failed(self) -> None:
+        self.stats.mark("auth_failure")
+        self.metrics.auth_failures.inc()
+
+    def storage_finished(self, operation: str, seconds: float, ok: bool) -> None:
+        self.metrics.storage_latency.labels(operation).observe(seconds)
+        if not ok:
+            self.stats.mark("storage_error")
+            self.metrics.storage_errors.labels(operation).inc()
