@@ -7,6 +7,7 @@ from types import FrameType
 from urllib.parse import urlparse
 
 import uvicorn
+from mcp.server.auth.middleware.bearer_auth import RequireAuthMiddleware
 from mcp.server.auth.routes import build_resource_metadata_url, cors_middleware
 from mcp.server.auth.settings import AuthSettings
 from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
@@ -198,7 +199,11 @@ def route_path(route: BaseRoute) -> str:
 
 
 def guard_mcp(route: BaseRoute, services: Services, manager: StreamableHTTPSessionManager) -> BaseRoute:
-    """Put the MCP endpoint behind its request checks: Accept, per-tenant sessions, unique request ids."""
+    """Put the MCP endpoint behind its request checks: Accept, per-tenant sessions, unique request ids.
+
+    They run after authentication (inside the SDK's RequireAuthMiddleware), so a request without a valid
+    token is answered 401 before anything else, and every checked request has its tenant.
+    """
     if not isinstance(route, Route) or route.path != "/mcp":
         return route
     settings: Settings = services.settings
@@ -207,15 +212,21 @@ def guard_mcp(route: BaseRoute, services: Services, manager: StreamableHTTPSessi
     def tenant(scope: Scope) -> str | None:
         return request_tenant(scope, auth_enabled)
 
-    quota = SessionQuota(
-        InFlightIds(route.app, tenant),
-        manager,
-        services.limiter,
-        tenant,
-        settings.max_sessions_per_tenant,
-        settings.session_idle_seconds,
-    )
-    route.app = AcceptCheck(quota)
+    def checked(app: ASGIApp) -> ASGIApp:
+        quota = SessionQuota(
+            InFlightIds(app, tenant),
+            manager,
+            services.limiter,
+            tenant,
+            settings.max_sessions_per_tenant,
+            settings.session_idle_seconds,
+        )
+        return AcceptCheck(quota)
+
+    if isinstance(route.app, RequireAuthMiddleware):
+        route.app.app = checked(route.app.app)
+    else:
+        route.app = checked(route.app)
     return route
 
 
