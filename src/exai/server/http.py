@@ -21,7 +21,6 @@ from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from exai.app import Services
-from exai.config import Settings
 from exai.observability.context import new_correlation_id
 from exai.observability.errors import AuthError, PermissionDeniedError
 from exai.observability.metrics import BREAKER_VALUES
@@ -206,7 +205,7 @@ def guard_mcp(route: BaseRoute, services: Services, manager: StreamableHTTPSessi
     """
     if not isinstance(route, Route) or route.path != "/mcp":
         return route
-    settings: Settings = services.settings
+    settings = services.settings
     auth_enabled = services.verifier is not None
 
     def tenant(scope: Scope) -> str | None:
