@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
-from exai.security.auth import JWTVerifier, issue_token, new_api_key, parse_api_keys
+from exai.security.auth import JWTVerifier, issue_token, new_api_key, parse_api_keys, visible_tools
 from tests.conftest import Proc, SimControl
 from tests.helpers import tool_error
 
@@ -144,6 +144,15 @@ async def test_api_keys_are_hashed_and_revocable() -> None:
     verifier = JWTVerifier(api_keys=parse_api_keys([entry]))
     assert (await verifier.verify_token(key)).subject == "carol"
     assert await JWTVerifier(api_keys=[]).verify_token(key) is None, "removing the entry revokes the key"
+
+
+def test_visible_tools_name_only_what_the_token_may_call() -> None:
+    names = ["chat", "status", "threads", "precommit"]
+    assert visible_tools(names, ["exai:tool:chat"]) == ["chat"]
+    assert visible_tools(names, ["exai:tools"]) == ["chat", "threads", "precommit"]
+    assert visible_tools(names, ["exai:admin"]) == names
+    assert visible_tools(names, []) == []
+    assert visible_tools(names, None) == names, "without auth every tool is visible"
 
 
 async def _client_call(url: str, token: str, tool: str, args: dict) -> object:
