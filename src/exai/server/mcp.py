@@ -23,12 +23,11 @@ from exai.app import Services
 from exai.observability.context import bind_correlation_id
 from exai.observability.errors import NotFoundError
 from exai.observability.logging import get_logger
-from exai.security.auth import may_call
+from exai.security.auth import LOCAL_TENANT, visible_tools
 from exai.server.calls import Caller, handle_call
 from exai.tools.base import Tool, ToolContext, compact_schema
 
 log = get_logger(__name__)
-LOCAL_TENANT = "local"
 LEVELS: list[str] = ["debug", "info", "notice", "warning", "error", "critical", "alert", "emergency"]
 INSTRUCTIONS = (
     "EX-AI gives you other models as tools. Use `chat` for a second opinion from Kimi, GLM, OpenAI, Anthropic or a "
@@ -83,20 +82,25 @@ def build_server(services: Services) -> Server[Any]:
         ]
     )
 
-    def visible(name: str) -> bool:
-        """Whether the caller's token may call (and so may learn of) a tool."""
+    def caller_scopes() -> list[str] | None:
+        """The scopes of the caller's token; None when the daemon runs without auth (or over stdio)."""
         token = get_access_token()
-        return services.verifier is None or token is None or may_call(name, token.scopes)
+        return None if services.verifier is None or token is None else list(token.scopes)
+
+    def visible(names: list[str]) -> list[str]:
+        """The tools the caller's token may call, and so may learn of (listings, prompts, errors)."""
+        return visible_tools(names, caller_scopes())
 
     async def list_tools(ctx: ServerRequestContext[Any, Any], params: Any) -> types.ListToolsResult:
-        return types.ListToolsResult(tools=[t for t in listing.tools if visible(t.name)])
+        names = set(visible([t.name for t in listing.tools]))
+        return types.ListToolsResult(tools=[t for t in listing.tools if t.name in names])
 
     async def call_tool(ctx: ServerRequestContext[Any, Any], params: types.CallToolRequestParams) -> Any:
         token = get_access_token()
-        scopes = None if services.verifier is None or token is None else list(token.scopes)
+        scopes = caller_scopes()
         tool = tools.get(params.name)
         if tool is None:
-            names = sorted(name for name in tools if visible(name))
+            names = sorted(visible(list(tools)))
             raise MCPError(
                 types.INVALID_PARAMS,
                 f"Unknown tool '{params.name[:80]}'. Available tools: {', '.join(names)}.",
@@ -137,6 +141,7 @@ def build_server(services: Services) -> Server[Any]:
         return types.EmptyResult()
 
     async def list_prompts(ctx: ServerRequestContext[Any, Any], params: Any) -> types.ListPromptsResult:
+        allowed = set(visible(list(tools)))
         return types.ListPromptsResult(
             prompts=[
                 types.Prompt(
@@ -146,14 +151,14 @@ def build_server(services: Services) -> Server[Any]:
                     arguments=[types.PromptArgument(name="request", description="What to ask or do", required=False)],
                 )
                 for name, tool in tools.items()
-                if visible(name)
+                if name in allowed
             ]
         )
 
     async def get_prompt(ctx: ServerRequestContext[Any, Any], params: types.GetPromptRequestParams) -> Any:
         tool = tools.get(params.name)
-        if tool is None or not visible(tool.name):
-            names = ", ".join(name for name in tools if visible(name))
+        if tool is None or not visible([tool.name]):
+            names = ", ".join(visible(list(tools)))
             raise MCPError(types.INVALID_PARAMS, f"Unknown prompt '{params.name[:80]}'. Prompts: {names}.")
         request = (params.arguments or {}).get("request", "")
         text = f"Use the EX-AI `{tool.name}` tool" + (f" for this: {request}" if request else ".")

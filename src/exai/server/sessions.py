@@ -41,13 +41,13 @@ def opens_session(scope: Scope) -> bool:
 
 
 class SessionQuota:
-    """Caps each tenant's open sessions and counts every session it opens against its rate."""
+    """Caps each tenant's open sessions and counts every session it opens against its rate (when limits are on)."""
 
     def __init__(
         self,
         app: ASGIApp,
         manager: StreamableHTTPSessionManager,
-        limiter: RateLimiter,
+        limiter: RateLimiter | None,
         tenant_of: Callable[[Scope], str | None],
         cap: int,
         idle_seconds: float,
@@ -78,7 +78,8 @@ class SessionQuota:
             )
             return
         try:
-            await self.limiter.open_session(tenant)
+            if self.limiter is not None:
+                await self.limiter.open_session(tenant)
         except RateLimitError as exc:
             retry = str(max(1, round(exc.details.get("retry_after_seconds", 1))))
             await refuse(send, 429, f"{exc.message} {exc.remedy}", retry_after=retry)
