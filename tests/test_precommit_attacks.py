@@ -113,7 +113,7 @@ async def test_a_gitfile_pointing_outside_the_roots_is_refused(daemon: Daemon, s
     work = roots / "work"
     store = tmp_path / "outside" / "store.git"
     store.parent.mkdir()
-    subprocess.run(["git", "init", "-q", f"--separate-git-dir={store}", str(work)], check=True)
+    git(tmp_path, "init", "-q", f"--separate-git-dir={store}", str(work))
     (work / "leak.txt").write_text("OUTSIDE-SECRET\n")
     git(work, "add", "-A")
     git(work, "commit", "-q", "-m", "leak")
