@@ -11,6 +11,8 @@ from typing import Any
 import pytest
 from mcp import Client
 
+from exai.observability.errors import ToolFailure
+from exai.security.git import GitOutputTooLarge, run_git, safe_environment
 from tests.conftest import Proc, SimControl
 
 pytestmark = pytest.mark.anyio
@@ -166,3 +168,14 @@ async def test_untracked_files_reach_the_reviewer(daemon: Daemon, sim: SimContro
     assert "IGNORED_VALUE" not in sent, "ignored files are not pending changes"
     assert "OUTSIDE-SECRET" not in sent, "an untracked link led outside the roots"
     assert "escape.txt" in sent and "tiny.bin" in sent, "refused untracked files are named with the reason"
+
+
+async def test_git_output_is_capped_and_a_deadline_kills_it(tmp_path: Path) -> None:
+    env = safe_environment([])
+    assert not any(name in env for name in ("GIT_DIR", "GIT_WORK_TREE", "GIT_CONFIG_PARAMETERS", "GIT_EXEC_PATH"))
+    assert (await run_git(["--version"], cwd=tmp_path, env=env, timeout=60, max_output=100)).startswith("git")
+    with pytest.raises(GitOutputTooLarge):
+        await run_git(["--version"], cwd=tmp_path, env=env, timeout=60, max_output=3)
+    with pytest.raises(ToolFailure) as late:
+        await run_git(["--version"], cwd=tmp_path, env=env, timeout=0, max_output=100)
+    assert late.value.code == "git_timeout"
