@@ -179,3 +179,13 @@ async def test_git_output_is_capped_and_a_deadline_kills_it(tmp_path: Path) -> N
     with pytest.raises(ToolFailure) as late:
         await run_git(["--version"], cwd=tmp_path, env=env, timeout=0, max_output=100)
     assert late.value.code == "git_timeout"
+
+
+async def test_a_diff_over_the_cap_is_refused_at_once(daemon: Daemon, sim: SimControl, tmp_path: Path) -> None:
+    roots = tmp_path / "roots"
+    repo = new_repo(roots / "repo", {"big.txt": "start\n"})
+    (repo / "big.txt").write_text("changed line of a large diff\n" * 100_000)
+    proc = daemon(EXAI_FILE_ROOTS=str(roots), EXAI_MAX_FILES_BYTES="200000")
+
+    result = await precommit(proc, path=str(repo))
+    assert result.structured_content["error"]["code"] == "diff_too_large", "git is stopped at the cap, not waited on"

@@ -92,13 +92,8 @@ async def run_git(
         stderr=asyncio.subprocess.PIPE,
         start_new_session=True,
     )
-    assert process.stdout is not None and process.stderr is not None
     try:
-        out, err = await asyncio.wait_for(
-            asyncio.gather(_read_capped(process.stdout, max_output), _read_capped(process.stderr, _STDERR_CAP)),
-            timeout,
-        )
-        await asyncio.wait_for(process.wait(), timeout)
+        out, err = await asyncio.wait_for(_collect(process, max_output), timeout)
     except TimeoutError:
         raise ToolFailure(
             f"git did not finish within {timeout:g} s.", code="git_timeout", remedy="Pass the diff in `diff` instead."
@@ -119,14 +114,30 @@ async def run_git(
     return out.decode(errors="replace")
 
 
-async def _read_capped(stream: asyncio.StreamReader, cap: int) -> bytes:
-    """Up to cap + 1 bytes, then stop reading (the caller kills the writer)."""
+async def _collect(process: asyncio.subprocess.Process, max_output: int) -> tuple[bytes, bytes]:
+    """stdout up to max_output + 1 bytes (then the process is killed) and the first bytes of stderr."""
+    assert process.stdout is not None and process.stderr is not None
+    errors = asyncio.create_task(_read_capped(process.stderr, _STDERR_CAP, drain=True))
+    try:
+        out = await _read_capped(process.stdout, max_output, drain=False)
+        if len(out) > max_output:
+            _kill(process)
+        err = await errors
+        await process.wait()
+    finally:
+        errors.cancel()
+    return out, err
+
+
+async def _read_capped(stream: asyncio.StreamReader, cap: int, *, drain: bool) -> bytes:
+    """Up to cap + 1 bytes; then stop reading, or keep reading to EOF and discard (so the writer never blocks)."""
     data = bytearray()
-    while len(data) <= cap:
+    while drain or len(data) <= cap:
         chunk = await stream.read(_CHUNK)
         if not chunk:
             break
-        data += chunk
+        if len(data) <= cap:
+            data += chunk
     return bytes(data[: cap + 1])
 
 
