@@ -29,7 +29,7 @@ _FILE_FLAGS = os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC
 
 def quote_path(raw: str) -> str:
     """A path for an error message or a log line: quoted, printable, and never more than a short prefix."""
-    shown = raw[:_QUOTE_CHARS].encode("unicode_escape").decode("ascii")
+    shown = "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in raw[:_QUOTE_CHARS])
     if len(raw) > _QUOTE_CHARS:
         shown += f"… ({len(raw):,} characters)"
     return f"'{shown}'"

@@ -171,7 +171,6 @@ class Repository:
     """A repository whose work tree and git directories were verified to lie inside the roots."""
 
     top_level: Path
-    git_dir: Path
     env: dict[str, str]
     timeout: float
 
@@ -223,7 +222,7 @@ class Repository:
             ok_codes=(0, 1),  # 1: no filter configured
         )
         drivers = sorted({name.rsplit(".", 1)[0] for name in names.split("\0") if name})
-        return cls(top_level, git_dir, {**env, **_without_filters(drivers)}, timeout)
+        return cls(top_level, {**env, **_without_filters(drivers)}, timeout)
 
     async def run(self, args: list[str], *, max_output: int) -> str:
         return await run_git(args, cwd=self.top_level, env=self.env, timeout=self.timeout, max_output=max_output)
