@@ -90,10 +90,11 @@ class RemoteDaemon:
                 delivery = delivery_of(exc)
                 if delivery is None:
                     raise  # the daemon's own answer
-                if delivery is Delivery.UNKNOWN and not idempotent:
-                    raise self._lost(what, exc.message) from None
                 session.retired = True  # later requests use a fresh session; this one closes once idle
-                if loop.time() + delay > deadline:
+                out_of_time = loop.time() + delay > deadline
+                if delivery is Delivery.UNKNOWN and (not idempotent or out_of_time):
+                    raise self._lost(what, exc.message) from None
+                if out_of_time:
                     raise self._unreachable(exc.message) from None
                 log.info("bridge_resending", url=self.url, request=what, reason=exc.message, in_seconds=delay)
             except TimeoutError:
