@@ -80,7 +80,8 @@ async def test_calls_cut_off_by_a_daemon_kill_never_reach_the_upstream_twice(dae
 async def test_a_call_sent_while_the_daemon_is_down_runs_once_when_it_is_back(daemon: Daemon, sim: SimControl) -> None:
     port = free_port()
     proc = daemon(port=port)
-    async with Client(_bridge(proc.url)) as client:
+    # The bridge keeps re-sending for as long as the restart may take on a loaded machine.
+    async with Client(_bridge(proc.url, EXAI_BRIDGE_CONNECT_TIMEOUT_SECONDS=str(CEILING))) as client:
         await client.list_tools()
         proc.stop(signal.SIGKILL)
         call = asyncio.ensure_future(client.call_tool("chat", {"prompt": "while down", "model": "sim-fast"}))
