@@ -14,6 +14,7 @@ from mcp import Client
 from exai.observability.errors import ExaiError, NotFoundError, PermissionDeniedError, ValidationError
 from exai.security.files import FileAccess
 from tests.conftest import Proc, SimControl
+from tests.helpers import tool_error
 
 pytestmark = pytest.mark.anyio
 Daemon = Callable[..., Proc]
@@ -103,7 +104,7 @@ async def _chat_error(client: Client, path: str) -> dict[str, Any]:
     result = await client.call_tool("chat", {"prompt": "read this", "model": "sim-fast", "files": [path]})
     assert result.is_error, path[:100]
     assert len(result.content[0].text) < 2000, "errors quote at most a short prefix of a path"
-    return result.structured_content["error"]
+    return tool_error(result)
 
 
 async def test_paths_outside_the_roots_reveal_nothing(daemon: Daemon, sim: SimControl, tmp_path: Path) -> None:

@@ -20,6 +20,7 @@ from exai.observability.errors import RateLimitError
 from exai.security.auth import LOCAL_TENANT, issue_token
 from exai.security.limits import Limits, RedisLimiter, tenant_keys
 from tests.conftest import TEST_JWT_SECRET, Proc, SimControl, free_port
+from tests.helpers import tool_error
 
 pytestmark = pytest.mark.anyio
 Daemon = Callable[..., Proc]
@@ -76,7 +77,7 @@ async def test_open_mode_keeps_per_replica_limits_while_redis_is_down(daemon: Da
         Client(streamable_http_client(f"{proc.url}/mcp", http_client=http)) as client,
     ):
         results = [await client.call_tool("listmodels", {}) for _ in range(5)]
-    limited = [r.structured_content["error"]["code"] for r in results if r.is_error]
+    limited = [tool_error(r)["code"] for r in results if r.is_error]
     assert limited == ["rate_limited_rpm", "rate_limited_rpm"], [r.content[0].text for r in results]
     assert "rate_limiter_redis_error" in proc.logs()
 

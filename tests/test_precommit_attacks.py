@@ -14,6 +14,7 @@ from mcp import Client
 from exai.observability.errors import ToolFailure
 from exai.security.git import GitOutputTooLarge, run_git, safe_environment
 from tests.conftest import Proc, SimControl
+from tests.helpers import tool_error
 
 pytestmark = pytest.mark.anyio
 Daemon = Callable[..., Proc]
@@ -76,13 +77,13 @@ async def test_compare_to_cannot_smuggle_git_options(daemon: Daemon, sim: SimCon
     for hostile in (f"--output={victim}", "-O/dev/null", "--no-index"):
         result = await precommit(proc, path=str(repo), compare_to=hostile)
         assert result.is_error, hostile
-        error = result.structured_content["error"]
+        error = tool_error(result)
         assert error["code"] == "invalid_ref" and "option" in error["message"], error
     assert victim.read_text() == "precious\n", "git wrote over a file outside the roots"
 
     unknown = await precommit(proc, path=str(repo), compare_to="no-such-branch")
-    assert unknown.structured_content["error"]["code"] == "unknown_ref"
-    assert "no-such-branch" in unknown.structured_content["error"]["message"]
+    assert tool_error(unknown)["code"] == "unknown_ref"
+    assert "no-such-branch" in tool_error(unknown)["message"]
 
     fine = await precommit(proc, path=str(repo), compare_to="HEAD")
     assert not fine.is_error, fine.content[0].text
@@ -105,7 +106,7 @@ async def test_git_never_climbs_to_a_parent_repository_outside_the_roots(
 
     result = await precommit(proc, path=str(project))
     assert result.is_error, "git ran in a repository outside the roots"
-    assert result.structured_content["error"]["code"] == "not_a_repository"
+    assert tool_error(result)["code"] == "not_a_repository"
     assert not marker.exists(), "the parent repository's core.fsmonitor command ran"
     assert "tracked by the parent" not in sent_upstream(sim)
 
@@ -125,7 +126,7 @@ async def test_a_gitfile_pointing_outside_the_roots_is_refused(daemon: Daemon, s
 
     result = await precommit(proc, path=str(work))
     assert result.is_error, "git used a git directory outside the roots"
-    assert result.structured_content["error"]["code"] == "repository_outside_roots"
+    assert tool_error(result)["code"] == "repository_outside_roots"
     assert "OUTSIDE-SECRET" not in sent_upstream(sim)
 
 
@@ -188,4 +189,4 @@ async def test_a_diff_over_the_cap_is_refused_at_once(daemon: Daemon, sim: SimCo
     proc = daemon(EXAI_FILE_ROOTS=str(roots), EXAI_MAX_FILES_BYTES="200000")
 
     result = await precommit(proc, path=str(repo))
-    assert result.structured_content["error"]["code"] == "diff_too_large", "git is stopped at the cap, not waited on"
+    assert tool_error(result)["code"] == "diff_too_large", "git is stopped at the cap, not waited on"

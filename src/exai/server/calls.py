@@ -26,10 +26,10 @@ from exai.observability.logging import get_logger
 from exai.observability.tracing import tracer
 from exai.security.auth import ADMIN_SCOPE, ADMIN_TOOLS, TOOLS_SCOPE, may_call
 from exai.security.limits import Lease
+from exai.server.results import error_result
 from exai.tools.base import Tool, ToolContext
 
 log = get_logger(__name__)
-ERROR_META_KEY = "exai/error"
 
 
 @dataclass
@@ -38,18 +38,6 @@ class Caller:
 
     tenant: str
     scopes: list[str] | None
-
-
-def error_result(error: ExaiError) -> types.CallToolResult:
-    """A tool error every client can read: the whole error in the text, and as data in `_meta`.
-
-    No structured content: clients validate it against the tool's output schema even when `isError` is set.
-    """
-    return types.CallToolResult(
-        content=[types.TextContent(type="text", text=error.render())],
-        is_error=True,
-        _meta={ERROR_META_KEY: error.to_dict()},
-    )
 
 
 def authorize(tool: Tool[Any, Any], caller: Caller) -> None:
