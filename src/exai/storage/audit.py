@@ -7,7 +7,6 @@ writer (as `close` does) never cancels a write half-way, and `close` waits for i
 from __future__ import annotations
 
 import asyncio
-import contextlib
 
 from exai.observability.logging import get_logger
 from exai.storage.base import AuditRecord, Store
@@ -24,6 +23,7 @@ class AuditWriter:
         self._queue: asyncio.Queue[AuditRecord] = asyncio.Queue(maxsize=100_000)
         self._task: asyncio.Task[None] | None = None
         self._writing: asyncio.Task[bool] | None = None
+        self._closing: asyncio.Task[None] | None = None
         self.dropped = 0
 
     def start(self) -> None:
@@ -65,11 +65,13 @@ class AuditWriter:
         """Stop the background task and write everything still queued or in flight, even if close is cancelled."""
         if self._task is not None:
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        await asyncio.shield(self._finish())
+        if self._closing is None:
+            self._closing = asyncio.create_task(self._finish(), name="exai-audit-close")
+        await asyncio.shield(self._closing)
 
     async def _finish(self) -> None:
+        if self._task is not None:
+            await asyncio.wait([self._task])
         if self._writing is not None:
             await self._writing  # a batch the cancelled task left in flight
         for _ in range(CLOSE_ATTEMPTS):
