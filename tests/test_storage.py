@@ -12,6 +12,7 @@ import redis.asyncio as aioredis
 
 from exai.conversations.state import ThreadState, WorkflowRun
 from exai.conversations.threads import Conversations
+from exai.observability.errors import ExaiError
 from exai.storage.base import AuditRecord, Store, ThreadConflict, ThreadRecord, TurnRecord
 from exai.storage.cache import CachedStore
 from exai.storage.migrations import LATEST
@@ -167,3 +168,27 @@ async def test_redis_outage_falls_back_to_the_database(tmp_path: Path) -> None:
     assert (await cached.get_thread(thread.id)).turn_count == 2
     assert [t.content for t in await cached.get_turns(thread.id)] == ["seed", "x"]
     await cached.close()
+
+
+class AlwaysOvertaken(SQLiteStore):
+    """A store where another writer always commits first (after the thread was created)."""
+
+    async def append_turns(self, thread: ThreadRecord, turns: list[TurnRecord], *, expected_version: int) -> None:
+        if expected_version:
+            raise ThreadConflict(thread.id, gone=False)
+        await super().append_turns(thread, turns, expected_version=expected_version)
+
+
+async def test_a_write_that_keeps_losing_is_refused_as_a_conflict(tmp_path: Path) -> None:
+    store = AlwaysOvertaken(tmp_path / "x.db")
+    await store.open()
+    await store.migrate()
+    conversations = Conversations(store, ttl_seconds=3600, max_turns=100)
+    thread = await conversations.start("alice", "t")
+    await conversations.record(thread, [_turn("seed", 0)], "chat")
+    with pytest.raises(ExaiError) as refused:
+        await conversations.record(thread, [_turn("lost", 0)], "chat")
+    assert refused.value.code == "conflict" and refused.value.retryable
+    assert "again" in (refused.value.remedy or "")
+    assert [t.content for t in await store.get_turns(thread.id)] == ["seed"]
+    await store.close()
