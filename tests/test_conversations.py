@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 from typing import Any
 
@@ -72,7 +73,7 @@ async def test_files_are_embedded_once_in_their_newest_version(
 
 
 async def test_bad_continuation_ids_are_clear_errors(sim: SimControl, monkeypatch: pytest.MonkeyPatch) -> None:
-    services = await build_services(monkeypatch, sim, EXAI_THREAD_TTL_HOURS="0.0002", EXAI_MAX_TURNS_PER_THREAD="4")
+    services = await build_services(monkeypatch, sim, EXAI_MAX_TURNS_PER_THREAD="4")
     async with Client(build_server(services)) as client:
         bad = await client.call_tool("chat", {"prompt": "x", "continuation_id": "not-a-thread"})
         assert tool_error(bad)["code"] == "invalid_continuation_id"
@@ -86,11 +87,24 @@ async def test_bad_continuation_ids_are_clear_errors(sim: SimControl, monkeypatc
         await client.call_tool("chat", {"prompt": "y", "model": "sim-fast", "continuation_id": thread})
         full = await client.call_tool("chat", {"prompt": "z", "model": "sim-fast", "continuation_id": thread})
         assert tool_error(full)["code"] == "thread_full"
-        await asyncio.sleep(0.8)
-        expired = await client.call_tool("chat", {"prompt": "z", "model": "sim-fast", "continuation_id": thread})
-        assert tool_error(expired)["code"] == "thread_expired"
     with pytest.raises(NotFoundError):
         await services.conversations.open(thread, "another-tenant")
+    await services.close()
+
+
+async def test_an_expired_thread_is_a_clear_error(sim: SimControl, monkeypatch: pytest.MonkeyPatch) -> None:
+    services = await build_services(monkeypatch, sim, EXAI_THREAD_TTL_HOURS="0.0003")  # about a second
+    async with Client(build_server(services)) as client:
+        first = await client.call_tool("chat", {"prompt": "x", "model": "sim-fast"})
+        thread = first.structured_content["continuation_id"]
+        deadline = time.monotonic() + 60
+        while not (shown := await client.call_tool("threads", {"action": "show", "thread_id": thread})).is_error:
+            assert time.monotonic() < deadline, "the thread never expired"
+            await asyncio.sleep(0.1)
+        assert tool_error(shown)["code"] == "thread_expired"
+        expired = await client.call_tool("chat", {"prompt": "z", "model": "sim-fast", "continuation_id": thread})
+    error = tool_error(expired)
+    assert error["code"] == "thread_expired" and "without continuation_id" in error["remedy"]
     await services.close()
 
 

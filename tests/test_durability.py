@@ -49,14 +49,14 @@ async def test_sigkill_under_load_loses_no_acknowledged_turn(daemon: Daemon, sim
     proc = daemon(EXAI_MAX_TURNS_PER_THREAD="100000")
     sim.latency(20)
     acknowledged: dict[str, int] = {}
-    stop = asyncio.Event()
+    killed = asyncio.Event()
 
     async def worker(index: int) -> None:
         try:
             async with Client(f"{proc.url}/mcp") as client:
                 await client.list_tools()
                 thread = None
-                while not stop.is_set():
+                while not killed.is_set():
                     args = {"prompt": f"worker {index}", "model": "sim-fast"}
                     if thread:
                         args["continuation_id"] = thread
@@ -64,20 +64,20 @@ async def test_sigkill_under_load_loses_no_acknowledged_turn(daemon: Daemon, sim
                     assert not result.is_error, result.content[0].text
                     thread = result.structured_content["continuation_id"]
                     acknowledged[thread] = acknowledged.get(thread, 0) + 1
-        except AssertionError:
-            raise
-        except Exception:  # the daemon died under this client: expected
-            return
+        except Exception:
+            if not killed.is_set():  # only the kill may end a worker
+                raise
 
     async def killer() -> None:
-        await asyncio.sleep(2.0)
+        deadline = time.monotonic() + 120
+        while sum(acknowledged.values()) < 20:  # kill under load, once enough calls were acknowledged
+            assert time.monotonic() < deadline, f"only {sum(acknowledged.values())} calls acknowledged in 120 s"
+            await asyncio.sleep(0.05)
+        killed.set()
         proc.process.send_signal(signal.SIGKILL)
-        stop.set()
 
-    async with asyncio.timeout(30):
+    async with asyncio.timeout(300):  # a ceiling against a hang, far above any healthy run
         await asyncio.gather(killer(), *(worker(i) for i in range(8)))
-    total = sum(acknowledged.values())
-    assert total >= 20, f"only {total} calls were acknowledged before the kill"
     restarted = daemon(EXAI_MAX_TURNS_PER_THREAD="100000")
     for thread, acks in acknowledged.items():
         turns = await _turns(restarted.url, thread)
@@ -96,8 +96,6 @@ async def test_two_daemons_share_threads_through_postgresql(
     on_b = await _chat(b.url, "continued on B", thread)
     on_a = await _chat(a.url, "back on A", thread)
     assert on_b["earlier_turns_included"] == 2 and on_a["earlier_turns_included"] == 4
-    started = time.monotonic()
     results = await asyncio.gather(*(_chat((a, b)[i % 2].url, f"parallel {i}", thread) for i in range(6)))
     assert all(r["continuation_id"] == thread for r in results)
     assert await _turns(b.url, thread) == 6 + 12
-    assert time.monotonic() - started < 30

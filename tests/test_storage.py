@@ -10,7 +10,10 @@ from pathlib import Path
 import pytest
 import redis.asyncio as aioredis
 
-from exai.storage.base import AuditRecord, Store, ThreadRecord, TurnRecord
+from exai.conversations.state import ThreadState, WorkflowRun
+from exai.conversations.threads import Conversations
+from exai.observability.errors import ExaiError
+from exai.storage.base import AuditRecord, Store, ThreadConflict, ThreadRecord, TurnRecord
 from exai.storage.cache import CachedStore
 from exai.storage.migrations import LATEST
 from exai.storage.postgres import PostgresStore
@@ -36,20 +39,19 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
     await built.close()
 
 
-async def _create(store: Store, thread: ThreadRecord) -> None:
-    """Store a thread the way the server does: with its first turn, in one transaction."""
-    await store.append_turns(
-        thread.id,
-        [TurnRecord(role="user", content="seed", tool="chat")],
-        tool="chat",
-        state=None,
-        expires_at=thread.expires_at,
-        create=thread,
-    )
-
-
 def _thread(tenant: str = "alice", ttl: float = 3600) -> ThreadRecord:
     return ThreadRecord(tenant=tenant, title="t", expires_at=time.time() + ttl)
+
+
+def _turn(content: str, seq: int, tool: str = "chat", **extra: object) -> TurnRecord:
+    return TurnRecord(role="user", content=content, tool=tool, seq=seq, **extra)  # type: ignore[arg-type]
+
+
+async def _create(store: Store, thread: ThreadRecord) -> ThreadRecord:
+    """Store a new thread with its first turn, as the server does: in one transaction."""
+    created = thread.model_copy(update={"turn_count": 1, "tools": ["chat"], "version": 1})
+    await store.append_turns(created, [_turn("seed", 1)], expected_version=0)
+    return created
 
 
 async def test_migrations_are_idempotent(store: Store) -> None:
@@ -58,82 +60,79 @@ async def test_migrations_are_idempotent(store: Store) -> None:
 
 
 async def test_threads_and_turns_round_trip(store: Store) -> None:
-    thread = _thread()
-    await _create(store, thread)
+    thread = await _create(store, _thread())
     turns = [
-        TurnRecord(role="user", content="héllo ✓", tool="chat", files=["/a.py"]),
-        TurnRecord(
-            role="assistant",
-            content="hi",
-            tool="chat",
-            model="m",
-            provider="p",
-            usage={"input_tokens": 3, "output_tokens": 1},
-        ),
+        _turn("héllo ✓", 2, files=["/a.py"]),
+        TurnRecord(role="assistant", content="hi", tool="chat", model="m", provider="p", seq=3, usage={"in": 3}),
     ]
-    updated = await store.append_turns(
-        thread.id, turns, tool="chat", state={"workflows": {"x": {"n": 1}}}, expires_at=thread.expires_at + 10
-    )
-    assert updated.turn_count == 3 and updated.tools == ["chat"] and updated.state["workflows"]["x"]["n"] == 1
-    await store.append_turns(
-        thread.id,
-        [TurnRecord(role="user", content="more", tool="analyze")],
-        tool="analyze",
-        state=None,
-        expires_at=thread.expires_at + 20,
-    )
+    updated = thread.model_copy(update={"turn_count": 3, "state": {"workflows": {}}, "version": 2})
+    await store.append_turns(updated, turns, expected_version=1)
     loaded = await store.get_thread(thread.id)
-    assert loaded is not None and loaded.turn_count == 4 and loaded.tools == ["chat", "analyze"]
-    assert loaded.state == {"workflows": {"x": {"n": 1}}}, "state=None keeps the previous state"
+    assert loaded == updated
     got = await store.get_turns(thread.id)
-    assert [(t.seq, t.content) for t in got] == [(1, "seed"), (2, "héllo ✓"), (3, "hi"), (4, "more")]
-    assert got[1].files == ["/a.py"] and got[2].usage == {"input_tokens": 3, "output_tokens": 1}
+    assert [(t.seq, t.content) for t in got] == [(1, "seed"), (2, "héllo ✓"), (3, "hi")]
+    assert got[1].files == ["/a.py"] and got[2].usage == {"in": 3} and got[2].model == "m"
+    assert [t.seq for t in await store.get_turns(thread.id, after=1)] == [2, 3]
     assert await store.get_thread("00000000-0000-0000-0000-000000000000") is None
 
 
-async def test_concurrent_appends_keep_every_turn_in_order(store: Store) -> None:
-    thread = _thread()
-    await _create(store, thread)
+async def test_a_write_at_a_stale_version_changes_nothing(store: Store) -> None:
+    thread = await _create(store, _thread())
+    first = thread.model_copy(update={"turn_count": 2, "state": {"by": "first"}, "version": 2})
+    await store.append_turns(first, [_turn("first", 2)], expected_version=1)
+    stale = thread.model_copy(update={"turn_count": 2, "state": {"by": "stale"}, "version": 2})
+    with pytest.raises(ThreadConflict) as raised:
+        await store.append_turns(stale, [_turn("stale", 2)], expected_version=1)
+    assert not raised.value.gone
+    assert await store.get_thread(thread.id) == first
+    assert [t.content for t in await store.get_turns(thread.id)] == ["seed", "first"]
+    await store.purge(time.time() + 7200)
+    with pytest.raises(ThreadConflict) as vanished:
+        await store.append_turns(first.model_copy(update={"version": 3}), [_turn("late", 3)], expected_version=2)
+    assert vanished.value.gone
 
-    async def append(i: int) -> None:
-        await store.append_turns(
-            thread.id,
+
+async def test_concurrent_records_keep_every_turn_and_state_change(store: Store) -> None:
+    conversations = Conversations(store, ttl_seconds=3600, max_turns=1000)
+    thread = await conversations.start("alice", "t")
+    await conversations.record(thread, [_turn("seed", 0)], "chat")
+
+    async def call(i: int) -> None:
+        mine = await conversations.open(thread.id, "alice")
+
+        def change(state: ThreadState, record: ThreadRecord) -> None:
+            state.workflows.setdefault("debug", WorkflowRun(total_steps=0)).total_steps += 1
+
+        await conversations.record(
+            mine,
             [
-                TurnRecord(role="user", content=f"q{i}", tool="chat"),
-                TurnRecord(role="assistant", content=f"a{i}", tool="chat"),
+                TurnRecord(role="user", content=f"q{i}", tool=f"tool{i % 3}"),
+                TurnRecord(role="assistant", content=f"a{i}", tool=f"tool{i % 3}"),
             ],
-            tool="chat",
-            state=None,
-            expires_at=thread.expires_at,
+            f"tool{i % 3}",
+            change,
         )
 
-    await asyncio.gather(*(append(i) for i in range(20)))
-    turns = await store.get_turns(thread.id)
-    assert [t.seq for t in turns] == list(range(1, 42))
-    for question, answer in zip(turns[1::2], turns[2::2], strict=True):
+    await asyncio.gather(*(call(i) for i in range(12)))
+    final = await conversations.read(thread.id, "alice")
+    assert [t.seq for t in final.turns] == list(range(1, 26))
+    for question, answer in zip(final.turns[1::2], final.turns[2::2], strict=True):
         assert question.content[1:] == answer.content[1:], "a call's two turns stay together"
-    assert (await store.get_thread(thread.id)).turn_count == 41
+    assert final.record.turn_count == 25 and final.record.version == 13
+    assert sorted(final.record.tools) == ["chat", "tool0", "tool1", "tool2"]
+    assert final.state.workflows["debug"].total_steps == 12, "every call's state change was applied"
 
 
 async def test_listing_is_per_tenant_and_newest_first(store: Store) -> None:
     for tenant in ("alice", "alice", "bob"):
-        record = _thread(tenant)
-        await _create(store, record)
-        await store.append_turns(
-            record.id,
-            [TurnRecord(role="user", content="x", tool="chat")],
-            tool="chat",
-            state=None,
-            expires_at=record.expires_at,
-        )
+        await _create(store, _thread(tenant))
     alice = await store.list_threads("alice", 10)
     assert len(alice) == 2 and alice[0].updated_at >= alice[1].updated_at
     assert all(t.tenant == "alice" for t in alice)
 
 
 async def test_purge_and_audit(store: Store) -> None:
-    old = _thread(ttl=-1)
-    await _create(store, old)
+    old = await _create(store, _thread(ttl=-1))
     await store.write_audit(
         [
             AuditRecord(
@@ -156,47 +155,40 @@ async def test_purge_and_audit(store: Store) -> None:
     assert [a.correlation_id for a in await store.list_audit()] == ["c2"]
 
 
-async def test_redis_cache_never_goes_back_to_an_older_version(
-    postgres_url: str, pg_schema: str, redis_url: str
-) -> None:
-    inner = PostgresStore(postgres_url, schema=pg_schema)
-    first = CachedStore(inner, aioredis.from_url(redis_url))
-    second = CachedStore(PostgresStore(postgres_url, schema=pg_schema), aioredis.from_url(redis_url))
-    await first.open()
-    await second.open()
-    await first.migrate()
-    thread = _thread()
-    await _create(first, thread)
-    stale = await second.get_thread(thread.id)  # cached at version 0
-    await first.append_turns(
-        thread.id,
-        [TurnRecord(role="user", content="new", tool="chat")],
-        tool="chat",
-        state={"v": 1},
-        expires_at=thread.expires_at,
-    )
-    await second._set(f"exai:thread:{thread.id}", stale.turn_count, stale.model_dump())  # a late, stale write
-    seen = await second.get_thread(thread.id)
-    assert seen.turn_count == 2 and seen.state == {"v": 1}
-    assert [t.content for t in await second.get_turns(thread.id)] == ["seed", "new"]
-    await first.close()
-    await second.close()
-
-
 async def test_redis_outage_falls_back_to_the_database(tmp_path: Path) -> None:
     cached = CachedStore(
         SQLiteStore(tmp_path / "x.db"), aioredis.from_url("redis://127.0.0.1:1/0", socket_connect_timeout=0.2)
     )
     await cached.open()
     await cached.migrate()
-    thread = _thread()
-    await _create(cached, thread)
+    thread = await _create(cached, _thread())
     await cached.append_turns(
-        thread.id,
-        [TurnRecord(role="user", content="x", tool="chat")],
-        tool="chat",
-        state=None,
-        expires_at=thread.expires_at,
+        thread.model_copy(update={"turn_count": 2, "version": 2}), [_turn("x", 2)], expected_version=1
     )
     assert (await cached.get_thread(thread.id)).turn_count == 2
+    assert [t.content for t in await cached.get_turns(thread.id)] == ["seed", "x"]
     await cached.close()
+
+
+class AlwaysOvertaken(SQLiteStore):
+    """A store where another writer always commits first (after the thread was created)."""
+
+    async def append_turns(self, thread: ThreadRecord, turns: list[TurnRecord], *, expected_version: int) -> None:
+        if expected_version:
+            raise ThreadConflict(thread.id, gone=False)
+        await super().append_turns(thread, turns, expected_version=expected_version)
+
+
+async def test_a_write_that_keeps_losing_is_refused_as_a_conflict(tmp_path: Path) -> None:
+    store = AlwaysOvertaken(tmp_path / "x.db")
+    await store.open()
+    await store.migrate()
+    conversations = Conversations(store, ttl_seconds=3600, max_turns=100)
+    thread = await conversations.start("alice", "t")
+    await conversations.record(thread, [_turn("seed", 0)], "chat")
+    with pytest.raises(ExaiError) as refused:
+        await conversations.record(thread, [_turn("lost", 0)], "chat")
+    assert refused.value.code == "conflict" and refused.value.retryable
+    assert "again" in (refused.value.remedy or "")
+    assert [t.content for t in await store.get_turns(thread.id)] == ["seed"]
+    await store.close()

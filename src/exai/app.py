@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -31,6 +30,7 @@ from exai.storage.audit import AuditWriter
 from exai.storage.base import Store
 from exai.storage.cache import CachedStore
 from exai.storage.postgres import PostgresStore
+from exai.storage.retention import Purger
 from exai.storage.sqlite import SQLiteStore
 from exai.tools import enabled_tools
 from exai.tools.base import Tool
@@ -108,6 +108,7 @@ class Services:
     conversations: Conversations
     files: FileAccess
     audit: AuditWriter
+    purger: Purger
     transport: Transport
     metrics: Metrics
     alerts: AlertManager
@@ -169,6 +170,7 @@ class Services:
             ),
             files=FileAccess([Path(r) for r in roots], settings.max_file_bytes, settings.max_files_bytes),
             audit=audit,
+            purger=Purger(store, settings.purge_interval_seconds, settings.audit_retention_days * 86400),
             transport=transport,
             metrics=metrics,
             alerts=alerts,
@@ -181,14 +183,15 @@ class Services:
         """Open the store, apply migrations, load the tokenizer and start background writers."""
         await self.store.open()
         await self.store.migrate()
-        retention = self.settings.audit_retention_days * 86400
-        await self.store.purge(time.time(), audit_before=time.time() - retention)
+        await self.purger.purge()
         warm_up()
         self.audit.start()
+        self.purger.start()
         self.alerts.start()
 
     async def close(self) -> None:
         await self.alerts.close()
+        await self.purger.close()
         await self.audit.close()
         await self.router.close()
         await self.store.close()

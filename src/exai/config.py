@@ -112,6 +112,7 @@ class Settings(BaseSettings):
     thread_ttl_hours: float = Field(default=72.0, gt=0)
     max_turns_per_thread: int = Field(default=50, ge=2)
     audit_retention_days: float = Field(default=30.0, gt=0)
+    purge_interval_seconds: float = Field(default=3600.0, gt=0)  # expired threads and old audit rows
 
     # Tools and files
     tool_profile: Literal["lean", "standard", "full"] = "standard"

@@ -1,15 +1,21 @@
 """Rebuilding a thread into a prompt that fits the target model.
 
 The budget is the model's context window minus room for the answer, the system prompt and the new request.
-Files referenced anywhere in the thread are embedded once, in their current version, newest reference first;
-turns are taken newest first until the budget is spent and then presented in order.
+Files referenced anywhere in the thread are embedded once, in their current version: this call's files first
+(they may use the whole budget), then those of earlier turns, newest reference first (up to `FILE_SHARE` of it).
+All of them together stay under the per-call byte cap (EXAI_MAX_FILES_BYTES). A file is either embedded or listed
+in `files_skipped` with the reason; this call's files must be readable. Turns are taken newest first until the
+budget is spent and then presented in order.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from pydantic import BaseModel
+
 from exai.conversations.tokens import count_tokens_async
+from exai.observability.errors import ExaiError
 from exai.providers.catalogue import ModelInfo
 from exai.providers.quirks import max_output_for
 from exai.providers.types import Message
@@ -17,7 +23,12 @@ from exai.security.files import FileAccess
 from exai.storage.base import TurnRecord
 
 SAFETY_MARGIN = 0.05
-FILE_SHARE = 0.6  # at most this part of the budget goes to files; turns get the rest
+FILE_SHARE = 0.6  # files of earlier turns get at most this part of the budget; turns get the rest
+
+
+class SkippedFile(BaseModel):
+    path: str
+    reason: str
 
 
 @dataclass
@@ -28,7 +39,7 @@ class Prompt:
     turns_included: int
     turns_dropped: int
     files_included: list[str] = field(default_factory=list)
-    files_skipped: list[str] = field(default_factory=list)
+    files_skipped: list[SkippedFile] = field(default_factory=list)
 
 
 async def build_prompt(
@@ -53,24 +64,40 @@ async def build_prompt(
             ordered.append(path)
     blocks: list[str] = []
     included: list[str] = []
-    skipped: list[str] = []
-    spent = 0
+    skipped: list[SkippedFile] = []
+    spent = size = 0
     for path in ordered:
+        named = path in files
         try:
             (item,) = await file_access.read([path])
-        except Exception:
-            if path in files:  # this call's files must be readable: the caller gets the reason
+        except ExaiError as exc:
+            if named:  # this call's files must be readable: the caller gets the reason
                 raise
-            skipped.append(path)  # a file from an earlier turn may be gone
+            skipped.append(SkippedFile(path=path, reason=f"no longer readable: {exc.message}"))
+            continue
+        if item.path in included:
+            continue
+        if size + item.size > file_access.max_total_bytes:
+            reason = (
+                f"{item.size:,} bytes more would take this call's files past {file_access.max_total_bytes:,} bytes "
+                "(EXAI_MAX_FILES_BYTES); pass fewer files or raise the limit"
+            )
+            skipped.append(SkippedFile(path=path, reason=reason))
             continue
         block = item.numbered()
         cost = await count_tokens_async(block)
-        if spent + cost > budget * FILE_SHARE:
-            skipped.append(path)
+        room = (budget if named else int(budget * FILE_SHARE)) - spent
+        if cost > room:
+            reason = (
+                f"needs {cost:,} tokens; {max(room, 0):,} were left for files in {model.name}'s context window; "
+                "pass a smaller part of it or use a model with a larger context"
+            )
+            skipped.append(SkippedFile(path=path, reason=reason))
             continue
         blocks.append(block)
         included.append(item.path)
         spent += cost
+        size += item.size
 
     # Turns: newest first while they fit, then back in order.
     kept: list[TurnRecord] = []

@@ -1,19 +1,38 @@
-"""Conversation threads: start, continue (per tenant, with TTL and turn limits) and record turns."""
+"""Conversation threads: start, continue (per tenant, with TTL and turn limits) and record turns.
+
+The rules live here, once, for every store: turn numbering, the tools list, the state version and how
+concurrent writers merge. A write is a compare-and-set on the thread's version; when another call committed
+first, the thread is read again and this call's turns and state change are applied to the fresh thread, a
+bounded number of times. An acknowledged write is therefore never overwritten by a stale one.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import random
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any
 
-from exai.observability.errors import NotFoundError, ValidationError
+from exai.conversations.state import StateChange, ThreadState
+from exai.observability.errors import Category, ExaiError, NotFoundError, ValidationError
 from exai.providers.types import GenerateResponse
 from exai.storage.base import Store, ThreadConflict, ThreadRecord, TurnRecord
 
 START_OVER = "Call the tool again without continuation_id to start a new thread; the `threads` tool lists yours."
+WRITE_ATTEMPTS = 20  # compare-and-set attempts before a write is refused as a conflict
+RETRY_DELAY_CAP = 0.1
+
+
+class ThreadBusyError(ExaiError):
+    """Other calls kept changing the thread; nothing of this call was kept."""
+
+    category = Category.TOOL
+    http_status = 409
+    default_retryable = True
+    severity = "warning"
 
 
 @dataclass
@@ -21,6 +40,7 @@ class Thread:
     record: ThreadRecord
     turns: list[TurnRecord] = field(default_factory=list)
     is_new: bool = False
+    state: ThreadState = field(default_factory=ThreadState)
 
     @property
     def id(self) -> str:
@@ -56,8 +76,8 @@ class Conversations:
         )
         return Thread(record, [], is_new=True)  # stored with its first turns, in one transaction
 
-    async def open(self, continuation_id: str, tenant: str) -> Thread:
-        """The caller's thread; unknown, foreign and expired ids are all clear errors, never a new thread."""
+    async def read(self, continuation_id: str, tenant: str) -> Thread:
+        """The caller's thread with its turns, to show or continue; unknown, foreign and expired ids are errors."""
         try:
             uuid.UUID(continuation_id)
         except ValueError:
@@ -70,12 +90,7 @@ class Conversations:
         async with self._timed("get_thread"):
             record = await self.store.get_thread(continuation_id)
         if record is None or record.tenant != tenant:
-            raise NotFoundError(
-                f"Thread {continuation_id} does not exist.",
-                code="thread_not_found",
-                remedy=START_OVER,
-                details={"field": "continuation_id"},
-            )
+            raise _not_found(continuation_id)
         if record.expires_at < time.time():
             raise NotFoundError(
                 f"Thread {continuation_id} expired (threads live {self.ttl / 3600:g} h after their last turn).",
@@ -83,47 +98,116 @@ class Conversations:
                 remedy=START_OVER,
                 details={"field": "continuation_id"},
             )
-        if record.turn_count >= self.max_turns:
-            raise ValidationError(
-                f"Thread {continuation_id} reached its limit of {self.max_turns} turns.",
-                code="thread_full",
-                remedy="Start a new thread (call without continuation_id), summarising what matters from this one.",
-                details={"field": "continuation_id"},
-            )
         async with self._timed("get_turns"):
             turns = await self.store.get_turns(continuation_id)
-        return Thread(record, turns)
+        return _thread(record, turns)
+
+    async def open(self, continuation_id: str, tenant: str) -> Thread:
+        """The caller's thread to continue: as `read`, and refused when it has no room for another turn."""
+        thread = await self.read(continuation_id, tenant)
+        self.check_room(thread, 1)
+        return thread
 
     async def open_or_start(self, continuation_id: str | None, tenant: str, title: str) -> Thread:
         if continuation_id:
             return await self.open(continuation_id, tenant)
         return await self.start(tenant, title)
 
+    def check_room(self, thread: Thread, adding: int) -> None:
+        """Refuse a write that would take the thread past its turn limit (call it before asking a model)."""
+        if thread.record.turn_count + adding > self.max_turns:
+            raise ValidationError(
+                f"Thread {thread.id} has {thread.record.turn_count} of its {self.max_turns} turns; "
+                f"this call would add {adding}.",
+                code="thread_full",
+                remedy="Start a new thread (call without continuation_id), summarising what matters from this one.",
+                details={"field": "continuation_id"},
+            )
+
     async def record(
-        self, thread: Thread, turns: list[TurnRecord], tool: str, state: dict[str, Any] | None = None
+        self, thread: Thread, turns: list[TurnRecord], tool: str, change: StateChange | None = None
     ) -> ThreadRecord:
-        """Commit the turns; only after this returns may the response be sent."""
-        try:
+        """Commit the turns (and the state change) on top of whatever is committed now.
+
+        Only after this returns may the response be sent. On a concurrent write the thread is read again and the
+        same turns and change are applied to it; after `WRITE_ATTEMPTS` the call is refused (retryable)."""
+        for attempt in range(WRITE_ATTEMPTS):
+            self.check_room(thread, len(turns))
+            state = thread.state.model_copy(deep=True)
+            if change is not None:
+                change(state, thread.record)
+            record, numbered = _next(thread.record, turns, tool, state, expires_at=time.time() + self.ttl)
+            conflict: ThreadConflict | None = None
             async with self._timed("append_turns"):
-                record = await self.store.append_turns(
-                    thread.id,
-                    turns,
-                    tool=tool,
-                    state=state,
-                    expires_at=time.time() + self.ttl,
-                    create=thread.record if thread.is_new else None,
+                try:
+                    await self.store.append_turns(record, numbered, expected_version=thread.record.version)
+                except ThreadConflict as exc:
+                    conflict = exc
+            if conflict is None:
+                thread.record, thread.state, thread.is_new = record, state, False
+                thread.turns.extend(numbered)
+                return record
+            if conflict.gone:
+                raise NotFoundError(
+                    f"Thread {thread.id} was deleted while in use.", code="thread_not_found", remedy=START_OVER
                 )
-        except ThreadConflict:
-            raise NotFoundError(
-                f"Thread {thread.id} was deleted while in use.", code="thread_not_found", remedy=START_OVER
-            ) from None
-        thread.record, thread.is_new = record, False
-        thread.turns.extend(turns)
-        return record
+            await self._refresh(thread)
+            await asyncio.sleep(random.uniform(0, min(RETRY_DELAY_CAP, 0.002 * 2**attempt)))
+        raise ThreadBusyError(
+            f"Thread {thread.id} kept changing under this call ({WRITE_ATTEMPTS} attempts); nothing was recorded.",
+            code="conflict",
+            remedy="Send the same call again; avoid many simultaneous calls on one thread.",
+            details={"continuation_id": thread.id},
+        )
+
+    async def _refresh(self, thread: Thread) -> None:
+        """Catch up with what other calls committed: the thread row and the turns added since."""
+        async with self._timed("get_thread"):
+            record = await self.store.get_thread(thread.id)
+        if record is None:
+            raise _not_found(thread.id)
+        async with self._timed("get_turns"):
+            added = await self.store.get_turns(thread.id, after=thread.record.turn_count)
+        fresh = _thread(record, added)
+        thread.record, thread.state = fresh.record, fresh.state
+        thread.turns.extend(fresh.turns)
 
     async def list(self, tenant: str, limit: int) -> list[ThreadRecord]:
         now = time.time()
         return [t for t in await self.store.list_threads(tenant, limit) if t.expires_at >= now]
+
+
+def _thread(record: ThreadRecord, turns: list[TurnRecord]) -> Thread:
+    """A thread as read: turns a later commit added between the two reads are left for the next read."""
+    kept = [t for t in turns if t.seq <= record.turn_count]
+    return Thread(record, kept, state=ThreadState.model_validate(record.state))
+
+
+def _next(
+    current: ThreadRecord, turns: list[TurnRecord], tool: str, state: ThreadState, expires_at: float
+) -> tuple[ThreadRecord, list[TurnRecord]]:
+    """The thread after appending `turns` by `tool`, and the turns numbered after the existing ones."""
+    numbered = [t.model_copy(update={"seq": current.turn_count + i}) for i, t in enumerate(turns, start=1)]
+    record = current.model_copy(
+        update={
+            "turn_count": current.turn_count + len(turns),
+            "tools": current.tools if tool in current.tools else [*current.tools, tool],
+            "state": state.model_dump(mode="json"),
+            "updated_at": max((t.created_at for t in turns), default=current.updated_at),
+            "expires_at": expires_at,
+            "version": current.version + 1,
+        }
+    )
+    return record, numbered
+
+
+def _not_found(thread_id: str) -> NotFoundError:
+    return NotFoundError(
+        f"Thread {thread_id} does not exist.",
+        code="thread_not_found",
+        remedy=START_OVER,
+        details={"field": "continuation_id"},
+    )
 
 
 def answer_turn(tool: str, response: GenerateResponse) -> TurnRecord:

@@ -1,14 +1,18 @@
-"""Audit records written in the background: off the request path, but never lost on a clean shutdown."""
+"""Audit records written in the background: off the request path, but never lost on a clean shutdown.
+
+A batch taken off the queue is written by a task of its own, awaited through `asyncio.shield`: cancelling the
+writer (as `close` does) never cancels a write half-way, and `close` waits for it before writing the rest.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 
 from exai.observability.logging import get_logger
 from exai.storage.base import AuditRecord, Store
 
 log = get_logger(__name__)
+CLOSE_ATTEMPTS = 3  # failed writes retried at close before what is left is reported lost
 
 
 class AuditWriter:
@@ -18,6 +22,8 @@ class AuditWriter:
         self.interval = interval
         self._queue: asyncio.Queue[AuditRecord] = asyncio.Queue(maxsize=100_000)
         self._task: asyncio.Task[None] | None = None
+        self._writing: asyncio.Task[bool] | None = None
+        self._closing: asyncio.Task[None] | None = None
         self.dropped = 0
 
     def start(self) -> None:
@@ -30,37 +36,45 @@ class AuditWriter:
             self.dropped += 1
             log.error("audit_queue_full", dropped=self.dropped)
 
-    async def _flush(self) -> None:
-        records: list[AuditRecord] = []
-        while not self._queue.empty() and len(records) < self.batch:
-            records.append(self._queue.get_nowait())
-        if not records:
-            return
+    async def _write(self, records: list[AuditRecord]) -> bool:
+        """Write one batch; on failure put it back for the next attempt."""
         try:
             await self.store.write_audit(records)
         except Exception:
             log.exception("audit_write_failed", records=len(records))
-            for record in records:  # keep them for the next flush
+            for record in records:
                 self.add(record)
-            raise
+            return False
+        return True
+
+    async def _drain(self) -> bool:
+        """Write everything queued now, batch by batch; False when a write failed (its records are queued again)."""
+        while not self._queue.empty():
+            records = [self._queue.get_nowait() for _ in range(min(self.batch, self._queue.qsize()))]
+            self._writing = asyncio.create_task(self._write(records), name="exai-audit-batch")
+            if not await asyncio.shield(self._writing):
+                return False
+        return True
 
     async def _run(self) -> None:
         while True:
             await asyncio.sleep(self.interval)
-            with contextlib.suppress(Exception):
-                while not self._queue.empty():
-                    await self._flush()
+            await self._drain()
 
     async def close(self) -> None:
-        """Stop the background task and write whatever is still queued."""
+        """Stop the background task and write everything still queued or in flight, even if close is cancelled."""
         if self._task is not None:
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        for _ in range(100):
-            if self._queue.empty():
-                break
-            try:
-                await self._flush()
-            except Exception:
-                break
+        if self._closing is None:
+            self._closing = asyncio.create_task(self._finish(), name="exai-audit-close")
+        await asyncio.shield(self._closing)
+
+    async def _finish(self) -> None:
+        if self._task is not None:
+            await asyncio.wait([self._task])
+        if self._writing is not None:
+            await self._writing  # a batch the cancelled task left in flight
+        for _ in range(CLOSE_ATTEMPTS):
+            if await self._drain():
+                return
+        log.error("audit_records_lost", records=self._queue.qsize())

@@ -1,7 +1,9 @@
 """The storage protocol and its records: threads, turns and audit entries.
 
 Two implementations speak it: SQLite (the default, one file) and PostgreSQL (shared by several daemons).
-`append_turns` is the write on the request path; it returns only after the transaction is committed.
+Stores are thin: they read, and they write a thread with its new turns atomically *if* the stored thread is still
+at the version the writer read (compare-and-set). The rules (turn numbering, tools, limits, state merge) live in
+`exai.conversations`. `append_turns` returns only after the transaction is committed.
 """
 
 from __future__ import annotations
@@ -26,7 +28,8 @@ class ThreadRecord(BaseModel):
     expires_at: float
     turn_count: int = 0
     tools: list[str] = Field(default_factory=list)
-    state: dict[str, Any] = Field(default_factory=dict)
+    state: dict[str, Any] = Field(default_factory=dict)  # JSON owned by `exai.conversations.state`
+    version: int = 0  # 0: not stored yet; every committed write adds one
 
 
 class TurnRecord(BaseModel):
@@ -57,6 +60,11 @@ class AuditRecord(BaseModel):
     thread_id: str | None = None
 
 
+THREAD_COLUMNS = "id, tenant, title, created_at, updated_at, expires_at, turn_count, tools, state, version"
+TURN_COLUMNS = "seq, role, content, tool, model, provider, files, usage, created_at"
+AUDIT_FIELDS = tuple(AuditRecord.model_fields)
+
+
 def audit_filter(tenant: str | None, tool: str | None, since: float | None, mark: str) -> tuple[str, list[Any]]:
     """The WHERE clause and parameters of an audit query; `mark` is the dialect's placeholder."""
     clauses, params = ["1 = 1"], []
@@ -71,7 +79,12 @@ def audit_filter(tenant: str | None, tool: str | None, since: float | None, mark
 
 
 class ThreadConflict(Exception):
-    """The thread changed or vanished between read and write."""
+    """The stored thread is no longer at the version the writer read (`gone`: it no longer exists)."""
+
+    def __init__(self, thread_id: str, *, gone: bool) -> None:
+        super().__init__(f"thread {thread_id} {'vanished' if gone else 'changed'} since it was read")
+        self.thread_id = thread_id
+        self.gone = gone
 
 
 class Store(Protocol):
@@ -91,21 +104,15 @@ class Store(Protocol):
 
     async def get_thread(self, thread_id: str) -> ThreadRecord | None: ...
 
-    async def get_turns(self, thread_id: str) -> list[TurnRecord]: ...
+    async def get_turns(self, thread_id: str, after: int = 0) -> list[TurnRecord]:
+        """The thread's turns numbered above `after`, in order."""
+        ...
 
-    async def append_turns(
-        self,
-        thread_id: str,
-        turns: list[TurnRecord],
-        *,
-        tool: str,
-        state: dict[str, Any] | None,
-        expires_at: float,
-        create: ThreadRecord | None = None,
-    ) -> ThreadRecord:
-        """Add turns (numbered after the existing ones) and update the thread, in one committed transaction.
+    async def append_turns(self, thread: ThreadRecord, turns: list[TurnRecord], *, expected_version: int) -> None:
+        """Write `thread` (as it is after this append) and its new, numbered `turns` in one committed transaction.
 
-        With `create`, the thread itself is inserted in the same transaction (its first turns)."""
+        Only if the stored thread is still at `expected_version` (0: the thread is new and is inserted);
+        otherwise nothing is written and `ThreadConflict` is raised."""
         ...
 
     async def list_threads(self, tenant: str, limit: int) -> list[ThreadRecord]: ...

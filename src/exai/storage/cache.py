@@ -1,15 +1,15 @@
-"""A Redis read-through cache in front of a store, shared by every replica.
+"""A Redis cache of thread turns in front of a store, shared by every replica.
 
-Hot threads and their turns are served from Redis. Entries carry the thread's turn count as a version and are
-only ever replaced by a newer version (an atomic script), so a replica that read an old thread just before
-another one committed can never put the old thread back. After a write the writer stores the new version.
-A Redis failure never fails a call: the store answers and the failure is logged.
+Safe by construction: only what can never change is cached. A committed turn is immutable, so the cache holds
+each thread's turns as an append-only Redis list (element k is turn k + 1) and is extended only with committed
+turns, only at its end (an atomic script checks the list's length first). The thread row itself (version, turn
+count, state) is small and always read from the store, so a replica can never see an old version of a thread:
+a failed or lost cache write only means more turns are read from the store. Each append pushes just the new
+turns; nothing is re-encoded or decoded in Redis. A Redis failure never fails a call: the store answers.
 """
 
 from __future__ import annotations
 
-import json
-import time
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -19,15 +19,18 @@ from exai.observability.logging import get_logger
 from exai.storage.base import AuditRecord, Store, ThreadRecord, TurnRecord
 
 log = get_logger(__name__)
-_SET_IF_NEWER = """
-local current = redis.call('GET', KEYS[1])
-if current then
-  local version = cjson.decode(current)['v']
-  if version and version > tonumber(ARGV[1]) then return 0 end
-end
-redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3])
+# KEYS[1]: the thread's turn list; ARGV[1]: the seq of the first new turn; ARGV[2]: TTL; ARGV[3..]: the turns.
+_EXTEND_AT_END = """
+if redis.call('LLEN', KEYS[1]) ~= tonumber(ARGV[1]) - 1 then return 0 end
+redis.call('RPUSH', KEYS[1], unpack(ARGV, 3))
+redis.call('EXPIRE', KEYS[1], ARGV[2])
 return 1
 """
+
+
+def turns_key(thread_id: str) -> str:
+    """The thread's turn list; the id is a hash tag, so a thread's keys share one Redis Cluster slot."""
+    return f"exai:{{{thread_id}}}:turns"
 
 
 class CachedStore:
@@ -36,21 +39,29 @@ class CachedStore:
         self.redis = redis
         self.ttl = ttl_seconds
         self.name = f"{store.name}+redis"
-        self._set_if_newer = redis.register_script(_SET_IF_NEWER)
+        self._extend_at_end = redis.register_script(_EXTEND_AT_END)
 
-    async def _get(self, key: str) -> Any:
+    async def _cached(self, thread_id: str, after: int) -> list[TurnRecord]:
         try:
-            raw = await self.redis.get(key)
+            raw: list[Any] = await self.redis.lrange(turns_key(thread_id), after, -1)  # type: ignore[misc]
         except RedisError as exc:
-            log.warning("redis_unavailable", operation="get", error=str(exc))
-            return None
-        return json.loads(raw) if raw else None
+            log.warning("redis_unavailable", operation="lrange", error=str(exc))
+            return []
+        turns = [TurnRecord.model_validate_json(item) for item in raw]
+        if any(turn.seq != after + i for i, turn in enumerate(turns, start=1)):
+            log.error("redis_turns_out_of_order", thread_id=thread_id)  # cannot happen; never serve it if it does
+            return []
+        return turns
 
-    async def _set(self, key: str, version: int, value: Any) -> None:
+    async def _extend(self, thread_id: str, turns: list[TurnRecord]) -> None:
+        if not turns:
+            return
         try:
-            await self._set_if_newer(keys=[key], args=[version, json.dumps({"v": version, "data": value}), self.ttl])
+            await self._extend_at_end(
+                keys=[turns_key(thread_id)], args=[turns[0].seq, self.ttl, *(t.model_dump_json() for t in turns)]
+            )
         except RedisError as exc:
-            log.warning("redis_unavailable", operation="set", error=str(exc))
+            log.warning("redis_unavailable", operation="extend", error=str(exc))
 
     async def open(self) -> None:
         await self.inner.open()
@@ -66,41 +77,17 @@ class CachedStore:
         await self.inner.ping()
 
     async def get_thread(self, thread_id: str) -> ThreadRecord | None:
-        cached = await self._get(f"exai:thread:{thread_id}")
-        if cached is not None:
-            record = ThreadRecord.model_validate(cached["data"])
-            if record.expires_at >= time.time():  # an expired thread may already be purged from the database
-                return record
-        thread = await self.inner.get_thread(thread_id)
-        if thread is not None:
-            await self._set(f"exai:thread:{thread_id}", thread.turn_count, thread.model_dump())
-        return thread
+        return await self.inner.get_thread(thread_id)
 
-    async def get_turns(self, thread_id: str) -> list[TurnRecord]:
-        cached = await self._get(f"exai:turns:{thread_id}")
-        if cached is not None:
-            return [TurnRecord.model_validate(t) for t in cached["data"]]
-        turns = await self.inner.get_turns(thread_id)
-        await self._set(f"exai:turns:{thread_id}", len(turns), [t.model_dump() for t in turns])
-        return turns
+    async def get_turns(self, thread_id: str, after: int = 0) -> list[TurnRecord]:
+        cached = await self._cached(thread_id, after)
+        rest = await self.inner.get_turns(thread_id, after=after + len(cached))
+        await self._extend(thread_id, rest)
+        return cached + rest
 
-    async def append_turns(
-        self,
-        thread_id: str,
-        turns: list[TurnRecord],
-        *,
-        tool: str,
-        state: dict[str, Any] | None,
-        expires_at: float,
-        create: ThreadRecord | None = None,
-    ) -> ThreadRecord:
-        thread = await self.inner.append_turns(
-            thread_id, turns, tool=tool, state=state, expires_at=expires_at, create=create
-        )
-        await self._set(f"exai:thread:{thread_id}", thread.turn_count, thread.model_dump())
-        all_turns = await self.inner.get_turns(thread_id)
-        await self._set(f"exai:turns:{thread_id}", len(all_turns), [t.model_dump() for t in all_turns])
-        return thread
+    async def append_turns(self, thread: ThreadRecord, turns: list[TurnRecord], *, expected_version: int) -> None:
+        await self.inner.append_turns(thread, turns, expected_version=expected_version)
+        await self._extend(thread.id, turns)  # committed: safe to cache; skipped if the list is not right behind
 
     async def list_threads(self, tenant: str, limit: int) -> list[ThreadRecord]:
         return await self.inner.list_threads(tenant, limit)

@@ -1,4 +1,9 @@
-"""Versioned schema migrations, one entry per version, written once for each SQL dialect."""
+"""Versioned schema migrations, one entry per version, written once for each SQL dialect.
+
+PostgreSQL statements keep a `{schema}` placeholder that the store fills with its schema-qualified prefix: names are
+qualified in every statement, because a session setting such as `search_path` does not survive a pooler in
+transaction mode.
+"""
 
 from __future__ import annotations
 
@@ -13,10 +18,15 @@ class Migration:
 
 
 def _both(*statements: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """Write a statement once with {json}, {real} and {serial} placeholders for the dialect types."""
-    sqlite = tuple(s.format(json="TEXT", real="REAL", serial="INTEGER PRIMARY KEY AUTOINCREMENT") for s in statements)
+    """Write a statement once with {json}, {real} and {serial} placeholders for the dialect types.
+
+    Table names are written `{schema}name`: empty for SQLite, left for the PostgreSQL store to fill."""
+    sqlite = tuple(
+        s.format(json="TEXT", real="REAL", serial="INTEGER PRIMARY KEY AUTOINCREMENT", schema="") for s in statements
+    )
     postgres = tuple(
-        s.format(json="JSONB", real="DOUBLE PRECISION", serial="BIGSERIAL PRIMARY KEY") for s in statements
+        s.format(json="JSONB", real="DOUBLE PRECISION", serial="BIGSERIAL PRIMARY KEY", schema="{schema}")
+        for s in statements
     )
     return sqlite, postgres
 
@@ -25,7 +35,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         1,
         *_both(
-            """CREATE TABLE threads (
+            """CREATE TABLE {schema}threads (
             id TEXT PRIMARY KEY,
             tenant TEXT NOT NULL,
             title TEXT NOT NULL,
@@ -36,10 +46,10 @@ MIGRATIONS: tuple[Migration, ...] = (
             tools {json} NOT NULL,
             state {json} NOT NULL
         )""",
-            "CREATE INDEX threads_tenant_updated ON threads (tenant, updated_at DESC)",
-            "CREATE INDEX threads_expires ON threads (expires_at)",
-            """CREATE TABLE turns (
-            thread_id TEXT NOT NULL REFERENCES threads (id) ON DELETE CASCADE,
+            "CREATE INDEX threads_tenant_updated ON {schema}threads (tenant, updated_at DESC)",
+            "CREATE INDEX threads_expires ON {schema}threads (expires_at)",
+            """CREATE TABLE {schema}turns (
+            thread_id TEXT NOT NULL REFERENCES {schema}threads (id) ON DELETE CASCADE,
             seq INTEGER NOT NULL,
             role TEXT NOT NULL,
             content TEXT NOT NULL,
@@ -51,7 +61,7 @@ MIGRATIONS: tuple[Migration, ...] = (
             created_at {real} NOT NULL,
             PRIMARY KEY (thread_id, seq)
         )""",
-            """CREATE TABLE audit (
+            """CREATE TABLE {schema}audit (
             id {serial},
             time {real} NOT NULL,
             tenant TEXT NOT NULL,
@@ -67,11 +77,12 @@ MIGRATIONS: tuple[Migration, ...] = (
             correlation_id TEXT NOT NULL,
             thread_id TEXT
         )""",
-            "CREATE INDEX audit_time ON audit (time)",
-            "CREATE INDEX audit_tenant_time ON audit (tenant, time)",
-            "CREATE INDEX audit_correlation ON audit (correlation_id)",
+            "CREATE INDEX audit_time ON {schema}audit (time)",
+            "CREATE INDEX audit_tenant_time ON {schema}audit (tenant, time)",
+            "CREATE INDEX audit_correlation ON {schema}audit (correlation_id)",
         ),
     ),
+    Migration(2, *_both("ALTER TABLE {schema}threads ADD COLUMN version INTEGER NOT NULL DEFAULT 1")),
 )
 
 LATEST = MIGRATIONS[-1].version

@@ -16,42 +16,86 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
-from exai.storage.base import AuditRecord, ThreadConflict, ThreadRecord, TurnRecord, audit_filter
+from exai.storage.base import (
+    AUDIT_FIELDS,
+    THREAD_COLUMNS,
+    TURN_COLUMNS,
+    AuditRecord,
+    ThreadConflict,
+    ThreadRecord,
+    TurnRecord,
+    audit_filter,
+)
 from exai.storage.migrations import MIGRATIONS
 
 T = TypeVar("T")
-_THREAD_COLUMNS = "id, tenant, title, created_at, updated_at, expires_at, turn_count, tools, state"
-_AUDIT_FIELDS = tuple(AuditRecord.model_fields)
 
 
 def _thread(row: Any) -> ThreadRecord:
-    return ThreadRecord(
-        id=row[0],
-        tenant=row[1],
-        title=row[2],
-        created_at=row[3],
-        updated_at=row[4],
-        expires_at=row[5],
-        turn_count=row[6],
-        tools=json.loads(row[7]),
-        state=json.loads(row[8]),
+    record = dict(zip(THREAD_COLUMNS.split(", "), row, strict=True))
+    return ThreadRecord(**{**record, "tools": json.loads(record["tools"]), "state": json.loads(record["state"])})
+
+
+def _thread_values(thread: ThreadRecord) -> tuple[Any, ...]:
+    return (
+        thread.id,
+        thread.tenant,
+        thread.title,
+        thread.created_at,
+        thread.updated_at,
+        thread.expires_at,
+        thread.turn_count,
+        json.dumps(thread.tools),
+        json.dumps(thread.state),
+        thread.version,
     )
 
 
-def _insert_thread(db: sqlite3.Connection, thread: ThreadRecord) -> None:
-    db.execute(
-        f"INSERT INTO threads ({_THREAD_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        (
-            thread.id,
-            thread.tenant,
-            thread.title,
-            thread.created_at,
-            thread.updated_at,
-            thread.expires_at,
-            thread.turn_count,
-            json.dumps(thread.tools),
-            json.dumps(thread.state),
-        ),
+def _turn(row: Any) -> TurnRecord:
+    record = dict(zip(TURN_COLUMNS.split(", "), row, strict=True))
+    return TurnRecord(**{**record, "files": json.loads(record["files"]), "usage": json.loads(record["usage"])})
+
+
+def _write(db: sqlite3.Connection, thread: ThreadRecord, turns: list[TurnRecord], expected_version: int) -> None:
+    """Insert the new thread, or update it if it is still at `expected_version`; then add its turns."""
+    if expected_version == 0:
+        db.execute(f"INSERT INTO threads ({THREAD_COLUMNS}) VALUES ({', '.join('?' * 10)})", _thread_values(thread))
+    else:
+        updated = db.execute(
+            "UPDATE threads SET title = ?, updated_at = ?, expires_at = ?, turn_count = ?, tools = ?, state = ?, "
+            "version = ? WHERE id = ? AND version = ?",
+            (
+                thread.title,
+                thread.updated_at,
+                thread.expires_at,
+                thread.turn_count,
+                json.dumps(thread.tools),
+                json.dumps(thread.state),
+                thread.version,
+                thread.id,
+                expected_version,
+            ),
+        ).rowcount
+        if updated == 0:
+            exists = db.execute("SELECT 1 FROM threads WHERE id = ?", (thread.id,)).fetchone()
+            raise ThreadConflict(thread.id, gone=exists is None)
+    db.executemany(
+        f"INSERT INTO turns (thread_id, {TURN_COLUMNS}) VALUES ({', '.join('?' * 10)})",
+        [
+            (
+                thread.id,
+                t.seq,
+                t.role,
+                t.content,
+                t.tool,
+                t.model,
+                t.provider,
+                json.dumps(t.files),
+                json.dumps(t.usage),
+                t.created_at,
+            )
+            for t in turns
+        ],
     )
 
 
@@ -108,97 +152,29 @@ class SQLiteStore:
 
     async def get_thread(self, thread_id: str) -> ThreadRecord | None:
         row = await self._run(
-            lambda db: db.execute(f"SELECT {_THREAD_COLUMNS} FROM threads WHERE id = ?", (thread_id,)).fetchone()
+            lambda db: db.execute(f"SELECT {THREAD_COLUMNS} FROM threads WHERE id = ?", (thread_id,)).fetchone()
         )
         return _thread(row) if row else None
 
-    async def get_turns(self, thread_id: str) -> list[TurnRecord]:
+    async def get_turns(self, thread_id: str, after: int = 0) -> list[TurnRecord]:
         rows = await self._run(
             lambda db: db.execute(
-                "SELECT seq, role, content, tool, model, provider, files, usage, created_at FROM turns "
-                "WHERE thread_id = ? ORDER BY seq",
-                (thread_id,),
+                f"SELECT {TURN_COLUMNS} FROM turns WHERE thread_id = ? AND seq > ? ORDER BY seq", (thread_id, after)
             ).fetchall()
         )
-        return [
-            TurnRecord(
-                seq=r[0],
-                role=r[1],
-                content=r[2],
-                tool=r[3],
-                model=r[4],
-                provider=r[5],
-                files=json.loads(r[6]),
-                usage=json.loads(r[7]),
-                created_at=r[8],
-            )
-            for r in rows
-        ]
+        return [_turn(row) for row in rows]
 
-    async def append_turns(
-        self,
-        thread_id: str,
-        turns: list[TurnRecord],
-        *,
-        tool: str,
-        state: dict[str, Any] | None,
-        expires_at: float,
-        create: ThreadRecord | None = None,
-    ) -> ThreadRecord:
-        def append(db: sqlite3.Connection) -> ThreadRecord:
+    async def append_turns(self, thread: ThreadRecord, turns: list[TurnRecord], *, expected_version: int) -> None:
+        def append(db: sqlite3.Connection) -> None:
             with _transaction(db, immediate=True):
-                if create is not None:
-                    _insert_thread(db, create)
-                row = db.execute(f"SELECT {_THREAD_COLUMNS} FROM threads WHERE id = ?", (thread_id,)).fetchone()
-                if row is None:
-                    raise ThreadConflict(thread_id)
-                thread = _thread(row)
-                for offset, turn in enumerate(turns, start=1):
-                    turn.seq = thread.turn_count + offset
-                db.executemany(
-                    "INSERT INTO turns (thread_id, seq, role, content, tool, model, provider, files, usage, "
-                    "created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    [
-                        (
-                            thread_id,
-                            t.seq,
-                            t.role,
-                            t.content,
-                            t.tool,
-                            t.model,
-                            t.provider,
-                            json.dumps(t.files),
-                            json.dumps(t.usage),
-                            t.created_at,
-                        )
-                        for t in turns
-                    ],
-                )
-                thread.turn_count += len(turns)
-                thread.tools = thread.tools if tool in thread.tools else [*thread.tools, tool]
-                thread.state = state if state is not None else thread.state
-                thread.updated_at = max((t.created_at for t in turns), default=thread.updated_at)
-                thread.expires_at = expires_at
-                db.execute(
-                    "UPDATE threads SET turn_count = ?, tools = ?, state = ?, updated_at = ?, expires_at = ? "
-                    "WHERE id = ?",
-                    (
-                        thread.turn_count,
-                        json.dumps(thread.tools),
-                        json.dumps(thread.state),
-                        thread.updated_at,
-                        thread.expires_at,
-                        thread_id,
-                    ),
-                )
-            return thread
+                _write(db, thread, turns, expected_version)
 
-        return await self._run(append)
+        await self._run(append)
 
     async def list_threads(self, tenant: str, limit: int) -> list[ThreadRecord]:
         rows = await self._run(
             lambda db: db.execute(
-                f"SELECT {_THREAD_COLUMNS} FROM threads WHERE tenant = ? ORDER BY updated_at DESC LIMIT ?",
+                f"SELECT {THREAD_COLUMNS} FROM threads WHERE tenant = ? ORDER BY updated_at DESC LIMIT ?",
                 (tenant, limit),
             ).fetchall()
         )
@@ -207,14 +183,14 @@ class SQLiteStore:
     async def write_audit(self, records: list[AuditRecord]) -> None:
         if not records:
             return
-        columns = ", ".join(_AUDIT_FIELDS)
-        marks = ", ".join("?" for _ in _AUDIT_FIELDS)
+        columns = ", ".join(AUDIT_FIELDS)
+        marks = ", ".join("?" for _ in AUDIT_FIELDS)
 
         def write(db: sqlite3.Connection) -> None:
             with _transaction(db):
                 db.executemany(
                     f"INSERT INTO audit ({columns}) VALUES ({marks})",
-                    [tuple(getattr(r, f) for f in _AUDIT_FIELDS) for r in records],
+                    [tuple(getattr(r, f) for f in AUDIT_FIELDS) for r in records],
                 )
 
         await self._run(write)
@@ -223,9 +199,9 @@ class SQLiteStore:
         self, *, tenant: str | None = None, tool: str | None = None, since: float | None = None, limit: int = 100
     ) -> list[AuditRecord]:
         where, params = audit_filter(tenant, tool, since, "?")
-        query = f"SELECT {', '.join(_AUDIT_FIELDS)} FROM audit WHERE {where} ORDER BY time DESC LIMIT ?"
+        query = f"SELECT {', '.join(AUDIT_FIELDS)} FROM audit WHERE {where} ORDER BY time DESC LIMIT ?"
         rows = await self._run(lambda db: db.execute(query, (*params, limit)).fetchall())
-        return [AuditRecord(**dict(zip(_AUDIT_FIELDS, row, strict=True))) for row in rows]
+        return [AuditRecord(**dict(zip(AUDIT_FIELDS, row, strict=True))) for row in rows]
 
     async def purge(self, now: float, audit_before: float | None = None) -> int:
         def purge(db: sqlite3.Connection) -> int:

@@ -76,7 +76,7 @@ class ThreadsTool(Tool[ThreadsInput, ThreadsOutput]):
                 remedy="Pass thread_id from the list.",
                 details={"field": "thread_id"},
             )
-        thread = await conversations.open(args.thread_id, ctx.tenant)
+        thread = await conversations.read(args.thread_id, ctx.tenant)  # a full thread can still be shown
         turns = [
             TurnOut(
                 seq=t.seq,
@@ -89,7 +89,7 @@ class ThreadsTool(Tool[ThreadsInput, ThreadsOutput]):
             )
             for t in thread.turns[-args.limit :]
         ]
-        workflows = {name: wf.get("status", "?") for name, wf in thread.record.state.get("workflows", {}).items()}
+        workflows = {name: run.status for name, run in thread.state.workflows.items()}
         summary = _summary(thread.record)
         text = f"{summary.title} ({summary.id}), {summary.turns} turns\n" + "\n".join(
             f"#{t.seq} {t.role} via {t.tool}: {t.content[:200]}" for t in turns

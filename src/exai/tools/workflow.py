@@ -5,7 +5,8 @@ The agent investigates in steps (`step`, `step_number`, `total_steps`, `next_ste
 intermediate steps return guidance, the final step asks the expert model to analyse everything gathered.
 All state lives in the thread, keyed by tool: two workflows never see each other's findings. A step sent
 again (same `step_number`) replaces the earlier version, so a failed final step is resumed by sending it again
-with the same `continuation_id`: the earlier steps are kept, only the expert call is redone.
+with the same `continuation_id`: the earlier steps are kept, only the expert call is redone. Steps sent at the
+same time on one thread are merged by `Conversations.record` (see `exai.conversations.state`): none is lost.
 """
 
 from __future__ import annotations
@@ -16,21 +17,14 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, Field
 
-from exai.conversations.history import build_prompt
+from exai.conversations.history import SkippedFile, build_prompt
+from exai.conversations.state import Confidence, Issue, StateChange, WorkflowRun, WorkflowStep, finish_run, record_step
 from exai.conversations.threads import Thread, answer_turn
 from exai.observability.errors import ExaiError, ValidationError
 from exai.providers.router import Category
 from exai.providers.types import GenerateRequest, ThinkingMode
 from exai.storage.base import TurnRecord
 from exai.tools.base import Tool, ToolContext, ToolInput, ToolResult
-
-Confidence = Literal["exploring", "low", "medium", "high", "very_high", "almost_certain", "certain"]
-
-
-class Issue(BaseModel):
-    severity: Literal["critical", "high", "medium", "low"]
-    description: str
-    location: str | None = None
 
 
 class WorkflowInput(ToolInput):
@@ -66,6 +60,7 @@ class WorkflowOutput(BaseModel):
     provider: str | None = None
     usage: UsageOut | None = None
     files_included: list[str] = Field(default_factory=list)
+    files_skipped: list[SkippedFile] = Field(default_factory=list)
     next_call: str
 
 
@@ -111,39 +106,33 @@ class WorkflowTool(Tool[WorkflowInput, WorkflowOutput]):
         await self.precheck(args, ctx)
         await services.files.read(args.relevant_files)  # refuse unreadable files before anything is recorded
         thread = await ctx.open_thread(args.continuation_id, args.step)
-        state = _workflow_state(thread, self.name, args.step_number)
-        step_record = {
-            "step": args.step,
-            "findings": args.findings,
-            "relevant_files": args.relevant_files,
-            "issues": [i.model_dump() for i in args.issues_found],
-            "hypothesis": args.hypothesis,
-            "confidence": args.confidence,
-            "at": time.time(),
-        }
-        previous = state["steps"].get(str(args.step_number))
-        state["steps"][str(args.step_number)] = step_record
-        state["total_steps"] = args.total_steps
+        step = WorkflowStep(
+            step=args.step,
+            findings=args.findings,
+            relevant_files=args.relevant_files,
+            issues=args.issues_found,
+            hypothesis=args.hypothesis,
+            confidence=args.confidence,
+            at=time.time(),
+        )
         final = not args.next_step_required
-        state["status"] = "expert_pending" if final else "in_progress"
-        unchanged = previous is not None and {**previous, "at": 0} == {**step_record, "at": 0}
+        current = thread.state.run_for(self.name, args.step_number)
+        previous = current.steps.get(args.step_number) if current else None
         turns = (
             []
-            if unchanged
+            if previous is not None and previous.same_as(step)  # the same step sent again: nothing new to keep
             else [
                 TurnRecord(role="user", content=_step_text(self.name, args), tool=self.name, files=args.relevant_files)
             ]
         )
-        await self._commit(ctx, thread, turns, state)
-
-        steps = sorted(int(n) for n in state["steps"])
-        relevant = _union(f for n in steps for f in state["steps"][str(n)]["relevant_files"])
-        issues = [Issue(**i) for n in steps for i in state["steps"][str(n)]["issues"]]
+        change = record_step(self.name, args.step_number, step, args.total_steps, final)
+        await self._commit(ctx, thread, turns, change)
+        run = thread.state.workflows[self.name]
         base = {
             "continuation_id": thread.id,
             "step_number": args.step_number,
-            "steps_recorded": steps,
-            "issues_found": issues,
+            "steps_recorded": run.step_numbers,
+            "issues_found": run.issues,
         }
 
         if not final:
@@ -161,7 +150,7 @@ class WorkflowTool(Tool[WorkflowInput, WorkflowOutput]):
             return ToolResult(text=text, data=data)
 
         if not (self.spec.expert and args.use_assistant_model and args.confidence != "certain"):
-            state["status"] = "complete"
+            summary = _consolidate(self.spec, run)
             await self._commit(
                 ctx,
                 thread,
@@ -169,38 +158,37 @@ class WorkflowTool(Tool[WorkflowInput, WorkflowOutput]):
                     TurnRecord(
                         role="assistant",
                         tool=self.name,
-                        content=(f"{self.title} finished without an expert call.\n" + _consolidate(self.spec, state)),
+                        content=f"{self.title} finished without an expert call.\n{summary}",
                     )
                 ],
-                state,
+                finish_run(self.name),
             )
             next_call = f"Workflow complete. Continue the thread with any tool using continuation_id {thread.id}."
             data = WorkflowOutput(status="complete_without_expert", next_call=next_call, **base)
-            return ToolResult(text=_consolidate(self.spec, state) + f"\n\ncontinuation_id: {thread.id}", data=data)
+            return ToolResult(text=summary + f"\n\ncontinuation_id: {thread.id}", data=data)
 
-        return await self._expert(args, ctx, thread, state, base, relevant)
+        return await self._expert(args, ctx, thread, run, base)
 
     async def _expert(
         self,
         args: WorkflowInput,
         ctx: ToolContext,
         thread: Thread,
-        state: dict[str, Any],
+        run: WorkflowRun,
         base: dict[str, Any],
-        relevant: list[str],
     ) -> ToolResult[WorkflowOutput]:
         services = ctx.services
-        started_seq = state["started_seq"]
-        earlier = [t for t in thread.turns if t.seq <= started_seq or t.tool != self.name]
-        request_text = _consolidate(self.spec, state) + "\n\n" + await self.extra_context(args, ctx)
+        earlier = [t for t in thread.turns if t.seq <= run.started_seq or t.tool != self.name]
+        request_text = _consolidate(self.spec, run) + "\n\n" + await self.extra_context(args, ctx)
         try:
+            services.conversations.check_room(thread, 1)
             model = services.router.candidates(args.model, self.spec.category)[0]
             prompt = await build_prompt(
                 model=model,
                 system=self.spec.expert_role,
                 request=request_text,
                 turns=earlier,
-                files=relevant,
+                files=run.relevant_files,
                 file_access=services.files,
             )
             await ctx.progress(0, None, f"consulting {model.name}")
@@ -231,13 +219,7 @@ class WorkflowTool(Tool[WorkflowInput, WorkflowOutput]):
             )
             raise
         response = result.response
-        state["status"] = "complete"
-        await self._commit(
-            ctx,
-            thread,
-            [answer_turn(self.name, response)],
-            state,
-        )
+        await self._commit(ctx, thread, [answer_turn(self.name, response)], finish_run(self.name))
         next_call = f"Review the expert analysis. Continue with any tool using continuation_id {thread.id}."
         data = WorkflowOutput(
             status="complete",
@@ -246,6 +228,7 @@ class WorkflowTool(Tool[WorkflowInput, WorkflowOutput]):
             provider=response.provider,
             usage=UsageOut(input_tokens=response.usage.input_tokens, output_tokens=response.usage.output_tokens),
             files_included=prompt.files_included,
+            files_skipped=prompt.files_skipped,
             next_call=next_call,
             **base,
         )
@@ -259,20 +242,11 @@ class WorkflowTool(Tool[WorkflowInput, WorkflowOutput]):
         """Anything a tool adds to the expert request beyond the steps (precommit: the diff)."""
         return ""
 
-    async def _commit(self, ctx: ToolContext, thread: Thread, turns: list[TurnRecord], state: dict[str, Any]) -> None:
-        if not turns:  # the same step sent again: nothing new to keep
-            return
-        states = dict(thread.record.state)
-        states.setdefault("workflows", {})[self.name] = state
-        await ctx.services.conversations.record(thread, turns, self.name, states)
-
-
-def _workflow_state(thread: Thread, tool: str, step_number: int) -> dict[str, Any]:
-    """This tool's workflow in the thread; step 1 after a finished run starts a new run."""
-    existing = thread.record.state.get("workflows", {}).get(tool)
-    if existing is None or (step_number == 1 and existing.get("status") == "complete"):
-        return {"steps": {}, "status": "in_progress", "total_steps": 1, "started_seq": thread.record.turn_count}
-    return existing
+    async def _commit(self, ctx: ToolContext, thread: Thread, turns: list[TurnRecord], change: StateChange) -> None:
+        if turns:
+            await ctx.services.conversations.record(thread, turns, self.name, change)
+        else:  # nothing new to keep: show the state as if the change were applied
+            change(thread.state, thread.record)
 
 
 def _step_text(tool: str, args: WorkflowInput) -> str:
@@ -287,26 +261,18 @@ def _step_text(tool: str, args: WorkflowInput) -> str:
     return "\n".join(parts)
 
 
-def _consolidate(spec: WorkflowSpec, state: dict[str, Any]) -> str:
+def _consolidate(spec: WorkflowSpec, run: WorkflowRun) -> str:
     lines = [f"{spec.title}: the agent's investigation, step by step."]
-    for number in sorted(int(n) for n in state["steps"]):
-        step = state["steps"][str(number)]
-        lines.append(f"\nStep {number}: {step['step']}")
-        if step["findings"]:
-            lines.append(f"Findings: {step['findings']}")
-        if step["hypothesis"]:
-            lines.append(f"Hypothesis: {step['hypothesis']}")
-        for issue in step["issues"]:
-            where = f" at {issue['location']}" if issue.get("location") else ""
-            lines.append(f"Issue [{issue['severity']}]{where}: {issue['description']}")
-        lines.append(f"Confidence: {step['confidence']}")
+    for number in run.step_numbers:
+        step = run.steps[number]
+        lines.append(f"\nStep {number}: {step.step}")
+        if step.findings:
+            lines.append(f"Findings: {step.findings}")
+        if step.hypothesis:
+            lines.append(f"Hypothesis: {step.hypothesis}")
+        for issue in step.issues:
+            where = f" at {issue.location}" if issue.location else ""
+            lines.append(f"Issue [{issue.severity}]{where}: {issue.description}")
+        lines.append(f"Confidence: {step.confidence}")
     lines.extend(spec.extra_context)
     return "\n".join(lines)
-
-
-def _union(paths: Any) -> list[str]:
-    seen: list[str] = []
-    for path in paths:
-        if path not in seen:
-            seen.append(path)
-    return seen

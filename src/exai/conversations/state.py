@@ -1,0 +1,93 @@
+"""The typed state a thread carries beside its turns: one workflow run per tool.
+
+A change to the state is a function applied to the thread as it is *now* (`StateChange`): when another call
+committed first, `Conversations.record` re-reads the thread and applies the change again, so two calls on one
+thread merge instead of the later one overwriting the earlier one's steps.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from exai.storage.base import ThreadRecord
+
+Confidence = Literal["exploring", "low", "medium", "high", "very_high", "almost_certain", "certain"]
+
+
+class Issue(BaseModel):
+    severity: Literal["critical", "high", "medium", "low"]
+    description: str
+    location: str | None = None
+
+
+class WorkflowStep(BaseModel):
+    step: str
+    findings: str = ""
+    relevant_files: list[str] = Field(default_factory=list)
+    issues: list[Issue] = Field(default_factory=list)
+    hypothesis: str | None = None
+    confidence: Confidence = "exploring"
+    at: float = 0.0
+
+    def same_as(self, other: WorkflowStep) -> bool:
+        return self.model_dump(exclude={"at"}) == other.model_dump(exclude={"at"})
+
+
+class WorkflowRun(BaseModel):
+    steps: dict[int, WorkflowStep] = Field(default_factory=dict)
+    status: Literal["in_progress", "expert_pending", "complete"] = "in_progress"
+    total_steps: int = 1
+    started_seq: int = 0  # turns up to this one came before the run
+
+    @property
+    def step_numbers(self) -> list[int]:
+        return sorted(self.steps)
+
+    @property
+    def relevant_files(self) -> list[str]:
+        return list(dict.fromkeys(path for n in self.step_numbers for path in self.steps[n].relevant_files))
+
+    @property
+    def issues(self) -> list[Issue]:
+        return [issue for n in self.step_numbers for issue in self.steps[n].issues]
+
+
+class ThreadState(BaseModel):
+    workflows: dict[str, WorkflowRun] = Field(default_factory=dict)
+
+    def run_for(self, tool: str, step_number: int) -> WorkflowRun | None:
+        """The run a step continues; None when it starts a new one (none yet, or step 1 after a finished run)."""
+        run = self.workflows.get(tool)
+        if run is None or (step_number == 1 and run.status == "complete"):
+            return None
+        return run
+
+
+StateChange = Callable[[ThreadState, ThreadRecord], None]
+
+
+def record_step(tool: str, number: int, step: WorkflowStep, total_steps: int, final: bool) -> StateChange:
+    """Keep a workflow step (a step sent again replaces its earlier version)."""
+
+    def apply(state: ThreadState, thread: ThreadRecord) -> None:
+        run = state.run_for(tool, number)
+        if run is None:
+            run = state.workflows[tool] = WorkflowRun(started_seq=thread.turn_count)
+        run.steps[number] = step
+        run.total_steps = max(total_steps, number)
+        run.status = "expert_pending" if final else "in_progress"
+
+    return apply
+
+
+def finish_run(tool: str) -> StateChange:
+    """Mark the tool's workflow run complete."""
+
+    def apply(state: ThreadState, thread: ThreadRecord) -> None:
+        if tool in state.workflows:
+            state.workflows[tool].status = "complete"
+
+    return apply

@@ -1,0 +1,91 @@
+"""The Redis turn cache on real Redis and PostgreSQL: never stale, even when its writes fail; cheap per append."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+
+from exai.conversations.threads import Conversations
+from exai.storage.base import TurnRecord
+from exai.storage.cache import CachedStore
+from exai.storage.postgres import PostgresStore
+
+pytestmark = pytest.mark.anyio
+READS = {"GET", "LRANGE", "LLEN", "SCRIPT"}
+
+
+class FailingWrites(aioredis.Redis):
+    """A Redis client whose every write fails, as on a connection lost between commit and cache update."""
+
+    async def execute_command(self, *args: Any, **options: Any) -> Any:
+        if str(args[0]).upper() not in READS:
+            raise RedisConnectionError("simulated failure on write")
+        return await super().execute_command(*args, **options)
+
+
+@pytest.fixture
+async def two_replicas(postgres_url: str, pg_schema: str, redis_url: str) -> AsyncIterator[list[Conversations]]:
+    """Two replicas sharing one database and one Redis; the first one's Redis writes all fail."""
+    failing = FailingWrites.from_url(redis_url)
+    stores = [
+        CachedStore(PostgresStore(postgres_url, schema=pg_schema), failing),
+        CachedStore(PostgresStore(postgres_url, schema=pg_schema), aioredis.from_url(redis_url)),
+    ]
+    for store in stores:
+        await store.open()
+    await stores[0].migrate()
+    yield [Conversations(store, ttl_seconds=3600, max_turns=100) for store in stores]
+    for store in stores:
+        await store.close()
+
+
+def _turn(content: str) -> TurnRecord:
+    return TurnRecord(role="user", content=content, tool="chat")
+
+
+async def test_a_failed_cache_write_never_serves_a_stale_thread(two_replicas: list[Conversations]) -> None:
+    failing, healthy = two_replicas
+    tenant = f"t-{uuid.uuid4().hex[:8]}"
+    thread = await healthy.start(tenant, "shared")
+    await healthy.record(thread, [_turn("one")], "chat")
+    assert [t.content for t in (await healthy.open(thread.id, tenant)).turns] == ["one"]  # now cached
+
+    on_failing = await failing.open(thread.id, tenant)
+    await failing.record(on_failing, [_turn("two")], "analyze")  # committed; the cache update fails
+
+    seen = await healthy.open(thread.id, tenant)
+    assert seen.record.turn_count == 2 and seen.record.tools == ["chat", "analyze"]
+    assert [t.content for t in seen.turns] == ["one", "two"]
+    await healthy.record(seen, [_turn("three")], "chat")  # continues on the fresh version: no conflict
+    assert [t.content for t in (await failing.open(thread.id, tenant)).turns] == ["one", "two", "three"]
+
+
+async def test_an_append_pushes_only_the_new_turns(two_replicas: list[Conversations], redis_url: str) -> None:
+    from exai.storage.cache import turns_key
+
+    _, healthy = two_replicas
+    redis = aioredis.from_url(redis_url)
+    thread = await healthy.start("alice", "t")
+    await healthy.record(thread, [_turn("one"), _turn("two")], "chat")
+    first = await redis.lrange(turns_key(thread.id), 0, -1)
+    await healthy.record(thread, [_turn("three")], "chat")
+    cached = await redis.lrange(turns_key(thread.id), 0, -1)
+    assert cached[:2] == first and len(cached) == 3, "earlier turns are not rewritten"
+    assert 0 < await redis.ttl(turns_key(thread.id)) <= 600
+    await redis.aclose()
+
+
+async def test_a_gap_in_the_cache_is_filled_from_the_database(two_replicas: list[Conversations]) -> None:
+    failing, healthy = two_replicas
+    thread = await failing.start("alice", "t")
+    await failing.record(thread, [_turn("one")], "chat")  # not cached
+    continued = await healthy.open(thread.id, "alice")  # cached from the database now
+    await healthy.record(continued, [_turn("two")], "chat")
+    await failing.record(await failing.open(thread.id, "alice"), [_turn("three")], "chat")  # not cached
+    turns = (await healthy.open(thread.id, "alice")).turns
+    assert [(t.seq, t.content) for t in turns] == [(1, "one"), (2, "two"), (3, "three")]
