@@ -102,15 +102,16 @@ class Conversations:
             turns = await self.store.get_turns(continuation_id)
         return _thread(record, turns)
 
-    async def open(self, continuation_id: str, tenant: str) -> Thread:
-        """The caller's thread to continue: as `read`, and refused when it has no room for another turn."""
+    async def open(self, continuation_id: str, tenant: str, adding: int = 1) -> Thread:
+        """The caller's thread to continue: as `read`, and refused when it has no room for `adding` more turns."""
         thread = await self.read(continuation_id, tenant)
-        self.check_room(thread, 1)
+        self.check_room(thread, adding)
         return thread
 
-    async def open_or_start(self, continuation_id: str | None, tenant: str, title: str) -> Thread:
+    async def open_or_start(self, continuation_id: str | None, tenant: str, title: str, adding: int = 1) -> Thread:
+        """The thread to continue (with room for `adding` turns, checked before any model is paid for), or a new one."""
         if continuation_id:
-            return await self.open(continuation_id, tenant)
+            return await self.open(continuation_id, tenant, adding)
         return await self.start(tenant, title)
 
     def check_room(self, thread: Thread, adding: int) -> None:

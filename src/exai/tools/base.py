@@ -78,9 +78,9 @@ class ToolContext:
     model_calls: list[ModelCall] = field(default_factory=list)
     thread_id: str | None = None
 
-    async def open_thread(self, continuation_id: str | None, title: str) -> Thread:
-        """The caller's thread to continue, or a new one; the call is audited against it."""
-        thread = await self.services.conversations.open_or_start(continuation_id, self.tenant, title)
+    async def open_thread(self, continuation_id: str | None, title: str, adding: int = 1) -> Thread:
+        """The caller's thread to continue (with room for `adding` turns), or a new one; the call is audited against it."""
+        thread = await self.services.conversations.open_or_start(continuation_id, self.tenant, title, adding)
         self.thread_id = thread.id
         return thread
 

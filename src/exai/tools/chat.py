@@ -7,7 +7,7 @@ from typing import Annotated
 
 from pydantic import BaseModel, Field
 
-from exai.conversations.history import build_prompt
+from exai.conversations.history import SkippedFile, build_prompt
 from exai.conversations.threads import answer_turn
 from exai.observability.errors import ValidationError
 from exai.providers.types import GenerateRequest, ImageInput, StreamChunk, ThinkingMode
@@ -55,6 +55,7 @@ class ChatOutput(BaseModel):
     reasoning: str | None = None
     continuation_id: str
     files_included: list[str]
+    files_skipped: list[SkippedFile] = Field(default_factory=list)
     earlier_turns_included: int
     correlation_id: str
 
@@ -92,7 +93,7 @@ class ChatTool(Tool[ChatInput, ChatOutput]):
                 )
         system = SYSTEM_PROMPT + (f"\n\n{args.system_prompt}" if args.system_prompt else "")
         target = services.router.candidates(args.model, "balanced", needs_images=bool(args.images))[0]
-        thread = await ctx.open_thread(args.continuation_id, args.prompt)
+        thread = await ctx.open_thread(args.continuation_id, args.prompt, adding=2)
         prompt = await build_prompt(
             model=target,
             system=system,
@@ -155,6 +156,7 @@ class ChatTool(Tool[ChatInput, ChatOutput]):
             reasoning=response.reasoning,
             continuation_id=thread.id,
             files_included=prompt.files_included,
+            files_skipped=prompt.files_skipped,
             earlier_turns_included=prompt.turns_included,
             correlation_id=ctx.correlation_id,
         )
