@@ -79,7 +79,7 @@ class ToolContext:
     thread_id: str | None = None
 
     async def open_thread(self, continuation_id: str | None, title: str, adding: int = 1) -> Thread:
-        """The caller's thread to continue (with room for `adding` turns), or a new one; the call is audited against it."""
+        """The caller's thread to continue (with room for `adding` turns) or a new one; audited against it."""
         thread = await self.services.conversations.open_or_start(continuation_id, self.tenant, title, adding)
         self.thread_id = thread.id
         return thread
