@@ -96,9 +96,9 @@ async def test_algorithm_confusion_is_refused() -> None:
 
 
 @pytest.fixture
-def jwks_server() -> Iterator[tuple[str, list[dict[str, object]]]]:
+def jwks_server() -> Iterator[tuple[str, list[dict[str, object]], list[int]]]:
     keys: list[dict[str, object]] = []
-    fetches = []
+    fetches: list[int] = []
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
@@ -114,12 +114,12 @@ def jwks_server() -> Iterator[tuple[str, list[dict[str, object]]]]:
 
     server = HTTPServer(("127.0.0.1", 0), Handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_port}/jwks.json", keys
+    yield f"http://127.0.0.1:{server.server_port}/jwks.json", keys, fetches
     server.shutdown()
 
 
-async def test_jwks_is_cached_and_refreshed_on_an_unknown_kid(jwks_server: tuple[str, list]) -> None:
-    url, keys = jwks_server
+async def test_jwks_is_cached_and_refreshed_on_an_unknown_kid(jwks_server: tuple[str, list, list]) -> None:
+    url, keys, fetches = jwks_server
 
     def add_key(kid: str) -> rsa.RSAPrivateKey:
         key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
@@ -131,11 +131,18 @@ async def test_jwks_is_cached_and_refreshed_on_an_unknown_kid(jwks_server: tuple
     verifier = JWTVerifier(jwks_url=url)
     token = jwt.encode(_claims(), first, algorithm="RS256", headers={"kid": "k1"})
     assert await verifier.verify_token(token) is not None
+    assert await verifier.verify_token(token) is not None
+    assert len(fetches) == 1, "the key set is cached"
     rotated = add_key("k2")
     token2 = jwt.encode(_claims(sub="bob"), rotated, algorithm="RS256", headers={"kid": "k2"})
     assert (await verifier.verify_token(token2)).subject == "bob"
+    assert len(fetches) == 2, "an unknown kid refetches the set once"
     unknown = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    assert await verifier.verify_token(jwt.encode(_claims(), unknown, algorithm="RS256", headers={"kid": "k3"})) is None
+    for kid in ("k3", "k4", "k5", "k6"):
+        assert (
+            await verifier.verify_token(jwt.encode(_claims(), unknown, algorithm="RS256", headers={"kid": kid})) is None
+        )
+    assert len(fetches) == 2, "made-up kids do not refetch the set more than once every 10 s"
 
 
 async def test_api_keys_are_hashed_and_revocable() -> None:

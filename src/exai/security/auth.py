@@ -180,16 +180,22 @@ class JWTVerifier:
         )
 
     def _jwks_key(self, token: str) -> Any:
-        """The signing key for the token's `kid`; an unknown `kid` refetches the set (at most every 10 s)."""
+        """The signing key for the token's `kid` from the cached key set.
+
+        An unknown `kid` refetches the set at most once every 10 s, whoever asks: a stream of tokens with made-up
+        `kid`s cannot turn the daemon into a load generator against the identity provider.
+        """
         assert self._jwks is not None
-        try:
-            return self._jwks.get_signing_key_from_jwt(token).key
-        except jwt.PyJWKClientError:
-            if time.monotonic() - self._jwks_refreshed < 10:
-                raise
-            self._jwks_refreshed = time.monotonic()
-            self._jwks.fetch_data()
-            return self._jwks.get_signing_key_from_jwt(token).key
+        kid = jwt.get_unverified_header(token).get("kid")
+        for refresh in (False, True):
+            if refresh:
+                if time.monotonic() - self._jwks_refreshed < 10:
+                    break
+                self._jwks_refreshed = time.monotonic()
+            for key in self._jwks.get_jwk_set(refresh=refresh).keys:
+                if key.key_id == kid:
+                    return key.key
+        raise jwt.PyJWKClientError(f"no signing key with kid {str(kid)[:40]!r}")
 
     def _verify_api_key(self, token: str) -> AccessToken | None:
         digest = hash_api_key(token)
