@@ -234,3 +234,18 @@ def test_refuses_a_public_bind_without_auth(tmp_path) -> None:  # type: ignore[n
         timeout=30,
     )
     assert weak.returncode == 2 and "EXAI_JWT_SECRET" in weak.stderr
+
+
+async def test_the_expiry_leeway_holds_through_the_daemon(daemon: Daemon, sim: SimControl) -> None:
+    proc = daemon(EXAI_JWT_SECRET=SECRET)
+    just_expired = jwt.encode(_claims(exp=int(time.time()) - 10), SECRET, algorithm="HS256")
+    long_expired = jwt.encode(_claims(exp=int(time.time()) - 120), SECRET, algorithm="HS256")
+    request = {"jsonrpc": "2.0", "id": 1, "method": "ping"}
+    headers = {"accept": "application/json, text/event-stream", "content-type": "application/json"}
+
+    def status(token: str) -> int:
+        response = httpx2.post(f"{proc.url}/mcp", json=request, headers={**headers, "Authorization": f"Bearer {token}"})
+        return response.status_code
+
+    assert status(long_expired) == 401
+    assert status(just_expired) != 401, "a token expired within the 30 s leeway is accepted end to end"

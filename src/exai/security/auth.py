@@ -174,7 +174,8 @@ class JWTVerifier:
             token=token,
             client_id=str(claims.get("client_id", tenant)),
             scopes=scope_list,
-            expires_at=int(claims["exp"]),
+            # The SDK's middleware re-checks expiry on every request; the leeway for clock skew applies there too.
+            expires_at=int(claims["exp"]) + LEEWAY_SECONDS,
             subject=tenant,
             claims={"iss": claims.get("iss")},
         )
