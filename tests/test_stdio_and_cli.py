@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -87,3 +88,23 @@ def test_db_upgrade_and_token_commands(tmp_path) -> None:  # type: ignore[no-unt
     accepted = _run(["token", "verify", key], {**env, "EXAI_API_KEYS": entry})
     assert accepted.returncode == 0 and "tenant=ci-bot" in accepted.stdout
     assert _run(["token", "issue", "--sub", "x"], env).returncode == 2, "no secret configured is a clear error"
+
+
+def test_models_piped_keeps_whole_names() -> None:
+    long_name = "a-local-model-with-a-very-long-name-that-a-table-would-cut-" + "x" * 40
+    env = {k: v for k, v in os.environ.items() if k != "COLUMNS"}
+    env.update({"CUSTOM_API_URL": "http://127.0.0.1:9/v1", "CUSTOM_MODELS": long_name})
+    piped = subprocess.run(
+        [sys.executable, "-m", "exai", "models"], env=env, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert piped.returncode == 0, piped.stderr
+    assert long_name in piped.stdout
+    as_json = subprocess.run(
+        [sys.executable, "-m", "exai", "models", "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert [m["name"] for m in json.loads(as_json.stdout)] == [long_name]

@@ -9,7 +9,7 @@ from typing import Any, Literal
 
 import redis.asyncio as aioredis
 
-from exai.config import Settings
+from exai.config import Settings, secret
 from exai.conversations.threads import Conversations
 from exai.conversations.tokens import warm_up
 from exai.observability.alerts import AlertManager, AlertThresholds
@@ -37,14 +37,16 @@ Transport = Literal["stdio", "http", "memory"]
 
 
 def build_store(settings: Settings) -> Store:
-    url = settings.database_url or f"sqlite:///{settings.data_dir / 'exai.db'}"
+    url = secret(settings.database_url) or f"sqlite:///{settings.data_dir / 'exai.db'}"
     store: Store
     if url.startswith("sqlite:///"):
         store = SQLiteStore(Path(url.removeprefix("sqlite:///")))
     else:
         store = PostgresStore(url, schema=settings.database_schema)
     if settings.redis_url:
-        store = CachedStore(store, aioredis.from_url(settings.redis_url, socket_timeout=2, socket_connect_timeout=2))
+        store = CachedStore(
+            store, aioredis.from_url(secret(settings.redis_url), socket_timeout=2, socket_connect_timeout=2)
+        )
     return store
 
 
@@ -114,7 +116,7 @@ class Services:
                 auth_failures=settings.alert_auth_failures,
                 rate_limit_rejections=settings.alert_rate_limit_rejections,
             ),
-            settings.alert_webhook_url,
+            secret(settings.alert_webhook_url),
             router.open_breakers,
         )
 
@@ -143,7 +145,7 @@ class Services:
             verifier.on_failure = on_auth_failure
         store = build_store(settings)
         redis = (
-            aioredis.from_url(settings.redis_url, socket_timeout=2, socket_connect_timeout=2)
+            aioredis.from_url(secret(settings.redis_url), socket_timeout=2, socket_connect_timeout=2)
             if settings.redis_url
             else None
         )

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Annotated, Any
+import json
+import sys
+from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
@@ -21,12 +23,17 @@ console = Console(stderr=True)
 log = get_logger("exai.cli")
 
 
+def _fail(exc: ExaiError) -> NoReturn:
+    """A configuration problem: its own short lines on stderr (no traceback, no markup), exit code 2."""
+    print(exc.message if exc.remedy is None else f"{exc.message}\n  fix: {exc.remedy}", file=sys.stderr)
+    raise typer.Exit(2)
+
+
 def _settings(**overrides: object) -> Settings:
     try:
         settings = load_settings(**{k: v for k, v in overrides.items() if v is not None})
     except ExaiError as exc:
-        console.print(f"[red]{exc.message}[/red]\n{exc.remedy}")
-        raise typer.Exit(2) from None
+        _fail(exc)
     configure_logging(settings.log_level, settings.log_json)
     configure_tracing(settings.otel_exporter)
     return settings
@@ -36,8 +43,7 @@ def _services(settings: Settings, transport: Transport = "memory") -> Services:
     try:
         return Services.build(settings, transport)
     except ExaiError as exc:
-        console.print(f"[red]{exc.message}[/red]\n{exc.remedy}")
-        raise typer.Exit(2) from None
+        _fail(exc)
 
 
 @app.command()
@@ -107,15 +113,18 @@ def sim(
 
 
 @app.command()
-def models() -> None:
-    """Show the configured providers and their models with capabilities."""
+def models(
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document, for scripts.")] = False,
+) -> None:
+    """Show the configured providers and their models with capabilities (a plain layout when piped)."""
     services = _services(_settings())
     router = services.router
-    table = Table(title="Models")
-    for column in ("provider", "model", "aliases", "context", "max out", "images", "thinking", "$ in/out per M"):
-        table.add_column(column)
-    for m in sorted(router.available_models(), key=lambda m: (m.provider, -m.intelligence)):
-        table.add_row(
+    available = sorted(router.available_models(), key=lambda m: (m.provider, -m.intelligence))
+    if as_json:
+        print(json.dumps([{"provider": m.provider, "name": m.name, **m.capabilities()} for m in available]))
+        return
+    rows = [
+        [
             m.provider,
             m.name,
             ", ".join(m.aliases),
@@ -124,11 +133,24 @@ def models() -> None:
             "yes" if m.images else "",
             "yes" if m.thinking else "",
             f"{m.price_in:g} / {m.price_out:g}",
-        )
-    Console().print(table)
+        ]
+        for m in available
+    ]
+    header = ["provider", "model", "aliases", "context", "max out", "images", "thinking", "$ in/out per M"]
+    if sys.stdout.isatty():
+        table = Table(title="Models")
+        for column in header:
+            table.add_column(column)
+        for row in rows:
+            table.add_row(*row)
+        Console().print(table)
+    else:  # piped: whole names, one model a line, never cut to the terminal's width
+        widths = [max(len(cell) for cell in column) for column in zip(header, *rows, strict=False)]
+        for row in (header, *rows):
+            print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
     missing = [s for n, s in PROVIDER_SPECS.items() if n not in router.providers]
     for spec in missing:
-        need = " or ".join(spec.key_env) if spec.key_required else "CUSTOM_API_URL"
+        need = " or ".join(spec.key_env) if spec.key_required else spec.base_url_env
         console.print(f"[dim]{spec.title}: not configured (set {need})[/dim]")
 
 
@@ -227,7 +249,6 @@ def audit(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON lines.")] = False,
 ) -> None:
     """List audit records (every tool call: tenant, tool, model, tokens, cost, latency, outcome, correlation id)."""
-    import json
     import time
 
     services = _services(_settings())
