@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,7 @@ from exai.observability.stats import CallStats
 from exai.providers.anthropic import AnthropicProvider
 from exai.providers.base import Provider
 from exai.providers.catalogue import Catalogue
+from exai.providers.discovery import discover_custom_models
 from exai.providers.openai_compatible import OpenAICompatibleProvider
 from exai.providers.router import Attempt, Router
 from exai.security.auth import JWTVerifier, parse_api_keys
@@ -100,7 +102,7 @@ class Services:
 
     @classmethod
     def build(cls, settings: Settings, transport: Transport = "memory") -> Services:
-        catalogue = Catalogue.load(settings.models_file, settings.custom_models)
+        catalogue = Catalogue.load(settings.models_file, settings.custom_models, settings.custom_context_window)
         configs = settings.providers()
         providers: dict[str, Provider] = {}
         for name, config in configs.items():
@@ -172,14 +174,18 @@ class Services:
         )
 
     async def start(self) -> None:
-        """Open the store, apply migrations, load the tokenizer and start background writers."""
+        """Open the store and apply migrations while the custom endpoint's models are discovered; start the
+        tokenizer loading in the background and the background writers."""
+        warm_up()
+        await asyncio.gather(self._open_store(), discover_custom_models(self.settings, self.router))
+        self.audit.start()
+        self.alerts.start()
+
+    async def _open_store(self) -> None:
         await self.store.open()
         await self.store.migrate()
         retention = self.settings.audit_retention_days * 86400
         await self.store.purge(time.time(), audit_before=time.time() - retention)
-        warm_up()
-        self.audit.start()
-        self.alerts.start()
 
     async def close(self) -> None:
         await self.alerts.close()

@@ -117,8 +117,12 @@ def models(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document, for scripts.")] = False,
 ) -> None:
     """Show the configured providers and their models with capabilities (a plain layout when piped)."""
-    services = _services(_settings())
+    from exai.providers.discovery import discover_custom_models
+
+    settings = _settings()
+    services = _services(settings)
     router = services.router
+    asyncio.run(discover_custom_models(settings, router))
     available = sorted(router.available_models(), key=lambda m: (m.provider, -m.intelligence))
     if as_json:
         print(json.dumps([{"provider": m.provider, "name": m.name, **m.capabilities()} for m in available]))
@@ -157,9 +161,9 @@ def models(
 @app.command()
 def doctor(timeout: Annotated[float, typer.Option(help="Seconds to wait for each provider.")] = 5.0) -> None:
     """Check the configuration and reach every configured provider; exit non-zero when something is wrong."""
-    settings = _settings()
-    services = _services(settings)
-    problems = asyncio.run(_doctor(services, timeout))
+    from exai.doctor import run_doctor
+
+    problems = asyncio.run(run_doctor(_services(_settings()), timeout))
     raise typer.Exit(1 if problems else 0)
 
 
@@ -295,34 +299,3 @@ def db_upgrade() -> None:
     services = _services(_settings())
     version = _db_upgrade_and_report(services)
     Console().print(f"{services.store.name}: schema at version {version}")
-
-
-async def _doctor(services: Services, timeout: float) -> int:
-    out = Console()
-    table = Table(title="Providers")
-    for column in ("provider", "state", "detail", "remedy"):
-        table.add_column(column)
-    problems = 0
-    for name, config in services.router.configs.items():
-        spec = config.spec
-        need = " or ".join(spec.key_env) if spec.key_required else "CUSTOM_API_URL"
-        if name not in services.router.providers:
-            table.add_row(name, "not configured", "", f"set {need} to enable")
-            continue
-        try:
-            found = await services.router.providers[name].list_models(timeout)
-            table.add_row(name, "[green]reachable[/green]", f"{config.base_url}: {len(found)} models listed", "")
-        except Exception as exc:  # every failure becomes a row, never a crash
-            problems += 1
-            kind = getattr(exc, "kind", type(exc).__name__)
-            remedy = f"check {need}" if kind == "auth" else f"check {spec.base_url_env} and the network"
-            table.add_row(name, f"[red]{kind}[/red]", str(exc)[:120], remedy)
-    if not services.router.providers:
-        problems += 1
-        out.print(
-            "[red]No provider is configured.[/red] Set a provider key, or run `exai sim` and set "
-            "CUSTOM_API_URL=http://127.0.0.1:8900/v1 CUSTOM_MODELS=sim-fast"
-        )
-    out.print(table)
-    await services.close()
-    return problems

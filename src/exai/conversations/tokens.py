@@ -1,24 +1,34 @@
-"""Token counts from a real tokenizer (o200k_base, shipped inside the bpe-openai package: no download)."""
+"""Token counts from a real tokenizer (o200k_base, shipped inside the bpe-openai package: no download).
+
+The tables take about half a second to load, so `warm_up` loads them on a background thread at start:
+start-up does not wait for them, and the first count waits only for what is left.
+"""
 
 from __future__ import annotations
 
 import asyncio
-from functools import lru_cache
+import threading
 from typing import Any
 
-import bpe_openai
-
 _OFFLOAD_CHARS = 100_000  # longer texts are counted off the event loop
+_lock = threading.Lock()
+_loaded: Any = None
 
 
-@lru_cache(maxsize=1)
 def _encoding() -> Any:
-    return bpe_openai.get_encoding("o200k_base")
+    global _loaded
+    if _loaded is None:
+        with _lock:
+            if _loaded is None:
+                import bpe_openai
+
+                _loaded = bpe_openai.get_encoding("o200k_base")
+    return _loaded
 
 
 def warm_up() -> None:
-    """Load the token tables (about half a second) before the first request needs them."""
-    _encoding()
+    """Start loading the token tables on a background thread, before the first request needs them."""
+    threading.Thread(target=_encoding, name="exai-tokenizer-warm-up", daemon=True).start()
 
 
 def count_tokens(text: str) -> int:

@@ -36,6 +36,9 @@ FaultKind = Literal[
     "429", "500", "503", "401", "hang", "reset", "malformed", "truncate", "context_length", "content_filter"
 ]
 DEFAULT_MODELS = ["sim-fast", "sim-smart", "sim-large"]
+DEFAULT_CONTEXT_WINDOWS = {"sim-large": 1_000_000}
+"""Context windows the listing states (as `context_length`, like OpenRouter and vLLM, and in Ollama's /api/show);
+models without one leave the client to its default."""
 
 
 class FaultRule(BaseModel):
@@ -58,6 +61,7 @@ class SimState:
     faults: list[FaultRule] = field(default_factory=list)
     latency: list[LatencyRule] = field(default_factory=list)
     models: list[str] = field(default_factory=lambda: list(DEFAULT_MODELS))
+    context_windows: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_CONTEXT_WINDOWS))
     api_key: str | None = None
     counters: Counter[str] = field(default_factory=Counter)
     recent: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=500))
@@ -109,6 +113,7 @@ class Simulator:
                 Route("/v1/chat/completions", self.chat_completions, methods=["POST"]),
                 Route("/v1/messages", self.messages, methods=["POST"]),
                 Route("/v1/models", self.list_models, methods=["GET"]),
+                Route("/api/show", self.show_model, methods=["POST"]),
                 Route("/_sim/faults", self.set_fault, methods=["POST"]),
                 Route("/_sim/faults", self.clear_faults, methods=["DELETE"]),
                 Route("/_sim/latency", self.set_latency, methods=["POST"]),
@@ -149,7 +154,9 @@ class Simulator:
         return JSONResponse(list(self.state.recent)[-limit:])
 
     async def reset(self, request: Request) -> Response:
-        fresh = SimState(api_key=self.state.api_key, models=self.state.models)
+        fresh = SimState(
+            api_key=self.state.api_key, models=self.state.models, context_windows=self.state.context_windows
+        )
         self.state.__dict__.update(fresh.__dict__)
         return JSONResponse({"reset": True})
 
@@ -173,12 +180,21 @@ class Simulator:
                     "last_id": data[-1]["id"] if data else None,
                 }
             )
-        return JSONResponse(
-            {
-                "object": "list",
-                "data": [{"id": m, "object": "model", "created": 0, "owned_by": "exai-sim"} for m in self.state.models],
-            }
-        )
+        data = [{"id": m, "object": "model", "created": 0, "owned_by": "exai-sim"} for m in self.state.models]
+        for entry in data:
+            if entry["id"] in self.state.context_windows:
+                entry["context_length"] = self.state.context_windows[entry["id"]]
+        return JSONResponse({"object": "list", "data": data})
+
+    async def show_model(self, request: Request) -> Response:
+        """Ollama's native model details: the context window as `<architecture>.context_length`."""
+        name = str((await request.json()).get("model", ""))
+        if name not in self.state.models:
+            return JSONResponse({"error": f"model '{name}' not found"}, status_code=404)
+        info: dict[str, Any] = {"general.architecture": "sim"}
+        if name in self.state.context_windows:
+            info["sim.context_length"] = self.state.context_windows[name]
+        return JSONResponse({"model_info": info})
 
     async def chat_completions(self, request: Request) -> Response:
         body = await request.json()
