@@ -108,3 +108,22 @@ def test_models_piped_keeps_whole_names() -> None:
         check=False,
     )
     assert [m["name"] for m in json.loads(as_json.stdout)] == [long_name]
+
+
+def test_start_up_imports_only_what_the_command_needs() -> None:
+    """`--help` loads no server stack; a built daemon loads no provider SDK and no tokenizer until it needs them."""
+    help_run = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "exai", "--help"], capture_output=True, text=True, timeout=60
+    )
+    assert help_run.returncode == 0
+    loaded = {line.rsplit("|", 1)[-1].strip() for line in help_run.stderr.splitlines()}
+    assert not loaded & {"mcp", "exai.app", "exai.config", "openai", "anthropic", "bpe_openai", "uvicorn"}
+    probe = (
+        "import sys; from exai.app import Services; from exai.config import load_settings; "
+        "Services.build(load_settings(), 'stdio'); "
+        "print(sorted(m for m in ('openai', 'anthropic', 'bpe_openai', 'psycopg') if m in sys.modules))"
+    )
+    env = {**os.environ, "CUSTOM_API_URL": "http://127.0.0.1:9/v1", "CUSTOM_MODELS": "m", "ANTHROPIC_API_KEY": "k"}
+    built = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=60)
+    assert built.returncode == 0, built.stderr
+    assert built.stdout.strip() == "[]"

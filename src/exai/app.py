@@ -6,9 +6,7 @@ import asyncio
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
-
-import redis.asyncio as aioredis
+from typing import TYPE_CHECKING, Any, Literal
 
 from exai.config import Settings, secret
 from exai.conversations.threads import Conversations
@@ -17,24 +15,23 @@ from exai.observability.alerts import AlertManager, AlertThresholds
 from exai.observability.context import add_upstream_wait
 from exai.observability.metrics import Metrics
 from exai.observability.stats import CallStats
-from exai.providers.anthropic import AnthropicProvider
 from exai.providers.base import Provider
 from exai.providers.catalogue import Catalogue
 from exai.providers.discovery import discover_custom_models
-from exai.providers.openai_compatible import OpenAICompatibleProvider
+from exai.providers.lazy import LazyProvider
 from exai.providers.router import Attempt, Router
 from exai.security.auth import JWTVerifier, parse_api_keys
 from exai.security.files import FileAccess
 from exai.security.limits import Limits, LocalLimiter, RateLimiter, RedisLimiter
 from exai.storage.audit import AuditWriter
 from exai.storage.base import Store
-from exai.storage.cache import CachedStore
-from exai.storage.postgres import PostgresStore
 from exai.storage.sqlite import SQLiteStore
 from exai.tools import enabled_tools
 from exai.tools.base import Tool
 
-WIRES = {"openai": OpenAICompatibleProvider, "anthropic": AnthropicProvider}
+if TYPE_CHECKING:
+    import redis.asyncio as aioredis
+
 Transport = Literal["stdio", "http", "memory"]
 
 
@@ -44,12 +41,23 @@ def build_store(settings: Settings) -> Store:
     if url.startswith("sqlite:///"):
         store = SQLiteStore(Path(url.removeprefix("sqlite:///")))
     else:
+        from exai.storage.postgres import PostgresStore  # psycopg is loaded only for PostgreSQL
+
         store = PostgresStore(url, schema=settings.database_schema)
-    if settings.redis_url:
-        store = CachedStore(
-            store, aioredis.from_url(secret(settings.redis_url), socket_timeout=2, socket_connect_timeout=2)
-        )
+    redis = build_redis(settings)
+    if redis is not None:
+        from exai.storage.cache import CachedStore
+
+        store = CachedStore(store, redis)
     return store
+
+
+def build_redis(settings: Settings) -> aioredis.Redis | None:
+    if not settings.redis_url:
+        return None
+    import redis.asyncio as aioredis  # the client is loaded only when Redis is configured
+
+    return aioredis.from_url(secret(settings.redis_url), socket_timeout=2, socket_connect_timeout=2)
 
 
 def build_verifier(settings: Settings) -> JWTVerifier | None:
@@ -107,7 +115,7 @@ class Services:
         providers: dict[str, Provider] = {}
         for name, config in configs.items():
             if config.enabled and config.base_url:
-                providers[name] = WIRES[config.spec.wire](name, config.base_url, config.api_key)
+                providers[name] = LazyProvider(name, config.spec.wire, config.base_url, config.api_key)
         metrics = Metrics()
         router = Router(settings, catalogue, providers, configs)
         alerts = AlertManager(
@@ -146,11 +154,7 @@ class Services:
 
             verifier.on_failure = on_auth_failure
         store = build_store(settings)
-        redis = (
-            aioredis.from_url(secret(settings.redis_url), socket_timeout=2, socket_connect_timeout=2)
-            if settings.redis_url
-            else None
-        )
+        redis = build_redis(settings)
         roots = settings.file_roots
         if roots is None:  # over stdio the client's working directory; a shared daemon reads nothing by default
             roots = [] if transport == "http" else [str(Path.cwd())]

@@ -5,22 +5,26 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
-from typing import Annotated, Any, NoReturn
+from functools import cache
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
-from exai.app import Services, Transport
-from exai.config import Settings, load_settings
-from exai.observability.errors import ExaiError
-from exai.observability.logging import configure_logging, get_logger
-from exai.observability.tracing import configure_tracing
-from exai.providers.specs import PROVIDER_SPECS
+if TYPE_CHECKING:  # each command imports what it needs when it runs: `exai --help` loads no server stack
+    from rich.console import Console
+
+    from exai.app import Services, Transport
+    from exai.config import Settings
+    from exai.observability.errors import ExaiError
 
 app = typer.Typer(help="EX-AI MCP Server: tools for AI coding agents, backed by other models.", no_args_is_help=True)
-console = Console(stderr=True)
-log = get_logger("exai.cli")
+
+
+@cache
+def _stderr() -> Console:
+    from rich.console import Console
+
+    return Console(stderr=True)
 
 
 def _fail(exc: ExaiError) -> NoReturn:
@@ -30,6 +34,11 @@ def _fail(exc: ExaiError) -> NoReturn:
 
 
 def _settings(**overrides: object) -> Settings:
+    from exai.config import load_settings
+    from exai.observability.errors import ExaiError
+    from exai.observability.logging import configure_logging
+    from exai.observability.tracing import configure_tracing
+
     try:
         settings = load_settings(**{k: v for k, v in overrides.items() if v is not None})
     except ExaiError as exc:
@@ -40,6 +49,9 @@ def _settings(**overrides: object) -> Settings:
 
 
 def _services(settings: Settings, transport: Transport = "memory") -> Services:
+    from exai.app import Services
+    from exai.observability.errors import ExaiError
+
     try:
         return Services.build(settings, transport)
     except ExaiError as exc:
@@ -53,12 +65,14 @@ def serve(
     insecure: Annotated[bool, typer.Option(help="Allow a non-loopback address without authentication.")] = False,
 ) -> None:
     """Run the daemon: MCP over Streamable HTTP at /mcp, with /healthz, /readyz, /metrics and /dashboard."""
+    settings = _settings(host=host, port=port)
+    from exai.observability.logging import get_logger
     from exai.server.http import is_loopback, serve_http
 
-    settings = _settings(host=host, port=port)
+    log = get_logger("exai.cli")
     if not is_loopback(settings.host) and not settings.auth_enabled:
         if not insecure:
-            console.print(
+            _stderr().print(
                 f"[red]Refusing to serve on {settings.host} without authentication.[/red]\n"
                 "Set EXAI_JWT_SECRET (or EXAI_JWT_PUBLIC_KEY, EXAI_JWT_JWKS_URL, EXAI_API_KEYS), bind 127.0.0.1, "
                 "or pass --insecure if something in front of the daemon authenticates callers."
@@ -108,7 +122,7 @@ def sim(
     state = SimState(api_key=api_key)
     if latency_ms:
         state.latency.append(LatencyRule(ms=latency_ms))
-    console.print(f"upstream simulator on http://{host}:{port} (OpenAI: /v1, Anthropic: /)")
+    _stderr().print(f"upstream simulator on http://{host}:{port} (OpenAI: /v1, Anthropic: /)")
     uvicorn.run(Simulator(state).app, host=host, port=port, log_level="warning", access_log=False)
 
 
@@ -117,7 +131,11 @@ def models(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document, for scripts.")] = False,
 ) -> None:
     """Show the configured providers and their models with capabilities (a plain layout when piped)."""
+    from rich.console import Console
+    from rich.table import Table
+
     from exai.providers.discovery import discover_custom_models
+    from exai.providers.specs import PROVIDER_SPECS
 
     settings = _settings()
     services = _services(settings)
@@ -155,7 +173,7 @@ def models(
     missing = [s for n, s in PROVIDER_SPECS.items() if n not in router.providers]
     for spec in missing:
         need = " or ".join(spec.key_env) if spec.key_required else spec.base_url_env
-        console.print(f"[dim]{spec.title}: not configured (set {need})[/dim]")
+        _stderr().print(f"[dim]{spec.title}: not configured (set {need})[/dim]")
 
 
 @app.command()
@@ -193,7 +211,7 @@ def token_issue(
 
     settings = _settings()
     if settings.jwt_secret is None:
-        console.print("[red]EXAI_JWT_SECRET is not set.[/red] Set it to the daemon's shared secret.")
+        _stderr().print("[red]EXAI_JWT_SECRET is not set.[/red] Set it to the daemon's shared secret.")
         raise typer.Exit(2)
     seconds = _duration(ttl)
     token = issue_token(
@@ -214,11 +232,11 @@ def token_verify(token: Annotated[str, typer.Argument(help="The token to check."
 
     verifier = build_verifier(_settings())
     if verifier is None:
-        console.print("[red]No authentication is configured[/red] (EXAI_JWT_SECRET, EXAI_JWT_PUBLIC_KEY, ...).")
+        _stderr().print("[red]No authentication is configured[/red] (EXAI_JWT_SECRET, EXAI_JWT_PUBLIC_KEY, ...).")
         raise typer.Exit(2)
     access = asyncio.run(verifier.verify_token(token))
     if access is None:
-        console.print("[red]invalid[/red]: bad signature, expired, not yet valid, wrong issuer/audience, or revoked")
+        _stderr().print("[red]invalid[/red]: bad signature, expired, not yet valid, wrong issuer/audience, or revoked")
         raise typer.Exit(1)
     print(f"valid: tenant={access.subject} scopes={' '.join(access.scopes)} expires_at={access.expires_at}")
 
@@ -240,7 +258,7 @@ def _duration(text: str) -> int:
     try:
         return int(text) if text.isdigit() else int(float(text[:-1]) * units[text[-1]])
     except (KeyError, ValueError):
-        console.print(f"[red]Cannot read duration '{text}'.[/red] Use seconds or 30m, 12h, 7d.")
+        _stderr().print(f"[red]Cannot read duration '{text}'.[/red] Use seconds or 30m, 12h, 7d.")
         raise typer.Exit(2) from None
 
 
@@ -254,6 +272,9 @@ def audit(
 ) -> None:
     """List audit records (every tool call: tenant, tool, model, tokens, cost, latency, outcome, correlation id)."""
     import time
+
+    from rich.console import Console
+    from rich.table import Table
 
     services = _services(_settings())
     cutoff = time.time() - _duration(since) if since else None
@@ -296,6 +317,8 @@ app.add_typer(db_app, name="db")
 @db_app.command("upgrade")
 def db_upgrade() -> None:
     """Apply pending schema migrations (the daemon also does this at start)."""
+    from rich.console import Console
+
     services = _services(_settings())
     version = _db_upgrade_and_report(services)
     Console().print(f"{services.store.name}: schema at version {version}")

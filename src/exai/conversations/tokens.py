@@ -1,7 +1,8 @@
 """Token counts from a real tokenizer (o200k_base, shipped inside the bpe-openai package: no download).
 
-The tables take about half a second to load, so `warm_up` loads them on a background thread at start:
-start-up does not wait for them, and the first count waits only for what is left.
+The package builds its tables in pure Python (about a second of CPU, holding the GIL), so loading them while the
+server starts would slow its answer to `initialize`. `warm_up` loads them on a background thread a moment after
+start; a count that comes first loads them on a worker thread, never on the event loop.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import threading
 from typing import Any
 
 _OFFLOAD_CHARS = 100_000  # longer texts are counted off the event loop
+WARM_UP_DELAY_SECONDS = 1.0
 _lock = threading.Lock()
 _loaded: Any = None
 
@@ -26,9 +28,11 @@ def _encoding() -> Any:
     return _loaded
 
 
-def warm_up() -> None:
-    """Start loading the token tables on a background thread, before the first request needs them."""
-    threading.Thread(target=_encoding, name="exai-tokenizer-warm-up", daemon=True).start()
+def warm_up(delay: float = WARM_UP_DELAY_SECONDS) -> None:
+    """Load the token tables on a background thread once start-up is over, before the first call needs them."""
+    timer = threading.Timer(delay, _encoding)
+    timer.name, timer.daemon = "exai-tokenizer-warm-up", True
+    timer.start()
 
 
 def count_tokens(text: str) -> int:
@@ -36,6 +40,6 @@ def count_tokens(text: str) -> int:
 
 
 async def count_tokens_async(text: str) -> int:
-    if len(text) > _OFFLOAD_CHARS:
+    if _loaded is None or len(text) > _OFFLOAD_CHARS:
         return await asyncio.to_thread(count_tokens, text)
     return count_tokens(text)
