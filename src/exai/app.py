@@ -18,7 +18,7 @@ from exai.observability.stats import CallStats
 from exai.providers.base import Provider
 from exai.providers.catalogue import Catalogue
 from exai.providers.discovery import discover_custom_models
-from exai.providers.lazy import LazyProvider
+from exai.providers.lazy import LazyProvider, import_later
 from exai.providers.router import Attempt, Router
 from exai.security.auth import JWTVerifier, parse_api_keys
 from exai.security.files import FileAccess
@@ -178,9 +178,10 @@ class Services:
         )
 
     async def start(self) -> None:
-        """Open the store and apply migrations while the custom endpoint's models are discovered; start the
-        tokenizer loading in the background and the background writers."""
+        """Open the store and apply migrations while the custom endpoint's models are discovered; load the
+        tokenizer and the provider SDKs in the background a moment later; start the background writers."""
         warm_up()
+        import_later(p.wire for p in self.router.providers.values() if isinstance(p, LazyProvider))
         await asyncio.gather(self._open_store(), discover_custom_models(self.settings, self.router))
         self.audit.start()
         self.alerts.start()

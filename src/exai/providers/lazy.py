@@ -2,15 +2,16 @@
 
 The openai and anthropic SDKs take seconds to import; a stdio client waits for start-up on every session.
 So start-up imports neither: each configured provider is a `LazyProvider`, and the wire implementation is
-imported off the event loop (a ping or another call is never blocked by it), once, by the first call to need it
-or by `warm_up` once the server is running.
+imported off the event loop (a ping or another call is never blocked by it), once: by `import_later` a moment
+after start, or by the first call to need it if that comes sooner.
 """
 
 from __future__ import annotations
 
 import asyncio
 import importlib
-from collections.abc import AsyncIterator
+import threading
+from collections.abc import AsyncIterator, Iterable
 
 from exai.providers.base import CallOptions, Provider
 from exai.providers.catalogue import ModelInfo
@@ -27,6 +28,15 @@ def wire_implementation(wire: Wire) -> type[Provider]:
     module, name = WIRE_IMPLEMENTATIONS[wire]
     implementation: type[Provider] = getattr(importlib.import_module(module), name)
     return implementation
+
+
+def import_later(wires: Iterable[Wire], delay: float = 1.5) -> None:
+    """Import the configured wires' SDKs on a background thread once start-up is over."""
+    chosen = sorted(set(wires))
+    if chosen:
+        timer = threading.Timer(delay, lambda: [wire_implementation(wire) for wire in chosen])
+        timer.name, timer.daemon = "exai-provider-import", True
+        timer.start()
 
 
 class LazyProvider:
@@ -47,9 +57,6 @@ class LazyProvider:
                     implementation = await asyncio.to_thread(wire_implementation, self.wire)
                     self._real = implementation(self.name, self._base_url, self._api_key)
         return self._real
-
-    async def warm_up(self) -> None:
-        await self.provider()
 
     async def generate(
         self, request: GenerateRequest, model: ModelInfo, options: CallOptions, on_delta: DeltaCallback | None = None
