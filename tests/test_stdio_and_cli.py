@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 
@@ -127,3 +128,40 @@ def test_start_up_imports_only_what_the_command_needs() -> None:
     built = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=60)
     assert built.returncode == 0, built.stderr
     assert built.stdout.strip() == "[]"
+
+
+def test_sim_on_a_busy_port_says_so_in_one_line() -> None:
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [sys.executable, "-m", "exai", "sim", "--port", str(port)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"127.0.0.1:{port}" in lines[0] and "--port" in lines[0], result.stderr
+    assert "Traceback" not in result.stderr and "ERROR" not in result.stderr
+
+
+def test_sim_control_api_refuses_bad_rules_with_a_reason(sim: SimControl) -> None:
+    http = sim.client
+    zero = http.post(f"{sim.url}/_sim/faults", json={"kind": "500", "count": 0})
+    assert zero.status_code == 422 and "count" in zero.json()["error"]
+    typo = http.post(f"{sim.url}/_sim/faults", json={"kind": "500", "cuont": 1})
+    assert typo.status_code == 422 and "cuont" in typo.json()["error"]
+    not_json = http.post(f"{sim.url}/_sim/latency", content=b"{nope", headers={"content-type": "application/json"})
+    assert not_json.status_code == 400 and "JSON" in not_json.json()["error"]
+    assert http.get(f"{sim.url}/_sim/stats").json()["counters"] == {}
+    shown = subprocess.run(
+        [sys.executable, "-m", "exai", "sim", "--help"],
+        env={**os.environ, "COLUMNS": "200"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    for documented in ("DELETE /_sim/faults", "/_sim/reset", "sim-fast", "sim-smart", "sim-large"):
+        assert documented in shown.stdout

@@ -114,16 +114,40 @@ def sim(
     api_key: Annotated[str | None, typer.Option(help="Require this API key from clients.")] = None,
     latency_ms: Annotated[float, typer.Option(help="Fixed latency added to every answer.")] = 0.0,
 ) -> None:
-    """Run the upstream simulator (OpenAI- and Anthropic-compatible) for tests and trials without a key."""
+    """Run the upstream simulator (OpenAI- and Anthropic-compatible) for tests and trials without a key.
+
+    Models: sim-fast, sim-smart and sim-large (sim-large states a context window of 1,000,000 in /v1/models and
+    Ollama-style /api/show; any other model name is answered too). Point a provider at it, e.g.
+    CUSTOM_API_URL=http://127.0.0.1:8900/v1 or ANTHROPIC_BASE_URL=http://127.0.0.1:8900. Answers echo the
+    prompt, so tests can check what arrived.
+
+    Control API: POST /_sim/faults {"kind": "429|500|503|401|hang|reset|malformed|truncate|context_length|
+    content_filter", "model": "*", "rate": 1.0, "count": N (N >= 1), "retry_after": s}; DELETE /_sim/faults clears
+    them; POST /_sim/latency {"ms": 200, "jitter_ms": 50, "model": "*"}; GET /_sim/stats (counters);
+    GET /_sim/requests?limit=50 (recent requests with headers); POST /_sim/reset (faults, latency, counters).
+    """
+    import socket
+
     import uvicorn
 
     from exai.testing.simulator import LatencyRule, SimState, Simulator
 
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        listener = socket.create_server((host, port), family=family)
+    except OSError as exc:
+        print(
+            f"exai sim: cannot listen on {host}:{port} ({exc.strerror or exc}); "
+            "stop what uses it or choose another port with --port.",
+            file=sys.stderr,
+        )
+        raise typer.Exit(2) from None
     state = SimState(api_key=api_key)
     if latency_ms:
         state.latency.append(LatencyRule(ms=latency_ms))
     _stderr().print(f"upstream simulator on http://{host}:{port} (OpenAI: /v1, Anthropic: /)")
-    uvicorn.run(Simulator(state).app, host=host, port=port, log_level="warning", access_log=False)
+    config = uvicorn.Config(Simulator(state).app, log_level="warning", access_log=False)
+    uvicorn.Server(config).run(sockets=[listener])
 
 
 @app.command()

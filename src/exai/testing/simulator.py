@@ -13,9 +13,9 @@ import random
 import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
@@ -42,6 +42,8 @@ models without one leave the client to its default."""
 
 
 class FaultRule(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     model: str = "*"
     kind: FaultKind
     rate: float = Field(default=1.0, ge=0.0, le=1.0)
@@ -51,9 +53,14 @@ class FaultRule(BaseModel):
 
 
 class LatencyRule(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     model: str = "*"
     ms: float = Field(default=0.0, ge=0)
     jitter_ms: float = Field(default=0.0, ge=0)
+
+
+RuleT = TypeVar("RuleT", FaultRule, LatencyRule)
 
 
 @dataclass
@@ -88,6 +95,19 @@ class SimState:
                 jitter = self.rng.uniform(-rule.jitter_ms, rule.jitter_ms) if rule.jitter_ms else 0.0
                 return max(0.0, rule.ms + jitter) / 1000
         return 0.0
+
+
+async def _read_rule(request: Request, rule: type[RuleT]) -> RuleT | Response:
+    """A control rule from the request body, or a 400/422 answer that says what is wrong with it."""
+    try:
+        body = await request.json()
+    except ValueError:
+        return JSONResponse({"error": "the body is not JSON"}, status_code=400)
+    try:
+        return rule.model_validate(body)
+    except ValidationError as exc:
+        problems = [f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in exc.errors()]
+        return JSONResponse({"error": "; ".join(problems)}, status_code=422)
 
 
 class _ResetResponse(Response):
@@ -126,7 +146,9 @@ class Simulator:
 
     # ----- control API --------------------------------------------------------------------------
     async def set_fault(self, request: Request) -> Response:
-        rule = FaultRule.model_validate(await request.json())
+        rule = await _read_rule(request, FaultRule)
+        if isinstance(rule, Response):
+            return rule
         self.state.faults.append(rule)
         return JSONResponse(rule.model_dump())
 
@@ -135,7 +157,9 @@ class Simulator:
         return JSONResponse({"faults": 0})
 
     async def set_latency(self, request: Request) -> Response:
-        rule = LatencyRule.model_validate(await request.json())
+        rule = await _read_rule(request, LatencyRule)
+        if isinstance(rule, Response):
+            return rule
         self.state.latency = [r for r in self.state.latency if r.model != rule.model]
         self.state.latency.insert(0 if rule.model != "*" else len(self.state.latency), rule)
         return JSONResponse(rule.model_dump())
