@@ -82,3 +82,10 @@ async def test_ollama_show_gives_the_context_window_the_listing_lacks() -> None:
 
     found = await list_endpoint_models("http://ollama.test/v1", None, 4096, transport=httpx2.MockTransport(ollama))
     assert {m.name: m.context_window for m in found} == {"llama3.2:latest": 131072, "qwen3": 4096}
+
+
+def test_doctor_checks_the_default_model_against_discovered_models(sim: SimControl) -> None:
+    found = _run(["doctor"], {"CUSTOM_API_URL": sim.openai_url, "EXAI_DEFAULT_MODEL": "sim-large"})
+    assert found.returncode == 0, found.stdout
+    missing = _run(["doctor"], {"CUSTOM_API_URL": sim.openai_url, "EXAI_DEFAULT_MODEL": "sim-huge"})
+    assert missing.returncode == 1 and "EXAI_DEFAULT_MODEL" in missing.stdout, missing.stdout

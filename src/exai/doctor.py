@@ -8,11 +8,14 @@ from rich.table import Table
 
 from exai.app import Services
 from exai.config import ProviderConfig
+from exai.observability.errors import ExaiError
 from exai.providers.catalogue import custom_model
+from exai.providers.discovery import discover_custom_models
 
 
 async def run_doctor(services: Services, timeout: float) -> int:
     """Print a table of providers; return the number of problems found."""
+    await discover_custom_models(services.settings, services.router)
     out = Console()
     table = Table(title="Providers")
     for column in ("provider", "state", "detail", "remedy"):
@@ -38,6 +41,7 @@ async def run_doctor(services: Services, timeout: float) -> int:
             table.add_row(name, "[red]models[/red]", escape(problem[0]), problem[1])
         else:
             table.add_row(name, "[green]reachable[/green]", f"{config.base_url}: {len(found)} models listed", "")
+    problems += _default_model_problem(services, out)
     if not services.router.providers:
         problems += 1
         out.print(
@@ -47,6 +51,20 @@ async def run_doctor(services: Services, timeout: float) -> int:
     out.print(table)
     await services.close()
     return problems
+
+
+def _default_model_problem(services: Services, out: Console) -> int:
+    """1 when EXAI_DEFAULT_MODEL names a model that no configured provider serves."""
+    name = services.settings.default_model
+    if name.lower() == "auto" or not services.router.providers:
+        return 0
+    try:
+        services.router.resolve(name)
+    except ExaiError as exc:
+        out.print(f"[red]EXAI_DEFAULT_MODEL:[/red] {escape(exc.message)}")
+        out.print("  fix: name a model that `exai models` lists, or auto")
+        return 1
+    return 0
 
 
 def _custom_models_problem(services: Services, config: ProviderConfig, listed: list[str]) -> tuple[str, str] | None:
