@@ -18,7 +18,7 @@ import pytest
 
 from exai.providers.specs import PROVIDER_SPECS
 
-pytest_plugins = ["tests.services"]
+pytest_plugins = ["tests.services", "tests.node_toolchain"]
 TEST_JWT_SECRET = "a-test-secret-that-is-long-enough-0123456789"
 LEAK_MARKERS = ("sk-test-kimi-secret", "sk-test-anthropic-secret", TEST_JWT_SECRET, "Bearer ey")
 SIM_MODELS = "sim-fast,sim-smart,sim-large:1000000"
@@ -82,7 +82,7 @@ def start_exai(args: list[str], env: dict[str, str], log_path: Path, port: int) 
     log = log_path.open("wb")
     process = subprocess.Popen([sys.executable, "-m", "exai", *args], env=env, stdout=log, stderr=subprocess.STDOUT)
     proc = Proc(process, port, log_path)
-    deadline = time.monotonic() + 20
+    deadline = time.monotonic() + 120  # generous: the machine may be busy; a healthy start takes about a second
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"exai {' '.join(args)} exited with {process.returncode}:\n{proc.logs()}")
@@ -165,7 +165,7 @@ def daemon(sim: SimControl, tmp_path: Path) -> Iterator[Callable[..., Proc]]:
 
     def start(port: int | None = None, **extra: str) -> Proc:
         port = port or free_port()
-        env = {**os.environ, **sim_env(sim, **extra), "EXAI_PORT": str(port), "EXAI_LOG_JSON": "true"}
+        env = {**os.environ, "EXAI_LOG_JSON": "true", **sim_env(sim, **extra), "EXAI_PORT": str(port)}
         proc = start_exai(["serve"], env, tmp_path / f"daemon-{port}.log", port)
         started.append(proc)
         return proc

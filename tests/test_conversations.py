@@ -13,7 +13,7 @@ from exai.conversations.tokens import count_tokens
 from exai.observability.errors import NotFoundError
 from exai.server.mcp import build_server
 from tests.conftest import SimControl
-from tests.helpers import build_services
+from tests.helpers import build_services, tool_error
 
 pytestmark = pytest.mark.anyio
 
@@ -75,20 +75,20 @@ async def test_bad_continuation_ids_are_clear_errors(sim: SimControl, monkeypatc
     services = await build_services(monkeypatch, sim, EXAI_THREAD_TTL_HOURS="0.0002", EXAI_MAX_TURNS_PER_THREAD="4")
     async with Client(build_server(services)) as client:
         bad = await client.call_tool("chat", {"prompt": "x", "continuation_id": "not-a-thread"})
-        assert bad.structured_content["error"]["code"] == "invalid_continuation_id"
+        assert tool_error(bad)["code"] == "invalid_continuation_id"
         missing = await client.call_tool(
             "chat", {"prompt": "x", "continuation_id": "6f1d6c64-0000-4000-8000-000000000000"}
         )
-        error = missing.structured_content["error"]
+        error = tool_error(missing)
         assert error["code"] == "thread_not_found" and "without continuation_id" in error["remedy"]
         first = await client.call_tool("chat", {"prompt": "x", "model": "sim-fast"})
         thread = first.structured_content["continuation_id"]
         await client.call_tool("chat", {"prompt": "y", "model": "sim-fast", "continuation_id": thread})
         full = await client.call_tool("chat", {"prompt": "z", "model": "sim-fast", "continuation_id": thread})
-        assert full.structured_content["error"]["code"] == "thread_full"
+        assert tool_error(full)["code"] == "thread_full"
         await asyncio.sleep(0.8)
         expired = await client.call_tool("chat", {"prompt": "z", "model": "sim-fast", "continuation_id": thread})
-        assert expired.structured_content["error"]["code"] == "thread_expired"
+        assert tool_error(expired)["code"] == "thread_expired"
     with pytest.raises(NotFoundError):
         await services.conversations.open(thread, "another-tenant")
     await services.close()
@@ -136,5 +136,5 @@ async def test_threads_tool_lists_and_shows(sim: SimControl, monkeypatch: pytest
     assert listing["threads"][0]["tools"] == ["chat", "thinkdeep"] and listing["threads"][0]["turns"] == 4
     assert [t["tool"] for t in shown["turns"]] == ["chat", "chat", "thinkdeep", "thinkdeep"]
     assert shown["workflows"] == {"thinkdeep": "complete"}
-    assert missing.is_error and missing.structured_content["error"]["details"]["field"] == "thread_id"
+    assert missing.is_error and tool_error(missing)["details"]["field"] == "thread_id"
     await services.close()

@@ -59,15 +59,13 @@ async def test_fifty_concurrent_chats_do_not_block_each_other(daemon: Daemon, si
     sim.latency(200)
     async with Client(f"{proc.url}/mcp") as client:
         await client.list_tools()
-        started = time.monotonic()
         results = await asyncio.gather(
             *(client.call_tool("chat", {"prompt": f"call {i}", "model": "sim-fast"}) for i in range(50))
         )
-        elapsed = time.monotonic() - started
     assert all(not r.is_error for r in results)
     assert [r.structured_content["answer"].rsplit("echo: ", 1)[1] for r in results] == [f"call {i}" for i in range(50)]
+    # Concurrency is proven on the upstream's side (how many requests it held at once), not by a wall clock.
     assert sim.stats()["max_in_flight"] >= 10, "calls reached the upstream concurrently"
-    assert elapsed < 4.0, f"50 calls of 200 ms took {elapsed:.2f} s (serial would be 10 s)"
 
 
 async def test_correlation_id_reaches_the_upstream(daemon: Daemon, sim: SimControl) -> None:
@@ -103,7 +101,7 @@ async def test_cancelling_a_call_cancels_the_upstream_request(daemon: Daemon, si
 
 
 async def test_graceful_shutdown_lets_calls_in_flight_finish(daemon: Daemon, sim: SimControl) -> None:
-    proc = daemon(EXAI_SHUTDOWN_GRACE_SECONDS="10")
+    proc = daemon(EXAI_SHUTDOWN_GRACE_SECONDS="300")
     sim.latency(1500)
     async with Client(f"{proc.url}/mcp") as client:
         await client.list_tools()
@@ -111,14 +109,16 @@ async def test_graceful_shutdown_lets_calls_in_flight_finish(daemon: Daemon, sim
             asyncio.create_task(client.call_tool("chat", {"prompt": f"in flight {i}", "model": "sim-fast"}))
             for i in range(5)
         ]
-        await asyncio.sleep(0.5)
+        deadline = time.monotonic() + 60
+        while sim.stats()["in_flight"] < 5 and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert sim.stats()["in_flight"] == 5, "all five calls reached the upstream before the signal"
         proc.process.send_signal(signal.SIGTERM)
         results = await asyncio.gather(*calls)
         assert all(not r.is_error for r in results)
         assert sim.count("completed") == 5
-        signalled = time.monotonic()
-    exit_code = await asyncio.to_thread(proc.process.wait, 15)
+    # The grace period is 300 s: exiting within 60 s means the daemon did not wait it out once calls were done.
+    exit_code = await asyncio.to_thread(proc.process.wait, 60)
     assert exit_code == 0
-    assert time.monotonic() - signalled < 5, "no waiting out the whole grace period once calls are done"
     with pytest.raises(httpx2.TransportError):
         httpx2.get(f"{proc.url}/healthz", timeout=1)

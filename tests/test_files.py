@@ -1,16 +1,23 @@
-"""File access: every refusal, and what is read when a read is allowed."""
+"""File access: every refusal, what is read when a read is allowed, and what a path outside the roots reveals."""
 
 from __future__ import annotations
 
+import json
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
+from mcp import Client
 
 from exai.observability.errors import ExaiError, NotFoundError, PermissionDeniedError, ValidationError
 from exai.security.files import FileAccess
+from tests.conftest import Proc, SimControl
+from tests.helpers import tool_error
 
 pytestmark = pytest.mark.anyio
+Daemon = Callable[..., Proc]
 
 
 @pytest.fixture
@@ -71,3 +78,58 @@ async def test_symlink_inside_the_root_is_fine_and_deduplicated(root: Path) -> N
     access = FileAccess([root], 1000, 5000)
     items = await access.read([str(root / "alias.py"), str(root / "pkg" / "mod.py")])
     assert [i.path for i in items] == [str((root / "pkg" / "mod.py").resolve())]
+
+
+async def test_a_directory_swapped_for_a_link_after_the_check_is_not_followed(
+    root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (root / "sub").mkdir()
+    (root / "sub" / "a.txt").write_text("inside\n")
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "a.txt").write_text("top secret\n")
+    access = FileAccess([root], 1000, 5000)
+    check = access._check
+
+    def check_then_swap(raw: str) -> Path:
+        resolved = check(raw)
+        (root / "sub").rename(root / "sub-before")
+        (root / "sub").symlink_to(tmp_path / "elsewhere")
+        return resolved
+
+    monkeypatch.setattr(access, "_check", check_then_swap)
+    await _refused(access, str(root / "sub" / "a.txt"), ValidationError, "symlink_refused")
+
+
+async def _chat_error(client: Client, path: str) -> dict[str, Any]:
+    result = await client.call_tool("chat", {"prompt": "read this", "model": "sim-fast", "files": [path]})
+    assert result.is_error, path[:100]
+    assert len(result.content[0].text) < 2000, "errors quote at most a short prefix of a path"
+    return tool_error(result)
+
+
+async def test_paths_outside_the_roots_reveal_nothing(daemon: Daemon, sim: SimControl, tmp_path: Path) -> None:
+    roots = tmp_path / "roots"
+    roots.mkdir()
+    (tmp_path / "outside").mkdir()
+    (tmp_path / "outside" / "secret.txt").write_text("OUTSIDE-SECRET\n")
+    (roots / "dirlink").symlink_to(tmp_path / "outside")
+    os.link(tmp_path / "outside" / "secret.txt", roots / "hardlink.txt")
+    proc = daemon(EXAI_FILE_ROOTS=str(roots))
+    async with Client(f"{proc.url}/mcp") as client:
+        pairs = [
+            ("/proc/1", "/nonexistent-xyz"),
+            (f"{roots}/../outside/secret.txt", f"{roots}/../outside/missing.txt"),
+            (f"{roots}/dirlink/secret.txt", f"{roots}/dirlink/missing.txt"),
+        ]
+        for existing, missing in pairs:
+            seen, unseen = await _chat_error(client, existing), await _chat_error(client, missing)
+            assert seen["code"] == unseen["code"] == "outside_roots", (seen, unseen)
+            assert seen["message"].replace(existing, "P") == unseen["message"].replace(missing, "P")
+        hard = await _chat_error(client, str(roots / "hardlink.txt"))
+        assert hard["code"] == "hard_link" and "hard link" in hard["message"]
+        huge = await _chat_error(client, "/" + "a" * 3_000_000)
+        assert huge["code"] in ("invalid_path", "outside_roots")
+        huge_inside = await _chat_error(client, f"{roots}/" + "b" * 3_000_000)
+        assert huge_inside["code"] == "invalid_path"
+    assert "OUTSIDE-SECRET" not in json.dumps(sim.requests(50))
+    assert max(len(line) for line in proc.logs().splitlines()) < 20_000, "a huge path reached the log"

@@ -9,6 +9,7 @@ import pytest
 from mcp import Client
 
 from tests.conftest import Proc, SimControl
+from tests.helpers import tool_error
 
 pytestmark = pytest.mark.anyio
 Daemon = Callable[..., Proc]
@@ -45,18 +46,19 @@ async def test_hostile_tool_arguments_get_validation_errors(daemon: Daemon, sim:
         {"prompt": "x", "continuation_id": "' OR 1=1 --"},
         {"prompt": "x", "temperature": -1},
         {"prompt": "x", "model": "a" * 10_000},
-        {"prompt": "\u0000\u202e\ufeff zero-width and NUL \x00", "model": "sim-fast"},
+        {"prompt": "\u0000 NUL \x00", "model": "sim-fast", "files": []},
+        {"prompt": "\u202e\ufeff zero-width and bidi", "model": "sim-fast"},
     ]
     async with Client(f"{proc.url}/mcp") as client:
         await client.list_tools()
         for args in hostile:
             result = await client.call_tool("chat", args)
-            if args.get("model") == "sim-fast":
+            if args.get("model") == "sim-fast" and "files" not in args:
                 assert not result.is_error, "odd but valid text is simply passed on"
-                assert "zero-width and NUL" in result.content[0].text
+                assert "zero-width and bidi" in result.content[0].text
                 continue
             assert result.is_error, args
-            error = result.structured_content["error"]
+            error = tool_error(result)
             assert error["category"] in ("validation", "not_found", "permission"), error
             assert len(result.content[0].text) < 2000, "errors do not echo huge inputs back"
         ok = await client.call_tool("chat", {"prompt": "still fine?", "model": "sim-fast"})

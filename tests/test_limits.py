@@ -15,8 +15,9 @@ from mcp.client.streamable_http import streamable_http_client
 
 from exai.observability.errors import RateLimitError
 from exai.security.auth import issue_token
-from exai.security.limits import Limits, LocalLimiter, RedisLimiter
+from exai.security.limits import Limits, LocalLimiter, RedisLimiter, tenant_keys
 from tests.conftest import Proc, SimControl
+from tests.helpers import tool_error
 
 pytestmark = pytest.mark.anyio
 SECRET = "a-test-secret-that-is-long-enough-0123456789"
@@ -43,14 +44,21 @@ async def test_local_limits() -> None:
     await other.add_tokens("t", 150)
     with pytest.raises(RateLimitError, match="tokens per day"):
         await other.acquire("t")
-    assert (await limiter.acquire("vip")).enforced
+    assert (await limiter.acquire("vip")).tenant == "vip", "an override applies to its own tenant"
 
 
 async def test_redis_outage_follows_the_setting() -> None:
     broken = aioredis.from_url("redis://127.0.0.1:1/0", socket_connect_timeout=0.2)
-    fail_open = RedisLimiter(broken, Limits(), {}, "open", 60)
+    fail_open = RedisLimiter(broken, Limits(concurrent=1), {}, "open", 60)
+    errors: list[int] = []
+    fail_open.on_redis_error = lambda: errors.append(1)
     lease = await fail_open.acquire("t")
-    assert not lease.enforced and fail_open.failures == 1
+    assert lease.local and fail_open.degraded and fail_open.failures == 1 and errors == [1]
+    with pytest.raises(RateLimitError) as caught:
+        await fail_open.acquire("t")
+    assert caught.value.code == "rate_limited_concurrency", "open means degraded (limited per replica), not unlimited"
+    await fail_open.release(lease)
+    assert (await fail_open.acquire("t")).local
     fail_closed = RedisLimiter(broken, Limits(), {}, "closed", 60)
     with pytest.raises(RateLimitError) as caught:
         await fail_closed.acquire("t")
@@ -58,12 +66,17 @@ async def test_redis_outage_follows_the_setting() -> None:
 
 
 async def _call(url: str, token: str, args: dict, tool: str = "chat") -> object:
+    return (await _calls(url, token, [args], tool))[0]
+
+
+async def _calls(url: str, token: str, many: list[dict], tool: str = "chat") -> list:
+    """Run the calls at once in one MCP session."""
     async with (
-        httpx2.AsyncClient(headers={"Authorization": f"Bearer {token}"}) as http,
+        httpx2.AsyncClient(headers={"Authorization": f"Bearer {token}"}, timeout=60) as http,
         Client(streamable_http_client(f"{url}/mcp", http_client=http)) as client,
     ):
         await client.list_tools()
-        return await client.call_tool(tool, args)
+        return list(await asyncio.gather(*(client.call_tool(tool, args) for args in many)))
 
 
 async def test_requests_per_minute_are_exact_across_two_daemons(
@@ -77,11 +90,15 @@ async def test_requests_per_minute_are_exact_across_two_daemons(
     }
     a, b = daemon(**env), daemon(**env)
     token = issue_token(SECRET, f"tenant-{uuid.uuid4().hex[:8]}", ["exai:tools"], 600)
-    results = await asyncio.gather(
-        *(_call((a, b)[i % 2].url, token, {"prompt": f"n{i}", "model": "sim-fast"}) for i in range(24))
+    batches = await asyncio.gather(
+        *(
+            _calls(proc.url, token, [{"prompt": f"{n}{i}", "model": "sim-fast"} for i in range(12)])
+            for n, proc in ((0, a), (1, b))
+        )
     )
+    results = [result for batch in batches for result in batch]
     ok = [r for r in results if not r.is_error]
-    limited = [r.structured_content["error"] for r in results if r.is_error]
+    limited = [tool_error(r) for r in results if r.is_error]
     assert len(ok) == 10, f"{len(ok)} admitted; two replicas must admit the limit, not twice it"
     assert len(limited) == 14 and all(e["category"] == "rate_limit" for e in limited)
     assert all(e["details"]["retry_after_seconds"] > 0 for e in limited)
@@ -104,17 +121,17 @@ async def test_slots_come_back_after_timeouts_and_cancellations(
     token = issue_token(SECRET, tenant, ["exai:tools"], 600)
     sim.fault("hang", model="sim-fast")
     timed_out = await asyncio.gather(*(_call(proc.url, token, {"prompt": "t", "model": "sim-fast"}) for _ in range(2)))
-    assert all(r.structured_content["error"]["category"] == "timeout" for r in timed_out)
+    assert all(tool_error(r)["category"] == "timeout" for r in timed_out)
     for _ in range(2):
         with anyio.move_on_after(0.5):
             await _call(proc.url, token, {"prompt": "c", "model": "sim-fast"})
     sim.clear_faults()
     redis = aioredis.from_url(redis_url)
     for _ in range(50):
-        if await redis.zcard(f"exai:rl:{tenant}:slots") == 0:
+        if await redis.zcard(f"{tenant_keys(tenant)}:slots") == 0:
             break
         await asyncio.sleep(0.1)
-    assert await redis.zcard(f"exai:rl:{tenant}:slots") == 0, "every slot was given back"
+    assert await redis.zcard(f"{tenant_keys(tenant)}:slots") == 0, "every slot was given back"
     await redis.aclose()
     again = await asyncio.gather(*(_call(proc.url, token, {"prompt": "ok", "model": "sim-fast"}) for _ in range(2)))
     assert not any(r.is_error for r in again)

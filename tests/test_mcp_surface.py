@@ -14,7 +14,7 @@ from exai.config import load_settings
 from exai.server.mcp import build_server
 from exai.tools import PROFILES
 from tests.conftest import SimControl
-from tests.helpers import build_services
+from tests.helpers import build_services, tool_error
 
 pytestmark = pytest.mark.anyio
 
@@ -53,7 +53,7 @@ async def test_chat_returns_answer_and_structured_metadata(sim: SimControl, monk
 async def _error(client: Client, tool: str, args: dict[str, Any]) -> dict[str, Any]:
     result = await client.call_tool(tool, args)
     assert result.is_error
-    error = result.structured_content["error"]
+    error = tool_error(result)
     assert error["correlation_id"] in result.content[0].text
     return error
 

@@ -19,8 +19,9 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
-from exai.security.auth import JWTVerifier, issue_token, new_api_key, parse_api_keys
+from exai.security.auth import JWTVerifier, issue_token, new_api_key, parse_api_keys, visible_tools
 from tests.conftest import Proc, SimControl
+from tests.helpers import tool_error
 
 pytestmark = pytest.mark.anyio
 SECRET = "a-test-secret-that-is-long-enough-0123456789"
@@ -145,6 +146,15 @@ async def test_api_keys_are_hashed_and_revocable() -> None:
     assert await JWTVerifier(api_keys=[]).verify_token(key) is None, "removing the entry revokes the key"
 
 
+def test_visible_tools_name_only_what_the_token_may_call() -> None:
+    names = ["chat", "status", "threads", "precommit"]
+    assert visible_tools(names, ["exai:tool:chat"]) == ["chat"]
+    assert visible_tools(names, ["exai:tools"]) == ["chat", "threads", "precommit"]
+    assert visible_tools(names, ["exai:admin"]) == names
+    assert visible_tools(names, []) == []
+    assert visible_tools(names, None) == names, "without auth every tool is visible"
+
+
 async def _client_call(url: str, token: str, tool: str, args: dict) -> object:
     async with (
         httpx2.AsyncClient(headers={"Authorization": f"Bearer {token}"}) as http,
@@ -177,17 +187,17 @@ async def test_daemon_requires_tokens_enforces_scopes_and_isolates_tenants(daemo
     assert "status" not in names and "chat" in names
     thread = started.structured_content["continuation_id"]
     _, stolen = await _client_call(proc.url, bob, "chat", {"prompt": "x", "continuation_id": thread})
-    assert stolen.is_error and stolen.structured_content["error"]["code"] == "thread_not_found"
+    assert stolen.is_error and tool_error(stolen)["code"] == "thread_not_found"
     _, listing = await _client_call(proc.url, bob, "threads", {})
     assert listing.structured_content["threads"] == []
     _, shown = await _client_call(proc.url, alice, "threads", {"action": "show", "thread_id": thread})
     assert not shown.is_error
     _, denied = await _client_call(proc.url, alice, "status", {})
-    assert denied.is_error and denied.structured_content["error"]["category"] == "permission"
+    assert denied.is_error and tool_error(denied)["category"] == "permission"
     names, allowed = await _client_call(proc.url, admin, "status", {})
     assert not allowed.is_error and "status" in names
     names, narrow = await _client_call(proc.url, only_chat, "threads", {})
-    assert names == {"chat"} and narrow.structured_content["error"]["code"] == "missing_scope"
+    assert names == {"chat"} and tool_error(narrow)["code"] == "missing_scope"
     assert httpx2.get(f"{proc.url}/metrics", headers={"Authorization": f"Bearer {alice}"}).status_code == 403
     assert httpx2.get(f"{proc.url}/metrics").status_code == 401
     assert httpx2.get(f"{proc.url}/metrics", headers={"Authorization": f"Bearer {admin}"}).status_code == 200

@@ -12,6 +12,7 @@ import pytest
 from mcp import Client, StdioServerParameters
 
 from tests.conftest import SimControl, free_port, sim_env
+from tests.helpers import tool_error
 
 pytestmark = pytest.mark.anyio
 
@@ -39,7 +40,7 @@ async def test_all_four_tools_over_stdio(sim: SimControl) -> None:
     assert not chat.is_error and chat.structured_content["provider"] == "anthropic"
     assert "echo: over stdio" in chat.content[0].text
     assert not any(r.is_error for r in others)
-    assert bad.is_error and bad.structured_content["error"]["details"]["fields"] == ["prompt"]
+    assert bad.is_error and tool_error(bad)["details"]["fields"] == ["prompt"]
 
 
 def test_doctor_reports_each_provider(sim: SimControl) -> None:

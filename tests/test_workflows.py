@@ -16,7 +16,7 @@ from exai.conversations.tokens import count_tokens
 from exai.server.mcp import build_server
 from exai.tools import PROFILES
 from tests.conftest import SimControl
-from tests.helpers import build_services
+from tests.helpers import build_services, tool_error
 
 pytestmark = pytest.mark.anyio
 EXPERT_TOOLS = ["thinkdeep", "debug", "analyze", "codereview", "refactor", "secaudit", "testgen", "docgen", "tracer"]
@@ -79,7 +79,7 @@ async def test_expert_failure_keeps_the_steps_and_resumes(sim: SimControl, monke
         sim.fault("503")
         failed = await client.call_tool("debug", _step(2, 2, True, continuation_id=thread))
         assert failed.is_error
-        error = failed.structured_content["error"]
+        error = tool_error(failed)
         assert error["category"] == "provider" and error["details"]["continuation_id"] == thread
         assert error["details"]["steps_kept"] == [1, 2] and "continuation_id" in error["details"]["resume"]
         sim.clear_faults()
@@ -169,7 +169,7 @@ async def test_precommit_reads_the_diff_inside_roots(
     assert not result.is_error, result.content[0].text
     sent = json.dumps(sim.requests(1)[0]["body"])
     assert "diff --git a/service.py b/service.py" in sent and "hunter2" in sent
-    error = outside.structured_content["error"]
+    error = tool_error(outside)
     assert error["code"] == "diff_required" and "git diff" in error["remedy"]
     await services.close()
 
@@ -179,8 +179,8 @@ async def test_step_two_without_thread_and_oversized_prompt(sim: SimControl, mon
     async with Client(build_server(services)) as client:
         orphan = await client.call_tool("analyze", _step(2, 3, False))
         big = await client.call_tool("chat", {"prompt": "x" * 200})
-    assert orphan.structured_content["error"]["code"] == "missing_continuation_id"
-    assert "files" in big.structured_content["error"]["remedy"]
+    assert tool_error(orphan)["code"] == "missing_continuation_id"
+    assert "files" in tool_error(big)["remedy"]
     await services.close()
 
 

@@ -8,18 +8,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from pydantic import SecretStr
+
 from exai.config import Settings, secret
 from exai.conversations.threads import Conversations
 from exai.conversations.tokens import warm_up
 from exai.observability.alerts import AlertManager, AlertThresholds
-from exai.observability.context import add_upstream_wait
+from exai.observability.events import Events
+from exai.observability.health import Health
+from exai.observability.logging import register_secret
 from exai.observability.metrics import Metrics
-from exai.observability.stats import CallStats
+from exai.observability.stats import Stats
 from exai.providers.base import Provider
 from exai.providers.catalogue import Catalogue
 from exai.providers.discovery import discover_custom_models
 from exai.providers.lazy import LazyProvider, import_later
-from exai.providers.router import Attempt, Router
+from exai.providers.router import Router
 from exai.security.auth import JWTVerifier, parse_api_keys
 from exai.security.files import FileAccess
 from exai.security.limits import Limits, LocalLimiter, RateLimiter, RedisLimiter
@@ -33,6 +37,14 @@ if TYPE_CHECKING:
     import redis.asyncio as aioredis
 
 Transport = Literal["stdio", "http", "memory"]
+
+
+def register_secrets(settings: Settings) -> None:
+    """Keep every secret setting (keys, JWT secret, database, Redis and webhook URLs) out of the logs."""
+    for name in type(settings).model_fields:
+        value = getattr(settings, name)
+        if isinstance(value, SecretStr):
+            register_secret(value.get_secret_value())
 
 
 def build_store(settings: Settings) -> Store:
@@ -77,7 +89,13 @@ def build_verifier(settings: Settings) -> JWTVerifier | None:
     )
 
 
-def build_limiter(settings: Settings, redis: aioredis.Redis | None) -> RateLimiter:
+LIMIT_SETTINGS = frozenset({"rate_limit_rpm", "rate_limit_concurrency", "rate_limit_tokens_per_day", "tenant_limits"})
+
+
+def build_limiter(settings: Settings, redis: aioredis.Redis | None) -> RateLimiter | None:
+    """Per-tenant limits: always with auth; without it, for the one `local` tenant once any limit is set."""
+    if not settings.auth_enabled and not LIMIT_SETTINGS & settings.model_fields_set:
+        return None
     defaults = Limits(
         requests_per_minute=settings.rate_limit_rpm,
         concurrent=settings.rate_limit_concurrency,
@@ -96,7 +114,8 @@ class Services:
     settings: Settings
     catalogue: Catalogue
     router: Router
-    stats: CallStats
+    stats: Stats
+    health: Health
     tools: list[Tool[Any, Any]]
     store: Store
     conversations: Conversations
@@ -105,19 +124,25 @@ class Services:
     transport: Transport
     metrics: Metrics
     alerts: AlertManager
-    limiter: RateLimiter
+    limiter: RateLimiter | None
     verifier: JWTVerifier | None
+    events: Events
 
     @classmethod
     def build(cls, settings: Settings, transport: Transport = "memory") -> Services:
+        register_secrets(settings)
         catalogue = Catalogue.load(settings.models_file, settings.custom_models, settings.custom_context_window)
         configs = settings.providers()
         providers: dict[str, Provider] = {}
         for name, config in configs.items():
             if config.enabled and config.base_url:
                 providers[name] = LazyProvider(name, config.spec.wire, config.base_url, config.api_key)
-        metrics = Metrics()
         router = Router(settings, catalogue, providers, configs)
+        redis = build_redis(settings)
+        limiter = build_limiter(settings, redis)
+        stats = Stats()
+        health = Health(stats, router, limiter, settings.alert_window_seconds, settings.breaker_cooldown_seconds)
+        metrics = Metrics(health.limiter)
         alerts = AlertManager(
             AlertThresholds(
                 window_seconds=settings.alert_window_seconds,
@@ -127,34 +152,16 @@ class Services:
                 rate_limit_rejections=settings.alert_rate_limit_rejections,
             ),
             secret(settings.alert_webhook_url),
-            router.open_breakers,
+            stats,
+            health,
         )
-
-        def on_attempt(attempt: Attempt) -> None:
-            outcome = "ok" if attempt.outcome == "ok" else attempt.outcome
-            metrics.provider_calls.labels(attempt.provider, attempt.model, outcome).inc()
-            if attempt.outcome != "breaker_open":
-                metrics.upstream_latency.labels(attempt.provider, attempt.model).observe(attempt.latency_ms / 1000)
-                add_upstream_wait(attempt.latency_ms / 1000)
-                alerts.record("provider", (attempt.provider, attempt.outcome == "ok"))
-
-        def on_storage(operation: str, seconds: float, ok: bool) -> None:
-            metrics.storage_latency.labels(operation).observe(seconds)
-            if not ok:
-                metrics.storage_errors.labels(operation).inc()
-                alerts.record("storage")
-
-        router.on_attempt = on_attempt
+        store = build_store(settings)
+        audit = AuditWriter(store)
+        events = Events(stats, metrics, audit)
+        router.on_attempt = events.attempt_finished
         verifier = build_verifier(settings)
         if verifier is not None:
-
-            def on_auth_failure() -> None:
-                metrics.auth_failures.inc()
-                alerts.record("auth")
-
-            verifier.on_failure = on_auth_failure
-        store = build_store(settings)
-        redis = build_redis(settings)
+            verifier.on_failure = events.auth_failed
         roots = settings.file_roots
         if roots is None:  # over stdio the client's working directory; a shared daemon reads nothing by default
             roots = [] if transport == "http" else [str(Path.cwd())]
@@ -162,19 +169,21 @@ class Services:
             settings=settings,
             catalogue=catalogue,
             router=router,
-            stats=CallStats(),
+            stats=stats,
+            health=health,
             tools=enabled_tools(settings.tool_profile, settings.disabled_tools),
             store=store,
             conversations=Conversations(
-                store, settings.thread_ttl_hours * 3600, settings.max_turns_per_thread, on_storage
+                store, settings.thread_ttl_hours * 3600, settings.max_turns_per_thread, events.storage_finished
             ),
             files=FileAccess([Path(r) for r in roots], settings.max_file_bytes, settings.max_files_bytes),
-            audit=AuditWriter(store),
+            audit=audit,
             transport=transport,
             metrics=metrics,
             alerts=alerts,
-            limiter=build_limiter(settings, redis),
+            limiter=limiter,
             verifier=verifier,
+            events=events,
         )
 
     async def start(self) -> None:

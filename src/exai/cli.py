@@ -299,6 +299,7 @@ def audit(
 
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
     services = _services(_settings())
     cutoff = time.time() - _duration(since) if since else None
@@ -320,7 +321,7 @@ def audit(
     for column in ("time", "tenant", "tool", "model", "tokens in/out", "cost $", "ms", "outcome", "correlation id"):
         table.add_column(column)
     for r in records:
-        table.add_row(
+        cells = (
             time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r.time)),
             r.tenant,
             r.tool,
@@ -331,6 +332,7 @@ def audit(
             r.outcome + (f" ({r.error_category})" if r.error_category else ""),
             r.correlation_id,
         )
+        table.add_row(*(Text(cell) for cell in cells))  # plain text: a tenant's name is never Rich markup
     Console().print(table)
 
 

@@ -92,6 +92,9 @@ class Settings(BaseSettings):
     rate_limit_tokens_per_day: int = Field(default=5_000_000, ge=1)
     tenant_limits: TenantLimits = Field(default_factory=dict)
     rate_limit_on_redis_error: Literal["open", "closed"] = "open"
+    max_sessions_per_tenant: int = Field(default=64, ge=1)
+    session_idle_seconds: float = Field(default=600.0, gt=0)
+    authorization_server_url: str | None = None
 
     # Alerts
     alert_webhook_url: SecretStr | None = None

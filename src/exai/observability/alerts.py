@@ -1,9 +1,10 @@
-"""Alert rules over sliding time windows, evaluated in the background.
+"""Alert rules over a sliding time window, evaluated in the background.
 
-Events (provider calls, tool latencies, auth failures, rate-limit rejections, storage errors) are kept with their
-time; each rule looks at its own window. An alert fires when its condition holds, shows on /alerts and the
-status page, is posted to the webhook (retried in the background, never on a request's path), and resolves
-(posted again) when the condition clears.
+The rules read the recent history in `Stats` (upstream attempts, tool latencies, auth failures, rate-limit
+rejections, storage errors) and the provider and limiter state from `Health`, the same sources as the `status`
+tool and the status page. An alert fires when its condition holds, shows on /alerts and the status page, is posted
+to the webhook (retried in the background, never on a request's path), and resolves (posted again) when the
+condition clears.
 """
 
 from __future__ import annotations
@@ -12,14 +13,15 @@ import asyncio
 import contextlib
 import time
 from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import httpx2
 from pydantic import BaseModel, Field
 
+from exai.observability.health import Health
 from exai.observability.logging import get_logger
+from exai.observability.stats import Stats, percentile
 
 log = get_logger(__name__)
 
@@ -59,60 +61,60 @@ class AlertManager:
         self,
         thresholds: AlertThresholds,
         webhook_url: str | None,
-        open_breakers: Callable[[], list[str]],
+        stats: Stats,
+        health: Health,
         interval: float = 1.0,
     ) -> None:
         self.t = thresholds
         self.webhook_url = webhook_url
-        self.open_breakers = open_breakers
+        self.stats = stats
+        self.health = health
         self.interval = interval
-        self.events: dict[str, deque[tuple[float, Any]]] = {
-            k: deque(maxlen=100_000) for k in ("provider", "latency", "auth", "rate_limit", "storage")
-        }
         self.active: dict[str, Alert] = {}
         self.history: deque[Alert] = deque(maxlen=200)
         self._deliveries: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self._tasks: list[asyncio.Task[None]] = []
 
-    def record(self, kind: str, value: Any = 1) -> None:
-        self.events[kind].append((time.time(), value))
-
-    def _window(self, kind: str) -> list[Any]:
-        cutoff = time.time() - self.t.window_seconds
-        events = self.events[kind]
-        while events and events[0][0] < cutoff:
-            events.popleft()
-        return [value for _, value in events]
-
     def conditions(self) -> dict[str, tuple[str, str]]:
         """The alerts whose condition holds now: name -> (severity, summary)."""
         found: dict[str, tuple[str, str]] = {}
+        recent = self.stats.window(self.t.window_seconds)
         window = f"in the last {self.t.window_seconds:g} s"
-        calls: dict[str, list[bool]] = {}
-        for provider, ok in self._window("provider"):
-            calls.setdefault(provider, []).append(ok)
-        for provider, outcomes in calls.items():
-            rate = 1 - sum(outcomes) / len(outcomes)
-            if len(outcomes) >= self.t.provider_min_calls and rate >= self.t.provider_error_rate:
+        for provider, outcomes in recent.attempts.items():
+            tried = sum(n for kind, n in outcomes.items() if kind != "breaker_open")
+            failed = tried - outcomes["ok"]
+            if tried >= self.t.provider_min_calls and failed / tried >= self.t.provider_error_rate:
                 found[f"provider_error_rate:{provider}"] = (
                     "critical",
-                    f"{provider}: {rate:.0%} of {len(outcomes)} upstream calls failed {window}",
+                    f"{provider}: {failed / tried:.0%} of {tried} upstream calls failed {window}",
                 )
-        latencies = sorted(self._window("latency"))
-        if len(latencies) >= 5:
-            p95 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.95))]
+        if sum(recent.latency.values()) >= 5:
+            p95 = percentile(recent.latency, 0.95) / 1000
             if p95 >= self.t.p95_latency_seconds:
                 found["p95_latency"] = ("warning", f"p95 tool latency {p95:.2f} s {window}")
-        for breaker in self.open_breakers():
-            found[f"breaker_open:{breaker}"] = ("warning", f"circuit breaker open for {breaker}")
-        for kind, limit, severity, what in (
-            ("auth", self.t.auth_failures, "warning", "authentication failures"),
-            ("rate_limit", self.t.rate_limit_rejections, "info", "rate-limit rejections"),
-            ("storage", self.t.storage_errors, "critical", "storage errors"),
+        for provider in self.health.providers():
+            for breaker in provider.breaker_details:
+                if breaker.state == "open":
+                    found[f"breaker_open:{provider.name}/{breaker.model}"] = (
+                        "warning",
+                        f"{provider.name}/{breaker.reason}",
+                    )
+        limiter = self.health.limiter()
+        if limiter.degraded:
+            found["limiter_degraded"] = ("critical", limiter.reason)
+        for name, count, limit, severity, what in (
+            ("auth_failures", recent.marks["auth_failure"], self.t.auth_failures, "warning", "authentication failures"),
+            (
+                "rate_limit",
+                recent.outcomes["rate_limited"],
+                self.t.rate_limit_rejections,
+                "info",
+                "rate-limit rejections",
+            ),
+            ("storage", recent.marks["storage_error"], self.t.storage_errors, "critical", "storage errors"),
         ):
-            count = len(self._window(kind))
             if count >= limit:
-                found[kind if kind != "auth" else "auth_failures"] = (severity, f"{count} {what} {window}")
+                found[name] = (severity, f"{count} {what} {window}")
         return found
 
     def evaluate(self) -> None:

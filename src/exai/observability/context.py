@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 from contextvars import ContextVar
 
@@ -20,9 +21,16 @@ def current_correlation_id() -> str:
     return value if value is not None else new_correlation_id()
 
 
+SAFE_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
+
+
 def bind_correlation_id(value: str | None) -> str:
-    """Make `value` (or a new id) the current correlation id, also for every log line."""
-    cid = value or new_correlation_id()
+    """Make `value` the current correlation id, also for every log line.
+
+    A caller's id is kept only when it is 1-64 characters of a safe set (letters, digits, `._:-`): it is sent
+    upstream as a header and shown in logs and terminals. Anything else is replaced by a new id, never echoed.
+    """
+    cid = value if value is not None and SAFE_ID.fullmatch(value) else new_correlation_id()
     _correlation_id.set(cid)
     structlog.contextvars.bind_contextvars(correlation_id=cid)
     return cid

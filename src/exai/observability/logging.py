@@ -1,8 +1,9 @@
 """The one logging set-up of the program: structlog over the standard library.
 
 Logs go to stderr (stdout belongs to the MCP stdio transport). JSON when `json` is true,
-coloured key/value lines for a terminal otherwise. Values of keys that look like secrets are
-masked before anything is rendered.
+coloured key/value lines for a terminal otherwise. Secrets are kept out at three depths: values of keys that
+look like secrets are masked before rendering; tracebacks never show local variables; and every rendered record
+(traceback included) has the configured secret values and any URL's password replaced before it is written.
 """
 
 from __future__ import annotations
@@ -16,6 +17,31 @@ import structlog
 
 _SECRET_KEY = re.compile(r"(api_?key|token|secret|password|authorization)", re.IGNORECASE)
 _BEARER = re.compile(r"(Bearer\s+)[A-Za-z0-9._\-]+")
+_URL_PASSWORD = re.compile(r"(\b[a-zA-Z][a-zA-Z0-9+.-]*://[^:/@\s]*:)[^@\s/]+@")
+_secret_values: set[str] = set()
+MIN_SECRET_LENGTH = 6
+
+
+def register_secret(value: str | None) -> None:
+    """Never write `value` to a log (API keys, JWT secrets, database, Redis and webhook URLs)."""
+    if value and len(value) >= MIN_SECRET_LENGTH:
+        _secret_values.add(value)
+
+
+def redact(text: str) -> str:
+    """`text` with every registered secret and every URL password replaced by ***."""
+    text = _URL_PASSWORD.sub(r"\1***@", text)
+    for secret in sorted(_secret_values, key=len, reverse=True):
+        if secret in text:
+            text = text.replace(secret, "***")
+    return text
+
+
+def _redacting(renderer: Any) -> Any:
+    def render(logger: Any, name: str, event: dict[str, Any]) -> str:
+        return redact(renderer(logger, name, event))
+
+    return render
 
 
 def _mask_secrets(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
@@ -37,8 +63,14 @@ def configure_logging(level: str = "INFO", json: bool = False) -> None:
         _mask_secrets,
     ]
     renderer: Any = (
-        structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+        structlog.processors.JSONRenderer()
+        if json
+        else structlog.dev.ConsoleRenderer(
+            colors=sys.stderr.isatty(), exception_formatter=structlog.dev.plain_traceback
+        )
     )
+    if json:
+        shared.append(structlog.processors.format_exc_info)
     structlog.configure(
         processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
         logger_factory=structlog.stdlib.LoggerFactory(),
@@ -49,7 +81,7 @@ def configure_logging(level: str = "INFO", json: bool = False) -> None:
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
             foreign_pre_chain=shared,
-            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, _redacting(renderer)],
         )
     )
     root = logging.getLogger()

@@ -1,23 +1,81 @@
 """Prometheus metrics, in a registry of the daemon's own (served at /metrics).
 
+Besides the exai_* series, /metrics carries the standard process (memory, CPU, open files), platform and GC
+collectors of prometheus-client, and the rate limiter's state read when scraped.
+
 `exai serve` runs one process; for several worker processes set PROMETHEUS_MULTIPROC_DIR and prometheus-client's
-multiprocess mode aggregates them (see README).
+multiprocess mode aggregates the exai_* series (see README). Process, GC and limiter readings belong to one process
+and cannot be summed; in that mode they are exported for the process that answers the scrape, with a `pid` label.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterable
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    Histogram,
+    PlatformCollector,
+    generate_latest,
+    multiprocess,
+)
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from exai.observability.health import LimiterHealth, limiter_health
+from exai.observability.process import ProcessMeter
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 BREAKER_VALUES = {"closed": 0, "half_open": 1, "open": 2}
 
 
+class LimiterCollector(Collector):
+    """exai_limiter_degraded and exai_limiter_redis_errors_total, read from the limiter when scraped."""
+
+    def __init__(self, read: Callable[[], LimiterHealth]) -> None:
+        self.read = read
+
+    def collect(self) -> Iterable[Metric]:
+        state = self.read()
+        yield GaugeMetricFamily(
+            "exai_limiter_degraded",
+            "1 while the rate limiter cannot reach Redis and each replica enforces the limits alone",
+            value=int(state.degraded),
+        )
+        yield CounterMetricFamily(
+            "exai_limiter_redis_errors", "Failed Redis operations of the rate limiter", value=state.redis_errors
+        )
+
+
+class WithPid(Collector):
+    """Another collector's series, each labelled with this process's id (for multiprocess mode)."""
+
+    def __init__(self, inner: Collector) -> None:
+        self.inner = inner
+
+    def collect(self) -> Iterable[Metric]:
+        pid = str(os.getpid())
+        for family in self.inner.collect():
+            family.samples = [s._replace(labels={**s.labels, "pid": pid}) for s in family.samples]
+            yield family
+
+
 class Metrics:
-    def __init__(self) -> None:
+    def __init__(self, limiter_state: Callable[[], LimiterHealth] = lambda: limiter_health(None)) -> None:
         self.registry = CollectorRegistry()
+        self.process_meter = ProcessMeter()
+        self.this_process = CollectorRegistry()
+        """Readings of this process only: resources, garbage collection, the rate limiter."""
+        self.this_process.register(self.process_meter.collector)
+        GCCollector(registry=self.this_process)
+        self.this_process.register(LimiterCollector(limiter_state))
         r = self.registry
+        PlatformCollector(registry=r)
+        r.register(self.this_process)
         self.tool_calls = Counter("exai_tool_calls", "Tool calls by tool and outcome", ["tool", "outcome"], registry=r)
         self.tool_latency = Histogram(
             "exai_tool_latency_seconds", "Tool call latency", ["tool"], buckets=LATENCY_BUCKETS, registry=r
@@ -66,5 +124,7 @@ class Metrics:
         if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
             registry = CollectorRegistry()
             multiprocess.MultiProcessCollector(registry)
+            PlatformCollector(registry=registry)
+            registry.register(WithPid(self.this_process))
             return generate_latest(registry)
         return generate_latest(self.registry)

@@ -13,14 +13,16 @@ import hashlib
 import hmac
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
 import jwt
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
+from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
 from mcp.server.auth.provider import AccessToken
+from starlette.types import Scope
 
 from exai.observability.logging import get_logger
 
@@ -30,6 +32,8 @@ API_KEY_PREFIX = "exai_"
 ADMIN_SCOPE = "exai:admin"
 TOOLS_SCOPE = "exai:tools"
 ADMIN_TOOLS = frozenset({"status"})
+LOCAL_TENANT = "local"
+"""The one tenant of a daemon without authentication."""
 
 
 @dataclass(frozen=True)
@@ -67,6 +71,30 @@ def may_call(tool: str, scopes: list[str]) -> bool:
     if tool in ADMIN_TOOLS:
         return False
     return TOOLS_SCOPE in scopes or f"exai:tool:{tool}" in scopes
+
+
+def visible_tools(names: Iterable[str], scopes: list[str] | None) -> list[str]:
+    """The tools, of `names` and in their order, that a token with `scopes` may call (all of them without auth).
+
+    Listings and error messages name only these, so a narrow token learns nothing about the other tools.
+    """
+    return [name for name in names if scopes is None or may_call(name, scopes)]
+
+
+def request_access(scope: Scope) -> AccessToken | None:
+    """The verified token of an HTTP request (set by the SDK's authentication middleware), if any."""
+    user = scope.get("user")
+    return user.access_token if isinstance(user, AuthenticatedUser) else None
+
+
+def request_tenant(scope: Scope, auth_enabled: bool) -> str | None:
+    """Who an HTTP request is from: the token's tenant; the local tenant without auth; None if unauthenticated."""
+    if not auth_enabled:
+        return LOCAL_TENANT
+    access = request_access(scope)
+    if access is None:
+        return None
+    return access.subject or access.client_id
 
 
 class JWTVerifier:

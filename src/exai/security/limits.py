@@ -1,19 +1,27 @@
-"""Per-tenant limits: requests per minute, concurrent calls and tokens per day.
+"""Per-tenant limits: requests per minute, concurrent calls, tokens per day and new MCP sessions per minute.
 
 With Redis every replica checks and counts in one atomic script, so N replicas admit the limit, not N times it.
-Concurrency slots are leases with an expiry, so a replica that dies holding one cannot block a tenant forever.
-Without Redis the same rules run in process. When Redis fails, the configured mode decides (fail open with an
-error log and a counted alert event, or fail closed): never a silent switch to per-process counting.
+A tenant's keys share the hash tag `{tenant}`, so the multi-key scripts also run on Redis Cluster.
+Concurrency slots are leases with an expiry that is refreshed while the call runs: a replica that dies holding
+one frees it within one TTL, and a call longer than the TTL (consensus asks several models) keeps its slot.
+Without Redis the same rules run in process. When Redis fails, the configured mode decides: `open` falls back to
+this replica's own counters ("degraded": each replica enforces the limits alone) and tries Redis again after a
+pause; `closed` refuses. Either way the failure is counted (`failures`, `on_redis_error`) and `degraded` stays
+true until Redis answers again: never a silent switch to "unlimited".
 """
 
 from __future__ import annotations
 
+import asyncio
+import math
 import time
 import uuid
 from collections import defaultdict, deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
+import anyio
 import redis.asyncio as aioredis
 from pydantic import BaseModel, Field
 from redis.exceptions import RedisError
@@ -24,6 +32,7 @@ from exai.observability.logging import get_logger
 log = get_logger(__name__)
 WINDOW = 60.0
 DAY = 86400
+REDIS_RETRY_SECONDS = 5.0
 
 
 class Limits(BaseModel):
@@ -36,11 +45,13 @@ class Limits(BaseModel):
 class Lease:
     tenant: str
     id: str
-    enforced: bool = True
+    local: bool = False
+    """True when the slot is held in this process (no Redis, or Redis was down when it was taken)."""
 
 
 class RateLimiter(Protocol):
     failures: int
+    degraded: bool
 
     async def acquire(self, tenant: str) -> Lease: ...
 
@@ -48,40 +59,50 @@ class RateLimiter(Protocol):
 
     async def add_tokens(self, tenant: str, tokens: int) -> None: ...
 
+    async def open_session(self, tenant: str) -> None: ...
+
 
 def _rejected(reason: str, limit: int, retry_after: float) -> RateLimitError:
     what = {
         "rpm": f"{limit} requests per minute",
         "concurrency": f"{limit} concurrent calls",
         "tokens": f"{limit:,} tokens per day",
+        "sessions": f"{limit} new MCP sessions per minute",
         "unavailable": "the limiter is unavailable",
     }[reason]
+    reuse = "Reuse one MCP session for many calls instead of opening one per call. " if reason == "sessions" else ""
     return RateLimitError(
         f"Rate limit reached: {what}.",
         code=f"rate_limited_{reason}",
-        remedy=f"Retry after {retry_after:.1f} s, or ask the operator to raise your limits.",
+        remedy=f"{reuse}Retry after {retry_after:.1f} s, or ask the operator to raise your limits.",
         details={"retry_after_seconds": round(retry_after, 2), "limit": reason},
     )
 
 
+def _trimmed(recent: deque[float], now: float) -> deque[float]:
+    while recent and recent[0] <= now - WINDOW:
+        recent.popleft()
+    return recent
+
+
 class LocalLimiter:
-    """Limits for one process (no Redis configured)."""
+    """Limits for one process (no Redis configured, or Redis down in `open` mode)."""
 
     def __init__(self, defaults: Limits, overrides: dict[str, Limits]) -> None:
         self.defaults, self.overrides = defaults, overrides
         self._recent: dict[str, deque[float]] = defaultdict(deque)
+        self._sessions: dict[str, deque[float]] = defaultdict(deque)
         self._active: dict[str, set[str]] = defaultdict(set)
         self._tokens: dict[tuple[str, int], int] = defaultdict(int)
         self.failures = 0
+        self.degraded = False
 
     def limits(self, tenant: str) -> Limits:
         return self.overrides.get(tenant, self.defaults)
 
     async def acquire(self, tenant: str) -> Lease:
         limits, now = self.limits(tenant), time.time()
-        recent = self._recent[tenant]
-        while recent and recent[0] <= now - WINDOW:
-            recent.popleft()
+        recent = _trimmed(self._recent[tenant], now)
         if self._tokens[(tenant, int(now // DAY))] >= limits.tokens_per_day:
             raise _rejected("tokens", limits.tokens_per_day, DAY - now % DAY)
         if len(recent) >= limits.requests_per_minute:
@@ -89,7 +110,7 @@ class LocalLimiter:
         if len(self._active[tenant]) >= limits.concurrent:
             raise _rejected("concurrency", limits.concurrent, 1.0)
         recent.append(now)
-        lease = Lease(tenant, uuid.uuid4().hex)
+        lease = Lease(tenant, uuid.uuid4().hex, local=True)
         self._active[tenant].add(lease.id)
         return lease
 
@@ -98,6 +119,13 @@ class LocalLimiter:
 
     async def add_tokens(self, tenant: str, tokens: int) -> None:
         self._tokens[(tenant, int(time.time() // DAY))] += tokens
+
+    async def open_session(self, tenant: str) -> None:
+        limit, now = self.limits(tenant).requests_per_minute, time.time()
+        recent = _trimmed(self._sessions[tenant], now)
+        if len(recent) >= limit:
+            raise _rejected("sessions", limit, recent[0] + WINDOW - now)
+        recent.append(now)
 
 
 _ACQUIRE = """
@@ -116,13 +144,30 @@ if redis.call('ZCARD', slots_key) >= concurrent then return {'concurrency', '1'}
 redis.call('ZADD', rpm_key, now, request_id)
 redis.call('EXPIRE', rpm_key, 120)
 redis.call('ZADD', slots_key, now + lease_ttl, lease)
-redis.call('EXPIRE', slots_key, lease_ttl + 60)
+redis.call('EXPIRE', slots_key, math.ceil(lease_ttl) + 60)
+return {'ok', '0'}
+"""
+
+_OPEN_SESSION = """
+local key, now, limit = KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2])
+redis.call('ZREMRANGEBYSCORE', key, '-inf', now - 60)
+if redis.call('ZCARD', key) >= limit then
+  local oldest = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
+  return {'sessions', tostring(tonumber(oldest[2]) + 60 - now)}
+end
+redis.call('ZADD', key, now, ARGV[3])
+redis.call('EXPIRE', key, 120)
 return {'ok', '0'}
 """
 
 
+def tenant_keys(tenant: str) -> str:
+    """The prefix of every key of one tenant; the braces make Redis Cluster keep them in one slot."""
+    return f"exai:rl:{{{tenant}}}"
+
+
 class RedisLimiter:
-    """Limits shared by every replica through Redis."""
+    """Limits shared by every replica through Redis, with a per-replica fallback while Redis is down."""
 
     def __init__(
         self,
@@ -135,15 +180,46 @@ class RedisLimiter:
         self.redis, self.defaults, self.overrides = redis, defaults, overrides
         self.on_failure, self.lease_ttl = on_failure, lease_ttl
         self._acquire = redis.register_script(_ACQUIRE)
+        self._open_session = redis.register_script(_OPEN_SESSION)
+        self.fallback = LocalLimiter(defaults, overrides)
         self.failures = 0
+        self.degraded = False
+        self.on_redis_error: Callable[[], None] | None = None
+        self._retry_redis_at = 0.0
+        self._keepers: dict[str, asyncio.Task[None]] = {}
 
     def limits(self, tenant: str) -> Limits:
         return self.overrides.get(tenant, self.defaults)
 
     def _keys(self, tenant: str, now: float) -> list[str]:
-        return [f"exai:rl:{tenant}:rpm", f"exai:rl:{tenant}:slots", f"exai:rl:{tenant}:tokens:{int(now // DAY)}"]
+        prefix = tenant_keys(tenant)
+        return [f"{prefix}:rpm", f"{prefix}:slots", f"{prefix}:tokens:{int(now // DAY)}"]
+
+    def _redis_failed(self, operation: str, exc: RedisError) -> None:
+        self.failures += 1
+        self.degraded = True
+        self._retry_redis_at = time.monotonic() + REDIS_RETRY_SECONDS
+        log.error("rate_limiter_redis_error", operation=operation, mode=self.on_failure, error=str(exc))
+        if self.on_redis_error is not None:
+            self.on_redis_error()
+
+    def _redis_answered(self) -> None:
+        if self.degraded:
+            log.info("rate_limiter_redis_recovered")
+        self.degraded = False
+
+    def _redis_paused(self) -> bool:
+        """While Redis is known to be down, try it again only every few seconds (no connect wait per call)."""
+        return self.degraded and time.monotonic() < self._retry_redis_at
+
+    def _refuse_if_closed(self) -> None:
+        if self.on_failure == "closed":
+            raise _rejected("unavailable", 0, REDIS_RETRY_SECONDS)
 
     async def acquire(self, tenant: str) -> Lease:
+        if self._redis_paused():
+            self._refuse_if_closed()
+            return await self.fallback.acquire(tenant)
         limits, now, lease = self.limits(tenant), time.time(), Lease(tenant, uuid.uuid4().hex)
         try:
             verdict, wait = await self._acquire(
@@ -159,11 +235,14 @@ class RedisLimiter:
                 ],
             )
         except RedisError as exc:
-            self.failures += 1
-            log.error("rate_limiter_unavailable", mode=self.on_failure, error=str(exc))
-            if self.on_failure == "closed":
-                raise _rejected("unavailable", 0, 5.0) from None
-            return Lease(tenant, lease.id, enforced=False)
+            self._redis_failed("acquire", exc)
+            self._refuse_if_closed()
+            return await self.fallback.acquire(tenant)
+        except BaseException:  # cancelled while the script may already have taken the slot: give it back
+            with anyio.CancelScope(shield=True):
+                await self._free_slot(lease)
+            raise
+        self._redis_answered()
         verdict = verdict.decode() if isinstance(verdict, bytes) else verdict
         if verdict != "ok":
             limit = {
@@ -172,24 +251,67 @@ class RedisLimiter:
                 "tokens": limits.tokens_per_day,
             }[verdict]
             raise _rejected(verdict, limit, max(0.0, float(wait)))
+        self._keepers[lease.id] = asyncio.create_task(self._keep_alive(lease))
         return lease
 
+    async def _keep_alive(self, lease: Lease) -> None:
+        """Push the lease's expiry forward while the call runs, so no call outlives its slot."""
+        slots = self._keys(lease.tenant, 0)[1]
+        while True:
+            await asyncio.sleep(self.lease_ttl / 3)
+            try:
+                async with self.redis.pipeline(transaction=True) as pipe:
+                    pipe.zadd(slots, {lease.id: time.time() + self.lease_ttl}, xx=True)
+                    pipe.expire(slots, math.ceil(self.lease_ttl) + 60)
+                    await pipe.execute()
+            except RedisError as exc:
+                self._redis_failed("refresh", exc)
+
     async def release(self, lease: Lease) -> None:
-        if not lease.enforced:
-            return
+        with anyio.CancelScope(shield=True):  # a cancelled caller must still give its slot back
+            if lease.local:
+                await self.fallback.release(lease)
+                return
+            keeper = self._keepers.pop(lease.id, None)
+            if keeper is not None:
+                keeper.cancel()
+            await self._free_slot(lease)
+
+    async def _free_slot(self, lease: Lease) -> None:
         try:
-            await self.redis.zrem(f"exai:rl:{lease.tenant}:slots", lease.id)
-        except RedisError as exc:  # the lease expires by itself
-            self.failures += 1
-            log.error("rate_limiter_release_failed", error=str(exc))
+            await self.redis.zrem(self._keys(lease.tenant, 0)[1], lease.id)
+        except RedisError as exc:  # the lease expires by itself within one TTL
+            self._redis_failed("release", exc)
 
     async def add_tokens(self, tenant: str, tokens: int) -> None:
         if tokens <= 0:
+            return
+        if self._redis_paused():
+            await self.fallback.add_tokens(tenant, tokens)
             return
         key = self._keys(tenant, time.time())[2]
         try:
             async with self.redis.pipeline(transaction=True) as pipe:
                 await pipe.incrby(key, tokens).expire(key, DAY * 2).execute()
         except RedisError as exc:
-            self.failures += 1
-            log.error("rate_limiter_unavailable", error=str(exc))
+            self._redis_failed("add_tokens", exc)
+            await self.fallback.add_tokens(tenant, tokens)
+
+    async def open_session(self, tenant: str) -> None:
+        if self._redis_paused():
+            self._refuse_if_closed()
+            await self.fallback.open_session(tenant)
+            return
+        limit, now = self.limits(tenant).requests_per_minute, time.time()
+        try:
+            verdict, wait = await self._open_session(
+                keys=[f"{tenant_keys(tenant)}:sessions"], args=[now, limit, uuid.uuid4().hex]
+            )
+        except RedisError as exc:
+            self._redis_failed("open_session", exc)
+            self._refuse_if_closed()
+            await self.fallback.open_session(tenant)
+            return
+        self._redis_answered()
+        if (verdict.decode() if isinstance(verdict, bytes) else verdict) != "ok":
+            raise _rejected("sessions", limit, max(0.0, float(wait)))

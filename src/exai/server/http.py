@@ -4,24 +4,32 @@ from __future__ import annotations
 
 import ipaddress
 from types import FrameType
+from urllib.parse import urlparse
 
 import uvicorn
+from mcp.server.auth.middleware.bearer_auth import RequireAuthMiddleware
+from mcp.server.auth.routes import build_resource_metadata_url, cors_middleware
 from mcp.server.auth.settings import AuthSettings
+from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 from mcp.server.transport_security import TransportSecuritySettings
 from prometheus_client import CONTENT_TYPE_LATEST
+from pydantic import AnyHttpUrl
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from exai.app import Services
 from exai.observability.context import new_correlation_id
 from exai.observability.errors import AuthError, PermissionDeniedError
 from exai.observability.metrics import BREAKER_VALUES
-from exai.security.auth import ADMIN_SCOPE
+from exai.security.auth import ADMIN_SCOPE, TOOLS_SCOPE, request_access, request_tenant
 from exai.server.dashboard import DASHBOARD_HTML, dashboard_snapshot
+from exai.server.header_checks import AcceptCheck, HostOriginCheck
 from exai.server.mcp import build_server
+from exai.server.request_ids import InFlightIds
+from exai.server.sessions import SessionQuota
 
 
 def is_loopback(host: str) -> bool:
@@ -33,13 +41,33 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def transport_security(host: str, extra_hosts: list[str]) -> TransportSecuritySettings:
-    """DNS-rebinding protection: only our own Host names and browser Origins are accepted."""
+def allowed_hosts_and_origins(host: str, extra_hosts: list[str]) -> tuple[list[str], list[str]]:
+    """DNS-rebinding protection: our own Host names, and browser Origins on them."""
     hosts = ["127.0.0.1:*", "localhost:*", "[::1]:*", *(h if ":" in h else f"{h}:*" for h in extra_hosts)]
     if not is_loopback(host) and host not in ("0.0.0.0", "::"):
         hosts.append(f"{host}:*")
-    origins = [f"http://{h}" for h in hosts] + [f"https://{h}" for h in hosts]
-    return TransportSecuritySettings(enable_dns_rebinding_protection=True, allowed_hosts=hosts, allowed_origins=origins)
+    return hosts, [f"http://{h}" for h in hosts] + [f"https://{h}" for h in hosts]
+
+
+def protected_resource_route(resource: str, authorization_server: str | None) -> Route:
+    """RFC 9728 metadata for /mcp; it names an authorization server only when one is configured.
+
+    The daemon verifies tokens but issues none, so naming itself would send OAuth clients to a server that
+    does not exist.
+    """
+    metadata: dict[str, object] = {
+        "resource": resource,
+        "bearer_methods_supported": ["header"],
+        "scopes_supported": [TOOLS_SCOPE, ADMIN_SCOPE],
+    }
+    if authorization_server:
+        metadata["authorization_servers"] = [authorization_server]
+
+    def handle(request: Request) -> JSONResponse:
+        return JSONResponse(metadata, headers={"Cache-Control": "public, max-age=3600"})
+
+    path = urlparse(str(build_resource_metadata_url(AnyHttpUrl(resource)))).path
+    return Route(path, endpoint=cors_middleware(handle, ["GET", "OPTIONS"]), methods=["GET", "OPTIONS"])
 
 
 def build_http_app(services: Services) -> Starlette:
@@ -47,12 +75,13 @@ def build_http_app(services: Services) -> Starlette:
     verifier = services.verifier
 
     async def admin_denied(request: Request) -> JSONResponse | None:
-        """None when the caller may see operator data (admin scope; or no auth configured at all)."""
+        """None when the caller may see operator data (admin scope; or no auth configured at all).
+
+        The token was already verified (and a bad one counted) by the authentication middleware.
+        """
         if verifier is None:
             return None
-        header = request.headers.get("authorization", "")
-        token = header[7:].strip() if header.lower().startswith("bearer ") else ""
-        access = await verifier.verify_token(token) if token else None
+        access = request_access(request.scope)
         if access is None:
             error = AuthError(
                 "A valid bearer token is required.",
@@ -137,20 +166,67 @@ def build_http_app(services: Services) -> Starlette:
         Route("/dashboard/data", dashboard_data),
     ]
     auth = None
+    public = settings.public_url or f"http://{settings.host}:{settings.port}/mcp"
     if verifier is not None:
-        public = settings.public_url or f"http://{settings.host}:{settings.port}/mcp"
-        auth = AuthSettings(issuer_url=settings.jwt_issuer or public, resource_server_url=public, required_scopes=[])
+        auth = AuthSettings(issuer_url=public, resource_server_url=public, required_scopes=[])
     server = build_server(services)
     app = server.streamable_http_app(
         streamable_http_path="/mcp",
-        transport_security=transport_security(settings.host, settings.allowed_hosts),
+        # Host and Origin are checked for every endpoint by HostOriginCheck below.
+        transport_security=TransportSecuritySettings(enable_dns_rebinding_protection=False),
         host=settings.host,
         custom_starlette_routes=routes,
         auth=auth,
         token_verifier=verifier,
+        session_idle_timeout=settings.session_idle_seconds,
     )
+    app.router.routes[:] = [
+        guard_mcp(route, services, server.session_manager)
+        for route in app.router.routes
+        if not (auth and route_path(route).startswith("/.well-known/oauth-protected-resource"))
+    ]
+    if auth:
+        app.router.routes.append(protected_resource_route(public, settings.authorization_server_url))
+    hosts, origins = allowed_hosts_and_origins(settings.host, settings.allowed_hosts)
+    app.add_middleware(HostOriginCheck, allowed_hosts=hosts, allowed_origins=origins)
     app.add_middleware(RequestIdMiddleware)
     return app
+
+
+def route_path(route: BaseRoute) -> str:
+    return getattr(route, "path", "")
+
+
+def guard_mcp(route: BaseRoute, services: Services, manager: StreamableHTTPSessionManager) -> BaseRoute:
+    """Put the MCP endpoint behind its request checks: Accept, per-tenant sessions, unique request ids.
+
+    They run after authentication (inside the SDK's RequireAuthMiddleware), so a request without a valid
+    token is answered 401 before anything else, and every checked request has its tenant.
+    """
+    if not isinstance(route, Route) or route.path != "/mcp":
+        return route
+    settings = services.settings
+    auth_enabled = services.verifier is not None
+
+    def tenant(scope: Scope) -> str | None:
+        return request_tenant(scope, auth_enabled)
+
+    def checked(app: ASGIApp) -> ASGIApp:
+        quota = SessionQuota(
+            InFlightIds(app, tenant),
+            manager,
+            services.limiter,
+            tenant,
+            settings.max_sessions_per_tenant,
+            settings.session_idle_seconds,
+        )
+        return AcceptCheck(quota)
+
+    if isinstance(route.app, RequireAuthMiddleware):
+        route.app.app = checked(route.app.app)
+    else:
+        route.app = checked(route.app)
+    return route
 
 
 class RequestIdMiddleware:

@@ -5,23 +5,66 @@ Tool objects hold no per-call state: everything a call needs arrives in its `Too
 
 from __future__ import annotations
 
+import re
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, model_validator
+
+from exai.observability.events import ModelCall
 
 if TYPE_CHECKING:
     from exai.app import Services
+    from exai.conversations.threads import Thread
+    from exai.providers.router import RouteResult
+    from exai.providers.types import GenerateRequest
 
 InputT = TypeVar("InputT", bound=BaseModel)
 OutputT = TypeVar("OutputT", bound=BaseModel)
 
 
-class ToolInput(BaseModel):
-    """Base of tool inputs: unknown fields are refused, so a typo gets an error instead of being ignored."""
+TEXT_LIMIT = 100_000
+"""Characters in one text field, unless the field sets its own limit (prompts follow EXAI_MAX_PROMPT_CHARS)."""
+PROMPT_CEILING = 10_000_000
+"""The most a prompt field accepts whatever EXAI_MAX_PROMPT_CHARS says (the setting's limit is checked in the tool)."""
+LIST_LIMIT = 200
+"""Items in one list argument."""
+_CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 
-    model_config = ConfigDict(extra="forbid")
+
+class ToolInput(BaseModel):
+    """Base of tool inputs: unknown fields are refused, so a typo gets an error instead of being ignored.
+
+    Every text field has a length limit and every list a size limit; NUL and other control characters (tabs and
+    newlines aside) are refused anywhere in the arguments: they are never what a caller meant to send, and they
+    break storage and terminals downstream.
+    """
+
+    model_config = ConfigDict(extra="forbid", str_max_length=TEXT_LIMIT)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _plain_text_and_bounded_lists(cls, data: Any) -> Any:
+        _check_arguments(data, "")
+        return data
+
+
+def _check_arguments(value: Any, path: str) -> None:
+    if isinstance(value, str):
+        if found := _CONTROL.search(value):
+            raise ValueError(
+                f"{path or 'a value'} contains the control character U+{ord(found.group()):04X} at position "
+                f"{found.start()}; send plain text (tabs and newlines are fine)"
+            )
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _check_arguments(item, f"{path}.{key}" if path else str(key))
+    elif isinstance(value, list):
+        if len(value) > LIST_LIMIT:
+            raise ValueError(f"{path} has {len(value)} items; at most {LIST_LIMIT} are accepted")
+        for index, item in enumerate(value):
+            _check_arguments(item, f"{path}.{index}")
 
 
 @dataclass
@@ -32,6 +75,35 @@ class ToolContext:
     log: Callable[[str, str], Awaitable[None]]
     wants_progress: bool = False
     tenant: str = "local"
+    model_calls: list[ModelCall] = field(default_factory=list)
+    thread_id: str | None = None
+
+    async def open_thread(self, continuation_id: str | None, title: str) -> Thread:
+        """The caller's thread to continue, or a new one; the call is audited against it."""
+        thread = await self.services.conversations.open_or_start(continuation_id, self.tenant, title)
+        self.thread_id = thread.id
+        return thread
+
+    async def generate(self, request: GenerateRequest, **options: Any) -> RouteResult:
+        """Ask a model through the router; every answered call is kept for accounting (tokens, cost, audit)."""
+        result = await self.services.router.generate(request, **options)
+        response = result.response
+        info = self.services.catalogue.get(response.model)
+        usage = response.usage
+        self.model_calls.append(
+            ModelCall(
+                requested=options.get("model", "auto"),
+                provider=response.provider,
+                model=response.model,
+                input_tokens=usage.input_tokens,
+                output_tokens=usage.output_tokens,
+                cost_usd=round(info.cost(usage.input_tokens, usage.output_tokens), 8) if info else 0.0,
+                latency_ms=round(response.upstream_latency_ms, 2),
+                fallbacks=tuple(result.fallbacks),
+                retries=result.retries,
+            )
+        )
+        return result
 
 
 @dataclass

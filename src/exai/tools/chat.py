@@ -12,7 +12,7 @@ from exai.conversations.threads import answer_turn
 from exai.observability.errors import ValidationError
 from exai.providers.types import GenerateRequest, ImageInput, StreamChunk, ThinkingMode
 from exai.storage.base import TurnRecord
-from exai.tools.base import Tool, ToolContext, ToolInput, ToolResult
+from exai.tools.base import PROMPT_CEILING, Tool, ToolContext, ToolInput, ToolResult
 
 SYSTEM_PROMPT = (
     "You are a senior software engineer consulted by an AI coding agent. Answer precisely and concretely; "
@@ -21,11 +21,15 @@ SYSTEM_PROMPT = (
 
 
 class ChatInput(ToolInput):
-    prompt: Annotated[str, Field(min_length=1, description="The question or request for the model.")]
+    prompt: Annotated[
+        str, Field(min_length=1, max_length=PROMPT_CEILING, description="The question or request for the model.")
+    ]
     model: str = Field(default="auto", max_length=200, description="Model name or alias from `listmodels`, or 'auto'.")
     temperature: float | None = Field(default=None, ge=0.0, le=2.0, description="Sampling temperature.")
     thinking_mode: ThinkingMode = Field(default="off", description="Reasoning effort for models that think.")
-    system_prompt: str | None = Field(default=None, description="Extra instructions added to the system prompt.")
+    system_prompt: str | None = Field(
+        default=None, max_length=PROMPT_CEILING, description="Extra instructions added to the system prompt."
+    )
     images: list[str] = Field(default_factory=list, max_length=8, description="Image data URLs or http(s) URLs.")
     max_output_tokens: int | None = Field(default=None, ge=1, description="Cap on the answer's length in tokens.")
     files: list[str] = Field(default_factory=list, description="Absolute paths of files to include.")
@@ -88,7 +92,7 @@ class ChatTool(Tool[ChatInput, ChatOutput]):
                 )
         system = SYSTEM_PROMPT + (f"\n\n{args.system_prompt}" if args.system_prompt else "")
         target = services.router.candidates(args.model, "balanced", needs_images=bool(args.images))[0]
-        thread = await services.conversations.open_or_start(args.continuation_id, ctx.tenant, args.prompt)
+        thread = await ctx.open_thread(args.continuation_id, args.prompt)
         prompt = await build_prompt(
             model=target,
             system=system,
@@ -121,7 +125,7 @@ class ChatTool(Tool[ChatInput, ChatOutput]):
 
         started = time.perf_counter()
         await ctx.progress(0, None, "routing")
-        result = await services.router.generate(
+        result = await ctx.generate(
             request,
             model=args.model,
             category="balanced",
@@ -137,14 +141,12 @@ class ChatTool(Tool[ChatInput, ChatOutput]):
             ],
             self.name,
         )
-        info = services.catalogue.get(response.model)
-        cost = info.cost(response.usage.input_tokens, response.usage.output_tokens) if info else 0.0
         data = ChatOutput(
             answer=response.text,
             model=response.model,
             provider=response.provider,
             usage=UsageOut(input_tokens=response.usage.input_tokens, output_tokens=response.usage.output_tokens),
-            cost_usd=round(cost, 6),
+            cost_usd=round(ctx.model_calls[-1].cost_usd, 6),
             latency_ms=round((time.perf_counter() - started) * 1000, 2),
             upstream_latency_ms=round(response.upstream_latency_ms, 2),
             fallbacks=result.fallbacks,

@@ -78,7 +78,7 @@ class ConsensusTool(Tool[ConsensusInput, ConsensusOutput]):
                 details={"field": "models"},
             )
         await services.files.read(args.files)
-        thread = await services.conversations.open_or_start(args.continuation_id, ctx.tenant, args.prompt)
+        thread = await ctx.open_thread(args.continuation_id, args.prompt)
 
         async def consult(entry: ModelStance, index: int) -> Opinion:
             target = targets[index]
@@ -93,7 +93,7 @@ class ConsensusTool(Tool[ConsensusInput, ConsensusOutput]):
                     files=args.files,
                     file_access=services.files,
                 )
-                result = await services.router.generate(
+                result = await ctx.generate(
                     GenerateRequest(model=target.name, system=system, messages=prompt.messages),
                     model=target.name,
                     deadline_seconds=args.per_model_timeout_seconds,

@@ -1,12 +1,18 @@
-"""`precommit`: review pending changes; the server reads the diff itself when the repository is in its roots."""
+"""`precommit`: review pending changes; the server reads the diff itself when the repository is in its roots.
+
+Git runs only through `exai.security.git`, which confines it to repositories inside the file roots. Untracked
+files belong to the pending changes (a new file with a password in it is what a review must catch): they are
+read through the same file checks as any other file and shown as new-file diffs, or named with the reason
+they were left out.
+"""
 
 from __future__ import annotations
 
-import asyncio
-
 from pydantic import Field
 
-from exai.observability.errors import ToolFailure, ValidationError
+from exai.observability.errors import ExaiError, PermissionDeniedError, ValidationError
+from exai.security.files import FileAccess, quote_path
+from exai.security.git import DIFF_OPTIONS, GitOutputTooLarge, Repository, check_revision
 from exai.tools.base import ToolContext
 from exai.tools.workflow import WorkflowInput, WorkflowSpec, WorkflowTool
 
@@ -17,7 +23,7 @@ class PrecommitInput(WorkflowInput):
     path: str | None = Field(default=None, description="Absolute path of the git repository.")
     compare_to: str | None = Field(default=None, description="Git ref to diff against instead of HEAD.")
     include_staged: bool = True
-    include_unstaged: bool = True
+    include_unstaged: bool = Field(default=True, description="Unstaged changes, untracked files included.")
     diff: str | None = Field(default=None, description="The diff, when the server cannot read the repository.")
 
 
@@ -38,59 +44,98 @@ class PrecommitTool(WorkflowTool):
     input_model = PrecommitInput
 
     async def precheck(self, args: WorkflowInput, ctx: ToolContext) -> None:
+        """Refuse a repository git may not run in, or a bad ref, before the final step is recorded."""
         assert isinstance(args, PrecommitInput)
         if args.next_step_required or args.diff:
             return
-        if not args.path or not ctx.services.files.is_allowed(args.path):
-            where = f"'{args.path}' is outside this server's file roots" if args.path else "no path was given"
-            raise ValidationError(
-                f"Cannot read the changes: {where}.",
-                code="diff_required",
-                remedy="Run `git diff --staged` and `git diff` (or `git diff <ref>`) yourself and pass the output in "
-                "`diff`, or pass `path` of a repository inside EXAI_FILE_ROOTS.",
-                details={"field": "diff"},
-            )
+        repo = await _repository(args, ctx.services.files)
+        if args.compare_to:
+            await repo.commit(args.compare_to)
 
     async def extra_context(self, args: WorkflowInput, ctx: ToolContext) -> str:
         assert isinstance(args, PrecommitInput)
+        limit = ctx.services.settings.max_files_bytes
         if args.diff:
             diff = args.diff
+            if len(diff.encode()) > limit:
+                raise _too_large(limit)
         else:
-            assert args.path is not None
-            parts = []
-            if args.compare_to:
-                parts.append(await _git(args.path, "diff", "--no-color", args.compare_to))
-            else:
-                if args.include_staged:
-                    parts.append(await _git(args.path, "diff", "--no-color", "--cached"))
-                if args.include_unstaged:
-                    parts.append(await _git(args.path, "diff", "--no-color"))
-            diff = "\n".join(p for p in parts if p.strip())
-        limit = ctx.services.settings.max_files_bytes
-        if len(diff.encode()) > limit:
-            raise ValidationError(
-                f"The diff is larger than {limit:,} bytes.",
-                code="diff_too_large",
-                remedy="Review in smaller parts (use compare_to or fewer files).",
-            )
+            diff = await _pending_changes(args, ctx.services.files, limit)
         return "## Pending changes (git diff)\n" + (diff or "(no changes)")
 
 
-async def _git(path: str, *args: str) -> str:
-    process = await asyncio.create_subprocess_exec(
-        "git", "-C", path, *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
-    )
+async def _repository(args: PrecommitInput, files: FileAccess) -> Repository:
+    if args.compare_to is not None:
+        check_revision(args.compare_to)
+    if not args.path:
+        raise _diff_required("no path was given")
     try:
-        out, err = await asyncio.wait_for(process.communicate(), GIT_TIMEOUT)
-    except TimeoutError:
-        process.kill()
-        raise ToolFailure(
-            "git did not finish in time.", code="git_timeout", remedy="Pass the diff in `diff` instead."
-        ) from None
-    if process.returncode != 0:
-        raise ToolFailure(
-            f"git failed in '{path}': {err.decode(errors='replace').strip()[:300]}",
-            code="git_failed",
-            remedy="Check that path is a git repository and the ref exists, or pass the diff in `diff`.",
+        return await Repository.open(args.path, files, timeout=GIT_TIMEOUT)
+    except PermissionDeniedError as exc:
+        if exc.code == "no_file_roots":
+            raise _diff_required("this server has no file roots") from None
+        if exc.code == "outside_roots":
+            raise _diff_required(f"{quote_path(args.path)} is outside this server's file roots") from None
+        raise
+
+
+def _diff_required(where: str) -> ValidationError:
+    return ValidationError(
+        f"Cannot read the changes: {where}.",
+        code="diff_required",
+        remedy="Run `git diff --staged` and `git diff` (or `git diff <ref>`) yourself and pass the output in "
+        "`diff`, or pass `path` of a repository inside EXAI_FILE_ROOTS.",
+        details={"field": "diff"},
+    )
+
+
+async def _pending_changes(args: PrecommitInput, files: FileAccess, limit: int) -> str:
+    repo = await _repository(args, files)
+    commands: list[list[str]] = []
+    if args.compare_to:
+        commands.append(["diff", *DIFF_OPTIONS, "--end-of-options", await repo.commit(args.compare_to), "--"])
+    else:
+        if args.include_staged:
+            commands.append(["diff", *DIFF_OPTIONS, "--cached", "--"])
+        if args.include_unstaged:
+            commands.append(["diff", *DIFF_OPTIONS, "--"])
+    parts: list[str] = []
+    left = limit
+    try:
+        for command in commands:
+            parts.append(await repo.run(command, max_output=left))
+            left -= len(parts[-1].encode())
+        if args.include_unstaged:
+            parts.append(await _untracked(repo, files, left))
+    except GitOutputTooLarge:
+        raise _too_large(limit) from None
+    return "\n".join(p for p in parts if p.strip())
+
+
+async def _untracked(repo: Repository, files: FileAccess, left: int) -> str:
+    """Untracked, not ignored files as new-file diffs; files the checks refuse are named with the reason."""
+    listing = await repo.run(["ls-files", "--others", "--exclude-standard", "-z"], max_output=left)
+    blocks: list[str] = []
+    for name in filter(None, listing.split("\0")):
+        try:
+            (item,) = await files.read([str(repo.top_level / name)])
+        except ExaiError as exc:
+            blocks.append(f"# untracked file {quote_path(name)} not shown: {exc.message}")
+            continue
+        lines = item.text.splitlines()
+        blocks.append(
+            f"diff --git a/{name} b/{name}\nnew file (untracked)\n--- /dev/null\n+++ b/{name}\n"
+            f"@@ -0,0 +1,{len(lines)} @@\n" + "".join(f"+{line}\n" for line in lines)
         )
-    return out.decode(errors="replace")
+        left -= len(blocks[-1].encode())
+        if left < 0:
+            raise GitOutputTooLarge
+    return "\n".join(blocks)
+
+
+def _too_large(limit: int) -> ValidationError:
+    return ValidationError(
+        f"The diff is larger than {limit:,} bytes.",
+        code="diff_too_large",
+        remedy="Review in smaller parts (use compare_to, commit or stash some changes, or pass `diff` yourself).",
+    )

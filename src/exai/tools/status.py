@@ -1,26 +1,25 @@
-"""`status`: how the server is doing right now."""
+"""`status`: how the server is doing right now (the status page shows the same report, and more)."""
 
 from __future__ import annotations
 
-import time
-from collections import Counter
-
 from pydantic import BaseModel
 
+from exai.observability.health import Health, LimiterHealth, ProviderHealth
+from exai.observability.stats import Stats, TenantUsage
 from exai.tools.base import Tool, ToolContext, ToolInput, ToolResult
-
-WINDOW_SECONDS = 300
 
 
 class StatusInput(ToolInput):
     pass
 
 
-class ProviderHealth(BaseModel):
-    name: str
-    health: str
-    breakers: dict[str, str]
-    recent_errors: dict[str, int]
+class UsageToday(BaseModel):
+    day: str
+    """Today's date (UTC)."""
+    since: float
+    """When counting began: the daemon's start, or midnight UTC if that is later."""
+    note: str
+    tenants: dict[str, TenantUsage]
 
 
 class StatusOutput(BaseModel):
@@ -29,47 +28,63 @@ class StatusOutput(BaseModel):
     in_flight: int
     calls: dict[str, dict[str, int]]
     recent_errors: dict[str, int]
-    window_seconds: int
+    """Errors returned to clients in the window, by category."""
+    window_seconds: float
     providers: list[ProviderHealth]
+    limiter: LimiterHealth
+    usage_today: UsageToday
+
+
+def status_report(stats: Stats, health: Health) -> StatusOutput:
+    providers = health.providers()
+    calls: dict[str, dict[str, int]] = {}
+    for (tool, outcome), count in sorted(stats.calls.items()):
+        calls.setdefault(tool, {})[outcome] = count
+    tenants = stats.usage_today()
+    midnight = stats.clock() // 86400 * 86400
+    return StatusOutput(
+        health=health.overall(providers),
+        uptime_seconds=round(stats.uptime(), 1),
+        in_flight=stats.in_flight,
+        calls=calls,
+        recent_errors=dict(stats.window(health.window_seconds).error_categories),
+        window_seconds=health.window_seconds,
+        providers=providers,
+        limiter=health.limiter(),
+        usage_today=UsageToday(
+            day=stats.usage_day,
+            since=max(stats.started_at, midnight),
+            note="counted in memory since daemon start (today, UTC); the audit log has the full history",
+            tenants=dict(sorted(tenants.items())),
+        ),
+    )
+
+
+def render_text(report: StatusOutput) -> str:
+    lines = [f"health: {report.health}; uptime {report.uptime_seconds:.0f} s; in flight: {report.in_flight}"]
+    lines += [f"{p.name}: {p.health} ({p.reason})" for p in report.providers]
+    lines.append(f"limiter: {report.limiter.reason}")
+    if report.recent_errors:
+        lines.append(f"errors in the last {report.window_seconds:g} s: {report.recent_errors}")
+    usage = report.usage_today
+    lines.append(f"usage today ({usage.day} UTC, since daemon start):")
+    lines += [
+        f"  {tenant}: {u.calls} calls, {u.input_tokens + u.output_tokens:,} tokens, ${u.cost_usd:.4f}"
+        for tenant, u in usage.tenants.items()
+    ] or ["  none"]
+    return "\n".join(lines)
 
 
 class StatusTool(Tool[StatusInput, StatusOutput]):
     name = "status"
     title = "Server status"
-    description = "Uptime, calls in flight, per-provider health and circuit breakers, and recent errors."
+    description = (
+        "Uptime, calls in flight, per-provider health with its reason, the rate limiter's state, recent errors, "
+        "and tokens and cost per tenant today (since daemon start)."
+    )
     input_model = StatusInput
     output_model = StatusOutput
 
     async def run(self, args: StatusInput, ctx: ToolContext) -> ToolResult[StatusOutput]:
-        services = ctx.services
-        router = services.router
-        cutoff = time.time() - WINDOW_SECONDS
-        providers = []
-        for name in sorted(router.providers):
-            models = [m for m in router.available_models() if m.provider == name]
-            breakers = {m.name: router.breaker_state(m) for m in models if router.breaker_state(m) != "closed"}
-            errors = Counter(kind for at, prov, kind in router.recent_errors if prov == name and at >= cutoff)
-            open_count = sum(1 for state in breakers.values() if state == "open")
-            health = "down" if models and open_count == len(models) else "degraded" if breakers or errors else "ok"
-            providers.append(ProviderHealth(name=name, health=health, breakers=breakers, recent_errors=dict(errors)))
-        calls: dict[str, dict[str, int]] = {}
-        for (tool, outcome), count in services.stats.calls.items():
-            calls.setdefault(tool, {})[outcome] = count
-        overall = "ok" if all(p.health == "ok" for p in providers) and providers else "degraded"
-        data = StatusOutput(
-            health=overall if providers else "no_providers",
-            uptime_seconds=round(services.stats.uptime(), 1),
-            in_flight=services.stats.in_flight,
-            calls=calls,
-            recent_errors=dict(services.stats.errors_since(WINDOW_SECONDS)),
-            window_seconds=WINDOW_SECONDS,
-            providers=providers,
-        )
-        lines = [f"health: {data.health}; uptime {data.uptime_seconds:.0f} s; in flight: {data.in_flight}"]
-        lines += [
-            f"{p.name}: {p.health}"
-            + (f"; breakers {p.breakers}" if p.breakers else "")
-            + (f"; errors {p.recent_errors}" if p.recent_errors else "")
-            for p in providers
-        ]
-        return ToolResult(text="\n".join(lines), data=data)
+        report = status_report(ctx.services.stats, ctx.services.health)
+        return ToolResult(text=render_text(report), data=report)

@@ -110,7 +110,7 @@ class WorkflowTool(Tool[WorkflowInput, WorkflowOutput]):
             args.total_steps = args.step_number
         await self.precheck(args, ctx)
         await services.files.read(args.relevant_files)  # refuse unreadable files before anything is recorded
-        thread = await services.conversations.open_or_start(args.continuation_id, ctx.tenant, args.step)
+        thread = await ctx.open_thread(args.continuation_id, args.step)
         state = _workflow_state(thread, self.name, args.step_number)
         step_record = {
             "step": args.step,
@@ -204,7 +204,7 @@ class WorkflowTool(Tool[WorkflowInput, WorkflowOutput]):
                 file_access=services.files,
             )
             await ctx.progress(0, None, f"consulting {model.name}")
-            result = await services.router.generate(
+            result = await ctx.generate(
                 GenerateRequest(
                     model=model.name,
                     system=self.spec.expert_role,

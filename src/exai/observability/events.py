@@ -1,0 +1,149 @@
+"""One record per finished tool call and per upstream attempt, fanned out to every subscriber in one place.
+
+Recent history (read by the `status` tool, the status page and the alert rules), Prometheus metrics and the audit
+log all learn about a call from the same `CallEvent`, and about an upstream request from the same router
+`Attempt`, so they agree by construction. A tool never reports usage by writing keys into its
+output: every model call it makes through `ToolContext.generate` becomes a `ModelCall` of the event.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Literal
+
+from exai.observability.context import add_upstream_wait
+from exai.observability.metrics import Metrics
+from exai.observability.stats import Attempt, Stats
+from exai.storage.audit import AuditWriter
+from exai.storage.base import AuditRecord
+
+Outcome = Literal["ok", "error", "cancelled", "denied", "rate_limited"]
+
+
+@dataclass(frozen=True)
+class ModelCall:
+    """One answered model call inside a tool call: who was asked, who answered, what it cost."""
+
+    requested: str
+    provider: str
+    model: str
+    input_tokens: int
+    output_tokens: int
+    cost_usd: float
+    latency_ms: float
+    fallbacks: tuple[str, ...] = ()
+    retries: int = 0
+
+    @property
+    def tokens(self) -> int:
+        return self.input_tokens + self.output_tokens
+
+
+@dataclass
+class CallEvent:
+    """A finished `tools/call`, refused ones included."""
+
+    tool: str
+    tenant: str
+    correlation_id: str
+    outcome: Outcome
+    latency_s: float
+    upstream_s: float = 0.0
+    error_category: str | None = None
+    error_code: str | None = None
+    model_calls: list[ModelCall] = field(default_factory=list)
+    thread_id: str | None = None
+    finished_at: float = field(default_factory=time.time)
+
+    @property
+    def tokens(self) -> int:
+        return sum(call.tokens for call in self.model_calls)
+
+    @property
+    def cost_usd(self) -> float:
+        return sum(call.cost_usd for call in self.model_calls)
+
+    def audit_records(self) -> list[AuditRecord]:
+        """One row per model call (so usage is kept per model), or one row for a call that asked no model."""
+        common = {
+            "time": self.finished_at,
+            "tenant": self.tenant,
+            "tool": self.tool,
+            "latency_ms": round(self.latency_s * 1000, 2),
+            "outcome": self.outcome,
+            "error_category": self.error_category,
+            "correlation_id": self.correlation_id,
+            "thread_id": self.thread_id,
+        }
+        if not self.model_calls:
+            return [AuditRecord(**common)]
+        return [
+            AuditRecord(
+                **common,
+                model=call.model,
+                provider=call.provider,
+                input_tokens=call.input_tokens,
+                output_tokens=call.output_tokens,
+                cost_usd=call.cost_usd,
+            )
+            for call in self.model_calls
+        ]
+
+
+class Events:
+    """Where finished calls and upstream attempts are recorded: one method each, every subscriber.
+
+    `Stats` keeps the recent history that the `status` tool, the status page and the alert rules read;
+    Prometheus counts; the audit log keeps one row per model call.
+    """
+
+    def __init__(self, stats: Stats, metrics: Metrics, audit: AuditWriter) -> None:
+        self.stats = stats
+        self.metrics = metrics
+        self.audit = audit
+
+    def call_started(self) -> None:
+        self.stats.call_started()
+        self.metrics.in_flight.inc()
+
+    def call_finished(self, event: CallEvent, *, started: bool = True) -> None:
+        """Record `event`; `started` is False for calls refused before they began (no in-flight slot taken)."""
+        self.stats.call_finished(event, started=started)
+        metrics = self.metrics
+        if started:
+            metrics.in_flight.dec()
+        metrics.tool_calls.labels(event.tool, event.outcome).inc()
+        if event.error_category is not None:
+            metrics.errors.labels(event.error_category).inc()
+        if event.outcome == "rate_limited":
+            metrics.rate_limited.labels((event.error_code or "").removeprefix("rate_limited_") or "?").inc()
+        if started:
+            metrics.tool_latency.labels(event.tool).observe(event.latency_s)
+            metrics.gateway_overhead.labels(event.tool).observe(max(0.0, event.latency_s - event.upstream_s))
+        for call in event.model_calls:
+            metrics.tokens.labels(call.provider, call.model, "in").inc(call.input_tokens)
+            metrics.tokens.labels(call.provider, call.model, "out").inc(call.output_tokens)
+            if call.cost_usd:
+                metrics.cost.labels(call.provider, call.model).inc(call.cost_usd)
+        for record in event.audit_records():
+            self.audit.add(record)
+
+    def attempt_finished(self, attempt: Attempt) -> None:
+        """One upstream request ended (or was skipped because its breaker is open)."""
+        self.stats.attempt_finished(attempt)
+        self.metrics.provider_calls.labels(attempt.provider, attempt.model, attempt.outcome).inc()
+        if attempt.outcome != "breaker_open":
+            seconds = attempt.latency_ms / 1000
+            self.metrics.upstream_latency.labels(attempt.provider, attempt.model).observe(seconds)
+            add_upstream_wait(seconds)
+
+    def auth_failed(self) -> None:
+        self.stats.mark("auth_failure")
+        self.metrics.auth_failures.inc()
+
+    def storage_finished(self, operation: str, seconds: float, ok: bool) -> None:
+        self.metrics.storage_latency.labels(operation).observe(seconds)
+        if not ok:
+            self.stats.mark("storage_error")
+            self.metrics.storage_errors.labels(operation).inc()

@@ -1,0 +1,91 @@
+"""The bridge's HTTP transport: it knows whether a request reached the daemon.
+
+The SDK's Streamable HTTP client runs every request as its own POST inside one task group, so a transport error
+on one POST would tear down the whole session and fail every call in flight with it. This transport answers such
+an error for that request alone, as a JSON-RPC error that says what is known about its delivery:
+
+- `not_sent`: the connection could not be opened, or the daemon refused the request before running it (it no
+  longer knows the session); sending it again cannot run anything twice.
+- `unknown`: the request was handed to the network and the connection broke before the answer came; the daemon
+  may have run it.
+
+An SSE answer cut off mid-stream reaches the caller as the SDK's CONNECTION_CLOSED, which also means `unknown`.
+"""
+
+from __future__ import annotations
+
+import json
+from enum import StrEnum
+from typing import Any
+
+import httpx2
+import mcp_types as types
+from mcp.shared.exceptions import MCPError
+
+DELIVERY_KEY = "exai_bridge_delivery"
+_NEVER_CONNECTED = (httpx2.ConnectError, httpx2.ConnectTimeout, httpx2.PoolTimeout)
+
+
+class Delivery(StrEnum):
+    NOT_SENT = "not_sent"
+    UNKNOWN = "unknown"
+
+
+def delivery_of(error: MCPError) -> Delivery | None:
+    """What a failed request's error says about its delivery; None for an answer from the daemon itself."""
+    if isinstance(error.data, dict) and error.data.get(DELIVERY_KEY) in set(Delivery):
+        return Delivery(error.data[DELIVERY_KEY])
+    if error.code in (types.CONNECTION_CLOSED, types.REQUEST_TIMEOUT):
+        return Delivery.UNKNOWN
+    return None
+
+
+class DeliveryTrackingTransport(httpx2.AsyncBaseTransport):
+    """Wraps the real transport; a JSON-RPC request whose POST fails gets an error answer of its own."""
+
+    def __init__(self, inner: httpx2.AsyncBaseTransport) -> None:
+        self._inner = inner
+
+    async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
+        request_id = _jsonrpc_request_id(request)
+        if request_id is None:  # the GET event stream, a DELETE, or a notification: nobody waits for an answer
+            return await self._inner.handle_async_request(request)
+        try:
+            response = await self._inner.handle_async_request(request)
+        except _NEVER_CONNECTED as exc:
+            return _failed(request_id, Delivery.NOT_SENT, f"could not connect ({_describe(exc)})")
+        except httpx2.TransportError as exc:
+            return _failed(request_id, Delivery.UNKNOWN, f"the connection broke ({_describe(exc)})")
+        if response.status_code == 404 and "mcp-session-id" in request.headers:
+            await response.aclose()
+            return _failed(request_id, Delivery.NOT_SENT, "the daemon no longer knows this session (it restarted)")
+        return response
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
+def _jsonrpc_request_id(request: httpx2.Request) -> str | int | None:
+    if request.method != "POST":
+        return None
+    try:
+        message = json.loads(request.content)
+    except (ValueError, httpx2.RequestNotRead):
+        return None
+    if not isinstance(message, dict) or "method" not in message:
+        return None
+    request_id = message.get("id")
+    return request_id if isinstance(request_id, str | int) else None
+
+
+def _failed(request_id: str | int, delivery: Delivery, detail: str) -> httpx2.Response:
+    error: dict[str, Any] = {
+        "code": types.CONNECTION_CLOSED,
+        "message": f"Daemon connection failed: {detail}",
+        "data": {DELIVERY_KEY: delivery.value},
+    }
+    return httpx2.Response(200, json={"jsonrpc": "2.0", "id": request_id, "error": error})
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"[:200]

@@ -1,0 +1,161 @@
+"""One `tools/call`, as a short pipeline of named steps: authorize → admit → validate → run → account.
+
+Each step is a small function that either passes or raises an `ExaiError`; `handle_call` runs them in order and
+turns the outcome into an MCP result. Every call, refused ones included, ends in exactly one `CallEvent`, which
+`Events` fans out to stats, metrics, alerts and the audit log. Usage comes from the model calls the tool made
+through its context, never from its output.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+import mcp_types as types
+import pydantic
+
+from exai.app import Services
+from exai.observability.context import start_upstream_clock
+from exai.observability.errors import ExaiError, InternalError, PermissionDeniedError, RateLimitError, ValidationError
+from exai.observability.events import CallEvent, Outcome
+from exai.observability.logging import get_logger
+from exai.observability.tracing import tracer
+from exai.security.auth import ADMIN_SCOPE, ADMIN_TOOLS, TOOLS_SCOPE, may_call
+from exai.security.limits import Lease
+from exai.server.results import error_result
+from exai.tools.base import Tool, ToolContext
+
+log = get_logger(__name__)
+
+
+@dataclass
+class Caller:
+    """Who is calling: the tenant, and the token's scopes (None when the daemon runs without auth)."""
+
+    tenant: str
+    scopes: list[str] | None
+
+
+def authorize(tool: Tool[Any, Any], caller: Caller) -> None:
+    if caller.scopes is None or may_call(tool.name, caller.scopes):
+        return
+    needed = ADMIN_SCOPE if tool.name in ADMIN_TOOLS else f"{TOOLS_SCOPE} (or exai:tool:{tool.name})"
+    raise PermissionDeniedError(
+        f"Your token does not allow the '{tool.name}' tool.",
+        code="missing_scope",
+        remedy=f"Ask the operator for a token with scope {needed}.",
+    )
+
+
+def validate(tool: Tool[Any, Any], arguments: dict[str, Any] | None) -> pydantic.BaseModel:
+    try:
+        return tool.input_model.model_validate(arguments or {})
+    except pydantic.ValidationError as exc:
+        raise validation_error(tool, exc) from None
+
+
+def validation_error(tool: Tool[Any, Any], exc: pydantic.ValidationError) -> ValidationError:
+    problems = []
+    fields = []
+    for err in exc.errors():
+        field = ".".join(str(part) for part in err["loc"]) or "(arguments)"
+        fields.append(field)
+        message = "unknown field" if err["type"] == "extra_forbidden" else err["msg"]
+        problems.append(f"{field}: {message}")
+    return ValidationError(
+        f"Invalid arguments for '{tool.name}': " + "; ".join(problems) + ".",
+        code="invalid_arguments",
+        remedy=f"Correct the named fields; the tool's input schema is in tools/list under '{tool.name}'.",
+        details={"fields": fields},
+    )
+
+
+@asynccontextmanager
+async def admitted(services: Services, tenant: str, ctx: ToolContext) -> AsyncIterator[None]:
+    """Hold a slot of the tenant's limits for the call; give it back and count its tokens, even if cancelled."""
+    limiter = services.limiter
+    if limiter is None:
+        yield
+        return
+    lease: Lease = await limiter.acquire(tenant)
+    try:
+        yield
+    finally:
+        with anyio.CancelScope(shield=True):
+            await limiter.release(lease)
+            if tokens := sum(call.tokens for call in ctx.model_calls):
+                await limiter.add_tokens(tenant, tokens)
+
+
+async def run(tool: Tool[Any, Any], args: pydantic.BaseModel, ctx: ToolContext) -> types.CallToolResult:
+    with tracer.start_as_current_span(
+        f"tool {tool.name}",
+        attributes={"exai.tool": tool.name, "exai.tenant": ctx.tenant, "exai.correlation_id": ctx.correlation_id},
+    ):
+        result = await tool.run(args, ctx)
+    return types.CallToolResult(
+        content=[types.TextContent(type="text", text=result.text)],
+        structured_content=result.data.model_dump(mode="json", exclude_none=True),
+    )
+
+
+async def handle_call(
+    services: Services, tool: Tool[Any, Any], arguments: dict[str, Any] | None, caller: Caller, ctx: ToolContext
+) -> types.CallToolResult:
+    """Run one call through every step; whatever happens, account for it once."""
+    started = time.perf_counter()
+    outcome: Outcome = "cancelled"
+    error: ExaiError | None = None
+    began = False
+    upstream = start_upstream_clock()
+    try:
+        authorize(tool, caller)
+        async with admitted(services, caller.tenant, ctx):
+            services.events.call_started()
+            began = True
+            args = validate(tool, arguments)
+            result = await run(tool, args, ctx)
+        outcome = "ok"
+        return result
+    except ExaiError as exc:
+        error = exc
+        log.info("tool_error", tool=tool.name, category=exc.category.value, code=exc.code, error=exc.message[:300])
+    except Exception as exc:
+        log.exception("tool_crashed", tool=tool.name)
+        error = InternalError(
+            f"'{tool.name}' failed unexpectedly ({type(exc).__name__}).",
+            code="internal_error",
+            remedy="Retry; if it persists, report it with the correlation id.",
+        )
+    finally:
+        if error is not None:
+            outcome = _outcome_of(error)
+        services.events.call_finished(
+            CallEvent(
+                tool=tool.name,
+                tenant=caller.tenant,
+                correlation_id=ctx.correlation_id,
+                outcome=outcome,
+                latency_s=time.perf_counter() - started,
+                upstream_s=upstream[0],
+                error_category=error.category.value if error else None,
+                error_code=error.code if error else None,
+                model_calls=ctx.model_calls,
+                thread_id=ctx.thread_id,
+            ),
+            started=began,
+        )
+    assert error is not None
+    return error_result(error)
+
+
+def _outcome_of(error: ExaiError) -> Outcome:
+    if isinstance(error, PermissionDeniedError):
+        return "denied"
+    if isinstance(error, RateLimitError):
+        return "rate_limited"
+    return "error"

@@ -1,0 +1,79 @@
+"""Checks on request headers: Host and Origin for every endpoint (DNS rebinding), Accept for /mcp.
+
+A web page can make a browser send requests to a daemon on the user's loopback through a DNS name it controls
+(DNS rebinding). Refusing Host names and browser Origins that are not our own closes that, on every endpoint,
+not only /mcp: /dashboard/data, /metrics, /alerts and /readyz of a daemon without auth hold operator data.
+"""
+
+from __future__ import annotations
+
+from starlette.datastructures import Headers
+from starlette.responses import JSONResponse
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from exai.observability.errors import PermissionDeniedError
+from exai.server.refusals import refuse
+
+ACCEPT_BOTH = "application/json, text/event-stream"
+
+
+def matches(value: str, patterns: list[str]) -> bool:
+    """`patterns` are exact values or `base:*` (any port of `base`)."""
+    return any(value == p or (p.endswith(":*") and value.startswith(p[:-1])) for p in patterns)
+
+
+class HostOriginCheck:
+    """Refuse requests whose Host, or browser Origin, is not one this daemon answers to."""
+
+    def __init__(self, app: ASGIApp, allowed_hosts: list[str], allowed_origins: list[str]) -> None:
+        self.app, self.allowed_hosts, self.allowed_origins = app, allowed_hosts, allowed_origins
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = Headers(scope=scope)
+        host, origin = headers.get("host", ""), headers.get("origin")
+        if not matches(host, self.allowed_hosts):
+            error = PermissionDeniedError(
+                f"Host {host[:64]!r} is not a name this server answers to.",
+                code="host_not_allowed",
+                remedy="Connect through 127.0.0.1/localhost or the configured host, or add the name to "
+                "EXAI_ALLOWED_HOSTS.",
+            )
+            await JSONResponse({"error": error.to_dict()}, status_code=421)(scope, receive, send)
+            return
+        if origin is not None and not matches(origin, self.allowed_origins):
+            error = PermissionDeniedError(
+                f"Origin {origin[:64]!r} may not call this server.",
+                code="origin_not_allowed",
+                remedy="Browser pages may call the server only from its own host names (see EXAI_ALLOWED_HOSTS).",
+            )
+            await JSONResponse({"error": error.to_dict()}, status_code=403)(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
+def accepted_types(headers: Headers) -> set[str]:
+    return {part.split(";")[0].strip().lower() for part in headers.get("accept", "").split(",")}
+
+
+class AcceptCheck:
+    """MCP clients must name both application/json and text/event-stream in Accept (the SDK also takes */*)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            wanted = {"POST": {"application/json", "text/event-stream"}, "GET": {"text/event-stream"}}
+            missing = wanted.get(scope["method"], set()) - accepted_types(Headers(scope=scope))
+            if missing:
+                await refuse(
+                    send,
+                    406,
+                    f"Not Acceptable: the Accept header must list {' and '.join(sorted(missing))}. Send "
+                    f"'Accept: {ACCEPT_BOTH}' on POST and 'Accept: text/event-stream' on GET.",
+                )
+                return
+        await self.app(scope, receive, send)

@@ -1,0 +1,83 @@
+"""Refuse a JSON-RPC request whose id is already in flight on the same MCP session.
+
+The SDK's Streamable HTTP transport routes each answer by the request id (as a string) within a session; two
+requests with one id at once overwrite each other's response stream, so one caller gets the other's answer and
+the other hangs. JSON-RPC requires ids to be unique among a client's outstanding requests, so a duplicate is an
+Invalid Request (-32600), answered at once, before the SDK sees it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+from mcp.server.streamable_http import MCP_SESSION_ID_HEADER
+from mcp.server.transport_security import DEFAULT_MAX_REQUEST_BODY_SIZE
+from starlette.datastructures import Headers
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from exai.server.refusals import refuse
+
+
+async def read_body(receive: Receive, limit: int) -> tuple[bytes, list[Message], bool]:
+    """Read the request body (up to `limit` bytes), returning it, the messages to replay and whether it is whole."""
+    messages: list[Message] = []
+    size = 0
+    while True:
+        message = await receive()
+        messages.append(message)
+        if message["type"] != "http.request":
+            return b"", messages, False
+        size += len(message.get("body", b""))
+        if size > limit:
+            return b"", messages, False
+        if not message.get("more_body", False):
+            return b"".join(m.get("body", b"") for m in messages), messages, True
+
+
+def request_ids(body: bytes) -> list[Any]:
+    """The ids of the JSON-RPC requests (not notifications or responses) in a POST body."""
+    try:
+        payload = json.loads(body)
+    except ValueError:
+        return []
+    items = payload if isinstance(payload, list) else [payload]
+    return [item["id"] for item in items if isinstance(item, dict) and "method" in item and "id" in item]
+
+
+class InFlightIds:
+    """Tracks the ids of requests being answered, per principal and session, and refuses duplicates."""
+
+    def __init__(self, app: ASGIApp, principal_of: Callable[[Scope], str | None]) -> None:
+        self.app, self.principal_of = app, principal_of
+        self._in_flight: set[tuple[str | None, str, str]] = set()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        session = Headers(scope=scope).get(MCP_SESSION_ID_HEADER) if scope["type"] == "http" else None
+        if session is None or scope["method"] != "POST":
+            await self.app(scope, receive, send)
+            return
+        body, messages, whole = await read_body(receive, DEFAULT_MAX_REQUEST_BODY_SIZE)
+
+        async def replay() -> Message:
+            return messages.pop(0) if messages else await receive()
+
+        principal = self.principal_of(scope)
+        # The SDK keys answers by str(id), so 7 and "7" are the same request to it.
+        keys = {(principal, session, str(request_id)) for request_id in (request_ids(body) if whole else [])}
+        if taken := next((key for key in keys if key in self._in_flight), None):
+            duplicate = next(i for i in request_ids(body) if str(i) == taken[2])
+            await refuse(
+                send,
+                400,
+                f"Request id {json.dumps(duplicate)} is already in flight on this session. Give every request "
+                "an id that no unanswered request of the session uses.",
+                request_id=duplicate,
+            )
+            return
+        self._in_flight |= keys
+        try:
+            await self.app(scope, replay, send)
+        finally:
+            self._in_flight -= keys

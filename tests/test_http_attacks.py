@@ -1,0 +1,171 @@
+"""Attacks on the daemon's HTTP surface by a tenant with a valid token (or a web page in the user's browser).
+
+Each test drives a real `exai serve` over HTTP with raw requests, as an attacker would.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import httpx2
+
+from exai.security.auth import issue_token
+from tests.conftest import TEST_JWT_SECRET, Proc, SimControl
+
+Daemon = Callable[..., Proc]
+MCP_HEADERS = {"accept": "application/json, text/event-stream", "content-type": "application/json"}
+INITIALIZE = {
+    "jsonrpc": "2.0",
+    "id": 1,
+    "method": "initialize",
+    "params": {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "attacker", "version": "1"}},
+}
+
+
+def bearer(tenant: str, scopes: list[str] | None = None) -> dict[str, str]:
+    return {"authorization": f"Bearer {issue_token(TEST_JWT_SECRET, tenant, scopes or ['exai:tools'], 600)}"}
+
+
+def post(proc: Proc, body: object, headers: dict[str, str] | None = None) -> httpx2.Response:
+    return httpx2.post(f"{proc.url}/mcp", json=body, headers={**MCP_HEADERS, **(headers or {})}, timeout=60)
+
+
+def open_session(proc: Proc, headers: dict[str, str] | None = None) -> httpx2.Response:
+    return post(proc, INITIALIZE, headers)
+
+
+def session_headers(opened: httpx2.Response, headers: dict[str, str] | None = None) -> dict[str, str]:
+    return {**(headers or {}), "mcp-session-id": opened.headers["mcp-session-id"], "mcp-protocol-version": "2025-06-18"}
+
+
+def ready_session(proc: Proc, headers: dict[str, str] | None = None) -> dict[str, str]:
+    """An initialized session; returns the headers that address it."""
+    opened = open_session(proc, headers)
+    assert opened.status_code == 200, opened.text
+    addressed = session_headers(opened, headers)
+    assert post(proc, {"jsonrpc": "2.0", "method": "notifications/initialized"}, addressed).status_code == 202
+    return addressed
+
+
+def sse_result(response: httpx2.Response) -> dict[str, Any]:
+    for line in response.text.splitlines():
+        if line.startswith("data: ") and '"id"' in line:
+            return json.loads(line[6:])
+    raise AssertionError(f"no JSON-RPC answer in {response.text[:300]!r}")
+
+
+def wait_for(condition: Callable[[], bool], what: str, ceiling: float = 60) -> None:
+    deadline = time.monotonic() + ceiling
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)
+
+
+def test_one_tenant_cannot_hold_more_sessions_than_its_cap(daemon: Daemon, sim: SimControl) -> None:
+    proc = daemon(EXAI_JWT_SECRET=TEST_JWT_SECRET, EXAI_MAX_SESSIONS_PER_TENANT="3")
+    mallory, alice = bearer("mallory"), bearer("alice")
+    opened = [open_session(proc, mallory) for _ in range(3)]
+    assert [r.status_code for r in opened] == [200, 200, 200]
+    refused = open_session(proc, mallory)
+    assert refused.status_code == 429, refused.text
+    message = refused.json()["error"]["message"]
+    assert "3 open MCP sessions per tenant" in message and "DELETE" in message and "idle" in message
+    assert open_session(proc, alice).status_code == 200, "another tenant is not affected"
+    closed = httpx2.delete(f"{proc.url}/mcp", headers=session_headers(opened[0], mallory))
+    assert closed.status_code == 200
+    assert open_session(proc, mallory).status_code == 200, "closing a session makes room for a new one"
+
+
+def test_opening_sessions_counts_against_the_tenant_rate(daemon: Daemon, sim: SimControl) -> None:
+    proc = daemon(EXAI_JWT_SECRET=TEST_JWT_SECRET, EXAI_RATE_LIMIT_RPM="4")
+    mallory = bearer("mallory")
+    for _ in range(4):
+        opened = open_session(proc, mallory)
+        assert opened.status_code == 200
+        assert httpx2.delete(f"{proc.url}/mcp", headers=session_headers(opened, mallory)).status_code == 200
+    refused = open_session(proc, mallory)
+    assert refused.status_code == 429 and int(refused.headers["retry-after"]) >= 1
+    assert "4 new MCP sessions per minute" in refused.json()["error"]["message"]
+    assert open_session(proc, bearer("alice")).status_code == 200
+
+
+def test_idle_sessions_expire_after_the_configured_time(daemon: Daemon, sim: SimControl) -> None:
+    proc = daemon(EXAI_SESSION_IDLE_SECONDS="1", EXAI_MAX_SESSIONS_PER_TENANT="1")
+    idle = ready_session(proc)
+    wait_for(lambda: open_session(proc).status_code == 200, "the idle session to free its place")
+    ping = post(proc, {"jsonrpc": "2.0", "id": 2, "method": "ping"}, idle)
+    assert ping.status_code == 404, "the idle session was closed"
+
+
+ENDPOINTS = ["/healthz", "/readyz", "/metrics", "/alerts", "/dashboard", "/dashboard/data", "/mcp"]
+
+
+def test_dns_rebinding_is_refused_on_every_endpoint(daemon: Daemon, sim: SimControl) -> None:
+    proc = daemon()
+    for path in ENDPOINTS:
+        foreign_host = httpx2.get(f"{proc.url}{path}", headers={"host": "rebound.example:80"})
+        assert foreign_host.status_code == 421, f"{path} answered Host rebound.example"
+        assert foreign_host.json()["error"]["code"] == "host_not_allowed"
+        foreign_origin = httpx2.get(f"{proc.url}{path}", headers={"origin": "http://rebound.example"})
+        assert foreign_origin.status_code == 403, f"{path} answered Origin rebound.example"
+    own = httpx2.get(f"{proc.url}/dashboard/data", headers={"origin": f"http://localhost:{proc.port}"})
+    assert own.status_code == 200
+
+
+def test_a_request_id_in_flight_cannot_be_reused_in_the_same_session(daemon: Daemon, sim: SimControl) -> None:
+    proc = daemon()
+    session = ready_session(proc)
+    sim.latency(2000, model="sim-fast")
+
+    def call(prompt: str) -> dict[str, Any]:
+        arguments = {"prompt": prompt, "model": "sim-fast"}
+        return {"id": 7, "jsonrpc": "2.0", "method": "tools/call", "params": {"name": "chat", "arguments": arguments}}
+
+    answers: dict[str, httpx2.Response] = {}
+    first = threading.Thread(target=lambda: answers.update(first=post(proc, call("first question"), session)))
+    first.start()
+    wait_for(lambda: sim.stats()["in_flight"] >= 1, "the first call to reach the model")
+    duplicate = post(proc, call("second question"), session)
+    first.join(60)
+    assert duplicate.status_code == 400, duplicate.text
+    error = duplicate.json()
+    assert error["id"] == 7 and error["error"]["code"] == -32600 and "7" in error["error"]["message"]
+    answer = sse_result(answers["first"])
+    assert answer["id"] == 7 and "first question" in json.dumps(answer["result"])
+    sim.latency(0, model="sim-fast")
+    again = post(proc, call("third question"), session)
+    assert again.status_code == 200 and "third question" in json.dumps(sse_result(again)["result"])
+
+
+def test_protected_resource_metadata_names_only_a_configured_authorization_server(
+    daemon: Daemon, sim: SimControl
+) -> None:
+    path = "/.well-known/oauth-protected-resource/mcp"
+    bare = httpx2.get(f"{daemon(EXAI_JWT_SECRET=TEST_JWT_SECRET).url}{path}").json()
+    assert bare["resource"].endswith("/mcp") and "authorization_servers" not in bare
+    issuer = "https://login.example.com/realms/team"
+    configured = daemon(EXAI_JWT_SECRET=TEST_JWT_SECRET, EXAI_AUTHORIZATION_SERVER_URL=issuer)
+    assert httpx2.get(f"{configured.url}{path}").json()["authorization_servers"] == [issuer]
+
+
+def test_a_bad_token_on_an_admin_endpoint_is_one_auth_failure(daemon: Daemon, sim: SimControl) -> None:
+    proc = daemon(EXAI_JWT_SECRET=TEST_JWT_SECRET)
+    assert httpx2.get(f"{proc.url}/metrics", headers={"authorization": "Bearer forged"}).status_code == 401
+    scraped = httpx2.get(f"{proc.url}/metrics", headers=bearer("ops", ["exai:admin"])).text
+    assert "exai_auth_failures_total 1.0" in scraped, [line for line in scraped.splitlines() if "auth" in line]
+
+
+def test_mcp_requires_the_accept_header_the_spec_names(daemon: Daemon, sim: SimControl) -> None:
+    proc = daemon()
+    for accept in ("*/*", "application/json", "text/event-stream", "application/*, text/*"):
+        headers = {"content-type": "application/json", "accept": accept}
+        refused = httpx2.post(f"{proc.url}/mcp", content=json.dumps(INITIALIZE), headers=headers)
+        assert refused.status_code == 406, f"Accept: {accept} was answered {refused.status_code}"
+        assert "application/json, text/event-stream" in refused.json()["error"]["message"]
+    listening = httpx2.get(f"{proc.url}/mcp", headers={"accept": "*/*"})
+    assert listening.status_code == 406
+    assert open_session(proc).status_code == 200

@@ -1,0 +1,171 @@
+"""The Redis limiter under failure: outages degrade to per-replica limits, slots never leak or lapse mid-call."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from urllib.parse import urlparse
+
+import httpx2
+import pytest
+import redis.asyncio as aioredis
+from mcp import Client
+from mcp.client.streamable_http import streamable_http_client
+from redis.crc import key_slot
+
+from exai.observability.errors import RateLimitError
+from exai.security.auth import LOCAL_TENANT, issue_token
+from exai.security.limits import Limits, RedisLimiter, tenant_keys
+from tests.conftest import TEST_JWT_SECRET, Proc, SimControl, free_port
+from tests.helpers import tool_error
+
+pytestmark = pytest.mark.anyio
+Daemon = Callable[..., Proc]
+
+
+async def eventually(condition: Callable[[], Awaitable[bool]], what: str, ceiling: float = 60) -> None:
+    deadline = time.monotonic() + ceiling
+    while not await condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.1)
+
+
+@asynccontextmanager
+async def redis_proxy(redis_url: str, port: int) -> AsyncIterator[None]:
+    """A TCP hop in front of the real Redis; leaving the block kills it and every connection through it."""
+    target = urlparse(redis_url)
+    writers: list[asyncio.StreamWriter] = []
+
+    async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            writer.close()
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        upstream_reader, upstream_writer = await asyncio.open_connection(target.hostname, target.port or 6379)
+        writers.extend([writer, upstream_writer])
+        await asyncio.gather(pipe(reader, upstream_writer), pipe(upstream_reader, writer))
+
+    server = await asyncio.start_server(serve, "127.0.0.1", port)
+    try:
+        yield
+    finally:
+        server.close()
+        for writer in writers:
+            writer.close()
+        await server.wait_closed()
+
+
+async def test_open_mode_keeps_per_replica_limits_while_redis_is_down(daemon: Daemon, sim: SimControl) -> None:
+    proc = daemon(
+        EXAI_JWT_SECRET=TEST_JWT_SECRET,
+        EXAI_REDIS_URL=f"redis://127.0.0.1:{free_port()}/0",
+        EXAI_RATE_LIMIT_RPM="3",
+        EXAI_RATE_LIMIT_ON_REDIS_ERROR="open",
+    )
+    token = issue_token(TEST_JWT_SECRET, f"tenant-{uuid.uuid4().hex[:8]}", ["exai:tools"], 600)
+    async with (
+        httpx2.AsyncClient(headers={"Authorization": f"Bearer {token}"}, timeout=60) as http,
+        Client(streamable_http_client(f"{proc.url}/mcp", http_client=http)) as client,
+    ):
+        results = [await client.call_tool("listmodels", {}) for _ in range(5)]
+    limited = [tool_error(r)["code"] for r in results if r.is_error]
+    assert limited == ["rate_limited_rpm", "rate_limited_rpm"], [r.content[0].text for r in results]
+    assert "rate_limiter_redis_error" in proc.logs()
+
+
+async def test_redis_dying_mid_run_degrades_to_local_limits_and_recovers(redis_url: str) -> None:
+    port = free_port()
+    redis = aioredis.from_url(f"redis://127.0.0.1:{port}/0", socket_timeout=2, socket_connect_timeout=2)
+    limiter = RedisLimiter(redis, Limits(concurrent=1), {}, "open", 60)
+    errors: list[int] = []
+    limiter.on_redis_error = lambda: errors.append(1)
+    elsewhere = f"tenant-{uuid.uuid4().hex[:8]}"
+    async with redis_proxy(redis_url, port):
+        shared = await limiter.acquire(elsewhere)
+        assert not shared.local and not limiter.degraded
+        await limiter.release(shared)
+    tenant = LOCAL_TENANT  # the single tenant of a daemon without auth is limited like any other
+    held = await limiter.acquire(tenant)
+    assert held.local and limiter.degraded and errors, "Redis is gone: the slot is held by this replica"
+    with pytest.raises(RateLimitError) as caught:
+        await limiter.acquire(tenant)
+    assert caught.value.code == "rate_limited_concurrency"
+    await limiter.release(held)
+    async with redis_proxy(redis_url, port):
+
+        async def back_on_redis() -> bool:
+            lease = await limiter.acquire(elsewhere)
+            await limiter.release(lease)
+            return not lease.local
+
+        await eventually(back_on_redis, "the limiter to use Redis again")
+        assert not limiter.degraded
+    await redis.aclose()
+
+
+async def test_a_cancelled_acquire_gives_back_the_slot_its_script_took(redis_url: str) -> None:
+    redis = aioredis.from_url(redis_url)
+    tenant = f"tenant-{uuid.uuid4().hex[:8]}"
+    limiter = RedisLimiter(redis, Limits(concurrent=1), {}, "open", 60)
+    script_ran = asyncio.Event()
+    real_script = limiter._acquire
+
+    async def answer_lost_in_transit(**kwargs: object) -> object:
+        await real_script(**kwargs)
+        script_ran.set()
+        await asyncio.Event().wait()  # the caller is cancelled before the reply arrives
+
+    limiter._acquire = answer_lost_in_transit  # type: ignore[assignment]
+    attempt = asyncio.create_task(limiter.acquire(tenant))
+    await script_ran.wait()
+    attempt.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await attempt
+    assert await redis.zcard(f"{tenant_keys(tenant)}:slots") == 0, "the slot taken by the script was given back"
+    limiter._acquire = real_script
+    await limiter.release(await limiter.acquire(tenant))
+    await redis.aclose()
+
+
+async def test_a_lease_is_kept_while_the_call_runs_past_its_ttl(redis_url: str) -> None:
+    redis = aioredis.from_url(redis_url)
+    tenant = f"tenant-{uuid.uuid4().hex[:8]}"
+    limiter = RedisLimiter(redis, Limits(concurrent=1), {}, "open", lease_ttl=1)
+    slots = f"{tenant_keys(tenant)}:slots"
+    lease = await limiter.acquire(tenant)
+    first_expiry = await redis.zscore(slots, lease.id)
+
+    async def refreshed_past_two_ttls() -> bool:
+        expiry = await redis.zscore(slots, lease.id)
+        return expiry is not None and expiry > first_expiry + 2
+
+    await eventually(refreshed_past_two_ttls, "the lease to be refreshed")
+    with pytest.raises(RateLimitError) as caught:
+        await limiter.acquire(tenant)
+    assert caught.value.code == "rate_limited_concurrency", "the running call still holds its slot"
+    await limiter.release(lease)
+    assert await redis.zcard(slots) == 0
+    await redis.aclose()
+
+
+async def test_a_tenants_keys_share_one_cluster_slot(redis_url: str) -> None:
+    redis = aioredis.from_url(redis_url)
+    tenant = f"team:{uuid.uuid4().hex[:8]}"
+    limiter = RedisLimiter(redis, Limits(), {}, "open", 60)
+    lease = await limiter.acquire(tenant)
+    await limiter.add_tokens(tenant, 10)
+    await limiter.open_session(tenant)
+    keys = [key async for key in redis.scan_iter(match=f"{tenant_keys(tenant)}:*")]
+    assert len(keys) == 4, keys
+    assert len({key_slot(key) for key in keys}) == 1, "Redis Cluster runs a multi-key script only within one slot"
+    await limiter.release(lease)
+    await redis.aclose()
