@@ -1,8 +1,8 @@
-"""A bare MCP SDK server with one echo tool over Streamable HTTP: the protocol floor for bench/overhead.py."""
+"""A bare MCP SDK server with one echo tool: the protocol floor for bench/overhead.py (Streamable HTTP on the
+port given) and bench/startup.py (`stdio`)."""
 
 import sys
 
-import uvicorn
 from mcp.server import MCPServer
 
 server = MCPServer("echo")
@@ -15,4 +15,9 @@ def echo(text: str) -> str:
 
 
 if __name__ == "__main__":
-    uvicorn.run(server.streamable_http_app(), host="127.0.0.1", port=int(sys.argv[1]), log_level="warning")
+    if sys.argv[1] == "stdio":
+        server.run("stdio")
+    else:
+        import uvicorn
+
+        uvicorn.run(server.streamable_http_app(), host="127.0.0.1", port=int(sys.argv[1]), log_level="warning")

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import socket
 import subprocess
 import sys
 
@@ -88,3 +90,79 @@ def test_db_upgrade_and_token_commands(tmp_path) -> None:  # type: ignore[no-unt
     accepted = _run(["token", "verify", key], {**env, "EXAI_API_KEYS": entry})
     assert accepted.returncode == 0 and "tenant=ci-bot" in accepted.stdout
     assert _run(["token", "issue", "--sub", "x"], env).returncode == 2, "no secret configured is a clear error"
+
+
+def test_models_piped_keeps_whole_names() -> None:
+    long_name = "a-local-model-with-a-very-long-name-that-a-table-would-cut-" + "x" * 40
+    env = {k: v for k, v in os.environ.items() if k != "COLUMNS"}
+    env.update({"CUSTOM_API_URL": "http://127.0.0.1:9/v1", "CUSTOM_MODELS": long_name})
+    piped = subprocess.run(
+        [sys.executable, "-m", "exai", "models"], env=env, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert piped.returncode == 0, piped.stderr
+    assert long_name in piped.stdout
+    as_json = subprocess.run(
+        [sys.executable, "-m", "exai", "models", "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert [m["name"] for m in json.loads(as_json.stdout)] == [long_name]
+
+
+def test_start_up_imports_only_what_the_command_needs() -> None:
+    """`--help` loads no server stack; a built daemon loads no provider SDK and no tokenizer until it needs them."""
+    help_run = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "exai", "--help"], capture_output=True, text=True, timeout=60
+    )
+    assert help_run.returncode == 0
+    loaded = {line.rsplit("|", 1)[-1].strip() for line in help_run.stderr.splitlines()}
+    assert not loaded & {"mcp", "exai.app", "exai.config", "openai", "anthropic", "bpe_openai", "uvicorn"}
+    probe = (
+        "import sys; from exai.app import Services; from exai.config import load_settings; "
+        "Services.build(load_settings(), 'stdio'); "
+        "print(sorted(m for m in ('openai', 'anthropic', 'bpe_openai', 'psycopg') if m in sys.modules))"
+    )
+    env = {**os.environ, "CUSTOM_API_URL": "http://127.0.0.1:9/v1", "CUSTOM_MODELS": "m", "ANTHROPIC_API_KEY": "k"}
+    built = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=60)
+    assert built.returncode == 0, built.stderr
+    assert built.stdout.strip() == "[]"
+
+
+def test_sim_on_a_busy_port_says_so_in_one_line() -> None:
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [sys.executable, "-m", "exai", "sim", "--port", str(port)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"127.0.0.1:{port}" in lines[0] and "--port" in lines[0], result.stderr
+    assert "Traceback" not in result.stderr and "ERROR" not in result.stderr
+
+
+def test_sim_control_api_refuses_bad_rules_with_a_reason(sim: SimControl) -> None:
+    http = sim.client
+    zero = http.post(f"{sim.url}/_sim/faults", json={"kind": "500", "count": 0})
+    assert zero.status_code == 422 and "count" in zero.json()["error"]
+    typo = http.post(f"{sim.url}/_sim/faults", json={"kind": "500", "cuont": 1})
+    assert typo.status_code == 422 and "cuont" in typo.json()["error"]
+    not_json = http.post(f"{sim.url}/_sim/latency", content=b"{nope", headers={"content-type": "application/json"})
+    assert not_json.status_code == 400 and "JSON" in not_json.json()["error"]
+    assert http.get(f"{sim.url}/_sim/stats").json()["counters"] == {}
+    shown = subprocess.run(
+        [sys.executable, "-m", "exai", "sim", "--help"],
+        env={**os.environ, "COLUMNS": "200"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    for documented in ("DELETE /_sim/faults", "/_sim/reset", "sim-fast", "sim-smart", "sim-large"):
+        assert documented in shown.stdout

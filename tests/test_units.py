@@ -52,7 +52,9 @@ def test_user_models_file_adds_and_overrides(tmp_path: Path) -> None:
     with pytest.raises(ValidationError, match="context_window"):
         Catalogue.load(user)
     with pytest.raises(ValidationError, match="CUSTOM_MODELS"):
-        Catalogue.load(custom_models=["x:lots"])
+        Catalogue.load(custom_models=["x:0"])
+    tagged = Catalogue.load(custom_models=["qwen3:8b"], custom_context=4096).get("qwen3:8b")
+    assert tagged is not None and tagged.context_window == 4096, "an Ollama tag is part of the name"
 
 
 def test_settings_read_aliases_lists_and_toml(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

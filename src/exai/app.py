@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import redis.asyncio as aioredis
 from pydantic import SecretStr
 
-from exai.config import Settings
+from exai.config import Settings, secret
 from exai.conversations.threads import Conversations
 from exai.conversations.tokens import warm_up
 from exai.observability.alerts import AlertManager, AlertThresholds
@@ -18,24 +18,24 @@ from exai.observability.health import Health
 from exai.observability.logging import register_secret
 from exai.observability.metrics import Metrics
 from exai.observability.stats import Stats
-from exai.providers.anthropic import AnthropicProvider
 from exai.providers.base import Provider
 from exai.providers.catalogue import Catalogue
-from exai.providers.openai_compatible import OpenAICompatibleProvider
+from exai.providers.discovery import discover_custom_models
+from exai.providers.lazy import LazyProvider, import_later
 from exai.providers.router import Router
 from exai.security.auth import JWTVerifier, parse_api_keys
 from exai.security.files import FileAccess
 from exai.security.limits import Limits, LocalLimiter, RateLimiter, RedisLimiter
 from exai.storage.audit import AuditWriter
 from exai.storage.base import Store
-from exai.storage.cache import CachedStore
-from exai.storage.postgres import PostgresStore
 from exai.storage.retention import Purger
 from exai.storage.sqlite import SQLiteStore
 from exai.tools import enabled_tools
 from exai.tools.base import Tool
 
-WIRES = {"openai": OpenAICompatibleProvider, "anthropic": AnthropicProvider}
+if TYPE_CHECKING:
+    import redis.asyncio as aioredis
+
 Transport = Literal["stdio", "http", "memory"]
 
 
@@ -48,15 +48,28 @@ def register_secrets(settings: Settings) -> None:
 
 
 def build_store(settings: Settings) -> Store:
-    url = settings.database_url or f"sqlite:///{settings.data_dir / 'exai.db'}"
+    url = secret(settings.database_url) or f"sqlite:///{settings.data_dir / 'exai.db'}"
     store: Store
     if url.startswith("sqlite:///"):
         store = SQLiteStore(Path(url.removeprefix("sqlite:///")))
     else:
+        from exai.storage.postgres import PostgresStore  # psycopg is loaded only for PostgreSQL
+
         store = PostgresStore(url, schema=settings.database_schema)
-    if settings.redis_url:
-        store = CachedStore(store, aioredis.from_url(settings.redis_url, socket_timeout=2, socket_connect_timeout=2))
+    redis = build_redis(settings)
+    if redis is not None:
+        from exai.storage.cache import CachedStore
+
+        store = CachedStore(store, redis)
     return store
+
+
+def build_redis(settings: Settings) -> aioredis.Redis | None:
+    if not settings.redis_url:
+        return None
+    import redis.asyncio as aioredis  # the client is loaded only when Redis is configured
+
+    return aioredis.from_url(secret(settings.redis_url), socket_timeout=2, socket_connect_timeout=2)
 
 
 def build_verifier(settings: Settings) -> JWTVerifier | None:
@@ -119,18 +132,14 @@ class Services:
     @classmethod
     def build(cls, settings: Settings, transport: Transport = "memory") -> Services:
         register_secrets(settings)
-        catalogue = Catalogue.load(settings.models_file, settings.custom_models)
+        catalogue = Catalogue.load(settings.models_file, settings.custom_models, settings.custom_context_window)
         configs = settings.providers()
         providers: dict[str, Provider] = {}
         for name, config in configs.items():
             if config.enabled and config.base_url:
-                providers[name] = WIRES[config.spec.wire](name, config.base_url, config.api_key)
+                providers[name] = LazyProvider(name, config.spec.wire, config.base_url, config.api_key)
         router = Router(settings, catalogue, providers, configs)
-        redis = (
-            aioredis.from_url(settings.redis_url, socket_timeout=2, socket_connect_timeout=2)
-            if settings.redis_url
-            else None
-        )
+        redis = build_redis(settings)
         limiter = build_limiter(settings, redis)
         stats = Stats()
         health = Health(stats, router, limiter, settings.alert_window_seconds, settings.breaker_cooldown_seconds)
@@ -143,7 +152,7 @@ class Services:
                 auth_failures=settings.alert_auth_failures,
                 rate_limit_rejections=settings.alert_rate_limit_rejections,
             ),
-            settings.alert_webhook_url,
+            secret(settings.alert_webhook_url),
             stats,
             health,
         )
@@ -180,14 +189,19 @@ class Services:
         )
 
     async def start(self) -> None:
-        """Open the store, apply migrations, load the tokenizer and start background writers."""
-        await self.store.open()
-        await self.store.migrate()
-        await self.purger.purge()
+        """Open the store and apply migrations while the custom endpoint's models are discovered; load the
+        tokenizer and the provider SDKs in the background a moment later; start the background writers."""
         warm_up()
+        import_later(p.wire for p in self.router.providers.values() if isinstance(p, LazyProvider))
+        await asyncio.gather(self._open_store(), discover_custom_models(self.settings, self.router))
         self.audit.start()
         self.purger.start()
         self.alerts.start()
+
+    async def _open_store(self) -> None:
+        await self.store.open()
+        await self.store.migrate()
+        await self.purger.purge()
 
     async def close(self) -> None:
         await self.alerts.close()

@@ -3,42 +3,59 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Annotated, Any
+import json
+import sys
+from functools import cache
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
-from rich.console import Console
-from rich.table import Table
-from rich.text import Text
 
-from exai.app import Services, Transport
-from exai.config import Settings, load_settings
-from exai.observability.errors import ExaiError
-from exai.observability.logging import configure_logging, get_logger
-from exai.observability.tracing import configure_tracing
-from exai.providers.specs import PROVIDER_SPECS
+if TYPE_CHECKING:  # each command imports what it needs when it runs: `exai --help` loads no server stack
+    from rich.console import Console
+
+    from exai.app import Services, Transport
+    from exai.config import Settings
+    from exai.observability.errors import ExaiError
 
 app = typer.Typer(help="EX-AI MCP Server: tools for AI coding agents, backed by other models.", no_args_is_help=True)
-console = Console(stderr=True)
-log = get_logger("exai.cli")
+
+
+@cache
+def _stderr() -> Console:
+    from rich.console import Console
+
+    return Console(stderr=True)
+
+
+def _fail(exc: ExaiError) -> NoReturn:
+    """A configuration problem: its own short lines on stderr (no traceback, no markup), exit code 2."""
+    print(exc.message if exc.remedy is None else f"{exc.message}\n  fix: {exc.remedy}", file=sys.stderr)
+    raise typer.Exit(2)
 
 
 def _settings(**overrides: object) -> Settings:
+    from exai.config import load_settings
+    from exai.observability.errors import ExaiError
+    from exai.observability.logging import configure_logging
+    from exai.observability.tracing import configure_tracing
+
     try:
         settings = load_settings(**{k: v for k, v in overrides.items() if v is not None})
     except ExaiError as exc:
-        console.print(f"[red]{exc.message}[/red]\n{exc.remedy}")
-        raise typer.Exit(2) from None
+        _fail(exc)
     configure_logging(settings.log_level, settings.log_json)
     configure_tracing(settings.otel_exporter)
     return settings
 
 
 def _services(settings: Settings, transport: Transport = "memory") -> Services:
+    from exai.app import Services
+    from exai.observability.errors import ExaiError
+
     try:
         return Services.build(settings, transport)
     except ExaiError as exc:
-        console.print(f"[red]{exc.message}[/red]\n{exc.remedy}")
-        raise typer.Exit(2) from None
+        _fail(exc)
 
 
 @app.command()
@@ -48,12 +65,14 @@ def serve(
     insecure: Annotated[bool, typer.Option(help="Allow a non-loopback address without authentication.")] = False,
 ) -> None:
     """Run the daemon: MCP over Streamable HTTP at /mcp, with /healthz, /readyz, /metrics and /dashboard."""
+    settings = _settings(host=host, port=port)
+    from exai.observability.logging import get_logger
     from exai.server.http import is_loopback, serve_http
 
-    settings = _settings(host=host, port=port)
+    log = get_logger("exai.cli")
     if not is_loopback(settings.host) and not settings.auth_enabled:
         if not insecure:
-            console.print(
+            _stderr().print(
                 f"[red]Refusing to serve on {settings.host} without authentication.[/red]\n"
                 "Set EXAI_JWT_SECRET (or EXAI_JWT_PUBLIC_KEY, EXAI_JWT_JWKS_URL, EXAI_API_KEYS), bind 127.0.0.1, "
                 "or pass --insecure if something in front of the daemon authenticates callers."
@@ -95,28 +114,63 @@ def sim(
     api_key: Annotated[str | None, typer.Option(help="Require this API key from clients.")] = None,
     latency_ms: Annotated[float, typer.Option(help="Fixed latency added to every answer.")] = 0.0,
 ) -> None:
-    """Run the upstream simulator (OpenAI- and Anthropic-compatible) for tests and trials without a key."""
+    """Run the upstream simulator (OpenAI- and Anthropic-compatible) for tests and trials without a key.
+
+    Models: sim-fast, sim-smart and sim-large (sim-large states a context window of 1,000,000 in /v1/models and
+    Ollama-style /api/show; any other model name is answered too). Point a provider at it, e.g.
+    CUSTOM_API_URL=http://127.0.0.1:8900/v1 or ANTHROPIC_BASE_URL=http://127.0.0.1:8900. Answers echo the
+    prompt, so tests can check what arrived.
+
+    Control API: POST /_sim/faults {"kind": "429|500|503|401|hang|reset|malformed|truncate|context_length|
+    content_filter", "model": "*", "rate": 1.0, "count": N (N >= 1), "retry_after": s}; DELETE /_sim/faults clears
+    them; POST /_sim/latency {"ms": 200, "jitter_ms": 50, "model": "*"}; GET /_sim/stats (counters);
+    GET /_sim/requests?limit=50 (recent requests with headers); POST /_sim/reset (faults, latency, counters).
+    """
+    import socket
+
     import uvicorn
 
     from exai.testing.simulator import LatencyRule, SimState, Simulator
 
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        listener = socket.create_server((host, port), family=family)
+    except OSError as exc:
+        print(
+            f"exai sim: cannot listen on {host}:{port} ({exc.strerror or exc}); "
+            "stop what uses it or choose another port with --port.",
+            file=sys.stderr,
+        )
+        raise typer.Exit(2) from None
     state = SimState(api_key=api_key)
     if latency_ms:
         state.latency.append(LatencyRule(ms=latency_ms))
-    console.print(f"upstream simulator on http://{host}:{port} (OpenAI: /v1, Anthropic: /)")
-    uvicorn.run(Simulator(state).app, host=host, port=port, log_level="warning", access_log=False)
+    _stderr().print(f"upstream simulator on http://{host}:{port} (OpenAI: /v1, Anthropic: /)")
+    config = uvicorn.Config(Simulator(state).app, log_level="warning", access_log=False)
+    uvicorn.Server(config).run(sockets=[listener])
 
 
 @app.command()
-def models() -> None:
-    """Show the configured providers and their models with capabilities."""
-    services = _services(_settings())
+def models(
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document, for scripts.")] = False,
+) -> None:
+    """Show the configured providers and their models with capabilities (a plain layout when piped)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from exai.providers.discovery import discover_custom_models
+    from exai.providers.specs import PROVIDER_SPECS
+
+    settings = _settings()
+    services = _services(settings)
     router = services.router
-    table = Table(title="Models")
-    for column in ("provider", "model", "aliases", "context", "max out", "images", "thinking", "$ in/out per M"):
-        table.add_column(column)
-    for m in sorted(router.available_models(), key=lambda m: (m.provider, -m.intelligence)):
-        table.add_row(
+    asyncio.run(discover_custom_models(settings, router))
+    available = sorted(router.available_models(), key=lambda m: (m.provider, -m.intelligence))
+    if as_json:
+        print(json.dumps([{"provider": m.provider, "name": m.name, **m.capabilities()} for m in available]))
+        return
+    rows = [
+        [
             m.provider,
             m.name,
             ", ".join(m.aliases),
@@ -125,20 +179,33 @@ def models() -> None:
             "yes" if m.images else "",
             "yes" if m.thinking else "",
             f"{m.price_in:g} / {m.price_out:g}",
-        )
-    Console().print(table)
+        ]
+        for m in available
+    ]
+    header = ["provider", "model", "aliases", "context", "max out", "images", "thinking", "$ in/out per M"]
+    if sys.stdout.isatty():
+        table = Table(title="Models")
+        for column in header:
+            table.add_column(column)
+        for row in rows:
+            table.add_row(*row)
+        Console().print(table)
+    else:  # piped: whole names, one model a line, never cut to the terminal's width
+        widths = [max(len(cell) for cell in column) for column in zip(header, *rows, strict=False)]
+        for row in (header, *rows):
+            print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
     missing = [s for n, s in PROVIDER_SPECS.items() if n not in router.providers]
     for spec in missing:
-        need = " or ".join(spec.key_env) if spec.key_required else "CUSTOM_API_URL"
-        console.print(f"[dim]{spec.title}: not configured (set {need})[/dim]")
+        need = " or ".join(spec.key_env) if spec.key_required else spec.base_url_env
+        _stderr().print(f"[dim]{spec.title}: not configured (set {need})[/dim]")
 
 
 @app.command()
 def doctor(timeout: Annotated[float, typer.Option(help="Seconds to wait for each provider.")] = 5.0) -> None:
     """Check the configuration and reach every configured provider; exit non-zero when something is wrong."""
-    settings = _settings()
-    services = _services(settings)
-    problems = asyncio.run(_doctor(services, timeout))
+    from exai.doctor import run_doctor
+
+    problems = asyncio.run(run_doctor(_services(_settings()), timeout))
     raise typer.Exit(1 if problems else 0)
 
 
@@ -168,7 +235,7 @@ def token_issue(
 
     settings = _settings()
     if settings.jwt_secret is None:
-        console.print("[red]EXAI_JWT_SECRET is not set.[/red] Set it to the daemon's shared secret.")
+        _stderr().print("[red]EXAI_JWT_SECRET is not set.[/red] Set it to the daemon's shared secret.")
         raise typer.Exit(2)
     seconds = _duration(ttl)
     token = issue_token(
@@ -189,11 +256,11 @@ def token_verify(token: Annotated[str, typer.Argument(help="The token to check."
 
     verifier = build_verifier(_settings())
     if verifier is None:
-        console.print("[red]No authentication is configured[/red] (EXAI_JWT_SECRET, EXAI_JWT_PUBLIC_KEY, ...).")
+        _stderr().print("[red]No authentication is configured[/red] (EXAI_JWT_SECRET, EXAI_JWT_PUBLIC_KEY, ...).")
         raise typer.Exit(2)
     access = asyncio.run(verifier.verify_token(token))
     if access is None:
-        console.print("[red]invalid[/red]: bad signature, expired, not yet valid, wrong issuer/audience, or revoked")
+        _stderr().print("[red]invalid[/red]: bad signature, expired, not yet valid, wrong issuer/audience, or revoked")
         raise typer.Exit(1)
     print(f"valid: tenant={access.subject} scopes={' '.join(access.scopes)} expires_at={access.expires_at}")
 
@@ -215,7 +282,7 @@ def _duration(text: str) -> int:
     try:
         return int(text) if text.isdigit() else int(float(text[:-1]) * units[text[-1]])
     except (KeyError, ValueError):
-        console.print(f"[red]Cannot read duration '{text}'.[/red] Use seconds or 30m, 12h, 7d.")
+        _stderr().print(f"[red]Cannot read duration '{text}'.[/red] Use seconds or 30m, 12h, 7d.")
         raise typer.Exit(2) from None
 
 
@@ -228,8 +295,11 @@ def audit(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON lines.")] = False,
 ) -> None:
     """List audit records (every tool call: tenant, tool, model, tokens, cost, latency, outcome, correlation id)."""
-    import json
     import time
+
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
 
     services = _services(_settings())
     cutoff = time.time() - _duration(since) if since else None
@@ -273,37 +343,8 @@ app.add_typer(db_app, name="db")
 @db_app.command("upgrade")
 def db_upgrade() -> None:
     """Apply pending schema migrations (the daemon also does this at start)."""
+    from rich.console import Console
+
     services = _services(_settings())
     version = _db_upgrade_and_report(services)
     Console().print(f"{services.store.name}: schema at version {version}")
-
-
-async def _doctor(services: Services, timeout: float) -> int:
-    out = Console()
-    table = Table(title="Providers")
-    for column in ("provider", "state", "detail", "remedy"):
-        table.add_column(column)
-    problems = 0
-    for name, config in services.router.configs.items():
-        spec = config.spec
-        need = " or ".join(spec.key_env) if spec.key_required else "CUSTOM_API_URL"
-        if name not in services.router.providers:
-            table.add_row(name, "not configured", "", f"set {need} to enable")
-            continue
-        try:
-            found = await services.router.providers[name].list_models(timeout)
-            table.add_row(name, "[green]reachable[/green]", f"{config.base_url}: {len(found)} models listed", "")
-        except Exception as exc:  # every failure becomes a row, never a crash
-            problems += 1
-            kind = getattr(exc, "kind", type(exc).__name__)
-            remedy = f"check {need}" if kind == "auth" else f"check {spec.base_url_env} and the network"
-            table.add_row(name, f"[red]{kind}[/red]", str(exc)[:120], remedy)
-    if not services.router.providers:
-        problems += 1
-        out.print(
-            "[red]No provider is configured.[/red] Set a provider key, or run `exai sim` and set "
-            "CUSTOM_API_URL=http://127.0.0.1:8900/v1 CUSTOM_MODELS=sim-fast"
-        )
-    out.print(table)
-    await services.close()
-    return problems

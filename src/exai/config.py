@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -9,16 +10,20 @@ from typing import Annotated, Any, Literal
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import (
     BaseSettings,
+    InitSettingsSource,
     NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
-    TomlConfigSettingsSource,
+    SettingsError,
 )
 
-from exai.observability.errors import ValidationError as ExaiValidationError
+from exai.config_problems import ConfigError, ConfigProblem, read_config_file, where_set
 from exai.providers.specs import PROVIDER_SPECS, ProviderSpec
 
 CommaList = Annotated[list[str], NoDecode]
+TenantLimits = Annotated[dict[str, dict[str, int]], NoDecode]
+TENANT_LIMIT_KEYS = ("requests_per_minute", "concurrent", "tokens_per_day")
+DEFAULT_CUSTOM_CONTEXT_WINDOW = 32768
 
 
 def _key(provider: str) -> Any:
@@ -60,7 +65,6 @@ class Settings(BaseSettings):
         env_file=".env",
         extra="ignore",
         populate_by_name=True,
-        toml_file=os.environ.get("EXAI_CONFIG_FILE", "exai.toml"),
     )
 
     # Serving
@@ -86,14 +90,14 @@ class Settings(BaseSettings):
     rate_limit_rpm: int = Field(default=120, ge=1)
     rate_limit_concurrency: int = Field(default=8, ge=1)
     rate_limit_tokens_per_day: int = Field(default=5_000_000, ge=1)
-    tenant_limits: dict[str, dict[str, int]] = Field(default_factory=dict)
+    tenant_limits: TenantLimits = Field(default_factory=dict)
     rate_limit_on_redis_error: Literal["open", "closed"] = "open"
     max_sessions_per_tenant: int = Field(default=64, ge=1)
     session_idle_seconds: float = Field(default=600.0, gt=0)
     authorization_server_url: str | None = None
 
     # Alerts
-    alert_webhook_url: str | None = None
+    alert_webhook_url: SecretStr | None = None
     alert_window_seconds: float = Field(default=300.0, gt=0)
     alert_provider_error_rate: float = Field(default=0.5, gt=0, le=1)
     alert_p95_latency_seconds: float = Field(default=30.0, gt=0)
@@ -106,9 +110,9 @@ class Settings(BaseSettings):
 
     # Storage and conversations
     data_dir: Path = Field(default_factory=lambda: _default_data_dir())
-    database_url: str | None = None
+    database_url: SecretStr | None = None
     database_schema: str | None = None
-    redis_url: str | None = None
+    redis_url: SecretStr | None = None
     thread_ttl_hours: float = Field(default=72.0, gt=0)
     max_turns_per_thread: int = Field(default=50, ge=2)
     audit_retention_days: float = Field(default=30.0, gt=0)
@@ -155,11 +159,14 @@ class Settings(BaseSettings):
     openrouter_denied_models: CommaList = _env("OPENROUTER_DENIED_MODELS", [])
     custom_api_key: SecretStr | None = _key("custom")
     custom_base_url: str | None = Field(
-        default=None, validation_alias=AliasChoices("CUSTOM_API_URL", "CUSTOM_BASE_URL")
+        default=None, validation_alias=AliasChoices(PROVIDER_SPECS["custom"].base_url_env, "CUSTOM_BASE_URL")
     )
     custom_allowed_models: CommaList = _env("CUSTOM_ALLOWED_MODELS", [])
     custom_denied_models: CommaList = _env("CUSTOM_DENIED_MODELS", [])
     custom_models: CommaList = _env("CUSTOM_MODELS", [])
+    custom_context_window: int = Field(
+        default=DEFAULT_CUSTOM_CONTEXT_WINDOW, gt=0, validation_alias="CUSTOM_CONTEXT_WINDOW"
+    )
 
     @field_validator(
         "allowed_hosts",
@@ -211,17 +218,59 @@ class Settings(BaseSettings):
 
     @field_validator("database_url")
     @classmethod
-    def _check_database_url(cls, value: str | None) -> str | None:
-        if value and not value.startswith(("sqlite:///", "postgresql://", "postgres://")):
-            raise ValueError("must be sqlite:///path/to/file.db or postgresql://user@host:port/db")
+    def _check_database_url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value and not value.get_secret_value().startswith(("sqlite:///", "postgresql://", "postgres://")):
+            raise ValueError("is not a sqlite:/// or postgresql:// URL")
         return value
 
     @field_validator("redis_url", "alert_webhook_url", "jwt_jwks_url")
     @classmethod
-    def _check_service_url(cls, value: str | None, info: ValidationInfo) -> str | None:
+    def _check_service_url(cls, value: str | SecretStr | None, info: ValidationInfo) -> str | SecretStr | None:
         schemes = ("redis://", "rediss://", "unix://") if info.field_name == "redis_url" else ("http://", "https://")
-        if value and not value.startswith(schemes):
+        text = value.get_secret_value() if isinstance(value, SecretStr) else value
+        if text and not text.startswith(schemes):
             raise ValueError(f"must start with {' or '.join(schemes)}")
+        return value
+
+    @field_validator("tenant_limits", mode="before")
+    @classmethod
+    def _parse_tenant_limits(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            try:
+                value = json.loads(value) if value.strip() else {}
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"is not valid JSON ({exc.msg} at column {exc.colno})") from None
+        if not isinstance(value, dict):
+            raise ValueError("must be an object of tenant names to limits")
+        for tenant, limits in value.items():
+            if not isinstance(limits, dict):
+                raise ValueError(f"the limits of tenant '{tenant}' must be an object")
+            unknown = sorted(set(limits) - set(TENANT_LIMIT_KEYS))
+            if unknown:
+                raise ValueError(f"tenant '{tenant}' has unknown limit(s) {', '.join(map(repr, unknown))}")
+            for key, number in limits.items():
+                if not isinstance(number, int) or isinstance(number, bool) or number < 1:
+                    raise ValueError(f"limit '{key}' of tenant '{tenant}' must be a whole number of at least 1")
+        return value
+
+    @field_validator("api_keys")
+    @classmethod
+    def _check_api_keys(cls, value: list[str]) -> list[str]:
+        if value:
+            from exai.security.auth import parse_api_keys  # only daemons with keys pay for the JWT stack
+
+            for number, entry in enumerate(value, start=1):
+                try:
+                    parse_api_keys([entry])
+                except ValueError:
+                    raise ValueError(f"entry {number} is not sha256hex:tenant:scope+scope") from None
+        return value
+
+    @field_validator("jwt_public_key")
+    @classmethod
+    def _check_public_key(cls, value: str | None) -> str | None:
+        if value and not value.lstrip().startswith("-----BEGIN") and not Path(value).is_file():
+            raise ValueError("is neither a PEM key nor the path of a readable file")
         return value
 
     @classmethod
@@ -233,7 +282,9 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return (init_settings, env_settings, dotenv_settings, TomlConfigSettingsSource(settings_cls))
+        config_file = read_config_file(_file_keys())
+        file_settings = InitSettingsSource(settings_cls, config_file.values if config_file else {})
+        return (init_settings, env_settings, dotenv_settings, file_settings)
 
     @property
     def auth_enabled(self) -> bool:
@@ -252,32 +303,83 @@ class Settings(BaseSettings):
         return {name: self.provider(name) for name in PROVIDER_SPECS}
 
 
+def secret(value: SecretStr | None) -> str | None:
+    """The plain text of a secret setting, read only where it is used (never logged or shown)."""
+    return value.get_secret_value() if value is not None else None
+
+
 def _default_data_dir() -> Path:
     base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
     return Path(base) / "exai"
 
 
-def _env_name(field: str) -> str:
-    info = Settings.model_fields.get(field)
-    alias = info.validation_alias if info else None
+_URL_FIX = "write the whole URL with its scheme, e.g. http://127.0.0.1:11434/v1"
+_FIXES = {
+    "tenant_limits": "give each tenant whole numbers for requests_per_minute, concurrent or tokens_per_day, "
+    'e.g. {"alice": {"requests_per_minute": 60, "concurrent": 4}}',
+    "api_keys": "make each entry with `exai token apikey --tenant NAME` and join entries with commas",
+    "database_url": "use sqlite:///path/to/exai.db or postgresql://user:password@host:5432/db",
+    "redis_url": "use redis://host:6379/0, rediss://... or unix:///path/to/redis.sock",
+    "alert_webhook_url": "use an http:// or https:// URL",
+    "jwt_jwks_url": "use an http:// or https:// URL",
+    "jwt_secret": "generate one with `openssl rand -hex 32`",
+    "jwt_public_key": "paste the PEM text or give the path of a PEM file",
+    **{f"{name}_base_url": _URL_FIX for name in PROVIDER_SPECS},
+}
+
+
+def _env_names(field: str) -> list[str]:
+    """The variables that set a field, the documented one first."""
+    alias = Settings.model_fields[field].validation_alias
     if isinstance(alias, str):
-        return alias
+        return [alias]
     if isinstance(alias, AliasChoices):
-        return " or ".join(str(choice) for choice in alias.choices)
-    return f"EXAI_{field.upper()}"
+        return [str(choice) for choice in alias.choices]
+    return [f"EXAI_{field.upper()}"]
+
+
+def _file_keys() -> list[str]:
+    """Keys the TOML file accepts: field names and the variable names that set them."""
+    return [key for field in Settings.model_fields for key in (field, *_env_names(field))]
+
+
+def _field_of(name: str) -> str | None:
+    lowered = name.lower()
+    for field in Settings.model_fields:
+        if lowered == field or lowered in (n.lower() for n in _env_names(field)):
+            return field
+    return None
+
+
+def _dotenv_values() -> dict[str, str | None]:
+    from dotenv import dotenv_values  # only read on the error path
+
+    return dict(dotenv_values(".env")) if Path(".env").is_file() else {}
+
+
+def _problem(field: str | None, what: str, dotenv: dict[str, str | None]) -> ConfigProblem:
+    if field is None:
+        return ConfigProblem("configuration", what, "correct the settings and start again")
+    names = _env_names(field)
+    where = where_set(names, [field, *names], dotenv)
+    return ConfigProblem(where, what, _FIXES.get(field, f"correct {where} and start again"))
+
+
+def _message(error: Any) -> str:
+    message = str(error["msg"]).removeprefix("Value error, ")
+    return message[:1].lower() + message[1:]
 
 
 def load_settings(**overrides: Any) -> Settings:
-    """Read and validate the settings once; errors name the variable and say how to fix it."""
+    """Read and validate the settings once; every problem names where the user wrote it and how to fix it."""
     try:
         return Settings(**overrides)
     except ValidationError as exc:
-        problems = []
-        for err in exc.errors():
-            field = str(err["loc"][0]) if err["loc"] else "?"
-            problems.append(f"{_env_name(field)}: {err['msg']}")
-        raise ExaiValidationError(
-            "Invalid configuration: " + "; ".join(problems) + ".",
-            code="config_invalid",
-            remedy="Correct these variables in the environment, .env or exai.toml and start again.",
-        ) from exc
+        dotenv = _dotenv_values()
+        problems = [
+            _problem(_field_of(str(e["loc"][0])) if e["loc"] else None, _message(e), dotenv) for e in exc.errors()
+        ]
+        raise ConfigError(problems) from None
+    except SettingsError as exc:  # a value the settings sources could not even decode
+        field = next((f for f in Settings.model_fields if f'"{f}"' in str(exc)), None)
+        raise ConfigError([_problem(field, "cannot be decoded", _dotenv_values())]) from None

@@ -93,7 +93,9 @@ class Catalogue:
                 self._index.setdefault(key.lower(), info)
 
     @classmethod
-    def load(cls, user_file: Path | None = None, custom_models: list[str] | None = None) -> Catalogue:
+    def load(
+        cls, user_file: Path | None = None, custom_models: list[str] | None = None, custom_context: int = 32768
+    ) -> Catalogue:
         text = resources.files("exai.providers").joinpath("catalogue.toml").read_text(encoding="utf-8")
         data = tomllib.loads(text)
         models = _parse(data, "the built-in catalogue")
@@ -108,10 +110,18 @@ class Catalogue:
                 ) from exc
             merged_defaults = {**data.get("defaults", {}), **user_data.get("defaults", {})}
             models.update(_parse({"defaults": merged_defaults, "models": user_data.get("models", {})}, str(user_file)))
-        for entry in custom_models or []:
-            info = custom_model(entry)
-            models.setdefault(info.name, info)
-        return cls(models)
+        catalogue = cls(models)
+        catalogue.add([custom_model(entry, custom_context) for entry in custom_models or []])
+        return catalogue
+
+    def add(self, models: list[ModelInfo]) -> None:
+        """Add models that are not known yet (a known name or alias keeps its catalogue entry)."""
+        for info in models:
+            if info.name.lower() in self._index:
+                continue
+            self.models[info.name] = info
+            for key in (info.name, *info.aliases):
+                self._index.setdefault(key.lower(), info)
 
     def get(self, name: str) -> ModelInfo | None:
         return self._index.get(name.lower())
@@ -121,22 +131,26 @@ class Catalogue:
         return difflib.get_close_matches(name.lower(), names, n=3, cutoff=0.5)
 
 
-def custom_model(entry: str) -> ModelInfo:
-    """A model of the Custom provider from `name` or `name:context_window`."""
-    name, _, window = entry.strip().partition(":")
-    try:
-        context = int(window) if window else 32768
-    except ValueError as exc:
+def custom_model(entry: str, default_context: int = 32768) -> ModelInfo:
+    """A model of the Custom provider from `name` or `name:context_window` (a tag such as `qwen3:8b` is a name)."""
+    name, _, window = entry.strip().rpartition(":")
+    if not name or not window.isdigit():
+        return custom_model_info(entry.strip(), default_context)
+    if int(window) == 0:
         raise ExaiValidationError(
-            f"CUSTOM_MODELS entry '{entry}' has a context window that is not a number.",
+            f"CUSTOM_MODELS entry '{entry}' has a context window of 0.",
             code="config_invalid",
             remedy="Write entries as name or name:context_window, e.g. llama3.2:131072.",
-        ) from exc
+        )
+    return custom_model_info(name, int(window))
+
+
+def custom_model_info(name: str, context_window: int) -> ModelInfo:
     return ModelInfo(
         name=name,
         provider="custom",
-        context_window=context,
-        max_output_tokens=min(8192, context),
+        context_window=context_window,
+        max_output_tokens=min(8192, context_window),
         intelligence=10,
         temperature=TemperatureRule(kind="range", min=0.0, max=2.0),
     )

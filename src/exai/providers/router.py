@@ -71,14 +71,19 @@ class Router:
         self._breakers: dict[tuple[str, str], CircuitBreaker] = {}
         self._slots = {name: asyncio.Semaphore(settings.provider_concurrency) for name in providers}
         self.recent_errors: deque[tuple[float, str, str]] = deque(maxlen=1000)
-        self._available = [
-            info
-            for info in catalogue.models.values()
-            if info.provider in providers and configs[info.provider].allows(info.name, *info.aliases)
-        ]
+        self._available: list[ModelInfo] = []
+        self.refresh_available()
         self.on_attempt = on_attempt
 
     # ----- what can be routed to ----------------------------------------------------------------
+    def refresh_available(self) -> None:
+        """Compute the routable models once more; called at start after models are discovered."""
+        self._available = [
+            info
+            for info in self.catalogue.models.values()
+            if info.provider in self.providers and self.configs[info.provider].allows(info.name, *info.aliases)
+        ]
+
     def available_models(self) -> list[ModelInfo]:
         """Models whose provider is configured and whose allow/deny lists admit them (fixed at start)."""
         return list(self._available)

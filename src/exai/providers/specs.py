@@ -16,6 +16,8 @@ class ProviderSpec:
     default_base_url: str | None
     key_env: tuple[str, ...]
     key_required: bool = True
+    url_env: str | None = None
+    """The variable that sets the base URL, when it is not `<NAME>_BASE_URL`."""
 
     @property
     def env_prefix(self) -> str:
@@ -23,7 +25,7 @@ class ProviderSpec:
 
     @property
     def base_url_env(self) -> str:
-        return f"{self.env_prefix}_BASE_URL"
+        return self.url_env or f"{self.env_prefix}_BASE_URL"
 
     @property
     def allowed_env(self) -> str:
@@ -51,6 +53,14 @@ PROVIDER_SPECS: dict[str, ProviderSpec] = {
         ProviderSpec("anthropic", "Anthropic", "anthropic", "https://api.anthropic.com", ("ANTHROPIC_API_KEY",)),
         ProviderSpec("openrouter", "OpenRouter", "openai", "https://openrouter.ai/api/v1", ("OPENROUTER_API_KEY",)),
         # Custom is enabled by its URL; the key is optional (Ollama, vLLM and LM Studio need none).
-        ProviderSpec("custom", "Custom OpenAI-compatible", "openai", None, ("CUSTOM_API_KEY",), key_required=False),
+        ProviderSpec(
+            "custom",
+            "Custom OpenAI-compatible",
+            "openai",
+            None,
+            ("CUSTOM_API_KEY",),
+            key_required=False,
+            url_env="CUSTOM_API_URL",
+        ),
     )
 }

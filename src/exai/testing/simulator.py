@@ -13,9 +13,9 @@ import random
 import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
@@ -36,9 +36,14 @@ FaultKind = Literal[
     "429", "500", "503", "401", "hang", "reset", "malformed", "truncate", "context_length", "content_filter"
 ]
 DEFAULT_MODELS = ["sim-fast", "sim-smart", "sim-large"]
+DEFAULT_CONTEXT_WINDOWS = {"sim-large": 1_000_000}
+"""Context windows the listing states (as `context_length`, like OpenRouter and vLLM, and in Ollama's /api/show);
+models without one leave the client to its default."""
 
 
 class FaultRule(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     model: str = "*"
     kind: FaultKind
     rate: float = Field(default=1.0, ge=0.0, le=1.0)
@@ -48,9 +53,14 @@ class FaultRule(BaseModel):
 
 
 class LatencyRule(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     model: str = "*"
     ms: float = Field(default=0.0, ge=0)
     jitter_ms: float = Field(default=0.0, ge=0)
+
+
+RuleT = TypeVar("RuleT", FaultRule, LatencyRule)
 
 
 @dataclass
@@ -58,6 +68,7 @@ class SimState:
     faults: list[FaultRule] = field(default_factory=list)
     latency: list[LatencyRule] = field(default_factory=list)
     models: list[str] = field(default_factory=lambda: list(DEFAULT_MODELS))
+    context_windows: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_CONTEXT_WINDOWS))
     api_key: str | None = None
     counters: Counter[str] = field(default_factory=Counter)
     recent: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=500))
@@ -86,6 +97,19 @@ class SimState:
         return 0.0
 
 
+async def _read_rule(request: Request, rule: type[RuleT]) -> RuleT | Response:
+    """A control rule from the request body, or a 400/422 answer that says what is wrong with it."""
+    try:
+        body = await request.json()
+    except ValueError:
+        return JSONResponse({"error": "the body is not JSON"}, status_code=400)
+    try:
+        return rule.model_validate(body)
+    except ValidationError as exc:
+        problems = [f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in exc.errors()]
+        return JSONResponse({"error": "; ".join(problems)}, status_code=422)
+
+
 class _ResetResponse(Response):
     """Starts a response, then drops the connection: the client sees it cut off."""
 
@@ -109,6 +133,7 @@ class Simulator:
                 Route("/v1/chat/completions", self.chat_completions, methods=["POST"]),
                 Route("/v1/messages", self.messages, methods=["POST"]),
                 Route("/v1/models", self.list_models, methods=["GET"]),
+                Route("/api/show", self.show_model, methods=["POST"]),
                 Route("/_sim/faults", self.set_fault, methods=["POST"]),
                 Route("/_sim/faults", self.clear_faults, methods=["DELETE"]),
                 Route("/_sim/latency", self.set_latency, methods=["POST"]),
@@ -121,7 +146,9 @@ class Simulator:
 
     # ----- control API --------------------------------------------------------------------------
     async def set_fault(self, request: Request) -> Response:
-        rule = FaultRule.model_validate(await request.json())
+        rule = await _read_rule(request, FaultRule)
+        if isinstance(rule, Response):
+            return rule
         self.state.faults.append(rule)
         return JSONResponse(rule.model_dump())
 
@@ -130,7 +157,9 @@ class Simulator:
         return JSONResponse({"faults": 0})
 
     async def set_latency(self, request: Request) -> Response:
-        rule = LatencyRule.model_validate(await request.json())
+        rule = await _read_rule(request, LatencyRule)
+        if isinstance(rule, Response):
+            return rule
         self.state.latency = [r for r in self.state.latency if r.model != rule.model]
         self.state.latency.insert(0 if rule.model != "*" else len(self.state.latency), rule)
         return JSONResponse(rule.model_dump())
@@ -149,7 +178,9 @@ class Simulator:
         return JSONResponse(list(self.state.recent)[-limit:])
 
     async def reset(self, request: Request) -> Response:
-        fresh = SimState(api_key=self.state.api_key, models=self.state.models)
+        fresh = SimState(
+            api_key=self.state.api_key, models=self.state.models, context_windows=self.state.context_windows
+        )
         self.state.__dict__.update(fresh.__dict__)
         return JSONResponse({"reset": True})
 
@@ -173,12 +204,21 @@ class Simulator:
                     "last_id": data[-1]["id"] if data else None,
                 }
             )
-        return JSONResponse(
-            {
-                "object": "list",
-                "data": [{"id": m, "object": "model", "created": 0, "owned_by": "exai-sim"} for m in self.state.models],
-            }
-        )
+        data = [{"id": m, "object": "model", "created": 0, "owned_by": "exai-sim"} for m in self.state.models]
+        for entry in data:
+            if entry["id"] in self.state.context_windows:
+                entry["context_length"] = self.state.context_windows[entry["id"]]
+        return JSONResponse({"object": "list", "data": data})
+
+    async def show_model(self, request: Request) -> Response:
+        """Ollama's native model details: the context window as `<architecture>.context_length`."""
+        name = str((await request.json()).get("model", ""))
+        if name not in self.state.models:
+            return JSONResponse({"error": f"model '{name}' not found"}, status_code=404)
+        info: dict[str, Any] = {"general.architecture": "sim"}
+        if name in self.state.context_windows:
+            info["sim.context_length"] = self.state.context_windows[name]
+        return JSONResponse({"model_info": info})
 
     async def chat_completions(self, request: Request) -> Response:
         body = await request.json()

@@ -1,0 +1,85 @@
+"""`exai doctor`: reach every configured provider and say what to do about each problem."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from exai.app import Services
+from exai.config import ProviderConfig
+from exai.observability.errors import ExaiError
+from exai.providers.catalogue import custom_model
+from exai.providers.discovery import discover_custom_models
+
+
+async def run_doctor(services: Services, timeout: float) -> int:
+    """Print a table of providers; return the number of problems found."""
+    await discover_custom_models(services.settings, services.router)
+    out = Console()
+    table = Table(title="Providers")
+    for column in ("provider", "state", "detail", "remedy"):
+        table.add_column(column)
+    problems = 0
+    for name, config in services.router.configs.items():
+        spec = config.spec
+        need = " or ".join(spec.key_env) if spec.key_required else spec.base_url_env
+        if name not in services.router.providers:
+            table.add_row(name, "not configured", "", f"set {need} to enable")
+            continue
+        try:
+            found = await services.router.providers[name].list_models(timeout)
+        except Exception as exc:  # every failure becomes a row, never a crash
+            problems += 1
+            kind = getattr(exc, "kind", type(exc).__name__)
+            remedy = f"check {need}" if kind == "auth" else f"check {spec.base_url_env} and the network"
+            table.add_row(name, f"[red]{kind}[/red]", escape(str(exc)[:120]), remedy)
+            continue
+        problem = _custom_models_problem(services, config, found) if name == "custom" else None
+        if problem is not None:
+            problems += 1
+            table.add_row(name, "[red]models[/red]", escape(problem[0]), problem[1])
+        else:
+            table.add_row(name, "[green]reachable[/green]", f"{config.base_url}: {len(found)} models listed", "")
+    problems += _default_model_problem(services, out)
+    if not services.router.providers:
+        problems += 1
+        out.print(
+            "[red]No provider is configured.[/red] Set a provider key, or run `exai sim` and set "
+            "CUSTOM_API_URL=http://127.0.0.1:8900/v1"
+        )
+    out.print(table)
+    await services.close()
+    return problems
+
+
+def _default_model_problem(services: Services, out: Console) -> int:
+    """1 when EXAI_DEFAULT_MODEL names a model that no configured provider serves."""
+    name = services.settings.default_model
+    if name.lower() == "auto" or not services.router.providers:
+        return 0
+    try:
+        services.router.resolve(name)
+    except ExaiError as exc:
+        out.print(f"[red]EXAI_DEFAULT_MODEL:[/red] {escape(exc.message)}")
+        out.print("  fix: name a model that `exai models` lists, or auto")
+        return 1
+    return 0
+
+
+def _custom_models_problem(services: Services, config: ProviderConfig, listed: list[str]) -> tuple[str, str] | None:
+    """(detail, remedy) when CUSTOM_MODELS names a model the endpoint does not serve, or it serves none."""
+    declared = [custom_model(entry).name for entry in services.settings.custom_models]
+    if not declared:
+        if listed:
+            return None
+        return f"{config.base_url} lists no models", "load or pull a model on the server at CUSTOM_API_URL"
+    served = set(listed) | {name.removesuffix(":latest") for name in listed}
+    missing = [name for name in declared if name not in served]
+    if not missing:
+        return None
+    shown = ", ".join(listed[:8]) + (", ..." if len(listed) > 8 else "") or "none"
+    return (
+        f"CUSTOM_MODELS names {', '.join(missing)}, which {config.base_url} does not list (it lists: {shown})",
+        "correct CUSTOM_MODELS, or unset it to use every model CUSTOM_API_URL lists",
+    )

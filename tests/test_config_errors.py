@@ -1,0 +1,89 @@
+"""Every configuration mistake stops `exai serve` / `exai doctor` with short lines: where, what, the fix; exit 2."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+CUSTOM = {"CUSTOM_API_URL": "http://127.0.0.1:9/v1", "CUSTOM_MODELS": "m"}
+CASES: dict[str, tuple[dict[str, str], str, str]] = {
+    # case: (environment, where the report must point, a word of what is wrong)
+    "tenant limits not json": ({"EXAI_TENANT_LIMITS": "{bad"}, "EXAI_TENANT_LIMITS", "not valid JSON"),
+    "tenant limits unknown key": ({"EXAI_TENANT_LIMITS": '{"alice": {"rpm": 5}}'}, "EXAI_TENANT_LIMITS", "'rpm'"),
+    "api keys bad entry": ({"EXAI_API_KEYS": "abc:def"}, "EXAI_API_KEYS", "sha256hex:tenant"),
+    "custom url": ({"CUSTOM_API_URL": "not-a-url"}, "CUSTOM_API_URL", "http://"),
+    "openai url": ({"OPENAI_BASE_URL": "ftp://x"}, "OPENAI_BASE_URL", "http://"),
+    "missing config file": ({"EXAI_CONFIG_FILE": "missing.toml"}, "EXAI_CONFIG_FILE", "does not exist"),
+    "toml syntax": ({"EXAI_CONFIG_FILE": "broken.toml"}, "broken.toml:2", "not valid TOML"),
+    "toml unknown key": ({"EXAI_CONFIG_FILE": "unknown.toml"}, "unknown.toml:3", "'rate_limit_rmp'"),
+    "toml bad value": ({"EXAI_CONFIG_FILE": "value.toml"}, "value.toml:2", "65535"),
+    "database url": ({"EXAI_DATABASE_URL": "mysql://u:hunter2@h/db"}, "EXAI_DATABASE_URL", "postgresql://"),
+}
+FILES = {
+    "broken.toml": 'log_level = "INFO"\nhost = "127.0.0.1\n',
+    "unknown.toml": 'log_level = "INFO"\n\nrate_limit_rmp = 5\n',
+    "value.toml": "# the daemon's port\nport = 99999\n",
+}
+
+
+def _exai(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "exai", *args],
+        env={**os.environ, **env},
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=90,
+        check=False,
+    )
+
+
+@pytest.mark.parametrize("command", ["serve", "doctor"])
+@pytest.mark.parametrize("case", list(CASES))
+def test_configuration_mistake_is_reported_in_two_lines(case: str, command: str, tmp_path: Path) -> None:
+    for name, text in FILES.items():
+        (tmp_path / name).write_text(text)
+    env, where, what = CASES[case]
+    result = _exai([command], {**CUSTOM, **env}, tmp_path)
+    report = result.stdout + result.stderr
+    assert result.returncode == 2, report
+    assert "Traceback" not in report and "hunter2" not in report
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 2, report
+    assert lines[0].startswith(f"{where}: ") and what in lines[0], report
+    assert lines[1].startswith("  fix: "), report
+    assert "EXAI_CUSTOM_API_URL" not in report and "EXAI_OPENAI_BASE_URL" not in report
+
+
+def test_several_mistakes_are_reported_together(tmp_path: Path) -> None:
+    result = _exai(["doctor"], {**CUSTOM, "EXAI_PORT": "x", "KIMI_BASE_URL": "ftp://x"}, tmp_path)
+    assert result.returncode == 2
+    assert [line.split(":")[0] for line in result.stderr.splitlines() if not line.startswith(" ")] == [
+        "EXAI_PORT",
+        "KIMI_BASE_URL",
+    ]
+
+
+def test_valid_file_settings_apply_and_env_wins(tmp_path: Path) -> None:
+    (tmp_path / "exai.toml").write_text('CUSTOM_MODELS = "from-file"\n[tenant_limits.alice]\nconcurrent = 3\n')
+    shown = _exai(["models"], {"CUSTOM_API_URL": "http://127.0.0.1:9/v1"}, tmp_path)
+    assert shown.returncode == 0, shown.stderr
+    assert "from-file" in shown.stdout
+    overridden = _exai(["models"], {**CUSTOM}, tmp_path)
+    assert overridden.returncode == 0 and "from-file" not in overridden.stdout
+
+
+def test_secret_urls_stay_out_of_reprs(monkeypatch: pytest.MonkeyPatch) -> None:
+    from exai.config import load_settings, secret
+
+    monkeypatch.setenv("EXAI_DATABASE_URL", "postgresql://u:pg-hunter2@127.0.0.1/test")
+    monkeypatch.setenv("EXAI_REDIS_URL", "redis://:redis-hunter2@127.0.0.1:6379/0")
+    monkeypatch.setenv("EXAI_ALERT_WEBHOOK_URL", "https://hooks.example/hook-hunter2")
+    settings = load_settings()
+    shown = repr(settings) + str(settings) + settings.model_dump_json()
+    assert "hunter2" not in shown
+    assert secret(settings.database_url) == "postgresql://u:pg-hunter2@127.0.0.1/test"
