@@ -227,36 +227,14 @@ class Router:
     ) -> GenerateResponse:
         provider = self.providers[info.provider]
         for attempt in range(self.settings.max_retries + 1):
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
+            if time.monotonic() >= deadline:
                 breaker.release_probe()
                 raise UpstreamError("timeout", "the call's deadline passed")
+            await self._take_slot(info, breaker, deadline)
             started = time.perf_counter()
             try:
-                async with asyncio.timeout(remaining):
-                    async with self._slots[info.provider]:
-                        span = tracer.start_span(
-                            f"provider {info.provider}",
-                            attributes={
-                                "exai.provider": info.provider,
-                                "exai.model": info.name,
-                                "exai.attempt": attempt + 1,
-                            },
-                        )
-                        options = CallOptions(
-                            timeout=max(0.001, deadline - time.monotonic()),
-                            headers={"X-Request-ID": current_correlation_id()},
-                        )
-                        try:
-                            response = await provider.generate(
-                                request.model_copy(update={"model": info.name}), info, options, on_delta
-                            )
-                        except UpstreamError as error:
-                            span.set_attribute("exai.failure", error.kind)
-                            span.set_status(StatusCode.ERROR, error.kind)
-                            raise
-                        finally:
-                            span.end()
+                async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
+                    response = await self._send(provider, info, request, deadline, attempt, on_delta)
             except TimeoutError:
                 exc = UpstreamError("timeout", "the call's deadline passed while waiting for the upstream")
             except UpstreamError as error:
@@ -268,6 +246,8 @@ class Router:
                 breaker.record_success()
                 self._observe(attempts, Attempt(info.provider, info.name, "ok", (time.perf_counter() - started) * 1000))
                 return response
+            finally:
+                self._slots[info.provider].release()
             elapsed = (time.perf_counter() - started) * 1000
             self._observe(attempts, Attempt(info.provider, info.name, exc.kind, elapsed))
             breaker.record_failure(exc.kind)
@@ -293,6 +273,62 @@ class Router:
             if not breaker.allow():
                 raise exc
         raise AssertionError("unreachable")
+
+    async def _take_slot(self, info: ModelInfo, breaker: CircuitBreaker, deadline: float) -> None:
+        """Wait for one of the provider's concurrency slots. Time spent here is ours, not the upstream's:
+        a deadline that passes in this queue fails the call locally and never touches the breaker."""
+        slot = self._slots[info.provider]
+        waited_from = time.monotonic()
+        try:
+            async with asyncio.timeout(max(0.0, deadline - waited_from)):
+                await slot.acquire()
+        except BaseException as exc:
+            breaker.release_probe()
+            if isinstance(exc, TimeoutError):
+                raise self._queue_timeout(info, waited_from) from None
+            raise
+        if time.monotonic() >= deadline:
+            slot.release()
+            breaker.release_probe()
+            raise self._queue_timeout(info, waited_from)
+
+    def _queue_timeout(self, info: ModelInfo, waited_from: float) -> DeadlineError:
+        return DeadlineError(
+            f"The call's deadline passed after {time.monotonic() - waited_from:.1f} s in the local queue for "
+            f"{info.provider} (all {self.settings.provider_concurrency} concurrent slots were busy); "
+            "nothing was sent upstream.",
+            code="local_queue_timeout",
+            remedy="Try again when fewer calls are running, or raise EXAI_PROVIDER_CONCURRENCY or the call's deadline.",
+            details={"provider": info.provider, "model": info.name},
+        )
+
+    async def _send(
+        self,
+        provider: Provider,
+        info: ModelInfo,
+        request: GenerateRequest,
+        deadline: float,
+        attempt: int,
+        on_delta: DeltaCallback | None,
+    ) -> GenerateResponse:
+        """One attempt upstream, traced. Raises `UpstreamError` for upstream failures, `ExaiError` for local ones."""
+        attributes = {"exai.provider": info.provider, "exai.model": info.name, "exai.attempt": attempt + 1}
+        span = tracer.start_span(f"provider {info.provider}", attributes=attributes)
+        options = CallOptions(
+            timeout=max(0.001, deadline - time.monotonic()),
+            headers={"X-Request-ID": current_correlation_id()},
+        )
+        try:
+            return await provider.generate(request.model_copy(update={"model": info.name}), info, options, on_delta)
+        except UpstreamError as error:
+            span.set_attribute("exai.failure", error.kind)
+            span.set_status(StatusCode.ERROR, error.kind)
+            raise
+        except ExaiError as error:
+            span.set_status(StatusCode.ERROR, error.code)
+            raise
+        finally:
+            span.end()
 
     def _observe(self, attempts: list[Attempt], attempt: Attempt) -> None:
         attempts.append(attempt)
