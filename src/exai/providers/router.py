@@ -25,7 +25,7 @@ from exai.observability.logging import get_logger
 from exai.observability.tracing import tracer
 from exai.providers.base import CallOptions, Provider, UpstreamError
 from exai.providers.catalogue import Catalogue, ModelInfo
-from exai.providers.resilience import CircuitBreaker, backoff_delay, to_exai_error
+from exai.providers.resilience import CircuitBreaker, backoff_delay, queue_timeout_error, to_exai_error
 from exai.providers.types import DeltaCallback, GenerateRequest, GenerateResponse
 
 Category = Literal["fast", "balanced", "reasoning"]
@@ -40,6 +40,19 @@ class Attempt:
     model: str
     outcome: str
     latency_ms: float
+
+
+@dataclass(frozen=True)
+class RoutePlan:
+    """The models one call may use, in order, chosen once by `Router.plan`."""
+
+    requested: str
+    candidates: tuple[ModelInfo, ...]
+
+    @property
+    def first(self) -> ModelInfo:
+        """The model to size the prompt for: the one asked first."""
+        return self.candidates[0]
 
 
 @dataclass
@@ -114,8 +127,20 @@ class Router:
             )
         return info
 
-    def candidates(self, requested: str, category: Category, needs_images: bool = False) -> list[ModelInfo]:
-        """The models to try, in order: the chosen one first, then the fallback chain."""
+    def plan(
+        self,
+        requested: str,
+        category: Category = "balanced",
+        needs_images: bool = False,
+        *,
+        allow_fallback: bool | None = None,
+    ) -> RoutePlan:
+        """Select the models for one call, once: the first is the one to size the prompt for.
+
+        An explicitly named model is used as asked; falling back from it needs `allow_fallback=True` or
+        EXAI_FALLBACK_FROM_EXPLICIT_MODEL. `auto` takes the best healthy model, then EXAI_FALLBACK_CHAIN when set
+        (every other model, ranked, when not), unless `allow_fallback=False`.
+        """
         available = [m for m in self.available_models() if m.images or not needs_images]
         if not available:
             if not self.providers:
@@ -133,11 +158,20 @@ class Router:
                     code="images_unsupported",
                     remedy="Choose a model with images: true in `listmodels`, or 'auto'.",
                 )
-            chain = self._fallback_chain(first, available)
-            return [first, *chain]
+            falls_back = self.settings.fallback_from_explicit_model if allow_fallback is None else allow_fallback
+            return RoutePlan(requested, (first, *(self._fallback_chain(first, available) if falls_back else [])))
         ranked = sorted(available, key=lambda m: _rank(m, category))
         healthy = [m for m in ranked if self.breaker_state(m) != "open"]
-        return healthy + [m for m in ranked if m not in healthy]
+        ordered = healthy + [m for m in ranked if m not in healthy]
+        if allow_fallback is False:
+            return RoutePlan(requested, (ordered[0],))
+        if self.settings.fallback_chain:
+            return RoutePlan(requested, (ordered[0], *self._fallback_chain(ordered[0], available)))
+        return RoutePlan(requested, tuple(ordered))
+
+    def candidates(self, requested: str, category: Category, needs_images: bool = False) -> list[ModelInfo]:
+        """The models `generate` would try, in order (prefer `plan`, which `generate` accepts as it is)."""
+        return list(self.plan(requested, category, needs_images).candidates)
 
     def _fallback_chain(self, first: ModelInfo, available: list[ModelInfo]) -> list[ModelInfo]:
         if self.settings.fallback_chain:
@@ -157,13 +191,16 @@ class Router:
         deadline_seconds: float | None = None,
         on_delta: DeltaCallback | None = None,
         on_event: EventCallback | None = None,
-        allow_fallback: bool = True,
+        allow_fallback: bool | None = None,
+        plan: RoutePlan | None = None,
     ) -> RouteResult:
+        """Answer `request` from the first model of `plan` that can (selected here from `model`, `category` and
+        `allow_fallback` when no plan is given). A fallback is always reported in `RouteResult.fallbacks`."""
         deadline = time.monotonic() + (deadline_seconds or self.settings.call_deadline_seconds)
-        needs_images = any(m.images for m in request.messages)
-        queue = self.candidates(model, category, needs_images)
-        if not allow_fallback:
-            queue = queue[:1]
+        if plan is None:
+            needs_images = any(m.images for m in request.messages)
+            plan = self.plan(model, category, needs_images, allow_fallback=allow_fallback)
+        queue = list(plan.candidates)
         attempts: list[Attempt] = []
         fallbacks: list[str] = []
         last: ExaiError | None = None
@@ -285,22 +322,14 @@ class Router:
         except BaseException as exc:
             breaker.release_probe()
             if isinstance(exc, TimeoutError):
-                raise self._queue_timeout(info, waited_from) from None
+                raise queue_timeout_error(
+                    info.provider, info.name, self.settings.provider_concurrency, waited_from
+                ) from None
             raise
         if time.monotonic() >= deadline:
             slot.release()
             breaker.release_probe()
-            raise self._queue_timeout(info, waited_from)
-
-    def _queue_timeout(self, info: ModelInfo, waited_from: float) -> DeadlineError:
-        return DeadlineError(
-            f"The call's deadline passed after {time.monotonic() - waited_from:.1f} s in the local queue for "
-            f"{info.provider} (all {self.settings.provider_concurrency} concurrent slots were busy); "
-            "nothing was sent upstream.",
-            code="local_queue_timeout",
-            remedy="Try again when fewer calls are running, or raise EXAI_PROVIDER_CONCURRENCY or the call's deadline.",
-            details={"provider": info.provider, "model": info.name},
-        )
+            raise queue_timeout_error(info.provider, info.name, self.settings.provider_concurrency, waited_from)
 
     async def _send(
         self,
