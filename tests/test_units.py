@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import random
+from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
 from pathlib import Path
 from typing import get_args
 
@@ -10,7 +12,7 @@ import pytest
 
 from exai.config import load_settings
 from exai.observability.errors import ValidationError
-from exai.providers.base import classify_status
+from exai.providers.base import classify_status, parse_retry_after
 from exai.providers.catalogue import EFFORT_ORDER, Catalogue
 from exai.providers.quirks import anthropic_params, effort_for, openai_params, temperature_for
 from exai.providers.resilience import CircuitBreaker, backoff_delay
@@ -194,3 +196,13 @@ def test_backoff_is_jittered_exponential_and_honours_retry_after() -> None:
 )
 def test_status_classification(status: int, body: str, kind: str) -> None:
     assert classify_status(status, body).kind == kind
+
+
+def test_retry_after_is_read_in_both_forms() -> None:
+    now = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
+    assert parse_retry_after("7", now) == 7.0
+    assert parse_retry_after("Thu, 01 Jan 2026 12:00:30 GMT", now) == 30.0
+    assert parse_retry_after("Thu, 01 Jan 2026 11:00:00 GMT", now) == 0.0, "a date in the past means now"
+    assert parse_retry_after("soon", now) is None and parse_retry_after(None, now) is None
+    in_a_minute = format_datetime(datetime.now(UTC) + timedelta(seconds=60), usegmt=True)
+    assert 50 <= (classify_status(429, "", in_a_minute).retry_after or 0) <= 60

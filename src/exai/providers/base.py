@@ -69,7 +69,7 @@ _FILTER_MARKERS = ("content_filter", "content filter", "sensitive", "safety")
 def classify_status(status: int, body: str, retry_after: str | None = None) -> UpstreamError:
     """Map an HTTP error answer of any vendor to a failure kind."""
     lowered = body.lower()
-    after = _parse_retry_after(retry_after)
+    after = parse_retry_after(retry_after)
     snippet = body[:300]
     if status in (401, 403):
         return UpstreamError("auth", f"upstream refused the credentials ({status}): {snippet}", status=status)
@@ -86,7 +86,7 @@ def classify_status(status: int, body: str, retry_after: str | None = None) -> U
     return UpstreamError("bad_request", f"upstream rejected the request ({status}): {snippet}", status=status)
 
 
-def _parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:
+def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:
     """Seconds to wait, from either form of `Retry-After`: delay-seconds or an HTTP-date."""
     if not value:
         return None

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Coroutine
 from typing import Any, Literal
 
+import anyio
 from pydantic import BaseModel, Field
 
 from exai.conversations.history import build_prompt
@@ -61,12 +61,18 @@ class ConsensusOutput(BaseModel):
 
 async def _all_or_none(calls: list[Coroutine[Any, Any, Opinion]]) -> list[Opinion]:
     """Run every consultation at once; an unexpected exception in one cancels the others and is raised as is."""
+    opinions: list[Opinion | None] = [None] * len(calls)
+
+    async def keep(index: int, call: Coroutine[Any, Any, Opinion]) -> None:
+        opinions[index] = await call
+
     try:
-        async with asyncio.TaskGroup() as group:
-            tasks = [group.create_task(call) for call in calls]
+        async with anyio.create_task_group() as group:
+            for index, call in enumerate(calls):
+                group.start_soon(keep, index, call)
     except BaseExceptionGroup as failed:
         raise failed.exceptions[0] from None
-    return [task.result() for task in tasks]
+    return [opinion for opinion in opinions if opinion is not None]
 
 
 class ConsensusTool(Tool[ConsensusInput, ConsensusOutput]):
