@@ -146,7 +146,9 @@ async def test_prompts_and_resources(sim: SimControl, monkeypatch: pytest.Monkey
 
 
 async def test_progress_and_log_notifications(sim: SimControl, monkeypatch: pytest.MonkeyPatch) -> None:
-    services = await build_services(monkeypatch, sim, EXAI_FALLBACK_CHAIN="sim-smart")
+    services = await build_services(
+        monkeypatch, sim, EXAI_FALLBACK_CHAIN="sim-smart", EXAI_FALLBACK_FROM_EXPLICIT_MODEL="true"
+    )
     sim.fault("503", model="sim-fast")
     progress: list[tuple[float, str | None]] = []
     logs: list[Any] = []

@@ -299,7 +299,9 @@ async def test_spans_for_tool_and_provider_calls(sim: SimControl, monkeypatch: p
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     trace.set_tracer_provider(provider)
-    services = await build_services(monkeypatch, sim, EXAI_FALLBACK_CHAIN="sim-smart")
+    services = await build_services(
+        monkeypatch, sim, EXAI_FALLBACK_CHAIN="sim-smart", EXAI_FALLBACK_FROM_EXPLICIT_MODEL="true"
+    )
     sim.fault("503", model="sim-fast")
     async with Client(build_server(services)) as client:
         result = await client.call_tool("chat", {"prompt": "traced", "model": "sim-fast"})

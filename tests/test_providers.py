@@ -78,6 +78,18 @@ async def test_quirk_flags_shape_the_wire_request(sim: SimControl) -> None:
     assert glm["thinking"] == {"type": "enabled"} and glm["temperature"] == 0.2 and glm["max_tokens"] == 100
 
 
+async def test_reasoning_models_get_an_effort_they_accept_by_default(sim: SimControl) -> None:
+    provider = OpenAICompatibleProvider("openai", sim.openai_url, "k")
+    request = GenerateRequest(model="x", messages=[Message(role="user", content="q")], temperature=0.3)
+    for name in ("o3", "o4-mini", "gpt-5"):
+        await provider.generate(request, CATALOGUE.get(name), OPTIONS)
+    await provider.close()
+    o3, o4, gpt5 = (r["body"] for r in sim.requests(3))
+    assert o3["reasoning_effort"] == o4["reasoning_effort"] == "low", "o3 and o4-mini refuse 'minimal'"
+    assert gpt5["reasoning_effort"] == "minimal"
+    assert "temperature" not in o3 and "max_tokens" not in o3 and o3["max_completion_tokens"] > 0
+
+
 async def test_anthropic_thinking_and_images(sim: SimControl) -> None:
     provider = AnthropicProvider("anthropic", sim.url, "k")
     image = ImageInput(url="data:image/png;base64,iVBORw0KGgo=")

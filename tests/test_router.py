@@ -63,7 +63,7 @@ async def test_truncated_stream_is_retried(sim: SimControl, monkeypatch: pytest.
 async def test_401_is_never_retried_and_falls_back_to_another_provider(
     sim: SimControl, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    services = await build_services(monkeypatch, sim)
+    services = await build_services(monkeypatch, sim, EXAI_FALLBACK_FROM_EXPLICIT_MODEL="true")
     sim.fault("401", model="sim-fast")
     result = await services.router.generate(REQUEST, model="sim-fast")
     assert sim.count("requests:sim-fast") == 1, "an auth failure must not be retried"
@@ -74,7 +74,9 @@ async def test_401_is_never_retried_and_falls_back_to_another_provider(
 
 
 async def test_401_everywhere_reports_which_key_to_check(sim: SimControl, monkeypatch: pytest.MonkeyPatch) -> None:
-    services = await build_services(monkeypatch, sim, EXAI_FALLBACK_CHAIN="sim-smart")
+    services = await build_services(
+        monkeypatch, sim, EXAI_FALLBACK_CHAIN="sim-smart", EXAI_FALLBACK_FROM_EXPLICIT_MODEL="true"
+    )
     sim.fault("401")
     with pytest.raises(ProviderError) as caught:
         await services.router.generate(REQUEST, model="kimi-k2")
@@ -97,7 +99,9 @@ async def test_bad_request_is_neither_retried_nor_rerouted(sim: SimControl, monk
 async def test_context_too_long_moves_to_a_larger_context_model(
     sim: SimControl, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    services = await build_services(monkeypatch, sim, EXAI_FALLBACK_CHAIN="sim-smart,sim-large")
+    services = await build_services(
+        monkeypatch, sim, EXAI_FALLBACK_CHAIN="sim-smart,sim-large", EXAI_FALLBACK_FROM_EXPLICIT_MODEL="true"
+    )
     sim.fault("context_length", model="sim-fast")
     result = await services.router.generate(REQUEST, model="sim-fast")
     assert result.response.model == "sim-large"
@@ -107,11 +111,49 @@ async def test_context_too_long_moves_to_a_larger_context_model(
 
 
 async def test_exhausted_retries_fall_back_along_the_chain(sim: SimControl, monkeypatch: pytest.MonkeyPatch) -> None:
-    services = await build_services(monkeypatch, sim, EXAI_FALLBACK_CHAIN="sim-smart")
+    services = await build_services(
+        monkeypatch, sim, EXAI_FALLBACK_CHAIN="sim-smart", EXAI_FALLBACK_FROM_EXPLICIT_MODEL="true"
+    )
     sim.fault("503", model="sim-fast")
     result = await services.router.generate(REQUEST, model="sim-fast")
     assert result.response.model == "sim-smart" and result.fallbacks == ["sim-smart"]
     assert sim.count("requests:sim-fast") == 3  # first try + EXAI_MAX_RETRIES (2)
+    await services.close()
+
+
+async def test_an_explicit_model_is_not_replaced_by_default(sim: SimControl, monkeypatch: pytest.MonkeyPatch) -> None:
+    services = await build_services(monkeypatch, sim, EXAI_FALLBACK_CHAIN="sim-smart")
+    for fault in ("503", "401", "context_length"):
+        sim.reset()
+        sim.fault(fault, model="sim-fast")
+        with pytest.raises(ProviderError):
+            await services.router.generate(REQUEST, model="sim-fast")
+        assert sim.count("requests") == sim.count("requests:sim-fast") >= 1, fault
+    assert [m.name for m in services.router.plan("sim-fast").candidates] == ["sim-fast"]
+    assert [m.name for m in services.router.plan("sim-fast", allow_fallback=True).candidates] == [
+        "sim-fast",
+        "sim-smart",
+    ]
+    await services.close()
+
+
+async def test_auto_honours_the_fallback_chain(sim: SimControl, monkeypatch: pytest.MonkeyPatch) -> None:
+    services = await build_services(monkeypatch, sim, EXAI_FALLBACK_CHAIN="sim-large")
+    best = services.router.plan("auto").first
+    assert [m.name for m in services.router.plan("auto").candidates] == [best.name, "sim-large"]
+    sim.fault("503", model=best.name)
+    result = await services.router.generate(REQUEST, model="auto")
+    assert result.response.model == "sim-large" and result.fallbacks == ["sim-large"]
+    assert sim.count("requests") == sim.count(f"requests:{best.name}") + 1, "nothing outside the chain is tried"
+    await services.close()
+
+
+async def test_a_plan_is_used_as_selected(sim: SimControl, monkeypatch: pytest.MonkeyPatch) -> None:
+    services = await build_services(monkeypatch, sim)
+    plan = services.router.plan("sim-smart")
+    result = await services.router.generate(REQUEST, plan=plan)  # no second selection from model="auto"
+    assert result.response.model == plan.first.name == "sim-smart"
+    assert sim.count("requests") == 1
     await services.close()
 
 

@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import random
+from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
 from pathlib import Path
+from typing import get_args
 
 import pytest
 
 from exai.config import load_settings
 from exai.observability.errors import ValidationError
-from exai.providers.base import classify_status
-from exai.providers.catalogue import Catalogue
-from exai.providers.quirks import anthropic_params, openai_params, temperature_for
+from exai.providers.base import classify_status, parse_retry_after
+from exai.providers.catalogue import EFFORT_ORDER, Catalogue
+from exai.providers.quirks import anthropic_params, effort_for, openai_params, temperature_for
 from exai.providers.resilience import CircuitBreaker, backoff_delay
-from exai.providers.types import GenerateRequest, Message
+from exai.providers.specs import PROVIDER_SPECS
+from exai.providers.types import GenerateRequest, Message, ThinkingMode
 from exai.tools import enabled_tools
 
 
@@ -84,14 +88,71 @@ def test_temperature_rules() -> None:
     assert temperature_for(catalogue.get("gpt-4.1"), 1.7) == 1.7
 
 
-def test_thinking_parameters_per_vendor() -> None:
-    catalogue = Catalogue.load()
-    request = GenerateRequest(model="x", messages=[Message(role="user", content="q")], thinking="max")
-    assert openai_params(request, catalogue.get("o3"))["reasoning_effort"] == "high"
-    off = request.model_copy(update={"thinking": "off"})
-    assert openai_params(off, catalogue.get("glm-4.5"))["extra_body"] == {"thinking": {"type": "disabled"}}
-    params = anthropic_params(request, catalogue.get("claude-opus-4-1"))
-    assert params["thinking"]["budget_tokens"] < params["max_tokens"] <= 32000
+CATALOGUE = Catalogue.load()
+THINKING_LEVELS: tuple[ThinkingMode, ...] = get_args(ThinkingMode)
+ACCEPTED_EFFORTS = {
+    # What each vendor's API documents as accepted, written down independently of the catalogue.
+    "gpt-5": {"minimal", "low", "medium", "high"},
+    "gpt-5-mini": {"minimal", "low", "medium", "high"},
+    "gpt-5-nano": {"minimal", "low", "medium", "high"},
+    "o3": {"low", "medium", "high"},
+    "o4-mini": {"low", "medium", "high"},
+}
+
+
+@pytest.mark.parametrize("thinking", THINKING_LEVELS)
+@pytest.mark.parametrize("name", sorted(CATALOGUE.models))
+def test_every_model_is_sent_only_parameters_it_accepts(name: str, thinking: ThinkingMode) -> None:
+    model = CATALOGUE.models[name]
+    request = GenerateRequest(model=name, messages=[Message(role="user", content="q")], thinking=thinking)
+    request = request.model_copy(update={"temperature": 0.7})
+    if PROVIDER_SPECS[model.provider].wire == "anthropic":
+        params = anthropic_params(request, model)
+        assert params["max_tokens"] <= model.max_output_tokens
+        if "thinking" in params:
+            assert model.thinking_style == "anthropic_budget" and thinking != "off"
+            assert 1024 <= params["thinking"]["budget_tokens"] < params["max_tokens"]
+            assert "extra_body" not in params, "no temperature while extended thinking is on"
+        return
+    params = openai_params(request, model)
+    other = {"max_tokens", "max_completion_tokens"} - {model.max_tokens_param}
+    assert params[model.max_tokens_param] <= model.max_output_tokens and not other & set(params)
+    if model.thinking_style == "openai_effort":
+        assert params["reasoning_effort"] in model.reasoning_efforts
+        assert params["reasoning_effort"] in ACCEPTED_EFFORTS[name]
+    else:
+        assert "reasoning_effort" not in params
+    extra = params.get("extra_body", {})
+    assert ("thinking" in extra) == (model.thinking_style == "glm")
+    rule = model.temperature
+    if rule.kind == "none":
+        assert "temperature" not in params
+    elif rule.kind == "fixed":
+        assert params["temperature"] == rule.value
+    else:
+        assert rule.min <= params["temperature"] <= rule.max
+
+
+def test_efforts_are_listed_for_every_reasoning_model_and_grow_with_the_level() -> None:
+    reasoning = {n for n, m in CATALOGUE.models.items() if m.thinking_style == "openai_effort"}
+    assert reasoning == set(ACCEPTED_EFFORTS)
+    for name in reasoning:
+        efforts = [effort_for(CATALOGUE.models[name], level) for level in THINKING_LEVELS]
+        assert efforts == sorted(efforts, key=EFFORT_ORDER.index), (name, efforts)
+    assert effort_for(CATALOGUE.get("o3"), "off") == "low", "o3 cannot switch reasoning off"
+    assert effort_for(CATALOGUE.get("gpt-5"), "max") == "high"
+    off = GenerateRequest(model="x", messages=[Message(role="user", content="q")], thinking="off")
+    assert openai_params(off, CATALOGUE.get("glm-4.5"))["extra_body"] == {"thinking": {"type": "disabled"}}
+
+
+def test_an_effort_model_without_its_efforts_is_refused(tmp_path: Path) -> None:
+    user = tmp_path / "models.toml"
+    user.write_text(
+        '[models.o9]\nprovider = "openai"\ncontext_window = 1000\nmax_output_tokens = 100\n'
+        'thinking_style = "openai_effort"\n'
+    )
+    with pytest.raises(ValidationError, match="reasoning_efforts"):
+        Catalogue.load(user)
 
 
 def test_breaker_states_with_a_fake_clock() -> None:
@@ -137,3 +198,13 @@ def test_backoff_is_jittered_exponential_and_honours_retry_after() -> None:
 )
 def test_status_classification(status: int, body: str, kind: str) -> None:
     assert classify_status(status, body).kind == kind
+
+
+def test_retry_after_is_read_in_both_forms() -> None:
+    now = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
+    assert parse_retry_after("7", now) == 7.0
+    assert parse_retry_after("Thu, 01 Jan 2026 12:00:30 GMT", now) == 30.0
+    assert parse_retry_after("Thu, 01 Jan 2026 11:00:00 GMT", now) == 0.0, "a date in the past means now"
+    assert parse_retry_after("soon", now) is None and parse_retry_after(None, now) is None
+    in_a_minute = format_datetime(datetime.now(UTC) + timedelta(seconds=60), usegmt=True)
+    assert 50 <= (classify_status(429, "", in_a_minute).retry_after or 0) <= 60

@@ -8,7 +8,7 @@ from typing import Any
 
 import anthropic
 
-from exai.providers.base import CallOptions, UpstreamError, classified, collect_stream
+from exai.providers.base import CallOptions, UpstreamError, collect_stream, reading, sending
 from exai.providers.catalogue import ModelInfo
 from exai.providers.quirks import anthropic_params
 from exai.providers.types import DeltaCallback, GenerateRequest, GenerateResponse, Message, StreamChunk, Usage
@@ -45,7 +45,7 @@ class AnthropicProvider:
         if on_delta is not None and model.streaming:
             return await collect_stream(self, request, model, options, on_delta)
         started = time.perf_counter()
-        with classified(anthropic):
+        with sending(anthropic, self.name):
             message = await self._client.messages.create(
                 model=model.name,
                 messages=_messages(request),  # type: ignore[arg-type]
@@ -53,14 +53,16 @@ class AnthropicProvider:
                 extra_headers=dict(options.headers),
                 **anthropic_params(request, model),
             )
+        with reading(anthropic):
             text = "".join(block.text for block in message.content if block.type == "text")
             thinking = "".join(block.thinking for block in message.content if block.type == "thinking")
+            usage = Usage(input_tokens=message.usage.input_tokens, output_tokens=message.usage.output_tokens)
         if message.stop_reason == "refusal":
             raise UpstreamError("content_filter", "upstream refused to answer")
         return GenerateResponse(
             text=text,
             reasoning=thinking or None,
-            usage=Usage(input_tokens=message.usage.input_tokens, output_tokens=message.usage.output_tokens),
+            usage=usage,
             finish_reason=message.stop_reason,
             model=model.name,
             provider=self.name,
@@ -72,7 +74,7 @@ class AnthropicProvider:
     ) -> AsyncIterator[StreamChunk]:
         input_tokens = 0
         finished = False
-        with classified(anthropic):
+        with sending(anthropic, self.name):
             stream = await self._client.messages.create(
                 model=model.name,
                 messages=_messages(request),  # type: ignore[arg-type]
@@ -81,6 +83,7 @@ class AnthropicProvider:
                 extra_headers=dict(options.headers),
                 **anthropic_params(request, model),
             )
+        with reading(anthropic):
             async with stream:
                 async for event in stream:
                     if event.type == "message_start":
@@ -103,8 +106,9 @@ class AnthropicProvider:
             raise UpstreamError("connection", "upstream stream ended before the answer was complete")
 
     async def list_models(self, timeout: float) -> list[str]:
-        with classified(anthropic):
+        with sending(anthropic, self.name):
             page = await self._client.models.list(timeout=timeout)
+        with reading(anthropic):
             return [model.id async for model in page]
 
     async def close(self) -> None:

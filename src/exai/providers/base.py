@@ -7,12 +7,16 @@ import time
 from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from types import ModuleType
 from typing import Literal, Protocol
 
 import httpx2
 
+from exai.observability.errors import ExaiError, InternalError, ValidationError
 from exai.providers.catalogue import ModelInfo
+from exai.providers.specs import PROVIDER_SPECS
 from exai.providers.types import DeltaCallback, GenerateRequest, GenerateResponse, StreamChunk, Usage
 
 FailureKind = Literal[
@@ -25,8 +29,20 @@ RETRYABLE: frozenset[FailureKind] = frozenset({"rate_limit", "timeout", "connect
 
 @dataclass
 class CallOptions:
+    """Per-call transport options. Header values are checked here, so every wire refuses the same ones."""
+
     timeout: float
     headers: Mapping[str, str]
+
+    def __post_init__(self) -> None:
+        for name, value in self.headers.items():
+            if not (value.isascii() and value.isprintable()):
+                raise ValidationError(
+                    f"The request header {name} has characters an HTTP header cannot carry; nothing was sent.",
+                    code="unsendable_header",
+                    remedy="Use printable ASCII only (an X-Request-ID of letters, digits and ._:-).",
+                    details={"header": name},
+                )
 
 
 class UpstreamError(Exception):
@@ -53,7 +69,7 @@ _FILTER_MARKERS = ("content_filter", "content filter", "sensitive", "safety")
 def classify_status(status: int, body: str, retry_after: str | None = None) -> UpstreamError:
     """Map an HTTP error answer of any vendor to a failure kind."""
     lowered = body.lower()
-    after = _parse_retry_after(retry_after)
+    after = parse_retry_after(retry_after)
     snippet = body[:300]
     if status in (401, 403):
         return UpstreamError("auth", f"upstream refused the credentials ({status}): {snippet}", status=status)
@@ -70,28 +86,90 @@ def classify_status(status: int, body: str, retry_after: str | None = None) -> U
     return UpstreamError("bad_request", f"upstream rejected the request ({status}): {snippet}", status=status)
 
 
-def _parse_retry_after(value: str | None) -> float | None:
+def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:
+    """Seconds to wait, from either form of `Retry-After`: delay-seconds or an HTTP-date."""
     if not value:
         return None
     try:
         return max(0.0, float(value))
     except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
         return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
+
+
+def _upstream_failure(sdk: ModuleType, exc: Exception) -> UpstreamError | None:
+    """The upstream failure `exc` stands for, or None when it was not the upstream's doing."""
+    if isinstance(exc, sdk.APIStatusError):
+        return classify_status(exc.status_code, exc.response.text, exc.response.headers.get("retry-after"))
+    if isinstance(exc, sdk.APITimeoutError | httpx2.TimeoutException):
+        return UpstreamError("timeout", "upstream did not answer in time")
+    if isinstance(exc, sdk.APIConnectionError | httpx2.TransportError):
+        return UpstreamError("connection", f"cannot reach upstream: {exc.__cause__ or exc}")
+    if isinstance(exc, sdk.APIResponseValidationError | json.JSONDecodeError):
+        return UpstreamError("server", f"upstream sent a malformed answer: {exc}")
+    return None
+
+
+def _local_failure(provider: str, exc: Exception) -> ExaiError:
+    """A request we could not build: our error (or our configuration's), never the upstream's."""
+    if isinstance(exc, UnicodeEncodeError):
+        spec = PROVIDER_SPECS.get(provider)
+        key_env = " or ".join(spec.key_env) if spec else "the API key variable"
+        return ValidationError(
+            f"The request to {provider} could not be built: a header value (most likely its API key) contains "
+            "a character HTTP headers cannot carry. Nothing was sent upstream.",
+            code="unsendable_header",
+            remedy=f"Check {key_env} for a pasted quote, accent or non-breaking space, then restart.",
+            details={"provider": provider},
+        )
+    return InternalError(
+        f"The request to {provider} could not be built ({type(exc).__name__}: {str(exc)[:200]}). "
+        "Nothing was sent upstream.",
+        code="request_build_failed",
+        remedy="This is a defect of the server: report it with the correlation id.",
+        details={"provider": provider},
+    )
 
 
 @contextmanager
-def classified(sdk: ModuleType) -> Iterator[None]:
-    """Turn an SDK's (openai or anthropic: same exception names) and the transport's errors into `UpstreamError`."""
+def sending(sdk: ModuleType, provider: str) -> Iterator[None]:
+    """Wrap the SDK call that builds and sends a request (openai and anthropic share exception names).
+
+    Transport errors and upstream status codes become `UpstreamError`, which the router may retry and its breakers
+    count. Anything else was raised while building the request, by our code or our configuration: it becomes a
+    local `ExaiError`, never retried, never counted against the upstream.
+    """
     try:
         yield
-    except sdk.APIStatusError as exc:
-        raise classify_status(exc.status_code, exc.response.text, exc.response.headers.get("retry-after")) from exc
-    except (sdk.APITimeoutError, httpx2.TimeoutException) as exc:
-        raise UpstreamError("timeout", "upstream did not answer in time") from exc
-    except (sdk.APIConnectionError, httpx2.TransportError) as exc:
-        raise UpstreamError("connection", f"cannot reach upstream: {exc.__cause__ or exc}") from exc
-    except (sdk.APIError, json.JSONDecodeError, ValueError, AttributeError, TypeError) as exc:
-        raise UpstreamError("server", f"upstream sent a malformed answer: {exc}") from exc
+    except (ExaiError, UpstreamError):
+        raise
+    except Exception as exc:
+        failure = _upstream_failure(sdk, exc)
+        if failure is not None:
+            raise failure from exc
+        raise _local_failure(provider, exc) from exc
+
+
+@contextmanager
+def reading(sdk: ModuleType) -> Iterator[None]:
+    """Wrap the reading of an upstream reply: a reply we cannot make sense of is the upstream's failure."""
+    try:
+        yield
+    except UpstreamError:
+        raise
+    except Exception as exc:
+        failure = _upstream_failure(sdk, exc)
+        if failure is not None:
+            raise failure from exc
+        if isinstance(exc, ValueError | TypeError | AttributeError | KeyError | IndexError):
+            raise UpstreamError("server", f"upstream sent a malformed answer: {type(exc).__name__}: {exc}") from exc
+        raise
 
 
 class Provider(Protocol):

@@ -8,10 +8,13 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, PositiveInt, ValidationError
+from pydantic import BaseModel, Field, PositiveInt, ValidationError, model_validator
 
 from exai.observability.errors import ValidationError as ExaiValidationError
 from exai.providers.specs import PROVIDER_SPECS
+
+ReasoningEffort = Literal["none", "minimal", "low", "medium", "high", "xhigh"]
+EFFORT_ORDER: tuple[ReasoningEffort, ...] = ("none", "minimal", "low", "medium", "high", "xhigh")
 
 
 class TemperatureRule(BaseModel):
@@ -39,6 +42,17 @@ class ModelInfo(BaseModel):
     reasoning_field: str | None = None
     max_tokens_param: Literal["max_tokens", "max_completion_tokens"] = "max_tokens"
     thinking_style: Literal["none", "native", "glm", "openai_effort", "anthropic_budget"] = "none"
+    reasoning_efforts: list[ReasoningEffort] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _efforts_match_style(self) -> ModelInfo:
+        if (self.thinking_style == "openai_effort") != bool(self.reasoning_efforts):
+            raise ValueError(
+                "reasoning_efforts lists the efforts a model accepts: required with thinking_style "
+                '"openai_effort", and only there'
+            )
+        self.reasoning_efforts = sorted(set(self.reasoning_efforts), key=EFFORT_ORDER.index)
+        return self
 
     def cost(self, input_tokens: int, output_tokens: int) -> float:
         return (input_tokens * self.price_in + output_tokens * self.price_out) / 1_000_000

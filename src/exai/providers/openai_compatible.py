@@ -8,7 +8,7 @@ from typing import Any
 
 import openai
 
-from exai.providers.base import CallOptions, UpstreamError, classified, collect_stream
+from exai.providers.base import CallOptions, UpstreamError, collect_stream, reading, sending
 from exai.providers.catalogue import ModelInfo
 from exai.providers.quirks import openai_params, reasoning_from
 from exai.providers.types import DeltaCallback, GenerateRequest, GenerateResponse, Message, StreamChunk, Usage
@@ -49,7 +49,7 @@ class OpenAICompatibleProvider:
         if on_delta is not None and model.streaming:
             return await collect_stream(self, request, model, options, on_delta)
         started = time.perf_counter()
-        with classified(openai):
+        with sending(openai, self.name):
             completion = await self._client.chat.completions.create(
                 model=model.name,
                 messages=_messages(request),  # type: ignore[arg-type]
@@ -57,27 +57,27 @@ class OpenAICompatibleProvider:
                 extra_headers=dict(options.headers),
                 **openai_params(request, model),
             )
+        with reading(openai):
             if not completion.choices:
                 raise UpstreamError("server", "upstream answered with no choices")
             choice = completion.choices[0]
-            text = choice.message.content or ""
-        if choice.finish_reason == "content_filter":
-            raise UpstreamError("content_filter", "upstream content filter stopped the answer")
-        return GenerateResponse(
-            text=text,
-            reasoning=reasoning_from(model, choice.message),
-            usage=_usage(completion.usage) or Usage(),
-            finish_reason=choice.finish_reason,
-            model=model.name,
-            provider=self.name,
-            upstream_latency_ms=(time.perf_counter() - started) * 1000,
-        )
+            if choice.finish_reason == "content_filter":
+                raise UpstreamError("content_filter", "upstream content filter stopped the answer")
+            return GenerateResponse(
+                text=choice.message.content or "",
+                reasoning=reasoning_from(model, choice.message),
+                usage=_usage(completion.usage) or Usage(),
+                finish_reason=choice.finish_reason,
+                model=model.name,
+                provider=self.name,
+                upstream_latency_ms=(time.perf_counter() - started) * 1000,
+            )
 
     async def stream(
         self, request: GenerateRequest, model: ModelInfo, options: CallOptions
     ) -> AsyncIterator[StreamChunk]:
         finished = False
-        with classified(openai):
+        with sending(openai, self.name):
             stream = await self._client.chat.completions.create(
                 model=model.name,
                 messages=_messages(request),  # type: ignore[arg-type]
@@ -87,6 +87,7 @@ class OpenAICompatibleProvider:
                 extra_headers=dict(options.headers),
                 **openai_params(request, model),
             )
+        with reading(openai):
             async with stream:
                 async for event in stream:
                     chunk = StreamChunk(usage=_usage(event.usage))
@@ -104,8 +105,9 @@ class OpenAICompatibleProvider:
             raise UpstreamError("connection", "upstream stream ended before the answer was complete")
 
     async def list_models(self, timeout: float) -> list[str]:
-        with classified(openai):
+        with sending(openai, self.name):
             page = await self._client.models.list(timeout=timeout)
+        with reading(openai):
             return [model.id async for model in page]
 
     async def close(self) -> None:

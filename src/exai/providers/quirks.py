@@ -4,16 +4,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from exai.providers.catalogue import ModelInfo
+from exai.providers.catalogue import EFFORT_ORDER, ModelInfo, ReasoningEffort
 from exai.providers.types import GenerateRequest, ThinkingMode
 
-_EFFORT: dict[ThinkingMode, str] = {
-    "off": "minimal",
+_WANTED_EFFORT: dict[ThinkingMode, ReasoningEffort] = {
+    "off": "none",
     "minimal": "minimal",
     "low": "low",
     "medium": "medium",
     "high": "high",
-    "max": "high",
+    "max": "xhigh",
 }
 _BUDGET: dict[ThinkingMode, int] = {"minimal": 1024, "low": 2048, "medium": 8192, "high": 16384, "max": 32000}
 DEFAULT_MAX_OUTPUT = 8192
@@ -31,6 +31,16 @@ def temperature_for(model: ModelInfo, requested: float | None) -> float | None:
     return min(max(requested, rule.min), rule.max)
 
 
+def effort_for(model: ModelInfo, thinking: ThinkingMode) -> ReasoningEffort:
+    """The model's accepted effort nearest at or above the level asked for (its strongest if none is).
+
+    So `off` is the least thinking a model allows: o3 cannot switch reasoning off and gets "low".
+    """
+    wanted = EFFORT_ORDER.index(_WANTED_EFFORT[thinking])
+    accepted = model.reasoning_efforts
+    return next((e for e in accepted if EFFORT_ORDER.index(e) >= wanted), accepted[-1])
+
+
 def max_output_for(model: ModelInfo, requested: int | None) -> int:
     return min(requested or min(DEFAULT_MAX_OUTPUT, model.max_output_tokens), model.max_output_tokens)
 
@@ -45,7 +55,7 @@ def openai_params(request: GenerateRequest, model: ModelInfo) -> dict[str, Any]:
     if request.json_mode and model.json_mode:
         params["response_format"] = {"type": "json_object"}
     if model.thinking_style == "openai_effort":
-        params["reasoning_effort"] = _EFFORT[request.thinking]
+        params["reasoning_effort"] = effort_for(model, request.thinking)
     elif model.thinking_style == "glm":
         extra_body["thinking"] = {"type": "disabled" if request.thinking == "off" else "enabled"}
     if extra_body:

@@ -81,6 +81,17 @@ def backoff_delay(attempt: int, base: float, cap: float, retry_after: float | No
     return delay if retry_after is None else max(delay, retry_after)
 
 
+def queue_timeout_error(provider: str, model: str, concurrency: int, waited_from: float) -> DeadlineError:
+    """The deadline passed while the call queued for a local concurrency slot: our delay, not the upstream's."""
+    return DeadlineError(
+        f"The call's deadline passed after {time.monotonic() - waited_from:.1f} s in the local queue for "
+        f"{provider} (all {concurrency} concurrent slots were busy); nothing was sent upstream.",
+        code="local_queue_timeout",
+        remedy="Try again when fewer calls are running, or raise EXAI_PROVIDER_CONCURRENCY or the call's deadline.",
+        details={"provider": provider, "model": model},
+    )
+
+
 def to_exai_error(error: UpstreamError, provider: str, model: str, key_env: str) -> ExaiError:
     """The client-facing error for an upstream failure that the router could not route around."""
     where = f"{provider}/{model}"

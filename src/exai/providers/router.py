@@ -25,7 +25,7 @@ from exai.observability.logging import get_logger
 from exai.observability.tracing import tracer
 from exai.providers.base import CallOptions, Provider, UpstreamError
 from exai.providers.catalogue import Catalogue, ModelInfo
-from exai.providers.resilience import CircuitBreaker, backoff_delay, to_exai_error
+from exai.providers.resilience import CircuitBreaker, backoff_delay, queue_timeout_error, to_exai_error
 from exai.providers.types import DeltaCallback, GenerateRequest, GenerateResponse
 
 Category = Literal["fast", "balanced", "reasoning"]
@@ -40,6 +40,19 @@ class Attempt:
     model: str
     outcome: str
     latency_ms: float
+
+
+@dataclass(frozen=True)
+class RoutePlan:
+    """The models one call may use, in order, chosen once by `Router.plan`."""
+
+    requested: str
+    candidates: tuple[ModelInfo, ...]
+
+    @property
+    def first(self) -> ModelInfo:
+        """The model to size the prompt for: the one asked first."""
+        return self.candidates[0]
 
 
 @dataclass
@@ -119,8 +132,20 @@ class Router:
             )
         return info
 
-    def candidates(self, requested: str, category: Category, needs_images: bool = False) -> list[ModelInfo]:
-        """The models to try, in order: the chosen one first, then the fallback chain."""
+    def plan(
+        self,
+        requested: str,
+        category: Category = "balanced",
+        needs_images: bool = False,
+        *,
+        allow_fallback: bool | None = None,
+    ) -> RoutePlan:
+        """Select the models for one call, once: the first is the one to size the prompt for.
+
+        An explicitly named model is used as asked; falling back from it needs `allow_fallback=True` or
+        EXAI_FALLBACK_FROM_EXPLICIT_MODEL. `auto` takes the best healthy model, then EXAI_FALLBACK_CHAIN when set
+        (every other model, ranked, when not), unless `allow_fallback=False`.
+        """
         available = [m for m in self.available_models() if m.images or not needs_images]
         if not available:
             if not self.providers:
@@ -138,11 +163,20 @@ class Router:
                     code="images_unsupported",
                     remedy="Choose a model with images: true in `listmodels`, or 'auto'.",
                 )
-            chain = self._fallback_chain(first, available)
-            return [first, *chain]
+            falls_back = self.settings.fallback_from_explicit_model if allow_fallback is None else allow_fallback
+            return RoutePlan(requested, (first, *(self._fallback_chain(first, available) if falls_back else [])))
         ranked = sorted(available, key=lambda m: _rank(m, category))
         healthy = [m for m in ranked if self.breaker_state(m) != "open"]
-        return healthy + [m for m in ranked if m not in healthy]
+        ordered = healthy + [m for m in ranked if m not in healthy]
+        if allow_fallback is False:
+            return RoutePlan(requested, (ordered[0],))
+        if self.settings.fallback_chain:
+            return RoutePlan(requested, (ordered[0], *self._fallback_chain(ordered[0], available)))
+        return RoutePlan(requested, tuple(ordered))
+
+    def candidates(self, requested: str, category: Category, needs_images: bool = False) -> list[ModelInfo]:
+        """The models `generate` would try, in order (prefer `plan`, which `generate` accepts as it is)."""
+        return list(self.plan(requested, category, needs_images).candidates)
 
     def _fallback_chain(self, first: ModelInfo, available: list[ModelInfo]) -> list[ModelInfo]:
         if self.settings.fallback_chain:
@@ -162,13 +196,16 @@ class Router:
         deadline_seconds: float | None = None,
         on_delta: DeltaCallback | None = None,
         on_event: EventCallback | None = None,
-        allow_fallback: bool = True,
+        allow_fallback: bool | None = None,
+        plan: RoutePlan | None = None,
     ) -> RouteResult:
+        """Answer `request` from the first model of `plan` that can (selected here from `model`, `category` and
+        `allow_fallback` when no plan is given). A fallback is always reported in `RouteResult.fallbacks`."""
         deadline = time.monotonic() + (deadline_seconds or self.settings.call_deadline_seconds)
-        needs_images = any(m.images for m in request.messages)
-        queue = self.candidates(model, category, needs_images)
-        if not allow_fallback:
-            queue = queue[:1]
+        if plan is None:
+            needs_images = any(m.images for m in request.messages)
+            plan = self.plan(model, category, needs_images, allow_fallback=allow_fallback)
+        queue = list(plan.candidates)
         attempts: list[Attempt] = []
         fallbacks: list[str] = []
         last: ExaiError | None = None
@@ -232,36 +269,14 @@ class Router:
     ) -> GenerateResponse:
         provider = self.providers[info.provider]
         for attempt in range(self.settings.max_retries + 1):
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
+            if time.monotonic() >= deadline:
                 breaker.release_probe()
                 raise UpstreamError("timeout", "the call's deadline passed")
+            await self._take_slot(info, breaker, deadline)
             started = time.perf_counter()
             try:
-                async with asyncio.timeout(remaining):
-                    async with self._slots[info.provider]:
-                        span = tracer.start_span(
-                            f"provider {info.provider}",
-                            attributes={
-                                "exai.provider": info.provider,
-                                "exai.model": info.name,
-                                "exai.attempt": attempt + 1,
-                            },
-                        )
-                        options = CallOptions(
-                            timeout=max(0.001, deadline - time.monotonic()),
-                            headers={"X-Request-ID": current_correlation_id()},
-                        )
-                        try:
-                            response = await provider.generate(
-                                request.model_copy(update={"model": info.name}), info, options, on_delta
-                            )
-                        except UpstreamError as error:
-                            span.set_attribute("exai.failure", error.kind)
-                            span.set_status(StatusCode.ERROR, error.kind)
-                            raise
-                        finally:
-                            span.end()
+                async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
+                    response = await self._send(provider, info, request, deadline, attempt, on_delta)
             except TimeoutError:
                 exc = UpstreamError("timeout", "the call's deadline passed while waiting for the upstream")
             except UpstreamError as error:
@@ -273,6 +288,8 @@ class Router:
                 breaker.record_success()
                 self._observe(attempts, Attempt(info.provider, info.name, "ok", (time.perf_counter() - started) * 1000))
                 return response
+            finally:
+                self._slots[info.provider].release()
             elapsed = (time.perf_counter() - started) * 1000
             self._observe(attempts, Attempt(info.provider, info.name, exc.kind, elapsed))
             breaker.record_failure(exc.kind)
@@ -298,6 +315,54 @@ class Router:
             if not breaker.allow():
                 raise exc
         raise AssertionError("unreachable")
+
+    async def _take_slot(self, info: ModelInfo, breaker: CircuitBreaker, deadline: float) -> None:
+        """Wait for one of the provider's concurrency slots. Time spent here is ours, not the upstream's:
+        a deadline that passes in this queue fails the call locally and never touches the breaker."""
+        slot = self._slots[info.provider]
+        waited_from = time.monotonic()
+        try:
+            async with asyncio.timeout(max(0.0, deadline - waited_from)):
+                await slot.acquire()
+        except BaseException as exc:
+            breaker.release_probe()
+            if isinstance(exc, TimeoutError):
+                raise queue_timeout_error(
+                    info.provider, info.name, self.settings.provider_concurrency, waited_from
+                ) from None
+            raise
+        if time.monotonic() >= deadline:
+            slot.release()
+            breaker.release_probe()
+            raise queue_timeout_error(info.provider, info.name, self.settings.provider_concurrency, waited_from)
+
+    async def _send(
+        self,
+        provider: Provider,
+        info: ModelInfo,
+        request: GenerateRequest,
+        deadline: float,
+        attempt: int,
+        on_delta: DeltaCallback | None,
+    ) -> GenerateResponse:
+        """One attempt upstream, traced. Raises `UpstreamError` for upstream failures, `ExaiError` for local ones."""
+        attributes = {"exai.provider": info.provider, "exai.model": info.name, "exai.attempt": attempt + 1}
+        span = tracer.start_span(f"provider {info.provider}", attributes=attributes)
+        options = CallOptions(
+            timeout=max(0.001, deadline - time.monotonic()),
+            headers={"X-Request-ID": current_correlation_id()},
+        )
+        try:
+            return await provider.generate(request.model_copy(update={"model": info.name}), info, options, on_delta)
+        except UpstreamError as error:
+            span.set_attribute("exai.failure", error.kind)
+            span.set_status(StatusCode.ERROR, error.kind)
+            raise
+        except ExaiError as error:
+            span.set_status(StatusCode.ERROR, error.code)
+            raise
+        finally:
+            span.end()
 
     def _observe(self, attempts: list[Attempt], attempt: Attempt) -> None:
         attempts.append(attempt)

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
-from typing import Literal
+from collections.abc import Coroutine
+from typing import Any, Literal
 
+import anyio
 from pydantic import BaseModel, Field
 
 from exai.conversations.history import build_prompt
@@ -58,6 +59,22 @@ class ConsensusOutput(BaseModel):
     wall_ms: float
 
 
+async def _all_or_none(calls: list[Coroutine[Any, Any, Opinion]]) -> list[Opinion]:
+    """Run every consultation at once; an unexpected exception in one cancels the others and is raised as is."""
+    opinions: list[Opinion | None] = [None] * len(calls)
+
+    async def keep(index: int, call: Coroutine[Any, Any, Opinion]) -> None:
+        opinions[index] = await call
+
+    try:
+        async with anyio.create_task_group() as group:
+            for index, call in enumerate(calls):
+                group.start_soon(keep, index, call)
+    except BaseExceptionGroup as failed:
+        raise failed.exceptions[0] from None
+    return [opinion for opinion in opinions if opinion is not None]
+
+
 class ConsensusTool(Tool[ConsensusInput, ConsensusOutput]):
     name = "consensus"
     title = "Consensus"
@@ -68,7 +85,9 @@ class ConsensusTool(Tool[ConsensusInput, ConsensusOutput]):
 
     async def run(self, args: ConsensusInput, ctx: ToolContext) -> ToolResult[ConsensusOutput]:
         services = ctx.services
-        targets = [services.router.resolve(entry.model) for entry in args.models]
+        # Each expert is asked exactly the model named: consensus never substitutes one model for another.
+        plans = [services.router.plan(entry.model, allow_fallback=False) for entry in args.models]
+        targets = [plan.first for plan in plans]
         seen = {(t.name, e.stance, e.stance_prompt) for t, e in zip(targets, args.models, strict=True)}
         if len(seen) != len(args.models):
             raise ValidationError(
@@ -96,8 +115,8 @@ class ConsensusTool(Tool[ConsensusInput, ConsensusOutput]):
                 result = await ctx.generate(
                     GenerateRequest(model=target.name, system=system, messages=prompt.messages),
                     model=target.name,
+                    plan=plans[index],
                     deadline_seconds=args.per_model_timeout_seconds,
-                    allow_fallback=False,
                 )
             except ExaiError as exc:
                 return Opinion(
@@ -119,7 +138,7 @@ class ConsensusTool(Tool[ConsensusInput, ConsensusOutput]):
 
         started = time.perf_counter()
         await ctx.progress(0, len(args.models), "consulting models")
-        opinions = await asyncio.gather(*(consult(entry, i) for i, entry in enumerate(args.models)))
+        opinions = await _all_or_none([consult(entry, i) for i, entry in enumerate(args.models)])
         wall = (time.perf_counter() - started) * 1000
         summary = "\n\n".join(
             f"## {o.model} ({o.stance})\n" + (o.answer or f"FAILED: {o.error and o.error.get('message')}")
