@@ -30,7 +30,7 @@ def anyio_backend() -> str:
 
 
 def _provider_env_names() -> set[str]:
-    names = {"CUSTOM_API_URL", "CUSTOM_BASE_URL", "CUSTOM_MODELS"}
+    names = {"CUSTOM_API_URL", "CUSTOM_BASE_URL", "CUSTOM_MODELS", "CUSTOM_CONTEXT_WINDOW"}
     for spec in PROVIDER_SPECS.values():
         names.update(spec.key_env)
         names.update({spec.base_url_env, spec.allowed_env, spec.denied_env})

@@ -42,8 +42,16 @@ async def _call(
         return await client.call_tool(tool, args)
 
 
+def corrupt_repository(path: Path) -> Path:
+    """A repository whose index is garbage: git itself fails on it."""
+    path.mkdir()
+    subprocess.run(["git", "init", "-q", str(path)], check=True)
+    (path / ".git" / "index").write_bytes(b"DIRC garbage that is no index")
+    return path
+
+
 async def test_every_error_category_end_to_end(daemon: Daemon, sim: SimControl, tmp_path: Path) -> None:
-    (tmp_path / "not-a-repo").mkdir()
+    broken = corrupt_repository(tmp_path / "broken-repo")
     proc = daemon(
         EXAI_JWT_SECRET=TEST_JWT_SECRET,
         EXAI_RATE_LIMIT_RPM="12",
@@ -77,7 +85,7 @@ async def test_every_error_category_end_to_end(daemon: Daemon, sim: SimControl, 
             "step_number": 1,
             "total_steps": 1,
             "next_step_required": False,
-            "path": str(tmp_path / "not-a-repo"),
+            "path": str(broken),
         },
     )
     consensus = await _call(proc.url, user, "consensus", {"prompt": "x", "models": [{"model": "kimi-k2"}]})

@@ -17,7 +17,11 @@ if TYPE_CHECKING:  # each command imports what it needs when it runs: `exai --he
     from exai.config import Settings
     from exai.observability.errors import ExaiError
 
-app = typer.Typer(help="EX-AI MCP Server: tools for AI coding agents, backed by other models.", no_args_is_help=True)
+app = typer.Typer(
+    help="EX-AI MCP Server: tools for AI coding agents, backed by other models.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,  # a crash's locals hold settings, and settings hold secrets
+)
 
 
 @cache
