@@ -24,7 +24,7 @@ async def test_an_unexpected_failure_cancels_the_other_experts(
     original = router.generate
 
     async def generate(request: Any, **options: Any) -> Any:
-        if options["model"] == "sim-smart":
+        if options["plan"].first.name == "sim-smart":
             while sim.stats()["in_flight"] < 1:  # the other expert's request has reached the upstream
                 await asyncio.sleep(0.05)
             raise RuntimeError("a defect in one expert's path")

@@ -61,3 +61,15 @@ async def test_opt_in_fallback_is_visible_and_consensus_never_substitutes(daemon
     assert opinions["sim-large"]["provider"] == "custom"
     assert sim.count("requests:sim-smart") == 1, "only chat's visible fallback reached sim-smart"
     assert sim.count("requests:sim-large") == 1, "each expert is asked once"
+
+
+async def test_the_default_model_answers_auto_calls(daemon: Daemon, sim: SimControl) -> None:
+    proc = daemon(EXAI_DEFAULT_MODEL="sim-large", **ONLY_SIM_MODELS)
+    chat, workflow = await _calls(
+        proc,
+        ("chat", {"prompt": "who answers?"}),
+        ("thinkdeep", {"step": "s", "step_number": 1, "total_steps": 1, "next_step_required": False}),
+    )
+    assert chat.structured_content["model"] == "sim-large", "EXAI_DEFAULT_MODEL stands in for `auto`"
+    assert workflow.structured_content["model"] == "sim-large"
+    assert sim.count("requests") == sim.count("requests:sim-large") == 2

@@ -219,7 +219,7 @@ async def test_concurrency_limit_per_provider(sim: SimControl, monkeypatch: pyte
 async def test_auto_skips_a_model_whose_breaker_is_open(sim: SimControl, monkeypatch: pytest.MonkeyPatch) -> None:
     services = await build_services(monkeypatch, sim)
     router = services.router
-    best = router.candidates("auto", "balanced")[0]
+    best = router.plan("auto", "balanced").first
     breaker = router.breaker(best)
     for _ in range(services.settings.breaker_failure_threshold):
         breaker.record_failure("server")

@@ -144,8 +144,11 @@ class Router:
 
         An explicitly named model is used as asked; falling back from it needs `allow_fallback=True` or
         EXAI_FALLBACK_FROM_EXPLICIT_MODEL. `auto` takes the best healthy model, then EXAI_FALLBACK_CHAIN when set
-        (every other model, ranked, when not), unless `allow_fallback=False`.
+        (every other model, ranked, when not), unless `allow_fallback=False`. `auto` means EXAI_DEFAULT_MODEL
+        when that names a model.
         """
+        if requested.lower() == "auto":
+            requested = self.settings.default_model
         available = [m for m in self.available_models() if m.images or not needs_images]
         if not available:
             if not self.providers:
@@ -153,7 +156,10 @@ class Router:
             raise ValidationError(
                 "No configured model accepts images." if needs_images else "No configured model is allowed.",
                 code="no_model",
-                remedy="Configure a provider with a vision model, or check *_ALLOWED_MODELS.",
+                remedy="Configure a provider with a vision model (images: true in `listmodels`), or send no images."
+                if needs_images
+                else "Every configured model is excluded by <PROVIDER>_ALLOWED_MODELS / _DENIED_MODELS, or the "
+                "CUSTOM_API_URL endpoint listed no models: see `exai models` and `exai doctor`.",
             )
         if requested.lower() != "auto":
             first = self.resolve(requested)
@@ -173,10 +179,6 @@ class Router:
         if self.settings.fallback_chain:
             return RoutePlan(requested, (ordered[0], *self._fallback_chain(ordered[0], available)))
         return RoutePlan(requested, tuple(ordered))
-
-    def candidates(self, requested: str, category: Category, needs_images: bool = False) -> list[ModelInfo]:
-        """The models `generate` would try, in order (prefer `plan`, which `generate` accepts as it is)."""
-        return list(self.plan(requested, category, needs_images).candidates)
 
     def _fallback_chain(self, first: ModelInfo, available: list[ModelInfo]) -> list[ModelInfo]:
         if self.settings.fallback_chain:

@@ -17,7 +17,7 @@ from exai.observability.events import ModelCall
 if TYPE_CHECKING:
     from exai.app import Services
     from exai.conversations.threads import Thread
-    from exai.providers.router import RouteResult
+    from exai.providers.router import RoutePlan, RouteResult
     from exai.providers.types import GenerateRequest
 
 InputT = TypeVar("InputT", bound=BaseModel)
@@ -84,15 +84,15 @@ class ToolContext:
         self.thread_id = thread.id
         return thread
 
-    async def generate(self, request: GenerateRequest, **options: Any) -> RouteResult:
-        """Ask a model through the router; every answered call is kept for accounting (tokens, cost, audit)."""
-        result = await self.services.router.generate(request, **options)
+    async def generate(self, request: GenerateRequest, plan: RoutePlan, **options: Any) -> RouteResult:
+        """Ask the models of `plan` (selected once, by `Router.plan`); every answered call is kept for accounting."""
+        result = await self.services.router.generate(request, plan=plan, **options)
         response = result.response
         info = self.services.catalogue.get(response.model)
         usage = response.usage
         self.model_calls.append(
             ModelCall(
-                requested=options.get("model", "auto"),
+                requested=plan.requested,
                 provider=response.provider,
                 model=response.model,
                 input_tokens=usage.input_tokens,

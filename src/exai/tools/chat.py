@@ -92,10 +92,10 @@ class ChatTool(Tool[ChatInput, ChatOutput]):
                     details={"field": f"images.{index}"},
                 )
         system = SYSTEM_PROMPT + (f"\n\n{args.system_prompt}" if args.system_prompt else "")
-        target = services.router.candidates(args.model, "balanced", needs_images=bool(args.images))[0]
+        plan = services.router.plan(args.model, "balanced", needs_images=bool(args.images))
         thread = await ctx.open_thread(args.continuation_id, args.prompt, adding=2)
         prompt = await build_prompt(
-            model=target,
+            model=plan.first,
             system=system,
             request=args.prompt,
             turns=thread.turns,
@@ -128,8 +128,7 @@ class ChatTool(Tool[ChatInput, ChatOutput]):
         await ctx.progress(0, None, "routing")
         result = await ctx.generate(
             request,
-            model=args.model,
-            category="balanced",
+            plan,
             on_delta=on_delta if ctx.wants_progress else None,
             on_event=on_event,
         )

@@ -9,7 +9,7 @@ from typing import Any, Literal
 import anyio
 from pydantic import BaseModel, Field
 
-from exai.conversations.history import build_prompt
+from exai.conversations.history import SkippedFile, build_prompt
 from exai.observability.errors import ExaiError, ValidationError
 from exai.providers.types import GenerateRequest
 from exai.storage.base import TurnRecord
@@ -49,6 +49,7 @@ class Opinion(BaseModel):
     provider: str | None = None
     latency_ms: float
     error: dict[str, object] | None = None
+    files_skipped: list[SkippedFile] = Field(default_factory=list)
 
 
 class ConsensusOutput(BaseModel):
@@ -97,7 +98,7 @@ class ConsensusTool(Tool[ConsensusInput, ConsensusOutput]):
                 details={"field": "models"},
             )
         await services.files.read(args.files)
-        thread = await ctx.open_thread(args.continuation_id, args.prompt)
+        thread = await ctx.open_thread(args.continuation_id, args.prompt, adding=2)
 
         async def consult(entry: ModelStance, index: int) -> Opinion:
             target = targets[index]
@@ -114,8 +115,7 @@ class ConsensusTool(Tool[ConsensusInput, ConsensusOutput]):
                 )
                 result = await ctx.generate(
                     GenerateRequest(model=target.name, system=system, messages=prompt.messages),
-                    model=target.name,
-                    plan=plans[index],
+                    plans[index],
                     deadline_seconds=args.per_model_timeout_seconds,
                 )
             except ExaiError as exc:
@@ -133,6 +133,7 @@ class ConsensusTool(Tool[ConsensusInput, ConsensusOutput]):
                 ok=True,
                 answer=response.text,
                 provider=response.provider,
+                files_skipped=prompt.files_skipped,
                 latency_ms=round((time.perf_counter() - started) * 1000, 1),
             )
 

@@ -182,7 +182,8 @@ class WorkflowTool(Tool[WorkflowInput, WorkflowOutput]):
         request_text = _consolidate(self.spec, run) + "\n\n" + await self.extra_context(args, ctx)
         try:
             services.conversations.check_room(thread, 1)
-            model = services.router.candidates(args.model, self.spec.category)[0]
+            plan = services.router.plan(args.model, self.spec.category)
+            model = plan.first
             prompt = await build_prompt(
                 model=model,
                 system=self.spec.expert_role,
@@ -199,8 +200,7 @@ class WorkflowTool(Tool[WorkflowInput, WorkflowOutput]):
                     messages=prompt.messages,
                     thinking=args.thinking_mode,
                 ),
-                model=args.model,
-                category=self.spec.category,
+                plan,
                 on_event=lambda message: ctx.log("warning", message),
             )
         except ExaiError as exc:
