@@ -166,3 +166,12 @@ def test_sim_control_api_refuses_bad_rules_with_a_reason(sim: SimControl) -> Non
     )
     for documented in ("DELETE /_sim/faults", "/_sim/reset", "sim-fast", "sim-smart", "sim-large"):
         assert documented in shown.stdout
+
+
+def test_simulator_listener_is_a_tcp_socket_so_answers_are_not_delayed() -> None:
+    """asyncio disables Nagle only on sockets whose protocol is TCP; with protocol 0 every answer waited for a
+    delayed ACK (~40 ms), which hid everything the overhead benchmark measures."""
+    from exai.cli import _listen
+
+    with _listen("127.0.0.1", 0) as listener:
+        assert listener.proto == socket.IPPROTO_TCP

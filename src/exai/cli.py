@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import sys
 from functools import cache
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn
@@ -130,15 +131,12 @@ def sim(
     them; POST /_sim/latency {"ms": 200, "jitter_ms": 50, "model": "*"}; GET /_sim/stats (counters);
     GET /_sim/requests?limit=50 (recent requests with headers); POST /_sim/reset (faults, latency, counters).
     """
-    import socket
-
     import uvicorn
 
     from exai.testing.simulator import LatencyRule, SimState, Simulator
 
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
     try:
-        listener = socket.create_server((host, port), family=family)
+        listener = _listen(host, port)
     except OSError as exc:
         print(
             f"exai sim: cannot listen on {host}:{port} ({exc.strerror or exc}); "
@@ -152,6 +150,14 @@ def sim(
     _stderr().print(f"upstream simulator on http://{host}:{port} (OpenAI: /v1, Anthropic: /)")
     config = uvicorn.Config(Simulator(state).app, log_level="warning", access_log=False)
     uvicorn.Server(config).run(sockets=[listener])
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """A listening TCP socket that says it is TCP: asyncio turns Nagle's algorithm off only on such sockets, and
+    `socket.create_server` leaves the protocol number 0, which made every answer wait ~40 ms for a delayed ACK."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    listener = socket.create_server((host, port), family=family)
+    return socket.socket(fileno=listener.detach())  # the protocol is read back from the descriptor
 
 
 @app.command()
