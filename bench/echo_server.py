@@ -5,7 +5,7 @@ import sys
 
 from mcp.server import MCPServer
 
-server = MCPServer("echo")
+server = MCPServer("echo", log_level="WARNING")
 
 
 @server.tool()
