@@ -134,7 +134,7 @@ class Settings(BaseSettings):
     retry_max_delay: float = Field(default=8.0, ge=0)
     breaker_failure_threshold: int = Field(default=5, ge=1)
     breaker_cooldown_seconds: float = Field(default=30.0, gt=0)
-    provider_concurrency: int = Field(default=16, ge=1)
+    provider_concurrency: int = Field(default=64, ge=1)
     models_file: Path | None = None
 
     # Providers
