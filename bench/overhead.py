@@ -34,8 +34,8 @@ from typing import Any
 import openai
 from mcp import Client
 
-from servers import FAST_MODEL, HERE, SLOW_MODEL, Servers, clean_env, http_client, stdio_client
 from exai.tools.chat import SYSTEM_PROMPT
+from servers import FAST_MODEL, HERE, SLOW_MODEL, Servers, clean_env, http_client, stdio_client
 
 Call = Callable[[int, str], Awaitable[object]]
 EXAI = ("exai_http", "exai_http_full", "exai_stdio", "exai_stdio_full")

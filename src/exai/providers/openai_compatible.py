@@ -1,14 +1,22 @@
-"""The OpenAI-compatible chat completions wire API (OpenAI, Kimi, GLM, OpenRouter, Ollama, vLLM ...)."""
+"""The OpenAI-compatible chat completions wire API (OpenAI, Kimi, GLM, OpenRouter, Ollama, vLLM ...).
+
+A non-streamed answer is one JSON POST, sent and read here with httpx2 directly: the openai SDK's request
+transform, response models and bookkeeping were about a fifth of the daemon's CPU per `chat` call (py-spy,
+bench/profile.py), more than all of our own steps together. Streaming and model listing use the SDK, on the
+same connection pool. Failures are classified by `providers.base` either way.
+"""
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+import httpx2
 import openai
 
-from exai.providers.base import CallOptions, UpstreamError, collect_stream, reading, sending
+from exai.providers.base import CallOptions, UpstreamError, classify_status, collect_stream, reading, sending
 from exai.providers.catalogue import ModelInfo
 from exai.providers.quirks import openai_params, reasoning_from
 from exai.providers.types import DeltaCallback, GenerateRequest, GenerateResponse, Message, StreamChunk, Usage
@@ -41,7 +49,11 @@ class OpenAICompatibleProvider:
 
     def __init__(self, name: str, base_url: str, api_key: str | None) -> None:
         self.name = name
-        self._client = openai.AsyncOpenAI(api_key=api_key or "not-needed", base_url=base_url, max_retries=0)
+        key = api_key or "not-needed"
+        self._http = httpx2.AsyncClient(limits=httpx2.Limits(max_connections=1000, max_keepalive_connections=100))
+        self._client = openai.AsyncOpenAI(api_key=key, base_url=base_url, max_retries=0, http_client=self._http)
+        self._completions_url = f"{base_url.rstrip('/')}/chat/completions"
+        self._headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
 
     async def generate(
         self, request: GenerateRequest, model: ModelInfo, options: CallOptions, on_delta: DeltaCallback | None = None
@@ -50,24 +62,31 @@ class OpenAICompatibleProvider:
             return await collect_stream(self, request, model, options, on_delta)
         started = time.perf_counter()
         with sending(openai, self.name):
-            completion = await self._client.chat.completions.create(
-                model=model.name,
-                messages=_messages(request),  # type: ignore[arg-type]
+            body = {"model": model.name, "messages": _messages(request), **openai_params(request, model)}
+            body.update(body.pop("extra_body", {}))
+            answer = await self._http.post(
+                self._completions_url,
+                content=json.dumps(body),
+                headers={**self._headers, **options.headers},
                 timeout=options.timeout,
-                extra_headers=dict(options.headers),
-                **openai_params(request, model),
             )
+        if answer.status_code >= 400:
+            raise classify_status(answer.status_code, answer.text, answer.headers.get("retry-after"))
         with reading(openai):
-            if not completion.choices:
+            completion = json.loads(answer.content)
+            if not completion.get("choices"):
                 raise UpstreamError("server", "upstream answered with no choices")
-            choice = completion.choices[0]
-            if choice.finish_reason == "content_filter":
+            choice = completion["choices"][0]
+            if choice.get("finish_reason") == "content_filter":
                 raise UpstreamError("content_filter", "upstream content filter stopped the answer")
+            usage = completion.get("usage") or {}
             return GenerateResponse(
-                text=choice.message.content or "",
-                reasoning=reasoning_from(model, choice.message),
-                usage=_usage(completion.usage) or Usage(),
-                finish_reason=choice.finish_reason,
+                text=choice["message"].get("content") or "",
+                reasoning=reasoning_from(model, choice["message"]),
+                usage=Usage(
+                    input_tokens=usage.get("prompt_tokens") or 0, output_tokens=usage.get("completion_tokens") or 0
+                ),
+                finish_reason=choice.get("finish_reason"),
                 model=model.name,
                 provider=self.name,
                 upstream_latency_ms=(time.perf_counter() - started) * 1000,

@@ -88,6 +88,9 @@ def reasoning_from(model: ModelInfo, payload: Any) -> str | None:
     """The reasoning text a vendor returns beside the answer (Kimi and GLM: `reasoning_content`)."""
     if not model.reasoning_field or payload is None:
         return None
+    if isinstance(payload, dict):  # a message as JSON
+        value = payload.get(model.reasoning_field)
+        return value if isinstance(value, str) and value else None
     value = getattr(payload, model.reasoning_field, None)
     if value is None:
         extra = getattr(payload, "model_extra", None) or {}
