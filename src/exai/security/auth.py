@@ -15,16 +15,16 @@ import secrets
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import jwt
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.hazmat.primitives.serialization import load_pem_public_key
 from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
 from mcp.server.auth.provider import AccessToken
 from starlette.types import Scope
 
 from exai.observability.logging import get_logger
+
+if TYPE_CHECKING:
+    import jwt
 
 log = get_logger(__name__)
 LEEWAY_SECONDS = 30
@@ -111,6 +111,10 @@ class JWTVerifier:
         tenant_claim: str = "sub",
         api_keys: list[ApiKey] | None = None,
     ) -> None:
+        import jwt  # the JWT and cryptography stack loads only where tokens are verified or issued
+        from cryptography.hazmat.primitives.asymmetric import ec, rsa
+        from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
         self.issuer = issuer
         self.audience = audience
         self.tenant_claim = tenant_claim
@@ -148,6 +152,8 @@ class JWTVerifier:
             return self._verify_api_key(token)
         if not self._algorithms:
             return None
+        import jwt
+
         try:
             key = self._key
             if self._jwks is not None:  # PyJWKClient fetches with urllib: keep it off the event loop
@@ -186,6 +192,8 @@ class JWTVerifier:
         An unknown `kid` refetches the set at most once every 10 s, whoever asks: a stream of tokens with made-up
         `kid`s cannot turn the daemon into a load generator against the identity provider.
         """
+        import jwt
+
         assert self._jwks is not None
         kid = jwt.get_unverified_header(token).get("kid")
         for refresh in (False, True):
@@ -214,6 +222,8 @@ def issue_token(
     issuer: str | None = None,
     audience: str | None = None,
 ) -> str:
+    import jwt
+
     now = int(time.time())
     claims: dict[str, Any] = {
         "sub": subject,

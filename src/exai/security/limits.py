@@ -19,15 +19,17 @@ import uuid
 from collections import defaultdict, deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
 
 import anyio
-import redis.asyncio as aioredis
 from pydantic import BaseModel, Field
-from redis.exceptions import RedisError
 
 from exai.observability.errors import RateLimitError
 from exai.observability.logging import get_logger
+
+if TYPE_CHECKING:
+    import redis.asyncio as aioredis
+    from redis.exceptions import RedisError
 
 log = get_logger(__name__)
 WINDOW = 60.0
@@ -177,6 +179,9 @@ class RedisLimiter:
         on_failure: Literal["open", "closed"],
         lease_ttl: float,
     ) -> None:
+        from redis.exceptions import RedisError  # the Redis client loads only when Redis is configured
+
+        self._redis_error = RedisError
         self.redis, self.defaults, self.overrides = redis, defaults, overrides
         self.on_failure, self.lease_ttl = on_failure, lease_ttl
         self._acquire = redis.register_script(_ACQUIRE)
@@ -234,7 +239,7 @@ class RedisLimiter:
                     uuid.uuid4().hex,
                 ],
             )
-        except RedisError as exc:
+        except self._redis_error as exc:
             self._redis_failed("acquire", exc)
             self._refuse_if_closed()
             return await self.fallback.acquire(tenant)
@@ -264,7 +269,7 @@ class RedisLimiter:
                     pipe.zadd(slots, {lease.id: time.time() + self.lease_ttl}, xx=True)
                     pipe.expire(slots, math.ceil(self.lease_ttl) + 60)
                     await pipe.execute()
-            except RedisError as exc:
+            except self._redis_error as exc:
                 self._redis_failed("refresh", exc)
 
     async def release(self, lease: Lease) -> None:
@@ -280,7 +285,7 @@ class RedisLimiter:
     async def _free_slot(self, lease: Lease) -> None:
         try:
             await self.redis.zrem(self._keys(lease.tenant, 0)[1], lease.id)
-        except RedisError as exc:  # the lease expires by itself within one TTL
+        except self._redis_error as exc:  # the lease expires by itself within one TTL
             self._redis_failed("release", exc)
 
     async def add_tokens(self, tenant: str, tokens: int) -> None:
@@ -293,7 +298,7 @@ class RedisLimiter:
         try:
             async with self.redis.pipeline(transaction=True) as pipe:
                 await pipe.incrby(key, tokens).expire(key, DAY * 2).execute()
-        except RedisError as exc:
+        except self._redis_error as exc:
             self._redis_failed("add_tokens", exc)
             await self.fallback.add_tokens(tenant, tokens)
 
@@ -307,7 +312,7 @@ class RedisLimiter:
             verdict, wait = await self._open_session(
                 keys=[f"{tenant_keys(tenant)}:sessions"], args=[now, limit, uuid.uuid4().hex]
             )
-        except RedisError as exc:
+        except self._redis_error as exc:
             self._redis_failed("open_session", exc)
             self._refuse_if_closed()
             await self.fallback.open_session(tenant)
