@@ -192,3 +192,27 @@ async def test_a_write_that_keeps_losing_is_refused_as_a_conflict(tmp_path: Path
     assert "again" in (refused.value.remedy or "")
     assert [t.content for t in await store.get_turns(thread.id)] == ["seed"]
     await store.close()
+
+
+async def test_sqlite_turn_commit_waits_for_another_writer_off_the_event_loop(tmp_path: Path) -> None:
+    """The event loop's own connection never waits for a lock: while another process holds the write lock, the
+    commit goes to the store's thread, which waits for the lock and then commits (before `append_turns` returns)."""
+    import sqlite3
+
+    store = SQLiteStore(tmp_path / "exai.db")
+    await store.open()
+    await store.migrate()
+    other = sqlite3.connect(tmp_path / "exai.db", isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    thread = _thread().model_copy(update={"turn_count": 1, "tools": ["chat"], "version": 1})
+    commit = asyncio.create_task(store.append_turns(thread, [_turn("while locked", 1)], expected_version=0))
+    ticks = 0
+    while not commit.done() and ticks < 20:  # the loop keeps running while the commit waits
+        await asyncio.sleep(0.01)
+        ticks += 1
+    assert not commit.done() and ticks == 20, "the commit cannot finish while another writer holds the lock"
+    other.execute("COMMIT")
+    await asyncio.wait_for(commit, 60)
+    other.close()
+    assert [t.content for t in await store.get_turns(thread.id)] == ["while locked"]
+    await store.close()
