@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -71,11 +72,20 @@ async def test_an_append_pushes_only_the_new_turns(two_replicas: list[Conversati
     _, healthy = two_replicas
     redis = aioredis.from_url(redis_url)
     thread = await healthy.start("alice", "t")
+
+    async def cached(count: int) -> list[bytes]:
+        """The cached turns once the background extension after a commit has landed."""
+        for _ in range(600):
+            if len(turns := await redis.lrange(turns_key(thread.id), 0, -1)) >= count:
+                return turns
+            await asyncio.sleep(0.1)
+        raise AssertionError(f"the cache never reached {count} turns")
+
     await healthy.record(thread, [_turn("one"), _turn("two")], "chat")
-    first = await redis.lrange(turns_key(thread.id), 0, -1)
+    first = await cached(2)
     await healthy.record(thread, [_turn("three")], "chat")
-    cached = await redis.lrange(turns_key(thread.id), 0, -1)
-    assert cached[:2] == first and len(cached) == 3, "earlier turns are not rewritten"
+    later = await cached(3)
+    assert later[:2] == first and len(later) == 3, "earlier turns are not rewritten"
     assert 0 < await redis.ttl(turns_key(thread.id)) <= 600
     await redis.aclose()
 

@@ -6,10 +6,14 @@ turns, only at its end (an atomic script checks the list's length first). The th
 count, state) is small and always read from the store, so a replica can never see an old version of a thread:
 a failed or lost cache write only means more turns are read from the store. Each append pushes just the new
 turns; nothing is re-encoded or decoded in Redis. A Redis failure never fails a call: the store answers.
+So the cache is extended after the commit, in the background: the answer does not wait for Redis (one round trip,
+~0.8 ms per call on a loaded 2-core machine, exai_storage_latency_seconds).
 """
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Coroutine
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -40,6 +44,12 @@ class CachedStore:
         self.ttl = ttl_seconds
         self.name = f"{store.name}+redis"
         self._extend_at_end = redis.register_script(_EXTEND_AT_END)
+        self._extending: set[asyncio.Task[None]] = set()
+
+    def _in_background(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(work)
+        self._extending.add(task)
+        task.add_done_callback(self._extending.discard)
 
     async def _cached(self, thread_id: str, after: int) -> list[TurnRecord]:
         try:
@@ -67,6 +77,7 @@ class CachedStore:
         await self.inner.open()
 
     async def close(self) -> None:
+        await asyncio.gather(*self._extending)
         await self.inner.close()
         await self.redis.aclose()
 
@@ -87,7 +98,7 @@ class CachedStore:
 
     async def append_turns(self, thread: ThreadRecord, turns: list[TurnRecord], *, expected_version: int) -> None:
         await self.inner.append_turns(thread, turns, expected_version=expected_version)
-        await self._extend(thread.id, turns)  # committed: safe to cache; skipped if the list is not right behind
+        self._in_background(self._extend(thread.id, turns))  # committed: safe to cache; skipped unless right behind
 
     async def list_threads(self, tenant: str, limit: int) -> list[ThreadRecord]:
         return await self.inner.list_threads(tenant, limit)
