@@ -8,6 +8,7 @@ through its context, never from its output.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -85,10 +86,9 @@ async def admitted(services: Services, tenant: str, ctx: ToolContext) -> AsyncIt
     try:
         yield
     finally:
-        with anyio.CancelScope(shield=True):
-            await limiter.release(lease)
-            if tokens := sum(call.tokens for call in ctx.model_calls):
-                await limiter.add_tokens(tenant, tokens)
+        with anyio.CancelScope(shield=True):  # both at once: with Redis, one round trip of waiting instead of two
+            tokens = sum(call.tokens for call in ctx.model_calls)
+            await asyncio.gather(limiter.release(lease), limiter.add_tokens(tenant, tokens))
 
 
 async def run(tool: Tool[Any, Any], args: pydantic.BaseModel, ctx: ToolContext) -> types.CallToolResult:
