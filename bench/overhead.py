@@ -9,9 +9,10 @@ client, every server in its own process on this machine:
   4. 50 concurrent `chat` calls on the 200 ms model: wall time ÷ one call's time                     ≤ 3
 Each row is measured for `exai` as shipped by default (durable SQLite commit before the answer, metrics, audit,
 alerts) and again with per-tenant limits and Redis on (and JWT auth over HTTP). The subjects are measured in
-interleaved blocks, so load from elsewhere on the machine falls on every side alike. Ratios are the claims.
+short blocks, in a new random order every round, so load from elsewhere on the machine falls on every side alike.
+Ratios are the claims.
 
-Run: `python bench/overhead.py [--rounds 8] [--out bench/results/overhead.json]`, then `python bench/report.py`
+Run: `python bench/overhead.py [--rounds 20] [--out bench/results/overhead.json]`, then `python bench/report.py`
 to regenerate the README's performance table.
 """
 
@@ -22,6 +23,7 @@ import asyncio
 import json
 import os
 import platform
+import random
 import statistics
 import sys
 import tempfile
@@ -39,9 +41,10 @@ from servers import FAST_MODEL, HERE, SLOW_MODEL, Servers, clean_env, http_clien
 
 Call = Callable[[int, str], Awaitable[object]]
 EXAI = ("exai_http", "exai_http_full", "exai_stdio", "exai_stdio_full")
-C1_BLOCK = 50
+C1_BLOCK = 20
 C32_BLOCK = 320
 BURST = 50
+BURST_ROUNDS = 5
 
 
 def tool_call(client: Client, tool: str) -> Call:
@@ -72,25 +75,27 @@ async def block(call: Call, calls: int, concurrency: int, model: str = FAST_MODE
 
 
 async def measure(calls: dict[str, Call], rounds: int) -> dict[str, Any]:
+    """Every phase runs in rounds; each round visits the subjects in a new random order, one short block each."""
     for call in calls.values():  # warm-up: connections, caches, the tokenizer
         await block(call, 30, 1)
         await block(call, 64, 32)
     await asyncio.sleep(3)
+    order = random.Random(7)
     latency: dict[str, list[float]] = {name: [] for name in calls if not name.startswith("forward")}
     busy: dict[str, float] = {name: 0.0 for name in calls if name != "direct" and not name.startswith("echo")}
     for _ in range(rounds):
-        for name in latency:
+        for name in order.sample(list(latency), len(latency)):
             latency[name] += (await block(calls[name], C1_BLOCK, 1))[0]
-    for _ in range(max(2, rounds // 2)):
-        for name in busy:
+    rounds32 = max(2, rounds // 5)
+    for _ in range(rounds32):
+        for name in order.sample(list(busy), len(busy)):
             busy[name] += (await block(calls[name], C32_BLOCK, 32))[1]
     one: dict[str, list[float]] = {name: [] for name in busy}
     fifty: dict[str, list[float]] = {name: [] for name in busy}
-    for _ in range(3):
-        for name in busy:
+    for _ in range(BURST_ROUNDS):
+        for name in order.sample(list(busy), len(busy)):
             one[name] += (await block(calls[name], 2, 1, SLOW_MODEL))[0]
             fifty[name].append((await block(calls[name], BURST, BURST, SLOW_MODEL))[1] * 1000)
-    rounds32 = max(2, rounds // 2)
     return {
         "p50_ms_c1": {name: round(statistics.median(v), 3) for name, v in latency.items()},
         "p99_ms_c1": {name: round(sorted(v)[int(len(v) * 0.99)], 3) for name, v in latency.items()},
@@ -174,7 +179,7 @@ async def run(rounds: int) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rounds", type=int, default=8, help="interleaved blocks of 50 calls per subject at c=1")
+    parser.add_argument("--rounds", type=int, default=20, help="rounds of 20 calls per subject at c=1")
     parser.add_argument("--out", type=Path, default=HERE / "results" / "overhead.json")
     args = parser.parse_args()
     report = asyncio.run(run(args.rounds))
