@@ -152,3 +152,31 @@ async def test_threads_tool_lists_and_shows(sim: SimControl, monkeypatch: pytest
     assert shown["workflows"] == {"thinkdeep": "complete"}
     assert missing.is_error and tool_error(missing)["details"]["field"] == "thread_id"
     await services.close()
+
+
+async def test_history_tokens_are_counted_once_when_written(sim: SimControl, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each turn's tokens are stored with it; continuing a thread counts only the new request, not the history."""
+    from exai.conversations import history, threads
+
+    services = await build_services(monkeypatch, sim)
+    async with Client(build_server(services)) as client:
+        first = await client.call_tool("chat", {"prompt": "My name is Ada. " * 50, "model": "sim-fast"})
+        thread = first.structured_content["continuation_id"]
+        stored = await services.store.get_turns(thread)
+        assert [t.tokens for t in stored] == [count_tokens(t.content) for t in stored]
+
+        counted: list[str] = []
+        real = history.count_tokens_async
+
+        async def counting(text: str) -> int:
+            counted.append(text)
+            return await real(text)
+
+        monkeypatch.setattr(history, "count_tokens_async", counting)
+        monkeypatch.setattr(threads, "count_tokens_async", counting)
+        second = await client.call_tool(
+            "chat", {"prompt": "And my name?", "model": "sim-fast", "continuation_id": thread}
+        )
+    assert second.structured_content["earlier_turns_included"] == 2
+    assert not any(text in counted for text in (t.content for t in stored)), "the history was counted again"
+    await services.close()

@@ -102,7 +102,7 @@ async def build_prompt(
     # Turns: newest first while they fit, then back in order.
     kept: list[TurnRecord] = []
     for turn in reversed(turns):
-        cost = await count_tokens_async(turn.content) + 8
+        cost = (turn.tokens if turn.tokens is not None else await count_tokens_async(turn.content)) + 8
         if spent + cost > budget:
             break
         kept.append(turn)

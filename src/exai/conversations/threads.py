@@ -17,6 +17,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
 from exai.conversations.state import StateChange, ThreadState
+from exai.conversations.tokens import count_tokens_async
 from exai.observability.errors import Category, ExaiError, NotFoundError, ValidationError
 from exai.providers.types import GenerateResponse
 from exai.storage.base import Store, ThreadConflict, ThreadRecord, TurnRecord
@@ -131,7 +132,12 @@ class Conversations:
         """Commit the turns (and the state change) on top of whatever is committed now.
 
         Only after this returns may the response be sent. On a concurrent write the thread is read again and the
-        same turns and change are applied to it; after `WRITE_ATTEMPTS` the call is refused (retryable)."""
+        same turns and change are applied to it; after `WRITE_ATTEMPTS` the call is refused (retryable).
+        Each turn's tokens are counted here, once, so later prompts never count the history again."""
+        turns = [
+            t if t.tokens is not None else t.model_copy(update={"tokens": await count_tokens_async(t.content)})
+            for t in turns
+        ]
         for attempt in range(WRITE_ATTEMPTS):
             self.check_room(thread, len(turns))
             state = thread.state.model_copy(deep=True)

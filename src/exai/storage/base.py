@@ -42,6 +42,7 @@ class TurnRecord(BaseModel):
     usage: dict[str, int] = Field(default_factory=dict)
     created_at: float = Field(default_factory=time.time)
     seq: int = 0
+    tokens: int | None = None  # of `content`, counted once when the turn is recorded (None: written before that)
 
 
 class AuditRecord(BaseModel):
@@ -61,7 +62,7 @@ class AuditRecord(BaseModel):
 
 
 THREAD_COLUMNS = "id, tenant, title, created_at, updated_at, expires_at, turn_count, tools, state, version"
-TURN_COLUMNS = "seq, role, content, tool, model, provider, files, usage, created_at"
+TURN_COLUMNS = "seq, role, content, tool, model, provider, files, usage, created_at, tokens"
 AUDIT_FIELDS = tuple(AuditRecord.model_fields)
 
 

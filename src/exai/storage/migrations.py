@@ -83,6 +83,7 @@ MIGRATIONS: tuple[Migration, ...] = (
         ),
     ),
     Migration(2, *_both("ALTER TABLE {schema}threads ADD COLUMN version INTEGER NOT NULL DEFAULT 1")),
+    Migration(3, *_both("ALTER TABLE {schema}turns ADD COLUMN tokens INTEGER")),
 )
 
 LATEST = MIGRATIONS[-1].version

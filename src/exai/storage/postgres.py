@@ -149,7 +149,7 @@ class PostgresStore:
             async with conn.cursor() as cur:
                 await cur.executemany(
                     self._sql(
-                        f"INSERT INTO {{schema}}turns (thread_id, {TURN_COLUMNS}) VALUES ({', '.join(['%s'] * 10)})"
+                        f"INSERT INTO {{schema}}turns (thread_id, {TURN_COLUMNS}) VALUES ({', '.join(['%s'] * 11)})"
                     ),
                     [
                         (
@@ -163,6 +163,7 @@ class PostgresStore:
                             Jsonb(t.files),
                             Jsonb(t.usage),
                             t.created_at,
+                            t.tokens,
                         )
                         for t in turns
                     ],

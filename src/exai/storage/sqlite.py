@@ -85,7 +85,7 @@ def _write(db: sqlite3.Connection, thread: ThreadRecord, turns: list[TurnRecord]
             exists = db.execute("SELECT 1 FROM threads WHERE id = ?", (thread.id,)).fetchone()
             raise ThreadConflict(thread.id, gone=exists is None)
     db.executemany(
-        f"INSERT INTO turns (thread_id, {TURN_COLUMNS}) VALUES ({', '.join('?' * 10)})",
+        f"INSERT INTO turns (thread_id, {TURN_COLUMNS}) VALUES ({', '.join('?' * 11)})",
         [
             (
                 thread.id,
@@ -98,6 +98,7 @@ def _write(db: sqlite3.Connection, thread: ThreadRecord, turns: list[TurnRecord]
                 json.dumps(t.files),
                 json.dumps(t.usage),
                 t.created_at,
+                t.tokens,
             )
             for t in turns
         ],
