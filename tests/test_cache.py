@@ -99,3 +99,28 @@ async def test_a_gap_in_the_cache_is_filled_from_the_database(two_replicas: list
     await failing.record(await failing.open(thread.id, "alice"), [_turn("three")], "chat")  # not cached
     turns = (await healthy.open(thread.id, "alice")).turns
     assert [(t.seq, t.content) for t in turns] == [(1, "one"), (2, "two"), (3, "three")]
+
+
+async def test_a_fully_cached_thread_is_read_with_one_store_query(
+    two_replicas: list[Conversations], redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The thread row comes from the store and the turns from Redis, at once; the store's turns are not read."""
+    from exai.storage.cache import turns_key
+
+    _, healthy = two_replicas
+    redis = aioredis.from_url(redis_url)
+    thread = await healthy.start("alice", "t")
+    await healthy.record(thread, [_turn("one"), _turn("two")], "chat")
+    for _ in range(600):  # the cache is extended in the background after the commit
+        if await redis.llen(turns_key(thread.id)) == 2:
+            break
+        await asyncio.sleep(0.1)
+    await redis.aclose()
+    store = healthy.store
+    assert isinstance(store, CachedStore)
+
+    async def no_turns_from_the_store(*_: object, **__: object) -> list[TurnRecord]:
+        raise AssertionError("the turns were read from the store although Redis had them all")
+
+    monkeypatch.setattr(store.inner, "get_turns", no_turns_from_the_store)
+    assert [t.content for t in (await healthy.open(thread.id, "alice")).turns] == ["one", "two"]

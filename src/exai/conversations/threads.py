@@ -88,10 +88,11 @@ class Conversations:
                 remedy=START_OVER,
                 details={"field": "continuation_id"},
             ) from None
-        async with self._timed("get_thread"):
-            record = await self.store.get_thread(continuation_id)
-        if record is None or record.tenant != tenant:
+        async with self._timed("read_thread"):
+            found = await self.store.read_thread(continuation_id)
+        if found is None or found[0].tenant != tenant:
             raise _not_found(continuation_id)
+        record, turns = found
         if record.expires_at < time.time():
             raise NotFoundError(
                 f"Thread {continuation_id} expired (threads live {self.ttl / 3600:g} h after their last turn).",
@@ -99,8 +100,6 @@ class Conversations:
                 remedy=START_OVER,
                 details={"field": "continuation_id"},
             )
-        async with self._timed("get_turns"):
-            turns = await self.store.get_turns(continuation_id)
         return _thread(record, turns)
 
     async def open(self, continuation_id: str, tenant: str, adding: int = 1) -> Thread:
@@ -169,13 +168,11 @@ class Conversations:
 
     async def _refresh(self, thread: Thread) -> None:
         """Catch up with what other calls committed: the thread row and the turns added since."""
-        async with self._timed("get_thread"):
-            record = await self.store.get_thread(thread.id)
-        if record is None:
+        async with self._timed("read_thread"):
+            found = await self.store.read_thread(thread.id, after=thread.record.turn_count)
+        if found is None:
             raise _not_found(thread.id)
-        async with self._timed("get_turns"):
-            added = await self.store.get_turns(thread.id, after=thread.record.turn_count)
-        fresh = _thread(record, added)
+        fresh = _thread(*found)
         thread.record, thread.state = fresh.record, fresh.state
         thread.turns.extend(fresh.turns)
 

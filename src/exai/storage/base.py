@@ -109,6 +109,11 @@ class Store(Protocol):
         """The thread's turns numbered above `after`, in order."""
         ...
 
+    async def read_thread(self, thread_id: str, after: int = 0) -> tuple[ThreadRecord, list[TurnRecord]] | None:
+        """The thread and its turns numbered above `after`, in one read (one hop, one snapshot where the store
+        has them); None when the thread does not exist."""
+        ...
+
     async def append_turns(self, thread: ThreadRecord, turns: list[TurnRecord], *, expected_version: int) -> None:
         """Write `thread` (as it is after this append) and its new, numbered `turns` in one committed transaction.
 

@@ -96,6 +96,18 @@ class CachedStore:
         await self._extend(thread_id, rest)
         return cached + rest
 
+    async def read_thread(self, thread_id: str, after: int = 0) -> tuple[ThreadRecord, list[TurnRecord]] | None:
+        """The row from the store and the turns from Redis at once; the store is asked for turns only when the
+        cache is behind the row's turn count."""
+        record, cached = await asyncio.gather(self.inner.get_thread(thread_id), self._cached(thread_id, after))
+        if record is None:
+            return None
+        if after + len(cached) >= record.turn_count:
+            return record, cached
+        rest = await self.inner.get_turns(thread_id, after=after + len(cached))
+        self._in_background(self._extend(thread_id, rest))
+        return record, cached + rest
+
     async def append_turns(self, thread: ThreadRecord, turns: list[TurnRecord], *, expected_version: int) -> None:
         await self.inner.append_turns(thread, turns, expected_version=expected_version)
         self._in_background(self._extend(thread.id, turns))  # committed: safe to cache; skipped unless right behind

@@ -118,6 +118,20 @@ class PostgresStore:
             )
             return [TurnRecord(**row) for row in await cursor.fetchall()]
 
+    async def read_thread(self, thread_id: str, after: int = 0) -> tuple[ThreadRecord, list[TurnRecord]] | None:
+        async with self._pool.connection() as conn, conn.transaction():
+            cursor = await conn.execute(
+                self._sql(f"SELECT {THREAD_COLUMNS} FROM {{schema}}threads WHERE id = %s"), (thread_id,)
+            )
+            row = await cursor.fetchone()
+            if row is None:
+                return None
+            cursor = await conn.execute(
+                self._sql(f"SELECT {TURN_COLUMNS} FROM {{schema}}turns WHERE thread_id = %s AND seq > %s ORDER BY seq"),
+                (thread_id, after),
+            )
+            return ThreadRecord(**row), [TurnRecord(**turn) for turn in await cursor.fetchall()]
+
     async def append_turns(self, thread: ThreadRecord, turns: list[TurnRecord], *, expected_version: int) -> None:
         async with self._pool.connection() as conn, conn.transaction():
             if expected_version == 0:

@@ -189,6 +189,20 @@ class SQLiteStore:
         )
         return [_turn(row) for row in rows]
 
+    async def read_thread(self, thread_id: str, after: int = 0) -> tuple[ThreadRecord, list[TurnRecord]] | None:
+        def read(db: sqlite3.Connection) -> tuple[Any, list[Any]] | None:
+            with _transaction(db):  # one snapshot: the row and the turns agree
+                row = db.execute(f"SELECT {THREAD_COLUMNS} FROM threads WHERE id = ?", (thread_id,)).fetchone()
+                if row is None:
+                    return None
+                turns = db.execute(
+                    f"SELECT {TURN_COLUMNS} FROM turns WHERE thread_id = ? AND seq > ? ORDER BY seq", (thread_id, after)
+                ).fetchall()
+                return row, turns
+
+        found = await self._run(read)
+        return (_thread(found[0]), [_turn(row) for row in found[1]]) if found else None
+
     async def append_turns(self, thread: ThreadRecord, turns: list[TurnRecord], *, expected_version: int) -> None:
         if self._writer is None:
             raise RuntimeError("SQLiteStore used before open()")
