@@ -11,6 +11,7 @@ import sys
 import pytest
 from mcp import Client, StdioServerParameters
 
+from exai.storage.migrations import LATEST
 from tests.conftest import SimControl, free_port, sim_env
 from tests.helpers import tool_error
 
@@ -75,7 +76,7 @@ def test_models_table_and_secrets_stay_hidden(sim: SimControl) -> None:
 def test_db_upgrade_and_token_commands(tmp_path) -> None:  # type: ignore[no-untyped-def]
     env = {**os.environ, "EXAI_DATABASE_URL": f"sqlite:///{tmp_path / 'cli.db'}"}
     upgraded = _run(["db", "upgrade"], env)
-    assert upgraded.returncode == 0 and "schema at version 1" in upgraded.stdout
+    assert upgraded.returncode == 0 and f"schema at version {LATEST}" in upgraded.stdout
     secret_env = {**env, "EXAI_JWT_SECRET": "a-test-secret-that-is-long-enough-0123456789"}
     token = _run(["token", "issue", "--sub", "alice", "--scopes", "exai:tools,exai:admin", "--ttl", "10m"], secret_env)
     assert token.returncode == 0
