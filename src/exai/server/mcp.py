@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import warnings
+from functools import cache
 from typing import Any
 from weakref import WeakKeyDictionary
 
@@ -64,23 +65,27 @@ def build_server(services: Services) -> Server[Any]:
     """The MCP server for one set of services; the same object serves stdio and HTTP."""
     tools: dict[str, Tool[Any, Any]] = {tool.name: tool for tool in services.tools}
     levels: WeakKeyDictionary[Any, str] = WeakKeyDictionary()
-    listing = types.ListToolsResult(
-        tools=[
-            types.Tool(
-                name=tool.name,
-                title=tool.title,
-                description=tool.description,
-                input_schema=compact_schema(tool.input_model),
-                output_schema=compact_schema(tool.output_model),
-                annotations=types.ToolAnnotations(
-                    read_only_hint=tool.read_only,
-                    open_world_hint=tool.calls_model,
-                    idempotent_hint=not tool.calls_model,
-                ),
-            )
-            for tool in tools.values()
-        ]
-    )
+
+    @cache
+    def listing() -> types.ListToolsResult:
+        """Built on the first `tools/list` (~20 ms of schema generation a stdio client need not wait for)."""
+        return types.ListToolsResult(
+            tools=[
+                types.Tool(
+                    name=tool.name,
+                    title=tool.title,
+                    description=tool.description,
+                    input_schema=compact_schema(tool.input_model),
+                    output_schema=compact_schema(tool.output_model),
+                    annotations=types.ToolAnnotations(
+                        read_only_hint=tool.read_only,
+                        open_world_hint=tool.calls_model,
+                        idempotent_hint=not tool.calls_model,
+                    ),
+                )
+                for tool in tools.values()
+            ]
+        )
 
     def caller_scopes() -> list[str] | None:
         """The scopes of the caller's token; None when the daemon runs without auth (or over stdio)."""
@@ -92,8 +97,8 @@ def build_server(services: Services) -> Server[Any]:
         return visible_tools(names, caller_scopes())
 
     async def list_tools(ctx: ServerRequestContext[Any, Any], params: Any) -> types.ListToolsResult:
-        names = set(visible([t.name for t in listing.tools]))
-        return types.ListToolsResult(tools=[t for t in listing.tools if t.name in names])
+        names = set(visible(list(tools)))
+        return types.ListToolsResult(tools=[t for t in listing().tools if t.name in names])
 
     async def call_tool(ctx: ServerRequestContext[Any, Any], params: types.CallToolRequestParams) -> Any:
         token = get_access_token()
@@ -210,7 +215,7 @@ def build_server(services: Services) -> Server[Any]:
             on_list_resources=list_resources,
             on_read_resource=read_resource,
             on_set_logging_level=set_level,
-            get_tool_input_schema=lambda name: listing_schema(listing, name),
+            get_tool_input_schema=lambda name: listing_schema(listing(), name),
         )
 
 
