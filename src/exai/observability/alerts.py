@@ -161,10 +161,9 @@ class AlertManager:
                     await asyncio.sleep(min(0.5 * 2**attempt, 10))
 
     def start(self) -> None:
-        self._tasks = [
-            asyncio.create_task(self._evaluate_forever(), name="exai-alerts"),
-            asyncio.create_task(self._deliver_forever(), name="exai-alert-webhook"),
-        ]
+        self._tasks = [asyncio.create_task(self._evaluate_forever(), name="exai-alerts")]
+        if self.webhook_url:  # its HTTP client costs ~45 ms of CPU to build, on the loop, as a client connects
+            self._tasks.append(asyncio.create_task(self._deliver_forever(), name="exai-alert-webhook"))
 
     async def close(self) -> None:
         for task in self._tasks:
