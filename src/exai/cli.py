@@ -1,4 +1,4 @@
-"""The `exai` command: serve, stdio, sim, models, doctor."""
+"""The `exai` command: serve, stdio, sim, models, doctor, stress."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import asyncio
 import json
 import sys
 from functools import cache
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
@@ -279,6 +280,42 @@ def token_apikey(
 
     key, entry = new_api_key(tenant, scopes.replace(",", " ").split())
     print(f"key:   {key}\nentry: {entry}")
+
+
+@app.command()
+def stress(
+    scenarios: Annotated[
+        list[str] | None,
+        typer.Argument(help="all, or some of: load recovery failover storage faults security soak."),
+    ] = None,
+    quick: Annotated[bool, typer.Option(help="Scale every scenario down (all of them in about 4 minutes).")] = False,
+    target: Annotated[str, typer.Option(help="local: start the simulator and daemons here.")] = "local",
+    url: Annotated[
+        str | None, typer.Option(help="An existing daemon instead (loopback), e.g. http://127.0.0.1:8765.")
+    ] = None,
+    sim_url: Annotated[str | None, typer.Option(help="The simulator that deployment talks to (with --url).")] = None,
+    token: Annotated[str | None, typer.Option(help="An admin token for the deployment at --url.")] = None,
+    storage: Annotated[
+        str, typer.Option(help="Local daemons' storage: sqlite, postgres or postgres+redis.")
+    ] = "sqlite",
+    duration: Annotated[str, typer.Option(help="How long the soak runs, e.g. 600, 30m, 4h.")] = "10m",
+    out: Annotated[Path, typer.Option(help="Where stress.json and stress.html are written.")] = Path("stress-report"),
+) -> None:
+    """Run the production-readiness scenarios and write JSON and HTML reports; exit 1 when one fails."""
+    from exai.stress.command import run_command
+
+    code = run_command(
+        scenarios or ["all"],
+        quick=quick,
+        target=target,
+        url=url,
+        sim_url=sim_url,
+        token=token,
+        storage=storage,
+        soak_seconds=_duration(duration),
+        out=out,
+    )
+    raise typer.Exit(code)
 
 
 def _duration(text: str) -> int:
