@@ -276,11 +276,14 @@ class Router:
                 raise UpstreamError("timeout", "the call's deadline passed")
             await self._take_slot(info, breaker, deadline)
             started = time.perf_counter()
+            # A hanging upstream costs one attempt's time, not the whole deadline: the retry or fallback still runs.
+            limit = self.settings.attempt_timeout_seconds
+            attempt_end = min(deadline, time.monotonic() + limit) if limit else deadline
             try:
-                async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
-                    response = await self._send(provider, info, request, deadline, attempt, on_delta)
+                async with asyncio.timeout(max(0.0, attempt_end - time.monotonic())):
+                    response = await self._send(provider, info, request, attempt_end, attempt, on_delta)
             except TimeoutError:
-                exc = UpstreamError("timeout", "the call's deadline passed while waiting for the upstream")
+                exc = UpstreamError("timeout", "no answer from the upstream within the attempt's time limit")
             except UpstreamError as error:
                 exc = error
             except BaseException:

@@ -20,13 +20,19 @@ def write_reports(report: dict[str, Any], out: Path) -> None:
 
 def summary_table(report: dict[str, Any]) -> Table:
     verdict = "PASS" if report["passed"] else "FAIL"
-    table = Table(title=f"exai stress: {verdict} in {report['duration_s']:.0f} s", show_lines=True)
+    table = Table(title=f"exai stress: {verdict} in {report['duration_s']:.0f} s", show_lines=False)
     for column in ("scenario", "result", "criterion", "measured"):
         table.add_column(column)
     for s in report["scenarios"]:
         result = "skipped" if s["skipped"] else ("pass" if s["passed"] else "FAIL")
         style = "yellow" if s["skipped"] else ("green" if s["passed"] else "red")
-        checks = "\n".join(f"{'ok ' if c['passed'] else 'NO '} {c['name']}: {c['required']}" for c in s["checks"])
-        measured = "\n".join(c["measured"] for c in s["checks"]) or (s["skipped"] or "")
-        table.add_row(s["name"], Text(result, style=style), Text(checks), Text(measured))
+        checks = s["checks"] or [{"name": s["skipped"] or "", "required": "", "measured": "", "passed": True}]
+        for index, c in enumerate(checks):
+            first = index == 0
+            table.add_row(
+                s["name"] if first else "",
+                Text(result, style=style) if first else Text(""),
+                Text(f"{'' if c['passed'] else 'NO: '}{c['name']}: {c['required']}".rstrip(": ")),
+                Text(c["measured"]),
+            )
     return table
