@@ -42,8 +42,13 @@ class ScenarioResult:
     duration_s: float = 0.0
     skipped: str | None = None
 
-    def check(self, name: str, required: str, measured: str, passed: bool) -> bool:
-        self.checks.append(Check(name, required, measured, passed))
+    def check(self, name: str, required: str, measured: str, passed: bool, *, judged: bool = True) -> bool:
+        """Record a criterion; one not `judged` (a latency bound in a quick run, too small and short to judge on
+        a shared machine) is reported as a note instead."""
+        if judged:
+            self.checks.append(Check(name, required, measured, passed))
+        else:
+            self.notes.append(f"reported, judged at full scale only: {name} {measured} (required {required})")
         return passed
 
     @property
