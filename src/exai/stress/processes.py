@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import pwd
 import shutil
 import signal
 import socket
@@ -142,20 +143,23 @@ class PostgresCluster:
         return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
 
     def _run(self, *args: str) -> None:
-        user = ["sudo", "-u", "nobody"] if os.geteuid() == 0 else []
-        subprocess.run([*user, *args], check=True, capture_output=True, timeout=120)
+        """PostgreSQL refuses to run as root: then the cluster belongs to `nobody`."""
+        ids = pwd.getpwnam("nobody") if os.geteuid() == 0 else None
+        as_user = {"user": ids.pw_uid, "group": ids.pw_gid, "extra_groups": []} if ids else {}
+        subprocess.run(args, check=True, capture_output=True, timeout=120, **as_user)  # type: ignore[call-overload]
 
     def create(self) -> None:
         self.data.mkdir(parents=True)
         if os.geteuid() == 0:
             os.chmod(self.data.parent, 0o755)
-            shutil.chown(self.data, "nobody")
+            shutil.chown(self.data, "nobody", pwd.getpwnam("nobody").pw_gid)
         self._run(_pg_binary("initdb"), "-D", str(self.data), "-U", "postgres", "--auth=trust")
         self.start()
 
     def start(self) -> None:
         options = f"-p {self.port} -k {self.data} -c listen_addresses=127.0.0.1"
-        self._run(_pg_binary("pg_ctl"), "-D", str(self.data), "-o", options, "-w", "-t", "60", "start")
+        log = str(self.data / "server.log")  # the server writes here, not into our pipes (which would never close)
+        self._run(_pg_binary("pg_ctl"), "-D", str(self.data), "-l", log, "-o", options, "-w", "-t", "60", "start")
 
     def stop(self) -> None:
         self._run(_pg_binary("pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "-t", "60", "stop")
