@@ -9,6 +9,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from mcp import Client
+
+from exai.server.mcp import build_server
+from tests.conftest import SimControl
+from tests.helpers import build_services
 
 
 @pytest.mark.timeout(420)
@@ -44,3 +49,26 @@ def test_quick_stress_run_passes_every_scenario(tmp_path: Path, postgres_url: st
     assert all(s["checks"] for s in report["scenarios"]), "every scenario judged something"
     html = (out / "stress.html").read_text()
     assert "<svg" in html and not any(tag in html for tag in ("<script", "<link", " src=")), "opens offline"
+
+
+@pytest.mark.anyio
+async def test_a_hanging_provider_costs_one_attempt_then_the_call_falls_back(
+    sim: SimControl, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by the failover scenario: a hang used to hold every call until its deadline, with no fallback."""
+    services = await build_services(
+        monkeypatch,
+        sim,
+        EXAI_ATTEMPT_TIMEOUT_SECONDS="1",
+        EXAI_MAX_RETRIES="0",
+        EXAI_FALLBACK_FROM_EXPLICIT_MODEL="true",
+        EXAI_FALLBACK_CHAIN="sim-fast",
+        EXAI_CALL_DEADLINE_SECONDS="60",
+    )
+    sim.fault("hang", model="kimi-k2-0905-preview")
+    async with Client(build_server(services)) as client:
+        result = await client.call_tool("chat", {"prompt": "still answered", "model": "kimi-k2"})
+    await services.close()
+    assert not result.is_error, result.content[0].text
+    assert result.structured_content["model"] == "sim-fast"
+    assert sim.count("disconnects") >= 1, "the hanging request was abandoned after one attempt"
