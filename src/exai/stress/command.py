@@ -6,8 +6,10 @@ import asyncio
 import shlex
 import signal
 import sys
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
-from typing import get_args
+from typing import cast, get_args
 
 from rich.console import Console
 
@@ -38,6 +40,20 @@ def _loopback(url: str, what: str) -> str:
     return url
 
 
+def _target_builder(
+    target: str, url: str | None, sim_url: str | None, token: str | None, storage: str
+) -> Callable[[], Target]:
+    """What to start (or reach) once the arguments are known to be good."""
+    if storage not in get_args(Storage):
+        raise UsageError(f"--storage {storage} is not one of: {', '.join(get_args(Storage))}")
+    if url or sim_url or target != "local":
+        if not (url and sim_url):
+            raise UsageError("an existing deployment needs both --url URL and --sim-url URL")
+        daemon, simulator = _loopback(url, "--url"), _loopback(sim_url, "--sim-url")
+        return partial(remote_target, daemon, simulator, token)
+    return partial(local_target, cast(Storage, storage))
+
+
 def run_command(
     scenarios: list[str],
     *,
@@ -54,14 +70,7 @@ def run_command(
     console = Console(stderr=True)
     try:
         names = _names(scenarios)
-        if storage not in get_args(Storage):
-            raise UsageError(f"--storage {storage} is not one of: {', '.join(get_args(Storage))}")
-        if url or target != "local":
-            if not (url and sim_url):
-                raise UsageError("an existing deployment needs both --url URL and --sim-url URL")
-            build = lambda: remote_target(_loopback(url, "--url"), _loopback(sim_url, "--sim-url"), token)  # noqa: E731
-        else:
-            build = lambda: local_target(storage)  # type: ignore[arg-type]  # noqa: E731
+        build = _target_builder(target, url, sim_url, token, storage)
     except UsageError as exc:
         print(f"exai stress: {exc}", file=sys.stderr)
         return 2

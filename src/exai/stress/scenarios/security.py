@@ -41,8 +41,8 @@ INITIALIZE = {
 }
 
 
-def _token(tenant: str, **claims: object) -> str:
-    return issue_token(STRESS_SECRET, tenant, ["exai:tools"], 600, audience=AUDIENCE) if not claims else ""
+def _token(tenant: str) -> str:
+    return issue_token(STRESS_SECRET, tenant, ["exai:tools"], 600, audience=AUDIENCE)
 
 
 def _bad_tokens(rng: random.Random) -> dict[str, str]:
