@@ -11,7 +11,6 @@ import json
 import os
 import signal
 import sys
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -20,6 +19,7 @@ import pytest
 from mcp import Client, StdioServerParameters
 
 from tests.conftest import Proc, SimControl, free_port
+from tests.helpers import cancel_once_upstream, wait_until
 
 pytestmark = pytest.mark.anyio
 Daemon = Callable[..., Proc]
@@ -35,14 +35,6 @@ def _bridge(url: str, **env: str) -> StdioServerParameters:
 def upstream_requests(sim: SimControl, marker: str) -> int:
     """How many model requests the simulator received whose messages carry `marker`."""
     return sum(marker in json.dumps(entry["body"]) for entry in sim.requests(limit=500))
-
-
-async def wait_until(condition: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + CEILING
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting until {what}")
-        await asyncio.sleep(0.1)
 
 
 def text_of(result: types.CallToolResult) -> str:
@@ -163,14 +155,11 @@ async def test_progress_and_protocol_errors_pass_through(daemon: Daemon, sim: Si
 
 
 async def test_cancelling_through_the_bridge_cancels_upstream(daemon: Daemon, sim: SimControl) -> None:
-    import anyio
-
     proc = daemon()
     sim.fault("hang", model="sim-fast")
     async with Client(_bridge(proc.url)) as client:
         await client.list_tools()
-        with anyio.move_on_after(1.5):
-            await client.call_tool("chat", {"prompt": "cancel me", "model": "sim-fast"})
+        await cancel_once_upstream(lambda: client.call_tool("chat", {"prompt": "cancel me", "model": "sim-fast"}), sim)
         await wait_until(lambda: sim.count("disconnects") >= 1, "the daemon's upstream request was cancelled")
         sim.clear_faults()
         after = await client.call_tool("chat", {"prompt": "next", "model": "sim-fast"})
