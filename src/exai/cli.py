@@ -336,8 +336,13 @@ def audit(
             r.outcome + (f" ({r.error_category})" if r.error_category else ""),
             r.correlation_id,
         )
-        table.add_row(*(Text(cell) for cell in cells))  # plain text: a tenant's name is never Rich markup
+        table.add_row(*(Text(printable(cell)) for cell in cells))  # never markup, never a terminal escape
     Console().print(table)
+
+
+def printable(value: str) -> str:
+    """`value` with every non-printable character (ESC, CR, ...) shown as its escape, e.g. `\\x1b`."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in value)
 
 
 db_app = typer.Typer(help="Database maintenance.", no_args_is_help=True)

@@ -87,8 +87,8 @@ async def admitted(services: Services, tenant: str, ctx: ToolContext) -> AsyncIt
     finally:
         with anyio.CancelScope(shield=True):
             await limiter.release(lease)
-            if tokens := sum(call.tokens for call in ctx.model_calls):
-                await limiter.add_tokens(tenant, tokens)
+            if correction := sum(call.tokens for call in ctx.model_calls) - ctx.reserved_tokens:
+                await limiter.add_tokens(tenant, correction)
 
 
 async def run(tool: Tool[Any, Any], args: pydantic.BaseModel, ctx: ToolContext) -> types.CallToolResult:

@@ -22,12 +22,15 @@ from exai import __version__
 from exai.app import Services
 from exai.observability.context import bind_correlation_id
 from exai.observability.errors import NotFoundError
+from exai.observability.events import CallEvent
 from exai.observability.logging import get_logger
 from exai.security.auth import LOCAL_TENANT, visible_tools
 from exai.server.calls import Caller, handle_call
 from exai.tools.base import Tool, ToolContext, compact_schema
 
 log = get_logger(__name__)
+UNKNOWN_TOOL = "(unknown)"
+"""How a call to a tool that does not exist is recorded (never its name: metrics labels stay bounded)."""
 LEVELS: list[str] = ["debug", "info", "notice", "warning", "error", "critical", "alert", "emergency"]
 INSTRUCTIONS = (
     "EX-AI gives you other models as tools. Use `chat` for a second opinion from Kimi, GLM, OpenAI, Anthropic or a "
@@ -97,17 +100,30 @@ def build_server(services: Services) -> Server[Any]:
 
     async def call_tool(ctx: ServerRequestContext[Any, Any], params: types.CallToolRequestParams) -> Any:
         token = get_access_token()
-        scopes = caller_scopes()
+        correlation_id = bind_correlation_id(incoming_correlation_id(ctx))
+        caller = Caller(
+            tenant=token.subject if token is not None and token.subject else LOCAL_TENANT, scopes=caller_scopes()
+        )
         tool = tools.get(params.name)
         if tool is None:
             names = sorted(visible(list(tools)))
+            services.events.call_finished(  # probing for tools is audited like any other call
+                CallEvent(
+                    tool=UNKNOWN_TOOL,
+                    tenant=caller.tenant,
+                    correlation_id=correlation_id,
+                    outcome="error",
+                    latency_s=0.0,
+                    error_category="not_found",
+                    error_code="unknown_tool",
+                ),
+                started=False,
+            )
             raise MCPError(
                 types.INVALID_PARAMS,
                 f"Unknown tool '{params.name[:80]}'. Available tools: {', '.join(names)}.",
                 data={"category": "not_found", "code": "unknown_tool", "tools": names},
             )
-        correlation_id = bind_correlation_id(incoming_correlation_id(ctx))
-        caller = Caller(tenant=token.subject if token is not None and token.subject else LOCAL_TENANT, scopes=scopes)
         wants_progress = _progress_token(ctx) is not None
 
         async def progress(done: float, total: float | None, message: str | None) -> None:

@@ -50,21 +50,28 @@ class ToolInput(BaseModel):
         return data
 
 
-def _check_arguments(value: Any, path: str) -> None:
+def _check_arguments(value: Any, path: str, depth: int = 0) -> None:
+    """Refuse control characters anywhere, lists over LIST_LIMIT, and nested text over TEXT_LIMIT.
+
+    Top-level text fields are limited by their own schema (so a prompt can follow EXAI_MAX_PROMPT_CHARS); text
+    inside lists and objects (a workflow issue's description, a consensus stance prompt) is limited here.
+    """
     if isinstance(value, str):
+        if depth > 1 and len(value) > TEXT_LIMIT:
+            raise ValueError(f"{path} is {len(value):,} characters; at most {TEXT_LIMIT:,} are accepted")
         if found := _CONTROL.search(value):
             raise ValueError(
                 f"{path or 'a value'} contains the control character U+{ord(found.group()):04X} at position "
-                f"{found.start()}; send plain text (tabs and newlines are fine)"
+                f"{found.start()}; send plain text (tabs, newlines and carriage returns are fine)"
             )
     elif isinstance(value, dict):
         for key, item in value.items():
-            _check_arguments(item, f"{path}.{key}" if path else str(key))
+            _check_arguments(item, f"{path}.{key}" if path else str(key), depth + 1)
     elif isinstance(value, list):
         if len(value) > LIST_LIMIT:
             raise ValueError(f"{path} has {len(value)} items; at most {LIST_LIMIT} are accepted")
         for index, item in enumerate(value):
-            _check_arguments(item, f"{path}.{index}")
+            _check_arguments(item, f"{path}.{index}", depth + 1)
 
 
 @dataclass
@@ -77,6 +84,7 @@ class ToolContext:
     tenant: str = "local"
     model_calls: list[ModelCall] = field(default_factory=list)
     thread_id: str | None = None
+    reserved_tokens: int = 0
 
     async def open_thread(self, continuation_id: str | None, title: str, adding: int = 1) -> Thread:
         """The caller's thread to continue (with room for `adding` turns) or a new one; audited against it."""
@@ -84,8 +92,17 @@ class ToolContext:
         self.thread_id = thread.id
         return thread
 
-    async def generate(self, request: GenerateRequest, plan: RoutePlan, **options: Any) -> RouteResult:
-        """Ask the models of `plan` (selected once, by `Router.plan`); every answered call is kept for accounting."""
+    async def generate(
+        self, request: GenerateRequest, plan: RoutePlan, input_tokens: int, **options: Any
+    ) -> RouteResult:
+        """Ask the models of `plan` (selected once, by `Router.plan`); every answered call is kept for accounting.
+
+        The prompt's `input_tokens` are counted against the tenant's daily budget before the model is asked, so
+        concurrent or many-model calls cannot overspend it; the count is corrected once the call is done.
+        """
+        if self.services.limiter is not None:
+            await self.services.limiter.reserve_tokens(self.tenant, input_tokens)
+            self.reserved_tokens += input_tokens
         result = await self.services.router.generate(request, plan=plan, **options)
         response = result.response
         info = self.services.catalogue.get(response.model)

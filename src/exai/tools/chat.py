@@ -129,6 +129,7 @@ class ChatTool(Tool[ChatInput, ChatOutput]):
         result = await ctx.generate(
             request,
             plan,
+            prompt.input_tokens,
             on_delta=on_delta if ctx.wants_progress else None,
             on_event=on_event,
         )
