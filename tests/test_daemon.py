@@ -119,3 +119,13 @@ async def test_graceful_shutdown_lets_calls_in_flight_finish(daemon: Daemon, sim
     assert exit_code == 0
     with pytest.raises(httpx2.TransportError):
         httpx2.get(f"{proc.url}/healthz", timeout=1)
+
+
+async def test_a_hung_upstream_costs_one_attempt_not_the_whole_deadline(daemon: Daemon, sim: SimControl) -> None:
+    proc = daemon(EXAI_ATTEMPT_TIMEOUT_SECONDS="2", EXAI_CALL_DEADLINE_SECONDS="600")
+    sim.fault("hang", model="sim-fast", count=1)
+    async with Client(f"{proc.url}/mcp") as client:
+        result = await client.call_tool("chat", {"prompt": "answer after one hang", "model": "sim-fast"})
+    assert not result.is_error, result.content[0].text
+    assert result.structured_content["retries"] == 1, "the hung attempt was given up and retried"
+    assert sim.count("requests:sim-fast") == 2

@@ -129,6 +129,7 @@ class Settings(BaseSettings):
     fallback_chain: CommaList = Field(default_factory=list)
     fallback_from_explicit_model: bool = False
     call_deadline_seconds: float = Field(default=120.0, gt=0)
+    attempt_timeout_seconds: float = Field(default=45.0, gt=0)
     max_retries: int = Field(default=2, ge=0, le=10)
     retry_base_delay: float = Field(default=0.5, ge=0)
     retry_max_delay: float = Field(default=8.0, ge=0)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Literal
@@ -83,7 +82,6 @@ class Router:
         self._rng = rng or random.Random()
         self._breakers: dict[tuple[str, str], CircuitBreaker] = {}
         self._slots = {name: asyncio.Semaphore(settings.provider_concurrency) for name in providers}
-        self.recent_errors: deque[tuple[float, str, str]] = deque(maxlen=1000)
         self._available: list[ModelInfo] = []
         self.refresh_available()
         self.on_attempt = on_attempt
@@ -276,11 +274,13 @@ class Router:
                 raise UpstreamError("timeout", "the call's deadline passed")
             await self._take_slot(info, breaker, deadline)
             started = time.perf_counter()
+            # One attempt may take EXAI_ATTEMPT_TIMEOUT_SECONDS, so a hung upstream leaves time to retry or fall back.
+            attempt_deadline = min(deadline, time.monotonic() + self.settings.attempt_timeout_seconds)
             try:
-                async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
-                    response = await self._send(provider, info, request, deadline, attempt, on_delta)
+                async with asyncio.timeout(max(0.0, attempt_deadline - time.monotonic())):
+                    response = await self._send(provider, info, request, attempt_deadline, attempt, on_delta)
             except TimeoutError:
-                exc = UpstreamError("timeout", "the call's deadline passed while waiting for the upstream")
+                exc = UpstreamError("timeout", "no answer within the attempt's time limit")
             except UpstreamError as error:
                 exc = error
             except BaseException:
@@ -295,7 +295,6 @@ class Router:
             elapsed = (time.perf_counter() - started) * 1000
             self._observe(attempts, Attempt(info.provider, info.name, exc.kind, elapsed))
             breaker.record_failure(exc.kind)
-            self.recent_errors.append((time.time(), info.provider, exc.kind))
             log.warning(
                 "upstream_failure",
                 provider=info.provider,

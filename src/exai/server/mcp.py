@@ -26,7 +26,7 @@ from exai.observability.events import CallEvent
 from exai.observability.logging import get_logger
 from exai.security.auth import LOCAL_TENANT, visible_tools
 from exai.server.calls import Caller, handle_call
-from exai.tools.base import Tool, ToolContext, compact_schema
+from exai.tools.base import Tool, ToolContext, compact_schema, input_schema
 
 log = get_logger(__name__)
 UNKNOWN_TOOL = "(unknown)"
@@ -73,7 +73,7 @@ def build_server(services: Services) -> Server[Any]:
                 name=tool.name,
                 title=tool.title,
                 description=tool.description,
-                input_schema=compact_schema(tool.input_model),
+                input_schema=input_schema(tool.input_model, services.settings.max_prompt_chars),
                 output_schema=compact_schema(tool.output_model),
                 annotations=types.ToolAnnotations(
                     read_only_hint=tool.read_only,

@@ -26,8 +26,10 @@ OutputT = TypeVar("OutputT", bound=BaseModel)
 
 TEXT_LIMIT = 100_000
 """Characters in one text field, unless the field sets its own limit (prompts follow EXAI_MAX_PROMPT_CHARS)."""
+PROMPT_LIMIT = {"x-exai-limit": "prompt"}
+"""Marks a field limited by EXAI_MAX_PROMPT_CHARS: checked by the tool, advertised in the listing's schema."""
 PROMPT_CEILING = 10_000_000
-"""The most a prompt field accepts whatever EXAI_MAX_PROMPT_CHARS says (the setting's limit is checked in the tool)."""
+"""What a prompt field accepts at most whatever the setting says (a request body is capped far below anyway)."""
 LIST_LIMIT = 200
 """Items in one list argument."""
 _CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
@@ -140,6 +142,30 @@ class Tool(Generic[InputT, OutputT]):
 
     async def run(self, args: InputT, ctx: ToolContext) -> ToolResult[OutputT]:
         raise NotImplementedError
+
+
+def input_schema(model: type[BaseModel], prompt_chars: int) -> dict[str, Any]:
+    """A tool's input schema, compact and truthful: every limit enforced is stated.
+
+    Lists get `maxItems` (LIST_LIMIT), text inside lists and objects `maxLength` (TEXT_LIMIT), and prompt fields
+    the configured EXAI_MAX_PROMPT_CHARS, as validation and the tools enforce them.
+    """
+
+    def limit(node: Any) -> Any:
+        if isinstance(node, list):
+            return [limit(v) for v in node]
+        if not isinstance(node, dict):
+            return node
+        node = {k: limit(v) for k, v in node.items()}
+        if node.pop("x-exai-limit", None) == "prompt":
+            node["maxLength"] = prompt_chars
+        elif node.get("type") == "string" and not {"maxLength", "enum", "const"} & node.keys():
+            node["maxLength"] = TEXT_LIMIT
+        if node.get("type") == "array" and "maxItems" not in node:
+            node["maxItems"] = LIST_LIMIT
+        return node
+
+    return limit(compact_schema(model))
 
 
 def compact_schema(model: type[BaseModel]) -> dict[str, Any]:
