@@ -94,12 +94,18 @@ async def run_git(
     timeout: float,
     max_output: int,
     ok_codes: tuple[int, ...] = (0,),
-    truncate: bool = False,
 ) -> str:
-    """Run `git <safe options> <args>`; the decoded stdout, or a clear error. Never blocks the event loop.
+    """Run `git <safe options> <args>`; the decoded stdout, or a clear error. Never blocks the event loop."""
+    out = await _run_git(args, cwd=cwd, env=env, timeout=timeout, max_output=max_output, ok_codes=ok_codes)
+    if len(out) > max_output:
+        raise GitOutputTooLarge
+    return out.decode(errors="replace")
 
-    Output over `max_output` raises GitOutputTooLarge, or with `truncate` is cut there (git is killed).
-    """
+
+async def _run_git(
+    args: list[str], *, cwd: Path, env: dict[str, str], timeout: float, max_output: int, ok_codes: tuple[int, ...]
+) -> bytes:
+    """stdout, or max_output + 1 bytes of it when git wrote more (git is killed then), or a clear error."""
     process = await asyncio.create_subprocess_exec(
         "git",
         *_SAFE_OPTIONS,
@@ -122,9 +128,7 @@ async def run_git(
             _kill(process)
             await process.wait()
     if len(out) > max_output:
-        if not truncate:
-            raise GitOutputTooLarge
-        return out[:max_output].decode(errors="replace")
+        return out
     if process.returncode not in ok_codes:
         message = err[:_STDERR_CAP].decode(errors="replace").strip()[:300]
         raise ToolFailure(
@@ -132,7 +136,7 @@ async def run_git(
             code="git_failed",
             remedy="Check that path is a git repository, or pass the diff in `diff`.",
         )
-    return out.decode(errors="replace")
+    return out
 
 
 async def _collect(process: asyncio.subprocess.Process, max_output: int) -> tuple[bytes, bytes]:
@@ -239,10 +243,20 @@ class Repository:
         check_config(entries)
         return cls(top_level, {**env, **neutralising_environment(entries)}, timeout)
 
-    async def run(self, args: list[str], *, max_output: int, truncate: bool = False) -> str:
-        return await run_git(
-            args, cwd=self.top_level, env=self.env, timeout=self.timeout, max_output=max_output, truncate=truncate
+    async def run(self, args: list[str], *, max_output: int) -> str:
+        return await run_git(args, cwd=self.top_level, env=self.env, timeout=self.timeout, max_output=max_output)
+
+    async def names(self, args: list[str], *, max_output: int, partial: bool = False) -> tuple[list[str], bool]:
+        """The paths a `-z` listing prints, each as the file system spells it (undecodable bytes kept), and
+        whether that is all of them: with `partial`, a listing over max_output is cut to the paths that fit."""
+        out = await _run_git(
+            args, cwd=self.top_level, env=self.env, timeout=self.timeout, max_output=max_output, ok_codes=(0,)
         )
+        complete = len(out) <= max_output
+        if not (complete or partial):
+            raise GitOutputTooLarge
+        paths = out[:max_output].split(b"\0")
+        return [os.fsdecode(path) for path in paths[:-1]], complete
 
     async def commit(self, ref: str) -> str:
         """The commit id `ref` names; a clear error naming the ref when it names none."""

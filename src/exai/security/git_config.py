@@ -5,10 +5,11 @@ layers make that so. Every git call gets options and environment that disable al
 git would run while diffing (see `exai.security.git`). And before the first such call, the repository's own
 configuration files (`config`, `config.worktree`) are read, without following includes, and:
 
-- refused when they set a key that makes git fetch (partial clones, promisor remotes, repository extensions
-  other than the object format and per-worktree config), that allows a transport (`protocol.*`), that names a
-  command git runs to reach a remote (`core.sshCommand`, credential helpers, upload-pack ...), or that pulls in
-  configuration from another file (`include.*`, `includeIf.*`), which may lie outside the roots;
+- refused when they set a key that makes git fetch (partial clones, promisor remotes, any repository extension
+  but the object format, ref storage, per-worktree config and precious objects), that allows a transport
+  (`protocol.*`), that names a command git runs to reach a remote (`core.sshCommand`, credential helpers,
+  upload-pack ...), or that pulls in configuration from another file (`include.*`, `includeIf.*`), which may
+  lie outside the roots;
 - neutralised for the commands git would run locally: every filter driver the repository defines is emptied
   (diff drivers are off through `--no-ext-diff --no-textconv`; fsmonitor, hooks and pager through options).
 """
@@ -21,7 +22,7 @@ from dataclasses import dataclass
 from exai.observability.errors import ValidationError
 from exai.security.files import quote_path
 
-_ALLOWED_EXTENSIONS = frozenset({"objectformat", "worktreeconfig"})
+_ALLOWED_EXTENSIONS = frozenset({"objectformat", "preciousobjects", "refstorage", "worktreeconfig"})
 _REFUSED: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"include\..*|includeif\..*"), "pulls in configuration from another file"),
     (re.compile(r"remote\..*\.(promisor|partialclonefilter)"), "makes git fetch missing objects from a remote"),
