@@ -43,7 +43,8 @@ async def staged(repo: Repository, budget: Budget) -> str:
 async def worktree(repo: Repository, files: FileAccess, budget: Budget, revisions: list[str]) -> str:
     """The diff of the work tree against the index, or against `revisions`, without files git must not read."""
     names, _ = await repo.names(
-        ["diff", *DIFF_OPTIONS, "--name-only", "--no-renames", "-z", *revisions, "--"], max_output=budget.left
+        ["diff", *DIFF_OPTIONS, "--name-only", "--no-renames", "-z", "--end-of-options", *revisions, "--"],
+        max_output=budget.left,
     )
     refused = await asyncio.to_thread(_refused, files, repo, names)
     if len(refused) > MAX_SKIPPED:
@@ -56,7 +57,9 @@ async def worktree(repo: Repository, files: FileAccess, budget: Budget, revision
         )
     notes = [budget.take(f"# changed file {quote_path(name)} not shown: {reason}") for name, reason in refused]
     excluded = [f":(exclude,literal){name}" for name, _ in refused]
-    diff = await repo.run(["diff", *DIFF_OPTIONS, *revisions, "--", *excluded], max_output=budget.left)
+    diff = await repo.run(
+        ["diff", *DIFF_OPTIONS, "--end-of-options", *revisions, "--", *excluded], max_output=budget.left
+    )
     return "\n".join([*notes, budget.take(diff)])
 
 
