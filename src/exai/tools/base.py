@@ -52,6 +52,14 @@ class ToolInput(BaseModel):
         return data
 
 
+class ArgumentError(ValueError):
+    """A bad value somewhere in a tool's arguments, with the path of the field it was found in."""
+
+    def __init__(self, path: str, message: str) -> None:
+        super().__init__(message)
+        self.path = path or "(arguments)"
+
+
 def _check_arguments(value: Any, path: str, depth: int = 0) -> None:
     """Refuse control characters anywhere, lists over LIST_LIMIT, and nested text over TEXT_LIMIT.
 
@@ -60,18 +68,19 @@ def _check_arguments(value: Any, path: str, depth: int = 0) -> None:
     """
     if isinstance(value, str):
         if depth > 1 and len(value) > TEXT_LIMIT:
-            raise ValueError(f"{path} is {len(value):,} characters; at most {TEXT_LIMIT:,} are accepted")
+            raise ArgumentError(path, f"{len(value):,} characters; at most {TEXT_LIMIT:,} are accepted")
         if found := _CONTROL.search(value):
-            raise ValueError(
-                f"{path or 'a value'} contains the control character U+{ord(found.group()):04X} at position "
-                f"{found.start()}; send plain text (tabs, newlines and carriage returns are fine)"
+            raise ArgumentError(
+                path,
+                f"contains the control character U+{ord(found.group()):04X} at position {found.start()}; "
+                "send plain text (tabs, newlines and carriage returns are fine)",
             )
     elif isinstance(value, dict):
         for key, item in value.items():
             _check_arguments(item, f"{path}.{key}" if path else str(key), depth + 1)
     elif isinstance(value, list):
         if len(value) > LIST_LIMIT:
-            raise ValueError(f"{path} has {len(value)} items; at most {LIST_LIMIT} are accepted")
+            raise ArgumentError(path, f"{len(value)} items; at most {LIST_LIMIT} are accepted")
         for index, item in enumerate(value):
             _check_arguments(item, f"{path}.{index}", depth + 1)
 
