@@ -30,6 +30,7 @@ from exai.server.header_checks import AcceptCheck, HostOriginCheck
 from exai.server.mcp import build_server
 from exai.server.request_ids import InFlightIds
 from exai.server.sessions import SessionQuota
+from exai.server.stateless import PostOnly
 
 
 def is_loopback(host: str) -> bool:
@@ -178,6 +179,7 @@ def build_http_app(services: Services) -> Starlette:
         custom_starlette_routes=routes,
         auth=auth,
         token_verifier=verifier,
+        stateless_http=settings.stateless_http,
         session_idle_timeout=settings.session_idle_seconds,
     )
     app.router.routes[:] = [
@@ -200,7 +202,8 @@ def route_path(route: BaseRoute) -> str:
 def guard_mcp(route: BaseRoute, services: Services, manager: StreamableHTTPSessionManager) -> BaseRoute:
     """Put the MCP endpoint behind its request checks: Accept, per-tenant sessions, unique request ids.
 
-    They run after authentication (inside the SDK's RequireAuthMiddleware), so a request without a valid
+    Stateless mode opens no sessions, so it has no session quota; it takes POST only (see server/stateless.py).
+    The checks run after authentication (inside the SDK's RequireAuthMiddleware), so a request without a valid
     token is answered 401 before anything else, and every checked request has its tenant.
     """
     if not isinstance(route, Route) or route.path != "/mcp":
@@ -212,6 +215,8 @@ def guard_mcp(route: BaseRoute, services: Services, manager: StreamableHTTPSessi
         return request_tenant(scope, auth_enabled)
 
     def checked(app: ASGIApp) -> ASGIApp:
+        if settings.stateless_http:
+            return AcceptCheck(PostOnly(app))
         quota = SessionQuota(
             InFlightIds(app, tenant),
             manager,
