@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
+import socket
 from types import FrameType
 from urllib.parse import urlparse
 
@@ -26,10 +28,12 @@ from exai.observability.errors import AuthError, PermissionDeniedError
 from exai.observability.metrics import BREAKER_VALUES
 from exai.security.auth import ADMIN_SCOPE, TOOLS_SCOPE, request_access, request_tenant
 from exai.server.dashboard import DASHBOARD_HTML, dashboard_snapshot
+from exai.server.draining import InFlightPosts, end_streams_when_idle, keep_streams_open_on_signal
 from exai.server.header_checks import AcceptCheck, HostOriginCheck
 from exai.server.mcp import build_server
 from exai.server.request_ids import InFlightIds
 from exai.server.sessions import SessionQuota
+from exai.server.stateless import PostOnly
 
 
 def is_loopback(host: str) -> bool:
@@ -178,6 +182,7 @@ def build_http_app(services: Services) -> Starlette:
         custom_starlette_routes=routes,
         auth=auth,
         token_verifier=verifier,
+        stateless_http=settings.stateless_http,
         session_idle_timeout=settings.session_idle_seconds,
     )
     app.router.routes[:] = [
@@ -200,7 +205,8 @@ def route_path(route: BaseRoute) -> str:
 def guard_mcp(route: BaseRoute, services: Services, manager: StreamableHTTPSessionManager) -> BaseRoute:
     """Put the MCP endpoint behind its request checks: Accept, per-tenant sessions, unique request ids.
 
-    They run after authentication (inside the SDK's RequireAuthMiddleware), so a request without a valid
+    Stateless mode opens no sessions, so it has no session quota; it takes POST only (see server/stateless.py).
+    The checks run after authentication (inside the SDK's RequireAuthMiddleware), so a request without a valid
     token is answered 401 before anything else, and every checked request has its tenant.
     """
     if not isinstance(route, Route) or route.path != "/mcp":
@@ -212,6 +218,8 @@ def guard_mcp(route: BaseRoute, services: Services, manager: StreamableHTTPSessi
         return request_tenant(scope, auth_enabled)
 
     def checked(app: ASGIApp) -> ASGIApp:
+        if settings.stateless_http:
+            return AcceptCheck(PostOnly(app))
         quota = SessionQuota(
             InFlightIds(app, tenant),
             manager,
@@ -253,22 +261,38 @@ class RequestIdMiddleware:
 
 
 class _GracefulServer(uvicorn.Server):
-    """uvicorn's server, except that a shutdown asked for with SIGTERM or SIGINT ends with exit code 0.
+    """uvicorn's server, except that a shutdown asked for with SIGTERM or SIGINT ends with exit code 0, and the
+    answer streams of calls in flight are left to finish (server/draining.py).
 
     uvicorn re-raises the signal after its graceful shutdown, which makes the process die "by signal";
     for a daemon that finished every call in flight, that is a clean exit.
     """
 
+    def __init__(self, config: uvicorn.Config, posts: InFlightPosts, grace_seconds: float) -> None:
+        super().__init__(config)
+        self.posts, self.grace_seconds = posts, grace_seconds
+
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         super().handle_exit(sig, frame)
         self._captured_signals.clear()
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        # The drain starts once uvicorn has closed its listeners (the parent's first, synchronous, step), so no
+        # request that arrives later can find the streams already told to end.
+        drain = asyncio.create_task(end_streams_when_idle(self.posts, self.grace_seconds))
+        try:
+            await super().shutdown(sockets)
+        finally:
+            drain.cancel()
 
 
 async def serve_http(services: Services) -> None:
     """Serve until SIGTERM/SIGINT, then let calls in flight finish within the grace period."""
     settings = services.settings
+    keep_streams_open_on_signal()
+    posts = InFlightPosts(build_http_app(services))
     config = uvicorn.Config(
-        build_http_app(services),
+        posts,
         host=settings.host,
         port=settings.port,
         log_config=None,
@@ -278,6 +302,6 @@ async def serve_http(services: Services) -> None:
     )
     await services.start()
     try:
-        await _GracefulServer(config).serve()
+        await _GracefulServer(config, posts, settings.shutdown_grace_seconds).serve()
     finally:
         await services.close()
