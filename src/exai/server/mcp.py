@@ -60,7 +60,8 @@ def _connection_of(ctx: ServerRequestContext[Any, Any]) -> Any:
 
 def _progress_token(ctx: ServerRequestContext[Any, Any]) -> Any:
     meta = ctx.meta or {}
-    return meta.get("progress_token") or meta.get("progressToken")
+    token = meta.get("progress_token")
+    return meta.get("progressToken") if token is None else token  # 0 is a valid token
 
 
 def build_server(services: Services) -> Server[Any]:
