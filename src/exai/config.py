@@ -75,6 +75,9 @@ class Settings(BaseSettings):
     otel_exporter: Literal["off", "console", "otlp"] = "off"
     shutdown_grace_seconds: float = Field(default=20.0, gt=0)
     allowed_hosts: CommaList = Field(default_factory=list)
+    http_header_timeout_seconds: float = Field(default=10.0, gt=0)
+    http_body_timeout_seconds: float = Field(default=30.0, gt=0)
+    max_connections: int = Field(default=512, ge=1)
     disabled_tools: CommaList = Field(default_factory=list)
     max_prompt_chars: int = Field(default=100_000, gt=0)
 

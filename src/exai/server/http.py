@@ -20,17 +20,19 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import BaseRoute, Route
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Scope
 
 from exai.app import Services
-from exai.observability.context import new_correlation_id
 from exai.observability.errors import AuthError, PermissionDeniedError
 from exai.observability.metrics import BREAKER_VALUES
 from exai.security.auth import ADMIN_SCOPE, TOOLS_SCOPE, request_access, request_tenant
+from exai.server.connection_guard import guarded_h11_protocol
+from exai.server.correlation import RequestIdMiddleware
 from exai.server.dashboard import DASHBOARD_HTML, dashboard_snapshot
 from exai.server.draining import InFlightPosts, end_streams_when_idle, keep_streams_open_on_signal
 from exai.server.header_checks import AcceptCheck, HostOriginCheck
 from exai.server.mcp import build_server
+from exai.server.request_body import BodyDeadline, CompleteBody
 from exai.server.request_ids import InFlightIds
 from exai.server.sessions import SessionQuota
 from exai.server.stateless import PostOnly
@@ -193,6 +195,7 @@ def build_http_app(services: Services) -> Starlette:
     if auth:
         app.router.routes.append(protected_resource_route(public, settings.authorization_server_url))
     hosts, origins = allowed_hosts_and_origins(settings.host, settings.allowed_hosts)
+    app.add_middleware(BodyDeadline, seconds=settings.http_body_timeout_seconds)
     app.add_middleware(HostOriginCheck, allowed_hosts=hosts, allowed_origins=origins)
     app.add_middleware(RequestIdMiddleware)
     return app
@@ -221,7 +224,7 @@ def guard_mcp(route: BaseRoute, services: Services, manager: StreamableHTTPSessi
         if settings.stateless_http:
             return AcceptCheck(PostOnly(app))
         quota = SessionQuota(
-            InFlightIds(app, tenant),
+            CompleteBody(InFlightIds(app, tenant)),
             manager,
             services.limiter,
             tenant,
@@ -235,29 +238,6 @@ def guard_mcp(route: BaseRoute, services: Services, manager: StreamableHTTPSessi
     else:
         route.app = checked(route.app)
     return route
-
-
-class RequestIdMiddleware:
-    """Echo the request's correlation id (X-Request-ID, taken or made) on every HTTP response."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        incoming = dict(scope["headers"]).get(b"x-request-id", b"").decode(errors="replace")[:64]
-        request_id = (incoming or new_correlation_id()).encode()
-        if not incoming:
-            scope = {**scope, "headers": [*scope["headers"], (b"x-request-id", request_id)]}
-
-        async def send_with_id(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                message = {**message, "headers": [*message.get("headers", []), (b"x-request-id", request_id)]}
-            await send(message)
-
-        await self.app(scope, receive, send_with_id)
 
 
 class _GracefulServer(uvicorn.Server):
@@ -296,6 +276,9 @@ async def serve_http(services: Services) -> None:
         host=settings.host,
         port=settings.port,
         log_config=None,
+        http=guarded_h11_protocol(
+            settings.http_header_timeout_seconds, settings.http_body_timeout_seconds, settings.max_connections
+        ),
         access_log=False,
         timeout_graceful_shutdown=int(settings.shutdown_grace_seconds),
         lifespan="on",

@@ -20,7 +20,7 @@ from mcp.shared.exceptions import MCPError
 
 from exai import __version__
 from exai.app import Services
-from exai.observability.context import bind_correlation_id
+from exai.observability.context import bind_correlation_id, caller_correlation_id
 from exai.observability.errors import NotFoundError
 from exai.observability.events import CallEvent
 from exai.observability.logging import get_logger
@@ -41,12 +41,7 @@ INSTRUCTIONS = (
 def incoming_correlation_id(ctx: ServerRequestContext[Any, Any]) -> str | None:
     """The caller's request id (X-Request-ID, else the W3C traceparent's trace id), if it is a safe one."""
     headers = getattr(ctx.request, "headers", None)
-    if headers is None:
-        return None
-    if request_id := headers.get("x-request-id"):
-        return request_id
-    parts = headers.get("traceparent", "").split("-")
-    return parts[1] if len(parts) == 4 else None
+    return None if headers is None else caller_correlation_id(headers)
 
 
 def _connection_of(ctx: ServerRequestContext[Any, Any]) -> Any:
