@@ -222,7 +222,7 @@ def guard_mcp(route: BaseRoute, services: Services, manager: StreamableHTTPSessi
 
     def checked(app: ASGIApp) -> ASGIApp:
         if settings.stateless_http:
-            return AcceptCheck(PostOnly(app))
+            return AcceptCheck(PostOnly(CompleteBody(app)))
         quota = SessionQuota(
             CompleteBody(InFlightIds(app, tenant)),
             manager,
