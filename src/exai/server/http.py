@@ -127,6 +127,13 @@ def build_http_app(services: Services) -> Starlette:
                 },
                 status_code=503,
             )
+        if services.discovery.problem and not services.router.available_models():
+            remedy = (
+                "start the server at CUSTOM_API_URL (its models are used as soon as it answers), or set CUSTOM_MODELS"
+            )
+            return JSONResponse(
+                {"ready": False, "reason": services.discovery.problem, "remedy": remedy}, status_code=503
+            )
         return JSONResponse(
             {
                 "ready": True,
