@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 import typer
 
 if TYPE_CHECKING:  # each command imports what it needs when it runs: `exai --help` loads no server stack
+    import socket
+
     from rich.console import Console
 
     from exai.app import Services, Transport
@@ -52,6 +54,22 @@ def _settings(**overrides: object) -> Settings:
     return settings
 
 
+def _listen(command: str, host: str, port: int, port_option: str) -> socket.socket:
+    """The bound, listening socket for host:port; a busy or forbidden address is one line and exit code 2."""
+    import socket
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        return socket.create_server((host, port), family=family)
+    except OSError as exc:
+        print(
+            f"exai {command}: cannot listen on {host}:{port} ({exc.strerror or exc}); "
+            f"stop what uses it or choose another port with {port_option}.",
+            file=sys.stderr,
+        )
+        raise typer.Exit(2) from None
+
+
 def _services(settings: Settings, transport: Transport = "memory") -> Services:
     from exai.app import Services
     from exai.observability.errors import ExaiError
@@ -83,11 +101,12 @@ def serve(
             )
             raise typer.Exit(2)
         log.warning("insecure_bind", host=settings.host, detail="anyone who can reach this port can use the server")
+    listener = _listen("serve", settings.host, settings.port, "--port or EXAI_PORT")
     services = _services(settings, "http")
     log.info("starting", host=settings.host, port=settings.port, providers=sorted(services.router.providers))
     if not services.router.providers:
         log.warning("no_provider_configured", remedy="set a provider key or CUSTOM_API_URL; see `exai doctor`")
-    asyncio.run(serve_http(services))
+    asyncio.run(serve_http(services, listener))
 
 
 @app.command()
@@ -130,22 +149,11 @@ def sim(
     them; POST /_sim/latency {"ms": 200, "jitter_ms": 50, "model": "*"}; GET /_sim/stats (counters);
     GET /_sim/requests?limit=50 (recent requests with headers); POST /_sim/reset (faults, latency, counters).
     """
-    import socket
-
     import uvicorn
 
     from exai.testing.simulator import LatencyRule, SimState, Simulator
 
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    try:
-        listener = socket.create_server((host, port), family=family)
-    except OSError as exc:
-        print(
-            f"exai sim: cannot listen on {host}:{port} ({exc.strerror or exc}); "
-            "stop what uses it or choose another port with --port.",
-            file=sys.stderr,
-        )
-        raise typer.Exit(2) from None
+    listener = _listen("sim", host, port, "--port")
     state = SimState(api_key=api_key)
     if latency_ms:
         state.latency.append(LatencyRule(ms=latency_ms))

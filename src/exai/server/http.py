@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import socket
 from types import FrameType
 from urllib.parse import urlparse
 
@@ -271,8 +272,10 @@ class _GracefulServer(uvicorn.Server):
         self._captured_signals.clear()
 
 
-async def serve_http(services: Services) -> None:
-    """Serve until SIGTERM/SIGINT, then let calls in flight finish within the grace period."""
+async def serve_http(services: Services, listener: socket.socket | None = None) -> None:
+    """Serve until SIGTERM/SIGINT, then let calls in flight finish within the grace period.
+
+    `listener` is a socket the caller has already bound (so a busy port is told before anything starts)."""
     settings = services.settings
     config = uvicorn.Config(
         build_http_app(services),
@@ -285,6 +288,6 @@ async def serve_http(services: Services) -> None:
     )
     await services.start()
     try:
-        await _GracefulServer(config).serve()
+        await _GracefulServer(config).serve(sockets=[listener] if listener else None)
     finally:
         await services.close()
