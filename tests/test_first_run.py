@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
 import sys
+from collections.abc import Callable
+from pathlib import Path
 
 import pytest
+from mcp import Client
 
-from tests.conftest import SimControl, sim_env
+from tests.conftest import Proc, SimControl, free_port, sim_env
+from tests.helpers import tool_error, wait_until
 
 
 def _run(args: list[str], env: dict[str, str], **kwargs: str) -> subprocess.CompletedProcess[str]:
@@ -35,3 +40,35 @@ def test_serve_on_a_busy_port_says_so_in_one_line(sim: SimControl, via: str) -> 
     assert len(lines) == 1, result.stderr
     assert f"127.0.0.1:{port}" in lines[0] and "--port or EXAI_PORT" in lines[0], result.stderr
     assert "startup complete" not in result.stderr and "Errno" not in result.stderr
+
+
+def test_misspelt_variables_are_warned_about_with_a_suggestion(tmp_path: Path) -> None:
+    (tmp_path / ".env").write_text("EXAI_LOG_LEVL=DEBUG\n")
+    env = {"EXAI_MAX_RETRYS": "3", "EXAI_TEST_OWN_KNOB": "1", "EXAI_MAX_RETRIES": "3"}
+    result = _run(["models", "--json"], env, cwd=str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    warnings = [line for line in result.stderr.splitlines() if "is not an EX-AI setting" in line]
+    assert len(warnings) == 2, result.stderr
+    assert "EXAI_MAX_RETRYS (in the environment)" in warnings[0] and "did you mean EXAI_MAX_RETRIES?" in warnings[0]
+    assert "EXAI_LOG_LEVL (in .env)" in warnings[1] and "did you mean EXAI_LOG_LEVEL?" in warnings[1]
+
+
+@pytest.mark.anyio
+async def test_a_bad_default_model_is_named_at_start_and_in_the_call_error(daemon: Callable[..., Proc]) -> None:
+    proc = daemon(EXAI_DEFAULT_MODEL="gpt-9")
+    async with Client(f"{proc.url}/mcp") as client:
+        result = await client.call_tool("chat", {"prompt": "which model?", "model": "auto"})
+    error = tool_error(result)
+    assert error["code"] == "unknown_model" and "EXAI_DEFAULT_MODEL" in error["message"], error
+    assert "EXAI_DEFAULT_MODEL" in error["remedy"]
+    started = [json.loads(line) for line in proc.logs().splitlines() if "default_model_unusable" in line]
+    assert started and started[0]["setting"] == "EXAI_DEFAULT_MODEL" and "gpt-9" in started[0]["error"], proc.logs()
+
+
+@pytest.mark.anyio
+async def test_an_unreachable_redis_is_one_warning_at_start(daemon: Callable[..., Proc]) -> None:
+    proc = daemon(EXAI_REDIS_URL=f"redis://127.0.0.1:{free_port()}/0")
+    await wait_until(lambda: "redis_unreachable" in proc.logs(), "the daemon warned about Redis")
+    warnings = [json.loads(line) for line in proc.logs().splitlines() if "redis_unreachable" in line]
+    assert len(warnings) == 1 and warnings[0]["level"] == "warning", warnings
+    assert "own counters" in warnings[0]["behaviour"] and "EXAI_REDIS_URL" in warnings[0]["remedy"]

@@ -40,7 +40,7 @@ def _fail(exc: ExaiError) -> NoReturn:
 
 
 def _settings(**overrides: object) -> Settings:
-    from exai.config import load_settings
+    from exai.config import load_settings, unknown_variable_warnings
     from exai.observability.errors import ExaiError
     from exai.observability.logging import configure_logging
     from exai.observability.tracing import configure_tracing
@@ -49,6 +49,8 @@ def _settings(**overrides: object) -> Settings:
         settings = load_settings(**{k: v for k, v in overrides.items() if v is not None})
     except ExaiError as exc:
         _fail(exc)
+    for warning in unknown_variable_warnings():
+        print(warning, file=sys.stderr)
     configure_logging(settings.log_level, settings.log_json)
     configure_tracing(settings.otel_exporter)
     return settings
