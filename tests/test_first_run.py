@@ -72,3 +72,40 @@ async def test_an_unreachable_redis_is_one_warning_at_start(daemon: Callable[...
     warnings = [json.loads(line) for line in proc.logs().splitlines() if "redis_unreachable" in line]
     assert len(warnings) == 1 and warnings[0]["level"] == "warning", warnings
     assert "own counters" in warnings[0]["behaviour"] and "EXAI_REDIS_URL" in warnings[0]["remedy"]
+
+
+def test_doctor_piped_keeps_whole_cells_and_logs_nothing_on_success(sim: SimControl) -> None:
+    result = _run(["doctor"], {"CUSTOM_API_URL": sim.openai_url, "COLUMNS": "80"})
+    assert result.returncode == 0, result.stdout
+    rows = {line.split()[0]: line for line in result.stdout.splitlines() if line.strip()}
+    assert f"{sim.openai_url}: 3 models listed" in rows["custom"], result.stdout
+    assert "set GLM_API_KEY or ZHIPUAI_API_KEY or ZAI_API_KEY to enable" in rows["glm"], result.stdout
+    assert not any(ch in result.stdout for ch in "┃│━"), result.stdout
+    assert "custom_models_discovered" not in result.stderr and result.stderr.strip() == "", result.stderr
+
+
+def test_models_logs_no_discovery_line_unless_asked(sim: SimControl) -> None:
+    quiet = _run(["models", "--json"], {"CUSTOM_API_URL": sim.openai_url})
+    assert quiet.returncode == 0 and quiet.stderr.strip() == "", quiet.stderr
+    asked = _run(["models", "--json"], {"CUSTOM_API_URL": sim.openai_url, "EXAI_LOG_LEVEL": "INFO"})
+    assert "custom_models_discovered" in asked.stderr, asked.stderr
+
+
+@pytest.mark.anyio
+async def test_audit_piped_keeps_whole_cells(daemon: Callable[..., Proc]) -> None:
+    proc = daemon()
+    async with Client(f"{proc.url}/mcp") as client:
+        assert not (await client.call_tool("chat", {"prompt": "audited", "model": "sim-fast"})).is_error
+
+    def recorded() -> list[dict[str, object]]:
+        listed = _run(["audit", "--json"], {"COLUMNS": "80"})
+        return [json.loads(line) for line in listed.stdout.splitlines() if '"chat"' in line]
+
+    await wait_until(lambda: bool(recorded()), "the call was audited")
+    record = recorded()[0]
+    table = _run(["audit"], {"COLUMNS": "80"})
+    assert table.returncode == 0, table.stderr
+    lines = [line for line in table.stdout.splitlines() if str(record["correlation_id"]) in line]
+    assert len(lines) == 1, f"the correlation id is cut:\n{table.stdout}"
+    line = lines[0]
+    assert "chat" in line and "sim-fast" in line and "ok" in line, table.stdout

@@ -39,7 +39,9 @@ def _fail(exc: ExaiError) -> NoReturn:
     raise typer.Exit(2)
 
 
-def _settings(**overrides: object) -> Settings:
+def _settings(*, server: bool = False, **overrides: object) -> Settings:
+    """The validated settings, logging configured. Commands other than the servers (`serve`, `stdio`) log
+    warnings and errors only, unless EXAI_LOG_LEVEL says otherwise: their output is the answer, not a log."""
     from exai.config import load_settings, unknown_variable_warnings
     from exai.observability.errors import ExaiError
     from exai.observability.logging import configure_logging
@@ -51,7 +53,8 @@ def _settings(**overrides: object) -> Settings:
         _fail(exc)
     for warning in unknown_variable_warnings():
         print(warning, file=sys.stderr)
-    configure_logging(settings.log_level, settings.log_json)
+    quiet = not server and "log_level" not in settings.model_fields_set
+    configure_logging("WARNING" if quiet else settings.log_level, settings.log_json)
     configure_tracing(settings.otel_exporter)
     return settings
 
@@ -89,7 +92,7 @@ def serve(
     insecure: Annotated[bool, typer.Option(help="Allow a non-loopback address without authentication.")] = False,
 ) -> None:
     """Run the daemon: MCP over Streamable HTTP at /mcp, with /healthz, /readyz, /metrics and /dashboard."""
-    settings = _settings(host=host, port=port)
+    settings = _settings(server=True, host=host, port=port)
     from exai.observability.logging import get_logger
     from exai.server.http import is_loopback, serve_http
 
@@ -118,7 +121,7 @@ def stdio(
     ] = None,
 ) -> None:
     """Run the MCP server over stdio, for one local client (or bridge it to a shared daemon)."""
-    settings = _settings()
+    settings = _settings(server=True)
     if connect:
         from exai.server.bridge import serve_bridge
 
@@ -169,9 +172,7 @@ def models(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document, for scripts.")] = False,
 ) -> None:
     """Show the configured providers and their models with capabilities (a plain layout when piped)."""
-    from rich.console import Console
-    from rich.table import Table
-
+    from exai.cli_output import print_table
     from exai.providers.discovery import discover_custom_models
     from exai.providers.specs import PROVIDER_SPECS
 
@@ -197,17 +198,7 @@ def models(
         for m in available
     ]
     header = ["provider", "model", "aliases", "context", "max out", "images", "thinking", "$ in/out per M"]
-    if sys.stdout.isatty():
-        table = Table(title="Models")
-        for column in header:
-            table.add_column(column)
-        for row in rows:
-            table.add_row(*row)
-        Console().print(table)
-    else:  # piped: whole names, one model a line, never cut to the terminal's width
-        widths = [max(len(cell) for cell in column) for column in zip(header, *rows, strict=False)]
-        for row in (header, *rows):
-            print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+    print_table("Models", header, rows)
     missing = [s for n, s in PROVIDER_SPECS.items() if n not in router.providers]
     for spec in missing:
         need = " or ".join(spec.key_env) if spec.key_required else spec.base_url_env
@@ -311,9 +302,9 @@ def audit(
     """List audit records (every tool call: tenant, tool, model, tokens, cost, latency, outcome, correlation id)."""
     import time
 
-    from rich.console import Console
-    from rich.table import Table
     from rich.text import Text
+
+    from exai.cli_output import print_table
 
     services = _services(_settings())
     cutoff = time.time() - _duration(since) if since else None
@@ -331,23 +322,25 @@ def audit(
         for record in records:
             print(json.dumps(record.model_dump()))
         return
-    table = Table(title=f"Audit ({len(records)} records)")
-    for column in ("time", "tenant", "tool", "model", "tokens in/out", "cost $", "ms", "outcome", "correlation id"):
-        table.add_column(column)
-    for r in records:
-        cells = (
-            time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r.time)),
-            r.tenant,
-            r.tool,
-            r.model or "",
-            f"{r.input_tokens}/{r.output_tokens}",
-            f"{r.cost_usd:.5f}",
-            f"{r.latency_ms:.0f}",
-            r.outcome + (f" ({r.error_category})" if r.error_category else ""),
-            r.correlation_id,
-        )
-        table.add_row(*(Text(printable(cell)) for cell in cells))  # never markup, never a terminal escape
-    Console().print(table)
+    header = ("time", "tenant", "tool", "model", "tokens in/out", "cost $", "ms", "outcome", "correlation id")
+    rows = [
+        [
+            Text(printable(cell))  # never markup, never a terminal escape
+            for cell in (
+                time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r.time)),
+                r.tenant,
+                r.tool,
+                r.model or "",
+                f"{r.input_tokens}/{r.output_tokens}",
+                f"{r.cost_usd:.5f}",
+                f"{r.latency_ms:.0f}",
+                r.outcome + (f" ({r.error_category})" if r.error_category else ""),
+                r.correlation_id,
+            )
+        ]
+        for r in records
+    ]
+    print_table(f"Audit ({len(records)} records)", header, rows)
 
 
 def printable(value: str) -> str:
