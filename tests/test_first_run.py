@@ -10,10 +10,13 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import httpx2
 import pytest
 from mcp import Client
+from mcp.client.streamable_http import streamable_http_client
 
-from tests.conftest import Proc, SimControl, free_port, sim_env
+from exai.security.auth import issue_token
+from tests.conftest import TEST_JWT_SECRET, Proc, SimControl, free_port, sim_env
 from tests.helpers import tool_error, wait_until
 
 
@@ -109,3 +112,31 @@ async def test_audit_piped_keeps_whole_cells(daemon: Callable[..., Proc]) -> Non
     assert len(lines) == 1, f"the correlation id is cut:\n{table.stdout}"
     line = lines[0]
     assert "chat" in line and "sim-fast" in line and "ok" in line, table.stdout
+
+
+@pytest.mark.anyio
+async def test_version_lists_only_the_tools_the_caller_may_call(daemon: Callable[..., Proc]) -> None:
+    proc = daemon(EXAI_JWT_SECRET=TEST_JWT_SECRET)
+    for scopes in (["exai:tools"], ["exai:tool:version", "exai:tool:chat"]):
+        token = issue_token(TEST_JWT_SECRET, "newcomer", scopes, 600)
+        async with (
+            httpx2.AsyncClient(headers={"Authorization": f"Bearer {token}"}, timeout=60) as http,
+            Client(streamable_http_client(f"{proc.url}/mcp", http_client=http)) as client,
+        ):
+            listed = {tool.name for tool in (await client.list_tools()).tools}
+            version = await client.call_tool("version", {})
+        assert not version.is_error, version.content
+        assert set(version.structured_content["tools"]) == listed, (scopes, listed, version.structured_content)
+        assert "status" not in version.content[0].text
+    assert listed == {"version", "chat"}
+
+
+@pytest.mark.anyio
+async def test_the_dashboard_without_a_token_says_how_to_give_one(daemon: Callable[..., Proc], tmp_path: Path) -> None:
+    from tests.test_status_page import _chromium, _render_until
+
+    chromium = _chromium()
+    proc = daemon(EXAI_JWT_SECRET=TEST_JWT_SECRET)
+    dom = await _render_until(chromium, tmp_path / "chrome", f"{proc.url}/dashboard", lambda d: "bearer token" in d)
+    assert "A valid bearer token is required." in dom and "/dashboard#token=&lt;admin token&gt;" in dom, dom[-3000:]
+    assert "exai:admin" in dom
