@@ -18,7 +18,7 @@ import mcp_types as types
 import pytest
 from mcp import Client, StdioServerParameters
 
-from tests.conftest import Proc, SimControl, free_port
+from tests.conftest import TEST_JWT_SECRET, Proc, SimControl, free_port
 from tests.helpers import cancel_once_upstream, wait_until
 
 pytestmark = pytest.mark.anyio
@@ -132,6 +132,25 @@ async def test_unreachable_daemon_is_a_clear_error_not_a_hang(sim: SimControl) -
     text = text_of(result)
     assert result.is_error and "daemon_unreachable" in text and "safe to retry" in text, text
     assert upstream_requests(sim, "anyone there?") == 0
+
+
+@pytest.mark.parametrize("token", ["", "not-a-valid-token"])
+async def test_a_refused_token_is_an_auth_error_at_once_not_a_retry_loop(
+    daemon: Daemon, sim: SimControl, token: str
+) -> None:
+    proc = daemon(EXAI_JWT_SECRET=TEST_JWT_SECRET)
+    # Retrying would outlast the ceiling below: only an immediate answer passes.
+    bridge = _bridge(proc.url, EXAI_TOKEN=token, EXAI_BRIDGE_CONNECT_TIMEOUT_SECONDS="600")
+    async with Client(bridge) as client:
+        with pytest.raises(Exception) as caught:
+            await asyncio.wait_for(client.list_tools(), CEILING)
+        result = await asyncio.wait_for(client.call_tool("chat", {"prompt": "who am I?"}), CEILING)
+    for text in (str(caught.value), text_of(result)):
+        assert "[auth/daemon_refused_token]" in text and "refused the token (401)" in text, text
+        assert "Set EXAI_TOKEN to a valid token" in text and "exai token issue" in text, text
+        assert "safe to retry" not in text and "Start the daemon" not in text, text
+    assert result.is_error
+    assert upstream_requests(sim, "who am I?") == 0
 
 
 async def test_progress_and_protocol_errors_pass_through(daemon: Daemon, sim: SimControl) -> None:

@@ -17,7 +17,7 @@ from pydantic_settings import (
     SettingsError,
 )
 
-from exai.config_problems import ConfigError, ConfigProblem, read_config_file, where_set
+from exai.config_problems import ConfigError, ConfigProblem, read_config_file, unknown_variables, where_set
 from exai.providers.specs import PROVIDER_SPECS, ProviderSpec
 
 CommaList = Annotated[list[str], NoDecode]
@@ -357,8 +357,13 @@ def _field_of(name: str) -> str | None:
     return None
 
 
+def unknown_variable_warnings() -> list[str]:
+    """EXAI_* names in the environment or `.env` that no setting reads (a typo is otherwise silently ignored)."""
+    return unknown_variables((n for field in Settings.model_fields for n in _env_names(field)), _dotenv_values())
+
+
 def _dotenv_values() -> dict[str, str | None]:
-    from dotenv import dotenv_values  # only read on the error path
+    from dotenv import dotenv_values  # read on the error path and for the unknown-variable warnings
 
     return dict(dotenv_values(".env")) if Path(".env").is_file() else {}
 

@@ -83,6 +83,7 @@ class Router:
         self._breakers: dict[tuple[str, str], CircuitBreaker] = {}
         self._slots = {name: asyncio.Semaphore(settings.provider_concurrency) for name in providers}
         self._available: list[ModelInfo] = []
+        self.models_pending: str | None = None  # why models are missing while discovery is retried
         self.refresh_available()
         self.on_attempt = on_attempt
 
@@ -145,12 +146,20 @@ class Router:
         (every other model, ranked, when not), unless `allow_fallback=False`. `auto` means EXAI_DEFAULT_MODEL
         when that names a model.
         """
+        by_default = requested.lower() == "auto" and self.settings.default_model.lower() != "auto"
         if requested.lower() == "auto":
             requested = self.settings.default_model
         available = [m for m in self.available_models() if m.images or not needs_images]
         if not available:
             if not self.providers:
                 raise no_provider_error()
+            if self.models_pending:
+                raise ProviderError(
+                    f"No model is available yet: {self.models_pending}.",
+                    code="models_not_discovered",
+                    remedy="Start the server at CUSTOM_API_URL (e.g. `ollama serve`): its models are used as soon "
+                    "as it answers, without a restart. Or name its models with CUSTOM_MODELS.",
+                )
             raise ValidationError(
                 "No configured model accepts images." if needs_images else "No configured model is allowed.",
                 code="no_model",
@@ -160,7 +169,17 @@ class Router:
                 "CUSTOM_API_URL endpoint listed no models: see `exai models` and `exai doctor`.",
             )
         if requested.lower() != "auto":
-            first = self.resolve(requested)
+            try:
+                first = self.resolve(requested)
+            except NotFoundError as exc:
+                if not by_default:
+                    raise
+                raise NotFoundError(
+                    f"EXAI_DEFAULT_MODEL (which 'auto' stands for): {exc.message}",
+                    code=exc.code,
+                    remedy="Set EXAI_DEFAULT_MODEL to a model listed by the `listmodels` tool, or to auto.",
+                    details=exc.details,
+                ) from None
             if needs_images and not first.images:
                 raise ValidationError(
                     f"Model '{first.name}' does not accept images.",

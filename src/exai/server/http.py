@@ -133,6 +133,13 @@ def build_http_app(services: Services) -> Starlette:
                 },
                 status_code=503,
             )
+        if services.discovery.problem and not services.router.available_models():
+            remedy = (
+                "start the server at CUSTOM_API_URL (its models are used as soon as it answers), or set CUSTOM_MODELS"
+            )
+            return JSONResponse(
+                {"ready": False, "reason": services.discovery.problem, "remedy": remedy}, status_code=503
+            )
         return JSONResponse(
             {
                 "ready": True,
@@ -266,8 +273,10 @@ class _GracefulServer(uvicorn.Server):
             drain.cancel()
 
 
-async def serve_http(services: Services) -> None:
-    """Serve until SIGTERM/SIGINT, then let calls in flight finish within the grace period."""
+async def serve_http(services: Services, listener: socket.socket | None = None) -> None:
+    """Serve until SIGTERM/SIGINT, then let calls in flight finish within the grace period.
+
+    `listener` is a socket the caller has already bound (so a busy port is told before anything starts)."""
     settings = services.settings
     keep_streams_open_on_signal()
     posts = InFlightPosts(build_http_app(services))
@@ -285,6 +294,8 @@ async def serve_http(services: Services) -> None:
     )
     await services.start()
     try:
-        await _GracefulServer(config, posts, settings.shutdown_grace_seconds).serve()
+        await _GracefulServer(config, posts, settings.shutdown_grace_seconds).serve(
+            sockets=[listener] if listener else None
+        )
     finally:
         await services.close()

@@ -146,6 +146,7 @@ def build_server(services: Services) -> Server[Any]:
                 log.debug("log_notification_not_sent", exc_info=True)
 
         tool_ctx = ToolContext(services, correlation_id, progress, send_log, wants_progress, tenant=caller.tenant)
+        tool_ctx.visible_tools = visible(list(tools))
         return await handle_call(services, tool, params.arguments, caller, tool_ctx)
 
     async def set_level(ctx: ServerRequestContext[Any, Any], params: types.SetLevelRequestParams) -> types.EmptyResult:

@@ -93,6 +93,7 @@ class ToolContext:
     log: Callable[[str, str], Awaitable[None]]
     wants_progress: bool = False
     tenant: str = "local"
+    visible_tools: list[str] | None = None  # the tools the caller may call; None: every enabled tool
     model_calls: list[ModelCall] = field(default_factory=list)
     thread_id: str | None = None
     reserved_tokens: int = 0
