@@ -18,7 +18,7 @@ import pytest
 
 from exai.providers.specs import PROVIDER_SPECS
 
-pytest_plugins = ["tests.services", "tests.node_toolchain"]
+pytest_plugins = ["tests.services", "tests.node_toolchain", "tests.container_engine"]
 TEST_JWT_SECRET = "a-test-secret-that-is-long-enough-0123456789"
 LEAK_MARKERS = ("sk-test-kimi-secret", "sk-test-anthropic-secret", TEST_JWT_SECRET, "Bearer ey")
 SIM_MODELS = "sim-fast,sim-smart,sim-large:1000000"

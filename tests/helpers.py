@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
+import anyio
 import pytest
 from mcp_types import CallToolResult
 
@@ -33,3 +37,26 @@ def tool_error(result: CallToolResult) -> dict[str, Any]:
     text = result.content[0].text  # type: ignore[union-attr]
     assert error["message"] in text and error["correlation_id"] in text, text
     return error
+
+
+async def wait_until(condition: Callable[[], bool], what: str, ceiling: float = 90.0) -> None:
+    """Poll `condition` until it holds; fail after a generous ceiling (the machine may be busy)."""
+    deadline = time.monotonic() + ceiling
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting until {what}")
+        await asyncio.sleep(0.1)
+
+
+async def cancel_once_upstream(call: Callable[[], Awaitable[Any]], sim: SimControl) -> None:
+    """Start `call`, wait until its request is held at the simulator, then cancel it as a client would."""
+    scope = anyio.CancelScope()
+
+    async def run() -> None:
+        with scope:
+            await call()
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(run)
+        await wait_until(lambda: sim.stats()["in_flight"] >= 1, "the call's request reached the upstream")
+        scope.cancel()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -17,6 +18,7 @@ import psycopg
 import pytest
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
+from mcp.shared.exceptions import MCPError
 
 from exai.security.auth import issue_token
 from tests.conftest import Proc, SimControl, sim_env
@@ -64,7 +66,7 @@ async def test_every_model_call_of_consensus_counts_in_limits_metrics_and_audit(
     daemon: Daemon, sim: SimControl, tmp_path: Path
 ) -> None:
     # Limits without auth apply to the one local tenant once set: a small daily token budget.
-    proc = daemon(EXAI_RATE_LIMIT_TOKENS_PER_DAY="60")
+    proc = daemon(EXAI_RATE_LIMIT_TOKENS_PER_DAY="200")  # room for both experts' prompts, not their answers
     models = [{"model": "sim-fast", "stance": "for"}, {"model": "sim-smart", "stance": "against"}]
     async with Client(f"{proc.url}/mcp") as client:
         first = await client.call_tool("consensus", {"prompt": "Adopt tabs?", "models": models})
@@ -96,13 +98,20 @@ async def test_refused_calls_are_audited(daemon: Daemon, sim: SimControl, tmp_pa
     ):
         denied = [await client.call_tool("threads", {}) for _ in range(2)]
         limited = [await client.call_tool("chat", {"prompt": "hi", "model": "sim-fast"}) for _ in range(2)]
+        for probe in ("admin_shell", "status2"):
+            with pytest.raises(MCPError, match="Unknown tool"):
+                await client.call_tool(probe, {})
     assert all(tool_error(r)["code"] == "missing_scope" for r in denied)
     assert any(r.is_error and tool_error(r)["category"] == "rate_limit" for r in limited)
-    rows = audit_rows({"EXAI_DATA_DIR": str(tmp_path / "data"), "EXAI_JWT_SECRET": SECRET}, expected=4)
+    rows = audit_rows({"EXAI_DATA_DIR": str(tmp_path / "data"), "EXAI_JWT_SECRET": SECRET}, expected=6)
     outcomes = sorted(r["outcome"] for r in rows if r["tenant"] == "mallory[/bold]")
     assert outcomes.count("denied") == 2, outcomes
     assert "rate_limited" in outcomes, outcomes
-    assert len(outcomes) == 4, "every call, refused ones included, leaves one audit row"
+    assert [r["tool"] for r in rows if r["outcome"] == "error"].count("(unknown)") == 2, "probes are audited"
+    assert len(outcomes) == 6, "every call, refused ones included, leaves one audit row"
+    escape = issue_token(SECRET, "ev\x1b[31mil", ["exai:tools"], 600)
+    refused = httpx2.post(f"{proc.url}/mcp", json={}, headers={"Authorization": f"Bearer {escape}"})
+    assert refused.status_code == 401, "a tenant name with control characters is refused"
     listing = audit_table({"EXAI_DATA_DIR": str(tmp_path / "data"), "COLUMNS": "300"})
     assert "mallory[/bold]" in listing, "tenant names are shown as plain text, never as markup"
 
@@ -168,3 +177,46 @@ async def test_secrets_stay_out_of_console_logs_when_storage_fails(
     for secret in (s for s in secrets if "secret" in s.lower()):
         for piece in (secret, secret[:12], secret[-12:]):
             assert piece not in logs, f"{piece!r} leaked into the console log"
+
+
+async def test_nested_text_is_limited_and_long_workflows_still_complete(daemon: Daemon, sim: SimControl) -> None:
+    proc = daemon()
+    step = {"step_number": 1, "total_steps": 1, "next_step_required": True}
+    big_issue = [{"severity": "low", "description": "x" * 3_500_000}]
+    async with Client(f"{proc.url}/mcp") as client:
+        nested = await client.call_tool("thinkdeep", {"step": "s", **step, "issues_found": big_issue})
+        stance = await client.call_tool(
+            "consensus", {"prompt": "p", "models": [{"model": "sim-fast", "stance_prompt": "y" * 3_500_000}]}
+        )
+        # Four steps of text near every field's limit: over a million characters reach the expert in the end.
+        full = "word " * 19_000
+        thread = None
+        for number in range(1, 5):
+            args = {"step": full, "findings": full, "hypothesis": full, "step_number": number, "total_steps": 4}
+            result = await client.call_tool(
+                "thinkdeep",
+                {**args, "next_step_required": number < 4, "model": "sim-large", "continuation_id": thread},
+            )
+            assert not result.is_error, result.content[0].text[:300]
+            thread = result.structured_content["continuation_id"]
+    assert tool_error(nested)["code"] == "invalid_arguments" and "issues_found.0.description" in nested.content[0].text
+    assert tool_error(stance)["code"] == "invalid_arguments"
+    assert result.structured_content["status"] == "complete"
+
+
+async def test_the_daily_token_budget_holds_for_concurrent_many_model_calls(
+    daemon: Daemon, sim: SimControl, tmp_path: Path
+) -> None:
+    budget = 5000
+    proc = daemon(EXAI_RATE_LIMIT_TOKENS_PER_DAY=str(budget))
+    prompt = "word " * 1000  # about a thousand tokens for every model asked
+    models = [{"model": "sim-fast", "stance_prompt": f"expert {i}"} for i in range(4)]
+    async with Client(f"{proc.url}/mcp") as client:
+        results = await asyncio.gather(
+            *(client.call_tool("consensus", {"prompt": prompt, "models": models}) for _ in range(4))
+        )
+    answered = sum(r.structured_content["succeeded"] for r in results if not r.is_error)
+    assert 0 < answered < 16, "some experts are refused once the budget is spoken for"
+    rows = audit_rows({"EXAI_DATA_DIR": str(tmp_path / "data")}, expected=answered)
+    sent = sum(r["input_tokens"] for r in rows)
+    assert sent <= budget, f"{sent} input tokens were sent against a budget of {budget}"

@@ -11,7 +11,6 @@ import json
 import os
 import signal
 import sys
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -19,7 +18,8 @@ import mcp_types as types
 import pytest
 from mcp import Client, StdioServerParameters
 
-from tests.conftest import Proc, SimControl, free_port
+from tests.conftest import TEST_JWT_SECRET, Proc, SimControl, free_port
+from tests.helpers import cancel_once_upstream, wait_until
 
 pytestmark = pytest.mark.anyio
 Daemon = Callable[..., Proc]
@@ -35,14 +35,6 @@ def _bridge(url: str, **env: str) -> StdioServerParameters:
 def upstream_requests(sim: SimControl, marker: str) -> int:
     """How many model requests the simulator received whose messages carry `marker`."""
     return sum(marker in json.dumps(entry["body"]) for entry in sim.requests(limit=500))
-
-
-async def wait_until(condition: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + CEILING
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting until {what}")
-        await asyncio.sleep(0.1)
 
 
 def text_of(result: types.CallToolResult) -> str:
@@ -142,6 +134,25 @@ async def test_unreachable_daemon_is_a_clear_error_not_a_hang(sim: SimControl) -
     assert upstream_requests(sim, "anyone there?") == 0
 
 
+@pytest.mark.parametrize("token", ["", "not-a-valid-token"])
+async def test_a_refused_token_is_an_auth_error_at_once_not_a_retry_loop(
+    daemon: Daemon, sim: SimControl, token: str
+) -> None:
+    proc = daemon(EXAI_JWT_SECRET=TEST_JWT_SECRET)
+    # Retrying would outlast the ceiling below: only an immediate answer passes.
+    bridge = _bridge(proc.url, EXAI_TOKEN=token, EXAI_BRIDGE_CONNECT_TIMEOUT_SECONDS="600")
+    async with Client(bridge) as client:
+        with pytest.raises(Exception) as caught:
+            await asyncio.wait_for(client.list_tools(), CEILING)
+        result = await asyncio.wait_for(client.call_tool("chat", {"prompt": "who am I?"}), CEILING)
+    for text in (str(caught.value), text_of(result)):
+        assert "[auth/daemon_refused_token]" in text and "refused the token (401)" in text, text
+        assert "Set EXAI_TOKEN to a valid token" in text and "exai token issue" in text, text
+        assert "safe to retry" not in text and "Start the daemon" not in text, text
+    assert result.is_error
+    assert upstream_requests(sim, "who am I?") == 0
+
+
 async def test_progress_and_protocol_errors_pass_through(daemon: Daemon, sim: SimControl) -> None:
     proc = daemon()
     progress: list[float] = []
@@ -163,14 +174,11 @@ async def test_progress_and_protocol_errors_pass_through(daemon: Daemon, sim: Si
 
 
 async def test_cancelling_through_the_bridge_cancels_upstream(daemon: Daemon, sim: SimControl) -> None:
-    import anyio
-
     proc = daemon()
     sim.fault("hang", model="sim-fast")
     async with Client(_bridge(proc.url)) as client:
         await client.list_tools()
-        with anyio.move_on_after(1.5):
-            await client.call_tool("chat", {"prompt": "cancel me", "model": "sim-fast"})
+        await cancel_once_upstream(lambda: client.call_tool("chat", {"prompt": "cancel me", "model": "sim-fast"}), sim)
         await wait_until(lambda: sim.count("disconnects") >= 1, "the daemon's upstream request was cancelled")
         sim.clear_faults()
         after = await client.call_tool("chat", {"prompt": "next", "model": "sim-fast"})

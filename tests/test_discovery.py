@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
 import sys
-from collections.abc import Callable
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import httpx2
 import pytest
-from mcp import Client
+from mcp import Client, StdioServerParameters
+from mcp_types import CallToolResult
 
 from exai.providers.discovery import list_endpoint_models
-from tests.conftest import Proc, SimControl, free_port
+from tests.conftest import Proc, SimControl, free_port, start_exai
 
 pytestmark = pytest.mark.anyio
 
@@ -89,3 +93,56 @@ def test_doctor_checks_the_default_model_against_discovered_models(sim: SimContr
     assert found.returncode == 0, found.stdout
     missing = _run(["doctor"], {"CUSTOM_API_URL": sim.openai_url, "EXAI_DEFAULT_MODEL": "sim-huge"})
     assert missing.returncode == 1 and "EXAI_DEFAULT_MODEL" in missing.stdout, missing.stdout
+
+
+async def _until_answered(call: Callable[[], Awaitable[CallToolResult]], ceiling: float = 90.0) -> CallToolResult:
+    """Call until the call succeeds (the background retry has found the models); fail after a generous ceiling."""
+    deadline = time.monotonic() + ceiling
+    while (result := await call()).is_error:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"still failing after {ceiling} s: {result.content}")
+        await asyncio.sleep(0.5)
+    return result
+
+
+def _assert_says_unreachable_and_retried(text: str) -> None:
+    assert "CUSTOM_API_URL endpoint was unreachable" in text and "asked again in the background" in text, text
+
+
+async def test_a_daemon_started_before_its_endpoint_uses_the_models_once_it_answers(
+    daemon: Callable[..., Proc], tmp_path: Path
+) -> None:
+    port = free_port()
+    proc = daemon(CUSTOM_API_URL=f"http://127.0.0.1:{port}/v1", CUSTOM_MODELS="", KIMI_API_KEY="", ANTHROPIC_API_KEY="")
+    ready = httpx2.get(f"{proc.url}/readyz", timeout=10)
+    assert ready.status_code == 503, ready.text
+    _assert_says_unreachable_and_retried(ready.json()["reason"])
+    async with Client(f"{proc.url}/mcp") as client:
+        refused = await client.call_tool("chat", {"prompt": "too early", "model": "auto"})
+        assert refused.is_error
+        _assert_says_unreachable_and_retried(refused.content[0].text)
+        endpoint = start_exai(["sim", "--port", str(port)], dict(os.environ), tmp_path / "late-sim.log", port)
+        try:
+            answered = await _until_answered(lambda: client.call_tool("chat", {"prompt": "late", "model": "auto"}))
+            listed = await client.call_tool("listmodels", {})
+        finally:
+            endpoint.stop()
+    assert answered.structured_content["provider"] == "custom"
+    assert "sim-smart" in listed.content[0].text
+    assert httpx2.get(f"{proc.url}/readyz", timeout=10).status_code == 200
+
+
+async def test_a_stdio_server_started_before_its_endpoint_recovers_the_same_way(tmp_path: Path) -> None:
+    port = free_port()
+    env = {**os.environ, "CUSTOM_API_URL": f"http://127.0.0.1:{port}/v1"}
+    server = StdioServerParameters(command=sys.executable, args=["-m", "exai", "stdio"], env=env)
+    async with Client(server) as client:
+        refused = await client.call_tool("chat", {"prompt": "too early"})
+        assert refused.is_error
+        _assert_says_unreachable_and_retried(refused.content[0].text)
+        endpoint = start_exai(["sim", "--port", str(port)], dict(os.environ), tmp_path / "late-sim.log", port)
+        try:
+            answered = await _until_answered(lambda: client.call_tool("chat", {"prompt": "late"}))
+        finally:
+            endpoint.stop()
+    assert "echo: late" in answered.content[0].text

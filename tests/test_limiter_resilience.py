@@ -15,6 +15,7 @@ import redis.asyncio as aioredis
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 from redis.crc import key_slot
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from exai.observability.errors import RateLimitError
 from exai.security.auth import LOCAL_TENANT, issue_token
@@ -168,4 +169,24 @@ async def test_a_tenants_keys_share_one_cluster_slot(redis_url: str) -> None:
     assert len(keys) == 4, keys
     assert len({key_slot(key) for key in keys}) == 1, "Redis Cluster runs a multi-key script only within one slot"
     await limiter.release(lease)
+    await redis.aclose()
+
+
+async def test_the_fallback_keeps_the_days_token_count_redis_last_reported(redis_url: str) -> None:
+    redis = aioredis.from_url(redis_url)
+    tenant = f"tenant-{uuid.uuid4().hex[:8]}"
+    limiter = RedisLimiter(redis, Limits(tokens_per_day=1000), {}, "open", 60)
+    await limiter.reserve_tokens(tenant, 900)
+    with pytest.raises(RateLimitError):
+        await limiter.reserve_tokens(tenant, 200)  # Redis refuses what would pass the budget
+
+    async def redis_down(**kwargs: object) -> object:
+        raise RedisConnectionError("connection refused")
+
+    limiter._reserve_tokens = redis_down  # type: ignore[assignment]
+    with pytest.raises(RateLimitError):
+        await limiter.reserve_tokens(tenant, 200)  # degraded: the per-replica count starts from Redis' 900
+    assert limiter.degraded
+    await limiter.reserve_tokens(tenant, 50)
+    await redis.delete(f"{tenant_keys(tenant)}:tokens:{int(time.time() // 86400)}")
     await redis.aclose()

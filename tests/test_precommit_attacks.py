@@ -36,6 +36,12 @@ def new_repo(path: Path, files: dict[str, str]) -> Path:
     return path
 
 
+def object_id(repo: Path, revision: str) -> str:
+    return subprocess.run(
+        ["git", "-C", str(repo), "rev-parse", revision], check=True, capture_output=True, text=True
+    ).stdout.strip()
+
+
 def final_step(**extra: Any) -> dict[str, Any]:
     return {
         "step": "review the pending changes",
@@ -190,3 +196,137 @@ async def test_a_diff_over_the_cap_is_refused_at_once(daemon: Daemon, sim: SimCo
 
     result = await precommit(proc, path=str(repo))
     assert tool_error(result)["code"] == "diff_too_large", "git is stopped at the cap, not waited on"
+
+
+def lazy_fetching_repo(path: Path, remote_url: str) -> Path:
+    """A partial clone whose promisor remote is `remote_url`, with a blob git must fetch to show the diff."""
+    repo = new_repo(path, {"f.txt": "one\n"})
+    blob = object_id(repo, "HEAD:f.txt")
+    (repo / ".git" / "objects" / blob[:2] / blob[2:]).unlink()
+    (repo / "f.txt").write_text("two\n")
+    git(repo, "config", "remote.origin.url", remote_url)
+    git(repo, "config", "protocol.ext.allow", "always")
+    git(repo, "config", "remote.origin.promisor", "true")
+    return repo
+
+
+async def test_a_promisor_remote_never_makes_git_fetch(daemon: Daemon, sim: SimControl, tmp_path: Path) -> None:
+    roots = tmp_path / "roots"
+    ran = tmp_path / "fetch.ran"
+    remote = f"ext::sh -c touch% {ran}"
+    partial = lazy_fetching_repo(roots / "partial", remote)
+    git(partial, "config", "core.repositoryformatversion", "1")
+    git(partial, "config", "extensions.partialClone", "origin")
+    promisor_only = lazy_fetching_repo(roots / "promisor", remote)
+    proc = daemon(EXAI_FILE_ROOTS=str(roots))
+
+    for repo in (partial, promisor_only):
+        result = await precommit(proc, path=str(repo))
+        assert not ran.exists(), f"git ran the transport command of {repo.name}'s remote"
+        error = tool_error(result)
+        assert error["code"] == "repository_config_refused", error
+        assert "promisor" in error["message"].lower() or "partialclone" in error["message"].lower(), error
+
+
+async def test_no_transport_runs_whatever_the_repository_allows(tmp_path: Path) -> None:
+    """The layer under the config check: the environment and options every git call gets disable transports."""
+    ran = tmp_path / "fetch.ran"
+    repo = lazy_fetching_repo(tmp_path / "repo", f"ext::sh -c touch% {ran}")
+    for protocol in ("ext", "file", "git", "http", "https", "ssh"):
+        git(repo, "config", f"protocol.{protocol}.allow", "always")
+    env = {**safe_environment([]), "GIT_DIR": str(repo / ".git"), "GIT_WORK_TREE": str(repo)}
+    with pytest.raises(ToolFailure):
+        await run_git(["fetch", "origin"], cwd=repo, env=env, timeout=60, max_output=10_000)
+    git(repo, "config", "extensions.partialClone", "origin")
+    git(repo, "config", "core.repositoryformatversion", "1")
+    with pytest.raises(ToolFailure):
+        await run_git(["diff", "--"], cwd=repo, env=env, timeout=60, max_output=10_000)
+    assert not ran.exists(), "a transport the repository allowed ran"
+
+
+async def test_repository_config_that_can_reach_outside_is_refused(
+    daemon: Daemon, sim: SimControl, tmp_path: Path
+) -> None:
+    roots = tmp_path / "roots"
+    outside = tmp_path / "outside.config"
+    outside.write_text("[user]\n\tname = OUTSIDE-SECRET\n")
+    settings = {
+        "include": ("include.path", str(outside)),
+        "include-if": (f"includeIf.gitdir:{roots}/.path", str(outside)),
+        "ssh": ("core.sshCommand", "touch /tmp/never"),
+        "credential": ("credential.helper", "!touch /tmp/never"),
+        "unknown-extension": ("extensions.someFutureThing", "true"),
+    }
+    repos = {}
+    for name, (key, value) in settings.items():
+        repos[name] = new_repo(roots / name, {"a.txt": "one\n"})
+        (repos[name] / "a.txt").write_text("two\n")
+        git(repos[name], "config", key, value)
+    proc = daemon(EXAI_FILE_ROOTS=str(roots))
+
+    for name, repo in repos.items():
+        error = tool_error(await precommit(proc, path=str(repo)))
+        assert error["code"] == "repository_config_refused", (name, error)
+        assert settings[name][0].split(".")[0].lower() in error["message"].lower(), (name, error)
+    assert "OUTSIDE-SECRET" not in sent_upstream(sim)
+
+
+async def test_a_tracked_hard_link_to_a_file_outside_is_not_diffed(
+    daemon: Daemon, sim: SimControl, tmp_path: Path
+) -> None:
+    roots = tmp_path / "roots"
+    repo = new_repo(roots / "repo", {"linked.txt": "public\n", "app.py": "x = 1\n"})
+    (repo / "app.py").write_text("x = 2\n")
+    outside = tmp_path / "outside.txt"
+    outside.write_text("OUTSIDE-SECRET\n")
+    (repo / "linked.txt").unlink()
+    (repo / "linked.txt").hardlink_to(outside)
+    proc = daemon(EXAI_FILE_ROOTS=str(roots))
+
+    for extra in ({}, {"compare_to": "HEAD"}):
+        result = await precommit(proc, path=str(repo), **extra)
+        assert not result.is_error, result.content[0].text
+        sent = sent_upstream(sim)
+        assert "OUTSIDE-SECRET" not in sent, f"git read a hard-linked file outside the roots ({extra})"
+        assert "+x = 2" in sent, "the other changes are still shown"
+        assert "linked.txt" in sent and "hard link" in sent, "the skipped file is named with the reason"
+
+
+async def test_objects_from_outside_the_roots_are_refused(daemon: Daemon, sim: SimControl, tmp_path: Path) -> None:
+    foreign = new_repo(tmp_path / "outside" / "foreign", {"secret.txt": "OUTSIDE-SECRET\n"})
+    foreign_commit = object_id(foreign, "HEAD")
+    roots = tmp_path / "roots"
+    alternates = new_repo(roots / "alternates", {"a.txt": "one\n"})
+    (alternates / ".git" / "objects" / "info" / "alternates").write_text(f"{foreign}/.git/objects\n")
+    linked = new_repo(roots / "linked", {"a.txt": "one\n"})
+    pack = linked / ".git" / "objects" / "pack"
+    pack.rmdir()
+    git(foreign, "repack", "-adq")
+    pack.symlink_to(foreign / ".git" / "objects" / "pack")
+    proc = daemon(EXAI_FILE_ROOTS=str(roots))
+
+    for repo in (alternates, linked):
+        result = await precommit(proc, path=str(repo), compare_to=foreign_commit)
+        error = tool_error(result)
+        assert error["code"] == "repository_outside_roots", (repo.name, error)
+    assert "OUTSIDE-SECRET" not in sent_upstream(sim)
+
+
+async def test_many_untracked_files_stay_within_the_cap(daemon: Daemon, sim: SimControl, tmp_path: Path) -> None:
+    roots = tmp_path / "roots"
+    many = new_repo(roots / "many", {"a.txt": "one\n"})
+    for index in range(5_000):
+        (many / f"b{index:05}.bin").write_bytes(b"\x00")
+    proc = daemon(EXAI_FILE_ROOTS=str(roots), EXAI_MAX_FILES_BYTES="300000")
+
+    result = await precommit(proc, path=str(many))
+    assert not result.is_error, result.content[0].text
+    sent = sent_upstream(sim)
+    assert "b00000.bin" in sent and "b04999.bin" not in sent, "only the first untracked files are considered"
+    assert "4,000 more untracked files" in sent, "the output says how many were left out"
+
+    crowded = new_repo(roots / "crowded", {"a.txt": "one\n"})
+    for index in range(1_000):
+        (crowded / f"{'n' * 200}{index:04}.bin").write_bytes(b"\x00")
+    result = await precommit(proc, path=str(crowded))
+    assert tool_error(result)["code"] == "diff_too_large", "the lines naming refused files count against the cap"

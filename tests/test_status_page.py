@@ -100,6 +100,7 @@ async def test_status_page_shows_calls_models_fallbacks_and_charts(
         EXAI_JWT_SECRET=TEST_JWT_SECRET,
         EXAI_RATE_LIMIT_CONCURRENCY="50",
         EXAI_FALLBACK_CHAIN="sim-smart",
+        EXAI_FALLBACK_FROM_EXPLICIT_MODEL="true",
         EXAI_MAX_RETRIES="1",
         EXAI_BREAKER_FAILURE_THRESHOLD="100",
     )

@@ -174,5 +174,5 @@ def test_simulator_listener_is_a_tcp_socket_so_answers_are_not_delayed() -> None
     delayed ACK (~40 ms), which hid everything the overhead benchmark measures."""
     from exai.cli import _listen
 
-    with _listen("127.0.0.1", 0) as listener:
+    with _listen("sim", "127.0.0.1", 0, "--port") as listener:
         assert listener.proto == socket.IPPROTO_TCP

@@ -208,3 +208,19 @@ def test_retry_after_is_read_in_both_forms() -> None:
     assert parse_retry_after("soon", now) is None and parse_retry_after(None, now) is None
     in_a_minute = format_datetime(datetime.now(UTC) + timedelta(seconds=60), usegmt=True)
     assert 50 <= (classify_status(429, "", in_a_minute).retry_after or 0) <= 60
+
+
+def test_every_provider_spec_has_its_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Provider settings are derived from the specs: each spec's variables reach its ProviderConfig."""
+    from exai.config import load_settings
+    from exai.providers.specs import PROVIDER_SPECS
+
+    for spec in PROVIDER_SPECS.values():
+        monkeypatch.setenv(spec.key_env[-1], f"key-of-{spec.name}")
+        monkeypatch.setenv(spec.base_url_env, f"https://{spec.name}.example/v1/")
+        monkeypatch.setenv(spec.allowed_env, f"{spec.name}-a, {spec.name}-b")
+    configs = load_settings().providers()
+    for spec in PROVIDER_SPECS.values():
+        config = configs[spec.name]
+        assert config.api_key == f"key-of-{spec.name}" and config.base_url == f"https://{spec.name}.example/v1"
+        assert config.allowed == {f"{spec.name}-a", f"{spec.name}-b"}

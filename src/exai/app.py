@@ -13,15 +13,16 @@ from exai.config import Settings, secret
 from exai.conversations.threads import Conversations
 from exai.conversations.tokens import warm_up
 from exai.observability.alerts import AlertManager, AlertThresholds
+from exai.observability.errors import ExaiError
 from exai.observability.events import Events
 from exai.observability.health import Health
-from exai.observability.logging import register_secret
+from exai.observability.logging import get_logger, register_secret
 from exai.observability.metrics import Metrics
 from exai.observability.stats import Stats
 from exai.providers.base import Provider
 from exai.providers.catalogue import Catalogue
-from exai.providers.discovery import discover_custom_models
 from exai.providers.lazy import LazyProvider, import_later
+from exai.providers.rediscovery import CustomModelDiscovery
 from exai.providers.router import Router
 from exai.security.auth import JWTVerifier, parse_api_keys
 from exai.security.files import FileAccess
@@ -37,6 +38,7 @@ if TYPE_CHECKING:
     import redis.asyncio as aioredis
 
 Transport = Literal["stdio", "http", "memory"]
+log = get_logger(__name__)
 
 
 def register_secrets(settings: Settings) -> None:
@@ -109,6 +111,39 @@ def build_limiter(settings: Settings, redis: aioredis.Redis | None) -> RateLimit
     )
 
 
+def check_default_model(router: Router) -> None:
+    """Log an error at start when EXAI_DEFAULT_MODEL names no model the router can use (once models are known)."""
+    name = router.settings.default_model
+    if name.lower() == "auto" or not router.providers:
+        return
+    try:
+        router.resolve(name)
+    except ExaiError as exc:
+        log.error(
+            "default_model_unusable",
+            setting="EXAI_DEFAULT_MODEL",
+            error=exc.message,
+            remedy="set EXAI_DEFAULT_MODEL to a model `exai models` lists, or to auto; calls with model 'auto' fail",
+        )
+
+
+async def warn_if_redis_unreachable(redis: aioredis.Redis | None, on_error: str) -> None:
+    """One warning at start when EXAI_REDIS_URL cannot be reached; the daemon starts anyway."""
+    if redis is None:
+        return
+    try:
+        await redis.ping()
+    except Exception as exc:  # any failure to reach Redis is the same warning
+        log.warning(
+            "redis_unreachable",
+            error=f"{type(exc).__name__}: {exc}"[:200],
+            behaviour="each replica enforces the rate limits with its own counters until Redis answers"
+            if on_error == "open"
+            else "calls are refused until Redis answers (EXAI_RATE_LIMIT_ON_REDIS_ERROR=closed)",
+            remedy="check EXAI_REDIS_URL and that Redis is running",
+        )
+
+
 @dataclass
 class Services:
     settings: Settings
@@ -128,6 +163,8 @@ class Services:
     limiter: RateLimiter | None
     verifier: JWTVerifier | None
     events: Events
+    discovery: CustomModelDiscovery
+    redis: aioredis.Redis | None
 
     @classmethod
     def build(cls, settings: Settings, transport: Transport = "memory") -> Services:
@@ -186,14 +223,21 @@ class Services:
             limiter=limiter,
             verifier=verifier,
             events=events,
+            discovery=CustomModelDiscovery(settings, router, lambda: check_default_model(router)),
+            redis=redis,
         )
 
     async def start(self) -> None:
-        """Open the store and apply migrations while the custom endpoint's models are discovered; load the
-        tokenizer and the provider SDKs in the background a moment later; start the background writers."""
+        """Open the store and apply migrations while the custom endpoint's models are discovered (and asked for
+        again in the background if it cannot be reached) and Redis is checked; load the tokenizer and the provider
+        SDKs in the background a moment later; start the background writers."""
         warm_up()
         import_later(p.wire for p in self.router.providers.values() if isinstance(p, LazyProvider))
-        await asyncio.gather(self._open_store(), discover_custom_models(self.settings, self.router))
+        await asyncio.gather(
+            self._open_store(),
+            self.discovery.start(),
+            warn_if_redis_unreachable(self.redis, self.settings.rate_limit_on_redis_error),
+        )
         self.audit.start()
         self.purger.start()
         self.alerts.start()
@@ -204,6 +248,7 @@ class Services:
         await self.purger.purge()
 
     async def close(self) -> None:
+        await self.discovery.close()
         await self.alerts.close()
         await self.purger.close()
         await self.audit.close()

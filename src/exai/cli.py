@@ -1,4 +1,4 @@
-"""The `exai` command: serve, stdio, sim, models, doctor."""
+"""The `exai` command: serve, stdio, sim, models, doctor, stress."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import json
 import socket
 import sys
 from functools import cache
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
@@ -38,8 +39,10 @@ def _fail(exc: ExaiError) -> NoReturn:
     raise typer.Exit(2)
 
 
-def _settings(**overrides: object) -> Settings:
-    from exai.config import load_settings
+def _settings(*, server: bool = False, **overrides: object) -> Settings:
+    """The validated settings, logging configured. Commands other than the servers (`serve`, `stdio`) log
+    warnings and errors only, unless EXAI_LOG_LEVEL says otherwise: their output is the answer, not a log."""
+    from exai.config import load_settings, unknown_variable_warnings
     from exai.observability.errors import ExaiError
     from exai.observability.logging import configure_logging
     from exai.observability.tracing import configure_tracing
@@ -48,9 +51,31 @@ def _settings(**overrides: object) -> Settings:
         settings = load_settings(**{k: v for k, v in overrides.items() if v is not None})
     except ExaiError as exc:
         _fail(exc)
-    configure_logging(settings.log_level, settings.log_json)
+    for warning in unknown_variable_warnings():
+        print(warning, file=sys.stderr)
+    quiet = not server and "log_level" not in settings.model_fields_set
+    configure_logging("WARNING" if quiet else settings.log_level, settings.log_json)
     configure_tracing(settings.otel_exporter)
     return settings
+
+
+def _listen(command: str, host: str, port: int, port_option: str) -> socket.socket:
+    """The bound, listening socket for host:port; a busy or forbidden address is one line and exit code 2.
+
+    The socket says it is TCP: asyncio turns Nagle's algorithm off only on such sockets, and
+    `socket.create_server` leaves the protocol number 0, which made every answer wait ~40 ms for a delayed ACK.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        listener = socket.create_server((host, port), family=family)
+        return socket.socket(fileno=listener.detach())  # the protocol is read back from the descriptor
+    except OSError as exc:
+        print(
+            f"exai {command}: cannot listen on {host}:{port} ({exc.strerror or exc}); "
+            f"stop what uses it or choose another port with {port_option}.",
+            file=sys.stderr,
+        )
+        raise typer.Exit(2) from None
 
 
 def _services(settings: Settings, transport: Transport = "memory") -> Services:
@@ -70,7 +95,7 @@ def serve(
     insecure: Annotated[bool, typer.Option(help="Allow a non-loopback address without authentication.")] = False,
 ) -> None:
     """Run the daemon: MCP over Streamable HTTP at /mcp, with /healthz, /readyz, /metrics and /dashboard."""
-    settings = _settings(host=host, port=port)
+    settings = _settings(server=True, host=host, port=port)
     from exai.observability.logging import get_logger
     from exai.server.http import is_loopback, serve_http
 
@@ -84,11 +109,12 @@ def serve(
             )
             raise typer.Exit(2)
         log.warning("insecure_bind", host=settings.host, detail="anyone who can reach this port can use the server")
+    listener = _listen("serve", settings.host, settings.port, "--port or EXAI_PORT")
     services = _services(settings, "http")
     log.info("starting", host=settings.host, port=settings.port, providers=sorted(services.router.providers))
     if not services.router.providers:
         log.warning("no_provider_configured", remedy="set a provider key or CUSTOM_API_URL; see `exai doctor`")
-    asyncio.run(serve_http(services))
+    asyncio.run(serve_http(services, listener))
 
 
 @app.command()
@@ -98,7 +124,7 @@ def stdio(
     ] = None,
 ) -> None:
     """Run the MCP server over stdio, for one local client (or bridge it to a shared daemon)."""
-    settings = _settings()
+    settings = _settings(server=True)
     if connect:
         from exai.server.bridge import serve_bridge
 
@@ -135,15 +161,7 @@ def sim(
 
     from exai.testing.simulator import LatencyRule, SimState, Simulator
 
-    try:
-        listener = _listen(host, port)
-    except OSError as exc:
-        print(
-            f"exai sim: cannot listen on {host}:{port} ({exc.strerror or exc}); "
-            "stop what uses it or choose another port with --port.",
-            file=sys.stderr,
-        )
-        raise typer.Exit(2) from None
+    listener = _listen("sim", host, port, "--port")
     state = SimState(api_key=api_key)
     if latency_ms:
         state.latency.append(LatencyRule(ms=latency_ms))
@@ -152,22 +170,12 @@ def sim(
     uvicorn.Server(config).run(sockets=[listener])
 
 
-def _listen(host: str, port: int) -> socket.socket:
-    """A listening TCP socket that says it is TCP: asyncio turns Nagle's algorithm off only on such sockets, and
-    `socket.create_server` leaves the protocol number 0, which made every answer wait ~40 ms for a delayed ACK."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    listener = socket.create_server((host, port), family=family)
-    return socket.socket(fileno=listener.detach())  # the protocol is read back from the descriptor
-
-
 @app.command()
 def models(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document, for scripts.")] = False,
 ) -> None:
     """Show the configured providers and their models with capabilities (a plain layout when piped)."""
-    from rich.console import Console
-    from rich.table import Table
-
+    from exai.cli_output import print_table
     from exai.providers.discovery import discover_custom_models
     from exai.providers.specs import PROVIDER_SPECS
 
@@ -193,17 +201,7 @@ def models(
         for m in available
     ]
     header = ["provider", "model", "aliases", "context", "max out", "images", "thinking", "$ in/out per M"]
-    if sys.stdout.isatty():
-        table = Table(title="Models")
-        for column in header:
-            table.add_column(column)
-        for row in rows:
-            table.add_row(*row)
-        Console().print(table)
-    else:  # piped: whole names, one model a line, never cut to the terminal's width
-        widths = [max(len(cell) for cell in column) for column in zip(header, *rows, strict=False)]
-        for row in (header, *rows):
-            print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+    print_table("Models", header, rows)
     missing = [s for n, s in PROVIDER_SPECS.items() if n not in router.providers]
     for spec in missing:
         need = " or ".join(spec.key_env) if spec.key_required else spec.base_url_env
@@ -287,6 +285,42 @@ def token_apikey(
     print(f"key:   {key}\nentry: {entry}")
 
 
+@app.command()
+def stress(
+    scenarios: Annotated[
+        list[str] | None,
+        typer.Argument(help="all, or some of: load recovery failover storage faults security soak."),
+    ] = None,
+    quick: Annotated[bool, typer.Option(help="Scale every scenario down (all of them in about 4 minutes).")] = False,
+    target: Annotated[str, typer.Option(help="local: start the simulator and daemons here.")] = "local",
+    url: Annotated[
+        str | None, typer.Option(help="An existing daemon instead (loopback), e.g. http://127.0.0.1:8765.")
+    ] = None,
+    sim_url: Annotated[str | None, typer.Option(help="The simulator that deployment talks to (with --url).")] = None,
+    token: Annotated[str | None, typer.Option(help="An admin token for the deployment at --url.")] = None,
+    storage: Annotated[
+        str, typer.Option(help="Local daemons' storage: sqlite, postgres or postgres+redis.")
+    ] = "sqlite",
+    duration: Annotated[str, typer.Option(help="How long the soak runs, e.g. 600, 30m, 4h.")] = "10m",
+    out: Annotated[Path, typer.Option(help="Where stress.json and stress.html are written.")] = Path("stress-report"),
+) -> None:
+    """Run the production-readiness scenarios and write JSON and HTML reports; exit 1 when one fails."""
+    from exai.stress.command import run_command
+
+    code = run_command(
+        scenarios or ["all"],
+        quick=quick,
+        target=target,
+        url=url,
+        sim_url=sim_url,
+        token=token,
+        storage=storage,
+        soak_seconds=_duration(duration),
+        out=out,
+    )
+    raise typer.Exit(code)
+
+
 def _duration(text: str) -> int:
     units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
     try:
@@ -307,9 +341,9 @@ def audit(
     """List audit records (every tool call: tenant, tool, model, tokens, cost, latency, outcome, correlation id)."""
     import time
 
-    from rich.console import Console
-    from rich.table import Table
     from rich.text import Text
+
+    from exai.cli_output import print_table
 
     services = _services(_settings())
     cutoff = time.time() - _duration(since) if since else None
@@ -327,23 +361,30 @@ def audit(
         for record in records:
             print(json.dumps(record.model_dump()))
         return
-    table = Table(title=f"Audit ({len(records)} records)")
-    for column in ("time", "tenant", "tool", "model", "tokens in/out", "cost $", "ms", "outcome", "correlation id"):
-        table.add_column(column)
-    for r in records:
-        cells = (
-            time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r.time)),
-            r.tenant,
-            r.tool,
-            r.model or "",
-            f"{r.input_tokens}/{r.output_tokens}",
-            f"{r.cost_usd:.5f}",
-            f"{r.latency_ms:.0f}",
-            r.outcome + (f" ({r.error_category})" if r.error_category else ""),
-            r.correlation_id,
-        )
-        table.add_row(*(Text(cell) for cell in cells))  # plain text: a tenant's name is never Rich markup
-    Console().print(table)
+    header = ("time", "tenant", "tool", "model", "tokens in/out", "cost $", "ms", "outcome", "correlation id")
+    rows = [
+        [
+            Text(printable(cell))  # never markup, never a terminal escape
+            for cell in (
+                time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r.time)),
+                r.tenant,
+                r.tool,
+                r.model or "",
+                f"{r.input_tokens}/{r.output_tokens}",
+                f"{r.cost_usd:.5f}",
+                f"{r.latency_ms:.0f}",
+                r.outcome + (f" ({r.error_category})" if r.error_category else ""),
+                r.correlation_id,
+            )
+        ]
+        for r in records
+    ]
+    print_table(f"Audit ({len(records)} records)", header, rows)
+
+
+def printable(value: str) -> str:
+    """`value` with every non-printable character (ESC, CR, ...) shown as its escape, e.g. `\\x1b`."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in value)
 
 
 db_app = typer.Typer(help="Database maintenance.", no_args_is_help=True)

@@ -7,7 +7,17 @@ import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AliasChoices, Field, SecretStr, ValidationError, ValidationInfo, field_validator
+from pydantic import (
+    AfterValidator,
+    AliasChoices,
+    BeforeValidator,
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    create_model,
+    field_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     InitSettingsSource,
@@ -17,21 +27,46 @@ from pydantic_settings import (
     SettingsError,
 )
 
-from exai.config_problems import ConfigError, ConfigProblem, read_config_file, where_set
+from exai.config_problems import ConfigError, ConfigProblem, read_config_file, unknown_variables, where_set
 from exai.providers.specs import PROVIDER_SPECS, ProviderSpec
 
-CommaList = Annotated[list[str], NoDecode]
+
+def _split_commas(value: Any) -> Any:
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+def _check_base_url(value: str | None) -> str | None:
+    if value and not value.startswith(("http://", "https://")):
+        raise ValueError("must start with http:// or https://")
+    return value.rstrip("/") if value else value
+
+
+CommaList = Annotated[list[str], NoDecode, BeforeValidator(_split_commas)]
+"""A list written as comma-separated text in the environment (`a,b,c`), or as a list in exai.toml."""
+BaseUrl = Annotated[str | None, AfterValidator(_check_base_url)]
 TenantLimits = Annotated[dict[str, dict[str, int]], NoDecode]
 TENANT_LIMIT_KEYS = ("requests_per_minute", "concurrent", "tokens_per_day")
 DEFAULT_CUSTOM_CONTEXT_WINDOW = 32768
 
 
-def _key(provider: str) -> Any:
-    return Field(default=None, validation_alias=AliasChoices(*PROVIDER_SPECS[provider].key_env))
+def _provider_fields(spec: ProviderSpec) -> dict[str, Any]:
+    """The four settings of one provider, named after it and read from the variables its spec names."""
+    return {
+        f"{spec.name}_api_key": (SecretStr | None, Field(default=None, validation_alias=AliasChoices(*spec.key_env))),
+        f"{spec.name}_base_url": (BaseUrl, Field(default=None, validation_alias=AliasChoices(*spec.url_envs))),
+        f"{spec.name}_allowed_models": (CommaList, Field(default=[], validation_alias=spec.allowed_env)),
+        f"{spec.name}_denied_models": (CommaList, Field(default=[], validation_alias=spec.denied_env)),
+    }
 
 
-def _env(name: str, default: Any = None) -> Any:
-    return Field(default=default, validation_alias=name)
+ProviderSettings: type[BaseSettings] = create_model(  # type: ignore[call-overload]
+    "ProviderSettings",
+    __base__=BaseSettings,
+    **{name: field for spec in PROVIDER_SPECS.values() for name, field in _provider_fields(spec).items()},
+)
+"""Every provider's settings, derived from the specs: a new OpenAI-compatible vendor is one entry of data."""
 
 
 class ProviderConfig:
@@ -59,7 +94,7 @@ class ProviderConfig:
         return not self.allowed or bool(lowered & self.allowed)
 
 
-class Settings(BaseSettings):
+class Settings(ProviderSettings):  # type: ignore[misc,valid-type]
     model_config = SettingsConfigDict(
         env_prefix="EXAI_",
         env_file=".env",
@@ -75,6 +110,9 @@ class Settings(BaseSettings):
     otel_exporter: Literal["off", "console", "otlp"] = "off"
     shutdown_grace_seconds: float = Field(default=20.0, gt=0)
     allowed_hosts: CommaList = Field(default_factory=list)
+    http_header_timeout_seconds: float = Field(default=10.0, gt=0)
+    http_body_timeout_seconds: float = Field(default=30.0, gt=0)
+    max_connections: int = Field(default=512, ge=1)
     disabled_tools: CommaList = Field(default_factory=list)
     max_prompt_chars: int = Field(default=100_000, gt=0)
 
@@ -93,6 +131,7 @@ class Settings(BaseSettings):
     tenant_limits: TenantLimits = Field(default_factory=dict)
     rate_limit_on_redis_error: Literal["open", "closed"] = "open"
     max_sessions_per_tenant: int = Field(default=64, ge=1)
+    stateless_http: bool = False  # no MCP sessions: every replica answers every request (see server/stateless.py)
     session_idle_seconds: float = Field(default=600.0, gt=0)
     authorization_server_url: str | None = None
 
@@ -129,6 +168,7 @@ class Settings(BaseSettings):
     fallback_chain: CommaList = Field(default_factory=list)
     fallback_from_explicit_model: bool = False
     call_deadline_seconds: float = Field(default=120.0, gt=0)
+    attempt_timeout_seconds: float = Field(default=45.0, gt=0)
     max_retries: int = Field(default=2, ge=0, le=10)
     retry_base_delay: float = Field(default=0.5, ge=0)
     retry_max_delay: float = Field(default=8.0, ge=0)
@@ -137,78 +177,11 @@ class Settings(BaseSettings):
     provider_concurrency: int = Field(default=64, ge=1)
     models_file: Path | None = None
 
-    # Providers
-    kimi_api_key: SecretStr | None = _key("kimi")
-    kimi_base_url: str | None = _env("KIMI_BASE_URL")
-    kimi_allowed_models: CommaList = _env("KIMI_ALLOWED_MODELS", [])
-    kimi_denied_models: CommaList = _env("KIMI_DENIED_MODELS", [])
-    glm_api_key: SecretStr | None = _key("glm")
-    glm_base_url: str | None = _env("GLM_BASE_URL")
-    glm_allowed_models: CommaList = _env("GLM_ALLOWED_MODELS", [])
-    glm_denied_models: CommaList = _env("GLM_DENIED_MODELS", [])
-    openai_api_key: SecretStr | None = _key("openai")
-    openai_base_url: str | None = _env("OPENAI_BASE_URL")
-    openai_allowed_models: CommaList = _env("OPENAI_ALLOWED_MODELS", [])
-    openai_denied_models: CommaList = _env("OPENAI_DENIED_MODELS", [])
-    anthropic_api_key: SecretStr | None = _key("anthropic")
-    anthropic_base_url: str | None = _env("ANTHROPIC_BASE_URL")
-    anthropic_allowed_models: CommaList = _env("ANTHROPIC_ALLOWED_MODELS", [])
-    anthropic_denied_models: CommaList = _env("ANTHROPIC_DENIED_MODELS", [])
-    openrouter_api_key: SecretStr | None = _key("openrouter")
-    openrouter_base_url: str | None = _env("OPENROUTER_BASE_URL")
-    openrouter_allowed_models: CommaList = _env("OPENROUTER_ALLOWED_MODELS", [])
-    openrouter_denied_models: CommaList = _env("OPENROUTER_DENIED_MODELS", [])
-    custom_api_key: SecretStr | None = _key("custom")
-    custom_base_url: str | None = Field(
-        default=None, validation_alias=AliasChoices(PROVIDER_SPECS["custom"].base_url_env, "CUSTOM_BASE_URL")
-    )
-    custom_allowed_models: CommaList = _env("CUSTOM_ALLOWED_MODELS", [])
-    custom_denied_models: CommaList = _env("CUSTOM_DENIED_MODELS", [])
-    custom_models: CommaList = _env("CUSTOM_MODELS", [])
+    # Providers: the four settings of each are in ProviderSettings; these are Custom's own.
+    custom_models: CommaList = Field(default=[], validation_alias="CUSTOM_MODELS")
     custom_context_window: int = Field(
         default=DEFAULT_CUSTOM_CONTEXT_WINDOW, gt=0, validation_alias="CUSTOM_CONTEXT_WINDOW"
     )
-
-    @field_validator(
-        "allowed_hosts",
-        "api_keys",
-        "file_roots",
-        "disabled_tools",
-        "fallback_chain",
-        "kimi_allowed_models",
-        "kimi_denied_models",
-        "glm_allowed_models",
-        "glm_denied_models",
-        "openai_allowed_models",
-        "openai_denied_models",
-        "anthropic_allowed_models",
-        "anthropic_denied_models",
-        "openrouter_allowed_models",
-        "openrouter_denied_models",
-        "custom_allowed_models",
-        "custom_denied_models",
-        "custom_models",
-        mode="before",
-    )
-    @classmethod
-    def _split_commas(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            return [part.strip() for part in value.split(",") if part.strip()]
-        return value
-
-    @field_validator(
-        "kimi_base_url",
-        "glm_base_url",
-        "openai_base_url",
-        "anthropic_base_url",
-        "openrouter_base_url",
-        "custom_base_url",
-    )
-    @classmethod
-    def _check_url(cls, value: str | None) -> str | None:
-        if value and not value.startswith(("http://", "https://")):
-            raise ValueError("must start with http:// or https://")
-        return value.rstrip("/") if value else value
 
     @field_validator("jwt_secret")
     @classmethod
@@ -352,8 +325,13 @@ def _field_of(name: str) -> str | None:
     return None
 
 
+def unknown_variable_warnings() -> list[str]:
+    """EXAI_* names in the environment or `.env` that no setting reads (a typo is otherwise silently ignored)."""
+    return unknown_variables((n for field in Settings.model_fields for n in _env_names(field)), _dotenv_values())
+
+
 def _dotenv_values() -> dict[str, str | None]:
-    from dotenv import dotenv_values  # only read on the error path
+    from dotenv import dotenv_values  # read on the error path and for the unknown-variable warnings
 
     return dict(dotenv_values(".env")) if Path(".env").is_file() else {}
 

@@ -139,3 +139,23 @@ def where_set(names: list[str], file_keys: list[str], dotenv: Mapping[str, str |
         if config.line_of(key):
             return config.where(key)
     return names[0]
+
+
+IGNORED_PREFIXES = ("EXAI_TEST_",)  # set by the test suite for itself, never settings
+
+
+def unknown_variables(known: Iterable[str], dotenv: Mapping[str, str | None]) -> list[str]:
+    """One warning line per EXAI_* variable in the environment or `.env` that no setting reads.
+
+    Warnings, not errors: other tools may set EXAI_-prefixed variables of their own."""
+    known_names = {name.upper() for name in known} | {CONFIG_FILE_ENV}
+    places = [(name, "the environment") for name in os.environ] + [(name, ".env") for name in dotenv]
+    warnings: list[str] = []
+    for name, place in places:
+        upper = name.upper()
+        if not upper.startswith("EXAI_") or upper in known_names or upper.startswith(IGNORED_PREFIXES):
+            continue
+        close = difflib.get_close_matches(upper, sorted(known_names), n=1, cutoff=0.8)
+        hint = f"; did you mean {close[0]}?" if close else ""
+        warnings.append(f"warning: {name} (in {place}) is not an EX-AI setting and is ignored{hint}")
+    return warnings

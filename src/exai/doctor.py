@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from rich.console import Console
 from rich.markup import escape
-from rich.table import Table
+from rich.text import Text
 
 from exai.app import Services
+from exai.cli_output import console, print_table
 from exai.config import ProviderConfig
 from exai.observability.errors import ExaiError
 from exai.providers.catalogue import custom_model
@@ -16,16 +17,14 @@ from exai.providers.discovery import discover_custom_models
 async def run_doctor(services: Services, timeout: float) -> int:
     """Print a table of providers; return the number of problems found."""
     await discover_custom_models(services.settings, services.router)
-    out = Console()
-    table = Table(title="Providers")
-    for column in ("provider", "state", "detail", "remedy"):
-        table.add_column(column)
+    out = console()
+    rows: list[tuple[str, str, str, str]] = []  # rich markup; data inside is escaped
     problems = 0
     for name, config in services.router.configs.items():
         spec = config.spec
         need = " or ".join(spec.key_env) if spec.key_required else spec.base_url_env
         if name not in services.router.providers:
-            table.add_row(name, "not configured", "", f"set {need} to enable")
+            rows.append((name, "not configured", "", f"set {need} to enable"))
             continue
         try:
             found = await services.router.providers[name].list_models(timeout)
@@ -33,14 +32,16 @@ async def run_doctor(services: Services, timeout: float) -> int:
             problems += 1
             kind = getattr(exc, "kind", type(exc).__name__)
             remedy = f"check {need}" if kind == "auth" else f"check {spec.base_url_env} and the network"
-            table.add_row(name, f"[red]{kind}[/red]", escape(str(exc)[:120]), remedy)
+            rows.append((name, f"[red]{kind}[/red]", escape(str(exc)[:120]), remedy))
             continue
         problem = _custom_models_problem(services, config, found) if name == "custom" else None
         if problem is not None:
             problems += 1
-            table.add_row(name, "[red]models[/red]", escape(problem[0]), problem[1])
+            rows.append((name, "[red]models[/red]", escape(problem[0]), problem[1]))
         else:
-            table.add_row(name, "[green]reachable[/green]", f"{config.base_url}: {len(found)} models listed", "")
+            rows.append(
+                (name, "[green]reachable[/green]", escape(f"{config.base_url}: {len(found)} models listed"), "")
+            )
     problems += _default_model_problem(services, out)
     if not services.router.providers:
         problems += 1
@@ -48,7 +49,9 @@ async def run_doctor(services: Services, timeout: float) -> int:
             "[red]No provider is configured.[/red] Set a provider key, or run `exai sim` and set "
             "CUSTOM_API_URL=http://127.0.0.1:8900/v1"
         )
-    out.print(table)
+    print_table(
+        "Providers", ("provider", "state", "detail", "remedy"), [[Text.from_markup(c) for c in r] for r in rows]
+    )
     await services.close()
     return problems
 

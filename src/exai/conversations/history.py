@@ -40,6 +40,8 @@ class Prompt:
     turns_dropped: int
     files_included: list[str] = field(default_factory=list)
     files_skipped: list[SkippedFile] = field(default_factory=list)
+    input_tokens: int = 0
+    """Everything sent (system prompt, request, files and earlier turns), as counted before sending."""
 
 
 async def build_prompt(
@@ -117,7 +119,7 @@ async def build_prompt(
         messages[-1] = Message(role="user", content=messages[-1].content + "\n\n" + final)
     else:
         messages.append(Message(role="user", content=final))
-    return Prompt(messages, budget, spent, len(kept), len(turns) - len(kept), included, skipped)
+    return Prompt(messages, budget, spent, len(kept), len(turns) - len(kept), included, skipped, spent + fixed)
 
 
 def _alternate(messages: list[Message]) -> list[Message]:

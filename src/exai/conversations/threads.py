@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 from exai.conversations.state import StateChange, ThreadState
 from exai.conversations.tokens import count_tokens_async
-from exai.observability.errors import Category, ExaiError, NotFoundError, ValidationError
+from exai.observability.errors import Category, ExaiError, NotFoundError, StorageError, ValidationError
 from exai.providers.types import GenerateResponse
 from exai.storage.base import Store, ThreadConflict, ThreadRecord, TurnRecord
 
@@ -66,6 +66,14 @@ class Conversations:
         try:
             yield
             ok = True
+        except ExaiError:
+            raise
+        except Exception as exc:  # whatever the store raised (a pool timeout, a lost connection, a locked file)
+            raise StorageError(
+                f"The conversation store failed ({type(exc).__name__} during {operation}); nothing was recorded.",
+                code="storage_unavailable",
+                remedy="Try again shortly; if it persists, check the database (`exai doctor`, /readyz).",
+            ) from exc
         finally:
             if self.on_storage is not None:
                 self.on_storage(operation, time.perf_counter() - started, ok)

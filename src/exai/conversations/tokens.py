@@ -12,6 +12,7 @@ import threading
 from typing import Any
 
 _OFFLOAD_CHARS = 100_000  # longer texts are counted off the event loop
+_PIECE_CHARS = 500_000  # the tokenizer refuses a text of a million characters or more: count long ones in pieces
 WARM_UP_DELAY_SECONDS = 1.0
 _lock = threading.Lock()
 _loaded: Any = None
@@ -36,7 +37,16 @@ def warm_up(delay: float = WARM_UP_DELAY_SECONDS) -> None:
 
 
 def count_tokens(text: str) -> int:
-    return len(_encoding().encode_ordinary(text)) if text else 0
+    """Tokens in `text`; a long text is counted in pieces cut at whitespace (at most a token off per piece)."""
+    encoding, total, start = _encoding(), 0, 0
+    while start < len(text):
+        end = start + _PIECE_CHARS
+        if end < len(text):
+            cut = text.rfind(" ", start + _PIECE_CHARS // 2, end)
+            end = cut if cut > start else end
+        total += len(encoding.encode_ordinary(text[start:end]))
+        start = end
+    return total
 
 
 async def count_tokens_async(text: str) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import uuid
+from collections.abc import Mapping
 from contextvars import ContextVar
 
 import structlog
@@ -22,6 +23,15 @@ def current_correlation_id() -> str:
 
 
 SAFE_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
+
+
+def caller_correlation_id(headers: Mapping[str, str]) -> str | None:
+    """The caller's id for a request: X-Request-ID, else the W3C traceparent's trace id, if it is a safe one."""
+    trace = headers.get("traceparent", "").split("-")
+    for candidate in (headers.get("x-request-id"), trace[1] if len(trace) == 4 else None):
+        if candidate is not None and SAFE_ID.fullmatch(candidate):
+            return candidate
+    return None
 
 
 def bind_correlation_id(value: str | None) -> str:

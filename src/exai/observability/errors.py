@@ -23,6 +23,7 @@ class Category(StrEnum):
     TIMEOUT = "timeout"
     PROVIDER = "provider"
     NETWORK = "network"
+    STORAGE = "storage"
     TOOL = "tool"
     INTERNAL = "internal"
 
@@ -120,6 +121,14 @@ class ProviderError(ExaiError):
 class NetworkError(ExaiError):
     category = Category.NETWORK
     http_status = 502
+    default_retryable = True
+
+
+class StorageError(ExaiError):
+    """The conversation store failed or could not be reached in time; nothing of the call was recorded."""
+
+    category = Category.STORAGE
+    http_status = 503
     default_retryable = True
 
 

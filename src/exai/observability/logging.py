@@ -86,8 +86,11 @@ def configure_logging(level: str = "INFO", json: bool = False) -> None:
     )
     root = logging.getLogger()
     root.handlers[:] = [handler]
-    root.setLevel(level.upper())
-    for noisy in ("httpx", "httpx2", "httpcore", "openai", "anthropic", "mcp", "uvicorn.access"):
+    # DEBUG is for our own loggers: libraries log request and response bodies at debug level (sse_starlette every
+    # event it streams, mcp every JSON-RPC message, database drivers their rows), so they stay at INFO at most.
+    logging.getLogger("exai").setLevel(level.upper())
+    root.setLevel(max(logging.INFO, logging.getLevelNamesMapping()[level.upper()]))
+    for noisy in ("httpx", "httpx2", "httpcore", "openai", "anthropic", "mcp", "sse_starlette", "uvicorn.access"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
 
 

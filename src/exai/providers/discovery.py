@@ -4,7 +4,7 @@ With `CUSTOM_API_URL` set and `CUSTOM_MODELS` unset, the daemon asks the endpoin
 A model's context window comes from the listing's metadata where the server gives one (vLLM's `max_model_len`,
 LM Studio's `max_context_length`, OpenRouter-style `context_length`), else from Ollama's `/api/show`, else it is
 `CUSTOM_CONTEXT_WINDOW`. Everything here is async on the event loop; an endpoint that cannot be reached is a
-warning and no models, never a crash.
+warning and no models, never a crash (the daemon asks again in the background, see `retry.py`).
 """
 
 from __future__ import annotations
@@ -82,23 +82,33 @@ async def _ollama_context_window(http: httpx2.AsyncClient, base_url: str, model:
     return windows[0] if windows else None
 
 
-async def discover_custom_models(settings: Settings, router: Router) -> None:
-    """Add the endpoint's models to the catalogue and the router when CUSTOM_API_URL is set without CUSTOM_MODELS."""
+def wants_discovery(settings: Settings, router: Router) -> bool:
+    """CUSTOM_API_URL is set and CUSTOM_MODELS is not: the endpoint's own listing names the models."""
+    return "custom" in router.providers and not settings.custom_models and bool(router.configs["custom"].base_url)
+
+
+async def discover_custom_models(settings: Settings, router: Router, *, quiet: bool = False) -> str | None:
+    """Add the endpoint's models to the catalogue and the router; the problem when none could be added.
+
+    `quiet` logs a failure at debug level only: a retry that fails again has nothing new to say."""
+    if not wants_discovery(settings, router):
+        return None
     config = router.configs["custom"]
-    if "custom" not in router.providers or settings.custom_models or not config.base_url:
-        return
     try:
         found = await list_endpoint_models(config.base_url, config.api_key, settings.custom_context_window)
     except DiscoveryError as exc:
-        log.warning(
+        (log.debug if quiet else log.warning)(
             "custom_models_not_discovered",
             error=str(exc),
             remedy="start the server at CUSTOM_API_URL, or name its models with CUSTOM_MODELS",
         )
-        return
+        return f"the CUSTOM_API_URL endpoint was unreachable ({exc})"
+    if not found:
+        (log.debug if quiet else log.warning)(
+            "custom_endpoint_lists_no_models", remedy="load or pull a model on the server at CUSTOM_API_URL"
+        )
+        return f"the CUSTOM_API_URL endpoint ({config.base_url}) listed no models"
     router.catalogue.add(found)
     router.refresh_available()
-    if not found:
-        log.warning("custom_endpoint_lists_no_models", remedy="load or pull a model on the server at CUSTOM_API_URL")
-        return
     log.info("custom_models_discovered", models=[m.name for m in found])
+    return None

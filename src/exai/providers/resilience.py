@@ -155,5 +155,5 @@ def to_exai_error(error: UpstreamError, provider: str, model: str, key_env: str)
                 f"{where} failed: {error.message}",
                 code="upstream_error",
                 details=details,
-                remedy="Try again; the router already retried and tried fallbacks.",
+                remedy="Try again later (the router already retried within the deadline), or pick another model.",
             )

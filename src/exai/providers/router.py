@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Literal
@@ -83,8 +82,8 @@ class Router:
         self._rng = rng or random.Random()
         self._breakers: dict[tuple[str, str], CircuitBreaker] = {}
         self._slots = {name: asyncio.Semaphore(settings.provider_concurrency) for name in providers}
-        self.recent_errors: deque[tuple[float, str, str]] = deque(maxlen=1000)
         self._available: list[ModelInfo] = []
+        self.models_pending: str | None = None  # why models are missing while discovery is retried
         self.refresh_available()
         self.on_attempt = on_attempt
 
@@ -147,12 +146,20 @@ class Router:
         (every other model, ranked, when not), unless `allow_fallback=False`. `auto` means EXAI_DEFAULT_MODEL
         when that names a model.
         """
+        by_default = requested.lower() == "auto" and self.settings.default_model.lower() != "auto"
         if requested.lower() == "auto":
             requested = self.settings.default_model
         available = [m for m in self.available_models() if m.images or not needs_images]
         if not available:
             if not self.providers:
                 raise no_provider_error()
+            if self.models_pending:
+                raise ProviderError(
+                    f"No model is available yet: {self.models_pending}.",
+                    code="models_not_discovered",
+                    remedy="Start the server at CUSTOM_API_URL (e.g. `ollama serve`): its models are used as soon "
+                    "as it answers, without a restart. Or name its models with CUSTOM_MODELS.",
+                )
             raise ValidationError(
                 "No configured model accepts images." if needs_images else "No configured model is allowed.",
                 code="no_model",
@@ -162,7 +169,17 @@ class Router:
                 "CUSTOM_API_URL endpoint listed no models: see `exai models` and `exai doctor`.",
             )
         if requested.lower() != "auto":
-            first = self.resolve(requested)
+            try:
+                first = self.resolve(requested)
+            except NotFoundError as exc:
+                if not by_default:
+                    raise
+                raise NotFoundError(
+                    f"EXAI_DEFAULT_MODEL (which 'auto' stands for): {exc.message}",
+                    code=exc.code,
+                    remedy="Set EXAI_DEFAULT_MODEL to a model listed by the `listmodels` tool, or to auto.",
+                    details=exc.details,
+                ) from None
             if needs_images and not first.images:
                 raise ValidationError(
                     f"Model '{first.name}' does not accept images.",
@@ -276,11 +293,13 @@ class Router:
                 raise UpstreamError("timeout", "the call's deadline passed")
             await self._take_slot(info, breaker, deadline)
             started = time.perf_counter()
+            # One attempt may take EXAI_ATTEMPT_TIMEOUT_SECONDS, so a hung upstream leaves time to retry or fall back.
+            attempt_deadline = min(deadline, time.monotonic() + self.settings.attempt_timeout_seconds)
             try:
-                async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
-                    response = await self._send(provider, info, request, deadline, attempt, on_delta)
+                async with asyncio.timeout(max(0.0, attempt_deadline - time.monotonic())):
+                    response = await self._send(provider, info, request, attempt_deadline, attempt, on_delta)
             except TimeoutError:
-                exc = UpstreamError("timeout", "the call's deadline passed while waiting for the upstream")
+                exc = UpstreamError("timeout", "no answer within the attempt's time limit")
             except UpstreamError as error:
                 exc = error
             except BaseException:
@@ -295,7 +314,6 @@ class Router:
             elapsed = (time.perf_counter() - started) * 1000
             self._observe(attempts, Attempt(info.provider, info.name, exc.kind, elapsed))
             breaker.record_failure(exc.kind)
-            self.recent_errors.append((time.time(), info.provider, exc.kind))
             log.warning(
                 "upstream_failure",
                 provider=info.provider,

@@ -18,6 +18,8 @@ class ProviderSpec:
     key_required: bool = True
     url_env: str | None = None
     """The variable that sets the base URL, when it is not `<NAME>_BASE_URL`."""
+    url_aliases: tuple[str, ...] = ()
+    """Older names of that variable, still read."""
 
     @property
     def env_prefix(self) -> str:
@@ -26,6 +28,10 @@ class ProviderSpec:
     @property
     def base_url_env(self) -> str:
         return self.url_env or f"{self.env_prefix}_BASE_URL"
+
+    @property
+    def url_envs(self) -> tuple[str, ...]:
+        return (self.base_url_env, *self.url_aliases)
 
     @property
     def allowed_env(self) -> str:
@@ -61,6 +67,7 @@ PROVIDER_SPECS: dict[str, ProviderSpec] = {
             ("CUSTOM_API_KEY",),
             key_required=False,
             url_env="CUSTOM_API_URL",
+            url_aliases=("CUSTOM_BASE_URL",),
         ),
     )
 }

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 
 log = get_logger(__name__)
 LEEWAY_SECONDS = 30
+MAX_TENANT_CHARS = 128
 API_KEY_PREFIX = "exai_"
 ADMIN_SCOPE = "exai:admin"
 TOOLS_SCOPE = "exai:tools"
@@ -173,6 +174,10 @@ class JWTVerifier:
         tenant = claims.get(self.tenant_claim)
         if not isinstance(tenant, str) or not tenant:
             log.info("token_rejected", reason=f"no '{self.tenant_claim}' claim")
+            return None
+        if len(tenant) > MAX_TENANT_CHARS or not tenant.isprintable():
+            # The tenant is shown in logs, the audit listing and the status page: no control characters.
+            log.info("token_rejected", reason=f"'{self.tenant_claim}' claim is not a printable name of at most 128")
             return None
         scopes = claims.get("scope", claims.get("scopes", ""))
         scope_list = scopes.split() if isinstance(scopes, str) else [str(s) for s in scopes]

@@ -140,23 +140,28 @@ class FileAccess:
         os.close(fd)
         return resolved
 
+    def check_entry(self, raw: str) -> None:
+        """Refuse, without reading it, what another program (git) must not read for us: a path leading outside
+        the roots, a file with more than one hard link, a device, FIFO or socket. A path that does not exist,
+        a directory, and a link resolving inside the roots to either pass. Blocking: run it in a thread."""
+        resolved = self._check(raw)
+        try:
+            fd = self._open(raw, resolved)
+        except NotFoundError:
+            return
+        try:
+            info = os.fstat(fd)
+        finally:
+            os.close(fd)
+        if not stat.S_ISDIR(info.st_mode):
+            _refuse_unreadable(raw, info)
+
     def _read(self, raw: str) -> FileText:
         resolved = self._check(raw)
         fd = self._open(raw, resolved)
         try:
             info = os.fstat(fd)
-            if not stat.S_ISREG(info.st_mode):
-                kind = "a directory" if stat.S_ISDIR(info.st_mode) else "not a regular file (device, FIFO or socket)"
-                raise ValidationError(
-                    f"{quote_path(raw)} is {kind}.", code="not_a_file", remedy="Pass regular files only."
-                )
-            if info.st_nlink > 1:
-                raise PermissionDeniedError(
-                    f"{quote_path(raw)} has {info.st_nlink} hard links; a hard link can expose a file outside "
-                    "the allowed file roots, so such files are not read.",
-                    code="hard_link",
-                    remedy="Pass a copy of the file (`cp --no-preserve=links`) or paste the relevant part.",
-                )
+            _refuse_unreadable(raw, info)
             if info.st_size > self.max_file_bytes:
                 raise ValidationError(
                     f"{quote_path(raw)} is {info.st_size:,} bytes; the limit per file is {self.max_file_bytes:,}.",
@@ -201,6 +206,20 @@ class FileAccess:
     async def read(self, paths: list[str]) -> list[FileText]:
         """Read and check every path; the first refusal raises with a clear reason."""
         return await asyncio.to_thread(self._read_all, paths) if paths else []
+
+
+def _refuse_unreadable(raw: str, info: os.stat_result) -> None:
+    """Only regular files with a single link are read."""
+    if not stat.S_ISREG(info.st_mode):
+        kind = "a directory" if stat.S_ISDIR(info.st_mode) else "not a regular file (device, FIFO or socket)"
+        raise ValidationError(f"{quote_path(raw)} is {kind}.", code="not_a_file", remedy="Pass regular files only.")
+    if info.st_nlink > 1:
+        raise PermissionDeniedError(
+            f"{quote_path(raw)} has {info.st_nlink} hard links; a hard link can expose a file outside "
+            "the allowed file roots, so such files are not read.",
+            code="hard_link",
+            remedy="Pass a copy of the file (`cp --no-preserve=links`) or paste the relevant part.",
+        )
 
 
 def _is_link(name: str, dir_fd: int) -> bool:

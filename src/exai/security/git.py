@@ -1,14 +1,21 @@
-"""Running git on a repository inside the file roots, and nothing else.
+"""Running git on a repository inside the file roots, on local data only, and nothing else.
 
 Git is powerful: repository configuration can name commands (`core.fsmonitor`, filters, external diffs,
-textconv, pagers), discovery walks up to any parent `.git`, a `.git` file can point anywhere, and revision
-arguments that start with `-` are options (`--output=FILE`). So every call here:
+textconv, pagers, transports and their helpers), a partial clone fetches missing objects from a remote,
+discovery walks up to any parent `.git`, a `.git` file can point anywhere, alternates and links in the git
+directory can bring in objects from elsewhere, and revision arguments that start with `-` are options
+(`--output=FILE`). So every call here:
 
 - finds the repository with `GIT_CEILING_DIRECTORIES` set just above the roots, and refuses it unless its
-  top level and its git directories all resolve inside the roots; later calls name them explicitly;
-- runs with a scrubbed environment (no inherited `GIT_*`, no system or global config, `HOME` nowhere),
-  `core.fsmonitor` and hooks off, no pager, no optional locks, and every filter driver of the repository
-  emptied; diffs add `--no-ext-diff --no-textconv --ignore-submodules`;
+  top level and its git directories all resolve inside the roots, hold no alternates and no link leading
+  outside (`exai.security.git_store`), and its own configuration asks for nothing refused by
+  `exai.security.git_config` (fetching, transports, remote helpers, includes); later calls name the
+  directories explicitly;
+- runs with a scrubbed environment (no inherited `GIT_*`, no system or global config, `HOME` nowhere), every
+  transport disabled twice over (`GIT_ALLOW_PROTOCOL` empty, which no configuration can widen, and
+  `protocol.<name>.allow=never` for every protocol git knows, which beats the repository's value for the same
+  key), no lazy fetching, `core.fsmonitor` and hooks off, no pager, no optional locks, and every filter driver
+  of the repository emptied; diffs add `--no-ext-diff --no-textconv --ignore-submodules`;
 - verifies a user's revision with `rev-parse --verify --end-of-options REV^{commit}` and passes on only the
   commit id it names;
 - runs as an asyncio subprocess in its own process group, killed at a deadline or when its output passes a cap.
@@ -26,17 +33,22 @@ from pathlib import Path
 
 from exai.observability.errors import ToolFailure, ValidationError
 from exai.security.files import FileAccess, quote_path
+from exai.security.git_config import ConfigEntry, check_config, neutralising_environment, parse_config_list
+from exai.security.git_store import check_git_directories
 
 _STDERR_CAP = 16_384
 _CHUNK = 65_536
 _MAX_REF_CHARS = 256
 _BAD_REF = re.compile(r"[\x00-\x20\x7f]")
+_PROTOCOLS = ("ext", "fd", "file", "git", "http", "https", "ftp", "ftps", "ssh")
 _SAFE_OPTIONS = (
     "-c", "core.fsmonitor=false",
     "-c", "core.hooksPath=/dev/null",
     "-c", "core.pager=cat",
     "-c", "diff.external=",
+    "-c", "credential.helper=",
     "-c", "protocol.allow=never",
+    *(option for name in _PROTOCOLS for option in ("-c", f"protocol.{name}.allow=never")),
     "--no-pager",
     "--no-optional-locks",
 )  # fmt: skip
@@ -57,6 +69,9 @@ def safe_environment(ceilings: list[Path]) -> dict[str, str]:
         "GIT_CONFIG_NOSYSTEM": "1",
         "GIT_CONFIG_GLOBAL": "/dev/null",
         "GIT_TERMINAL_PROMPT": "0",
+        "GIT_ALLOW_PROTOCOL": "",  # no transport at all, whatever any configuration allows
+        "GIT_PROTOCOL_FROM_USER": "0",
+        "GIT_NO_LAZY_FETCH": "1",  # git 2.45+: never fetch a missing object
         "GIT_OPTIONAL_LOCKS": "0",
         "GIT_PAGER": "cat",
         "PAGER": "cat",
@@ -81,6 +96,16 @@ async def run_git(
     ok_codes: tuple[int, ...] = (0,),
 ) -> str:
     """Run `git <safe options> <args>`; the decoded stdout, or a clear error. Never blocks the event loop."""
+    out = await _run_git(args, cwd=cwd, env=env, timeout=timeout, max_output=max_output, ok_codes=ok_codes)
+    if len(out) > max_output:
+        raise GitOutputTooLarge
+    return out.decode(errors="replace")
+
+
+async def _run_git(
+    args: list[str], *, cwd: Path, env: dict[str, str], timeout: float, max_output: int, ok_codes: tuple[int, ...]
+) -> bytes:
+    """stdout, or max_output + 1 bytes of it when git wrote more (git is killed then), or a clear error."""
     process = await asyncio.create_subprocess_exec(
         "git",
         *_SAFE_OPTIONS,
@@ -103,7 +128,7 @@ async def run_git(
             _kill(process)
             await process.wait()
     if len(out) > max_output:
-        raise GitOutputTooLarge
+        return out
     if process.returncode not in ok_codes:
         message = err[:_STDERR_CAP].decode(errors="replace").strip()[:300]
         raise ToolFailure(
@@ -111,7 +136,7 @@ async def run_git(
             code="git_failed",
             remedy="Check that path is a git repository, or pass the diff in `diff`.",
         )
-    return out.decode(errors="replace")
+    return out
 
 
 async def _collect(process: asyncio.subprocess.Process, max_output: int) -> tuple[bytes, bytes]:
@@ -212,20 +237,26 @@ class Repository:
                 "the repository's work tree and .git directory part of EXAI_FILE_ROOTS.",
                 details={"field": "path"},
             )
+        await asyncio.to_thread(check_git_directories, files, [git_dir, common_dir])
         env = {**env, "GIT_DIR": str(git_dir), "GIT_WORK_TREE": str(top_level)}
-        names = await run_git(
-            ["config", "--null", "--name-only", "--get-regexp", r"^filter\."],
-            cwd=top_level,
-            env=env,
-            timeout=timeout,
-            max_output=1_000_000,
-            ok_codes=(0, 1),  # 1: no filter configured
-        )
-        drivers = sorted({name.rsplit(".", 1)[0] for name in names.split("\0") if name})
-        return cls(top_level, {**env, **_without_filters(drivers)}, timeout)
+        entries = await _own_config([common_dir / "config", git_dir / "config.worktree"], top_level, env, timeout)
+        check_config(entries)
+        return cls(top_level, {**env, **neutralising_environment(entries)}, timeout)
 
     async def run(self, args: list[str], *, max_output: int) -> str:
         return await run_git(args, cwd=self.top_level, env=self.env, timeout=self.timeout, max_output=max_output)
+
+    async def names(self, args: list[str], *, max_output: int, partial: bool = False) -> tuple[list[str], bool]:
+        """The paths a `-z` listing prints, each as the file system spells it (undecodable bytes kept), and
+        whether that is all of them: with `partial`, a listing over max_output is cut to the paths that fit."""
+        out = await _run_git(
+            args, cwd=self.top_level, env=self.env, timeout=self.timeout, max_output=max_output, ok_codes=(0,)
+        )
+        complete = len(out) <= max_output
+        if not (complete or partial):
+            raise GitOutputTooLarge
+        paths = out[:max_output].split(b"\0")
+        return [os.fsdecode(path) for path in paths[:-1]], complete
 
     async def commit(self, ref: str) -> str:
         """The commit id `ref` names; a clear error naming the ref when it names none."""
@@ -246,12 +277,17 @@ class Repository:
         return out.strip()
 
 
-def _without_filters(drivers: list[str]) -> dict[str, str]:
-    """Configuration (as GIT_CONFIG_* variables, safe for any driver name) that empties every filter driver."""
-    settings = [(f"{d}.{key}", "") for d in drivers for key in ("clean", "smudge", "process")]
-    settings += [(f"{d}.required", "false") for d in drivers]
-    env = {"GIT_CONFIG_COUNT": str(len(settings))}
-    for index, (key, value) in enumerate(settings):
-        env[f"GIT_CONFIG_KEY_{index}"] = key
-        env[f"GIT_CONFIG_VALUE_{index}"] = value
-    return env
+async def _own_config(paths: list[Path], cwd: Path, env: dict[str, str], timeout: float) -> list[ConfigEntry]:
+    """The entries of the repository's own configuration files, read without following their includes."""
+    entries: list[ConfigEntry] = []
+    for path in paths:
+        if await asyncio.to_thread(path.is_file):
+            listing = await run_git(
+                ["config", "--file", str(path), "--list", "--null", "--no-includes"],
+                cwd=cwd,
+                env=env,
+                timeout=timeout,
+                max_output=1_000_000,
+            )
+            entries += parse_config_list(listing)
+    return entries

@@ -59,7 +59,13 @@ class RateLimiter(Protocol):
 
     async def release(self, lease: Lease) -> None: ...
 
-    async def add_tokens(self, tenant: str, tokens: int) -> None: ...
+    async def reserve_tokens(self, tenant: str, tokens: int) -> None:
+        """Count `tokens` against today's budget before a model call, or refuse when they would exceed it."""
+        ...
+
+    async def add_tokens(self, tenant: str, tokens: int) -> None:
+        """Correct today's count once calls are done (negative when less was used than reserved)."""
+        ...
 
     async def open_session(self, tenant: str) -> None: ...
 
@@ -119,8 +125,20 @@ class LocalLimiter:
     async def release(self, lease: Lease) -> None:
         self._active[lease.tenant].discard(lease.id)
 
+    async def reserve_tokens(self, tenant: str, tokens: int) -> None:
+        limit, now = self.limits(tenant).tokens_per_day, time.time()
+        key = (tenant, int(now // DAY))
+        if self._tokens[key] + tokens > limit:
+            raise _rejected("tokens", limit, DAY - now % DAY)
+        self._tokens[key] += tokens
+
     async def add_tokens(self, tenant: str, tokens: int) -> None:
         self._tokens[(tenant, int(time.time() // DAY))] += tokens
+
+    def note_used(self, tenant: str, used: int) -> None:
+        """Remember today's count as Redis last reported it, so a fallback during an outage starts from it."""
+        key = (tenant, int(time.time() // DAY))
+        self._tokens[key] = max(self._tokens[key], used)
 
     async def open_session(self, tenant: str) -> None:
         limit, now = self.limits(tenant).requests_per_minute, time.time()
@@ -148,6 +166,15 @@ redis.call('EXPIRE', rpm_key, 120)
 redis.call('ZADD', slots_key, now + lease_ttl, lease)
 redis.call('EXPIRE', slots_key, math.ceil(lease_ttl) + 60)
 return {'ok', '0'}
+"""
+
+_RESERVE_TOKENS = """
+local used = tonumber(redis.call('GET', KEYS[1]) or '0')
+local tokens, limit = tonumber(ARGV[1]), tonumber(ARGV[2])
+if used + tokens > limit then return {0, used} end
+used = redis.call('INCRBY', KEYS[1], tokens)
+redis.call('EXPIRE', KEYS[1], 172800)
+return {1, used}
 """
 
 _OPEN_SESSION = """
@@ -186,6 +213,7 @@ class RedisLimiter:
         self.on_failure, self.lease_ttl = on_failure, lease_ttl
         self._acquire = redis.register_script(_ACQUIRE)
         self._open_session = redis.register_script(_OPEN_SESSION)
+        self._reserve_tokens = redis.register_script(_RESERVE_TOKENS)
         self.fallback = LocalLimiter(defaults, overrides)
         self.failures = 0
         self.degraded = False
@@ -288,8 +316,26 @@ class RedisLimiter:
         except self._redis_error as exc:  # the lease expires by itself within one TTL
             self._redis_failed("release", exc)
 
+    async def reserve_tokens(self, tenant: str, tokens: int) -> None:
+        if self._redis_paused():
+            self._refuse_if_closed()
+            await self.fallback.reserve_tokens(tenant, tokens)
+            return
+        limit, now = self.limits(tenant).tokens_per_day, time.time()
+        try:
+            admitted, used = await self._reserve_tokens(keys=[self._keys(tenant, now)[2]], args=[tokens, limit])
+        except self._redis_error as exc:
+            self._redis_failed("reserve_tokens", exc)
+            self._refuse_if_closed()
+            await self.fallback.reserve_tokens(tenant, tokens)
+            return
+        self._redis_answered()
+        self.fallback.note_used(tenant, int(used))
+        if not admitted:
+            raise _rejected("tokens", limit, DAY - now % DAY)
+
     async def add_tokens(self, tenant: str, tokens: int) -> None:
-        if tokens <= 0:
+        if tokens == 0:
             return
         if self._redis_paused():
             await self.fallback.add_tokens(tenant, tokens)
@@ -297,10 +343,12 @@ class RedisLimiter:
         key = self._keys(tenant, time.time())[2]
         try:
             async with self.redis.pipeline(transaction=True) as pipe:
-                await pipe.incrby(key, tokens).expire(key, DAY * 2).execute()
+                used, _ = await pipe.incrby(key, tokens).expire(key, DAY * 2).execute()
         except self._redis_error as exc:
             self._redis_failed("add_tokens", exc)
             await self.fallback.add_tokens(tenant, tokens)
+            return
+        self.fallback.note_used(tenant, int(used))
 
     async def open_session(self, tenant: str) -> None:
         if self._redis_paused():

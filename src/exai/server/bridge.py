@@ -31,9 +31,9 @@ from mcp.shared.exceptions import MCPError
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
 from exai import __version__
-from exai.observability.errors import NetworkError
+from exai.observability.errors import AuthError, ExaiError, NetworkError
 from exai.observability.logging import get_logger
-from exai.server.bridge_transport import Delivery, DeliveryTrackingTransport, delivery_of
+from exai.server.bridge_transport import Delivery, DeliveryTrackingTransport, delivery_of, refused_status
 from exai.server.results import error_result
 
 log = get_logger(__name__)
@@ -88,6 +88,8 @@ class RemoteDaemon:
             try:
                 return await asyncio.wait_for(operation(session.client), self.call_timeout)
             except MCPError as exc:
+                if (status := refused_status(exc)) is not None:
+                    raise self._refused(status) from None
                 delivery = delivery_of(exc)
                 if delivery is None:
                     raise  # the daemon's own answer
@@ -137,6 +139,8 @@ class RemoteDaemon:
                 client = await asyncio.wait_for(asyncio.shield(ready), self.connect_timeout)
             except Exception as exc:
                 await _stop(closed, runner)
+                if (status := refused_status(exc)) is not None:
+                    raise self._refused(status) from None  # a refused token stays refused: never retried
                 if loop.time() + delay > deadline:
                     raise self._unreachable(_describe(exc)) from None
                 log.info("bridge_retrying", url=self.url, in_seconds=round(delay, 2))
@@ -174,6 +178,16 @@ class RemoteDaemon:
             remedy="Start the daemon (`exai serve`), check the URL given to --connect, and EXAI_TOKEN if the daemon "
             "requires a token. The bridge reconnects by itself on the next call.",
             retryable=True,
+        )
+
+    def _refused(self, status: int) -> AuthError:
+        sent = "" if self.token else " (no EXAI_TOKEN was set)"
+        scope = " with the exai:tools scope" if status == 403 else ""
+        return AuthError(
+            f"The daemon at {self.url} refused the token ({status}){sent}.",
+            code="daemon_refused_token",
+            remedy=f"Set EXAI_TOKEN to a valid token{scope} (`exai token issue --sub NAME` with the daemon's "
+            "EXAI_JWT_SECRET, or a key from `exai token apikey` listed in its EXAI_API_KEYS), then restart the bridge.",
         )
 
     def _lost(self, what: str, detail: str) -> NetworkError:
@@ -223,7 +237,7 @@ def build_bridge(remote: RemoteDaemon) -> Server[Any]:
     async def read(operation: Callable[[Client], Awaitable[T]], what: str) -> T:
         try:
             return await remote.request(operation, what=what, idempotent=True)
-        except NetworkError as exc:
+        except ExaiError as exc:
             raise MCPError(types.INTERNAL_ERROR, exc.render(), data=exc.to_dict()) from None
 
     async def list_tools(ctx: ServerRequestContext[Any, Any], params: Any) -> types.ListToolsResult:
@@ -252,7 +266,7 @@ def build_bridge(remote: RemoteDaemon) -> Server[Any]:
                 what=f"'{params.name}'",
                 idempotent=False,
             )
-        except NetworkError as exc:
+        except ExaiError as exc:
             return error_result(exc)
 
     async def set_level(ctx: ServerRequestContext[Any, Any], params: types.SetLevelRequestParams) -> types.EmptyResult:

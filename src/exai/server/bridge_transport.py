@@ -10,6 +10,7 @@ an error for that request alone, as a JSON-RPC error that says what is known abo
   may have run it.
 
 An SSE answer cut off mid-stream reaches the caller as the SDK's CONNECTION_CLOSED, which also means `unknown`.
+A 401 or 403 is neither: the daemon refused the caller's token, which no retry can change (see `refused_status`).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import mcp_types as types
 from mcp.shared.exceptions import MCPError
 
 DELIVERY_KEY = "exai_bridge_delivery"
+REFUSED_KEY = "exai_bridge_refused"
 _NEVER_CONNECTED = (httpx2.ConnectError, httpx2.ConnectTimeout, httpx2.PoolTimeout)
 
 
@@ -56,6 +58,9 @@ class DeliveryTrackingTransport(httpx2.AsyncBaseTransport):
             return _failed(request_id, Delivery.NOT_SENT, f"could not connect ({_describe(exc)})")
         except httpx2.TransportError as exc:
             return _failed(request_id, Delivery.UNKNOWN, f"the connection broke ({_describe(exc)})")
+        if response.status_code in (401, 403):
+            await response.aclose()
+            return _refused(request_id, response.status_code)
         if response.status_code == 404 and "mcp-session-id" in request.headers:
             await response.aclose()
             return _failed(request_id, Delivery.NOT_SENT, "the daemon no longer knows this session (it restarted)")
@@ -63,6 +68,16 @@ class DeliveryTrackingTransport(httpx2.AsyncBaseTransport):
 
     async def aclose(self) -> None:
         await self._inner.aclose()
+
+
+def refused_status(error: BaseException) -> int | None:
+    """401 or 403 when the daemon refused the token of the request that failed with `error`, else None."""
+    while isinstance(error, BaseExceptionGroup) and error.exceptions:
+        error = error.exceptions[0]
+    if isinstance(error, MCPError) and isinstance(error.data, dict):
+        status = error.data.get(REFUSED_KEY)
+        return status if isinstance(status, int) else None
+    return None
 
 
 def _jsonrpc_request_id(request: httpx2.Request) -> str | int | None:
@@ -85,6 +100,13 @@ def _failed(request_id: str | int, delivery: Delivery, detail: str) -> httpx2.Re
         "data": {DELIVERY_KEY: delivery.value},
     }
     return httpx2.Response(200, json={"jsonrpc": "2.0", "id": request_id, "error": error})
+
+
+def _refused(request_id: str | int, status: int) -> httpx2.Response:
+    error = {"code": types.INVALID_REQUEST, "message": f"The daemon refused the token ({status})"}
+    return httpx2.Response(
+        200, json={"jsonrpc": "2.0", "id": request_id, "error": {**error, "data": {REFUSED_KEY: status}}}
+    )
 
 
 def _describe(exc: BaseException) -> str:

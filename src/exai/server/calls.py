@@ -28,7 +28,7 @@ from exai.observability.tracing import tracer
 from exai.security.auth import ADMIN_SCOPE, ADMIN_TOOLS, TOOLS_SCOPE, may_call
 from exai.security.limits import Lease
 from exai.server.results import error_result
-from exai.tools.base import Tool, ToolContext
+from exai.tools.base import ArgumentError, Tool, ToolContext
 
 log = get_logger(__name__)
 
@@ -63,9 +63,13 @@ def validation_error(tool: Tool[Any, Any], exc: pydantic.ValidationError) -> Val
     problems = []
     fields = []
     for err in exc.errors():
-        field = ".".join(str(part) for part in err["loc"]) or "(arguments)"
+        cause = (err.get("ctx") or {}).get("error")
+        if isinstance(cause, ArgumentError):  # found anywhere in the arguments by the input models' own check
+            field, message = cause.path, str(cause)
+        else:
+            field = ".".join(str(part) for part in err["loc"]) or "(arguments)"
+            message = "unknown field" if err["type"] == "extra_forbidden" else err["msg"]
         fields.append(field)
-        message = "unknown field" if err["type"] == "extra_forbidden" else err["msg"]
         problems.append(f"{field}: {message}")
     return ValidationError(
         f"Invalid arguments for '{tool.name}': " + "; ".join(problems) + ".",
@@ -87,8 +91,10 @@ async def admitted(services: Services, tenant: str, ctx: ToolContext) -> AsyncIt
         yield
     finally:
         with anyio.CancelScope(shield=True):  # both at once: with Redis, one round trip of waiting instead of two
-            tokens = sum(call.tokens for call in ctx.model_calls)
-            await asyncio.gather(limiter.release(lease), limiter.add_tokens(tenant, tokens))
+            giving_back = [limiter.release(lease)]
+            if correction := sum(call.tokens for call in ctx.model_calls) - ctx.reserved_tokens:
+                giving_back.append(limiter.add_tokens(tenant, correction))
+            await asyncio.gather(*giving_back)
 
 
 async def run(tool: Tool[Any, Any], args: pydantic.BaseModel, ctx: ToolContext) -> types.CallToolResult:

@@ -7,6 +7,8 @@ not only /mcp: /dashboard/data, /metrics, /alerts and /readyz of a daemon withou
 
 from __future__ import annotations
 
+import re
+
 from starlette.datastructures import Headers
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -15,11 +17,14 @@ from exai.observability.errors import PermissionDeniedError
 from exai.server.refusals import refuse
 
 ACCEPT_BOTH = "application/json, text/event-stream"
+PORT = re.compile(r"[0-9]{1,5}")
 
 
 def matches(value: str, patterns: list[str]) -> bool:
-    """`patterns` are exact values or `base:*` (any port of `base`)."""
-    return any(value == p or (p.endswith(":*") and value.startswith(p[:-1])) for p in patterns)
+    """`patterns` are exact values or `base:*`: exactly `base`, a colon and a numeric port."""
+    base, _, port = value.rpartition(":")
+    any_port = f"{base}:*" if PORT.fullmatch(port) else None
+    return any(value == p or p == any_port for p in patterns)
 
 
 class HostOriginCheck:

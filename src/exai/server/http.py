@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
+import socket
 from types import FrameType
 from urllib.parse import urlparse
 
@@ -18,18 +20,22 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import BaseRoute, Route
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Scope
 
 from exai.app import Services
-from exai.observability.context import new_correlation_id
 from exai.observability.errors import AuthError, PermissionDeniedError
 from exai.observability.metrics import BREAKER_VALUES
 from exai.security.auth import ADMIN_SCOPE, TOOLS_SCOPE, request_access, request_tenant
+from exai.server.connection_guard import guarded_h11_protocol
+from exai.server.correlation import RequestIdMiddleware
 from exai.server.dashboard import DASHBOARD_HTML, dashboard_snapshot
+from exai.server.draining import InFlightPosts, end_streams_when_idle, keep_streams_open_on_signal
 from exai.server.header_checks import AcceptCheck, HostOriginCheck
 from exai.server.mcp import build_server
+from exai.server.request_body import BodyDeadline, CompleteBody
 from exai.server.request_ids import InFlightIds
 from exai.server.sessions import SessionQuota
+from exai.server.stateless import PostOnly
 
 
 def is_loopback(host: str) -> bool:
@@ -127,6 +133,13 @@ def build_http_app(services: Services) -> Starlette:
                 },
                 status_code=503,
             )
+        if services.discovery.problem and not services.router.available_models():
+            remedy = (
+                "start the server at CUSTOM_API_URL (its models are used as soon as it answers), or set CUSTOM_MODELS"
+            )
+            return JSONResponse(
+                {"ready": False, "reason": services.discovery.problem, "remedy": remedy}, status_code=503
+            )
         return JSONResponse(
             {
                 "ready": True,
@@ -178,6 +191,7 @@ def build_http_app(services: Services) -> Starlette:
         custom_starlette_routes=routes,
         auth=auth,
         token_verifier=verifier,
+        stateless_http=settings.stateless_http,
         session_idle_timeout=settings.session_idle_seconds,
     )
     app.router.routes[:] = [
@@ -188,6 +202,7 @@ def build_http_app(services: Services) -> Starlette:
     if auth:
         app.router.routes.append(protected_resource_route(public, settings.authorization_server_url))
     hosts, origins = allowed_hosts_and_origins(settings.host, settings.allowed_hosts)
+    app.add_middleware(BodyDeadline, seconds=settings.http_body_timeout_seconds)
     app.add_middleware(HostOriginCheck, allowed_hosts=hosts, allowed_origins=origins)
     app.add_middleware(RequestIdMiddleware)
     return app
@@ -200,7 +215,8 @@ def route_path(route: BaseRoute) -> str:
 def guard_mcp(route: BaseRoute, services: Services, manager: StreamableHTTPSessionManager) -> BaseRoute:
     """Put the MCP endpoint behind its request checks: Accept, per-tenant sessions, unique request ids.
 
-    They run after authentication (inside the SDK's RequireAuthMiddleware), so a request without a valid
+    Stateless mode opens no sessions, so it has no session quota; it takes POST only (see server/stateless.py).
+    The checks run after authentication (inside the SDK's RequireAuthMiddleware), so a request without a valid
     token is answered 401 before anything else, and every checked request has its tenant.
     """
     if not isinstance(route, Route) or route.path != "/mcp":
@@ -212,8 +228,10 @@ def guard_mcp(route: BaseRoute, services: Services, manager: StreamableHTTPSessi
         return request_tenant(scope, auth_enabled)
 
     def checked(app: ASGIApp) -> ASGIApp:
+        if settings.stateless_http:
+            return AcceptCheck(PostOnly(CompleteBody(app)))
         quota = SessionQuota(
-            InFlightIds(app, tenant),
+            CompleteBody(InFlightIds(app, tenant)),
             manager,
             services.limiter,
             tenant,
@@ -229,55 +247,55 @@ def guard_mcp(route: BaseRoute, services: Services, manager: StreamableHTTPSessi
     return route
 
 
-class RequestIdMiddleware:
-    """Echo the request's correlation id (X-Request-ID, taken or made) on every HTTP response."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        incoming = dict(scope["headers"]).get(b"x-request-id", b"").decode(errors="replace")[:64]
-        request_id = (incoming or new_correlation_id()).encode()
-        if not incoming:
-            scope = {**scope, "headers": [*scope["headers"], (b"x-request-id", request_id)]}
-
-        async def send_with_id(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                message = {**message, "headers": [*message.get("headers", []), (b"x-request-id", request_id)]}
-            await send(message)
-
-        await self.app(scope, receive, send_with_id)
-
-
 class _GracefulServer(uvicorn.Server):
-    """uvicorn's server, except that a shutdown asked for with SIGTERM or SIGINT ends with exit code 0.
+    """uvicorn's server, except that a shutdown asked for with SIGTERM or SIGINT ends with exit code 0, and the
+    answer streams of calls in flight are left to finish (server/draining.py).
 
     uvicorn re-raises the signal after its graceful shutdown, which makes the process die "by signal";
     for a daemon that finished every call in flight, that is a clean exit.
     """
 
+    def __init__(self, config: uvicorn.Config, posts: InFlightPosts, grace_seconds: float) -> None:
+        super().__init__(config)
+        self.posts, self.grace_seconds = posts, grace_seconds
+
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         super().handle_exit(sig, frame)
         self._captured_signals.clear()
 
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        # The drain starts once uvicorn has closed its listeners (the parent's first, synchronous, step), so no
+        # request that arrives later can find the streams already told to end.
+        drain = asyncio.create_task(end_streams_when_idle(self.posts, self.grace_seconds))
+        try:
+            await super().shutdown(sockets)
+        finally:
+            drain.cancel()
 
-async def serve_http(services: Services) -> None:
-    """Serve until SIGTERM/SIGINT, then let calls in flight finish within the grace period."""
+
+async def serve_http(services: Services, listener: socket.socket | None = None) -> None:
+    """Serve until SIGTERM/SIGINT, then let calls in flight finish within the grace period.
+
+    `listener` is a socket the caller has already bound (so a busy port is told before anything starts)."""
     settings = services.settings
+    keep_streams_open_on_signal()
+    posts = InFlightPosts(build_http_app(services))
     config = uvicorn.Config(
-        build_http_app(services),
+        posts,
         host=settings.host,
         port=settings.port,
         log_config=None,
+        http=guarded_h11_protocol(
+            settings.http_header_timeout_seconds, settings.http_body_timeout_seconds, settings.max_connections
+        ),
         access_log=False,
         timeout_graceful_shutdown=int(settings.shutdown_grace_seconds),
         lifespan="on",
     )
     await services.start()
     try:
-        await _GracefulServer(config).serve()
+        await _GracefulServer(config, posts, settings.shutdown_grace_seconds).serve(
+            sockets=[listener] if listener else None
+        )
     finally:
         await services.close()

@@ -21,14 +21,17 @@ from mcp.shared.exceptions import MCPError
 
 from exai import __version__
 from exai.app import Services
-from exai.observability.context import bind_correlation_id
+from exai.observability.context import bind_correlation_id, caller_correlation_id
 from exai.observability.errors import NotFoundError
+from exai.observability.events import CallEvent
 from exai.observability.logging import get_logger
 from exai.security.auth import LOCAL_TENANT, visible_tools
 from exai.server.calls import Caller, handle_call
-from exai.tools.base import Tool, ToolContext, compact_schema
+from exai.tools.base import Tool, ToolContext, compact_schema, input_schema
 
 log = get_logger(__name__)
+UNKNOWN_TOOL = "(unknown)"
+"""How a call to a tool that does not exist is recorded (never its name: metrics labels stay bounded)."""
 LEVELS: list[str] = ["debug", "info", "notice", "warning", "error", "critical", "alert", "emergency"]
 INSTRUCTIONS = (
     "EX-AI gives you other models as tools. Use `chat` for a second opinion from Kimi, GLM, OpenAI, Anthropic or a "
@@ -39,12 +42,7 @@ INSTRUCTIONS = (
 def incoming_correlation_id(ctx: ServerRequestContext[Any, Any]) -> str | None:
     """The caller's request id (X-Request-ID, else the W3C traceparent's trace id), if it is a safe one."""
     headers = getattr(ctx.request, "headers", None)
-    if headers is None:
-        return None
-    if request_id := headers.get("x-request-id"):
-        return request_id
-    parts = headers.get("traceparent", "").split("-")
-    return parts[1] if len(parts) == 4 else None
+    return None if headers is None else caller_correlation_id(headers)
 
 
 def _connection_of(ctx: ServerRequestContext[Any, Any]) -> Any:
@@ -58,7 +56,8 @@ def _connection_of(ctx: ServerRequestContext[Any, Any]) -> Any:
 
 def _progress_token(ctx: ServerRequestContext[Any, Any]) -> Any:
     meta = ctx.meta or {}
-    return meta.get("progress_token") or meta.get("progressToken")
+    token = meta.get("progress_token")
+    return meta.get("progressToken") if token is None else token  # 0 is a valid token
 
 
 def build_server(services: Services) -> Server[Any]:
@@ -75,7 +74,7 @@ def build_server(services: Services) -> Server[Any]:
                     name=tool.name,
                     title=tool.title,
                     description=tool.description,
-                    input_schema=compact_schema(tool.input_model),
+                    input_schema=input_schema(tool.input_model, services.settings.max_prompt_chars),
                     output_schema=compact_schema(tool.output_model),
                     annotations=types.ToolAnnotations(
                         read_only_hint=tool.read_only,
@@ -102,17 +101,30 @@ def build_server(services: Services) -> Server[Any]:
 
     async def call_tool(ctx: ServerRequestContext[Any, Any], params: types.CallToolRequestParams) -> Any:
         token = get_access_token()
-        scopes = caller_scopes()
+        correlation_id = bind_correlation_id(incoming_correlation_id(ctx))
+        caller = Caller(
+            tenant=token.subject if token is not None and token.subject else LOCAL_TENANT, scopes=caller_scopes()
+        )
         tool = tools.get(params.name)
         if tool is None:
             names = sorted(visible(list(tools)))
+            services.events.call_finished(  # probing for tools is audited like any other call
+                CallEvent(
+                    tool=UNKNOWN_TOOL,
+                    tenant=caller.tenant,
+                    correlation_id=correlation_id,
+                    outcome="error",
+                    latency_s=0.0,
+                    error_category="not_found",
+                    error_code="unknown_tool",
+                ),
+                started=False,
+            )
             raise MCPError(
                 types.INVALID_PARAMS,
                 f"Unknown tool '{params.name[:80]}'. Available tools: {', '.join(names)}.",
                 data={"category": "not_found", "code": "unknown_tool", "tools": names},
             )
-        correlation_id = bind_correlation_id(incoming_correlation_id(ctx))
-        caller = Caller(tenant=token.subject if token is not None and token.subject else LOCAL_TENANT, scopes=scopes)
         wants_progress = _progress_token(ctx) is not None
 
         async def progress(done: float, total: float | None, message: str | None) -> None:
@@ -139,6 +151,7 @@ def build_server(services: Services) -> Server[Any]:
                 log.debug("log_notification_not_sent", exc_info=True)
 
         tool_ctx = ToolContext(services, correlation_id, progress, send_log, wants_progress, tenant=caller.tenant)
+        tool_ctx.visible_tools = visible(list(tools))
         return await handle_call(services, tool, params.arguments, caller, tool_ctx)
 
     async def set_level(ctx: ServerRequestContext[Any, Any], params: types.SetLevelRequestParams) -> types.EmptyResult:

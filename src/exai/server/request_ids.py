@@ -12,34 +12,23 @@ import json
 from collections.abc import Callable
 from typing import Any
 
+import pydantic_core
 from mcp.server.streamable_http import MCP_SESSION_ID_HEADER
 from mcp.server.transport_security import DEFAULT_MAX_REQUEST_BODY_SIZE
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from exai.server.refusals import refuse
-
-
-async def read_body(receive: Receive, limit: int) -> tuple[bytes, list[Message], bool]:
-    """Read the request body (up to `limit` bytes), returning it, the messages to replay and whether it is whole."""
-    messages: list[Message] = []
-    size = 0
-    while True:
-        message = await receive()
-        messages.append(message)
-        if message["type"] != "http.request":
-            return b"", messages, False
-        size += len(message.get("body", b""))
-        if size > limit:
-            return b"", messages, False
-        if not message.get("more_body", False):
-            return b"".join(m.get("body", b"") for m in messages), messages, True
+from exai.server.request_body import read_body
 
 
 def request_ids(body: bytes) -> list[Any]:
     """The ids of the JSON-RPC requests (not notifications or responses) in a POST body."""
     try:
-        payload = json.loads(body)
+        # The SDK's own parser: its depth limit (about 200 levels) answers deep nesting with a JSON-RPC parse
+        # error, where json.loads would raise RecursionError. A body it cannot parse has no ids; the SDK
+        # answers it -32700.
+        payload = pydantic_core.from_json(body)
     except ValueError:
         return []
     items = payload if isinstance(payload, list) else [payload]

@@ -29,6 +29,7 @@ from exai.storage.migrations import MIGRATIONS
 
 _MIGRATION_LOCK = 0x4558_4149  # advisory lock id: one daemon migrates at a time
 _SCHEMA_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+POOL_WAIT_SECONDS = 5.0  # a call waits this long for a connection, then fails as `storage` (not at 30 s)
 _CONNECTION = {"autocommit": True, "prepare_threshold": None}  # no prepared statements: poolers may swap backends
 
 
@@ -61,6 +62,7 @@ class PostgresStore:
             min_size=1,
             max_size=max_connections,
             open=False,
+            timeout=POOL_WAIT_SECONDS,
             kwargs={**_CONNECTION, "row_factory": dict_row},
         )
 

@@ -26,8 +26,10 @@ OutputT = TypeVar("OutputT", bound=BaseModel)
 
 TEXT_LIMIT = 100_000
 """Characters in one text field, unless the field sets its own limit (prompts follow EXAI_MAX_PROMPT_CHARS)."""
+PROMPT_LIMIT = {"x-exai-limit": "prompt"}
+"""Marks a field limited by EXAI_MAX_PROMPT_CHARS: checked by the tool, advertised in the listing's schema."""
 PROMPT_CEILING = 10_000_000
-"""The most a prompt field accepts whatever EXAI_MAX_PROMPT_CHARS says (the setting's limit is checked in the tool)."""
+"""What a prompt field accepts at most whatever the setting says (a request body is capped far below anyway)."""
 LIST_LIMIT = 200
 """Items in one list argument."""
 _CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
@@ -50,21 +52,37 @@ class ToolInput(BaseModel):
         return data
 
 
-def _check_arguments(value: Any, path: str) -> None:
+class ArgumentError(ValueError):
+    """A bad value somewhere in a tool's arguments, with the path of the field it was found in."""
+
+    def __init__(self, path: str, message: str) -> None:
+        super().__init__(message)
+        self.path = path or "(arguments)"
+
+
+def _check_arguments(value: Any, path: str, depth: int = 0) -> None:
+    """Refuse control characters anywhere, lists over LIST_LIMIT, and nested text over TEXT_LIMIT.
+
+    Top-level text fields are limited by their own schema (so a prompt can follow EXAI_MAX_PROMPT_CHARS); text
+    inside lists and objects (a workflow issue's description, a consensus stance prompt) is limited here.
+    """
     if isinstance(value, str):
+        if depth > 1 and len(value) > TEXT_LIMIT:
+            raise ArgumentError(path, f"{len(value):,} characters; at most {TEXT_LIMIT:,} are accepted")
         if found := _CONTROL.search(value):
-            raise ValueError(
-                f"{path or 'a value'} contains the control character U+{ord(found.group()):04X} at position "
-                f"{found.start()}; send plain text (tabs and newlines are fine)"
+            raise ArgumentError(
+                path,
+                f"contains the control character U+{ord(found.group()):04X} at position {found.start()}; "
+                "send plain text (tabs, newlines and carriage returns are fine)",
             )
     elif isinstance(value, dict):
         for key, item in value.items():
-            _check_arguments(item, f"{path}.{key}" if path else str(key))
+            _check_arguments(item, f"{path}.{key}" if path else str(key), depth + 1)
     elif isinstance(value, list):
         if len(value) > LIST_LIMIT:
-            raise ValueError(f"{path} has {len(value)} items; at most {LIST_LIMIT} are accepted")
+            raise ArgumentError(path, f"{len(value)} items; at most {LIST_LIMIT} are accepted")
         for index, item in enumerate(value):
-            _check_arguments(item, f"{path}.{index}")
+            _check_arguments(item, f"{path}.{index}", depth + 1)
 
 
 @dataclass
@@ -75,8 +93,10 @@ class ToolContext:
     log: Callable[[str, str], Awaitable[None]]
     wants_progress: bool = False
     tenant: str = "local"
+    visible_tools: list[str] | None = None  # the tools the caller may call; None: every enabled tool
     model_calls: list[ModelCall] = field(default_factory=list)
     thread_id: str | None = None
+    reserved_tokens: int = 0
 
     async def open_thread(self, continuation_id: str | None, title: str, adding: int = 1) -> Thread:
         """The caller's thread to continue (with room for `adding` turns) or a new one; audited against it."""
@@ -84,8 +104,17 @@ class ToolContext:
         self.thread_id = thread.id
         return thread
 
-    async def generate(self, request: GenerateRequest, plan: RoutePlan, **options: Any) -> RouteResult:
-        """Ask the models of `plan` (selected once, by `Router.plan`); every answered call is kept for accounting."""
+    async def generate(
+        self, request: GenerateRequest, plan: RoutePlan, input_tokens: int, **options: Any
+    ) -> RouteResult:
+        """Ask the models of `plan` (selected once, by `Router.plan`); every answered call is kept for accounting.
+
+        The prompt's `input_tokens` are counted against the tenant's daily budget before the model is asked, so
+        concurrent or many-model calls cannot overspend it; the count is corrected once the call is done.
+        """
+        if self.services.limiter is not None:
+            await self.services.limiter.reserve_tokens(self.tenant, input_tokens)
+            self.reserved_tokens += input_tokens
         result = await self.services.router.generate(request, plan=plan, **options)
         response = result.response
         info = self.services.catalogue.get(response.model)
@@ -123,6 +152,30 @@ class Tool(Generic[InputT, OutputT]):
 
     async def run(self, args: InputT, ctx: ToolContext) -> ToolResult[OutputT]:
         raise NotImplementedError
+
+
+def input_schema(model: type[BaseModel], prompt_chars: int) -> dict[str, Any]:
+    """A tool's input schema, compact and truthful: every limit enforced is stated.
+
+    Lists get `maxItems` (LIST_LIMIT), text inside lists and objects `maxLength` (TEXT_LIMIT), and prompt fields
+    the configured EXAI_MAX_PROMPT_CHARS, as validation and the tools enforce them.
+    """
+
+    def limit(node: Any) -> Any:
+        if isinstance(node, list):
+            return [limit(v) for v in node]
+        if not isinstance(node, dict):
+            return node
+        node = {k: limit(v) for k, v in node.items()}
+        if node.pop("x-exai-limit", None) == "prompt":
+            node["maxLength"] = prompt_chars
+        elif node.get("type") == "string" and not {"maxLength", "enum", "const"} & node.keys():
+            node["maxLength"] = TEXT_LIMIT
+        if node.get("type") == "array" and "maxItems" not in node:
+            node["maxItems"] = LIST_LIMIT
+        return node
+
+    return limit(compact_schema(model))
 
 
 def compact_schema(model: type[BaseModel]) -> dict[str, Any]:

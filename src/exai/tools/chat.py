@@ -12,7 +12,7 @@ from exai.conversations.threads import answer_turn
 from exai.observability.errors import ValidationError
 from exai.providers.types import GenerateRequest, ImageInput, StreamChunk, ThinkingMode
 from exai.storage.base import TurnRecord
-from exai.tools.base import PROMPT_CEILING, Tool, ToolContext, ToolInput, ToolResult
+from exai.tools.base import PROMPT_CEILING, PROMPT_LIMIT, Tool, ToolContext, ToolInput, ToolResult
 
 SYSTEM_PROMPT = (
     "You are a senior software engineer consulted by an AI coding agent. Answer precisely and concretely; "
@@ -22,13 +22,22 @@ SYSTEM_PROMPT = (
 
 class ChatInput(ToolInput):
     prompt: Annotated[
-        str, Field(min_length=1, max_length=PROMPT_CEILING, description="The question or request for the model.")
+        str,
+        Field(
+            min_length=1,
+            max_length=PROMPT_CEILING,
+            description="The question or request for the model.",
+            json_schema_extra=PROMPT_LIMIT,
+        ),
     ]
     model: str = Field(default="auto", max_length=200, description="Model name or alias from `listmodels`, or 'auto'.")
     temperature: float | None = Field(default=None, ge=0.0, le=2.0, description="Sampling temperature.")
     thinking_mode: ThinkingMode = Field(default="off", description="Reasoning effort for models that think.")
     system_prompt: str | None = Field(
-        default=None, max_length=PROMPT_CEILING, description="Extra instructions added to the system prompt."
+        default=None,
+        max_length=PROMPT_CEILING,
+        description="Extra instructions added to the system prompt.",
+        json_schema_extra=PROMPT_LIMIT,
     )
     images: list[str] = Field(default_factory=list, max_length=8, description="Image data URLs or http(s) URLs.")
     max_output_tokens: int | None = Field(default=None, ge=1, description="Cap on the answer's length in tokens.")
@@ -74,20 +83,20 @@ class ChatTool(Tool[ChatInput, ChatOutput]):
     async def run(self, args: ChatInput, ctx: ToolContext) -> ToolResult[ChatOutput]:
         services = ctx.services
         limit = services.settings.max_prompt_chars
-        size = len(args.prompt) + len(args.system_prompt or "")
-        if size > limit:
-            raise ValidationError(
-                f"The prompt is {size:,} characters; the limit is {limit:,}.",
-                code="prompt_too_large",
-                remedy="Save the content to a file and pass its absolute path in `files` instead, "
-                "or raise EXAI_MAX_PROMPT_CHARS.",
-                details={"field": "prompt", "size": size, "limit": limit},
-            )
+        for field, text in (("prompt", args.prompt), ("system_prompt", args.system_prompt or "")):
+            if len(text) > limit:
+                raise ValidationError(
+                    f"`{field}` is {len(text):,} characters; the limit is {limit:,}.",
+                    code="prompt_too_large",
+                    remedy="Save the content to a file and pass its absolute path in `files` instead, "
+                    "or raise EXAI_MAX_PROMPT_CHARS.",
+                    details={"field": field, "size": len(text), "limit": limit},
+                )
         for index, url in enumerate(args.images):
             if not url.startswith(("data:image/", "http://", "https://")):
                 raise ValidationError(
                     f"images[{index}] is neither an image data URL nor an http(s) URL.",
-                    code="invalid_argument",
+                    code="invalid_arguments",
                     remedy="Pass data:image/...;base64,... or an http(s) URL.",
                     details={"field": f"images.{index}"},
                 )
@@ -129,6 +138,7 @@ class ChatTool(Tool[ChatInput, ChatOutput]):
         result = await ctx.generate(
             request,
             plan,
+            prompt.input_tokens,
             on_delta=on_delta if ctx.wants_progress else None,
             on_event=on_event,
         )

@@ -116,6 +116,7 @@ class ConsensusTool(Tool[ConsensusInput, ConsensusOutput]):
                 result = await ctx.generate(
                     GenerateRequest(model=target.name, system=system, messages=prompt.messages),
                     plans[index],
+                    prompt.input_tokens,
                     deadline_seconds=args.per_model_timeout_seconds,
                 )
             except ExaiError as exc:

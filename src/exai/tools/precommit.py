@@ -1,19 +1,18 @@
 """`precommit`: review pending changes; the server reads the diff itself when the repository is in its roots.
 
-Git runs only through `exai.security.git`, which confines it to repositories inside the file roots. Untracked
-files belong to the pending changes (a new file with a password in it is what a review must catch): they are
-read through the same file checks as any other file and shown as new-file diffs, or named with the reason
-they were left out.
+Git runs only through `exai.security.git`, which confines it to repositories inside the file roots, on local
+data; `exai.tools.pending_changes` builds the diff, untracked files included, within the size cap.
 """
 
 from __future__ import annotations
 
 from pydantic import Field
 
-from exai.observability.errors import ExaiError, PermissionDeniedError, ValidationError
+from exai.observability.errors import PermissionDeniedError, ValidationError
 from exai.security.files import FileAccess, quote_path
-from exai.security.git import DIFF_OPTIONS, GitOutputTooLarge, Repository, check_revision
+from exai.security.git import GitOutputTooLarge, Repository, check_revision
 from exai.tools.base import ToolContext
+from exai.tools.pending_changes import Budget, staged, untracked, worktree
 from exai.tools.workflow import WorkflowInput, WorkflowSpec, WorkflowTool
 
 GIT_TIMEOUT = 30.0
@@ -91,46 +90,21 @@ def _diff_required(where: str) -> ValidationError:
 
 async def _pending_changes(args: PrecommitInput, files: FileAccess, limit: int) -> str:
     repo = await _repository(args, files)
-    commands: list[list[str]] = []
-    if args.compare_to:
-        commands.append(["diff", *DIFF_OPTIONS, "--end-of-options", await repo.commit(args.compare_to), "--"])
-    else:
-        if args.include_staged:
-            commands.append(["diff", *DIFF_OPTIONS, "--cached", "--"])
-        if args.include_unstaged:
-            commands.append(["diff", *DIFF_OPTIONS, "--"])
+    budget = Budget(limit)
     parts: list[str] = []
-    left = limit
     try:
-        for command in commands:
-            parts.append(await repo.run(command, max_output=left))
-            left -= len(parts[-1].encode())
+        if args.compare_to:
+            parts.append(await worktree(repo, files, budget, [await repo.commit(args.compare_to)]))
+        else:
+            if args.include_staged:
+                parts.append(await staged(repo, budget))
+            if args.include_unstaged:
+                parts.append(await worktree(repo, files, budget, []))
         if args.include_unstaged:
-            parts.append(await _untracked(repo, files, left))
+            parts.append(await untracked(repo, files, budget))
     except GitOutputTooLarge:
         raise _too_large(limit) from None
     return "\n".join(p for p in parts if p.strip())
-
-
-async def _untracked(repo: Repository, files: FileAccess, left: int) -> str:
-    """Untracked, not ignored files as new-file diffs; files the checks refuse are named with the reason."""
-    listing = await repo.run(["ls-files", "--others", "--exclude-standard", "-z"], max_output=left)
-    blocks: list[str] = []
-    for name in filter(None, listing.split("\0")):
-        try:
-            (item,) = await files.read([str(repo.top_level / name)])
-        except ExaiError as exc:
-            blocks.append(f"# untracked file {quote_path(name)} not shown: {exc.message}")
-            continue
-        lines = item.text.splitlines()
-        blocks.append(
-            f"diff --git a/{name} b/{name}\nnew file (untracked)\n--- /dev/null\n+++ b/{name}\n"
-            f"@@ -0,0 +1,{len(lines)} @@\n" + "".join(f"+{line}\n" for line in lines)
-        )
-        left -= len(blocks[-1].encode())
-        if left < 0:
-            raise GitOutputTooLarge
-    return "\n".join(blocks)
 
 
 def _too_large(limit: int) -> ValidationError:

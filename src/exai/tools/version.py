@@ -28,7 +28,7 @@ class VersionOutput(BaseModel):
 class VersionTool(Tool[VersionInput, VersionOutput]):
     name = "version"
     title = "Server version"
-    description = "Version, transports, configured providers and enabled tools of this EX-AI server."
+    description = "Version, transports, configured providers and the tools this caller may use."
     input_model = VersionInput
     output_model = VersionOutput
 
@@ -41,7 +41,7 @@ class VersionTool(Tool[VersionInput, VersionOutput]):
             python=platform.python_version(),
             transports=["stdio", "streamable-http"],
             providers=sorted(services.router.providers),
-            tools=[tool.name for tool in services.tools],
+            tools=[t.name for t in services.tools if ctx.visible_tools is None or t.name in ctx.visible_tools],
         )
         text = (
             f"EX-AI MCP Server {data.version} (MCP SDK {data.mcp_sdk}, Python {data.python})\n"

@@ -201,6 +201,7 @@ class WorkflowTool(Tool[WorkflowInput, WorkflowOutput]):
                     thinking=args.thinking_mode,
                 ),
                 plan,
+                prompt.input_tokens,
                 on_event=lambda message: ctx.log("warning", message),
             )
         except ExaiError as exc:

@@ -1,0 +1,73 @@
+"""Model discovery that does not give up at start.
+
+A local endpoint (Ollama, vLLM, LM Studio) is often started after the daemon or the stdio server. When its
+listing cannot be had at start, it is asked again in the background with a bounded backoff until it answers or
+the server stops; its models are routable from the moment they are found, without a restart. Meanwhile calls,
+`/readyz` and the router's error say what is wrong and that it is being retried. No call ever waits for this.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+
+from exai.config import Settings
+from exai.observability.logging import get_logger
+from exai.providers.discovery import discover_custom_models, wants_discovery
+from exai.providers.router import Router
+
+log = get_logger(__name__)
+RETRY_DELAYS = (5.0, 10.0, 15.0)  # seconds before each new attempt; the last one repeats
+
+
+class CustomModelDiscovery:
+    """Finds the CUSTOM_API_URL endpoint's models once at start, then again in the background until it answers."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        router: Router,
+        on_found: Callable[[], None],
+        delays: tuple[float, ...] = RETRY_DELAYS,
+    ) -> None:
+        self.settings = settings
+        self.router = router
+        self.on_found = on_found
+        self.delays = delays
+        self.problem: str | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        """Ask once (the caller awaits this attempt alone); keep asking in the background when it fails."""
+        problem = await discover_custom_models(self.settings, self.router)
+        if problem is None:
+            self.on_found()
+            return
+        self._pending(problem)
+        self._task = asyncio.create_task(self._retry(), name="exai-model-discovery")
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def _retry(self) -> None:
+        attempt = 0
+        while self.problem is not None and wants_discovery(self.settings, self.router):
+            await asyncio.sleep(self.delays[min(attempt, len(self.delays) - 1)])
+            attempt += 1
+            problem = await discover_custom_models(self.settings, self.router, quiet=True)
+            if problem is None:
+                self.problem = self.router.models_pending = None
+                log.info("custom_models_discovered_after_retry", attempts=attempt)
+                self.on_found()
+                return
+            self._pending(problem)
+
+    def _pending(self, problem: str) -> None:
+        every = self.delays[-1]
+        self.problem = f"{problem}; it is asked again in the background (every {every:g} s at most)"
+        self.router.models_pending = self.problem

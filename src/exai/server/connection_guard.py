@@ -1,0 +1,117 @@
+"""uvicorn's h11 connection handling, with the limits it lacks against slow clients (slowloris).
+
+uvicorn holds a connection for as long as the client takes to send its request headers, without authentication:
+thousands of sockets that never finish a request exhaust the process's file descriptors. Here
+
+- a connection beyond `max_connections` is answered 503 at once and closed;
+- a request's line and headers must arrive within `header_seconds` of the connection opening or of its first
+  byte on a kept-alive connection, else the daemon answers 408 and closes the connection;
+- the rest of a body the application answered without reading must arrive within `body_seconds`, else the
+  connection is closed.
+
+The time limit for a body the application reads is `request_body.BodyDeadline`, where a 408 can still reach the
+application's response path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import h11
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+from exai.observability.logging import get_logger
+
+log = get_logger(__name__)
+
+
+def plain_response(status: str, message: str, *headers: str) -> bytes:
+    """A complete HTTP/1.1 response that closes the connection, for answers given outside any request cycle."""
+    body = message.encode()
+    lines = [
+        f"HTTP/1.1 {status}",
+        "content-type: text/plain; charset=utf-8",
+        f"content-length: {len(body)}",
+        "connection: close",
+        *headers,
+    ]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+
+
+class GuardedH11Protocol(H11Protocol):
+    """uvicorn's H11Protocol with a connection cap, a time limit for request headers, and one for unread bodies."""
+
+    header_seconds: float = 10.0
+    body_seconds: float = 30.0
+    max_connections: int = 512
+    _clock: asyncio.TimerHandle | None = None
+    _waiting_for: str | None = None  # "headers", or "body" of a request already answered
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        if len(self.connections) > self.max_connections:
+            log.warning("connection refused: connection cap reached", max_connections=self.max_connections)
+            message = (
+                f"Service Unavailable: the server holds its maximum of {self.max_connections} connections "
+                "(EXAI_MAX_CONNECTIONS). Retry shortly."
+            )
+            transport.write(plain_response("503 Service Unavailable", message, "retry-after: 1"))
+            transport.close()
+            return
+        self._watch()
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        self._watch()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        self._watch()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._stop_clock()
+        super().connection_lost(exc)
+
+    def _watch(self) -> None:
+        """Run a clock while the client owes us request headers, or the rest of a body we already answered.
+
+        A body the application is reading is timed by `BodyDeadline`; one it answered without reading is still
+        drained (the client cannot read the answer before it has sent the body), within the same time.
+        """
+        waiting_for = None
+        if not self.transport.is_closing():
+            if self.conn.their_state is h11.IDLE:
+                waiting_for = "headers"
+            elif self.conn.their_state is h11.SEND_BODY and self.conn.our_state in (h11.DONE, h11.MUST_CLOSE):
+                waiting_for = "body"
+        if waiting_for != self._waiting_for:
+            self._stop_clock()
+            if waiting_for is not None:
+                seconds = self.header_seconds if waiting_for == "headers" else self.body_seconds
+                self._clock = self.loop.call_later(seconds, self._too_slow)
+                self._waiting_for = waiting_for
+
+    def _stop_clock(self) -> None:
+        if self._clock is not None:
+            self._clock.cancel()
+        self._clock, self._waiting_for = None, None
+
+    def _too_slow(self) -> None:
+        waiting_for = self._waiting_for
+        self._clock, self._waiting_for = None, None
+        if self.transport.is_closing():
+            return
+        log.info("connection closed: the client was too slow", waiting_for=waiting_for)
+        if waiting_for == "headers":
+            message = (
+                f"Request Timeout: the request line and headers must arrive within {self.header_seconds:g} s "
+                "(EXAI_HTTP_HEADER_TIMEOUT_SECONDS)."
+            )
+            self.transport.write(plain_response("408 Request Timeout", message))
+        self.transport.close()
+
+
+def guarded_h11_protocol(header_seconds: float, body_seconds: float, max_connections: int) -> type[GuardedH11Protocol]:
+    """The protocol class for uvicorn's `http` option, with these limits."""
+    limits = {"header_seconds": header_seconds, "body_seconds": body_seconds, "max_connections": max_connections}
+    return type("GuardedH11Protocol", (GuardedH11Protocol,), limits)

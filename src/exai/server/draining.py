@@ -1,0 +1,50 @@
+"""Graceful shutdown that lets every call in flight finish its answer stream.
+
+sse-starlette (under the SDK's Streamable HTTP transport) ends every server-sent event stream as soon as uvicorn
+receives SIGTERM, so a call whose answer was still streaming failed mid-response, and a rolling restart behind a
+balancer failed calls. Here the streams of POST requests (calls in flight) are left to finish; only once none is
+left, or the grace period is over, are the remaining streams (idle GET streams) told to end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import anyio
+from sse_starlette.sse import AppStatus
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+
+class InFlightPosts:
+    """Counts the POST requests being answered, so a shutdown can wait for them."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self.count = 0
+        self.idle = asyncio.Event()
+        self.idle.set()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST":
+            await self.app(scope, receive, send)
+            return
+        self.count += 1
+        self.idle.clear()
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.count -= 1
+            if not self.count:
+                self.idle.set()
+
+
+def keep_streams_open_on_signal() -> None:
+    """Stop sse-starlette from ending every stream the moment SIGTERM arrives (see `end_streams_when_idle`)."""
+    AppStatus.disable_automatic_graceful_drain()
+
+
+async def end_streams_when_idle(posts: InFlightPosts, grace_seconds: float) -> None:
+    """Once no POST is in flight (or the grace period is over), end the streams that are left."""
+    with anyio.move_on_after(grace_seconds):
+        await posts.idle.wait()
+    AppStatus.should_exit = True

@@ -1,0 +1,131 @@
+"""Reading request bodies: a time limit for every endpoint, and whole bodies only for the MCP SDK.
+
+A client that starts a body and never finishes it would hold its request (and its connection) open forever;
+`BodyDeadline` answers it 408 once `seconds` have passed since the request's headers arrived. A client that goes
+away in the middle of its body made the SDK log a ten-line `ClientDisconnect` traceback at error level;
+`CompleteBody` reads the whole body before the SDK sees the request, so an incomplete body is one info line.
+"""
+
+from __future__ import annotations
+
+import anyio
+from mcp.server.transport_security import DEFAULT_MAX_REQUEST_BODY_SIZE
+from starlette.datastructures import Headers
+from starlette.responses import JSONResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from exai.observability.errors import DeadlineError
+from exai.observability.logging import get_logger
+from exai.server.refusals import refuse
+
+log = get_logger(__name__)
+DISCONNECT: Message = {"type": "http.disconnect"}
+
+
+async def read_body(receive: Receive, limit: int) -> tuple[bytes, list[Message], bool]:
+    """Read the request body (up to `limit` bytes), returning it, the messages to replay and whether it is whole."""
+    messages: list[Message] = []
+    size = 0
+    while True:
+        message = await receive()
+        messages.append(message)
+        if message["type"] != "http.request":
+            return b"", messages, False
+        size += len(message.get("body", b""))
+        if size > limit:
+            return b"", messages, False
+        if not message.get("more_body", False):
+            return b"".join(m.get("body", b"") for m in messages), messages, True
+
+
+class BodyDeadline:
+    """Answer 408 when a request's body has not arrived `seconds` after its headers; the app then sees a disconnect."""
+
+    def __init__(self, app: ASGIApp, seconds: float) -> None:
+        self.app, self.seconds = app, seconds
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        deadline = anyio.current_time() + self.seconds
+        body_done = response_started = timed_out = False
+
+        async def receive_in_time() -> Message:
+            nonlocal body_done, timed_out
+            if timed_out:
+                return DISCONNECT
+            if body_done:
+                return await receive()
+            with anyio.move_on_after(max(0.0, deadline - anyio.current_time())):
+                message = await receive()
+                body_done = message["type"] != "http.request" or not message.get("more_body", False)
+                return message
+            timed_out = True
+            if not response_started:
+                await self.answer_timeout(scope, send)
+            return DISCONNECT
+
+        async def send_unless_answered(message: Message) -> None:
+            nonlocal response_started
+            if timed_out:
+                return  # the client already has its 408
+            response_started = True
+            await send(message)
+
+        await self.app(scope, receive_in_time, send_unless_answered)
+
+    async def answer_timeout(self, scope: Scope, send: Send) -> None:
+        error = DeadlineError(
+            f"Request Timeout: the request body did not arrive within {self.seconds:g} s of its headers.",
+            code="body_timeout",
+            remedy="Send the whole body at once, or raise EXAI_HTTP_BODY_TIMEOUT_SECONDS for slow links.",
+        )
+        response = JSONResponse({"error": error.to_dict()}, status_code=408, headers={"connection": "close"})
+
+        async def no_body() -> Message:
+            return DISCONNECT
+
+        await response(scope, no_body, send)
+
+
+class CompleteBody:
+    """Hand the MCP SDK a POST only once its whole body is in (at most the SDK's 4 MiB)."""
+
+    def __init__(self, app: ASGIApp, limit: int = DEFAULT_MAX_REQUEST_BODY_SIZE) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST":
+            await self.app(scope, receive, send)
+            return
+        declared = Headers(scope=scope).get("content-length", "")
+        if declared.isascii() and declared.isdigit() and int(declared) > self.limit:
+            await self.refuse_too_large(send)
+            return
+        body, messages, whole = await read_body(receive, self.limit)
+        if not whole:
+            if messages[-1]["type"] == "http.request":
+                await self.refuse_too_large(send)
+                return
+            received = sum(len(m.get("body", b"")) for m in messages)
+            log.info("request body incomplete: the client went away or was too slow", received_bytes=received)
+            return
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        await self.app(scope, replay, send)
+
+    async def refuse_too_large(self, send: Send) -> None:
+        await refuse(
+            send,
+            413,
+            f"Request body too large: at most {self.limit} bytes. Send file paths instead of file contents, or "
+            "split the request.",
+        )

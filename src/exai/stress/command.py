@@ -1,0 +1,92 @@
+"""`exai stress`: check the arguments, set up the target, run, and always tear down what was started."""
+
+from __future__ import annotations
+
+import asyncio
+import shlex
+import signal
+import sys
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+from typing import cast, get_args
+
+from rich.console import Console
+
+from exai.stress.runner import RunOptions, run_stress
+from exai.stress.scenarios import NAMES
+from exai.stress.target import Storage, Target, local_target, remote_target
+
+
+class UsageError(Exception):
+    """A bad argument: the message says what was wrong and how to fix it."""
+
+
+def _names(requested: list[str]) -> list[str]:
+    if not requested or requested == ["all"]:
+        return list(NAMES)
+    unknown = [n for n in requested if n not in NAMES]
+    if unknown:
+        raise UsageError(f"unknown scenario {', '.join(unknown)}; choose from: all, {', '.join(NAMES)}")
+    return [n for n in NAMES if n in requested]  # always in the documented order
+
+
+def _loopback(url: str, what: str) -> str:
+    from urllib.parse import urlsplit
+
+    host = urlsplit(url).hostname or ""
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        raise UsageError(f"{what} {url} is not a loopback address; the stress run only targets this machine")
+    return url
+
+
+def _target_builder(
+    target: str, url: str | None, sim_url: str | None, token: str | None, storage: str
+) -> Callable[[], Target]:
+    """What to start (or reach) once the arguments are known to be good."""
+    if storage not in get_args(Storage):
+        raise UsageError(f"--storage {storage} is not one of: {', '.join(get_args(Storage))}")
+    if url or sim_url or target != "local":
+        if not (url and sim_url):
+            raise UsageError("an existing deployment needs both --url URL and --sim-url URL")
+        daemon, simulator = _loopback(url, "--url"), _loopback(sim_url, "--sim-url")
+        return partial(remote_target, daemon, simulator, token)
+    return partial(local_target, cast(Storage, storage))
+
+
+def run_command(
+    scenarios: list[str],
+    *,
+    quick: bool,
+    target: str,
+    url: str | None,
+    sim_url: str | None,
+    token: str | None,
+    storage: str,
+    soak_seconds: float,
+    out: Path,
+) -> int:
+    """Exit code: 0 when every scenario run passed, 1 when one failed, 2 for a usage error."""
+    console = Console(stderr=True)
+    try:
+        names = _names(scenarios)
+        build = _target_builder(target, url, sim_url, token, storage)
+    except UsageError as exc:
+        print(f"exai stress: {exc}", file=sys.stderr)
+        return 2
+    signal.signal(signal.SIGTERM, _raise_interrupt)  # a terminated run still stops what it started
+    command = "exai stress " + shlex.join(sys.argv[2:])
+    built: Target | None = None
+    try:
+        built = build()
+        options = RunOptions(names, quick, soak_seconds, out, command)
+        report = asyncio.run(run_stress(built, options, console))
+    finally:
+        if built is not None:
+            built.close()
+    console.print(f"reports: {out / 'stress.json'}, {out / 'stress.html'}")
+    return 0 if report["passed"] else 1
+
+
+def _raise_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt

@@ -1,0 +1,57 @@
+"""One MCP client session over Streamable HTTP, and one timed tool call that never hangs and never raises."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import httpx2
+from mcp import Client
+from mcp.client.streamable_http import streamable_http_client
+
+from exai.stress.results import Sample
+
+
+@dataclass
+class Outcome:
+    sample: Sample
+    data: dict[str, Any]  # the structured result, or the error (`_meta["exai/error"]`) when not ok
+
+
+@asynccontextmanager
+async def session(url: str, token: str | None = None, timeout: float = 300.0) -> AsyncIterator[Client]:
+    """An initialised MCP session on `url` (…/mcp); closed (DELETE) on exit."""
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    async with (
+        httpx2.AsyncClient(headers=headers, timeout=httpx2.Timeout(timeout, connect=30)) as http,
+        Client(streamable_http_client(url, http_client=http), read_timeout_seconds=timeout) as client,
+    ):
+        yield client
+
+
+async def call(client: Client, tool: str, args: dict[str, Any], epoch: float, ceiling: float = 300.0) -> Outcome:
+    """Call `tool`; the sample's category is the server's error category, `hang` past `ceiling`, or the
+    exception's class for a transport failure."""
+    started = time.perf_counter()
+    data: dict[str, Any] = {}
+    try:
+        async with asyncio.timeout(ceiling):
+            result = await client.call_tool(tool, args)
+    except TimeoutError:
+        ok, category = False, "hang"
+    except Exception as exc:  # a transport or protocol failure is a measured outcome, not a crash of the run
+        ok, category, data = False, f"client:{type(exc).__name__}", {"message": str(exc)[:300]}
+    else:
+        ok = not result.is_error
+        if ok:
+            category, data = "", dict(result.structured_content or {})
+        else:
+            data = dict((result.meta or {}).get("exai/error") or {})
+            category = str(data.get("category", "tool_error"))
+    ended = time.perf_counter()
+    sample = Sample(round(time.monotonic() - epoch, 3), round((ended - started) * 1000, 2), ok, category, tool)
+    return Outcome(sample, data)

@@ -1,0 +1,170 @@
+"""Processes the stress run starts itself (simulator, daemons, throwaway Redis and PostgreSQL), always stopped."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx2
+
+START_CEILING_SECONDS = 120.0
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def reachable(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+@dataclass
+class Managed:
+    """One child process on a loopback port, with its log file."""
+
+    args: list[str]
+    env: dict[str, str]
+    port: int
+    log_path: Path
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def start(self, ready_path: str | None = "/healthz") -> float:
+        """Start it and wait until `ready_path` answers 200; returns the seconds that took."""
+        started = time.monotonic()
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(self.args, env=self.env, stdout=log, stderr=subprocess.STDOUT)
+        while time.monotonic() - started < START_CEILING_SECONDS:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"{' '.join(self.args[2:])} exited with {self.process.returncode}: {self.tail()}")
+            if ready_path is None:
+                if reachable(self.port):
+                    return time.monotonic() - started
+            else:
+                with contextlib.suppress(httpx2.TransportError):
+                    if httpx2.get(self.url + ready_path, timeout=2).status_code == 200:
+                        return time.monotonic() - started
+            time.sleep(0.05)
+        self.stop(signal.SIGKILL)
+        raise RuntimeError(f"{' '.join(self.args[2:])} was not ready within {START_CEILING_SECONDS:.0f} s")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.send_signal(sig)
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(10)
+
+    def tail(self, chars: int = 2000) -> str:
+        return self.log_path.read_text(errors="replace")[-chars:] if self.log_path.exists() else ""
+
+
+@dataclass
+class ProcessGroup:
+    """Everything started for one run; `close` stops all of it (also on Ctrl-C, via the runner's `finally`)."""
+
+    workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="exai-stress-")))
+    children: list[Managed] = field(default_factory=list)
+    clusters: list[PostgresCluster] = field(default_factory=list)
+
+    def exai(self, name: str, args: list[str], env: dict[str, str], port: int) -> Managed:
+        managed = Managed([sys.executable, "-m", "exai", *args], env, port, self.workdir / f"{name}-{port}.log")
+        self.children.append(managed)
+        return managed
+
+    def redis(self) -> Managed:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise RuntimeError("redis-server is not installed; the faults scenario starts a throwaway one")
+        port = free_port()
+        args = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+        managed = Managed(args, dict(os.environ), port, self.workdir / f"redis-{port}.log")
+        self.children.append(managed)
+        return managed
+
+    def postgres(self) -> PostgresCluster:
+        cluster = PostgresCluster(self.workdir / f"pg-{len(self.clusters)}", free_port())
+        self.clusters.append(cluster)
+        cluster.create()
+        return cluster
+
+    def close(self) -> None:
+        for child in reversed(self.children):
+            with contextlib.suppress(Exception):
+                child.stop(signal.SIGKILL if child.args[0] != sys.executable else signal.SIGTERM, timeout=15)
+        for cluster in self.clusters:
+            with contextlib.suppress(Exception):
+                cluster.destroy()
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+def _pg_binary(name: str) -> str:
+    found = shutil.which(name) or next(
+        iter(sorted(Path("/usr/lib/postgresql").glob(f"*/bin/{name}"), reverse=True)), None
+    )
+    if found is None:
+        raise RuntimeError(f"{name} is not installed; the faults scenario starts a throwaway PostgreSQL cluster")
+    return str(found)
+
+
+@dataclass
+class PostgresCluster:
+    """A throwaway cluster from initdb, started and stopped with pg_ctl (as `nobody` when run as root)."""
+
+    data: Path
+    port: int
+
+    @property
+    def url(self) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+
+    def _run(self, *args: str) -> None:
+        """PostgreSQL refuses to run as root: then the cluster belongs to `nobody`."""
+        ids = pwd.getpwnam("nobody") if os.geteuid() == 0 else None
+        as_user = {"user": ids.pw_uid, "group": ids.pw_gid, "extra_groups": []} if ids else {}
+        subprocess.run(args, check=True, capture_output=True, timeout=120, **as_user)  # type: ignore[call-overload]
+
+    def create(self) -> None:
+        self.data.mkdir(parents=True)
+        if os.geteuid() == 0:
+            os.chmod(self.data.parent, 0o755)
+            shutil.chown(self.data, "nobody", pwd.getpwnam("nobody").pw_gid)
+        self._run(_pg_binary("initdb"), "-D", str(self.data), "-U", "postgres", "--auth=trust")
+        self.start()
+
+    def start(self) -> None:
+        options = f"-p {self.port} -k {self.data} -c listen_addresses=127.0.0.1"
+        log = str(self.data / "server.log")  # the server writes here, not into our pipes (which would never close)
+        self._run(_pg_binary("pg_ctl"), "-D", str(self.data), "-l", log, "-o", options, "-w", "-t", "60", "start")
+
+    def stop(self) -> None:
+        self._run(_pg_binary("pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "-t", "60", "stop")
+
+    def destroy(self) -> None:
+        with contextlib.suppress(subprocess.SubprocessError):
+            self._run(_pg_binary("pg_ctl"), "-D", str(self.data), "-m", "immediate", "stop")
+        shutil.rmtree(self.data, ignore_errors=True)

@@ -1,0 +1,155 @@
+"""faults: SIGKILL of the daemon under load; Redis killed and restarted; PostgreSQL stopped and started."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+
+import httpx2
+
+from exai.stress.context import Context
+from exai.stress.driver import call, session
+from exai.stress.processes import Managed
+from exai.stress.results import Sample, ScenarioResult
+from exai.stress.target import Daemon
+
+NAME = "faults"
+SUMMARY = (
+    "Kills the daemon with SIGKILL under load and restarts it; kills a throwaway redis-server and starts it again; "
+    "stops a throwaway PostgreSQL cluster and starts it again, with calls running throughout."
+)
+CRITERION = (
+    "0 acknowledged turns lost after SIGKILL (start-to-ready time reported); while Redis or PostgreSQL is down, calls "
+    "fail with clear storage / rate_limit errors or run degraded, never hang past the deadline, never crash the "
+    "daemon; after they return the daemon recovers without a restart."
+)
+DEADLINE_S = 10.0
+CLEAR_DOWN = {"storage", "rate_limit"}  # the categories a call may fail with while a backing service is down
+
+
+async def _chats(ctx: Context, daemon: Daemon, count: int, tag: str) -> list[Sample]:
+    async with session(daemon.mcp_url, ctx.target.token, timeout=DEADLINE_S * 3) as client:
+        outcomes = [
+            await call(client, "chat", {"prompt": f"{tag} {n}", "model": "sim-fast"}, ctx.epoch, DEADLINE_S * 3)
+            for n in range(count)
+        ]
+    return [o.sample for o in outcomes]
+
+
+async def _sigkill(ctx: Context, result: ScenarioResult) -> None:
+    daemon = ctx.target.daemon("faults-kill")
+    acknowledged: dict[str, int] = {}
+    killed, enough_acknowledged = asyncio.Event(), asyncio.Event()
+    enough = ctx.scale(200, 20)
+
+    async def worker(index: int) -> None:
+        thread: str | None = None
+        try:
+            async with session(daemon.mcp_url, ctx.target.token) as client:
+                while not killed.is_set():
+                    args = {"prompt": f"kill {index}", "model": "sim-fast"} | (
+                        {"continuation_id": thread} if thread else {}
+                    )
+                    done = await call(client, "chat", args, ctx.epoch, ceiling=60)
+                    if not done.sample.ok:
+                        return
+                    result.samples.append(done.sample)
+                    thread = done.data["continuation_id"]
+                    acknowledged[thread] = acknowledged.get(thread, 0) + 1
+                    if sum(acknowledged.values()) >= enough:
+                        enough_acknowledged.set()
+        except Exception:
+            if not killed.is_set():
+                raise
+
+    async def killer() -> None:
+        await enough_acknowledged.wait()
+        killed.set()
+        assert daemon.managed is not None
+        daemon.managed.stop(signal.SIGKILL)
+
+    await ctx.sim.latency(20)
+    await asyncio.gather(killer(), *(worker(i) for i in range(8)))
+    ready_s = daemon.restart()
+    lost = 0
+    async with session(daemon.mcp_url, ctx.target.token) as client:
+        for thread, acks in acknowledged.items():
+            shown = await call(client, "threads", {"action": "show", "thread_id": thread, "limit": 1}, ctx.epoch)
+            lost += max(0, 2 * acks - (shown.data.get("thread", {}).get("turns", 0) if shown.sample.ok else 0))
+    result.figures |= {"sigkill: acknowledged calls": sum(acknowledged.values()), "sigkill: start to ready s": ready_s}
+    result.check("SIGKILL: acknowledged turns lost", "0", str(lost), lost == 0 and bool(acknowledged))
+    ctx.target.stop_daemon(daemon)
+
+
+async def _outage(
+    ctx: Context, result: ScenarioResult, what: str, daemon: Daemon, down: object, up: object, calls: int
+) -> None:
+    """Calls before, during and after an outage of a backing service; `down`/`up` are blocking callables."""
+    before = await _chats(ctx, daemon, calls, f"{what} before")
+    await asyncio.to_thread(down)  # type: ignore[arg-type]
+    during = await _chats(ctx, daemon, calls, f"{what} down")
+    alive = await _healthy(daemon)
+    await asyncio.to_thread(up)  # type: ignore[arg-type]
+    started = time.monotonic()
+    after: list[Sample] = []
+    while time.monotonic() - started < 60 and not (after and after[-1].ok):
+        after += await _chats(ctx, daemon, 1, f"{what} back")
+        if not after[-1].ok:
+            await asyncio.sleep(0.5)
+    recovered = bool(after) and after[-1].ok and all(s.ok for s in await _chats(ctx, daemon, calls, f"{what} after"))
+    result.samples += before + during + after
+    unclear = [s.category for s in during if not s.ok and s.category not in CLEAR_DOWN]
+    slowest = max(s.ms for s in during) / 1000
+    result.figures |= {
+        f"{what}: calls ok while down": f"{sum(s.ok for s in during)}/{len(during)}",
+        f"{what}: errors while down": sorted({s.category for s in during if not s.ok}),
+        f"{what}: slowest call while down s": round(slowest, 2),
+        f"{what}: recovered after s": round(time.monotonic() - started, 1),
+    }
+    result.check(
+        f"{what} down: clear errors or degraded", "storage / rate_limit or ok", str(unclear or "yes"), not unclear
+    )
+    result.check(f"{what} down: no hang", f"<= {DEADLINE_S:.0f} s deadline", f"{slowest:.1f} s", slowest <= DEADLINE_S)
+    result.check(f"{what} down: daemon alive", "/healthz 200", str(alive), alive)
+    result.check(f"{what} back: recovered without restart", "calls succeed again", str(recovered), recovered)
+    result.check(
+        f"{what}: calls before the outage", "all ok", f"{sum(s.ok for s in before)}/{calls}", all(s.ok for s in before)
+    )
+
+
+async def _healthy(daemon: Daemon) -> bool:
+    async with httpx2.AsyncClient() as http:
+        try:
+            return (await http.get(f"{daemon.url}/healthz", timeout=10)).status_code == 200
+        except httpx2.HTTPError:
+            return False
+
+
+def _restart(managed: Managed) -> None:
+    managed.start(None)
+
+
+async def run(ctx: Context, result: ScenarioResult) -> None:
+    if not ctx.target.local:
+        result.skipped = "kills and restarts processes: needs --target local"
+        return
+    await ctx.sim.reset()
+    calls = ctx.scale(20, 2)
+    ctx.progress(0, 3, "SIGKILL under load")
+    await _sigkill(ctx, result)
+    assert ctx.target.group is not None
+    await ctx.sim.latency(0)
+    ctx.progress(1, 3, "Redis down and back")
+    redis = ctx.target.group.redis()
+    redis.start(None)
+    env = {"EXAI_CALL_DEADLINE_SECONDS": str(DEADLINE_S), "EXAI_REDIS_URL": f"redis://127.0.0.1:{redis.port}/0"}
+    daemon = ctx.target.daemon("faults-redis", "sqlite", **env)
+    await _outage(ctx, result, "redis", daemon, lambda: redis.stop(signal.SIGKILL), lambda: _restart(redis), calls)
+    ctx.target.stop_daemon(daemon)
+    ctx.progress(2, 3, "PostgreSQL down and back")
+    cluster = await asyncio.to_thread(ctx.target.group.postgres)
+    env = {"EXAI_CALL_DEADLINE_SECONDS": str(DEADLINE_S), "EXAI_DATABASE_URL": cluster.url}
+    daemon = ctx.target.daemon("faults-postgres", "sqlite", **env)
+    await _outage(ctx, result, "postgres", daemon, cluster.stop, cluster.start, calls)
+    ctx.target.stop_daemon(daemon)

@@ -1,0 +1,107 @@
+"""recovery: workflows hit by an expert 5xx, an expert hanging past the deadline, and a daemon restart."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from mcp import Client
+
+from exai.stress.context import Context
+from exai.stress.driver import call, session
+from exai.stress.results import ScenarioResult
+from exai.stress.target import Daemon
+from exai.stress.workload import workflow_step
+
+NAME = "recovery"
+SUMMARY = (
+    "Three-step debug workflows; in one group the expert call gets 503s, in another it hangs past the call's "
+    "deadline, in a third the daemon is restarted between steps. Each workflow is resumed with its continuation_id."
+)
+CRITERION = "100% of workflows complete; every acknowledged step is in the thread afterwards (0 lost)."
+STEPS = 3
+RESUME_ATTEMPTS = 5
+
+
+async def _steps(
+    daemon: Daemon, ctx: Context, result: ScenarioResult, threads: list[str | None], first: int, last: int
+) -> None:
+    """Send steps first..last (no expert call before the final step) of every workflow, concurrently."""
+
+    async def one(index: int) -> None:
+        async with session(daemon.mcp_url, ctx.target.token) as client:
+            for number in range(first, last + 1):
+                args = workflow_step(number, STEPS, threads[index], f"recovery {index}")
+                done = await call(client, "debug", args, ctx.epoch, ceiling=120)
+                result.samples.append(done.sample)
+                if done.sample.ok:
+                    threads[index] = done.data["continuation_id"]
+
+    await asyncio.gather(*(one(i) for i in range(len(threads))))
+
+
+async def _final(
+    daemon: Daemon, ctx: Context, result: ScenarioResult, threads: list[str | None], expect_failure: bool
+) -> list[dict]:
+    """The last step (the expert call) of every workflow. With a fault on, each must fail with a resumable error;
+    without, each is resumed the way a client does: again after the `retry_in_seconds` an open breaker names."""
+
+    async def one(client: Client, index: int) -> dict:
+        args = workflow_step(STEPS, STEPS, threads[index], f"recovery {index}")
+        for _ in range(RESUME_ATTEMPTS):
+            outcome = await call(client, "debug", args, ctx.epoch, ceiling=120)
+            if expect_failure:
+                return {"resumable": not outcome.sample.ok and "continuation_id" in outcome.data.get("details", {})}
+            result.samples.append(outcome.sample)
+            wait = outcome.data.get("details", {}).get("retry_in_seconds")
+            if outcome.sample.ok or wait is None:
+                return outcome.data
+            await asyncio.sleep(min(float(wait), 30.0) + 0.2)
+        return outcome.data
+
+    async with session(daemon.mcp_url, ctx.target.token) as client:
+        return list(await asyncio.gather(*(one(client, i) for i in range(len(threads)))))
+
+
+async def run(ctx: Context, result: ScenarioResult) -> None:
+    per_group = ctx.scale(20, 4)
+    deadline = ctx.seconds(10, 4)
+    local = ctx.target.local
+    daemon = ctx.target.daemon("recovery", EXAI_CALL_DEADLINE_SECONDS=str(deadline), EXAI_BREAKER_COOLDOWN_SECONDS="2")
+    await ctx.sim.reset()
+    groups = ["expert 503", "expert hang past the deadline", "daemon restart"] if local else ["expert 503"]
+    if not local:
+        result.notes.append("remote target: the hang and restart groups need a local daemon and were not run")
+    completed = total = lost = resumable = failed_as_asked = 0
+    for number, group in enumerate(groups):
+        ctx.progress(number, len(groups), group)
+        threads: list[str | None] = [None] * per_group
+        if group == "daemon restart":
+            await _steps(daemon, ctx, result, threads, 1, 1)
+            result.figures["restart_to_ready_s"] = round(daemon.restart(), 2)
+            await _steps(daemon, ctx, result, threads, 2, STEPS - 1)
+        else:
+            await _steps(daemon, ctx, result, threads, 1, STEPS - 1)
+            await ctx.sim.fault("503" if group == "expert 503" else "hang", model="sim-smart")
+            started = time.monotonic()
+            failures = await _final(daemon, ctx, result, threads, expect_failure=True)
+            result.figures[f"{group}: longest failing call s"] = round(time.monotonic() - started, 1)
+            await ctx.sim.clear_faults()
+            failed_as_asked += len(failures)
+            resumable += sum(f["resumable"] for f in failures)
+        finals = await _final(daemon, ctx, result, threads, expect_failure=False)
+        for answer in finals:
+            total += 1
+            done = answer.get("status") == "complete"
+            completed += done
+            lost += done and answer.get("steps_recorded") != list(range(1, STEPS + 1))
+    result.figures |= {"workflows": total, "completed": completed, "deadline_s": deadline}
+    result.check("workflows completed", "100%", f"{completed}/{total}", total > 0 and completed == total)
+    result.check("acknowledged steps lost", "0", str(lost), lost == 0)
+    result.check(
+        "failures were resumable",
+        "every failed step names its continuation_id",
+        f"{resumable}/{failed_as_asked}",
+        resumable == failed_as_asked,
+    )
+    ctx.target.stop_daemon(daemon)

@@ -1,0 +1,87 @@
+"""soak: mixed traffic for a long time, with sessions opened and closed all the time; memory and files stay flat."""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+from exai.stress.context import Context
+from exai.stress.metrics import ResourceMonitor
+from exai.stress.results import Sample, ScenarioResult
+from exai.stress.worker import run_workers
+from exai.stress.workload import LoadPlan
+
+NAME = "soak"
+SUMMARY = (
+    "Mixed traffic (chats, continued threads, workflows, consensus) from 2 client processes for --duration "
+    "(default 10 minutes); every session is closed after 10 operations per slot and a new one opened."
+)
+CRITERION = (
+    "daemon RSS at the end <= 5% above its value after warm-up (the first fifth); open file descriptors flat "
+    "(+5 at most); 0 critical errors (internal, hang, transport)."
+)
+CRITICAL_PREFIXES = ("internal", "hang", "client:", "session:")
+RSS_GROWTH = 0.05
+FD_SLACK = 5
+
+
+def _median(readings: list[tuple[float, float, float]], column: int) -> float:
+    return statistics.median(r[column] for r in readings) if readings else 0.0
+
+
+async def run(ctx: Context, result: ScenarioResult) -> None:
+    duration = min(ctx.soak_seconds, 30.0) if ctx.quick else ctx.soak_seconds
+    daemon = ctx.target.daemon("soak")
+    await ctx.sim.reset()
+    await ctx.sim.latency(50, jitter_ms=20)
+    plan = LoadPlan(
+        url=daemon.mcp_url,
+        sessions=ctx.scale(16, 4),
+        slots_per_session=2,
+        operations_per_slot=10,
+        reopen=1_000_000,  # bounded by `until`
+        until=time.time() + duration,
+        token=ctx.target.token,
+        prefix=f"soak-{int(time.time())}",
+    )
+    monitor = ResourceMonitor(daemon.url, ctx.epoch, ctx.admin_headers(), interval=ctx.seconds(5, 1))
+    monitor.start()
+
+    def on_sample(sample: Sample) -> None:
+        result.samples.append(sample)
+        ctx.progress(min(ctx.elapsed(), duration), duration, f"{len(result.samples)} calls")
+
+    try:
+        await run_workers(2, plan, ctx.epoch, on_sample, ceiling=duration + 120)
+    finally:
+        await monitor.stop()
+    readings = result.resources = monitor.readings
+    warm_end = duration / 5
+    window = max(3, len(readings) // 10)  # medians of several readings: one garbage collection is not growth
+    after_warm = [r for r in readings if r[0] >= warm_end][:window]
+    at_end = readings[-window:]
+    rss_warm, rss_end = _median(after_warm, 1), _median(at_end, 1)
+    fds_warm, fds_end = _median(after_warm, 2), _median(at_end, 2)
+    growth = (rss_end - rss_warm) / rss_warm if rss_warm else float("inf")
+    critical = [s for s in result.samples if not s.ok and s.category.startswith(CRITICAL_PREFIXES)]
+    result.figures |= {
+        "duration_s": duration,
+        "rss_after_warm_up_mb": rss_warm,
+        "rss_at_end_mb": rss_end,
+        "open_fds_after_warm_up": fds_warm,
+        "open_fds_at_end": fds_end,
+        "errors": sum(not s.ok for s in result.samples),
+    }
+    result.notes.append("database connections: the daemon's pool holds them as open descriptors, counted in fds")
+    result.check(
+        "RSS growth",
+        f"<= {RSS_GROWTH:.0%}",
+        f"{growth:+.1%} ({rss_warm:.0f} -> {rss_end:.0f} MB)",
+        growth <= RSS_GROWTH,
+    )
+    result.check(
+        "open files flat", f"<= +{FD_SLACK}", f"{fds_warm:.0f} -> {fds_end:.0f}", fds_end <= fds_warm + FD_SLACK
+    )
+    result.check("critical errors", "0", str(len(critical)), not critical)
+    result.check("calls made", "> 0", str(len(result.samples)), bool(result.samples))
+    ctx.target.stop_daemon(daemon)

@@ -1,0 +1,100 @@
+"""The traffic mix: new chats, continued threads, two-step workflows and consensus, each a bounded loop."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from mcp import Client
+
+from exai.stress.driver import Outcome, call, session
+from exai.stress.results import Sample
+
+MIX = ("chat", "continue", "workflow", "chat", "continue", "consensus", "chat", "workflow", "continue", "chat")
+"""Ten operations a slot cycles through: 4 new chats, 3 continued threads, 2 workflows, 1 consensus."""
+
+
+@dataclass
+class LoadPlan:
+    url: str  # …/mcp
+    sessions: int
+    slots_per_session: int  # concurrent operations in flight per session
+    operations_per_slot: int  # per session opening
+    reopen: int = 1  # how many times each session is opened, used and closed
+    ramp_seconds: float = 0.0  # sessions start spread over this long
+    until: float | None = None  # wall-clock (time.time()) end; stops early when reached
+    token: str | None = None
+    prefix: str = "load"
+    ceiling: float = 300.0  # a single call's hang ceiling
+
+
+def workflow_step(number: int, total: int, thread: str | None, text: str) -> dict[str, Any]:
+    args: dict[str, Any] = {
+        "step": f"step {number}: {text}",
+        "step_number": number,
+        "total_steps": total,
+        "next_step_required": number < total,
+        "findings": f"finding {number} of {text}",
+        "model": "sim-smart",
+    }
+    if thread:
+        args["continuation_id"] = thread
+    return args
+
+
+async def operation(
+    client: Client, kind: str, tag: str, thread: str | None, epoch: float, ceiling: float
+) -> tuple[list[Outcome], str | None]:
+    """Run one operation of the mix; returns its calls and the thread a later `continue` may use."""
+    if kind == "continue" and thread:
+        done = await call(client, "chat", {"prompt": f"more {tag}", "continuation_id": thread}, epoch, ceiling)
+        return [done], done.data.get("continuation_id", thread)
+    if kind == "workflow":
+        first = await call(client, "debug", workflow_step(1, 2, None, tag), epoch, ceiling)
+        if not first.sample.ok:
+            return [first], thread
+        final = workflow_step(2, 2, first.data["continuation_id"], tag)
+        return [first, await call(client, "debug", final, epoch, ceiling)], thread
+    if kind == "consensus":
+        models = [{"model": "sim-fast", "stance": "for"}, {"model": "sim-smart", "stance": "against"}]
+        done = await call(client, "consensus", {"prompt": f"decide {tag}", "models": models}, epoch, ceiling)
+        if done.sample.ok and done.data.get("failed"):
+            done.sample.ok, done.sample.category = False, "consensus_opinion_failed"
+        return [done], thread
+    done = await call(client, "chat", {"prompt": f"hello {tag}", "model": "sim-fast"}, epoch, ceiling)
+    return [done], done.data.get("continuation_id") if done.sample.ok else thread
+
+
+async def run_plan(plan: LoadPlan, emit: Callable[[Sample], None], epoch: float) -> None:
+    """Every session of `plan`, concurrently; each finished call is handed to `emit`."""
+
+    def over() -> bool:
+        return plan.until is not None and time.time() >= plan.until
+
+    async def slot(client: Client, name: str) -> None:
+        thread: str | None = None
+        for n in range(plan.operations_per_slot):
+            if over():
+                return
+            outcomes, thread = await operation(client, MIX[n % len(MIX)], f"{name}-{n}", thread, epoch, plan.ceiling)
+            for outcome in outcomes:
+                emit(outcome.sample)
+
+    async def one_session(index: int) -> None:
+        await asyncio.sleep(plan.ramp_seconds * index / max(1, plan.sessions))
+        for opening in range(plan.reopen):
+            if over():
+                return
+            started = time.perf_counter()
+            try:
+                async with session(plan.url, plan.token, plan.ceiling) as client:
+                    names = [f"{plan.prefix}-{index}-{opening}-{k}" for k in range(plan.slots_per_session)]
+                    await asyncio.gather(*(slot(client, name) for name in names))
+            except Exception as exc:  # a session that cannot open (or breaks) is an error sample, not a crash
+                ms = (time.perf_counter() - started) * 1000
+                emit(Sample(round(time.monotonic() - epoch, 3), ms, False, f"session:{type(exc).__name__}", "session"))
+
+    await asyncio.gather(*(one_session(i) for i in range(plan.sessions)))

@@ -1,0 +1,10 @@
+# A stand-in for the official PostgreSQL image: Debian's PostgreSQL on the local base, with the parts of the
+# official entrypoint that compose.yaml uses (POSTGRES_USER, POSTGRES_DB, POSTGRES_PASSWORD_FILE, PGPORT).
+ARG BASE_IMAGE
+FROM ${BASE_IMAGE}
+RUN apt-get update && apt-get install -y --no-install-recommends postgresql && rm -rf /var/lib/apt/lists/* \
+    && install -d -o postgres -g postgres -m 700 /var/lib/postgresql/data
+COPY postgres-entrypoint.sh /usr/local/bin/postgres-entrypoint.sh
+ENV PATH=/usr/lib/postgresql/15/bin:$PATH PGDATA=/var/lib/postgresql/data
+USER postgres
+ENTRYPOINT ["sh", "/usr/local/bin/postgres-entrypoint.sh"]

@@ -1,0 +1,142 @@
+"""What a first-time user meets on the command line: busy ports, misspelt settings, piped output, quiet commands."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx2
+import pytest
+from mcp import Client
+from mcp.client.streamable_http import streamable_http_client
+
+from exai.security.auth import issue_token
+from tests.conftest import TEST_JWT_SECRET, Proc, SimControl, free_port, sim_env
+from tests.helpers import tool_error, wait_until
+
+
+def _run(args: list[str], env: dict[str, str], **kwargs: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "exai", *args],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=90,
+        check=False,
+        **kwargs,  # type: ignore[call-overload]
+    )
+
+
+@pytest.mark.parametrize("via", ["--port", "EXAI_PORT"])
+def test_serve_on_a_busy_port_says_so_in_one_line(sim: SimControl, via: str) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = str(taken.getsockname()[1])
+        args, env = (["serve", "--port", port], {}) if via == "--port" else (["serve"], {"EXAI_PORT": port})
+        result = _run(args, {**sim_env(sim), **env})
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert f"127.0.0.1:{port}" in lines[0] and "--port or EXAI_PORT" in lines[0], result.stderr
+    assert "startup complete" not in result.stderr and "Errno" not in result.stderr
+
+
+def test_misspelt_variables_are_warned_about_with_a_suggestion(tmp_path: Path) -> None:
+    (tmp_path / ".env").write_text("EXAI_LOG_LEVL=DEBUG\n")
+    env = {"EXAI_MAX_RETRYS": "3", "EXAI_TEST_OWN_KNOB": "1", "EXAI_MAX_RETRIES": "3"}
+    result = _run(["models", "--json"], env, cwd=str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    warnings = [line for line in result.stderr.splitlines() if "is not an EX-AI setting" in line]
+    assert len(warnings) == 2, result.stderr
+    assert "EXAI_MAX_RETRYS (in the environment)" in warnings[0] and "did you mean EXAI_MAX_RETRIES?" in warnings[0]
+    assert "EXAI_LOG_LEVL (in .env)" in warnings[1] and "did you mean EXAI_LOG_LEVEL?" in warnings[1]
+
+
+@pytest.mark.anyio
+async def test_a_bad_default_model_is_named_at_start_and_in_the_call_error(daemon: Callable[..., Proc]) -> None:
+    proc = daemon(EXAI_DEFAULT_MODEL="gpt-9")
+    async with Client(f"{proc.url}/mcp") as client:
+        result = await client.call_tool("chat", {"prompt": "which model?", "model": "auto"})
+    error = tool_error(result)
+    assert error["code"] == "unknown_model" and "EXAI_DEFAULT_MODEL" in error["message"], error
+    assert "EXAI_DEFAULT_MODEL" in error["remedy"]
+    started = [json.loads(line) for line in proc.logs().splitlines() if "default_model_unusable" in line]
+    assert started and started[0]["setting"] == "EXAI_DEFAULT_MODEL" and "gpt-9" in started[0]["error"], proc.logs()
+
+
+@pytest.mark.anyio
+async def test_an_unreachable_redis_is_one_warning_at_start(daemon: Callable[..., Proc]) -> None:
+    proc = daemon(EXAI_REDIS_URL=f"redis://127.0.0.1:{free_port()}/0")
+    await wait_until(lambda: "redis_unreachable" in proc.logs(), "the daemon warned about Redis")
+    warnings = [json.loads(line) for line in proc.logs().splitlines() if "redis_unreachable" in line]
+    assert len(warnings) == 1 and warnings[0]["level"] == "warning", warnings
+    assert "own counters" in warnings[0]["behaviour"] and "EXAI_REDIS_URL" in warnings[0]["remedy"]
+
+
+def test_doctor_piped_keeps_whole_cells_and_logs_nothing_on_success(sim: SimControl) -> None:
+    result = _run(["doctor"], {"CUSTOM_API_URL": sim.openai_url, "COLUMNS": "80"})
+    assert result.returncode == 0, result.stdout
+    rows = {line.split()[0]: line for line in result.stdout.splitlines() if line.strip()}
+    assert f"{sim.openai_url}: 3 models listed" in rows["custom"], result.stdout
+    assert "set GLM_API_KEY or ZHIPUAI_API_KEY or ZAI_API_KEY to enable" in rows["glm"], result.stdout
+    assert not any(ch in result.stdout for ch in "┃│━"), result.stdout
+    assert "custom_models_discovered" not in result.stderr and result.stderr.strip() == "", result.stderr
+
+
+def test_models_logs_no_discovery_line_unless_asked(sim: SimControl) -> None:
+    quiet = _run(["models", "--json"], {"CUSTOM_API_URL": sim.openai_url})
+    assert quiet.returncode == 0 and quiet.stderr.strip() == "", quiet.stderr
+    asked = _run(["models", "--json"], {"CUSTOM_API_URL": sim.openai_url, "EXAI_LOG_LEVEL": "INFO"})
+    assert "custom_models_discovered" in asked.stderr, asked.stderr
+
+
+@pytest.mark.anyio
+async def test_audit_piped_keeps_whole_cells(daemon: Callable[..., Proc]) -> None:
+    proc = daemon()
+    async with Client(f"{proc.url}/mcp") as client:
+        assert not (await client.call_tool("chat", {"prompt": "audited", "model": "sim-fast"})).is_error
+
+    def recorded() -> list[dict[str, object]]:
+        listed = _run(["audit", "--json"], {"COLUMNS": "80"})
+        return [json.loads(line) for line in listed.stdout.splitlines() if '"chat"' in line]
+
+    await wait_until(lambda: bool(recorded()), "the call was audited")
+    record = recorded()[0]
+    table = _run(["audit"], {"COLUMNS": "80"})
+    assert table.returncode == 0, table.stderr
+    lines = [line for line in table.stdout.splitlines() if str(record["correlation_id"]) in line]
+    assert len(lines) == 1, f"the correlation id is cut:\n{table.stdout}"
+    line = lines[0]
+    assert "chat" in line and "sim-fast" in line and "ok" in line, table.stdout
+
+
+@pytest.mark.anyio
+async def test_version_lists_only_the_tools_the_caller_may_call(daemon: Callable[..., Proc]) -> None:
+    proc = daemon(EXAI_JWT_SECRET=TEST_JWT_SECRET)
+    for scopes in (["exai:tools"], ["exai:tool:version", "exai:tool:chat"]):
+        token = issue_token(TEST_JWT_SECRET, "newcomer", scopes, 600)
+        async with (
+            httpx2.AsyncClient(headers={"Authorization": f"Bearer {token}"}, timeout=60) as http,
+            Client(streamable_http_client(f"{proc.url}/mcp", http_client=http)) as client,
+        ):
+            listed = {tool.name for tool in (await client.list_tools()).tools}
+            version = await client.call_tool("version", {})
+        assert not version.is_error, version.content
+        assert set(version.structured_content["tools"]) == listed, (scopes, listed, version.structured_content)
+        assert "status" not in version.content[0].text
+    assert listed == {"version", "chat"}
+
+
+@pytest.mark.anyio
+async def test_the_dashboard_without_a_token_says_how_to_give_one(daemon: Callable[..., Proc], tmp_path: Path) -> None:
+    from tests.test_status_page import _chromium, _render_until
+
+    chromium = _chromium()
+    proc = daemon(EXAI_JWT_SECRET=TEST_JWT_SECRET)
+    dom = await _render_until(chromium, tmp_path / "chrome", f"{proc.url}/dashboard", lambda d: "bearer token" in d)
+    assert "A valid bearer token is required." in dom and "/dashboard#token=&lt;admin token&gt;" in dom, dom[-3000:]
+    assert "exai:admin" in dom

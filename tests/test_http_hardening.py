@@ -1,0 +1,164 @@
+"""Attacks on the daemon's HTTP layer by an outsider: slow and hostile clients, deep JSON, forged ids and hosts, logs.
+
+Each test drives a real `exai serve` with raw sockets or raw requests, as an attacker would.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from collections.abc import Callable
+
+import httpx2
+
+from exai.observability.context import SAFE_ID
+from tests.conftest import Proc, SimControl
+from tests.test_http_attacks import MCP_HEADERS, post, ready_session, sse_result, wait_for
+
+Daemon = Callable[..., Proc]
+TEST_CEILING = 60  # seconds a socket waits for the daemon's answer; the old daemon never answered
+
+
+def raw_connection(proc: Proc, data: bytes = b"") -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", proc.port), timeout=TEST_CEILING)
+    if data:
+        sock.sendall(data)
+    return sock
+
+
+def read_until_closed(sock: socket.socket) -> bytes:
+    """Everything the daemon writes until it closes the connection (a timeout fails the test)."""
+    received = b""
+    while chunk := sock.recv(65536):
+        received += chunk
+    return received
+
+
+def trickles_until_closed(sock: socket.socket) -> bool:
+    """Send a byte of body every 0.2 s, as a slowloris client does; True once the daemon closes the connection."""
+    deadline = time.monotonic() + TEST_CEILING
+    while time.monotonic() < deadline:
+        try:
+            sock.sendall(b"x")
+        except OSError:
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def request_head(proc: Proc, method: str, path: str, *lines: str) -> bytes:
+    return "\r\n".join([f"{method} {path} HTTP/1.1", f"host: 127.0.0.1:{proc.port}", *lines, "", ""]).encode()
+
+
+def test_a_client_that_never_finishes_its_headers_is_cut_off(daemon: Daemon, sim: SimControl) -> None:
+    proc = daemon(EXAI_HTTP_HEADER_TIMEOUT_SECONDS="1")
+    silent = raw_connection(proc)
+    partial = raw_connection(proc, f"POST /mcp HTTP/1.1\r\nhost: 127.0.0.1:{proc.port}\r\nx-slow: 1".encode())
+    for sock in (silent, partial):
+        with sock:
+            answer = read_until_closed(sock)
+        assert answer.startswith(b"HTTP/1.1 408 "), answer[:200]
+        assert b"EXAI_HTTP_HEADER_TIMEOUT_SECONDS" in answer
+    kept_alive = raw_connection(proc, request_head(proc, "GET", "/healthz"))
+    with kept_alive:
+        assert kept_alive.recv(65536).startswith(b"HTTP/1.1 200 ")
+        kept_alive.sendall(b"GET /healthz HTTP/1.1\r\n")  # the next request on the connection stalls too
+        assert read_until_closed(kept_alive).startswith(b"HTTP/1.1 408 ")
+    assert httpx2.get(f"{proc.url}/healthz").status_code == 200
+
+
+def test_a_body_that_never_arrives_is_answered_408_and_logged_in_one_line(daemon: Daemon, sim: SimControl) -> None:
+    proc = daemon(EXAI_HTTP_BODY_TIMEOUT_SECONDS="1")
+    head = request_head(proc, "POST", "/mcp", *(f"{k}: {v}" for k, v in MCP_HEADERS.items()), "content-length: 1000")
+    with raw_connection(proc, head + b'{"jsonrpc": "2.0", ') as stalled:
+        answer = read_until_closed(stalled)
+    assert answer.startswith(b"HTTP/1.1 408 "), answer[:200]
+    assert b"EXAI_HTTP_BODY_TIMEOUT_SECONDS" in answer
+    unread = request_head(proc, "POST", "/healthz", "content-length: 100000")  # answered 405, the body unread
+    with raw_connection(proc, unread) as trickling:
+        assert trickling.recv(65536).startswith(b"HTTP/1.1 405 ")
+        assert trickles_until_closed(trickling), "a body trickling in after the answer holds the connection"
+    raw_connection(proc, head + b'{"jsonrpc": "2.0", ').close()  # a client that goes away in the middle of its body
+    wait_for(lambda: proc.logs().count("request body incomplete") >= 2, "both incomplete bodies to be logged")
+    logs = proc.logs()
+    assert "Traceback" not in logs and "ClientDisconnect" not in logs, logs[-3000:]
+    incomplete = [json.loads(line) for line in logs.splitlines() if "request body incomplete" in line]
+    assert all(record["level"] == "info" for record in incomplete), incomplete
+    answered = httpx2.post(f"{proc.url}/mcp", json={"jsonrpc": "2.0", "id": 1, "method": "ping"}, headers=MCP_HEADERS)
+    assert answered.status_code != 408, "a prompt client is not affected"
+
+
+def test_connections_beyond_the_cap_are_answered_503(daemon: Daemon, sim: SimControl) -> None:
+    proc = daemon(EXAI_MAX_CONNECTIONS="4")
+    held = [raw_connection(proc) for _ in range(4)]
+    try:
+        wait_for(lambda: httpx2.get(f"{proc.url}/healthz").status_code == 503, "the connection cap to be reached")
+        refused = httpx2.get(f"{proc.url}/healthz")
+        assert "EXAI_MAX_CONNECTIONS" in refused.text and refused.headers["retry-after"]
+    finally:
+        for sock in held:
+            sock.close()
+    wait_for(lambda: httpx2.get(f"{proc.url}/healthz").status_code == 200, "closed connections to free the cap")
+
+
+def nested(depth: int) -> str:
+    return "[" * depth + "]" * depth
+
+
+def test_deeply_nested_json_is_a_parse_error_not_a_crash(daemon: Daemon, sim: SimControl) -> None:
+    proc = daemon()
+    session = ready_session(proc)
+    in_arguments = (
+        '{"jsonrpc": "2.0", "id": 3, "method": "tools/call", '
+        f'"params": {{"name": "chat", "arguments": {{"prompt": "hi", "files": {nested(50_000)}}}}}}}'
+    )
+    for body in (nested(50_000), in_arguments, nested(1_500)):
+        for headers in ({**MCP_HEADERS, **session}, MCP_HEADERS):
+            answer = httpx2.post(f"{proc.url}/mcp", content=body, headers=headers, timeout=60)
+            assert answer.status_code == 400, (answer.status_code, answer.text[:300])
+            assert answer.json()["error"]["code"] == -32700
+    ping = post(proc, {"jsonrpc": "2.0", "id": 4, "method": "ping"}, session)
+    assert ping.status_code == 200 and sse_result(ping)["id"] == 4
+    logs = proc.logs()
+    assert "RecursionError" not in logs and "Traceback" not in logs, logs[-3000:]
+
+
+def test_an_unsafe_request_id_is_never_echoed(daemon: Daemon, sim: SimControl) -> None:
+    proc = daemon()
+    evil = "evil id [bold] <script>"
+    probe = httpx2.get(f"{proc.url}/healthz", headers={"x-request-id": evil})
+    assert SAFE_ID.fullmatch(probe.headers["x-request-id"]), probe.headers["x-request-id"]
+    session = ready_session(proc)
+    call = {"prompt": "which id?", "model": "sim-fast"}
+    body = {"jsonrpc": "2.0", "id": 9, "method": "tools/call", "params": {"name": "chat", "arguments": call}}
+    answered = post(proc, body, {**session, "x-request-id": evil})
+    used = answered.headers["x-request-id"]
+    assert SAFE_ID.fullmatch(used) and used != evil
+    assert "error" not in sse_result(answered)
+    assert sim.requests(1)[0]["headers"].get("x-request-id") == used, "the call used the id the response names"
+    trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
+    traced = httpx2.get(f"{proc.url}/healthz", headers={"traceparent": f"00-{trace_id}-00f067aa0ba902b7-01"})
+    assert traced.headers["x-request-id"] == trace_id
+
+
+def test_the_host_check_wants_an_exact_name_and_a_numeric_port(daemon: Daemon, sim: SimControl) -> None:
+    proc = daemon(EXAI_ALLOWED_HOSTS="team-host")
+    for host in ("localhost:1.evil.example", f"127.0.0.1:{proc.port}.evil.example", "localhost:", "team-host:80x"):
+        assert httpx2.get(f"{proc.url}/healthz", headers={"host": host}).status_code == 421, host
+    for origin in ("http://localhost:1.evil.example", "http://team-host:8080@evil.example"):
+        assert httpx2.get(f"{proc.url}/healthz", headers={"origin": origin}).status_code == 403, origin
+    for host in (f"localhost:{proc.port}", "[::1]:8765", "team-host:443"):
+        assert httpx2.get(f"{proc.url}/healthz", headers={"host": host}).status_code == 200, host
+    assert httpx2.get(f"{proc.url}/healthz", headers={"origin": "https://team-host:8443"}).status_code == 200
+
+
+def test_debug_logs_hold_no_request_or_response_bodies(daemon: Daemon, sim: SimControl) -> None:
+    proc = daemon(EXAI_LOG_LEVEL="DEBUG")
+    session = ready_session(proc)
+    call = {"prompt": "the plan is marker-7d41c2", "model": "sim-fast"}
+    body = {"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "chat", "arguments": call}}
+    answered = post(proc, body, session)
+    assert "marker-7d41c2" in json.dumps(sse_result(answered))
+    logs = proc.logs()
+    assert "marker-7d41c2" not in logs, [line[:300] for line in logs.splitlines() if "marker-7d41c2" in line]
