@@ -64,7 +64,8 @@ def test_a_client_that_never_finishes_its_headers_is_cut_off(daemon: Daemon, sim
     with kept_alive:
         assert kept_alive.recv(65536).startswith(b"HTTP/1.1 200 ")
         kept_alive.sendall(b"GET /healthz HTTP/1.1\r\n")  # the next request on the connection stalls too
-        assert read_until_closed(kept_alive).startswith(b"HTTP/1.1 408 ")
+        # (the first answer's body may still be on its way when the 408 follows it)
+        assert b"HTTP/1.1 408 " in read_until_closed(kept_alive)
     assert httpx2.get(f"{proc.url}/healthz").status_code == 200
 
 

@@ -19,8 +19,11 @@ from dataclasses import dataclass, field
 from exai.conversations.state import StateChange, ThreadState
 from exai.conversations.tokens import count_tokens_async
 from exai.observability.errors import Category, ExaiError, NotFoundError, StorageError, ValidationError
+from exai.observability.logging import get_logger
 from exai.providers.types import GenerateResponse
 from exai.storage.base import Store, ThreadConflict, ThreadRecord, TurnRecord
+
+log = get_logger(__name__)
 
 START_OVER = "Call the tool again without continuation_id to start a new thread; the `threads` tool lists yours."
 WRITE_ATTEMPTS = 20  # compare-and-set attempts before a write is refused as a conflict
@@ -69,6 +72,7 @@ class Conversations:
         except ExaiError:
             raise
         except Exception as exc:  # whatever the store raised (a pool timeout, a lost connection, a locked file)
+            log.exception("storage_failed", operation=operation)  # the cause, for the operator (secrets redacted)
             raise StorageError(
                 f"The conversation store failed ({type(exc).__name__} during {operation}); nothing was recorded.",
                 code="storage_unavailable",
