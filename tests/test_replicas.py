@@ -28,6 +28,7 @@ from tests.replica_cluster import NGINX, CallFailed, Cluster, LegacyClient, Ngin
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(600)]
 LIMITED_RPM = 10
+THREAD_TURNS = 50  # prompts per thread before a client starts a new one (`threads show` lists 200 turns)
 
 
 @dataclass
@@ -141,9 +142,7 @@ class Load:
                 except (CallFailed, httpx2.TransportError) as exc:
                     self.failures.append((started, time.monotonic(), f"{name}: {exc}"))
                     continue
-                thread = result["structuredContent"]["continuation_id"]
-                self.acknowledged.setdefault(thread, []).append(prompt)
-                self.calls += 1
+                thread = self.record(result["structuredContent"]["continuation_id"], prompt)
         finally:
             await client.close()
 
@@ -162,9 +161,13 @@ class Load:
             except Exception as exc:  # the SDK raises its own types for HTTP and stream failures
                 self.failures.append((started, time.monotonic(), f"{name}: {type(exc).__name__}: {exc}"))
                 continue
-            thread = result.structured_content["continuation_id"]  # type: ignore[index]
-            self.acknowledged.setdefault(thread, []).append(prompt)
-            self.calls += 1
+            thread = self.record(result.structured_content["continuation_id"], prompt)  # type: ignore[index]
+
+    def record(self, thread: str, prompt: str) -> str | None:
+        """Keep an acknowledged prompt; the thread to continue next (a new one once this one is long enough)."""
+        self.acknowledged.setdefault(thread, []).append(prompt)
+        self.calls += 1
+        return thread if len(self.acknowledged[thread]) < THREAD_TURNS else None
 
     async def wait_for_calls(self, more: int) -> None:
         target, deadline = self.calls + more, time.monotonic() + 120
@@ -180,7 +183,7 @@ async def missing_turns(url: str, key: str, acknowledged: dict[str, list[str]]) 
     try:
         for thread, prompts in acknowledged.items():
             shown = await client.call("threads", {"action": "show", "thread_id": thread, "limit": 200})
-            assert len(prompts) <= 100, "`threads show` lists at most 200 turns: keep each client's thread shorter"
+            assert len(prompts) <= THREAD_TURNS, "`threads show` lists at most 200 turns: keep each thread shorter"
             stored = {t["content"] for t in shown["structuredContent"]["turns"] if t["role"] == "user"}
             if lost := [p for p in prompts if p not in stored]:
                 missing[thread] = lost
