@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from pydantic import BaseModel, Field
@@ -64,6 +65,47 @@ class AuditRecord(BaseModel):
 THREAD_COLUMNS = "id, tenant, title, created_at, updated_at, expires_at, turn_count, tools, state, version"
 TURN_COLUMNS = "seq, role, content, tool, model, provider, files, usage, created_at, tokens"
 AUDIT_FIELDS = tuple(AuditRecord.model_fields)
+THREAD_UPDATE = "title, updated_at, expires_at, turn_count, tools, state, version"
+"""What a versioned append rewrites of a thread row, in the order of `thread_update_values`."""
+
+
+def thread_values(thread: ThreadRecord, encode: Callable[[Any], Any]) -> tuple[Any, ...]:
+    """A thread row in THREAD_COLUMNS order; `encode` turns a JSON field into the dialect's value."""
+    return (
+        thread.id,
+        thread.tenant,
+        thread.title,
+        thread.created_at,
+        thread.updated_at,
+        thread.expires_at,
+        thread.turn_count,
+        encode(thread.tools),
+        encode(thread.state),
+        thread.version,
+    )
+
+
+def thread_update_values(thread: ThreadRecord, expected_version: int, encode: Callable[[Any], Any]) -> tuple[Any, ...]:
+    """THREAD_UPDATE's values, then the id and the version the row must still have."""
+    values = thread_values(thread, encode)
+    return (values[2], *values[4:], thread.id, expected_version)
+
+
+def turn_values(thread_id: str, turn: TurnRecord, encode: Callable[[Any], Any]) -> tuple[Any, ...]:
+    """A turn row: the thread id, then TURN_COLUMNS order."""
+    return (
+        thread_id,
+        turn.seq,
+        turn.role,
+        turn.content,
+        turn.tool,
+        turn.model,
+        turn.provider,
+        encode(turn.files),
+        encode(turn.usage),
+        turn.created_at,
+        turn.tokens,
+    )
 
 
 def audit_filter(tenant: str | None, tool: str | None, since: float | None, mark: str) -> tuple[str, list[Any]]:

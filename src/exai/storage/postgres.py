@@ -18,34 +18,25 @@ from psycopg_pool import AsyncConnectionPool
 from exai.storage.base import (
     AUDIT_FIELDS,
     THREAD_COLUMNS,
+    THREAD_UPDATE,
     TURN_COLUMNS,
     AuditRecord,
     ThreadConflict,
     ThreadRecord,
     TurnRecord,
     audit_filter,
+    thread_update_values,
+    thread_values,
+    turn_values,
 )
 from exai.storage.migrations import MIGRATIONS
+
+_POSTGRES_UPDATE = ", ".join(f"{column} = %s" for column in THREAD_UPDATE.split(", "))
 
 _MIGRATION_LOCK = 0x4558_4149  # advisory lock id: one daemon migrates at a time
 _SCHEMA_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 POOL_WAIT_SECONDS = 5.0  # a call waits this long for a connection, then fails as `storage` (not at 30 s)
 _CONNECTION = {"autocommit": True, "prepare_threshold": None}  # no prepared statements: poolers may swap backends
-
-
-def _thread_values(thread: ThreadRecord) -> tuple[Any, ...]:
-    return (
-        thread.id,
-        thread.tenant,
-        thread.title,
-        thread.created_at,
-        thread.updated_at,
-        thread.expires_at,
-        thread.turn_count,
-        Jsonb(thread.tools),
-        Jsonb(thread.state),
-        thread.version,
-    )
 
 
 class PostgresStore:
@@ -139,25 +130,12 @@ class PostgresStore:
             if expected_version == 0:
                 await conn.execute(
                     self._sql(f"INSERT INTO {{schema}}threads ({THREAD_COLUMNS}) VALUES ({', '.join(['%s'] * 10)})"),
-                    _thread_values(thread),
+                    thread_values(thread, Jsonb),
                 )
             else:
                 updated = await conn.execute(
-                    self._sql(
-                        "UPDATE {schema}threads SET title = %s, updated_at = %s, expires_at = %s, turn_count = %s, "
-                        "tools = %s, state = %s, version = %s WHERE id = %s AND version = %s"
-                    ),
-                    (
-                        thread.title,
-                        thread.updated_at,
-                        thread.expires_at,
-                        thread.turn_count,
-                        Jsonb(thread.tools),
-                        Jsonb(thread.state),
-                        thread.version,
-                        thread.id,
-                        expected_version,
-                    ),
+                    self._sql(f"UPDATE {{schema}}threads SET {_POSTGRES_UPDATE} WHERE id = %s AND version = %s"),
+                    thread_update_values(thread, expected_version, Jsonb),
                 )
                 if updated.rowcount == 0:
                     exists = await conn.execute(self._sql("SELECT 1 FROM {schema}threads WHERE id = %s"), (thread.id,))
@@ -167,22 +145,7 @@ class PostgresStore:
                     self._sql(
                         f"INSERT INTO {{schema}}turns (thread_id, {TURN_COLUMNS}) VALUES ({', '.join(['%s'] * 11)})"
                     ),
-                    [
-                        (
-                            thread.id,
-                            t.seq,
-                            t.role,
-                            t.content,
-                            t.tool,
-                            t.model,
-                            t.provider,
-                            Jsonb(t.files),
-                            Jsonb(t.usage),
-                            t.created_at,
-                            t.tokens,
-                        )
-                        for t in turns
-                    ],
+                    [turn_values(thread.id, t, Jsonb) for t in turns],
                 )
 
     async def list_threads(self, tenant: str, limit: int) -> list[ThreadRecord]:

@@ -24,14 +24,20 @@ from typing import Any, TypeVar
 from exai.storage.base import (
     AUDIT_FIELDS,
     THREAD_COLUMNS,
+    THREAD_UPDATE,
     TURN_COLUMNS,
     AuditRecord,
     ThreadConflict,
     ThreadRecord,
     TurnRecord,
     audit_filter,
+    thread_update_values,
+    thread_values,
+    turn_values,
 )
 from exai.storage.migrations import MIGRATIONS
+
+_SQLITE_UPDATE = ", ".join(f"{column} = ?" for column in THREAD_UPDATE.split(", "))
 
 T = TypeVar("T")
 
@@ -39,21 +45,6 @@ T = TypeVar("T")
 def _thread(row: Any) -> ThreadRecord:
     record = dict(zip(THREAD_COLUMNS.split(", "), row, strict=True))
     return ThreadRecord(**{**record, "tools": json.loads(record["tools"]), "state": json.loads(record["state"])})
-
-
-def _thread_values(thread: ThreadRecord) -> tuple[Any, ...]:
-    return (
-        thread.id,
-        thread.tenant,
-        thread.title,
-        thread.created_at,
-        thread.updated_at,
-        thread.expires_at,
-        thread.turn_count,
-        json.dumps(thread.tools),
-        json.dumps(thread.state),
-        thread.version,
-    )
 
 
 def _turn(row: Any) -> TurnRecord:
@@ -64,44 +55,20 @@ def _turn(row: Any) -> TurnRecord:
 def _write(db: sqlite3.Connection, thread: ThreadRecord, turns: list[TurnRecord], expected_version: int) -> None:
     """Insert the new thread, or update it if it is still at `expected_version`; then add its turns."""
     if expected_version == 0:
-        db.execute(f"INSERT INTO threads ({THREAD_COLUMNS}) VALUES ({', '.join('?' * 10)})", _thread_values(thread))
+        db.execute(
+            f"INSERT INTO threads ({THREAD_COLUMNS}) VALUES ({', '.join('?' * 10)})", thread_values(thread, json.dumps)
+        )
     else:
         updated = db.execute(
-            "UPDATE threads SET title = ?, updated_at = ?, expires_at = ?, turn_count = ?, tools = ?, state = ?, "
-            "version = ? WHERE id = ? AND version = ?",
-            (
-                thread.title,
-                thread.updated_at,
-                thread.expires_at,
-                thread.turn_count,
-                json.dumps(thread.tools),
-                json.dumps(thread.state),
-                thread.version,
-                thread.id,
-                expected_version,
-            ),
+            f"UPDATE threads SET {_SQLITE_UPDATE} WHERE id = ? AND version = ?",
+            thread_update_values(thread, expected_version, json.dumps),
         ).rowcount
         if updated == 0:
             exists = db.execute("SELECT 1 FROM threads WHERE id = ?", (thread.id,)).fetchone()
             raise ThreadConflict(thread.id, gone=exists is None)
     db.executemany(
         f"INSERT INTO turns (thread_id, {TURN_COLUMNS}) VALUES ({', '.join('?' * 11)})",
-        [
-            (
-                thread.id,
-                t.seq,
-                t.role,
-                t.content,
-                t.tool,
-                t.model,
-                t.provider,
-                json.dumps(t.files),
-                json.dumps(t.usage),
-                t.created_at,
-                t.tokens,
-            )
-            for t in turns
-        ],
+        [turn_values(thread.id, t, json.dumps) for t in turns],
     )
 
 
