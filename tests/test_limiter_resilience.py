@@ -19,7 +19,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 
 from exai.observability.errors import RateLimitError
 from exai.security.auth import LOCAL_TENANT, issue_token
-from exai.security.limits import Limits, RedisLimiter, tenant_keys
+from exai.security.limits import Limits, RedisLimiter, TokenReservation, tenant_keys
 from tests.conftest import TEST_JWT_SECRET, Proc, SimControl, free_port
 from tests.helpers import tool_error
 
@@ -163,7 +163,7 @@ async def test_a_tenants_keys_share_one_cluster_slot(redis_url: str) -> None:
     tenant = f"team:{uuid.uuid4().hex[:8]}"
     limiter = RedisLimiter(redis, Limits(), {}, "open", 60)
     lease = await limiter.acquire(tenant)
-    await limiter.add_tokens(tenant, 10)
+    await limiter.settle(await limiter.reserve_tokens(tenant, 10), 12)
     await limiter.open_session(tenant)
     keys = [key async for key in redis.scan_iter(match=f"{tenant_keys(tenant)}:*")]
     assert len(keys) == 4, keys
@@ -189,4 +189,23 @@ async def test_the_fallback_keeps_the_days_token_count_redis_last_reported(redis
     assert limiter.degraded
     await limiter.reserve_tokens(tenant, 50)
     await redis.delete(f"{tenant_keys(tenant)}:tokens:{int(time.time() // 86400)}")
+    await redis.aclose()
+
+
+async def test_a_reservation_is_settled_where_and_when_it_was_made(redis_url: str) -> None:
+    redis = aioredis.from_url(redis_url)
+    tenant = f"tenant-{uuid.uuid4().hex[:8]}"
+    limiter = RedisLimiter(redis, Limits(tokens_per_day=1000), {}, "open", 60)
+    key = f"{tenant_keys(tenant)}:tokens:{int(time.time() // 86400)}"
+    shared = await limiter.reserve_tokens(tenant, 300)
+    local = await limiter.fallback.reserve_tokens(tenant, 200)  # as if made while Redis was down
+    await limiter.settle(local, 0)  # given back to this replica's counter, never to Redis
+    assert int(await redis.get(key)) == 300
+    await limiter.settle(shared, 0)
+    assert int(await redis.get(key)) == 0
+    yesterday = TokenReservation(tenant, 500, int(time.time() // 86400) - 1, local=False)
+    await limiter.settle(yesterday, 0)  # a call that began before midnight corrects yesterday's count
+    assert int(await redis.get(key)) == 0, "today's count never goes below zero"
+    assert int(await redis.get(f"{tenant_keys(tenant)}:tokens:{yesterday.day}")) == 0
+    await redis.delete(key, f"{tenant_keys(tenant)}:tokens:{yesterday.day}")
     await redis.aclose()

@@ -41,7 +41,7 @@ async def test_local_limits() -> None:
     for lease in (second, third):
         await limiter.release(lease)
     other = LocalLimiter(Limits(tokens_per_day=100), {})
-    await other.add_tokens("t", 150)
+    await other.settle(await other.reserve_tokens("t", 50), 150)  # a call that used more than it reserved
     with pytest.raises(RateLimitError, match="tokens per day"):
         await other.acquire("t")
     assert (await limiter.acquire("vip")).tenant == "vip", "an override applies to its own tenant"

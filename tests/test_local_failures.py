@@ -84,7 +84,7 @@ async def test_local_build_failures_never_reach_the_breaker(sim: SimControl, mon
 
 
 async def test_a_bad_key_and_a_bad_request_id_leave_every_breaker_closed(daemon: Daemon, sim: SimControl) -> None:
-    proc = daemon(KIMI_API_KEY="sk-test-kimi-secret\u00a0", EXAI_BREAKER_FAILURE_THRESHOLD="2")
+    proc = daemon(KIMI_API_KEY="sk-test-kimi\u00a0secret", EXAI_BREAKER_FAILURE_THRESHOLD="2")  # pasted with a NBSP
     async with (
         httpx2.AsyncClient(headers={"X-Request-ID": "café".encode()}, timeout=60) as http,
         Client(streamable_http_client(f"{proc.url}/mcp", http_client=http)) as client,
@@ -148,3 +148,17 @@ async def _until(condition: Callable[[], bool], ceiling: float = 60.0) -> None:
 
 async def _ignore(_: object) -> None:
     return None
+
+
+async def test_a_key_with_a_newline_is_trimmed_or_refused_locally_never_sent(sim: SimControl) -> None:
+    from exai.config import load_settings
+
+    assert load_settings(kimi_api_key="sk-pasted\n").provider("kimi").api_key == "sk-pasted"
+    provider = OpenAICompatibleProvider("kimi", sim.openai_url, "sk-broken\nkey")
+    model = CATALOGUE.get("sim-fast")
+    assert model is not None
+    with pytest.raises(ValidationError) as caught:
+        await provider.generate(REQUEST, model, CallOptions(timeout=10, headers={}))
+    assert caught.value.code == "unsendable_header" and "sk-broken" not in caught.value.message
+    assert sim.count("requests") == 0
+    await provider.close()

@@ -76,7 +76,8 @@ class ProviderConfig:
         self, spec: ProviderSpec, api_key: SecretStr | None, base_url: str | None, allowed: list[str], denied: list[str]
     ) -> None:
         self.spec = spec
-        self.api_key = api_key.get_secret_value() if api_key else None
+        # A key pasted with a trailing newline or spaces (a secret file, an .env line) is the key without them.
+        self.api_key = api_key.get_secret_value().strip() or None if api_key else None
         self.base_url = base_url or spec.default_base_url
         self.allowed = {m.lower() for m in allowed}
         self.denied = {m.lower() for m in denied}

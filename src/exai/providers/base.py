@@ -15,6 +15,7 @@ from typing import Literal, Protocol
 import httpx2
 
 from exai.observability.errors import ExaiError, InternalError, ValidationError
+from exai.observability.logging import get_logger
 from exai.providers.catalogue import ModelInfo
 from exai.providers.specs import PROVIDER_SPECS
 from exai.providers.types import DeltaCallback, GenerateRequest, GenerateResponse, StreamChunk, Usage
@@ -25,6 +26,8 @@ FailureKind = Literal[
 
 RETRYABLE: frozenset[FailureKind] = frozenset({"rate_limit", "timeout", "connection", "server"})
 """Kinds worth another attempt on the same model. Auth and bad requests never are."""
+
+log = get_logger(__name__)
 
 
 @dataclass
@@ -107,6 +110,8 @@ def _upstream_failure(sdk: ModuleType, exc: Exception) -> UpstreamError | None:
     """The upstream failure `exc` stands for, or None when it was not the upstream's doing."""
     if isinstance(exc, sdk.APIStatusError):
         return classify_status(exc.status_code, exc.response.text, exc.response.headers.get("retry-after"))
+    if isinstance(exc, httpx2.LocalProtocolError) or isinstance(exc.__cause__, httpx2.LocalProtocolError):
+        return None  # the request we built breaks HTTP (e.g. a header with a newline): ours, not the upstream's
     if isinstance(exc, sdk.APITimeoutError | httpx2.TimeoutException):
         return UpstreamError("timeout", "upstream did not answer in time")
     if isinstance(exc, sdk.APIConnectionError | httpx2.TransportError):
@@ -118,7 +123,9 @@ def _upstream_failure(sdk: ModuleType, exc: Exception) -> UpstreamError | None:
 
 def _local_failure(provider: str, exc: Exception) -> ExaiError:
     """A request we could not build: our error (or our configuration's), never the upstream's."""
-    if isinstance(exc, UnicodeEncodeError):
+    if isinstance(exc, UnicodeEncodeError | httpx2.LocalProtocolError) or isinstance(
+        exc.__cause__, httpx2.LocalProtocolError
+    ):
         spec = PROVIDER_SPECS.get(provider)
         key_env = " or ".join(spec.key_env) if spec else "the API key variable"
         return ValidationError(
@@ -128,8 +135,9 @@ def _local_failure(provider: str, exc: Exception) -> ExaiError:
             remedy=f"Check {key_env} for a pasted quote, accent or non-breaking space, then restart.",
             details={"provider": provider},
         )
+    log.exception("request_build_failed", provider=provider)  # its text may hold request data: the log only
     return InternalError(
-        f"The request to {provider} could not be built ({type(exc).__name__}: {str(exc)[:200]}). "
+        f"The request to {provider} could not be built ({type(exc).__name__}; the log has the traceback). "
         "Nothing was sent upstream.",
         code="request_build_failed",
         remedy="This is a defect of the server: report it with the correlation id.",

@@ -70,7 +70,7 @@ class OpenAICompatibleProvider:
                 headers={**self._headers, **options.headers},
                 timeout=options.timeout,
             )
-        if answer.status_code >= 400:
+        if not 200 <= answer.status_code < 300:  # a redirect is not an answer either (httpx does not follow it)
             raise classify_status(answer.status_code, answer.text, answer.headers.get("retry-after"))
         with reading(openai):
             completion = json.loads(answer.content)

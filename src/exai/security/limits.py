@@ -51,6 +51,16 @@ class Lease:
     """True when the slot is held in this process (no Redis, or Redis was down when it was taken)."""
 
 
+@dataclass(frozen=True)
+class TokenReservation:
+    """Tokens counted against one day's budget before a model call, and where they were counted."""
+
+    tenant: str
+    tokens: int
+    day: int
+    local: bool = True
+
+
 class RateLimiter(Protocol):
     failures: int
     degraded: bool
@@ -59,12 +69,12 @@ class RateLimiter(Protocol):
 
     async def release(self, lease: Lease) -> None: ...
 
-    async def reserve_tokens(self, tenant: str, tokens: int) -> None:
+    async def reserve_tokens(self, tenant: str, tokens: int) -> TokenReservation:
         """Count `tokens` against today's budget before a model call, or refuse when they would exceed it."""
         ...
 
-    async def add_tokens(self, tenant: str, tokens: int) -> None:
-        """Correct today's count once calls are done (negative when less was used than reserved)."""
+    async def settle(self, reservation: TokenReservation, used: int) -> None:
+        """Replace what was reserved by what the call used, in the counter (and day) the reservation went to."""
         ...
 
     async def open_session(self, tenant: str) -> None: ...
@@ -125,15 +135,17 @@ class LocalLimiter:
     async def release(self, lease: Lease) -> None:
         self._active[lease.tenant].discard(lease.id)
 
-    async def reserve_tokens(self, tenant: str, tokens: int) -> None:
+    async def reserve_tokens(self, tenant: str, tokens: int) -> TokenReservation:
         limit, now = self.limits(tenant).tokens_per_day, time.time()
         key = (tenant, int(now // DAY))
         if self._tokens[key] + tokens > limit:
             raise _rejected("tokens", limit, DAY - now % DAY)
         self._tokens[key] += tokens
+        return TokenReservation(tenant, tokens, key[1])
 
-    async def add_tokens(self, tenant: str, tokens: int) -> None:
-        self._tokens[(tenant, int(time.time() // DAY))] += tokens
+    async def settle(self, reservation: TokenReservation, used: int) -> None:
+        key = (reservation.tenant, reservation.day)
+        self._tokens[key] = max(0, self._tokens[key] + used - reservation.tokens)
 
     def note_used(self, tenant: str, used: int) -> None:
         """Remember today's count as Redis last reported it, so a fallback during an outage starts from it."""
@@ -177,6 +189,16 @@ redis.call('EXPIRE', KEYS[1], 172800)
 return {1, used}
 """
 
+_SETTLE_TOKENS = """
+local total = redis.call('INCRBY', KEYS[1], ARGV[1])
+if total < 0 then
+  redis.call('SET', KEYS[1], 0)
+  total = 0
+end
+redis.call('EXPIRE', KEYS[1], 172800)
+return total
+"""
+
 _OPEN_SESSION = """
 local key, now, limit = KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2])
 redis.call('ZREMRANGEBYSCORE', key, '-inf', now - 60)
@@ -214,6 +236,7 @@ class RedisLimiter:
         self._acquire = redis.register_script(_ACQUIRE)
         self._open_session = redis.register_script(_OPEN_SESSION)
         self._reserve_tokens = redis.register_script(_RESERVE_TOKENS)
+        self._settle_tokens = redis.register_script(_SETTLE_TOKENS)
         self.fallback = LocalLimiter(defaults, overrides)
         self.failures = 0
         self.degraded = False
@@ -269,6 +292,8 @@ class RedisLimiter:
             )
         except self._redis_error as exc:
             self._redis_failed("acquire", exc)
+            with anyio.CancelScope(shield=True):  # the script may have run before the answer was lost
+                await self._free_slot(lease)
             self._refuse_if_closed()
             return await self.fallback.acquire(tenant)
         except BaseException:  # cancelled while the script may already have taken the slot: give it back
@@ -316,39 +341,35 @@ class RedisLimiter:
         except self._redis_error as exc:  # the lease expires by itself within one TTL
             self._redis_failed("release", exc)
 
-    async def reserve_tokens(self, tenant: str, tokens: int) -> None:
+    async def reserve_tokens(self, tenant: str, tokens: int) -> TokenReservation:
         if self._redis_paused():
             self._refuse_if_closed()
-            await self.fallback.reserve_tokens(tenant, tokens)
-            return
+            return await self.fallback.reserve_tokens(tenant, tokens)
         limit, now = self.limits(tenant).tokens_per_day, time.time()
         try:
             admitted, used = await self._reserve_tokens(keys=[self._keys(tenant, now)[2]], args=[tokens, limit])
         except self._redis_error as exc:
             self._redis_failed("reserve_tokens", exc)
             self._refuse_if_closed()
-            await self.fallback.reserve_tokens(tenant, tokens)
-            return
+            return await self.fallback.reserve_tokens(tenant, tokens)
         self._redis_answered()
         self.fallback.note_used(tenant, int(used))
         if not admitted:
             raise _rejected("tokens", limit, DAY - now % DAY)
+        return TokenReservation(tenant, tokens, int(now // DAY), local=False)
 
-    async def add_tokens(self, tenant: str, tokens: int) -> None:
-        if tokens == 0:
+    async def settle(self, reservation: TokenReservation, used: int) -> None:
+        if reservation.local:  # counted by this replica while Redis was down: corrected there
+            await self.fallback.settle(reservation, used)
             return
-        if self._redis_paused():
-            await self.fallback.add_tokens(tenant, tokens)
-            return
-        key = self._keys(tenant, time.time())[2]
+        key = self._keys(reservation.tenant, reservation.day * DAY)[2]
         try:
-            async with self.redis.pipeline(transaction=True) as pipe:
-                used, _ = await pipe.incrby(key, tokens).expire(key, DAY * 2).execute()
-        except self._redis_error as exc:
-            self._redis_failed("add_tokens", exc)
-            await self.fallback.add_tokens(tenant, tokens)
+            total = await self._settle_tokens(keys=[key], args=[used - reservation.tokens])
+        except self._redis_error as exc:  # the correction is lost; the reservation stands
+            self._redis_failed("settle", exc)
             return
-        self.fallback.note_used(tenant, int(used))
+        if reservation.day == int(time.time() // DAY):
+            self.fallback.note_used(reservation.tenant, int(total))
 
     async def open_session(self, tenant: str) -> None:
         if self._redis_paused():

@@ -91,10 +91,8 @@ async def admitted(services: Services, tenant: str, ctx: ToolContext) -> AsyncIt
         yield
     finally:
         with anyio.CancelScope(shield=True):  # both at once: with Redis, one round trip of waiting instead of two
-            giving_back = [limiter.release(lease)]
-            if correction := sum(call.tokens for call in ctx.model_calls) - ctx.reserved_tokens:
-                giving_back.append(limiter.add_tokens(tenant, correction))
-            await asyncio.gather(*giving_back)
+            settled = [limiter.settle(u.reservation, u.used) for u in ctx.token_uses if u.used != u.reservation.tokens]
+            await asyncio.gather(limiter.release(lease), *settled)
 
 
 async def run(tool: Tool[Any, Any], args: pydantic.BaseModel, ctx: ToolContext) -> types.CallToolResult:

@@ -10,9 +10,11 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
+import anyio
 from pydantic import BaseModel, ConfigDict, model_validator
 
 from exai.observability.events import ModelCall
+from exai.security.limits import TokenReservation
 
 if TYPE_CHECKING:
     from exai.app import Services
@@ -86,6 +88,14 @@ def _check_arguments(value: Any, path: str, depth: int = 0) -> None:
 
 
 @dataclass
+class TokenUse:
+    """A model call's token reservation and what the call turned out to use (0 until it answers)."""
+
+    reservation: TokenReservation
+    used: int = 0
+
+
+@dataclass
 class ToolContext:
     services: Services
     correlation_id: str
@@ -96,7 +106,7 @@ class ToolContext:
     visible_tools: list[str] | None = None  # the tools the caller may call; None: every enabled tool
     model_calls: list[ModelCall] = field(default_factory=list)
     thread_id: str | None = None
-    reserved_tokens: int = 0
+    token_uses: list[TokenUse] = field(default_factory=list)
 
     async def open_thread(self, continuation_id: str | None, title: str, adding: int = 1) -> Thread:
         """The caller's thread to continue (with room for `adding` turns) or a new one; audited against it."""
@@ -110,15 +120,20 @@ class ToolContext:
         """Ask the models of `plan` (selected once, by `Router.plan`); every answered call is kept for accounting.
 
         The prompt's `input_tokens` are counted against the tenant's daily budget before the model is asked, so
-        concurrent or many-model calls cannot overspend it; the count is corrected once the call is done.
+        concurrent or many-model calls cannot overspend it by more than their answers; once the call is done the
+        reservation is settled with what it used (an upstream that reports no usage is charged the estimate).
         """
+        use: TokenUse | None = None
         if self.services.limiter is not None:
-            await self.services.limiter.reserve_tokens(self.tenant, input_tokens)
-            self.reserved_tokens += input_tokens
+            with anyio.CancelScope(shield=True):  # a reservation made is always recorded, so it is always settled
+                use = TokenUse(await self.services.limiter.reserve_tokens(self.tenant, input_tokens))
+                self.token_uses.append(use)
         result = await self.services.router.generate(request, plan=plan, **options)
         response = result.response
         info = self.services.catalogue.get(response.model)
         usage = response.usage
+        if use is not None:
+            use.used = max(usage.input_tokens, use.reservation.tokens) + usage.output_tokens
         self.model_calls.append(
             ModelCall(
                 requested=plan.requested,
