@@ -13,6 +13,7 @@ true until Redis answers again: never a silent switch to "unlimited".
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import time
 import uuid
@@ -292,8 +293,8 @@ class RedisLimiter:
             )
         except self._redis_error as exc:
             self._redis_failed("acquire", exc)
-            with anyio.CancelScope(shield=True):  # the script may have run before the answer was lost
-                await self._free_slot(lease)
+            with anyio.CancelScope(shield=True), contextlib.suppress(self._redis_error):
+                await self.redis.zrem(self._keys(tenant, 0)[1], lease.id)  # the script may have run: best effort
             self._refuse_if_closed()
             return await self.fallback.acquire(tenant)
         except BaseException:  # cancelled while the script may already have taken the slot: give it back
