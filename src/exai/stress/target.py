@@ -76,6 +76,7 @@ class Target:
             "EXAI_RETRY_BASE_DELAY": "0.01",
             "EXAI_RETRY_MAX_DELAY": "0.05",
             "EXAI_MAX_SESSIONS_PER_TENANT": "2000",
+            "EXAI_MAX_CONNECTIONS": "4096",  # the load scenario holds 1,024 calls (connections) at once
             "EXAI_RATE_LIMIT_RPM": "1000000",
             "EXAI_RATE_LIMIT_CONCURRENCY": "5000",
             "EXAI_RATE_LIMIT_TOKENS_PER_DAY": "1000000000",
