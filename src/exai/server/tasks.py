@@ -176,6 +176,8 @@ class TasksSurface:
 
     async def cancel(self, ctx: ServerRequestContext[Any, Any], params: TaskIdParams) -> dict[str, Any]:
         call = await self._call(ctx, params.task_id)
+        if call.status in TERMINAL and is_modern(ctx):
+            return {}  # 2026-07-28: an idempotent acknowledgement; -32602 is for unknown ids only
         if call.status in TERMINAL:
             raise MCPError(types.INVALID_PARAMS, f"Cannot cancel task: it has already ended ({call.status}).")
         await self.runner.cancel(call.id, call.tenant)
@@ -193,12 +195,8 @@ class TasksSurface:
     async def legacy_task_call(self, ctx: ServerRequestContext[Any, Any], call_next: CallNext) -> HandlerResult:
         """A 2025-11-25 `tools/call` with `params.task`: answered here with `CreateTaskResult` (the SDK's result
         check knows only `CallToolResult` for `tools/call`)."""
-        if (
-            ctx.method != "tools/call"
-            or is_modern(ctx)
-            or not isinstance(ctx.params, dict)
-            or not ctx.params.get("task")
-        ):
+        raw = ctx.params
+        if ctx.method != "tools/call" or is_modern(ctx) or not isinstance(raw, dict) or raw.get("task") is None:
             return await call_next(ctx)
         try:
             params = types.CallToolRequestParams.model_validate(ctx.params, by_name=False)
