@@ -21,7 +21,7 @@ from tests.conftest import TEST_JWT_SECRET, Proc, SimControl
 from tests.helpers import wait_until
 from tests.node_toolchain import NodeToolchain
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.timeout(600)]
 Daemon = Callable[..., Proc]
 EXTENSION = "io.modelcontextprotocol/tasks"
 
