@@ -6,8 +6,11 @@ prompt reached the upstream, so "paid once" and "never paid for a lost answer" a
 
 from __future__ import annotations
 
+import itertools
+import os
 import signal
 import sqlite3
+import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -16,12 +19,12 @@ from typing import Any
 
 import httpx2
 import pytest
-from mcp import Client
+from mcp import Client, StdioServerParameters
 from mcp.client.streamable_http import streamable_http_client
 from mcp_types import CallToolResult
 
 from exai.security.auth import issue_token
-from tests.conftest import TEST_JWT_SECRET, Proc, SimControl
+from tests.conftest import TEST_JWT_SECRET, Proc, SimControl, sim_env
 from tests.helpers import tool_error, wait_until
 
 pytestmark = pytest.mark.anyio
@@ -138,3 +141,54 @@ async def as_tenant(proc: Proc, tenant: str, scopes: list[str]) -> AsyncIterator
         Client(streamable_http_client(f"{proc.url}/mcp", http_client=http)) as client,
     ):
         yield client
+
+
+async def collect_all(client: Client, pending: dict[str, Any]) -> CallToolResult:
+    """Call `next_call` until the answer is there (a busy machine may need more than one round)."""
+    result = await client.call_tool(**pending["next_call"])
+    while not result.is_error and "exai/pending" in (result.meta or {}):
+        result = await client.call_tool(**pending["next_call"])
+    return result
+
+
+@pytest.mark.parametrize("transport", ["stdio", "bridge"])
+async def test_answer_later_works_over_stdio_and_through_the_bridge(
+    daemon: Daemon, sim: SimControl, transport: str
+) -> None:
+    slow = {"EXAI_CLIENT_WAIT_SECONDS": "2"}
+    if transport == "stdio":
+        params = StdioServerParameters(
+            command=sys.executable, args=["-m", "exai", "stdio"], env={**os.environ, **sim_env(sim, **slow)}
+        )
+    else:
+        proc = daemon(**slow)
+        params = StdioServerParameters(
+            command=sys.executable, args=["-m", "exai", "stdio", "--connect", f"{proc.url}/mcp"], env=dict(os.environ)
+        )
+    sim.fault("think", model="sim-smart", think_seconds=5)
+    async with Client(params) as client:
+        pending = pending_of(await client.call_tool("chat", {"prompt": f"slow over {transport}", "model": "sim-smart"}))
+        collected = await collect_all(client, pending)
+    assert not collected.is_error, collected
+    assert f"echo: slow over {transport}" in collected.content[0].text  # type: ignore[union-attr]
+    assert sim.count("requests:sim-smart") == 1
+
+
+async def test_a_client_listening_for_progress_hears_from_a_slow_call_every_few_seconds(
+    daemon: Daemon, sim: SimControl
+) -> None:
+    proc = daemon(EXAI_CLIENT_WAIT_SECONDS="0")  # answer-later off: the call waits for the answer
+    sim.fault("think", model="sim-smart", think_seconds=12)
+    heard: list[float] = []
+
+    async def on_progress(done: float, total: float | None, message: str | None) -> None:
+        heard.append(time.monotonic())
+
+    async with Client(f"{proc.url}/mcp") as client:
+        result = await client.call_tool(
+            "chat", {"prompt": "keep me posted", "model": "sim-smart"}, progress_callback=on_progress
+        )
+    assert not result.is_error, result
+    assert len(heard) >= 2, heard  # 12 s of thinking: a heartbeat every 5 s
+    gaps = [later - earlier for earlier, later in itertools.pairwise(heard)]
+    assert max(gaps, default=0.0) < 30, gaps  # well inside the 60 s a client waits without news
