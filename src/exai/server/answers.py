@@ -22,26 +22,8 @@ from exai.server.results import error_result
 from exai.storage.base import CallRecord
 
 PENDING_KEY = "exai/pending"
-PENDING_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "properties": {
-        "pending": {
-            "type": "object",
-            "description": "The model is still working: call next_call to collect the answer.",
-            "properties": {
-                "task_id": {"type": "string"},
-                "next_call": {
-                    "type": "object",
-                    "properties": {"name": {"type": "string"}, "arguments": {"type": "object"}},
-                    "required": ["name", "arguments"],
-                },
-                "retry_after_seconds": {"type": "number"},
-            },
-            "required": ["task_id", "next_call", "retry_after_seconds"],
-        }
-    },
-    "required": ["pending"],
-}
+PENDING_SCHEMA: dict[str, Any] = {"properties": {"pending": {"type": "object"}}, "required": ["pending"]}
+"""Kept small: it is in every model tool's listing (the shape of `pending` is in `_meta` and the README)."""
 
 
 def with_pending(schema: dict[str, Any]) -> dict[str, Any]:
