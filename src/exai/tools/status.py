@@ -32,7 +32,7 @@ class LongCalls(BaseModel):
     completed: int
     failed: int
     cancelled: int
-    oldest_working_seconds: float | None
+    oldest_working_seconds: float | None = None
     running_here: int
     """Calls this replica runs now."""
 
@@ -64,7 +64,7 @@ def long_calls(counts: CallCounts, running_here: int, now: float) -> LongCalls:
     )
 
 
-def status_report(stats: Stats, health: Health, calls: LongCalls) -> StatusOutput:
+def status_report(stats: Stats, health: Health, long: LongCalls) -> StatusOutput:
     providers = health.providers()
     calls: dict[str, dict[str, int]] = {}
     for (tool, outcome), count in sorted(stats.calls.items()):
@@ -86,7 +86,7 @@ def status_report(stats: Stats, health: Health, calls: LongCalls) -> StatusOutpu
             note="counted in memory since daemon start (today, UTC); the audit log has the full history",
             tenants=dict(sorted(tenants.items())),
         ),
-        long_calls=calls,
+        long_calls=long,
     )
 
 
