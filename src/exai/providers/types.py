@@ -34,8 +34,12 @@ class GenerateRequest(BaseModel):
 
 
 class Usage(BaseModel):
+    """Tokens as the upstream reported them: cached input is part of `input_tokens`, reasoning of `output_tokens`."""
+
     input_tokens: int = 0
     output_tokens: int = 0
+    cached_input_tokens: int = 0
+    reasoning_tokens: int = 0
 
     @property
     def total_tokens(self) -> int:

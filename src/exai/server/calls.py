@@ -122,6 +122,7 @@ async def handle_call(
             services.events.call_started()
             began = True
             args = validate(tool, arguments)
+            await services.discovery.settled()  # a call just after start needs the Custom endpoint's models
             result = await run(tool, args, ctx)
         outcome = "ok"
         return result

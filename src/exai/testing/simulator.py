@@ -13,6 +13,7 @@ import random
 import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
+from functools import cache
 from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -39,6 +40,25 @@ DEFAULT_MODELS = ["sim-fast", "sim-smart", "sim-large"]
 DEFAULT_CONTEXT_WINDOWS = {"sim-large": 1_000_000}
 """Context windows the listing states (as `context_length`, like OpenRouter and vLLM, and in Ollama's /api/show);
 models without one leave the client to its default."""
+
+
+def catalogued_models() -> dict[str, int]:
+    """Every built-in catalogue model with its context window: the simulator serves each vendor's models, so its
+    listing names them (a test sets `/_sim/models` to play a vendor that dropped some)."""
+    return dict(_catalogued_models())
+
+
+@cache
+def _catalogued_models() -> dict[str, int]:
+    from exai.providers.catalogue import Catalogue
+
+    return {m.name: m.context_window for m in Catalogue.load().models.values()}
+
+
+class ListingRule(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    vendor_models: list[str] | None = Field(default=None, description="catalogue models listed; null: all of them")
 
 
 class FaultRule(BaseModel):
@@ -69,6 +89,7 @@ class SimState:
     latency: list[LatencyRule] = field(default_factory=list)
     models: list[str] = field(default_factory=lambda: list(DEFAULT_MODELS))
     context_windows: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_CONTEXT_WINDOWS))
+    vendor_models: dict[str, int] = field(default_factory=catalogued_models)
     api_key: str | None = None
     counters: Counter[str] = field(default_factory=Counter)
     recent: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=500))
@@ -137,6 +158,7 @@ class Simulator:
                 Route("/_sim/faults", self.set_fault, methods=["POST"]),
                 Route("/_sim/faults", self.clear_faults, methods=["DELETE"]),
                 Route("/_sim/latency", self.set_latency, methods=["POST"]),
+                Route("/_sim/models", self.set_listing, methods=["POST"]),
                 Route("/_sim/stats", self.stats, methods=["GET"]),
                 Route("/_sim/requests", self.requests, methods=["GET"]),
                 Route("/_sim/reset", self.reset, methods=["POST"]),
@@ -163,6 +185,15 @@ class Simulator:
         self.state.latency = [r for r in self.state.latency if r.model != rule.model]
         self.state.latency.insert(0 if rule.model != "*" else len(self.state.latency), rule)
         return JSONResponse(rule.model_dump())
+
+    async def set_listing(self, request: Request) -> Response:
+        rule = await _read_rule(request, ListingRule)
+        if isinstance(rule, Response):
+            return rule
+        every = catalogued_models()
+        names = every if rule.vendor_models is None else rule.vendor_models
+        self.state.vendor_models = {name: every.get(name, 0) for name in names}
+        return JSONResponse({"vendor_models": sorted(self.state.vendor_models)})
 
     async def stats(self, request: Request) -> Response:
         return JSONResponse(
@@ -191,11 +222,9 @@ class Simulator:
         fault = self.state.pick_fault("")  # only faults set for every model ("*") apply to the listing
         if fault is not None and fault.kind in ("401", "429", "500", "503"):
             return self._fault_response(wire, fault)
+        names = [*self.state.models, *(m for m in self.state.vendor_models if m not in self.state.models)]
         if wire == "anthropic":
-            data = [
-                {"id": m, "type": "model", "display_name": m, "created_at": "2025-01-01T00:00:00Z"}
-                for m in self.state.models
-            ]
+            data = [{"id": m, "type": "model", "display_name": m, "created_at": "2025-01-01T00:00:00Z"} for m in names]
             return JSONResponse(
                 {
                     "data": data,
@@ -204,10 +233,11 @@ class Simulator:
                     "last_id": data[-1]["id"] if data else None,
                 }
             )
-        data = [{"id": m, "object": "model", "created": 0, "owned_by": "exai-sim"} for m in self.state.models]
+        data = [{"id": m, "object": "model", "created": 0, "owned_by": "exai-sim"} for m in names]
+        windows = {**self.state.vendor_models, **self.state.context_windows}
         for entry in data:
-            if entry["id"] in self.state.context_windows:
-                entry["context_length"] = self.state.context_windows[entry["id"]]
+            if windows.get(entry["id"]):
+                entry["context_length"] = windows[entry["id"]]
         return JSONResponse({"object": "list", "data": data})
 
     async def show_model(self, request: Request) -> Response:
