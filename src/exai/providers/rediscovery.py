@@ -45,6 +45,7 @@ class CustomModelDiscovery:
         """Begin discovery in the background and return at once; it keeps asking until the endpoint answers."""
         if not wants_discovery(self.settings, self.router):
             self._first_attempt_done.set()
+            self.on_found()  # the models are known already: check what depends on them now
             return
         self._task = asyncio.create_task(self._discover(), name="exai-model-discovery")
 

@@ -291,7 +291,7 @@ class Router:
                 last = to_exai_error(
                     exc, info.provider, info.name, " or ".join(self.configs[info.provider].spec.key_env)
                 )
-                if exc.kind in ("bad_request", "content_filter"):
+                if exc.kind in ("bad_request", "content_filter", "request_too_large"):
                     raise last from exc
                 if exc.kind == "context_too_long":
                     queue = [m for m in queue if m.context_window > info.context_window]

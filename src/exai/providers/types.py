@@ -46,6 +46,9 @@ class Usage(BaseModel):
         return self.input_tokens + self.output_tokens
 
 
+TRUNCATED_REASONS = frozenset({"length", "max_tokens", "model_length"})
+
+
 class GenerateResponse(BaseModel):
     text: str
     reasoning: str | None = None
@@ -54,6 +57,11 @@ class GenerateResponse(BaseModel):
     model: str
     provider: str
     upstream_latency_ms: float = 0.0
+
+    @property
+    def truncated(self) -> bool:
+        """The answer was cut at the output limit (OpenAI-style `length`, Anthropic's `max_tokens`)."""
+        return self.finish_reason in TRUNCATED_REASONS
 
 
 class StreamChunk(BaseModel):

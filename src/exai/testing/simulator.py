@@ -16,13 +16,14 @@ from dataclasses import dataclass, field
 from functools import cache
 from typing import Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
+from exai.testing.fixtures import all_fixtures, fixture
 from exai.testing.replies import (
     ParsedRequest,
     anthropic_body,
@@ -34,9 +35,23 @@ from exai.testing.replies import (
 )
 
 FaultKind = Literal[
-    "429", "500", "503", "401", "hang", "reset", "malformed", "truncate", "context_length", "content_filter"
+    "429",
+    "500",
+    "503",
+    "401",
+    "hang",
+    "reset",
+    "malformed",
+    "truncate",
+    "context_length",
+    "content_filter",
+    "length",
+    "error_in_200",
+    "413",
+    "replay",
 ]
 DEFAULT_MODELS = ["sim-fast", "sim-smart", "sim-large"]
+LISTING_FAULTS = ("401", "429", "500", "503")
 DEFAULT_CONTEXT_WINDOWS = {"sim-large": 1_000_000}
 """Context windows the listing states (as `context_length`, like OpenRouter and vLLM, and in Ollama's /api/show);
 models without one leave the client to its default."""
@@ -70,6 +85,15 @@ class FaultRule(BaseModel):
     count: int | None = Field(default=None, ge=1, description="fire this many times, then stop")
     retry_after: float | None = Field(default=None, ge=0)
     hang_seconds: float = Field(default=600.0, gt=0)
+    fixture: str | None = Field(
+        default=None, description='with kind "replay": a vendor fixture, e.g. "zai/chat_thinking"'
+    )
+
+    @model_validator(mode="after")
+    def _replay_names_a_fixture(self) -> FaultRule:
+        if (self.kind == "replay") != (self.fixture is not None) or (self.fixture and not fixture(self.fixture)):
+            raise ValueError(f"kind replay needs `fixture`, one of: {', '.join(sorted(all_fixtures()))}")
+        return self
 
 
 class LatencyRule(BaseModel):
@@ -97,9 +121,13 @@ class SimState:
     max_in_flight: int = 0
     rng: random.Random = field(default_factory=lambda: random.Random(7))
 
-    def pick_fault(self, model: str) -> FaultRule | None:
+    def pick_fault(self, model: str, kinds: tuple[str, ...] | None = None) -> FaultRule | None:
+        """The fault to apply to a request for `model` (rules for "*" too, unless `kinds` narrows them: then only
+        rules naming `model` itself, of those kinds)."""
         for rule in self.faults:
-            if rule.model not in ("*", model):
+            if rule.model not in ("*", model) or (
+                kinds is not None and (rule.model != model or rule.kind not in kinds)
+            ):
                 continue
             if rule.count is not None and rule.count <= 0:
                 continue
@@ -144,6 +172,16 @@ class _ResetResponse(Response):
         )
         await send({"type": "http.response.body", "body": b'{"id": "', "more_body": True})
         raise ConnectionResetError("simulated connection reset")
+
+
+def _replay(recorded: dict[str, Any]) -> Response:
+    """A vendor fixture's answer, byte for byte as recorded (see `exai.testing.fixtures`)."""
+    answer = recorded["response"]
+    headers = answer.get("headers") or {}
+    if "sse" in answer:
+        body = "".join(answer["sse"]).encode()
+        return Response(body, answer["status"], headers=headers, media_type="text/event-stream")
+    return JSONResponse(answer["json"], answer["status"], headers=headers)
 
 
 class Simulator:
@@ -219,8 +257,10 @@ class Simulator:
     async def list_models(self, request: Request) -> Response:
         wire = "anthropic" if "anthropic-version" in request.headers else "openai"
         self.state.counters["requests:/v1/models"] += 1
-        fault = self.state.pick_fault("")  # only faults set for every model ("*") apply to the listing
-        if fault is not None and fault.kind in ("401", "429", "500", "503"):
+        # Only faults set for the listing itself (model "/v1/models") apply to it: daemons ask for it in the
+        # background, and must not use up a fault a test set for its calls.
+        fault = self.state.pick_fault("/v1/models", LISTING_FAULTS)
+        if fault is not None:
             return self._fault_response(wire, fault)
         names = [*self.state.models, *(m for m in self.state.vendor_models if m not in self.state.models)]
         if wire == "anthropic":
@@ -301,15 +341,17 @@ class Simulator:
                 if fault.kind == "hang":
                     await self._sleep_unless_gone(request, fault.hang_seconds)
                     return self._error(wire, 504, "simulated hang ended", "timeout_error")
-                if fault.kind != "truncate" or not parsed.stream:
+                if fault.kind not in ("truncate", "length") or (fault.kind == "truncate" and not parsed.stream):
                     return self._fault_response(wire, fault)
             if not await self._sleep_unless_gone(request, state.delay_for(parsed.model)):
                 return Response(status_code=499)
             state.counters["completed"] += 1
+            cut = fault is not None and fault.kind == "length"  # a whole answer, stopped at the output limit
             if parsed.stream:
                 gen = openai_stream if wire == "openai" else anthropic_stream
-                return StreamingResponse(gen(parsed, truncate=fault is not None), media_type="text/event-stream")
-            return JSONResponse(openai_body(parsed) if wire == "openai" else anthropic_body(parsed))
+                truncate = fault is not None and fault.kind == "truncate"
+                return StreamingResponse(gen(parsed, truncate=truncate, cut=cut), media_type="text/event-stream")
+            return JSONResponse(openai_body(parsed, cut) if wire == "openai" else anthropic_body(parsed, cut))
         finally:
             state.in_flight -= 1
 
@@ -354,6 +396,16 @@ class Simulator:
                 "invalid_request_error",
                 code="content_filter",
             )
+        if kind == "error_in_200":
+            return JSONResponse({"error": {"code": 502, "message": "simulated provider error inside a 200 answer"}})
+        if kind == "413":
+            if wire == "anthropic":
+                return self._error(
+                    wire, 413, "Request exceeds the maximum allowed number of bytes.", "request_too_large"
+                )
+            return Response(b"<html><body>413 Request Entity Too Large</body></html>", 413, media_type="text/html")
+        if kind == "replay":
+            return _replay(fixture(fault.fixture or "") or {})
         if kind == "malformed":
             return Response(b'{"id": "x", "choices": [ {not json', media_type="application/json")
         return _ResetResponse()
