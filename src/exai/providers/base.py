@@ -118,7 +118,9 @@ def classify_status(status: int, body: str, retry_after: str | None = None) -> U
     if any(marker in lowered for marker in _CONTEXT_MARKERS):
         return UpstreamError("context_too_long", f"prompt exceeds the model's context window: {snippet}", status=status)
     if status == 413:  # the HTTP request itself (bytes, images) is too large: a larger context window will not help
-        return UpstreamError("request_too_large", f"upstream refused the request as too large (413): {snippet}", 413)
+        return UpstreamError(
+            "request_too_large", f"upstream refused the request as too large (413): {snippet}", status=413
+        )
     if any(marker in lowered for marker in _FILTER_MARKERS) and status < 500:
         return UpstreamError("content_filter", f"upstream content filter refused the request: {snippet}", status=status)
     if status == 404:
