@@ -133,6 +133,7 @@ def _rss_mb(pid: int) -> float:
     raise AssertionError("no VmRSS")
 
 
+@pytest.mark.timeout(600)  # a daemon and CLI processes on a busy machine
 async def test_a_trickling_listing_never_holds_the_daemon(daemon: Callable[..., Proc], sim: SimControl) -> None:
     with hostile_listing("trickle") as endpoint:
         started = time.monotonic()
@@ -161,6 +162,7 @@ async def test_a_trickling_listing_never_holds_the_daemon(daemon: Callable[..., 
     assert trickling_while_probed and worst < 5 and healthy_after < 60, (worst, healthy_after)
 
 
+@pytest.mark.timeout(600)  # a daemon and CLI processes on a busy machine
 async def test_a_huge_listing_keeps_memory_bounded(daemon: Callable[..., Proc]) -> None:
     with hostile_listing("huge") as endpoint:
         proc = daemon(CUSTOM_API_URL=endpoint.url, CUSTOM_MODELS="", EXAI_MODEL_LISTING_TIMEOUT_SECONDS="30")
@@ -173,6 +175,7 @@ async def test_a_huge_listing_keeps_memory_bounded(daemon: Callable[..., Proc]) 
     assert rss < 250, f"{rss:.0f} MB"
 
 
+@pytest.mark.timeout(600)  # a daemon and CLI processes on a busy machine
 async def test_model_ids_with_control_characters_are_never_shown(daemon: Callable[..., Proc], tmp_path: Path) -> None:
     evil = ["good-model", "red\x1b[31malert", "two\nlines", "bidi\u202eexe", "bell\x07", "x" * 500]
     with hostile_listing("ids", ids=evil) as endpoint:
@@ -191,3 +194,25 @@ async def test_model_ids_with_control_characters_are_never_shown(daemon: Callabl
     assert [m["name"] for m in json.loads(cli_json)] == ["good-model"], cli_json
     for shown in (text, json.dumps(listed), json.dumps(named), cli_json, cli_table, proc.logs()):
         assert not any(bad in shown for bad in ("\x1b", "\x07", "\u202e", "two\nlines")), shown
+
+
+@pytest.mark.timeout(600)  # two `exai doctor` processes, each importing both SDKs
+async def test_doctor_live_makes_one_tiny_call_per_provider_and_reports_it(sim: SimControl, tmp_path: Path) -> None:
+    env = {
+        **os.environ,
+        "EXAI_DATA_DIR": str(tmp_path),
+        "COLUMNS": "300",
+        "KIMI_API_KEY": "sk-test",
+        "KIMI_BASE_URL": sim.openai_url,
+        "ANTHROPIC_API_KEY": "sk-test",
+        "ANTHROPIC_BASE_URL": sim.url,
+    }
+    quiet = await anyio.run_process([sys.executable, "-m", "exai", "doctor"], env=env, check=False)
+    assert quiet.returncode == 0, quiet.stdout.decode()
+    assert sim.count("requests") == 0, "without --live, no model is called"
+    live = await anyio.run_process([sys.executable, "-m", "exai", "doctor", "--live"], env=env, check=False)
+    out = live.stdout.decode()
+    assert live.returncode == 0, out
+    assert "Live calls" in out and " ms" in out and " in / " in out, out
+    assert sim.count("requests:kimi-k2.6") == 1 and sim.count("requests:claude-opus-4-7") == 1
+    assert sim.count("requests") == 2, "one tiny call per configured provider"
