@@ -156,8 +156,9 @@ def sim(
     content_filter|length|error_in_200|413|replay", "model": "*", "rate": 1.0, "count": N (N >= 1), "retry_after": s,
     "fixture": "zai/chat_thinking" (with replay: a vendor fixture)} (model "/v1/models": the listing);
     DELETE /_sim/faults clears them; POST /_sim/models {"vendor_models": [...]} sets which catalogued models the
-    listing names (null: all); POST /_sim/latency {"ms": 200, "jitter_ms": 50, "model": "*"}; GET /_sim/stats (counters);
-    GET /_sim/requests?limit=50 (recent requests with headers); POST /_sim/reset (faults, latency, counters).
+    listing names (null: all); POST /_sim/latency {"ms": 200, "jitter_ms": 50, "model": "*"};
+    GET /_sim/stats (counters); GET /_sim/requests?limit=50 (recent requests with headers); POST /_sim/reset
+    (faults, latency, counters).
     """
     import uvicorn
 
