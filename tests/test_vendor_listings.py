@@ -58,8 +58,9 @@ async def _listing_arrived(client: Client, provider: str) -> dict[str, Any]:
     return listed
 
 
+@pytest.mark.timeout(600)  # a daemon and an `exai models` process on a busy machine
 async def test_a_model_the_vendor_does_not_list_is_never_routed_to(
-    daemon: Callable[..., Proc], sim: SimControl
+    daemon: Callable[..., Proc], sim: SimControl, tmp_path: Path
 ) -> None:
     _drop_from_listing(sim, "kimi-k2.6")
     proc = daemon(**KIMI_ONLY)
@@ -87,6 +88,10 @@ async def test_a_model_the_vendor_does_not_list_is_never_routed_to(
             assert "kimi-k2.5" in error["message"] and "kimi" in error["message"], error["message"]
             assert "kimi-k2.5" in error["details"]["usable"]
     assert sim.count("requests:kimi-k2.6") == 0
+    env = {**os.environ, "KIMI_API_KEY": "sk-test", "KIMI_BASE_URL": sim.openai_url, "EXAI_DATA_DIR": str(tmp_path)}
+    shown = await anyio.run_process([sys.executable, "-m", "exai", "models", "--json"], env=env, check=False)
+    listed_by_vendor = {m["name"]: m["listed_by_vendor"] for m in json.loads(shown.stdout)}
+    assert listed_by_vendor["kimi-k2.6"] is False and listed_by_vendor["kimi-k2.5"] is True, listed_by_vendor
 
 
 async def test_until_a_listing_arrives_or_when_it_fails_nothing_is_filtered(
