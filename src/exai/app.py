@@ -22,6 +22,7 @@ from exai.observability.stats import Stats
 from exai.providers.base import Provider
 from exai.providers.catalogue import Catalogue
 from exai.providers.lazy import LazyProvider, import_later
+from exai.providers.listings import VendorListings
 from exai.providers.rediscovery import CustomModelDiscovery
 from exai.providers.router import Router
 from exai.security.auth import JWTVerifier, parse_api_keys
@@ -165,6 +166,7 @@ class Services:
     verifier: JWTVerifier | None
     events: Events
     discovery: CustomModelDiscovery
+    listings: VendorListings
     redis: aioredis.Redis | None
     calls: CallRunner
 
@@ -226,6 +228,7 @@ class Services:
             verifier=verifier,
             events=events,
             discovery=CustomModelDiscovery(settings, router, lambda: check_default_model(router)),
+            listings=VendorListings(settings, router),
             redis=redis,
             calls=CallRunner(
                 store,
@@ -238,16 +241,17 @@ class Services:
         )
 
     async def start(self) -> None:
-        """Open the store and apply migrations while the custom endpoint's models are discovered (and asked for
-        again in the background if it cannot be reached) and Redis is checked; load the tokenizer and the provider
-        SDKs in the background a moment later; start the background writers."""
+        """Open the store and apply migrations while Redis is checked; discover the custom endpoint's models and ask
+        every vendor for its listing in the background (never on the start-up path); load the tokenizer and the
+        provider SDKs in the background a moment later; start the background writers."""
         warm_up()
         import_later(p.wire for p in self.router.providers.values() if isinstance(p, LazyProvider))
         await asyncio.gather(
             self._open_store(),
-            self.discovery.start(),
+            self.discovery.start(),  # returns at once
             warn_if_redis_unreachable(self.redis, self.settings.rate_limit_on_redis_error),
         )
+        self.listings.start()
         self.audit.start()
         self.purger.start()
         self.alerts.start()
@@ -261,6 +265,7 @@ class Services:
     async def close(self) -> None:
         await self.calls.close()
         await self.discovery.close()
+        await self.listings.close()
         await self.alerts.close()
         await self.purger.close()
         await self.audit.close()

@@ -190,6 +190,10 @@ class Settings(ProviderSettings):  # type: ignore[misc,valid-type]
     custom_context_window: int = Field(
         default=DEFAULT_CUSTOM_CONTEXT_WINDOW, gt=0, validation_alias="CUSTOM_CONTEXT_WINDOW"
     )
+    # Asking vendors which models they serve (background only; see providers/listings.py)
+    model_listing_timeout_seconds: float = Field(default=10.0, gt=0)
+    model_listing_max_bytes: int = Field(default=4_000_000, ge=1024)
+    model_listing_interval_seconds: float = Field(default=3600.0, gt=0)
 
     @field_validator("jwt_secret")
     @classmethod

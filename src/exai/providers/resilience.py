@@ -120,6 +120,31 @@ def to_exai_error(error: UpstreamError, provider: str, model: str, key_env: str)
                 details=details,
                 remedy="Send less (fewer files, a shorter prompt) or choose a model with a larger context window.",
             )
+        case "quota":
+            return ProviderError(
+                f"{where}: the account is out of quota or credit: {error.message}",
+                code="upstream_quota_exhausted",
+                retryable=False,
+                details=details,
+                remedy=f"Top up or raise the plan of the account behind {key_env}, or pick another provider's model.",
+            )
+        case "model_not_found":
+            return ProviderError(
+                f"{where} says it does not serve this model: {error.message}",
+                code="upstream_model_not_found",
+                retryable=False,
+                details=details,
+                remedy="Pick a model the vendor lists (`exai models` shows which), or 'auto'.",
+            )
+        case "request_too_large":
+            return ProviderError(
+                f"{where} refused the request as too large: {error.message}",
+                code="request_too_large",
+                retryable=False,
+                details=details,
+                remedy="Send less: fewer or smaller images and files (this is the request's size in bytes, not the "
+                "context window).",
+            )
         case "content_filter":
             return ProviderError(
                 f"{where}'s content filter refused the request.",

@@ -42,6 +42,15 @@ class Attempt:
 
 
 @dataclass(frozen=True)
+class Listing:
+    """What one vendor's own model listing said it serves, and when (see providers/listings.py)."""
+
+    models: frozenset[str]
+    at: float
+    refused: int = 0
+
+
+@dataclass(frozen=True)
 class RoutePlan:
     """The models one call may use, in order, chosen once by `Router.plan`."""
 
@@ -83,18 +92,45 @@ class Router:
         self._breakers: dict[tuple[str, str], CircuitBreaker] = {}
         self._slots = {name: asyncio.Semaphore(settings.provider_concurrency) for name in providers}
         self._available: list[ModelInfo] = []
+        self.listings: dict[str, Listing] = {}
         self.models_pending: str | None = None  # why models are missing while discovery is retried
         self.refresh_available()
         self.on_attempt = on_attempt
 
     # ----- what can be routed to ----------------------------------------------------------------
     def refresh_available(self) -> None:
-        """Compute the routable models once more; called at start after models are discovered."""
+        """Compute the routable models once more; called when models are discovered or a vendor listing arrives."""
         self._available = [
             info
             for info in self.catalogue.models.values()
-            if info.provider in self.providers and self.configs[info.provider].allows(info.name, *info.aliases)
+            if info.provider in self.providers
+            and self.configs[info.provider].allows(info.name, *info.aliases)
+            and self.vendor_lists(info) is not False
         ]
+
+    def set_listing(self, provider: str, listing: Listing) -> None:
+        self.listings[provider] = listing
+        self.refresh_available()
+
+    def vendor_lists(self, model: ModelInfo) -> bool | None:
+        """Whether the model's vendor lists it; None while its listing is not known."""
+        listing = self.listings.get(model.provider)
+        return None if listing is None else model.name in listing.models
+
+    def _not_listed_error(self, name: str, info: ModelInfo) -> NotFoundError:
+        listing = self.listings[info.provider]
+        usable = sorted(m.name for m in self._available if m.provider == info.provider)
+        listed = sorted(listing.models)
+        shown = usable or listed[:20]
+        age = max(0.0, time.time() - listing.at)
+        return NotFoundError(
+            f"Model '{name[:80]}' is not served by {info.provider}: its own model listing (asked {age:.0f} s ago) "
+            f"does not name '{info.name}'. It lists {len(listed)} models"
+            + (f", of which these are usable here: {', '.join(shown)}." if shown else "."),
+            code="model_not_listed",
+            remedy=f"Name a model {info.provider} lists (see `listmodels`), or 'auto'.",
+            details={"provider": info.provider, "listed": listed[:50], "usable": usable},
+        )
 
     def available_models(self) -> list[ModelInfo]:
         """Models whose provider is configured and whose allow/deny lists admit them (fixed at start)."""
@@ -118,6 +154,13 @@ class Router:
             raise no_provider_error()
         info = self.catalogue.get(name)
         available = self.available_models()
+        if (
+            info is not None
+            and info.provider in self.providers
+            and self.configs[info.provider].allows(info.name, *info.aliases)
+            and self.vendor_lists(info) is False
+        ):
+            raise self._not_listed_error(name, info)
         if info is None or info not in available:
             names = sorted({n for m in available for n in (m.name, *m.aliases)})
             hints = self.catalogue.suggestions(name, [n.lower() for n in names])
@@ -248,7 +291,7 @@ class Router:
                 last = to_exai_error(
                     exc, info.provider, info.name, " or ".join(self.configs[info.provider].spec.key_env)
                 )
-                if exc.kind in ("bad_request", "content_filter"):
+                if exc.kind in ("bad_request", "content_filter", "request_too_large"):
                     raise last from exc
                 if exc.kind == "context_too_long":
                     queue = [m for m in queue if m.context_window > info.context_window]

@@ -131,6 +131,7 @@ async def handle_call(
             services.events.call_started()
             began = True
             args = validate(tool, arguments)
+            await services.discovery.settled()  # a call just after start needs the Custom endpoint's models
             if record is not None:
                 await record()
             result = await run(tool, args, ctx)
