@@ -16,7 +16,7 @@ from typing import Any
 import httpx2
 import openai
 
-from exai.providers.base import CallOptions, UpstreamError, classify_status, collect_stream, reading, sending
+from exai.providers.base import CallOptions, UpstreamError, classify_response, collect_stream, reading, sending
 from exai.providers.catalogue import ModelInfo
 from exai.providers.quirks import openai_params, reasoning_from
 from exai.providers.types import DeltaCallback, GenerateRequest, GenerateResponse, Message, StreamChunk, Usage
@@ -71,7 +71,7 @@ class OpenAICompatibleProvider:
                 timeout=options.timeout,
             )
         if not 200 <= answer.status_code < 300:  # a redirect is not an answer either (httpx does not follow it)
-            raise classify_status(answer.status_code, answer.text, answer.headers.get("retry-after"))
+            raise classify_response(answer.status_code, answer.text, answer.headers)
         with reading(openai):
             completion = json.loads(answer.content)
             if not completion.get("choices"):

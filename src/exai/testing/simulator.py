@@ -49,6 +49,7 @@ class FaultRule(BaseModel):
     rate: float = Field(default=1.0, ge=0.0, le=1.0)
     count: int | None = Field(default=None, ge=1, description="fire this many times, then stop")
     retry_after: float | None = Field(default=None, ge=0)
+    retry_after_ms: float | None = Field(default=None, ge=0, description="sent as the retry-after-ms header (429)")
     hang_seconds: float = Field(default=600.0, gt=0)
 
 
@@ -303,6 +304,8 @@ class Simulator:
             response = self._error(wire, 429, "rate limit reached, slow down", "rate_limit_error")
             if fault.retry_after is not None:
                 response.headers["retry-after"] = str(fault.retry_after)
+            if fault.retry_after_ms is not None:
+                response.headers["retry-after-ms"] = str(fault.retry_after_ms)
             return response
         if kind in ("500", "503"):
             return self._error(wire, int(kind), "simulated upstream failure", "api_error")
