@@ -102,7 +102,7 @@ def _sse(data: dict[str, Any], event: str | None = None) -> str:
     return f"{prefix}data: {json.dumps(data)}\n\n"
 
 
-async def openai_stream(p: ParsedRequest, truncate: bool) -> AsyncIterator[str]:
+async def openai_stream(p: ParsedRequest, truncate: bool, usage: bool = True) -> AsyncIterator[str]:
     words = _words(p.reply())
     base = {"id": "chatcmpl-sim", "object": "chat.completion.chunk", "created": 0, "model": p.model}
     if p.thinking:
@@ -120,17 +120,18 @@ async def openai_stream(p: ParsedRequest, truncate: bool) -> AsyncIterator[str]:
         yield _sse({**base, "choices": [{"index": 0, "delta": {"content": word}, "finish_reason": None}]})
         await asyncio.sleep(0)
     yield _sse({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
-    yield _sse(
-        {
-            **base,
-            "choices": [],
-            "usage": {
-                "prompt_tokens": p.prompt_tokens(),
-                "completion_tokens": len(words),
-                "total_tokens": p.prompt_tokens() + len(words),
-            },
-        }
-    )
+    if usage:
+        yield _sse(
+            {
+                **base,
+                "choices": [],
+                "usage": {
+                    "prompt_tokens": p.prompt_tokens(),
+                    "completion_tokens": len(words),
+                    "total_tokens": p.prompt_tokens() + len(words),
+                },
+            }
+        )
     yield "data: [DONE]\n\n"
 
 

@@ -33,7 +33,7 @@ from exai.testing.replies import (
 )
 
 FaultKind = Literal[
-    "429", "500", "503", "401", "hang", "reset", "malformed", "truncate", "context_length", "content_filter"
+    "429", "500", "503", "401", "hang", "reset", "malformed", "truncate", "context_length", "content_filter", "no_usage"
 ]
 DEFAULT_MODELS = ["sim-fast", "sim-smart", "sim-large"]
 DEFAULT_CONTEXT_WINDOWS = {"sim-large": 1_000_000}
@@ -272,15 +272,25 @@ class Simulator:
                 if fault.kind == "hang":
                     await self._sleep_unless_gone(request, fault.hang_seconds)
                     return self._error(wire, 504, "simulated hang ended", "timeout_error")
-                if fault.kind != "truncate" or not parsed.stream:
+                if fault.kind not in ("truncate", "no_usage") or (fault.kind == "truncate" and not parsed.stream):
                     return self._fault_response(wire, fault)
             if not await self._sleep_unless_gone(request, state.delay_for(parsed.model)):
                 return Response(status_code=499)
             state.counters["completed"] += 1
+            truncate = fault is not None and fault.kind == "truncate"
+            usage = wire != "openai" or fault is None or fault.kind != "no_usage"  # no_usage: OpenAI wire only
             if parsed.stream:
-                gen = openai_stream if wire == "openai" else anthropic_stream
-                return StreamingResponse(gen(parsed, truncate=fault is not None), media_type="text/event-stream")
-            return JSONResponse(openai_body(parsed) if wire == "openai" else anthropic_body(parsed))
+                if wire == "openai":
+                    stream = openai_stream(parsed, truncate=truncate, usage=usage)
+                else:
+                    stream = anthropic_stream(parsed, truncate=truncate)
+                return StreamingResponse(stream, media_type="text/event-stream")
+            if wire == "openai":
+                body = openai_body(parsed)
+                if not usage:
+                    del body["usage"]
+                return JSONResponse(body)
+            return JSONResponse(anthropic_body(parsed))
         finally:
             state.in_flight -= 1
 
