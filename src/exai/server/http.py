@@ -5,7 +5,10 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import socket
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from types import FrameType
+from typing import Any
 from urllib.parse import urlparse
 
 import uvicorn
@@ -20,12 +23,13 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import BaseRoute, Route
-from starlette.types import ASGIApp, Scope
+from starlette.types import ASGIApp, Lifespan, Scope
 
 from exai.app import Services
 from exai.observability.errors import AuthError, PermissionDeniedError
 from exai.observability.metrics import BREAKER_VALUES
 from exai.security.auth import ADMIN_SCOPE, TOOLS_SCOPE, request_access, request_tenant
+from exai.server.cancellation import CallCancellations, StatelessCancellation
 from exai.server.connection_guard import guarded_h11_protocol
 from exai.server.correlation import RequestIdMiddleware
 from exai.server.dashboard import DASHBOARD_HTML, dashboard_snapshot
@@ -194,13 +198,15 @@ def build_http_app(services: Services) -> Starlette:
         stateless_http=settings.stateless_http,
         session_idle_timeout=settings.session_idle_seconds,
     )
+    cancellations = CallCancellations(services.redis if settings.stateless_http else None)
     app.router.routes[:] = [
-        guard_mcp(route, services, server.session_manager)
+        guard_mcp(route, services, server.session_manager, cancellations)
         for route in app.router.routes
         if not (auth and route_path(route).startswith("/.well-known/oauth-protected-resource"))
     ]
     if auth:
         app.router.routes.append(protected_resource_route(public, settings.authorization_server_url))
+    app.router.lifespan_context = with_cancellations(app.router.lifespan_context, cancellations)
     hosts, origins = allowed_hosts_and_origins(settings.host, settings.allowed_hosts)
     app.add_middleware(BodyDeadline, seconds=settings.http_body_timeout_seconds)
     app.add_middleware(HostOriginCheck, allowed_hosts=hosts, allowed_origins=origins)
@@ -212,10 +218,24 @@ def route_path(route: BaseRoute) -> str:
     return getattr(route, "path", "")
 
 
-def guard_mcp(route: BaseRoute, services: Services, manager: StreamableHTTPSessionManager) -> BaseRoute:
+def with_cancellations(lifespan: Lifespan[Starlette], cancellations: CallCancellations) -> Lifespan[Starlette]:
+    """The app's lifespan, listening for the other replicas' cancellations while the app runs."""
+
+    @asynccontextmanager
+    async def both(app: Starlette) -> AsyncIterator[Any]:
+        async with lifespan(app) as state, cancellations.listening():
+            yield state
+
+    return both
+
+
+def guard_mcp(
+    route: BaseRoute, services: Services, manager: StreamableHTTPSessionManager, cancellations: CallCancellations
+) -> BaseRoute:
     """Put the MCP endpoint behind its request checks: Accept, per-tenant sessions, unique request ids.
 
-    Stateless mode opens no sessions, so it has no session quota; it takes POST only (see server/stateless.py).
+    Stateless mode opens no sessions, so it has no session quota; it takes POST only (see server/stateless.py), and
+    cancels calls by request id itself (server/cancellation.py).
     The checks run after authentication (inside the SDK's RequireAuthMiddleware), so a request without a valid
     token is answered 401 before anything else, and every checked request has its tenant.
     """
@@ -229,7 +249,7 @@ def guard_mcp(route: BaseRoute, services: Services, manager: StreamableHTTPSessi
 
     def checked(app: ASGIApp) -> ASGIApp:
         if settings.stateless_http:
-            return AcceptCheck(PostOnly(CompleteBody(app)))
+            return AcceptCheck(PostOnly(CompleteBody(StatelessCancellation(app, cancellations, tenant))))
         quota = SessionQuota(
             CompleteBody(InFlightIds(app, tenant)),
             manager,
