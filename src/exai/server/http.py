@@ -37,7 +37,7 @@ from exai.server.draining import InFlightPosts, end_streams_when_idle, keep_stre
 from exai.server.header_checks import AcceptCheck, HostOriginCheck
 from exai.server.mcp import build_server
 from exai.server.request_body import BodyDeadline, CompleteBody
-from exai.server.request_ids import InFlightIds
+from exai.server.request_ids import IdTypeCheck, InFlightIds
 from exai.server.sessions import SessionQuota
 from exai.server.stateless import PostOnly
 
@@ -249,9 +249,9 @@ def guard_mcp(
 
     def checked(app: ASGIApp) -> ASGIApp:
         if settings.stateless_http:
-            return AcceptCheck(PostOnly(CompleteBody(StatelessCancellation(app, cancellations, tenant))))
+            return AcceptCheck(PostOnly(CompleteBody(IdTypeCheck(StatelessCancellation(app, cancellations, tenant)))))
         quota = SessionQuota(
-            CompleteBody(InFlightIds(app, tenant)),
+            CompleteBody(IdTypeCheck(InFlightIds(app, tenant))),
             manager,
             services.limiter,
             tenant,
