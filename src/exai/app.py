@@ -27,6 +27,7 @@ from exai.providers.router import Router
 from exai.security.auth import JWTVerifier, parse_api_keys
 from exai.security.files import FileAccess
 from exai.security.limits import Limits, LocalLimiter, RateLimiter, RedisLimiter
+from exai.server.admission import Admission
 from exai.storage.audit import AuditWriter
 from exai.storage.base import Store
 from exai.storage.retention import Purger
@@ -57,7 +58,12 @@ def build_store(settings: Settings) -> Store:
     else:
         from exai.storage.postgres import PostgresStore  # psycopg is loaded only for PostgreSQL
 
-        store = PostgresStore(url, schema=settings.database_schema)
+        store = PostgresStore(
+            url,
+            schema=settings.database_schema,
+            max_connections=settings.database_pool_size,
+            wait_seconds=settings.database_pool_timeout_seconds,
+        )
     redis = build_redis(settings)
     if redis is not None:
         from exai.storage.cache import CachedStore
@@ -71,7 +77,15 @@ def build_redis(settings: Settings) -> aioredis.Redis | None:
         return None
     import redis.asyncio as aioredis  # the client is loaded only when Redis is configured
 
-    return aioredis.from_url(secret(settings.redis_url), socket_timeout=2, socket_connect_timeout=2)
+    # A bounded pool: a burst of calls waits briefly for a connection instead of opening (and failing) hundreds.
+    pool = aioredis.BlockingConnectionPool.from_url(
+        secret(settings.redis_url),
+        max_connections=settings.redis_pool_size,
+        timeout=settings.redis_pool_timeout_seconds,
+        socket_timeout=2,
+        socket_connect_timeout=2,
+    )
+    return aioredis.Redis.from_pool(pool)
 
 
 def build_verifier(settings: Settings) -> JWTVerifier | None:
@@ -165,6 +179,7 @@ class Services:
     events: Events
     discovery: CustomModelDiscovery
     redis: aioredis.Redis | None
+    admission: Admission
 
     @classmethod
     def build(cls, settings: Settings, transport: Transport = "memory") -> Services:
@@ -180,7 +195,10 @@ class Services:
         limiter = build_limiter(settings, redis)
         stats = Stats()
         health = Health(stats, router, limiter, settings.alert_window_seconds, settings.breaker_cooldown_seconds)
-        metrics = Metrics(health.limiter)
+        admission = Admission(
+            settings.max_calls_in_flight, settings.max_calls_waiting, settings.admission_queue_seconds
+        )
+        metrics = Metrics(health.limiter, admission.saturation)
         alerts = AlertManager(
             AlertThresholds(
                 window_seconds=settings.alert_window_seconds,
@@ -225,6 +243,7 @@ class Services:
             events=events,
             discovery=CustomModelDiscovery(settings, router, lambda: check_default_model(router)),
             redis=redis,
+            admission=admission,
         )
 
     async def start(self) -> None:
