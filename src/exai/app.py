@@ -28,6 +28,7 @@ from exai.security.auth import JWTVerifier, parse_api_keys
 from exai.security.files import FileAccess
 from exai.security.limits import Limits, LocalLimiter, RateLimiter, RedisLimiter
 from exai.server.admission import Admission
+from exai.server.call_records import CallRunner
 from exai.storage.audit import AuditWriter
 from exai.storage.base import Store
 from exai.storage.retention import Purger
@@ -180,6 +181,7 @@ class Services:
     discovery: CustomModelDiscovery
     redis: aioredis.Redis | None
     admission: Admission
+    calls: CallRunner
 
     @classmethod
     def build(cls, settings: Settings, transport: Transport = "memory") -> Services:
@@ -244,6 +246,14 @@ class Services:
             discovery=CustomModelDiscovery(settings, router, lambda: check_default_model(router)),
             redis=redis,
             admission=admission,
+            calls=CallRunner(
+                store,
+                settings,
+                on_task_event=lambda kind, call: events.task_event(
+                    kind, call.tenant, call.tool, call.id, call.correlation_id
+                ),
+                on_counts=lambda counts: events.task_counts(counts.by_status, counts.oldest_working),
+            ),
         )
 
     async def start(self) -> None:
@@ -260,6 +270,7 @@ class Services:
         self.audit.start()
         self.purger.start()
         self.alerts.start()
+        self.calls.start()
 
     async def _open_store(self) -> None:
         await self.store.open()
@@ -267,6 +278,7 @@ class Services:
         await self.purger.purge()
 
     async def close(self) -> None:
+        await self.calls.close()
         await self.discovery.close()
         await self.alerts.close()
         await self.purger.close()
