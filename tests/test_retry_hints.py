@@ -11,11 +11,14 @@ from collections.abc import Callable
 import pytest
 from mcp import Client
 
+from exai.observability.errors import ProviderError
+from exai.providers.types import GenerateRequest, Message
 from tests.conftest import Proc, SimControl
-from tests.helpers import tool_error
+from tests.helpers import build_services, tool_error
 
 pytestmark = pytest.mark.anyio
 Daemon = Callable[..., Proc]
+REQUEST = GenerateRequest(model="sim-fast", messages=[Message(role="user", content="retry me")])
 
 
 async def test_a_long_retry_after_falls_back_at_once(daemon: Daemon, sim: SimControl) -> None:
@@ -54,3 +57,20 @@ async def test_retry_after_ms_is_waited(daemon: Daemon, sim: SimControl) -> None
     sent = [r["time"] for r in sim.requests(10) if r["model"] == "sim-fast"]
     assert len(sent) == 2, sent
     assert sent[1] - sent[0] >= 1.5, f"the retry came {sent[1] - sent[0]:.2f} s after a 1500 ms hint"
+
+
+async def test_no_retry_wait_ends_after_the_client_stopped_waiting(
+    sim: SimControl, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    services = await build_services(
+        monkeypatch, sim, EXAI_RETRY_MAX_DELAY="30", EXAI_CLIENT_WAIT_SECONDS="2", EXAI_MAX_RETRIES="3"
+    )
+    sim.fault("429", model="sim-fast", retry_after=10)  # honoured by EXAI_RETRY_MAX_DELAY, not by the client's wait
+    started = time.monotonic()
+    with pytest.raises(ProviderError) as raised:
+        await services.router.generate(REQUEST, model="sim-fast")
+    took = time.monotonic() - started
+    assert raised.value.details["retry_in_seconds"] == 10
+    assert sim.count("requests:sim-fast") == 1, "no second attempt after the client's wait"
+    assert took < 10, f"the call slept {took:.1f} s, past the client's wait"
+    await services.close()

@@ -153,7 +153,7 @@ def sim(
     prompt, so tests can check what arrived.
 
     Control API: POST /_sim/faults {"kind": "429|500|503|401|hang|reset|malformed|truncate|context_length|
-    content_filter|no_usage", "model": "*", "rate": 1.0, "count": N (N >= 1), "retry_after": s, "retry_after_ms": ms};
+    content_filter|think|no_usage", "model": "*", "rate": 1.0, "count": N, "retry_after": s, "retry_after_ms": ms};
     DELETE /_sim/faults clears them; POST /_sim/latency {"ms": 200, "jitter_ms": 50, "model": "*"};
     GET /_sim/stats (counters); GET /_sim/requests?limit=50 (recent requests with headers);
     POST /_sim/reset (faults, latency, counters).
