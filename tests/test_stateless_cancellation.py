@@ -20,7 +20,7 @@ from tests.replica_cluster import CallFailed, LegacyClient
 from tests.test_accounting import audit_rows
 from tests.test_replicas import own_redis_db
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.timeout(400)]
 Daemon = Callable[..., Proc]
 
 
