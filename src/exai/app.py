@@ -28,6 +28,7 @@ from exai.providers.router import Router
 from exai.security.auth import JWTVerifier, parse_api_keys
 from exai.security.files import FileAccess
 from exai.security.limits import Limits, LocalLimiter, RateLimiter, RedisLimiter
+from exai.server.admission import Admission
 from exai.server.call_records import CallRunner
 from exai.storage.audit import AuditWriter
 from exai.storage.base import Store
@@ -59,7 +60,12 @@ def build_store(settings: Settings) -> Store:
     else:
         from exai.storage.postgres import PostgresStore  # psycopg is loaded only for PostgreSQL
 
-        store = PostgresStore(url, schema=settings.database_schema)
+        store = PostgresStore(
+            url,
+            schema=settings.database_schema,
+            max_connections=settings.database_pool_size,
+            wait_seconds=settings.database_pool_timeout_seconds,
+        )
     redis = build_redis(settings)
     if redis is not None:
         from exai.storage.cache import CachedStore
@@ -73,7 +79,15 @@ def build_redis(settings: Settings) -> aioredis.Redis | None:
         return None
     import redis.asyncio as aioredis  # the client is loaded only when Redis is configured
 
-    return aioredis.from_url(secret(settings.redis_url), socket_timeout=2, socket_connect_timeout=2)
+    # A bounded pool: a burst of calls waits briefly for a connection instead of opening (and failing) hundreds.
+    pool = aioredis.BlockingConnectionPool.from_url(
+        secret(settings.redis_url),
+        max_connections=settings.redis_pool_size,
+        timeout=settings.redis_pool_timeout_seconds,
+        socket_timeout=2,
+        socket_connect_timeout=2,
+    )
+    return aioredis.Redis.from_pool(pool)
 
 
 def build_verifier(settings: Settings) -> JWTVerifier | None:
@@ -168,6 +182,7 @@ class Services:
     discovery: CustomModelDiscovery
     listings: VendorListings
     redis: aioredis.Redis | None
+    admission: Admission
     calls: CallRunner
 
     @classmethod
@@ -184,7 +199,10 @@ class Services:
         limiter = build_limiter(settings, redis)
         stats = Stats()
         health = Health(stats, router, limiter, settings.alert_window_seconds, settings.breaker_cooldown_seconds)
-        metrics = Metrics(health.limiter)
+        admission = Admission(
+            settings.max_calls_in_flight, settings.max_calls_waiting, settings.admission_queue_seconds
+        )
+        metrics = Metrics(health.limiter, admission.saturation)
         alerts = AlertManager(
             AlertThresholds(
                 window_seconds=settings.alert_window_seconds,
@@ -230,6 +248,7 @@ class Services:
             discovery=CustomModelDiscovery(settings, router, lambda: check_default_model(router)),
             listings=VendorListings(settings, router),
             redis=redis,
+            admission=admission,
             calls=CallRunner(
                 store,
                 settings,

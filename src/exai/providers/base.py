@@ -99,10 +99,17 @@ _ZAI_CODES: dict[str, FailureKind] = {
 _FILTER_MARKERS = ("content_filter", "content filter", "sensitive", "safety")
 
 
-def classify_status(status: int, body: str, retry_after: str | None = None) -> UpstreamError:
-    """Map an HTTP error answer of any vendor to a failure kind."""
+def classify_status(
+    status: int, body: str, retry_after: str | None = None, retry_after_ms: str | None = None
+) -> UpstreamError:
+    """Map an HTTP error answer of any vendor to a failure kind, with the upstream's hint of when to retry.
+
+    `retry-after-ms` (OpenAI's and Azure's precise form) wins over `Retry-After` when both are sent.
+    """
     lowered = body.lower()
-    after = parse_retry_after(retry_after)
+    after = parse_retry_after_ms(retry_after_ms)
+    if after is None:
+        after = parse_retry_after(retry_after)
     snippet = body[:300]
     vendor_kind = _ZAI_CODES.get(_error_code(body))
     if vendor_kind is not None:
@@ -195,12 +202,26 @@ def parse_retry_after(value: str | None, now: datetime | None = None) -> float |
     return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
 
 
+def parse_retry_after_ms(value: str | None) -> float | None:
+    """Seconds to wait, from a `retry-after-ms` header (milliseconds); None when absent or not a number."""
+    try:
+        milliseconds = float(value) if value else None
+    except ValueError:
+        return None
+    return None if milliseconds is None or milliseconds != milliseconds else max(0.0, milliseconds / 1000)
+
+
+def classify_response(status: int, body: str, headers: Mapping[str, str]) -> UpstreamError:
+    """`classify_status` for an HTTP answer, reading both retry hints from its headers."""
+    return classify_status(status, body, headers.get("retry-after"), headers.get("retry-after-ms"))
+
+
 def _upstream_failure(sdk: ModuleType, exc: Exception) -> UpstreamError | None:
     """The upstream failure `exc` stands for, or None when it was not the upstream's doing."""
     if isinstance(exc, sdk.APIStatusError) and exc.status_code < 300:  # an error event inside a streamed answer
         return error_in_body(exc.body)
     if isinstance(exc, sdk.APIStatusError):
-        return classify_status(exc.status_code, exc.response.text, exc.response.headers.get("retry-after"))
+        return classify_response(exc.status_code, exc.response.text, exc.response.headers)
     if isinstance(exc, httpx2.LocalProtocolError) or isinstance(exc.__cause__, httpx2.LocalProtocolError):
         return None  # the request we built breaks HTTP (e.g. a header with a newline): ours, not the upstream's
     if isinstance(exc, sdk.APITimeoutError | httpx2.TimeoutException):

@@ -19,7 +19,7 @@ import openai
 from exai.providers.base import (
     CallOptions,
     UpstreamError,
-    classify_status,
+    classify_response,
     collect_stream,
     error_in_body,
     reading,
@@ -90,7 +90,7 @@ class OpenAICompatibleProvider:
                 timeout=options.timeout,
             )
         if not 200 <= answer.status_code < 300:  # a redirect is not an answer either (httpx does not follow it)
-            raise classify_status(answer.status_code, answer.text, answer.headers.get("retry-after"))
+            raise classify_response(answer.status_code, answer.text, answer.headers)
         with reading(openai):
             completion = json.loads(answer.content)
             if not completion.get("choices"):

@@ -95,7 +95,9 @@ def queue_timeout_error(provider: str, model: str, concurrency: int, waited_from
 def to_exai_error(error: UpstreamError, provider: str, model: str, key_env: str) -> ExaiError:
     """The client-facing error for an upstream failure that the router could not route around."""
     where = f"{provider}/{model}"
-    details = {"provider": provider, "model": model, "upstream_status": error.status}
+    details: dict[str, object] = {"provider": provider, "model": model, "upstream_status": error.status}
+    if error.retry_after is not None:  # the upstream said when it will take the request: pass it on
+        details["retry_in_seconds"] = round(error.retry_after, 1)
     match error.kind:
         case "auth":
             return ProviderError(
@@ -110,7 +112,9 @@ def to_exai_error(error: UpstreamError, provider: str, model: str, key_env: str)
                 f"{where} is rate limiting us: {error.message}",
                 code="upstream_rate_limited",
                 details=details,
-                remedy="Wait and try again, or pick another model.",
+                remedy=f"Try again in {error.retry_after:.0f} s, or pick another model."
+                if error.retry_after is not None
+                else "Wait and try again, or pick another model.",
             )
         case "context_too_long":
             return ProviderError(

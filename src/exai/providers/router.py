@@ -264,6 +264,9 @@ class Router:
         """Answer `request` from the first model of `plan` that can (selected here from `model`, `category` and
         `allow_fallback` when no plan is given). A fallback is always reported in `RouteResult.fallbacks`."""
         deadline = time.monotonic() + (deadline_seconds or self.settings.call_deadline_seconds)
+        # A retry wait never ends after the client stopped waiting for the answer (EXAI_CLIENT_WAIT_SECONDS).
+        patience = self.settings.client_wait_seconds
+        sleep_until = min(deadline, time.monotonic() + patience) if patience else deadline
         if plan is None:
             needs_images = any(m.images for m in request.messages)
             plan = self.plan(model, category, needs_images, allow_fallback=allow_fallback)
@@ -285,7 +288,9 @@ class Router:
                 if on_event:
                     await on_event(f"falling back to {info.provider}/{info.name}")
             try:
-                response = await self._call_with_retries(info, breaker, request, deadline, attempts, on_delta, on_event)
+                response = await self._call_with_retries(
+                    info, breaker, request, (deadline, sleep_until), attempts, on_delta, on_event
+                )
                 return RouteResult(response, attempts, fallbacks)
             except UpstreamError as exc:
                 last = to_exai_error(
@@ -324,11 +329,14 @@ class Router:
         info: ModelInfo,
         breaker: CircuitBreaker,
         request: GenerateRequest,
-        deadline: float,
+        deadlines: tuple[float, float],
         attempts: list[Attempt],
         on_delta: DeltaCallback | None,
         on_event: EventCallback | None,
     ) -> GenerateResponse:
+        """Ask one model, retrying transient failures; `deadlines` are the call's and the last moment a retry
+        wait may end (when the client stops waiting)."""
+        deadline, sleep_until = deadlines
         provider = self.providers[info.provider]
         for attempt in range(self.settings.max_retries + 1):
             if time.monotonic() >= deadline:
@@ -367,10 +375,12 @@ class Router:
             )
             if not exc.retryable or attempt == self.settings.max_retries or breaker.state == "open":
                 raise exc
+            if exc.retry_after is not None and exc.retry_after > self.settings.retry_max_delay:
+                raise exc  # the upstream wants longer than we wait: the next model now, or fail with its hint
             delay = backoff_delay(
                 attempt, self.settings.retry_base_delay, self.settings.retry_max_delay, exc.retry_after, self._rng
             )
-            if time.monotonic() + delay >= deadline:
+            if time.monotonic() + delay >= sleep_until:
                 raise exc
             if on_event:
                 await on_event(f"{info.provider}/{info.name}: {exc.kind}; retrying in {delay:.2f} s")

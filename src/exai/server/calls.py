@@ -127,7 +127,7 @@ async def handle_call(
     upstream = start_upstream_clock()
     try:
         authorize(tool, caller)
-        async with admitted(services, caller.tenant, ctx):
+        async with services.admission.slot(queued=tool.calls_model), admitted(services, caller.tenant, ctx):
             services.events.call_started()
             began = True
             args = validate(tool, arguments)

@@ -104,9 +104,10 @@ def _sse(data: dict[str, Any], event: str | None = None) -> str:
 
 
 async def openai_stream(
-    p: ParsedRequest, truncate: bool, cut: bool = False, think_seconds: float = 0.0
+    p: ParsedRequest, truncate: bool, cut: bool = False, think_seconds: float = 0.0, usage: bool = True
 ) -> AsyncIterator[str]:
-    """The answer streamed word by word; `think_seconds` of reasoning first, one delta a second (a slow model)."""
+    """The answer streamed word by word; `think_seconds` of reasoning first, one delta a second (a slow model);
+    `cut` stops it at the output limit (finish reason `length`); without `usage`, no usage chunk at the end."""
     words = _words(p.reply())
     base = {"id": "chatcmpl-sim", "object": "chat.completion.chunk", "created": 0, "model": p.model}
     started = time.monotonic()
@@ -129,17 +130,18 @@ async def openai_stream(
         yield _sse({**base, "choices": [{"index": 0, "delta": {"content": word}, "finish_reason": None}]})
         await asyncio.sleep(0)
     yield _sse({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "length" if cut else "stop"}]})
-    yield _sse(
-        {
-            **base,
-            "choices": [],
-            "usage": {
-                "prompt_tokens": p.prompt_tokens(),
-                "completion_tokens": len(words),
-                "total_tokens": p.prompt_tokens() + len(words),
-            },
-        }
-    )
+    if usage:
+        yield _sse(
+            {
+                **base,
+                "choices": [],
+                "usage": {
+                    "prompt_tokens": p.prompt_tokens(),
+                    "completion_tokens": len(words),
+                    "total_tokens": p.prompt_tokens() + len(words),
+                },
+            }
+        )
     yield "data: [DONE]\n\n"
 
 

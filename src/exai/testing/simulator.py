@@ -51,6 +51,7 @@ FaultKind = Literal[
     "413",
     "replay",
     "think",
+    "no_usage",
 ]
 DEFAULT_MODELS = ["sim-fast", "sim-smart", "sim-large"]
 LISTING_FAULTS = ("401", "429", "500", "503")
@@ -86,6 +87,7 @@ class FaultRule(BaseModel):
     rate: float = Field(default=1.0, ge=0.0, le=1.0)
     count: int | None = Field(default=None, ge=1, description="fire this many times, then stop")
     retry_after: float | None = Field(default=None, ge=0)
+    retry_after_ms: float | None = Field(default=None, ge=0, description="sent as the retry-after-ms header (429)")
     hang_seconds: float = Field(default=600.0, gt=0)
     think_seconds: float = Field(default=60.0, ge=0, description="`think`: reason this long, then answer")
     fixture: str | None = Field(
@@ -344,7 +346,7 @@ class Simulator:
                 if fault.kind == "hang":
                     await self._sleep_unless_gone(request, fault.hang_seconds)
                     return self._error(wire, 504, "simulated hang ended", "timeout_error")
-                if fault.kind not in ("truncate", "length", "think") or (
+                if fault.kind not in ("truncate", "length", "think", "no_usage") or (
                     fault.kind == "truncate" and not parsed.stream
                 ):
                     return self._fault_response(wire, fault)
@@ -357,13 +359,22 @@ class Simulator:
             state.counters[f"completed:{parsed.model}"] += 1
             cut = fault is not None and fault.kind == "length"  # a whole answer, stopped at the output limit
             truncate = fault is not None and fault.kind == "truncate"
+            usage = wire != "openai" or fault is None or fault.kind != "no_usage"  # no_usage: OpenAI wire only
             if streamed_thinking:
                 stream = openai_stream(parsed, truncate=False, think_seconds=think)
                 return StreamingResponse(self._counting_cuts(stream), media_type="text/event-stream")
             if parsed.stream:
-                gen = openai_stream if wire == "openai" else anthropic_stream
-                return StreamingResponse(gen(parsed, truncate=truncate, cut=cut), media_type="text/event-stream")
-            return JSONResponse(openai_body(parsed, cut) if wire == "openai" else anthropic_body(parsed, cut))
+                if wire == "openai":
+                    stream = openai_stream(parsed, truncate=truncate, cut=cut, usage=usage)
+                else:
+                    stream = anthropic_stream(parsed, truncate=truncate, cut=cut)
+                return StreamingResponse(stream, media_type="text/event-stream")
+            if wire == "openai":
+                body = openai_body(parsed, cut)
+                if not usage:
+                    del body["usage"]
+                return JSONResponse(body)
+            return JSONResponse(anthropic_body(parsed, cut))
         finally:
             state.in_flight -= 1
 
@@ -396,6 +407,8 @@ class Simulator:
             response = self._error(wire, 429, "rate limit reached, slow down", "rate_limit_error")
             if fault.retry_after is not None:
                 response.headers["retry-after"] = str(fault.retry_after)
+            if fault.retry_after_ms is not None:
+                response.headers["retry-after-ms"] = str(fault.retry_after_ms)
             return response
         if kind in ("500", "503"):
             return self._error(wire, int(kind), "simulated upstream failure", "api_error")
