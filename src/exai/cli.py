@@ -297,7 +297,14 @@ def stress(
         str | None, typer.Option(help="An existing daemon instead (loopback), e.g. http://127.0.0.1:8765.")
     ] = None,
     sim_url: Annotated[str | None, typer.Option(help="The simulator that deployment talks to (with --url).")] = None,
-    token: Annotated[str | None, typer.Option(help="An admin token for the deployment at --url.")] = None,
+    token: Annotated[
+        str | None,
+        typer.Option(
+            envvar="EXAI_TOKEN",
+            show_envvar=True,
+            help="An admin token for the deployment at --url; prefer EXAI_TOKEN (a command line is visible in ps).",
+        ),
+    ] = None,
     storage: Annotated[
         str, typer.Option(help="Local daemons' storage: sqlite, postgres or postgres+redis.")
     ] = "sqlite",
