@@ -183,6 +183,7 @@ class Settings(ProviderSettings):  # type: ignore[misc,valid-type]
     breaker_failure_threshold: int = Field(default=5, ge=1)
     breaker_cooldown_seconds: float = Field(default=30.0, gt=0)
     provider_concurrency: int = Field(default=64, ge=1)
+    provider_concurrency_per_tenant: int = Field(default=16, ge=1)  # one tenant's share of a provider's slots
     models_file: Path | None = None
 
     # Providers: the four settings of each are in ProviderSettings; these are Custom's own.

@@ -24,6 +24,7 @@ from exai.observability.logging import get_logger
 from exai.observability.tracing import tracer
 from exai.providers.base import CallOptions, Provider, UpstreamError
 from exai.providers.catalogue import Catalogue, ModelInfo
+from exai.providers.fair_share import TenantShares
 from exai.providers.resilience import CircuitBreaker, backoff_delay, queue_timeout_error, to_exai_error
 from exai.providers.types import DeltaCallback, GenerateRequest, GenerateResponse
 
@@ -82,6 +83,7 @@ class Router:
         self._rng = rng or random.Random()
         self._breakers: dict[tuple[str, str], CircuitBreaker] = {}
         self._slots = {name: asyncio.Semaphore(settings.provider_concurrency) for name in providers}
+        self._shares = TenantShares(settings.provider_concurrency_per_tenant)
         self._available: list[ModelInfo] = []
         self.models_pending: str | None = None  # why models are missing while discovery is retried
         self.refresh_available()
@@ -217,9 +219,11 @@ class Router:
         on_event: EventCallback | None = None,
         allow_fallback: bool | None = None,
         plan: RoutePlan | None = None,
+        tenant: str | None = None,
     ) -> RouteResult:
         """Answer `request` from the first model of `plan` that can (selected here from `model`, `category` and
-        `allow_fallback` when no plan is given). A fallback is always reported in `RouteResult.fallbacks`."""
+        `allow_fallback` when no plan is given). A fallback is always reported in `RouteResult.fallbacks`.
+        A `tenant`'s upstream requests hold at most its share of each provider's slots."""
         deadline = time.monotonic() + (deadline_seconds or self.settings.call_deadline_seconds)
         if plan is None:
             needs_images = any(m.images for m in request.messages)
@@ -242,7 +246,9 @@ class Router:
                 if on_event:
                     await on_event(f"falling back to {info.provider}/{info.name}")
             try:
-                response = await self._call_with_retries(info, breaker, request, deadline, attempts, on_delta, on_event)
+                response = await self._call_with_retries(
+                    info, breaker, request, deadline, attempts, on_delta, on_event, tenant
+                )
                 return RouteResult(response, attempts, fallbacks)
             except UpstreamError as exc:
                 last = to_exai_error(
@@ -285,13 +291,14 @@ class Router:
         attempts: list[Attempt],
         on_delta: DeltaCallback | None,
         on_event: EventCallback | None,
+        tenant: str | None,
     ) -> GenerateResponse:
         provider = self.providers[info.provider]
         for attempt in range(self.settings.max_retries + 1):
             if time.monotonic() >= deadline:
                 breaker.release_probe()
                 raise UpstreamError("timeout", "the call's deadline passed")
-            await self._take_slot(info, breaker, deadline)
+            await self._take_slot(info, breaker, deadline, tenant)
             started = time.perf_counter()
             # One attempt may take EXAI_ATTEMPT_TIMEOUT_SECONDS, so a hung upstream leaves time to retry or fall back.
             attempt_deadline = min(deadline, time.monotonic() + self.settings.attempt_timeout_seconds)
@@ -310,7 +317,7 @@ class Router:
                 self._observe(attempts, Attempt(info.provider, info.name, "ok", (time.perf_counter() - started) * 1000))
                 return response
             finally:
-                self._slots[info.provider].release()
+                self._release_slot(info, tenant)
             elapsed = (time.perf_counter() - started) * 1000
             self._observe(attempts, Attempt(info.provider, info.name, exc.kind, elapsed))
             breaker.record_failure(exc.kind)
@@ -336,15 +343,22 @@ class Router:
                 raise exc
         raise AssertionError("unreachable")
 
-    async def _take_slot(self, info: ModelInfo, breaker: CircuitBreaker, deadline: float) -> None:
-        """Wait for one of the provider's concurrency slots. Time spent here is ours, not the upstream's:
-        a deadline that passes in this queue fails the call locally and never touches the breaker."""
+    async def _take_slot(self, info: ModelInfo, breaker: CircuitBreaker, deadline: float, tenant: str | None) -> None:
+        """Wait for one of the tenant's share of the provider's slots, then for one of the provider's concurrency
+        slots. Time spent here is ours, not the upstream's: a deadline that passes in this queue fails the call
+        locally and never touches the breaker."""
         slot = self._slots[info.provider]
         waited_from = time.monotonic()
+        shared = False
         try:
             async with asyncio.timeout(max(0.0, deadline - waited_from)):
+                if tenant is not None:
+                    await self._shares.acquire(info.provider, tenant)
+                    shared = True
                 await slot.acquire()
         except BaseException as exc:
+            if shared and tenant is not None:
+                self._shares.release(info.provider, tenant)
             breaker.release_probe()
             if isinstance(exc, TimeoutError):
                 raise queue_timeout_error(
@@ -352,9 +366,14 @@ class Router:
                 ) from None
             raise
         if time.monotonic() >= deadline:
-            slot.release()
+            self._release_slot(info, tenant)
             breaker.release_probe()
             raise queue_timeout_error(info.provider, info.name, self.settings.provider_concurrency, waited_from)
+
+    def _release_slot(self, info: ModelInfo, tenant: str | None) -> None:
+        self._slots[info.provider].release()
+        if tenant is not None:
+            self._shares.release(info.provider, tenant)
 
     async def _send(
         self,

@@ -130,7 +130,7 @@ class ToolContext:
             with anyio.CancelScope(shield=True):  # a reservation made is always recorded, so it is always settled
                 use = TokenUse(await self.services.limiter.reserve_tokens(self.tenant, input_tokens))
                 self.token_uses.append(use)
-        result = await self.services.router.generate(request, plan=plan, **options)
+        result = await self.services.router.generate(request, plan=plan, tenant=self.tenant, **options)
         response = result.response
         info = self.services.catalogue.get(response.model)
         usage = response.usage
