@@ -147,6 +147,7 @@ class Settings(ProviderSettings):  # type: ignore[misc,valid-type]
     # stdio bridge (`exai stdio --connect URL`)
     token: SecretStr | None = None
     bridge_connect_timeout_seconds: float = Field(default=30.0, gt=0)
+    bridge_allow_plain_http: bool = False  # send EXAI_TOKEN over http:// to a host that is not loopback
 
     # Storage and conversations
     data_dir: Path = Field(default_factory=lambda: _default_data_dir())
