@@ -30,6 +30,8 @@ MAX_TENANT_CHARS = 128
 API_KEY_PREFIX = "exai_"
 ADMIN_SCOPE = "exai:admin"
 TOOLS_SCOPE = "exai:tools"
+METRICS_SCOPE = "exai:metrics"
+"""Reads /metrics and nothing else: the token a Prometheus scraper keeps on disk."""
 ADMIN_TOOLS = frozenset({"status"})
 COLLECT_TOOL = "collect"
 LOCAL_TENANT = "local"
