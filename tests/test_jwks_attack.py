@@ -37,6 +37,7 @@ class IdentityProvider:
         self.body = json.dumps({"keys": [{**jwk, "kid": "good", "alg": "RS256", "use": "sig"}]}).encode()
         self.hanging = threading.Event()
         self.huge = threading.Event()
+        self.failing = threading.Event()
         self.sent_huge = 0
         self.stopped = threading.Event()
         self.fetches = 0
@@ -45,6 +46,9 @@ class IdentityProvider:
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
                 provider.fetches += 1
+                if provider.failing.is_set():
+                    self.send_error(500)
+                    return
                 self.send_response(200)
                 self.send_header("content-type", "application/json")
                 if provider.huge.is_set():  # no length declared: the body ends when the connection does
@@ -176,3 +180,14 @@ async def test_a_huge_key_set_is_refused_after_the_size_cap(identity_provider: I
     verifier = JWTVerifier(jwks_url=identity_provider.url)
     assert await verifier.verify_token(identity_provider.token("alice")) is None
     assert identity_provider.sent_huge < 40 * MAX_BYTES, "the reader stopped soon after the cap"
+
+
+@pytest.mark.anyio
+async def test_a_failing_jwks_endpoint_is_not_asked_again_at_every_login(identity_provider: IdentityProvider) -> None:
+    from exai.security.auth import JWTVerifier
+
+    identity_provider.failing.set()
+    verifier = JWTVerifier(jwks_url=identity_provider.url)
+    for _ in range(20):
+        assert await verifier.verify_token(identity_provider.token("alice")) is None
+    assert identity_provider.fetches == 1, "one failed fetch, then a pause of an interval"

@@ -2,7 +2,8 @@
 
 A verification with a cached key never waits for the network: a key set older than its lifespan is refreshed in
 the background while the cached keys keep verifying (and are kept when the refresh fails). A token with an unknown
-`kid` waits for one refetch, but a refetch for unknown kids starts at most once per interval, whoever asks:
+`kid` waits for one refetch, but a refetch for unknown kids starts at most once per interval, whoever asks, and
+after a failed fetch none starts for an interval:
 tokens with made-up kids cannot turn the daemon into a load generator against the identity provider, and an
 identity provider that hangs or trickles bytes costs each fetch at most its deadline, never a thread.
 """
@@ -39,19 +40,24 @@ class JwksKeys:
         self._keys: dict[str | None, Any] = {}
         self._fetched_at = -math.inf  # when the cached set was fetched (monotonic)
         self._refetched_for_unknown_at = -math.inf
+        self._failed_at = -math.inf  # after a failed fetch, none for an interval: a failing endpoint is not hammered
         self._fetching: asyncio.Task[None] | None = None
 
     async def key(self, kid: str | None) -> Any:
         """The public key for `kid`."""
-        if self._keys and time.monotonic() - self._fetched_at > LIFESPAN_SECONDS:
+        now = time.monotonic()
+        may_fetch = self._fetching is not None or now - self._failed_at >= REFETCH_INTERVAL_SECONDS
+        if self._keys and now - self._fetched_at > LIFESPAN_SECONDS and may_fetch:
             self._fetch_in_background()
         key = self._keys.get(kid)
         if key is not None:
             return key
-        if self._keys:  # a key set is cached: an unknown kid may refetch it once per interval
-            if self._fetching is None and time.monotonic() - self._refetched_for_unknown_at < REFETCH_INTERVAL_SECONDS:
-                raise UnknownSigningKey(f"no signing key with kid {str(kid)[:40]!r}")
-            self._refetched_for_unknown_at = time.monotonic()
+        if self._keys and self._fetching is None:  # a key set is cached: an unknown kid refetches once per interval
+            may_fetch = may_fetch and now - self._refetched_for_unknown_at >= REFETCH_INTERVAL_SECONDS
+            if may_fetch:
+                self._refetched_for_unknown_at = now
+        if not may_fetch:
+            raise UnknownSigningKey(f"no signing key with kid {str(kid)[:40]!r}")
         await asyncio.shield(self._fetch_in_background())  # a caller that gives up does not stop the fetch
         key = self._keys.get(kid)
         if key is None:
@@ -72,8 +78,10 @@ class JwksKeys:
                 body = await _read_capped(self.url)
             keys = jwt.PyJWKSet.from_json(body.decode())
         except TimeoutError:
+            self._failed_at = time.monotonic()
             log.warning("jwks_fetch_failed", reason=f"no complete answer within {FETCH_DEADLINE_SECONDS:.0f} s")
         except Exception as exc:  # whatever the endpoint does, the cached keys stay in use
+            self._failed_at = time.monotonic()
             log.warning("jwks_fetch_failed", reason=f"{type(exc).__name__}: {str(exc)[:200]}")
         else:
             self._keys = {k.key_id: k.key for k in keys.keys}
