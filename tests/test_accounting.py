@@ -212,7 +212,7 @@ async def test_the_daily_token_budget_holds_for_concurrent_many_model_calls(
     budget = 5000
     proc = daemon(EXAI_RATE_LIMIT_TOKENS_PER_DAY=str(budget))
     prompt = "word " * 1000  # about a thousand tokens for every model asked
-    models = [{"model": "sim-fast", "stance_prompt": f"expert {i}"} for i in range(4)]
+    models = [{"model": ("sim-fast", "sim-smart")[i % 2], "stance_prompt": f"expert {i}"} for i in range(4)]
     async with Client(f"{proc.url}/mcp") as client:
         results = await asyncio.gather(
             *(client.call_tool("consensus", {"prompt": prompt, "models": models}) for _ in range(4))

@@ -82,3 +82,19 @@ async def test_one_consensus_call_asks_a_model_at_most_three_times(daemon: Daemo
     error = (result.meta or {})["exai/error"]
     assert error["code"] == "model_repeated" and "sim-fast" in error["message"] and "3 times" in error["message"]
     assert sim.count("requests") == 0, "nothing was sent upstream"
+
+
+async def test_a_call_that_waits_past_its_deadline_for_the_tenants_share_says_so(
+    daemon: Daemon, sim: SimControl
+) -> None:
+    proc = daemon(EXAI_JWT_SECRET=TEST_JWT_SECRET, EXAI_PROVIDER_CONCURRENCY_PER_TENANT="1")
+    sim.latency(5_000, model="sim-smart")
+    members = [{"model": "sim-smart", "stance": stance} for stance in ("for", "against")]
+    args = {"prompt": "two at once", "models": members, "per_model_timeout_seconds": 2}
+    async with _client(proc, "mallory") as mallory:
+        result = await mallory.call_tool("consensus", args)
+    errors = [o["error"] for o in result.structured_content["opinions"]]
+    queued = [e for e in errors if e["code"] == "local_queue_timeout"]
+    assert len(queued) == 1, f"one member held the tenant's one slot, the other queued for it: {errors}"
+    assert "held by your other calls" in queued[0]["message"], queued
+    assert "EXAI_PROVIDER_CONCURRENCY_PER_TENANT" in queued[0]["remedy"], queued

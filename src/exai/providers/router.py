@@ -361,8 +361,10 @@ class Router:
                 self._shares.release(info.provider, tenant)
             breaker.release_probe()
             if isinstance(exc, TimeoutError):
+                share_wait = tenant is not None and not shared
+                limit = self._shares.per_tenant if share_wait else self.settings.provider_concurrency
                 raise queue_timeout_error(
-                    info.provider, info.name, self.settings.provider_concurrency, waited_from
+                    info.provider, info.name, limit, waited_from, tenant_share=share_wait
                 ) from None
             raise
         if time.monotonic() >= deadline:
