@@ -18,10 +18,11 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY deploy/requirements.lock deploy/requirements.lock
 COPY src ./src
-# The wheel first, then the pinned dependencies and the wheel into a virtualenv the runtime stage copies.
+# The wheel first, then the pinned dependencies (every file checked against its hash in the lock) and the wheel
+# into a virtualenv the runtime stage copies.
 RUN python3 -m venv /opt/exai \
     && /opt/exai/bin/pip wheel --no-deps --wheel-dir /wheels . \
-    && /opt/exai/bin/pip install --no-deps -r deploy/requirements.lock \
+    && /opt/exai/bin/pip install --no-deps --require-hashes -r deploy/requirements.lock \
     && /opt/exai/bin/pip install --no-deps /wheels/*.whl \
     && /opt/exai/bin/pip check
 

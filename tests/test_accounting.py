@@ -90,7 +90,7 @@ async def test_every_model_call_of_consensus_counts_in_limits_metrics_and_audit(
 
 
 async def test_refused_calls_are_audited(daemon: Daemon, sim: SimControl, tmp_path: Path) -> None:
-    proc = daemon(EXAI_JWT_SECRET=SECRET, EXAI_RATE_LIMIT_RPM="1")
+    proc = daemon(EXAI_JWT_SECRET=SECRET, EXAI_RATE_LIMIT_RPM="4")
     narrow = issue_token(SECRET, "mallory[/bold]", ["exai:tool:chat"], 600)
     async with (
         httpx2.AsyncClient(
@@ -99,18 +99,18 @@ async def test_refused_calls_are_audited(daemon: Daemon, sim: SimControl, tmp_pa
         Client(streamable_http_client(f"{proc.url}/mcp", http_client=http)) as client,
     ):
         denied = [await client.call_tool("threads", {}) for _ in range(2)]
-        limited = [await client.call_tool("chat", {"prompt": "hi", "model": "sim-fast"}) for _ in range(2)]
         for probe in ("admin_shell", "status2"):
             with pytest.raises(MCPError, match="Unknown tool"):
                 await client.call_tool(probe, {})
+        limited = [await client.call_tool("chat", {"prompt": "hi", "model": "sim-fast"}) for _ in range(3)]
     assert all(tool_error(r)["code"] == "missing_scope" for r in denied)
-    assert any(r.is_error and tool_error(r)["category"] == "rate_limit" for r in limited)
-    rows = audit_rows({"EXAI_DATA_DIR": str(tmp_path / "data"), "EXAI_JWT_SECRET": SECRET}, expected=6)
+    assert all(tool_error(r)["code"] == "rate_limited_rpm" for r in limited), "refusals spent the 4 calls a minute"
+    rows = audit_rows({"EXAI_DATA_DIR": str(tmp_path / "data"), "EXAI_JWT_SECRET": SECRET}, expected=5)
     outcomes = sorted(r["outcome"] for r in rows if r["tenant"] == "mallory[/bold]")
     assert outcomes.count("denied") == 2, outcomes
-    assert "rate_limited" in outcomes, outcomes
     assert [r["tool"] for r in rows if r["outcome"] == "error"].count("(unknown)") == 2, "probes are audited"
-    assert len(outcomes) == 6, "every call, refused ones included, leaves one audit row"
+    assert outcomes.count("rate_limited") == 1, "a repeated rate-limited refusal leaves one row a minute"
+    assert len(outcomes) == 5, outcomes
     escape = issue_token(SECRET, "ev\x1b[31mil", ["exai:tools"], 600)
     refused = httpx2.post(f"{proc.url}/mcp", json={}, headers={"Authorization": f"Bearer {escape}"})
     assert refused.status_code == 401, "a tenant name with control characters is refused"
@@ -212,7 +212,7 @@ async def test_the_daily_token_budget_holds_for_concurrent_many_model_calls(
     budget = 5000
     proc = daemon(EXAI_RATE_LIMIT_TOKENS_PER_DAY=str(budget))
     prompt = "word " * 1000  # about a thousand tokens for every model asked
-    models = [{"model": "sim-fast", "stance_prompt": f"expert {i}"} for i in range(4)]
+    models = [{"model": ("sim-fast", "sim-smart")[i % 2], "stance_prompt": f"expert {i}"} for i in range(4)]
     async with Client(f"{proc.url}/mcp") as client:
         results = await asyncio.gather(
             *(client.call_tool("consensus", {"prompt": prompt, "models": models}) for _ in range(4))

@@ -126,6 +126,9 @@ def stack(docker_engine: Engine, sim: SimControl, tmp_path: Path) -> Iterator[St
     secret = tmp_path / "postgres_password"
     secret.write_text(os.urandom(12).hex())
     secret.chmod(0o644)
+    redis_secret = tmp_path / "redis_password"
+    redis_secret.write_text(os.urandom(12).hex())
+    redis_secret.chmod(0o644)
     port = free_port()
     env = {
         **docker_engine.env(),
@@ -134,7 +137,8 @@ def stack(docker_engine: Engine, sim: SimControl, tmp_path: Path) -> Iterator[St
         "EXAI_POSTGRES_IMAGE": "exai-postgres:test",
         "EXAI_POSTGRES_PASSWORD_FILE": str(secret),
         "EXAI_METRICS_TOKEN_FILE": str(secret),
-        "REDIS_PASSWORD": os.urandom(12).hex(),
+        "EXAI_REDIS_PASSWORD_FILE": str(redis_secret),
+        "EXAI_GRAFANA_PASSWORD_FILE": str(secret),
         "EXAI_TEST_PORT": str(port),
         "EXAI_DB_HOST": "127.0.0.1",
         "EXAI_REDIS_HOST": "127.0.0.1",

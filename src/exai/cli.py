@@ -126,9 +126,14 @@ def stdio(
     """Run the MCP server over stdio, for one local client (or bridge it to a shared daemon)."""
     settings = _settings(server=True)
     if connect:
-        from exai.server.bridge import serve_bridge
+        from exai.observability.errors import ExaiError
+        from exai.server.bridge import check_token_transport, serve_bridge
 
         token = settings.token.get_secret_value() if settings.token else None
+        try:
+            check_token_transport(connect, token, settings.bridge_allow_plain_http)
+        except ExaiError as exc:
+            _fail(exc)
         asyncio.run(
             serve_bridge(connect, token, settings.bridge_connect_timeout_seconds, settings.call_deadline_seconds + 30)
         )
@@ -342,7 +347,14 @@ def stress(
         str | None, typer.Option(help="An existing daemon instead (loopback), e.g. http://127.0.0.1:8765.")
     ] = None,
     sim_url: Annotated[str | None, typer.Option(help="The simulator that deployment talks to (with --url).")] = None,
-    token: Annotated[str | None, typer.Option(help="An admin token for the deployment at --url.")] = None,
+    token: Annotated[
+        str | None,
+        typer.Option(
+            envvar="EXAI_TOKEN",
+            show_envvar=True,
+            help="An admin token for the deployment at --url; prefer EXAI_TOKEN (a command line is visible in ps).",
+        ),
+    ] = None,
     storage: Annotated[
         str, typer.Option(help="Local daemons' storage: sqlite, postgres or postgres+redis.")
     ] = "sqlite",

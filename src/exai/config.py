@@ -153,6 +153,7 @@ class Settings(ProviderSettings):  # type: ignore[misc,valid-type]
     # stdio bridge (`exai stdio --connect URL`)
     token: SecretStr | None = None
     bridge_connect_timeout_seconds: float = Field(default=30.0, gt=0)
+    bridge_allow_plain_http: bool = False  # send EXAI_TOKEN over http:// to a host that is not loopback
 
     # Storage and conversations
     data_dir: Path = Field(default_factory=lambda: _default_data_dir())
@@ -193,6 +194,7 @@ class Settings(ProviderSettings):  # type: ignore[misc,valid-type]
     breaker_failure_threshold: int = Field(default=5, ge=1)
     breaker_cooldown_seconds: float = Field(default=30.0, gt=0)
     provider_concurrency: int = Field(default=64, ge=1)
+    provider_concurrency_per_tenant: int = Field(default=16, ge=1)  # one tenant's share of a provider's slots
     models_file: Path | None = None
 
     # Providers: the four settings of each are in ProviderSettings; these are Custom's own.

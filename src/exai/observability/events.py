@@ -14,6 +14,7 @@ from typing import Literal
 
 from exai.observability.context import add_upstream_wait
 from exai.observability.metrics import Metrics
+from exai.observability.refusals import RepeatedRefusals
 from exai.observability.stats import Attempt, Stats
 from exai.storage.audit import AuditWriter
 from exai.storage.base import AuditRecord
@@ -106,6 +107,7 @@ class Events:
         self.stats = stats
         self.metrics = metrics
         self.audit = audit
+        self.refusals = RepeatedRefusals()
 
     def call_started(self) -> None:
         self.stats.call_started()
@@ -130,8 +132,9 @@ class Events:
             metrics.tokens.labels(call.provider, call.model, "out").inc(call.output_tokens)
             if call.cost_usd:
                 metrics.cost.labels(call.provider, call.model).inc(call.cost_usd)
-        for record in event.audit_records():
-            self.audit.add(record)
+        if self.refusals.audited(event.tenant, event.tool, event.outcome, event.error_code, event.finished_at):
+            for record in event.audit_records():
+                self.audit.add(record)
 
     def attempt_finished(self, attempt: Attempt) -> None:
         """One upstream request ended (or was skipped because its breaker is open)."""

@@ -81,13 +81,27 @@ def backoff_delay(attempt: int, base: float, cap: float, retry_after: float | No
     return delay if retry_after is None else max(delay, retry_after)
 
 
-def queue_timeout_error(provider: str, model: str, concurrency: int, waited_from: float) -> DeadlineError:
-    """The deadline passed while the call queued for a local concurrency slot: our delay, not the upstream's."""
+def queue_timeout_error(
+    provider: str, model: str, concurrency: int, waited_from: float, *, tenant_share: bool = False
+) -> DeadlineError:
+    """The deadline passed while the call queued for a local concurrency slot: our delay, not the upstream's.
+    `tenant_share`: it queued for the tenant's own share of the provider's slots, held by the tenant's other calls."""
+    busy = (
+        f"all {concurrency} of your slots there were held by your other calls"
+        if tenant_share
+        else (f"all {concurrency} concurrent slots were busy")
+    )
+    remedy = (
+        "Run fewer model calls at once (each consensus member counts), or ask the operator to raise "
+        "EXAI_PROVIDER_CONCURRENCY_PER_TENANT."
+        if tenant_share
+        else "Try again when fewer calls are running, or raise EXAI_PROVIDER_CONCURRENCY or the call's deadline."
+    )
     return DeadlineError(
         f"The call's deadline passed after {time.monotonic() - waited_from:.1f} s in the local queue for "
-        f"{provider} (all {concurrency} concurrent slots were busy); nothing was sent upstream.",
+        f"{provider} ({busy}); nothing was sent upstream.",
         code="local_queue_timeout",
-        remedy="Try again when fewer calls are running, or raise EXAI_PROVIDER_CONCURRENCY or the call's deadline.",
+        remedy=remedy,
         details={"provider": provider, "model": model},
     )
 

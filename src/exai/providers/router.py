@@ -24,6 +24,7 @@ from exai.observability.logging import get_logger
 from exai.observability.tracing import tracer
 from exai.providers.base import CallOptions, Provider, UpstreamError
 from exai.providers.catalogue import Catalogue, ModelInfo
+from exai.providers.fair_share import TenantShares
 from exai.providers.resilience import CircuitBreaker, backoff_delay, queue_timeout_error, to_exai_error
 from exai.providers.types import DeltaCallback, GenerateRequest, GenerateResponse
 
@@ -91,6 +92,7 @@ class Router:
         self._rng = rng or random.Random()
         self._breakers: dict[tuple[str, str], CircuitBreaker] = {}
         self._slots = {name: asyncio.Semaphore(settings.provider_concurrency) for name in providers}
+        self._shares = TenantShares(settings.provider_concurrency_per_tenant)
         self._available: list[ModelInfo] = []
         self.listings: dict[str, Listing] = {}
         self.models_pending: str | None = None  # why models are missing while discovery is retried
@@ -260,9 +262,11 @@ class Router:
         on_event: EventCallback | None = None,
         allow_fallback: bool | None = None,
         plan: RoutePlan | None = None,
+        tenant: str | None = None,
     ) -> RouteResult:
         """Answer `request` from the first model of `plan` that can (selected here from `model`, `category` and
-        `allow_fallback` when no plan is given). A fallback is always reported in `RouteResult.fallbacks`."""
+        `allow_fallback` when no plan is given). A fallback is always reported in `RouteResult.fallbacks`.
+        A `tenant`'s upstream requests hold at most its share of each provider's slots."""
         deadline = time.monotonic() + (deadline_seconds or self.settings.call_deadline_seconds)
         # A retry wait never ends after the client stopped waiting for the answer (EXAI_CLIENT_WAIT_SECONDS).
         patience = self.settings.client_wait_seconds
@@ -289,7 +293,7 @@ class Router:
                     await on_event(f"falling back to {info.provider}/{info.name}")
             try:
                 response = await self._call_with_retries(
-                    info, breaker, request, (deadline, sleep_until), attempts, on_delta, on_event
+                    info, breaker, request, (deadline, sleep_until), attempts, on_delta, on_event, tenant
                 )
                 return RouteResult(response, attempts, fallbacks)
             except UpstreamError as exc:
@@ -333,6 +337,7 @@ class Router:
         attempts: list[Attempt],
         on_delta: DeltaCallback | None,
         on_event: EventCallback | None,
+        tenant: str | None,
     ) -> GenerateResponse:
         """Ask one model, retrying transient failures; `deadlines` are the call's and the last moment a retry
         wait may end (when the client stops waiting)."""
@@ -342,7 +347,7 @@ class Router:
             if time.monotonic() >= deadline:
                 breaker.release_probe()
                 raise UpstreamError("timeout", "the call's deadline passed")
-            await self._take_slot(info, breaker, deadline)
+            await self._take_slot(info, breaker, deadline, tenant)
             started = time.perf_counter()
             # One attempt may take EXAI_ATTEMPT_TIMEOUT_SECONDS, so a hung upstream leaves time to retry or fall back.
             attempt_deadline = min(deadline, time.monotonic() + self.settings.attempt_timeout_seconds)
@@ -361,7 +366,7 @@ class Router:
                 self._observe(attempts, Attempt(info.provider, info.name, "ok", (time.perf_counter() - started) * 1000))
                 return response
             finally:
-                self._slots[info.provider].release()
+                self._release_slot(info, tenant)
             elapsed = (time.perf_counter() - started) * 1000
             self._observe(attempts, Attempt(info.provider, info.name, exc.kind, elapsed))
             breaker.record_failure(exc.kind)
@@ -389,25 +394,39 @@ class Router:
                 raise exc
         raise AssertionError("unreachable")
 
-    async def _take_slot(self, info: ModelInfo, breaker: CircuitBreaker, deadline: float) -> None:
-        """Wait for one of the provider's concurrency slots. Time spent here is ours, not the upstream's:
-        a deadline that passes in this queue fails the call locally and never touches the breaker."""
+    async def _take_slot(self, info: ModelInfo, breaker: CircuitBreaker, deadline: float, tenant: str | None) -> None:
+        """Wait for one of the tenant's share of the provider's slots, then for one of the provider's concurrency
+        slots. Time spent here is ours, not the upstream's: a deadline that passes in this queue fails the call
+        locally and never touches the breaker."""
         slot = self._slots[info.provider]
         waited_from = time.monotonic()
+        shared = False
         try:
             async with asyncio.timeout(max(0.0, deadline - waited_from)):
+                if tenant is not None:
+                    await self._shares.acquire(info.provider, tenant)
+                    shared = True
                 await slot.acquire()
         except BaseException as exc:
+            if shared and tenant is not None:
+                self._shares.release(info.provider, tenant)
             breaker.release_probe()
             if isinstance(exc, TimeoutError):
+                share_wait = tenant is not None and not shared
+                limit = self._shares.per_tenant if share_wait else self.settings.provider_concurrency
                 raise queue_timeout_error(
-                    info.provider, info.name, self.settings.provider_concurrency, waited_from
+                    info.provider, info.name, limit, waited_from, tenant_share=share_wait
                 ) from None
             raise
         if time.monotonic() >= deadline:
-            slot.release()
+            self._release_slot(info, tenant)
             breaker.release_probe()
             raise queue_timeout_error(info.provider, info.name, self.settings.provider_concurrency, waited_from)
+
+    def _release_slot(self, info: ModelInfo, tenant: str | None) -> None:
+        self._slots[info.provider].release()
+        if tenant is not None:
+            self._shares.release(info.provider, tenant)
 
     async def _send(
         self,

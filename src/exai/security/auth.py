@@ -1,30 +1,28 @@
 """Bearer authentication for the HTTP daemon, as the MCP SDK's token verifier.
 
-Accepts JWTs (HS256 with a shared secret, RS256/ES256 with a PEM public key, or any key from a JWKS URL,
-refreshed when an unknown `kid` appears) and opaque API keys (`exai_...`, stored as SHA-256 hashes, revoked by
-removing the entry). The algorithm list is fixed by the kind of key configured, so `alg: none` and algorithm
-confusion (an HS256 token signed with a public key) are refused. The tenant comes from a configurable claim.
+Accepts JWTs (HS256 with a shared secret, RS256/ES256 with a PEM public key, or any key from a JWKS URL, fetched
+without threads and refreshed when an unknown `kid` appears: see `jwks.py`) and opaque API keys (`exai_...`, stored
+as SHA-256 hashes, revoked by removing the entry). The algorithm list is fixed by the kind of key configured, so
+`alg: none` and algorithm confusion (an HS256 token signed with a public key) are refused. The tenant
+comes from a configurable claim.
 """
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import hmac
 import secrets
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
 from mcp.server.auth.provider import AccessToken
 from starlette.types import Scope
 
 from exai.observability.logging import get_logger
-
-if TYPE_CHECKING:
-    import jwt
+from exai.security.jwks import JwksKeys, UnknownSigningKey
 
 log = get_logger(__name__)
 LEEWAY_SECONDS = 30
@@ -32,6 +30,8 @@ MAX_TENANT_CHARS = 128
 API_KEY_PREFIX = "exai_"
 ADMIN_SCOPE = "exai:admin"
 TOOLS_SCOPE = "exai:tools"
+METRICS_SCOPE = "exai:metrics"
+"""Reads /metrics and nothing else: the token a Prometheus scraper keeps on disk."""
 ADMIN_TOOLS = frozenset({"status"})
 COLLECT_TOOL = "collect"
 LOCAL_TENANT = "local"
@@ -117,7 +117,7 @@ class JWTVerifier:
         tenant_claim: str = "sub",
         api_keys: list[ApiKey] | None = None,
     ) -> None:
-        import jwt  # the JWT and cryptography stack loads only where tokens are verified or issued
+        # The JWT and cryptography stack loads only where tokens are verified or issued.
         from cryptography.hazmat.primitives.asymmetric import ec, rsa
         from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
@@ -127,8 +127,7 @@ class JWTVerifier:
         self.api_keys = {k.digest: k for k in api_keys or []}
         self._key: Any = None
         self._algorithms: list[str] = []
-        self._jwks: jwt.PyJWKClient | None = None
-        self._jwks_refreshed = 0.0
+        self._jwks: JwksKeys | None = None
         if secret:
             self._key, self._algorithms = secret, ["HS256"]
         elif public_key:
@@ -140,7 +139,7 @@ class JWTVerifier:
             else:
                 raise ValueError("EXAI_JWT_PUBLIC_KEY must be an RSA or EC (P-256) public key in PEM")
         elif jwks_url:
-            self._jwks = jwt.PyJWKClient(jwks_url, cache_keys=True, lifespan=300, timeout=5)
+            self._jwks = JwksKeys(jwks_url)
             self._algorithms = ["RS256", "ES256"]
         self.failures = 0
         self.on_failure: Callable[[], None] | None = None
@@ -162,8 +161,8 @@ class JWTVerifier:
 
         try:
             key = self._key
-            if self._jwks is not None:  # PyJWKClient fetches with urllib: keep it off the event loop
-                key = await asyncio.to_thread(self._jwks_key, token)
+            if self._jwks is not None:
+                key = await self._jwks.key(jwt.get_unverified_header(token).get("kid"))
             claims = jwt.decode(
                 token,
                 key,
@@ -173,7 +172,7 @@ class JWTVerifier:
                 leeway=LEEWAY_SECONDS,
                 options={"require": ["exp", "iat"], "verify_aud": self.audience is not None},
             )
-        except (jwt.PyJWTError, ValueError) as exc:
+        except (jwt.PyJWTError, UnknownSigningKey, ValueError) as exc:
             log.info("token_rejected", reason=type(exc).__name__)
             return None
         tenant = claims.get(self.tenant_claim)
@@ -195,26 +194,6 @@ class JWTVerifier:
             subject=tenant,
             claims={"iss": claims.get("iss")},
         )
-
-    def _jwks_key(self, token: str) -> Any:
-        """The signing key for the token's `kid` from the cached key set.
-
-        An unknown `kid` refetches the set at most once every 10 s, whoever asks: a stream of tokens with made-up
-        `kid`s cannot turn the daemon into a load generator against the identity provider.
-        """
-        import jwt
-
-        assert self._jwks is not None
-        kid = jwt.get_unverified_header(token).get("kid")
-        for refresh in (False, True):
-            if refresh:
-                if time.monotonic() - self._jwks_refreshed < 10:
-                    break
-                self._jwks_refreshed = time.monotonic()
-            for key in self._jwks.get_jwk_set(refresh=refresh).keys:
-                if key.key_id == kid:
-                    return key.key
-        raise jwt.PyJWKClientError(f"no signing key with kid {str(kid)[:40]!r}")
 
     def _verify_api_key(self, token: str) -> AccessToken | None:
         digest = hash_api_key(token)

@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import warnings
 from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import httpx2
 import mcp_types as types
@@ -31,7 +33,7 @@ from mcp.shared.exceptions import MCPError
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
 from exai import __version__
-from exai.observability.errors import AuthError, ExaiError, NetworkError
+from exai.observability.errors import AuthError, ExaiError, NetworkError, ValidationError
 from exai.observability.logging import get_logger
 from exai.server.bridge_transport import Delivery, DeliveryTrackingTransport, delivery_of, refused_status
 from exai.server.results import error_result
@@ -40,6 +42,37 @@ log = get_logger(__name__)
 T = TypeVar("T")
 LogSink = Callable[[types.LoggingMessageNotificationParams], Awaitable[None]]
 _log_sink: ContextVar[LogSink | None] = ContextVar("exai_bridge_log_sink", default=None)
+
+
+PLAIN_HTTP_SETTING = "EXAI_BRIDGE_ALLOW_PLAIN_HTTP"
+
+
+def is_loopback_host(host: str) -> bool:
+    """`localhost` (and names under it) or a loopback address, by the URL's text: no DNS answer can widen it."""
+    host = host.lower().rstrip(".")
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_token_transport(url: str, token: str | None, allow_plain_http: bool) -> None:
+    """Refuse to send a token in clear text to another machine unless the user said so (EXAI_BRIDGE_ALLOW_PLAIN_HTTP).
+
+    Anyone on the path could read a bearer token sent over plain http:// and use it as the user.
+    """
+    parts = urlsplit(url)
+    if token is None or parts.scheme != "http" or allow_plain_http or is_loopback_host(parts.hostname or ""):
+        return
+    raise ValidationError(
+        f"Refusing to send EXAI_TOKEN over plain http:// to {parts.hostname}: anyone on the network path could read "
+        "it and use it.",
+        code="token_over_plain_http",
+        remedy=f"Use an https:// URL for the daemon (e.g. behind the TLS proxy of deploy/nginx.conf), or, on a "
+        f"network you trust, set {PLAIN_HTTP_SETTING}=true.",
+    )
 
 
 @dataclass

@@ -30,6 +30,7 @@ from exai.observability.tracing import tracer
 from exai.security.auth import ADMIN_SCOPE, ADMIN_TOOLS, TOOLS_SCOPE, may_call
 from exai.security.limits import Lease
 from exai.server.results import error_result
+from exai.server.tool_refusals import charge_refusal
 from exai.tools.base import ArgumentError, Tool, ToolContext
 
 log = get_logger(__name__)
@@ -43,9 +44,10 @@ class Caller:
     scopes: list[str] | None
 
 
-def authorize(tool: Tool[Any, Any], caller: Caller) -> None:
+async def authorize(services: Services, tool: Tool[Any, Any], caller: Caller) -> None:
     if caller.scopes is None or may_call(tool.name, caller.scopes):
         return
+    await charge_refusal(services, caller.tenant)  # a forbidden call counts against the rate limit too
     needed = ADMIN_SCOPE if tool.name in ADMIN_TOOLS else f"{TOOLS_SCOPE} (or exai:tool:{tool.name})"
     raise PermissionDeniedError(
         f"Your token does not allow the '{tool.name}' tool.",
@@ -126,7 +128,7 @@ async def handle_call(
     began = False
     upstream = start_upstream_clock()
     try:
-        authorize(tool, caller)
+        await authorize(services, tool, caller)
         async with services.admission.slot(queued=tool.calls_model), admitted(services, caller.tenant, ctx):
             services.events.call_started()
             began = True

@@ -30,7 +30,7 @@ from starlette.types import ASGIApp, Lifespan, Scope
 from exai.app import Services
 from exai.observability.errors import AuthError, PermissionDeniedError
 from exai.observability.metrics import BREAKER_VALUES
-from exai.security.auth import ADMIN_SCOPE, TOOLS_SCOPE, request_access, request_tenant
+from exai.security.auth import ADMIN_SCOPE, METRICS_SCOPE, TOOLS_SCOPE, request_access, request_tenant
 from exai.server.cancellation import CallCancellations, StatelessCancellation
 from exai.server.connection_guard import guarded_h11_protocol, raise_file_limit
 from exai.server.correlation import RequestIdMiddleware
@@ -70,7 +70,7 @@ def protected_resource_route(resource: str, authorization_server: str | None) ->
     metadata: dict[str, object] = {
         "resource": resource,
         "bearer_methods_supported": ["header"],
-        "scopes_supported": [TOOLS_SCOPE, ADMIN_SCOPE],
+        "scopes_supported": [TOOLS_SCOPE, ADMIN_SCOPE, METRICS_SCOPE],
     }
     if authorization_server:
         metadata["authorization_servers"] = [authorization_server]
@@ -86,8 +86,8 @@ def build_http_app(services: Services) -> Starlette:
     settings = services.settings
     verifier = services.verifier
 
-    async def admin_denied(request: Request) -> JSONResponse | None:
-        """None when the caller may see operator data (admin scope; or no auth configured at all).
+    async def admin_denied(request: Request, also: str | None = None) -> JSONResponse | None:
+        """None when the caller may see operator data (admin scope, or the scope `also`; or no auth configured).
 
         The token was already verified (and a bad one counted) by the authentication middleware.
         """
@@ -98,18 +98,17 @@ def build_http_app(services: Services) -> Starlette:
             error = AuthError(
                 "A valid bearer token is required.",
                 code="unauthenticated",
-                remedy="Send Authorization: Bearer <token> with the exai:admin scope.",
+                remedy=f"Send Authorization: Bearer <token> with the exai:admin scope{f' or {also}' if also else ''}.",
             )
             return JSONResponse(
                 {"error": error.to_dict()},
                 status_code=error.http_status,
                 headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
             )
-        if ADMIN_SCOPE not in access.scopes:
+        if ADMIN_SCOPE not in access.scopes and (also is None or also not in access.scopes):
+            needed = "the exai:admin scope" + (f" or {also}" if also else "")
             error = PermissionDeniedError(
-                "This endpoint needs the exai:admin scope.",
-                code="missing_scope",
-                remedy="Use a token with the exai:admin scope.",
+                f"This endpoint needs {needed}.", code="missing_scope", remedy=f"Use a token with {needed}."
             )
             return JSONResponse({"error": error.to_dict()}, status_code=error.http_status)
         return None
@@ -165,7 +164,7 @@ def build_http_app(services: Services) -> Starlette:
         )
 
     async def metrics(request: Request) -> Response:
-        if denied := await admin_denied(request):
+        if denied := await admin_denied(request, also=METRICS_SCOPE):
             return denied
         # Breaker states change with time (open -> half-open), so they are read when scraped.
         for (provider, model), state in services.router.breaker_states().items():

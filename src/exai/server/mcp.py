@@ -32,7 +32,6 @@ from exai import __version__
 from exai.app import Services
 from exai.observability.context import bind_correlation_id, caller_correlation_id
 from exai.observability.errors import NotFoundError
-from exai.observability.events import CallEvent
 from exai.observability.logging import get_logger
 from exai.security.auth import COLLECT_TOOL, LOCAL_TENANT, visible_tools
 from exai.server.answers import pending_result, with_pending
@@ -40,11 +39,10 @@ from exai.server.call_records import Execution
 from exai.server.calls import Caller, handle_call
 from exai.server.tasks import LEGACY_CAPABILITY as LEGACY_TASKS
 from exai.server.tasks import TasksSurface, announce_end, created, declares_extension
+from exai.server.tool_refusals import unknown_tool
 from exai.tools.base import Tool, ToolContext, compact_schema, input_schema
 
 log = get_logger(__name__)
-UNKNOWN_TOOL = "(unknown)"
-"""How a call to a tool that does not exist is recorded (never its name: metrics labels stay bounded)."""
 LEVELS: list[str] = ["debug", "info", "notice", "warning", "error", "critical", "alert", "emergency"]
 HEARTBEAT_SECONDS = 5.0
 """While a model works, a client that sent a progress token hears from the call at least this often."""
@@ -148,24 +146,7 @@ def build_server(services: Services) -> Server[Any]:
         caller = Caller(tenant=caller_tenant(), scopes=caller_scopes())
         tool = tools.get(params.name)
         if tool is None:
-            names = sorted(visible(list(tools)))
-            services.events.call_finished(  # probing for tools is audited like any other call
-                CallEvent(
-                    tool=UNKNOWN_TOOL,
-                    tenant=caller.tenant,
-                    correlation_id=correlation_id,
-                    outcome="error",
-                    latency_s=0.0,
-                    error_category="not_found",
-                    error_code="unknown_tool",
-                ),
-                started=False,
-            )
-            raise MCPError(
-                types.INVALID_PARAMS,
-                f"Unknown tool '{params.name[:80]}'. Available tools: {', '.join(names)}.",
-                data={"category": "not_found", "code": "unknown_tool", "tools": names},
-            )
+            raise await unknown_tool(services, params.name, caller.tenant, correlation_id, sorted(visible(list(tools))))
         if as_task and not tool.calls_model:
             raise MCPError(
                 types.METHOD_NOT_FOUND,

@@ -75,17 +75,39 @@ def run_command(
         print(f"exai stress: {exc}", file=sys.stderr)
         return 2
     signal.signal(signal.SIGTERM, _raise_interrupt)  # a terminated run still stops what it started
-    command = "exai stress " + shlex.join(sys.argv[2:])
+    command = "exai stress " + shlex.join(recorded_arguments(sys.argv[2:]))
     built: Target | None = None
     try:
         built = build()
-        options = RunOptions(names, quick, soak_seconds, out, command)
+        options = RunOptions(names, quick, soak_seconds, out, command, secrets=(token,) if token else ())
         report = asyncio.run(run_stress(built, options, console))
     finally:
         if built is not None:
             built.close()
     console.print(f"reports: {out / 'stress.json'}, {out / 'stress.html'}")
     return 0 if report["passed"] else 1
+
+
+SECRET_OPTIONS = ("--token",)
+REDACTED = "***"
+
+
+def recorded_arguments(argv: list[str]) -> list[str]:
+    """The arguments as the reports show them: the value of every secret option replaced, never echoed."""
+    shown: list[str] = []
+    hide_next = False
+    for arg in argv:
+        if hide_next:
+            shown.append(REDACTED)
+            hide_next = False
+        elif arg in SECRET_OPTIONS:
+            shown.append(arg)
+            hide_next = True
+        elif arg.startswith(tuple(f"{name}=" for name in SECRET_OPTIONS)):
+            shown.append(f"{arg.partition('=')[0]}={REDACTED}")
+        else:
+            shown.append(arg)
+    return shown
 
 
 def _raise_interrupt(signum: int, frame: object) -> None:

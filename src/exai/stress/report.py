@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -12,10 +13,21 @@ from rich.text import Text
 from exai.stress.html import render_html
 
 
-def write_reports(report: dict[str, Any], out: Path) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "stress.json").write_text(json.dumps(report, indent=2) + "\n")
-    (out / "stress.html").write_text(render_html(report))
+def write_reports(report: dict[str, Any], out: Path, secrets: tuple[str, ...] = ()) -> None:
+    """Both reports, readable by their owner only (they describe a deployment); no `secrets` in them."""
+    out.mkdir(mode=0o700, parents=True, exist_ok=True)
+    out.chmod(0o700)  # also an existing folder: mkdir's mode applies to new ones only
+    _write_private(out / "stress.json", json.dumps(report, indent=2) + "\n", secrets)
+    _write_private(out / "stress.html", render_html(report), secrets)
+
+
+def _write_private(path: Path, text: str, secrets: tuple[str, ...]) -> None:
+    for secret in secrets:  # belt and braces: an error note quoting a header must not carry the token either
+        text = text.replace(secret, "***")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)  # an older report of the same name keeps its mode otherwise
+    with os.fdopen(fd, "w") as file:
+        file.write(text)
 
 
 def summary_table(report: dict[str, Any]) -> Table:

@@ -35,6 +35,8 @@ class RunOptions:
     soak_seconds: float
     out: Path
     command: str
+    secrets: tuple[str, ...] = ()
+    """Values (the deployment's token) the reports must never contain."""
 
 
 def _running_table(results: list[ScenarioResult]) -> Table:
@@ -110,6 +112,6 @@ async def run_stress(target: Target, options: RunOptions, console: Console) -> d
         "passed": all(r.passed or r.skipped for r in results) and any(r.passed for r in results),
         "scenarios": [r.to_json() for r in results],
     }
-    write_reports(report, options.out)
+    write_reports(report, options.out, options.secrets)
     console.print(summary_table(report))
     return report

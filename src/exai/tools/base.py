@@ -135,7 +135,7 @@ class ToolContext:
                 use = TokenUse(await self.services.limiter.reserve_tokens(self.tenant, input_tokens))
                 self.token_uses.append(use)
         try:
-            result = await self.services.router.generate(request, plan=plan, **options)
+            result = await self.services.router.generate(request, plan=plan, tenant=self.tenant, **options)
         except ExaiError as exc:
             first = plan.first
             self.model_calls.append(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Coroutine
 from typing import Any, Literal
 
@@ -16,6 +17,9 @@ from exai.providers.types import GenerateRequest
 from exai.storage.base import TurnRecord
 from exai.tools.base import Tool, ToolContext, ToolInput, ToolResult
 
+MAX_REPEATS_PER_MODEL = 3
+"""How often one call may ask the same model (once per stance): eight copies of one model with different stance
+prompts would turn one call into eight upstream requests to one model."""
 Stance = Literal["for", "against", "neutral"]
 STANCES: dict[str, str] = {
     "for": "Argue in favour of the proposal: make the strongest honest case for it, and say where it is weak.",
@@ -99,6 +103,15 @@ class ConsensusTool(Tool[ConsensusInput, ConsensusOutput]):
                 code="duplicate_model",
                 remedy="Give each repeated model a different stance.",
                 details={"field": "models"},
+            )
+        repeated = sorted(name for name, n in Counter(t.name for t in targets).items() if n > MAX_REPEATS_PER_MODEL)
+        if repeated:
+            raise ValidationError(
+                f"Model {', '.join(repeated)} is listed more than {MAX_REPEATS_PER_MODEL} times; one consensus call "
+                f"may ask each model at most {MAX_REPEATS_PER_MODEL} times (once per stance).",
+                code="model_repeated",
+                remedy="Ask different models, or fewer stances of the same one.",
+                details={"field": "models", "models": repeated},
             )
         await services.files.read(args.files)
         thread = await ctx.open_thread(args.continuation_id, args.prompt, adding=2)

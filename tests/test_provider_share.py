@@ -1,0 +1,100 @@
+"""One tenant's many-model calls cannot take a provider's every upstream slot from the other tenants.
+
+Found by attacking the daemon (issue 17): eight consensus calls of eight members each filled all 64 slots of a
+provider, and another tenant's chat on an instant model waited 18.8 s instead of 0.2 s.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+
+import anyio
+import httpx2
+import pytest
+from mcp import Client
+from mcp.client.streamable_http import streamable_http_client
+
+from exai.security.auth import issue_token
+from tests.conftest import TEST_JWT_SECRET, Proc, SimControl
+from tests.helpers import wait_until
+
+pytestmark = pytest.mark.anyio
+Daemon = Callable[..., Proc]
+SLOW = ("sim-slow-a", "sim-slow-b", "sim-slow-c")
+MEMBERS = [{"model": SLOW[i % 3], "stance": ("for", "against", "neutral")[i // 3 % 3]} for i in range(8)]
+
+
+@asynccontextmanager
+async def _client(proc: Proc, tenant: str) -> AsyncIterator[Client]:
+    token = issue_token(TEST_JWT_SECRET, tenant, ["exai:tools"], 900)
+    async with (
+        httpx2.AsyncClient(headers={"Authorization": f"Bearer {token}"}, timeout=180) as http,
+        Client(streamable_http_client(f"{proc.url}/mcp", http_client=http)) as client,
+    ):
+        yield client
+
+
+async def _chat_seconds(client: Client) -> float:
+    started = time.perf_counter()
+    result = await client.call_tool("chat", {"prompt": "quick one", "model": "sim-fast"})
+    assert not result.is_error, result
+    return time.perf_counter() - started
+
+
+@pytest.mark.timeout(240)
+async def test_eight_consensus_calls_do_not_delay_another_tenants_chat(daemon: Daemon, sim: SimControl) -> None:
+    proc = daemon(EXAI_JWT_SECRET=TEST_JWT_SECRET, CUSTOM_MODELS=",".join(("sim-fast", *SLOW)))
+    for model in SLOW:
+        sim.latency(60_000, model=model)
+    consulting = 0
+
+    async def on_progress(done: float, total: float | None, message: str | None) -> None:
+        nonlocal consulting
+        consulting += message == "consulting models"
+
+    async with _client(proc, "alice") as alice:
+        baseline = statistics.median([await _chat_seconds(alice) for _ in range(5)])
+        async with _client(proc, "mallory") as mallory, anyio.create_task_group() as attack:
+            for _ in range(8):
+                attack.start_soon(
+                    lambda: mallory.call_tool(
+                        "consensus", {"prompt": "hold every slot", "models": MEMBERS}, progress_callback=on_progress
+                    )
+                )
+            await wait_until(lambda: consulting == 8, "every consensus call started its eight members")
+            await wait_until(lambda: sim.stats()["in_flight"] >= 16, "the attacker's requests reached the upstream")
+            during = [await _chat_seconds(alice) for _ in range(3)]
+            held = sim.stats()["in_flight"]
+            attack.cancel_scope.cancel()
+    assert max(during) - baseline < 1.0, f"chat took {during} s under attack, {baseline:.2f} s before"
+    assert held <= 16 + 1, f"one tenant held {held} upstream requests at once (its share is 16)"
+
+
+async def test_one_consensus_call_asks_a_model_at_most_three_times(daemon: Daemon, sim: SimControl) -> None:
+    proc = daemon(EXAI_JWT_SECRET=TEST_JWT_SECRET)
+    members = [{"model": "sim-fast", "stance": "neutral", "stance_prompt": f"voice {i}"} for i in range(4)]
+    async with _client(proc, "mallory") as mallory:
+        result = await mallory.call_tool("consensus", {"prompt": "one model, four voices", "models": members})
+    assert result.is_error
+    error = (result.meta or {})["exai/error"]
+    assert error["code"] == "model_repeated" and "sim-fast" in error["message"] and "3 times" in error["message"]
+    assert sim.count("requests") == 0, "nothing was sent upstream"
+
+
+async def test_a_call_that_waits_past_its_deadline_for_the_tenants_share_says_so(
+    daemon: Daemon, sim: SimControl
+) -> None:
+    proc = daemon(EXAI_JWT_SECRET=TEST_JWT_SECRET, EXAI_PROVIDER_CONCURRENCY_PER_TENANT="1")
+    sim.latency(5_000, model="sim-smart")
+    members = [{"model": "sim-smart", "stance": stance} for stance in ("for", "against")]
+    args = {"prompt": "two at once", "models": members, "per_model_timeout_seconds": 2}
+    async with _client(proc, "mallory") as mallory:
+        result = await mallory.call_tool("consensus", args)
+    errors = [o["error"] for o in result.structured_content["opinions"]]
+    queued = [e for e in errors if e["code"] == "local_queue_timeout"]
+    assert len(queued) == 1, f"one member held the tenant's one slot, the other queued for it: {errors}"
+    assert "held by your other calls" in queued[0]["message"], queued
+    assert "EXAI_PROVIDER_CONCURRENCY_PER_TENANT" in queued[0]["remedy"], queued
