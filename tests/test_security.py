@@ -156,6 +156,8 @@ async def test_api_keys_are_hashed_and_revocable() -> None:
 def test_visible_tools_name_only_what_the_token_may_call() -> None:
     names = ["chat", "status", "threads", "precommit"]
     assert visible_tools(names, ["exai:tool:chat"]) == ["chat"]
+    assert visible_tools([*names, "collect"], ["exai:tool:chat"]) == ["chat", "collect"]
+    assert visible_tools([*names, "collect"], ["exai:metrics"]) == []
     assert visible_tools(names, ["exai:tools"]) == ["chat", "threads", "precommit"]
     assert visible_tools(names, ["exai:admin"]) == names
     assert visible_tools(names, []) == []
@@ -204,7 +206,7 @@ async def test_daemon_requires_tokens_enforces_scopes_and_isolates_tenants(daemo
     names, allowed = await _client_call(proc.url, admin, "status", {})
     assert not allowed.is_error and "status" in names
     names, narrow = await _client_call(proc.url, only_chat, "threads", {})
-    assert names == {"chat"} and tool_error(narrow)["code"] == "missing_scope"
+    assert names == {"chat", "collect"} and tool_error(narrow)["code"] == "missing_scope"  # collect: its own answers
     assert httpx2.get(f"{proc.url}/metrics", headers={"Authorization": f"Bearer {alice}"}).status_code == 403
     assert httpx2.get(f"{proc.url}/metrics").status_code == 401
     assert httpx2.get(f"{proc.url}/metrics", headers={"Authorization": f"Bearer {admin}"}).status_code == 200

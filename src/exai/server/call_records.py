@@ -241,7 +241,7 @@ class CallRunner:
             try:
                 await self.store.create_call(call)
             except Exception as exc:
-                log.warning("call_record_not_written", tool=tool, error=f"{type(exc).__name__}: {exc}"[:200])
+                log.exception("storage_failed", operation="create_call", tool=tool)  # the cause, secrets redacted
                 raise StorageError(
                     "The call could not be recorded (the store is unavailable), so no model was asked.",
                     code="storage_unavailable",
@@ -288,8 +288,8 @@ class CallRunner:
         try:
             await self.store.finish_call(call.id, end, time.time())
             return True
-        except Exception as exc:
-            log.warning("call_result_not_recorded", call_id=call.id, error=f"{type(exc).__name__}: {exc}"[:200])
+        except Exception:
+            log.exception("storage_failed", operation="finish_call", call_id=call.id)  # kept here, retried
             self._unrecorded[call.id] = end
             return False
 
