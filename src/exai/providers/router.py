@@ -406,6 +406,7 @@ class Router:
                 if tenant is not None:
                     await self._shares.acquire(info.provider, tenant)
                     shared = True
+                shared_at = time.monotonic()
                 await slot.acquire()
         except BaseException as exc:
             if shared and tenant is not None:
@@ -418,10 +419,12 @@ class Router:
                     info.provider, info.name, limit, waited_from, tenant_share=share_wait
                 ) from None
             raise
-        if time.monotonic() >= deadline:
+        if time.monotonic() >= deadline:  # both taken, but too late: say which queue the time went to
             self._release_slot(info, tenant)
             breaker.release_probe()
-            raise queue_timeout_error(info.provider, info.name, self.settings.provider_concurrency, waited_from)
+            share_wait = tenant is not None and shared_at >= deadline
+            limit = self._shares.per_tenant if share_wait else self.settings.provider_concurrency
+            raise queue_timeout_error(info.provider, info.name, limit, waited_from, tenant_share=share_wait)
 
     def _release_slot(self, info: ModelInfo, tenant: str | None) -> None:
         self._slots[info.provider].release()
