@@ -203,13 +203,15 @@ class Services:
         roots = settings.file_roots
         if roots is None:  # over stdio the client's working directory; a shared daemon reads nothing by default
             roots = [] if transport == "http" else [str(Path.cwd())]
+        tools = enabled_tools(settings.tool_profile, settings.disabled_tools)
+        metrics.know_tools(t.name for t in tools)
         return cls(
             settings=settings,
             catalogue=catalogue,
             router=router,
             stats=stats,
             health=health,
-            tools=enabled_tools(settings.tool_profile, settings.disabled_tools),
+            tools=tools,
             store=store,
             conversations=Conversations(
                 store, settings.thread_ttl_hours * 3600, settings.max_turns_per_thread, events.storage_finished
