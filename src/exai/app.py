@@ -29,6 +29,7 @@ from exai.security.files import FileAccess
 from exai.security.limits import Limits, LocalLimiter, RateLimiter, RedisLimiter
 from exai.storage.audit import AuditWriter
 from exai.storage.base import Store
+from exai.storage.opening import open_store
 from exai.storage.retention import Purger
 from exai.storage.sqlite import SQLiteStore
 from exai.tools import enabled_tools
@@ -165,6 +166,8 @@ class Services:
     events: Events
     discovery: CustomModelDiscovery
     redis: aioredis.Redis | None
+    schema_version: int | None = None
+    """The store's schema version once it is open (migrations applied)."""
 
     @classmethod
     def build(cls, settings: Settings, transport: Transport = "memory") -> Services:
@@ -245,8 +248,8 @@ class Services:
         self.alerts.start()
 
     async def _open_store(self) -> None:
-        await self.store.open()
-        await self.store.migrate()
+        settings = self.settings
+        self.schema_version = await open_store(self.store, secret(settings.database_url), str(settings.data_dir))
         await self.purger.purge()
 
     async def close(self) -> None:

@@ -96,6 +96,7 @@ def serve(
 ) -> None:
     """Run the daemon: MCP over Streamable HTTP at /mcp, with /healthz, /readyz, /metrics and /dashboard."""
     settings = _settings(server=True, host=host, port=port)
+    from exai.observability.errors import ExaiError
     from exai.observability.logging import get_logger
     from exai.server.http import is_loopback, serve_http
 
@@ -111,10 +112,12 @@ def serve(
         log.warning("insecure_bind", host=settings.host, detail="anyone who can reach this port can use the server")
     listener = _listen("serve", settings.host, settings.port, "--port or EXAI_PORT")
     services = _services(settings, "http")
-    log.info("starting", host=settings.host, port=settings.port, providers=sorted(services.router.providers))
     if not services.router.providers:
         log.warning("no_provider_configured", remedy="set a provider key or CUSTOM_API_URL; see `exai doctor`")
-    asyncio.run(serve_http(services, listener))
+    try:
+        asyncio.run(serve_http(services, listener))
+    except ExaiError as exc:  # the store could not be opened: one line and the fix, not a traceback
+        _fail(exc)
 
 
 @app.command()
@@ -133,9 +136,13 @@ def stdio(
             serve_bridge(connect, token, settings.bridge_connect_timeout_seconds, settings.call_deadline_seconds + 30)
         )
         return
+    from exai.observability.errors import ExaiError
     from exai.server.stdio import serve_stdio
 
-    asyncio.run(serve_stdio(_services(settings, "stdio")))
+    try:
+        asyncio.run(serve_stdio(_services(settings, "stdio")))
+    except ExaiError as exc:  # the store could not be opened
+        _fail(exc)
 
 
 @app.command()
@@ -218,14 +225,22 @@ def doctor(timeout: Annotated[float, typer.Option(help="Seconds to wait for each
 
 
 def _db_upgrade_and_report(services: Services) -> int:
+    from exai.observability.errors import ExaiError
+    from exai.storage.opening import open_store
+
+    settings = services.settings
+    database_url = settings.database_url.get_secret_value() if settings.database_url else None
+
     async def run() -> int:
-        await services.store.open()
         try:
-            return await services.store.migrate()
+            return await open_store(services.store, database_url, str(settings.data_dir))
         finally:
             await services.store.close()
 
-    return asyncio.run(run())
+    try:
+        return asyncio.run(run())
+    except ExaiError as exc:
+        _fail(exc)
 
 
 token_app = typer.Typer(help="Tokens for the HTTP daemon.", no_args_is_help=True)
@@ -344,19 +359,26 @@ def audit(
     from rich.text import Text
 
     from exai.cli_output import print_table
+    from exai.observability.errors import ExaiError
 
     services = _services(_settings())
     cutoff = time.time() - _duration(since) if since else None
 
     async def fetch() -> list[Any]:
-        await services.store.open()
+        from exai.storage.opening import open_store
+
+        settings = services.settings
+        database_url = settings.database_url.get_secret_value() if settings.database_url else None
         try:
-            await services.store.migrate()
+            await open_store(services.store, database_url, str(settings.data_dir))
             return await services.store.list_audit(tenant=tenant, tool=tool, since=cutoff, limit=limit)
         finally:
             await services.store.close()
 
-    records = asyncio.run(fetch())
+    try:
+        records = asyncio.run(fetch())
+    except ExaiError as exc:
+        _fail(exc)
     if as_json:
         for record in records:
             print(json.dumps(record.model_dump()))

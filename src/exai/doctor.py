@@ -1,6 +1,9 @@
-"""`exai doctor`: reach every configured provider and say what to do about each problem."""
+"""`exai doctor`: check the store, Redis, the JWKS and the file roots (doctor_checks.py), reach every configured
+provider, and say what to do about each problem."""
 
 from __future__ import annotations
+
+import asyncio
 
 from rich.console import Console
 from rich.markup import escape
@@ -9,17 +12,22 @@ from rich.text import Text
 from exai.app import Services
 from exai.cli_output import console, print_table
 from exai.config import ProviderConfig
+from exai.doctor_checks import Check, run_checks
 from exai.observability.errors import ExaiError
 from exai.providers.catalogue import custom_model
 from exai.providers.discovery import discover_custom_models
 
 
 async def run_doctor(services: Services, timeout: float) -> int:
-    """Print a table of providers; return the number of problems found."""
-    await discover_custom_models(services.settings, services.router)
+    """Print a line per check and a table of providers; return the number of problems found."""
+    checks, _ = await asyncio.gather(
+        run_checks(services, timeout), discover_custom_models(services.settings, services.router)
+    )
     out = console()
+    for check in checks:
+        out.print(check_line(check))
     rows: list[tuple[str, str, str, str]] = []  # rich markup; data inside is escaped
-    problems = 0
+    problems = sum(not check.ok for check in checks)
     for name, config in services.router.configs.items():
         spec = config.spec
         need = " or ".join(spec.key_env) if spec.key_required else spec.base_url_env
@@ -54,6 +62,15 @@ async def run_doctor(services: Services, timeout: float) -> int:
     )
     await services.close()
     return problems
+
+
+def check_line(check: Check) -> Text:
+    """`ok    store: ...` or `FAIL  redis: ... (fix: ...)`, never markup (the details hold what servers answered)."""
+    line = Text("ok    " if check.ok else "FAIL  ", style="green" if check.ok else "red")
+    line.append(f"{check.name}: {check.detail}")
+    if check.fix:
+        line.append(f" (fix: {check.fix})")
+    return line
 
 
 def _default_model_problem(services: Services, out: Console) -> int:

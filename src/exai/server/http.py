@@ -24,6 +24,7 @@ from starlette.types import ASGIApp, Scope
 
 from exai.app import Services
 from exai.observability.errors import AuthError, PermissionDeniedError
+from exai.observability.logging import get_logger
 from exai.observability.metrics import BREAKER_VALUES
 from exai.security.auth import ADMIN_SCOPE, TOOLS_SCOPE, request_access, request_tenant
 from exai.server.connection_guard import guarded_h11_protocol
@@ -35,7 +36,10 @@ from exai.server.mcp import build_server
 from exai.server.request_body import BodyDeadline, CompleteBody
 from exai.server.request_ids import InFlightIds
 from exai.server.sessions import SessionQuota
+from exai.server.start_line import start_fields
 from exai.server.stateless import PostOnly
+
+log = get_logger(__name__)
 
 
 def is_loopback(host: str) -> bool:
@@ -181,7 +185,10 @@ def build_http_app(services: Services) -> Starlette:
     auth = None
     public = settings.public_url or f"http://{settings.host}:{settings.port}/mcp"
     if verifier is not None:
-        auth = AuthSettings(issuer_url=public, resource_server_url=public, required_scopes=[])
+        # Our verifier checks the audience itself (EXAI_JWT_AUDIENCE); API keys carry no resource indicator.
+        auth = AuthSettings(
+            issuer_url=public, resource_server_url=public, required_scopes=[], validate_token_resource=False
+        )
     server = build_server(services)
     app = server.streamable_http_app(
         streamable_http_path="/mcp",
@@ -293,6 +300,7 @@ async def serve_http(services: Services, listener: socket.socket | None = None) 
         lifespan="on",
     )
     await services.start()
+    log.info("serving", **start_fields(services))
     try:
         await _GracefulServer(config, posts, settings.shutdown_grace_seconds).serve(
             sockets=[listener] if listener else None
