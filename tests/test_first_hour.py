@@ -154,3 +154,17 @@ def test_serve_logs_one_start_line_and_json_logs_stay_json(
     assert line["storage"] == "postgresql" and isinstance(line["schema_version"], int) and line["schema_version"] > 0
     assert line["file_roots"] == [str(tmp_path.resolve())]
     assert line["stateless"] is True
+
+
+@pytest.mark.parametrize("command", [["token", "issue", "--sub", "alice"], ["token", "apikey", "--tenant", "alice"]])
+def test_tokens_with_unknown_scopes_are_refused(command: list[str], tmp_path: Path) -> None:
+    env = {"EXAI_JWT_SECRET": TEST_JWT_SECRET}
+    for wrong in ("exai:tool", "exai:tools,exai:tool:chatt"):
+        refused = exai([*command, "--scopes", wrong], env, tmp_path)
+        assert refused.returncode == 2 and refused.stdout == "", refused.stdout
+        first, fix = refused.stderr.strip().splitlines()
+        assert first.startswith("Unknown scope '") and "exai:tools" not in first.split(":", 1)[0], first
+        assert fix.startswith("  fix: use exai:tools, exai:admin, exai:metrics, exai:tool:chat"), fix
+    for right in ("exai:tool:chat exai:tool:version", "exai:metrics"):
+        made = exai([*command, "--scopes", right], env, tmp_path)
+        assert made.returncode == 0 and made.stdout.strip(), made.stderr

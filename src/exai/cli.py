@@ -247,6 +247,24 @@ token_app = typer.Typer(help="Tokens for the HTTP daemon.", no_args_is_help=True
 app.add_typer(token_app, name="token")
 
 
+def _scopes(text: str) -> list[str]:
+    """The scopes in `text` (space- or comma-separated); an unknown one is two lines naming the known ones, exit 2."""
+    from exai.security.scopes import known_scopes, unknown_scopes
+
+    scopes = text.replace(",", " ").split()
+    if unknown := unknown_scopes(scopes):
+        print(
+            f"Unknown scope {', '.join(repr(s[:60]) for s in unknown)}: the daemon grants nothing for it."
+            f"\n  fix: use {', '.join(known_scopes())}",
+            file=sys.stderr,
+        )
+        raise typer.Exit(2)
+    if not scopes:
+        print("No scope given.\n  fix: pass --scopes exai:tools (or exai:admin, exai:tool:<name>)", file=sys.stderr)
+        raise typer.Exit(2)
+    return scopes
+
+
 @token_app.command("issue")
 def token_issue(
     sub: Annotated[str, typer.Option(help="Subject: the tenant the token acts for.")],
@@ -264,7 +282,7 @@ def token_issue(
     token = issue_token(
         settings.jwt_secret.get_secret_value(),
         sub,
-        scopes.replace(",", " ").split(),
+        _scopes(scopes),
         seconds,
         settings.jwt_issuer,
         settings.jwt_audience,
@@ -296,7 +314,7 @@ def token_apikey(
     """Make an opaque API key; add the printed entry to EXAI_API_KEYS (only its hash is stored)."""
     from exai.security.auth import new_api_key
 
-    key, entry = new_api_key(tenant, scopes.replace(",", " ").split())
+    key, entry = new_api_key(tenant, _scopes(scopes))
     print(f"key:   {key}\nentry: {entry}")
 
 

@@ -27,6 +27,7 @@ from exai.observability.errors import AuthError, PermissionDeniedError
 from exai.observability.logging import get_logger
 from exai.observability.metrics import BREAKER_VALUES
 from exai.security.auth import ADMIN_SCOPE, TOOLS_SCOPE, request_access, request_tenant
+from exai.server.auth_errors import ExplainedRequireAuth, has_bearer, why_unauthenticated
 from exai.server.connection_guard import guarded_h11_protocol
 from exai.server.correlation import RequestIdMiddleware
 from exai.server.dashboard import DASHBOARD_HTML, dashboard_snapshot
@@ -94,7 +95,9 @@ def build_http_app(services: Services) -> Starlette:
         access = request_access(request.scope)
         if access is None:
             error = AuthError(
-                "A valid bearer token is required.",
+                f"{why_unauthenticated(request.scope)}."
+                if has_bearer(request.scope)
+                else "A valid bearer token is required.",
                 code="unauthenticated",
                 remedy="Send Authorization: Bearer <token> with the exai:admin scope.",
             )
@@ -248,7 +251,10 @@ def guard_mcp(route: BaseRoute, services: Services, manager: StreamableHTTPSessi
         return AcceptCheck(quota)
 
     if isinstance(route.app, RequireAuthMiddleware):
-        route.app.app = checked(route.app.app)
+        required = route.app
+        route.app = ExplainedRequireAuth(
+            checked(required.app), required.required_scopes, required.resource_metadata_url
+        )
     else:
         route.app = checked(route.app)
     return route
