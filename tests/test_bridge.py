@@ -134,6 +134,30 @@ async def test_unreachable_daemon_is_a_clear_error_not_a_hang(sim: SimControl) -
     assert upstream_requests(sim, "anyone there?") == 0
 
 
+@pytest.mark.parametrize("where", ["wrong path", "https to plain http"])
+async def test_a_wrong_url_or_tls_failure_is_reported_at_once_not_retried(
+    daemon: Daemon, sim: SimControl, where: str
+) -> None:
+    proc = daemon()
+    url, expected = {
+        "wrong path": (f"{proc.url}/not-here", "it answered 404 Not Found"),
+        "https to plain http": (f"https://127.0.0.1:{proc.port}", "the TLS handshake failed"),
+    }[where]
+    # Retrying would outlast the ceiling: only an answer without retries passes, and a 404 within 2 s.
+    async with Client(_bridge(url, EXAI_BRIDGE_CONNECT_TIMEOUT_SECONDS="600")) as client:
+        started = asyncio.get_running_loop().time()
+        with pytest.raises(Exception) as caught:
+            await asyncio.wait_for(client.list_tools(), CEILING)
+        elapsed = asyncio.get_running_loop().time() - started
+        result = await asyncio.wait_for(client.call_tool("chat", {"prompt": "wrong address"}), CEILING)
+    for text in (str(caught.value), text_of(result)):
+        assert "[network/daemon_misconfigured]" in text and expected in text, text
+        assert "Retrying as is cannot succeed" in text and "safe to retry" not in text, text
+    if where == "wrong path":
+        assert elapsed < 2.0, f"a 404 took {elapsed:.2f} s to report"
+    assert result.is_error and upstream_requests(sim, "wrong address") == 0
+
+
 @pytest.mark.parametrize("token", ["", "not-a-valid-token"])
 async def test_a_refused_token_is_an_auth_error_at_once_not_a_retry_loop(
     daemon: Daemon, sim: SimControl, token: str
