@@ -76,6 +76,7 @@ async def test_401_says_invalid_token_and_why_over_http_and_in_the_python_sdk(au
         assert (await client.list_tools()).tools
 
 
+@pytest.mark.timeout(600)  # the first run installs Node and the SDK from npm (tests/node_toolchain.py)
 def test_the_typescript_sdk_shows_why_the_token_was_refused(authed: Proc, node_toolchain: NodeToolchain) -> None:
     script = node_toolchain.script("auth.mjs")
     for case, (token, description) in tokens().items():

@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
+import httpx2
 import pytest
 
 from tests.conftest import TEST_JWT_SECRET, Proc, SimControl, free_port, sim_env
@@ -168,3 +169,26 @@ def test_tokens_with_unknown_scopes_are_refused(command: list[str], tmp_path: Pa
     for right in ("exai:tool:chat exai:tool:version", "exai:metrics"):
         made = exai([*command, "--scopes", right], env, tmp_path)
         assert made.returncode == 0 and made.stdout.strip(), made.stderr
+
+
+@pytest.mark.anyio
+async def test_the_status_page_shows_retries_and_the_model_of_failed_calls(
+    daemon: Callable[..., Proc], sim: SimControl
+) -> None:
+    from tests.test_observability import _call
+
+    proc = daemon(EXAI_MAX_RETRIES="2")
+    sim.fault("503", model="sim-fast", count=1)
+    retried = await _call(proc.url, None, "chat", {"prompt": "retried marker-r1", "model": "sim-fast"}, None)
+    assert not retried.is_error
+    sim.fault("500", model="*")
+    failed = await _call(proc.url, None, "chat", {"prompt": "failed marker-f1", "model": "sim-fast"}, None)
+    assert failed.is_error
+    sent = sum("marker-f1" in json.dumps(entry["body"]) for entry in sim.requests(limit=200))
+    rows = httpx2.get(f"{proc.url}/dashboard/data", timeout=30).json()["recent_calls"]
+    failed_row, retried_row = rows[0], rows[1]
+    assert failed_row["outcome"] == "error" and retried_row["outcome"] == "ok", rows
+    assert retried_row["models"][0]["retries"] == 1 and retried_row["models"][0]["model"] == "sim-fast"
+    [model] = failed_row["models"]
+    assert model["requested"] == "sim-fast" and model["provider"] == "custom" and model["model"], model
+    assert sent >= 3 and model["retries"] == sent - 1, (sent, model)

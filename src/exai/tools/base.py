@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 import anyio
 from pydantic import BaseModel, ConfigDict, model_validator
 
+from exai.observability.errors import ExaiError
 from exai.observability.events import ModelCall
 from exai.security.limits import TokenReservation
 
@@ -128,7 +129,12 @@ class ToolContext:
             with anyio.CancelScope(shield=True):  # a reservation made is always recorded, so it is always settled
                 use = TokenUse(await self.services.limiter.reserve_tokens(self.tenant, input_tokens))
                 self.token_uses.append(use)
-        result = await self.services.router.generate(request, plan=plan, **options)
+        try:
+            result = await self.services.router.generate(request, plan=plan, **options)
+        except ExaiError as exc:
+            if (failed := failed_model_call(plan.requested, exc)) is not None:
+                self.model_calls.append(failed)  # the status page and the audit show which model failed
+            raise
         response = result.response
         info = self.services.catalogue.get(response.model)
         usage = response.usage
@@ -148,6 +154,27 @@ class ToolContext:
             )
         )
         return result
+
+
+def failed_model_call(requested: str, error: ExaiError) -> ModelCall | None:
+    """The model call a router failure stands for: the last model tried, its fallbacks and retries (as for an
+    answered call: every attempt after the first), no tokens. None when no model was tried."""
+    attempts = [a for a in error.details.get("attempts", []) if a.get("outcome") != "breaker_open"]
+    if not attempts:
+        return None
+    models = list(dict.fromkeys(a["model"] for a in attempts))
+    last = attempts[-1]
+    return ModelCall(
+        requested=requested,
+        provider=last["provider"],
+        model=last["model"],
+        input_tokens=0,
+        output_tokens=0,
+        cost_usd=0.0,
+        latency_ms=round(sum(a["latency_ms"] for a in attempts), 2),
+        fallbacks=tuple(models[1:]),
+        retries=len(attempts) - 1,
+    )
 
 
 @dataclass
