@@ -427,6 +427,38 @@ def printable(value: str) -> str:
     return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in value)
 
 
+@app.command()
+def install(
+    client: Annotated[str, typer.Argument(help="claude-code, codex, cursor, vscode or gemini.")],
+    stdio: Annotated[bool, typer.Option(help="Let the client start `exai stdio` itself.")] = False,
+    url: Annotated[
+        str | None,
+        typer.Option(help="A shared daemon's MCP URL (default: the local daemon, http://127.0.0.1:8765/mcp)."),
+    ] = None,
+    token_env: Annotated[
+        str | None, typer.Option(help="The environment variable that holds the token (e.g. EXAI_TOKEN).")
+    ] = None,
+    name: Annotated[str, typer.Option(help="The server's name in the client's configuration.")] = "exai",
+    print_only: Annotated[bool, typer.Option("--print", help="Show the entry and the file; write nothing.")] = False,
+) -> None:
+    """Write a client's MCP configuration for this server (the local daemon, stdio, or a shared daemon)."""
+    from exai.installer import CLIENTS, connection, plan, write
+    from exai.observability.errors import ExaiError
+
+    if client not in CLIENTS:
+        print(f"Unknown client {client[:40]!r}.\n  fix: use one of {', '.join(CLIENTS)}", file=sys.stderr)
+        raise typer.Exit(2)
+    try:
+        planned = plan(client, name, connection(stdio=stdio, url=url, token_env=token_env))
+    except ExaiError as exc:
+        _fail(exc)
+    if print_only:
+        print(f"# {planned.path}\n{planned.entry}")
+        return
+    write(planned)
+    print(f"{client}: wrote '{name}' to {planned.path}")
+
+
 db_app = typer.Typer(help="Database maintenance.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 
