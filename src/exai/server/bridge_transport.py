@@ -11,9 +11,10 @@ an error for that request alone, as a JSON-RPC error that says what is known abo
 
 An SSE answer cut off mid-stream reaches the caller as the SDK's CONNECTION_CLOSED, which also means `unknown`.
 A 401 or 403 is neither: the daemon refused the caller's token, which no retry can change (see `refused_status`).
-Nor are answers that say the URL is wrong (404 before any session, 405, 410, 421) or a TLS handshake that fails
-(an untrusted certificate, HTTPS to a plain-HTTP port): retrying cannot fix those either (see `permanent_failure`),
-so the bridge reports them at once instead of retrying until its connect timeout.
+A 503 (the daemon draining or full, a balancer with no daemon behind it) is `not_sent`; a 502 or 504 from a
+balancer is `unknown`. Answers that say the URL is wrong (404 before any session, 405, 410, 421) and a TLS
+handshake that fails (an untrusted certificate, HTTPS to a plain-HTTP port) are neither: retrying cannot fix them
+(see `permanent_failure`), so the bridge reports them at once instead of retrying until its connect timeout.
 """
 
 from __future__ import annotations
@@ -72,6 +73,12 @@ class DeliveryTrackingTransport(httpx2.AsyncBaseTransport):
         if response.status_code == 404 and "mcp-session-id" in request.headers:
             await response.aclose()
             return _failed(request_id, Delivery.NOT_SENT, "the daemon no longer knows this session (it restarted)")
+        if response.status_code == 503:  # the daemon (or its balancer) turned the request away: nothing ran
+            await response.aclose()
+            return _failed(request_id, Delivery.NOT_SENT, "the daemon is unavailable (503)")
+        if response.status_code in (502, 504):  # a balancer lost the daemon, perhaps after it took the request
+            await response.aclose()
+            return _failed(request_id, Delivery.UNKNOWN, f"the gateway answered {response.status_code}")
         if response.status_code in WRONG_URL_STATUSES:
             await response.aclose()
             reason = WRONG_URL_STATUSES[response.status_code]
