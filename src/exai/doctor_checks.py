@@ -2,7 +2,8 @@
 file roots. Each check is one line: what was checked, what was found, and the fix when it failed.
 
 They reach what the daemon would reach at start, so a first run learns of a database that is down or a JWKS URL
-that answers HTML before a client does. No check changes anything (the store is opened, not migrated).
+that answers HTML before a client does. The store is opened as at start (which may create the SQLite file or the
+configured schema) but not migrated.
 """
 
 from __future__ import annotations
