@@ -34,8 +34,8 @@ RULES = ROOT / "deploy" / "prometheus-alerts.yml"
 RULE_TESTS = ROOT / "tests" / "prometheus" / "alerts.test.yml"
 SCRAPED_ELSEWHERE = {"up"}
 """Series Prometheus makes itself."""
-FROM_MCP_TASKS = {"exai_tasks", "exai_admission_saturation"}
-"""Gauges of the MCP Tasks work (task backlog by status, admission saturation), which lands separately."""
+FROM_MCP_TASKS = {"exai_admission_saturation"}
+"""The admission-saturation gauge of the MCP Tasks work, which lands separately."""
 
 
 def promtool(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:

@@ -27,6 +27,7 @@ from exai.providers.router import Router
 from exai.security.auth import JWTVerifier, parse_api_keys
 from exai.security.files import FileAccess
 from exai.security.limits import Limits, LocalLimiter, RateLimiter, RedisLimiter
+from exai.server.call_records import CallRunner
 from exai.storage.audit import AuditWriter
 from exai.storage.base import Store
 from exai.storage.opening import open_store
@@ -166,6 +167,7 @@ class Services:
     events: Events
     discovery: CustomModelDiscovery
     redis: aioredis.Redis | None
+    calls: CallRunner
     schema_version: int | None = None
     """The store's schema version once it is open (migrations applied)."""
 
@@ -230,6 +232,14 @@ class Services:
             events=events,
             discovery=CustomModelDiscovery(settings, router, lambda: check_default_model(router)),
             redis=redis,
+            calls=CallRunner(
+                store,
+                settings,
+                on_task_event=lambda kind, call: events.task_event(
+                    kind, call.tenant, call.tool, call.id, call.correlation_id
+                ),
+                on_counts=lambda counts: events.task_counts(counts.by_status, counts.oldest_working),
+            ),
         )
 
     async def start(self) -> None:
@@ -246,6 +256,7 @@ class Services:
         self.audit.start()
         self.purger.start()
         self.alerts.start()
+        self.calls.start()
 
     async def _open_store(self) -> None:
         settings = self.settings
@@ -253,6 +264,7 @@ class Services:
         await self.purger.purge()
 
     async def close(self) -> None:
+        await self.calls.close()
         await self.discovery.close()
         await self.alerts.close()
         await self.purger.close()
