@@ -120,7 +120,7 @@ async def test_a_short_postgres_outage_in_real_scrapes_fires_the_storage_alert(
     failed = await chat(proc.url, "during the outage")
     assert failed.is_error and "store" in failed.content[0].text, failed.content[0].text
     after = scrape(proc)
-    assert after['exai_storage_errors_total{operation="append_turns"}'] == 1
+    assert after['exai_errors_total{category="storage"}'] == 1, "the call failed with a storage error"
     names = {key.split("{")[0] for key in after}
     missing = rule_metric_names() - names - SCRAPED_ELSEWHERE - FROM_MCP_TASKS
     assert missing == set(), f"rules read metrics the daemon does not export: {missing}"
