@@ -91,7 +91,7 @@ def test_a_body_that_never_arrives_is_answered_408_and_logged_in_one_line(daemon
 
 
 def test_connections_beyond_the_cap_are_answered_503(daemon: Daemon, sim: SimControl) -> None:
-    proc = daemon(EXAI_MAX_CONNECTIONS="4")
+    proc = daemon(EXAI_MAX_CONNECTIONS="4", EXAI_MAX_CALLS_IN_FLIGHT="2", EXAI_MAX_CALLS_WAITING="1")
     held = [raw_connection(proc) for _ in range(4)]
     try:
         wait_for(lambda: httpx2.get(f"{proc.url}/healthz").status_code == 503, "the connection cap to be reached")

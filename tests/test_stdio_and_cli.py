@@ -53,7 +53,7 @@ def test_doctor_reports_each_provider(sim: SimControl) -> None:
         {**os.environ, "CUSTOM_API_URL": f"http://127.0.0.1:{free_port()}/v1", "CUSTOM_MODELS": "m"},
     )
     assert unreachable.returncode == 1 and "connection" in unreachable.stdout
-    sim.fault("401")
+    sim.fault("401", model="/v1/models")  # the listings refuse the key
     refused = _run(["doctor"], {**os.environ, **sim_env(sim)})
     assert refused.returncode == 1 and "auth" in refused.stdout
     nothing = _run(["doctor"], dict(os.environ))

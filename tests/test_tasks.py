@@ -8,6 +8,7 @@ settle or cancel it from another, on the same daemon and across two daemons shar
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -192,3 +193,43 @@ def test_the_conformance_suites_task_checks_that_need_no_fixture_tool_pass(
         checks = {c["id"]: c for f in out.rglob("checks.json") for c in json.loads(f.read_text())}
         for check in expected | {"wire-schema-valid"}:
             assert checks.get(check, {}).get("status") == "SUCCESS", (scenario, check, checks.get(check))
+
+
+def test_a_2025_client_with_an_open_stream_hears_when_its_task_ends(daemon: Daemon, sim: SimControl) -> None:
+    proc = daemon()
+    sim.fault("think", model="sim-smart", think_seconds=2)
+    url = f"{proc.url}/mcp"
+    headers = {"Accept": "application/json, text/event-stream"}
+    with httpx2.Client(timeout=120) as http:
+        hello = {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "raw", "version": "1"}}
+        opened = http.post(
+            url, headers=headers, json={"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": hello}
+        )
+        headers |= {"mcp-session-id": opened.headers["mcp-session-id"], "mcp-protocol-version": "2025-11-25"}
+        http.post(url, headers=headers, json={"jsonrpc": "2.0", "method": "notifications/initialized"})
+        heard: list[dict[str, Any]] = []
+        listening = threading.Event()
+
+        def listen() -> None:
+            with httpx2.stream("GET", url, headers={**headers, "Accept": "text/event-stream"}, timeout=120) as stream:
+                listening.set()
+                for line in stream.iter_lines():
+                    if line.startswith("data:"):
+                        heard.append(json.loads(line.removeprefix("data:")))
+                        return
+
+        threading.Thread(target=listen, daemon=True).start()
+        assert listening.wait(60)
+        params = {"name": "chat", "arguments": {"prompt": "tell me", "model": "sim-smart"}, "task": {}}
+        created = http.post(
+            url, headers=headers, json={"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": params}
+        )
+        task_id = json.loads(created.text.split("data: ", 1)[1])["result"]["task"]["taskId"]
+        deadline = time.monotonic() + 120
+        while not heard and time.monotonic() < deadline:
+            time.sleep(0.1)
+    assert heard, "no notifications/tasks/status on the open stream"
+    note = heard[0]
+    assert note["method"] == "notifications/tasks/status"
+    assert note["params"]["taskId"] == task_id and note["params"]["status"] == "completed"
+    assert note["params"]["_meta"]["io.modelcontextprotocol/related-task"] == {"taskId": task_id}

@@ -27,7 +27,8 @@ def test_catalogue_has_real_limits_for_every_model() -> None:
     for name in (
         "kimi-k2-0905-preview",
         "kimi-k2-thinking",
-        "moonshot-v1-128k",
+        "kimi-k2.6",
+        "glm-5.1",
         "glm-4.6",
         "glm-4.5",
         "glm-4.5-air",
@@ -37,7 +38,7 @@ def test_catalogue_has_real_limits_for_every_model() -> None:
         "claude-sonnet-4-5",
     ):
         assert catalogue.get(name) is not None, name
-    assert catalogue.get("KIMI").name == "kimi-k2-0905-preview"
+    assert catalogue.get("KIMI").name == "kimi-k2.6"
     assert catalogue.get("glm-4.6").reasoning_field == "reasoning_content"
     assert catalogue.get("glm-4.5v").images
 
@@ -97,6 +98,12 @@ ACCEPTED_EFFORTS = {
     "gpt-5-nano": {"minimal", "low", "medium", "high"},
     "o3": {"low", "medium", "high"},
     "o4-mini": {"low", "medium", "high"},
+    "gpt-5.1": {"none", "low", "medium", "high"},
+    "gpt-5.2": {"none", "low", "medium", "high", "xhigh"},
+    "gpt-5.4": {"none", "low", "medium", "high", "xhigh"},
+    "gpt-5.4-mini": {"none", "low", "medium", "high", "xhigh"},
+    "gpt-5.4-nano": {"none", "low", "medium", "high", "xhigh"},
+    "gpt-5.5": {"none", "low", "medium", "high", "xhigh"},
 }
 
 
@@ -109,7 +116,10 @@ def test_every_model_is_sent_only_parameters_it_accepts(name: str, thinking: Thi
     if PROVIDER_SPECS[model.provider].wire == "anthropic":
         params = anthropic_params(request, model)
         assert params["max_tokens"] <= model.max_output_tokens
-        if "thinking" in params:
+        if "thinking" in params and model.thinking_style == "anthropic_adaptive":
+            assert params["thinking"] == {"type": "adaptive"} and thinking != "off"
+            assert set(params["extra_body"]) == {"output_config"}, "no temperature with adaptive thinking"
+        elif "thinking" in params:
             assert model.thinking_style == "anthropic_budget" and thinking != "off"
             assert 1024 <= params["thinking"]["budget_tokens"] < params["max_tokens"]
             assert "extra_body" not in params, "no temperature while extended thinking is on"
@@ -123,7 +133,7 @@ def test_every_model_is_sent_only_parameters_it_accepts(name: str, thinking: Thi
     else:
         assert "reasoning_effort" not in params
     extra = params.get("extra_body", {})
-    assert ("thinking" in extra) == (model.thinking_style == "glm")
+    assert ("thinking" in extra) == (model.thinking_style == "switch")
     rule = model.temperature
     if rule.kind == "none":
         assert "temperature" not in params
@@ -188,7 +198,13 @@ def test_backoff_is_jittered_exponential_and_honours_retry_after() -> None:
         (400, "prompt is too long", "context_too_long"),
         (400, "content_filter", "content_filter"),
         (400, "bad temperature", "bad_request"),
-        (404, "no such model", "bad_request"),
+        (404, "no such model", "model_not_found"),
+        (413, "Request Entity Too Large", "request_too_large"),
+        (413, "prompt is too long", "context_too_long"),
+        (402, "Insufficient credits", "quota"),
+        (429, '{"error": {"type": "insufficient_quota"}}', "quota"),
+        (400, '{"error": {"code": "1211", "message": "Model does not exist"}}', "model_not_found"),
+        (400, '{"error": {"code": "1220", "message": "You do not have permission"}}', "auth"),
         (500, "", "server"),
         (502, "", "server"),
         (529, "overloaded", "server"),

@@ -22,11 +22,13 @@ from exai.observability.stats import Stats
 from exai.providers.base import Provider
 from exai.providers.catalogue import Catalogue
 from exai.providers.lazy import LazyProvider, import_later
+from exai.providers.listings import VendorListings
 from exai.providers.rediscovery import CustomModelDiscovery
 from exai.providers.router import Router
 from exai.security.auth import JWTVerifier, parse_api_keys
 from exai.security.files import FileAccess
 from exai.security.limits import Limits, LocalLimiter, RateLimiter, RedisLimiter
+from exai.server.admission import Admission
 from exai.server.call_records import CallRunner
 from exai.storage.audit import AuditWriter
 from exai.storage.base import Store
@@ -59,7 +61,12 @@ def build_store(settings: Settings) -> Store:
     else:
         from exai.storage.postgres import PostgresStore  # psycopg is loaded only for PostgreSQL
 
-        store = PostgresStore(url, schema=settings.database_schema)
+        store = PostgresStore(
+            url,
+            schema=settings.database_schema,
+            max_connections=settings.database_pool_size,
+            wait_seconds=settings.database_pool_timeout_seconds,
+        )
     redis = build_redis(settings)
     if redis is not None:
         from exai.storage.cache import CachedStore
@@ -73,7 +80,15 @@ def build_redis(settings: Settings) -> aioredis.Redis | None:
         return None
     import redis.asyncio as aioredis  # the client is loaded only when Redis is configured
 
-    return aioredis.from_url(secret(settings.redis_url), socket_timeout=2, socket_connect_timeout=2)
+    # A bounded pool: a burst of calls waits briefly for a connection instead of opening (and failing) hundreds.
+    pool = aioredis.BlockingConnectionPool.from_url(
+        secret(settings.redis_url),
+        max_connections=settings.redis_pool_size,
+        timeout=settings.redis_pool_timeout_seconds,
+        socket_timeout=2,
+        socket_connect_timeout=2,
+    )
+    return aioredis.Redis.from_pool(pool)
 
 
 def build_verifier(settings: Settings) -> JWTVerifier | None:
@@ -166,7 +181,9 @@ class Services:
     verifier: JWTVerifier | None
     events: Events
     discovery: CustomModelDiscovery
+    listings: VendorListings
     redis: aioredis.Redis | None
+    admission: Admission
     calls: CallRunner
     schema_version: int | None = None
     """The store's schema version once it is open (migrations applied)."""
@@ -185,7 +202,10 @@ class Services:
         limiter = build_limiter(settings, redis)
         stats = Stats()
         health = Health(stats, router, limiter, settings.alert_window_seconds, settings.breaker_cooldown_seconds)
-        metrics = Metrics(health.limiter)
+        admission = Admission(
+            settings.max_calls_in_flight, settings.max_calls_waiting, settings.admission_queue_seconds
+        )
+        metrics = Metrics(health.limiter, admission.saturation)
         alerts = AlertManager(
             AlertThresholds(
                 window_seconds=settings.alert_window_seconds,
@@ -231,7 +251,9 @@ class Services:
             verifier=verifier,
             events=events,
             discovery=CustomModelDiscovery(settings, router, lambda: check_default_model(router)),
+            listings=VendorListings(settings, router),
             redis=redis,
+            admission=admission,
             calls=CallRunner(
                 store,
                 settings,
@@ -243,16 +265,17 @@ class Services:
         )
 
     async def start(self) -> None:
-        """Open the store and apply migrations while the custom endpoint's models are discovered (and asked for
-        again in the background if it cannot be reached) and Redis is checked; load the tokenizer and the provider
-        SDKs in the background a moment later; start the background writers."""
+        """Open the store and apply migrations while Redis is checked; discover the custom endpoint's models and ask
+        every vendor for its listing in the background (never on the start-up path); load the tokenizer and the
+        provider SDKs in the background a moment later; start the background writers."""
         warm_up()
         import_later(p.wire for p in self.router.providers.values() if isinstance(p, LazyProvider))
         await asyncio.gather(
             self._open_store(),
-            self.discovery.start(),
+            self.discovery.start(),  # returns at once
             warn_if_redis_unreachable(self.redis, self.settings.rate_limit_on_redis_error),
         )
+        self.listings.start()
         self.audit.start()
         self.purger.start()
         self.alerts.start()
@@ -266,6 +289,7 @@ class Services:
     async def close(self) -> None:
         await self.calls.close()
         await self.discovery.close()
+        await self.listings.close()
         await self.alerts.close()
         await self.purger.close()
         await self.audit.close()

@@ -160,9 +160,12 @@ def sim(
     prompt, so tests can check what arrived.
 
     Control API: POST /_sim/faults {"kind": "429|500|503|401|hang|reset|malformed|truncate|context_length|
-    content_filter", "model": "*", "rate": 1.0, "count": N (N >= 1), "retry_after": s}; DELETE /_sim/faults clears
-    them; POST /_sim/latency {"ms": 200, "jitter_ms": 50, "model": "*"}; GET /_sim/stats (counters);
-    GET /_sim/requests?limit=50 (recent requests with headers); POST /_sim/reset (faults, latency, counters).
+    content_filter|length|error_in_200|413|replay|think|no_usage", "model": "*", "rate": 1.0, "count": N (N >= 1),
+    "retry_after": s, "retry_after_ms": ms, "think_seconds": s (with think), "fixture": "zai/chat_thinking" (with
+    replay: a vendor fixture)} (model "/v1/models": the listing); DELETE /_sim/faults clears them; POST /_sim/models
+    {"vendor_models": [...]} sets which catalogued models the listing names (null: all); POST /_sim/latency
+    {"ms": 200, "jitter_ms": 50, "model": "*"}; GET /_sim/stats (counters); GET /_sim/requests?limit=50 (recent
+    requests with headers); POST /_sim/reset (faults, latency, counters).
     """
     import uvicorn
 
@@ -181,19 +184,42 @@ def sim(
 def models(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document, for scripts.")] = False,
 ) -> None:
-    """Show the configured providers and their models with capabilities (a plain layout when piped)."""
+    """Show the configured providers and their models with capabilities, and whether each vendor lists each model
+    (asked now, bounded by EXAI_MODEL_LISTING_TIMEOUT_SECONDS); a plain layout when piped."""
+    from rich.markup import escape
+
     from exai.cli_output import print_table
     from exai.providers.discovery import discover_custom_models
+    from exai.providers.listings import VendorListings
     from exai.providers.specs import PROVIDER_SPECS
 
     settings = _settings()
     services = _services(settings)
     router = services.router
-    asyncio.run(discover_custom_models(settings, router))
-    available = sorted(router.available_models(), key=lambda m: (m.provider, -m.intelligence))
+    listings = VendorListings(settings, router)
+
+    async def ask() -> None:
+        await asyncio.gather(discover_custom_models(settings, router), listings.refresh())
+
+    asyncio.run(ask())
+    shown = [
+        m
+        for m in router.catalogue.models.values()
+        if m.provider in router.providers and router.configs[m.provider].allows(m.name, *m.aliases)
+    ]
+    shown.sort(key=lambda m: (m.provider, -m.intelligence, m.name))
     if as_json:
-        print(json.dumps([{"provider": m.provider, "name": m.name, **m.capabilities()} for m in available]))
+        print(
+            json.dumps(
+                [
+                    {"provider": m.provider, "name": m.name, "listed_by_vendor": router.vendor_lists(m)}
+                    | m.capabilities()
+                    for m in shown
+                ]
+            )
+        )
         return
+    listed_text = {True: "yes", False: "NO (not used)", None: "?"}
     rows = [
         [
             m.provider,
@@ -203,12 +229,26 @@ def models(
             f"{m.max_output_tokens:,}",
             "yes" if m.images else "",
             "yes" if m.thinking else "",
-            f"{m.price_in:g} / {m.price_out:g}",
+            f"{m.price_in:g} / {m.price_out:g}"
+            + (f" / {m.price_cache_read:g}" if m.price_cache_read is not None else ""),
+            listed_text[router.vendor_lists(m)],
         ]
-        for m in available
+        for m in shown
     ]
-    header = ["provider", "model", "aliases", "context", "max out", "images", "thinking", "$ in/out per M"]
+    header = [
+        "provider",
+        "model",
+        "aliases",
+        "context",
+        "max out",
+        "images",
+        "thinking",
+        "$ in/out/cache read per M",
+        "vendor lists",
+    ]
     print_table("Models", header, rows)
+    for name, problem in sorted(listings.problems.items()):
+        _stderr().print(f"[yellow]{name}: its model listing could not be read ({escape(problem)})[/yellow]")
     missing = [s for n, s in PROVIDER_SPECS.items() if n not in router.providers]
     for spec in missing:
         need = " or ".join(spec.key_env) if spec.key_required else spec.base_url_env
@@ -216,11 +256,16 @@ def models(
 
 
 @app.command()
-def doctor(timeout: Annotated[float, typer.Option(help="Seconds to wait for each provider.")] = 5.0) -> None:
+def doctor(
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for each provider.")] = 5.0,
+    live: Annotated[
+        bool, typer.Option("--live", help="Also make one tiny real call per provider (costs a few tokens).")
+    ] = False,
+) -> None:
     """Check the configuration and reach every configured provider; exit non-zero when something is wrong."""
     from exai.doctor import run_doctor
 
-    problems = asyncio.run(run_doctor(_services(_settings()), timeout))
+    problems = asyncio.run(run_doctor(_services(_settings()), timeout, live))
     raise typer.Exit(1 if problems else 0)
 
 

@@ -49,6 +49,8 @@ BaseUrl = Annotated[str | None, AfterValidator(_check_base_url)]
 TenantLimits = Annotated[dict[str, dict[str, int]], NoDecode]
 TENANT_LIMIT_KEYS = ("requests_per_minute", "concurrent", "tokens_per_day")
 DEFAULT_CUSTOM_CONTEXT_WINDOW = 32768
+CONNECTION_HEADROOM = 256
+"""Connections beyond the admitted calls by default: health checks, scrapes, idle keep-alive and session streams."""
 
 
 def _provider_fields(spec: ProviderSpec) -> dict[str, Any]:
@@ -110,10 +112,14 @@ class Settings(ProviderSettings):  # type: ignore[misc,valid-type]
     log_json: bool = False
     otel_exporter: Literal["off", "console", "otlp"] = "off"
     shutdown_grace_seconds: float = Field(default=20.0, gt=0)
+    drain_notice_seconds: float = Field(default=3.0, ge=0)  # /readyz answers 503 this long before the port closes
     allowed_hosts: CommaList = Field(default_factory=list)
     http_header_timeout_seconds: float = Field(default=10.0, gt=0)
     http_body_timeout_seconds: float = Field(default=30.0, gt=0)
-    max_connections: int = Field(default=512, ge=1)
+    max_calls_in_flight: int = Field(default=1024, ge=1)  # per replica, calls that ask a model (server/admission.py)
+    max_calls_waiting: int = Field(default=1024, ge=0)
+    admission_queue_seconds: float = Field(default=5.0, gt=0)
+    max_connections: int = Field(default=0, ge=0)  # 0: room for every admitted call, plus CONNECTION_HEADROOM
     disabled_tools: CommaList = Field(default_factory=list)
     max_prompt_chars: int = Field(default=100_000, gt=0)
 
@@ -152,7 +158,11 @@ class Settings(ProviderSettings):  # type: ignore[misc,valid-type]
     data_dir: Path = Field(default_factory=lambda: _default_data_dir())
     database_url: SecretStr | None = None
     database_schema: str | None = None
+    database_pool_size: int = Field(default=20, ge=1)  # PostgreSQL connections per replica
+    database_pool_timeout_seconds: float = Field(default=5.0, gt=0)
     redis_url: SecretStr | None = None
+    redis_pool_size: int = Field(default=100, ge=1)  # Redis connections per replica
+    redis_pool_timeout_seconds: float = Field(default=5.0, gt=0)
     thread_ttl_hours: float = Field(default=72.0, gt=0)
     max_turns_per_thread: int = Field(default=50, ge=2)
     audit_retention_days: float = Field(default=30.0, gt=0)
@@ -190,6 +200,24 @@ class Settings(ProviderSettings):  # type: ignore[misc,valid-type]
     custom_context_window: int = Field(
         default=DEFAULT_CUSTOM_CONTEXT_WINDOW, gt=0, validation_alias="CUSTOM_CONTEXT_WINDOW"
     )
+    # Asking vendors which models they serve (background only; see providers/listings.py)
+    model_listing_timeout_seconds: float = Field(default=10.0, gt=0)
+    model_listing_max_bytes: int = Field(default=4_000_000, ge=1024)
+    model_listing_interval_seconds: float = Field(default=3600.0, gt=0)
+
+    @field_validator("max_connections")
+    @classmethod
+    def _check_connection_cap(cls, value: int, info: ValidationInfo) -> int:
+        """The connection cap may never refuse a call that admission control would take."""
+        admitted = info.data.get("max_calls_in_flight", 0) + info.data.get("max_calls_waiting", 0)
+        if value == 0:
+            return admitted + CONNECTION_HEADROOM
+        if value < admitted:
+            raise ValueError(
+                f"is {value}, below the {admitted} calls admission control admits "
+                "(EXAI_MAX_CALLS_IN_FLIGHT + EXAI_MAX_CALLS_WAITING)"
+            )
+        return value
 
     @field_validator("jwt_secret")
     @classmethod
@@ -305,6 +333,8 @@ _FIXES = {
     "alert_webhook_url": "use an http:// or https:// URL",
     "jwt_jwks_url": "use an http:// or https:// URL",
     "jwt_secret": "generate one with `openssl rand -hex 32`",
+    "max_connections": "leave EXAI_MAX_CONNECTIONS unset (it follows admission), or raise it, or lower "
+    "EXAI_MAX_CALLS_IN_FLIGHT / EXAI_MAX_CALLS_WAITING",
     "jwt_public_key": "paste the PEM text or give the path of a PEM file",
     **{f"{name}_base_url": _URL_FIX for name in PROVIDER_SPECS},
 }

@@ -1,9 +1,14 @@
 """`exai doctor`: check the store, Redis, the JWKS and the file roots (doctor_checks.py), reach every configured
-provider, and say what to do about each problem."""
+provider, and say what to do about each problem.
+
+With `--live` it also makes one tiny real call per configured provider (it costs a few tokens, hence opt-in) and
+reports the model that answered, the latency and the usage the vendor reported.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import time
 
 from rich.console import Console
 from rich.markup import escape
@@ -14,15 +19,22 @@ from exai.cli_output import console, print_table
 from exai.config import ProviderConfig
 from exai.doctor_checks import Check, run_checks
 from exai.observability.errors import ExaiError
+from exai.providers.base import CallOptions
 from exai.providers.catalogue import custom_model
 from exai.providers.discovery import discover_custom_models
+from exai.providers.types import GenerateRequest, Message
+
+LIVE_PROMPT = "Reply with the single word OK."
+LIVE_MAX_OUTPUT = 16
 
 
-async def run_doctor(services: Services, timeout: float) -> int:
-    """Print a line per check and a table of providers; return the number of problems found."""
+async def run_doctor(services: Services, timeout: float, live: bool = False) -> int:
+    """Print a line per check, a table of providers (and with `live`, of one real call each); return the number
+    of problems found."""
     checks, _ = await asyncio.gather(
         run_checks(services, timeout), discover_custom_models(services.settings, services.router)
     )
+    await services.listings.refresh()
     out = console()
     for check in checks:
         out.print(check_line(check))
@@ -47,9 +59,14 @@ async def run_doctor(services: Services, timeout: float) -> int:
             problems += 1
             rows.append((name, "[red]models[/red]", escape(problem[0]), problem[1]))
         else:
-            rows.append(
-                (name, "[green]reachable[/green]", escape(f"{config.base_url}: {len(found)} models listed"), "")
-            )
+            if name == "custom":  # ids the catalogue knows under another provider are not Custom's models
+                found = [m for m in found if (known := services.catalogue.get(m)) is None or known.provider == name]
+            detail = f"{config.base_url}: {len(found)} models listed"
+            unlisted = [m.name for m in services.catalogue.models.values() if services.router.vendor_lists(m) is False]
+            unlisted = [m for m in unlisted if services.catalogue.models[m].provider == name]
+            if unlisted:
+                detail += f"; not listed, so not used: {', '.join(unlisted)}"
+            rows.append((name, "[green]reachable[/green]", escape(detail), ""))
     problems += _default_model_problem(services, out)
     if not services.router.providers:
         problems += 1
@@ -60,6 +77,8 @@ async def run_doctor(services: Services, timeout: float) -> int:
     print_table(
         "Providers", ("provider", "state", "detail", "remedy"), [[Text.from_markup(c) for c in r] for r in rows]
     )
+    if live:
+        problems += await _live_calls(services, timeout)
     await services.close()
     return problems
 
@@ -71,6 +90,46 @@ def check_line(check: Check) -> Text:
     if check.fix:
         line.append(f" (fix: {check.fix})")
     return line
+
+
+async def _live_calls(services: Services, timeout: float) -> int:
+    """One tiny real call per configured provider, to its strongest usable model; the number that failed."""
+    router = services.router
+    rows: list[list[str]] = []
+    failures = 0
+    for name, provider in router.providers.items():
+        usable = sorted((m for m in router.available_models() if m.provider == name), key=lambda m: -m.intelligence)
+        if not usable:
+            failures += 1
+            rows.append([name, "", "", "", "no usable model"])
+            continue
+        model = usable[0]
+        request = GenerateRequest(
+            model=model.name, messages=[Message(role="user", content=LIVE_PROMPT)], max_output_tokens=LIVE_MAX_OUTPUT
+        )
+        started = time.perf_counter()
+        try:
+            answer = await provider.generate(request, model, CallOptions(timeout=max(timeout, 30.0), headers={}))
+        except Exception as exc:  # every failure becomes a row, never a crash
+            failures += 1
+            kind = getattr(exc, "kind", None) or getattr(exc, "code", None) or type(exc).__name__
+            rows.append(
+                [name, model.name, f"{(time.perf_counter() - started) * 1000:.0f} ms", "", f"{kind}: {exc}"[:160]]
+            )
+            continue
+        usage = answer.usage
+        rows.append(
+            [
+                name,
+                model.name,
+                f"{(time.perf_counter() - started) * 1000:.0f} ms",
+                f"{usage.input_tokens} in / {usage.output_tokens} out"
+                + (f" ({usage.reasoning_tokens} reasoning)" if usage.reasoning_tokens else ""),
+                f"ok, finish {answer.finish_reason or '?'}: {answer.text.strip()[:40]!r}",
+            ]
+        )
+    print_table("Live calls", ("provider", "model", "latency", "usage", "result"), rows)
+    return failures
 
 
 def _default_model_problem(services: Services, out: Console) -> int:

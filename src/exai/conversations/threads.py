@@ -234,7 +234,16 @@ def answer_turn(tool: str, response: GenerateResponse) -> TurnRecord:
         tool=tool,
         model=response.model,
         provider=response.provider,
-        usage={"input_tokens": response.usage.input_tokens, "output_tokens": response.usage.output_tokens},
+        usage={"input_tokens": response.usage.input_tokens, "output_tokens": response.usage.output_tokens}
+        | ({"truncated": 1} if response.truncated else {}),  # the answer was cut at the output limit
+    )
+
+
+def truncation_notice(response: GenerateResponse) -> str:
+    """The one line a tool adds to a cut answer, so a reader of the text alone knows."""
+    return (
+        f"[truncated: {response.model} stopped at its output limit (finish_reason: {response.finish_reason}); "
+        "raise max_output_tokens or continue the thread]"
     )
 
 

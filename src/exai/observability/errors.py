@@ -24,6 +24,8 @@ class Category(StrEnum):
     PROVIDER = "provider"
     NETWORK = "network"
     STORAGE = "storage"
+    OVERLOADED = "overloaded"
+    UNAVAILABLE = "unavailable"
     TOOL = "tool"
     INTERNAL = "internal"
 
@@ -130,6 +132,24 @@ class StorageError(ExaiError):
     category = Category.STORAGE
     http_status = 503
     default_retryable = True
+
+
+class OverloadedError(ExaiError):
+    """This replica holds as many calls as it admits: refused before any work, to be retried shortly."""
+
+    category = Category.OVERLOADED
+    http_status = 503
+    default_retryable = True
+    severity = "warning"
+
+
+class UnavailableError(ExaiError):
+    """This replica is shutting down and cut the call: another replica (or this one, restarted) can take it."""
+
+    category = Category.UNAVAILABLE
+    http_status = 503
+    default_retryable = True
+    severity = "warning"
 
 
 class ToolFailure(ExaiError):

@@ -23,7 +23,10 @@ Outcome = Literal["ok", "error", "cancelled", "denied", "rate_limited"]
 
 @dataclass(frozen=True)
 class ModelCall:
-    """One answered model call inside a tool call: who was asked, who answered, what it cost."""
+    """One model call inside a tool call: who was asked, who answered, what it was charged.
+
+    A call that failed (`failure` holds its error category) names the model asked and was charged nothing.
+    """
 
     requested: str
     provider: str
@@ -34,6 +37,7 @@ class ModelCall:
     latency_ms: float
     fallbacks: tuple[str, ...] = ()
     retries: int = 0
+    failure: str | None = None
 
     @property
     def tokens(self) -> int:
@@ -71,16 +75,16 @@ class CallEvent:
             "tenant": self.tenant,
             "tool": self.tool,
             "latency_ms": round(self.latency_s * 1000, 2),
-            "outcome": self.outcome,
-            "error_category": self.error_category,
             "correlation_id": self.correlation_id,
             "thread_id": self.thread_id,
         }
         if not self.model_calls:
-            return [AuditRecord(**common)]
+            return [AuditRecord(**common, outcome=self.outcome, error_category=self.error_category)]
         return [
             AuditRecord(
                 **common,
+                outcome="error" if call.failure else self.outcome,
+                error_category=call.failure or self.error_category,
                 model=call.model,
                 provider=call.provider,
                 input_tokens=call.input_tokens,

@@ -61,6 +61,20 @@ class LimiterCollector(Collector):
         )
 
 
+class AdmissionCollector(Collector):
+    """exai_admission_saturation, read from admission control when scraped."""
+
+    def __init__(self, read: Callable[[], float]) -> None:
+        self.read = read
+
+    def collect(self) -> Iterable[Metric]:
+        yield GaugeMetricFamily(
+            "exai_admission_saturation",
+            "Calls running and waiting over what this replica admits (0..1; at 1 new calls are refused)",
+            value=round(self.read(), 4),
+        )
+
+
 class WithPid(Collector):
     """Another collector's series, each labelled with this process's id (for multiprocess mode)."""
 
@@ -75,14 +89,19 @@ class WithPid(Collector):
 
 
 class Metrics:
-    def __init__(self, limiter_state: Callable[[], LimiterHealth] = lambda: limiter_health(None)) -> None:
+    def __init__(
+        self,
+        limiter_state: Callable[[], LimiterHealth] = lambda: limiter_health(None),
+        admission_saturation: Callable[[], float] = lambda: 0.0,
+    ) -> None:
         self.registry = CollectorRegistry()
         self.process_meter = ProcessMeter()
         self.this_process = CollectorRegistry()
-        """Readings of this process only: resources, garbage collection, the rate limiter."""
+        """Readings of this process only: resources, garbage collection, the rate limiter, admission control."""
         self.this_process.register(self.process_meter.collector)
         GCCollector(registry=self.this_process)
         self.this_process.register(LimiterCollector(limiter_state))
+        self.this_process.register(AdmissionCollector(admission_saturation))
         r = self.registry
         PlatformCollector(registry=r)
         r.register(self.this_process)

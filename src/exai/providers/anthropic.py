@@ -28,6 +28,18 @@ def _content(message: Message) -> Any:
     return [{"type": "text", "text": message.content}, *(_image(i.url) for i in message.images)]
 
 
+def anthropic_usage(raw: Any) -> Usage:
+    """Anthropic counts input read from or written to its cache apart from `input_tokens`; ours includes them."""
+    usage: dict[str, Any] = raw if isinstance(raw, dict) else raw.model_dump()
+    cached = usage.get("cache_read_input_tokens") or 0
+    written = usage.get("cache_creation_input_tokens") or 0
+    return Usage(
+        input_tokens=(usage.get("input_tokens") or 0) + cached + written,
+        output_tokens=usage.get("output_tokens") or 0,
+        cached_input_tokens=cached,
+    )
+
+
 def _messages(request: GenerateRequest) -> list[dict[str, Any]]:
     return [{"role": m.role, "content": _content(m)} for m in request.messages]
 
@@ -56,7 +68,7 @@ class AnthropicProvider:
         with reading(anthropic):
             text = "".join(block.text for block in message.content if block.type == "text")
             thinking = "".join(block.thinking for block in message.content if block.type == "thinking")
-            usage = Usage(input_tokens=message.usage.input_tokens, output_tokens=message.usage.output_tokens)
+            usage = anthropic_usage(message.usage)
         if message.stop_reason == "refusal":
             raise UpstreamError("content_filter", "upstream refused to answer")
         return GenerateResponse(
@@ -72,7 +84,7 @@ class AnthropicProvider:
     async def stream(
         self, request: GenerateRequest, model: ModelInfo, options: CallOptions
     ) -> AsyncIterator[StreamChunk]:
-        input_tokens = 0
+        started = Usage()
         finished = False
         with sending(anthropic, self.name):
             stream = await self._client.messages.create(
@@ -87,7 +99,7 @@ class AnthropicProvider:
             async with stream:
                 async for event in stream:
                     if event.type == "message_start":
-                        input_tokens = event.message.usage.input_tokens
+                        started = anthropic_usage(event.message.usage)
                     elif event.type == "content_block_delta":
                         if event.delta.type == "text_delta":
                             yield StreamChunk(text=event.delta.text)
@@ -97,7 +109,7 @@ class AnthropicProvider:
                         if event.delta.stop_reason == "refusal":
                             raise UpstreamError("content_filter", "upstream refused to answer")
                         yield StreamChunk(
-                            usage=Usage(input_tokens=input_tokens, output_tokens=event.usage.output_tokens),
+                            usage=started.model_copy(update={"output_tokens": event.usage.output_tokens}),
                             finish_reason=event.delta.stop_reason,
                         )
                     elif event.type == "message_stop":

@@ -21,7 +21,17 @@ from exai.providers.specs import PROVIDER_SPECS
 from exai.providers.types import DeltaCallback, GenerateRequest, GenerateResponse, StreamChunk, Usage
 
 FailureKind = Literal[
-    "auth", "rate_limit", "context_too_long", "timeout", "connection", "server", "bad_request", "content_filter"
+    "auth",
+    "quota",
+    "rate_limit",
+    "model_not_found",
+    "context_too_long",
+    "request_too_large",
+    "timeout",
+    "connection",
+    "server",
+    "bad_request",
+    "content_filter",
 ]
 
 RETRYABLE: frozenset[FailureKind] = frozenset({"rate_limit", "timeout", "connection", "server"})
@@ -65,28 +75,114 @@ class UpstreamError(Exception):
         return self.kind in RETRYABLE
 
 
-_CONTEXT_MARKERS = ("context_length", "context length", "maximum context", "too many tokens", "prompt is too long")
+_CONTEXT_MARKERS = (
+    "context_length",
+    "context length",
+    "maximum context",
+    "too many tokens",
+    "prompt is too long",
+    "exceeded model token limit",  # Moonshot
+)
+_QUOTA_MARKERS = ("quota", "insufficient credits", "billing", "balance", "arrears")
+_ZAI_CODES: dict[str, FailureKind] = {
+    # Z.ai's business error codes (docs.z.ai/api-reference/api-code): an unknown model and a model this key may not
+    # use are different errors.
+    **dict.fromkeys(("1000", "1001", "1002", "1003", "1004"), "auth"),
+    **dict.fromkeys(("1110", "1111", "1112", "1121"), "auth"),
+    "1113": "quota",
+    "1211": "model_not_found",
+    "1220": "auth",
+    "1221": "model_not_found",
+    "1301": "content_filter",
+    **dict.fromkeys(("1302", "1303", "1304", "1305"), "rate_limit"),
+}
 _FILTER_MARKERS = ("content_filter", "content filter", "sensitive", "safety")
 
 
-def classify_status(status: int, body: str, retry_after: str | None = None) -> UpstreamError:
-    """Map an HTTP error answer of any vendor to a failure kind."""
+def classify_status(
+    status: int, body: str, retry_after: str | None = None, retry_after_ms: str | None = None
+) -> UpstreamError:
+    """Map an HTTP error answer of any vendor to a failure kind, with the upstream's hint of when to retry.
+
+    `retry-after-ms` (OpenAI's and Azure's precise form) wins over `Retry-After` when both are sent.
+    """
     lowered = body.lower()
-    after = parse_retry_after(retry_after)
+    after = parse_retry_after_ms(retry_after_ms)
+    if after is None:
+        after = parse_retry_after(retry_after)
     snippet = body[:300]
+    vendor_kind = _ZAI_CODES.get(_error_code(body))
+    if vendor_kind is not None:
+        return UpstreamError(vendor_kind, f"upstream refused the request ({status}): {snippet}", status=status)
+    if status == 402 or (status in (403, 429) and any(marker in lowered for marker in _QUOTA_MARKERS)):
+        return UpstreamError(
+            "quota", f"upstream account is out of quota or credit ({status}): {snippet}", status=status
+        )
     if status in (401, 403):
         return UpstreamError("auth", f"upstream refused the credentials ({status}): {snippet}", status=status)
     if status == 429:
         return UpstreamError("rate_limit", f"upstream rate limit (429): {snippet}", status=status, retry_after=after)
-    if status == 413 or any(marker in lowered for marker in _CONTEXT_MARKERS):
+    if any(marker in lowered for marker in _CONTEXT_MARKERS):
         return UpstreamError("context_too_long", f"prompt exceeds the model's context window: {snippet}", status=status)
+    if status == 413:  # the HTTP request itself (bytes, images) is too large: a larger context window will not help
+        return UpstreamError(
+            "request_too_large", f"upstream refused the request as too large (413): {snippet}", status=413
+        )
     if any(marker in lowered for marker in _FILTER_MARKERS) and status < 500:
         return UpstreamError("content_filter", f"upstream content filter refused the request: {snippet}", status=status)
+    if status == 404:
+        return UpstreamError("model_not_found", f"upstream does not serve this model (404): {snippet}", status=status)
     if status in (408, 504):
         return UpstreamError("timeout", f"upstream timed out ({status}): {snippet}", status=status)
     if status >= 500 or status == 529:
         return UpstreamError("server", f"upstream server error ({status}): {snippet}", status=status, retry_after=after)
     return UpstreamError("bad_request", f"upstream rejected the request ({status}): {snippet}", status=status)
+
+
+_ERROR_TYPES: dict[str, int] = {
+    # Error `type`s (Anthropic's, OpenAI's, Moonshot's) to the HTTP status they stand for, for errors that arrive
+    # inside a 200 answer or a stream, where the status line says nothing.
+    "authentication_error": 401,
+    "invalid_authentication_error": 401,
+    "permission_error": 403,
+    "permission_denied_error": 403,
+    "not_found_error": 404,
+    "request_too_large": 413,
+    "rate_limit_error": 429,
+    "rate_limit_reached_error": 429,
+    "exceeded_current_quota_error": 429,
+    "insufficient_quota": 429,
+    "api_error": 500,
+    "server_error": 500,
+    "overloaded_error": 529,
+    "engine_overloaded_error": 529,
+    "timeout_error": 504,
+    "invalid_request_error": 400,
+}
+
+
+def _error_code(body: str) -> str:
+    """`error.code` of a JSON error body, as text ("" when there is none)."""
+    try:
+        parsed = json.loads(body)
+    except ValueError:
+        return ""
+    inner = parsed.get("error") if isinstance(parsed, dict) else None
+    return str(inner.get("code") or "") if isinstance(inner, dict) else ""
+
+
+def error_in_body(error: object) -> UpstreamError:
+    """An error object an upstream sent with a 200 status (a JSON answer or a stream event), classified by its
+    `code` or `type` as if it had come with the status it stands for; the upstream's own message is kept."""
+    body = error if isinstance(error, dict) else {"message": str(error)}
+    inner = body.get("error") if isinstance(body.get("error"), dict) else body
+    code, kind = inner.get("code"), inner.get("type")
+    status = int(code) if isinstance(code, int | str) and str(code).isdigit() and 400 <= int(code) < 600 else None
+    status = status or _ERROR_TYPES.get(str(kind), 0) or _ERROR_TYPES.get(str(code), 0) or 500
+    failure = classify_status(status, json.dumps(body, ensure_ascii=False))
+    message = str(inner.get("message") or inner.get("msg") or body)[:300]
+    failure.message = f"upstream answered with an error ({kind or code or 'no type'}): {message}"
+    return failure
 
 
 def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:
@@ -106,10 +202,26 @@ def parse_retry_after(value: str | None, now: datetime | None = None) -> float |
     return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
 
 
+def parse_retry_after_ms(value: str | None) -> float | None:
+    """Seconds to wait, from a `retry-after-ms` header (milliseconds); None when absent or not a number."""
+    try:
+        milliseconds = float(value) if value else None
+    except ValueError:
+        return None
+    return None if milliseconds is None or milliseconds != milliseconds else max(0.0, milliseconds / 1000)
+
+
+def classify_response(status: int, body: str, headers: Mapping[str, str]) -> UpstreamError:
+    """`classify_status` for an HTTP answer, reading both retry hints from its headers."""
+    return classify_status(status, body, headers.get("retry-after"), headers.get("retry-after-ms"))
+
+
 def _upstream_failure(sdk: ModuleType, exc: Exception) -> UpstreamError | None:
     """The upstream failure `exc` stands for, or None when it was not the upstream's doing."""
+    if isinstance(exc, sdk.APIStatusError) and exc.status_code < 300:  # an error event inside a streamed answer
+        return error_in_body(exc.body)
     if isinstance(exc, sdk.APIStatusError):
-        return classify_status(exc.status_code, exc.response.text, exc.response.headers.get("retry-after"))
+        return classify_response(exc.status_code, exc.response.text, exc.response.headers)
     if isinstance(exc, httpx2.LocalProtocolError) or isinstance(exc.__cause__, httpx2.LocalProtocolError):
         return None  # the request we built breaks HTTP (e.g. a header with a newline): ours, not the upstream's
     if isinstance(exc, sdk.APITimeoutError | httpx2.TimeoutException):
@@ -118,6 +230,8 @@ def _upstream_failure(sdk: ModuleType, exc: Exception) -> UpstreamError | None:
         return UpstreamError("connection", f"cannot reach upstream: {exc.__cause__ or exc}")
     if isinstance(exc, sdk.APIResponseValidationError | json.JSONDecodeError):
         return UpstreamError("server", f"upstream sent a malformed answer: {exc}")
+    if isinstance(exc, sdk.APIError) and getattr(exc, "body", None) is not None:  # `{"error": ...}` in a stream
+        return error_in_body(exc.body)
     return None
 
 

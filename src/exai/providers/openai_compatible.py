@@ -16,7 +16,15 @@ from typing import Any
 import httpx2
 import openai
 
-from exai.providers.base import CallOptions, UpstreamError, classify_status, collect_stream, reading, sending
+from exai.providers.base import (
+    CallOptions,
+    UpstreamError,
+    classify_response,
+    collect_stream,
+    error_in_body,
+    reading,
+    sending,
+)
 from exai.providers.catalogue import ModelInfo
 from exai.providers.quirks import openai_params, reasoning_from
 from exai.providers.types import DeltaCallback, GenerateRequest, GenerateResponse, Message, StreamChunk, Usage
@@ -38,10 +46,21 @@ def _messages(request: GenerateRequest) -> list[dict[str, Any]]:
     return messages
 
 
-def _usage(raw: Any) -> Usage | None:
+def usage_from(raw: Any) -> Usage | None:
+    """Usage of the chat completions API, as JSON or as the SDK's object: cached input tokens sit in
+    `prompt_tokens_details.cached_tokens` (OpenAI, GLM, OpenRouter) or `cached_tokens` (Moonshot), reasoning tokens
+    in `completion_tokens_details.reasoning_tokens`."""
     if raw is None:
         return None
-    return Usage(input_tokens=raw.prompt_tokens or 0, output_tokens=raw.completion_tokens or 0)
+    usage: dict[str, Any] = raw if isinstance(raw, dict) else raw.model_dump()
+    prompt_details = usage.get("prompt_tokens_details") or {}
+    completion_details = usage.get("completion_tokens_details") or {}
+    return Usage(
+        input_tokens=usage.get("prompt_tokens") or 0,
+        output_tokens=usage.get("completion_tokens") or 0,
+        cached_input_tokens=prompt_details.get("cached_tokens") or usage.get("cached_tokens") or 0,
+        reasoning_tokens=completion_details.get("reasoning_tokens") or 0,
+    )
 
 
 class OpenAICompatibleProvider:
@@ -71,21 +90,20 @@ class OpenAICompatibleProvider:
                 timeout=options.timeout,
             )
         if not 200 <= answer.status_code < 300:  # a redirect is not an answer either (httpx does not follow it)
-            raise classify_status(answer.status_code, answer.text, answer.headers.get("retry-after"))
+            raise classify_response(answer.status_code, answer.text, answer.headers)
         with reading(openai):
             completion = json.loads(answer.content)
             if not completion.get("choices"):
+                if completion.get("error"):  # OpenRouter and others put an error in a 200 answer
+                    raise error_in_body(completion)
                 raise UpstreamError("server", "upstream answered with no choices")
             choice = completion["choices"][0]
             if choice.get("finish_reason") == "content_filter":
                 raise UpstreamError("content_filter", "upstream content filter stopped the answer")
-            usage = completion.get("usage") or {}
             return GenerateResponse(
                 text=choice["message"].get("content") or "",
                 reasoning=reasoning_from(model, choice["message"]),
-                usage=Usage(
-                    input_tokens=usage.get("prompt_tokens") or 0, output_tokens=usage.get("completion_tokens") or 0
-                ),
+                usage=usage_from(completion.get("usage")) or Usage(),
                 finish_reason=choice.get("finish_reason"),
                 model=model.name,
                 provider=self.name,
@@ -109,14 +127,18 @@ class OpenAICompatibleProvider:
         with reading(openai):
             async with stream:
                 async for event in stream:
-                    chunk = StreamChunk(usage=_usage(event.usage))
+                    chunk = StreamChunk(usage=usage_from(event.usage))
                     if event.choices:
                         choice = event.choices[0]
                         chunk.text = choice.delta.content or ""
                         chunk.reasoning = reasoning_from(model, choice.delta) or ""
+                        if chunk.usage is None and (choice.model_extra or {}).get("usage"):
+                            chunk.usage = usage_from(choice.model_extra["usage"])  # Moonshot: usage in the choice
                         if choice.finish_reason:
                             if choice.finish_reason == "content_filter":
                                 raise UpstreamError("content_filter", "upstream content filter stopped the answer")
+                            if choice.finish_reason == "error":  # OpenRouter: the stream failed after it began
+                                raise error_in_body((event.model_extra or {}).get("error") or "the stream failed")
                             chunk.finish_reason = choice.finish_reason
                             finished = True
                     yield chunk

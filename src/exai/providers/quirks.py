@@ -16,6 +16,13 @@ _WANTED_EFFORT: dict[ThinkingMode, ReasoningEffort] = {
     "max": "xhigh",
 }
 _BUDGET: dict[ThinkingMode, int] = {"minimal": 1024, "low": 2048, "medium": 8192, "high": 16384, "max": 32000}
+_ADAPTIVE_EFFORT: dict[ThinkingMode, str] = {
+    "minimal": "low",
+    "low": "low",
+    "medium": "medium",
+    "high": "high",
+    "max": "high",
+}
 DEFAULT_MAX_OUTPUT = 8192
 
 
@@ -56,7 +63,7 @@ def openai_params(request: GenerateRequest, model: ModelInfo) -> dict[str, Any]:
         params["response_format"] = {"type": "json_object"}
     if model.thinking_style == "openai_effort":
         params["reasoning_effort"] = effort_for(model, request.thinking)
-    elif model.thinking_style == "glm":
+    elif model.thinking_style == "switch":  # GLM, and Kimi from K2.5 on: thinking on or off, nothing between
         extra_body["thinking"] = {"type": "disabled" if request.thinking == "off" else "enabled"}
     if extra_body:
         params["extra_body"] = extra_body
@@ -73,7 +80,11 @@ def anthropic_params(request: GenerateRequest, model: ModelInfo) -> dict[str, An
     params: dict[str, Any] = {"max_tokens": max_tokens}
     if request.system:
         params["system"] = request.system
-    if thinking_on and max_tokens > 2048:
+    if model.thinking_style == "anthropic_adaptive" and request.thinking != "off":
+        # Claude 4.6 on: the model decides how long to think, the effort steers it (4.7 refuses budget_tokens).
+        params["thinking"] = {"type": "adaptive"}
+        params["extra_body"] = {"output_config": {"effort": _ADAPTIVE_EFFORT[request.thinking]}}
+    elif thinking_on and max_tokens > 2048:
         params["thinking"] = {"type": "enabled", "budget_tokens": min(budget, max_tokens - 1024)}
     else:
         # Anthropic requires the default temperature while extended thinking is on. The SDK no longer

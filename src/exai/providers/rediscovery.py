@@ -3,7 +3,9 @@
 A local endpoint (Ollama, vLLM, LM Studio) is often started after the daemon or the stdio server. When its
 listing cannot be had at start, it is asked again in the background with a bounded backoff until it answers or
 the server stops; its models are routable from the moment they are found, without a restart. Meanwhile calls,
-`/readyz` and the router's error say what is wrong and that it is being retried. No call ever waits for this.
+`/readyz` and the router's error say what is wrong and that it is being retried. Start-up never waits for it (the
+daemon answers `/healthz` at once); only a call made while the first attempt is still under way waits for that
+attempt, which has its own deadline (EXAI_MODEL_LISTING_TIMEOUT_SECONDS).
 """
 
 from __future__ import annotations
@@ -37,15 +39,31 @@ class CustomModelDiscovery:
         self.delays = delays
         self.problem: str | None = None
         self._task: asyncio.Task[None] | None = None
+        self._first_attempt_done = asyncio.Event()
 
     async def start(self) -> None:
-        """Ask once (the caller awaits this attempt alone); keep asking in the background when it fails."""
-        problem = await discover_custom_models(self.settings, self.router)
+        """Begin discovery in the background and return at once; it keeps asking until the endpoint answers."""
+        if not wants_discovery(self.settings, self.router):
+            self._first_attempt_done.set()
+            self.on_found()  # the models are known already: check what depends on them now
+            return
+        self._task = asyncio.create_task(self._discover(), name="exai-model-discovery")
+
+    async def settled(self) -> None:
+        """Return once the first attempt is over (at once after that): a call made just after start needs its
+        models."""
+        await self._first_attempt_done.wait()
+
+    async def _discover(self) -> None:
+        try:
+            problem = await discover_custom_models(self.settings, self.router)
+        finally:
+            self._first_attempt_done.set()
         if problem is None:
             self.on_found()
             return
         self._pending(problem)
-        self._task = asyncio.create_task(self._retry(), name="exai-model-discovery")
+        await self._retry()
 
     async def close(self) -> None:
         if self._task is not None:

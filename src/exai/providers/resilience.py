@@ -95,7 +95,9 @@ def queue_timeout_error(provider: str, model: str, concurrency: int, waited_from
 def to_exai_error(error: UpstreamError, provider: str, model: str, key_env: str) -> ExaiError:
     """The client-facing error for an upstream failure that the router could not route around."""
     where = f"{provider}/{model}"
-    details = {"provider": provider, "model": model, "upstream_status": error.status}
+    details: dict[str, object] = {"provider": provider, "model": model, "upstream_status": error.status}
+    if error.retry_after is not None:  # the upstream said when it will take the request: pass it on
+        details["retry_in_seconds"] = round(error.retry_after, 1)
     match error.kind:
         case "auth":
             return ProviderError(
@@ -110,7 +112,9 @@ def to_exai_error(error: UpstreamError, provider: str, model: str, key_env: str)
                 f"{where} is rate limiting us: {error.message}",
                 code="upstream_rate_limited",
                 details=details,
-                remedy="Wait and try again, or pick another model.",
+                remedy=f"Try again in {error.retry_after:.0f} s, or pick another model."
+                if error.retry_after is not None
+                else "Wait and try again, or pick another model.",
             )
         case "context_too_long":
             return ProviderError(
@@ -119,6 +123,31 @@ def to_exai_error(error: UpstreamError, provider: str, model: str, key_env: str)
                 retryable=False,
                 details=details,
                 remedy="Send less (fewer files, a shorter prompt) or choose a model with a larger context window.",
+            )
+        case "quota":
+            return ProviderError(
+                f"{where}: the account is out of quota or credit: {error.message}",
+                code="upstream_quota_exhausted",
+                retryable=False,
+                details=details,
+                remedy=f"Top up or raise the plan of the account behind {key_env}, or pick another provider's model.",
+            )
+        case "model_not_found":
+            return ProviderError(
+                f"{where} says it does not serve this model: {error.message}",
+                code="upstream_model_not_found",
+                retryable=False,
+                details=details,
+                remedy="Pick a model the vendor lists (`exai models` shows which), or 'auto'.",
+            )
+        case "request_too_large":
+            return ProviderError(
+                f"{where} refused the request as too large: {error.message}",
+                code="request_too_large",
+                retryable=False,
+                details=details,
+                remedy="Send less: fewer or smaller images and files (this is the request's size in bytes, not the "
+                "context window).",
             )
         case "content_filter":
             return ProviderError(

@@ -42,6 +42,15 @@ class Attempt:
 
 
 @dataclass(frozen=True)
+class Listing:
+    """What one vendor's own model listing said it serves, and when (see providers/listings.py)."""
+
+    models: frozenset[str]
+    at: float
+    refused: int = 0
+
+
+@dataclass(frozen=True)
 class RoutePlan:
     """The models one call may use, in order, chosen once by `Router.plan`."""
 
@@ -83,18 +92,45 @@ class Router:
         self._breakers: dict[tuple[str, str], CircuitBreaker] = {}
         self._slots = {name: asyncio.Semaphore(settings.provider_concurrency) for name in providers}
         self._available: list[ModelInfo] = []
+        self.listings: dict[str, Listing] = {}
         self.models_pending: str | None = None  # why models are missing while discovery is retried
         self.refresh_available()
         self.on_attempt = on_attempt
 
     # ----- what can be routed to ----------------------------------------------------------------
     def refresh_available(self) -> None:
-        """Compute the routable models once more; called at start after models are discovered."""
+        """Compute the routable models once more; called when models are discovered or a vendor listing arrives."""
         self._available = [
             info
             for info in self.catalogue.models.values()
-            if info.provider in self.providers and self.configs[info.provider].allows(info.name, *info.aliases)
+            if info.provider in self.providers
+            and self.configs[info.provider].allows(info.name, *info.aliases)
+            and self.vendor_lists(info) is not False
         ]
+
+    def set_listing(self, provider: str, listing: Listing) -> None:
+        self.listings[provider] = listing
+        self.refresh_available()
+
+    def vendor_lists(self, model: ModelInfo) -> bool | None:
+        """Whether the model's vendor lists it; None while its listing is not known."""
+        listing = self.listings.get(model.provider)
+        return None if listing is None else model.name in listing.models
+
+    def _not_listed_error(self, name: str, info: ModelInfo) -> NotFoundError:
+        listing = self.listings[info.provider]
+        usable = sorted(m.name for m in self._available if m.provider == info.provider)
+        listed = sorted(listing.models)
+        shown = usable or listed[:20]
+        age = max(0.0, time.time() - listing.at)
+        return NotFoundError(
+            f"Model '{name[:80]}' is not served by {info.provider}: its own model listing (asked {age:.0f} s ago) "
+            f"does not name '{info.name}'. It lists {len(listed)} models"
+            + (f", of which these are usable here: {', '.join(shown)}." if shown else "."),
+            code="model_not_listed",
+            remedy=f"Name a model {info.provider} lists (see `listmodels`), or 'auto'.",
+            details={"provider": info.provider, "listed": listed[:50], "usable": usable},
+        )
 
     def available_models(self) -> list[ModelInfo]:
         """Models whose provider is configured and whose allow/deny lists admit them (fixed at start)."""
@@ -118,6 +154,13 @@ class Router:
             raise no_provider_error()
         info = self.catalogue.get(name)
         available = self.available_models()
+        if (
+            info is not None
+            and info.provider in self.providers
+            and self.configs[info.provider].allows(info.name, *info.aliases)
+            and self.vendor_lists(info) is False
+        ):
+            raise self._not_listed_error(name, info)
         if info is None or info not in available:
             names = sorted({n for m in available for n in (m.name, *m.aliases)})
             hints = self.catalogue.suggestions(name, [n.lower() for n in names])
@@ -221,6 +264,9 @@ class Router:
         """Answer `request` from the first model of `plan` that can (selected here from `model`, `category` and
         `allow_fallback` when no plan is given). A fallback is always reported in `RouteResult.fallbacks`."""
         deadline = time.monotonic() + (deadline_seconds or self.settings.call_deadline_seconds)
+        # A retry wait never ends after the client stopped waiting for the answer (EXAI_CLIENT_WAIT_SECONDS).
+        patience = self.settings.client_wait_seconds
+        sleep_until = min(deadline, time.monotonic() + patience) if patience else deadline
         if plan is None:
             needs_images = any(m.images for m in request.messages)
             plan = self.plan(model, category, needs_images, allow_fallback=allow_fallback)
@@ -242,13 +288,15 @@ class Router:
                 if on_event:
                     await on_event(f"falling back to {info.provider}/{info.name}")
             try:
-                response = await self._call_with_retries(info, breaker, request, deadline, attempts, on_delta, on_event)
+                response = await self._call_with_retries(
+                    info, breaker, request, (deadline, sleep_until), attempts, on_delta, on_event
+                )
                 return RouteResult(response, attempts, fallbacks)
             except UpstreamError as exc:
                 last = to_exai_error(
                     exc, info.provider, info.name, " or ".join(self.configs[info.provider].spec.key_env)
                 )
-                if exc.kind in ("bad_request", "content_filter"):
+                if exc.kind in ("bad_request", "content_filter", "request_too_large"):
                     raise last from exc
                 if exc.kind == "context_too_long":
                     queue = [m for m in queue if m.context_window > info.context_window]
@@ -281,11 +329,14 @@ class Router:
         info: ModelInfo,
         breaker: CircuitBreaker,
         request: GenerateRequest,
-        deadline: float,
+        deadlines: tuple[float, float],
         attempts: list[Attempt],
         on_delta: DeltaCallback | None,
         on_event: EventCallback | None,
     ) -> GenerateResponse:
+        """Ask one model, retrying transient failures; `deadlines` are the call's and the last moment a retry
+        wait may end (when the client stops waiting)."""
+        deadline, sleep_until = deadlines
         provider = self.providers[info.provider]
         for attempt in range(self.settings.max_retries + 1):
             if time.monotonic() >= deadline:
@@ -324,10 +375,12 @@ class Router:
             )
             if not exc.retryable or attempt == self.settings.max_retries or breaker.state == "open":
                 raise exc
+            if exc.retry_after is not None and exc.retry_after > self.settings.retry_max_delay:
+                raise exc  # the upstream wants longer than we wait: the next model now, or fail with its hint
             delay = backoff_delay(
                 attempt, self.settings.retry_base_delay, self.settings.retry_max_delay, exc.retry_after, self._rng
             )
-            if time.monotonic() + delay >= deadline:
+            if time.monotonic() + delay >= sleep_until:
                 raise exc
             if on_event:
                 await on_event(f"{info.provider}/{info.name}: {exc.kind}; retrying in {delay:.2f} s")

@@ -34,12 +34,19 @@ class GenerateRequest(BaseModel):
 
 
 class Usage(BaseModel):
+    """Tokens as the upstream reported them: cached input is part of `input_tokens`, reasoning of `output_tokens`."""
+
     input_tokens: int = 0
     output_tokens: int = 0
+    cached_input_tokens: int = 0
+    reasoning_tokens: int = 0
 
     @property
     def total_tokens(self) -> int:
         return self.input_tokens + self.output_tokens
+
+
+TRUNCATED_REASONS = frozenset({"length", "max_tokens", "model_length"})
 
 
 class GenerateResponse(BaseModel):
@@ -50,6 +57,11 @@ class GenerateResponse(BaseModel):
     model: str
     provider: str
     upstream_latency_ms: float = 0.0
+
+    @property
+    def truncated(self) -> bool:
+        """The answer was cut at the output limit (OpenAI-style `length`, Anthropic's `max_tokens`)."""
+        return self.finish_reason in TRUNCATED_REASONS
 
 
 class StreamChunk(BaseModel):

@@ -127,10 +127,11 @@ async def handle_call(
     upstream = start_upstream_clock()
     try:
         authorize(tool, caller)
-        async with admitted(services, caller.tenant, ctx):
+        async with services.admission.slot(queued=tool.calls_model), admitted(services, caller.tenant, ctx):
             services.events.call_started()
             began = True
             args = validate(tool, arguments)
+            await services.discovery.settled()  # a call just after start needs the Custom endpoint's models
             if record is not None:
                 await record()
             result = await run(tool, args, ctx)

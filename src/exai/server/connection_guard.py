@@ -16,6 +16,7 @@ application's response path.
 from __future__ import annotations
 
 import asyncio
+import resource
 
 import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
@@ -115,3 +116,20 @@ def guarded_h11_protocol(header_seconds: float, body_seconds: float, max_connect
     """The protocol class for uvicorn's `http` option, with these limits."""
     limits = {"header_seconds": header_seconds, "body_seconds": body_seconds, "max_connections": max_connections}
     return type("GuardedH11Protocol", (GuardedH11Protocol,), limits)
+
+
+def raise_file_limit(needed: int) -> None:
+    """Let the process open `needed` files (sockets) when the hard limit allows: a soft limit of 1,024, common in
+    containers, would otherwise fail connections the connection cap admits with "too many open files"."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= needed:
+        return
+    target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    if target < needed:
+        log.warning(
+            "file limit below the connection cap",
+            open_files_limit=target,
+            needed=needed,
+            remedy="raise the hard limit (ulimit -Hn, or the container's nofile) or lower EXAI_MAX_CONNECTIONS",
+        )

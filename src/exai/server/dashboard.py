@@ -76,4 +76,9 @@ def dashboard_snapshot(services: Services) -> dict[str, Any]:
             ],
         },
         "process": asdict(services.metrics.process_meter.read()),
+        "admission": {
+            "running": services.admission.running,
+            "waiting": services.admission.waiting,
+            "saturation": round(services.admission.saturation(), 3),
+        },
     }

@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import math
 import socket
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from types import FrameType
+from typing import Any
 from urllib.parse import urlparse
 
 import uvicorn
@@ -20,7 +25,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import BaseRoute, Route
-from starlette.types import ASGIApp, Scope
+from starlette.types import ASGIApp, Lifespan, Scope
 
 from exai.app import Services
 from exai.observability.errors import AuthError, PermissionDeniedError
@@ -28,14 +33,15 @@ from exai.observability.logging import get_logger
 from exai.observability.metrics import BREAKER_VALUES
 from exai.security.auth import ADMIN_SCOPE, TOOLS_SCOPE, request_access, request_tenant
 from exai.server.auth_errors import ExplainedRequireAuth, has_bearer, why_unauthenticated
-from exai.server.connection_guard import guarded_h11_protocol
+from exai.server.cancellation import CallCancellations, StatelessCancellation
+from exai.server.connection_guard import guarded_h11_protocol, raise_file_limit
 from exai.server.correlation import RequestIdMiddleware
 from exai.server.dashboard import DASHBOARD_HTML, dashboard_snapshot
-from exai.server.draining import InFlightPosts, end_streams_when_idle, keep_streams_open_on_signal
+from exai.server.draining import CUT_SECONDS, InFlightPosts, end_streams_when_idle, keep_streams_open_on_signal
 from exai.server.header_checks import AcceptCheck, HostOriginCheck
 from exai.server.mcp import build_server
 from exai.server.request_body import BodyDeadline, CompleteBody
-from exai.server.request_ids import InFlightIds
+from exai.server.request_ids import IdTypeCheck, InFlightIds
 from exai.server.sessions import SessionQuota
 from exai.server.start_line import start_fields
 from exai.server.stateless import PostOnly
@@ -119,6 +125,15 @@ def build_http_app(services: Services) -> Starlette:
         return JSONResponse({"status": "ok", "uptime_seconds": round(services.stats.uptime(), 1)})
 
     async def readyz(request: Request) -> JSONResponse:
+        if services.admission.draining:
+            return JSONResponse(
+                {
+                    "ready": False,
+                    "reason": "draining",
+                    "remedy": "this replica is shutting down: send new calls to another one",
+                },
+                status_code=503,
+            )
         providers = sorted(services.router.providers)
         try:
             await services.store.ping()
@@ -204,13 +219,15 @@ def build_http_app(services: Services) -> Starlette:
         stateless_http=settings.stateless_http,
         session_idle_timeout=settings.session_idle_seconds,
     )
+    cancellations = CallCancellations(services.redis if settings.stateless_http else None)
     app.router.routes[:] = [
-        guard_mcp(route, services, server.session_manager)
+        guard_mcp(route, services, server.session_manager, cancellations)
         for route in app.router.routes
         if not (auth and route_path(route).startswith("/.well-known/oauth-protected-resource"))
     ]
     if auth:
         app.router.routes.append(protected_resource_route(public, settings.authorization_server_url))
+    app.router.lifespan_context = with_cancellations(app.router.lifespan_context, cancellations)
     hosts, origins = allowed_hosts_and_origins(settings.host, settings.allowed_hosts)
     app.add_middleware(BodyDeadline, seconds=settings.http_body_timeout_seconds)
     app.add_middleware(HostOriginCheck, allowed_hosts=hosts, allowed_origins=origins)
@@ -222,10 +239,24 @@ def route_path(route: BaseRoute) -> str:
     return getattr(route, "path", "")
 
 
-def guard_mcp(route: BaseRoute, services: Services, manager: StreamableHTTPSessionManager) -> BaseRoute:
+def with_cancellations(lifespan: Lifespan[Starlette], cancellations: CallCancellations) -> Lifespan[Starlette]:
+    """The app's lifespan, listening for the other replicas' cancellations while the app runs."""
+
+    @asynccontextmanager
+    async def both(app: Starlette) -> AsyncIterator[Any]:
+        async with lifespan(app) as state, cancellations.listening():
+            yield state
+
+    return both
+
+
+def guard_mcp(
+    route: BaseRoute, services: Services, manager: StreamableHTTPSessionManager, cancellations: CallCancellations
+) -> BaseRoute:
     """Put the MCP endpoint behind its request checks: Accept, per-tenant sessions, unique request ids.
 
-    Stateless mode opens no sessions, so it has no session quota; it takes POST only (see server/stateless.py).
+    Stateless mode opens no sessions, so it has no session quota; it takes POST only (see server/stateless.py), and
+    cancels calls by request id itself (server/cancellation.py).
     The checks run after authentication (inside the SDK's RequireAuthMiddleware), so a request without a valid
     token is answered 401 before anything else, and every checked request has its tenant.
     """
@@ -239,9 +270,9 @@ def guard_mcp(route: BaseRoute, services: Services, manager: StreamableHTTPSessi
 
     def checked(app: ASGIApp) -> ASGIApp:
         if settings.stateless_http:
-            return AcceptCheck(PostOnly(CompleteBody(app)))
+            return AcceptCheck(PostOnly(CompleteBody(IdTypeCheck(StatelessCancellation(app, cancellations, tenant)))))
         quota = SessionQuota(
-            CompleteBody(InFlightIds(app, tenant)),
+            CompleteBody(IdTypeCheck(InFlightIds(app, tenant))),
             manager,
             services.limiter,
             tenant,
@@ -261,25 +292,40 @@ def guard_mcp(route: BaseRoute, services: Services, manager: StreamableHTTPSessi
 
 
 class _GracefulServer(uvicorn.Server):
-    """uvicorn's server, except that a shutdown asked for with SIGTERM or SIGINT ends with exit code 0, and the
-    answer streams of calls in flight are left to finish (server/draining.py).
+    """uvicorn's server, except that a shutdown asked for with SIGTERM or SIGINT ends with exit code 0, first
+    answers /readyz with 503 `draining` for the notice period while still serving, and then leaves the answer
+    streams of calls in flight to finish (server/draining.py); calls still running when the grace period ends are
+    cut with a typed `unavailable` error (server/admission.py), before uvicorn would cancel them bare.
 
     uvicorn re-raises the signal after its graceful shutdown, which makes the process die "by signal";
-    for a daemon that finished every call in flight, that is a clean exit.
+    for a daemon that finished every call in flight, that is a clean exit. A second signal skips the notice.
     """
 
-    def __init__(self, config: uvicorn.Config, posts: InFlightPosts, grace_seconds: float) -> None:
+    def __init__(self, config: uvicorn.Config, posts: InFlightPosts, services: Services) -> None:
         super().__init__(config)
-        self.posts, self.grace_seconds = posts, grace_seconds
+        self.posts, self.admission = posts, services.admission
+        self.grace_seconds = services.settings.shutdown_grace_seconds
+        self.notice_seconds = services.settings.drain_notice_seconds
+        self._notice_ends: float | None = None
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if self._notice_ends is None and self.notice_seconds > 0:
+            self.admission.draining = True
+            self._notice_ends = time.monotonic() + self.notice_seconds
+            return
+        self.admission.draining = True
         super().handle_exit(sig, frame)
         self._captured_signals.clear()
+
+    async def on_tick(self, counter: int) -> bool:
+        if self._notice_ends is not None and time.monotonic() >= self._notice_ends:
+            self.should_exit = True
+        return await super().on_tick(counter)
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         # The drain starts once uvicorn has closed its listeners (the parent's first, synchronous, step), so no
         # request that arrives later can find the streams already told to end.
-        drain = asyncio.create_task(end_streams_when_idle(self.posts, self.grace_seconds))
+        drain = asyncio.create_task(end_streams_when_idle(self.posts, self.grace_seconds, self.admission.cut))
         try:
             await super().shutdown(sockets)
         finally:
@@ -291,6 +337,8 @@ async def serve_http(services: Services, listener: socket.socket | None = None) 
 
     `listener` is a socket the caller has already bound (so a busy port is told before anything starts)."""
     settings = services.settings
+    # every admitted connection, the storage pools, and the upstream connections (up to 1,000 per provider client)
+    raise_file_limit(settings.max_connections + settings.database_pool_size + settings.redis_pool_size + 1024)
     keep_streams_open_on_signal()
     posts = InFlightPosts(build_http_app(services))
     config = uvicorn.Config(
@@ -302,14 +350,13 @@ async def serve_http(services: Services, listener: socket.socket | None = None) 
             settings.http_header_timeout_seconds, settings.http_body_timeout_seconds, settings.max_connections
         ),
         access_log=False,
-        timeout_graceful_shutdown=int(settings.shutdown_grace_seconds),
+        # uvicorn cancels what is left (bare) only after our drain has cut the calls with a typed error
+        timeout_graceful_shutdown=math.ceil(settings.shutdown_grace_seconds + CUT_SECONDS + 1),
         lifespan="on",
     )
     await services.start()
     log.info("serving", **start_fields(services))
     try:
-        await _GracefulServer(config, posts, settings.shutdown_grace_seconds).serve(
-            sockets=[listener] if listener else None
-        )
+        await _GracefulServer(config, posts, services).serve(sockets=[listener] if listener else None)
     finally:
         await services.close()

@@ -39,7 +39,7 @@ from exai.server.answers import pending_result, with_pending
 from exai.server.call_records import Execution
 from exai.server.calls import Caller, handle_call
 from exai.server.tasks import LEGACY_CAPABILITY as LEGACY_TASKS
-from exai.server.tasks import TasksSurface, created, declares_extension
+from exai.server.tasks import TasksSurface, announce_end, created, declares_extension
 from exai.tools.base import Tool, ToolContext, compact_schema, input_schema
 
 log = get_logger(__name__)
@@ -224,6 +224,7 @@ def build_server(services: Services) -> Server[Any]:
                 return execution.outcome()
             if as_task:
                 attached = False
+                announce_end(ctx.session, services.calls, call, execution.task)
                 return created(call, modern=False)
             settings = services.settings
             if modern_task:

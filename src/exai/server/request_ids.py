@@ -35,6 +35,62 @@ def request_ids(body: bytes) -> list[Any]:
     return [item["id"] for item in items if isinstance(item, dict) and "method" in item and "id" in item]
 
 
+def ill_typed_ids(body: bytes) -> list[Any]:
+    """The ids of messages with a method that are neither a string nor an integer (MCP allows no other kind).
+
+    The SDK reads such a message as a notification and answers 202 with no body, so the caller waits for an
+    answer that never comes.
+    """
+    try:
+        payload = pydantic_core.from_json(body)
+    except ValueError:
+        return []
+    items = payload if isinstance(payload, list) else [payload]
+    return [
+        item["id"]
+        for item in items
+        if isinstance(item, dict)
+        and "method" in item
+        and "id" in item
+        and (isinstance(item["id"], bool) or not isinstance(item["id"], str | int))
+    ]
+
+
+class IdTypeCheck:
+    """Answer a request whose id is of the wrong type (a float, a boolean, null, an object) with an Invalid Request."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST":
+            await self.app(scope, receive, send)
+            return
+        body, messages, whole = await read_body(receive, DEFAULT_MAX_REQUEST_BODY_SIZE)
+
+        async def replay() -> Message:
+            return messages.pop(0) if messages else await receive()
+
+        wrong = ill_typed_ids(body) if whole else []
+        if wrong:
+            await refuse(
+                send,
+                400,
+                f"Invalid Request: the request id {json.dumps(wrong[0])[:40]} is a {_json_kind(wrong[0])}; "
+                "JSON-RPC request ids in MCP are strings or integers. Send the request again with such an id.",
+            )
+            return
+        await self.app(scope, replay, send)
+
+
+def _json_kind(value: Any) -> str:
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, float):
+        return "number with a fraction or exponent"
+    return {type(None): "null", list: "list", dict: "object"}.get(type(value), type(value).__name__)
+
+
 class InFlightIds:
     """Tracks the ids of requests being answered, per principal and session, and refuses duplicates."""
 

@@ -13,6 +13,8 @@ or cancel it; for another tenant it does not exist (the same error as an unknown
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -98,6 +100,27 @@ def created(call: CallRecord, *, modern: bool) -> dict[str, Any]:
     """The answer to a call that became a task (wire form: a middleware or extension shape, never sieved)."""
     fields = task_fields(call, modern=modern)
     return {"resultType": "task", **fields} if modern else {"task": fields}
+
+
+_ANNOUNCING: set[asyncio.Task[None]] = set()
+
+
+def announce_end(session: Any, runner: CallRunner, call: CallRecord, work: asyncio.Task[Any]) -> None:
+    """2025-11-25: when the task ends, tell the client on its open stream (`notifications/tasks/status`, with the
+    related-task `_meta`). Best effort: polling `tasks/get` is the contract; a closed stream just misses it."""
+
+    async def announce() -> None:
+        with contextlib.suppress(Exception):  # a closed stream or a store that is down: the client polls anyway
+            await asyncio.wait({work})
+            ended = await runner.get(call.id, call.tenant)
+            params = {**task_fields(ended, modern=False), "_meta": {RELATED_TASK: {"taskId": call.id}}}
+            await session.send_notification(
+                types.TaskStatusNotification(params=types.TaskStatusNotificationParams.model_validate(params))
+            )
+
+    task = asyncio.create_task(announce())
+    _ANNOUNCING.add(task)
+    task.add_done_callback(_ANNOUNCING.discard)
 
 
 def _unknown(task_id: str) -> MCPError:

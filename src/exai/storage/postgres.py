@@ -51,7 +51,9 @@ _CONNECTION = {"autocommit": True, "prepare_threshold": None}  # no prepared sta
 class PostgresStore:
     name = "postgresql"
 
-    def __init__(self, url: str, schema: str | None = None, max_connections: int = 10) -> None:
+    def __init__(
+        self, url: str, schema: str | None = None, max_connections: int = 20, wait_seconds: float = POOL_WAIT_SECONDS
+    ) -> None:
         if schema is not None and not _SCHEMA_NAME.match(schema):
             raise ValueError(f"invalid schema name {schema!r}")
         self.url = url
@@ -62,7 +64,7 @@ class PostgresStore:
             min_size=1,
             max_size=max_connections,
             open=False,
-            timeout=POOL_WAIT_SECONDS,
+            timeout=wait_seconds,
             kwargs={**_CONNECTION, "row_factory": dict_row},
         )
 

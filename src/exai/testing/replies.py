@@ -61,7 +61,7 @@ def _words(text: str) -> list[str]:
     return [p + (" " if i < len(parts) - 1 else "") for i, p in enumerate(parts)]
 
 
-def openai_body(p: ParsedRequest) -> dict[str, Any]:
+def openai_body(p: ParsedRequest, cut: bool = False) -> dict[str, Any]:
     text = p.reply()
     message: dict[str, Any] = {"role": "assistant", "content": text}
     if p.thinking:
@@ -71,7 +71,7 @@ def openai_body(p: ParsedRequest) -> dict[str, Any]:
         "object": "chat.completion",
         "created": 0,
         "model": p.model,
-        "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
+        "choices": [{"index": 0, "message": message, "finish_reason": "length" if cut else "stop"}],
         "usage": {
             "prompt_tokens": p.prompt_tokens(),
             "completion_tokens": len(text.split()),
@@ -80,7 +80,7 @@ def openai_body(p: ParsedRequest) -> dict[str, Any]:
     }
 
 
-def anthropic_body(p: ParsedRequest) -> dict[str, Any]:
+def anthropic_body(p: ParsedRequest, cut: bool = False) -> dict[str, Any]:
     text = p.reply()
     content: list[dict[str, Any]] = []
     if p.thinking:
@@ -92,7 +92,7 @@ def anthropic_body(p: ParsedRequest) -> dict[str, Any]:
         "role": "assistant",
         "model": p.model,
         "content": content,
-        "stop_reason": "end_turn",
+        "stop_reason": "max_tokens" if cut else "end_turn",
         "stop_sequence": None,
         "usage": {"input_tokens": p.prompt_tokens(), "output_tokens": len(text.split())},
     }
@@ -103,8 +103,11 @@ def _sse(data: dict[str, Any], event: str | None = None) -> str:
     return f"{prefix}data: {json.dumps(data)}\n\n"
 
 
-async def openai_stream(p: ParsedRequest, truncate: bool, think_seconds: float = 0.0) -> AsyncIterator[str]:
-    """The answer streamed word by word; `think_seconds` of reasoning first, one delta a second (a slow model)."""
+async def openai_stream(
+    p: ParsedRequest, truncate: bool, cut: bool = False, think_seconds: float = 0.0, usage: bool = True
+) -> AsyncIterator[str]:
+    """The answer streamed word by word; `think_seconds` of reasoning first, one delta a second (a slow model);
+    `cut` stops it at the output limit (finish reason `length`); without `usage`, no usage chunk at the end."""
     words = _words(p.reply())
     base = {"id": "chatcmpl-sim", "object": "chat.completion.chunk", "created": 0, "model": p.model}
     started = time.monotonic()
@@ -126,22 +129,23 @@ async def openai_stream(p: ParsedRequest, truncate: bool, think_seconds: float =
             raise ConnectionResetError("simulated truncated stream")
         yield _sse({**base, "choices": [{"index": 0, "delta": {"content": word}, "finish_reason": None}]})
         await asyncio.sleep(0)
-    yield _sse({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
-    yield _sse(
-        {
-            **base,
-            "choices": [],
-            "usage": {
-                "prompt_tokens": p.prompt_tokens(),
-                "completion_tokens": len(words),
-                "total_tokens": p.prompt_tokens() + len(words),
-            },
-        }
-    )
+    yield _sse({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "length" if cut else "stop"}]})
+    if usage:
+        yield _sse(
+            {
+                **base,
+                "choices": [],
+                "usage": {
+                    "prompt_tokens": p.prompt_tokens(),
+                    "completion_tokens": len(words),
+                    "total_tokens": p.prompt_tokens() + len(words),
+                },
+            }
+        )
     yield "data: [DONE]\n\n"
 
 
-async def anthropic_stream(p: ParsedRequest, truncate: bool) -> AsyncIterator[str]:
+async def anthropic_stream(p: ParsedRequest, truncate: bool, cut: bool = False) -> AsyncIterator[str]:
     words = _words(p.reply())
     yield _sse(
         {
@@ -195,7 +199,7 @@ async def anthropic_stream(p: ParsedRequest, truncate: bool) -> AsyncIterator[st
     yield _sse(
         {
             "type": "message_delta",
-            "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+            "delta": {"stop_reason": "max_tokens" if cut else "end_turn", "stop_sequence": None},
             "usage": {"output_tokens": len(words)},
         },
         "message_delta",

@@ -14,15 +14,17 @@ import time
 from collections import Counter, deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from functools import cache
 from typing import Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
+from exai.testing.fixtures import all_fixtures, fixture
 from exai.testing.replies import (
     ParsedRequest,
     anthropic_body,
@@ -34,12 +36,47 @@ from exai.testing.replies import (
 )
 
 FaultKind = Literal[
-    "429", "500", "503", "401", "hang", "reset", "malformed", "truncate", "context_length", "content_filter", "think"
+    "429",
+    "500",
+    "503",
+    "401",
+    "hang",
+    "reset",
+    "malformed",
+    "truncate",
+    "context_length",
+    "content_filter",
+    "length",
+    "error_in_200",
+    "413",
+    "replay",
+    "think",
+    "no_usage",
 ]
 DEFAULT_MODELS = ["sim-fast", "sim-smart", "sim-large"]
+LISTING_FAULTS = ("401", "429", "500", "503")
 DEFAULT_CONTEXT_WINDOWS = {"sim-large": 1_000_000}
 """Context windows the listing states (as `context_length`, like OpenRouter and vLLM, and in Ollama's /api/show);
 models without one leave the client to its default."""
+
+
+def catalogued_models() -> dict[str, int]:
+    """Every built-in catalogue model with its context window: the simulator serves each vendor's models, so its
+    listing names them (a test sets `/_sim/models` to play a vendor that dropped some)."""
+    return dict(_catalogued_models())
+
+
+@cache
+def _catalogued_models() -> dict[str, int]:
+    from exai.providers.catalogue import Catalogue
+
+    return {m.name: m.context_window for m in Catalogue.load().models.values()}
+
+
+class ListingRule(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    vendor_models: list[str] | None = Field(default=None, description="catalogue models listed; null: all of them")
 
 
 class FaultRule(BaseModel):
@@ -50,8 +87,18 @@ class FaultRule(BaseModel):
     rate: float = Field(default=1.0, ge=0.0, le=1.0)
     count: int | None = Field(default=None, ge=1, description="fire this many times, then stop")
     retry_after: float | None = Field(default=None, ge=0)
+    retry_after_ms: float | None = Field(default=None, ge=0, description="sent as the retry-after-ms header (429)")
     hang_seconds: float = Field(default=600.0, gt=0)
     think_seconds: float = Field(default=60.0, ge=0, description="`think`: reason this long, then answer")
+    fixture: str | None = Field(
+        default=None, description='with kind "replay": a vendor fixture, e.g. "zai/chat_thinking"'
+    )
+
+    @model_validator(mode="after")
+    def _replay_names_a_fixture(self) -> FaultRule:
+        if (self.kind == "replay") != (self.fixture is not None) or (self.fixture and not fixture(self.fixture)):
+            raise ValueError(f"kind replay needs `fixture`, one of: {', '.join(sorted(all_fixtures()))}")
+        return self
 
 
 class LatencyRule(BaseModel):
@@ -71,6 +118,7 @@ class SimState:
     latency: list[LatencyRule] = field(default_factory=list)
     models: list[str] = field(default_factory=lambda: list(DEFAULT_MODELS))
     context_windows: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_CONTEXT_WINDOWS))
+    vendor_models: dict[str, int] = field(default_factory=catalogued_models)
     api_key: str | None = None
     counters: Counter[str] = field(default_factory=Counter)
     recent: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=500))
@@ -78,9 +126,13 @@ class SimState:
     max_in_flight: int = 0
     rng: random.Random = field(default_factory=lambda: random.Random(7))
 
-    def pick_fault(self, model: str) -> FaultRule | None:
+    def pick_fault(self, model: str, kinds: tuple[str, ...] | None = None) -> FaultRule | None:
+        """The fault to apply to a request for `model` (rules for "*" too, unless `kinds` narrows them: then only
+        rules naming `model` itself, of those kinds)."""
         for rule in self.faults:
-            if rule.model not in ("*", model):
+            if rule.model not in ("*", model) or (
+                kinds is not None and (rule.model != model or rule.kind not in kinds)
+            ):
                 continue
             if rule.count is not None and rule.count <= 0:
                 continue
@@ -127,6 +179,16 @@ class _ResetResponse(Response):
         raise ConnectionResetError("simulated connection reset")
 
 
+def _replay(recorded: dict[str, Any]) -> Response:
+    """A vendor fixture's answer, byte for byte as recorded (see `exai.testing.fixtures`)."""
+    answer = recorded["response"]
+    headers = answer.get("headers") or {}
+    if "sse" in answer:
+        body = "".join(answer["sse"]).encode()
+        return Response(body, answer["status"], headers=headers, media_type="text/event-stream")
+    return JSONResponse(answer["json"], answer["status"], headers=headers)
+
+
 class Simulator:
     def __init__(self, state: SimState | None = None) -> None:
         self.state = state or SimState()
@@ -139,6 +201,7 @@ class Simulator:
                 Route("/_sim/faults", self.set_fault, methods=["POST"]),
                 Route("/_sim/faults", self.clear_faults, methods=["DELETE"]),
                 Route("/_sim/latency", self.set_latency, methods=["POST"]),
+                Route("/_sim/models", self.set_listing, methods=["POST"]),
                 Route("/_sim/stats", self.stats, methods=["GET"]),
                 Route("/_sim/requests", self.requests, methods=["GET"]),
                 Route("/_sim/reset", self.reset, methods=["POST"]),
@@ -166,6 +229,15 @@ class Simulator:
         self.state.latency.insert(0 if rule.model != "*" else len(self.state.latency), rule)
         return JSONResponse(rule.model_dump())
 
+    async def set_listing(self, request: Request) -> Response:
+        rule = await _read_rule(request, ListingRule)
+        if isinstance(rule, Response):
+            return rule
+        every = catalogued_models()
+        names = every if rule.vendor_models is None else rule.vendor_models
+        self.state.vendor_models = {name: every.get(name, 0) for name in names}
+        return JSONResponse({"vendor_models": sorted(self.state.vendor_models)})
+
     async def stats(self, request: Request) -> Response:
         return JSONResponse(
             {
@@ -190,14 +262,14 @@ class Simulator:
     async def list_models(self, request: Request) -> Response:
         wire = "anthropic" if "anthropic-version" in request.headers else "openai"
         self.state.counters["requests:/v1/models"] += 1
-        fault = self.state.pick_fault("")  # only faults set for every model ("*") apply to the listing
-        if fault is not None and fault.kind in ("401", "429", "500", "503"):
+        # Only faults set for the listing itself (model "/v1/models") apply to it: daemons ask for it in the
+        # background, and must not use up a fault a test set for its calls.
+        fault = self.state.pick_fault("/v1/models", LISTING_FAULTS)
+        if fault is not None:
             return self._fault_response(wire, fault)
+        names = [*self.state.models, *(m for m in self.state.vendor_models if m not in self.state.models)]
         if wire == "anthropic":
-            data = [
-                {"id": m, "type": "model", "display_name": m, "created_at": "2025-01-01T00:00:00Z"}
-                for m in self.state.models
-            ]
+            data = [{"id": m, "type": "model", "display_name": m, "created_at": "2025-01-01T00:00:00Z"} for m in names]
             return JSONResponse(
                 {
                     "data": data,
@@ -206,10 +278,11 @@ class Simulator:
                     "last_id": data[-1]["id"] if data else None,
                 }
             )
-        data = [{"id": m, "object": "model", "created": 0, "owned_by": "exai-sim"} for m in self.state.models]
+        data = [{"id": m, "object": "model", "created": 0, "owned_by": "exai-sim"} for m in names]
+        windows = {**self.state.vendor_models, **self.state.context_windows}
         for entry in data:
-            if entry["id"] in self.state.context_windows:
-                entry["context_length"] = self.state.context_windows[entry["id"]]
+            if windows.get(entry["id"]):
+                entry["context_length"] = windows[entry["id"]]
         return JSONResponse({"object": "list", "data": data})
 
     async def show_model(self, request: Request) -> Response:
@@ -273,7 +346,9 @@ class Simulator:
                 if fault.kind == "hang":
                     await self._sleep_unless_gone(request, fault.hang_seconds)
                     return self._error(wire, 504, "simulated hang ended", "timeout_error")
-                if fault.kind not in ("truncate", "think") or (fault.kind == "truncate" and not parsed.stream):
+                if fault.kind not in ("truncate", "length", "think", "no_usage") or (
+                    fault.kind == "truncate" and not parsed.stream
+                ):
                     return self._fault_response(wire, fault)
             think = fault.think_seconds if fault is not None and fault.kind == "think" else 0.0
             streamed_thinking = think and parsed.stream and wire == "openai"
@@ -282,14 +357,24 @@ class Simulator:
                 return Response(status_code=499)
             state.counters["completed"] += 1
             state.counters[f"completed:{parsed.model}"] += 1
+            cut = fault is not None and fault.kind == "length"  # a whole answer, stopped at the output limit
             truncate = fault is not None and fault.kind == "truncate"
+            usage = wire != "openai" or fault is None or fault.kind != "no_usage"  # no_usage: OpenAI wire only
             if streamed_thinking:
                 stream = openai_stream(parsed, truncate=False, think_seconds=think)
                 return StreamingResponse(self._counting_cuts(stream), media_type="text/event-stream")
             if parsed.stream:
-                gen = openai_stream if wire == "openai" else anthropic_stream
-                return StreamingResponse(gen(parsed, truncate=truncate), media_type="text/event-stream")
-            return JSONResponse(openai_body(parsed) if wire == "openai" else anthropic_body(parsed))
+                if wire == "openai":
+                    stream = openai_stream(parsed, truncate=truncate, cut=cut, usage=usage)
+                else:
+                    stream = anthropic_stream(parsed, truncate=truncate, cut=cut)
+                return StreamingResponse(stream, media_type="text/event-stream")
+            if wire == "openai":
+                body = openai_body(parsed, cut)
+                if not usage:
+                    del body["usage"]
+                return JSONResponse(body)
+            return JSONResponse(anthropic_body(parsed, cut))
         finally:
             state.in_flight -= 1
 
@@ -322,6 +407,8 @@ class Simulator:
             response = self._error(wire, 429, "rate limit reached, slow down", "rate_limit_error")
             if fault.retry_after is not None:
                 response.headers["retry-after"] = str(fault.retry_after)
+            if fault.retry_after_ms is not None:
+                response.headers["retry-after-ms"] = str(fault.retry_after_ms)
             return response
         if kind in ("500", "503"):
             return self._error(wire, int(kind), "simulated upstream failure", "api_error")
@@ -343,6 +430,16 @@ class Simulator:
                 "invalid_request_error",
                 code="content_filter",
             )
+        if kind == "error_in_200":
+            return JSONResponse({"error": {"code": 502, "message": "simulated provider error inside a 200 answer"}})
+        if kind == "413":
+            if wire == "anthropic":
+                return self._error(
+                    wire, 413, "Request exceeds the maximum allowed number of bytes.", "request_too_large"
+                )
+            return Response(b"<html><body>413 Request Entity Too Large</body></html>", 413, media_type="text/html")
+        if kind == "replay":
+            return _replay(fixture(fault.fixture or "") or {})
         if kind == "malformed":
             return Response(b'{"id": "x", "choices": [ {not json', media_type="application/json")
         return _ResetResponse()

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 import anyio
 from pydantic import BaseModel, ConfigDict, model_validator
 
+from exai.conversations.tokens import count_tokens_async
 from exai.observability.errors import ExaiError
 from exai.observability.events import ModelCall
 from exai.security.limits import TokenReservation
@@ -120,11 +121,13 @@ class ToolContext:
     async def generate(
         self, request: GenerateRequest, plan: RoutePlan, input_tokens: int, **options: Any
     ) -> RouteResult:
-        """Ask the models of `plan` (selected once, by `Router.plan`); every answered call is kept for accounting.
+        """Ask the models of `plan` (selected once, by `Router.plan`); every model call is kept for accounting.
 
         The prompt's `input_tokens` are counted against the tenant's daily budget before the model is asked, so
         concurrent or many-model calls cannot overspend it by more than their answers; once the call is done the
-        reservation is settled with what it used (an upstream that reports no usage is charged the estimate).
+        reservation is settled with exactly the usage the upstream reported. Only what it did not report is
+        estimated: the prompt from `input_tokens`, the answer by counting its text (a stream without usage).
+        A call that fails is charged nothing, and still kept (one audit row per model call).
         """
         use: TokenUse | None = None
         if self.services.limiter is not None:
@@ -134,22 +137,23 @@ class ToolContext:
         try:
             result = await self.services.router.generate(request, plan=plan, **options)
         except ExaiError as exc:
-            if (failed := failed_model_call(plan.requested, exc)) is not None:
-                self.model_calls.append(failed)  # the status page and the audit show which model failed
+            self.model_calls.append(failed_model_call(plan, exc))  # the status page and audit show the model
             raise
         response = result.response
         info = self.services.catalogue.get(response.model)
         usage = response.usage
+        charged_in = usage.input_tokens or input_tokens
+        charged_out = usage.output_tokens or await count_tokens_async(response.text + (response.reasoning or ""))
         if use is not None:
-            use.used = max(usage.input_tokens, use.reservation.tokens) + usage.output_tokens
+            use.used = charged_in + charged_out
         self.model_calls.append(
             ModelCall(
                 requested=plan.requested,
                 provider=response.provider,
                 model=response.model,
-                input_tokens=usage.input_tokens,
-                output_tokens=usage.output_tokens,
-                cost_usd=round(info.cost(usage.input_tokens, usage.output_tokens), 8) if info else 0.0,
+                input_tokens=charged_in,
+                output_tokens=charged_out,
+                cost_usd=round(info.cost(charged_in, charged_out), 8) if info else 0.0,
                 latency_ms=round(response.upstream_latency_ms, 2),
                 fallbacks=tuple(result.fallbacks),
                 retries=result.retries,
@@ -158,16 +162,18 @@ class ToolContext:
         return result
 
 
-def failed_model_call(requested: str, error: ExaiError) -> ModelCall | None:
-    """The model call a router failure stands for: the last model tried, its fallbacks and retries (as for an
-    answered call: every attempt after the first), no tokens. None when no model was tried."""
+def failed_model_call(plan: RoutePlan, error: ExaiError) -> ModelCall:
+    """The model call a router failure stands for, charged nothing: the last model tried, its fallbacks and
+    retries (as for an answered call: every attempt after the first), or the model asked when none was tried."""
     attempts = [a for a in error.details.get("attempts", []) if a.get("outcome") != "breaker_open"]
+    failure = error.category.value
     if not attempts:
-        return None
+        first = plan.first
+        return ModelCall(plan.requested, first.provider, first.name, 0, 0, 0.0, 0.0, failure=failure)
     models = list(dict.fromkeys(a["model"] for a in attempts))
     last = attempts[-1]
     return ModelCall(
-        requested=requested,
+        requested=plan.requested,
         provider=last["provider"],
         model=last["model"],
         input_tokens=0,
@@ -176,6 +182,7 @@ def failed_model_call(requested: str, error: ExaiError) -> ModelCall | None:
         latency_ms=round(sum(a["latency_ms"] for a in attempts), 2),
         fallbacks=tuple(models[1:]),
         retries=len(attempts) - 1,
+        failure=failure,
     )
 
 

@@ -8,7 +8,7 @@ from typing import Annotated
 from pydantic import BaseModel, Field
 
 from exai.conversations.history import SkippedFile, build_prompt
-from exai.conversations.threads import answer_turn
+from exai.conversations.threads import answer_turn, truncation_notice
 from exai.observability.errors import ValidationError
 from exai.providers.types import GenerateRequest, ImageInput, StreamChunk, ThinkingMode
 from exai.storage.base import TurnRecord
@@ -61,6 +61,8 @@ class ChatOutput(BaseModel):
     fallbacks: list[str]
     retries: int
     finish_reason: str | None = None
+    truncated: bool | None = None
+    """True when the answer was cut at the output limit (absent otherwise)."""
     reasoning: str | None = None
     continuation_id: str
     files_included: list[str]
@@ -162,6 +164,7 @@ class ChatTool(Tool[ChatInput, ChatOutput]):
             fallbacks=result.fallbacks,
             retries=result.retries,
             finish_reason=response.finish_reason,
+            truncated=True if response.truncated else None,
             reasoning=response.reasoning,
             continuation_id=thread.id,
             files_included=prompt.files_included,
@@ -169,4 +172,5 @@ class ChatTool(Tool[ChatInput, ChatOutput]):
             earlier_turns_included=prompt.turns_included,
             correlation_id=ctx.correlation_id,
         )
-        return ToolResult(text=f"{response.text}\n\ncontinuation_id: {thread.id}", data=data)
+        cut = f"\n\n{truncation_notice(response)}" if response.truncated else ""
+        return ToolResult(text=f"{response.text}{cut}\n\ncontinuation_id: {thread.id}", data=data)

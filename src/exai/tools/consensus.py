@@ -10,6 +10,7 @@ import anyio
 from pydantic import BaseModel, Field
 
 from exai.conversations.history import SkippedFile, build_prompt
+from exai.conversations.threads import truncation_notice
 from exai.observability.errors import ExaiError, ValidationError
 from exai.providers.types import GenerateRequest
 from exai.storage.base import TurnRecord
@@ -46,6 +47,8 @@ class Opinion(BaseModel):
     stance: str
     ok: bool
     answer: str | None = None
+    truncated: bool | None = None
+    """True when this model's answer was cut at its output limit (absent otherwise)."""
     provider: str | None = None
     latency_ms: float
     error: dict[str, object] | None = None
@@ -132,7 +135,8 @@ class ConsensusTool(Tool[ConsensusInput, ConsensusOutput]):
                 model=target.name,
                 stance=entry.stance,
                 ok=True,
-                answer=response.text,
+                answer=response.text + (f"\n\n{truncation_notice(response)}" if response.truncated else ""),
+                truncated=True if response.truncated else None,
                 provider=response.provider,
                 files_skipped=prompt.files_skipped,
                 latency_ms=round((time.perf_counter() - started) * 1000, 1),

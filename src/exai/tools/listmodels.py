@@ -21,6 +21,8 @@ class ProviderOut(BaseModel):
     enable_with: list[str]
     base_url: str | None = None
     models: int
+    not_listed: list[str] = []
+    """Catalogued models this vendor's own listing does not name: never routed to."""
 
 
 class ModelOut(BaseModel):
@@ -29,6 +31,8 @@ class ModelOut(BaseModel):
     aliases: list[str]
     capabilities: dict[str, Any]
     breaker: str
+    listed_by_vendor: bool | None = None
+    """Whether the vendor's own model listing names it; null until the listing arrives (or without one)."""
 
 
 class ListModelsOutput(BaseModel):
@@ -58,6 +62,11 @@ class ListModelsTool(Tool[ListModelsInput, ListModelsOutput]):
                     enable_with=enable,
                     base_url=config.base_url,
                     models=sum(1 for m in available if m.provider == name),
+                    not_listed=sorted(
+                        m.name
+                        for m in router.catalogue.models.values()
+                        if m.provider == name and router.vendor_lists(m) is False
+                    ),
                 )
             )
         models = [
@@ -67,6 +76,7 @@ class ListModelsTool(Tool[ListModelsInput, ListModelsOutput]):
                 aliases=m.aliases,
                 capabilities=m.capabilities(),
                 breaker=router.breaker_state(m),
+                listed_by_vendor=router.vendor_lists(m),
             )
             for m in available
         ]
@@ -74,6 +84,8 @@ class ListModelsTool(Tool[ListModelsInput, ListModelsOutput]):
         for p in providers:
             state = f"{p.models} models" if p.configured else f"not configured (set {' or '.join(p.enable_with)})"
             lines.append(f"{p.title} [{p.name}]: {state}")
+            if p.not_listed:
+                lines.append(f"  not listed by the vendor (not used): {', '.join(p.not_listed)}")
         for m in models:
             caps = m.capabilities
             flags = ", ".join(k for k in ("images", "thinking") if caps[k])

@@ -19,7 +19,7 @@ from pydantic import BaseModel, Field
 
 from exai.conversations.history import SkippedFile, build_prompt
 from exai.conversations.state import Confidence, Issue, StateChange, WorkflowRun, WorkflowStep, finish_run, record_step
-from exai.conversations.threads import Thread, answer_turn
+from exai.conversations.threads import Thread, answer_turn, truncation_notice
 from exai.observability.errors import ExaiError, ValidationError
 from exai.providers.router import Category
 from exai.providers.types import GenerateRequest, ThinkingMode
@@ -56,6 +56,8 @@ class WorkflowOutput(BaseModel):
     required_actions: list[str] = Field(default_factory=list)
     issues_found: list[Issue] = Field(default_factory=list)
     expert_analysis: str | None = None
+    truncated: bool | None = None
+    """True when the expert analysis was cut at the model's output limit (absent otherwise)."""
     model: str | None = None
     provider: str | None = None
     usage: UsageOut | None = None
@@ -225,6 +227,7 @@ class WorkflowTool(Tool[WorkflowInput, WorkflowOutput]):
         data = WorkflowOutput(
             status="complete",
             expert_analysis=response.text,
+            truncated=True if response.truncated else None,
             model=response.model,
             provider=response.provider,
             usage=UsageOut(input_tokens=response.usage.input_tokens, output_tokens=response.usage.output_tokens),
@@ -233,7 +236,11 @@ class WorkflowTool(Tool[WorkflowInput, WorkflowOutput]):
             next_call=next_call,
             **base,
         )
-        text = f"{self.title} — expert analysis by {response.model}:\n\n{response.text}\n\ncontinuation_id: {thread.id}"
+        cut = f"\n\n{truncation_notice(response)}" if response.truncated else ""
+        text = (
+            f"{self.title} — expert analysis by {response.model}:\n\n{response.text}{cut}\n\n"
+            f"continuation_id: {thread.id}"
+        )
         return ToolResult(text=text, data=data)
 
     async def precheck(self, args: WorkflowInput, ctx: ToolContext) -> None:
