@@ -25,7 +25,6 @@ from exai.security.auth import issue_token
 from exai.server.mcp import build_server
 from tests.conftest import TEST_JWT_SECRET, Proc, SimControl, free_port
 from tests.helpers import build_services, tool_error
-from tests.test_alert_rules import FROM_MCP_TASKS
 
 pytestmark = pytest.mark.anyio
 Daemon = Callable[..., Proc]
@@ -295,7 +294,6 @@ def test_deploy_rules_and_dashboard_use_metrics_that_exist() -> None:
         for name in re.findall(names, target["expr"])
     }
     assert {"exai_limiter_degraded", "process_resident_memory_bytes", "process_open_fds"} <= used
-    used -= FROM_MCP_TASKS
     assert used and used <= exposed, used - exposed
 
 
