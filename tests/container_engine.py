@@ -1,9 +1,10 @@
 """A Docker engine for the container tests: Debian's docker.io, started here without systemd, and a local base image.
 
-No image registry can be reached, so official base images cannot be pulled. The tests build a stand-in base with
-`debootstrap --variant=minbase bookworm` (Debian's python3, CA certificates, and the host's locally added CA
-certificates so HTTPS through a TLS-intercepting proxy works inside builds) and `docker import` it. The rootfs
-tarball is cached in ~/.cache/exai-tests/docker-base/<hash of its inputs>.tar (EXAI_TEST_CACHE moves the root).
+No image registry can be reached, so official base images cannot be pulled. The tests build the base the way the
+README tells users to, with deploy/build-base-image.sh (`debootstrap --variant=minbase bookworm`: Debian's python3,
+CA certificates, and the host's locally added CA certificates so HTTPS through a TLS-intercepting proxy works inside
+builds, then `docker import`). The rootfs tarball is cached in ~/.cache/exai-tests/docker-base/<hash of the script
+and the CA certificates>.tar (EXAI_TEST_CACHE moves the root).
 
 dockerd runs with no default bridge and no iptables changes (`--bridge=none --iptables=false --ip6tables=false`):
 containers use host networking and every port stays on 127.0.0.1. Its data root is cached too (image layers
@@ -30,8 +31,7 @@ DOCKER = Path("/usr/bin/docker")
 DOCKERD = Path("/usr/sbin/dockerd")
 DEBOOTSTRAP = Path("/usr/sbin/debootstrap")
 LOCAL_CA_DIR = Path("/usr/local/share/ca-certificates")
-SUITE, MIRROR = "bookworm", "http://deb.debian.org/debian"
-BASE_PACKAGES = "python3,python3-venv,ca-certificates"
+BASE_SCRIPT = Path(__file__).parent.parent / "deploy" / "build-base-image.sh"
 ENGINE_START_TIMEOUT = 60.0
 
 
@@ -50,32 +50,10 @@ def local_ca_certificates() -> list[Path]:
 
 
 def base_inputs_hash() -> str:
-    digest = hashlib.sha256(f"{SUITE} {MIRROR} {BASE_PACKAGES}".encode())
+    digest = hashlib.sha256(BASE_SCRIPT.read_bytes())
     for cert in local_ca_certificates():
         digest.update(cert.name.encode() + cert.read_bytes())
     return digest.hexdigest()[:16]
-
-
-def build_base_tarball(target: Path) -> None:
-    """debootstrap a minimal bookworm with python3, trusting the host's local CAs, and pack it as a tarball."""
-    root = Path(tempfile.mkdtemp(prefix="exai-base-"))
-    try:
-        subprocess.run(
-            [str(DEBOOTSTRAP), "--variant=minbase", f"--include={BASE_PACKAGES}", SUITE, str(root), MIRROR],
-            check=True,
-            capture_output=True,
-            timeout=600,
-        )
-        ca_dir = root / "usr/local/share/ca-certificates"
-        for cert in local_ca_certificates():
-            shutil.copy(cert, ca_dir / cert.name)
-        subprocess.run(["chroot", str(root), "update-ca-certificates"], check=True, capture_output=True, timeout=120)
-        shutil.rmtree(root / "var/cache/apt/archives", ignore_errors=True)
-        partial = target.with_suffix(f".{os.getpid()}.partial")
-        subprocess.run(["tar", "-C", str(root), "-cf", str(partial), "."], check=True, timeout=300)
-        partial.replace(target)
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
 
 
 @dataclass
@@ -141,14 +119,24 @@ def stop_engine(engine: Engine) -> None:
 
 
 def ensure_base_image(engine: Engine) -> str:
-    """The stand-in base image's tag, importing it (and building its tarball first) when missing."""
+    """The base image's tag: built by deploy/build-base-image.sh (its tarball kept in the cache), or imported again
+    from the cached tarball."""
     tag = f"exai-test-base:{base_inputs_hash()}"
     if engine.has_image(tag):
         return tag
     tarball = cache_root() / "docker-base" / f"{base_inputs_hash()}.tar"
     tarball.parent.mkdir(parents=True, exist_ok=True)
     if not tarball.exists():
-        build_base_tarball(tarball)
+        built = subprocess.run(
+            ["bash", str(BASE_SCRIPT), "--tar", str(tarball), "--tag", tag],
+            env=engine.env(),
+            capture_output=True,
+            text=True,
+            timeout=900,
+            check=False,
+        )
+        assert built.returncode == 0, f"deploy/build-base-image.sh failed:\n{built.stdout}{built.stderr[-3000:]}"
+        return tag
     with tarball.open("rb") as data:
         subprocess.run(
             [str(DOCKER), "import", "-", tag],

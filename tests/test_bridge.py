@@ -11,7 +11,9 @@ import json
 import os
 import signal
 import sys
+import threading
 from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, HTTPServer
 from typing import Any
 
 import mcp_types as types
@@ -132,6 +134,57 @@ async def test_unreachable_daemon_is_a_clear_error_not_a_hang(sim: SimControl) -
     text = text_of(result)
     assert result.is_error and "daemon_unreachable" in text and "safe to retry" in text, text
     assert upstream_requests(sim, "anyone there?") == 0
+
+
+@pytest.mark.parametrize("where", ["wrong path", "https to plain http"])
+async def test_a_wrong_url_or_tls_failure_is_reported_at_once_not_retried(
+    daemon: Daemon, sim: SimControl, where: str
+) -> None:
+    proc = daemon()
+    url, expected = {
+        "wrong path": (f"{proc.url}/not-here", "it answered 404 Not Found"),
+        "https to plain http": (f"https://127.0.0.1:{proc.port}", "the TLS handshake failed"),
+    }[where]
+    # Retrying would outlast the ceiling: only an answer without retries passes, and a 404 within 2 s.
+    async with Client(_bridge(url, EXAI_BRIDGE_CONNECT_TIMEOUT_SECONDS="600")) as client:
+        started = asyncio.get_running_loop().time()
+        with pytest.raises(Exception) as caught:
+            await asyncio.wait_for(client.list_tools(), CEILING)
+        elapsed = asyncio.get_running_loop().time() - started
+        result = await asyncio.wait_for(client.call_tool("chat", {"prompt": "wrong address"}), CEILING)
+    for text in (str(caught.value), text_of(result)):
+        assert "[network/daemon_misconfigured]" in text and expected in text, text
+        assert "Retrying as is cannot succeed" in text and "safe to retry" not in text, text
+    if where == "wrong path":
+        assert elapsed < 2.0, f"a 404 took {elapsed:.2f} s to report"
+    assert result.is_error and upstream_requests(sim, "wrong address") == 0
+
+
+async def test_a_503_is_retried_then_reported_as_safe_to_retry(sim: SimControl) -> None:
+    posts = []
+
+    class Unavailable(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            posts.append(self.path)
+            self.send_response(503)
+            self.send_header("content-length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Unavailable)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        async with Client(
+            _bridge(f"http://127.0.0.1:{server.server_port}", EXAI_BRIDGE_CONNECT_TIMEOUT_SECONDS="2")
+        ) as c:
+            with pytest.raises(Exception) as caught:
+                await asyncio.wait_for(c.list_tools(), CEILING)
+    finally:
+        server.shutdown()
+    assert "Cannot reach the EX-AI daemon" in str(caught.value) and "unavailable (503)" in str(caught.value)
+    assert len(posts) >= 2, "a 503 is sent again until the connect timeout"
 
 
 @pytest.mark.parametrize("token", ["", "not-a-valid-token"])

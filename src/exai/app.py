@@ -32,6 +32,7 @@ from exai.server.admission import Admission
 from exai.server.call_records import CallRunner
 from exai.storage.audit import AuditWriter
 from exai.storage.base import Store
+from exai.storage.opening import open_store
 from exai.storage.retention import Purger
 from exai.storage.sqlite import SQLiteStore
 from exai.tools import enabled_tools
@@ -184,6 +185,8 @@ class Services:
     redis: aioredis.Redis | None
     admission: Admission
     calls: CallRunner
+    schema_version: int | None = None
+    """The store's schema version once it is open (migrations applied)."""
 
     @classmethod
     def build(cls, settings: Settings, transport: Transport = "memory") -> Services:
@@ -225,13 +228,15 @@ class Services:
         roots = settings.file_roots
         if roots is None:  # over stdio the client's working directory; a shared daemon reads nothing by default
             roots = [] if transport == "http" else [str(Path.cwd())]
+        tools = enabled_tools(settings.tool_profile, settings.disabled_tools)
+        metrics.know_tools(t.name for t in tools)
         return cls(
             settings=settings,
             catalogue=catalogue,
             router=router,
             stats=stats,
             health=health,
-            tools=enabled_tools(settings.tool_profile, settings.disabled_tools),
+            tools=tools,
             store=store,
             conversations=Conversations(
                 store, settings.thread_ttl_hours * 3600, settings.max_turns_per_thread, events.storage_finished
@@ -277,8 +282,8 @@ class Services:
         self.calls.start()
 
     async def _open_store(self) -> None:
-        await self.store.open()
-        await self.store.migrate()
+        settings = self.settings
+        self.schema_version = await open_store(self.store, secret(settings.database_url), str(settings.data_dir))
         await self.purger.purge()
 
     async def close(self) -> None:

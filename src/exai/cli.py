@@ -96,6 +96,7 @@ def serve(
 ) -> None:
     """Run the daemon: MCP over Streamable HTTP at /mcp, with /healthz, /readyz, /metrics and /dashboard."""
     settings = _settings(server=True, host=host, port=port)
+    from exai.observability.errors import ExaiError
     from exai.observability.logging import get_logger
     from exai.server.http import is_loopback, serve_http
 
@@ -111,10 +112,12 @@ def serve(
         log.warning("insecure_bind", host=settings.host, detail="anyone who can reach this port can use the server")
     listener = _listen("serve", settings.host, settings.port, "--port or EXAI_PORT")
     services = _services(settings, "http")
-    log.info("starting", host=settings.host, port=settings.port, providers=sorted(services.router.providers))
     if not services.router.providers:
         log.warning("no_provider_configured", remedy="set a provider key or CUSTOM_API_URL; see `exai doctor`")
-    asyncio.run(serve_http(services, listener))
+    try:
+        asyncio.run(serve_http(services, listener))
+    except ExaiError as exc:  # the store could not be opened: one line and the fix, not a traceback
+        _fail(exc)
 
 
 @app.command()
@@ -138,9 +141,13 @@ def stdio(
             serve_bridge(connect, token, settings.bridge_connect_timeout_seconds, settings.call_deadline_seconds + 30)
         )
         return
+    from exai.observability.errors import ExaiError
     from exai.server.stdio import serve_stdio
 
-    asyncio.run(serve_stdio(_services(settings, "stdio")))
+    try:
+        asyncio.run(serve_stdio(_services(settings, "stdio")))
+    except ExaiError as exc:  # the store could not be opened
+        _fail(exc)
 
 
 @app.command()
@@ -268,18 +275,44 @@ def doctor(
 
 
 def _db_upgrade_and_report(services: Services) -> int:
+    from exai.observability.errors import ExaiError
+    from exai.storage.opening import open_store
+
+    settings = services.settings
+    database_url = settings.database_url.get_secret_value() if settings.database_url else None
+
     async def run() -> int:
-        await services.store.open()
         try:
-            return await services.store.migrate()
+            return await open_store(services.store, database_url, str(settings.data_dir))
         finally:
             await services.store.close()
 
-    return asyncio.run(run())
+    try:
+        return asyncio.run(run())
+    except ExaiError as exc:
+        _fail(exc)
 
 
 token_app = typer.Typer(help="Tokens for the HTTP daemon.", no_args_is_help=True)
 app.add_typer(token_app, name="token")
+
+
+def _scopes(text: str) -> list[str]:
+    """The scopes in `text` (space- or comma-separated); an unknown one is two lines naming the known ones, exit 2."""
+    from exai.security.scopes import known_scopes, unknown_scopes
+
+    scopes = text.replace(",", " ").split()
+    if unknown := unknown_scopes(scopes):
+        print(
+            f"Unknown scope {', '.join(repr(s[:60]) for s in unknown)}: the daemon grants nothing for it."
+            f"\n  fix: use {', '.join(known_scopes())}",
+            file=sys.stderr,
+        )
+        raise typer.Exit(2)
+    if not scopes:
+        print("No scope given.\n  fix: pass --scopes exai:tools (or exai:admin, exai:tool:<name>)", file=sys.stderr)
+        raise typer.Exit(2)
+    return scopes
 
 
 @token_app.command("issue")
@@ -299,7 +332,7 @@ def token_issue(
     token = issue_token(
         settings.jwt_secret.get_secret_value(),
         sub,
-        scopes.replace(",", " ").split(),
+        _scopes(scopes),
         seconds,
         settings.jwt_issuer,
         settings.jwt_audience,
@@ -331,7 +364,7 @@ def token_apikey(
     """Make an opaque API key; add the printed entry to EXAI_API_KEYS (only its hash is stored)."""
     from exai.security.auth import new_api_key
 
-    key, entry = new_api_key(tenant, scopes.replace(",", " ").split())
+    key, entry = new_api_key(tenant, _scopes(scopes))
     print(f"key:   {key}\nentry: {entry}")
 
 
@@ -401,19 +434,26 @@ def audit(
     from rich.text import Text
 
     from exai.cli_output import print_table
+    from exai.observability.errors import ExaiError
 
     services = _services(_settings())
     cutoff = time.time() - _duration(since) if since else None
 
     async def fetch() -> list[Any]:
-        await services.store.open()
+        from exai.storage.opening import open_store
+
+        settings = services.settings
+        database_url = settings.database_url.get_secret_value() if settings.database_url else None
         try:
-            await services.store.migrate()
+            await open_store(services.store, database_url, str(settings.data_dir))
             return await services.store.list_audit(tenant=tenant, tool=tool, since=cutoff, limit=limit)
         finally:
             await services.store.close()
 
-    records = asyncio.run(fetch())
+    try:
+        records = asyncio.run(fetch())
+    except ExaiError as exc:
+        _fail(exc)
     if as_json:
         for record in records:
             print(json.dumps(record.model_dump()))
@@ -442,6 +482,38 @@ def audit(
 def printable(value: str) -> str:
     """`value` with every non-printable character (ESC, CR, ...) shown as its escape, e.g. `\\x1b`."""
     return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in value)
+
+
+@app.command()
+def install(
+    client: Annotated[str, typer.Argument(help="claude-code, codex, cursor, vscode or gemini.")],
+    stdio: Annotated[bool, typer.Option(help="Let the client start `exai stdio` itself.")] = False,
+    url: Annotated[
+        str | None,
+        typer.Option(help="A shared daemon's MCP URL (default: the local daemon, http://127.0.0.1:8765/mcp)."),
+    ] = None,
+    token_env: Annotated[
+        str | None, typer.Option(help="The environment variable that holds the token (e.g. EXAI_TOKEN).")
+    ] = None,
+    name: Annotated[str, typer.Option(help="The server's name in the client's configuration.")] = "exai",
+    print_only: Annotated[bool, typer.Option("--print", help="Show the entry and the file; write nothing.")] = False,
+) -> None:
+    """Write a client's MCP configuration for this server (the local daemon, stdio, or a shared daemon)."""
+    from exai.installer import CLIENTS, connection, plan, write
+    from exai.observability.errors import ExaiError
+
+    if client not in CLIENTS:
+        print(f"Unknown client {client[:40]!r}.\n  fix: use one of {', '.join(CLIENTS)}", file=sys.stderr)
+        raise typer.Exit(2)
+    try:
+        planned = plan(client, name, connection(stdio=stdio, url=url, token_env=token_env))
+    except ExaiError as exc:
+        _fail(exc)
+    if print_only:
+        print(f"# {planned.path}\n{planned.entry}")
+        return
+    write(planned)
+    print(f"{client}: wrote '{name}' to {planned.path}")
 
 
 db_app = typer.Typer(help="Database maintenance.", no_args_is_help=True)

@@ -1,4 +1,5 @@
-"""`exai doctor`: reach every configured provider and say what to do about each problem.
+"""`exai doctor`: check the store, Redis, the JWKS and the file roots (doctor_checks.py), reach every configured
+provider, and say what to do about each problem.
 
 With `--live` it also makes one tiny real call per configured provider (it costs a few tokens, hence opt-in) and
 reports the model that answered, the latency and the usage the vendor reported.
@@ -6,6 +7,7 @@ reports the model that answered, the latency and the usage the vendor reported.
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 from rich.console import Console
@@ -15,6 +17,7 @@ from rich.text import Text
 from exai.app import Services
 from exai.cli_output import console, print_table
 from exai.config import ProviderConfig
+from exai.doctor_checks import Check, run_checks
 from exai.observability.errors import ExaiError
 from exai.providers.base import CallOptions
 from exai.providers.catalogue import custom_model
@@ -26,12 +29,17 @@ LIVE_MAX_OUTPUT = 16
 
 
 async def run_doctor(services: Services, timeout: float, live: bool = False) -> int:
-    """Print a table of providers (and with `live`, of one real call each); return the number of problems found."""
-    await discover_custom_models(services.settings, services.router)
+    """Print a line per check, a table of providers (and with `live`, of one real call each); return the number
+    of problems found."""
+    checks, _ = await asyncio.gather(
+        run_checks(services, timeout), discover_custom_models(services.settings, services.router)
+    )
     await services.listings.refresh()
     out = console()
+    for check in checks:
+        out.print(check_line(check))
     rows: list[tuple[str, str, str, str]] = []  # rich markup; data inside is escaped
-    problems = 0
+    problems = sum(not check.ok for check in checks)
     for name, config in services.router.configs.items():
         spec = config.spec
         need = " or ".join(spec.key_env) if spec.key_required else spec.base_url_env
@@ -73,6 +81,15 @@ async def run_doctor(services: Services, timeout: float, live: bool = False) -> 
         problems += await _live_calls(services, timeout)
     await services.close()
     return problems
+
+
+def check_line(check: Check) -> Text:
+    """`ok    store: ...` or `FAIL  redis: ... (fix: ...)`, never markup (the details hold what servers answered)."""
+    line = Text("ok    " if check.ok else "FAIL  ", style="green" if check.ok else "red")
+    line.append(f"{check.name}: {check.detail}")
+    if check.fix:
+        line.append(f" (fix: {check.fix})")
+    return line
 
 
 async def _live_calls(services: Services, timeout: float) -> int:

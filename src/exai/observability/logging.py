@@ -92,6 +92,9 @@ def configure_logging(level: str = "INFO", json: bool = False) -> None:
     root.setLevel(max(logging.INFO, logging.getLevelNamesMapping()[level.upper()]))
     for noisy in ("httpx", "httpx2", "httpcore", "openai", "anthropic", "mcp", "sse_starlette", "uvicorn.access"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+    # Python warnings (a library's deprecation notice) become log records: with EXAI_LOG_JSON a raw warning on
+    # stderr would break the JSON lines a log shipper reads.
+    logging.captureWarnings(True)
 
 
 def get_logger(name: str) -> structlog.stdlib.BoundLogger:

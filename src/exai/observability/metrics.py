@@ -6,6 +6,10 @@ collectors of prometheus-client, and the rate limiter's state read when scraped.
 `exai serve` runs one process; for several worker processes set PROMETHEUS_MULTIPROC_DIR and prometheus-client's
 multiprocess mode aggregates the exai_* series (see README). Process, GC and limiter readings belong to one process
 and cannot be summed; in that mode they are exported for the process that answers the scrape, with a `pid` label.
+
+Every counter is exported at 0 for its known labels from the start (error categories, rate limits, storage
+operations, and each enabled tool's outcomes): Prometheus' `increase()` needs a sample before the first failure,
+or a short outage (the first storage error ever) is never seen by an alert rule.
 """
 
 from __future__ import annotations
@@ -26,11 +30,17 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from exai.observability.errors import Category
 from exai.observability.health import LimiterHealth, limiter_health
 from exai.observability.process import ProcessMeter
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 BREAKER_VALUES = {"closed": 0, "half_open": 1, "open": 2}
+RATE_LIMITS = ("rpm", "concurrency", "tokens", "sessions", "unavailable")
+"""The `limit` label of exai_rate_limit_rejections_total: the reasons security/limits.py refuses a call for."""
+STORAGE_OPERATIONS = ("read_thread", "append_turns")
+"""The `operation` label of exai_storage_errors_total and exai_storage_latency_seconds (conversations/threads.py)."""
+TOOL_OUTCOMES = ("ok", "error", "cancelled", "denied", "rate_limited")
 
 
 class LimiterCollector(Collector):
@@ -149,6 +159,18 @@ class Metrics:
         self.oldest_working = Gauge(
             "exai_task_oldest_working_seconds", "Age of the oldest working call (0: none)", registry=r
         )
+        for category in Category:
+            self.errors.labels(category.value)
+        for limit in RATE_LIMITS:
+            self.rate_limited.labels(limit)
+        for operation in STORAGE_OPERATIONS:
+            self.storage_errors.labels(operation)
+
+    def know_tools(self, names: Iterable[str]) -> None:
+        """Export every outcome of each of these tools at 0, so a tool's first failure is an increase."""
+        for name in names:
+            for outcome in TOOL_OUTCOMES:
+                self.tool_calls.labels(name, outcome)
 
     def render(self) -> bytes:
         if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):

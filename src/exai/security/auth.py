@@ -22,7 +22,11 @@ from mcp.server.auth.provider import AccessToken
 from starlette.types import Scope
 
 from exai.observability.logging import get_logger
+from exai.security import token_rejections
 from exai.security.jwks import JwksKeys, UnknownSigningKey
+
+if TYPE_CHECKING:
+    import jwt
 
 log = get_logger(__name__)
 LEEWAY_SECONDS = 30
@@ -145,6 +149,7 @@ class JWTVerifier:
         self.on_failure: Callable[[], None] | None = None
 
     async def verify_token(self, token: str) -> AccessToken | None:
+        token_rejections.clear()
         access = await self._verify(token)
         if access is None:
             self.failures += 1
@@ -156,6 +161,7 @@ class JWTVerifier:
         if token.startswith(API_KEY_PREFIX):
             return self._verify_api_key(token)
         if not self._algorithms:
+            token_rejections.note("not an API key of this server (it accepts API keys only)")
             return None
         import jwt
 
@@ -174,14 +180,17 @@ class JWTVerifier:
             )
         except (jwt.PyJWTError, UnknownSigningKey, ValueError) as exc:
             log.info("token_rejected", reason=type(exc).__name__)
+            token_rejections.note_jwt_error(exc)
             return None
         tenant = claims.get(self.tenant_claim)
         if not isinstance(tenant, str) or not tenant:
             log.info("token_rejected", reason=f"no '{self.tenant_claim}' claim")
+            token_rejections.note(f"no '{self.tenant_claim}' claim")
             return None
         if len(tenant) > MAX_TENANT_CHARS or not tenant.isprintable():
             # The tenant is shown in logs, the audit listing and the status page: no control characters.
             log.info("token_rejected", reason=f"'{self.tenant_claim}' claim is not a printable name of at most 128")
+            token_rejections.note(f"the '{self.tenant_claim}' claim is not a printable name of at most 128")
             return None
         scopes = claims.get("scope", claims.get("scopes", ""))
         scope_list = scopes.split() if isinstance(scopes, str) else [str(s) for s in scopes]
@@ -200,6 +209,7 @@ class JWTVerifier:
         for known, entry in self.api_keys.items():
             if hmac.compare_digest(known, digest):
                 return AccessToken(token=token, client_id=entry.tenant, scopes=list(entry.scopes), subject=entry.tenant)
+        token_rejections.note("unknown or revoked API key")
         return None
 
 

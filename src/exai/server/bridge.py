@@ -35,7 +35,13 @@ from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 from exai import __version__
 from exai.observability.errors import AuthError, ExaiError, NetworkError, ValidationError
 from exai.observability.logging import get_logger
-from exai.server.bridge_transport import Delivery, DeliveryTrackingTransport, delivery_of, refused_status
+from exai.server.bridge_transport import (
+    Delivery,
+    DeliveryTrackingTransport,
+    delivery_of,
+    permanent_failure,
+    refused_status,
+)
 from exai.server.results import error_result
 
 log = get_logger(__name__)
@@ -123,6 +129,8 @@ class RemoteDaemon:
             except MCPError as exc:
                 if (status := refused_status(exc)) is not None:
                     raise self._refused(status) from None
+                if (detail := permanent_failure(exc)) is not None:
+                    raise self._misdirected(detail) from None
                 delivery = delivery_of(exc)
                 if delivery is None:
                     raise  # the daemon's own answer
@@ -174,6 +182,8 @@ class RemoteDaemon:
                 await _stop(closed, runner)
                 if (status := refused_status(exc)) is not None:
                     raise self._refused(status) from None  # a refused token stays refused: never retried
+                if (detail := permanent_failure(exc)) is not None:
+                    raise self._misdirected(detail) from None  # so does a wrong URL or an untrusted certificate
                 if loop.time() + delay > deadline:
                     raise self._unreachable(_describe(exc)) from None
                 log.info("bridge_retrying", url=self.url, in_seconds=round(delay, 2))
@@ -221,6 +231,16 @@ class RemoteDaemon:
             code="daemon_refused_token",
             remedy=f"Set EXAI_TOKEN to a valid token{scope} (`exai token issue --sub NAME` with the daemon's "
             "EXAI_JWT_SECRET, or a key from `exai token apikey` listed in its EXAI_API_KEYS), then restart the bridge.",
+        )
+
+    def _misdirected(self, detail: str) -> NetworkError:
+        return NetworkError(
+            f"The EX-AI daemon is not at {self.url}: {detail}. The request was not sent.",
+            code="daemon_misconfigured",
+            remedy="Check the URL given to --connect (the daemon serves MCP at http://host:8765/mcp); for https, that "
+            "the daemon's certificate is trusted here; for 421, add the URL's host name to the daemon's "
+            "EXAI_ALLOWED_HOSTS. Retrying as is cannot succeed.",
+            retryable=False,
         )
 
     def _lost(self, what: str, detail: str) -> NetworkError:

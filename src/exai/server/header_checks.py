@@ -3,10 +3,16 @@
 A web page can make a browser send requests to a daemon on the user's loopback through a DNS name it controls
 (DNS rebinding). Refusing Host names and browser Origins that are not our own closes that, on every endpoint,
 not only /mcp: /dashboard/data, /metrics, /alerts and /readyz of a daemon without auth hold operator data.
+
+Orchestrators probe and scrape by address: kubelet's probes and a Prometheus pod-IP scrape send `Host: 10.244.1.7:8765`.
+A Host that is an IP literal cannot come from DNS rebinding (the browser sends the name it resolved, never the
+address), so /healthz, /readyz and /metrics answer any IP-literal Host; every other path, /mcp included, still wants
+one of our names. A foreign Origin is refused everywhere.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import re
 
 from starlette.datastructures import Headers
@@ -18,6 +24,8 @@ from exai.server.refusals import refuse
 
 ACCEPT_BOTH = "application/json, text/event-stream"
 PORT = re.compile(r"[0-9]{1,5}")
+PROBE_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+"""Paths an orchestrator reaches by address (probes, scrapes): they answer a Host that is an IP literal."""
 
 
 def matches(value: str, patterns: list[str]) -> bool:
@@ -25,6 +33,23 @@ def matches(value: str, patterns: list[str]) -> bool:
     base, _, port = value.rpartition(":")
     any_port = f"{base}:*" if PORT.fullmatch(port) else None
     return any(value == p or p == any_port for p in patterns)
+
+
+def is_ip_literal(host: str) -> bool:
+    """`10.0.0.7`, `10.0.0.7:8765`, `[fd00::7]` or `[fd00::7]:8765` (a port, when given, is numeric)."""
+    if host.startswith("["):
+        address, _, rest = host[1:].partition("]")
+        if rest and not (rest.startswith(":") and PORT.fullmatch(rest[1:])):
+            return False
+    else:
+        address, colon, port = host.partition(":")
+        if colon and not PORT.fullmatch(port):
+            return False
+    try:
+        ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return True
 
 
 class HostOriginCheck:
@@ -39,7 +64,8 @@ class HostOriginCheck:
             return
         headers = Headers(scope=scope)
         host, origin = headers.get("host", ""), headers.get("origin")
-        if not matches(host, self.allowed_hosts):
+        probe_by_address = scope["path"] in PROBE_PATHS and is_ip_literal(host)
+        if not probe_by_address and not matches(host, self.allowed_hosts):
             error = PermissionDeniedError(
                 f"Host {host[:64]!r} is not a name this server answers to.",
                 code="host_not_allowed",

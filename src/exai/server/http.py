@@ -29,8 +29,10 @@ from starlette.types import ASGIApp, Lifespan, Scope
 
 from exai.app import Services
 from exai.observability.errors import AuthError, PermissionDeniedError
+from exai.observability.logging import get_logger
 from exai.observability.metrics import BREAKER_VALUES
 from exai.security.auth import ADMIN_SCOPE, METRICS_SCOPE, TOOLS_SCOPE, request_access, request_tenant
+from exai.server.auth_errors import ExplainedRequireAuth, has_bearer, why_unauthenticated
 from exai.server.cancellation import CallCancellations, StatelessCancellation
 from exai.server.connection_guard import guarded_h11_protocol, raise_file_limit
 from exai.server.correlation import RequestIdMiddleware
@@ -41,7 +43,10 @@ from exai.server.mcp import build_server
 from exai.server.request_body import BodyDeadline, CompleteBody
 from exai.server.request_ids import IdTypeCheck, InFlightIds
 from exai.server.sessions import SessionQuota
+from exai.server.start_line import start_fields
 from exai.server.stateless import PostOnly
+
+log = get_logger(__name__)
 
 
 def is_loopback(host: str) -> bool:
@@ -96,7 +101,9 @@ def build_http_app(services: Services) -> Starlette:
         access = request_access(request.scope)
         if access is None:
             error = AuthError(
-                "A valid bearer token is required.",
+                f"{why_unauthenticated(request.scope)}."
+                if has_bearer(request.scope)
+                else "A valid bearer token is required.",
                 code="unauthenticated",
                 remedy=f"Send Authorization: Bearer <token> with the exai:admin scope{f' or {also}' if also else ''}.",
             )
@@ -195,7 +202,10 @@ def build_http_app(services: Services) -> Starlette:
     auth = None
     public = settings.public_url or f"http://{settings.host}:{settings.port}/mcp"
     if verifier is not None:
-        auth = AuthSettings(issuer_url=public, resource_server_url=public, required_scopes=[])
+        # Our verifier checks the audience itself (EXAI_JWT_AUDIENCE); API keys carry no resource indicator.
+        auth = AuthSettings(
+            issuer_url=public, resource_server_url=public, required_scopes=[], validate_token_resource=False
+        )
     server = build_server(services)
     app = server.streamable_http_app(
         streamable_http_path="/mcp",
@@ -271,7 +281,10 @@ def guard_mcp(
         return AcceptCheck(quota)
 
     if isinstance(route.app, RequireAuthMiddleware):
-        route.app.app = checked(route.app.app)
+        required = route.app
+        route.app = ExplainedRequireAuth(
+            checked(required.app), required.required_scopes, required.resource_metadata_url
+        )
     else:
         route.app = checked(route.app)
     return route
@@ -341,6 +354,7 @@ async def serve_http(services: Services, listener: socket.socket | None = None) 
         lifespan="on",
     )
     await services.start()
+    log.info("serving", **start_fields(services))
     try:
         await _GracefulServer(config, posts, services).serve(sockets=[listener] if listener else None)
     finally:

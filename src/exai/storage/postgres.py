@@ -73,8 +73,10 @@ class PostgresStore:
         return statement.format(schema=self._prefix)
 
     async def open(self) -> None:
-        if self.schema:
-            async with await AsyncConnection.connect(self.url, **_CONNECTION) as conn:
+        # One connection first: a database that cannot be reached fails at once with the driver's reason, where the
+        # pool would retry for its whole timeout and then say only that it timed out.
+        async with await AsyncConnection.connect(self.url, connect_timeout=10, **_CONNECTION) as conn:
+            if self.schema:
                 await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
         await self._pool.open(wait=True, timeout=10)
 

@@ -137,10 +137,7 @@ class ToolContext:
         try:
             result = await self.services.router.generate(request, plan=plan, tenant=self.tenant, **options)
         except ExaiError as exc:
-            first = plan.first
-            self.model_calls.append(
-                ModelCall(plan.requested, first.provider, first.name, 0, 0, 0.0, 0.0, failure=exc.category.value)
-            )
+            self.model_calls.append(failed_model_call(plan, exc))  # the status page and audit show the model
             raise
         response = result.response
         info = self.services.catalogue.get(response.model)
@@ -163,6 +160,30 @@ class ToolContext:
             )
         )
         return result
+
+
+def failed_model_call(plan: RoutePlan, error: ExaiError) -> ModelCall:
+    """The model call a router failure stands for, charged nothing: the last model tried, its fallbacks and
+    retries (as for an answered call: every attempt after the first), or the model asked when none was tried."""
+    attempts = [a for a in error.details.get("attempts", []) if a.get("outcome") != "breaker_open"]
+    failure = error.category.value
+    if not attempts:
+        first = plan.first
+        return ModelCall(plan.requested, first.provider, first.name, 0, 0, 0.0, 0.0, failure=failure)
+    models = list(dict.fromkeys(a["model"] for a in attempts))
+    last = attempts[-1]
+    return ModelCall(
+        requested=plan.requested,
+        provider=last["provider"],
+        model=last["model"],
+        input_tokens=0,
+        output_tokens=0,
+        cost_usd=0.0,
+        latency_ms=round(sum(a["latency_ms"] for a in attempts), 2),
+        fallbacks=tuple(models[1:]),
+        retries=len(attempts) - 1,
+        failure=failure,
+    )
 
 
 @dataclass

@@ -1,5 +1,6 @@
-# A stand-in for the official PostgreSQL image: Debian's PostgreSQL on the local base, with the parts of the
-# official entrypoint that compose.yaml uses (POSTGRES_USER, POSTGRES_DB, POSTGRES_PASSWORD_FILE, PGPORT).
+# Where no registry can be reached: Debian's PostgreSQL 15 on the bookworm base from deploy/build-base-image.sh, in
+# place of the official image, with the parts of its entrypoint that compose.yaml uses (POSTGRES_USER, POSTGRES_DB,
+# POSTGRES_PASSWORD_FILE, PGPORT; POSTGRES_LISTEN_ADDRESSES, default *). See README, "Without a registry".
 ARG BASE_IMAGE
 FROM ${BASE_IMAGE}
 RUN apt-get update && apt-get install -y --no-install-recommends postgresql && rm -rf /var/lib/apt/lists/* \
