@@ -25,9 +25,6 @@ from exai.observability.logging import get_logger
 from exai.security import token_rejections
 from exai.security.jwks import JwksKeys, UnknownSigningKey
 
-if TYPE_CHECKING:
-    import jwt
-
 log = get_logger(__name__)
 LEEWAY_SECONDS = 30
 MAX_TENANT_CHARS = 128
