@@ -32,6 +32,19 @@ def reachable(port: int) -> bool:
         return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
+def live_children() -> dict[int, str]:
+    """This process's living child processes (pid -> command), read from /proc: zombies are not alive."""
+    found: dict[int, str] = {}
+    me = str(os.getpid())
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, IndexError):
+            text = stat.read_text()
+            name, rest = text[text.index("(") + 1 : text.rindex(")")], text[text.rindex(")") + 2 :].split()
+            if rest[1] == me and rest[0] != "Z":
+                found[int(stat.parent.name)] = name
+    return found
+
+
 @dataclass
 class Managed:
     """One child process on a loopback port, with its log file."""
@@ -112,6 +125,21 @@ class ProcessGroup:
         cluster.create()
         return cluster
 
+    def mark(self) -> tuple[int, int]:
+        """Where the processes started from now on begin (see `stop_since`)."""
+        return len(self.children), len(self.clusters)
+
+    def stop_since(self, mark: tuple[int, int]) -> list[str]:
+        """Stop every process and cluster started after `mark`; what is still running afterwards (should be none)."""
+        children, clusters = self.children[mark[0] :], self.clusters[mark[1] :]
+        for child in reversed(children):
+            with contextlib.suppress(Exception):
+                child.stop(signal.SIGKILL if child.args[0] != sys.executable else signal.SIGTERM, timeout=15)
+        alive = [f"PostgreSQL cluster {c.data}" for c in clusters if not _destroyed(c)]
+        alive += [f"{' '.join(Path(a).name for a in c.args[:4])} on port {c.port}" for c in children if c.running]
+        del self.children[mark[0] :], self.clusters[mark[1] :]
+        return alive
+
     def close(self) -> None:
         for child in reversed(self.children):
             with contextlib.suppress(Exception):
@@ -120,6 +148,13 @@ class ProcessGroup:
             with contextlib.suppress(Exception):
                 cluster.destroy()
         shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+def _destroyed(cluster: PostgresCluster) -> bool:
+    try:
+        return cluster.destroy()
+    except Exception:  # pg_ctl missing or refusing: judged by whether its postmaster still runs
+        return not cluster.running
 
 
 def _pg_binary(name: str) -> str:
@@ -164,7 +199,19 @@ class PostgresCluster:
     def stop(self) -> None:
         self._run(_pg_binary("pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "-t", "60", "stop")
 
-    def destroy(self) -> None:
+    @property
+    def running(self) -> bool:
+        """Whether its postmaster is alive (its pid file names a living process)."""
+        pid_file = self.data / "postmaster.pid"
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            os.kill(int(pid_file.read_text().split()[0]), 0)
+            return True
+        return False
+
+    def destroy(self) -> bool:
+        """Stop it (immediately) and delete its files; False when its postmaster is still running."""
         with contextlib.suppress(subprocess.SubprocessError):
             self._run(_pg_binary("pg_ctl"), "-D", str(self.data), "-m", "immediate", "stop")
+        stopped = not self.running
         shutil.rmtree(self.data, ignore_errors=True)
+        return stopped
