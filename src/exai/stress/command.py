@@ -91,6 +91,9 @@ def run_command(
         built = build()
         options = RunOptions(names, quick, soak_seconds, out, command)
         report = asyncio.run(run_stress(built, options, console))
+    except KeyboardInterrupt:  # every started scenario has stopped what it started; the report says how far it got
+        console.print(f"interrupted: partial reports in {out / 'stress.json'}, {out / 'stress.html'}")
+        return 130
     finally:
         if built is not None:
             built.close()

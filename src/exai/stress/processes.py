@@ -54,6 +54,7 @@ class Managed:
     port: int
     log_path: Path
     process: subprocess.Popen[bytes] | None = None
+    stopped: bool = False  # stopped on purpose (by `stop`), as opposed to having exited by itself
 
     @property
     def url(self) -> str:
@@ -66,6 +67,7 @@ class Managed:
     def start(self, ready_path: str | None = "/healthz") -> float:
         """Start it and wait until `ready_path` answers 200; returns the seconds that took."""
         started = time.monotonic()
+        self.stopped = False
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(self.args, env=self.env, stdout=log, stderr=subprocess.STDOUT)
         while time.monotonic() - started < START_CEILING_SECONDS:
@@ -85,6 +87,7 @@ class Managed:
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> None:
         if self.process is None or self.process.poll() is not None:
             return
+        self.stopped = True
         self.process.send_signal(sig)
         try:
             self.process.wait(timeout)
@@ -128,6 +131,15 @@ class ProcessGroup:
     def mark(self) -> tuple[int, int]:
         """Where the processes started from now on begin (see `stop_since`)."""
         return len(self.children), len(self.clusters)
+
+    def exited_since(self, mark: tuple[int, int]) -> list[str]:
+        """Processes started after `mark` that exited by themselves (not stopped by us), with their log's tail."""
+        return [
+            f"{' '.join(Path(a).name for a in c.args[:4])} on port {c.port} exited with {c.process.returncode}:\n"
+            + c.tail(1500)
+            for c in self.children[mark[0] :]
+            if c.process is not None and c.process.returncode is not None and not c.stopped
+        ]
 
     def stop_since(self, mark: tuple[int, int]) -> list[str]:
         """Stop every process and cluster started after `mark`; what is still running afterwards (should be none)."""

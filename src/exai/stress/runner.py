@@ -125,6 +125,13 @@ async def _paid_then_failed(ctx: Context, result: ScenarioResult) -> None:
     result.check("paid, then failed", "0 (counted by the simulator)", detail, not paid)
 
 
+def _traceback_of(exc: BaseException) -> str:
+    """The frames of this package (where the scenario was), then the exception: short enough to read in a report."""
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if "/exai/" in f.filename]
+    lines = traceback.format_list(frames[-8:]) + traceback.format_exception_only(exc)
+    return "Traceback (this package's frames):\n" + "".join(lines)
+
+
 async def run_scenario(ctx: Context, module: ModuleType, ceiling: float) -> tuple[ScenarioResult, list[str]]:
     """Run one scenario within `ceiling` seconds; afterwards stop everything it started, whatever happened.
     Returns the result and what could not be stopped (the run must not go on while anything of it lives)."""
@@ -141,8 +148,10 @@ async def run_scenario(ctx: Context, module: ModuleType, ceiling: float) -> tupl
         result.check("finished in time", f"<= {ceiling:.0f} s", _partial(ctx, result), False)
     except Exception as exc:  # a scenario that breaks is a failed scenario with its reason, not a lost run
         result.check("ran to the end", "no exception", f"{type(exc).__name__}: {exc}"[:400], False)
-        result.notes.append(traceback.format_exc()[-2000:])
+        result.notes.append(_traceback_of(exc))
     finally:  # also on Ctrl-C / SIGTERM (a cancellation): nothing it started outlives it
+        if target.group is not None and mark is not None:
+            result.notes += [f"a process died during the scenario: {e}" for e in target.group.exited_since(mark)]
         with contextlib.suppress(Exception):
             await ctx.sim.clear_faults()
         leftovers = await asyncio.to_thread(_stop_started, target, mark, before)

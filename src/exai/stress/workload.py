@@ -30,7 +30,8 @@ class LoadPlan:
     token: str | None = None
     prefix: str = "load"
     ceiling: float = 300.0  # a single call's hang ceiling
-    rate: float = 0.0  # open loop: new chats per second (spread over the sessions) for `until`; 0 = closed loop
+    rate: float = 0.0  # open loop: new chats per second (spread over the sessions) for `duration`; 0 = closed loop
+    duration: float = 0.0  # open loop: seconds of offering, counted once the sessions are open (not from launch)
 
 
 def workflow_step(number: int, total: int, thread: str | None, text: str) -> dict[str, Any]:
@@ -71,9 +72,9 @@ async def operation(
 
 
 async def run_open(plan: LoadPlan, emit: Callable[[Sample], None], epoch: float) -> None:
-    """Open loop: a new chat every 1/rate seconds until `until`, whether or not earlier ones have finished (a slow
-    daemon gets more calls in flight, as from real clients); then wait for the calls still running."""
-    assert plan.until is not None
+    """Open loop: a new chat every 1/rate seconds for `duration`, whether or not earlier ones have finished (a slow
+    daemon gets more calls in flight, as from real clients); then wait for the calls still running. The duration
+    starts when the sessions are open: a client process that starts slowly on a busy machine still offers it all."""
     async with contextlib.AsyncExitStack() as stack:
         clients = [
             await stack.enter_async_context(session(plan.url, plan.token, plan.ceiling)) for _ in range(plan.sessions)
@@ -85,7 +86,7 @@ async def run_open(plan: LoadPlan, emit: Callable[[Sample], None], epoch: float)
             emit((await call(client, "chat", args, epoch, plan.ceiling)).sample)
 
         start, n = time.monotonic(), 0
-        while time.time() < plan.until:
+        while time.monotonic() < start + plan.duration:
             task = asyncio.create_task(one(clients[n % len(clients)], n))
             running.add(task)
             task.add_done_callback(running.discard)
