@@ -6,6 +6,7 @@ told by CPU time per call of the daemon, the simulator and the clients (from /pr
 
 from __future__ import annotations
 
+import asyncio
 import os
 import resource
 import time
@@ -15,6 +16,7 @@ from pathlib import Path
 import httpx2
 
 from exai.stress.context import Context
+from exai.stress.driver import call, session
 from exai.stress.metrics import histogram_quantile, scrape
 from exai.stress.results import Sample
 from exai.stress.target import Daemon
@@ -60,6 +62,7 @@ class Step:
 
 
 OVERHEAD_P95_MS = 5.0
+WARM_UP_CALLS = 100
 
 
 async def step(
@@ -113,6 +116,19 @@ async def step(
     )
 
 
+async def warm_up(ctx: Context, daemon: Daemon, calls: int) -> None:
+    """First-call costs (imports, pools, caches) paid before any step is measured: counted in calls, not seconds."""
+    sessions = 4
+    queue = iter(range(calls))
+
+    async def worker() -> None:
+        async with session(daemon.mcp_url, ctx.target.token) as client:
+            for n in queue:
+                await call(client, "chat", {"prompt": f"warm-up {n}", "model": "sim-fast"}, ctx.epoch, 120)
+
+    await asyncio.gather(*(worker() for _ in range(sessions)))
+
+
 async def find_knee(
     ctx: Context, daemon: Daemon, sim_pid: int, rates: list[float], seconds: float, samples: list[Sample]
 ) -> tuple[list[Step], Step | None]:
@@ -120,6 +136,8 @@ async def find_knee(
     step that met it (None when even the first did not)."""
     steps: list[Step] = []
     knee: Step | None = None
+    ctx.progress(0, len(rates), "capacity: warm-up")
+    await warm_up(ctx, daemon, WARM_UP_CALLS)
     for number, rate in enumerate(rates):
         ctx.progress(number, len(rates), f"capacity: offering {rate:.0f} calls/s")
         done = await step(ctx, daemon, sim_pid, rate, seconds, processes=2, samples=samples)
