@@ -24,6 +24,8 @@ from exai.stress.target import Isolation, Target, local_target
 from exai.stress.workload import operation, workflow_step
 from tests.helpers import wait_until
 
+pytestmark = pytest.mark.timeout(600)  # each test starts the simulator and a daemon: slow on a busy machine
+
 
 @pytest.fixture
 async def target(redis_url: str) -> AsyncIterator[Target]:
@@ -114,7 +116,6 @@ async def test_redis_checks_fail_when_the_limiter_is_not_degraded_and_nothing_is
     assert [c.passed for c in result.checks] == [False, False, False], result.checks
 
 
-@pytest.mark.timeout(600)
 @pytest.mark.anyio
 async def test_the_soak_fails_on_errors_of_any_category(ctx: Context) -> None:
     """Errors from a failing upstream are neither internal nor transport errors: the soak still fails on them."""

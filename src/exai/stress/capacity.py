@@ -137,7 +137,7 @@ async def find_knee(
     steps: list[Step] = []
     knee: Step | None = None
     ctx.progress(0, len(rates), "capacity: warm-up")
-    await warm_up(ctx, daemon, WARM_UP_CALLS)
+    await warm_up(ctx, daemon, ctx.scale(WARM_UP_CALLS, 20))
     for number, rate in enumerate(rates):
         ctx.progress(number, len(rates), f"capacity: offering {rate:.0f} calls/s")
         done = await step(ctx, daemon, sim_pid, rate, seconds, processes=2, samples=samples)

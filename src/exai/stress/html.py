@@ -74,8 +74,8 @@ def _line_chart(title: str, rows: list[list[float]], labels: list[str], unit: st
         y = py(tick)
         parts.append(f'<line x1="{LEFT}" y1="{y:.1f}" x2="{WIDTH - RIGHT}" y2="{y:.1f}" stroke="#e5e7eb"/>')
         parts.append(f'<text x="{LEFT - 6}" y="{y + 4:.1f}" font-size="11" text-anchor="end">{_number(tick)}</text>')
-    for i in range(5):
-        x = x0 + (x1 - x0) * i / 4
+    step = _ticks(x1 - x0)[1]
+    for x in [round(step * k, 10) for k in range(math.ceil(x0 / step), math.floor(x1 / step) + 1)]:
         parts.append(
             f'<text x="{px(x):.1f}" y="{TOP + plot_h + 16}" font-size="11" text-anchor="middle">{x:.0f}</text>'
         )

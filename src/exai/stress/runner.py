@@ -33,7 +33,7 @@ from exai.stress.sim import SimControl
 from exai.stress.target import Target
 
 DEFAULT_CEILING_SECONDS = 1800.0  # per scenario (the soak: its duration plus this)
-QUICK_CEILING_SECONDS = 300.0  # generous: a quick run must give a verdict on a busy machine, not run out of time
+QUICK_CEILING_SECONDS = 900.0  # generous: a quick run must give a verdict on a busy machine, not run out of time
 LOAD_SAMPLE_SECONDS = 5.0
 
 
@@ -121,7 +121,8 @@ async def _paid_then_failed(ctx: Context, result: ScenarioResult) -> None:
     for s in paid:
         by_category[s.category] = by_category.get(s.category, 0) + 1
     result.figures["paid, then failed"] = len(paid)
-    detail = f"{len(paid):,} of {len(failed):,} failed calls" + (f" ({by_category})" if by_category else "")
+    shown = ", ".join(f"{k} {v:,}" for k, v in sorted(by_category.items()))
+    detail = f"{len(paid):,} of {len(failed):,} failed calls" + (f" ({shown})" if shown else "")
     result.check("paid, then failed", "0 (counted by the simulator)", detail, not paid)
 
 
