@@ -32,6 +32,21 @@ def reachable(port: int) -> bool:
         return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
+def listens_on(pid: int, port: int) -> bool:
+    """Whether process `pid` holds the listening socket of 127.0.0.1:`port`. On a shared machine another program
+    may take a free port between our probe and the daemon's bind: a 200 from that port must be from ours."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                fields = line.split()
+                if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == "0A":  # 0A: LISTEN
+                    inodes.add(f"socket:[{fields[9]}]")
+    with contextlib.suppress(OSError):
+        return any(os.readlink(fd) in inodes for fd in Path(f"/proc/{pid}/fd").iterdir())
+    return False
+
+
 def live_children() -> dict[int, str]:
     """This process's living child processes (pid -> command), read from /proc: zombies are not alive."""
     found: dict[int, str] = {}
@@ -74,11 +89,12 @@ class Managed:
             if self.process.poll() is not None:
                 raise RuntimeError(f"{' '.join(self.args[2:])} exited with {self.process.returncode}: {self.tail()}")
             if ready_path is None:
-                if reachable(self.port):
+                if reachable(self.port) and listens_on(self.process.pid, self.port):
                     return time.monotonic() - started
             else:
                 with contextlib.suppress(httpx2.TransportError):
-                    if httpx2.get(self.url + ready_path, timeout=2).status_code == 200:
+                    ready = httpx2.get(self.url + ready_path, timeout=2).status_code == 200
+                    if ready and listens_on(self.process.pid, self.port):
                         return time.monotonic() - started
             time.sleep(0.05)
         self.stop(signal.SIGKILL)
@@ -138,7 +154,7 @@ class ProcessGroup:
             f"{' '.join(Path(a).name for a in c.args[:4])} on port {c.port} exited with {c.process.returncode}:\n"
             + c.tail(1500)
             for c in self.children[mark[0] :]
-            if c.process is not None and c.process.returncode is not None and not c.stopped
+            if c.process is not None and c.process.poll() is not None and not c.stopped
         ]
 
     def stop_since(self, mark: tuple[int, int]) -> list[str]:

@@ -126,10 +126,22 @@ async def _paid_then_failed(ctx: Context, result: ScenarioResult) -> None:
     result.check("paid, then failed", "0 (counted by the simulator)", detail, not paid)
 
 
+def _leaf(exc: BaseException) -> BaseException:
+    """The first real error inside (nested) exception groups: what a task group's failure was about."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return exc
+
+
 def _traceback_of(exc: BaseException) -> str:
-    """The frames of this package (where the scenario was), then the exception: short enough to read in a report."""
+    """The frames of this package (where the scenario was), then the exception (for a task group, also its first
+    inner error and where that was raised): short enough to read in a report."""
     frames = [f for f in traceback.extract_tb(exc.__traceback__) if "/exai/" in f.filename]
     lines = traceback.format_list(frames[-8:]) + traceback.format_exception_only(exc)
+    leaf = _leaf(exc)
+    if leaf is not exc:
+        lines += ["inner error:\n"] + traceback.format_list(traceback.extract_tb(leaf.__traceback__)[-4:])
+        lines += traceback.format_exception_only(leaf)
     return "Traceback (this package's frames):\n" + "".join(lines)
 
 
@@ -148,7 +160,8 @@ async def run_scenario(ctx: Context, module: ModuleType, ceiling: float) -> tupl
     except TimeoutError:
         result.check("finished in time", f"<= {ceiling:.0f} s", _partial(ctx, result), False)
     except Exception as exc:  # a scenario that breaks is a failed scenario with its reason, not a lost run
-        result.check("ran to the end", "no exception", f"{type(exc).__name__}: {exc}"[:400], False)
+        leaf = _leaf(exc)
+        result.check("ran to the end", "no exception", f"{type(leaf).__name__}: {leaf}"[:400], False)
         result.notes.append(_traceback_of(exc))
     finally:  # also on Ctrl-C / SIGTERM (a cancellation): nothing it started outlives it
         if target.group is not None and mark is not None:
