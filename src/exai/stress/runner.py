@@ -140,7 +140,7 @@ def _traceback_of(exc: BaseException) -> str:
     lines = traceback.format_list(frames[-8:]) + traceback.format_exception_only(exc)
     leaf = _leaf(exc)
     if leaf is not exc:
-        lines += ["inner error:\n"] + traceback.format_list(traceback.extract_tb(leaf.__traceback__)[-4:])
+        lines += ["inner error:\n", *traceback.format_list(traceback.extract_tb(leaf.__traceback__)[-4:])]
         lines += traceback.format_exception_only(leaf)
     return "Traceback (this package's frames):\n" + "".join(lines)
 
