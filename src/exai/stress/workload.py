@@ -31,7 +31,8 @@ class LoadPlan:
     prefix: str = "load"
     ceiling: float = 300.0  # a single call's hang ceiling
     rate: float = 0.0  # open loop: new chats per second (spread over the sessions) for `duration`; 0 = closed loop
-    duration: float = 0.0  # open loop: seconds of offering, counted once the sessions are open (not from launch)
+    duration: float = 0.0  # seconds of traffic counted from this client's start (open loop: once its sessions are
+    # open), not from launch: a client process that starts slowly on a busy machine still runs it all
 
 
 def workflow_step(number: int, total: int, thread: str | None, text: str) -> dict[str, Any]:
@@ -101,8 +102,10 @@ async def run_plan(plan: LoadPlan, emit: Callable[[Sample], None], epoch: float)
         await run_open(plan, emit, epoch)
         return
 
+    until = plan.until if plan.until is not None else time.time() + plan.duration if plan.duration else None
+
     def over() -> bool:
-        return plan.until is not None and time.time() >= plan.until
+        return until is not None and time.time() >= until
 
     async def slot(client: Client, name: str) -> None:
         thread: str | None = None

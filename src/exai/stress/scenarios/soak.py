@@ -48,8 +48,8 @@ async def run(ctx: Context, result: ScenarioResult) -> None:
         sessions=ctx.scale(16, 4),
         slots_per_session=2,
         operations_per_slot=10,
-        reopen=1_000_000,  # bounded by `until`
-        until=time.time() + duration,
+        reopen=1_000_000,  # bounded by `duration`
+        duration=duration,
         token=ctx.target.token,
         prefix=f"soak-{int(time.time())}",
     )
@@ -61,7 +61,7 @@ async def run(ctx: Context, result: ScenarioResult) -> None:
         ctx.progress(min(ctx.elapsed(), duration), duration, f"{len(result.samples)} calls")
 
     try:
-        await run_workers(2, plan, ctx.epoch, on_sample, ceiling=duration + 120)
+        await run_workers(2, plan, ctx.epoch, on_sample, ceiling=duration + 300)
     finally:
         await monitor.stop()
     readings = result.resources = monitor.readings
