@@ -91,7 +91,7 @@ def _running_table(results: list[ScenarioResult]) -> Table:
 def _partial(ctx: Context, result: ScenarioResult) -> str:
     errors = result.errors_by_category()
     shown = ", ".join(f"{k} {v:,}" for k, v in sorted(errors.items(), key=lambda kv: -kv[1])) or "none"
-    return f"ran out of time during '{ctx.where}'; so far {len(result.samples):,} calls, errors: {shown}"
+    return f"during '{ctx.where}'; so far {len(result.samples):,} calls, errors: {shown}"
 
 
 def _stop_started(target: Target, mark: tuple[int, int] | None, before: set[int]) -> list[str]:
@@ -155,10 +155,16 @@ async def run_scenario(ctx: Context, module: ModuleType, ceiling: float) -> tupl
     ctx.epoch = time.monotonic()
     leftovers: list[str] = []
     try:
-        async with asyncio.timeout(ceiling):
+        async with asyncio.timeout(ceiling) as limit:
             await module.run(ctx, result)
-    except TimeoutError:
-        result.check("finished in time", f"<= {ceiling:.0f} s", _partial(ctx, result), False)
+    except TimeoutError as exc:
+        if limit.expired():  # the scenario's own ceiling, not a timeout inside it
+            result.check("finished in time", f"<= {ceiling:.0f} s", f"ran out of time {_partial(ctx, result)}", False)
+        else:
+            result.check(
+                "ran to the end", "no exception", f"a timeout inside the scenario: {_partial(ctx, result)}", False
+            )
+            result.notes.append(_traceback_of(exc))
     except Exception as exc:  # a scenario that breaks is a failed scenario with its reason, not a lost run
         leaf = _leaf(exc)
         result.check("ran to the end", "no exception", f"{type(leaf).__name__}: {leaf}"[:400], False)
