@@ -93,7 +93,9 @@ async def test_refused_calls_are_audited(daemon: Daemon, sim: SimControl, tmp_pa
     proc = daemon(EXAI_JWT_SECRET=SECRET, EXAI_RATE_LIMIT_RPM="1")
     narrow = issue_token(SECRET, "mallory[/bold]", ["exai:tool:chat"], 600)
     async with (
-        httpx2.AsyncClient(headers={"Authorization": f"Bearer {narrow}", "X-Request-ID": "probe-1"}) as http,
+        httpx2.AsyncClient(
+            headers={"Authorization": f"Bearer {narrow}", "X-Request-ID": "probe-1"}, timeout=120
+        ) as http,
         Client(streamable_http_client(f"{proc.url}/mcp", http_client=http)) as client,
     ):
         denied = [await client.call_tool("threads", {}) for _ in range(2)]
@@ -120,7 +122,7 @@ async def test_hostile_correlation_ids_are_replaced_not_echoed(daemon: Daemon, s
     proc = daemon()
     for hostile in ("café", "[/bold]", "x" * 65, "a b"):
         async with (
-            httpx2.AsyncClient(headers={"X-Request-ID": hostile.encode()}) as http,
+            httpx2.AsyncClient(headers={"X-Request-ID": hostile.encode()}, timeout=120) as http,
             Client(streamable_http_client(f"{proc.url}/mcp", http_client=http)) as client,
         ):
             result = await client.call_tool("chat", {"prompt": "hi", "model": "sim-fast"})

@@ -71,7 +71,7 @@ async def test_fifty_concurrent_chats_do_not_block_each_other(daemon: Daemon, si
 async def test_correlation_id_reaches_the_upstream(daemon: Daemon, sim: SimControl) -> None:
     proc = daemon()
     async with (
-        httpx2.AsyncClient(headers={"X-Request-ID": "trace-me-42"}) as http,
+        httpx2.AsyncClient(headers={"X-Request-ID": "trace-me-42"}, timeout=120) as http,
         Client(streamable_http_client(f"{proc.url}/mcp", http_client=http)) as client,
     ):
         await client.list_tools()

@@ -136,3 +136,18 @@ def test_inspector_cli_prints_results_and_exits_5_on_a_tool_error(
     text = " ".join(block["text"] for block in error["content"] if block["type"] == "text")
     assert error["isError"] is True and "Model 'no-such-model' is unknown" in text and "unknown_model" in text
     assert "returned isError:true" in failed.stderr
+
+
+def test_a_typescript_client_without_tasks_gets_a_pending_answer_it_accepts_and_collects(
+    node_toolchain: NodeToolchain, daemon: Daemon, sim: SimControl
+) -> None:
+    proc = daemon(EXAI_CLIENT_WAIT_SECONDS="1")
+    sim.fault("think", model="sim-smart", think_seconds=4)
+    steps = typescript_client(node_toolchain, proc, "answer_later")
+    slow = steps["slow_chat"]
+    assert "thrown" not in slow, slow  # the SDK's output-schema check accepts the pending shape
+    assert not slow["isError"] and "still working" in slow["text"]
+    collected = steps["collect"]
+    assert "thrown" not in collected and not collected["isError"], collected
+    assert collected["structuredContent"]["model"] == "sim-smart"
+    assert sim.count("requests:sim-smart") == 1

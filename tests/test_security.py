@@ -164,7 +164,7 @@ def test_visible_tools_name_only_what_the_token_may_call() -> None:
 
 async def _client_call(url: str, token: str, tool: str, args: dict) -> object:
     async with (
-        httpx2.AsyncClient(headers={"Authorization": f"Bearer {token}"}) as http,
+        httpx2.AsyncClient(headers={"Authorization": f"Bearer {token}"}, timeout=120) as http,
         Client(streamable_http_client(f"{url}/mcp", http_client=http)) as client,
     ):
         names = {t.name for t in (await client.list_tools()).tools}

@@ -13,7 +13,7 @@ import redis.asyncio as aioredis
 from exai.conversations.state import ThreadState, WorkflowRun
 from exai.conversations.threads import Conversations
 from exai.observability.errors import ExaiError
-from exai.storage.base import AuditRecord, Store, ThreadConflict, ThreadRecord, TurnRecord
+from exai.storage.base import AuditRecord, CallEnd, CallRecord, Store, ThreadConflict, ThreadRecord, TurnRecord
 from exai.storage.cache import CachedStore
 from exai.storage.migrations import LATEST
 from exai.storage.postgres import PostgresStore
@@ -216,3 +216,53 @@ async def test_sqlite_turn_commit_waits_for_another_writer_off_the_event_loop(tm
     other.close()
     assert [t.content for t in await store.get_turns(thread.id)] == ["while locked"]
     await store.close()
+
+
+def _call(tenant: str = "alice", owner: str = "replica-a", lease: float = 30, ttl: float = 3600) -> CallRecord:
+    now = time.time()
+    return CallRecord(tenant=tenant, tool="chat", owner=owner, lease_until=now + lease, expires_at=now + ttl, task=True)
+
+
+async def test_call_records_end_once_and_keep_the_exact_result(store: Store) -> None:
+    call = _call()
+    await store.create_call(call)
+    stored = await store.get_call(call.id)
+    assert stored is not None and stored.status == "working" and stored.tenant == "alice"
+    result = {"content": [{"type": "text", "text": "ünïcode ✓"}], "structuredContent": {"answer": "42"}}
+    assert await store.finish_call(call.id, CallEnd("completed", result=result), time.time())
+    assert not await store.finish_call(call.id, CallEnd("cancelled"), time.time())  # the first outcome stands
+    done = await store.get_call(call.id)
+    assert done is not None and done.status == "completed" and done.result == result
+    assert await store.get_call("no-such-call") is None
+
+
+async def test_leases_renew_cancellations_are_seen_by_the_owner_and_expired_calls_end_lost(store: Store) -> None:
+    mine, theirs, dead = _call(owner="a"), _call(owner="b"), _call(owner="gone", lease=-1)
+    for call in (mine, theirs, dead):
+        await store.create_call(call)
+    await store.request_cancel(mine.id, time.time())
+    assert await store.renew_calls("a", time.time() + 60) == [mine.id]
+    assert await store.renew_calls("b", time.time() + 60) == []
+    lost = await store.expire_calls(time.time(), CallEnd("failed", message="lost"))
+    assert [c.id for c in lost] == [dead.id]
+    assert (await store.get_call(dead.id)).status == "failed"  # type: ignore[union-attr]
+    assert (await store.get_call(theirs.id)).status == "working"  # type: ignore[union-attr]
+    counts = await store.count_calls(time.time())
+    assert counts.by_status == {"working": 2, "failed": 1} and counts.oldest_working is not None
+
+
+async def test_call_listing_is_per_tenant_and_expired_calls_are_purged(store: Store) -> None:
+    old = _call(ttl=-1)
+    await store.create_call(old)
+    await store.finish_call(old.id, CallEnd("completed", result={"content": []}), time.time())
+    fresh = [_call() for _ in range(3)]
+    for call in fresh:
+        await store.create_call(call)
+    await store.create_call(_call(tenant="bob"))
+    listed = await store.list_calls("alice", 10)
+    assert {c.id for c in listed} == {old.id, *(c.id for c in fresh)}
+    assert [c.created_at for c in listed] == sorted((c.created_at for c in listed), reverse=True)
+    assert len(await store.list_calls("alice", 10, before=listed[1].created_at)) == len(listed) - 2
+    assert await store.purge(time.time()) >= 1
+    assert await store.get_call(old.id) is None
+    assert await store.get_call(fresh[0].id) is not None

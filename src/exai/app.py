@@ -27,6 +27,7 @@ from exai.providers.router import Router
 from exai.security.auth import JWTVerifier, parse_api_keys
 from exai.security.files import FileAccess
 from exai.security.limits import Limits, LocalLimiter, RateLimiter, RedisLimiter
+from exai.server.call_records import CallRunner
 from exai.storage.audit import AuditWriter
 from exai.storage.base import Store
 from exai.storage.retention import Purger
@@ -165,6 +166,7 @@ class Services:
     events: Events
     discovery: CustomModelDiscovery
     redis: aioredis.Redis | None
+    calls: CallRunner
 
     @classmethod
     def build(cls, settings: Settings, transport: Transport = "memory") -> Services:
@@ -225,6 +227,14 @@ class Services:
             events=events,
             discovery=CustomModelDiscovery(settings, router, lambda: check_default_model(router)),
             redis=redis,
+            calls=CallRunner(
+                store,
+                settings,
+                on_task_event=lambda kind, call: events.task_event(
+                    kind, call.tenant, call.tool, call.id, call.correlation_id
+                ),
+                on_counts=lambda counts: events.task_counts(counts.by_status, counts.oldest_working),
+            ),
         )
 
     async def start(self) -> None:
@@ -241,6 +251,7 @@ class Services:
         self.audit.start()
         self.purger.start()
         self.alerts.start()
+        self.calls.start()
 
     async def _open_store(self) -> None:
         await self.store.open()
@@ -248,6 +259,7 @@ class Services:
         await self.purger.purge()
 
     async def close(self) -> None:
+        await self.calls.close()
         await self.discovery.close()
         await self.alerts.close()
         await self.purger.close()

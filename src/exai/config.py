@@ -158,6 +158,13 @@ class Settings(ProviderSettings):  # type: ignore[misc,valid-type]
     audit_retention_days: float = Field(default=30.0, gt=0)
     purge_interval_seconds: float = Field(default=3600.0, gt=0)  # expired threads and old audit rows
 
+    # Long calls: call records, MCP Tasks, answers collected later
+    client_wait_seconds: float = Field(default=45.0, ge=0)  # a call still running then answers "pending"; 0: never
+    task_after_seconds: float = Field(default=2.0, ge=0)  # a 2026-07-28 Tasks client gets a task after this long
+    task_ttl_seconds: float = Field(default=86400.0, gt=0)  # how long a call's answer can be collected
+    call_lease_seconds: float = Field(default=30.0, ge=3)  # a call whose replica stops renewing is lost after this
+    max_tasks_per_tenant: int = Field(default=32, ge=1)  # working tasks a tenant may have at once
+
     # Tools and files
     tool_profile: Literal["lean", "standard", "full"] = "standard"
     file_roots: CommaList | None = None

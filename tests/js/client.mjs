@@ -58,6 +58,16 @@ const scenarios = {
     ),
   invalid_arguments: () => step("invalid_arguments", () => call("chat", { prompt: "" })),
   no_provider: () => step("no_provider", () => call("chat", { prompt: "hello" })),
+  async answer_later() {
+    // A slow model: the call comes back pending (a normal result that must pass the SDK's output-schema check),
+    // then the call it names collects the answer.
+    const first = await step("slow_chat", () => call("chat", { prompt: "think slowly", model: "sim-smart" }));
+    const pending = first.structuredContent?.pending;
+    let collected = pending ? await step("collect", () => call(pending.next_call.name, pending.next_call.arguments)) : null;
+    for (let tries = 0; collected?.structuredContent?.pending && tries < 20; tries++) {
+      collected = await step("collect", () => call(pending.next_call.name, pending.next_call.arguments));
+    }
+  },
 };
 
 const unknown = names.filter((name) => !(name in scenarios));

@@ -138,6 +138,20 @@ class Events:
             self.metrics.upstream_latency.labels(attempt.provider, attempt.model).observe(seconds)
             add_upstream_wait(seconds)
 
+    def task_event(self, kind: str, tenant: str, tool: str, call_id: str, correlation_id: str) -> None:
+        """A task was created, cancelled, collected, or lost with its replica: counted and audited (the row names
+        the call's correlation id)."""
+        self.metrics.task_events.labels(kind).inc()
+        self.audit.add(
+            AuditRecord(tenant=tenant, tool=tool, outcome=f"task_{kind}", correlation_id=correlation_id or call_id)
+        )
+
+    def task_counts(self, by_status: dict[str, int], oldest_working: float | None) -> None:
+        """The store's call records by status, read every third of a lease."""
+        for status in ("working", "completed", "failed", "cancelled"):
+            self.metrics.tasks.labels(status).set(by_status.get(status, 0))
+        self.metrics.oldest_working.set(0 if oldest_working is None else max(0.0, time.time() - oldest_working))
+
     def auth_failed(self) -> None:
         self.stats.mark("auth_failure")
         self.metrics.auth_failures.inc()

@@ -119,6 +119,17 @@ class Metrics:
             registry=r,
         )
         self.storage_errors = Counter("exai_storage_errors", "Failed storage operations", ["operation"], registry=r)
+        self.task_events = Counter(
+            "exai_task_events", "Durable calls created as tasks, cancelled, collected or lost", ["event"], registry=r
+        )
+        for event in ("created", "cancelled", "collected", "lost"):
+            self.task_events.labels(event)
+        self.tasks = Gauge("exai_tasks", "Call records by status (unexpired)", ["status"], registry=r)
+        for status in ("working", "completed", "failed", "cancelled"):
+            self.tasks.labels(status)
+        self.oldest_working = Gauge(
+            "exai_task_oldest_working_seconds", "Age of the oldest working call (0: none)", registry=r
+        )
 
     def render(self) -> bytes:
         if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):

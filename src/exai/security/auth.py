@@ -33,6 +33,7 @@ API_KEY_PREFIX = "exai_"
 ADMIN_SCOPE = "exai:admin"
 TOOLS_SCOPE = "exai:tools"
 ADMIN_TOOLS = frozenset({"status"})
+COLLECT_TOOL = "collect"
 LOCAL_TENANT = "local"
 """The one tenant of a daemon without authentication."""
 
@@ -66,11 +67,15 @@ def parse_api_keys(entries: list[str]) -> list[ApiKey]:
 
 
 def may_call(tool: str, scopes: list[str]) -> bool:
-    """`exai:admin` may call anything; admin tools need it; others need `exai:tools` or `exai:tool:<name>`."""
+    """`exai:admin` may call anything; admin tools need it; others need `exai:tools` or `exai:tool:<name>`.
+
+    `collect` (a pending answer of the caller's own tenant) comes with any scope that allows a tool."""
     if ADMIN_SCOPE in scopes:
         return True
     if tool in ADMIN_TOOLS:
         return False
+    if tool == COLLECT_TOOL:
+        return any(scope == TOOLS_SCOPE or scope.startswith("exai:tool:") for scope in scopes)
     return TOOLS_SCOPE in scopes or f"exai:tool:{tool}" in scopes
 
 

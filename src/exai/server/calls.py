@@ -1,7 +1,9 @@
-"""One `tools/call`, as a short pipeline of named steps: authorize → admit → validate → run → account.
+"""One `tools/call`, as a short pipeline of named steps: authorize → admit → validate → record → run → account.
 
 Each step is a small function that either passes or raises an `ExaiError`; `handle_call` runs them in order and
-turns the outcome into an MCP result. Every call, refused ones included, ends in exactly one `CallEvent`, which
+turns the outcome into an MCP result. `record` (given for the tools that call models) writes the durable call record
+before anything is spent: when the store cannot take it, the call ends there with `storage`. Every call, refused
+ones included, ends in exactly one `CallEvent`, which
 `Events` fans out to stats, metrics, alerts and the audit log. Usage comes from the model calls the tool made
 through its context, never from its output.
 """
@@ -10,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -101,6 +103,8 @@ async def run(tool: Tool[Any, Any], args: pydantic.BaseModel, ctx: ToolContext) 
         attributes={"exai.tool": tool.name, "exai.tenant": ctx.tenant, "exai.correlation_id": ctx.correlation_id},
     ):
         result = await tool.run(args, ctx)
+    if isinstance(result, types.CallToolResult):  # a whole result (`collect`): passed on as it is
+        return result
     return types.CallToolResult(
         content=[types.TextContent(type="text", text=result.text)],
         structured_content=result.data.model_dump(mode="json", exclude_none=True),
@@ -108,7 +112,12 @@ async def run(tool: Tool[Any, Any], args: pydantic.BaseModel, ctx: ToolContext) 
 
 
 async def handle_call(
-    services: Services, tool: Tool[Any, Any], arguments: dict[str, Any] | None, caller: Caller, ctx: ToolContext
+    services: Services,
+    tool: Tool[Any, Any],
+    arguments: dict[str, Any] | None,
+    caller: Caller,
+    ctx: ToolContext,
+    record: Callable[[], Awaitable[None]] | None = None,
 ) -> types.CallToolResult:
     """Run one call through every step; whatever happens, account for it once."""
     started = time.perf_counter()
@@ -122,6 +131,8 @@ async def handle_call(
             services.events.call_started()
             began = True
             args = validate(tool, arguments)
+            if record is not None:
+                await record()
             result = await run(tool, args, ctx)
         outcome = "ok"
         return result

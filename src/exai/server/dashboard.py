@@ -13,7 +13,7 @@ from importlib import resources
 from typing import TYPE_CHECKING, Any
 
 from exai.observability.stats import RETENTION_SECONDS, percentile
-from exai.tools.status import status_report
+from exai.tools.status import long_calls, status_report
 
 if TYPE_CHECKING:
     from exai.app import Services
@@ -50,7 +50,9 @@ def call_row(event: CallEvent) -> dict[str, Any]:
 
 def dashboard_snapshot(services: Services) -> dict[str, Any]:
     stats = services.stats
-    report = status_report(stats, services.health)
+    report = status_report(
+        stats, services.health, long_calls(services.calls.counts, services.calls.running, time.time())
+    )
     headline = stats.window(HEADLINE_SECONDS)
     return {
         **report.model_dump(mode="json"),

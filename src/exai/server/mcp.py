@@ -1,14 +1,23 @@
-"""The MCP surface: tools, prompts, resources and logging on the SDK's low-level server.
+"""The MCP surface: tools, prompts, resources, logging and tasks on the SDK's low-level server.
 
 Every `tools/call` enters at `call_tool` here: it binds the correlation id, builds the tool's context and hands
 the call to the pipeline in `server/calls.py`. Unknown tools are JSON-RPC errors; a token sees (in listings and
 errors) only the tools it may call.
+
+A tool that calls a model runs detached from the request, as a durable call (`server/call_records.py`): the request
+waits for it, sending progress every few seconds when the client asked for progress, up to EXAI_CLIENT_WAIT_SECONDS;
+a call still running then answers "pending" with the call that collects the answer (`server/answers.py`). A client
+that asked for a task (2025-11-25) gets it at once; a 2026-07-28 client that declared the Tasks extension gets one
+once the call has run EXAI_TASK_AFTER_SECONDS (`server/tasks.py`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 import warnings
+from collections.abc import Awaitable, Callable
 from functools import cache
 from typing import Any
 from weakref import WeakKeyDictionary
@@ -25,14 +34,20 @@ from exai.observability.context import bind_correlation_id, caller_correlation_i
 from exai.observability.errors import NotFoundError
 from exai.observability.events import CallEvent
 from exai.observability.logging import get_logger
-from exai.security.auth import LOCAL_TENANT, visible_tools
+from exai.security.auth import COLLECT_TOOL, LOCAL_TENANT, visible_tools
+from exai.server.answers import pending_result, with_pending
+from exai.server.call_records import Execution
 from exai.server.calls import Caller, handle_call
+from exai.server.tasks import LEGACY_CAPABILITY as LEGACY_TASKS
+from exai.server.tasks import TasksSurface, announce_end, created, declares_extension
 from exai.tools.base import Tool, ToolContext, compact_schema, input_schema
 
 log = get_logger(__name__)
 UNKNOWN_TOOL = "(unknown)"
 """How a call to a tool that does not exist is recorded (never its name: metrics labels stay bounded)."""
 LEVELS: list[str] = ["debug", "info", "notice", "warning", "error", "critical", "alert", "emergency"]
+HEARTBEAT_SECONDS = 5.0
+"""While a model works, a client that sent a progress token hears from the call at least this often."""
 INSTRUCTIONS = (
     "EX-AI gives you other models as tools. Use `chat` for a second opinion from Kimi, GLM, OpenAI, Anthropic or a "
     "local model; `listmodels` shows what is configured; `status` shows provider health."
@@ -60,6 +75,24 @@ def _progress_token(ctx: ServerRequestContext[Any, Any]) -> Any:
     return meta.get("progressToken") if token is None else token  # 0 is a valid token
 
 
+class ExaiServer(Server[Any]):
+    """The SDK's server, advertising 2025-11-25 tasks in the handshake (the SDK derives no `tasks` capability)."""
+
+    def get_capabilities(self, *args: Any, **kwargs: Any) -> types.ServerCapabilities:
+        capabilities = super().get_capabilities(*args, **kwargs)
+        if kwargs.get("protocol_version") is None:  # the handshake: 2025-11-25 and earlier
+            capabilities.tasks = types.ServerTasksCapability.model_validate(LEGACY_TASKS)
+        return capabilities
+
+
+def output_schema(tool: Tool[Any, Any]) -> dict[str, Any] | None:
+    """The tool's output schema; for tools that call models, also the shape of a pending answer."""
+    if tool.output_model is None:
+        return None
+    schema = compact_schema(tool.output_model)
+    return with_pending(schema) if tool.calls_model else schema
+
+
 def build_server(services: Services) -> Server[Any]:
     """The MCP server for one set of services; the same object serves stdio and HTTP."""
     tools: dict[str, Tool[Any, Any]] = {tool.name: tool for tool in services.tools}
@@ -75,7 +108,8 @@ def build_server(services: Services) -> Server[Any]:
                     title=tool.title,
                     description=tool.description,
                     input_schema=input_schema(tool.input_model, services.settings.max_prompt_chars),
-                    output_schema=compact_schema(tool.output_model),
+                    output_schema=output_schema(tool),
+                    execution=types.ToolExecution(task_support="optional" if tool.calls_model else "forbidden"),
                     annotations=types.ToolAnnotations(
                         read_only_hint=tool.read_only,
                         open_world_hint=tool.calls_model,
@@ -85,6 +119,10 @@ def build_server(services: Services) -> Server[Any]:
                 for tool in tools.values()
             ]
         )
+
+    def caller_tenant() -> str:
+        token = get_access_token()
+        return token.subject if token is not None and token.subject else LOCAL_TENANT
 
     def caller_scopes() -> list[str] | None:
         """The scopes of the caller's token; None when the daemon runs without auth (or over stdio)."""
@@ -100,11 +138,14 @@ def build_server(services: Services) -> Server[Any]:
         return types.ListToolsResult(tools=[t for t in listing().tools if t.name in names])
 
     async def call_tool(ctx: ServerRequestContext[Any, Any], params: types.CallToolRequestParams) -> Any:
-        token = get_access_token()
+        return await dispatch(ctx, params, as_task=False)
+
+    async def start_task(ctx: ServerRequestContext[Any, Any], params: types.CallToolRequestParams) -> Any:
+        return await dispatch(ctx, params, as_task=True)
+
+    async def dispatch(ctx: ServerRequestContext[Any, Any], params: types.CallToolRequestParams, as_task: bool) -> Any:
         correlation_id = bind_correlation_id(incoming_correlation_id(ctx))
-        caller = Caller(
-            tenant=token.subject if token is not None and token.subject else LOCAL_TENANT, scopes=caller_scopes()
-        )
+        caller = Caller(tenant=caller_tenant(), scopes=caller_scopes())
         tool = tools.get(params.name)
         if tool is None:
             names = sorted(visible(list(tools)))
@@ -125,16 +166,27 @@ def build_server(services: Services) -> Server[Any]:
                 f"Unknown tool '{params.name[:80]}'. Available tools: {', '.join(names)}.",
                 data={"category": "not_found", "code": "unknown_tool", "tools": names},
             )
+        if as_task and not tool.calls_model:
+            raise MCPError(
+                types.METHOD_NOT_FOUND,
+                f"'{tool.name}' answers at once and does not run as a task; call it without `task`.",
+            )
         wants_progress = _progress_token(ctx) is not None
+        attached = True  # notifications go to the request's stream only while the request waits for the call
+        reported = 0.0
 
         async def progress(done: float, total: float | None, message: str | None) -> None:
-            if wants_progress:
+            nonlocal reported
+            if wants_progress and attached:
+                reported = max(done, reported + 0.001)  # progress must increase, heartbeats included
                 try:
-                    await ctx.session.report_progress(done, total, message)
+                    await ctx.session.report_progress(reported, total, message)
                 except Exception:  # a lost notification must never fail the call
                     log.debug("progress_not_sent", exc_info=True)
 
         async def send_log(level: str, message: str) -> None:
+            if not attached:
+                return
             threshold = levels.get(_connection_of(ctx), "info")
             if LEVELS.index(level) < LEVELS.index(threshold):
                 return
@@ -152,7 +204,44 @@ def build_server(services: Services) -> Server[Any]:
 
         tool_ctx = ToolContext(services, correlation_id, progress, send_log, wants_progress, tenant=caller.tenant)
         tool_ctx.visible_tools = visible(list(tools))
-        return await handle_call(services, tool, params.arguments, caller, tool_ctx)
+        if not tool.calls_model:
+            return await handle_call(services, tool, params.arguments, caller, tool_ctx)
+        continuation = (params.arguments or {}).get("continuation_id")
+        modern_task = declares_extension(ctx)
+        ttl_ms = params.task.ttl if params.task is not None else None
+        execution = services.calls.launch(
+            lambda record: handle_call(services, tool, params.arguments, caller, tool_ctx, record),
+            tenant=caller.tenant,
+            tool=tool.name,
+            correlation_id=correlation_id,
+            continuation_id=continuation if isinstance(continuation, str) else None,
+            task=as_task or modern_task,
+            ttl_seconds=ttl_ms / 1000 if ttl_ms else None,
+        )
+        try:
+            call = await execution.record()
+            if call is None:  # refused before anything was recorded or spent
+                return execution.outcome()
+            if as_task:
+                attached = False
+                announce_end(ctx.session, services.calls, call, execution.task)
+                return created(call, modern=False)
+            settings = services.settings
+            if modern_task:
+                wait = settings.task_after_seconds
+            elif COLLECT_TOOL in tools and settings.client_wait_seconds:
+                wait = settings.client_wait_seconds
+            else:
+                wait = float("inf")
+            if await wait_with_heartbeat(execution, wait, progress if wants_progress else None):
+                return execution.outcome()
+        except asyncio.CancelledError:  # the client cancelled (or went away) while it still waited: so does the work
+            execution.task.cancel()
+            raise
+        attached = False
+        if modern_task:
+            return created(call, modern=True)
+        return pending_result(call, settings.client_wait_seconds)
 
     async def set_level(ctx: ServerRequestContext[Any, Any], params: types.SetLevelRequestParams) -> types.EmptyResult:
         levels[_connection_of(ctx)] = params.level
@@ -216,7 +305,7 @@ def build_server(services: Services) -> Server[Any]:
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # logging/setLevel is deprecated at 2026-07-28 but clients still use it
-        return Server(
+        server = ExaiServer(
             "exai",
             version=__version__,
             title="EX-AI MCP Server",
@@ -230,6 +319,23 @@ def build_server(services: Services) -> Server[Any]:
             on_set_logging_level=set_level,
             get_tool_input_schema=lambda name: listing_schema(listing(), name),
         )
+    TasksSurface(services.calls, caller_tenant, start_task).install(server)
+    return server
+
+
+async def wait_with_heartbeat(
+    execution: Execution, seconds: float, progress: Callable[[float, float | None, str | None], Awaitable[None]] | None
+) -> bool:
+    """Wait up to `seconds` for the call to end (True), telling a client that listens for progress every few
+    seconds that the model is still working (clients that reset their timeout on progress keep waiting)."""
+    started = time.monotonic()
+    while (left := seconds - (time.monotonic() - started)) > 0:
+        done, _ = await asyncio.wait({execution.task}, timeout=min(left, HEARTBEAT_SECONDS))
+        if done:
+            return True
+        if progress is not None:
+            await progress(0, None, f"the model is still working ({time.monotonic() - started:.0f} s)")
+    return execution.task.done()
 
 
 def listing_schema(listing: types.ListToolsResult, name: str) -> dict[str, Any] | None:

@@ -1,4 +1,4 @@
-"""The storage protocol and its records: threads, turns and audit entries.
+"""The storage protocol and its records: threads, turns, audit entries and call records.
 
 Two implementations speak it: SQLite (the default, one file) and PostgreSQL (shared by several daemons).
 Stores are thin: they read, and they write a thread with its new turns atomically *if* the stored thread is still
@@ -8,10 +8,12 @@ at the version the writer read (compare-and-set). The rules (turn numbering, too
 
 from __future__ import annotations
 
+import secrets
 import time
 import uuid
 from collections.abc import Callable
-from typing import Any, Protocol
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, Field
 
@@ -60,6 +62,91 @@ class AuditRecord(BaseModel):
     error_category: str | None = None
     correlation_id: str
     thread_id: str | None = None
+
+
+CallStatus = Literal["working", "completed", "failed", "cancelled"]
+TERMINAL: frozenset[str] = frozenset({"completed", "failed", "cancelled"})
+
+
+def new_call_id() -> str:
+    """A call's id, also its task id: 128 random bits, so nobody can guess another tenant's."""
+    return secrets.token_urlsafe(16)
+
+
+class CallRecord(BaseModel):
+    """One call that may ask a model: written before any upstream request, finished with the exact result.
+
+    `result` is the `CallToolResult` the caller gets (wire form); `error` the JSON-RPC error of a call that could
+    not finish (its replica died). `owner` runs it and renews `lease_until` while it does; `cancel_requested` is
+    set by whichever replica a cancellation reaches, and the owner watches for it.
+    """
+
+    id: str = Field(default_factory=new_call_id)
+    tenant: str
+    tool: str
+    status: CallStatus = "working"
+    status_message: str | None = None
+    owner: str
+    lease_until: float
+    created_at: float = Field(default_factory=time.time)
+    updated_at: float = Field(default_factory=time.time)
+    expires_at: float
+    task: bool = False  # the caller asked for (or was given) a task
+    cancel_requested: bool = False
+    correlation_id: str = ""
+    continuation_id: str | None = None  # the thread the call continues, if any: where to go on after a loss
+    result: dict[str, Any] | None = None
+    error: dict[str, Any] | None = None
+
+    @property
+    def ttl_seconds(self) -> float:
+        return self.expires_at - self.created_at
+
+
+CALL_COLUMNS = (
+    "id, tenant, tool, status, status_message, owner, lease_until, created_at, updated_at, expires_at, task, "
+    "cancel_requested, correlation_id, continuation_id, result, error"
+)
+
+
+def call_values(call: CallRecord, encode: Callable[[Any], Any]) -> tuple[Any, ...]:
+    """A call row in CALL_COLUMNS order; `encode` turns a JSON field into the dialect's value (None stays None)."""
+    return (
+        call.id,
+        call.tenant,
+        call.tool,
+        call.status,
+        call.status_message,
+        call.owner,
+        call.lease_until,
+        call.created_at,
+        call.updated_at,
+        call.expires_at,
+        call.task,
+        call.cancel_requested,
+        call.correlation_id,
+        call.continuation_id,
+        None if call.result is None else encode(call.result),
+        None if call.error is None else encode(call.error),
+    )
+
+
+@dataclass(frozen=True)
+class CallEnd:
+    """How a working call ended: its status, message and the result or JSON-RPC error the caller gets."""
+
+    status: CallStatus
+    message: str | None = None
+    result: dict[str, Any] | None = None
+    error: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class CallCounts:
+    """Calls by status, and when the oldest working one started (None: none is working)."""
+
+    by_status: dict[str, int]
+    oldest_working: float | None
 
 
 THREAD_COLUMNS = "id, tenant, title, created_at, updated_at, expires_at, turn_count, tools, state, version"
@@ -172,5 +259,34 @@ class Store(Protocol):
     ) -> list[AuditRecord]: ...
 
     async def purge(self, now: float, audit_before: float | None = None) -> int:
-        """Delete expired threads (and audit entries older than `audit_before`); return rows removed."""
+        """Delete expired threads and call records (and audit entries older than `audit_before`); return rows
+        removed."""
         ...
+
+    async def create_call(self, call: CallRecord) -> None:
+        """Insert a new call record, committed before this returns (no record, no upstream request)."""
+        ...
+
+    async def finish_call(self, call_id: str, end: CallEnd, now: float) -> bool:
+        """End a call that is still working; False when it had already ended (another outcome came first)."""
+        ...
+
+    async def get_call(self, call_id: str) -> CallRecord | None: ...
+
+    async def list_calls(self, tenant: str, limit: int, before: float | None = None) -> list[CallRecord]:
+        """The tenant's calls that were tasks, newest first, created before `before` if given."""
+        ...
+
+    async def request_cancel(self, call_id: str, now: float) -> None:
+        """Flag a working call for cancellation; its owner sees the flag when it next renews its leases."""
+        ...
+
+    async def renew_calls(self, owner: str, lease_until: float) -> list[str]:
+        """Extend the leases of the owner's working calls; return those flagged for cancellation."""
+        ...
+
+    async def expire_calls(self, now: float, end: CallEnd) -> list[CallRecord]:
+        """End every working call whose lease ran out before `now` with `end`; return them as they were."""
+        ...
+
+    async def count_calls(self, now: float) -> CallCounts: ...

@@ -20,7 +20,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from exai.observability.logging import get_logger
-from exai.storage.base import AuditRecord, Store, ThreadRecord, TurnRecord
+from exai.storage.base import AuditRecord, CallCounts, CallEnd, CallRecord, Store, ThreadRecord, TurnRecord
 
 log = get_logger(__name__)
 # KEYS[1]: the thread's turn list; ARGV[1]: the seq of the first new turn; ARGV[2]: TTL; ARGV[3..]: the turns.
@@ -125,3 +125,27 @@ class CachedStore:
 
     async def purge(self, now: float, audit_before: float | None = None) -> int:
         return await self.inner.purge(now, audit_before)
+
+    async def create_call(self, call: CallRecord) -> None:
+        await self.inner.create_call(call)
+
+    async def finish_call(self, call_id: str, end: CallEnd, now: float) -> bool:
+        return await self.inner.finish_call(call_id, end, now)
+
+    async def get_call(self, call_id: str) -> CallRecord | None:
+        return await self.inner.get_call(call_id)
+
+    async def list_calls(self, tenant: str, limit: int, before: float | None = None) -> list[CallRecord]:
+        return await self.inner.list_calls(tenant, limit, before)
+
+    async def request_cancel(self, call_id: str, now: float) -> None:
+        await self.inner.request_cancel(call_id, now)
+
+    async def renew_calls(self, owner: str, lease_until: float) -> list[str]:
+        return await self.inner.renew_calls(owner, lease_until)
+
+    async def expire_calls(self, now: float, end: CallEnd) -> list[CallRecord]:
+        return await self.inner.expire_calls(now, end)
+
+    async def count_calls(self, now: float) -> CallCounts:
+        return await self.inner.count_calls(now)

@@ -84,6 +84,33 @@ MIGRATIONS: tuple[Migration, ...] = (
     ),
     Migration(2, *_both("ALTER TABLE {schema}threads ADD COLUMN version INTEGER NOT NULL DEFAULT 1")),
     Migration(3, *_both("ALTER TABLE {schema}turns ADD COLUMN tokens INTEGER")),
+    Migration(
+        4,
+        *_both(
+            """CREATE TABLE {schema}calls (
+            id TEXT PRIMARY KEY,
+            tenant TEXT NOT NULL,
+            tool TEXT NOT NULL,
+            status TEXT NOT NULL,
+            status_message TEXT,
+            owner TEXT NOT NULL,
+            lease_until {real} NOT NULL,
+            created_at {real} NOT NULL,
+            updated_at {real} NOT NULL,
+            expires_at {real} NOT NULL,
+            task BOOLEAN NOT NULL DEFAULT FALSE,
+            cancel_requested BOOLEAN NOT NULL DEFAULT FALSE,
+            correlation_id TEXT NOT NULL,
+            continuation_id TEXT,
+            result {json},
+            error {json}
+        )""",
+            "CREATE INDEX calls_tenant_created ON {schema}calls (tenant, created_at DESC)",
+            "CREATE INDEX calls_expires ON {schema}calls (expires_at)",
+            "CREATE INDEX calls_working_owner ON {schema}calls (owner) WHERE status = 'working'",
+            "CREATE INDEX calls_working_lease ON {schema}calls (lease_until) WHERE status = 'working'",
+        ),
+    ),
 )
 
 LATEST = MIGRATIONS[-1].version

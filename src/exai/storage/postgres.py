@@ -17,14 +17,19 @@ from psycopg_pool import AsyncConnectionPool
 
 from exai.storage.base import (
     AUDIT_FIELDS,
+    CALL_COLUMNS,
     THREAD_COLUMNS,
     THREAD_UPDATE,
     TURN_COLUMNS,
     AuditRecord,
+    CallCounts,
+    CallEnd,
+    CallRecord,
     ThreadConflict,
     ThreadRecord,
     TurnRecord,
     audit_filter,
+    call_values,
     thread_update_values,
     thread_values,
     turn_values,
@@ -36,6 +41,10 @@ _POSTGRES_UPDATE = ", ".join(f"{column} = %s" for column in THREAD_UPDATE.split(
 _MIGRATION_LOCK = 0x4558_4149  # advisory lock id: one daemon migrates at a time
 _SCHEMA_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 POOL_WAIT_SECONDS = 5.0  # a call waits this long for a connection, then fails as `storage` (not at 30 s)
+_FINISH_CALL = (
+    "UPDATE {schema}calls SET status = %s, status_message = %s, result = %s, error = %s, updated_at = %s "
+    "WHERE id = %s AND status = 'working'"
+)
 _CONNECTION = {"autocommit": True, "prepare_threshold": None}  # no prepared statements: poolers may swap backends
 
 
@@ -184,8 +193,103 @@ class PostgresStore:
             removed = (
                 await conn.execute(self._sql("DELETE FROM {schema}threads WHERE expires_at < %s"), (now,))
             ).rowcount
+            removed += (
+                await conn.execute(
+                    self._sql("DELETE FROM {schema}calls WHERE expires_at < %s AND status != 'working'"), (now,)
+                )
+            ).rowcount
             if audit_before is not None:
                 removed += (
                     await conn.execute(self._sql("DELETE FROM {schema}audit WHERE time < %s"), (audit_before,))
                 ).rowcount
             return removed
+
+    async def create_call(self, call: CallRecord) -> None:
+        """One statement, committed without waiting for the WAL flush: the row is visible to every replica at
+        once (a task can be read as soon as it is returned), and what must survive a crash is the finished call
+        (`finish_call` waits for the flush as usual). A database crash in the ~0.6 s before the flush would
+        forget a working call, whose client then gets "unknown task" instead of "lost"."""
+        async with self._pool.connection() as conn:
+            await conn.execute(
+                self._sql(
+                    f"INSERT INTO {{schema}}calls ({CALL_COLUMNS}) SELECT {', '.join(['%s'] * 16)} "
+                    "FROM (SELECT set_config('synchronous_commit', 'off', true)) AS unflushed"
+                ),
+                call_values(call, Jsonb),
+            )
+
+    def _finish_values(self, call_id: str, end: CallEnd, now: float) -> tuple[Any, ...]:
+        encode = lambda v: None if v is None else Jsonb(v)  # noqa: E731
+        return (end.status, end.message, encode(end.result), encode(end.error), now, call_id)
+
+    async def finish_call(self, call_id: str, end: CallEnd, now: float) -> bool:
+        async with self._pool.connection() as conn:
+            done = await conn.execute(self._sql(_FINISH_CALL), self._finish_values(call_id, end, now))
+            return done.rowcount == 1
+
+    async def get_call(self, call_id: str) -> CallRecord | None:
+        async with self._pool.connection() as conn:
+            cursor = await conn.execute(
+                self._sql(f"SELECT {CALL_COLUMNS} FROM {{schema}}calls WHERE id = %s"), (call_id,)
+            )
+            row = await cursor.fetchone()
+        return CallRecord(**row) if row else None
+
+    async def list_calls(self, tenant: str, limit: int, before: float | None = None) -> list[CallRecord]:
+        async with self._pool.connection() as conn:
+            cursor = await conn.execute(
+                self._sql(
+                    f"SELECT {CALL_COLUMNS} FROM {{schema}}calls WHERE tenant = %s AND task AND created_at < %s "
+                    "ORDER BY created_at DESC LIMIT %s"
+                ),
+                (tenant, float("inf") if before is None else before, limit),
+            )
+            return [CallRecord(**row) for row in await cursor.fetchall()]
+
+    async def request_cancel(self, call_id: str, now: float) -> None:
+        async with self._pool.connection() as conn:
+            await conn.execute(
+                self._sql(
+                    "UPDATE {schema}calls SET cancel_requested = TRUE, updated_at = %s "
+                    "WHERE id = %s AND status = 'working'"
+                ),
+                (now, call_id),
+            )
+
+    async def renew_calls(self, owner: str, lease_until: float) -> list[str]:
+        async with self._pool.connection() as conn:
+            cursor = await conn.execute(
+                self._sql(
+                    "UPDATE {schema}calls SET lease_until = %s WHERE owner = %s AND status = 'working' "
+                    "RETURNING id, cancel_requested"
+                ),
+                (lease_until, owner),
+            )
+            return [row["id"] for row in await cursor.fetchall() if row["cancel_requested"]]
+
+    async def expire_calls(self, now: float, end: CallEnd) -> list[CallRecord]:
+        async with self._pool.connection() as conn, conn.transaction():
+            cursor = await conn.execute(
+                self._sql(
+                    f"SELECT {CALL_COLUMNS} FROM {{schema}}calls WHERE status = 'working' AND lease_until < %s "
+                    "FOR UPDATE SKIP LOCKED"
+                ),
+                (now,),
+            )
+            lost = [CallRecord(**row) for row in await cursor.fetchall()]
+            for call in lost:
+                await conn.execute(self._sql(_FINISH_CALL), self._finish_values(call.id, end, now))
+            return lost
+
+    async def count_calls(self, now: float) -> CallCounts:
+        async with self._pool.connection() as conn:
+            cursor = await conn.execute(
+                self._sql(
+                    "SELECT status, COUNT(*) AS n, MIN(created_at) AS oldest FROM {schema}calls "
+                    "WHERE expires_at >= %s GROUP BY status"
+                ),
+                (now,),
+            )
+            rows = await cursor.fetchall()
+        oldest = next((row["oldest"] for row in rows if row["status"] == "working"), None)
+        return CallCounts({row["status"]: row["n"] for row in rows}, oldest)

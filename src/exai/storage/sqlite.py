@@ -23,14 +23,19 @@ from typing import Any, TypeVar
 
 from exai.storage.base import (
     AUDIT_FIELDS,
+    CALL_COLUMNS,
     THREAD_COLUMNS,
     THREAD_UPDATE,
     TURN_COLUMNS,
     AuditRecord,
+    CallCounts,
+    CallEnd,
+    CallRecord,
     ThreadConflict,
     ThreadRecord,
     TurnRecord,
     audit_filter,
+    call_values,
     thread_update_values,
     thread_values,
     turn_values,
@@ -50,6 +55,42 @@ def _thread(row: Any) -> ThreadRecord:
 def _turn(row: Any) -> TurnRecord:
     record = dict(zip(TURN_COLUMNS.split(", "), row, strict=True))
     return TurnRecord(**{**record, "files": json.loads(record["files"]), "usage": json.loads(record["usage"])})
+
+
+def _call(row: Any) -> CallRecord:
+    record = dict(zip(CALL_COLUMNS.split(", "), row, strict=True))
+    for column in ("result", "error"):
+        if record[column] is not None:
+            record[column] = json.loads(record[column])
+    return CallRecord(**record)
+
+
+def _insert_call(db: sqlite3.Connection, call: CallRecord) -> None:
+    with _transaction(db, immediate=True):
+        db.execute(f"INSERT INTO calls ({CALL_COLUMNS}) VALUES ({', '.join('?' * 16)})", call_values(call, json.dumps))
+
+
+def _finish_call(db: sqlite3.Connection, call_id: str, end: CallEnd, now: float) -> bool:
+    with _transaction(db, immediate=True):
+        return _finish_call_in(db, call_id, end, now)
+
+
+def _finish_call_in(db: sqlite3.Connection, call_id: str, end: CallEnd, now: float) -> bool:
+    return (
+        db.execute(
+            "UPDATE calls SET status = ?, status_message = ?, result = ?, error = ?, updated_at = ? "
+            "WHERE id = ? AND status = 'working'",
+            (
+                end.status,
+                end.message,
+                None if end.result is None else json.dumps(end.result),
+                None if end.error is None else json.dumps(end.error),
+                now,
+                call_id,
+            ),
+        ).rowcount
+        == 1
+    )
 
 
 def _write(db: sqlite3.Connection, thread: ThreadRecord, turns: list[TurnRecord], expected_version: int) -> None:
@@ -171,16 +212,87 @@ class SQLiteStore:
         found = await self._run(read)
         return (_thread(found[0]), [_turn(row) for row in found[1]]) if found else None
 
-    async def append_turns(self, thread: ThreadRecord, turns: list[TurnRecord], *, expected_version: int) -> None:
+    async def _on_loop(self, write: Callable[[sqlite3.Connection], T]) -> T:
+        """A short write committed on the event loop's own connection; handed to the store's thread (which waits
+        for the lock) when another connection holds it."""
         if self._writer is None:
             raise RuntimeError("SQLiteStore used before open()")
         try:
-            _append(self._writer, thread, turns, expected_version)
-            return
+            return write(self._writer)
         except sqlite3.OperationalError as exc:
             if not _busy(exc):
                 raise
-        await self._run(lambda db: _append(db, thread, turns, expected_version))  # another writer holds the lock
+        return await self._run(write)
+
+    async def append_turns(self, thread: ThreadRecord, turns: list[TurnRecord], *, expected_version: int) -> None:
+        await self._on_loop(lambda db: _append(db, thread, turns, expected_version))
+
+    async def create_call(self, call: CallRecord) -> None:
+        await self._on_loop(lambda db: _insert_call(db, call))
+
+    async def finish_call(self, call_id: str, end: CallEnd, now: float) -> bool:
+        return await self._on_loop(lambda db: _finish_call(db, call_id, end, now))
+
+    async def get_call(self, call_id: str) -> CallRecord | None:
+        row = await self._run(
+            lambda db: db.execute(f"SELECT {CALL_COLUMNS} FROM calls WHERE id = ?", (call_id,)).fetchone()
+        )
+        return _call(row) if row else None
+
+    async def list_calls(self, tenant: str, limit: int, before: float | None = None) -> list[CallRecord]:
+        rows = await self._run(
+            lambda db: db.execute(
+                f"SELECT {CALL_COLUMNS} FROM calls WHERE tenant = ? AND task AND created_at < ? "
+                "ORDER BY created_at DESC LIMIT ?",
+                (tenant, float("inf") if before is None else before, limit),
+            ).fetchall()
+        )
+        return [_call(row) for row in rows]
+
+    async def request_cancel(self, call_id: str, now: float) -> None:
+        def flag(db: sqlite3.Connection) -> None:
+            with _transaction(db, immediate=True):
+                db.execute(
+                    "UPDATE calls SET cancel_requested = TRUE, updated_at = ? WHERE id = ? AND status = 'working'",
+                    (now, call_id),
+                )
+
+        await self._run(flag)
+
+    async def renew_calls(self, owner: str, lease_until: float) -> list[str]:
+        def renew(db: sqlite3.Connection) -> list[str]:
+            with _transaction(db, immediate=True):
+                db.execute(
+                    "UPDATE calls SET lease_until = ? WHERE owner = ? AND status = 'working'", (lease_until, owner)
+                )
+                rows = db.execute(
+                    "SELECT id FROM calls WHERE owner = ? AND status = 'working' AND cancel_requested", (owner,)
+                ).fetchall()
+            return [row[0] for row in rows]
+
+        return await self._run(renew)
+
+    async def expire_calls(self, now: float, end: CallEnd) -> list[CallRecord]:
+        def expire(db: sqlite3.Connection) -> list[CallRecord]:
+            with _transaction(db, immediate=True):
+                rows = db.execute(
+                    f"SELECT {CALL_COLUMNS} FROM calls WHERE status = 'working' AND lease_until < ?", (now,)
+                ).fetchall()
+                for row in rows:
+                    _finish_call_in(db, row[0], end, now)
+            return [_call(row) for row in rows]
+
+        return await self._run(expire)
+
+    async def count_calls(self, now: float) -> CallCounts:
+        def count(db: sqlite3.Connection) -> CallCounts:
+            rows = db.execute(
+                "SELECT status, COUNT(*), MIN(created_at) FROM calls WHERE expires_at >= ? GROUP BY status", (now,)
+            ).fetchall()
+            oldest = next((row[2] for row in rows if row[0] == "working"), None)
+            return CallCounts({row[0]: row[1] for row in rows}, oldest)
+
+        return await self._run(count)
 
     async def list_threads(self, tenant: str, limit: int) -> list[ThreadRecord]:
         rows = await self._run(
@@ -218,6 +330,7 @@ class SQLiteStore:
         def purge(db: sqlite3.Connection) -> int:
             with _transaction(db):
                 removed = db.execute("DELETE FROM threads WHERE expires_at < ?", (now,)).rowcount
+                removed += db.execute("DELETE FROM calls WHERE expires_at < ? AND status != 'working'", (now,)).rowcount
                 if audit_before is not None:
                     removed += db.execute("DELETE FROM audit WHERE time < ?", (audit_before,)).rowcount
             return removed

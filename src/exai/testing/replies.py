@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -102,9 +103,15 @@ def _sse(data: dict[str, Any], event: str | None = None) -> str:
     return f"{prefix}data: {json.dumps(data)}\n\n"
 
 
-async def openai_stream(p: ParsedRequest, truncate: bool) -> AsyncIterator[str]:
+async def openai_stream(p: ParsedRequest, truncate: bool, think_seconds: float = 0.0) -> AsyncIterator[str]:
+    """The answer streamed word by word; `think_seconds` of reasoning first, one delta a second (a slow model)."""
     words = _words(p.reply())
     base = {"id": "chatcmpl-sim", "object": "chat.completion.chunk", "created": 0, "model": p.model}
+    started = time.monotonic()
+    while (left := think_seconds - (time.monotonic() - started)) > 0:
+        delta = {"reasoning_content": f"thinking ({time.monotonic() - started:.0f} s)... "}
+        yield _sse({**base, "choices": [{"index": 0, "delta": delta, "finish_reason": None}]})
+        await asyncio.sleep(min(1.0, left))
     if p.thinking:
         yield _sse(
             {

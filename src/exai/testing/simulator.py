@@ -13,6 +13,7 @@ import random
 import re
 import time
 from collections import Counter, deque
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
@@ -34,7 +35,7 @@ from exai.testing.replies import (
 )
 
 FaultKind = Literal[
-    "429", "500", "503", "401", "hang", "reset", "malformed", "truncate", "context_length", "content_filter"
+    "429", "500", "503", "401", "hang", "reset", "malformed", "truncate", "context_length", "content_filter", "think"
 ]
 DEFAULT_MODELS = ["sim-fast", "sim-smart", "sim-large"]
 DEFAULT_CONTEXT_WINDOWS = {"sim-large": 1_000_000}
@@ -54,6 +55,7 @@ class FaultRule(BaseModel):
     count: int | None = Field(default=None, ge=1, description="fire this many times, then stop")
     retry_after: float | None = Field(default=None, ge=0)
     hang_seconds: float = Field(default=600.0, gt=0)
+    think_seconds: float = Field(default=60.0, ge=0, description="`think`: reason this long, then answer")
 
 
 class LatencyRule(BaseModel):
@@ -292,19 +294,36 @@ class Simulator:
                 if fault.kind == "hang":
                     await self._sleep_unless_gone(request, fault.hang_seconds)
                     return self._error(wire, 504, "simulated hang ended", "timeout_error")
-                if fault.kind != "truncate" or not parsed.stream:
+                if fault.kind not in ("truncate", "think") or (fault.kind == "truncate" and not parsed.stream):
                     return self._fault_response(wire, fault)
-            if not await self._sleep_unless_gone(request, state.delay_for(parsed.model)):
+            think = fault.think_seconds if fault is not None and fault.kind == "think" else 0.0
+            streamed_thinking = think and parsed.stream and wire == "openai"
+            delay = state.delay_for(parsed.model) + (0.0 if streamed_thinking else think)
+            if not await self._sleep_unless_gone(request, delay):
                 return Response(status_code=499)
             state.counters["completed"] += 1
             for mark in marks:
                 state.markers[mark][1] += 1
+            state.counters[f"completed:{parsed.model}"] += 1
+            truncate = fault is not None and fault.kind == "truncate"
+            if streamed_thinking:
+                stream = openai_stream(parsed, truncate=False, think_seconds=think)
+                return StreamingResponse(self._counting_cuts(stream), media_type="text/event-stream")
             if parsed.stream:
                 gen = openai_stream if wire == "openai" else anthropic_stream
-                return StreamingResponse(gen(parsed, truncate=fault is not None), media_type="text/event-stream")
+                return StreamingResponse(gen(parsed, truncate=truncate), media_type="text/event-stream")
             return JSONResponse(openai_body(parsed) if wire == "openai" else anthropic_body(parsed))
         finally:
             state.in_flight -= 1
+
+    async def _counting_cuts(self, stream: AsyncIterator[str]) -> AsyncIterator[str]:
+        """A stream whose client hung up midway is counted as a disconnect (the upstream saw the cut)."""
+        try:
+            async for chunk in stream:
+                yield chunk
+        except (asyncio.CancelledError, OSError):
+            self.state.counters["disconnects"] += 1
+            raise
 
     async def _sleep_unless_gone(self, request: Request, seconds: float) -> bool:
         """Sleep, but stop early (and count it) if the client hangs up. True if the client is still there."""

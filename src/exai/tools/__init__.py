@@ -8,6 +8,7 @@ from exai.observability.errors import ValidationError
 from exai.tools.base import Tool
 from exai.tools.challenge import ChallengeTool
 from exai.tools.chat import ChatTool
+from exai.tools.collect import CollectTool
 from exai.tools.consensus import ConsensusTool
 from exai.tools.listmodels import ListModelsTool
 from exai.tools.precommit import PrecommitTool
@@ -46,9 +47,10 @@ ALL_TOOLS: tuple[type[Tool[Any, Any]], ...] = (
     ListModelsTool,
     VersionTool,
     StatusTool,
+    CollectTool,
 )
 PROFILES: dict[str, frozenset[str]] = {
-    "lean": frozenset({"chat", "thinkdeep", "codereview", "threads", "listmodels"}),
+    "lean": frozenset({"chat", "thinkdeep", "codereview", "threads", "listmodels", "collect"}),
     "standard": frozenset(
         {
             "chat",
@@ -64,6 +66,7 @@ PROFILES: dict[str, frozenset[str]] = {
             "listmodels",
             "version",
             "status",
+            "collect",
         }
     ),
     "full": frozenset(tool.name for tool in ALL_TOOLS),

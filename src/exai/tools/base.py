@@ -17,6 +17,8 @@ from exai.observability.events import ModelCall
 from exai.security.limits import TokenReservation
 
 if TYPE_CHECKING:
+    from mcp_types import CallToolResult
+
     from exai.app import Services
     from exai.conversations.threads import Thread
     from exai.providers.router import RoutePlan, RouteResult
@@ -161,11 +163,12 @@ class Tool(Generic[InputT, OutputT]):
     title: ClassVar[str]
     description: ClassVar[str]
     input_model: ClassVar[type[BaseModel]]
-    output_model: ClassVar[type[BaseModel]]
+    output_model: ClassVar[type[BaseModel] | None]
+    """None: the tool returns whole results (`collect` returns another call's), and declares no output schema."""
     read_only: ClassVar[bool] = True
     calls_model: ClassVar[bool] = False
 
-    async def run(self, args: InputT, ctx: ToolContext) -> ToolResult[OutputT]:
+    async def run(self, args: InputT, ctx: ToolContext) -> ToolResult[OutputT] | CallToolResult:
         raise NotImplementedError
 
 

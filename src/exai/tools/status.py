@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import time
+
 from pydantic import BaseModel
 
 from exai.observability.health import Health, LimiterHealth, ProviderHealth
 from exai.observability.stats import Stats, TenantUsage
+from exai.storage.base import CallCounts
 from exai.tools.base import Tool, ToolContext, ToolInput, ToolResult
 
 
@@ -22,6 +25,18 @@ class UsageToday(BaseModel):
     tenants: dict[str, TenantUsage]
 
 
+class LongCalls(BaseModel):
+    """Durable calls (tasks and answers kept for later) in the store, whichever replica runs them."""
+
+    working: int
+    completed: int
+    failed: int
+    cancelled: int
+    oldest_working_seconds: float | None = None
+    running_here: int
+    """Calls this replica runs now."""
+
+
 class StatusOutput(BaseModel):
     health: str
     uptime_seconds: float
@@ -33,9 +48,23 @@ class StatusOutput(BaseModel):
     providers: list[ProviderHealth]
     limiter: LimiterHealth
     usage_today: UsageToday
+    long_calls: LongCalls
 
 
-def status_report(stats: Stats, health: Health) -> StatusOutput:
+def long_calls(counts: CallCounts, running_here: int, now: float) -> LongCalls:
+    by_status = counts.by_status
+    oldest = counts.oldest_working
+    return LongCalls(
+        working=by_status.get("working", 0),
+        completed=by_status.get("completed", 0),
+        failed=by_status.get("failed", 0),
+        cancelled=by_status.get("cancelled", 0),
+        oldest_working_seconds=None if oldest is None else round(max(0.0, now - oldest), 1),
+        running_here=running_here,
+    )
+
+
+def status_report(stats: Stats, health: Health, long: LongCalls) -> StatusOutput:
     providers = health.providers()
     calls: dict[str, dict[str, int]] = {}
     for (tool, outcome), count in sorted(stats.calls.items()):
@@ -57,6 +86,7 @@ def status_report(stats: Stats, health: Health) -> StatusOutput:
             note="counted in memory since daemon start (today, UTC); the audit log has the full history",
             tenants=dict(sorted(tenants.items())),
         ),
+        long_calls=long,
     )
 
 
@@ -64,6 +94,12 @@ def render_text(report: StatusOutput) -> str:
     lines = [f"health: {report.health}; uptime {report.uptime_seconds:.0f} s; in flight: {report.in_flight}"]
     lines += [f"{p.name}: {p.health} ({p.reason})" for p in report.providers]
     lines.append(f"limiter: {report.limiter.reason}")
+    tasks = report.long_calls
+    oldest = "" if tasks.oldest_working_seconds is None else f", the oldest for {tasks.oldest_working_seconds:.0f} s"
+    lines.append(
+        f"long calls: {tasks.working} working{oldest} ({tasks.running_here} here), {tasks.completed} completed, "
+        f"{tasks.failed} failed, {tasks.cancelled} cancelled"
+    )
     if report.recent_errors:
         lines.append(f"errors in the last {report.window_seconds:g} s: {report.recent_errors}")
     usage = report.usage_today
@@ -80,11 +116,13 @@ class StatusTool(Tool[StatusInput, StatusOutput]):
     title = "Server status"
     description = (
         "Uptime, calls in flight, per-provider health with its reason, the rate limiter's state, recent errors, "
-        "and tokens and cost per tenant today (since daemon start)."
+        "long calls (tasks) by status, and tokens and cost per tenant today (since daemon start)."
     )
     input_model = StatusInput
     output_model = StatusOutput
 
     async def run(self, args: StatusInput, ctx: ToolContext) -> ToolResult[StatusOutput]:
-        report = status_report(ctx.services.stats, ctx.services.health)
+        services = ctx.services
+        calls = long_calls(services.calls.counts, services.calls.running, time.time())
+        report = status_report(services.stats, services.health, calls)
         return ToolResult(text=render_text(report), data=report)

@@ -1,0 +1,123 @@
+"""What the durable call record costs one call: its insert before the upstream request and its finish after.
+
+Measured on the stores themselves (SQLite as the daemon opens it, PostgreSQL on 127.0.0.1 in a throwaway schema),
+one pair of writes at a time and then 16 callers at once, with a result the size of a typical chat answer.
+Reported as p50 and p95 milliseconds per call (insert + finish), beside one thread append of the same call's two
+turns, the write every model call already made before records existed.
+
+Run: `python bench/call_record.py [--calls 2000] [--postgres postgresql://postgres@127.0.0.1:5432/test]
+[--out bench/results/call_record.json]`
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import secrets
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from exai.storage.base import CallEnd, CallRecord, Store, ThreadRecord, TurnRecord
+from exai.storage.sqlite import SQLiteStore
+
+RESULT = {
+    "content": [{"type": "text", "text": "x" * 1500}],
+    "structuredContent": {
+        "answer": "x" * 1500,
+        "model": "sim-fast",
+        "usage": {"input_tokens": 30, "output_tokens": 300},
+    },
+}
+
+
+def percentiles(samples: list[float]) -> dict[str, float]:
+    ordered = sorted(samples)
+    return {
+        "p50_ms": round(statistics.median(ordered) * 1000, 3),
+        "p95_ms": round(ordered[int(len(ordered) * 0.95) - 1] * 1000, 3),
+    }
+
+
+async def one_record(store: Store) -> float:
+    now = time.time()
+    call = CallRecord(tenant="bench", tool="chat", owner="bench", lease_until=now + 30, expires_at=now + 3600)
+    started = time.perf_counter()
+    await store.create_call(call)
+    await store.finish_call(call.id, CallEnd("completed", result=RESULT), time.time())
+    return time.perf_counter() - started
+
+
+async def one_append(store: Store) -> float:
+    thread = ThreadRecord(tenant="bench", title="bench", expires_at=time.time() + 3600)
+    turns = [
+        TurnRecord(role="user", content="question", tool="chat", seq=1),
+        TurnRecord(role="assistant", content="x" * 1500, tool="chat", seq=2),
+    ]
+    thread.turn_count, thread.version = 2, 1
+    started = time.perf_counter()
+    await store.append_turns(thread, turns, expected_version=0)
+    return time.perf_counter() - started
+
+
+async def measure(store: Store, calls: int) -> dict[str, Any]:
+    for _ in range(50):  # warm-up: connections, statement caches
+        await one_record(store)
+        await one_append(store)
+    record = [await one_record(store) for _ in range(calls)]
+    append = [await one_append(store) for _ in range(calls)]
+
+    async def writer(n: int) -> list[float]:
+        return [await one_record(store) for _ in range(n)]
+
+    concurrent = [s for batch in await asyncio.gather(*(writer(calls // 16) for _ in range(16))) for s in batch]
+    return {
+        "call_record": percentiles(record),
+        "thread_append": percentiles(append),
+        "call_record_16_writers": percentiles(concurrent),
+    }
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--calls", type=int, default=2000)
+    parser.add_argument(
+        "--postgres", default=os.environ.get("EXAI_BENCH_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
+    )
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "call_record.json")
+    args = parser.parse_args()
+    results: dict[str, Any] = {
+        "machine": {"cores": os.cpu_count(), "python": platform.python_version(), "load_before": os.getloadavg()}
+    }
+    with tempfile.TemporaryDirectory() as folder:
+        sqlite = SQLiteStore(Path(folder) / "bench.db")
+        await sqlite.open()
+        await sqlite.migrate()
+        results["sqlite"] = await measure(sqlite, args.calls)
+        await sqlite.close()
+    from exai.storage.postgres import PostgresStore
+
+    schema = f"exai_bench_{secrets.token_hex(4)}"
+    postgres = PostgresStore(args.postgres, schema=schema)
+    await postgres.open()
+    try:
+        await postgres.migrate()
+        results["postgresql"] = await measure(postgres, args.calls)
+    finally:
+        await postgres.close()
+        import psycopg
+
+        with psycopg.connect(args.postgres, autocommit=True) as conn:
+            conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+    results["machine"]["load_after"] = os.getloadavg()
+    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    print(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

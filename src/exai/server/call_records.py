@@ -1,0 +1,381 @@
+"""Durable calls: every call that may ask a model is a row first, and runs detached from the request that made it.
+
+The row (`CallRecord`) is committed before any upstream request: if the store cannot take it, the call is refused
+with `storage` and nothing is spent. The work then runs as a task of this replica, not of the request, so a client
+that stops waiting (a 60 s timeout, a task-aware client that polls, a lost connection that comes back) does not
+throw a paid answer away: the exact `CallToolResult` is written to the row when the work ends, and any connection of
+the same tenant, on any replica, can collect it.
+
+This replica renews the leases of the calls it runs; a call whose replica died is found by its expired lease (by
+any replica, or this one after a restart) and ends `failed` with a message that says the work was lost and how to
+go on: it is never run again behind the tenant's back. A cancellation that reaches another replica flags the row;
+the owner sees the flag within a second and cuts the upstream request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+import mcp_types as types
+
+from exai.config import Settings
+from exai.observability.errors import Category, ExaiError, NotFoundError, RateLimitError, StorageError
+from exai.observability.logging import get_logger
+from exai.server.answers import outcome_result
+from exai.server.results import error_result
+from exai.storage.base import TERMINAL, CallCounts, CallEnd, CallRecord, Store, new_call_id
+
+log = get_logger(__name__)
+CANCEL_POLL_SECONDS = 1.0
+"""How often a replica running calls looks for cancellations that reached another replica."""
+UNRECORDED_RETRY_SECONDS = 2.0
+LOST_CODE = -32603
+
+
+def replica_id() -> str:
+    """This process: host, pid and a random suffix, so a restarted daemon never mistakes old calls for its own."""
+    return f"{socket.gethostname()[:40]}:{os.getpid()}:{new_call_id()[:6]}"
+
+
+def result_payload(result: types.CallToolResult) -> dict[str, Any]:
+    """The wire form of a result, exactly as the client receives it."""
+    return result.model_dump(by_alias=True, mode="json", exclude_none=True)
+
+
+def lost_message(call: CallRecord) -> str:
+    how = (
+        f"continue the thread with continuation_id {call.continuation_id}"
+        if call.continuation_id
+        else "call the tool again"
+    )
+    return (
+        f"The daemon that ran this '{call.tool}' call stopped before the answer arrived, so the work was lost "
+        f"(it is not run again automatically: that would pay twice). To go on, {how}."
+    )
+
+
+class CallLostError(ExaiError):
+    """The replica that ran the call died before the answer arrived."""
+
+    category = Category.TOOL
+    http_status = 503
+    default_retryable = True
+
+
+class CallCancelledError(ExaiError):
+    category = Category.TOOL
+    http_status = 409
+    severity = "warning"
+
+
+def lost_error(call: CallRecord) -> CallLostError:
+    return CallLostError(lost_message(call), code="call_lost", remedy="Call again; nothing of it was recorded.")
+
+
+def cancelled_error(call: CallRecord) -> CallCancelledError:
+    return CallCancelledError(
+        f"This '{call.tool}' call was cancelled before it finished.", code="cancelled", remedy="Call the tool again."
+    )
+
+
+def jsonrpc_error(call: CallRecord) -> dict[str, Any]:
+    """The JSON-RPC error of a call that could not finish (a failed task)."""
+    error = lost_error(call)
+    return {"code": LOST_CODE, "message": error.message, "data": error.to_dict()}
+
+
+def not_found(call_id: str) -> NotFoundError:
+    return NotFoundError(
+        f"No call or task '{call_id[:80]}' is known to this server for you (it may have expired).",
+        code="unknown_task",
+        remedy="Check the id; answers are kept for EXAI_TASK_TTL_SECONDS after the call starts.",
+    )
+
+
+Body = Callable[[Callable[[], Awaitable[None]]], Awaitable[types.CallToolResult]]
+"""A call's work: it receives `begin`, which writes the call's record, and must await it before spending."""
+
+
+@dataclass
+class Execution:
+    """A call running detached from the request that started it."""
+
+    recorded: asyncio.Future[CallRecord]
+    task: asyncio.Task[types.CallToolResult]
+
+    async def record(self) -> CallRecord | None:
+        """The call's record once written; None when the work ended before it (refused, or the store failed)."""
+        await asyncio.wait({self.recorded, self.task}, return_when=asyncio.FIRST_COMPLETED)
+        return self.recorded.result() if self.recorded.done() and not self.recorded.cancelled() else None
+
+    def outcome(self) -> types.CallToolResult:
+        """The ended work's result; a call cancelled from elsewhere (a task cancel) says so."""
+        if self.task.cancelled():
+            call = self.recorded.result()
+            return error_result(cancelled_error(call))
+        return self.task.result()
+
+
+class CallRunner:
+    def __init__(
+        self,
+        store: Store,
+        settings: Settings,
+        on_task_event: Callable[[str, CallRecord], None] | None = None,
+        on_counts: Callable[[CallCounts], None] | None = None,
+    ) -> None:
+        self.store = store
+        self.owner = replica_id()
+        self.lease = settings.call_lease_seconds
+        self.ttl = settings.task_ttl_seconds
+        self.max_tasks = settings.max_tasks_per_tenant
+        self.on_task_event = on_task_event or (lambda kind, call: None)
+        self.on_counts = on_counts or (lambda counts: None)
+        self.counts = CallCounts({}, None)
+        self._running: dict[str, asyncio.Task[types.CallToolResult]] = {}
+        self._working_tasks: dict[str, int] = {}  # tenant -> working task calls on this replica
+        self._unrecorded: dict[str, CallEnd] = {}
+        self._loop: asyncio.Task[None] | None = None
+        self._closing = False
+
+    # -- lifecycle -----------------------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._loop = asyncio.create_task(self._maintain(), name="exai-call-records")
+
+    async def close(self) -> None:
+        """Stop looking after calls; those still running are cut and recorded as lost (failed), so whoever
+        collects them learns that the daemon stopped, not that someone cancelled them."""
+        self._closing = True
+        running = list(self._running.values())
+        for task in running:
+            task.cancel()
+        await asyncio.gather(*running, return_exceptions=True)
+        await self._record_unrecorded()
+        if self._loop is not None:
+            self._loop.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._loop
+            self._loop = None
+
+    async def _maintain(self) -> None:
+        """Renew leases and watch for cancellations (every second while calls run), end calls whose replica died
+        and refresh the counts (every third of a lease), and retry results the store did not take."""
+        last_sweep = 0.0
+        while True:
+            try:
+                now = time.time()
+                if self._running:
+                    for call_id in await self.store.renew_calls(self.owner, now + self.lease):
+                        self._cancel_local(call_id)
+                if now - last_sweep >= self.lease / 3:
+                    last_sweep = now
+                    await self.expire_lost(now)
+                    self.counts = await self.store.count_calls(now)
+                    self.on_counts(self.counts)
+                if self._unrecorded:
+                    await self._record_unrecorded()
+            except Exception as exc:  # the store may be down for a while: the next round tries again
+                log.warning("call_records_maintenance_failed", error=f"{type(exc).__name__}: {exc}"[:200])
+            await asyncio.sleep(CANCEL_POLL_SECONDS if self._running else min(self.lease / 3, UNRECORDED_RETRY_SECONDS))
+
+    async def expire_lost(self, now: float | None = None) -> list[CallRecord]:
+        """End every call whose replica stopped renewing its lease: failed, saying the work was lost."""
+        now = time.time() if now is None else now
+        end = CallEnd("failed", message="The daemon running this call stopped; the work was lost.")
+        lost = await self.store.expire_calls(now, end)
+        for call in lost:
+            if call.id in self._running:  # cannot happen while this replica renews; be safe
+                continue
+            log.warning("call_lost", call_id=call.id, tool=call.tool, tenant=call.tenant, owner=call.owner)
+            self.on_task_event("lost", call)
+        return lost
+
+    # -- starting and running ------------------------------------------------------------------------------------
+
+    def launch(
+        self,
+        body: Body,
+        *,
+        tenant: str,
+        tool: str,
+        correlation_id: str,
+        continuation_id: str | None,
+        task: bool,
+        ttl_seconds: float | None = None,
+    ) -> Execution:
+        """Run `body` detached; its record is written when the body awaits `begin` (storage first)."""
+        loop = asyncio.get_running_loop()
+        recorded: asyncio.Future[CallRecord] = loop.create_future()
+        ttl = min(self.ttl, ttl_seconds) if ttl_seconds else self.ttl
+
+        async def begin() -> None:
+            if task and self._working_tasks.get(tenant, 0) >= self.max_tasks:
+                raise RateLimitError(
+                    f"You have {self.max_tasks} tasks working already (EXAI_MAX_TASKS_PER_TENANT).",
+                    code="too_many_tasks",
+                    remedy="Collect or cancel a task first, or wait for one to finish.",
+                    details={"retry_in_seconds": 5.0},
+                )
+            now = time.time()
+            call = CallRecord(
+                tenant=tenant,
+                tool=tool,
+                owner=self.owner,
+                lease_until=now + self.lease,
+                created_at=now,
+                updated_at=now,
+                expires_at=now + ttl,
+                task=task,
+                correlation_id=correlation_id,
+                continuation_id=continuation_id,
+            )
+            try:
+                await self.store.create_call(call)
+            except Exception as exc:
+                log.warning("call_record_not_written", tool=tool, error=f"{type(exc).__name__}: {exc}"[:200])
+                raise StorageError(
+                    "The call could not be recorded (the store is unavailable), so no model was asked.",
+                    code="storage_unavailable",
+                    remedy="Try again shortly; nothing was spent. If it persists, check the database "
+                    "(`exai doctor`, /readyz).",
+                ) from exc
+            self._running[call.id] = current
+            if task:
+                self._working_tasks[tenant] = self._working_tasks.get(tenant, 0) + 1
+                self.on_task_event("created", call)
+            recorded.set_result(call)
+
+        async def work() -> types.CallToolResult:
+            try:
+                result = await body(begin)
+            except asyncio.CancelledError:
+                if recorded.done():
+                    end = (
+                        CallEnd("failed", message="The daemon stopped before the answer arrived.")
+                        if self._closing
+                        else CallEnd("cancelled", message="Cancelled.")
+                    )
+                    with anyio.CancelScope(shield=True):
+                        await self._end(recorded.result(), end)
+                raise
+            finally:
+                if recorded.done():
+                    call = recorded.result()
+                    self._running.pop(call.id, None)
+                    if call.task:
+                        self._working_tasks[tenant] -= 1
+            if not recorded.done():
+                return result
+            with anyio.CancelScope(shield=True):
+                if not await self._end(recorded.result(), CallEnd("completed", result=result_payload(result))):
+                    return unrecorded(result)
+            return result
+
+        current = loop.create_task(work())
+        return Execution(recorded, current)
+
+    async def _end(self, call: CallRecord, end: CallEnd) -> bool:
+        """Write how the call ended; False when the store would not take it (kept here and retried)."""
+        try:
+            await self.store.finish_call(call.id, end, time.time())
+            return True
+        except Exception as exc:
+            log.warning("call_result_not_recorded", call_id=call.id, error=f"{type(exc).__name__}: {exc}"[:200])
+            self._unrecorded[call.id] = end
+            return False
+
+    async def _record_unrecorded(self) -> None:
+        for call_id, end in list(self._unrecorded.items()):
+            try:
+                await self.store.finish_call(call_id, end, time.time())
+            except Exception:
+                return  # still down: the next round tries again
+            del self._unrecorded[call_id]
+            log.info("call_result_recorded_late", call_id=call_id)
+
+    # -- reading, waiting, cancelling ------------------------------------------------------------------------------
+
+    async def get(self, call_id: str, tenant: str) -> CallRecord:
+        """The tenant's call; another tenant's call is exactly as unknown as one that does not exist."""
+        try:
+            call = await self.store.get_call(call_id)
+        except Exception as exc:
+            raise StorageError(
+                "The call records could not be read (the store is unavailable).",
+                code="storage_unavailable",
+                remedy="Try again shortly; the answer is kept.",
+            ) from exc
+        if call is None or call.tenant != tenant:
+            raise not_found(call_id)
+        if call.id in self._unrecorded and call.status == "working":  # finished here; the store is behind
+            end = self._unrecorded[call.id]
+            call = call.model_copy(
+                update={"status": end.status, "status_message": end.message, "result": end.result, "error": end.error}
+            )
+        return call
+
+    async def wait(self, call_id: str, tenant: str, seconds: float) -> CallRecord:
+        """The call once it has ended, or as it is after `seconds` (still working)."""
+        deadline = time.monotonic() + seconds
+        local = self._running.get(call_id)
+        if local is not None:
+            await asyncio.wait({local}, timeout=max(0.0, seconds))
+        call = await self.get(call_id, tenant)
+        while call.status not in TERMINAL and (left := deadline - time.monotonic()) > 0:
+            await asyncio.sleep(min(0.5, left))
+            call = await self.get(call_id, tenant)
+        return call
+
+    async def cancel(self, call_id: str, tenant: str) -> CallRecord:
+        """Ask for the call to stop: at once when it runs here, through its row when it runs elsewhere."""
+        call = await self.get(call_id, tenant)
+        if call.status in TERMINAL:
+            return call
+        if not self._cancel_local(call_id):
+            await self.store.request_cancel(call_id, time.time())
+        self.on_task_event("cancelled", call)
+        return call
+
+    def _cancel_local(self, call_id: str) -> bool:
+        task = self._running.get(call_id)
+        if task is None:
+            return False
+        task.cancel()
+        return True
+
+    def outcome(self, call: CallRecord) -> types.CallToolResult:
+        """An ended call's result as the caller gets it: its own result, or the error that ended it."""
+        return outcome_result(call, lost_error(call), cancelled_error(call))
+
+    def collected(self, call: CallRecord) -> None:
+        self.on_task_event("collected", call)
+
+    def is_local(self, call_id: str) -> bool:
+        return call_id in self._running
+
+    @property
+    def running(self) -> int:
+        return len(self._running)
+
+
+UNRECORDED_NOTE = (
+    "Note: this answer could not be saved yet (the store is unavailable); this server keeps it and saves it when the "
+    "store is back, but it is lost if the server restarts before then."
+)
+
+
+def unrecorded(result: types.CallToolResult) -> types.CallToolResult:
+    """The result with `_meta["exai/recorded"]: false` and a one-line warning: the caller has the answer even when
+    the store does not (the structured content stays as the tool's output schema says)."""
+    meta = {**(result.meta or {}), "exai/recorded": False}
+    content = [*result.content, types.TextContent(type="text", text=UNRECORDED_NOTE)]
+    return result.model_copy(update={"meta": meta, "content": content})

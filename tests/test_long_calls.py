@@ -1,0 +1,194 @@
+"""Long calls through the real daemon: answers that outlive the client's patience are kept and collected later.
+
+The simulator's `think` fault makes a model reason for seconds before it answers; its counters show how often the
+prompt reached the upstream, so "paid once" and "never paid for a lost answer" are counted on the upstream's side.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import signal
+import sqlite3
+import sys
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx2
+import pytest
+from mcp import Client, StdioServerParameters
+from mcp.client.streamable_http import streamable_http_client
+from mcp_types import CallToolResult
+
+from exai.security.auth import issue_token
+from tests.conftest import TEST_JWT_SECRET, Proc, SimControl, sim_env
+from tests.helpers import tool_error, wait_until
+
+pytestmark = pytest.mark.anyio
+Daemon = Callable[..., Proc]
+
+
+def pending_of(result: CallToolResult) -> dict[str, Any]:
+    """The pending handle of an answer-later result, checked to be a normal, readable, non-error result."""
+    assert not result.is_error, result
+    pending = (result.meta or {})["exai/pending"]
+    assert result.structured_content == {"pending": pending}
+    assert pending["next_call"] == {"name": "collect", "arguments": {"task_id": pending["task_id"]}}
+    text = result.content[0].text  # type: ignore[union-attr]
+    assert "still working" in text and pending["task_id"] in text and "collect" in text, text
+    return pending
+
+
+def call_status(data_dir: Path, task_id: str) -> str | None:
+    with sqlite3.connect(data_dir / "exai.db") as db:
+        row = db.execute("SELECT status FROM calls WHERE id = ?", (task_id,)).fetchone()
+    return row[0] if row else None
+
+
+async def test_a_call_longer_than_the_client_wait_comes_back_pending_and_is_collected_once(
+    daemon: Daemon, sim: SimControl
+) -> None:
+    proc = daemon(EXAI_CLIENT_WAIT_SECONDS="2")
+    sim.fault("think", model="sim-smart", think_seconds=6)
+    async with Client(f"{proc.url}/mcp") as client:
+        started = time.monotonic()
+        first = await client.call_tool("chat", {"prompt": "think slowly", "model": "sim-smart"})
+        assert time.monotonic() - started < 5.5  # the client wait (2 s) and a heartbeat's slack, not the 6 s
+        pending = pending_of(first)
+        collected = await client.call_tool(**pending["next_call"])
+        while not collected.is_error and "exai/pending" in (collected.meta or {}):  # a busy machine: ask again
+            collected = await client.call_tool(**pending["next_call"])
+        # the same result a synchronous call would have returned
+        plain = await client.call_tool("chat", {"prompt": "think slowly", "model": "sim-fast"})
+    assert not collected.is_error, collected
+    assert collected.structured_content is not None and plain.structured_content is not None
+    assert collected.structured_content.keys() == plain.structured_content.keys()
+    assert collected.structured_content["model"] == "sim-smart"
+    assert collected.structured_content["answer"] in collected.content[0].text  # type: ignore[union-attr]
+    assert sim.count("requests:sim-smart") == 1  # asked once, paid once
+    async with Client(f"{proc.url}/mcp") as client:  # collected again, from another connection: the same answer
+        again = await client.call_tool(**pending["next_call"])
+    assert again.structured_content == collected.structured_content
+    assert sim.count("requests:sim-smart") == 1
+
+
+async def test_an_answer_that_arrived_survives_a_sigkill_and_is_collected_after_the_restart(
+    daemon: Daemon, sim: SimControl, tmp_path: Path
+) -> None:
+    data_dir = tmp_path / "data"
+    proc = daemon(EXAI_CLIENT_WAIT_SECONDS="1")
+    sim.fault("think", model="sim-smart", think_seconds=3)
+    async with Client(f"{proc.url}/mcp") as client:
+        pending = pending_of(await client.call_tool("chat", {"prompt": "keep this", "model": "sim-smart"}))
+    await wait_until(lambda: call_status(data_dir, pending["task_id"]) == "completed", "the answer was recorded")
+    proc.stop(signal.SIGKILL)
+    restarted = daemon(EXAI_CLIENT_WAIT_SECONDS="1")
+    async with Client(f"{restarted.url}/mcp") as client:
+        collected = await client.call_tool(**pending["next_call"])
+    assert not collected.is_error, collected
+    assert collected.structured_content is not None and collected.structured_content["model"] == "sim-smart"
+    assert sim.count("requests:sim-smart") == 1  # the upstream saw the prompt once
+
+
+async def test_a_call_whose_daemon_died_midway_ends_as_lost_after_its_lease(
+    daemon: Daemon, sim: SimControl, tmp_path: Path
+) -> None:
+    settings = {"EXAI_CLIENT_WAIT_SECONDS": "1", "EXAI_CALL_LEASE_SECONDS": "3"}
+    proc = daemon(**settings)
+    sim.fault("think", model="sim-smart", think_seconds=120)
+    async with Client(f"{proc.url}/mcp") as client:
+        pending = pending_of(await client.call_tool("chat", {"prompt": "lost", "model": "sim-smart"}))
+    await wait_until(lambda: sim.stats()["in_flight"] >= 1, "the model is working on the prompt")
+    proc.stop(signal.SIGKILL)
+    killed_at = time.monotonic()
+    restarted = daemon(**settings)
+    async with Client(f"{restarted.url}/mcp") as client:
+        result = await client.call_tool(**pending["next_call"])
+        while not result.is_error:  # still working until the lease (3 s) has run out
+            assert time.monotonic() - killed_at < 60, "the lost call stayed 'working'"
+            result = await client.call_tool(**pending["next_call"])
+    error = tool_error(result)
+    assert error["code"] == "call_lost"
+    assert "stopped before the answer arrived" in error["message"] and "call the tool again" in error["message"]
+    assert call_status(tmp_path / "data", pending["task_id"]) == "failed"
+    assert sim.count("requests:sim-smart") == 1  # never run again behind the tenant's back
+
+
+async def test_another_tenant_cannot_collect_a_call(daemon: Daemon, sim: SimControl) -> None:
+    proc = daemon(EXAI_CLIENT_WAIT_SECONDS="1", EXAI_JWT_SECRET=TEST_JWT_SECRET)
+    sim.fault("think", model="sim-smart", think_seconds=2)
+    async with as_tenant(proc, "alice", ["exai:tool:chat"]) as client:
+        pending = pending_of(await client.call_tool("chat", {"prompt": "mine", "model": "sim-smart"}))
+    async with as_tenant(proc, "mallory", ["exai:tools"]) as client:
+        stolen = await client.call_tool(**pending["next_call"])
+        unknown = await client.call_tool("collect", {"task_id": "no-such-task"})
+    assert tool_error(stolen)["code"] == tool_error(unknown)["code"] == "unknown_task"
+    async with as_tenant(proc, "alice", ["exai:tool:chat"]) as client:  # a narrow token may collect its own
+        mine = await client.call_tool(**pending["next_call"])
+        while "exai/pending" in (mine.meta or {}):
+            mine = await client.call_tool(**pending["next_call"])
+    assert not mine.is_error, mine
+
+
+@asynccontextmanager
+async def as_tenant(proc: Proc, tenant: str, scopes: list[str]) -> AsyncIterator[Client]:
+    token = issue_token(TEST_JWT_SECRET, tenant, scopes, 600)
+    async with (
+        httpx2.AsyncClient(headers={"Authorization": f"Bearer {token}"}, timeout=120) as http,
+        Client(streamable_http_client(f"{proc.url}/mcp", http_client=http)) as client,
+    ):
+        yield client
+
+
+async def collect_all(client: Client, pending: dict[str, Any]) -> CallToolResult:
+    """Call `next_call` until the answer is there (a busy machine may need more than one round)."""
+    result = await client.call_tool(**pending["next_call"])
+    while not result.is_error and "exai/pending" in (result.meta or {}):
+        result = await client.call_tool(**pending["next_call"])
+    return result
+
+
+@pytest.mark.parametrize("transport", ["stdio", "bridge"])
+async def test_answer_later_works_over_stdio_and_through_the_bridge(
+    daemon: Daemon, sim: SimControl, transport: str
+) -> None:
+    slow = {"EXAI_CLIENT_WAIT_SECONDS": "2"}
+    if transport == "stdio":
+        params = StdioServerParameters(
+            command=sys.executable, args=["-m", "exai", "stdio"], env={**os.environ, **sim_env(sim, **slow)}
+        )
+    else:
+        proc = daemon(**slow)
+        params = StdioServerParameters(
+            command=sys.executable, args=["-m", "exai", "stdio", "--connect", f"{proc.url}/mcp"], env=dict(os.environ)
+        )
+    sim.fault("think", model="sim-smart", think_seconds=5)
+    async with Client(params) as client:
+        pending = pending_of(await client.call_tool("chat", {"prompt": f"slow over {transport}", "model": "sim-smart"}))
+        collected = await collect_all(client, pending)
+    assert not collected.is_error, collected
+    assert f"echo: slow over {transport}" in collected.content[0].text  # type: ignore[union-attr]
+    assert sim.count("requests:sim-smart") == 1
+
+
+async def test_a_client_listening_for_progress_hears_from_a_slow_call_every_few_seconds(
+    daemon: Daemon, sim: SimControl
+) -> None:
+    proc = daemon(EXAI_CLIENT_WAIT_SECONDS="0")  # answer-later off: the call waits for the answer
+    sim.fault("think", model="sim-smart", think_seconds=12)
+    heard: list[float] = []
+
+    async def on_progress(done: float, total: float | None, message: str | None) -> None:
+        heard.append(time.monotonic())
+
+    async with Client(f"{proc.url}/mcp") as client:
+        result = await client.call_tool(
+            "chat", {"prompt": "keep me posted", "model": "sim-smart"}, progress_callback=on_progress
+        )
+    assert not result.is_error, result
+    assert len(heard) >= 2, heard  # 12 s of thinking: a heartbeat every 5 s
+    gaps = [later - earlier for earlier, later in itertools.pairwise(heard)]
+    assert max(gaps, default=0.0) < 30, gaps  # well inside the 60 s a client waits without news
