@@ -109,7 +109,7 @@ async def run(ctx: Context, result: ScenarioResult) -> None:
             ctx.progress(len(concurrent), expected, f"{sessions * slots} in flight: {errors} errors")
 
         try:
-            await run_workers(processes, plan, ctx.epoch, on_sample, ceiling=ctx.seconds(900, 150))
+            await run_workers(processes, plan, ctx.epoch, on_sample, ceiling=ctx.seconds(900, 600))
         finally:
             await monitor.stop()
         after = await scrape(http, daemon.url)
