@@ -29,6 +29,7 @@ CRITERION = (
 )
 DEADLINE_S = 10.0
 CLEAR_DOWN = {"storage", "rate_limit"}  # the categories a call may fail with while a backing service is down
+CLIENT_CEILING_S = 150.0  # past the daemon's 120 s call deadline: the daemon, not our patience, decides a call's end
 REPLICA_LIMIT = 5  # requests per minute of the `-limited` tenant: the fallback limiter must still enforce it
 
 
@@ -55,7 +56,7 @@ async def _sigkill(ctx: Context, result: ScenarioResult) -> None:
                     args = {"prompt": f"kill {index}", "model": "sim-fast"} | (
                         {"continuation_id": thread} if thread else {}
                     )
-                    done = await call(client, "chat", args, ctx.epoch, ceiling=60)
+                    done = await call(client, "chat", args, ctx.epoch, ceiling=CLIENT_CEILING_S)
                     if not done.sample.ok:
                         done.sample.excused = killed.is_set()  # cut off by the kill itself: not "paid, then failed"
                         result.samples.append(done.sample)
@@ -76,7 +77,12 @@ async def _sigkill(ctx: Context, result: ScenarioResult) -> None:
         daemon.managed.stop(signal.SIGKILL)
 
     await ctx.sim.latency(20)
-    await asyncio.gather(killer(), *(worker(i) for i in range(8)))
+    workers = [asyncio.create_task(worker(i)) for i in range(8)]
+    enough = asyncio.create_task(enough_acknowledged.wait())
+    await asyncio.wait([enough, asyncio.gather(*workers)], return_when=asyncio.FIRST_COMPLETED)
+    enough.cancel()  # every worker may have stopped on a failed call first: then kill now, do not wait forever
+    enough_acknowledged.set()
+    await asyncio.gather(killer(), *workers)
     ready_s = daemon.restart()
     lost = 0
     async with session(daemon.mcp_url, ctx.target.token) as client:
