@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -16,7 +19,7 @@ from tests.conftest import SimControl
 from tests.helpers import build_services
 
 
-@pytest.mark.timeout(420)
+@pytest.mark.timeout(1900)
 def test_quick_stress_run_passes_every_scenario(tmp_path: Path, postgres_url: str, redis_url: str) -> None:
     if postgres_url != "postgresql://postgres@127.0.0.1:5432/test" or not redis_url.startswith(
         "redis://127.0.0.1:6379"
@@ -29,7 +32,7 @@ def test_quick_stress_run_passes_every_scenario(tmp_path: Path, postgres_url: st
         env={**os.environ, "COLUMNS": "160"},
         capture_output=True,
         text=True,
-        timeout=400,
+        timeout=1800,  # about 6 minutes on a quiet 2-core machine; a busy one may take several times that
     )
     report = json.loads((out / "stress.json").read_text())
     failed = {
@@ -48,8 +51,23 @@ def test_quick_stress_run_passes_every_scenario(tmp_path: Path, postgres_url: st
         "soak",
     ]
     assert all(s["checks"] for s in report["scenarios"]), "every scenario judged something"
+    for s in report["scenarios"]:
+        names = {c["name"] for c in s["checks"]}
+        assert {"paid, then failed", "stopped what it started"} <= names, s["name"]
+    assert 1 <= report["isolation"]["redis_db"] <= 15 and report["isolation"]["tenant"].startswith("stress-")
     html = (out / "stress.html").read_text()
     assert "<svg" in html and not any(tag in html for tag in ("<script", "<link", " src=")), "opens offline"
+
+
+@pytest.mark.parametrize(
+    ("argument", "message"),
+    [(["--redis-db", "16"], "--redis-db 16 is not a Redis database number"), (["--tenant", "a b"], "--tenant 'a b'")],
+)
+def test_bad_isolation_arguments_are_refused_with_what_to_do(argument: list[str], message: str) -> None:
+    finished = subprocess.run(
+        [sys.executable, "-m", "exai", "stress", "load", *argument], capture_output=True, text=True, timeout=120
+    )
+    assert finished.returncode == 2 and message in finished.stderr, finished.stderr
 
 
 @pytest.mark.anyio
@@ -73,3 +91,45 @@ async def test_a_hanging_provider_costs_one_attempt_then_the_call_falls_back(
     assert not result.is_error, result.content[0].text
     assert result.structured_content["model"] == "sim-fast"
     assert sim.count("disconnects") >= 1, "the hanging request was abandoned after one attempt"
+
+
+def _descendants(root: int) -> set[int]:
+    found, frontier = set(), {root}
+    while frontier:
+        children = set()
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            with contextlib.suppress(OSError, IndexError):
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+                if int(fields[1]) in frontier and fields[0] != "Z":
+                    children.add(int(stat.parent.name))
+        found |= children
+        frontier = children
+    return found
+
+
+def _alive(pid: int) -> bool:
+    with contextlib.suppress(OSError):
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    return False
+
+
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_an_interrupted_run_stops_everything_and_writes_a_partial_report(tmp_path: Path, sig: signal.Signals) -> None:
+    out = tmp_path / "report"
+    run = subprocess.Popen(
+        [sys.executable, "-m", "exai", "stress", "--quick", "recovery", "--out", str(out)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 300
+    while len(started := _descendants(run.pid)) < 2:  # the simulator and the scenario's daemon
+        assert run.poll() is None and time.monotonic() < deadline, "the run did not start its daemon"
+        time.sleep(0.2)
+    run.send_signal(sig)
+    _, stderr = run.communicate(timeout=240)
+    assert run.returncode == 130, stderr[-2000:]
+    assert not [pid for pid in started if _alive(pid)], "a process of the run outlived it"
+    report = json.loads((out / "stress.json").read_text())
+    assert report["interrupted"] and not report["passed"]

@@ -393,6 +393,10 @@ def stress(
     ] = "sqlite",
     duration: Annotated[str, typer.Option(help="How long the soak runs, e.g. 600, 30m, 4h.")] = "10m",
     out: Annotated[Path, typer.Option(help="Where stress.json and stress.html are written.")] = Path("stress-report"),
+    redis_db: Annotated[
+        int | None, typer.Option(help="Redis database for local daemons (default: random 1-15; 0 only if asked).")
+    ] = None,
+    tenant: Annotated[str | None, typer.Option(help="Tenant the run's calls are made as (default: random).")] = None,
 ) -> None:
     """Run the production-readiness scenarios and write JSON and HTML reports; exit 1 when one fails."""
     from exai.stress.command import run_command
@@ -407,6 +411,8 @@ def stress(
         storage=storage,
         soak_seconds=_duration(duration),
         out=out,
+        redis_db=redis_db,
+        tenant=tenant,
     )
     raise typer.Exit(code)
 

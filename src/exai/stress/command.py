@@ -15,7 +15,7 @@ from rich.console import Console
 
 from exai.stress.runner import RunOptions, run_stress
 from exai.stress.scenarios import NAMES
-from exai.stress.target import Storage, Target, local_target, remote_target
+from exai.stress.target import Isolation, Storage, Target, local_target, remote_target
 
 
 class UsageError(Exception):
@@ -40,8 +40,16 @@ def _loopback(url: str, what: str) -> str:
     return url
 
 
+def _isolation(redis_db: int | None, tenant: str | None) -> Isolation:
+    if redis_db is not None and not 0 <= redis_db <= 15:
+        raise UsageError(f"--redis-db {redis_db} is not a Redis database number; choose 0-15 (default: random 1-15)")
+    if tenant is not None and not (tenant.isascii() and tenant.replace("-", "").replace("_", "").isalnum()):
+        raise UsageError(f"--tenant {tenant!r}: use letters, digits, '-' and '_' only")
+    return Isolation.chosen(redis_db, tenant)
+
+
 def _target_builder(
-    target: str, url: str | None, sim_url: str | None, token: str | None, storage: str
+    target: str, url: str | None, sim_url: str | None, token: str | None, storage: str, isolation: Isolation
 ) -> Callable[[], Target]:
     """What to start (or reach) once the arguments are known to be good."""
     if storage not in get_args(Storage):
@@ -50,8 +58,8 @@ def _target_builder(
         if not (url and sim_url):
             raise UsageError("an existing deployment needs both --url URL and --sim-url URL")
         daemon, simulator = _loopback(url, "--url"), _loopback(sim_url, "--sim-url")
-        return partial(remote_target, daemon, simulator, token)
-    return partial(local_target, cast(Storage, storage))
+        return partial(remote_target, daemon, simulator, token, isolation)
+    return partial(local_target, cast(Storage, storage), isolation)
 
 
 def run_command(
@@ -65,22 +73,27 @@ def run_command(
     storage: str,
     soak_seconds: float,
     out: Path,
+    redis_db: int | None = None,
+    tenant: str | None = None,
 ) -> int:
     """Exit code: 0 when every scenario run passed, 1 when one failed, 2 for a usage error."""
     console = Console(stderr=True)
     try:
         names = _names(scenarios)
-        build = _target_builder(target, url, sim_url, token, storage)
+        build = _target_builder(target, url, sim_url, token, storage, _isolation(redis_db, tenant))
     except UsageError as exc:
         print(f"exai stress: {exc}", file=sys.stderr)
         return 2
-    signal.signal(signal.SIGTERM, _raise_interrupt)  # a terminated run still stops what it started
+    signal.signal(signal.SIGTERM, _interrupt)  # a terminated run stops what it started, as after Ctrl-C
     command = "exai stress " + shlex.join(recorded_arguments(sys.argv[2:]))
     built: Target | None = None
     try:
         built = build()
         options = RunOptions(names, quick, soak_seconds, out, command, secrets=(token,) if token else ())
         report = asyncio.run(run_stress(built, options, console))
+    except KeyboardInterrupt:  # every started scenario has stopped what it started; the report says how far it got
+        console.print(f"interrupted: partial reports in {out / 'stress.json'}, {out / 'stress.html'}")
+        return 130
     finally:
         if built is not None:
             built.close()
@@ -110,5 +123,7 @@ def recorded_arguments(argv: list[str]) -> list[str]:
     return shown
 
 
-def _raise_interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
+def _interrupt(signum: int, frame: object) -> None:
+    """SIGTERM becomes SIGINT: inside asyncio.run that cancels the run (every scenario's cleanup runs), outside it
+    raises KeyboardInterrupt."""
+    signal.raise_signal(signal.SIGINT)

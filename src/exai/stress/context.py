@@ -20,6 +20,7 @@ class Context:
     soak_seconds: float
     progress: Progress = lambda done, total, note: None
     epoch: float = field(default_factory=time.monotonic)
+    where: str = "starting"  # the last progress note: what a scenario that runs out of time was doing
 
     def scale(self, full: int, quick: int) -> int:
         return quick if self.quick else full

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import secrets
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -33,9 +34,26 @@ async def session(url: str, token: str | None = None, timeout: float = 300.0) ->
         yield client
 
 
-async def call(client: Client, tool: str, args: dict[str, Any], epoch: float, ceiling: float = 300.0) -> Outcome:
+MARKED_FIELDS = ("prompt", "step")
+"""The argument a call's marker is appended to: the text that reaches the model (a chat's prompt, a workflow step)."""
+
+
+def mark(args: dict[str, Any]) -> tuple[dict[str, Any], str]:
+    """`args` with a fresh simulator marker in its prompt (or step), and the marker ("" when there is no text)."""
+    for name in MARKED_FIELDS:
+        if isinstance(args.get(name), str):
+            marker = f"simmark-{secrets.token_hex(8)}"
+            return {**args, name: f"{args[name]} {marker}"}, marker
+    return args, ""
+
+
+async def call(
+    client: Client, tool: str, args: dict[str, Any], epoch: float, ceiling: float = 300.0, *, marked: bool = True
+) -> Outcome:
     """Call `tool`; the sample's category is the server's error category, `hang` past `ceiling`, or the
-    exception's class for a transport failure."""
+    exception's class for a transport failure. Unless `marked` is False the prompt carries a marker, so the run can
+    ask the simulator whether a failed call was answered (paid for) upstream."""
+    args, marker = mark(args) if marked else (args, "")
     started = time.perf_counter()
     data: dict[str, Any] = {}
     try:
@@ -53,5 +71,5 @@ async def call(client: Client, tool: str, args: dict[str, Any], epoch: float, ce
             data = dict((result.meta or {}).get("exai/error") or {})
             category = str(data.get("category", "tool_error"))
     ended = time.perf_counter()
-    sample = Sample(round(time.monotonic() - epoch, 3), round((ended - started) * 1000, 2), ok, category, tool)
+    sample = Sample(round(time.monotonic() - epoch, 3), round((ended - started) * 1000, 2), ok, category, tool, marker)
     return Outcome(sample, data)

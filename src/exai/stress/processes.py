@@ -17,7 +17,7 @@ from pathlib import Path
 
 import httpx2
 
-START_CEILING_SECONDS = 120.0
+START_CEILING_SECONDS = 300.0  # a start, not a judgement: at load average 26 the simulator took 70 s
 
 
 def free_port() -> int:
@@ -32,6 +32,34 @@ def reachable(port: int) -> bool:
         return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
+def listens_on(pid: int, port: int) -> bool:
+    """Whether process `pid` holds the listening socket of 127.0.0.1:`port`. On a shared machine another program
+    may take a free port between our probe and the daemon's bind: a 200 from that port must be from ours."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                fields = line.split()
+                if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == "0A":  # 0A: LISTEN
+                    inodes.add(f"socket:[{fields[9]}]")
+    with contextlib.suppress(OSError):
+        return any(os.readlink(fd) in inodes for fd in Path(f"/proc/{pid}/fd").iterdir())
+    return False
+
+
+def live_children() -> dict[int, str]:
+    """This process's living child processes (pid -> command), read from /proc: zombies are not alive."""
+    found: dict[int, str] = {}
+    me = str(os.getpid())
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, IndexError):
+            text = stat.read_text()
+            name, rest = text[text.index("(") + 1 : text.rindex(")")], text[text.rindex(")") + 2 :].split()
+            if rest[1] == me and rest[0] != "Z":
+                found[int(stat.parent.name)] = name
+    return found
+
+
 @dataclass
 class Managed:
     """One child process on a loopback port, with its log file."""
@@ -41,6 +69,7 @@ class Managed:
     port: int
     log_path: Path
     process: subprocess.Popen[bytes] | None = None
+    stopped: bool = False  # stopped on purpose (by `stop`), as opposed to having exited by itself
 
     @property
     def url(self) -> str:
@@ -53,17 +82,19 @@ class Managed:
     def start(self, ready_path: str | None = "/healthz") -> float:
         """Start it and wait until `ready_path` answers 200; returns the seconds that took."""
         started = time.monotonic()
+        self.stopped = False
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(self.args, env=self.env, stdout=log, stderr=subprocess.STDOUT)
         while time.monotonic() - started < START_CEILING_SECONDS:
             if self.process.poll() is not None:
                 raise RuntimeError(f"{' '.join(self.args[2:])} exited with {self.process.returncode}: {self.tail()}")
             if ready_path is None:
-                if reachable(self.port):
+                if reachable(self.port) and listens_on(self.process.pid, self.port):
                     return time.monotonic() - started
             else:
                 with contextlib.suppress(httpx2.TransportError):
-                    if httpx2.get(self.url + ready_path, timeout=2).status_code == 200:
+                    ready = httpx2.get(self.url + ready_path, timeout=2).status_code == 200
+                    if ready and listens_on(self.process.pid, self.port):
                         return time.monotonic() - started
             time.sleep(0.05)
         self.stop(signal.SIGKILL)
@@ -72,6 +103,7 @@ class Managed:
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> None:
         if self.process is None or self.process.poll() is not None:
             return
+        self.stopped = True
         self.process.send_signal(sig)
         try:
             self.process.wait(timeout)
@@ -112,6 +144,30 @@ class ProcessGroup:
         cluster.create()
         return cluster
 
+    def mark(self) -> tuple[int, int]:
+        """Where the processes started from now on begin (see `stop_since`)."""
+        return len(self.children), len(self.clusters)
+
+    def exited_since(self, mark: tuple[int, int]) -> list[str]:
+        """Processes started after `mark` that exited by themselves (not stopped by us), with their log's tail."""
+        return [
+            f"{' '.join(Path(a).name for a in c.args[:4])} on port {c.port} exited with {c.process.returncode}:\n"
+            + c.tail(1500)
+            for c in self.children[mark[0] :]
+            if c.process is not None and c.process.poll() is not None and not c.stopped
+        ]
+
+    def stop_since(self, mark: tuple[int, int]) -> list[str]:
+        """Stop every process and cluster started after `mark`; what is still running afterwards (should be none)."""
+        children, clusters = self.children[mark[0] :], self.clusters[mark[1] :]
+        for child in reversed(children):
+            with contextlib.suppress(Exception):
+                child.stop(signal.SIGKILL if child.args[0] != sys.executable else signal.SIGTERM, timeout=15)
+        alive = [f"PostgreSQL cluster {c.data}" for c in clusters if not _destroyed(c)]
+        alive += [f"{' '.join(Path(a).name for a in c.args[:4])} on port {c.port}" for c in children if c.running]
+        del self.children[mark[0] :], self.clusters[mark[1] :]
+        return alive
+
     def close(self) -> None:
         for child in reversed(self.children):
             with contextlib.suppress(Exception):
@@ -120,6 +176,13 @@ class ProcessGroup:
             with contextlib.suppress(Exception):
                 cluster.destroy()
         shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+def _destroyed(cluster: PostgresCluster) -> bool:
+    try:
+        return cluster.destroy()
+    except Exception:  # pg_ctl missing or refusing: judged by whether its postmaster still runs
+        return not cluster.running
 
 
 def _pg_binary(name: str) -> str:
@@ -164,7 +227,19 @@ class PostgresCluster:
     def stop(self) -> None:
         self._run(_pg_binary("pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "-t", "60", "stop")
 
-    def destroy(self) -> None:
+    @property
+    def running(self) -> bool:
+        """Whether its postmaster is alive (its pid file names a living process)."""
+        pid_file = self.data / "postmaster.pid"
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            os.kill(int(pid_file.read_text().split()[0]), 0)
+            return True
+        return False
+
+    def destroy(self) -> bool:
+        """Stop it (immediately) and delete its files; False when its postmaster is still running."""
         with contextlib.suppress(subprocess.SubprocessError):
             self._run(_pg_binary("pg_ctl"), "-D", str(self.data), "-m", "immediate", "stop")
+        stopped = not self.running
         shutil.rmtree(self.data, ignore_errors=True)
+        return stopped

@@ -27,6 +27,8 @@ class Sample:
     ok: bool
     category: str = ""  # the error's category when not ok
     tool: str = ""
+    marker: str = ""  # the simulator marker in its prompt ("" when none)
+    excused: bool = False  # failed because the scenario itself cut it off (a deliberate SIGKILL): not paid-then-failed
 
 
 @dataclass
@@ -41,6 +43,7 @@ class ScenarioResult:
     resources: list[tuple[float, float, float]] = field(default_factory=list)  # (t, rss MB, open fds)
     duration_s: float = 0.0
     skipped: str | None = None
+    machine_load: list[float] = field(default_factory=list)  # 1-minute load average: at its end, then during it
 
     def check(self, name: str, required: str, measured: str, passed: bool, *, judged: bool = True) -> bool:
         """Record a criterion; one not `judged` (a latency bound in a quick run, too small and short to judge on
@@ -99,6 +102,7 @@ class ScenarioResult:
             "summary": self.summary,
             "criterion": self.criterion,
             "duration_s": round(self.duration_s, 1),
+            "load_average_max": max(self.machine_load, default=None),
             "checks": [asdict(c) for c in self.checks],
             "figures": {**self.latency_figures(), **self.figures},
             "notes": self.notes,

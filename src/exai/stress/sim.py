@@ -31,6 +31,15 @@ class SimControl:
     async def requests(self, limit: int = 50) -> list[dict[str, Any]]:
         return list((await self.http.get(f"{self.url}/_sim/requests", params={"limit": limit})).json())
 
+    async def markers(self, markers: list[str]) -> dict[str, dict[str, int]]:
+        """How often the simulator received and answered each marker's prompt (see `driver.mark`)."""
+        counts: dict[str, dict[str, int]] = {}
+        for start in range(0, len(markers), 2000):
+            response = await self.http.post(f"{self.url}/_sim/markers", json={"markers": markers[start : start + 2000]})
+            response.raise_for_status()
+            counts |= response.json()
+        return counts
+
     async def reset(self) -> None:
         (await self.http.post(f"{self.url}/_sim/reset")).raise_for_status()
 

@@ -15,7 +15,36 @@ Storage = Literal["sqlite", "postgres", "postgres+redis"]
 SIM_MODELS = "sim-fast,sim-smart,sim-large:1000000"
 STRESS_SECRET = secrets.token_hex(32)
 LOCAL_POSTGRES = "postgresql://postgres@127.0.0.1:5432/test"
-LOCAL_REDIS = "redis://127.0.0.1:6379/0"
+LOCAL_REDIS_HOST = "redis://127.0.0.1:6379"
+AUDIENCE = "exai-stress"
+TOKEN_TTL_SECONDS = 7 * 86400  # longer than any run
+
+
+@dataclass(frozen=True)
+class Isolation:
+    """What keeps one run's data apart from everyone else's on a shared PostgreSQL and Redis: a Redis database
+    (never 0 unless asked), a tenant name every call of the run is made as, and a random PostgreSQL schema."""
+
+    redis_db: int
+    tenant: str
+
+    @classmethod
+    def chosen(cls, redis_db: int | None, tenant: str | None) -> Isolation:
+        run = secrets.token_hex(4)
+        return cls(redis_db if redis_db is not None else 1 + secrets.randbelow(15), tenant or f"stress-{run}")
+
+    @property
+    def redis_url(self) -> str:
+        return f"{LOCAL_REDIS_HOST}/{self.redis_db}"
+
+
+def run_token(tenant: str, admin: bool = True) -> str:
+    """A token the local daemons accept (they share the run's secret): the run's tenant, with the admin scope so
+    the run may read /metrics and the status page."""
+    from exai.security.auth import issue_token
+
+    scopes = ["exai:tools", "exai:admin"] if admin else ["exai:tools"]
+    return issue_token(STRESS_SECRET, tenant, scopes, TOKEN_TTL_SECONDS, audience=AUDIENCE)
 
 
 def _inherited_env() -> dict[str, str]:
@@ -56,10 +85,18 @@ class Target:
     remote: Daemon | None = None
     token: str | None = None
     schemas: list[str] = field(default_factory=list)
+    isolation: Isolation = field(default_factory=lambda: Isolation.chosen(None, None))
 
     @property
     def local(self) -> bool:
         return self.group is not None
+
+    @property
+    def sim_pid(self) -> int | None:
+        """The local simulator's process id (it is the group's first process)."""
+        if self.group is None or not self.group.children or self.group.children[0].process is None:
+            return None
+        return self.group.children[0].process.pid
 
     def base_env(self, storage: Storage | None = None) -> dict[str, str]:
         """A daemon's environment: providers on the simulator, limits high enough for load, its own storage."""
@@ -83,6 +120,8 @@ class Target:
             "EXAI_PROVIDER_CONCURRENCY": "2000",
             "EXAI_MAX_TURNS_PER_THREAD": "100000",
             "EXAI_DATA_DIR": str(self.group.workdir / f"data-{secrets.token_hex(4)}"),
+            "EXAI_JWT_SECRET": STRESS_SECRET,  # every call is made as the run's own tenant, never `local`
+            "EXAI_JWT_AUDIENCE": AUDIENCE,
         }
         storage = storage or self.storage
         if storage != "sqlite":
@@ -90,7 +129,7 @@ class Target:
             self.schemas.append(schema)
             env |= {"EXAI_DATABASE_URL": LOCAL_POSTGRES, "EXAI_DATABASE_SCHEMA": schema}
         if storage == "postgres+redis":
-            env["EXAI_REDIS_URL"] = LOCAL_REDIS  # keys are per tenant; every tenant of a run has a random name
+            env["EXAI_REDIS_URL"] = self.isolation.redis_url  # the run's own database; keys are per (random) tenant
         return env
 
     def daemon(self, name: str, storage: Storage | None = None, **extra: str) -> Daemon:
@@ -119,7 +158,7 @@ class Target:
                     conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
 
 
-def local_target(storage: Storage) -> Target:
+def local_target(storage: Storage, isolation: Isolation) -> Target:
     group = ProcessGroup()
     port = free_port()
     try:
@@ -127,8 +166,10 @@ def local_target(storage: Storage) -> Target:
     except BaseException:
         group.close()
         raise
-    return Target(f"http://127.0.0.1:{port}", storage, group=group)
+    token = run_token(isolation.tenant)
+    return Target(f"http://127.0.0.1:{port}", storage, group=group, token=token, isolation=isolation)
 
 
-def remote_target(url: str, sim_url: str, token: str | None) -> Target:
-    return Target(sim_url.rstrip("/"), "sqlite", remote=Daemon(url.rstrip("/").removesuffix("/mcp")), token=token)
+def remote_target(url: str, sim_url: str, token: str | None, isolation: Isolation) -> Target:
+    daemon = Daemon(url.rstrip("/").removesuffix("/mcp"))
+    return Target(sim_url.rstrip("/"), "sqlite", remote=daemon, token=token, isolation=isolation)

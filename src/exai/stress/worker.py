@@ -16,7 +16,7 @@ from exai.stress.workload import LoadPlan, run_plan
 
 
 def _emit(sample: Sample) -> None:
-    sys.stdout.write(json.dumps([sample.t, sample.ms, sample.ok, sample.category, sample.tool]) + "\n")
+    sys.stdout.write(json.dumps([sample.t, sample.ms, sample.ok, sample.category, sample.tool, sample.marker]) + "\n")
     sys.stdout.flush()
 
 
@@ -32,7 +32,8 @@ async def run_workers(
     shares = [plan.sessions // processes + (1 if i < plan.sessions % processes else 0) for i in range(processes)]
     children = []
     for index, sessions in enumerate(s for s in shares if s):
-        part = LoadPlan(**{**asdict(plan), "sessions": sessions, "prefix": f"{plan.prefix}-p{index}"})
+        rate = plan.rate * sessions / plan.sessions  # an open loop's rate is shared like its sessions
+        part = LoadPlan(**{**asdict(plan), "sessions": sessions, "prefix": f"{plan.prefix}-p{index}", "rate": rate})
         children.append(
             await asyncio.create_subprocess_exec(
                 sys.executable,
@@ -49,8 +50,7 @@ async def run_workers(
     async def read(child: asyncio.subprocess.Process) -> None:
         assert child.stdout is not None
         async for line in child.stdout:
-            t, ms, ok, category, tool = json.loads(line)
-            on_sample(Sample(t, ms, ok, category, tool))
+            on_sample(Sample(*json.loads(line)))
         await child.wait()
 
     try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -29,6 +30,9 @@ class LoadPlan:
     token: str | None = None
     prefix: str = "load"
     ceiling: float = 300.0  # a single call's hang ceiling
+    rate: float = 0.0  # open loop: new chats per second (spread over the sessions) for `duration`; 0 = closed loop
+    duration: float = 0.0  # seconds of traffic counted from this client's start (open loop: once its sessions are
+    # open), not from launch: a client process that starts slowly on a busy machine still runs it all
 
 
 def workflow_step(number: int, total: int, thread: str | None, text: str) -> dict[str, Any]:
@@ -68,11 +72,40 @@ async def operation(
     return [done], done.data.get("continuation_id") if done.sample.ok else thread
 
 
+async def run_open(plan: LoadPlan, emit: Callable[[Sample], None], epoch: float) -> None:
+    """Open loop: a new chat every 1/rate seconds for `duration`, whether or not earlier ones have finished (a slow
+    daemon gets more calls in flight, as from real clients); then wait for the calls still running. The duration
+    starts when the sessions are open: a client process that starts slowly on a busy machine still offers it all."""
+    async with contextlib.AsyncExitStack() as stack:
+        clients = [
+            await stack.enter_async_context(session(plan.url, plan.token, plan.ceiling)) for _ in range(plan.sessions)
+        ]
+        running: set[asyncio.Task[None]] = set()
+
+        async def one(client: Client, n: int) -> None:
+            args = {"prompt": f"hello {plan.prefix}-{n}", "model": "sim-fast"}
+            emit((await call(client, "chat", args, epoch, plan.ceiling)).sample)
+
+        start, n = time.monotonic(), 0
+        while time.monotonic() < start + plan.duration:
+            task = asyncio.create_task(one(clients[n % len(clients)], n))
+            running.add(task)
+            task.add_done_callback(running.discard)
+            n += 1
+            await asyncio.sleep(max(0.0, start + n / plan.rate - time.monotonic()))
+        await asyncio.gather(*running)
+
+
 async def run_plan(plan: LoadPlan, emit: Callable[[Sample], None], epoch: float) -> None:
     """Every session of `plan`, concurrently; each finished call is handed to `emit`."""
+    if plan.rate > 0:
+        await run_open(plan, emit, epoch)
+        return
+
+    until = plan.until if plan.until is not None else time.time() + plan.duration if plan.duration else None
 
     def over() -> bool:
-        return plan.until is not None and time.time() >= plan.until
+        return until is not None and time.time() >= until
 
     async def slot(client: Client, name: str) -> None:
         thread: str | None = None

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import re
 import time
 from collections import Counter, deque
 from collections.abc import AsyncIterator
@@ -56,6 +57,9 @@ FaultKind = Literal[
 DEFAULT_MODELS = ["sim-fast", "sim-smart", "sim-large"]
 LISTING_FAULTS = ("401", "429", "500", "503")
 DEFAULT_CONTEXT_WINDOWS = {"sim-large": 1_000_000}
+MARKER = re.compile(r"simmark-[0-9a-f]{16}")
+"""A caller's tag in a prompt: counted per request received and answered (`POST /_sim/markers`), so a test can tell
+whether the upstream was asked (and paid) for a call that then failed for its client."""
 """Context windows the listing states (as `context_length`, like OpenRouter and vLLM, and in Ollama's /api/show);
 models without one leave the client to its default."""
 
@@ -124,6 +128,7 @@ class SimState:
     recent: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=500))
     in_flight: int = 0
     max_in_flight: int = 0
+    markers: dict[str, list[int]] = field(default_factory=dict)  # marker -> [received, answered]
     rng: random.Random = field(default_factory=lambda: random.Random(7))
 
     def pick_fault(self, model: str, kinds: tuple[str, ...] | None = None) -> FaultRule | None:
@@ -205,6 +210,7 @@ class Simulator:
                 Route("/_sim/stats", self.stats, methods=["GET"]),
                 Route("/_sim/requests", self.requests, methods=["GET"]),
                 Route("/_sim/reset", self.reset, methods=["POST"]),
+                Route("/_sim/markers", self.marker_counts, methods=["POST"]),
                 Route("/healthz", lambda _: JSONResponse({"ok": True}), methods=["GET"]),
             ]
         )
@@ -250,6 +256,17 @@ class Simulator:
     async def requests(self, request: Request) -> Response:
         limit = int(request.query_params.get("limit", "50"))
         return JSONResponse(list(self.state.recent)[-limit:])
+
+    async def marker_counts(self, request: Request) -> Response:
+        """`{"markers": [...]}` -> `{marker: {"received": n, "answered": n}}` for each asked-for marker."""
+        try:
+            asked = (await request.json())["markers"]
+            if not isinstance(asked, list):
+                raise TypeError
+        except (ValueError, KeyError, TypeError):
+            return JSONResponse({"error": 'the body must be {"markers": ["simmark-...", ...]}'}, status_code=400)
+        counts = {str(m): self.state.markers.get(str(m), [0, 0]) for m in asked}
+        return JSONResponse({m: {"received": r, "answered": a} for m, (r, a) in counts.items()})
 
     async def reset(self, request: Request) -> Response:
         fresh = SimState(
@@ -336,6 +353,10 @@ class Simulator:
             sent = request.headers.get("x-api-key") or request.headers.get("authorization", "").removeprefix("Bearer ")
             if sent != state.api_key:
                 return self._error(wire, 401, "invalid api key", "authentication_error")
+        users = [text for role, text in parsed.messages if role == "user"]
+        marks = MARKER.findall(users[-1]) if users else []  # the newest prompt only: history repeats old ones
+        for mark in marks:
+            state.markers.setdefault(mark, [0, 0])[0] += 1
         fault = state.pick_fault(parsed.model)
         state.in_flight += 1
         state.max_in_flight = max(state.max_in_flight, state.in_flight)
@@ -356,6 +377,8 @@ class Simulator:
             if not await self._sleep_unless_gone(request, delay):
                 return Response(status_code=499)
             state.counters["completed"] += 1
+            for mark in marks:
+                state.markers[mark][1] += 1
             state.counters[f"completed:{parsed.model}"] += 1
             cut = fault is not None and fault.kind == "length"  # a whole answer, stopped at the output limit
             truncate = fault is not None and fault.kind == "truncate"

@@ -1,4 +1,8 @@
-"""One module per scenario; each has NAME, SUMMARY, CRITERION and `async def run(ctx, result)`."""
+"""One module per scenario; each has NAME, SUMMARY, CRITERION and `async def run(ctx, result)`.
+
+`NAMES` is the registry and the documented order of a run (`exai stress all`). A new scenario is a module here and
+its name in `NAMES`; the `long` scenario (calls that outlive their client, on MCP Tasks) belongs after `soak`.
+"""
 
 from __future__ import annotations
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
 import time
 
@@ -10,9 +11,10 @@ import httpx2
 
 from exai.stress.context import Context
 from exai.stress.driver import call, session
+from exai.stress.metrics import scrape
 from exai.stress.processes import Managed
 from exai.stress.results import Sample, ScenarioResult
-from exai.stress.target import Daemon
+from exai.stress.target import Daemon, run_token
 
 NAME = "faults"
 SUMMARY = (
@@ -22,14 +24,17 @@ SUMMARY = (
 CRITERION = (
     "0 acknowledged turns lost after SIGKILL (start-to-ready time reported); while Redis or PostgreSQL is down, calls "
     "fail with clear storage / rate_limit errors or run degraded, never hang past the deadline, never crash the "
-    "daemon; after they return the daemon recovers without a restart."
+    "daemon; with Redis down the limiter reads degraded (exai_limiter_degraded and the status page) and the "
+    "per-replica limits still refuse past a tenant's limit; after they return the daemon recovers without a restart."
 )
 DEADLINE_S = 10.0
 CLEAR_DOWN = {"storage", "rate_limit"}  # the categories a call may fail with while a backing service is down
+CLIENT_CEILING_S = 150.0  # past the daemon's 120 s call deadline: the daemon, not our patience, decides a call's end
+REPLICA_LIMIT = 5  # requests per minute of the `-limited` tenant: the fallback limiter must still enforce it
 
 
-async def _chats(ctx: Context, daemon: Daemon, count: int, tag: str) -> list[Sample]:
-    async with session(daemon.mcp_url, ctx.target.token, timeout=DEADLINE_S * 3) as client:
+async def _chats(ctx: Context, daemon: Daemon, count: int, tag: str, token: str | None = None) -> list[Sample]:
+    async with session(daemon.mcp_url, token or ctx.target.token, timeout=DEADLINE_S * 3) as client:
         outcomes = [
             await call(client, "chat", {"prompt": f"{tag} {n}", "model": "sim-fast"}, ctx.epoch, DEADLINE_S * 3)
             for n in range(count)
@@ -51,8 +56,10 @@ async def _sigkill(ctx: Context, result: ScenarioResult) -> None:
                     args = {"prompt": f"kill {index}", "model": "sim-fast"} | (
                         {"continuation_id": thread} if thread else {}
                     )
-                    done = await call(client, "chat", args, ctx.epoch, ceiling=60)
+                    done = await call(client, "chat", args, ctx.epoch, ceiling=CLIENT_CEILING_S)
                     if not done.sample.ok:
+                        done.sample.excused = killed.is_set()  # cut off by the kill itself: not "paid, then failed"
+                        result.samples.append(done.sample)
                         return
                     result.samples.append(done.sample)
                     thread = done.data["continuation_id"]
@@ -70,7 +77,12 @@ async def _sigkill(ctx: Context, result: ScenarioResult) -> None:
         daemon.managed.stop(signal.SIGKILL)
 
     await ctx.sim.latency(20)
-    await asyncio.gather(killer(), *(worker(i) for i in range(8)))
+    workers = [asyncio.create_task(worker(i)) for i in range(8)]
+    enough = asyncio.create_task(enough_acknowledged.wait())
+    await asyncio.wait([enough, asyncio.gather(*workers)], return_when=asyncio.FIRST_COMPLETED)
+    enough.cancel()  # every worker may have stopped on a failed call first: then kill now, do not wait forever
+    enough_acknowledged.set()
+    await asyncio.gather(killer(), *workers)
     ready_s = daemon.restart()
     lost = 0
     async with session(daemon.mcp_url, ctx.target.token) as client:
@@ -82,6 +94,36 @@ async def _sigkill(ctx: Context, result: ScenarioResult) -> None:
     ctx.target.stop_daemon(daemon)
 
 
+async def limiter_degraded(ctx: Context, daemon: Daemon) -> tuple[bool, bool]:
+    """Whether the daemon says its limiter is degraded: on /metrics (exai_limiter_degraded) and on the status page."""
+    async with httpx2.AsyncClient(headers=ctx.admin_headers(), timeout=10) as http:
+        metric = (await scrape(http, daemon.url)).values.get("exai_limiter_degraded", 0.0) >= 1
+        status = await http.get(f"{daemon.url}/dashboard/data")
+        status.raise_for_status()
+        return metric, bool(status.json().get("limiter", {}).get("degraded"))
+
+
+async def limit_burst(ctx: Context, daemon: Daemon, tenant: str) -> tuple[int, int]:
+    """REPLICA_LIMIT + 3 calls as `tenant`: (admitted, refused with rate_limit)."""
+    samples = await _chats(ctx, daemon, REPLICA_LIMIT + 3, "limited", token=run_token(tenant, admin=False))
+    return sum(s.ok for s in samples), sum(s.category == "rate_limit" for s in samples)
+
+
+def judge_redis_down(
+    result: ScenarioResult, degraded: tuple[bool, bool], admitted: int, limited: int, calls: int
+) -> None:
+    metric, status = degraded
+    result.check("redis down: exai_limiter_degraded", "1", str(int(metric)), metric)
+    result.check("redis down: status page limiter", "degraded", "degraded" if status else "not degraded", status)
+    exact = admitted == REPLICA_LIMIT and limited == calls - REPLICA_LIMIT
+    result.check(
+        "redis down: per-replica limit enforced",
+        f"{REPLICA_LIMIT} admitted, {calls - REPLICA_LIMIT} refused",
+        f"{admitted} admitted, {limited} refused",
+        exact,
+    )
+
+
 async def _outage(
     ctx: Context, result: ScenarioResult, what: str, daemon: Daemon, down: object, up: object, calls: int
 ) -> None:
@@ -90,6 +132,10 @@ async def _outage(
     await asyncio.to_thread(down)  # type: ignore[arg-type]
     during = await _chats(ctx, daemon, calls, f"{what} down")
     alive = await _healthy(daemon)
+    if what == "redis":
+        degraded = await limiter_degraded(ctx, daemon)
+        admitted, limited = await limit_burst(ctx, daemon, f"{ctx.target.isolation.tenant}-limited")
+        judge_redis_down(result, degraded, admitted, limited, REPLICA_LIMIT + 3)
     await asyncio.to_thread(up)  # type: ignore[arg-type]
     started = time.monotonic()
     after: list[Sample] = []
@@ -98,6 +144,9 @@ async def _outage(
         if not after[-1].ok:
             await asyncio.sleep(0.5)
     recovered = bool(after) and after[-1].ok and all(s.ok for s in await _chats(ctx, daemon, calls, f"{what} after"))
+    if what == "redis":  # the limiter retries Redis after a pause, then reads healthy again
+        healed = await _wait(lambda: _not_degraded(ctx, daemon), 60)
+        result.check("redis back: limiter no longer degraded", "exai_limiter_degraded 0", str(healed), healed)
     result.samples += before + during + after
     unclear = [s.category for s in during if not s.ok and s.category not in CLEAR_DOWN]
     slowest = max(s.ms for s in during) / 1000
@@ -116,6 +165,20 @@ async def _outage(
     result.check(
         f"{what}: calls before the outage", "all ok", f"{sum(s.ok for s in before)}/{calls}", all(s.ok for s in before)
     )
+
+
+async def _not_degraded(ctx: Context, daemon: Daemon) -> bool:
+    await _chats(ctx, daemon, 1, "redis probe")  # the limiter notices Redis is back on its next call
+    return not any(await limiter_degraded(ctx, daemon))
+
+
+async def _wait(condition: object, seconds: float) -> bool:
+    started = time.monotonic()
+    while time.monotonic() - started < seconds:
+        if await condition():  # type: ignore[operator]
+            return True
+        await asyncio.sleep(1)
+    return False
 
 
 async def _healthy(daemon: Daemon) -> bool:
@@ -143,7 +206,12 @@ async def run(ctx: Context, result: ScenarioResult) -> None:
     ctx.progress(1, 3, "Redis down and back")
     redis = ctx.target.group.redis()
     redis.start(None)
-    env = {"EXAI_CALL_DEADLINE_SECONDS": str(DEADLINE_S), "EXAI_REDIS_URL": f"redis://127.0.0.1:{redis.port}/0"}
+    limits = {f"{ctx.target.isolation.tenant}-limited": {"requests_per_minute": REPLICA_LIMIT}}
+    env = {
+        "EXAI_CALL_DEADLINE_SECONDS": str(DEADLINE_S),
+        "EXAI_REDIS_URL": f"redis://127.0.0.1:{redis.port}/{ctx.target.isolation.redis_db}",
+        "EXAI_TENANT_LIMITS": json.dumps(limits),
+    }
     daemon = ctx.target.daemon("faults-redis", "sqlite", **env)
     await _outage(ctx, result, "redis", daemon, lambda: redis.stop(signal.SIGKILL), lambda: _restart(redis), calls)
     ctx.target.stop_daemon(daemon)

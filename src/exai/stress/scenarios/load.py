@@ -1,11 +1,13 @@
-"""load: ramp to many concurrent tool calls over many sessions from several client processes."""
+"""load: the daemon's capacity (an open-loop offered rate, stepped up to the knee), then 1,024 calls in flight."""
 
 from __future__ import annotations
 
+import os
 import time
 
 import httpx2
 
+from exai.stress.capacity import OVERHEAD_P95_MS, find_knee, steps_json
 from exai.stress.context import Context
 from exai.stress.metrics import ResourceMonitor, histogram_quantile, scrape
 from exai.stress.results import Sample, ScenarioResult
@@ -14,11 +16,61 @@ from exai.stress.workload import LoadPlan
 
 NAME = "load"
 SUMMARY = (
-    "Ramps to 1,000 concurrent tool calls (new chats, continued threads, two-step debug workflows, consensus) over "
-    "64 MCP sessions from 4 client processes, on a 200 ms upstream."
+    "First capacity: new chats offered at a fixed rate (open loop, from 2 client processes, 50 ms upstream), the rate "
+    "stepped up until the daemon's own overhead p95 (exai_gateway_overhead_seconds) passes 5 ms or an error "
+    "appears; the knee is the last rate that met both. Then 1,024 concurrent tool calls (new chats, continued "
+    "threads, two-step debug workflows, consensus) over 64 MCP sessions from 4 client processes, 200 ms upstream."
 )
-CRITERION = "0 errors; gateway overhead p95 (the daemon's exai_gateway_overhead_seconds) <= 5 ms at the peak."
-OVERHEAD_P95_MS = 5.0
+CRITERION = (
+    "capacity: a knee is found (at least the first step within 5 ms overhead p95 and 0 errors), reported in calls/s "
+    "and calls/s per core with the CPU time per call of daemon, simulator and clients; at 1,024 in flight: every "
+    "call completes, 0 errors, 0 paid-then-failed. Overhead at 1,024 in flight is reported, not judged (it is the "
+    "wait for the event loop of one process). A quick run judges errors only."
+)
+RATES = [20.0, 40.0, 60.0, 90.0, 130.0, 180.0, 250.0, 350.0]
+QUICK_RATES = [10.0, 20.0]
+
+
+async def _capacity(ctx: Context, result: ScenarioResult) -> None:
+    daemon = ctx.target.daemon("load-capacity")
+    await ctx.sim.reset()
+    await ctx.sim.latency(50)
+    sim_pid = ctx.target.sim_pid or 0
+    capacity_samples: list[Sample] = []
+    rates, seconds = (QUICK_RATES, 5.0) if ctx.quick else (RATES, 20.0)
+    steps, knee = await find_knee(ctx, daemon, sim_pid, rates, seconds, capacity_samples)
+    result.samples += capacity_samples
+    cores = os.cpu_count() or 1
+    result.figures["capacity steps (open loop, 50 ms upstream)"] = steps_json(steps)
+    if knee is not None:
+        result.figures["capacity knee"] = {
+            "calls_per_s": knee.completed_per_s,
+            "calls_per_s_per_core": round(knee.completed_per_s / cores, 1),
+            "cores": cores,
+            "overhead_p95_ms": knee.overhead_p95_ms,
+            "cpu_ms_per_call": {
+                "daemon": knee.daemon_cpu_ms_per_call,
+                "simulator": knee.simulator_cpu_ms_per_call,
+                "clients": knee.clients_cpu_ms_per_call,
+            },
+        }
+    last = steps[-1]
+    why = (
+        f"knee at {knee.completed_per_s:g} calls/s ({knee.completed_per_s / cores:.1f} per core); "
+        if knee
+        else "no step met the bound; "
+    )
+    why += f"next step {last.offered_per_s:g}/s: overhead p95 {last.overhead_p95_ms} ms, {last.errors} errors"
+    if knee is last:
+        why = f"knee above the highest step offered: {why}"
+    result.check(
+        "capacity knee found",
+        f"first step: overhead p95 <= {OVERHEAD_P95_MS:g} ms, 0 errors",
+        why,
+        knee is not None,
+        judged=not ctx.quick,
+    )
+    ctx.target.stop_daemon(daemon)
 
 
 async def run(ctx: Context, result: ScenarioResult) -> None:
@@ -27,6 +79,10 @@ async def run(ctx: Context, result: ScenarioResult) -> None:
     slots = ctx.scale(16, 4)  # 64 x 16 = 1,024 calls in flight at the peak (quick: 32)
     operations = ctx.scale(10, 5)
     upstream_ms = ctx.scale(200, 100)
+    if ctx.target.local:
+        await _capacity(ctx, result)
+    else:
+        result.notes.append("remote target: capacity steps need a local daemon (its CPU is read from /proc)")
     daemon = ctx.target.daemon("load")
     await ctx.sim.reset()
     await ctx.sim.latency(upstream_ms)
@@ -40,6 +96,7 @@ async def run(ctx: Context, result: ScenarioResult) -> None:
         prefix=f"load-{int(time.time())}",
     )
     expected = sessions * slots * sum(2 if k == "workflow" else 1 for k in _kinds(operations))
+    concurrent: list[Sample] = []
     monitor = ResourceMonitor(daemon.url, ctx.epoch, ctx.admin_headers())
     async with httpx2.AsyncClient(headers=ctx.admin_headers()) as http:
         before = await scrape(http, daemon.url)
@@ -47,10 +104,12 @@ async def run(ctx: Context, result: ScenarioResult) -> None:
 
         def on_sample(sample: Sample) -> None:
             result.samples.append(sample)
-            ctx.progress(len(result.samples), expected, f"{sum(not s.ok for s in result.samples)} errors")
+            concurrent.append(sample)
+            errors = sum(not s.ok for s in concurrent)
+            ctx.progress(len(concurrent), expected, f"{sessions * slots} in flight: {errors} errors")
 
         try:
-            await run_workers(processes, plan, ctx.epoch, on_sample, ceiling=ctx.seconds(900, 150))
+            await run_workers(processes, plan, ctx.epoch, on_sample, ceiling=ctx.seconds(900, 600))
         finally:
             await monitor.stop()
         after = await scrape(http, daemon.url)
@@ -58,7 +117,7 @@ async def run(ctx: Context, result: ScenarioResult) -> None:
     stats = await ctx.sim.stats()
     overhead = histogram_quantile(after.bucket_delta(before, "exai_gateway_overhead_seconds"), 0.95)
     overhead_ms = round(overhead * 1000, 2) if overhead is not None else None
-    errors = sum(not s.ok for s in result.samples)
+    errors = sum(not s.ok for s in concurrent)
     per_tool = {
         tool: histogram_quantile(after.bucket_delta(before, f"exai_gateway_overhead_seconds:{tool}"), 0.95)
         for tool in ("chat", "debug", "consensus")
@@ -69,18 +128,20 @@ async def run(ctx: Context, result: ScenarioResult) -> None:
         "concurrent_calls_planned": sessions * slots,
         "upstream_max_in_flight": stats.get("max_in_flight"),
         "upstream_latency_ms": upstream_ms,
-        "gateway_overhead_p95_ms": overhead_ms,
+        "gateway_overhead_p95_ms_at_full_concurrency": overhead_ms,
         "gateway_overhead_p95_ms_by_tool": {k: round(v * 1000, 2) for k, v in per_tool.items() if v is not None},
         "daemon_peak_rss_mb": max((r[1] for r in monitor.readings), default=None),
     }
-    result.check("calls completed", f"{expected}", f"{len(result.samples)}", len(result.samples) >= expected)
-    result.check("errors", "0", f"{errors} {result.errors_by_category() or ''}".strip(), errors == 0)
-    result.check(
-        "gateway overhead p95",
-        f"<= {OVERHEAD_P95_MS} ms",
-        f"{overhead_ms} ms",
-        overhead_ms is not None and overhead_ms <= OVERHEAD_P95_MS,
-        judged=not ctx.quick,
+    kinds: dict[str, int] = {}
+    for s in concurrent:
+        if not s.ok:
+            kinds[s.category] = kinds.get(s.category, 0) + 1
+    in_flight = f"{sessions * slots:,} in flight"
+    result.check(f"{in_flight}: calls completed", f"{expected:,}", f"{len(concurrent):,}", len(concurrent) >= expected)
+    result.check(f"{in_flight}: errors", "0", f"{errors:,} {kinds or ''}".strip(), errors == 0)
+    result.notes.append(
+        f"gateway overhead p95 with {in_flight}: {overhead_ms} ms (reported, not judged: it includes the wait for "
+        "the event loop; the capacity knee above is the overhead bound's test)"
     )
     ctx.target.stop_daemon(daemon)
 

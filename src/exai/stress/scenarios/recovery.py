@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 
 from mcp import Client
@@ -18,9 +19,44 @@ SUMMARY = (
     "Three-step debug workflows; in one group the expert call gets 503s, in another it hangs past the call's "
     "deadline, in a third the daemon is restarted between steps. Each workflow is resumed with its continuation_id."
 )
-CRITERION = "100% of workflows complete; every acknowledged step is in the thread afterwards (0 lost)."
+CRITERION = (
+    "100% of workflows complete; every thread is read back from the store afterwards and holds every step "
+    "(1..3) and a complete workflow (0 lost)."
+)
 STEPS = 3
 RESUME_ATTEMPTS = 5
+STEP_TEXT = re.compile(r"^\[debug step (\d+)/")
+
+
+async def steps_in_store(ctx: Context, daemon: Daemon, threads: list[str]) -> dict[str, tuple[set[int], str]]:
+    """Each thread as the store has it (`threads show`): the step numbers of its recorded turns and the workflow's
+    status; a thread that cannot be read has no steps."""
+    found: dict[str, tuple[set[int], str]] = {}
+    async with session(daemon.mcp_url, ctx.target.token) as client:
+        for thread in threads:
+            shown = await call(client, "threads", {"action": "show", "thread_id": thread, "limit": 100}, ctx.epoch)
+            turns = shown.data.get("turns", []) if shown.sample.ok else []
+            steps = {
+                int(m.group(1))
+                for t in turns
+                if t.get("role") == "user" and (m := STEP_TEXT.match(str(t.get("content", ""))))
+            }
+            found[thread] = (steps, str(shown.data.get("workflows", {}).get("debug", "missing")))
+    return found
+
+
+def judge_read_back(result: ScenarioResult, stored: dict[str, tuple[set[int], str]], expected: int) -> None:
+    """Every acknowledged workflow must be in the store with all its steps and complete."""
+    wanted = set(range(1, STEPS + 1))
+    lost = sum(len(wanted - steps) for steps, _ in stored.values()) + STEPS * (expected - len(stored))
+    incomplete = sum(status != "complete" for _, status in stored.values())
+    result.figures["threads read back"] = len(stored)
+    result.check(
+        "acknowledged steps lost (read back from the store)",
+        "0",
+        f"{lost} steps missing, {incomplete} workflows not complete, {len(stored)}/{expected} threads read",
+        lost == 0 and incomplete == 0 and len(stored) == expected,
+    )
 
 
 async def _steps(
@@ -72,7 +108,8 @@ async def run(ctx: Context, result: ScenarioResult) -> None:
     groups = ["expert 503", "expert hang past the deadline", "daemon restart"] if local else ["expert 503"]
     if not local:
         result.notes.append("remote target: the hang and restart groups need a local daemon and were not run")
-    completed = total = lost = resumable = failed_as_asked = 0
+    completed = total = resumable = failed_as_asked = 0
+    acknowledged: list[str] = []
     for number, group in enumerate(groups):
         ctx.progress(number, len(groups), group)
         threads: list[str | None] = [None] * per_group
@@ -94,10 +131,12 @@ async def run(ctx: Context, result: ScenarioResult) -> None:
             total += 1
             done = answer.get("status") == "complete"
             completed += done
-            lost += done and answer.get("steps_recorded") != list(range(1, STEPS + 1))
+            if done:
+                acknowledged.append(str(answer["continuation_id"]))
     result.figures |= {"workflows": total, "completed": completed, "deadline_s": deadline}
     result.check("workflows completed", "100%", f"{completed}/{total}", total > 0 and completed == total)
-    result.check("acknowledged steps lost", "0", str(lost), lost == 0)
+    ctx.progress(len(groups), len(groups), "reading every thread back")
+    judge_read_back(result, await steps_in_store(ctx, daemon, acknowledged), len(acknowledged))
     result.check(
         "failures were resumable",
         "every failed step names its continuation_id",

@@ -12,12 +12,11 @@ from pathlib import Path
 import httpx2
 import jwt
 
-from exai.security.auth import issue_token
 from exai.stress import fuzz
 from exai.stress.context import Context
 from exai.stress.driver import call, session
 from exai.stress.results import ScenarioResult
-from exai.stress.target import LOCAL_REDIS, STRESS_SECRET, Daemon
+from exai.stress.target import AUDIENCE, STRESS_SECRET, Daemon, run_token
 from exai.stress.workload import LoadPlan, run_plan
 
 NAME = "security"
@@ -30,7 +29,6 @@ CRITERION = (
     "100% of bad tokens refused; the limit exact across 2 replicas; no tenant reads another's thread; traversal "
     "refused; fuzzing gives no crash, no 5xx, no hang."
 )
-AUDIENCE = "exai-stress"
 LIMIT = 10
 HEADERS = {"accept": "application/json, text/event-stream", "content-type": "application/json"}
 INITIALIZE = {
@@ -42,7 +40,7 @@ INITIALIZE = {
 
 
 def _token(tenant: str) -> str:
-    return issue_token(STRESS_SECRET, tenant, ["exai:tools"], 600, audience=AUDIENCE)
+    return run_token(tenant, admin=False)
 
 
 def _bad_tokens(rng: random.Random) -> dict[str, str]:
@@ -138,7 +136,7 @@ async def _fuzz(ctx: Context, result: ScenarioResult, daemon: Daemon, tenant: st
     async with session(daemon.mcp_url, token) as client:
         for _ in range(cases):
             tool, args = fuzz.tool_arguments(rng)
-            outcome = await call(client, tool, args, ctx.epoch, ceiling=60)
+            outcome = await call(client, tool, args, ctx.epoch, ceiling=60, marked=False)
             category = outcome.sample.category  # a JSON-RPC error (client:MCPError, e.g. unknown tool) is a refusal
             if category in ("hang", "internal") or (category.startswith("client:") and category != "client:MCPError"):
                 hangs += category == "hang"
@@ -158,14 +156,14 @@ async def run(ctx: Context, result: ScenarioResult) -> None:
         result.skipped = "forges tokens with the daemons' secret and configures limits: needs --target local"
         return
     assert ctx.target.group is not None
-    prefix = f"sec-{secrets.token_hex(4)}"
+    prefix = f"{ctx.target.isolation.tenant}-sec"
     root = ctx.target.group.workdir / "files"
     root.mkdir(exist_ok=True)
     (root / "ok.txt").write_text("fine\n")
     env = {
         "EXAI_JWT_SECRET": STRESS_SECRET,
         "EXAI_JWT_AUDIENCE": AUDIENCE,
-        "EXAI_REDIS_URL": LOCAL_REDIS,
+        "EXAI_REDIS_URL": ctx.target.isolation.redis_url,
         "EXAI_TENANT_LIMITS": json.dumps({f"{prefix}-limited": {"requests_per_minute": LIMIT}}),
         "EXAI_FILE_ROOTS": str(root),
         "EXAI_CALL_DEADLINE_SECONDS": "30",
