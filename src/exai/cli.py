@@ -372,7 +372,7 @@ def token_apikey(
 def stress(
     scenarios: Annotated[
         list[str] | None,
-        typer.Argument(help="all, or some of: load recovery failover storage faults security soak."),
+        typer.Argument(help="all, or some of: load recovery failover storage faults security soak long."),
     ] = None,
     quick: Annotated[bool, typer.Option(help="Scale every scenario down (all of them in about 4 minutes).")] = False,
     target: Annotated[str, typer.Option(help="local: start the simulator and daemons here.")] = "local",
