@@ -49,6 +49,7 @@ def test_quick_stress_run_passes_every_scenario(tmp_path: Path, postgres_url: st
         "faults",
         "security",
         "soak",
+        "long",
     ]
     assert all(s["checks"] for s in report["scenarios"]), "every scenario judged something"
     for s in report["scenarios"]:
