@@ -192,3 +192,13 @@ async def test_a_client_listening_for_progress_hears_from_a_slow_call_every_few_
     assert len(heard) >= 2, heard  # 12 s of thinking: a heartbeat every 5 s
     gaps = [later - earlier for earlier, later in itertools.pairwise(heard)]
     assert max(gaps, default=0.0) < 30, gaps  # well inside the 60 s a client waits without news
+
+
+async def test_collecting_needs_no_slot_of_the_tenants_concurrency(daemon: Daemon, sim: SimControl) -> None:
+    proc = daemon(EXAI_CLIENT_WAIT_SECONDS="1", EXAI_RATE_LIMIT_CONCURRENCY="1")  # one call at a time
+    sim.fault("think", model="sim-smart", think_seconds=3)
+    async with Client(f"{proc.url}/mcp") as client:
+        pending = pending_of(await client.call_tool("chat", {"prompt": "one slot", "model": "sim-smart"}))
+        collected = await collect_all(client, pending)  # the running call holds the one slot meanwhile
+    assert not collected.is_error, collected
+    assert "echo: one slot" in collected.content[0].text  # type: ignore[union-attr]

@@ -23,7 +23,6 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-import anyio
 import mcp_types as types
 
 from exai.config import Settings
@@ -37,6 +36,8 @@ log = get_logger(__name__)
 CANCEL_POLL_SECONDS = 1.0
 """How often a replica running calls looks for cancellations that reached another replica."""
 UNRECORDED_RETRY_SECONDS = 2.0
+MAX_UNRECORDED = 10_000
+"""Answers kept in memory while the store is down; past this, the newest are only returned to their callers."""
 LOST_CODE = -32603
 
 
@@ -173,16 +174,16 @@ class CallRunner:
         while True:
             try:
                 now = time.time()
-                if self._running:
+                if self._running or self._unrecorded:  # an answer the store has not taken yet keeps its lease too
                     for call_id in await self.store.renew_calls(self.owner, now + self.lease):
                         self._cancel_local(call_id)
+                if self._unrecorded:  # before any sweep: a kept answer must land before its row could expire
+                    await self._record_unrecorded()
                 if now - last_sweep >= self.lease / 3:
                     last_sweep = now
                     await self.expire_lost(now)
                     self.counts = await self.store.count_calls(now)
                     self.on_counts(self.counts)
-                if self._unrecorded:
-                    await self._record_unrecorded()
             except Exception as exc:  # the store may be down for a while: the next round tries again
                 log.warning("call_records_maintenance_failed", error=f"{type(exc).__name__}: {exc}"[:200])
             await asyncio.sleep(CANCEL_POLL_SECONDS if self._running else min(self.lease / 3, UNRECORDED_RETRY_SECONDS))
@@ -191,7 +192,7 @@ class CallRunner:
         """End every call whose replica stopped renewing its lease: failed, saying the work was lost."""
         now = time.time() if now is None else now
         end = CallEnd("failed", message="The daemon running this call stopped; the work was lost.")
-        lost = await self.store.expire_calls(now, end)
+        lost = await self.store.expire_calls(now, end, self.owner)
         for call in lost:
             if call.id in self._running:  # cannot happen while this replica renews; be safe
                 continue
@@ -218,13 +219,15 @@ class CallRunner:
         ttl = min(self.ttl, ttl_seconds) if ttl_seconds else self.ttl
 
         async def begin() -> None:
-            if task and self._working_tasks.get(tenant, 0) >= self.max_tasks:
+            if task and self._working_tasks.get(tenant, 0) >= self.max_tasks:  # counted before any await below
                 raise RateLimitError(
                     f"You have {self.max_tasks} tasks working already (EXAI_MAX_TASKS_PER_TENANT).",
                     code="too_many_tasks",
                     remedy="Collect or cancel a task first, or wait for one to finish.",
                     details={"retry_in_seconds": 5.0},
                 )
+            if task:
+                self._working_tasks[tenant] = self._working_tasks.get(tenant, 0) + 1
             now = time.time()
             call = CallRecord(
                 tenant=tenant,
@@ -241,6 +244,8 @@ class CallRunner:
             try:
                 await self.store.create_call(call)
             except Exception as exc:
+                if task:
+                    self._forget_task(tenant)
                 log.exception("storage_failed", operation="create_call", tool=tool)  # the cause, secrets redacted
                 raise StorageError(
                     "The call could not be recorded (the store is unavailable), so no model was asked.",
@@ -250,7 +255,6 @@ class CallRunner:
                 ) from exc
             self._running[call.id] = current
             if task:
-                self._working_tasks[tenant] = self._working_tasks.get(tenant, 0) + 1
                 self.on_task_event("created", call)
             recorded.set_result(call)
 
@@ -264,43 +268,56 @@ class CallRunner:
                         if self._closing
                         else CallEnd("cancelled", message="Cancelled.")
                     )
-                    with anyio.CancelScope(shield=True):
-                        await self._end(recorded.result(), end)
+                    await asyncio.shield(self._end(recorded.result(), end))  # a second cancel cannot tear it
+                raise
+            except BaseException:
+                if recorded.done():  # whatever broke the work, the row must not stay working
+                    failure = CallEnd("failed", message="The call failed inside this server; nothing was kept.")
+                    await asyncio.shield(self._end(recorded.result(), failure))
                 raise
             finally:
                 if recorded.done():
                     call = recorded.result()
                     self._running.pop(call.id, None)
                     if call.task:
-                        self._working_tasks[tenant] -= 1
+                        self._forget_task(tenant)
             if not recorded.done():
                 return result
-            with anyio.CancelScope(shield=True):
-                if not await self._end(recorded.result(), CallEnd("completed", result=result_payload(result))):
-                    return unrecorded(result)
+            end = CallEnd("completed", result=result_payload(result))
+            if not await asyncio.shield(self._end(recorded.result(), end)):
+                return unrecorded(result)
             return result
 
         current = loop.create_task(work())
         return Execution(recorded, current)
 
+    def _forget_task(self, tenant: str) -> None:
+        left = self._working_tasks.get(tenant, 1) - 1
+        if left > 0:
+            self._working_tasks[tenant] = left
+        else:
+            self._working_tasks.pop(tenant, None)
+
     async def _end(self, call: CallRecord, end: CallEnd) -> bool:
         """Write how the call ended; False when the store would not take it (kept here and retried)."""
         try:
-            await self.store.finish_call(call.id, end, time.time())
+            if not await self.store.finish_call(call.id, end, time.time(), self.owner):
+                log.warning("call_already_ended", call_id=call.id, status=end.status)  # e.g. cancelled first
             return True
         except Exception:
             log.exception("storage_failed", operation="finish_call", call_id=call.id)  # kept here, retried
-            self._unrecorded[call.id] = end
+            if len(self._unrecorded) < MAX_UNRECORDED:
+                self._unrecorded[call.id] = end
             return False
 
     async def _record_unrecorded(self) -> None:
         for call_id, end in list(self._unrecorded.items()):
             try:
-                await self.store.finish_call(call_id, end, time.time())
+                written = await self.store.finish_call(call_id, end, time.time(), self.owner)
             except Exception:
-                return  # still down: the next round tries again
+                continue  # still down (or this one is refused): the next round tries again
             del self._unrecorded[call_id]
-            log.info("call_result_recorded_late", call_id=call_id)
+            log.info("call_result_recorded_late" if written else "call_already_ended", call_id=call_id)
 
     # -- reading, waiting, cancelling ------------------------------------------------------------------------------
 
@@ -326,10 +343,11 @@ class CallRunner:
     async def wait(self, call_id: str, tenant: str, seconds: float) -> CallRecord:
         """The call once it has ended, or as it is after `seconds` (still working)."""
         deadline = time.monotonic() + seconds
+        call = await self.get(call_id, tenant)  # the tenant first: another's id is unknown at once, never waited on
         local = self._running.get(call_id)
-        if local is not None:
+        if local is not None and call.status not in TERMINAL:
             await asyncio.wait({local}, timeout=max(0.0, seconds))
-        call = await self.get(call_id, tenant)
+            call = await self.get(call_id, tenant)
         while call.status not in TERMINAL and (left := deadline - time.monotonic()) > 0:
             await asyncio.sleep(min(0.5, left))
             call = await self.get(call_id, tenant)

@@ -84,10 +84,12 @@ def validation_error(tool: Tool[Any, Any], exc: pydantic.ValidationError) -> Val
 
 
 @asynccontextmanager
-async def admitted(services: Services, tenant: str, ctx: ToolContext) -> AsyncIterator[None]:
-    """Hold a slot of the tenant's limits for the call; give it back and count its tokens, even if cancelled."""
+async def admitted(services: Services, tenant: str, ctx: ToolContext, holds_slot: bool = True) -> AsyncIterator[None]:
+    """Hold a slot of the tenant's limits for the call; give it back and count its tokens, even if cancelled.
+
+    A tool that only waits for another call (`collect`) holds none: that call holds its slot while it runs."""
     limiter = services.limiter
-    if limiter is None:
+    if limiter is None or not holds_slot:
         yield
         return
     lease: Lease = await limiter.acquire(tenant)
@@ -129,7 +131,10 @@ async def handle_call(
     upstream = start_upstream_clock()
     try:
         await authorize(services, tool, caller)
-        async with services.admission.slot(queued=tool.calls_model), admitted(services, caller.tenant, ctx):
+        async with (
+            services.admission.slot(queued=tool.calls_model),
+            admitted(services, caller.tenant, ctx, tool.holds_slot),
+        ):
             services.events.call_started()
             began = True
             args = validate(tool, arguments)

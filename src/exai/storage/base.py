@@ -267,8 +267,9 @@ class Store(Protocol):
         """Insert a new call record, committed before this returns (no record, no upstream request)."""
         ...
 
-    async def finish_call(self, call_id: str, end: CallEnd, now: float) -> bool:
-        """End a call that is still working; False when it had already ended (another outcome came first)."""
+    async def finish_call(self, call_id: str, end: CallEnd, now: float, owner: str | None = None) -> bool:
+        """End a call that is still working (or, for its `owner`, one a sweep ended as lost while the owner still
+        held its answer: the answer wins); False when it had already ended otherwise."""
         ...
 
     async def get_call(self, call_id: str) -> CallRecord | None: ...
@@ -285,8 +286,9 @@ class Store(Protocol):
         """Extend the leases of the owner's working calls; return those flagged for cancellation."""
         ...
 
-    async def expire_calls(self, now: float, end: CallEnd) -> list[CallRecord]:
-        """End every working call whose lease ran out before `now` with `end`; return them as they were."""
+    async def expire_calls(self, now: float, end: CallEnd, except_owner: str = "") -> list[CallRecord]:
+        """End every working call whose lease ran out before `now` with `end`, except `except_owner`'s (a replica
+        never declares its own calls lost); return them as they were."""
         ...
 
     async def count_calls(self, now: float) -> CallCounts: ...

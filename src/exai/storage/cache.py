@@ -129,8 +129,8 @@ class CachedStore:
     async def create_call(self, call: CallRecord) -> None:
         await self.inner.create_call(call)
 
-    async def finish_call(self, call_id: str, end: CallEnd, now: float) -> bool:
-        return await self.inner.finish_call(call_id, end, now)
+    async def finish_call(self, call_id: str, end: CallEnd, now: float, owner: str | None = None) -> bool:
+        return await self.inner.finish_call(call_id, end, now, owner)
 
     async def get_call(self, call_id: str) -> CallRecord | None:
         return await self.inner.get_call(call_id)
@@ -144,8 +144,8 @@ class CachedStore:
     async def renew_calls(self, owner: str, lease_until: float) -> list[str]:
         return await self.inner.renew_calls(owner, lease_until)
 
-    async def expire_calls(self, now: float, end: CallEnd) -> list[CallRecord]:
-        return await self.inner.expire_calls(now, end)
+    async def expire_calls(self, now: float, end: CallEnd, except_owner: str = "") -> list[CallRecord]:
+        return await self.inner.expire_calls(now, end, except_owner)
 
     async def count_calls(self, now: float) -> CallCounts:
         return await self.inner.count_calls(now)

@@ -43,7 +43,7 @@ _SCHEMA_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 POOL_WAIT_SECONDS = 5.0  # a call waits this long for a connection, then fails as `storage` (not at 30 s)
 _FINISH_CALL = (
     "UPDATE {schema}calls SET status = %s, status_message = %s, result = %s, error = %s, updated_at = %s "
-    "WHERE id = %s AND status = 'working'"
+    "WHERE id = %s AND (status = 'working' OR (status = 'failed' AND owner = %s AND result IS NULL))"
 )
 _CONNECTION = {"autocommit": True, "prepare_threshold": None}  # no prepared statements: poolers may swap backends
 
@@ -222,13 +222,14 @@ class PostgresStore:
                 call_values(call, Jsonb),
             )
 
-    def _finish_values(self, call_id: str, end: CallEnd, now: float) -> tuple[Any, ...]:
-        encode = lambda v: None if v is None else Jsonb(v)  # noqa: E731
-        return (end.status, end.message, encode(end.result), encode(end.error), now, call_id)
+    @staticmethod
+    def _finish_values(call_id: str, end: CallEnd, now: float, owner: str | None = None) -> tuple[Any, ...]:
+        result, error = (None if v is None else Jsonb(v) for v in (end.result, end.error))
+        return (end.status, end.message, result, error, now, call_id, owner)
 
-    async def finish_call(self, call_id: str, end: CallEnd, now: float) -> bool:
+    async def finish_call(self, call_id: str, end: CallEnd, now: float, owner: str | None = None) -> bool:
         async with self._pool.connection() as conn:
-            done = await conn.execute(self._sql(_FINISH_CALL), self._finish_values(call_id, end, now))
+            done = await conn.execute(self._sql(_FINISH_CALL), self._finish_values(call_id, end, now, owner))
             return done.rowcount == 1
 
     async def get_call(self, call_id: str) -> CallRecord | None:
@@ -271,14 +272,14 @@ class PostgresStore:
             )
             return [row["id"] for row in await cursor.fetchall() if row["cancel_requested"]]
 
-    async def expire_calls(self, now: float, end: CallEnd) -> list[CallRecord]:
+    async def expire_calls(self, now: float, end: CallEnd, except_owner: str = "") -> list[CallRecord]:
         async with self._pool.connection() as conn, conn.transaction():
             cursor = await conn.execute(
                 self._sql(
                     f"SELECT {CALL_COLUMNS} FROM {{schema}}calls WHERE status = 'working' AND lease_until < %s "
-                    "FOR UPDATE SKIP LOCKED"
+                    "AND owner != %s FOR UPDATE SKIP LOCKED"
                 ),
-                (now,),
+                (now, except_owner),
             )
             lost = [CallRecord(**row) for row in await cursor.fetchall()]
             for call in lost:

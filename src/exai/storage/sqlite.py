@@ -70,16 +70,16 @@ def _insert_call(db: sqlite3.Connection, call: CallRecord) -> None:
         db.execute(f"INSERT INTO calls ({CALL_COLUMNS}) VALUES ({', '.join('?' * 16)})", call_values(call, json.dumps))
 
 
-def _finish_call(db: sqlite3.Connection, call_id: str, end: CallEnd, now: float) -> bool:
+def _finish_call(db: sqlite3.Connection, call_id: str, end: CallEnd, now: float, owner: str | None) -> bool:
     with _transaction(db, immediate=True):
-        return _finish_call_in(db, call_id, end, now)
+        return _finish_call_in(db, call_id, end, now, owner)
 
 
-def _finish_call_in(db: sqlite3.Connection, call_id: str, end: CallEnd, now: float) -> bool:
+def _finish_call_in(db: sqlite3.Connection, call_id: str, end: CallEnd, now: float, owner: str | None = None) -> bool:
     return (
         db.execute(
             "UPDATE calls SET status = ?, status_message = ?, result = ?, error = ?, updated_at = ? "
-            "WHERE id = ? AND status = 'working'",
+            "WHERE id = ? AND (status = 'working' OR (status = 'failed' AND owner = ? AND result IS NULL))",
             (
                 end.status,
                 end.message,
@@ -87,6 +87,7 @@ def _finish_call_in(db: sqlite3.Connection, call_id: str, end: CallEnd, now: flo
                 None if end.error is None else json.dumps(end.error),
                 now,
                 call_id,
+                owner,
             ),
         ).rowcount
         == 1
@@ -230,8 +231,8 @@ class SQLiteStore:
     async def create_call(self, call: CallRecord) -> None:
         await self._on_loop(lambda db: _insert_call(db, call))
 
-    async def finish_call(self, call_id: str, end: CallEnd, now: float) -> bool:
-        return await self._on_loop(lambda db: _finish_call(db, call_id, end, now))
+    async def finish_call(self, call_id: str, end: CallEnd, now: float, owner: str | None = None) -> bool:
+        return await self._on_loop(lambda db: _finish_call(db, call_id, end, now, owner))
 
     async def get_call(self, call_id: str) -> CallRecord | None:
         row = await self._run(
@@ -272,11 +273,12 @@ class SQLiteStore:
 
         return await self._run(renew)
 
-    async def expire_calls(self, now: float, end: CallEnd) -> list[CallRecord]:
+    async def expire_calls(self, now: float, end: CallEnd, except_owner: str = "") -> list[CallRecord]:
         def expire(db: sqlite3.Connection) -> list[CallRecord]:
             with _transaction(db, immediate=True):
                 rows = db.execute(
-                    f"SELECT {CALL_COLUMNS} FROM calls WHERE status = 'working' AND lease_until < ?", (now,)
+                    f"SELECT {CALL_COLUMNS} FROM calls WHERE status = 'working' AND lease_until < ? AND owner != ?",
+                    (now, except_owner),
                 ).fetchall()
                 for row in rows:
                     _finish_call_in(db, row[0], end, now)

@@ -201,6 +201,8 @@ class Tool(Generic[InputT, OutputT]):
     """None: the tool returns whole results (`collect` returns another call's), and declares no output schema."""
     read_only: ClassVar[bool] = True
     calls_model: ClassVar[bool] = False
+    holds_slot: ClassVar[bool] = True
+    """Whether a call of this tool takes a slot of the tenant's limits (not `collect`: the call it waits for has)."""
 
     async def run(self, args: InputT, ctx: ToolContext) -> ToolResult[OutputT] | CallToolResult:
         raise NotImplementedError

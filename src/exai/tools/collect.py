@@ -35,6 +35,7 @@ class CollectTool(Tool[CollectInput, Any]):
     )
     input_model = CollectInput
     output_model = None  # the collected call's own result, whatever its tool's output schema
+    holds_slot = False  # the call it waits for holds the tenant's slot already
 
     async def run(self, args: CollectInput, ctx: ToolContext) -> types.CallToolResult:
         calls, wait = ctx.services.calls, ctx.services.settings.client_wait_seconds or DEFAULT_COLLECT_WAIT
