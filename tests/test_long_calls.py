@@ -202,3 +202,20 @@ async def test_collecting_needs_no_slot_of_the_tenants_concurrency(daemon: Daemo
         collected = await collect_all(client, pending)  # the running call holds the one slot meanwhile
     assert not collected.is_error, collected
     assert "echo: one slot" in collected.content[0].text  # type: ignore[union-attr]
+
+
+async def test_a_daemon_stopped_with_sigterm_finishes_its_detached_calls_within_the_grace_period(
+    daemon: Daemon, sim: SimControl
+) -> None:
+    settings = {"EXAI_CLIENT_WAIT_SECONDS": "1", "EXAI_DRAIN_NOTICE_SECONDS": "0.1"}
+    proc = daemon(**settings)
+    sim.fault("think", model="sim-smart", think_seconds=4)
+    async with Client(f"{proc.url}/mcp") as client:
+        pending = pending_of(await client.call_tool("chat", {"prompt": "finish me", "model": "sim-smart"}))
+    proc.stop(signal.SIGTERM, timeout=120)  # a rolling deploy: the answer is on its way
+    restarted = daemon(**settings)
+    async with Client(f"{restarted.url}/mcp") as client:
+        collected = await collect_all(client, pending)
+    assert not collected.is_error, collected
+    assert "echo: finish me" in collected.content[0].text  # type: ignore[union-attr]
+    assert sim.count("requests:sim-smart") == 1

@@ -152,6 +152,14 @@ class CallRunner:
     def start(self) -> None:
         self._loop = asyncio.create_task(self._maintain(), name="exai-call-records")
 
+    async def finish_running(self, seconds: float) -> None:
+        """Give the calls still running (no request waits for them any more) up to `seconds` to finish and record
+        their answers; `close` then records the rest as lost."""
+        running = list(self._running.values())
+        if running:
+            log.info("finishing_detached_calls", calls=len(running), grace_seconds=seconds)
+            await asyncio.wait(running, timeout=seconds)
+
     async def close(self) -> None:
         """Stop looking after calls; those still running are cut and recorded as lost (failed), so whoever
         collects them learns that the daemon stopped, not that someone cancelled them."""

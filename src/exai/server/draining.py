@@ -53,16 +53,13 @@ CUT_SECONDS = 2.0
 """How long calls cut at the end of the grace period have to send their error answers."""
 
 
-async def end_streams_when_idle(
-    posts: InFlightPosts, grace_seconds: float, cut_calls: Callable[[], int], detached: Callable[[], int]
-) -> None:
-    """Once no POST is in flight and no detached call runs (a call whose client was answered "pending" or given a
-    task), end the streams that are left; at the end of the grace period, cut the calls still running first and
-    give their error answers CUT_SECONDS to go out."""
+async def end_streams_when_idle(posts: InFlightPosts, grace_seconds: float, cut_calls: Callable[[], int]) -> None:
+    """Once no POST is in flight, end the streams that are left; at the end of the grace period, cut the calls
+    still running first and give their error answers CUT_SECONDS to go out. (Calls that no request waits for any
+    more, answered "pending" or running as tasks, are given the grace period after the listener has closed:
+    `CallRunner.finish_running`.)"""
     with anyio.move_on_after(grace_seconds):
         await posts.idle.wait()
-        while detached():  # noqa: ASYNC110 - a count owned by the call runner, polled for at most the grace period
-            await asyncio.sleep(0.2)
     if not posts.idle.is_set():
         log.warning("grace period over: cutting the calls still running", calls=cut_calls())
         with anyio.move_on_after(CUT_SECONDS):

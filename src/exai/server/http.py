@@ -302,7 +302,7 @@ class _GracefulServer(uvicorn.Server):
 
     def __init__(self, config: uvicorn.Config, posts: InFlightPosts, services: Services) -> None:
         super().__init__(config)
-        self.posts, self.admission, self.calls = posts, services.admission, services.calls
+        self.posts, self.admission = posts, services.admission
         self.grace_seconds = services.settings.shutdown_grace_seconds
         self.notice_seconds = services.settings.drain_notice_seconds
         self._notice_ends: float | None = None
@@ -324,9 +324,7 @@ class _GracefulServer(uvicorn.Server):
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         # The drain starts once uvicorn has closed its listeners (the parent's first, synchronous, step), so no
         # request that arrives later can find the streams already told to end.
-        drain = asyncio.create_task(
-            end_streams_when_idle(self.posts, self.grace_seconds, self.admission.cut, lambda: self.calls.running)
-        )
+        drain = asyncio.create_task(end_streams_when_idle(self.posts, self.grace_seconds, self.admission.cut))
         try:
             await super().shutdown(sockets)
         finally:
@@ -359,5 +357,8 @@ async def serve_http(services: Services, listener: socket.socket | None = None) 
     log.info("serving", **start_fields(services))
     try:
         await _GracefulServer(config, posts, services).serve(sockets=[listener] if listener else None)
+        stopped = time.monotonic()
+        await services.calls.finish_running(settings.shutdown_grace_seconds)  # their answers go to the store
+        log.info("detached_calls_drained", seconds=round(time.monotonic() - stopped, 1))
     finally:
         await services.close()
