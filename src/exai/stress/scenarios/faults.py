@@ -6,6 +6,7 @@ import asyncio
 import json
 import signal
 import time
+from typing import Any
 
 import httpx2
 
@@ -78,9 +79,11 @@ async def _sigkill(ctx: Context, result: ScenarioResult) -> None:
 
     await ctx.sim.latency(20)
     workers = [asyncio.create_task(worker(i)) for i in range(8)]
-    enough = asyncio.create_task(enough_acknowledged.wait())
-    await asyncio.wait([enough, asyncio.gather(*workers)], return_when=asyncio.FIRST_COMPLETED)
-    enough.cancel()  # every worker may have stopped on a failed call first: then kill now, do not wait forever
+    # Its own name: the workers still compare their count with `enough` while this waits.
+    acknowledging = asyncio.create_task(enough_acknowledged.wait())
+    first_of: list[asyncio.Future[Any]] = [acknowledging, asyncio.gather(*workers)]
+    await asyncio.wait(first_of, return_when=asyncio.FIRST_COMPLETED)
+    acknowledging.cancel()  # every worker may have stopped on a failed call first: then kill now, do not wait forever
     enough_acknowledged.set()
     await asyncio.gather(killer(), *workers)
     ready_s = daemon.restart()
