@@ -195,7 +195,7 @@ async def test_tool_profiles_keep_the_listing_small(sim: SimControl, monkeypatch
         await services.close()
     print(f"tools/list tokens per profile: {sizes}")
     assert sizes["lean"] < sizes["standard"] < sizes["full"]
-    assert sizes["standard"] < 8000, sizes
+    assert sizes["standard"] < 8200, sizes  # 8,000 until every tool also declared task support and pending output
 
 
 async def test_a_named_file_is_embedded_or_reported_skipped_with_the_reason(
