@@ -16,7 +16,7 @@ import pytest
 from exai.stress.context import Context
 from exai.stress.driver import call, session
 from exai.stress.html import render_html
-from exai.stress.results import ScenarioResult
+from exai.stress.results import Sample, ScenarioResult
 from exai.stress.runner import run_scenario
 from exai.stress.scenarios import faults, recovery, soak
 from exai.stress.sim import SimControl
@@ -168,3 +168,17 @@ def test_the_report_shows_full_counts_why_it_failed_and_no_raw_json() -> None:
     assert page.index("Quick mode") < page.index("Why it failed"), "quick-mode notes at the top"
     assert '{"' not in page and "<pre>" not in page, "figures are tables, not a JSON dump"
     assert "CPU cores" in page and "load average (1 min) before the run" in page
+
+
+def test_the_soak_trend_shows_growth_per_window() -> None:
+    """The trend cuts the run into windows: calls, errors and latency per window, and the resources read in it."""
+    samples = [Sample(t=t, ms=100.0 + t, ok=t != 650) for t in range(0, 1800, 10)]
+    readings = [(float(t), 200.0 + t / 60, 70.0 + t // 600) for t in range(0, 1800, 30)]
+    loads = [(float(t), 1.0 + t // 600) for t in range(0, 1800, 30)]
+    rows = soak.trend(samples, readings, loads, 600)
+    assert [r["calls"] for r in rows] == [60, 60, 60]
+    assert [r["errors"] for r in rows] == [0, 1, 0]
+    assert [r["open_fds"] for r in rows] == [70.0, 71.0, 72.0]
+    assert [r["load_average"] for r in rows] == [1.0, 2.0, 3.0]
+    rss = [r["rss_mb"] for r in rows]
+    assert rss == sorted(rss) and rss[0] != rss[-1], rss  # a slope, window by window

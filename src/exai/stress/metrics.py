@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import time
 from collections import defaultdict
 from dataclasses import dataclass
@@ -61,13 +62,15 @@ def histogram_quantile(buckets: dict[float, float], q: float) -> float | None:
 
 
 class ResourceMonitor:
-    """Reads a daemon's RSS and open file descriptors every `interval` seconds while a scenario runs."""
+    """Reads a daemon's RSS and open file descriptors, and the machine's 1-minute load average, every `interval`
+    seconds while a scenario runs."""
 
     def __init__(self, url: str, started: float, headers: dict[str, str] | None = None, interval: float = 1.0) -> None:
         self.url = url
         self.started = started
         self.interval = interval
         self.readings: list[tuple[float, float, float]] = []
+        self.loads: list[tuple[float, float]] = []  # (t, 1-minute load average)
         self._http = httpx2.AsyncClient(headers=headers or {})
         self._task: asyncio.Task[None] | None = None
 
@@ -80,6 +83,7 @@ class ResourceMonitor:
                 values.get("process_open_fds", 0.0),
             )
             self.readings.append(reading)
+            self.loads.append((reading[0], round(os.getloadavg()[0], 2)))
             return reading
         return None
 

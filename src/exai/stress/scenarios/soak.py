@@ -7,7 +7,7 @@ import time
 
 from exai.stress.context import Context
 from exai.stress.metrics import ResourceMonitor
-from exai.stress.results import Sample, ScenarioResult
+from exai.stress.results import Sample, ScenarioResult, percentile
 from exai.stress.worker import run_workers
 from exai.stress.workload import LoadPlan
 
@@ -22,6 +22,7 @@ CRITERION = (
 )
 RSS_GROWTH = 0.05
 FD_SLACK = 5
+TREND_WINDOW_S = 600  # the trend of a run of an hour or more is read per 10 minutes
 WARM_UP_CALLS = 2000  # counted in calls, not seconds: a slow machine warms up later, not less
 
 
@@ -32,6 +33,40 @@ def judge_errors(result: ScenarioResult) -> None:
     total = sum(errors.values())
     result.figures["errors_by_category"] = errors
     result.check("errors (every category)", "0", f"{total:,}" + (f": {shown}" if shown else ""), total == 0)
+
+
+def trend(
+    samples: list[Sample],
+    readings: list[tuple[float, float, float]],
+    loads: list[tuple[float, float]],
+    window_s: float,
+) -> list[dict[str, float | int | None]]:
+    """The run cut into windows of `window_s`: calls, errors and latency of the calls that ended in each, and the
+    median RSS, open files and load average read during it, so growth shows as a slope, not two end points."""
+    end = max((s.t for s in samples), default=0.0)
+    rows: list[dict[str, float | int | None]] = []
+    start = 0.0
+    while start < end:
+        stop = start + window_s
+        done = [s for s in samples if start <= s.t < stop]
+        ok = sorted(s.ms for s in done if s.ok)
+        inside = [r for r in readings if start <= r[0] < stop]
+        load = [v for t, v in loads if start <= t < stop]
+        rows.append(
+            {
+                "from_min": round(start / 60, 1),
+                "to_min": round(min(stop, end) / 60, 1),
+                "calls": len(done),
+                "errors": sum(not s.ok for s in done),
+                "p50_ms": round(percentile(ok, 0.50), 1) if ok else None,
+                "p95_ms": round(percentile(ok, 0.95), 1) if ok else None,
+                "rss_mb": _median(inside, 1) if inside else None,
+                "open_fds": _median(inside, 2) if inside else None,
+                "load_average": round(statistics.median(load), 1) if load else None,
+            }
+        )
+        start = stop
+    return rows
 
 
 def _median(readings: list[tuple[float, float, float]], column: int) -> float:
@@ -81,6 +116,7 @@ async def run(ctx: Context, result: ScenarioResult) -> None:
         "open_fds_at_end": fds_end,
         "warm_up_ended_s": warm_end if warm_end != float("inf") else None,
         "errors": sum(not s.ok for s in result.samples),
+        "trend": trend(result.samples, readings, monitor.loads, TREND_WINDOW_S if duration >= 3600 else duration / 6),
     }
     result.notes.append("database connections: the daemon's pool holds them as open descriptors, counted in fds")
     judged = not ctx.quick  # a quick soak is too short for memory to settle: figures reported, not judged
