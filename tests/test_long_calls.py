@@ -17,6 +17,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import anyio
 import httpx2
 import pytest
 from mcp import Client, StdioServerParameters
@@ -219,3 +220,43 @@ async def test_a_daemon_stopped_with_sigterm_finishes_its_detached_calls_within_
     assert not collected.is_error, collected
     assert "echo: finish me" in collected.content[0].text  # type: ignore[union-attr]
     assert sim.count("requests:sim-smart") == 1
+
+
+async def test_a_pending_answer_can_be_cancelled_through_collect(
+    daemon: Daemon, sim: SimControl, tmp_path: Path
+) -> None:
+    """A client without Tasks can stop a call it no longer wants: the upstream request is cut, nothing more is paid."""
+    proc = daemon(EXAI_CLIENT_WAIT_SECONDS="1")
+    sim.fault("think", model="sim-smart", think_seconds=120)
+    async with Client(f"{proc.url}/mcp") as client:
+        pending = pending_of(await client.call_tool("chat", {"prompt": "not wanted", "model": "sim-smart"}))
+        await wait_until(lambda: sim.stats()["in_flight"] >= 1, "the model is working on the call")
+        cancelled = await client.call_tool("collect", {"task_id": pending["task_id"], "cancel": True})
+        assert tool_error(cancelled)["code"] == "cancelled", cancelled
+        again = await client.call_tool(**pending["next_call"])  # the call stays cancelled: collect says so
+    assert tool_error(again)["code"] == "cancelled", again
+    await wait_until(lambda: sim.count("disconnects") >= 1, "the simulator saw the request cut")
+    assert sim.count("completed:sim-smart") == 0
+    assert call_status(tmp_path / "data", pending["task_id"]) == "cancelled"
+
+
+async def test_a_tenants_waiting_requests_are_capped(daemon: Daemon, sim: SimControl) -> None:
+    """Each `collect` holds a request open while it waits; a tenant cannot open them without end (twice its task
+    cap at once), and the refusal says how to go on."""
+    proc = daemon(EXAI_CLIENT_WAIT_SECONDS="15", EXAI_MAX_TASKS_PER_TENANT="1")
+    sim.fault("think", model="sim-smart", think_seconds=120)
+    async with Client(f"{proc.url}/mcp") as client:
+        pending = pending_of(await client.call_tool("chat", {"prompt": "wait for me", "model": "sim-smart"}))
+        async with anyio.create_task_group() as group:
+            waits: list[CallToolResult] = []
+
+            async def collect() -> None:
+                waits.append(await client.call_tool(**pending["next_call"]))
+
+            for _ in range(3):
+                group.start_soon(collect)
+        refused = [tool_error(w) for w in waits if w.is_error]
+        assert [r["code"] for r in refused] == ["too_many_waits"], waits
+        assert "Wait for one of them" in refused[0]["remedy"]
+        assert sum("exai/pending" in (w.meta or {}) for w in waits) == 2, waits  # the other two waited
+        await client.call_tool("collect", {"task_id": pending["task_id"], "cancel": True})

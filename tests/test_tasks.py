@@ -106,6 +106,21 @@ async def test_a_cancelled_task_ends_cancelled_and_the_upstream_sees_its_request
     assert sim.count("completed:sim-smart") == 0
 
 
+async def test_a_task_refused_before_it_starts_is_the_requests_error_not_a_tool_result(
+    node_toolchain: NodeToolchain, daemon: Daemon, sim: SimControl
+) -> None:
+    proc = secured(daemon, EXAI_MAX_TASKS_PER_TENANT="1")
+    sim.fault("think", model="sim-smart", think_seconds=120)
+    first = ts_tasks(node_toolchain, proc, "alice", "start", ["chat", {"prompt": "the one", "model": "sim-smart"}])
+    assert first.get("kind") == "task", first
+    await wait_until(lambda: sim.stats()["in_flight"] >= 1, "the model is working on the first task")
+    refused = ts_tasks(node_toolchain, proc, "alice", "start", ["chat", {"prompt": "one more", "model": "sim-smart"}])
+    assert "tasks working already" in refused.get("thrown", ""), refused  # the client hands its caller the reason
+    assert "Collect or cancel a task first" in refused["thrown"], refused
+    assert sim.count("requests:sim-smart") == 1  # nothing was spent on the refused one
+    assert "thrown" not in ts_tasks(node_toolchain, proc, "alice", "cancel", first["reference"])
+
+
 async def test_the_2026_tasks_extension_turns_a_long_call_into_a_task_with_the_result_inline(
     daemon: Daemon, sim: SimControl
 ) -> None:
@@ -159,7 +174,9 @@ async def test_two_daemons_on_one_postgresql_collect_and_cancel_each_others_task
     long = ts_tasks(node_toolchain, first, "alice", "start", ["chat", {"prompt": "cut remotely", "model": "sim-smart"}])
     await wait_until(lambda: sim.stats()["in_flight"] >= 1, "the first daemon's model is working")
     asked = time.monotonic()
-    assert "thrown" not in ts_tasks(node_toolchain, second, "alice", "cancel", long["reference"])
+    cancelled = ts_tasks(node_toolchain, second, "alice", "cancel", long["reference"])
+    assert "thrown" not in cancelled, cancelled
+    assert cancelled["snapshot"]["status"] == "cancelled", cancelled  # as the answer to tasks/cancel said
     await wait_until(lambda: sim.count("disconnects") >= 1, "the first daemon cut its upstream request")
     cut_after = time.monotonic() - asked
     assert cut_after < 30, cut_after  # the owner looks for remote cancellations every second

@@ -39,6 +39,9 @@ UNRECORDED_RETRY_SECONDS = 2.0
 MAX_UNRECORDED = 10_000
 """Answers kept in memory while the store is down; past this, the newest are only returned to their callers."""
 LOST_CODE = -32603
+CANCEL_WAIT_SECONDS = 10.0
+WAITS_PER_TASK = 2
+"""A tenant may have this many waiting requests (`tasks/result`, `collect`) per task it may run."""
 
 
 def replica_id() -> str:
@@ -138,11 +141,13 @@ class CallRunner:
         self.lease = settings.call_lease_seconds
         self.ttl = settings.task_ttl_seconds
         self.max_tasks = settings.max_tasks_per_tenant
+        self.max_waits = WAITS_PER_TASK * settings.max_tasks_per_tenant
         self.on_task_event = on_task_event or (lambda kind, call: None)
         self.on_counts = on_counts or (lambda counts: None)
         self.counts = CallCounts({}, None)
         self._running: dict[str, asyncio.Task[types.CallToolResult]] = {}
         self._working_tasks: dict[str, int] = {}  # tenant -> working task calls on this replica
+        self._waits: dict[str, int] = {}  # tenant -> `tasks/result` and `collect` requests waiting on this replica
         self._unrecorded: dict[str, CallEnd] = {}
         self._loop: asyncio.Task[None] | None = None
         self._closing = False
@@ -349,7 +354,24 @@ class CallRunner:
         return call
 
     async def wait(self, call_id: str, tenant: str, seconds: float) -> CallRecord:
-        """The call once it has ended, or as it is after `seconds` (still working)."""
+        """The call once it has ended, or as it is after `seconds` (still working). A tenant's waits at once are
+        capped: each holds a request open, and a client could otherwise open them without end."""
+        if self._waits.get(tenant, 0) >= self.max_waits:
+            raise RateLimitError(
+                f"You have {self.max_waits} requests waiting for answers already (twice EXAI_MAX_TASKS_PER_TENANT).",
+                code="too_many_waits",
+                remedy="Wait for one of them to return before asking again.",
+                details={"retry_in_seconds": 5.0},
+            )
+        self._waits[tenant] = self._waits.get(tenant, 0) + 1
+        try:
+            return await self._wait(call_id, tenant, seconds)
+        finally:
+            self._waits[tenant] -= 1
+            if not self._waits[tenant]:
+                del self._waits[tenant]
+
+    async def _wait(self, call_id: str, tenant: str, seconds: float) -> CallRecord:
         deadline = time.monotonic() + seconds
         call = await self.get(call_id, tenant)  # the tenant first: another's id is unknown at once, never waited on
         local = self._running.get(call_id)
@@ -370,6 +392,12 @@ class CallRunner:
             await self.store.request_cancel(call_id, time.time())
         self.on_task_event("cancelled", call)
         return call
+
+    async def cancel_and_wait(self, call_id: str, tenant: str) -> CallRecord:
+        """Cancel, then the call as it ended (a call on another replica stops within about a second: its owner
+        polls for cancellations), or as it is after CANCEL_WAIT_SECONDS when its owner does not answer."""
+        await self.cancel(call_id, tenant)
+        return await self.wait(call_id, tenant, CANCEL_WAIT_SECONDS)
 
     def _cancel_local(self, call_id: str) -> bool:
         task = self._running.get(call_id)

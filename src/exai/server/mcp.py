@@ -38,7 +38,7 @@ from exai.server.answers import pending_result, with_pending
 from exai.server.call_records import Execution
 from exai.server.calls import Caller, handle_call
 from exai.server.tasks import LEGACY_CAPABILITY as LEGACY_TASKS
-from exai.server.tasks import TasksSurface, announce_end, created, declares_extension
+from exai.server.tasks import TasksSurface, announce_end, created, declares_extension, refusal_error
 from exai.server.tool_refusals import unknown_tool
 from exai.tools.base import Tool, ToolContext, compact_schema, input_schema
 
@@ -202,7 +202,10 @@ def build_server(services: Services) -> Server[Any]:
         try:
             call = await execution.record()
             if call is None:  # refused before anything was recorded or spent
-                return execution.outcome()
+                refused = execution.outcome()
+                if as_task:  # the client waits for `CreateTaskResult`: a refusal is the request's error
+                    raise refusal_error(refused)
+                return refused
             if as_task:
                 attached = False
                 announce_end(ctx.session, services.calls, call, execution.task)

@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict
 
 from exai.observability.errors import ExaiError
 from exai.server.call_records import CallRunner, jsonrpc_error, result_payload
+from exai.server.results import ERROR_META_KEY
 from exai.storage.base import TERMINAL, CallRecord
 
 EXTENSION = "io.modelcontextprotocol/tasks"
@@ -34,6 +35,7 @@ RELATED_TASK = "io.modelcontextprotocol/related-task"
 CLIENT_CAPABILITIES = "io.modelcontextprotocol/clientCapabilities"
 POLL_INTERVAL_MS = 2000
 LEGACY_CAPABILITY: dict[str, Any] = {"list": {}, "cancel": {}, "requests": {"tools": {"call": {}}}}
+CLIENT_FAULTS = frozenset({"validation", "auth", "permission", "rate_limit", "not_found"})
 RESULT_WAIT_SECONDS = 3600.0
 """`tasks/result` waits for the end, as the 2025-11-25 specification says; a client gives up before this does."""
 LIST_PAGE = 50
@@ -123,6 +125,23 @@ def announce_end(session: Any, runner: CallRunner, call: CallRecord, work: async
     task.add_done_callback(_ANNOUNCING.discard)
 
 
+def protocol_error(exc: ExaiError) -> MCPError:
+    """An error of ours as a `tasks/*` request's JSON-RPC error, with the tool error's data."""
+    code = types.INVALID_PARAMS if exc.category.value in CLIENT_FAULTS else types.INTERNAL_ERROR
+    return MCPError(code, exc.render(), data=exc.to_dict())
+
+
+def refusal_error(refused: types.CallToolResult) -> MCPError:
+    """A task-augmented call refused before it became a task (limits, the task cap, a store that is down): the
+    request's JSON-RPC error with the same data a tool error carries, not a `CallToolResult` the client cannot read
+    where it expects `CreateTaskResult`."""
+    error = (refused.meta or {}).get(ERROR_META_KEY) or {}
+    text = "".join(block.text for block in refused.content if isinstance(block, types.TextContent))
+    message = text or "The call was refused before it started."
+    code = types.INVALID_PARAMS if error.get("category") in CLIENT_FAULTS else types.INTERNAL_ERROR
+    return MCPError(code, message, data=error or None)
+
+
 def _unknown(task_id: str) -> MCPError:
     return MCPError(types.INVALID_PARAMS, f"Failed to retrieve task: Task not found ({task_id[:80]}).")
 
@@ -160,7 +179,7 @@ class TasksSurface:
         except ExaiError as exc:
             if exc.category.value == "not_found":
                 raise _unknown(task_id) from None
-            raise MCPError(types.INTERNAL_ERROR, exc.message, data=exc.to_dict()) from None
+            raise protocol_error(exc) from None
         if not call.task:
             raise _unknown(task_id)
         return call
@@ -175,7 +194,10 @@ class TasksSurface:
             raise MCPError(types.METHOD_NOT_FOUND, "tasks/result is not part of the 2026-07-28 Tasks extension.")
         call = await self._call(ctx, params.task_id)
         if call.status not in TERMINAL:
-            call = await self.runner.wait(call.id, call.tenant, RESULT_WAIT_SECONDS)
+            try:
+                call = await self.runner.wait(call.id, call.tenant, RESULT_WAIT_SECONDS)
+            except ExaiError as exc:  # too many waits, or the store went away while waiting
+                raise protocol_error(exc) from None
         if call.status == "failed":
             error = jsonrpc_error(call)
             raise MCPError(error["code"], error["message"], data=error["data"])
@@ -203,10 +225,14 @@ class TasksSurface:
             return {}  # 2026-07-28: an idempotent acknowledgement; -32602 is for unknown ids only
         if call.status in TERMINAL:
             raise MCPError(types.INVALID_PARAMS, f"Cannot cancel task: it has already ended ({call.status}).")
-        await self.runner.cancel(call.id, call.tenant)
         if is_modern(ctx):
+            await self.runner.cancel(call.id, call.tenant)
             return {}
-        return {**task_fields(call, modern=False), "status": "cancelled", "statusMessage": "Cancelled."}
+        try:  # 2025-11-25 answers the task as `tasks/get` will show it from now on
+            ended = await self.runner.cancel_and_wait(call.id, call.tenant)
+        except ExaiError as exc:
+            raise protocol_error(exc) from None
+        return task_fields(ended, modern=False)
 
     async def update(self, ctx: ServerRequestContext[Any, Any], params: TaskIdParams) -> dict[str, Any]:
         """No call here ever asks the client for input: responses are acknowledged and ignored, as specified."""

@@ -24,6 +24,9 @@ DEFAULT_COLLECT_WAIT = 45.0
 
 class CollectInput(ToolInput):
     task_id: str = Field(min_length=1, max_length=64, description="The `task_id` of a pending answer.")
+    cancel: bool = Field(
+        default=False, description="Cancel the call instead of waiting for it (the model request is cut)."
+    )
 
 
 class CollectTool(Tool[CollectInput, Any]):
@@ -31,7 +34,8 @@ class CollectTool(Tool[CollectInput, Any]):
     title = "Collect a pending answer"
     description = (
         "Get the answer of an earlier call that was still running when it returned a pending result "
-        '(its `_meta["exai/pending"]` names this call). Waits for the answer up to the server\'s client wait.'
+        '(its `_meta["exai/pending"]` names this call). Waits for the answer up to the server\'s client wait; '
+        "with `cancel: true` it cancels the call instead."
     )
     input_model = CollectInput
     output_model = None  # the collected call's own result, whatever its tool's output schema
@@ -39,7 +43,10 @@ class CollectTool(Tool[CollectInput, Any]):
 
     async def run(self, args: CollectInput, ctx: ToolContext) -> types.CallToolResult:
         calls, wait = ctx.services.calls, ctx.services.settings.client_wait_seconds or DEFAULT_COLLECT_WAIT
-        call = await calls.wait(args.task_id, ctx.tenant, wait)
+        if args.cancel:
+            call = await calls.cancel_and_wait(args.task_id, ctx.tenant)
+        else:
+            call = await calls.wait(args.task_id, ctx.tenant, wait)
         if call.status not in TERMINAL:
             return pending_result(call, wait)
         calls.collected(call)
