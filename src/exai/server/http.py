@@ -28,7 +28,7 @@ from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Lifespan, Scope
 
 from exai.app import Services
-from exai.observability.errors import AuthError, PermissionDeniedError
+from exai.errors import AuthError, PermissionDeniedError
 from exai.observability.logging import get_logger
 from exai.observability.metrics import BREAKER_VALUES
 from exai.security.auth import ADMIN_SCOPE, METRICS_SCOPE, TOOLS_SCOPE, request_access, request_tenant

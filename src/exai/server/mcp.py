@@ -30,8 +30,8 @@ from mcp.shared.exceptions import MCPError
 
 from exai import __version__
 from exai.app import Services
+from exai.errors import NotFoundError
 from exai.observability.context import bind_correlation_id, caller_correlation_id
-from exai.observability.errors import NotFoundError
 from exai.observability.logging import get_logger
 from exai.security.auth import COLLECT_TOOL, LOCAL_TENANT, visible_tools
 from exai.server.answers import pending_result, with_pending

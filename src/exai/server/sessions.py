@@ -18,7 +18,7 @@ from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from exai.observability.errors import RateLimitError
+from exai.errors import RateLimitError
 from exai.security.limits import RateLimiter
 from exai.server.refusals import refuse
 
