@@ -16,7 +16,7 @@ from typing import Any
 import httpx2
 import pytest
 
-from exai.providers.specs import PROVIDER_SPECS
+from exai.provider_specs import PROVIDER_SPECS
 
 pytest_plugins = ["tests.services", "tests.node_toolchain", "tests.container_engine"]
 TEST_JWT_SECRET = "a-test-secret-that-is-long-enough-0123456789"

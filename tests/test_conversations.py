@@ -11,7 +11,7 @@ import pytest
 from mcp import Client
 
 from exai.conversations.tokens import count_tokens
-from exai.observability.errors import NotFoundError
+from exai.errors import NotFoundError
 from exai.server.mcp import build_server
 from tests.conftest import SimControl
 from tests.helpers import build_services, tool_error

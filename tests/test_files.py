@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from mcp import Client
 
-from exai.observability.errors import ExaiError, NotFoundError, PermissionDeniedError, ValidationError
+from exai.errors import ExaiError, InvalidInput, NotFoundError, PermissionDeniedError
 from exai.security.files import FileAccess
 from tests.conftest import Proc, SimControl
 from tests.helpers import tool_error
@@ -54,20 +54,20 @@ async def test_every_refusal(root: Path, tmp_path: Path) -> None:
     (root / "null").symlink_to("/dev/zero")
     await _refused(access, str(root / "null"), PermissionDeniedError, "outside_roots")
     os.mkfifo(root / "fifo")
-    await _refused(access, str(root / "fifo"), ValidationError, "not_a_file")
-    await _refused(access, str(root / "pkg"), ValidationError, "not_a_file")
+    await _refused(access, str(root / "fifo"), InvalidInput, "not_a_file")
+    await _refused(access, str(root / "pkg"), InvalidInput, "not_a_file")
     (root / "blob.bin").write_bytes(b"\x7fELF\x00\x01\x02")
-    await _refused(access, str(root / "blob.bin"), ValidationError, "binary_file")
+    await _refused(access, str(root / "blob.bin"), InvalidInput, "binary_file")
     (root / "latin1.txt").write_bytes("caf\xe9".encode("latin-1"))
-    await _refused(access, str(root / "latin1.txt"), ValidationError, "binary_file")
+    await _refused(access, str(root / "latin1.txt"), InvalidInput, "binary_file")
     (root / "big.txt").write_text("x" * 101)
-    await _refused(access, str(root / "big.txt"), ValidationError, "file_too_large")
-    await _refused(access, "pkg/mod.py", ValidationError, "relative_path")
+    await _refused(access, str(root / "big.txt"), InvalidInput, "file_too_large")
+    await _refused(access, "pkg/mod.py", InvalidInput, "relative_path")
     await _refused(access, str(root / "missing.py"), NotFoundError, "file_not_found")
-    await _refused(access, str(root / "bad\x00name"), ValidationError, "invalid_path")
+    await _refused(access, str(root / "bad\x00name"), InvalidInput, "invalid_path")
     (root / "a.txt").write_text("a" * 80)
     (root / "b.txt").write_text("b" * 80)
-    with pytest.raises(ValidationError) as caught:
+    with pytest.raises(InvalidInput) as caught:
         await access.read([str(root / "a.txt"), str(root / "b.txt")])
     assert caught.value.code == "files_too_large"
     await _refused(FileAccess([], 100, 100), str(root / "a.txt"), PermissionDeniedError, "no_file_roots")
@@ -97,7 +97,7 @@ async def test_a_directory_swapped_for_a_link_after_the_check_is_not_followed(
         return resolved
 
     monkeypatch.setattr(access, "_check", check_then_swap)
-    await _refused(access, str(root / "sub" / "a.txt"), ValidationError, "symlink_refused")
+    await _refused(access, str(root / "sub" / "a.txt"), InvalidInput, "symlink_refused")
 
 
 async def _chat_error(client: Client, path: str) -> dict[str, Any]:

@@ -17,7 +17,7 @@ from mcp.client.streamable_http import streamable_http_client
 from redis.crc import key_slot
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from exai.observability.errors import RateLimitError
+from exai.errors import RateLimitError
 from exai.security.auth import LOCAL_TENANT, issue_token
 from exai.security.limits import Limits, RedisLimiter, TokenReservation, tenant_keys
 from tests.conftest import TEST_JWT_SECRET, Proc, SimControl, free_port

@@ -13,7 +13,7 @@ import redis.asyncio as aioredis
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
-from exai.observability.errors import RateLimitError
+from exai.errors import RateLimitError
 from exai.security.auth import issue_token
 from exai.security.limits import Limits, LocalLimiter, RedisLimiter, tenant_keys
 from tests.conftest import Proc, SimControl

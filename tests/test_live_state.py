@@ -17,6 +17,7 @@ from exai.observability.alerts import AlertManager, AlertThresholds
 from exai.observability.health import Health, limiter_health
 from exai.observability.metrics import Metrics
 from exai.observability.stats import Stats, percentile
+from exai.providers.resilience import BREAKER_KINDS
 from exai.security.auth import issue_token
 from exai.security.limits import Limits, RedisLimiter
 from exai.server.dashboard import dashboard_snapshot
@@ -112,7 +113,9 @@ def test_limiter_state_read_duck_typed() -> None:
     text = Metrics(lambda: limiter_health(degraded)).render().decode()
     assert "exai_limiter_degraded 1.0" in text and "exai_limiter_redis_errors_total 4.0" in text
     stats = Stats()
-    alerts = AlertManager(AlertThresholds(), None, stats, Health(stats, NO_ROUTER, degraded, 300, 30))
+    alerts = AlertManager(
+        AlertThresholds(), None, stats, Health(stats, NO_ROUTER, degraded, 300, 30, breaker_kinds=BREAKER_KINDS)
+    )
     assert alerts.conditions() == {"limiter_degraded": ("critical", state.reason)}
 
 

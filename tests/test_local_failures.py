@@ -16,9 +16,9 @@ import pytest
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
+from exai.errors import InternalError, InvalidInput
 from exai.observability import context
 from exai.observability.context import SAFE_ID
-from exai.observability.errors import InternalError, ValidationError
 from exai.providers import openai_compatible
 from exai.providers.base import CallOptions
 from exai.providers.catalogue import Catalogue
@@ -35,13 +35,13 @@ REQUEST = GenerateRequest(model="x", messages=[Message(role="user", content="q")
 
 
 async def test_a_header_that_cannot_be_encoded_is_a_local_validation_error(sim: SimControl) -> None:
-    with pytest.raises(ValidationError) as caught:
+    with pytest.raises(InvalidInput) as caught:
         CallOptions(timeout=10, headers={"X-Request-ID": "café"})
     assert caught.value.code == "unsendable_header" and caught.value.details == {"header": "X-Request-ID"}
     options = CallOptions(timeout=10, headers={"X-Request-ID": "ok-1"})
     provider = OpenAICompatibleProvider("kimi", sim.openai_url, "sk-pasted\u00a0")  # the SDK refuses to send it
     for on_delta in (None, _ignore):
-        with pytest.raises(ValidationError) as caught:
+        with pytest.raises(InvalidInput) as caught:
             await provider.generate(REQUEST, CATALOGUE.get("kimi-k2"), options, on_delta)
         assert caught.value.code == "unsendable_header"
         assert "sk-pasted" not in caught.value.render() and "KIMI_API_KEY" in (caught.value.remedy or "")
@@ -72,7 +72,7 @@ async def test_local_build_failures_never_reach_the_breaker(sim: SimControl, mon
     model = router.resolve("sim-fast")
     context._correlation_id.set("café")  # past the edge's check, as a future caller of the router might be
     for _ in range(3):
-        with pytest.raises(ValidationError) as caught:
+        with pytest.raises(InvalidInput) as caught:
             await router.generate(REQUEST, model="sim-fast")
         assert caught.value.code == "unsendable_header"
     assert sim.count("requests") == 0 and seen == [], "no attempt was made, so none is recorded"
@@ -157,7 +157,7 @@ async def test_a_key_with_a_newline_is_trimmed_or_refused_locally_never_sent(sim
     provider = OpenAICompatibleProvider("kimi", sim.openai_url, "sk-broken\nkey")
     model = CATALOGUE.get("sim-fast")
     assert model is not None
-    with pytest.raises(ValidationError) as caught:
+    with pytest.raises(InvalidInput) as caught:
         await provider.generate(REQUEST, model, CallOptions(timeout=10, headers={}))
     assert caught.value.code == "unsendable_header" and "sk-broken" not in caught.value.message
     assert sim.count("requests") == 0

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from mcp import Client
 
-from exai.observability.errors import ToolFailure
+from exai.errors import ToolFailure
 from exai.security.git import GitOutputTooLarge, run_git, safe_environment
 from tests.conftest import Proc, SimControl
 from tests.helpers import tool_error

@@ -11,7 +11,7 @@ from collections.abc import Callable
 import pytest
 from mcp import Client
 
-from exai.observability.errors import ProviderError
+from exai.errors import ProviderError
 from exai.providers.types import GenerateRequest, Message
 from tests.conftest import Proc, SimControl
 from tests.helpers import build_services, tool_error

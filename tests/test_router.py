@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from exai.observability.errors import DeadlineError, NotFoundError, ProviderError
+from exai.errors import DeadlineError, NotFoundError, ProviderError
 from exai.providers.types import GenerateRequest, Message
 from tests.conftest import SimControl
 from tests.helpers import build_services

@@ -12,7 +12,7 @@ import redis.asyncio as aioredis
 
 from exai.conversations.state import ThreadState, WorkflowRun
 from exai.conversations.threads import Conversations
-from exai.observability.errors import ExaiError
+from exai.errors import ExaiError
 from exai.storage.base import AuditRecord, CallEnd, CallRecord, Store, ThreadConflict, ThreadRecord, TurnRecord
 from exai.storage.cache import CachedStore
 from exai.storage.migrations import LATEST

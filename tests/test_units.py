@@ -11,12 +11,12 @@ from typing import get_args
 import pytest
 
 from exai.config import load_settings
-from exai.observability.errors import ValidationError
+from exai.errors import InvalidInput
+from exai.provider_specs import PROVIDER_SPECS
 from exai.providers.base import classify_status, parse_retry_after
 from exai.providers.catalogue import EFFORT_ORDER, Catalogue
 from exai.providers.quirks import anthropic_params, effort_for, openai_params, temperature_for
 from exai.providers.resilience import CircuitBreaker, backoff_delay
-from exai.providers.specs import PROVIDER_SPECS
 from exai.providers.types import GenerateRequest, Message, ThinkingMode
 from exai.tools import enabled_tools
 
@@ -54,9 +54,9 @@ def test_user_models_file_adds_and_overrides(tmp_path: Path) -> None:
     assert catalogue.get("my-model").provider == "custom"
     assert catalogue.get("llama3.2").context_window == 131072
     user.write_text('[models.bad]\nprovider = "glm"\ncontext_window = 0\nmax_output_tokens = 1\n')
-    with pytest.raises(ValidationError, match="context_window"):
+    with pytest.raises(InvalidInput, match="context_window"):
         Catalogue.load(user)
-    with pytest.raises(ValidationError, match="CUSTOM_MODELS"):
+    with pytest.raises(InvalidInput, match="CUSTOM_MODELS"):
         Catalogue.load(custom_models=["x:0"])
     tagged = Catalogue.load(custom_models=["qwen3:8b"], custom_context=4096).get("qwen3:8b")
     assert tagged is not None and tagged.context_window == 4096, "an Ollama tag is part of the name"
@@ -77,7 +77,7 @@ def test_settings_read_aliases_lists_and_toml(monkeypatch: pytest.MonkeyPatch, t
 
 
 def test_unknown_disabled_tool_is_a_config_error() -> None:
-    with pytest.raises(ValidationError, match="chatt"):
+    with pytest.raises(InvalidInput, match="chatt"):
         enabled_tools("standard", ["chatt"])
 
 
@@ -161,7 +161,7 @@ def test_an_effort_model_without_its_efforts_is_refused(tmp_path: Path) -> None:
         '[models.o9]\nprovider = "openai"\ncontext_window = 1000\nmax_output_tokens = 100\n'
         'thinking_style = "openai_effort"\n'
     )
-    with pytest.raises(ValidationError, match="reasoning_efforts"):
+    with pytest.raises(InvalidInput, match="reasoning_efforts"):
         Catalogue.load(user)
 
 
@@ -229,7 +229,7 @@ def test_retry_after_is_read_in_both_forms() -> None:
 def test_every_provider_spec_has_its_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     """Provider settings are derived from the specs: each spec's variables reach its ProviderConfig."""
     from exai.config import load_settings
-    from exai.providers.specs import PROVIDER_SPECS
+    from exai.provider_specs import PROVIDER_SPECS
 
     for spec in PROVIDER_SPECS.values():
         monkeypatch.setenv(spec.key_env[-1], f"key-of-{spec.name}")

@@ -12,8 +12,8 @@ from pydantic import SecretStr
 from exai.config import Settings, secret
 from exai.conversations.threads import Conversations
 from exai.conversations.tokens import warm_up
+from exai.errors import ExaiError
 from exai.observability.alerts import AlertManager, AlertThresholds
-from exai.observability.errors import ExaiError
 from exai.observability.events import Events
 from exai.observability.health import Health
 from exai.observability.logging import get_logger, register_secret
@@ -24,6 +24,7 @@ from exai.providers.catalogue import Catalogue
 from exai.providers.lazy import LazyProvider, import_later
 from exai.providers.listings import VendorListings
 from exai.providers.rediscovery import CustomModelDiscovery
+from exai.providers.resilience import BREAKER_KINDS
 from exai.providers.router import Router
 from exai.security.auth import JWTVerifier, parse_api_keys
 from exai.security.files import FileAccess
@@ -201,7 +202,14 @@ class Services:
         redis = build_redis(settings)
         limiter = build_limiter(settings, redis)
         stats = Stats()
-        health = Health(stats, router, limiter, settings.alert_window_seconds, settings.breaker_cooldown_seconds)
+        health = Health(
+            stats,
+            router,
+            limiter,
+            settings.alert_window_seconds,
+            settings.breaker_cooldown_seconds,
+            breaker_kinds=BREAKER_KINDS,
+        )
         admission = Admission(
             settings.max_calls_in_flight, settings.max_calls_waiting, settings.admission_queue_seconds
         )

@@ -17,7 +17,7 @@ if TYPE_CHECKING:  # each command imports what it needs when it runs: `exai --he
 
     from exai.app import Services, Transport
     from exai.config import Settings
-    from exai.observability.errors import ExaiError
+    from exai.errors import ExaiError
 
 app = typer.Typer(
     help="EX-AI MCP Server: tools for AI coding agents, backed by other models.",
@@ -43,7 +43,7 @@ def _settings(*, server: bool = False, **overrides: object) -> Settings:
     """The validated settings, logging configured. Commands other than the servers (`serve`, `stdio`) log
     warnings and errors only, unless EXAI_LOG_LEVEL says otherwise: their output is the answer, not a log."""
     from exai.config import load_settings, unknown_variable_warnings
-    from exai.observability.errors import ExaiError
+    from exai.errors import ExaiError
     from exai.observability.logging import configure_logging
     from exai.observability.tracing import configure_tracing
 
@@ -80,7 +80,7 @@ def _listen(command: str, host: str, port: int, port_option: str) -> socket.sock
 
 def _services(settings: Settings, transport: Transport = "memory") -> Services:
     from exai.app import Services
-    from exai.observability.errors import ExaiError
+    from exai.errors import ExaiError
 
     try:
         return Services.build(settings, transport)
@@ -96,7 +96,7 @@ def serve(
 ) -> None:
     """Run the daemon: MCP over Streamable HTTP at /mcp, with /healthz, /readyz, /metrics and /dashboard."""
     settings = _settings(server=True, host=host, port=port)
-    from exai.observability.errors import ExaiError
+    from exai.errors import ExaiError
     from exai.observability.logging import get_logger
     from exai.server.http import is_loopback, serve_http
 
@@ -129,7 +129,7 @@ def stdio(
     """Run the MCP server over stdio, for one local client (or bridge it to a shared daemon)."""
     settings = _settings(server=True)
     if connect:
-        from exai.observability.errors import ExaiError
+        from exai.errors import ExaiError
         from exai.server.bridge import check_token_transport, serve_bridge
 
         token = settings.token.get_secret_value() if settings.token else None
@@ -141,7 +141,7 @@ def stdio(
             serve_bridge(connect, token, settings.bridge_connect_timeout_seconds, settings.call_deadline_seconds + 30)
         )
         return
-    from exai.observability.errors import ExaiError
+    from exai.errors import ExaiError
     from exai.server.stdio import serve_stdio
 
     try:
@@ -194,9 +194,9 @@ def models(
     from rich.markup import escape
 
     from exai.cli_output import print_table
+    from exai.provider_specs import PROVIDER_SPECS
     from exai.providers.discovery import discover_custom_models
     from exai.providers.listings import VendorListings
-    from exai.providers.specs import PROVIDER_SPECS
 
     settings = _settings()
     services = _services(settings)
@@ -275,7 +275,7 @@ def doctor(
 
 
 def _db_upgrade_and_report(services: Services) -> int:
-    from exai.observability.errors import ExaiError
+    from exai.errors import ExaiError
     from exai.storage.opening import open_store
 
     settings = services.settings
@@ -440,7 +440,7 @@ def audit(
     from rich.text import Text
 
     from exai.cli_output import print_table
-    from exai.observability.errors import ExaiError
+    from exai.errors import ExaiError
 
     services = _services(_settings())
     cutoff = time.time() - _duration(since) if since else None
@@ -505,8 +505,8 @@ def install(
     print_only: Annotated[bool, typer.Option("--print", help="Show the entry and the file; write nothing.")] = False,
 ) -> None:
     """Write a client's MCP configuration for this server (the local daemon, stdio, or a shared daemon)."""
+    from exai.errors import ExaiError
     from exai.installer import CLIENTS, connection, plan, write
-    from exai.observability.errors import ExaiError
 
     if client not in CLIENTS:
         print(f"Unknown client {client[:40]!r}.\n  fix: use one of {', '.join(CLIENTS)}", file=sys.stderr)

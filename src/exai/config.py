@@ -28,7 +28,7 @@ from pydantic_settings import (
 )
 
 from exai.config_problems import ConfigError, ConfigProblem, read_config_file, unknown_variables, where_set
-from exai.providers.specs import PROVIDER_SPECS, ProviderSpec
+from exai.provider_specs import PROVIDER_SPECS, ProviderSpec
 
 
 def _split_commas(value: Any) -> Any:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from exai.observability.errors import ValidationError as ExaiValidationError
+from exai.errors import InvalidInput
 
 CONFIG_FILE_ENV = "EXAI_CONFIG_FILE"
 DEFAULT_CONFIG_FILE = "exai.toml"
@@ -32,7 +32,7 @@ class ConfigProblem:
         return f"{self.where}: {self.what}\n  fix: {self.fix}"
 
 
-class ConfigError(ExaiValidationError):
+class ConfigError(InvalidInput):
     """One or more configuration problems; the message is the whole report, one or two lines per problem."""
 
     def __init__(self, problems: list[ConfigProblem]) -> None:

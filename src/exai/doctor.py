@@ -18,7 +18,7 @@ from exai.app import Services
 from exai.cli_output import console, print_table
 from exai.config import ProviderConfig
 from exai.doctor_checks import Check, run_checks
-from exai.observability.errors import ExaiError
+from exai.errors import ExaiError
 from exai.providers.base import CallOptions
 from exai.providers.catalogue import custom_model
 from exai.providers.discovery import discover_custom_models

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from exai.observability.errors import ValidationError
+from exai.errors import InvalidInput
 
 LOCAL_URL = "http://127.0.0.1:8765/mcp"
 CLIENTS = ("claude-code", "codex", "cursor", "vscode", "gemini")
@@ -54,13 +54,13 @@ def exai_command() -> list[str]:
 
 def connection(*, stdio: bool, url: str | None, token_env: str | None) -> Connection:
     if stdio and url:
-        raise ValidationError("--stdio and --url exclude each other.", remedy="Give one of them.")
+        raise InvalidInput("--stdio and --url exclude each other.", remedy="Give one of them.")
     if token_env is not None and not ENV_NAME.fullmatch(token_env):
-        raise ValidationError(f"--token-env {token_env[:40]!r} is not a variable name.", remedy="e.g. EXAI_TOKEN")
+        raise InvalidInput(f"--token-env {token_env[:40]!r} is not a variable name.", remedy="e.g. EXAI_TOKEN")
     if stdio:
         return Connection(command=[*exai_command(), "stdio"])
     if url is not None and not url.startswith(("http://", "https://")):
-        raise ValidationError(f"--url {url[:80]!r} is not an http(s) URL.", remedy="e.g. https://team-host:8765/mcp")
+        raise InvalidInput(f"--url {url[:80]!r} is not an http(s) URL.", remedy="e.g. https://team-host:8765/mcp")
     return Connection(url=url or LOCAL_URL, token_env=token_env)
 
 
@@ -110,12 +110,12 @@ def _plan_json(client: str, path: Path, name: str, conn: Connection) -> Plan:
         try:
             document = json.loads(path.read_text(encoding="utf-8") or "{}")
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise ValidationError(
+            raise InvalidInput(
                 f"{path} is not valid JSON ({exc}); it was left as it is.",
                 remedy=f"Fix the file, or add the entry by hand: `exai install {client} --print`.",
             ) from None
         if not isinstance(document, dict) or not isinstance(document.get(servers_key, {}), dict):
-            raise ValidationError(
+            raise InvalidInput(
                 f"{path} has no '{servers_key}' object where one is expected; it was left as it is.",
                 remedy=f"Fix the file, or add the entry by hand: `exai install {client} --print`.",
             )
@@ -145,7 +145,7 @@ def _plan_codex(path: Path, name: str, conn: Connection) -> Plan:
     try:
         tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise ValidationError(
+        raise InvalidInput(
             f"{path} is not valid TOML ({exc}); it was left as it is.",
             remedy="Fix the file, or add the entry by hand: `exai install codex --print`.",
         ) from None

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pydantic import BaseModel
 
 from exai.conversations.tokens import count_tokens_async
-from exai.observability.errors import ExaiError
+from exai.errors import ExaiError
 from exai.providers.catalogue import ModelInfo
 from exai.providers.quirks import max_output_for
 from exai.providers.types import Message

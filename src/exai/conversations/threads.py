@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 from exai.conversations.state import StateChange, ThreadState
 from exai.conversations.tokens import count_tokens_async
-from exai.observability.errors import Category, ExaiError, NotFoundError, StorageError, ValidationError
+from exai.errors import Category, ExaiError, InvalidInput, NotFoundError, StorageError
 from exai.observability.logging import get_logger
 from exai.providers.types import GenerateResponse
 from exai.storage.base import Store, ThreadConflict, ThreadRecord, TurnRecord
@@ -94,7 +94,7 @@ class Conversations:
         try:
             uuid.UUID(continuation_id)
         except ValueError:
-            raise ValidationError(
+            raise InvalidInput(
                 f"continuation_id '{continuation_id[:60]}' is not a thread id.",
                 code="invalid_continuation_id",
                 remedy=START_OVER,
@@ -129,7 +129,7 @@ class Conversations:
     def check_room(self, thread: Thread, adding: int) -> None:
         """Refuse a write that would take the thread past its turn limit (call it before asking a model)."""
         if thread.record.turn_count + adding > self.max_turns:
-            raise ValidationError(
+            raise InvalidInput(
                 f"Thread {thread.id} has {thread.record.turn_count} of its {self.max_turns} turns; "
                 f"this call would add {adding}.",
                 code="thread_full",

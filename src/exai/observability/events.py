@@ -10,14 +10,12 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, Protocol
 
 from exai.observability.context import add_upstream_wait
 from exai.observability.metrics import Metrics
 from exai.observability.refusals import RepeatedRefusals
 from exai.observability.stats import Attempt, Stats
-from exai.storage.audit import AuditWriter
-from exai.storage.base import AuditRecord
 
 Outcome = Literal["ok", "error", "cancelled", "denied", "rate_limited"]
 
@@ -69,31 +67,12 @@ class CallEvent:
     def cost_usd(self) -> float:
         return sum(call.cost_usd for call in self.model_calls)
 
-    def audit_records(self) -> list[AuditRecord]:
-        """One row per model call (so usage is kept per model), or one row for a call that asked no model."""
-        common = {
-            "time": self.finished_at,
-            "tenant": self.tenant,
-            "tool": self.tool,
-            "latency_ms": round(self.latency_s * 1000, 2),
-            "correlation_id": self.correlation_id,
-            "thread_id": self.thread_id,
-        }
-        if not self.model_calls:
-            return [AuditRecord(**common, outcome=self.outcome, error_category=self.error_category)]
-        return [
-            AuditRecord(
-                **common,
-                outcome="error" if call.failure else self.outcome,
-                error_category=call.failure or self.error_category,
-                model=call.model,
-                provider=call.provider,
-                input_tokens=call.input_tokens,
-                output_tokens=call.output_tokens,
-                cost_usd=call.cost_usd,
-            )
-            for call in self.model_calls
-        ]
+
+class AuditLog(Protocol):
+    """Where audit rows go (the store's background writer): told about calls and task events, it owns the rows."""
+
+    def add_call(self, event: CallEvent) -> None: ...
+    def add_task_event(self, kind: str, tenant: str, tool: str, correlation_id: str) -> None: ...
 
 
 class Events:
@@ -103,7 +82,7 @@ class Events:
     Prometheus counts; the audit log keeps one row per model call.
     """
 
-    def __init__(self, stats: Stats, metrics: Metrics, audit: AuditWriter) -> None:
+    def __init__(self, stats: Stats, metrics: Metrics, audit: AuditLog) -> None:
         self.stats = stats
         self.metrics = metrics
         self.audit = audit
@@ -133,8 +112,7 @@ class Events:
             if call.cost_usd:
                 metrics.cost.labels(call.provider, call.model).inc(call.cost_usd)
         if self.refusals.audited(event.tenant, event.tool, event.outcome, event.error_code, event.finished_at):
-            for record in event.audit_records():
-                self.audit.add(record)
+            self.audit.add_call(event)
 
     def attempt_finished(self, attempt: Attempt) -> None:
         """One upstream request ended (or was skipped because its breaker is open)."""
@@ -149,9 +127,7 @@ class Events:
         """A task was created, cancelled, collected, or lost with its replica: counted and audited (the row names
         the call's correlation id)."""
         self.metrics.task_events.labels(kind).inc()
-        self.audit.add(
-            AuditRecord(tenant=tenant, tool=tool, outcome=f"task_{kind}", correlation_id=correlation_id or call_id)
-        )
+        self.audit.add_task_event(kind, tenant, tool, correlation_id or call_id)
 
     def task_counts(self, by_status: dict[str, int], oldest_working: float | None) -> None:
         """The store's call records by status, read every third of a lease."""

@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel
 
 from exai.observability.stats import Stats, Streak
-from exai.providers.resilience import BREAKER_KINDS
 
 ProviderState = Literal["ok", "idle", "degraded", "down"]
 
@@ -66,8 +65,8 @@ def clock_time(at: float) -> str:
     return time.strftime("%H:%M:%S UTC", time.gmtime(at))
 
 
-def _failures(streak: Streak | None) -> str:
-    counted = Counter({k: n for k, n in (streak.failures if streak else Counter()).items() if k in BREAKER_KINDS})
+def _failures(streak: Streak | None, breaker_kinds: Collection[str]) -> str:
+    counted = Counter({k: n for k, n in (streak.failures if streak else Counter()).items() if k in breaker_kinds})
     if not counted:
         return ""
     kinds = ", ".join(f"{kind} x{n}" for kind, n in counted.most_common())
@@ -82,12 +81,16 @@ class Health:
         limiter: object | None,
         window_seconds: float,
         breaker_cooldown: float,
+        breaker_kinds: Collection[str],
     ) -> None:
+        """`breaker_kinds`: the upstream failure kinds that count towards opening a breaker (the router's rule),
+        named in a breaker's reason."""
         self.stats = stats
         self.router = router
         self._limiter = limiter
         self.window_seconds = window_seconds
         self.breaker_cooldown = breaker_cooldown
+        self.breaker_kinds = breaker_kinds
 
     def limiter(self) -> LimiterHealth:
         return limiter_health(self._limiter)
@@ -141,7 +144,7 @@ class Health:
     def _breaker(self, provider: str, model: str, state: str) -> Breaker:
         streak = self.stats.streaks.get((provider, model))
         since = streak.last_failure_at if streak else None
-        cause = _failures(streak)
+        cause = _failures(streak, self.breaker_kinds)
         if state == "open":
             retry = f", next probe at {clock_time(since + self.breaker_cooldown)}" if since else ""
             opened = f" since {clock_time(since)}" if since else ""

@@ -30,7 +30,7 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from exai.observability.errors import Category
+from exai.errors import Category
 from exai.observability.health import LimiterHealth, limiter_health
 from exai.observability.process import ProcessMeter
 

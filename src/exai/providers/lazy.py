@@ -13,9 +13,9 @@ import importlib
 import threading
 from collections.abc import AsyncIterator, Iterable
 
+from exai.provider_specs import Wire
 from exai.providers.base import CallOptions, Provider
 from exai.providers.catalogue import ModelInfo
-from exai.providers.specs import Wire
 from exai.providers.types import DeltaCallback, GenerateRequest, GenerateResponse, StreamChunk
 
 WIRE_IMPLEMENTATIONS: dict[Wire, tuple[str, str]] = {

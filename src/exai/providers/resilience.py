@@ -8,7 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
-from exai.observability.errors import DeadlineError, ExaiError, NetworkError, ProviderError
+from exai.errors import DeadlineError, ExaiError, NetworkError, ProviderError
 from exai.providers.base import FailureKind, UpstreamError
 
 BreakerState = Literal["closed", "open", "half_open"]

@@ -18,8 +18,8 @@ from typing import Literal
 from opentelemetry.trace import StatusCode
 
 from exai.config import ProviderConfig, Settings
+from exai.errors import DeadlineError, ExaiError, InvalidInput, NotFoundError, ProviderError
 from exai.observability.context import current_correlation_id
-from exai.observability.errors import DeadlineError, ExaiError, NotFoundError, ProviderError, ValidationError
 from exai.observability.logging import get_logger
 from exai.observability.tracing import tracer
 from exai.providers.base import CallOptions, Provider, UpstreamError
@@ -205,7 +205,7 @@ class Router:
                     remedy="Start the server at CUSTOM_API_URL (e.g. `ollama serve`): its models are used as soon "
                     "as it answers, without a restart. Or name its models with CUSTOM_MODELS.",
                 )
-            raise ValidationError(
+            raise InvalidInput(
                 "No configured model accepts images." if needs_images else "No configured model is allowed.",
                 code="no_model",
                 remedy="Configure a provider with a vision model (images: true in `listmodels`), or send no images."
@@ -226,7 +226,7 @@ class Router:
                     details=exc.details,
                 ) from None
             if needs_images and not first.images:
-                raise ValidationError(
+                raise InvalidInput(
                     f"Model '{first.name}' does not accept images.",
                     code="images_unsupported",
                     remedy="Choose a model with images: true in `listmodels`, or 'auto'.",
@@ -482,14 +482,14 @@ def _rank(model: ModelInfo, category: Category) -> tuple[float, ...]:
     return (-model.intelligence, model.price_out)
 
 
-def no_provider_error() -> ValidationError:
-    from exai.providers.specs import PROVIDER_SPECS
+def no_provider_error() -> InvalidInput:
+    from exai.provider_specs import PROVIDER_SPECS
 
     hints = "; ".join(
         f"{spec.title}: {' or '.join(spec.key_env) if spec.key_required else 'CUSTOM_API_URL'}"
         for spec in PROVIDER_SPECS.values()
     )
-    return ValidationError(
+    return InvalidInput(
         "No model provider is configured.",
         code="no_provider",
         remedy=f"Set at least one of these environment variables, then restart: {hints}. "

@@ -18,7 +18,7 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
-from exai.observability.errors import NotFoundError, PermissionDeniedError, ValidationError
+from exai.errors import InvalidInput, NotFoundError, PermissionDeniedError
 
 _BINARY_PROBE = 8192
 MAX_PATH_CHARS = 4096
@@ -76,15 +76,15 @@ class FileAccess:
                 remedy="Set EXAI_FILE_ROOTS to the directories tools may read, or paste the content in the prompt.",
             )
         if "\x00" in raw:
-            raise ValidationError("A file path contains a NUL byte.", code="invalid_path", remedy="Fix the path.")
+            raise InvalidInput("A file path contains a NUL byte.", code="invalid_path", remedy="Fix the path.")
         if len(raw) > MAX_PATH_CHARS:
-            raise ValidationError(
+            raise InvalidInput(
                 f"A file path is {len(raw):,} characters long; the limit is {MAX_PATH_CHARS:,}.",
                 code="invalid_path",
                 remedy="Pass the real, absolute path of the file.",
             )
         if not os.path.isabs(raw):
-            raise ValidationError(
+            raise InvalidInput(
                 f"{quote_path(raw)} is not an absolute path.",
                 code="relative_path",
                 remedy=f"Pass absolute paths inside: {', '.join(map(str, self.roots))}.",
@@ -120,7 +120,7 @@ class FileAccess:
     @staticmethod
     def _open_error(raw: str, exc: OSError, part: str, dir_fd: int) -> Exception:
         if exc.errno == errno.ELOOP or (exc.errno == errno.ENOTDIR and _is_link(part, dir_fd)):
-            return ValidationError(
+            return InvalidInput(
                 f"{quote_path(raw)} passes through a symbolic link that loops or changed while it was opened.",
                 code="symlink_refused",
                 remedy="Pass the real path of the file.",
@@ -163,7 +163,7 @@ class FileAccess:
             info = os.fstat(fd)
             _refuse_unreadable(raw, info)
             if info.st_size > self.max_file_bytes:
-                raise ValidationError(
+                raise InvalidInput(
                     f"{quote_path(raw)} is {info.st_size:,} bytes; the limit per file is {self.max_file_bytes:,}.",
                     code="file_too_large",
                     remedy="Pass a smaller file or the relevant part of it in the prompt.",
@@ -173,13 +173,13 @@ class FileAccess:
         finally:
             os.close(fd)
         if b"\x00" in data[:_BINARY_PROBE]:
-            raise ValidationError(
+            raise InvalidInput(
                 f"{quote_path(raw)} is a binary file.", code="binary_file", remedy="Pass text files only."
             )
         try:
             text = data.decode("utf-8")
         except UnicodeDecodeError:
-            raise ValidationError(
+            raise InvalidInput(
                 f"{quote_path(raw)} is not UTF-8 text.", code="binary_file", remedy="Pass UTF-8 text files only."
             ) from None
         return FileText(path=str(resolved), text=text, lines=text.count("\n") + 1, size=len(data))
@@ -195,7 +195,7 @@ class FileAccess:
             seen.add(item.path)
             total += item.size
             if total > self.max_total_bytes:
-                raise ValidationError(
+                raise InvalidInput(
                     f"The files together exceed {self.max_total_bytes:,} bytes per call.",
                     code="files_too_large",
                     remedy="Pass fewer files, or raise EXAI_MAX_FILES_BYTES.",
@@ -212,7 +212,7 @@ def _refuse_unreadable(raw: str, info: os.stat_result) -> None:
     """Only regular files with a single link are read."""
     if not stat.S_ISREG(info.st_mode):
         kind = "a directory" if stat.S_ISDIR(info.st_mode) else "not a regular file (device, FIFO or socket)"
-        raise ValidationError(f"{quote_path(raw)} is {kind}.", code="not_a_file", remedy="Pass regular files only.")
+        raise InvalidInput(f"{quote_path(raw)} is {kind}.", code="not_a_file", remedy="Pass regular files only.")
     if info.st_nlink > 1:
         raise PermissionDeniedError(
             f"{quote_path(raw)} has {info.st_nlink} hard links; a hard link can expose a file outside "

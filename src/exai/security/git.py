@@ -31,7 +31,7 @@ import signal
 from dataclasses import dataclass
 from pathlib import Path
 
-from exai.observability.errors import ToolFailure, ValidationError
+from exai.errors import InvalidInput, ToolFailure
 from exai.security.files import FileAccess, quote_path
 from exai.security.git_config import ConfigEntry, check_config, neutralising_environment, parse_config_list
 from exai.security.git_store import check_git_directories
@@ -175,14 +175,14 @@ def check_revision(ref: str) -> None:
     """Refuse what can never be a revision (or could be read as an option) before git sees it."""
     shown = quote_path(ref)
     if ref.startswith("-"):
-        raise ValidationError(
+        raise InvalidInput(
             f"compare_to {shown} starts with '-': git would read it as an option, not a revision.",
             code="invalid_ref",
             remedy="Pass a branch, tag or commit id, e.g. `main` or `HEAD~1`.",
             details={"field": "compare_to"},
         )
     if not ref or len(ref) > _MAX_REF_CHARS or _BAD_REF.search(ref):
-        raise ValidationError(
+        raise InvalidInput(
             f"compare_to {shown} is not a revision (empty, over {_MAX_REF_CHARS} characters, or containing "
             "spaces or control characters).",
             code="invalid_ref",
@@ -219,7 +219,7 @@ class Repository:
             reason = ""
         lines = found.splitlines()
         if len(lines) != 3:
-            raise ValidationError(
+            raise InvalidInput(
                 f"{quote_path(path)} is not inside a git work tree within this server's file roots (git does not "
                 f"look for a repository above the roots){reason}.",
                 code="not_a_repository",
@@ -229,7 +229,7 @@ class Repository:
             )
         top_level, git_dir, common_dir = await asyncio.to_thread(lambda: [Path(os.path.realpath(p)) for p in lines])
         if not all(files.contains(p) for p in (top_level, git_dir, common_dir)):
-            raise ValidationError(
+            raise InvalidInput(
                 f"The git repository of {quote_path(path)} (work tree, .git or its common directory) lies outside "
                 "this server's file roots, so the server will not run git in it.",
                 code="repository_outside_roots",
@@ -268,7 +268,7 @@ class Repository:
         except ToolFailure as exc:
             if exc.code != "git_failed":
                 raise
-            raise ValidationError(
+            raise InvalidInput(
                 f"compare_to {quote_path(ref)} names no commit in this repository.",
                 code="unknown_ref",
                 remedy="Pass an existing branch, tag or commit id (see `git branch -a` and `git log --oneline`).",

@@ -19,7 +19,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from exai.observability.errors import ValidationError
+from exai.errors import InvalidInput
 from exai.security.files import quote_path
 
 _ALLOWED_EXTENSIONS = frozenset({"objectformat", "preciousobjects", "refstorage", "worktreeconfig"})
@@ -72,7 +72,7 @@ def check_config(entries: list[ConfigEntry]) -> None:
         return
     shown = "; ".join(f"{quote_path(key)} {reason}" for key, reason in refused[:_SHOWN_KEYS])
     more = f" (and {len(refused) - _SHOWN_KEYS} more)" if len(refused) > _SHOWN_KEYS else ""
-    raise ValidationError(
+    raise InvalidInput(
         f"The repository's configuration is refused: {shown}{more}. The server runs git only on local data and "
         "never runs a command or transport the repository configures.",
         code="repository_config_refused",

@@ -12,7 +12,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from exai.observability.errors import ValidationError
+from exai.errors import InvalidInput
 from exai.security.files import FileAccess, quote_path
 
 _ALTERNATES = ("objects/info/alternates", "objects/info/http-alternates")
@@ -41,8 +41,8 @@ def _links(top: Path) -> Iterator[Path]:
                     pending.append(Path(entry.path))
 
 
-def _refused(what: str) -> ValidationError:
-    return ValidationError(
+def _refused(what: str) -> InvalidInput:
+    return InvalidInput(
         f"The repository's git directory {what} the server's file roots, so the server will not run git in it.",
         code="repository_outside_roots",
         remedy="Run `git diff --staged` and `git diff` yourself and pass the output in `diff`, or use a clone "

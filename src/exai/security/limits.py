@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Literal, Protocol
 import anyio
 from pydantic import BaseModel, Field
 
-from exai.observability.errors import RateLimitError
+from exai.errors import RateLimitError
 from exai.observability.logging import get_logger
 
 if TYPE_CHECKING:

@@ -20,7 +20,7 @@ from contextlib import asynccontextmanager
 
 import anyio
 
-from exai.observability.errors import OverloadedError, UnavailableError
+from exai.errors import OverloadedError, UnavailableError
 
 RETRY_IN_SECONDS = 1.0
 """What a refused caller is told to wait: calls on a loaded replica finish (and free room) within about that."""

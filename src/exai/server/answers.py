@@ -16,7 +16,7 @@ from typing import Any
 
 import mcp_types as types
 
-from exai.observability.errors import ExaiError
+from exai.errors import ExaiError
 from exai.security.auth import COLLECT_TOOL
 from exai.server.results import error_result
 from exai.storage.base import CallRecord

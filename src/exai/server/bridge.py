@@ -33,7 +33,7 @@ from mcp.shared.exceptions import MCPError
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
 from exai import __version__
-from exai.observability.errors import AuthError, ExaiError, NetworkError, ValidationError
+from exai.errors import AuthError, ExaiError, InvalidInput, NetworkError
 from exai.observability.logging import get_logger
 from exai.server.bridge_transport import (
     Delivery,
@@ -72,7 +72,7 @@ def check_token_transport(url: str, token: str | None, allow_plain_http: bool) -
     parts = urlsplit(url)
     if token is None or parts.scheme != "http" or allow_plain_http or is_loopback_host(parts.hostname or ""):
         return
-    raise ValidationError(
+    raise InvalidInput(
         f"Refusing to send EXAI_TOKEN over plain http:// to {parts.hostname}: anyone on the network path could read "
         "it and use it.",
         code="token_over_plain_http",

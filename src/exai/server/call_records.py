@@ -26,7 +26,13 @@ from typing import Any
 import mcp_types as types
 
 from exai.config import Settings
-from exai.observability.errors import Category, ExaiError, NotFoundError, RateLimitError, StorageError
+from exai.errors import (
+    CallCancelledError,
+    CallLostError,
+    NotFoundError,
+    RateLimitError,
+    StorageError,
+)
 from exai.observability.logging import get_logger
 from exai.server.answers import outcome_result
 from exai.server.results import error_result
@@ -64,20 +70,6 @@ def lost_message(call: CallRecord) -> str:
         f"The daemon that ran this '{call.tool}' call stopped before the answer arrived, so the work was lost "
         f"(it is not run again automatically: that would pay twice). To go on, {how}."
     )
-
-
-class CallLostError(ExaiError):
-    """The replica that ran the call died before the answer arrived."""
-
-    category = Category.TOOL
-    http_status = 503
-    default_retryable = True
-
-
-class CallCancelledError(ExaiError):
-    category = Category.TOOL
-    http_status = 409
-    severity = "warning"
 
 
 def lost_error(call: CallRecord) -> CallLostError:

@@ -22,8 +22,8 @@ import mcp_types as types
 import pydantic
 
 from exai.app import Services
+from exai.errors import ExaiError, InternalError, InvalidInput, PermissionDeniedError, RateLimitError
 from exai.observability.context import start_upstream_clock
-from exai.observability.errors import ExaiError, InternalError, PermissionDeniedError, RateLimitError, ValidationError
 from exai.observability.events import CallEvent, Outcome
 from exai.observability.logging import get_logger
 from exai.observability.tracing import tracer
@@ -63,7 +63,7 @@ def validate(tool: Tool[Any, Any], arguments: dict[str, Any] | None) -> pydantic
         raise validation_error(tool, exc) from None
 
 
-def validation_error(tool: Tool[Any, Any], exc: pydantic.ValidationError) -> ValidationError:
+def validation_error(tool: Tool[Any, Any], exc: pydantic.ValidationError) -> InvalidInput:
     problems = []
     fields = []
     for err in exc.errors():
@@ -75,7 +75,7 @@ def validation_error(tool: Tool[Any, Any], exc: pydantic.ValidationError) -> Val
             message = "unknown field" if err["type"] == "extra_forbidden" else err["msg"]
         fields.append(field)
         problems.append(f"{field}: {message}")
-    return ValidationError(
+    return InvalidInput(
         f"Invalid arguments for '{tool.name}': " + "; ".join(problems) + ".",
         code="invalid_arguments",
         remedy=f"Correct the named fields; the tool's input schema is in tools/list under '{tool.name}'.",

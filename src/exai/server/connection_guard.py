@@ -18,10 +18,8 @@ from __future__ import annotations
 import asyncio
 import resource
 
-import h11
-from uvicorn.protocols.http.h11_impl import H11Protocol
-
 from exai.observability.logging import get_logger
+from exai.server.internals import UvicornH11Connection
 
 log = get_logger(__name__)
 
@@ -39,7 +37,7 @@ def plain_response(status: str, message: str, *headers: str) -> bytes:
     return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
 
 
-class GuardedH11Protocol(H11Protocol):
+class GuardedH11Protocol(UvicornH11Connection):
     """uvicorn's H11Protocol with a connection cap, a time limit for request headers, and one for unread bodies."""
 
     header_seconds: float = 10.0
@@ -48,30 +46,22 @@ class GuardedH11Protocol(H11Protocol):
     _clock: asyncio.TimerHandle | None = None
     _waiting_for: str | None = None  # "headers", or "body" of a request already answered
 
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
-        if len(self.connections) > self.max_connections:
+    def opened(self) -> None:
+        if self.open_connections() > self.max_connections:
             log.warning("connection refused: connection cap reached", max_connections=self.max_connections)
             message = (
                 f"Service Unavailable: the server holds its maximum of {self.max_connections} connections "
                 "(EXAI_MAX_CONNECTIONS). Retry shortly."
             )
-            transport.write(plain_response("503 Service Unavailable", message, "retry-after: 1"))
-            transport.close()
+            self.close(plain_response("503 Service Unavailable", message, "retry-after: 1"))
             return
         self._watch()
 
-    def data_received(self, data: bytes) -> None:
-        super().data_received(data)
+    def progressed(self) -> None:
         self._watch()
 
-    def on_response_complete(self) -> None:
-        super().on_response_complete()
-        self._watch()
-
-    def connection_lost(self, exc: Exception | None) -> None:
+    def closing(self) -> None:
         self._stop_clock()
-        super().connection_lost(exc)
 
     def _watch(self) -> None:
         """Run a clock while the client owes us request headers, or the rest of a body we already answered.
@@ -79,17 +69,12 @@ class GuardedH11Protocol(H11Protocol):
         A body the application is reading is timed by `BodyDeadline`; one it answered without reading is still
         drained (the client cannot read the answer before it has sent the body), within the same time.
         """
-        waiting_for = None
-        if not self.transport.is_closing():
-            if self.conn.their_state is h11.IDLE:
-                waiting_for = "headers"
-            elif self.conn.their_state is h11.SEND_BODY and self.conn.our_state in (h11.DONE, h11.MUST_CLOSE):
-                waiting_for = "body"
+        waiting_for = self.owed()
         if waiting_for != self._waiting_for:
             self._stop_clock()
             if waiting_for is not None:
                 seconds = self.header_seconds if waiting_for == "headers" else self.body_seconds
-                self._clock = self.loop.call_later(seconds, self._too_slow)
+                self._clock = self.call_later(seconds, self._too_slow)
                 self._waiting_for = waiting_for
 
     def _stop_clock(self) -> None:
@@ -100,7 +85,7 @@ class GuardedH11Protocol(H11Protocol):
     def _too_slow(self) -> None:
         waiting_for = self._waiting_for
         self._clock, self._waiting_for = None, None
-        if self.transport.is_closing():
+        if self.is_closing():
             return
         log.info("connection closed: the client was too slow", waiting_for=waiting_for)
         if waiting_for == "headers":
@@ -108,8 +93,9 @@ class GuardedH11Protocol(H11Protocol):
                 f"Request Timeout: the request line and headers must arrive within {self.header_seconds:g} s "
                 "(EXAI_HTTP_HEADER_TIMEOUT_SECONDS)."
             )
-            self.transport.write(plain_response("408 Request Timeout", message))
-        self.transport.close()
+            self.close(plain_response("408 Request Timeout", message))
+        else:
+            self.close()
 
 
 def guarded_h11_protocol(header_seconds: float, body_seconds: float, max_connections: int) -> type[GuardedH11Protocol]:

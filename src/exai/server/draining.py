@@ -13,10 +13,10 @@ import asyncio
 from collections.abc import Callable
 
 import anyio
-from sse_starlette.sse import AppStatus
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from exai.observability.logging import get_logger
+from exai.server.internals import end_every_stream
 
 log = get_logger(__name__)
 
@@ -44,11 +44,6 @@ class InFlightPosts:
                 self.idle.set()
 
 
-def keep_streams_open_on_signal() -> None:
-    """Stop sse-starlette from ending every stream the moment SIGTERM arrives (see `end_streams_when_idle`)."""
-    AppStatus.disable_automatic_graceful_drain()
-
-
 CUT_SECONDS = 2.0
 """How long calls cut at the end of the grace period have to send their error answers."""
 
@@ -64,4 +59,4 @@ async def end_streams_when_idle(posts: InFlightPosts, grace_seconds: float, cut_
         log.warning("grace period over: cutting the calls still running", calls=cut_calls())
         with anyio.move_on_after(CUT_SECONDS):
             await posts.idle.wait()
-    AppStatus.should_exit = True
+    end_every_stream()

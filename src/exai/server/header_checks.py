@@ -19,7 +19,7 @@ from starlette.datastructures import Headers
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from exai.observability.errors import PermissionDeniedError
+from exai.errors import PermissionDeniedError
 from exai.server.refusals import refuse
 
 ACCEPT_BOTH = "application/json, text/event-stream"

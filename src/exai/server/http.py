@@ -28,7 +28,7 @@ from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Lifespan, Scope
 
 from exai.app import Services
-from exai.observability.errors import AuthError, PermissionDeniedError
+from exai.errors import AuthError, PermissionDeniedError
 from exai.observability.logging import get_logger
 from exai.observability.metrics import BREAKER_VALUES
 from exai.security.auth import ADMIN_SCOPE, METRICS_SCOPE, TOOLS_SCOPE, request_access, request_tenant
@@ -37,8 +37,9 @@ from exai.server.cancellation import CallCancellations, StatelessCancellation
 from exai.server.connection_guard import guarded_h11_protocol, raise_file_limit
 from exai.server.correlation import RequestIdMiddleware
 from exai.server.dashboard import DASHBOARD_HTML, dashboard_snapshot
-from exai.server.draining import CUT_SECONDS, InFlightPosts, end_streams_when_idle, keep_streams_open_on_signal
+from exai.server.draining import CUT_SECONDS, InFlightPosts, end_streams_when_idle
 from exai.server.header_checks import AcceptCheck, HostOriginCheck
+from exai.server.internals import forget_captured_signals, keep_streams_open_on_signal
 from exai.server.mcp import build_server
 from exai.server.request_body import BodyDeadline, CompleteBody
 from exai.server.request_ids import IdTypeCheck, InFlightIds
@@ -314,7 +315,7 @@ class _GracefulServer(uvicorn.Server):
             return
         self.admission.draining = True
         super().handle_exit(sig, frame)
-        self._captured_signals.clear()
+        forget_captured_signals(self)
 
     async def on_tick(self, counter: int) -> bool:
         if self._notice_ends is not None and time.monotonic() >= self._notice_ends:

@@ -30,13 +30,14 @@ from mcp.shared.exceptions import MCPError
 
 from exai import __version__
 from exai.app import Services
+from exai.errors import NotFoundError
 from exai.observability.context import bind_correlation_id, caller_correlation_id
-from exai.observability.errors import NotFoundError
 from exai.observability.logging import get_logger
 from exai.security.auth import COLLECT_TOOL, LOCAL_TENANT, visible_tools
 from exai.server.answers import pending_result, with_pending
 from exai.server.call_records import Execution
 from exai.server.calls import Caller, handle_call
+from exai.server.internals import connection_of
 from exai.server.tasks import LEGACY_CAPABILITY as LEGACY_TASKS
 from exai.server.tasks import TasksSurface, announce_end, created, declares_extension, refusal_error
 from exai.server.tool_refusals import unknown_tool
@@ -56,15 +57,6 @@ def incoming_correlation_id(ctx: ServerRequestContext[Any, Any]) -> str | None:
     """The caller's request id (X-Request-ID, else the W3C traceparent's trace id), if it is a safe one."""
     headers = getattr(ctx.request, "headers", None)
     return None if headers is None else caller_correlation_id(headers)
-
-
-def _connection_of(ctx: ServerRequestContext[Any, Any]) -> Any:
-    """The client connection behind a request (the SDK builds a new session object for every request).
-
-    `logging/setLevel` is connection state on handshake-era protocol versions; the SDK offers no public
-    handle for the connection on the low-level context, so the private attribute is read here, in one place.
-    """
-    return getattr(ctx.session, "_connection", ctx.session)
 
 
 def _progress_token(ctx: ServerRequestContext[Any, Any]) -> Any:
@@ -168,7 +160,7 @@ def build_server(services: Services) -> Server[Any]:
         async def send_log(level: str, message: str) -> None:
             if not attached:
                 return
-            threshold = levels.get(_connection_of(ctx), "info")
+            threshold = levels.get(connection_of(ctx), "info")
             if LEVELS.index(level) < LEVELS.index(threshold):
                 return
             try:
@@ -228,7 +220,7 @@ def build_server(services: Services) -> Server[Any]:
         return pending_result(call, settings.client_wait_seconds)
 
     async def set_level(ctx: ServerRequestContext[Any, Any], params: types.SetLevelRequestParams) -> types.EmptyResult:
-        levels[_connection_of(ctx)] = params.level
+        levels[connection_of(ctx)] = params.level
         return types.EmptyResult()
 
     async def list_prompts(ctx: ServerRequestContext[Any, Any], params: Any) -> types.ListPromptsResult:

@@ -14,7 +14,7 @@ from starlette.datastructures import Headers
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from exai.observability.errors import DeadlineError
+from exai.errors import DeadlineError
 from exai.observability.logging import get_logger
 from exai.server.refusals import refuse
 

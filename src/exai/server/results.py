@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import mcp_types as types
 
-from exai.observability.errors import ExaiError
+from exai.errors import ExaiError
 
 ERROR_META_KEY = "exai/error"
 

@@ -9,7 +9,7 @@ was hit and how to free room: close sessions you no longer use, or wait for idle
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable, Container
+from collections.abc import Callable
 
 from mcp.server.streamable_http import MCP_SESSION_ID_HEADER
 from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
@@ -18,17 +18,10 @@ from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from exai.observability.errors import RateLimitError
+from exai.errors import RateLimitError
 from exai.security.limits import RateLimiter
+from exai.server.internals import live_sessions
 from exai.server.refusals import refuse
-
-
-def live_sessions(manager: StreamableHTTPSessionManager) -> Container[str]:
-    """The ids of the sessions the SDK still serves (it ends them on DELETE, idle timeout or crash).
-
-    The SDK offers no public view of its sessions; the private mapping is read here, in one place.
-    """
-    return manager._server_instances
 
 
 def opens_session(scope: Scope) -> bool:

@@ -25,7 +25,7 @@ from mcp.shared.exceptions import MCPError
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 from pydantic import BaseModel, ConfigDict
 
-from exai.observability.errors import ExaiError
+from exai.errors import ExaiError
 from exai.server.call_records import CallRunner, jsonrpc_error, result_payload
 from exai.server.results import ERROR_META_KEY
 from exai.storage.base import TERMINAL, CallRecord

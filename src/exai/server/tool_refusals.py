@@ -12,7 +12,7 @@ import mcp_types as types
 from mcp.shared.exceptions import MCPError
 
 from exai.app import Services
-from exai.observability.errors import RateLimitError
+from exai.errors import RateLimitError
 from exai.observability.events import CallEvent, Outcome
 
 UNKNOWN_TOOL = "(unknown)"

@@ -8,11 +8,39 @@ from __future__ import annotations
 
 import asyncio
 
+from exai.observability.events import CallEvent
 from exai.observability.logging import get_logger
 from exai.storage.base import AuditRecord, Store
 
 log = get_logger(__name__)
 CLOSE_ATTEMPTS = 3  # failed writes retried at close before what is left is reported lost
+
+
+def call_audit_records(event: CallEvent) -> list[AuditRecord]:
+    """One row per model call (so usage is kept per model), or one row for a call that asked no model."""
+    common = {
+        "time": event.finished_at,
+        "tenant": event.tenant,
+        "tool": event.tool,
+        "latency_ms": round(event.latency_s * 1000, 2),
+        "correlation_id": event.correlation_id,
+        "thread_id": event.thread_id,
+    }
+    if not event.model_calls:
+        return [AuditRecord(**common, outcome=event.outcome, error_category=event.error_category)]
+    return [
+        AuditRecord(
+            **common,
+            outcome="error" if call.failure else event.outcome,
+            error_category=call.failure or event.error_category,
+            model=call.model,
+            provider=call.provider,
+            input_tokens=call.input_tokens,
+            output_tokens=call.output_tokens,
+            cost_usd=call.cost_usd,
+        )
+        for call in event.model_calls
+    ]
 
 
 class AuditWriter:
@@ -35,6 +63,13 @@ class AuditWriter:
         except asyncio.QueueFull:
             self.dropped += 1
             log.error("audit_queue_full", dropped=self.dropped)
+
+    def add_call(self, event: CallEvent) -> None:
+        for record in call_audit_records(event):
+            self.add(record)
+
+    def add_task_event(self, kind: str, tenant: str, tool: str, correlation_id: str) -> None:
+        self.add(AuditRecord(tenant=tenant, tool=tool, outcome=f"task_{kind}", correlation_id=correlation_id))
 
     async def _write(self, records: list[AuditRecord]) -> bool:
         """Write one batch; on failure put it back for the next attempt."""

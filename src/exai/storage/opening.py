@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from urllib.parse import urlsplit
 
-from exai.observability.errors import StorageError
+from exai.errors import StorageError
 from exai.storage.base import Store
 
 

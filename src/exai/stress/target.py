@@ -49,7 +49,7 @@ def run_token(tenant: str, admin: bool = True) -> str:
 
 def _inherited_env() -> dict[str, str]:
     """This process's environment without any EX-AI setting or provider key: daemons talk to the simulator only."""
-    from exai.providers.specs import PROVIDER_SPECS
+    from exai.provider_specs import PROVIDER_SPECS
 
     dropped = {"CUSTOM_API_URL", "CUSTOM_BASE_URL", "CUSTOM_MODELS", "CUSTOM_CONTEXT_WINDOW"}
     for spec in PROVIDER_SPECS.values():

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from exai.observability.errors import ValidationError
+from exai.errors import InvalidInput
 from exai.tools.base import Tool
 from exai.tools.challenge import ChallengeTool
 from exai.tools.chat import ChatTool
@@ -78,7 +78,7 @@ def enabled_tools(profile: str, disabled: list[str]) -> list[Tool[Any, Any]]:
     names = {tool.name for tool in ALL_TOOLS}
     unknown = sorted(set(disabled) - names)
     if unknown:
-        raise ValidationError(
+        raise InvalidInput(
             f"EXAI_DISABLED_TOOLS names unknown tools: {', '.join(unknown)}.",
             code="config_invalid",
             remedy=f"Use names from: {', '.join(sorted(names))}.",

@@ -14,7 +14,7 @@ import anyio
 from pydantic import BaseModel, ConfigDict, model_validator
 
 from exai.conversations.tokens import count_tokens_async
-from exai.observability.errors import ExaiError
+from exai.errors import ExaiError
 from exai.observability.events import ModelCall
 from exai.security.limits import TokenReservation
 

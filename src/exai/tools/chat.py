@@ -9,7 +9,7 @@ from pydantic import BaseModel, Field
 
 from exai.conversations.history import SkippedFile, build_prompt
 from exai.conversations.threads import answer_turn, truncation_notice
-from exai.observability.errors import ValidationError
+from exai.errors import InvalidInput
 from exai.providers.types import GenerateRequest, ImageInput, StreamChunk, ThinkingMode
 from exai.storage.base import TurnRecord
 from exai.tools.base import PROMPT_CEILING, PROMPT_LIMIT, Tool, ToolContext, ToolInput, ToolResult
@@ -87,7 +87,7 @@ class ChatTool(Tool[ChatInput, ChatOutput]):
         limit = services.settings.max_prompt_chars
         for field, text in (("prompt", args.prompt), ("system_prompt", args.system_prompt or "")):
             if len(text) > limit:
-                raise ValidationError(
+                raise InvalidInput(
                     f"`{field}` is {len(text):,} characters; the limit is {limit:,}.",
                     code="prompt_too_large",
                     remedy="Save the content to a file and pass its absolute path in `files` instead, "
@@ -96,7 +96,7 @@ class ChatTool(Tool[ChatInput, ChatOutput]):
                 )
         for index, url in enumerate(args.images):
             if not url.startswith(("data:image/", "http://", "https://")):
-                raise ValidationError(
+                raise InvalidInput(
                     f"images[{index}] is neither an image data URL nor an http(s) URL.",
                     code="invalid_arguments",
                     remedy="Pass data:image/...;base64,... or an http(s) URL.",

@@ -12,7 +12,7 @@ from pydantic import BaseModel, Field
 
 from exai.conversations.history import SkippedFile, build_prompt
 from exai.conversations.threads import truncation_notice
-from exai.observability.errors import ExaiError, ValidationError
+from exai.errors import ExaiError, InvalidInput
 from exai.providers.types import GenerateRequest
 from exai.storage.base import TurnRecord
 from exai.tools.base import Tool, ToolContext, ToolInput, ToolResult
@@ -98,7 +98,7 @@ class ConsensusTool(Tool[ConsensusInput, ConsensusOutput]):
         targets = [plan.first for plan in plans]
         seen = {(t.name, e.stance, e.stance_prompt) for t, e in zip(targets, args.models, strict=True)}
         if len(seen) != len(args.models):
-            raise ValidationError(
+            raise InvalidInput(
                 "The same model is listed twice with the same stance.",
                 code="duplicate_model",
                 remedy="Give each repeated model a different stance.",
@@ -106,7 +106,7 @@ class ConsensusTool(Tool[ConsensusInput, ConsensusOutput]):
             )
         repeated = sorted(name for name, n in Counter(t.name for t in targets).items() if n > MAX_REPEATS_PER_MODEL)
         if repeated:
-            raise ValidationError(
+            raise InvalidInput(
                 f"Model {', '.join(repeated)} is listed more than {MAX_REPEATS_PER_MODEL} times; one consensus call "
                 f"may ask each model at most {MAX_REPEATS_PER_MODEL} times (once per stance).",
                 code="model_repeated",

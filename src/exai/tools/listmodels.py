@@ -6,7 +6,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from exai.providers.specs import PROVIDER_SPECS
+from exai.provider_specs import PROVIDER_SPECS
 from exai.tools.base import Tool, ToolContext, ToolInput, ToolResult
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 
-from exai.observability.errors import ExaiError, ValidationError
+from exai.errors import ExaiError, InvalidInput
 from exai.security.files import FileAccess, quote_path
 from exai.security.git import DIFF_OPTIONS, GitOutputTooLarge, Repository
 
@@ -48,7 +48,7 @@ async def worktree(repo: Repository, files: FileAccess, budget: Budget, revision
     )
     refused = await asyncio.to_thread(_refused, files, repo, names)
     if len(refused) > MAX_SKIPPED:
-        raise ValidationError(
+        raise InvalidInput(
             f"{len(refused):,} changed files cannot be shown (hard links, links leading outside the roots, or "
             f"special files); the limit is {MAX_SKIPPED:,}.",
             code="unsafe_work_tree",

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from exai.observability.errors import PermissionDeniedError, ValidationError
+from exai.errors import InvalidInput, PermissionDeniedError
 from exai.security.files import FileAccess, quote_path
 from exai.security.git import GitOutputTooLarge, Repository, check_revision
 from exai.tools.base import ToolContext
@@ -78,8 +78,8 @@ async def _repository(args: PrecommitInput, files: FileAccess) -> Repository:
         raise
 
 
-def _diff_required(where: str) -> ValidationError:
-    return ValidationError(
+def _diff_required(where: str) -> InvalidInput:
+    return InvalidInput(
         f"Cannot read the changes: {where}.",
         code="diff_required",
         remedy="Run `git diff --staged` and `git diff` (or `git diff <ref>`) yourself and pass the output in "
@@ -107,8 +107,8 @@ async def _pending_changes(args: PrecommitInput, files: FileAccess, limit: int) 
     return "\n".join(p for p in parts if p.strip())
 
 
-def _too_large(limit: int) -> ValidationError:
-    return ValidationError(
+def _too_large(limit: int) -> InvalidInput:
+    return InvalidInput(
         f"The diff is larger than {limit:,} bytes.",
         code="diff_too_large",
         remedy="Review in smaller parts (use compare_to, commit or stash some changes, or pass `diff` yourself).",

@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from exai.observability.errors import ValidationError
+from exai.errors import InvalidInput
 from exai.storage.base import ThreadRecord
 from exai.tools.base import Tool, ToolContext, ToolInput, ToolResult
 
@@ -70,7 +70,7 @@ class ThreadsTool(Tool[ThreadsInput, ThreadsOutput]):
             )
             return ToolResult(text=text, data=ThreadsOutput(threads=summaries))
         if not args.thread_id:
-            raise ValidationError(
+            raise InvalidInput(
                 "action 'show' needs thread_id.",
                 code="invalid_arguments",
                 remedy="Pass thread_id from the list.",

@@ -20,7 +20,7 @@ from pydantic import BaseModel, Field
 from exai.conversations.history import SkippedFile, build_prompt
 from exai.conversations.state import Confidence, Issue, StateChange, WorkflowRun, WorkflowStep, finish_run, record_step
 from exai.conversations.threads import Thread, answer_turn, truncation_notice
-from exai.observability.errors import ExaiError, ValidationError
+from exai.errors import ExaiError, InvalidInput
 from exai.providers.router import Category
 from exai.providers.types import GenerateRequest, ThinkingMode
 from exai.storage.base import TurnRecord
@@ -97,7 +97,7 @@ class WorkflowTool(Tool[WorkflowInput, WorkflowOutput]):
     async def run(self, args: WorkflowInput, ctx: ToolContext) -> ToolResult[WorkflowOutput]:
         services = ctx.services
         if args.step_number > 1 and not args.continuation_id:
-            raise ValidationError(
+            raise InvalidInput(
                 f"step_number {args.step_number} needs the continuation_id returned by step 1.",
                 code="missing_continuation_id",
                 details={"field": "continuation_id"},

@@ -77,7 +77,9 @@ class ExaiError(Exception):
         return f"{text} (correlation id: {self.correlation_id})"
 
 
-class ValidationError(ExaiError):
+class InvalidInput(ExaiError):
+    """The caller's input (arguments, paths, configuration) is wrong; the message says how to fix it."""
+
     category = Category.VALIDATION
     http_status = 400
     severity = "warning"
@@ -161,3 +163,19 @@ class InternalError(ExaiError):
     category = Category.INTERNAL
     http_status = 500
     severity = "critical"
+
+
+class CallLostError(ExaiError):
+    """The replica that ran a durable call died before the answer arrived; the work is not run again."""
+
+    category = Category.TOOL
+    http_status = 503
+    default_retryable = True
+
+
+class CallCancelledError(ExaiError):
+    """A durable call was cancelled (by its client, possibly through another replica) before it finished."""
+
+    category = Category.TOOL
+    http_status = 409
+    severity = "warning"

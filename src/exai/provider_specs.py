@@ -1,4 +1,7 @@
-"""The built-in providers, as data: which wire API each speaks, where, and which variables enable it."""
+"""The built-in providers, as data: which wire API each speaks, where, and which variables enable it.
+
+A leaf module (it imports nothing of exai): configuration reads it to name the variables, providers to build clients.
+"""
 
 from __future__ import annotations
 

@@ -1,0 +1,151 @@
+"""Every place the server reaches into a library's private internals, in one module.
+
+Each shim below uses something its library does not promise to keep: a private attribute, a global, or a class
+that is not part of its public API. Each says why no public way exists and what it relies on, and `SHIMS` names
+the distribution it reaches into. `WRITTEN_FOR` records the versions the shims were written and tested against;
+tests/test_internals.py fails, naming the shims to re-check, when an installed version differs. After checking a
+shim against the new version (its docstring says what to look at), update the version here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Container
+from typing import Any, Literal
+
+import h11
+import uvicorn
+from mcp.server.context import ServerRequestContext
+from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
+from sse_starlette.sse import AppStatus
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+WRITTEN_FOR: dict[str, str] = {
+    "mcp": "2.3.0",
+    "uvicorn": "0.54.0",
+    "h11": "0.16.0",
+    "sse-starlette": "3.7.0",
+}
+"""The installed versions each shim was last checked against, by distribution."""
+
+SHIMS: dict[str, tuple[str, ...]] = {
+    "live_sessions": ("mcp",),
+    "connection_of": ("mcp",),
+    "forget_captured_signals": ("uvicorn",),
+    "UvicornH11Connection": ("uvicorn", "h11"),
+    "keep_streams_open_on_signal": ("sse-starlette",),
+    "end_every_stream": ("sse-starlette",),
+}
+"""Each shim, with the distributions whose internals it uses."""
+
+
+def live_sessions(manager: StreamableHTTPSessionManager) -> Container[str]:
+    """The ids of the sessions the MCP SDK still serves (it ends them on DELETE, idle timeout or crash).
+
+    Why: the per-tenant session quota (server/sessions.py) must forget sessions the SDK ended on its own; the SDK
+    offers no public view of its sessions. Relies on: `StreamableHTTPSessionManager._server_instances`, a mapping
+    keyed by session id that the manager keeps current.
+    """
+    return manager._server_instances
+
+
+def connection_of(ctx: ServerRequestContext[Any, Any]) -> Any:
+    """The client connection behind an MCP request (the SDK builds a new session object for every request).
+
+    Why: `logging/setLevel` is connection state on handshake-era protocol versions, so the level must be kept per
+    connection; the SDK offers no public handle for the connection on the low-level request context. Relies on:
+    `ServerRequestContext.session._connection`, one object per client connection (falls back to the session).
+    """
+    return getattr(ctx.session, "_connection", ctx.session)
+
+
+def forget_captured_signals(server: uvicorn.Server) -> None:
+    """Keep uvicorn from re-raising SIGTERM / SIGINT after its graceful shutdown.
+
+    Why: uvicorn re-raises the signals it captured once it has shut down, so a daemon that finished every call in
+    flight would die "by signal" (exit 143) instead of exiting 0; there is no option to turn that off. Relies on:
+    `Server._captured_signals`, the list `capture_signals` re-raises on exit, filled by `handle_exit`.
+    """
+    server._captured_signals.clear()
+
+
+class UvicornH11Connection(H11Protocol):
+    """uvicorn's h11 connection protocol, seen through a few hooks and questions, for connection limits.
+
+    Why: uvicorn has no limit on connections held open without a complete request (slowloris), and no hook per
+    connection; the only way in is its protocol class (the `http` option accepts one). Relies on: uvicorn calling
+    `connection_made`, `data_received`, `on_response_complete` and `connection_lost` on `H11Protocol` for each
+    connection, and its attributes `conn` (the `h11.Connection`), `transport`, `loop` and `connections` (the
+    server-wide set of open protocols). Subclasses override `opened`, `progressed` and `closing` only.
+    """
+
+    def opened(self) -> None:
+        """A connection was accepted (and counted in `open_connections`)."""
+
+    def progressed(self) -> None:
+        """Bytes arrived, or a response was sent: what the client owes may have changed."""
+
+    def closing(self) -> None:
+        """The connection is gone."""
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        # uvicorn narrows asyncio's BaseTransport parameter to Transport: an override of its signature, not ours.
+        super().connection_made(transport)
+        self.opened()
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        self.progressed()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        self.progressed()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closing()
+        super().connection_lost(exc)
+
+    def open_connections(self) -> int:
+        """Connections this server holds now, this one included."""
+        return len(self.connections)
+
+    def is_closing(self) -> bool:
+        return self.transport.is_closing()
+
+    def owed(self) -> Literal["headers", "body"] | None:
+        """What the client owes: a request's headers, the rest of a body already answered without being read, or
+        nothing (a request the application is handling, or a closing connection)."""
+        if self.transport.is_closing():
+            return None
+        if self.conn.their_state is h11.IDLE:
+            return "headers"
+        if self.conn.their_state is h11.SEND_BODY and self.conn.our_state in (h11.DONE, h11.MUST_CLOSE):
+            return "body"
+        return None
+
+    def call_later(self, seconds: float, callback: Any) -> asyncio.TimerHandle:
+        return self.loop.call_later(seconds, callback)
+
+    def close(self, answer: bytes = b"") -> None:
+        """Write `answer` (a complete raw HTTP response, or nothing) and close the connection."""
+        if answer:
+            self.transport.write(answer)
+        self.transport.close()
+
+
+def keep_streams_open_on_signal() -> None:
+    """Stop sse-starlette from ending every server-sent event stream the moment SIGTERM arrives.
+
+    Why: calls whose answers are still streaming must be left to finish on a graceful shutdown
+    (server/draining.py); sse-starlette's drain is process-wide and on by default. Relies on: the global
+    `AppStatus` and its `disable_automatic_graceful_drain()`.
+    """
+    AppStatus.disable_automatic_graceful_drain()
+
+
+def end_every_stream() -> None:
+    """Tell every sse-starlette stream of this process to end (the drain's last step, when no call is left).
+
+    Relies on: every stream watching the global `AppStatus.should_exit`.
+    """
+    AppStatus.should_exit = True
