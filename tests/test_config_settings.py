@@ -1,0 +1,80 @@
+"""Settings are defined once: renamed settings keep their old names with a warning, contradictions stop start-up,
+settings without effect are said, and every setting is in the README's settings table."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from exai.config import RENAMED, env_names, load_settings
+from exai.config_checks import setting_warnings
+from exai.config_problems import ConfigError
+
+RENAMED_VALUES = {
+    # old variable: (a value, the field that must hold it)
+    "EXAI_RETRY_BASE_DELAY": ("0.25", "retry_base_delay_seconds"),
+    "EXAI_RETRY_MAX_DELAY": ("9.5", "retry_max_delay_seconds"),
+    "EXAI_MAX_FILES_BYTES": ("123456", "max_file_bytes_per_call"),
+}
+
+
+def _exai(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "exai", *args],
+        env={**os.environ, **env},
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=90,
+        check=False,
+    )
+
+
+def test_every_renamed_setting_is_covered() -> None:
+    assert set(RENAMED_VALUES) == set(RENAMED)
+
+
+@pytest.mark.parametrize("old", list(RENAMED_VALUES))
+def test_an_old_name_still_sets_the_renamed_setting_with_a_warning(old: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    value, field = RENAMED_VALUES[old]
+    monkeypatch.setenv(old, value)
+    settings = load_settings()
+    assert getattr(settings, field) == float(value)
+    new = env_names(field)[0]
+    warnings = setting_warnings(settings)
+    assert any(old in w and "deprecated" in w and new in w for w in warnings), warnings
+    assert not any("not an EX-AI setting" in w for w in warnings), warnings
+
+
+def test_the_new_name_wins_over_the_old_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EXAI_RETRY_MAX_DELAY", "3")
+    monkeypatch.setenv("EXAI_RETRY_MAX_DELAY_SECONDS", "4")
+    assert load_settings().retry_max_delay_seconds == 4
+
+
+def test_an_old_key_in_the_toml_file_still_applies_with_a_warning(tmp_path: Path) -> None:
+    (tmp_path / "exai.toml").write_text("retry_base_delay = 0.125\nmax_files_bytes = 4096\n")
+    settings = load_settings()
+    assert (settings.retry_base_delay_seconds, settings.max_file_bytes_per_call) == (0.125, 4096)
+    warnings = setting_warnings(settings)
+    assert any("retry_base_delay (in exai.toml)" in w and "retry_base_delay_seconds" in w for w in warnings)
+
+
+def test_a_variable_name_in_the_toml_file_applies(tmp_path: Path) -> None:
+    """The file accepts variable names as keys; they set the setting instead of being silently dropped."""
+    (tmp_path / "exai.toml").write_text("EXAI_PORT = 9123\nEXAI_RETRY_MAX_DELAY_SECONDS = 2\n")
+    settings = load_settings()
+    assert (settings.port, settings.retry_max_delay_seconds) == (9123, 2)
+
+
+def test_the_real_process_warns_about_an_old_name(tmp_path: Path) -> None:
+    result = _exai(["models"], {"EXAI_RETRY_BASE_DELAY": "0.2"}, tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert (
+        "warning: EXAI_RETRY_BASE_DELAY (in the environment) is deprecated and still read for now: "
+        "rename it EXAI_RETRY_BASE_DELAY_SECONDS"
+    ) in result.stderr
