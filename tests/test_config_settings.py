@@ -78,3 +78,64 @@ def test_the_real_process_warns_about_an_old_name(tmp_path: Path) -> None:
         "warning: EXAI_RETRY_BASE_DELAY (in the environment) is deprecated and still read for now: "
         "rename it EXAI_RETRY_BASE_DELAY_SECONDS"
     ) in result.stderr
+
+
+CONTRADICTIONS = {
+    # what the user wrote: (where the report points, what it says, what the fix names)
+    "attempt beyond deadline": (
+        {"EXAI_ATTEMPT_TIMEOUT_SECONDS": "60", "EXAI_CALL_DEADLINE_SECONDS": "30"},
+        "EXAI_ATTEMPT_TIMEOUT_SECONDS",
+        "is 60, above EXAI_CALL_DEADLINE_SECONDS (30)",
+    ),
+    "retry base above max": (
+        {"EXAI_RETRY_BASE_DELAY_SECONDS": "10"},
+        "EXAI_RETRY_BASE_DELAY_SECONDS",
+        "is 10, above EXAI_RETRY_MAX_DELAY_SECONDS (8)",
+    ),
+    "deadline beyond the task ttl": (
+        {"EXAI_CALL_DEADLINE_SECONDS": "100000"},
+        "EXAI_CALL_DEADLINE_SECONDS",
+        "is 100000, above EXAI_TASK_TTL_SECONDS (86400)",
+    ),
+    "tenant share above the provider's slots": (
+        {"EXAI_PROVIDER_CONCURRENCY": "4", "EXAI_PROVIDER_CONCURRENCY_PER_TENANT": "5"},
+        "EXAI_PROVIDER_CONCURRENCY_PER_TENANT",
+        "is 5, above EXAI_PROVIDER_CONCURRENCY (4)",
+    ),
+    "file above the per-call cap": (
+        {"EXAI_MAX_FILE_BYTES": "5000", "EXAI_MAX_FILE_BYTES_PER_CALL": "4000"},
+        "EXAI_MAX_FILE_BYTES",
+        "is 5000, above EXAI_MAX_FILE_BYTES_PER_CALL (4000)",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(CONTRADICTIONS))
+def test_contradicting_settings_are_one_problem_with_the_fix(case: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    env, where, what = CONTRADICTIONS[case]
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigError) as raised:
+        load_settings()
+    (problem,) = raised.value.problems
+    assert problem.where == where and problem.what.startswith(what), problem
+    assert problem.fix.startswith(f"set {where} to at most"), problem
+
+
+def test_a_default_gives_way_to_a_written_bound(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Lowering the deadline (or the retry cap, or the provider's slots) alone is no contradiction: the defaults of
+    the attempt timeout, the base delay and the tenant share are capped by it in the code, as before."""
+    monkeypatch.setenv("EXAI_CALL_DEADLINE_SECONDS", "1")
+    monkeypatch.setenv("EXAI_RETRY_MAX_DELAY_SECONDS", "0.1")
+    monkeypatch.setenv("EXAI_PROVIDER_CONCURRENCY", "1")
+    monkeypatch.setenv("EXAI_MAX_FILE_BYTES_PER_CALL", "1000")
+    settings = load_settings()
+    assert settings.call_deadline_seconds == 1 and settings.attempt_timeout_seconds == 45
+
+
+def test_a_contradiction_in_the_toml_file_names_its_line(tmp_path: Path) -> None:
+    (tmp_path / "exai.toml").write_text("# resilience\ncall_deadline_seconds = 30\nattempt_timeout_seconds = 40\n")
+    with pytest.raises(ConfigError) as raised:
+        load_settings()
+    (problem,) = raised.value.problems
+    assert problem.where == "exai.toml:3", problem
