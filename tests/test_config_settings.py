@@ -139,3 +139,22 @@ def test_a_contradiction_in_the_toml_file_names_its_line(tmp_path: Path) -> None
         load_settings()
     (problem,) = raised.value.problems
     assert problem.where == "exai.toml:3", problem
+
+
+def test_session_settings_in_stateless_mode_are_said_to_do_nothing(tmp_path: Path) -> None:
+    env = {"EXAI_STATELESS_HTTP": "true", "EXAI_SESSION_IDLE_SECONDS": "30", "EXAI_MAX_SESSIONS_PER_TENANT": "4"}
+    result = _exai(["models"], env, tmp_path)
+    assert result.returncode == 0, result.stderr
+    for name in ("EXAI_SESSION_IDLE_SECONDS", "EXAI_MAX_SESSIONS_PER_TENANT"):
+        assert f"warning: {name} has no effect with EXAI_STATELESS_HTTP=true" in result.stderr, result.stderr
+    with_sessions = _exai(["models"], {**env, "EXAI_STATELESS_HTTP": "false"}, tmp_path)
+    assert with_sessions.returncode == 0 and "has no effect" not in with_sessions.stderr, with_sessions.stderr
+
+
+def test_the_bridge_token_is_the_bridge_s_own_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    from exai.config import Settings, load_bridge_settings, secret
+
+    monkeypatch.setenv("EXAI_TOKEN", "bridge-token")
+    assert "token" not in Settings.model_fields
+    assert secret(load_bridge_settings().token) == "bridge-token"
+    assert not any("EXAI_TOKEN" in w for w in setting_warnings(load_settings()))  # known, not a typo
