@@ -13,6 +13,7 @@ import pytest
 from exai.config import RENAMED, env_names, load_settings
 from exai.config_checks import setting_warnings
 from exai.config_problems import ConfigError
+from exai.providers.specs import PROVIDER_SPECS
 
 RENAMED_VALUES = {
     # old variable: (a value, the field that must hold it)
@@ -158,3 +159,92 @@ def test_the_bridge_token_is_the_bridge_s_own_setting(monkeypatch: pytest.Monkey
     assert "token" not in Settings.model_fields
     assert secret(load_bridge_settings().token) == "bridge-token"
     assert not any("EXAI_TOKEN" in w for w in setting_warnings(load_settings()))  # known, not a typo
+
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+TABLE_TITLE = "Every setting"
+DERIVED = {"data_dir", "max_connections", "fallback_chain"}
+"""Settings whose default is worked out at start (a path, a sum, a chain): the table says how, not a value."""
+UNITS = (" s", " ms", " bytes", " hours", " days")
+
+
+def _cells(line: str) -> list[str]:
+    return [cell.strip() for cell in line.strip().strip("|").split("|")]
+
+
+def _settings_table() -> dict[str, str]:
+    """Each variable of the README's settings table with its default as written there."""
+    lines = README.read_text(encoding="utf-8").splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(TABLE_TITLE))
+    end = next(i for i, line in enumerate(lines[start + 3 :], start + 3) if not line.startswith("|"))
+    rows = [line for line in lines[start + 1 : end] if line.startswith("| `")]
+    table: dict[str, str] = {}
+    for row in rows:
+        names_cell, default_cell = _cells(row)[:2]
+        names = [name.strip().strip("`") for name in names_cell.split(" / ")]
+        defaults = [part.strip() for part in default_cell.split(" / ")]
+        assert len(defaults) in (1, len(names)), f"README row {names_cell}: one default, or one per variable"
+        for number, name in enumerate(names):
+            table[name] = defaults[number if len(defaults) > 1 else 0]
+    return table
+
+
+def _written(default: object) -> str:
+    """A default as the table writes it."""
+    if default is None or default == [] or default == {}:
+        return "—"
+    if isinstance(default, bool):
+        return str(default).lower()
+    if isinstance(default, float):
+        return f"{default:g}" if default < 1e6 else str(int(default))
+    return str(default)
+
+
+def _read(cell: str) -> str:
+    text = cell.replace("`", "").replace(",", "")
+    for unit in UNITS:
+        text = text.removesuffix(unit)
+    return text.strip()
+
+
+def _expected() -> dict[str, tuple[str, str]]:
+    """Every variable the table must list: its field and default. Provider keys and base URLs are in the
+    providers table instead; their allowed and denied lists are one row for every provider."""
+    from exai.config import SETTINGS_CLASSES
+
+    expected: dict[str, tuple[str, str]] = {}
+    for cls in SETTINGS_CLASSES:
+        for field, info in cls.model_fields.items():
+            name = env_names(field)[0]
+            provider, _, kind = field.partition("_")
+            if kind in ("api_key", "base_url", "allowed_models", "denied_models") and provider in PROVIDER_SPECS:
+                if kind in ("allowed_models", "denied_models"):
+                    expected[f"<PROVIDER>_{kind.upper()}"] = (field, "—")
+                continue
+            default = info.get_default(call_default_factory=True)
+            expected[name] = (field, _written(default))
+    return expected
+
+
+def test_every_setting_is_in_the_readme_table_with_its_default() -> None:
+    table, expected = _settings_table(), _expected()
+    missing = sorted(set(expected) - set(table))
+    unknown = sorted(set(table) - set(expected))
+    different = sorted(
+        f"{name}: README says {table[name]!r}, the default is {default!r}"
+        for name, (field, default) in expected.items()
+        if name in table and field not in DERIVED and _read(table[name]) != default
+    )
+    complaints = [f"missing from the README's settings table: {name}" for name in missing]
+    complaints += [f"in the README's settings table but no setting (renamed or removed?): {name}" for name in unknown]
+    assert not complaints + different, "\n".join(complaints + different)
+
+
+def test_every_provider_is_in_the_readme_providers_table() -> None:
+    text = README.read_text(encoding="utf-8")
+    for spec in PROVIDER_SPECS.values():
+        row = next((line for line in text.splitlines() if line.startswith(f"| {spec.title.split()[0]} ")), None)
+        assert row is not None, f"no row for {spec.title} in the README's providers table"
+        for name in (*spec.key_env, spec.base_url_env):
+            assert f"`{name}`" in row, f"{name} is missing from the README's {spec.title} row"
+        assert spec.default_base_url is None or f"`{spec.default_base_url}`" in row, spec.title
