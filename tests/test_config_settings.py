@@ -12,7 +12,7 @@ import pytest
 
 from exai.config import RENAMED, env_names, load_settings
 from exai.config_checks import setting_warnings
-from exai.config_problems import ConfigError
+from exai.config_problems import CONFIG_FILE_ENV, DEFAULT_CONFIG_FILE, ConfigError
 from exai.providers.specs import PROVIDER_SPECS
 
 RENAMED_VALUES = {
@@ -212,7 +212,7 @@ def _expected() -> dict[str, tuple[str, str]]:
     providers table instead; their allowed and denied lists are one row for every provider."""
     from exai.config import SETTINGS_CLASSES
 
-    expected: dict[str, tuple[str, str]] = {}
+    expected: dict[str, tuple[str, str]] = {CONFIG_FILE_ENV: ("", DEFAULT_CONFIG_FILE)}  # where the others are read
     for cls in SETTINGS_CLASSES:
         for field, info in cls.model_fields.items():
             name = env_names(field)[0]
