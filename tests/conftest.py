@@ -152,8 +152,8 @@ def sim_env(sim: SimControl, **extra: str) -> dict[str, str]:
         "KIMI_BASE_URL": sim.openai_url,
         "ANTHROPIC_API_KEY": "sk-test-anthropic-secret",
         "ANTHROPIC_BASE_URL": sim.url,
-        "EXAI_RETRY_BASE_DELAY": "0.01",
-        "EXAI_RETRY_MAX_DELAY": "0.05",
+        "EXAI_RETRY_BASE_DELAY_SECONDS": "0.01",
+        "EXAI_RETRY_MAX_DELAY_SECONDS": "0.05",
         **extra,
     }
 

@@ -22,6 +22,22 @@ CASES: dict[str, tuple[dict[str, str], str, str]] = {
     "toml unknown key": ({"EXAI_CONFIG_FILE": "unknown.toml"}, "unknown.toml:3", "'rate_limit_rmp'"),
     "toml bad value": ({"EXAI_CONFIG_FILE": "value.toml"}, "value.toml:2", "65535"),
     "database url": ({"EXAI_DATABASE_URL": "mysql://u:hunter2@h/db"}, "EXAI_DATABASE_URL", "postgresql://"),
+    # values valid alone that contradict each other
+    "attempt beyond deadline": (
+        {"EXAI_ATTEMPT_TIMEOUT_SECONDS": "200"},
+        "EXAI_ATTEMPT_TIMEOUT_SECONDS",
+        "above EXAI_CALL_DEADLINE_SECONDS (120)",
+    ),
+    "retry delays": (
+        {"EXAI_RETRY_BASE_DELAY_SECONDS": "5", "EXAI_RETRY_MAX_DELAY_SECONDS": "2"},
+        "EXAI_RETRY_BASE_DELAY_SECONDS",
+        "above EXAI_RETRY_MAX_DELAY_SECONDS (2)",
+    ),
+    "task ttl below deadline": (
+        {"EXAI_TASK_TTL_SECONDS": "60"},
+        "EXAI_TASK_TTL_SECONDS",
+        "below EXAI_CALL_DEADLINE_SECONDS (120)",
+    ),
 }
 FILES = {
     "broken.toml": 'log_level = "INFO"\nhost = "127.0.0.1\n',

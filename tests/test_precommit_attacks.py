@@ -192,7 +192,7 @@ async def test_a_diff_over_the_cap_is_refused_at_once(daemon: Daemon, sim: SimCo
     roots = tmp_path / "roots"
     repo = new_repo(roots / "repo", {"big.txt": "start\n"})
     (repo / "big.txt").write_text("changed line of a large diff\n" * 100_000)
-    proc = daemon(EXAI_FILE_ROOTS=str(roots), EXAI_MAX_FILES_BYTES="200000")
+    proc = daemon(EXAI_FILE_ROOTS=str(roots), EXAI_MAX_FILE_BYTES_PER_CALL="200000")
 
     result = await precommit(proc, path=str(repo))
     assert tool_error(result)["code"] == "diff_too_large", "git is stopped at the cap, not waited on"
@@ -317,7 +317,7 @@ async def test_many_untracked_files_stay_within_the_cap(daemon: Daemon, sim: Sim
     many = new_repo(roots / "many", {"a.txt": "one\n"})
     for index in range(5_000):
         (many / f"b{index:05}.bin").write_bytes(b"\x00")
-    proc = daemon(EXAI_FILE_ROOTS=str(roots), EXAI_MAX_FILES_BYTES="300000")
+    proc = daemon(EXAI_FILE_ROOTS=str(roots), EXAI_MAX_FILE_BYTES_PER_CALL="300000")
 
     result = await precommit(proc, path=str(many))
     assert not result.is_error, result.content[0].text

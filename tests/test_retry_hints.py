@@ -1,4 +1,4 @@
-"""Retries that respect the client: an upstream's retry hint is waited only up to EXAI_RETRY_MAX_DELAY.
+"""Retries that respect the client: an upstream's retry hint is waited only up to EXAI_RETRY_MAX_DELAY_SECONDS.
 
 Counted on the simulator's side: which models were asked, and when.
 """
@@ -22,7 +22,9 @@ REQUEST = GenerateRequest(model="sim-fast", messages=[Message(role="user", conte
 
 
 async def test_a_long_retry_after_falls_back_at_once(daemon: Daemon, sim: SimControl) -> None:
-    proc = daemon(EXAI_RETRY_MAX_DELAY="2", EXAI_FALLBACK_FROM_EXPLICIT_MODEL="true", EXAI_FALLBACK_CHAIN="sim-smart")
+    proc = daemon(
+        EXAI_RETRY_MAX_DELAY_SECONDS="2", EXAI_FALLBACK_FROM_EXPLICIT_MODEL="true", EXAI_FALLBACK_CHAIN="sim-smart"
+    )
     sim.fault("429", model="sim-fast", retry_after=100)
     async with Client(f"{proc.url}/mcp") as client:
         started = time.monotonic()
@@ -35,7 +37,7 @@ async def test_a_long_retry_after_falls_back_at_once(daemon: Daemon, sim: SimCon
 
 
 async def test_a_long_retry_after_without_fallback_fails_at_once_with_the_hint(daemon: Daemon, sim: SimControl) -> None:
-    proc = daemon(EXAI_RETRY_MAX_DELAY="2")
+    proc = daemon(EXAI_RETRY_MAX_DELAY_SECONDS="2")
     sim.fault("429", model="sim-fast", retry_after=100)
     async with Client(f"{proc.url}/mcp") as client:
         started = time.monotonic()
@@ -49,7 +51,7 @@ async def test_a_long_retry_after_without_fallback_fails_at_once_with_the_hint(d
 
 
 async def test_retry_after_ms_is_waited(daemon: Daemon, sim: SimControl) -> None:
-    proc = daemon(EXAI_RETRY_MAX_DELAY="5")
+    proc = daemon(EXAI_RETRY_MAX_DELAY_SECONDS="5")
     sim.fault("429", model="sim-fast", count=1, retry_after_ms=1500)
     async with Client(f"{proc.url}/mcp") as client:
         result = await client.call_tool("chat", {"prompt": "precise hint", "model": "sim-fast"})
@@ -63,9 +65,9 @@ async def test_no_retry_wait_ends_after_the_client_stopped_waiting(
     sim: SimControl, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     services = await build_services(
-        monkeypatch, sim, EXAI_RETRY_MAX_DELAY="30", EXAI_CLIENT_WAIT_SECONDS="2", EXAI_MAX_RETRIES="3"
+        monkeypatch, sim, EXAI_RETRY_MAX_DELAY_SECONDS="30", EXAI_CLIENT_WAIT_SECONDS="2", EXAI_MAX_RETRIES="3"
     )
-    sim.fault("429", model="sim-fast", retry_after=10)  # honoured by EXAI_RETRY_MAX_DELAY, not by the client's wait
+    sim.fault("429", model="sim-fast", retry_after=10)  # honoured by the retry max delay, not by the client's wait
     started = time.monotonic()
     with pytest.raises(ProviderError) as raised:
         await services.router.generate(REQUEST, model="sim-fast")

@@ -27,7 +27,7 @@ async def test_transient_500_is_retried_on_the_same_model(sim: SimControl, monke
 
 
 async def test_429_waits_for_retry_after(sim: SimControl, monkeypatch: pytest.MonkeyPatch) -> None:
-    services = await build_services(monkeypatch, sim, EXAI_RETRY_MAX_DELAY="5")  # a hint within what we wait
+    services = await build_services(monkeypatch, sim, EXAI_RETRY_MAX_DELAY_SECONDS="5")  # a hint within what we wait
     sim.fault("429", model="sim-fast", count=1, retry_after=0.4)
     started = time.monotonic()
     result = await services.router.generate(REQUEST, model="sim-fast")

@@ -208,7 +208,9 @@ async def test_a_named_file_is_embedded_or_reported_skipped_with_the_reason(
     for path in (first, second):
         path.write_text("Y = 2\n" * 10_000)  # 60,000 bytes each, 120,000 together
     proc = daemon(
-        EXAI_FILE_ROOTS=str(tmp_path), EXAI_MAX_FILES_BYTES="100000", CUSTOM_MODELS="sim-tiny:20000,sim-large:1000000"
+        EXAI_FILE_ROOTS=str(tmp_path),
+        EXAI_MAX_FILE_BYTES_PER_CALL="100000",
+        CUSTOM_MODELS="sim-tiny:20000,sim-large:1000000",
     )
 
     async def workflow(client: Client, model: str, files: tuple[Path, Path]) -> dict[str, Any]:
@@ -228,4 +230,4 @@ async def test_a_named_file_is_embedded_or_reported_skipped_with_the_reason(
     assert skipped["path"] == str(huge) and "tokens" in skipped["reason"] and "sim-tiny" in skipped["reason"]
     assert too_many_bytes["files_included"] == [str(first)]
     [skipped] = too_many_bytes["files_skipped"]
-    assert skipped["path"] == str(second) and "EXAI_MAX_FILES_BYTES" in skipped["reason"]
+    assert skipped["path"] == str(second) and "EXAI_MAX_FILE_BYTES_PER_CALL" in skipped["reason"]

@@ -249,7 +249,7 @@ class Services:
             conversations=Conversations(
                 store, settings.thread_ttl_hours * 3600, settings.max_turns_per_thread, events.storage_finished
             ),
-            files=FileAccess([Path(r) for r in roots], settings.max_file_bytes, settings.max_files_bytes),
+            files=FileAccess([Path(r) for r in roots], settings.max_file_bytes, settings.max_file_bytes_per_call),
             audit=audit,
             purger=Purger(store, settings.purge_interval_seconds, settings.audit_retention_days * 86400),
             transport=transport,

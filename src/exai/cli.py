@@ -42,7 +42,8 @@ def _fail(exc: ExaiError) -> NoReturn:
 def _settings(*, server: bool = False, **overrides: object) -> Settings:
     """The validated settings, logging configured. Commands other than the servers (`serve`, `stdio`) log
     warnings and errors only, unless EXAI_LOG_LEVEL says otherwise: their output is the answer, not a log."""
-    from exai.config import load_settings, unknown_variable_warnings
+    from exai.config import load_settings
+    from exai.config_checks import setting_warnings
     from exai.errors import ExaiError
     from exai.observability.logging import configure_logging
     from exai.observability.tracing import configure_tracing
@@ -51,7 +52,7 @@ def _settings(*, server: bool = False, **overrides: object) -> Settings:
         settings = load_settings(**{k: v for k, v in overrides.items() if v is not None})
     except ExaiError as exc:
         _fail(exc)
-    for warning in unknown_variable_warnings():
+    for warning in setting_warnings(settings):
         print(warning, file=sys.stderr)
     quiet = not server and "log_level" not in settings.model_fields_set
     configure_logging("WARNING" if quiet else settings.log_level, settings.log_json)
@@ -129,16 +130,18 @@ def stdio(
     """Run the MCP server over stdio, for one local client (or bridge it to a shared daemon)."""
     settings = _settings(server=True)
     if connect:
+        from exai.config import load_bridge_settings, secret
         from exai.errors import ExaiError
         from exai.server.bridge import check_token_transport, serve_bridge
 
-        token = settings.token.get_secret_value() if settings.token else None
         try:
-            check_token_transport(connect, token, settings.bridge_allow_plain_http)
+            bridge = load_bridge_settings()
+            token = secret(bridge.token)
+            check_token_transport(connect, token, bridge.bridge_allow_plain_http)
         except ExaiError as exc:
             _fail(exc)
         asyncio.run(
-            serve_bridge(connect, token, settings.bridge_connect_timeout_seconds, settings.call_deadline_seconds + 30)
+            serve_bridge(connect, token, bridge.bridge_connect_timeout_seconds, settings.call_deadline_seconds + 30)
         )
         return
     from exai.errors import ExaiError

@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import (
     AfterValidator,
     AliasChoices,
+    BaseModel,
     BeforeValidator,
     Field,
     SecretStr,
@@ -18,6 +19,7 @@ from pydantic import (
     create_model,
     field_validator,
 )
+from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
     InitSettingsSource,
@@ -28,7 +30,7 @@ from pydantic_settings import (
 )
 
 from exai.config_problems import ConfigError, ConfigProblem, read_config_file, unknown_variables, where_set
-from exai.provider_specs import PROVIDER_SPECS, ProviderSpec
+from exai.provider_specs import DEFAULT_CUSTOM_CONTEXT_WINDOW, PROVIDER_SPECS, ProviderSpec
 
 
 def _split_commas(value: Any) -> Any:
@@ -43,14 +45,39 @@ def _check_base_url(value: str | None) -> str | None:
     return value.rstrip("/") if value else value
 
 
+SettingsT = TypeVar("SettingsT", bound=BaseSettings)
 CommaList = Annotated[list[str], NoDecode, BeforeValidator(_split_commas)]
 """A list written as comma-separated text in the environment (`a,b,c`), or as a list in exai.toml."""
 BaseUrl = Annotated[str | None, AfterValidator(_check_base_url)]
 TenantLimits = Annotated[dict[str, dict[str, int]], NoDecode]
-TENANT_LIMIT_KEYS = ("requests_per_minute", "concurrent", "tokens_per_day")
-DEFAULT_CUSTOM_CONTEXT_WINDOW = 32768
+
+
+class Limits(BaseModel):
+    """One tenant's limits. Its defaults are the defaults of EXAI_RATE_LIMIT_*; EXAI_TENANT_LIMITS overrides them
+    per tenant with these names."""
+
+    requests_per_minute: int = Field(default=120, ge=1)
+    concurrent: int = Field(default=8, ge=1)
+    tokens_per_day: int = Field(default=5_000_000, ge=1)
+
+
+TENANT_LIMIT_KEYS = tuple(Limits.model_fields)
+_DEFAULT_LIMITS = Limits()
+DEFAULT_MAX_PROMPT_CHARS = 100_000
+"""EXAI_MAX_PROMPT_CHARS by default; also the limit of any other text field of a tool's arguments."""
+RENAMED = {
+    # old variable: the setting that replaced it (the old name still works, with a warning naming the new one)
+    "EXAI_RETRY_BASE_DELAY": "retry_base_delay_seconds",
+    "EXAI_RETRY_MAX_DELAY": "retry_max_delay_seconds",
+    "EXAI_MAX_FILES_BYTES": "max_file_bytes_per_call",
+}
 CONNECTION_HEADROOM = 256
 """Connections beyond the admitted calls by default: health checks, scrapes, idle keep-alive and session streams."""
+
+
+def _renamed(field: str) -> AliasChoices:
+    """The variables of a renamed setting: its own first, then the old names it still answers to."""
+    return AliasChoices(f"EXAI_{field.upper()}", *(old for old, new in RENAMED.items() if new == field))
 
 
 def _provider_fields(spec: ProviderSpec) -> dict[str, Any]:
@@ -121,7 +148,7 @@ class Settings(ProviderSettings):  # type: ignore[misc,valid-type]
     admission_queue_seconds: float = Field(default=5.0, gt=0)
     max_connections: int = Field(default=0, ge=0)  # 0: room for every admitted call, plus CONNECTION_HEADROOM
     disabled_tools: CommaList = Field(default_factory=list)
-    max_prompt_chars: int = Field(default=100_000, gt=0)
+    max_prompt_chars: int = Field(default=DEFAULT_MAX_PROMPT_CHARS, gt=0)
 
     # Authentication (HTTP) and limits
     jwt_secret: SecretStr | None = None
@@ -132,9 +159,9 @@ class Settings(ProviderSettings):  # type: ignore[misc,valid-type]
     tenant_claim: str = "sub"
     api_keys: CommaList = Field(default_factory=list)
     public_url: str | None = None
-    rate_limit_rpm: int = Field(default=120, ge=1)
-    rate_limit_concurrency: int = Field(default=8, ge=1)
-    rate_limit_tokens_per_day: int = Field(default=5_000_000, ge=1)
+    rate_limit_rpm: int = Field(default=_DEFAULT_LIMITS.requests_per_minute, ge=1)
+    rate_limit_concurrency: int = Field(default=_DEFAULT_LIMITS.concurrent, ge=1)
+    rate_limit_tokens_per_day: int = Field(default=_DEFAULT_LIMITS.tokens_per_day, ge=1)
     tenant_limits: TenantLimits = Field(default_factory=dict)
     rate_limit_on_redis_error: Literal["open", "closed"] = "open"
     max_sessions_per_tenant: int = Field(default=64, ge=1)
@@ -149,11 +176,6 @@ class Settings(ProviderSettings):  # type: ignore[misc,valid-type]
     alert_p95_latency_seconds: float = Field(default=30.0, gt=0)
     alert_auth_failures: int = Field(default=20, ge=1)
     alert_rate_limit_rejections: int = Field(default=50, ge=1)
-
-    # stdio bridge (`exai stdio --connect URL`)
-    token: SecretStr | None = None
-    bridge_connect_timeout_seconds: float = Field(default=30.0, gt=0)
-    bridge_allow_plain_http: bool = False  # send EXAI_TOKEN over http:// to a host that is not loopback
 
     # Storage and conversations
     data_dir: Path = Field(default_factory=lambda: _default_data_dir())
@@ -180,7 +202,7 @@ class Settings(ProviderSettings):  # type: ignore[misc,valid-type]
     tool_profile: Literal["lean", "standard", "full"] = "standard"
     file_roots: CommaList | None = None
     max_file_bytes: int = Field(default=512_000, gt=0)
-    max_files_bytes: int = Field(default=2_000_000, gt=0)
+    max_file_bytes_per_call: int = Field(default=2_000_000, gt=0, validation_alias=_renamed("max_file_bytes_per_call"))
 
     # Routing and resilience
     default_model: str = "auto"
@@ -189,8 +211,8 @@ class Settings(ProviderSettings):  # type: ignore[misc,valid-type]
     call_deadline_seconds: float = Field(default=120.0, gt=0)
     attempt_timeout_seconds: float = Field(default=45.0, gt=0)
     max_retries: int = Field(default=2, ge=0, le=10)
-    retry_base_delay: float = Field(default=0.5, ge=0)
-    retry_max_delay: float = Field(default=8.0, ge=0)
+    retry_base_delay_seconds: float = Field(default=0.5, ge=0, validation_alias=_renamed("retry_base_delay_seconds"))
+    retry_max_delay_seconds: float = Field(default=8.0, ge=0, validation_alias=_renamed("retry_max_delay_seconds"))
     breaker_failure_threshold: int = Field(default=5, ge=1)
     breaker_cooldown_seconds: float = Field(default=30.0, gt=0)
     provider_concurrency: int = Field(default=64, ge=1)
@@ -294,9 +316,7 @@ class Settings(ProviderSettings):  # type: ignore[misc,valid-type]
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        config_file = read_config_file(_file_keys())
-        file_settings = InitSettingsSource(settings_cls, config_file.values if config_file else {})
-        return (init_settings, env_settings, dotenv_settings, file_settings)
+        return _sources(settings_cls, init_settings, env_settings, dotenv_settings)
 
     @property
     def auth_enabled(self) -> bool:
@@ -313,6 +333,40 @@ class Settings(ProviderSettings):  # type: ignore[misc,valid-type]
 
     def providers(self) -> dict[str, ProviderConfig]:
         return {name: self.provider(name) for name in PROVIDER_SPECS}
+
+
+class BridgeSettings(BaseSettings):
+    """The stdio bridge's own settings (`exai stdio --connect URL`): the daemon's token is never a server setting."""
+
+    model_config = SettingsConfigDict(env_prefix="EXAI_", env_file=".env", extra="ignore", populate_by_name=True)
+
+    token: SecretStr | None = None
+    bridge_connect_timeout_seconds: float = Field(default=30.0, gt=0)
+    bridge_allow_plain_http: bool = False  # send EXAI_TOKEN over http:// to a host that is not loopback
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return _sources(settings_cls, init_settings, env_settings, dotenv_settings)
+
+
+SETTINGS_CLASSES: tuple[type[BaseSettings], ...] = (Settings, BridgeSettings)
+"""Every setting is a field of one of these; the README's settings table lists them all."""
+
+
+def _sources(
+    settings_cls: type[BaseSettings], *sources: PydanticBaseSettingsSource
+) -> tuple[PydanticBaseSettingsSource, ...]:
+    """Arguments, the environment, `.env`, then the TOML file (its keys may be field or variable names)."""
+    config_file = read_config_file(file_keys())
+    values = {_field_of(key) or key: value for key, value in (config_file.values if config_file else {}).items()}
+    return (*sources, InitSettingsSource(settings_cls, values))
 
 
 def secret(value: SecretStr | None) -> str | None:
@@ -342,9 +396,13 @@ _FIXES = {
 }
 
 
-def _env_names(field: str) -> list[str]:
-    """The variables that set a field, the documented one first."""
-    alias = Settings.model_fields[field].validation_alias
+def _fields() -> dict[str, FieldInfo]:
+    return {name: info for cls in SETTINGS_CLASSES for name, info in cls.model_fields.items()}
+
+
+def env_names(field: str) -> list[str]:
+    """The variables that set a field, the documented one first (then the old names it still answers to)."""
+    alias = _fields()[field].validation_alias
     if isinstance(alias, str):
         return [alias]
     if isinstance(alias, AliasChoices):
@@ -352,36 +410,46 @@ def _env_names(field: str) -> list[str]:
     return [f"EXAI_{field.upper()}"]
 
 
-def _file_keys() -> list[str]:
-    """Keys the TOML file accepts: field names and the variable names that set them."""
-    return [key for field in Settings.model_fields for key in (field, *_env_names(field))]
+def _old_keys(field: str) -> list[str]:
+    """The TOML keys of a renamed setting's old names (`retry_base_delay` for EXAI_RETRY_BASE_DELAY)."""
+    return [old.removeprefix("EXAI_").lower() for old, new in RENAMED.items() if new == field]
+
+
+def file_keys() -> list[str]:
+    """Keys the TOML file accepts: field names and the variable names that set them, old names included."""
+    return [key for field in _fields() for key in (field, *env_names(field), *_old_keys(field))]
 
 
 def _field_of(name: str) -> str | None:
     lowered = name.lower()
-    for field in Settings.model_fields:
-        if lowered == field or lowered in (n.lower() for n in _env_names(field)):
+    for field in _fields():
+        if lowered in (field, *(n.lower() for n in (*env_names(field), *_old_keys(field)))):
             return field
     return None
 
 
 def unknown_variable_warnings() -> list[str]:
     """EXAI_* names in the environment or `.env` that no setting reads (a typo is otherwise silently ignored)."""
-    return unknown_variables((n for field in Settings.model_fields for n in _env_names(field)), _dotenv_values())
+    return unknown_variables((n for field in _fields() for n in env_names(field)), dotenv_values())
 
 
-def _dotenv_values() -> dict[str, str | None]:
-    from dotenv import dotenv_values  # read on the error path and for the unknown-variable warnings
+def dotenv_values() -> dict[str, str | None]:
+    import dotenv  # read on the error path and for the unknown-variable warnings
 
-    return dict(dotenv_values(".env")) if Path(".env").is_file() else {}
+    return dict(dotenv.dotenv_values(".env")) if Path(".env").is_file() else {}
+
+
+def where(field: str, dotenv: dict[str, str | None] | None = None) -> str:
+    """Where the user set a field: the variable as written, `NAME (in .env)` or `file:line`."""
+    names = env_names(field)
+    return where_set(names, [field, *names, *_old_keys(field)], dotenv_values() if dotenv is None else dotenv)
 
 
 def _problem(field: str | None, what: str, dotenv: dict[str, str | None]) -> ConfigProblem:
     if field is None:
         return ConfigProblem("configuration", what, "correct the settings and start again")
-    names = _env_names(field)
-    where = where_set(names, [field, *names], dotenv)
-    return ConfigProblem(where, what, _FIXES.get(field, f"correct {where} and start again"))
+    place = where(field, dotenv)
+    return ConfigProblem(place, what, _FIXES.get(field, f"correct {place} and start again"))
 
 
 def _message(error: Any) -> str:
@@ -389,16 +457,32 @@ def _message(error: Any) -> str:
     return message[:1].lower() + message[1:]
 
 
-def load_settings(**overrides: Any) -> Settings:
-    """Read and validate the settings once; every problem names where the user wrote it and how to fix it."""
+def _load(cls: type[SettingsT], overrides: dict[str, Any]) -> SettingsT:
     try:
-        return Settings(**overrides)
+        return cls(**overrides)
     except ValidationError as exc:
-        dotenv = _dotenv_values()
+        dotenv = dotenv_values()
         problems = [
             _problem(_field_of(str(e["loc"][0])) if e["loc"] else None, _message(e), dotenv) for e in exc.errors()
         ]
         raise ConfigError(problems) from None
     except SettingsError as exc:  # a value the settings sources could not even decode
-        field = next((f for f in Settings.model_fields if f'"{f}"' in str(exc)), None)
-        raise ConfigError([_problem(field, "cannot be decoded", _dotenv_values())]) from None
+        field = next((f for f in cls.model_fields if f'"{f}"' in str(exc)), None)
+        raise ConfigError([_problem(field, "cannot be decoded", dotenv_values())]) from None
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Read and validate the settings once; every problem names where the user wrote it and how to fix it.
+
+    Values that contradict each other (an attempt timeout beyond the call's deadline, ...) are problems too."""
+    from exai.config_checks import contradictions
+
+    settings = _load(Settings, overrides)
+    problems = contradictions(settings)
+    if problems:
+        raise ConfigError(problems)
+    return settings
+
+
+def load_bridge_settings(**overrides: Any) -> BridgeSettings:
+    return _load(BridgeSettings, overrides)

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from typing import Literal
 
 Wire = Literal["openai", "anthropic"]
+DEFAULT_CUSTOM_CONTEXT_WINDOW = 32768
+"""A Custom model's context window when neither CUSTOM_MODELS nor the endpoint says (CUSTOM_CONTEXT_WINDOW)."""
 
 
 @dataclass(frozen=True, slots=True)

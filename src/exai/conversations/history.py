@@ -3,8 +3,8 @@
 The budget is the model's context window minus room for the answer, the system prompt and the new request.
 Files referenced anywhere in the thread are embedded once, in their current version: this call's files first
 (they may use the whole budget), then those of earlier turns, newest reference first (up to `FILE_SHARE` of it).
-All of them together stay under the per-call byte cap (EXAI_MAX_FILES_BYTES). A file is either embedded or listed
-in `files_skipped` with the reason; this call's files must be readable. Turns are taken newest first until the
+All of them together stay under the per-call byte cap (EXAI_MAX_FILE_BYTES_PER_CALL). A file is either embedded or
+listed in `files_skipped` with the reason; this call's files must be readable. Turns are taken newest first until the
 budget is spent and then presented in order.
 """
 
@@ -82,7 +82,7 @@ async def build_prompt(
         if size + item.size > file_access.max_total_bytes:
             reason = (
                 f"{item.size:,} bytes more would take this call's files past {file_access.max_total_bytes:,} bytes "
-                "(EXAI_MAX_FILES_BYTES); pass fewer files or raise the limit"
+                "(EXAI_MAX_FILE_BYTES_PER_CALL); pass fewer files or raise the limit"
             )
             skipped.append(SkippedFile(path=path, reason=reason))
             continue

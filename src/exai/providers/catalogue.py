@@ -17,7 +17,7 @@ from pydantic import BaseModel, Field, PositiveInt, ValidationError, model_valid
 
 from exai.errors import InvalidInput
 from exai.observability.logging import get_logger
-from exai.provider_specs import PROVIDER_SPECS
+from exai.provider_specs import DEFAULT_CUSTOM_CONTEXT_WINDOW, PROVIDER_SPECS
 from exai.providers.facts import facts_for, source_of
 
 ReasoningEffort = Literal["none", "minimal", "low", "medium", "high", "xhigh"]
@@ -152,7 +152,10 @@ class Catalogue:
 
     @classmethod
     def load(
-        cls, user_file: Path | None = None, custom_models: list[str] | None = None, custom_context: int = 32768
+        cls,
+        user_file: Path | None = None,
+        custom_models: list[str] | None = None,
+        custom_context: int = DEFAULT_CUSTOM_CONTEXT_WINDOW,
     ) -> Catalogue:
         text = resources.files("exai.providers").joinpath("catalogue.toml").read_text(encoding="utf-8")
         data = tomllib.loads(text)
@@ -189,7 +192,7 @@ class Catalogue:
         return difflib.get_close_matches(name.lower(), names, n=3, cutoff=0.5)
 
 
-def custom_model(entry: str, default_context: int = 32768) -> ModelInfo:
+def custom_model(entry: str, default_context: int = DEFAULT_CUSTOM_CONTEXT_WINDOW) -> ModelInfo:
     """A model of the Custom provider from `name` or `name:context_window` (a tag such as `qwen3:8b` is a name)."""
     name, _, window = entry.strip().rpartition(":")
     if not name or not window.isdigit():

@@ -380,10 +380,14 @@ class Router:
             )
             if not exc.retryable or attempt == self.settings.max_retries or breaker.state == "open":
                 raise exc
-            if exc.retry_after is not None and exc.retry_after > self.settings.retry_max_delay:
+            if exc.retry_after is not None and exc.retry_after > self.settings.retry_max_delay_seconds:
                 raise exc  # the upstream wants longer than we wait: the next model now, or fail with its hint
             delay = backoff_delay(
-                attempt, self.settings.retry_base_delay, self.settings.retry_max_delay, exc.retry_after, self._rng
+                attempt,
+                self.settings.retry_base_delay_seconds,
+                self.settings.retry_max_delay_seconds,
+                exc.retry_after,
+                self._rng,
             )
             if time.monotonic() + delay >= sleep_until:
                 raise exc

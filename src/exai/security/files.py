@@ -198,7 +198,7 @@ class FileAccess:
                 raise InvalidInput(
                     f"The files together exceed {self.max_total_bytes:,} bytes per call.",
                     code="files_too_large",
-                    remedy="Pass fewer files, or raise EXAI_MAX_FILES_BYTES.",
+                    remedy="Pass fewer files, or raise EXAI_MAX_FILE_BYTES_PER_CALL.",
                 )
             files.append(item)
         return files

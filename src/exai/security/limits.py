@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal, Protocol
 
 import anyio
-from pydantic import BaseModel, Field
 
+from exai.config import Limits
 from exai.errors import RateLimitError
 from exai.observability.logging import get_logger
 
@@ -36,12 +36,6 @@ log = get_logger(__name__)
 WINDOW = 60.0
 DAY = 86400
 REDIS_RETRY_SECONDS = 5.0
-
-
-class Limits(BaseModel):
-    requests_per_minute: int = Field(default=120, ge=1)
-    concurrent: int = Field(default=8, ge=1)
-    tokens_per_day: int = Field(default=5_000_000, ge=1)
 
 
 @dataclass

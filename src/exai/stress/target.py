@@ -110,8 +110,8 @@ class Target:
             "KIMI_BASE_URL": f"{sim}/v1",
             "EXAI_LOG_LEVEL": "WARNING",
             "EXAI_LOG_JSON": "true",
-            "EXAI_RETRY_BASE_DELAY": "0.01",
-            "EXAI_RETRY_MAX_DELAY": "0.05",
+            "EXAI_RETRY_BASE_DELAY_SECONDS": "0.01",
+            "EXAI_RETRY_MAX_DELAY_SECONDS": "0.05",
             "EXAI_MAX_SESSIONS_PER_TENANT": "2000",
             "EXAI_MAX_CONNECTIONS": "4096",  # the load scenario holds 1,024 calls (connections) at once
             "EXAI_RATE_LIMIT_RPM": "1000000",

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 import anyio
 from pydantic import BaseModel, ConfigDict, model_validator
 
+from exai.config import DEFAULT_MAX_PROMPT_CHARS
 from exai.conversations.tokens import count_tokens_async
 from exai.errors import ExaiError
 from exai.observability.events import ModelCall
@@ -30,7 +31,7 @@ InputT = TypeVar("InputT", bound=BaseModel)
 OutputT = TypeVar("OutputT", bound=BaseModel)
 
 
-TEXT_LIMIT = 100_000
+TEXT_LIMIT = DEFAULT_MAX_PROMPT_CHARS
 """Characters in one text field, unless the field sets its own limit (prompts follow EXAI_MAX_PROMPT_CHARS)."""
 PROMPT_LIMIT = {"x-exai-limit": "prompt"}
 """Marks a field limited by EXAI_MAX_PROMPT_CHARS: checked by the tool, advertised in the listing's schema."""

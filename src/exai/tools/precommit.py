@@ -53,7 +53,7 @@ class PrecommitTool(WorkflowTool):
 
     async def extra_context(self, args: WorkflowInput, ctx: ToolContext) -> str:
         assert isinstance(args, PrecommitInput)
-        limit = ctx.services.settings.max_files_bytes
+        limit = ctx.services.settings.max_file_bytes_per_call
         if args.diff:
             diff = args.diff
             if len(diff.encode()) > limit:
