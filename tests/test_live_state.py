@@ -104,7 +104,7 @@ def test_limiter_state_read_duck_typed() -> None:
         "redis_errors": 0,
         "reason": "no limits configured",
     }
-    degraded = SimpleNamespace(redis=object(), failures=4, degraded=True, on_failure="open")
+    degraded = SimpleNamespace(redis=object(), failures=4, degraded=True, when_redis_fails="open")
     state = limiter_health(degraded)
     assert state.degraded and state.reason == (
         "limiter degraded: Redis unreachable, per-replica fallback limits in force"

@@ -111,7 +111,7 @@ ACCEPTED_EFFORTS = {
 @pytest.mark.parametrize("name", sorted(CATALOGUE.models))
 def test_every_model_is_sent_only_parameters_it_accepts(name: str, thinking: ThinkingMode) -> None:
     model = CATALOGUE.models[name]
-    request = GenerateRequest(model=name, messages=[Message(role="user", content="q")], thinking=thinking)
+    request = GenerateRequest(messages=[Message(role="user", content="q")], thinking=thinking)
     request = request.model_copy(update={"temperature": 0.7})
     if PROVIDER_SPECS[model.provider].wire == "anthropic":
         params = anthropic_params(request, model)
@@ -151,7 +151,7 @@ def test_efforts_are_listed_for_every_reasoning_model_and_grow_with_the_level() 
         assert efforts == sorted(efforts, key=EFFORT_ORDER.index), (name, efforts)
     assert effort_for(CATALOGUE.get("o3"), "off") == "low", "o3 cannot switch reasoning off"
     assert effort_for(CATALOGUE.get("gpt-5"), "max") == "high"
-    off = GenerateRequest(model="x", messages=[Message(role="user", content="q")], thinking="off")
+    off = GenerateRequest(messages=[Message(role="user", content="q")], thinking="off")
     assert openai_params(off, CATALOGUE.get("glm-4.5"))["extra_body"] == {"thinking": {"type": "disabled"}}
 
 

@@ -160,14 +160,15 @@ class Health:
 
 
 def limiter_health(limiter: object | None) -> LimiterHealth:
-    """The rate limiter's state, read duck-typed (`degraded`, `failures`, `on_failure`) from whichever limiter runs."""
+    """The rate limiter's state, read duck-typed (`degraded`, `failures`, `when_redis_fails`) from whichever limiter
+    runs."""
     if limiter is None:
         return LimiterHealth(backend="none", degraded=False, redis_errors=0, reason="no limits configured")
     redis = hasattr(limiter, "redis")
     errors = int(getattr(limiter, "failures", 0))
     degraded = bool(getattr(limiter, "degraded", False))
     if degraded:
-        if getattr(limiter, "on_failure", "open") == "closed":
+        if getattr(limiter, "when_redis_fails", "open") == "closed":
             reason = "limiter degraded: Redis unreachable, calls refused (EXAI_RATE_LIMIT_ON_REDIS_ERROR=closed)"
         else:
             reason = "limiter degraded: Redis unreachable, per-replica fallback limits in force"

@@ -64,7 +64,7 @@ def usage_from(raw: Any) -> Usage | None:
 
 
 class OpenAICompatibleProvider:
-    """One OpenAI-compatible endpoint. The SDK's own retries are off: the router is the only retry loop."""
+    """One OpenAI-compatible endpoint. The SDK's own retries are off: only the router retries a model request."""
 
     def __init__(self, name: str, base_url: str, api_key: str | None) -> None:
         self.name = name

@@ -27,7 +27,6 @@ class CircuitBreaker:
     failures: int = 0
     opened_at: float | None = None
     probing: bool = False
-    last_failure: str | None = None
     times_opened: int = field(default=0)
 
     @property
@@ -59,7 +58,6 @@ class CircuitBreaker:
         self.probing = False
 
     def record_failure(self, kind: FailureKind) -> None:
-        self.last_failure = kind
         if kind not in BREAKER_KINDS:
             self.probing = False
             return

@@ -1,6 +1,6 @@
 """The router: picks a model, retries, falls back, and keeps one circuit breaker per provider and model.
 
-It is the only retry loop in the program (the SDKs' own retries are off). Failures are classified by the
+It is the only place a model request is retried (the SDKs' own retries are off). Failures are classified by the
 wire layer; the router decides: auth and bad requests are never retried, a prompt too long for the model
 moves to a model with a larger context window, everything transient is retried with backoff and then
 handed to the next model of the fallback chain, all inside one deadline per call.
@@ -448,7 +448,7 @@ class Router:
             headers={"X-Request-ID": current_correlation_id()},
         )
         try:
-            return await provider.generate(request.model_copy(update={"model": info.name}), info, options, on_delta)
+            return await provider.generate(request, info, options, on_delta)
         except UpstreamError as error:
             span.set_attribute("exai.failure", error.kind)
             span.set_status(StatusCode.ERROR, error.kind)
@@ -463,9 +463,6 @@ class Router:
         attempts.append(attempt)
         if self.on_attempt is not None:
             self.on_attempt(attempt)
-
-    def open_breakers(self) -> list[str]:
-        return [f"{provider}/{model}" for (provider, model), b in self._breakers.items() if b.state == "open"]
 
     def breaker_states(self) -> dict[tuple[str, str], str]:
         return {key: breaker.state for key, breaker in self._breakers.items()}

@@ -117,7 +117,6 @@ class ChatTool(Tool[ChatInput, ChatOutput]):
         images = [ImageInput(url=u) for u in args.images]
         prompt.messages[-1] = prompt.messages[-1].model_copy(update={"images": images})
         request = GenerateRequest(
-            model=args.model,
             system=system,
             messages=prompt.messages,
             temperature=args.temperature,

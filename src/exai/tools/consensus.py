@@ -130,7 +130,7 @@ class ConsensusTool(Tool[ConsensusInput, ConsensusOutput]):
                     file_access=services.files,
                 )
                 result = await ctx.generate(
-                    GenerateRequest(model=target.name, system=system, messages=prompt.messages),
+                    GenerateRequest(system=system, messages=prompt.messages),
                     plans[index],
                     prompt.input_tokens,
                     deadline_seconds=args.per_model_timeout_seconds,

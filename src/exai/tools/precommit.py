@@ -13,7 +13,7 @@ from exai.security.files import FileAccess, quote_path
 from exai.security.git import GitOutputTooLarge, Repository, check_revision
 from exai.tools.base import ToolContext
 from exai.tools.pending_changes import Budget, staged, untracked, worktree
-from exai.tools.workflow import WorkflowInput, WorkflowSpec, WorkflowTool
+from exai.tools.workflow_base import WorkflowInput, WorkflowSpec, WorkflowTool
 
 GIT_TIMEOUT = 30.0
 

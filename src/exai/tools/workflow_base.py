@@ -197,7 +197,6 @@ class WorkflowTool(Tool[WorkflowInput, WorkflowOutput]):
             await ctx.progress(0, None, f"consulting {model.name}")
             result = await ctx.generate(
                 GenerateRequest(
-                    model=model.name,
                     system=self.spec.expert_role,
                     messages=prompt.messages,
                     thinking=args.thinking_mode,
