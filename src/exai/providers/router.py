@@ -263,10 +263,12 @@ class Router:
         allow_fallback: bool | None = None,
         plan: RoutePlan | None = None,
         tenant: str | None = None,
+        on_attempts: Callable[[list[Attempt]], None] | None = None,
     ) -> RouteResult:
         """Answer `request` from the first model of `plan` that can (selected here from `model`, `category` and
         `allow_fallback` when no plan is given). A fallback is always reported in `RouteResult.fallbacks`.
-        A `tenant`'s upstream requests hold at most its share of each provider's slots."""
+        A `tenant`'s upstream requests hold at most its share of each provider's slots. `on_attempts` is told every
+        attempt made once the call ends, however it ends (answered, failed or cancelled)."""
         deadline = time.monotonic() + (deadline_seconds or self.settings.call_deadline_seconds)
         # A retry wait never ends after the client stopped waiting for the answer (EXAI_CLIENT_WAIT_SECONDS).
         patience = self.settings.client_wait_seconds
@@ -276,57 +278,61 @@ class Router:
             plan = self.plan(model, category, needs_images, allow_fallback=allow_fallback)
         queue = list(plan.candidates)
         attempts: list[Attempt] = []
-        fallbacks: list[str] = []
-        last: ExaiError | None = None
-        skipped_open: list[CircuitBreaker] = []
+        try:
+            fallbacks: list[str] = []
+            last: ExaiError | None = None
+            skipped_open: list[CircuitBreaker] = []
 
-        while queue:
-            info = queue.pop(0)
-            breaker = self.breaker(info)
-            if not breaker.allow():
-                skipped_open.append(breaker)
-                attempts.append(Attempt(info.provider, info.name, "breaker_open", 0.0))
-                continue
-            if attempts and attempts[-1].model != info.name:
-                fallbacks.append(info.name)
-                if on_event:
-                    await on_event(f"falling back to {info.provider}/{info.name}")
-            try:
-                response = await self._call_with_retries(
-                    info, breaker, request, (deadline, sleep_until), attempts, on_delta, on_event, tenant
-                )
-                return RouteResult(response, attempts, fallbacks)
-            except UpstreamError as exc:
-                last = to_exai_error(
-                    exc, info.provider, info.name, " or ".join(self.configs[info.provider].spec.key_env)
-                )
-                if exc.kind in ("bad_request", "content_filter", "request_too_large"):
-                    raise last from exc
-                if exc.kind == "context_too_long":
-                    queue = [m for m in queue if m.context_window > info.context_window]
-            if time.monotonic() >= deadline:
-                break
+            while queue:
+                info = queue.pop(0)
+                breaker = self.breaker(info)
+                if not breaker.allow():
+                    skipped_open.append(breaker)
+                    attempts.append(Attempt(info.provider, info.name, "breaker_open", 0.0))
+                    continue
+                if attempts and attempts[-1].model != info.name:
+                    fallbacks.append(info.name)
+                    if on_event:
+                        await on_event(f"falling back to {info.provider}/{info.name}")
+                try:
+                    response = await self._call_with_retries(
+                        info, breaker, request, (deadline, sleep_until), attempts, on_delta, on_event, tenant
+                    )
+                    return RouteResult(response, attempts, fallbacks)
+                except UpstreamError as exc:
+                    last = to_exai_error(
+                        exc, info.provider, info.name, " or ".join(self.configs[info.provider].spec.key_env)
+                    )
+                    if exc.kind in ("bad_request", "content_filter", "request_too_large"):
+                        raise last from exc
+                    if exc.kind == "context_too_long":
+                        queue = [m for m in queue if m.context_window > info.context_window]
+                if time.monotonic() >= deadline:
+                    break
 
-        if last is None and skipped_open:
-            wait = min(b.retry_in() for b in skipped_open)
-            raise ProviderError(
-                "Every candidate model has its circuit breaker open after repeated upstream failures.",
-                code="breakers_open",
-                details={"retry_in_seconds": round(wait, 1)},
-                remedy=f"Try again in {wait:.0f} s, or pick a model from a healthy provider (see `status`).",
-            )
-        if time.monotonic() >= deadline and (last is None or last.code != "context_too_long"):
-            raise DeadlineError(
-                f"The call did not finish within its deadline of "
-                f"{deadline_seconds or self.settings.call_deadline_seconds:.0f} s "
-                f"({len(attempts)} attempts).",
-                code="deadline_exceeded",
-                remedy="Try again, pick a faster model, or raise EXAI_CALL_DEADLINE_SECONDS.",
-                details={"attempts": [a.__dict__ for a in attempts]},
-            )
-        assert last is not None
-        last.details["attempts"] = [a.__dict__ for a in attempts]
-        raise last
+            if last is None and skipped_open:
+                wait = min(b.retry_in() for b in skipped_open)
+                raise ProviderError(
+                    "Every candidate model has its circuit breaker open after repeated upstream failures.",
+                    code="breakers_open",
+                    details={"retry_in_seconds": round(wait, 1)},
+                    remedy=f"Try again in {wait:.0f} s, or pick a model from a healthy provider (see `status`).",
+                )
+            if time.monotonic() >= deadline and (last is None or last.code != "context_too_long"):
+                raise DeadlineError(
+                    f"The call did not finish within its deadline of "
+                    f"{deadline_seconds or self.settings.call_deadline_seconds:.0f} s "
+                    f"({len(attempts)} attempts).",
+                    code="deadline_exceeded",
+                    remedy="Try again, pick a faster model, or raise EXAI_CALL_DEADLINE_SECONDS.",
+                    details={"attempts": [a.__dict__ for a in attempts]},
+                )
+            assert last is not None
+            last.details["attempts"] = [a.__dict__ for a in attempts]
+            raise last
+        finally:
+            if on_attempts is not None:
+                on_attempts(attempts)
 
     async def _call_with_retries(
         self,

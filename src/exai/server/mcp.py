@@ -183,8 +183,15 @@ def build_server(services: Services) -> Server[Any]:
             except Exception:
                 log.debug("log_notification_not_sent", exc_info=True)
 
-        tool_ctx = ToolContext(services, correlation_id, progress, send_log, wants_progress, tenant=caller.tenant)
-        tool_ctx.visible_tools = visible(list(tools))
+        tool_ctx = ToolContext(
+            services.tool_services,
+            correlation_id,
+            progress,
+            send_log,
+            wants_progress,
+            tenant=caller.tenant,
+            visible_tools=visible(list(tools)),
+        )
         if not tool.calls_model:
             return await handle_call(services, tool, params.arguments, caller, tool_ctx)
         continuation = (params.arguments or {}).get("continuation_id")

@@ -83,8 +83,7 @@ class ChatTool(Tool[ChatInput, ChatOutput]):
     calls_model = True
 
     async def run(self, args: ChatInput, ctx: ToolContext) -> ToolResult[ChatOutput]:
-        services = ctx.services
-        limit = services.settings.max_prompt_chars
+        limit = ctx.settings.max_prompt_chars
         for field, text in (("prompt", args.prompt), ("system_prompt", args.system_prompt or "")):
             if len(text) > limit:
                 raise ValidationError(
@@ -103,7 +102,7 @@ class ChatTool(Tool[ChatInput, ChatOutput]):
                     details={"field": f"images.{index}"},
                 )
         system = SYSTEM_PROMPT + (f"\n\n{args.system_prompt}" if args.system_prompt else "")
-        plan = services.router.plan(args.model, "balanced", needs_images=bool(args.images))
+        plan = ctx.plan(args.model, "balanced", needs_images=bool(args.images))
         thread = await ctx.open_thread(args.continuation_id, args.prompt, adding=2)
         prompt = await build_prompt(
             model=plan.first,
@@ -111,7 +110,7 @@ class ChatTool(Tool[ChatInput, ChatOutput]):
             request=args.prompt,
             turns=thread.turns,
             files=args.files,
-            file_access=services.files,
+            file_access=ctx.files,
             max_output_tokens=args.max_output_tokens,
         )
         images = [ImageInput(url=u) for u in args.images]
@@ -144,7 +143,7 @@ class ChatTool(Tool[ChatInput, ChatOutput]):
             on_event=on_event,
         )
         response = result.response
-        await services.conversations.record(
+        await ctx.record_turns(
             thread,
             [
                 TurnRecord(role="user", content=args.prompt, tool=self.name, files=args.files),

@@ -38,7 +38,7 @@ class CollectTool(Tool[CollectInput, Any]):
     holds_slot = False  # the call it waits for holds the tenant's slot already
 
     async def run(self, args: CollectInput, ctx: ToolContext) -> types.CallToolResult:
-        calls, wait = ctx.services.calls, ctx.services.settings.client_wait_seconds or DEFAULT_COLLECT_WAIT
+        calls, wait = ctx.calls, ctx.settings.client_wait_seconds or DEFAULT_COLLECT_WAIT
         call = await calls.wait(args.task_id, ctx.tenant, wait)
         if call.status not in TERMINAL:
             return pending_result(call, wait)
