@@ -15,7 +15,7 @@ from exai.observability.errors import ValidationError
 from exai.providers.base import classify_status, parse_retry_after
 from exai.providers.catalogue import EFFORT_ORDER, Catalogue
 from exai.providers.quirks import anthropic_params, effort_for, openai_params, temperature_for
-from exai.providers.resilience import CircuitBreaker, backoff_delay
+from exai.providers.resilience import BreakerView, CircuitBreaker, backoff_delay
 from exai.providers.specs import PROVIDER_SPECS
 from exai.providers.types import GenerateRequest, Message, ThinkingMode
 from exai.tools import enabled_tools
@@ -174,11 +174,13 @@ def test_breaker_states_with_a_fake_clock() -> None:
     breaker.record_failure("server")
     breaker.record_failure("timeout")
     assert breaker.state == "open" and not breaker.allow()
+    assert breaker.view().failures == {"server": 1, "timeout": 1}, "what the status page says it opened after"
     now[0] = 10
     assert breaker.state == "half_open"
     assert breaker.allow() and not breaker.allow(), "one probe at a time"
     breaker.record_success()
     assert breaker.state == "closed" and breaker.times_opened == 1
+    assert breaker.view() == BreakerView("closed", None, {}), "a success ends the streak"
 
 
 def test_backoff_is_jittered_exponential_and_honours_retry_after() -> None:

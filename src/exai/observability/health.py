@@ -14,8 +14,7 @@ from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel
 
-from exai.observability.stats import Stats, Streak
-from exai.providers.resilience import BREAKER_KINDS
+from exai.observability.stats import Stats
 
 ProviderState = Literal["ok", "idle", "degraded", "down"]
 
@@ -27,13 +26,22 @@ class _Model(Protocol):
     def provider(self) -> str: ...
 
 
+class _BreakerView(Protocol):
+    @property
+    def state(self) -> str: ...
+    @property
+    def opened_at(self) -> float | None: ...
+    @property
+    def failures(self) -> Mapping[str, int]: ...
+
+
 class RouterView(Protocol):
-    """What health needs from the router: its providers, their models and the breaker states."""
+    """What health needs from the router: its providers, their models and their circuit breakers."""
 
     @property
     def providers(self) -> Mapping[str, Any]: ...
     def available_models(self) -> Iterable[_Model]: ...
-    def breaker_states(self) -> dict[tuple[str, str], str]: ...
+    def breakers(self) -> Mapping[tuple[str, str], _BreakerView]: ...
 
 
 class Breaker(BaseModel):
@@ -66,8 +74,8 @@ def clock_time(at: float) -> str:
     return time.strftime("%H:%M:%S UTC", time.gmtime(at))
 
 
-def _failures(streak: Streak | None) -> str:
-    counted = Counter({k: n for k, n in (streak.failures if streak else Counter()).items() if k in BREAKER_KINDS})
+def _failures(breaker: _BreakerView) -> str:
+    counted = Counter(breaker.failures)
     if not counted:
         return ""
     kinds = ", ".join(f"{kind} x{n}" for kind, n in counted.most_common())
@@ -94,7 +102,7 @@ class Health:
 
     def providers(self) -> list[ProviderHealth]:
         window = self.stats.window(self.window_seconds)
-        states = self.router.breaker_states()
+        states = self.router.breakers()
         models: dict[str, list[str]] = {}
         for model in self.router.available_models():
             models.setdefault(model.provider, []).append(model.name)
@@ -104,9 +112,9 @@ class Health:
         ]
 
     def _provider(
-        self, name: str, models: list[str], states: dict[tuple[str, str], str], attempts: Counter[str]
+        self, name: str, models: list[str], states: Mapping[tuple[str, str], _BreakerView], attempts: Counter[str]
     ) -> ProviderHealth:
-        breakers = [self._breaker(name, model, state) for (p, model), state in sorted(states.items()) if p == name]
+        breakers = [self._breaker(model, view) for (p, model), view in sorted(states.items()) if p == name]
         breakers = [b for b in breakers if b.state != "closed"]
         failures = Counter({kind: n for kind, n in attempts.items() if kind not in ("ok", "breaker_open")})
         tried = sum(n for kind, n in attempts.items() if kind != "breaker_open")
@@ -138,10 +146,8 @@ class Health:
             recent_errors=dict(failures),
         )
 
-    def _breaker(self, provider: str, model: str, state: str) -> Breaker:
-        streak = self.stats.streaks.get((provider, model))
-        since = streak.last_failure_at if streak else None
-        cause = _failures(streak)
+    def _breaker(self, model: str, view: _BreakerView) -> Breaker:
+        state, since, cause = view.state, view.opened_at, _failures(view)
         if state == "open":
             retry = f", next probe at {clock_time(since + self.breaker_cooldown)}" if since else ""
             opened = f" since {clock_time(since)}" if since else ""

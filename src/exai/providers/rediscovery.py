@@ -37,7 +37,6 @@ class CustomModelDiscovery:
         self.router = router
         self.on_found = on_found
         self.delays = delays
-        self.problem: str | None = None
         self._attempts = 0
         self._loop = BackgroundLoop(
             "exai-model-discovery", self._attempt, self._next_delay, at_once=True, failed_event="discovery_failed"
@@ -60,6 +59,12 @@ class CustomModelDiscovery:
     async def close(self) -> None:
         await self._loop.close()
 
+    @property
+    def problem(self) -> str | None:
+        """Why the endpoint's models are missing while they are asked for again; kept by the router, whose
+        errors say it."""
+        return self.router.models_pending
+
     async def _attempt(self) -> None:
         retry = self._attempts > 0
         self._attempts += 1
@@ -71,7 +76,7 @@ class CustomModelDiscovery:
             self._pending(problem)
             return
         if retry:
-            self.problem = self.router.models_pending = None
+            self.router.models_pending = None
             log.info("custom_models_discovered_after_retry", attempts=self._attempts - 1)
         self.on_found()
 
@@ -83,5 +88,4 @@ class CustomModelDiscovery:
 
     def _pending(self, problem: str) -> None:
         every = self.delays[-1]
-        self.problem = f"{problem}; it is asked again in the background (every {every:g} s at most)"
-        self.router.models_pending = self.problem
+        self.router.models_pending = f"{problem}; it is asked again in the background (every {every:g} s at most)"

@@ -25,7 +25,7 @@ from exai.observability.tracing import tracer
 from exai.providers.base import CallOptions, Provider, UpstreamError
 from exai.providers.catalogue import Catalogue, ModelInfo
 from exai.providers.fair_share import TenantShares
-from exai.providers.resilience import CircuitBreaker, backoff_delay, queue_timeout_error, to_exai_error
+from exai.providers.resilience import BreakerView, CircuitBreaker, backoff_delay, queue_timeout_error, to_exai_error
 from exai.providers.types import DeltaCallback, GenerateRequest, GenerateResponse
 
 Category = Literal["fast", "balanced", "reasoning"]
@@ -470,8 +470,9 @@ class Router:
         if self.on_attempt is not None:
             self.on_attempt(attempt)
 
-    def breaker_states(self) -> dict[tuple[str, str], str]:
-        return {key: breaker.state for key, breaker in self._breakers.items()}
+    def breakers(self) -> dict[tuple[str, str], BreakerView]:
+        """Every breaker that has seen a call, by (provider, model)."""
+        return {key: breaker.view() for key, breaker in self._breakers.items()}
 
     async def close(self) -> None:
         await asyncio.gather(*(p.close() for p in self.providers.values()), return_exceptions=True)

@@ -33,7 +33,7 @@ from exai.app import Services
 from exai.observability.context import bind_correlation_id, caller_correlation_id
 from exai.observability.errors import NotFoundError
 from exai.observability.logging import get_logger
-from exai.security.auth import COLLECT_TOOL, LOCAL_TENANT, visible_tools
+from exai.security.auth import COLLECT_TOOL, token_tenant, visible_tools
 from exai.server.answers import pending_result, with_pending
 from exai.server.call_records import Execution
 from exai.server.calls import Caller, handle_call
@@ -119,8 +119,7 @@ def build_server(services: Services) -> Server[Any]:
         )
 
     def caller_tenant() -> str:
-        token = get_access_token()
-        return token.subject if token is not None and token.subject else LOCAL_TENANT
+        return token_tenant(get_access_token())
 
     def caller_scopes() -> list[str] | None:
         """The scopes of the caller's token; None when the daemon runs without auth (or over stdio)."""

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from exai.observability.health import Health
     from exai.observability.stats import Stats
     from exai.providers.router import Attempt, Category, RoutePlan, Router, RouteResult
-    from exai.providers.types import GenerateRequest
+    from exai.providers.types import GenerateRequest, Usage
     from exai.security.files import FileAccess
     from exai.security.limits import RateLimiter
     from exai.server.call_records import CallRunner
@@ -95,6 +95,17 @@ def _check_arguments(value: Any, path: str, depth: int = 0) -> None:
             raise ArgumentError(path, f"{len(value)} items; at most {LIST_LIMIT} are accepted")
         for index, item in enumerate(value):
             _check_arguments(item, f"{path}.{index}", depth + 1)
+
+
+class UsageOut(BaseModel):
+    """A model call's tokens in a tool's output, as the upstream reported them."""
+
+    input_tokens: int
+    output_tokens: int
+
+    @classmethod
+    def of(cls, usage: Usage) -> UsageOut:
+        return cls(input_tokens=usage.input_tokens, output_tokens=usage.output_tokens)
 
 
 @dataclass

@@ -12,7 +12,7 @@ from exai.conversations.threads import answer_turn, truncation_notice
 from exai.observability.errors import ValidationError
 from exai.providers.types import GenerateRequest, ImageInput, StreamChunk, ThinkingMode
 from exai.storage.base import TurnRecord
-from exai.tools.base import PROMPT_CEILING, PROMPT_LIMIT, Tool, ToolContext, ToolInput, ToolResult
+from exai.tools.base import PROMPT_CEILING, PROMPT_LIMIT, Tool, ToolContext, ToolInput, ToolResult, UsageOut
 
 SYSTEM_PROMPT = (
     "You are a senior software engineer consulted by an AI coding agent. Answer precisely and concretely; "
@@ -43,11 +43,6 @@ class ChatInput(ToolInput):
     max_output_tokens: int | None = Field(default=None, ge=1, description="Cap on the answer's length in tokens.")
     files: list[str] = Field(default_factory=list, description="Absolute paths of files to include.")
     continuation_id: str | None = Field(default=None, description="Thread id from an earlier response.")
-
-
-class UsageOut(BaseModel):
-    input_tokens: int
-    output_tokens: int
 
 
 class ChatOutput(BaseModel):
@@ -155,7 +150,7 @@ class ChatTool(Tool[ChatInput, ChatOutput]):
             answer=response.text,
             model=response.model,
             provider=response.provider,
-            usage=UsageOut(input_tokens=response.usage.input_tokens, output_tokens=response.usage.output_tokens),
+            usage=UsageOut.of(response.usage),
             cost_usd=round(ctx.model_calls[-1].cost_usd, 6),
             latency_ms=round((time.perf_counter() - started) * 1000, 2),
             upstream_latency_ms=round(response.upstream_latency_ms, 2),

@@ -24,7 +24,7 @@ from exai.observability.errors import ExaiError, ValidationError
 from exai.providers.router import Category
 from exai.providers.types import GenerateRequest, ThinkingMode
 from exai.storage.base import TurnRecord
-from exai.tools.base import Tool, ToolContext, ToolInput, ToolResult
+from exai.tools.base import Tool, ToolContext, ToolInput, ToolResult, UsageOut
 
 
 class WorkflowInput(ToolInput):
@@ -41,11 +41,6 @@ class WorkflowInput(ToolInput):
     model: str = Field(default="auto", description="Expert model, or 'auto'.")
     thinking_mode: ThinkingMode = "medium"
     use_assistant_model: bool = Field(default=True, description="False skips the expert call.")
-
-
-class UsageOut(BaseModel):
-    input_tokens: int = 0
-    output_tokens: int = 0
 
 
 class WorkflowOutput(BaseModel):
@@ -227,7 +222,7 @@ class WorkflowTool(Tool[WorkflowInput, WorkflowOutput]):
             truncated=True if response.truncated else None,
             model=response.model,
             provider=response.provider,
-            usage=UsageOut(input_tokens=response.usage.input_tokens, output_tokens=response.usage.output_tokens),
+            usage=UsageOut.of(response.usage),
             files_included=prompt.files_included,
             files_skipped=prompt.files_skipped,
             next_call=next_call,
