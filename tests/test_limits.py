@@ -50,10 +50,8 @@ async def test_local_limits() -> None:
 async def test_redis_outage_follows_the_setting() -> None:
     broken = aioredis.from_url("redis://127.0.0.1:1/0", socket_connect_timeout=0.2)
     fail_open = RedisLimiter(broken, Limits(concurrent=1), {}, "open", 60)
-    errors: list[int] = []
-    fail_open.on_redis_error = lambda: errors.append(1)
     lease = await fail_open.acquire("t")
-    assert lease.local and fail_open.degraded and fail_open.failures == 1 and errors == [1]
+    assert lease.local and fail_open.degraded and fail_open.failures == 1
     with pytest.raises(RateLimitError) as caught:
         await fail_open.acquire("t")
     assert caught.value.code == "rate_limited_concurrency", "open means degraded (limited per replica), not unlimited"

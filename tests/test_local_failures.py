@@ -31,7 +31,7 @@ from tests.helpers import build_services, tool_error
 pytestmark = pytest.mark.anyio
 Daemon = Callable[..., Proc]
 CATALOGUE = Catalogue.load(custom_models=["sim-fast"])
-REQUEST = GenerateRequest(model="x", messages=[Message(role="user", content="q")])
+REQUEST = GenerateRequest(messages=[Message(role="user", content="q")])
 
 
 async def test_a_header_that_cannot_be_encoded_is_a_local_validation_error(sim: SimControl) -> None:

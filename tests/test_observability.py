@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import os
 import re
 import subprocess
@@ -184,6 +185,12 @@ async def test_metrics_after_known_traffic(daemon: Daemon, sim: SimControl) -> N
     assert _metric(text, "exai_tool_latency_seconds_count", tool="chat") == 5
     assert _metric(text, "exai_gateway_overhead_seconds_count", tool="chat") == 5
     assert _metric(text, "exai_upstream_latency_seconds_count", provider="custom", model="sim-fast") == 3
+    upstream = sum(_metric(text, "exai_upstream_latency_seconds_sum", model=m) for m in ("sim-fast", "sim-smart"))
+    ours = _metric(text, "exai_tool_latency_seconds_sum", tool="chat")
+    overhead = _metric(text, "exai_gateway_overhead_seconds_sum", tool="chat")
+    assert upstream > 0 and math.isclose(ours - overhead, upstream, rel_tol=1e-6, abs_tol=1e-6), (
+        "the gateway overhead is each call's time minus every upstream attempt it made, the failed one too"
+    )
     assert _metric(text, "exai_storage_latency_seconds_count", operation="append_turns") == 4
     assert _metric(text, "exai_in_flight_calls") == 0
     assert _metric(text, "exai_breaker_state", provider="custom", model="sim-smart") == 0

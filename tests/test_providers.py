@@ -31,7 +31,7 @@ def _providers(sim: SimControl) -> list[tuple[object, str]]:
 
 @pytest.mark.parametrize("streaming", [False, True])
 async def test_prompt_system_and_history_arrive_intact(sim: SimControl, streaming: bool) -> None:
-    request = GenerateRequest(model="x", system="You are terse.", messages=HISTORY)
+    request = GenerateRequest(system="You are terse.", messages=HISTORY)
     expected = reply_digest("You are terse.", [(m.role, m.content) for m in HISTORY])
     for provider, model in _providers(sim):
         chunks: list[StreamChunk] = []
@@ -56,7 +56,7 @@ async def test_prompt_system_and_history_arrive_intact(sim: SimControl, streamin
 
 async def test_kimi_reasoning_content_is_returned(sim: SimControl) -> None:
     provider = OpenAICompatibleProvider("kimi", sim.openai_url, "k")
-    request = GenerateRequest(model="x", messages=[Message(role="user", content="think")])
+    request = GenerateRequest(messages=[Message(role="user", content="think")])
     for on_delta in (None, _ignore):
         response = await provider.generate(request, CATALOGUE.get("kimi-k2-thinking"), OPTIONS, on_delta)
         assert response.reasoning == "reasoning about kimi-k2-thinking"
@@ -66,7 +66,7 @@ async def test_kimi_reasoning_content_is_returned(sim: SimControl) -> None:
 async def test_quirk_flags_shape_the_wire_request(sim: SimControl) -> None:
     provider = OpenAICompatibleProvider("openai", sim.openai_url, "k")
     request = GenerateRequest(
-        model="x", messages=[Message(role="user", content="q")], temperature=0.2, thinking="high", max_output_tokens=100
+        messages=[Message(role="user", content="q")], temperature=0.2, thinking="high", max_output_tokens=100
     )
     await provider.generate(request, CATALOGUE.get("gpt-5"), OPTIONS)
     await provider.generate(request, CATALOGUE.get("glm-4.6"), OPTIONS)
@@ -80,7 +80,7 @@ async def test_quirk_flags_shape_the_wire_request(sim: SimControl) -> None:
 
 async def test_reasoning_models_get_an_effort_they_accept_by_default(sim: SimControl) -> None:
     provider = OpenAICompatibleProvider("openai", sim.openai_url, "k")
-    request = GenerateRequest(model="x", messages=[Message(role="user", content="q")], temperature=0.3)
+    request = GenerateRequest(messages=[Message(role="user", content="q")], temperature=0.3)
     for name in ("o3", "o4-mini", "gpt-5"):
         await provider.generate(request, CATALOGUE.get(name), OPTIONS)
     await provider.close()
@@ -94,7 +94,7 @@ async def test_anthropic_thinking_and_images(sim: SimControl) -> None:
     provider = AnthropicProvider("anthropic", sim.url, "k")
     image = ImageInput(url="data:image/png;base64,iVBORw0KGgo=")
     request = GenerateRequest(
-        model="x", system="sys", thinking="medium", messages=[Message(role="user", content="look", images=[image])]
+        system="sys", thinking="medium", messages=[Message(role="user", content="look", images=[image])]
     )
     response = await provider.generate(request, CATALOGUE.get("claude-sonnet-4-5"), OPTIONS)
     await provider.close()
@@ -133,7 +133,7 @@ FAULTS = [
 @pytest.mark.parametrize("streaming", [False, True])
 async def test_every_fault_is_classified(sim: SimControl, fault: str, kind: str, streaming: bool) -> None:
     sim.fault(fault, retry_after=2)
-    request = GenerateRequest(model="x", messages=[Message(role="user", content="q")])
+    request = GenerateRequest(messages=[Message(role="user", content="q")])
     for provider, model in _providers(sim):
         with pytest.raises(UpstreamError) as caught:
             await provider.generate(request, CATALOGUE.get(model), OPTIONS, _ignore if streaming else None)
@@ -146,7 +146,7 @@ async def test_every_fault_is_classified(sim: SimControl, fault: str, kind: str,
 
 async def test_truncated_stream_is_a_connection_failure(sim: SimControl) -> None:
     sim.fault("truncate")
-    request = GenerateRequest(model="x", messages=[Message(role="user", content="a long enough question here")])
+    request = GenerateRequest(messages=[Message(role="user", content="a long enough question here")])
     for provider, model in _providers(sim):
         with pytest.raises(UpstreamError) as caught:
             await provider.generate(request, CATALOGUE.get(model), OPTIONS, _ignore)
@@ -157,7 +157,7 @@ async def test_truncated_stream_is_a_connection_failure(sim: SimControl) -> None
 async def test_hang_hits_the_timeout_and_the_upstream_sees_the_hang_up(sim: SimControl) -> None:
     sim.fault("hang")
     provider = OpenAICompatibleProvider("custom", sim.openai_url, None)
-    request = GenerateRequest(model="x", messages=[Message(role="user", content="q")])
+    request = GenerateRequest(messages=[Message(role="user", content="q")])
     with pytest.raises(UpstreamError) as caught:
         await provider.generate(request, CATALOGUE.get("sim-fast"), CallOptions(timeout=0.3, headers={}))
     await provider.close()

@@ -18,7 +18,7 @@ from tests.helpers import build_services, tool_error
 
 pytestmark = pytest.mark.anyio
 Daemon = Callable[..., Proc]
-REQUEST = GenerateRequest(model="sim-fast", messages=[Message(role="user", content="retry me")])
+REQUEST = GenerateRequest(messages=[Message(role="user", content="retry me")])
 
 
 async def test_a_long_retry_after_falls_back_at_once(daemon: Daemon, sim: SimControl) -> None:

@@ -13,7 +13,7 @@ from tests.conftest import SimControl
 from tests.helpers import build_services
 
 pytestmark = pytest.mark.anyio
-REQUEST = GenerateRequest(model="auto", messages=[Message(role="user", content="route me")])
+REQUEST = GenerateRequest(messages=[Message(role="user", content="route me")])
 
 
 async def test_transient_500_is_retried_on_the_same_model(sim: SimControl, monkeypatch: pytest.MonkeyPatch) -> None:

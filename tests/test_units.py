@@ -16,7 +16,7 @@ from exai.provider_specs import PROVIDER_SPECS
 from exai.providers.base import classify_status, parse_retry_after
 from exai.providers.catalogue import EFFORT_ORDER, Catalogue
 from exai.providers.quirks import anthropic_params, effort_for, openai_params, temperature_for
-from exai.providers.resilience import CircuitBreaker, backoff_delay
+from exai.providers.resilience import BreakerView, CircuitBreaker, backoff_delay
 from exai.providers.types import GenerateRequest, Message, ThinkingMode
 from exai.tools import enabled_tools
 
@@ -111,7 +111,7 @@ ACCEPTED_EFFORTS = {
 @pytest.mark.parametrize("name", sorted(CATALOGUE.models))
 def test_every_model_is_sent_only_parameters_it_accepts(name: str, thinking: ThinkingMode) -> None:
     model = CATALOGUE.models[name]
-    request = GenerateRequest(model=name, messages=[Message(role="user", content="q")], thinking=thinking)
+    request = GenerateRequest(messages=[Message(role="user", content="q")], thinking=thinking)
     request = request.model_copy(update={"temperature": 0.7})
     if PROVIDER_SPECS[model.provider].wire == "anthropic":
         params = anthropic_params(request, model)
@@ -151,7 +151,7 @@ def test_efforts_are_listed_for_every_reasoning_model_and_grow_with_the_level() 
         assert efforts == sorted(efforts, key=EFFORT_ORDER.index), (name, efforts)
     assert effort_for(CATALOGUE.get("o3"), "off") == "low", "o3 cannot switch reasoning off"
     assert effort_for(CATALOGUE.get("gpt-5"), "max") == "high"
-    off = GenerateRequest(model="x", messages=[Message(role="user", content="q")], thinking="off")
+    off = GenerateRequest(messages=[Message(role="user", content="q")], thinking="off")
     assert openai_params(off, CATALOGUE.get("glm-4.5"))["extra_body"] == {"thinking": {"type": "disabled"}}
 
 
@@ -174,11 +174,13 @@ def test_breaker_states_with_a_fake_clock() -> None:
     breaker.record_failure("server")
     breaker.record_failure("timeout")
     assert breaker.state == "open" and not breaker.allow()
+    assert breaker.view().failures == {"server": 1, "timeout": 1}, "what the status page says it opened after"
     now[0] = 10
     assert breaker.state == "half_open"
     assert breaker.allow() and not breaker.allow(), "one probe at a time"
     breaker.record_success()
     assert breaker.state == "closed" and breaker.times_opened == 1
+    assert breaker.view() == BreakerView("closed", None, {}), "a success ends the streak"
 
 
 def test_backoff_is_jittered_exponential_and_honours_retry_after() -> None:

@@ -41,7 +41,7 @@ async def _replay(sim: SimControl, name: str) -> GenerateResponse | UpstreamErro
         provider = AnthropicProvider(model.provider, sim.url, "sk-fixture")
     else:
         provider = OpenAICompatibleProvider(model.provider, sim.openai_url, "sk-fixture")
-    request = GenerateRequest(model=model.name, messages=[Message(role="user", content="q")])
+    request = GenerateRequest(messages=[Message(role="user", content="q")])
     chunks: list[StreamChunk] = []
 
     async def keep(chunk: StreamChunk) -> None:

@@ -24,7 +24,6 @@ from exai.providers.catalogue import Catalogue
 from exai.providers.lazy import LazyProvider, import_later
 from exai.providers.listings import VendorListings
 from exai.providers.rediscovery import CustomModelDiscovery
-from exai.providers.resilience import BREAKER_KINDS
 from exai.providers.router import Router
 from exai.security.auth import JWTVerifier, parse_api_keys
 from exai.security.files import FileAccess
@@ -37,7 +36,7 @@ from exai.storage.opening import open_store
 from exai.storage.retention import Purger
 from exai.storage.sqlite import SQLiteStore
 from exai.tools import enabled_tools
-from exai.tools.base import Tool
+from exai.tools.base import Tool, ToolServices, ToolSettings
 
 if TYPE_CHECKING:
     import redis.asyncio as aioredis
@@ -186,6 +185,8 @@ class Services:
     redis: aioredis.Redis | None
     admission: Admission
     calls: CallRunner
+    tool_services: ToolServices
+    """What tools may use (the narrow part of these services handed to each call)."""
     schema_version: int | None = None
     """The store's schema version once it is open (migrations applied)."""
 
@@ -208,7 +209,6 @@ class Services:
             limiter,
             settings.alert_window_seconds,
             settings.breaker_cooldown_seconds,
-            breaker_kinds=BREAKER_KINDS,
         )
         admission = Admission(
             settings.max_calls_in_flight, settings.max_calls_waiting, settings.admission_queue_seconds
@@ -238,6 +238,33 @@ class Services:
             roots = [] if transport == "http" else [str(Path.cwd())]
         tools = enabled_tools(settings.tool_profile, settings.disabled_tools)
         metrics.know_tools(t.name for t in tools)
+        conversations = Conversations(
+            store, settings.thread_ttl_hours * 3600, settings.max_turns_per_thread, events.storage_finished
+        )
+        files = FileAccess([Path(r) for r in roots], settings.max_file_bytes, settings.max_file_bytes_per_call)
+        calls = CallRunner(
+            store,
+            settings,
+            on_task_event=lambda kind, call: events.task_event(
+                kind, call.tenant, call.tool, call.id, call.correlation_id
+            ),
+            on_counts=lambda counts: events.task_counts(counts.by_status, counts.oldest_working),
+        )
+        tool_services = ToolServices(
+            router=router,
+            conversations=conversations,
+            files=files,
+            limiter=limiter,
+            calls=calls,
+            stats=stats,
+            health=health,
+            tool_names=tuple(t.name for t in tools),
+            settings=ToolSettings(
+                max_prompt_chars=settings.max_prompt_chars,
+                max_file_bytes_per_call=settings.max_file_bytes_per_call,
+                client_wait_seconds=settings.client_wait_seconds,
+            ),
+        )
         return cls(
             settings=settings,
             catalogue=catalogue,
@@ -246,10 +273,8 @@ class Services:
             health=health,
             tools=tools,
             store=store,
-            conversations=Conversations(
-                store, settings.thread_ttl_hours * 3600, settings.max_turns_per_thread, events.storage_finished
-            ),
-            files=FileAccess([Path(r) for r in roots], settings.max_file_bytes, settings.max_file_bytes_per_call),
+            conversations=conversations,
+            files=files,
             audit=audit,
             purger=Purger(store, settings.purge_interval_seconds, settings.audit_retention_days * 86400),
             transport=transport,
@@ -262,14 +287,8 @@ class Services:
             listings=VendorListings(settings, router),
             redis=redis,
             admission=admission,
-            calls=CallRunner(
-                store,
-                settings,
-                on_task_event=lambda kind, call: events.task_event(
-                    kind, call.tenant, call.tool, call.id, call.correlation_id
-                ),
-                on_counts=lambda counts: events.task_counts(counts.by_status, counts.oldest_working),
-            ),
+            calls=calls,
+            tool_services=tool_services,
         )
 
     async def start(self) -> None:

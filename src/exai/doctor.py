@@ -105,7 +105,7 @@ async def _live_calls(services: Services, timeout: float) -> int:
             continue
         model = usable[0]
         request = GenerateRequest(
-            model=model.name, messages=[Message(role="user", content=LIVE_PROMPT)], max_output_tokens=LIVE_MAX_OUTPUT
+            messages=[Message(role="user", content=LIVE_PROMPT)], max_output_tokens=LIVE_MAX_OUTPUT
         )
         started = time.perf_counter()
         try:

@@ -34,10 +34,7 @@ class SkippedFile(BaseModel):
 @dataclass
 class Prompt:
     messages: list[Message]
-    budget: int
-    used: int
     turns_included: int
-    turns_dropped: int
     files_included: list[str] = field(default_factory=list)
     files_skipped: list[SkippedFile] = field(default_factory=list)
     input_tokens: int = 0
@@ -119,7 +116,7 @@ async def build_prompt(
         messages[-1] = Message(role="user", content=messages[-1].content + "\n\n" + final)
     else:
         messages.append(Message(role="user", content=final))
-    return Prompt(messages, budget, spent, len(kept), len(turns) - len(kept), included, skipped, spent + fixed)
+    return Prompt(messages, len(kept), included, skipped, spent + fixed)
 
 
 def _alternate(messages: list[Message]) -> list[Message]:

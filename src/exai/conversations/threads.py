@@ -43,7 +43,6 @@ class ThreadBusyError(ExaiError):
 class Thread:
     record: ThreadRecord
     turns: list[TurnRecord] = field(default_factory=list)
-    is_new: bool = False
     state: ThreadState = field(default_factory=ThreadState)
 
     @property
@@ -87,7 +86,7 @@ class Conversations:
         record = ThreadRecord(
             tenant=tenant, title=_title(title), created_at=now, updated_at=now, expires_at=now + self.ttl
         )
-        return Thread(record, [], is_new=True)  # stored with its first turns, in one transaction
+        return Thread(record, [])  # stored with its first turns, in one transaction
 
     async def read(self, continuation_id: str, tenant: str) -> Thread:
         """The caller's thread with its turns, to show or continue; unknown, foreign and expired ids are errors."""
@@ -162,7 +161,7 @@ class Conversations:
                 except ThreadConflict as exc:
                     conflict = exc
             if conflict is None:
-                thread.record, thread.state, thread.is_new = record, state, False
+                thread.record, thread.state = record, state
                 thread.turns.extend(numbered)
                 return record
             if conflict.gone:

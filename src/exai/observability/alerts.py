@@ -19,6 +19,7 @@ from typing import Any
 import httpx2
 from pydantic import BaseModel, Field
 
+from exai.background import BackgroundLoop
 from exai.observability.health import Health
 from exai.observability.logging import get_logger
 from exai.observability.stats import Stats, percentile
@@ -73,7 +74,10 @@ class AlertManager:
         self.active: dict[str, Alert] = {}
         self.history: deque[Alert] = deque(maxlen=200)
         self._deliveries: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
-        self._tasks: list[asyncio.Task[None]] = []
+        self._evaluating = BackgroundLoop(
+            "exai-alerts", self._evaluate, interval, failed_event="alert_evaluation_failed"
+        )
+        self._delivering: asyncio.Task[None] | None = None
 
     def conditions(self) -> dict[str, tuple[str, str]]:
         """The alerts whose condition holds now: name -> (severity, summary)."""
@@ -139,13 +143,8 @@ class AlertManager:
         if self.webhook_url:
             self._deliveries.put_nowait(alert.to_dict())
 
-    async def _evaluate_forever(self) -> None:
-        while True:
-            await asyncio.sleep(self.interval)
-            try:
-                self.evaluate()
-            except Exception:
-                log.exception("alert_evaluation_failed")
+    async def _evaluate(self) -> None:
+        self.evaluate()
 
     async def _deliver_forever(self) -> None:
         async with httpx2.AsyncClient(timeout=5) as http:
@@ -161,15 +160,17 @@ class AlertManager:
                     await asyncio.sleep(min(0.5 * 2**attempt, 10))
 
     def start(self) -> None:
-        self._tasks = [asyncio.create_task(self._evaluate_forever(), name="exai-alerts")]
+        self._evaluating.start()
         if self.webhook_url:  # its HTTP client costs ~45 ms of CPU to build, on the loop, as a client connects
-            self._tasks.append(asyncio.create_task(self._deliver_forever(), name="exai-alert-webhook"))
+            self._delivering = asyncio.create_task(self._deliver_forever(), name="exai-alert-webhook")
 
     async def close(self) -> None:
-        for task in self._tasks:
-            task.cancel()
+        await self._evaluating.close()
+        if self._delivering is not None:
+            self._delivering.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await task
+                await self._delivering
+            self._delivering = None
 
     def snapshot(self) -> dict[str, Any]:
         return {

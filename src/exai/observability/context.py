@@ -44,19 +44,3 @@ def bind_correlation_id(value: str | None) -> str:
     _correlation_id.set(cid)
     structlog.contextvars.bind_contextvars(correlation_id=cid)
     return cid
-
-
-_upstream_wait: ContextVar[list[float] | None] = ContextVar("exai_upstream_wait", default=None)
-
-
-def start_upstream_clock() -> list[float]:
-    """Begin counting the time this request spends waiting for upstreams (for the gateway-overhead metric)."""
-    clock = [0.0]
-    _upstream_wait.set(clock)
-    return clock
-
-
-def add_upstream_wait(seconds: float) -> None:
-    clock = _upstream_wait.get()
-    if clock is not None:
-        clock[0] += seconds

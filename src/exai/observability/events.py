@@ -12,7 +12,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
-from exai.observability.context import add_upstream_wait
 from exai.observability.metrics import Metrics
 from exai.observability.refusals import RepeatedRefusals
 from exai.observability.stats import Attempt, Stats
@@ -119,9 +118,7 @@ class Events:
         self.stats.attempt_finished(attempt)
         self.metrics.provider_calls.labels(attempt.provider, attempt.model, attempt.outcome).inc()
         if attempt.outcome != "breaker_open":
-            seconds = attempt.latency_ms / 1000
-            self.metrics.upstream_latency.labels(attempt.provider, attempt.model).observe(seconds)
-            add_upstream_wait(seconds)
+            self.metrics.upstream_latency.labels(attempt.provider, attempt.model).observe(attempt.latency_ms / 1000)
 
     def task_event(self, kind: str, tenant: str, tool: str, call_id: str, correlation_id: str) -> None:
         """A task was created, cancelled, collected, or lost with its replica: counted and audited (the row names

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel
 
-from exai.observability.stats import Stats, Streak
+from exai.observability.stats import Stats
 
 ProviderState = Literal["ok", "idle", "degraded", "down"]
 
@@ -26,13 +26,22 @@ class _Model(Protocol):
     def provider(self) -> str: ...
 
 
+class _BreakerView(Protocol):
+    @property
+    def state(self) -> str: ...
+    @property
+    def opened_at(self) -> float | None: ...
+    @property
+    def failures(self) -> Mapping[str, int]: ...
+
+
 class RouterView(Protocol):
-    """What health needs from the router: its providers, their models and the breaker states."""
+    """What health needs from the router: its providers, their models and their circuit breakers."""
 
     @property
     def providers(self) -> Mapping[str, Any]: ...
     def available_models(self) -> Iterable[_Model]: ...
-    def breaker_states(self) -> dict[tuple[str, str], str]: ...
+    def breakers(self) -> Mapping[tuple[str, str], _BreakerView]: ...
 
 
 class Breaker(BaseModel):
@@ -65,8 +74,8 @@ def clock_time(at: float) -> str:
     return time.strftime("%H:%M:%S UTC", time.gmtime(at))
 
 
-def _failures(streak: Streak | None, breaker_kinds: Collection[str]) -> str:
-    counted = Counter({k: n for k, n in (streak.failures if streak else Counter()).items() if k in breaker_kinds})
+def _failures(breaker: _BreakerView) -> str:
+    counted = Counter(breaker.failures)
     if not counted:
         return ""
     kinds = ", ".join(f"{kind} x{n}" for kind, n in counted.most_common())
@@ -81,23 +90,19 @@ class Health:
         limiter: object | None,
         window_seconds: float,
         breaker_cooldown: float,
-        breaker_kinds: Collection[str],
     ) -> None:
-        """`breaker_kinds`: the upstream failure kinds that count towards opening a breaker (the router's rule),
-        named in a breaker's reason."""
         self.stats = stats
         self.router = router
         self._limiter = limiter
         self.window_seconds = window_seconds
         self.breaker_cooldown = breaker_cooldown
-        self.breaker_kinds = breaker_kinds
 
     def limiter(self) -> LimiterHealth:
         return limiter_health(self._limiter)
 
     def providers(self) -> list[ProviderHealth]:
         window = self.stats.window(self.window_seconds)
-        states = self.router.breaker_states()
+        states = self.router.breakers()
         models: dict[str, list[str]] = {}
         for model in self.router.available_models():
             models.setdefault(model.provider, []).append(model.name)
@@ -107,9 +112,9 @@ class Health:
         ]
 
     def _provider(
-        self, name: str, models: list[str], states: dict[tuple[str, str], str], attempts: Counter[str]
+        self, name: str, models: list[str], states: Mapping[tuple[str, str], _BreakerView], attempts: Counter[str]
     ) -> ProviderHealth:
-        breakers = [self._breaker(name, model, state) for (p, model), state in sorted(states.items()) if p == name]
+        breakers = [self._breaker(model, view) for (p, model), view in sorted(states.items()) if p == name]
         breakers = [b for b in breakers if b.state != "closed"]
         failures = Counter({kind: n for kind, n in attempts.items() if kind not in ("ok", "breaker_open")})
         tried = sum(n for kind, n in attempts.items() if kind != "breaker_open")
@@ -141,10 +146,8 @@ class Health:
             recent_errors=dict(failures),
         )
 
-    def _breaker(self, provider: str, model: str, state: str) -> Breaker:
-        streak = self.stats.streaks.get((provider, model))
-        since = streak.last_failure_at if streak else None
-        cause = _failures(streak, self.breaker_kinds)
+    def _breaker(self, model: str, view: _BreakerView) -> Breaker:
+        state, since, cause = view.state, view.opened_at, _failures(view)
         if state == "open":
             retry = f", next probe at {clock_time(since + self.breaker_cooldown)}" if since else ""
             opened = f" since {clock_time(since)}" if since else ""
@@ -163,14 +166,15 @@ class Health:
 
 
 def limiter_health(limiter: object | None) -> LimiterHealth:
-    """The rate limiter's state, read duck-typed (`degraded`, `failures`, `on_failure`) from whichever limiter runs."""
+    """The rate limiter's state, read duck-typed (`degraded`, `failures`, `when_redis_fails`) from whichever limiter
+    runs."""
     if limiter is None:
         return LimiterHealth(backend="none", degraded=False, redis_errors=0, reason="no limits configured")
     redis = hasattr(limiter, "redis")
     errors = int(getattr(limiter, "failures", 0))
     degraded = bool(getattr(limiter, "degraded", False))
     if degraded:
-        if getattr(limiter, "on_failure", "open") == "closed":
+        if getattr(limiter, "when_redis_fails", "open") == "closed":
             reason = "limiter degraded: Redis unreachable, calls refused (EXAI_RATE_LIMIT_ON_REDIS_ERROR=closed)"
         else:
             reason = "limiter degraded: Redis unreachable, per-replica fallback limits in force"

@@ -88,14 +88,6 @@ class Slot:
             self.attempts.setdefault(provider, Counter()).update(outcomes)
 
 
-@dataclass
-class Streak:
-    """One model's upstream failures since its last success: what its circuit breaker has seen."""
-
-    failures: Counter[str] = field(default_factory=Counter)
-    last_failure_at: float | None = None
-
-
 class TenantUsage(BaseModel):
     calls: int = 0
     input_tokens: int = 0
@@ -110,7 +102,6 @@ class Stats:
         self.in_flight = 0
         self.calls: Counter[tuple[str, str]] = Counter()
         self.recent_calls: deque[CallEvent] = deque(maxlen=RECENT_CALLS)
-        self.streaks: dict[tuple[str, str], Streak] = {}
         self.providers_seen: set[str] = set()
         self.usage_day = ""
         self.usage: dict[str, TenantUsage] = {}
@@ -137,14 +128,6 @@ class Stats:
         now = self.clock()
         self.providers_seen.add(attempt.provider)
         self._slot(now).attempts.setdefault(attempt.provider, Counter())[attempt.outcome] += 1
-        if attempt.outcome == "breaker_open":
-            return
-        streak = self.streaks.setdefault((attempt.provider, attempt.model), Streak())
-        if attempt.outcome == "ok":
-            streak.failures.clear()
-        else:
-            streak.failures[attempt.outcome] += 1
-            streak.last_failure_at = now
 
     def mark(self, kind: str) -> None:
         """Count a moment of `kind` (auth_failure, storage_error, ...) for the windowed alert rules."""

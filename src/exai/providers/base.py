@@ -216,22 +216,26 @@ def classify_response(status: int, body: str, headers: Mapping[str, str]) -> Ups
     return classify_status(status, body, headers.get("retry-after"), headers.get("retry-after-ms"))
 
 
-def _upstream_failure(sdk: ModuleType, exc: Exception) -> UpstreamError | None:
-    """The upstream failure `exc` stands for, or None when it was not the upstream's doing."""
-    if isinstance(exc, sdk.APIStatusError) and exc.status_code < 300:  # an error event inside a streamed answer
-        return error_in_body(exc.body)
-    if isinstance(exc, sdk.APIStatusError):
+def _upstream_failure(sdk: ModuleType | None, exc: Exception) -> UpstreamError | None:
+    """The upstream failure `exc` stands for, or None when it was not the upstream's doing. `sdk` is the vendor
+    SDK the request went through (for its exception classes), None for a request sent with httpx2 directly."""
+    if sdk is not None and isinstance(exc, sdk.APIStatusError):
+        if exc.status_code < 300:  # an error event inside a streamed answer
+            return error_in_body(exc.body)
         return classify_response(exc.status_code, exc.response.text, exc.response.headers)
     if isinstance(exc, httpx2.LocalProtocolError) or isinstance(exc.__cause__, httpx2.LocalProtocolError):
         return None  # the request we built breaks HTTP (e.g. a header with a newline): ours, not the upstream's
-    if isinstance(exc, sdk.APITimeoutError | httpx2.TimeoutException):
+    timeout = httpx2.TimeoutException if sdk is None else (sdk.APITimeoutError, httpx2.TimeoutException)
+    if isinstance(exc, timeout):
         return UpstreamError("timeout", "upstream did not answer in time")
-    if isinstance(exc, sdk.APIConnectionError | httpx2.TransportError):
+    unreachable = httpx2.TransportError if sdk is None else (sdk.APIConnectionError, httpx2.TransportError)
+    if isinstance(exc, unreachable):
         return UpstreamError("connection", f"cannot reach upstream: {exc.__cause__ or exc}")
-    if isinstance(exc, sdk.APIResponseValidationError | json.JSONDecodeError):
+    malformed = json.JSONDecodeError if sdk is None else (sdk.APIResponseValidationError, json.JSONDecodeError)
+    if isinstance(exc, malformed):
         return UpstreamError("server", f"upstream sent a malformed answer: {exc}")
-    if isinstance(exc, sdk.APIError) and getattr(exc, "body", None) is not None:  # `{"error": ...}` in a stream
-        return error_in_body(exc.body)
+    if sdk is not None and isinstance(exc, sdk.APIError) and getattr(exc, "body", None) is not None:
+        return error_in_body(exc.body)  # `{"error": ...}` in a stream
     return None
 
 
@@ -260,8 +264,9 @@ def _local_failure(provider: str, exc: Exception) -> ExaiError:
 
 
 @contextmanager
-def sending(sdk: ModuleType, provider: str) -> Iterator[None]:
-    """Wrap the SDK call that builds and sends a request (openai and anthropic share exception names).
+def sending(sdk: ModuleType | None, provider: str) -> Iterator[None]:
+    """Wrap the call that builds and sends a request: through a vendor SDK (openai and anthropic share exception
+    names) or, with `sdk` None, through httpx2 directly.
 
     Transport errors and upstream status codes become `UpstreamError`, which the router may retry and its breakers
     count. Anything else was raised while building the request, by our code or our configuration: it becomes a
@@ -279,7 +284,7 @@ def sending(sdk: ModuleType, provider: str) -> Iterator[None]:
 
 
 @contextmanager
-def reading(sdk: ModuleType) -> Iterator[None]:
+def reading(sdk: ModuleType | None) -> Iterator[None]:
     """Wrap the reading of an upstream reply: a reply we cannot make sense of is the upstream's failure."""
     try:
         yield

@@ -1,9 +1,9 @@
-"""A provider whose SDK is imported when it is first needed, on a worker thread.
+"""A provider whose wire implementation is imported when it is first needed, on a worker thread.
 
-The openai and anthropic SDKs take seconds to import; a stdio client waits for start-up on every session.
-So start-up imports neither: each configured provider is a `LazyProvider`, and the wire implementation is
-imported off the event loop (a ping or another call is never blocked by it), once: by `import_later` a moment
-after start, or by the first call to need it if that comes sooner.
+The anthropic SDK takes seconds to import (and the OpenAI wire's module pulls in httpx2's client); a stdio client
+waits for start-up on every session. So start-up imports neither: each configured provider is a `LazyProvider`,
+and the wire implementation is imported off the event loop (a ping or another call is never blocked by it), once:
+by `import_later` a moment after start, or by the first call to need it if that comes sooner.
 """
 
 from __future__ import annotations

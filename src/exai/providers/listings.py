@@ -10,12 +10,12 @@ The Custom endpoint's listing is read by `discovery.py`, which adds its models i
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from typing import Any
 
 import httpx2
 
+from exai.background import BackgroundLoop
 from exai.config import ProviderConfig, Settings
 from exai.observability.logging import get_logger
 from exai.providers.bounded import FetchError, get_json_bounded
@@ -76,7 +76,9 @@ class VendorListings:
         self.router = router
         self._transport = transport
         self.problems: dict[str, str] = {}
-        self._task: asyncio.Task[None] | None = None
+        self._loop = BackgroundLoop(
+            "exai-vendor-listings", self.refresh, self._wait, at_once=True, failed_event="vendor_listings_failed"
+        )
 
     @property
     def providers(self) -> list[str]:
@@ -84,28 +86,21 @@ class VendorListings:
 
     def start(self) -> None:
         """Begin asking in the background; returns at once."""
-        if self.providers and self._task is None:
-            self._task = asyncio.create_task(self._run(), name="exai-vendor-listings")
+        if self.providers:
+            self._loop.start()
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await self._loop.close()
 
     async def refresh(self) -> None:
         """Ask every configured vendor once, all at the same time."""
         async with httpx2.AsyncClient(transport=self._transport, follow_redirects=False) as http:
             await asyncio.gather(*(self._refresh_one(http, name) for name in self.providers))
 
-    async def _run(self) -> None:
-        while True:
-            await self.refresh()
-            wait = self.settings.model_listing_interval_seconds
-            if self.problems:
-                wait = min(wait, RETRY_AFTER_FAILURE_SECONDS)
-            await asyncio.sleep(wait)
+    def _wait(self) -> float:
+        """Seconds until the next round: sooner while a vendor's listing could not be had."""
+        wait = self.settings.model_listing_interval_seconds
+        return min(wait, RETRY_AFTER_FAILURE_SECONDS) if self.problems else wait
 
     async def _refresh_one(self, http: httpx2.AsyncClient, name: str) -> None:
         config = self.router.configs[name]

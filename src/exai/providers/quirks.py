@@ -59,8 +59,6 @@ def openai_params(request: GenerateRequest, model: ModelInfo) -> dict[str, Any]:
     temperature = temperature_for(model, request.temperature)
     if temperature is not None:
         params["temperature"] = temperature
-    if request.json_mode and model.json_mode:
-        params["response_format"] = {"type": "json_object"}
     if model.thinking_style == "openai_effort":
         params["reasoning_effort"] = effort_for(model, request.thinking)
     elif model.thinking_style == "switch":  # GLM, and Kimi from K2.5 on: thinking on or off, nothing between

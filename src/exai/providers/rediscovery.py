@@ -11,9 +11,9 @@ attempt, which has its own deadline (EXAI_MODEL_LISTING_TIMEOUT_SECONDS).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Callable
 
+from exai.background import BackgroundLoop
 from exai.config import Settings
 from exai.observability.logging import get_logger
 from exai.providers.discovery import discover_custom_models, wants_discovery
@@ -37,8 +37,10 @@ class CustomModelDiscovery:
         self.router = router
         self.on_found = on_found
         self.delays = delays
-        self.problem: str | None = None
-        self._task: asyncio.Task[None] | None = None
+        self._attempts = 0
+        self._loop = BackgroundLoop(
+            "exai-model-discovery", self._attempt, self._next_delay, at_once=True, failed_event="discovery_failed"
+        )
         self._first_attempt_done = asyncio.Event()
 
     async def start(self) -> None:
@@ -47,45 +49,43 @@ class CustomModelDiscovery:
             self._first_attempt_done.set()
             self.on_found()  # the models are known already: check what depends on them now
             return
-        self._task = asyncio.create_task(self._discover(), name="exai-model-discovery")
+        self._loop.start()
 
     async def settled(self) -> None:
         """Return once the first attempt is over (at once after that): a call made just after start needs its
         models."""
         await self._first_attempt_done.wait()
 
-    async def _discover(self) -> None:
+    async def close(self) -> None:
+        await self._loop.close()
+
+    @property
+    def problem(self) -> str | None:
+        """Why the endpoint's models are missing while they are asked for again; kept by the router, whose
+        errors say it."""
+        return self.router.models_pending
+
+    async def _attempt(self) -> None:
+        retry = self._attempts > 0
+        self._attempts += 1
         try:
-            problem = await discover_custom_models(self.settings, self.router)
+            problem = await discover_custom_models(self.settings, self.router, quiet=retry)
         finally:
             self._first_attempt_done.set()
-        if problem is None:
-            self.on_found()
-            return
-        self._pending(problem)
-        await self._retry()
-
-    async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
-
-    async def _retry(self) -> None:
-        attempt = 0
-        while self.problem is not None and wants_discovery(self.settings, self.router):
-            await asyncio.sleep(self.delays[min(attempt, len(self.delays) - 1)])
-            attempt += 1
-            problem = await discover_custom_models(self.settings, self.router, quiet=True)
-            if problem is None:
-                self.problem = self.router.models_pending = None
-                log.info("custom_models_discovered_after_retry", attempts=attempt)
-                self.on_found()
-                return
+        if problem is not None:
             self._pending(problem)
+            return
+        if retry:
+            self.router.models_pending = None
+            log.info("custom_models_discovered_after_retry", attempts=self._attempts - 1)
+        self.on_found()
+
+    def _next_delay(self) -> float | None:
+        """Seconds before the next attempt (a bounded backoff); None once the models are found."""
+        if self.problem is None or not wants_discovery(self.settings, self.router):
+            return None
+        return self.delays[min(self._attempts - 1, len(self.delays) - 1)]
 
     def _pending(self, problem: str) -> None:
         every = self.delays[-1]
-        self.problem = f"{problem}; it is asked again in the background (every {every:g} s at most)"
-        self.router.models_pending = self.problem
+        self.router.models_pending = f"{problem}; it is asked again in the background (every {every:g} s at most)"

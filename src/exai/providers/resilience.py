@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
@@ -17,17 +18,31 @@ BREAKER_KINDS: frozenset[FailureKind] = frozenset({"server", "timeout", "connect
 """Failures that say something about the upstream's health (not about the request)."""
 
 
+@dataclass(frozen=True)
+class BreakerView:
+    """A breaker as people see it: its state, when it last opened (wall clock), and the upstream failures since the
+    model's last success that count against its health, by kind."""
+
+    state: BreakerState
+    opened_at: float | None
+    failures: dict[str, int]
+
+
 @dataclass
 class CircuitBreaker:
-    """Opens after `threshold` consecutive failures; lets one probe through after `cooldown` seconds."""
+    """Opens after `threshold` consecutive failures; lets one probe through after `cooldown` seconds.
+
+    The one record of a model's upstream health: the router, the status page, `/metrics` and the alert rules all
+    read it (through `view`)."""
 
     threshold: int
     cooldown: float
     clock: Callable[[], float] = time.monotonic
-    failures: int = 0
+    failures: Counter[str] = field(default_factory=Counter)
+    """Failures since the last success that say something about the upstream (BREAKER_KINDS), by kind."""
     opened_at: float | None = None
+    """When it last opened, on `clock`."""
     probing: bool = False
-    last_failure: str | None = None
     times_opened: int = field(default=0)
 
     @property
@@ -37,6 +52,10 @@ class CircuitBreaker:
         if self.clock() - self.opened_at >= self.cooldown:
             return "half_open"
         return "open"
+
+    def view(self) -> BreakerView:
+        opened = None if self.opened_at is None else time.time() - (self.clock() - self.opened_at)
+        return BreakerView(self.state, opened, dict(self.failures))
 
     def retry_in(self) -> float:
         if self.opened_at is None:
@@ -54,17 +73,16 @@ class CircuitBreaker:
         return False
 
     def record_success(self) -> None:
-        self.failures = 0
+        self.failures.clear()
         self.opened_at = None
         self.probing = False
 
     def record_failure(self, kind: FailureKind) -> None:
-        self.last_failure = kind
         if kind not in BREAKER_KINDS:
             self.probing = False
             return
-        self.failures += 1
-        if self.probing or self.failures >= self.threshold:
+        self.failures[kind] += 1
+        if self.probing or self.failures.total() >= self.threshold:
             if self.opened_at is None or self.probing:
                 self.times_opened += 1
             self.opened_at = self.clock()

@@ -1,6 +1,6 @@
 """The router: picks a model, retries, falls back, and keeps one circuit breaker per provider and model.
 
-It is the only retry loop in the program (the SDKs' own retries are off). Failures are classified by the
+It is the only place a model request is retried (the SDKs' own retries are off). Failures are classified by the
 wire layer; the router decides: auth and bad requests are never retried, a prompt too long for the model
 moves to a model with a larger context window, everything transient is retried with backoff and then
 handed to the next model of the fallback chain, all inside one deadline per call.
@@ -25,7 +25,7 @@ from exai.observability.tracing import tracer
 from exai.providers.base import CallOptions, Provider, UpstreamError
 from exai.providers.catalogue import Catalogue, ModelInfo
 from exai.providers.fair_share import TenantShares
-from exai.providers.resilience import CircuitBreaker, backoff_delay, queue_timeout_error, to_exai_error
+from exai.providers.resilience import BreakerView, CircuitBreaker, backoff_delay, queue_timeout_error, to_exai_error
 from exai.providers.types import DeltaCallback, GenerateRequest, GenerateResponse
 
 Category = Literal["fast", "balanced", "reasoning"]
@@ -263,10 +263,12 @@ class Router:
         allow_fallback: bool | None = None,
         plan: RoutePlan | None = None,
         tenant: str | None = None,
+        on_attempts: Callable[[list[Attempt]], None] | None = None,
     ) -> RouteResult:
         """Answer `request` from the first model of `plan` that can (selected here from `model`, `category` and
         `allow_fallback` when no plan is given). A fallback is always reported in `RouteResult.fallbacks`.
-        A `tenant`'s upstream requests hold at most its share of each provider's slots."""
+        A `tenant`'s upstream requests hold at most its share of each provider's slots. `on_attempts` is told every
+        attempt made once the call ends, however it ends (answered, failed or cancelled)."""
         deadline = time.monotonic() + (deadline_seconds or self.settings.call_deadline_seconds)
         # A retry wait never ends after the client stopped waiting for the answer (EXAI_CLIENT_WAIT_SECONDS).
         patience = self.settings.client_wait_seconds
@@ -276,57 +278,61 @@ class Router:
             plan = self.plan(model, category, needs_images, allow_fallback=allow_fallback)
         queue = list(plan.candidates)
         attempts: list[Attempt] = []
-        fallbacks: list[str] = []
-        last: ExaiError | None = None
-        skipped_open: list[CircuitBreaker] = []
+        try:
+            fallbacks: list[str] = []
+            last: ExaiError | None = None
+            skipped_open: list[CircuitBreaker] = []
 
-        while queue:
-            info = queue.pop(0)
-            breaker = self.breaker(info)
-            if not breaker.allow():
-                skipped_open.append(breaker)
-                attempts.append(Attempt(info.provider, info.name, "breaker_open", 0.0))
-                continue
-            if attempts and attempts[-1].model != info.name:
-                fallbacks.append(info.name)
-                if on_event:
-                    await on_event(f"falling back to {info.provider}/{info.name}")
-            try:
-                response = await self._call_with_retries(
-                    info, breaker, request, (deadline, sleep_until), attempts, on_delta, on_event, tenant
-                )
-                return RouteResult(response, attempts, fallbacks)
-            except UpstreamError as exc:
-                last = to_exai_error(
-                    exc, info.provider, info.name, " or ".join(self.configs[info.provider].spec.key_env)
-                )
-                if exc.kind in ("bad_request", "content_filter", "request_too_large"):
-                    raise last from exc
-                if exc.kind == "context_too_long":
-                    queue = [m for m in queue if m.context_window > info.context_window]
-            if time.monotonic() >= deadline:
-                break
+            while queue:
+                info = queue.pop(0)
+                breaker = self.breaker(info)
+                if not breaker.allow():
+                    skipped_open.append(breaker)
+                    attempts.append(Attempt(info.provider, info.name, "breaker_open", 0.0))
+                    continue
+                if attempts and attempts[-1].model != info.name:
+                    fallbacks.append(info.name)
+                    if on_event:
+                        await on_event(f"falling back to {info.provider}/{info.name}")
+                try:
+                    response = await self._call_with_retries(
+                        info, breaker, request, (deadline, sleep_until), attempts, on_delta, on_event, tenant
+                    )
+                    return RouteResult(response, attempts, fallbacks)
+                except UpstreamError as exc:
+                    last = to_exai_error(
+                        exc, info.provider, info.name, " or ".join(self.configs[info.provider].spec.key_env)
+                    )
+                    if exc.kind in ("bad_request", "content_filter", "request_too_large"):
+                        raise last from exc
+                    if exc.kind == "context_too_long":
+                        queue = [m for m in queue if m.context_window > info.context_window]
+                if time.monotonic() >= deadline:
+                    break
 
-        if last is None and skipped_open:
-            wait = min(b.retry_in() for b in skipped_open)
-            raise ProviderError(
-                "Every candidate model has its circuit breaker open after repeated upstream failures.",
-                code="breakers_open",
-                details={"retry_in_seconds": round(wait, 1)},
-                remedy=f"Try again in {wait:.0f} s, or pick a model from a healthy provider (see `status`).",
-            )
-        if time.monotonic() >= deadline and (last is None or last.code != "context_too_long"):
-            raise DeadlineError(
-                f"The call did not finish within its deadline of "
-                f"{deadline_seconds or self.settings.call_deadline_seconds:.0f} s "
-                f"({len(attempts)} attempts).",
-                code="deadline_exceeded",
-                remedy="Try again, pick a faster model, or raise EXAI_CALL_DEADLINE_SECONDS.",
-                details={"attempts": [a.__dict__ for a in attempts]},
-            )
-        assert last is not None
-        last.details["attempts"] = [a.__dict__ for a in attempts]
-        raise last
+            if last is None and skipped_open:
+                wait = min(b.retry_in() for b in skipped_open)
+                raise ProviderError(
+                    "Every candidate model has its circuit breaker open after repeated upstream failures.",
+                    code="breakers_open",
+                    details={"retry_in_seconds": round(wait, 1)},
+                    remedy=f"Try again in {wait:.0f} s, or pick a model from a healthy provider (see `status`).",
+                )
+            if time.monotonic() >= deadline and (last is None or last.code != "context_too_long"):
+                raise DeadlineError(
+                    f"The call did not finish within its deadline of "
+                    f"{deadline_seconds or self.settings.call_deadline_seconds:.0f} s "
+                    f"({len(attempts)} attempts).",
+                    code="deadline_exceeded",
+                    remedy="Try again, pick a faster model, or raise EXAI_CALL_DEADLINE_SECONDS.",
+                    details={"attempts": [a.__dict__ for a in attempts]},
+                )
+            assert last is not None
+            last.details["attempts"] = [a.__dict__ for a in attempts]
+            raise last
+        finally:
+            if on_attempts is not None:
+                on_attempts(attempts)
 
     async def _call_with_retries(
         self,
@@ -452,7 +458,7 @@ class Router:
             headers={"X-Request-ID": current_correlation_id()},
         )
         try:
-            return await provider.generate(request.model_copy(update={"model": info.name}), info, options, on_delta)
+            return await provider.generate(request, info, options, on_delta)
         except UpstreamError as error:
             span.set_attribute("exai.failure", error.kind)
             span.set_status(StatusCode.ERROR, error.kind)
@@ -468,11 +474,9 @@ class Router:
         if self.on_attempt is not None:
             self.on_attempt(attempt)
 
-    def open_breakers(self) -> list[str]:
-        return [f"{provider}/{model}" for (provider, model), b in self._breakers.items() if b.state == "open"]
-
-    def breaker_states(self) -> dict[tuple[str, str], str]:
-        return {key: breaker.state for key, breaker in self._breakers.items()}
+    def breakers(self) -> dict[tuple[str, str], BreakerView]:
+        """Every breaker that has seen a call, by (provider, model)."""
+        return {key: breaker.view() for key, breaker in self._breakers.items()}
 
     async def close(self) -> None:
         await asyncio.gather(*(p.close() for p in self.providers.values()), return_exceptions=True)

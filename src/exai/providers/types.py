@@ -24,13 +24,13 @@ class Message(BaseModel):
 
 
 class GenerateRequest(BaseModel):
-    model: str
+    """What to ask a model; which model is the router's choice (`RoutePlan`), not part of the request."""
+
     messages: list[Message]
     system: str | None = None
     temperature: float | None = None
     max_output_tokens: int | None = None
     thinking: ThinkingMode = "off"
-    json_mode: bool = False
 
 
 class Usage(BaseModel):
@@ -40,10 +40,6 @@ class Usage(BaseModel):
     output_tokens: int = 0
     cached_input_tokens: int = 0
     reasoning_tokens: int = 0
-
-    @property
-    def total_tokens(self) -> int:
-        return self.input_tokens + self.output_tokens
 
 
 TRUNCATED_REASONS = frozenset({"length", "max_tokens", "model_length"})

@@ -94,14 +94,18 @@ def request_access(scope: Scope) -> AccessToken | None:
     return user.access_token if isinstance(user, AuthenticatedUser) else None
 
 
+def token_tenant(token: AccessToken | None) -> str:
+    """The one definition of the tenant: a verified token's subject (`JWTVerifier` puts the tenant there), or the
+    local tenant when there is no token (stdio, or a daemon without auth)."""
+    return token.subject if token is not None and token.subject else LOCAL_TENANT
+
+
 def request_tenant(scope: Scope, auth_enabled: bool) -> str | None:
     """Who an HTTP request is from: the token's tenant; the local tenant without auth; None if unauthenticated."""
     if not auth_enabled:
         return LOCAL_TENANT
     access = request_access(scope)
-    if access is None:
-        return None
-    return access.subject or access.client_id
+    return None if access is None else token_tenant(access)
 
 
 class JWTVerifier:

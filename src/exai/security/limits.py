@@ -6,7 +6,7 @@ Concurrency slots are leases with an expiry that is refreshed while the call run
 one frees it within one TTL, and a call longer than the TTL (consensus asks several models) keeps its slot.
 Without Redis the same rules run in process. When Redis fails, the configured mode decides: `open` falls back to
 this replica's own counters ("degraded": each replica enforces the limits alone) and tries Redis again after a
-pause; `closed` refuses. Either way the failure is counted (`failures`, `on_redis_error`) and `degraded` stays
+pause; `closed` refuses. Either way the failure is counted (`failures`) and `degraded` stays
 true until Redis answers again: never a silent switch to "unlimited".
 """
 
@@ -18,7 +18,6 @@ import math
 import time
 import uuid
 from collections import defaultdict, deque
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal, Protocol
 
@@ -220,14 +219,14 @@ class RedisLimiter:
         redis: aioredis.Redis,
         defaults: Limits,
         overrides: dict[str, Limits],
-        on_failure: Literal["open", "closed"],
+        when_redis_fails: Literal["open", "closed"],
         lease_ttl: float,
     ) -> None:
         from redis.exceptions import RedisError  # the Redis client loads only when Redis is configured
 
         self._redis_error = RedisError
         self.redis, self.defaults, self.overrides = redis, defaults, overrides
-        self.on_failure, self.lease_ttl = on_failure, lease_ttl
+        self.when_redis_fails, self.lease_ttl = when_redis_fails, lease_ttl
         self._acquire = redis.register_script(_ACQUIRE)
         self._open_session = redis.register_script(_OPEN_SESSION)
         self._reserve_tokens = redis.register_script(_RESERVE_TOKENS)
@@ -235,7 +234,6 @@ class RedisLimiter:
         self.fallback = LocalLimiter(defaults, overrides)
         self.failures = 0
         self.degraded = False
-        self.on_redis_error: Callable[[], None] | None = None
         self._retry_redis_at = 0.0
         self._keepers: dict[str, asyncio.Task[None]] = {}
 
@@ -250,9 +248,7 @@ class RedisLimiter:
         self.failures += 1
         self.degraded = True
         self._retry_redis_at = time.monotonic() + REDIS_RETRY_SECONDS
-        log.error("rate_limiter_redis_error", operation=operation, mode=self.on_failure, error=str(exc))
-        if self.on_redis_error is not None:
-            self.on_redis_error()
+        log.error("rate_limiter_redis_error", operation=operation, mode=self.when_redis_fails, error=str(exc))
 
     def _redis_answered(self) -> None:
         if self.degraded:
@@ -264,7 +260,7 @@ class RedisLimiter:
         return self.degraded and time.monotonic() < self._retry_redis_at
 
     def _refuse_if_closed(self) -> None:
-        if self.on_failure == "closed":
+        if self.when_redis_fails == "closed":
             raise _rejected("unavailable", 0, REDIS_RETRY_SECONDS)
 
     async def acquire(self, tenant: str) -> Lease:

@@ -15,7 +15,6 @@ the owner sees the flag within a second and cuts the upstream request.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import socket
 import time
@@ -25,6 +24,7 @@ from typing import Any
 
 import mcp_types as types
 
+from exai.background import BackgroundLoop
 from exai.config import Settings
 from exai.errors import (
     CallCancelledError,
@@ -141,13 +141,20 @@ class CallRunner:
         self._working_tasks: dict[str, int] = {}  # tenant -> working task calls on this replica
         self._waits: dict[str, int] = {}  # tenant -> `tasks/result` and `collect` requests waiting on this replica
         self._unrecorded: dict[str, CallEnd] = {}
-        self._loop: asyncio.Task[None] | None = None
+        self._upkeep = BackgroundLoop(
+            "exai-call-records",
+            self._maintain,
+            self._maintenance_wait,
+            at_once=True,
+            failed_event="call_records_maintenance_failed",
+        )
+        self._last_sweep = 0.0
         self._closing = False
 
     # -- lifecycle -----------------------------------------------------------------------------------------------
 
     def start(self) -> None:
-        self._loop = asyncio.create_task(self._maintain(), name="exai-call-records")
+        self._upkeep.start()
 
     async def finish_running(self, seconds: float) -> None:
         """Give the calls still running (no request waits for them any more) up to `seconds` to finish and record
@@ -166,32 +173,25 @@ class CallRunner:
             task.cancel()
         await asyncio.gather(*running, return_exceptions=True)
         await self._record_unrecorded()
-        if self._loop is not None:
-            self._loop.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._loop
-            self._loop = None
+        await self._upkeep.close()
 
     async def _maintain(self) -> None:
         """Renew leases and watch for cancellations (every second while calls run), end calls whose replica died
         and refresh the counts (every third of a lease), and retry results the store did not take."""
-        last_sweep = 0.0
-        while True:
-            try:
-                now = time.time()
-                if self._running or self._unrecorded:  # an answer the store has not taken yet keeps its lease too
-                    for call_id in await self.store.renew_calls(self.owner, now + self.lease):
-                        self._cancel_local(call_id)
-                if self._unrecorded:  # before any sweep: a kept answer must land before its row could expire
-                    await self._record_unrecorded()
-                if now - last_sweep >= self.lease / 3:
-                    last_sweep = now
-                    await self.expire_lost(now)
-                    self.counts = await self.store.count_calls(now)
-                    self.on_counts(self.counts)
-            except Exception as exc:  # the store may be down for a while: the next round tries again
-                log.warning("call_records_maintenance_failed", error=f"{type(exc).__name__}: {exc}"[:200])
-            await asyncio.sleep(CANCEL_POLL_SECONDS if self._running else min(self.lease / 3, UNRECORDED_RETRY_SECONDS))
+        now = time.time()
+        if self._running or self._unrecorded:  # an answer the store has not taken yet keeps its lease too
+            for call_id in await self.store.renew_calls(self.owner, now + self.lease):
+                self._cancel_local(call_id)
+        if self._unrecorded:  # before any sweep: a kept answer must land before its row could expire
+            await self._record_unrecorded()
+        if now - self._last_sweep >= self.lease / 3:
+            self._last_sweep = now
+            await self.expire_lost(now)
+            self.counts = await self.store.count_calls(now)
+            self.on_counts(self.counts)
+
+    def _maintenance_wait(self) -> float:
+        return CANCEL_POLL_SECONDS if self._running else min(self.lease / 3, UNRECORDED_RETRY_SECONDS)
 
     async def expire_lost(self, now: float | None = None) -> list[CallRecord]:
         """End every call whose replica stopped renewing its lease: failed, saying the work was lost."""

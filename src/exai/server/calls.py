@@ -23,7 +23,6 @@ import pydantic
 
 from exai.app import Services
 from exai.errors import ExaiError, InternalError, InvalidInput, PermissionDeniedError, RateLimitError
-from exai.observability.context import start_upstream_clock
 from exai.observability.events import CallEvent, Outcome
 from exai.observability.logging import get_logger
 from exai.observability.tracing import tracer
@@ -128,7 +127,6 @@ async def handle_call(
     outcome: Outcome = "cancelled"
     error: ExaiError | None = None
     began = False
-    upstream = start_upstream_clock()
     try:
         await authorize(services, tool, caller)
         async with (
@@ -164,7 +162,7 @@ async def handle_call(
                 correlation_id=ctx.correlation_id,
                 outcome=outcome,
                 latency_s=time.perf_counter() - started,
-                upstream_s=upstream[0],
+                upstream_s=ctx.upstream_seconds,
                 error_category=error.category.value if error else None,
                 error_code=error.code if error else None,
                 model_calls=ctx.model_calls,

@@ -175,8 +175,8 @@ def build_http_app(services: Services) -> Starlette:
         if denied := await admin_denied(request, also=METRICS_SCOPE):
             return denied
         # Breaker states change with time (open -> half-open), so they are read when scraped.
-        for (provider, model), state in services.router.breaker_states().items():
-            services.metrics.breaker.labels(provider, model).set(BREAKER_VALUES[state])
+        for (provider, model), breaker in services.router.breakers().items():
+            services.metrics.breaker.labels(provider, model).set(BREAKER_VALUES[breaker.state])
         return Response(services.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
     async def alerts(request: Request) -> JSONResponse:

@@ -33,7 +33,7 @@ from exai.app import Services
 from exai.errors import NotFoundError
 from exai.observability.context import bind_correlation_id, caller_correlation_id
 from exai.observability.logging import get_logger
-from exai.security.auth import COLLECT_TOOL, LOCAL_TENANT, visible_tools
+from exai.security.auth import COLLECT_TOOL, token_tenant, visible_tools
 from exai.server.answers import pending_result, with_pending
 from exai.server.call_records import Execution
 from exai.server.calls import Caller, handle_call
@@ -111,8 +111,7 @@ def build_server(services: Services) -> Server[Any]:
         )
 
     def caller_tenant() -> str:
-        token = get_access_token()
-        return token.subject if token is not None and token.subject else LOCAL_TENANT
+        return token_tenant(get_access_token())
 
     def caller_scopes() -> list[str] | None:
         """The scopes of the caller's token; None when the daemon runs without auth (or over stdio)."""
@@ -175,8 +174,15 @@ def build_server(services: Services) -> Server[Any]:
             except Exception:
                 log.debug("log_notification_not_sent", exc_info=True)
 
-        tool_ctx = ToolContext(services, correlation_id, progress, send_log, wants_progress, tenant=caller.tenant)
-        tool_ctx.visible_tools = visible(list(tools))
+        tool_ctx = ToolContext(
+            services.tool_services,
+            correlation_id,
+            progress,
+            send_log,
+            wants_progress,
+            tenant=caller.tenant,
+            visible_tools=visible(list(tools)),
+        )
         if not tool.calls_model:
             return await handle_call(services, tool, params.arguments, caller, tool_ctx)
         continuation = (params.arguments or {}).get("continuation_id")

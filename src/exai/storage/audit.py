@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 
+from exai.background import BackgroundLoop
 from exai.observability.events import CallEvent
 from exai.observability.logging import get_logger
 from exai.storage.base import AuditRecord, Store
@@ -49,13 +50,13 @@ class AuditWriter:
         self.batch = batch
         self.interval = interval
         self._queue: asyncio.Queue[AuditRecord] = asyncio.Queue(maxsize=100_000)
-        self._task: asyncio.Task[None] | None = None
+        self._loop = BackgroundLoop("exai-audit-writer", self._drain, interval, failed_event="audit_drain_failed")
         self._writing: asyncio.Task[bool] | None = None
         self._closing: asyncio.Task[None] | None = None
         self.dropped = 0
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="exai-audit-writer")
+        self._loop.start()
 
     def add(self, record: AuditRecord) -> None:
         try:
@@ -91,22 +92,14 @@ class AuditWriter:
                 return False
         return True
 
-    async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(self.interval)
-            await self._drain()
-
     async def close(self) -> None:
         """Stop the background task and write everything still queued or in flight, even if close is cancelled."""
-        if self._task is not None:
-            self._task.cancel()
         if self._closing is None:
             self._closing = asyncio.create_task(self._finish(), name="exai-audit-close")
         await asyncio.shield(self._closing)
 
     async def _finish(self) -> None:
-        if self._task is not None:
-            await asyncio.wait([self._task])
+        await self._loop.close()
         if self._writing is not None:
             await self._writing  # a batch the cancelled task left in flight
         for _ in range(CLOSE_ATTEMPTS):

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import time
 
+from exai.background import BackgroundLoop
 from exai.observability.logging import get_logger
 from exai.storage.base import Store
 
@@ -17,7 +16,7 @@ class Purger:
         self.store = store
         self.interval = interval_seconds
         self.audit_retention = audit_retention_seconds
-        self._task: asyncio.Task[None] | None = None
+        self._loop = BackgroundLoop("exai-purger", self.purge, interval_seconds, failed_event="storage_purge_failed")
 
     async def purge(self) -> int:
         """Delete what has expired now; return the rows removed."""
@@ -28,19 +27,8 @@ class Purger:
         return removed
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="exai-purger")
-
-    async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(self.interval)
-            try:
-                await self.purge()
-            except Exception:  # the store may be down for a while: try again next interval
-                log.exception("storage_purge_failed")
+        """Purge every interval from now on (the store may be down for a while: the next interval tries again)."""
+        self._loop.start()
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await self._loop.close()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import time
@@ -11,6 +10,8 @@ from dataclasses import dataclass
 
 import httpx2
 from prometheus_client.parser import text_string_to_metric_families
+
+from exai.background import BackgroundLoop
 
 
 @dataclass
@@ -72,7 +73,7 @@ class ResourceMonitor:
         self.readings: list[tuple[float, float, float]] = []
         self.loads: list[tuple[float, float]] = []  # (t, 1-minute load average)
         self._http = httpx2.AsyncClient(headers=headers or {})
-        self._task: asyncio.Task[None] | None = None
+        self._sampling = BackgroundLoop("exai-stress-resources", self.read_once, interval, at_once=True)
 
     async def read_once(self) -> tuple[float, float, float] | None:
         with contextlib.suppress(httpx2.HTTPError):
@@ -87,17 +88,9 @@ class ResourceMonitor:
             return reading
         return None
 
-    async def _loop(self) -> None:
-        while True:
-            await self.read_once()
-            await asyncio.sleep(self.interval)
-
     def start(self) -> None:
-        self._task = asyncio.create_task(self._loop())
+        self._sampling.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await self._sampling.close()
         await self._http.aclose()

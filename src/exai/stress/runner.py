@@ -24,6 +24,7 @@ from rich.live import Live
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from exai.background import BackgroundLoop
 from exai.stress.context import Context
 from exai.stress.processes import live_children
 from exai.stress.report import summary_table, write_reports
@@ -54,26 +55,21 @@ class LoadAverage:
     def __init__(self) -> None:
         self.readings: list[tuple[float, float]] = []
         self.started = time.monotonic()
-        self._task: asyncio.Task[None] | None = None
+        self._sampling = BackgroundLoop("exai-stress-load", self._sample, LOAD_SAMPLE_SECONDS)
 
     def read(self) -> float:
         value = round(os.getloadavg()[0], 2)
         self.readings.append((round(time.monotonic() - self.started, 1), value))
         return value
 
-    async def _loop(self) -> None:
-        while True:
-            await asyncio.sleep(LOAD_SAMPLE_SECONDS)
-            self.read()
+    async def _sample(self) -> None:
+        self.read()
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._loop())
+        self._sampling.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await self._sampling.close()
 
     def between(self, start: float, end: float) -> list[float]:
         return [v for t, v in self.readings if start <= t <= end]

@@ -15,7 +15,7 @@ from exai.tools.precommit import PrecommitTool
 from exai.tools.status import StatusTool
 from exai.tools.threads import ThreadsTool
 from exai.tools.version import VersionTool
-from exai.tools.workflows import (
+from exai.tools.workflow_tools import (
     AnalyzeTool,
     CodeReviewTool,
     DebugTool,

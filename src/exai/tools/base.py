@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
 import anyio
@@ -22,10 +22,16 @@ from exai.security.limits import TokenReservation
 if TYPE_CHECKING:
     from mcp_types import CallToolResult
 
-    from exai.app import Services
-    from exai.conversations.threads import Thread
-    from exai.providers.router import RoutePlan, RouteResult
-    from exai.providers.types import GenerateRequest
+    from exai.conversations.state import StateChange
+    from exai.conversations.threads import Conversations, Thread
+    from exai.observability.health import Health
+    from exai.observability.stats import Stats
+    from exai.providers.router import Attempt, Category, RoutePlan, Router, RouteResult
+    from exai.providers.types import GenerateRequest, Usage
+    from exai.security.files import FileAccess
+    from exai.security.limits import RateLimiter
+    from exai.server.call_records import CallRunner
+    from exai.storage.base import ThreadRecord, TurnRecord
 
 InputT = TypeVar("InputT", bound=BaseModel)
 OutputT = TypeVar("OutputT", bound=BaseModel)
@@ -92,6 +98,17 @@ def _check_arguments(value: Any, path: str, depth: int = 0) -> None:
             _check_arguments(item, f"{path}.{index}", depth + 1)
 
 
+class UsageOut(BaseModel):
+    """A model call's tokens in a tool's output, as the upstream reported them."""
+
+    input_tokens: int
+    output_tokens: int
+
+    @classmethod
+    def of(cls, usage: Usage) -> UsageOut:
+        return cls(input_tokens=usage.input_tokens, output_tokens=usage.output_tokens)
+
+
 @dataclass
 class TokenUse:
     """A model call's token reservation and what the call turned out to use (0 until it answers)."""
@@ -100,29 +117,131 @@ class TokenUse:
     used: int = 0
 
 
-@dataclass
-class ToolContext:
-    services: Services
-    correlation_id: str
-    progress: Callable[[float, float | None, str | None], Awaitable[None]]
-    log: Callable[[str, str], Awaitable[None]]
-    wants_progress: bool = False
-    tenant: str = "local"
-    visible_tools: list[str] | None = None  # the tools the caller may call; None: every enabled tool
-    model_calls: list[ModelCall] = field(default_factory=list)
-    thread_id: str | None = None
-    token_uses: list[TokenUse] = field(default_factory=list)
+@dataclass(frozen=True)
+class ToolSettings:
+    """The settings tools read: their own limits, nothing else of the configuration."""
 
+    max_prompt_chars: int
+    max_file_bytes_per_call: int
+    client_wait_seconds: float
+
+
+@dataclass(frozen=True)
+class ToolServices:
+    """What tools may use, built once by the composition root (`app.py`). A tool reaches it only through its
+    `ToolContext`, whose methods say what it may do with each part."""
+
+    router: Router
+    conversations: Conversations
+    files: FileAccess
+    limiter: RateLimiter | None
+    calls: CallRunner
+    stats: Stats
+    health: Health
+    tool_names: tuple[str, ...]
+    settings: ToolSettings
+
+
+class ToolContext:
+    """One call's view of the server: what the tool may use, as methods, and what the call did (model calls, token
+    reservations, upstream time, thread) for the pipeline to account for once the tool returns."""
+
+    def __init__(
+        self,
+        services: ToolServices,
+        correlation_id: str,
+        progress: Callable[[float, float | None, str | None], Awaitable[None]],
+        log: Callable[[str, str], Awaitable[None]],
+        wants_progress: bool = False,
+        tenant: str = "local",
+        visible_tools: list[str] | None = None,
+    ) -> None:
+        self._services = services
+        self.correlation_id = correlation_id
+        self.progress = progress
+        self.log = log
+        self.wants_progress = wants_progress
+        self.tenant = tenant
+        self.visible_tools = visible_tools
+        """The tools the caller may call; None: every enabled tool."""
+        self.model_calls: list[ModelCall] = []
+        self.thread_id: str | None = None
+        self.token_uses: list[TokenUse] = []
+        self.upstream_seconds = 0.0
+        """Time this call's model requests spent upstream (every attempt, failed ones too): the gateway-overhead
+        metric is the call's time minus this."""
+
+    # ----- what a tool may read ---------------------------------------------------------------------------------
+    @property
+    def settings(self) -> ToolSettings:
+        return self._services.settings
+
+    @property
+    def files(self) -> FileAccess:
+        """The file roots this server may read, with their limits."""
+        return self._services.files
+
+    @property
+    def router(self) -> Router:
+        """The models that can be routed to, for listings; a call asks them through `plan` and `generate`."""
+        return self._services.router
+
+    @property
+    def calls(self) -> CallRunner:
+        """The durable call records (long calls, pending answers)."""
+        return self._services.calls
+
+    @property
+    def stats(self) -> Stats:
+        return self._services.stats
+
+    @property
+    def health(self) -> Health:
+        return self._services.health
+
+    @property
+    def tool_names(self) -> tuple[str, ...]:
+        """Every enabled tool, whether or not the caller may call it (see `visible_tools`)."""
+        return self._services.tool_names
+
+    # ----- conversations ----------------------------------------------------------------------------------------
     async def open_thread(self, continuation_id: str | None, title: str, adding: int = 1) -> Thread:
         """The caller's thread to continue (with room for `adding` turns) or a new one; audited against it."""
-        thread = await self.services.conversations.open_or_start(continuation_id, self.tenant, title, adding)
+        thread = await self._services.conversations.open_or_start(continuation_id, self.tenant, title, adding)
         self.thread_id = thread.id
         return thread
+
+    async def read_thread(self, thread_id: str) -> Thread:
+        """One of the caller's threads, to show (a full thread too)."""
+        return await self._services.conversations.read(thread_id, self.tenant)
+
+    async def list_threads(self, limit: int) -> list[ThreadRecord]:
+        return await self._services.conversations.list(self.tenant, limit)
+
+    def check_room(self, thread: Thread, adding: int) -> None:
+        """Refuse before anything is spent when the thread has no room for `adding` more turns."""
+        self._services.conversations.check_room(thread, adding)
+
+    async def record_turns(
+        self, thread: Thread, turns: list[TurnRecord], tool: str, change: StateChange | None = None
+    ) -> ThreadRecord:
+        """Commit the turns (and the state change) to the thread; only then may the answer go out."""
+        return await self._services.conversations.record(thread, turns, tool, change)
+
+    # ----- models -----------------------------------------------------------------------------------------------
+    def plan(
+        self, requested: str, category: Category = "balanced", needs_images: bool = False, **options: Any
+    ) -> RoutePlan:
+        """The models this call may use, in order, selected once (see `Router.plan`)."""
+        return self._services.router.plan(requested, category, needs_images, **options)
+
+    def _upstream_attempts(self, attempts: list[Attempt]) -> None:
+        self.upstream_seconds += sum(a.latency_ms for a in attempts if a.outcome != "breaker_open") / 1000
 
     async def generate(
         self, request: GenerateRequest, plan: RoutePlan, input_tokens: int, **options: Any
     ) -> RouteResult:
-        """Ask the models of `plan` (selected once, by `Router.plan`); every model call is kept for accounting.
+        """Ask the models of `plan` (selected once, by `plan`); every model call is kept for accounting.
 
         The prompt's `input_tokens` are counted against the tenant's daily budget before the model is asked, so
         concurrent or many-model calls cannot overspend it by more than their answers; once the call is done the
@@ -130,18 +249,21 @@ class ToolContext:
         estimated: the prompt from `input_tokens`, the answer by counting its text (a stream without usage).
         A call that fails is charged nothing, and still kept (one audit row per model call).
         """
+        services = self._services
         use: TokenUse | None = None
-        if self.services.limiter is not None:
+        if services.limiter is not None:
             with anyio.CancelScope(shield=True):  # a reservation made is always recorded, so it is always settled
-                use = TokenUse(await self.services.limiter.reserve_tokens(self.tenant, input_tokens))
+                use = TokenUse(await services.limiter.reserve_tokens(self.tenant, input_tokens))
                 self.token_uses.append(use)
         try:
-            result = await self.services.router.generate(request, plan=plan, tenant=self.tenant, **options)
+            result = await services.router.generate(
+                request, plan=plan, tenant=self.tenant, on_attempts=self._upstream_attempts, **options
+            )
         except ExaiError as exc:
             self.model_calls.append(failed_model_call(plan, exc))  # the status page and audit show the model
             raise
         response = result.response
-        info = self.services.catalogue.get(response.model)
+        info = services.router.catalogue.get(response.model)
         usage = response.usage
         charged_in = usage.input_tokens or input_tokens
         charged_out = usage.output_tokens or await count_tokens_async(response.text + (response.reasoning or ""))

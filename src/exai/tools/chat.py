@@ -12,7 +12,7 @@ from exai.conversations.threads import answer_turn, truncation_notice
 from exai.errors import InvalidInput
 from exai.providers.types import GenerateRequest, ImageInput, StreamChunk, ThinkingMode
 from exai.storage.base import TurnRecord
-from exai.tools.base import PROMPT_CEILING, PROMPT_LIMIT, Tool, ToolContext, ToolInput, ToolResult
+from exai.tools.base import PROMPT_CEILING, PROMPT_LIMIT, Tool, ToolContext, ToolInput, ToolResult, UsageOut
 
 SYSTEM_PROMPT = (
     "You are a senior software engineer consulted by an AI coding agent. Answer precisely and concretely; "
@@ -43,11 +43,6 @@ class ChatInput(ToolInput):
     max_output_tokens: int | None = Field(default=None, ge=1, description="Cap on the answer's length in tokens.")
     files: list[str] = Field(default_factory=list, description="Absolute paths of files to include.")
     continuation_id: str | None = Field(default=None, description="Thread id from an earlier response.")
-
-
-class UsageOut(BaseModel):
-    input_tokens: int
-    output_tokens: int
 
 
 class ChatOutput(BaseModel):
@@ -83,8 +78,7 @@ class ChatTool(Tool[ChatInput, ChatOutput]):
     calls_model = True
 
     async def run(self, args: ChatInput, ctx: ToolContext) -> ToolResult[ChatOutput]:
-        services = ctx.services
-        limit = services.settings.max_prompt_chars
+        limit = ctx.settings.max_prompt_chars
         for field, text in (("prompt", args.prompt), ("system_prompt", args.system_prompt or "")):
             if len(text) > limit:
                 raise InvalidInput(
@@ -103,7 +97,7 @@ class ChatTool(Tool[ChatInput, ChatOutput]):
                     details={"field": f"images.{index}"},
                 )
         system = SYSTEM_PROMPT + (f"\n\n{args.system_prompt}" if args.system_prompt else "")
-        plan = services.router.plan(args.model, "balanced", needs_images=bool(args.images))
+        plan = ctx.plan(args.model, "balanced", needs_images=bool(args.images))
         thread = await ctx.open_thread(args.continuation_id, args.prompt, adding=2)
         prompt = await build_prompt(
             model=plan.first,
@@ -111,13 +105,12 @@ class ChatTool(Tool[ChatInput, ChatOutput]):
             request=args.prompt,
             turns=thread.turns,
             files=args.files,
-            file_access=services.files,
+            file_access=ctx.files,
             max_output_tokens=args.max_output_tokens,
         )
         images = [ImageInput(url=u) for u in args.images]
         prompt.messages[-1] = prompt.messages[-1].model_copy(update={"images": images})
         request = GenerateRequest(
-            model=args.model,
             system=system,
             messages=prompt.messages,
             temperature=args.temperature,
@@ -145,7 +138,7 @@ class ChatTool(Tool[ChatInput, ChatOutput]):
             on_event=on_event,
         )
         response = result.response
-        await services.conversations.record(
+        await ctx.record_turns(
             thread,
             [
                 TurnRecord(role="user", content=args.prompt, tool=self.name, files=args.files),
@@ -157,7 +150,7 @@ class ChatTool(Tool[ChatInput, ChatOutput]):
             answer=response.text,
             model=response.model,
             provider=response.provider,
-            usage=UsageOut(input_tokens=response.usage.input_tokens, output_tokens=response.usage.output_tokens),
+            usage=UsageOut.of(response.usage),
             cost_usd=round(ctx.model_calls[-1].cost_usd, 6),
             latency_ms=round((time.perf_counter() - started) * 1000, 2),
             upstream_latency_ms=round(response.upstream_latency_ms, 2),

@@ -42,7 +42,7 @@ class CollectTool(Tool[CollectInput, Any]):
     holds_slot = False  # the call it waits for holds the tenant's slot already
 
     async def run(self, args: CollectInput, ctx: ToolContext) -> types.CallToolResult:
-        calls, wait = ctx.services.calls, ctx.services.settings.client_wait_seconds or DEFAULT_COLLECT_WAIT
+        calls, wait = ctx.calls, ctx.settings.client_wait_seconds or DEFAULT_COLLECT_WAIT
         if args.cancel:
             call = await calls.cancel_and_wait(args.task_id, ctx.tenant)
         else:

@@ -92,9 +92,8 @@ class ConsensusTool(Tool[ConsensusInput, ConsensusOutput]):
     calls_model = True
 
     async def run(self, args: ConsensusInput, ctx: ToolContext) -> ToolResult[ConsensusOutput]:
-        services = ctx.services
         # Each expert is asked exactly the model named: consensus never substitutes one model for another.
-        plans = [services.router.plan(entry.model, allow_fallback=False) for entry in args.models]
+        plans = [ctx.plan(entry.model, allow_fallback=False) for entry in args.models]
         targets = [plan.first for plan in plans]
         seen = {(t.name, e.stance, e.stance_prompt) for t, e in zip(targets, args.models, strict=True)}
         if len(seen) != len(args.models):
@@ -113,7 +112,7 @@ class ConsensusTool(Tool[ConsensusInput, ConsensusOutput]):
                 remedy="Ask different models, or fewer stances of the same one.",
                 details={"field": "models", "models": repeated},
             )
-        await services.files.read(args.files)
+        await ctx.files.read(args.files)
         thread = await ctx.open_thread(args.continuation_id, args.prompt, adding=2)
 
         async def consult(entry: ModelStance, index: int) -> Opinion:
@@ -127,10 +126,10 @@ class ConsensusTool(Tool[ConsensusInput, ConsensusOutput]):
                     request=args.prompt,
                     turns=thread.turns,
                     files=args.files,
-                    file_access=services.files,
+                    file_access=ctx.files,
                 )
                 result = await ctx.generate(
-                    GenerateRequest(model=target.name, system=system, messages=prompt.messages),
+                    GenerateRequest(system=system, messages=prompt.messages),
                     plans[index],
                     prompt.input_tokens,
                     deadline_seconds=args.per_model_timeout_seconds,
@@ -163,7 +162,7 @@ class ConsensusTool(Tool[ConsensusInput, ConsensusOutput]):
             f"## {o.model} ({o.stance})\n" + (o.answer or f"FAILED: {o.error and o.error.get('message')}")
             for o in opinions
         )
-        await services.conversations.record(
+        await ctx.record_turns(
             thread,
             [
                 TurnRecord(role="user", content=args.prompt, tool=self.name, files=args.files),

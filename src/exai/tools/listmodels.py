@@ -48,7 +48,7 @@ class ListModelsTool(Tool[ListModelsInput, ListModelsOutput]):
     output_model = ListModelsOutput
 
     async def run(self, args: ListModelsInput, ctx: ToolContext) -> ToolResult[ListModelsOutput]:
-        router = ctx.services.router
+        router = ctx.router
         available = sorted(router.available_models(), key=lambda m: (m.provider, -m.intelligence, m.name))
         providers = []
         for name, spec in PROVIDER_SPECS.items():

@@ -13,7 +13,7 @@ from exai.security.files import FileAccess, quote_path
 from exai.security.git import GitOutputTooLarge, Repository, check_revision
 from exai.tools.base import ToolContext
 from exai.tools.pending_changes import Budget, staged, untracked, worktree
-from exai.tools.workflow import WorkflowInput, WorkflowSpec, WorkflowTool
+from exai.tools.workflow_base import WorkflowInput, WorkflowSpec, WorkflowTool
 
 GIT_TIMEOUT = 30.0
 
@@ -47,19 +47,19 @@ class PrecommitTool(WorkflowTool):
         assert isinstance(args, PrecommitInput)
         if args.next_step_required or args.diff:
             return
-        repo = await _repository(args, ctx.services.files)
+        repo = await _repository(args, ctx.files)
         if args.compare_to:
             await repo.commit(args.compare_to)
 
     async def extra_context(self, args: WorkflowInput, ctx: ToolContext) -> str:
         assert isinstance(args, PrecommitInput)
-        limit = ctx.services.settings.max_file_bytes_per_call
+        limit = ctx.settings.max_file_bytes_per_call
         if args.diff:
             diff = args.diff
             if len(diff.encode()) > limit:
                 raise _too_large(limit)
         else:
-            diff = await _pending_changes(args, ctx.services.files, limit)
+            diff = await _pending_changes(args, ctx.files, limit)
         return "## Pending changes (git diff)\n" + (diff or "(no changes)")
 
 

@@ -122,7 +122,6 @@ class StatusTool(Tool[StatusInput, StatusOutput]):
     output_model = StatusOutput
 
     async def run(self, args: StatusInput, ctx: ToolContext) -> ToolResult[StatusOutput]:
-        services = ctx.services
-        calls = long_calls(services.calls.counts, services.calls.running, time.time())
-        report = status_report(services.stats, services.health, calls)
+        calls = long_calls(ctx.calls.counts, ctx.calls.running, time.time())
+        report = status_report(ctx.stats, ctx.health, calls)
         return ToolResult(text=render_text(report), data=report)

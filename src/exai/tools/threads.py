@@ -58,9 +58,8 @@ class ThreadsTool(Tool[ThreadsInput, ThreadsOutput]):
     output_model = ThreadsOutput
 
     async def run(self, args: ThreadsInput, ctx: ToolContext) -> ToolResult[ThreadsOutput]:
-        conversations = ctx.services.conversations
         if args.action == "list":
-            records = await conversations.list(ctx.tenant, args.limit)
+            records = await ctx.list_threads(args.limit)
             summaries = [_summary(r) for r in records]
             text = (
                 "\n".join(
@@ -76,7 +75,7 @@ class ThreadsTool(Tool[ThreadsInput, ThreadsOutput]):
                 remedy="Pass thread_id from the list.",
                 details={"field": "thread_id"},
             )
-        thread = await conversations.read(args.thread_id, ctx.tenant)  # a full thread can still be shown
+        thread = await ctx.read_thread(args.thread_id)  # a full thread can still be shown
         turns = [
             TurnOut(
                 seq=t.seq,

@@ -33,15 +33,14 @@ class VersionTool(Tool[VersionInput, VersionOutput]):
     output_model = VersionOutput
 
     async def run(self, args: VersionInput, ctx: ToolContext) -> ToolResult[VersionOutput]:
-        services = ctx.services
         data = VersionOutput(
             name="exai-mcp-server",
             version=__version__,
             mcp_sdk=package_version("mcp"),
             python=platform.python_version(),
             transports=["stdio", "streamable-http"],
-            providers=sorted(services.router.providers),
-            tools=[t.name for t in services.tools if ctx.visible_tools is None or t.name in ctx.visible_tools],
+            providers=sorted(ctx.router.providers),
+            tools=[t for t in ctx.tool_names if ctx.visible_tools is None or t in ctx.visible_tools],
         )
         text = (
             f"EX-AI MCP Server {data.version} (MCP SDK {data.mcp_sdk}, Python {data.python})\n"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from exai.tools.workflow import WorkflowSpec, WorkflowTool
+from exai.tools.workflow_base import WorkflowSpec, WorkflowTool
 
 _FORMAT = (
     " Be specific: cite files and lines, rank by severity, and say what to do. If the investigation missed "

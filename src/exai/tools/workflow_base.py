@@ -24,7 +24,7 @@ from exai.errors import ExaiError, InvalidInput
 from exai.providers.router import Category
 from exai.providers.types import GenerateRequest, ThinkingMode
 from exai.storage.base import TurnRecord
-from exai.tools.base import Tool, ToolContext, ToolInput, ToolResult
+from exai.tools.base import Tool, ToolContext, ToolInput, ToolResult, UsageOut
 
 
 class WorkflowInput(ToolInput):
@@ -41,11 +41,6 @@ class WorkflowInput(ToolInput):
     model: str = Field(default="auto", description="Expert model, or 'auto'.")
     thinking_mode: ThinkingMode = "medium"
     use_assistant_model: bool = Field(default=True, description="False skips the expert call.")
-
-
-class UsageOut(BaseModel):
-    input_tokens: int = 0
-    output_tokens: int = 0
 
 
 class WorkflowOutput(BaseModel):
@@ -95,7 +90,6 @@ class WorkflowTool(Tool[WorkflowInput, WorkflowOutput]):
             cls.calls_model = cls.spec.expert
 
     async def run(self, args: WorkflowInput, ctx: ToolContext) -> ToolResult[WorkflowOutput]:
-        services = ctx.services
         if args.step_number > 1 and not args.continuation_id:
             raise InvalidInput(
                 f"step_number {args.step_number} needs the continuation_id returned by step 1.",
@@ -106,7 +100,7 @@ class WorkflowTool(Tool[WorkflowInput, WorkflowOutput]):
         if args.step_number > args.total_steps:
             args.total_steps = args.step_number
         await self.precheck(args, ctx)
-        await services.files.read(args.relevant_files)  # refuse unreadable files before anything is recorded
+        await ctx.files.read(args.relevant_files)  # refuse unreadable files before anything is recorded
         thread = await ctx.open_thread(args.continuation_id, args.step)
         step = WorkflowStep(
             step=args.step,
@@ -179,12 +173,11 @@ class WorkflowTool(Tool[WorkflowInput, WorkflowOutput]):
         run: WorkflowRun,
         base: dict[str, Any],
     ) -> ToolResult[WorkflowOutput]:
-        services = ctx.services
         earlier = [t for t in thread.turns if t.seq <= run.started_seq or t.tool != self.name]
         request_text = _consolidate(self.spec, run) + "\n\n" + await self.extra_context(args, ctx)
         try:
-            services.conversations.check_room(thread, 1)
-            plan = services.router.plan(args.model, self.spec.category)
+            ctx.check_room(thread, 1)
+            plan = ctx.plan(args.model, self.spec.category)
             model = plan.first
             prompt = await build_prompt(
                 model=model,
@@ -192,12 +185,11 @@ class WorkflowTool(Tool[WorkflowInput, WorkflowOutput]):
                 request=request_text,
                 turns=earlier,
                 files=run.relevant_files,
-                file_access=services.files,
+                file_access=ctx.files,
             )
             await ctx.progress(0, None, f"consulting {model.name}")
             result = await ctx.generate(
                 GenerateRequest(
-                    model=model.name,
                     system=self.spec.expert_role,
                     messages=prompt.messages,
                     thinking=args.thinking_mode,
@@ -230,7 +222,7 @@ class WorkflowTool(Tool[WorkflowInput, WorkflowOutput]):
             truncated=True if response.truncated else None,
             model=response.model,
             provider=response.provider,
-            usage=UsageOut(input_tokens=response.usage.input_tokens, output_tokens=response.usage.output_tokens),
+            usage=UsageOut.of(response.usage),
             files_included=prompt.files_included,
             files_skipped=prompt.files_skipped,
             next_call=next_call,
@@ -252,7 +244,7 @@ class WorkflowTool(Tool[WorkflowInput, WorkflowOutput]):
 
     async def _commit(self, ctx: ToolContext, thread: Thread, turns: list[TurnRecord], change: StateChange) -> None:
         if turns:
-            await ctx.services.conversations.record(thread, turns, self.name, change)
+            await ctx.record_turns(thread, turns, self.name, change)
         else:  # nothing new to keep: show the state as if the change were applied
             change(thread.state, thread.record)
 

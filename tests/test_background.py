@@ -1,0 +1,50 @@
+"""The one background loop: runs again after an error, stops when its wait says so, and stops on close."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from exai.background import BackgroundLoop
+from tests.helpers import wait_until
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_an_error_is_logged_and_the_loop_goes_on(capsys: pytest.CaptureFixture[str]) -> None:
+    runs: list[int] = []
+
+    async def work() -> None:
+        runs.append(len(runs))
+        if len(runs) == 1:
+            raise RuntimeError("the store is down")
+
+    loop = BackgroundLoop("exai-test-loop", work, 0.01, at_once=True, failed_event="test_work_failed")
+    loop.start()
+    try:
+        await wait_until(lambda: len(runs) >= 3, "the loop ran again after its first run failed")
+        assert loop.running
+    finally:
+        await loop.close()
+    assert not loop.running
+    logged = capsys.readouterr()
+    assert "test_work_failed" in logged.out + logged.err and "the store is down" in logged.out + logged.err
+
+
+async def test_a_wait_of_none_ends_the_loop_and_close_stops_a_wait() -> None:
+    runs: list[int] = []
+
+    async def work() -> None:
+        runs.append(1)
+
+    ending = BackgroundLoop("exai-test-ends", work, lambda: None if len(runs) >= 2 else 0.01, at_once=True)
+    ending.start()
+    await wait_until(lambda: not ending.running, "the loop ended when its wait said None")
+    assert len(runs) == 2
+    waiting = BackgroundLoop("exai-test-waits", work, 3600)  # not at once: the first run is an hour away
+    waiting.start()
+    await asyncio.sleep(0)
+    assert waiting.running
+    await waiting.close()
+    assert not waiting.running and len(runs) == 2, "closed during its first wait: it never ran"
