@@ -10,13 +10,12 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
-import anyio
 from pydantic import BaseModel, ConfigDict, model_validator
 
 from exai.conversations.tokens import count_tokens_async
 from exai.observability.errors import ExaiError
 from exai.observability.events import ModelCall
-from exai.security.limits import TokenReservation
+from exai.security.call_tokens import CallTokens
 
 if TYPE_CHECKING:
     from mcp_types import CallToolResult
@@ -92,14 +91,6 @@ def _check_arguments(value: Any, path: str, depth: int = 0) -> None:
 
 
 @dataclass
-class TokenUse:
-    """A model call's token reservation and what the call turned out to use (0 until it answers)."""
-
-    reservation: TokenReservation
-    used: int = 0
-
-
-@dataclass
 class ToolContext:
     services: Services
     correlation_id: str
@@ -110,7 +101,8 @@ class ToolContext:
     visible_tools: list[str] | None = None  # the tools the caller may call; None: every enabled tool
     model_calls: list[ModelCall] = field(default_factory=list)
     thread_id: str | None = None
-    token_uses: list[TokenUse] = field(default_factory=list)
+    tokens: CallTokens | None = None
+    """The call's slot and token reservations (set when it is admitted; None without limits)."""
 
     async def open_thread(self, continuation_id: str | None, title: str, adding: int = 1) -> Thread:
         """The caller's thread to continue (with room for `adding` turns) or a new one; audited against it."""
@@ -129,11 +121,7 @@ class ToolContext:
         estimated: the prompt from `input_tokens`, the answer by counting its text (a stream without usage).
         A call that fails is charged nothing, and still kept (one audit row per model call).
         """
-        use: TokenUse | None = None
-        if self.services.limiter is not None:
-            with anyio.CancelScope(shield=True):  # a reservation made is always recorded, so it is always settled
-                use = TokenUse(await self.services.limiter.reserve_tokens(self.tenant, input_tokens))
-                self.token_uses.append(use)
+        claim = await self.tokens.reserve(input_tokens) if self.tokens is not None else None
         try:
             result = await self.services.router.generate(request, plan=plan, tenant=self.tenant, **options)
         except ExaiError as exc:
@@ -144,8 +132,8 @@ class ToolContext:
         usage = response.usage
         charged_in = usage.input_tokens or input_tokens
         charged_out = usage.output_tokens or await count_tokens_async(response.text + (response.reasoning or ""))
-        if use is not None:
-            use.used = charged_in + charged_out
+        if claim is not None:
+            claim.used = charged_in + charged_out
         self.model_calls.append(
             ModelCall(
                 requested=plan.requested,
