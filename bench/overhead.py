@@ -8,7 +8,8 @@ client, every server in its own process on this machine:
      with the openai SDK (bench/forward_server.py), over HTTP and over stdio                          ≥ 1.0
   4. 50 concurrent `chat` calls on the 200 ms model: wall time ÷ one call's time                     ≤ 3
 Each row is measured for `exai` as shipped by default (durable SQLite commit before the answer, metrics, audit,
-alerts) and again with per-tenant limits and Redis on (and JWT auth over HTTP). The subjects are measured in
+alerts), again with per-tenant limits and Redis on (and JWT auth over HTTP), and with every feature on: the same
+and PostgreSQL for threads, call records and the audit. The subjects are measured in
 short blocks, in a new random order every round, so load from elsewhere on the machine falls on every side alike.
 Ratios are the claims.
 
@@ -40,7 +41,8 @@ from exai.tools.chat import SYSTEM_PROMPT
 from servers import FAST_MODEL, HERE, SLOW_MODEL, Servers, clean_env, http_client, stdio_client
 
 Call = Callable[[int, str], Awaitable[object]]
-EXAI = ("exai_http", "exai_http_full", "exai_stdio", "exai_stdio_full")
+EXAI = ("exai_http", "exai_http_full", "exai_http_all", "exai_stdio", "exai_stdio_full", "exai_stdio_all")
+VARIANTS = (("default", ""), ("auth, limits, Redis", "_full"), ("every feature on", "_all"))
 C1_BLOCK = 20
 C32_BLOCK = 320
 BURST = 50
@@ -110,7 +112,7 @@ async def measure(calls: dict[str, Call], rounds: int) -> dict[str, Any]:
 def rows(m: dict[str, Any]) -> list[dict[str, Any]]:
     p50, rate = m["p50_ms_c1"], m["throughput_per_s_c32"]
     out = []
-    for variant, suffix in (("default", ""), ("auth, limits, Redis", "_full")):
+    for variant, suffix in VARIANTS:
         for transport in ("http", "stdio"):
             name = f"exai_{transport}{suffix}"
             floor = p50[f"echo_{transport}"] + p50["direct"]
@@ -141,6 +143,7 @@ async def run(rounds: int) -> dict[str, Any]:
                 "forward_http": servers.start_script_http("forward_server.py", upstream_url),
                 "exai_http": servers.start_exai_http("http", full=False),
                 "exai_http_full": servers.start_exai_http("http-full", full=True),
+                "exai_http_all": servers.start_exai_http("http-all", full=True, postgres=True),
             }
             python = sys.executable
             stdio = {
@@ -148,6 +151,7 @@ async def run(rounds: int) -> dict[str, Any]:
                 "forward_stdio": ([python, str(HERE / "forward_server.py"), upstream_url, "stdio"], clean_env()),
                 "exai_stdio": ([python, "-m", "exai", "stdio"], servers.exai_env("stdio", full=False)),
                 "exai_stdio_full": ([python, "-m", "exai", "stdio"], servers.exai_env("stdio-full", full=True)),
+                "exai_stdio_all": ([python, "-m", "exai", "stdio"], servers.exai_env("stdio-all", True, postgres=True)),
             }
             async with AsyncExitStack() as stack:
                 upstream = openai.AsyncOpenAI(base_url=upstream_url, api_key="not-needed", max_retries=0)
@@ -159,7 +163,7 @@ async def run(rounds: int) -> dict[str, Any]:
 
                 calls: dict[str, Call] = {"direct": direct}
                 for name, url in urls.items():
-                    auth = servers.bearer() if name.endswith("_full") else None
+                    auth = servers.bearer() if name.endswith(("_full", "_all")) else None
                     client = await stack.enter_async_context(http_client(url, auth))
                     calls[name] = tool_call(client, "echo" if name.startswith("echo") else "chat")
                 for name, (command, env) in stdio.items():

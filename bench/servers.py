@@ -2,7 +2,8 @@
 
 Every server runs in its own process on this machine: the upstream simulator, the bare echo and forwarding
 servers (bench/echo_server.py, bench/forward_server.py) and `exai serve` / `exai stdio` as shipped by default,
-and once more with auth (HTTP only: a JWT per call), per-tenant limits and Redis.
+once more with auth (HTTP only: a JWT per call), per-tenant limits and Redis, and once with every feature on
+(the same and PostgreSQL, in a schema of its own that `close` drops).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ FAST_MODEL = "sim-fast"  # answers at once
 SLOW_MODEL = "sim-smart"  # answers after SLOW_MS
 SLOW_MS = 200.0
 REDIS = "redis://127.0.0.1:6379"
+POSTGRES = os.environ.get("EXAI_BENCH_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
 LIMIT = 1_000_000  # limits are on and counted, but never refuse a benchmark call
 
 
@@ -68,6 +70,7 @@ class Servers:
     jwt_secret: str = field(default_factory=lambda: secrets.token_hex(32))
     tenant: str = field(default_factory=lambda: f"bench-{secrets.token_hex(4)}")
     redis_db: int = field(default_factory=lambda: random.randint(1, 15))
+    schemas: list[str] = field(default_factory=list)
 
     def spawn(self, args: list[str], port: int, env: dict[str, str] | None = None) -> str:
         proc = subprocess.Popen(args, env=env or clean_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -81,9 +84,9 @@ class Servers:
         rule = {"model": SLOW_MODEL, "ms": SLOW_MS}
         httpx2.post(f"{self.sim_url}/_sim/latency", json=rule).raise_for_status()
 
-    def exai_env(self, name: str, full: bool) -> dict[str, str]:
+    def exai_env(self, name: str, full: bool, postgres: bool = False) -> dict[str, str]:
         """`exai` as shipped by default (durable SQLite, metrics, audit, alerts); `full` adds limits and Redis
-        (and, over HTTP, JWT auth)."""
+        (and, over HTTP, JWT auth); `postgres` stores threads, calls and the audit in PostgreSQL."""
         env = clean_env(
             CUSTOM_API_URL=f"{self.sim_url}/v1",
             CUSTOM_MODELS=f"{FAST_MODEL},{SLOW_MODEL}",
@@ -100,11 +103,15 @@ class Servers:
                 "EXAI_RATE_LIMIT_TOKENS_PER_DAY": str(LIMIT * 1000),
                 "EXAI_TENANT_LIMITS": json.dumps({tenant: {"requests_per_minute": LIMIT, "concurrent": 64}}),
             }
+        if postgres:
+            schema = f"exai_bench_{secrets.token_hex(4)}"
+            self.schemas.append(schema)
+            env |= {"EXAI_DATABASE_URL": POSTGRES, "EXAI_DATABASE_SCHEMA": schema}
         return env
 
-    def start_exai_http(self, name: str, full: bool) -> str:
+    def start_exai_http(self, name: str, full: bool, postgres: bool = False) -> str:
         port = free_port()
-        env = self.exai_env(name, full) | {"EXAI_PORT": str(port)}
+        env = self.exai_env(name, full, postgres) | {"EXAI_PORT": str(port)}
         return self.spawn([sys.executable, "-m", "exai", "serve"], port, env) + "/mcp"
 
     def start_script_http(self, script: str, *args: str) -> str:
@@ -123,6 +130,12 @@ class Servers:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+        if self.schemas:
+            import psycopg
+
+            with psycopg.connect(POSTGRES, autocommit=True) as conn:
+                for schema in self.schemas:
+                    conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
 
 
 def http_client(url: str, authorization: str | None = None) -> AbstractAsyncContextManager[Client]:

@@ -5,6 +5,11 @@ without threads and refreshed when an unknown `kid` appears: see `jwks.py`) and 
 as SHA-256 hashes, revoked by removing the entry). The algorithm list is fixed by the kind of key configured, so
 `alg: none` and algorithm confusion (an HS256 token signed with a public key) are refused. The tenant
 comes from a configurable claim.
+
+A verified JWT is remembered until it expires (`VerifiedTokens`), so a client that sends one token with every request
+pays for its signature once. The cache is keyed by the token's SHA-256 (never the token), bounded, refuses an entry
+the moment its token expires, and with a JWKS drops an entry as soon as the key that verified it is no longer the
+set's key for its `kid` (revoked or rotated).
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import hashlib
 import hmac
 import secrets
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -33,6 +39,8 @@ ADMIN_SCOPE = "exai:admin"
 TOOLS_SCOPE = "exai:tools"
 METRICS_SCOPE = "exai:metrics"
 """Reads /metrics and nothing else: the token a Prometheus scraper keeps on disk."""
+VERIFIED_TOKENS = 4096
+"""Verified JWTs remembered at most (least recently used first out)."""
 ADMIN_TOOLS = frozenset({"status"})
 COLLECT_TOOL = "collect"
 LOCAL_TENANT = "local"
@@ -108,6 +116,45 @@ def request_tenant(scope: Scope, auth_enabled: bool) -> str | None:
     return None if access is None else token_tenant(access)
 
 
+@dataclass(frozen=True)
+class _Verified:
+    access: AccessToken
+    valid_until: float
+    """Unix time from which the token is refused (its `exp` plus the leeway)."""
+    kid: str | None
+    key: Any
+
+
+class VerifiedTokens:
+    """Tokens verified earlier and still valid, by the SHA-256 of the token: bounded, least recently used out."""
+
+    def __init__(self, size: int = VERIFIED_TOKENS) -> None:
+        self.size = size
+        self._entries: OrderedDict[bytes, _Verified] = OrderedDict()
+
+    def get(self, digest: bytes, now: float) -> _Verified | None:
+        entry = self._entries.get(digest)
+        if entry is None:
+            return None
+        if now >= entry.valid_until:  # refused the moment it expires, not when the entry ages out
+            del self._entries[digest]
+            return None
+        self._entries.move_to_end(digest)
+        return entry
+
+    def put(self, digest: bytes, entry: _Verified) -> None:
+        self._entries[digest] = entry
+        self._entries.move_to_end(digest)
+        while len(self._entries) > self.size:
+            self._entries.popitem(last=False)
+
+    def drop(self, digest: bytes) -> None:
+        self._entries.pop(digest, None)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
 class JWTVerifier:
     """The daemon's `TokenVerifier`: returns an `AccessToken` whose `subject` is the tenant, or None."""
 
@@ -148,6 +195,7 @@ class JWTVerifier:
             self._algorithms = ["RS256", "ES256"]
         self.failures = 0
         self.on_failure: Callable[[], None] | None = None
+        self.verified = VerifiedTokens()
 
     async def verify_token(self, token: str) -> AccessToken | None:
         token_rejections.clear()
@@ -164,12 +212,25 @@ class JWTVerifier:
         if not self._algorithms:
             token_rejections.note("not an API key of this server (it accepts API keys only)")
             return None
+        digest = hashlib.sha256(token.encode()).digest()
+        cached = self.verified.get(digest, time.time())
+        if cached is not None:
+            if self._jwks is None:
+                return cached.access
+            try:  # the set may have been refreshed since: the key that verified the token must still be its key
+                if await self._jwks.key(cached.kid) is cached.key:
+                    return cached.access
+            except UnknownSigningKey:
+                pass
+            self.verified.drop(digest)
         import jwt
 
+        kid: str | None = None
         try:
             key = self._key
             if self._jwks is not None:
-                key = await self._jwks.key(jwt.get_unverified_header(token).get("kid"))
+                kid = jwt.get_unverified_header(token).get("kid")
+                key = await self._jwks.key(kid)
             claims = jwt.decode(
                 token,
                 key,
@@ -195,7 +256,7 @@ class JWTVerifier:
             return None
         scopes = claims.get("scope", claims.get("scopes", ""))
         scope_list = scopes.split() if isinstance(scopes, str) else [str(s) for s in scopes]
-        return AccessToken(
+        access = AccessToken(
             token=token,
             client_id=str(claims.get("client_id", tenant)),
             scopes=scope_list,
@@ -204,6 +265,8 @@ class JWTVerifier:
             subject=tenant,
             claims={"iss": claims.get("iss")},
         )
+        self.verified.put(digest, _Verified(access, float(claims["exp"]) + LEEWAY_SECONDS, kid, key))
+        return access
 
     def _verify_api_key(self, token: str) -> AccessToken | None:
         digest = hash_api_key(token)

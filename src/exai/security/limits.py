@@ -18,6 +18,7 @@ import math
 import time
 import uuid
 from collections import defaultdict, deque
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal, Protocol
 
@@ -26,6 +27,7 @@ import anyio
 from exai.config import Limits
 from exai.errors import RateLimitError
 from exai.observability.logging import get_logger
+from exai.security import limit_scripts
 
 if TYPE_CHECKING:
     import redis.asyncio as aioredis
@@ -35,14 +37,6 @@ log = get_logger(__name__)
 WINDOW = 60.0
 DAY = 86400
 REDIS_RETRY_SECONDS = 5.0
-
-
-@dataclass
-class Lease:
-    tenant: str
-    id: str
-    local: bool = False
-    """True when the slot is held in this process (no Redis, or Redis was down when it was taken)."""
 
 
 @dataclass(frozen=True)
@@ -55,13 +49,34 @@ class TokenReservation:
     local: bool = True
 
 
+@dataclass
+class Lease:
+    tenant: str
+    id: str
+    local: bool = False
+    """True when the slot is held in this process (no Redis, or Redis was down when it was taken)."""
+    prepaid: TokenReservation | None = None
+    """Tokens reserved with the slot, in the same round trip (`acquire(prepay=...)`), when they fit the budget."""
+
+
+Correction = tuple[TokenReservation, int]
+"""A reservation and what the model calls it covered used: settled by replacing the one with the other."""
+
+
 class RateLimiter(Protocol):
     failures: int
     degraded: bool
 
-    async def acquire(self, tenant: str) -> Lease: ...
+    prepay_sizes: dict[str, int]
+    """What each tool's last call reserved in all: the prepayment its next call asks for with its slot."""
 
-    async def release(self, lease: Lease) -> None: ...
+    async def acquire(self, tenant: str, prepay: int = 0) -> Lease:
+        """A slot of the tenant's limits and, if `prepay` tokens fit today's budget, those too (else none)."""
+        ...
+
+    async def release(self, lease: Lease, corrections: Sequence[Correction] = ()) -> None:
+        """Give the slot back and settle the call's reservations: with Redis, one round trip for both."""
+        ...
 
     async def reserve_tokens(self, tenant: str, tokens: int) -> TokenReservation:
         """Count `tokens` against today's budget before a model call, or refuse when they would exceed it."""
@@ -108,14 +123,16 @@ class LocalLimiter:
         self._tokens: dict[tuple[str, int], int] = defaultdict(int)
         self.failures = 0
         self.degraded = False
+        self.prepay_sizes: dict[str, int] = {}
 
     def limits(self, tenant: str) -> Limits:
         return self.overrides.get(tenant, self.defaults)
 
-    async def acquire(self, tenant: str) -> Lease:
+    async def acquire(self, tenant: str, prepay: int = 0) -> Lease:
         limits, now = self.limits(tenant), time.time()
         recent = _trimmed(self._recent[tenant], now)
-        if self._tokens[(tenant, int(now // DAY))] >= limits.tokens_per_day:
+        day = int(now // DAY)
+        if self._tokens[(tenant, day)] >= limits.tokens_per_day:
             raise _rejected("tokens", limits.tokens_per_day, DAY - now % DAY)
         if len(recent) >= limits.requests_per_minute:
             raise _rejected("rpm", limits.requests_per_minute, recent[0] + WINDOW - now)
@@ -123,11 +140,16 @@ class LocalLimiter:
             raise _rejected("concurrency", limits.concurrent, 1.0)
         recent.append(now)
         lease = Lease(tenant, uuid.uuid4().hex, local=True)
+        if prepay > 0 and self._tokens[(tenant, day)] + prepay <= limits.tokens_per_day:
+            self._tokens[(tenant, day)] += prepay
+            lease.prepaid = TokenReservation(tenant, prepay, day)
         self._active[tenant].add(lease.id)
         return lease
 
-    async def release(self, lease: Lease) -> None:
+    async def release(self, lease: Lease, corrections: Sequence[Correction] = ()) -> None:
         self._active[lease.tenant].discard(lease.id)
+        for reservation, used in corrections:
+            await self.settle(reservation, used)
 
     async def reserve_tokens(self, tenant: str, tokens: int) -> TokenReservation:
         limit, now = self.limits(tenant).tokens_per_day, time.time()
@@ -154,58 +176,6 @@ class LocalLimiter:
         recent.append(now)
 
 
-_ACQUIRE = """
-local rpm_key, slots_key, tokens_key = KEYS[1], KEYS[2], KEYS[3]
-local now, rpm, concurrent, tokens_per_day = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
-local lease, lease_ttl, request_id = ARGV[5], tonumber(ARGV[6]), ARGV[7]
-local used = tonumber(redis.call('GET', tokens_key) or '0')
-if used >= tokens_per_day then return {'tokens', tostring(86400 - (now % 86400))} end
-redis.call('ZREMRANGEBYSCORE', rpm_key, '-inf', now - 60)
-if redis.call('ZCARD', rpm_key) >= rpm then
-  local oldest = redis.call('ZRANGE', rpm_key, 0, 0, 'WITHSCORES')
-  return {'rpm', tostring(tonumber(oldest[2]) + 60 - now)}
-end
-redis.call('ZREMRANGEBYSCORE', slots_key, '-inf', now)
-if redis.call('ZCARD', slots_key) >= concurrent then return {'concurrency', '1'} end
-redis.call('ZADD', rpm_key, now, request_id)
-redis.call('EXPIRE', rpm_key, 120)
-redis.call('ZADD', slots_key, now + lease_ttl, lease)
-redis.call('EXPIRE', slots_key, math.ceil(lease_ttl) + 60)
-return {'ok', '0'}
-"""
-
-_RESERVE_TOKENS = """
-local used = tonumber(redis.call('GET', KEYS[1]) or '0')
-local tokens, limit = tonumber(ARGV[1]), tonumber(ARGV[2])
-if used + tokens > limit then return {0, used} end
-used = redis.call('INCRBY', KEYS[1], tokens)
-redis.call('EXPIRE', KEYS[1], 172800)
-return {1, used}
-"""
-
-_SETTLE_TOKENS = """
-local total = redis.call('INCRBY', KEYS[1], ARGV[1])
-if total < 0 then
-  redis.call('SET', KEYS[1], 0)
-  total = 0
-end
-redis.call('EXPIRE', KEYS[1], 172800)
-return total
-"""
-
-_OPEN_SESSION = """
-local key, now, limit = KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2])
-redis.call('ZREMRANGEBYSCORE', key, '-inf', now - 60)
-if redis.call('ZCARD', key) >= limit then
-  local oldest = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
-  return {'sessions', tostring(tonumber(oldest[2]) + 60 - now)}
-end
-redis.call('ZADD', key, now, ARGV[3])
-redis.call('EXPIRE', key, 120)
-return {'ok', '0'}
-"""
-
-
 def tenant_keys(tenant: str) -> str:
     """The prefix of every key of one tenant; the braces make Redis Cluster keep them in one slot."""
     return f"exai:rl:{{{tenant}}}"
@@ -227,11 +197,14 @@ class RedisLimiter:
         self._redis_error = RedisError
         self.redis, self.defaults, self.overrides = redis, defaults, overrides
         self.when_redis_fails, self.lease_ttl = when_redis_fails, lease_ttl
-        self._acquire = redis.register_script(_ACQUIRE)
-        self._open_session = redis.register_script(_OPEN_SESSION)
-        self._reserve_tokens = redis.register_script(_RESERVE_TOKENS)
-        self._settle_tokens = redis.register_script(_SETTLE_TOKENS)
+        self._acquire = redis.register_script(limit_scripts.ACQUIRE)
+        self._give_back = redis.register_script(limit_scripts.GIVE_BACK)
+        self._release = redis.register_script(limit_scripts.RELEASE)
+        self._open_session = redis.register_script(limit_scripts.OPEN_SESSION)
+        self._reserve_tokens = redis.register_script(limit_scripts.RESERVE_TOKENS)
+        self._settle_tokens = redis.register_script(limit_scripts.SETTLE_TOKENS)
         self.fallback = LocalLimiter(defaults, overrides)
+        self.prepay_sizes = self.fallback.prepay_sizes
         self.failures = 0
         self.degraded = False
         self._retry_redis_at = 0.0
@@ -263,14 +236,15 @@ class RedisLimiter:
         if self.when_redis_fails == "closed":
             raise _rejected("unavailable", 0, REDIS_RETRY_SECONDS)
 
-    async def acquire(self, tenant: str) -> Lease:
+    async def acquire(self, tenant: str, prepay: int = 0) -> Lease:
         if self._redis_paused():
             self._refuse_if_closed()
-            return await self.fallback.acquire(tenant)
+            return await self.fallback.acquire(tenant, prepay)
         limits, now, lease = self.limits(tenant), time.time(), Lease(tenant, uuid.uuid4().hex)
+        keys = self._keys(tenant, now)
         try:
-            verdict, wait = await self._acquire(
-                keys=self._keys(tenant, now),
+            verdict, wait, prepaid, used = await self._acquire(
+                keys=keys,
                 args=[
                     now,
                     limits.requests_per_minute,
@@ -279,19 +253,21 @@ class RedisLimiter:
                     lease.id,
                     self.lease_ttl,
                     uuid.uuid4().hex,
+                    prepay,
                 ],
             )
         except self._redis_error as exc:
             self._redis_failed("acquire", exc)
             with anyio.CancelScope(shield=True), contextlib.suppress(self._redis_error):
-                await self.redis.zrem(self._keys(tenant, 0)[1], lease.id)  # the script may have run: best effort
+                await self._give_back(keys=keys[1:], args=[lease.id, prepay])  # the script may have run
             self._refuse_if_closed()
-            return await self.fallback.acquire(tenant)
+            return await self.fallback.acquire(tenant, prepay)
         except BaseException:  # cancelled while the script may already have taken the slot: give it back
-            with anyio.CancelScope(shield=True):
-                await self._free_slot(lease)
+            with anyio.CancelScope(shield=True), contextlib.suppress(self._redis_error):
+                await self._give_back(keys=keys[1:], args=[lease.id, prepay])
             raise
         self._redis_answered()
+        self.fallback.note_used(tenant, int(used))
         verdict = verdict.decode() if isinstance(verdict, bytes) else verdict
         if verdict != "ok":
             limit = {
@@ -300,6 +276,9 @@ class RedisLimiter:
                 "tokens": limits.tokens_per_day,
             }[verdict]
             raise _rejected(verdict, limit, max(0.0, float(wait)))
+        lease.id = f"{lease.id}:{int(prepaid)}"  # the slot's member in Redis names what was prepaid with it
+        if int(prepaid):
+            lease.prepaid = TokenReservation(tenant, int(prepaid), int(now // DAY), local=False)
         self._keepers[lease.id] = asyncio.create_task(self._keep_alive(lease))
         return lease
 
@@ -316,21 +295,33 @@ class RedisLimiter:
             except self._redis_error as exc:
                 self._redis_failed("refresh", exc)
 
-    async def release(self, lease: Lease) -> None:
+    async def release(self, lease: Lease, corrections: Sequence[Correction] = ()) -> None:
         with anyio.CancelScope(shield=True):  # a cancelled caller must still give its slot back
+            shared: dict[int, int] = {}  # day: the correction of that day's shared count
+            for reservation, used in corrections:
+                if reservation.local:  # counted by this replica while Redis was down: corrected there
+                    await self.fallback.settle(reservation, used)
+                else:
+                    shared[reservation.day] = shared.get(reservation.day, 0) + used - reservation.tokens
             if lease.local:
                 await self.fallback.release(lease)
+                for day, delta in shared.items():
+                    await self._correct(lease.tenant, day, delta)
                 return
             keeper = self._keepers.pop(lease.id, None)
             if keeper is not None:
                 keeper.cancel()
-            await self._free_slot(lease)
-
-    async def _free_slot(self, lease: Lease) -> None:
-        try:
-            await self.redis.zrem(self._keys(lease.tenant, 0)[1], lease.id)
-        except self._redis_error as exc:  # the lease expires by itself within one TTL
-            self._redis_failed("release", exc)
+            days = list(shared)
+            keys = [self._keys(lease.tenant, 0)[1], *(self._keys(lease.tenant, day * DAY)[2] for day in days)]
+            try:
+                totals = await self._release(keys=keys, args=[lease.id, *(shared[day] for day in days)])
+            except self._redis_error as exc:  # the lease expires by itself within one TTL; the reservation stands
+                self._redis_failed("release", exc)
+                return
+            today = int(time.time() // DAY)
+            for day, total in zip(days, totals, strict=True):
+                if day == today:
+                    self.fallback.note_used(lease.tenant, int(total))
 
     async def reserve_tokens(self, tenant: str, tokens: int) -> TokenReservation:
         if self._redis_paused():
@@ -353,14 +344,16 @@ class RedisLimiter:
         if reservation.local:  # counted by this replica while Redis was down: corrected there
             await self.fallback.settle(reservation, used)
             return
-        key = self._keys(reservation.tenant, reservation.day * DAY)[2]
+        await self._correct(reservation.tenant, reservation.day, used - reservation.tokens)
+
+    async def _correct(self, tenant: str, day: int, delta: int) -> None:
         try:
-            total = await self._settle_tokens(keys=[key], args=[used - reservation.tokens])
+            total = await self._settle_tokens(keys=[self._keys(tenant, day * DAY)[2]], args=[delta])
         except self._redis_error as exc:  # the correction is lost; the reservation stands
             self._redis_failed("settle", exc)
             return
-        if reservation.day == int(time.time() // DAY):
-            self.fallback.note_used(reservation.tenant, int(total))
+        if day == int(time.time() // DAY):
+            self.fallback.note_used(tenant, int(total))
 
     async def open_session(self, tenant: str) -> None:
         if self._redis_paused():

@@ -10,14 +10,12 @@ through its context, never from its output.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
-import anyio
 import mcp_types as types
 import pydantic
 
@@ -27,7 +25,7 @@ from exai.observability.events import CallEvent, Outcome
 from exai.observability.logging import get_logger
 from exai.observability.tracing import tracer
 from exai.security.auth import ADMIN_SCOPE, ADMIN_TOOLS, TOOLS_SCOPE, may_call
-from exai.security.limits import Lease
+from exai.security.call_tokens import CallTokens
 from exai.server.results import error_result
 from exai.server.tool_refusals import charge_refusal
 from exai.tools.base import ArgumentError, Tool, ToolContext
@@ -83,21 +81,20 @@ def validation_error(tool: Tool[Any, Any], exc: pydantic.ValidationError) -> Inv
 
 
 @asynccontextmanager
-async def admitted(services: Services, tenant: str, ctx: ToolContext, holds_slot: bool = True) -> AsyncIterator[None]:
-    """Hold a slot of the tenant's limits for the call; give it back and count its tokens, even if cancelled.
+async def admitted(services: Services, tool: Tool[Any, Any], tenant: str, ctx: ToolContext) -> AsyncIterator[None]:
+    """Hold a slot of the tenant's limits for the call; give it back and settle its tokens, even if cancelled.
 
-    A tool that only waits for another call (`collect`) holds none: that call holds its slot while it runs."""
+    The call's `CallTokens` owns both, from here to its one settlement. A tool that only waits for another call
+    (`collect`) holds no slot: that call holds its own while it runs."""
     limiter = services.limiter
-    if limiter is None or not holds_slot:
+    if limiter is None:
         yield
         return
-    lease: Lease = await limiter.acquire(tenant)
+    ctx.tokens = await CallTokens.admit(limiter, tenant, tool.name, tool.holds_slot, tool.calls_model)
     try:
         yield
     finally:
-        with anyio.CancelScope(shield=True):  # both at once: with Redis, one round trip of waiting instead of two
-            settled = [limiter.settle(u.reservation, u.used) for u in ctx.token_uses if u.used != u.reservation.tokens]
-            await asyncio.gather(limiter.release(lease), *settled)
+        await ctx.tokens.close()  # with Redis, one round trip: the slot back and the tokens corrected
 
 
 async def run(tool: Tool[Any, Any], args: pydantic.BaseModel, ctx: ToolContext) -> types.CallToolResult:
@@ -131,7 +128,7 @@ async def handle_call(
         await authorize(services, tool, caller)
         async with (
             services.admission.slot(queued=tool.calls_model),
-            admitted(services, caller.tenant, ctx, tool.holds_slot),
+            admitted(services, tool, caller.tenant, ctx),
         ):
             services.events.call_started()
             began = True

@@ -10,14 +10,13 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
-import anyio
 from pydantic import BaseModel, ConfigDict, model_validator
 
 from exai.config import DEFAULT_MAX_PROMPT_CHARS
 from exai.conversations.tokens import count_tokens_async
 from exai.errors import ExaiError
 from exai.observability.events import ModelCall
-from exai.security.limits import TokenReservation
+from exai.security.call_tokens import CallTokens
 
 if TYPE_CHECKING:
     from mcp_types import CallToolResult
@@ -109,14 +108,6 @@ class UsageOut(BaseModel):
         return cls(input_tokens=usage.input_tokens, output_tokens=usage.output_tokens)
 
 
-@dataclass
-class TokenUse:
-    """A model call's token reservation and what the call turned out to use (0 until it answers)."""
-
-    reservation: TokenReservation
-    used: int = 0
-
-
 @dataclass(frozen=True)
 class ToolSettings:
     """The settings tools read: their own limits, nothing else of the configuration."""
@@ -166,7 +157,8 @@ class ToolContext:
         """The tools the caller may call; None: every enabled tool."""
         self.model_calls: list[ModelCall] = []
         self.thread_id: str | None = None
-        self.token_uses: list[TokenUse] = []
+        self.tokens: CallTokens | None = None
+        """The call's slot and token reservations (set when it is admitted; None without limits)."""
         self.upstream_seconds = 0.0
         """Time this call's model requests spent upstream (every attempt, failed ones too): the gateway-overhead
         metric is the call's time minus this."""
@@ -250,11 +242,7 @@ class ToolContext:
         A call that fails is charged nothing, and still kept (one audit row per model call).
         """
         services = self._services
-        use: TokenUse | None = None
-        if services.limiter is not None:
-            with anyio.CancelScope(shield=True):  # a reservation made is always recorded, so it is always settled
-                use = TokenUse(await services.limiter.reserve_tokens(self.tenant, input_tokens))
-                self.token_uses.append(use)
+        claim = await self.tokens.reserve(input_tokens) if self.tokens is not None else None
         try:
             result = await services.router.generate(
                 request, plan=plan, tenant=self.tenant, on_attempts=self._upstream_attempts, **options
@@ -267,8 +255,8 @@ class ToolContext:
         usage = response.usage
         charged_in = usage.input_tokens or input_tokens
         charged_out = usage.output_tokens or await count_tokens_async(response.text + (response.reasoning or ""))
-        if use is not None:
-            use.used = charged_in + charged_out
+        if claim is not None:
+            claim.used = charged_in + charged_out
         self.model_calls.append(
             ModelCall(
                 requested=plan.requested,

@@ -1,0 +1,95 @@
+"""One call's tokens and slot, from admission to settlement, in one object.
+
+`CallTokens.admit` takes the tenant's slot and, in the same round trip, prepays about what the tool's previous call
+reserved in all (when that fits today's budget; otherwise nothing is prepaid and nothing else changes). Before each
+model call the tool draws its prompt's tokens (`reserve`): from the prepayment when it covers them (no round trip),
+else as a reservation of their own, checked against the budget as before. Once the model answers, the claim learns
+what it used. `close` runs once, whatever the outcome (answered, failed, cancelled): it gives the slot back and
+replaces every reservation by what its model calls used, in one round trip with Redis. The day's counter ends at
+exactly what the upstream reported; a prepayment no model call drew on is given back whole.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import anyio
+
+from exai.security.limits import Correction, Lease, RateLimiter, TokenReservation
+
+PREPAY_MARGIN = 1.125
+"""How much more than the tool's last call the prepayment covers: prompts of one tool differ a little in length."""
+
+
+@dataclass
+class TokenClaim:
+    """One model call's prompt tokens, reserved before it is asked, and what it turned out to use (0 if it failed)."""
+
+    reservation: TokenReservation
+    tokens: int
+    used: int = 0
+
+
+@dataclass
+class CallTokens:
+    limiter: RateLimiter
+    tenant: str
+    tool: str
+    lease: Lease | None = None
+    claims: list[TokenClaim] = field(default_factory=list)
+    _spare: int = 0
+    _closed: bool = False
+
+    @classmethod
+    async def admit(
+        cls, limiter: RateLimiter, tenant: str, tool: str, holds_slot: bool, asks_model: bool
+    ) -> CallTokens:
+        """The call's slot (unless the tool holds none) with a prepayment when the tool asks a model."""
+        call = cls(limiter, tenant, tool)
+        if holds_slot:
+            last = limiter.prepay_sizes.get(tool, 0) if asks_model else 0
+            call.lease = await limiter.acquire(tenant, prepay=int(last * PREPAY_MARGIN))
+            if call.lease.prepaid is not None:
+                call._spare = call.lease.prepaid.tokens
+        return call
+
+    async def reserve(self, tokens: int) -> TokenClaim:
+        """Count a model call's prompt against the day's budget before it is asked, or raise `RateLimitError`."""
+        prepaid = self.lease.prepaid if self.lease is not None else None
+        if prepaid is not None and tokens <= self._spare:
+            self._spare -= tokens
+            claim = TokenClaim(prepaid, tokens)
+        else:
+            with anyio.CancelScope(shield=True):  # a reservation made is always recorded, so it is always settled
+                claim = TokenClaim(await self.limiter.reserve_tokens(self.tenant, tokens), tokens)
+                self.claims.append(claim)
+            return claim
+        self.claims.append(claim)
+        return claim
+
+    def corrections(self) -> list[Correction]:
+        """Every reservation whose count differs from what its model calls used, with what they used."""
+        used: dict[int, list[int]] = {}
+        reservations: dict[int, TokenReservation] = {}
+        if self.lease is not None and self.lease.prepaid is not None:
+            reservations[id(self.lease.prepaid)] = self.lease.prepaid
+            used[id(self.lease.prepaid)] = []
+        for claim in self.claims:
+            reservations[id(claim.reservation)] = claim.reservation
+            used.setdefault(id(claim.reservation), []).append(claim.used)
+        return [(r, sum(used[key])) for key, r in reservations.items() if sum(used[key]) != r.tokens]
+
+    async def close(self) -> None:
+        """Give the slot back and settle every reservation, once, even when the caller is cancelled."""
+        if self._closed:
+            return
+        self._closed = True
+        if self.claims:
+            self.limiter.prepay_sizes[self.tool] = sum(claim.tokens for claim in self.claims)
+        with anyio.CancelScope(shield=True):
+            corrections = self.corrections()
+            if self.lease is not None:
+                await self.limiter.release(self.lease, corrections)
+            else:
+                for reservation, used in corrections:
+                    await self.limiter.settle(reservation, used)
