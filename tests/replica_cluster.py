@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import re
 import signal
 import subprocess
 import time
@@ -19,23 +18,11 @@ from typing import Any
 
 import httpx2
 
+from exai.stress.balancer import NGINX, nginx_config
 from tests.conftest import Proc, free_port
 
-NGINX = Path("/usr/sbin/nginx")
-DEPLOY_NGINX_CONF = Path(__file__).parent.parent / "deploy" / "nginx.conf"
 LEGACY_VERSION = "2025-06-18"
 ACCEPT = "application/json, text/event-stream"
-
-
-def nginx_config(replica_ports: list[int], listen_port: int) -> str:
-    """deploy/nginx.conf with the replicas' loopback ports as upstream servers and a loopback listen port."""
-    text = DEPLOY_NGINX_CONF.read_text()
-    server_line = re.search(r"^\s*server exai-replica:8765 (.*);$", text, re.M)
-    assert server_line, "deploy/nginx.conf lost its `server exai-replica:8765 ...;` upstream line"
-    servers = "\n".join(f"        server 127.0.0.1:{port} {server_line.group(1)};" for port in replica_ports)
-    text = text.replace(server_line.group(0), servers)
-    assert "listen 8080;" in text, "deploy/nginx.conf lost its `listen 8080;` line"
-    return text.replace("listen 8080;", f"listen 127.0.0.1:{listen_port};")
 
 
 @dataclass

@@ -28,10 +28,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from exai.stress.balancer import DEPLOY_NGINX_CONF, NGINX, nginx_config
 from tests.conftest import Proc, free_port
 from tests.container_engine import unavailable
 from tests.helpers import wait_until
-from tests.replica_cluster import DEPLOY_NGINX_CONF, NGINX, nginx_config
 from tests.test_deploy_static import PROFILES, compose_config, run, tool
 
 Daemon = Callable[..., Proc]

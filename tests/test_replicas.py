@@ -22,9 +22,10 @@ from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
 from exai.security.auth import new_api_key
+from exai.stress.balancer import NGINX
 from tests.conftest import Proc, SimControl
 from tests.container_engine import unavailable
-from tests.replica_cluster import NGINX, CallFailed, Cluster, LegacyClient, Nginx, start_nginx
+from tests.replica_cluster import CallFailed, Cluster, LegacyClient, Nginx, start_nginx
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(600)]
 LIMITED_RPM = 10

@@ -5,16 +5,20 @@ Found by attacking the daemon (issue 17): `--token` was written verbatim into wo
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import stat
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 from exai.security.auth import issue_token
 from tests.conftest import TEST_JWT_SECRET, Proc, SimControl
+from tests.test_stress import _descendants
 
 Daemon = Callable[..., Proc]
 
@@ -58,3 +62,50 @@ def test_the_token_comes_from_the_environment_and_never_reaches_the_reports(
     report = _assert_private_and_clean(tmp_path / "argv", token)
     assert "--token '***'" in report["command"] or "--token ***" in report["command"], report["command"]
     assert token not in from_argv.stdout + from_argv.stderr
+
+
+def _command_lines(pids: set[int]) -> set[str]:
+    """Their command lines ("" for one that has just exited is left out)."""
+    found = set()
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            found.add(Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"))
+    return found - {""}
+
+
+def test_no_process_of_a_run_carries_the_token_on_its_command_line(
+    daemon: Daemon, sim: SimControl, tmp_path: Path
+) -> None:
+    """`ps` shows every user the command lines: the load's client processes get their plan (and the token in it)
+    through a pipe. Every descendant of the run is read while it runs."""
+    limits = {
+        "EXAI_RATE_LIMIT_CONCURRENCY": "500",
+        "EXAI_RATE_LIMIT_RPM": "100000",
+        "EXAI_MAX_SESSIONS_PER_TENANT": "500",
+    }
+    proc = daemon(EXAI_JWT_SECRET=TEST_JWT_SECRET, **limits)
+    token = issue_token(TEST_JWT_SECRET, "ops", ["exai:tools", "exai:admin"], 900)
+    out = tmp_path / "report"
+    command = [sys.executable, "-m", "exai", "stress", "--quick", "load", "--url", proc.url, "--sim-url", sim.url]
+    run = subprocess.Popen(
+        [*command, "--out", str(out)],
+        env={**os.environ, "COLUMNS": "160", "EXAI_TOKEN": token},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    seen: set[str] = set()
+    try:
+        deadline = time.monotonic() + 600
+        while run.poll() is None and time.monotonic() < deadline:
+            seen |= _command_lines(_descendants(run.pid))
+            time.sleep(0.05)
+    finally:
+        if run.poll() is None:
+            run.send_signal(signal.SIGINT)
+            run.wait(120)
+    workers = [line for line in seen if "exai.stress.worker" in line]
+    assert workers, f"the run's client processes were seen: {sorted(seen)}"
+    carrying = [line[:200] for line in seen if token in line or "eyJ" in line]
+    assert not carrying, f"a process of the run has a token on its command line: {carrying}"
+    report = json.loads((out / "stress.json").read_text())
+    assert report["scenarios"][0]["passed"], report["scenarios"][0]["checks"]

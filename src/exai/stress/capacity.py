@@ -1,7 +1,8 @@
-"""Capacity: step an open-loop offered rate until the daemon's own overhead passes its bound or errors appear.
+"""Capacity: step an open-loop offered rate until the daemons' own overhead passes its bound or errors appear.
 
-The knee is the highest offered rate at which the daemon still met its bound with no error; where the time goes is
-told by CPU time per call of the daemon, the simulator and the clients (from /proc and getrusage) at each step.
+The load goes to one daemon or to replicas behind nginx. The knee is the highest offered rate at which the daemons
+still met the bound with no error; where the time goes is told by CPU time per call of the daemons, nginx, the
+simulator and the clients (from /proc and getrusage) at each step.
 """
 
 from __future__ import annotations
@@ -10,20 +11,22 @@ import asyncio
 import os
 import resource
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import httpx2
 
 from exai.stress.context import Context
 from exai.stress.driver import call, session
-from exai.stress.metrics import histogram_quantile, scrape
+from exai.stress.metrics import Scrape, histogram_quantile, scrape
 from exai.stress.results import Sample
-from exai.stress.target import Daemon
+from exai.stress.target import Daemon, Replicas
 from exai.stress.worker import run_workers
 from exai.stress.workload import LoadPlan
 
 TICKS = os.sysconf("SC_CLK_TCK")
+OVERHEAD_P95_MS = 5.0
+WARM_UP_CALLS = 100
 CALL_CEILING_SECONDS = 150.0  # past the daemon's 120 s call deadline: an overloaded daemon answers before we give up
 
 
@@ -43,6 +46,29 @@ def _clients_cpu() -> float:
 
 
 @dataclass
+class Deployment:
+    """What the offered load goes to: one daemon, or replicas behind a balancer (whose CPU is counted apart)."""
+
+    label: str
+    mcp_url: str
+    daemons: list[Daemon]
+    balancer_pid: int | None = None
+
+    @classmethod
+    def single(cls, daemon: Daemon) -> Deployment:
+        return cls("1 replica", daemon.mcp_url, [daemon])
+
+    @classmethod
+    def behind_nginx(cls, replicas: Replicas) -> Deployment:
+        pid = replicas.balancer.process.pid if replicas.balancer.process is not None else None
+        return cls(f"{len(replicas.daemons)} replicas behind nginx", replicas.mcp_url, replicas.daemons, pid)
+
+    @property
+    def pids(self) -> list[int]:
+        return [d.managed.process.pid for d in self.daemons if d.managed is not None and d.managed.process is not None]
+
+
+@dataclass
 class Step:
     offered_per_s: float
     completed_per_s: float
@@ -51,28 +77,42 @@ class Step:
     overhead_p50_ms: float | None
     overhead_p95_ms: float | None
     client_p95_ms: float | None
-    daemon_cpu_ms_per_call: float
+    daemon_cpu_ms_per_call: float  # all replicas together
     simulator_cpu_ms_per_call: float
     clients_cpu_ms_per_call: float  # includes starting the client processes (imports): an upper bound
-    daemon_cpu_busy: float  # share of one core the daemon used while the step's calls ran
+    daemon_cpu_busy: float  # cores the daemons (all replicas) used while the step's calls ran
+    balancer_cpu_ms_per_call: float | None = None  # nginx, when there is one
+    calls_by_replica: list[int] = field(default_factory=list)  # tool calls each replica counted in its /metrics
 
-    @property
-    def within_bound(self) -> bool:
-        return self.errors == 0 and self.overhead_p95_ms is not None and self.overhead_p95_ms <= OVERHEAD_P95_MS
+    def within(self, bound_ms: float = OVERHEAD_P95_MS) -> bool:
+        return self.errors == 0 and self.overhead_p95_ms is not None and self.overhead_p95_ms <= bound_ms
 
 
-OVERHEAD_P95_MS = 5.0
-WARM_UP_CALLS = 100
+async def _scrape_all(http: httpx2.AsyncClient, deployment: Deployment) -> list[Scrape]:
+    return list(await asyncio.gather(*(scrape(http, d.url) for d in deployment.daemons)))
+
+
+def _summed(after: list[Scrape], before: list[Scrape], histogram: str) -> dict[float, float]:
+    total: dict[float, float] = {}
+    for now, then in zip(after, before, strict=True):
+        for bound, count in now.bucket_delta(then, histogram).items():
+            total[bound] = total.get(bound, 0.0) + count
+    return total
 
 
 async def step(
-    ctx: Context, daemon: Daemon, sim_pid: int, rate: float, seconds: float, processes: int, samples: list[Sample]
+    ctx: Context,
+    deployment: Deployment,
+    sim_pid: int,
+    rate: float,
+    seconds: float,
+    processes: int,
+    samples: list[Sample],
 ) -> Step:
-    """Offer `rate` new chats per second for `seconds`; what the daemon and the machine did with them."""
-    assert daemon.managed is not None and daemon.managed.process is not None
-    daemon_pid = daemon.managed.process.pid
+    """Offer `rate` new chats per second for `seconds`; what the daemons and the machine did with them."""
+    pids = deployment.pids
     plan = LoadPlan(
-        url=daemon.mcp_url,
+        url=deployment.mcp_url,
         sessions=4 * processes,
         slots_per_session=1,
         operations_per_slot=0,
@@ -82,30 +122,42 @@ async def step(
         ceiling=CALL_CEILING_SECONDS,
         rate=rate,
     )
+    balancer = deployment.balancer_pid
     own: list[Sample] = []
     async with httpx2.AsyncClient(headers=ctx.admin_headers()) as http:
-        before = await scrape(http, daemon.url)
-        cpu = (cpu_seconds(daemon_pid), cpu_seconds(sim_pid), _clients_cpu(), time.monotonic())
+        before = await _scrape_all(http, deployment)
+        cpu = (
+            sum(cpu_seconds(p) for p in pids),
+            cpu_seconds(sim_pid),
+            _clients_cpu(),
+            time.monotonic(),
+            cpu_seconds(balancer) if balancer else 0.0,
+        )
         ceiling = seconds + CALL_CEILING_SECONDS + 120
         try:
             await run_workers(processes, plan, ctx.epoch, own.append, ceiling=ceiling)
             unfinished = 0
         except TimeoutError:  # the step's calls did not all finish: the daemon is far past its knee
             unfinished = max(0, round(rate * seconds) - len(own))
-        after = await scrape(http, daemon.url)
+        after = await _scrape_all(http, deployment)
     # the calls' own span (first sent to last finished): the client processes' start-up is not the daemon's time
     span = max(s.t for s in own) - min(s.t - s.ms / 1000 for s in own) if own else time.monotonic() - cpu[3]
-    daemon_cpu = cpu_seconds(daemon_pid) - cpu[0]
+    daemon_cpu = sum(cpu_seconds(p) for p in pids) - cpu[0]
     sim_cpu = cpu_seconds(sim_pid) - cpu[1]
     clients_cpu = _clients_cpu() - cpu[2]
+    balancer_cpu = cpu_seconds(balancer) - cpu[4] if balancer else None
     samples += own
-    buckets = after.bucket_delta(before, "exai_gateway_overhead_seconds")
+    buckets = _summed(after, before, "exai_gateway_overhead_seconds")
     ok = sorted(s.ms for s in own if s.ok)
     calls = max(1, len(own))
 
     def ms(value: float | None) -> float | None:
         return round(value * 1000, 2) if value is not None else None
 
+    def per_call(cpu_s: float) -> float:
+        return round(cpu_s * 1000 / calls, 2)
+
+    counted = "exai_tool_calls_total"
     return Step(
         offered_per_s=round(rate, 1),
         completed_per_s=round(len(own) / max(span, seconds), 1),
@@ -114,20 +166,24 @@ async def step(
         overhead_p50_ms=ms(histogram_quantile(buckets, 0.5)),
         overhead_p95_ms=ms(histogram_quantile(buckets, 0.95)),
         client_p95_ms=round(ok[min(len(ok) - 1, int(0.95 * len(ok)))], 1) if ok else None,
-        daemon_cpu_ms_per_call=round(daemon_cpu * 1000 / calls, 2),
-        simulator_cpu_ms_per_call=round(sim_cpu * 1000 / calls, 2),
-        clients_cpu_ms_per_call=round(clients_cpu * 1000 / calls, 2),
+        daemon_cpu_ms_per_call=per_call(daemon_cpu),
+        simulator_cpu_ms_per_call=per_call(sim_cpu),
+        clients_cpu_ms_per_call=per_call(clients_cpu),
         daemon_cpu_busy=round(daemon_cpu / span, 2) if span > 0 else 0.0,
+        balancer_cpu_ms_per_call=per_call(balancer_cpu) if balancer_cpu is not None else None,
+        calls_by_replica=[
+            round(a.values.get(counted, 0) - b.values.get(counted, 0)) for a, b in zip(after, before, strict=True)
+        ],
     )
 
 
-async def warm_up(ctx: Context, daemon: Daemon, calls: int) -> None:
+async def warm_up(ctx: Context, mcp_url: str, calls: int) -> None:
     """First-call costs (imports, pools, caches) paid before any step is measured: counted in calls, not seconds."""
     sessions = 4
     queue = iter(range(calls))
 
     async def worker() -> None:
-        async with session(daemon.mcp_url, ctx.target.token) as client:
+        async with session(mcp_url, ctx.target.token) as client:
             for n in queue:
                 await call(client, "chat", {"prompt": f"warm-up {n}", "model": "sim-fast"}, ctx.epoch, 120)
 
@@ -135,19 +191,26 @@ async def warm_up(ctx: Context, daemon: Daemon, calls: int) -> None:
 
 
 async def find_knee(
-    ctx: Context, daemon: Daemon, sim_pid: int, rates: list[float], seconds: float, samples: list[Sample]
+    ctx: Context,
+    deployment: Deployment,
+    sim_pid: int,
+    rates: list[float],
+    seconds: float,
+    samples: list[Sample],
+    bound_ms: float = OVERHEAD_P95_MS,
 ) -> tuple[list[Step], Step | None]:
-    """Step through `rates` until a step misses the bound (overhead p95 > 5 ms, or any error); the knee is the last
-    step that met it (None when even the first did not)."""
+    """Step through `rates` until a step misses the bound (overhead p95 > `bound_ms`, or any error); the knee is the
+    last step that met it (None when even the first did not)."""
     steps: list[Step] = []
     knee: Step | None = None
-    ctx.progress(0, len(rates), "capacity: warm-up")
-    await warm_up(ctx, daemon, ctx.scale(WARM_UP_CALLS, 20))
+    what = f"capacity, {deployment.label}"
+    ctx.progress(0, len(rates), f"{what}: warm-up")
+    await warm_up(ctx, deployment.mcp_url, ctx.scale(WARM_UP_CALLS, 20))
     for number, rate in enumerate(rates):
-        ctx.progress(number, len(rates), f"capacity: offering {rate:.0f} calls/s")
-        done = await step(ctx, daemon, sim_pid, rate, seconds, processes=2, samples=samples)
+        ctx.progress(number, len(rates), f"{what}: offering {rate:.0f} calls/s")
+        done = await step(ctx, deployment, sim_pid, rate, seconds, processes=2, samples=samples)
         steps.append(done)
-        if not done.within_bound:
+        if not done.within(bound_ms):
             break
         knee = done
     return steps, knee

@@ -70,6 +70,8 @@ class Managed:
     log_path: Path
     process: subprocess.Popen[bytes] | None = None
     stopped: bool = False  # stopped on purpose (by `stop`), as opposed to having exited by itself
+    stop_signal: int | None = None  # how the run stops it (default: SIGTERM for Python, SIGKILL for the others)
+    own_group: bool = False  # it forks workers of its own (nginx): started in a group of its own, killed as a group
 
     @property
     def url(self) -> str:
@@ -84,7 +86,9 @@ class Managed:
         started = time.monotonic()
         self.stopped = False
         with self.log_path.open("ab") as log:
-            self.process = subprocess.Popen(self.args, env=self.env, stdout=log, stderr=subprocess.STDOUT)
+            self.process = subprocess.Popen(
+                self.args, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=self.own_group
+            )
         while time.monotonic() - started < START_CEILING_SECONDS:
             if self.process.poll() is not None:
                 raise RuntimeError(f"{' '.join(self.args[2:])} exited with {self.process.returncode}: {self.tail()}")
@@ -101,15 +105,25 @@ class Managed:
         raise RuntimeError(f"{' '.join(self.args[2:])} was not ready within {START_CEILING_SECONDS:.0f} s")
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> None:
-        if self.process is None or self.process.poll() is not None:
+        if self.process is None:
             return
-        self.stopped = True
-        self.process.send_signal(sig)
-        try:
-            self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(10)
+        if self.process.poll() is None:
+            self.stopped = True
+            self.process.send_signal(sig)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(10)
+        if self.own_group:  # a worker its master did not take down
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.process.pid, signal.SIGKILL)
+
+    @property
+    def default_stop_signal(self) -> int:
+        if self.stop_signal is not None:
+            return self.stop_signal
+        return signal.SIGTERM if self.args[0] == sys.executable else signal.SIGKILL
 
     def tail(self, chars: int = 2000) -> str:
         return self.log_path.read_text(errors="replace")[-chars:] if self.log_path.exists() else ""
@@ -138,6 +152,24 @@ class ProcessGroup:
         self.children.append(managed)
         return managed
 
+    def nginx(self, replica_ports: list[int]) -> Managed:
+        """deploy/nginx.conf round-robining over `replica_ports`, without the per-address limits (every client of
+        the run shares one address); not yet started. Stopped with SIGTERM: its master takes its worker down."""
+        from exai.stress.balancer import nginx_args, nginx_binary, nginx_config
+
+        binary = nginx_binary()
+        if binary is None:
+            raise RuntimeError("nginx is not installed (Debian: apt-get install nginx-light)")
+        port = free_port()
+        prefix = self.workdir / f"nginx-{port}"
+        (prefix / "logs").mkdir(parents=True)
+        conf = prefix / "nginx.conf"
+        conf.write_text(nginx_config(replica_ports, port, per_address_limits=False))
+        managed = Managed(nginx_args(binary, prefix, conf), dict(os.environ), port, prefix / "logs" / "stderr.log")
+        managed.stop_signal, managed.own_group = signal.SIGTERM, True
+        self.children.append(managed)
+        return managed
+
     def postgres(self) -> PostgresCluster:
         cluster = PostgresCluster(self.workdir / f"pg-{len(self.clusters)}", free_port())
         self.clusters.append(cluster)
@@ -162,7 +194,7 @@ class ProcessGroup:
         children, clusters = self.children[mark[0] :], self.clusters[mark[1] :]
         for child in reversed(children):
             with contextlib.suppress(Exception):
-                child.stop(signal.SIGKILL if child.args[0] != sys.executable else signal.SIGTERM, timeout=15)
+                child.stop(child.default_stop_signal, timeout=15)
         alive = [f"PostgreSQL cluster {c.data}" for c in clusters if not _destroyed(c)]
         alive += [f"{' '.join(Path(a).name for a in c.args[:4])} on port {c.port}" for c in children if c.running]
         del self.children[mark[0] :], self.clusters[mark[1] :]
@@ -171,7 +203,7 @@ class ProcessGroup:
     def close(self) -> None:
         for child in reversed(self.children):
             with contextlib.suppress(Exception):
-                child.stop(signal.SIGKILL if child.args[0] != sys.executable else signal.SIGTERM, timeout=15)
+                child.stop(child.default_stop_signal, timeout=15)
         for cluster in self.clusters:
             with contextlib.suppress(Exception):
                 cluster.destroy()

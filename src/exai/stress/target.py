@@ -76,6 +76,22 @@ class Daemon:
 
 
 @dataclass
+class Replicas:
+    """Daemon replicas in stateless mode on one PostgreSQL schema and one Redis database, behind nginx."""
+
+    daemons: list[Daemon]
+    balancer: Managed
+
+    @property
+    def url(self) -> str:
+        return self.balancer.url
+
+    @property
+    def mcp_url(self) -> str:
+        return f"{self.url}/mcp"
+
+
+@dataclass
 class Target:
     """The simulator and the daemons of one run."""
 
@@ -142,6 +158,27 @@ class Target:
         managed = self.group.exai(name, ["serve"], env, port)
         managed.start("/readyz")
         return Daemon(managed.url, managed)
+
+    def replicas(self, name: str, count: int) -> Replicas:
+        """`count` local daemons sharing PostgreSQL (one schema) and Redis (the run's database), stateless so any
+        replica answers any request, behind nginx configured from deploy/nginx.conf."""
+        assert self.group is not None, "replicas are started locally"
+        shared = {**self.base_env("postgres+redis"), "EXAI_STATELESS_HTTP": "true"}
+        daemons = []
+        for index in range(count):
+            port = free_port()
+            env = {**shared, "EXAI_PORT": str(port), "EXAI_DATA_DIR": f"{shared['EXAI_DATA_DIR']}-r{index}"}
+            managed = self.group.exai(f"{name}-r{index}", ["serve"], env, port)
+            managed.start("/readyz")
+            daemons.append(Daemon(managed.url, managed))
+        balancer = self.group.nginx([d.managed.port for d in daemons if d.managed is not None])
+        balancer.start("/healthz")
+        return Replicas(daemons, balancer)
+
+    def stop_replicas(self, replicas: Replicas) -> None:
+        replicas.balancer.stop(signal.SIGTERM)
+        for daemon in replicas.daemons:
+            self.stop_daemon(daemon)
 
     def stop_daemon(self, daemon: Daemon) -> None:
         if daemon.managed is not None:

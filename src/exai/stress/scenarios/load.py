@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 
 import httpx2
 
-from exai.stress.capacity import OVERHEAD_P95_MS, find_knee, steps_json
+from exai.stress.capacity import OVERHEAD_P95_MS, Deployment, Step, find_knee, steps_json
 from exai.stress.context import Context
 from exai.stress.metrics import ResourceMonitor, histogram_quantile, scrape
 from exai.stress.results import Sample, ScenarioResult
@@ -17,42 +18,79 @@ from exai.stress.workload import LoadPlan
 NAME = "load"
 SUMMARY = (
     "First capacity: new chats offered at a fixed rate (open loop, from 2 client processes, 50 ms upstream), the rate "
-    "stepped up until the daemon's own overhead p95 (exai_gateway_overhead_seconds) passes 5 ms or an error "
-    "appears; the knee is the last rate that met both. Then 1,024 concurrent tool calls (new chats, continued "
-    "threads, two-step debug workflows, consensus) over 64 MCP sessions from 4 client processes, 200 ms upstream."
+    "stepped up until the daemons' own overhead p95 (exai_gateway_overhead_seconds) passes 5 ms or an error "
+    "appears; the knee is the last rate that met both. Measured for one daemon (the run's storage) and, in full "
+    "mode, for 3 stateless replicas behind nginx (deploy/nginx.conf) on PostgreSQL + Redis. Then 1,024 concurrent "
+    "tool calls (new chats, continued threads, two-step debug workflows, consensus) over 64 MCP sessions from 4 "
+    "client processes, 200 ms upstream."
 )
 CRITERION = (
-    "capacity: a knee is found (at least the first step within 5 ms overhead p95 and 0 errors), reported in calls/s "
-    "and calls/s per core with the CPU time per call of daemon, simulator and clients; at 1,024 in flight: every "
-    "call completes, 0 errors, 0 paid-then-failed. Overhead at 1,024 in flight is reported, not judged (it is the "
-    "wait for the event loop of one process). A quick run judges errors only."
+    "capacity: a knee is found for 1 replica and for 3 behind nginx (at least the first step within 5 ms overhead "
+    "p95 and 0 errors), reported in calls/s and calls/s per core with the CPU time per call of daemons, nginx, "
+    "simulator and clients; at 1,024 in flight: every call completes, 0 errors, 0 paid-then-failed. Overhead at "
+    "1,024 in flight is reported, not judged (it is the wait for the event loop of one process). A quick run judges "
+    "errors only."
 )
-RATES = [20.0, 40.0, 60.0, 90.0, 130.0, 180.0, 250.0, 350.0]
+RATES = [10.0, 20.0, 40.0, 60.0, 90.0, 130.0, 180.0, 250.0, 350.0]
 QUICK_RATES = [10.0, 20.0]
+REPLICAS = 3
 
 
 async def _capacity(ctx: Context, result: ScenarioResult) -> None:
-    daemon = ctx.target.daemon("load-capacity")
+    """The knee of one daemon (the run's storage), then of three replicas behind nginx on PostgreSQL + Redis."""
     await ctx.sim.reset()
     await ctx.sim.latency(50)
+    rates, seconds = (QUICK_RATES, 5.0) if ctx.quick else (RATES, 20.0)
+    daemon = await asyncio.to_thread(ctx.target.daemon, "load-capacity")
+    try:
+        await knee_of(ctx, result, Deployment.single(daemon), rates, seconds)
+    finally:
+        await asyncio.to_thread(ctx.target.stop_daemon, daemon)
+    if ctx.quick:
+        result.notes.append(
+            f"quick: the capacity of {REPLICAS} replicas behind nginx is measured in full mode only "
+            "(tests/test_stress_capacity.py drives that path at small scale)"
+        )
+        return
+    label = f"{REPLICAS} replicas behind nginx"
+    try:
+        replicas = await asyncio.to_thread(ctx.target.replicas, "load-replica", REPLICAS)
+    except RuntimeError as exc:  # nginx missing, or no source checkout with deploy/nginx.conf
+        result.check(f"capacity knee found ({label})", "replicas and nginx started", str(exc)[:300], False)
+        return
+    try:
+        await knee_of(ctx, result, Deployment.behind_nginx(replicas), rates, seconds)
+    finally:
+        await asyncio.to_thread(ctx.target.stop_replicas, replicas)
+
+
+async def knee_of(
+    ctx: Context, result: ScenarioResult, deployment: Deployment, rates: list[float], seconds: float
+) -> Step | None:
+    """Find `deployment`'s knee, record its steps and knee as figures and judge that one was found."""
     sim_pid = ctx.target.sim_pid or 0
     capacity_samples: list[Sample] = []
-    rates, seconds = (QUICK_RATES, 5.0) if ctx.quick else (RATES, 20.0)
-    steps, knee = await find_knee(ctx, daemon, sim_pid, rates, seconds, capacity_samples)
-    result.samples += capacity_samples
+    try:
+        steps, knee = await find_knee(ctx, deployment, sim_pid, rates, seconds, capacity_samples)
+    finally:
+        result.samples += capacity_samples
     cores = os.cpu_count() or 1
-    result.figures["capacity steps (open loop, 50 ms upstream)"] = steps_json(steps)
+    label = deployment.label
+    result.figures[f"capacity steps, {label} (open loop, 50 ms upstream)"] = steps_json(steps)
     if knee is not None:
-        result.figures["capacity knee"] = {
+        result.figures[f"capacity knee, {label}"] = {
             "calls_per_s": knee.completed_per_s,
             "calls_per_s_per_core": round(knee.completed_per_s / cores, 1),
             "cores": cores,
             "overhead_p95_ms": knee.overhead_p95_ms,
+            "daemon_cores_busy": knee.daemon_cpu_busy,
             "cpu_ms_per_call": {
-                "daemon": knee.daemon_cpu_ms_per_call,
+                "daemons": knee.daemon_cpu_ms_per_call,
+                **({"nginx": knee.balancer_cpu_ms_per_call} if knee.balancer_cpu_ms_per_call is not None else {}),
                 "simulator": knee.simulator_cpu_ms_per_call,
                 "clients": knee.clients_cpu_ms_per_call,
             },
+            "load_average_1m": round(os.getloadavg()[0], 2),
         }
     last = steps[-1]
     why = (
@@ -64,13 +102,13 @@ async def _capacity(ctx: Context, result: ScenarioResult) -> None:
     if knee is last:
         why = f"knee above the highest step offered: {why}"
     result.check(
-        "capacity knee found",
+        f"capacity knee found ({label})",
         f"first step: overhead p95 <= {OVERHEAD_P95_MS:g} ms, 0 errors",
         why,
         knee is not None,
         judged=not ctx.quick,
     )
-    ctx.target.stop_daemon(daemon)
+    return knee
 
 
 async def run(ctx: Context, result: ScenarioResult) -> None:

@@ -1,0 +1,98 @@
+"""The load scenario's capacity steps against real processes (the simulator, `exai serve`, nginx), at small scale:
+the knee is the last step within the bound, a step with errors or over the overhead bound ends the search, and the
+three-replica path goes through a real nginx to every replica and stops all of it."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+from collections.abc import AsyncIterator
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+
+from exai.stress.balancer import nginx_binary
+from exai.stress.capacity import Deployment, find_knee
+from exai.stress.context import Context
+from exai.stress.results import Sample
+from exai.stress.sim import SimControl
+from exai.stress.target import LOCAL_POSTGRES, LOCAL_REDIS_HOST, Isolation, Target, local_target
+from tests.test_stress import _alive, _descendants
+
+pytestmark = [pytest.mark.anyio, pytest.mark.timeout(900)]  # real daemons on a busy machine
+LOOSE_BOUND_MS = 60_000.0  # these tests judge the search, not this machine's latency: errors decide, or bound 0
+
+
+@pytest.fixture
+async def ctx() -> AsyncIterator[Context]:
+    target = await asyncio.to_thread(local_target, "sqlite", Isolation.chosen(None, None))
+    sim = SimControl(target.sim_url)
+    context = Context(target, sim, quick=True, soak_seconds=20)
+    try:
+        yield context
+    finally:
+        await sim.close()
+        await asyncio.to_thread(target.close)
+
+
+def _sim_pid(target: Target) -> int:
+    assert target.sim_pid is not None
+    return target.sim_pid
+
+
+async def test_the_knee_is_the_last_step_without_errors(ctx: Context) -> None:
+    """At most 6 calls at once for the tenant: 1 call/s on a 500 ms upstream fits, 40 calls/s cannot (refusals)."""
+    daemon = await asyncio.to_thread(ctx.target.daemon, "knee", EXAI_RATE_LIMIT_CONCURRENCY="6")
+    await ctx.sim.latency(500)
+    samples: list[Sample] = []
+    steps, knee = await find_knee(
+        ctx, Deployment.single(daemon), _sim_pid(ctx.target), [1.0, 40.0, 80.0], 4.0, samples, LOOSE_BOUND_MS
+    )
+    assert len(steps) == 2, "the search stops at the first step that misses"
+    assert knee is steps[0] and steps[0].errors == 0 and steps[0].calls >= 4, steps[0]
+    assert steps[1].errors > 0 and {s.category for s in samples if not s.ok} == {"rate_limit"}, steps[1]
+    assert steps[0].daemon_cpu_ms_per_call > 0 and steps[0].calls_by_replica == [steps[0].calls], steps[0]
+
+
+async def test_a_step_over_the_overhead_bound_is_no_knee(ctx: Context) -> None:
+    daemon = await asyncio.to_thread(ctx.target.daemon, "bound")
+    await ctx.sim.latency(50)
+    steps, knee = await find_knee(ctx, Deployment.single(daemon), _sim_pid(ctx.target), [2.0, 4.0], 3.0, [], 0.0)
+    assert knee is None and len(steps) == 1, steps
+    assert steps[0].errors == 0 and steps[0].overhead_p95_ms is not None and steps[0].overhead_p95_ms > 0
+
+
+async def test_three_replicas_behind_nginx_take_the_load_and_are_all_stopped(ctx: Context) -> None:
+    if nginx_binary() is None:
+        _unavailable("nginx is not installed (apt-get install nginx-light)")
+    if not (_reachable(LOCAL_POSTGRES) and _reachable(LOCAL_REDIS_HOST)):
+        _unavailable("the replicas share PostgreSQL at 127.0.0.1:5432 and Redis at 127.0.0.1:6379, which are not up")
+    replicas = await asyncio.to_thread(ctx.target.replicas, "cap", 3)
+    started = {replicas.balancer.process.pid} | _descendants(replicas.balancer.process.pid)  # master and worker
+    conf = await asyncio.to_thread(Path(replicas.balancer.args[replicas.balancer.args.index("-c") + 1]).read_text)
+    assert "limit_req zone=" not in conf.split("server {")[1].split("#")[0], "no per-address limit for the run"
+    await ctx.sim.latency(50)
+    samples: list[Sample] = []
+    deployment = Deployment.behind_nginx(replicas)
+    steps, knee = await find_knee(ctx, deployment, _sim_pid(ctx.target), [6.0], 4.0, samples, LOOSE_BOUND_MS)
+    assert knee is steps[0] and knee.errors == 0, (knee, [s for s in samples if not s.ok][:5])
+    assert len(knee.calls_by_replica) == 3 and all(n > 0 for n in knee.calls_by_replica), knee.calls_by_replica
+    assert sum(knee.calls_by_replica) >= knee.calls and knee.balancer_cpu_ms_per_call is not None
+    await asyncio.to_thread(ctx.target.stop_replicas, replicas)
+    assert len(started) >= 2 and not [pid for pid in started if _alive(pid)], "nginx's master and worker are gone"
+    assert not any(d.managed is not None and d.managed.running for d in replicas.daemons)
+
+
+def _unavailable(reason: str) -> None:
+    """In CI the services are there: a skip would hide a broken path."""
+    pytest.fail(reason) if os.environ.get("CI") == "true" else pytest.skip(reason)
+
+
+def _reachable(url: str) -> bool:
+    parts = urlsplit(url)
+    with contextlib.suppress(OSError), socket.create_connection((parts.hostname, parts.port), timeout=2):
+        return True
+    return False
