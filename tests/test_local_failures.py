@@ -7,7 +7,6 @@ local queue must not take a healthy provider away from every other client.
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -25,8 +24,8 @@ from exai.providers.catalogue import Catalogue
 from exai.providers.openai_compatible import OpenAICompatibleProvider
 from exai.providers.router import Attempt
 from exai.providers.types import GenerateRequest, Message
-from tests.conftest import Proc, SimControl
-from tests.helpers import build_services, tool_error
+from tests.conftest import MakeServices, Proc, SimControl
+from tests.helpers import tool_error, wait_until
 
 pytestmark = pytest.mark.anyio
 Daemon = Callable[..., Proc]
@@ -64,8 +63,8 @@ async def test_a_defect_while_building_a_request_is_an_internal_error(
     assert sim.count("requests") == 0
 
 
-async def test_local_build_failures_never_reach_the_breaker(sim: SimControl, monkeypatch: pytest.MonkeyPatch) -> None:
-    services = await build_services(monkeypatch, sim, EXAI_BREAKER_FAILURE_THRESHOLD="2")
+async def test_local_build_failures_never_reach_the_breaker(sim: SimControl, make_services: MakeServices) -> None:
+    services = await make_services(EXAI_BREAKER_FAILURE_THRESHOLD="2")
     router = services.router
     seen: list[Attempt] = []
     router.on_attempt = seen.append
@@ -80,7 +79,6 @@ async def test_local_build_failures_never_reach_the_breaker(sim: SimControl, mon
     context._correlation_id.set("fine-id")
     result = await router.generate(REQUEST, model="sim-fast")
     assert result.response.model == "sim-fast" and [a.outcome for a in seen] == ["ok"]
-    await services.close()
 
 
 async def test_a_bad_key_and_a_bad_request_id_leave_every_breaker_closed(daemon: Daemon, sim: SimControl) -> None:
@@ -114,7 +112,7 @@ async def test_a_deadline_spent_in_the_local_queue_is_not_an_upstream_timeout(da
     ):
         await client.list_tools()
         holder = asyncio.create_task(client.call_tool("chat", {"prompt": "slow", "model": "sim-smart"}))
-        await _until(lambda: sim.stats()["in_flight"] == 1)
+        await wait_until(lambda: sim.stats()["in_flight"] == 1, "the call reached the upstream")
         waiters = [
             {"model": "sim-fast", "stance": stance} for stance in ("for", "against", "neutral")
         ]  # the same provider as the holder: they queue for its one slot
@@ -137,13 +135,6 @@ async def test_a_deadline_spent_in_the_local_queue_is_not_an_upstream_timeout(da
     assert all(p["breakers"] == {} and p["recent_errors"] == {} for p in status["providers"]), status
     assert not after.is_error, "the model's breaker stayed closed"
     assert sim.count("requests:sim-fast") == 1 and sim.count("requests:sim-smart") == 1
-
-
-async def _until(condition: Callable[[], bool], ceiling: float = 60.0) -> None:
-    deadline = time.monotonic() + ceiling
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.05)
 
 
 async def _ignore(_: object) -> None:

@@ -13,8 +13,12 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from exai.security.auth import issue_token
 from tests.conftest import TEST_JWT_SECRET, Proc, SimControl
+
+pytestmark = [pytest.mark.stress, pytest.mark.slow]
 
 Daemon = Callable[..., Proc]
 
