@@ -212,6 +212,19 @@ def sim_env(sim: SimControl, **extra: str) -> dict[str, str]:
 
 
 MakeServices = Callable[..., Awaitable[Services]]
+Closing = Callable[[Any], Any]
+
+
+@pytest.fixture
+async def closing() -> AsyncIterator[Closing]:
+    """`closing(thing)` returns `thing` and closes it (its async `close()`) after the test, pass or fail."""
+    async with AsyncExitStack() as stack:
+
+        def close_later(thing: Any) -> Any:
+            stack.push_async_callback(thing.close)
+            return thing
+
+        yield close_later
 
 
 @pytest.fixture

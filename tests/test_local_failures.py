@@ -24,7 +24,7 @@ from exai.providers.catalogue import Catalogue
 from exai.providers.openai_compatible import OpenAICompatibleProvider
 from exai.providers.router import Attempt
 from exai.providers.types import GenerateRequest, Message
-from tests.conftest import MakeServices, Proc, SimControl
+from tests.conftest import Closing, MakeServices, Proc, SimControl
 from tests.helpers import tool_error, wait_until
 
 pytestmark = pytest.mark.anyio
@@ -33,32 +33,31 @@ CATALOGUE = Catalogue.load(custom_models=["sim-fast"])
 REQUEST = GenerateRequest(model="x", messages=[Message(role="user", content="q")])
 
 
-async def test_a_header_that_cannot_be_encoded_is_a_local_validation_error(sim: SimControl) -> None:
+async def test_a_header_that_cannot_be_encoded_is_a_local_validation_error(sim: SimControl, closing: Closing) -> None:
     with pytest.raises(ValidationError) as caught:
         CallOptions(timeout=10, headers={"X-Request-ID": "café"})
     assert caught.value.code == "unsendable_header" and caught.value.details == {"header": "X-Request-ID"}
     options = CallOptions(timeout=10, headers={"X-Request-ID": "ok-1"})
-    provider = OpenAICompatibleProvider("kimi", sim.openai_url, "sk-pasted\u00a0")  # the SDK refuses to send it
+    # the SDK refuses to send it
+    provider = closing(OpenAICompatibleProvider("kimi", sim.openai_url, "sk-pasted\u00a0"))
     for on_delta in (None, _ignore):
         with pytest.raises(ValidationError) as caught:
             await provider.generate(REQUEST, CATALOGUE.get("kimi-k2"), options, on_delta)
         assert caught.value.code == "unsendable_header"
         assert "sk-pasted" not in caught.value.render() and "KIMI_API_KEY" in (caught.value.remedy or "")
-    await provider.close()
     assert sim.count("requests") == 0
 
 
 async def test_a_defect_while_building_a_request_is_an_internal_error(
-    sim: SimControl, monkeypatch: pytest.MonkeyPatch
+    sim: SimControl, monkeypatch: pytest.MonkeyPatch, closing: Closing
 ) -> None:
     def broken(*_: Any) -> dict[str, Any]:
         raise TypeError("unsupported operand")
 
     monkeypatch.setattr(openai_compatible, "openai_params", broken)
-    provider = OpenAICompatibleProvider("custom", sim.openai_url, None)
+    provider = closing(OpenAICompatibleProvider("custom", sim.openai_url, None))
     with pytest.raises(InternalError) as caught:
         await provider.generate(REQUEST, CATALOGUE.get("sim-fast"), CallOptions(timeout=10, headers={}))
-    await provider.close()
     assert caught.value.code == "request_build_failed" and not caught.value.retryable
     assert sim.count("requests") == 0
 
@@ -141,15 +140,14 @@ async def _ignore(_: object) -> None:
     return None
 
 
-async def test_a_key_with_a_newline_is_trimmed_or_refused_locally_never_sent(sim: SimControl) -> None:
+async def test_a_key_with_a_newline_is_trimmed_or_refused_locally_never_sent(sim: SimControl, closing: Closing) -> None:
     from exai.config import load_settings
 
     assert load_settings(kimi_api_key="sk-pasted\n").provider("kimi").api_key == "sk-pasted"
-    provider = OpenAICompatibleProvider("kimi", sim.openai_url, "sk-broken\nkey")
+    provider = closing(OpenAICompatibleProvider("kimi", sim.openai_url, "sk-broken\nkey"))
     model = CATALOGUE.get("sim-fast")
     assert model is not None
     with pytest.raises(ValidationError) as caught:
         await provider.generate(REQUEST, model, CallOptions(timeout=10, headers={}))
     assert caught.value.code == "unsendable_header" and "sk-broken" not in caught.value.message
     assert sim.count("requests") == 0
-    await provider.close()

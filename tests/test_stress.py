@@ -8,14 +8,14 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 from mcp import Client
 
 from exai.server.mcp import build_server
-from tests.conftest import MakeServices, SimControl
+from tests.conftest import MakeServices, SimControl, popen_owned
+from tests.helpers import wait_until_sync
 
 pytestmark = [pytest.mark.stress, pytest.mark.slow]
 
@@ -116,19 +116,29 @@ def _alive(pid: int) -> bool:
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_an_interrupted_run_stops_everything_and_writes_a_partial_report(tmp_path: Path, sig: signal.Signals) -> None:
     out = tmp_path / "report"
-    run = subprocess.Popen(
+    run = popen_owned(
         [sys.executable, "-m", "exai", "stress", "--quick", "recovery", "--out", str(out)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
     )
-    deadline = time.monotonic() + 300
-    while len(started := _descendants(run.pid)) < 2:  # the simulator and the scenario's daemon
-        assert run.poll() is None and time.monotonic() < deadline, "the run did not start its daemon"
-        time.sleep(0.2)
-    run.send_signal(sig)
-    _, stderr = run.communicate(timeout=240)
-    assert run.returncode == 130, stderr[-2000:]
-    assert not [pid for pid in started if _alive(pid)], "a process of the run outlived it"
+    started: set[int] = set()
+
+    def simulator_and_daemon_started() -> bool:
+        started.update(_descendants(run.pid))
+        return run.poll() is not None or len(started) >= 2
+
+    try:
+        wait_until_sync(simulator_and_daemon_started, "the run started its simulator and daemon", 300, every=0.2)
+        assert run.poll() is None, "the run ended before it was interrupted"
+        run.send_signal(sig)
+        _, stderr = run.communicate(timeout=240)
+        assert run.returncode == 130, stderr[-2000:]
+        assert not [pid for pid in started if _alive(pid)], "a process of the run outlived it"
+    finally:  # whatever failed above: nothing of the run survives the test
+        for pid in [run.pid, *started]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        run.wait(30)
     report = json.loads((out / "stress.json").read_text())
     assert report["interrupted"] and not report["passed"]
