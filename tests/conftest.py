@@ -6,6 +6,7 @@ import logging
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -23,6 +24,8 @@ from exai.providers.specs import PROVIDER_SPECS
 
 pytest_plugins = ["tests.services", "tests.node_toolchain", "tests.container_engine"]
 TEST_JWT_SECRET = "a-test-secret-that-is-long-enough-0123456789"
+# One TLS context for every test HTTP client: building one loads the CA bundle, about 45 ms of CPU each time.
+TLS = ssl.create_default_context()
 LEAK_MARKERS = ("sk-test-kimi-secret", "sk-test-anthropic-secret", TEST_JWT_SECRET, "Bearer ey")
 SIM_MODELS = "sim-fast,sim-smart,sim-large:1000000"
 
@@ -134,14 +137,16 @@ def start_exai(args: list[str], env: dict[str, str], log_path: Path, port: int) 
     proc = Proc(process, port, log_path)
     try:
         deadline = time.monotonic() + 120  # generous: the machine may be busy; a healthy start takes about a second
-        while time.monotonic() < deadline:
-            if process.poll() is not None:
-                raise RuntimeError(f"exai {' '.join(args)} exited with {process.returncode}:\n{proc.logs()}")
-            try:
-                if httpx2.get(f"{proc.url}/healthz", timeout=1).status_code == 200:
-                    return proc
-            except httpx2.TransportError:
-                time.sleep(0.05)
+        # One client for every probe: a new one per probe would cost CPU the starting daemon needs.
+        with httpx2.Client(timeout=1, verify=TLS) as http:
+            while time.monotonic() < deadline:
+                if process.poll() is not None:
+                    raise RuntimeError(f"exai {' '.join(args)} exited with {process.returncode}:\n{proc.logs()}")
+                try:
+                    if http.get(f"{proc.url}/healthz").status_code == 200:
+                        return proc
+                except httpx2.TransportError:
+                    time.sleep(0.05)
         raise RuntimeError(f"exai {' '.join(args)} did not become healthy:\n{proc.logs()}")
     except BaseException:  # a failed start, or Ctrl-C while waiting: no process is left behind
         proc.stop(signal.SIGKILL)
@@ -153,7 +158,7 @@ class SimControl:
     """Drives the simulator's control API."""
 
     url: str
-    client: httpx2.Client = field(default_factory=lambda: httpx2.Client(timeout=10))
+    client: httpx2.Client = field(default_factory=lambda: httpx2.Client(timeout=10, verify=TLS))
 
     @property
     def openai_url(self) -> str:

@@ -18,7 +18,7 @@ from mcp_types import CallToolResult
 
 from exai.app import Services
 from exai.config import load_settings
-from tests.conftest import SimControl, sim_env
+from tests.conftest import TLS, SimControl, sim_env
 
 
 async def build_services(monkeypatch: pytest.MonkeyPatch, sim: SimControl, **extra: str) -> Services:
@@ -84,7 +84,7 @@ async def mcp_client(
 ) -> AsyncIterator[Client]:
     """An MCP session with a daemon (`url` without `/mcp`), sending a bearer token and extra headers when given."""
     async with (
-        httpx2.AsyncClient(headers={**(headers or {}), **bearer(token)}, timeout=timeout) as http,
+        httpx2.AsyncClient(headers={**(headers or {}), **bearer(token)}, timeout=timeout, verify=TLS) as http,
         Client(streamable_http_client(f"{url}/mcp", http_client=http)) as client,
     ):
         yield client

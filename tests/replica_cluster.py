@@ -19,7 +19,7 @@ from typing import Any
 
 import httpx2
 
-from tests.conftest import Proc, free_port, popen_owned
+from tests.conftest import TLS, Proc, free_port, popen_owned
 
 NGINX = Path("/usr/sbin/nginx")
 DEPLOY_NGINX_CONF = Path(__file__).parent.parent / "deploy" / "nginx.conf"
@@ -73,14 +73,15 @@ def start_nginx(replica_ports: list[int], prefix: Path) -> Nginx:
     nginx = Nginx(process, port, prefix)
     try:
         deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if process.poll() is not None:
-                raise RuntimeError(f"nginx exited: {(prefix / 'logs' / 'stderr.log').read_text()}")
-            try:
-                if httpx2.get(f"{nginx.url}/healthz", timeout=2).status_code == 200:
-                    return nginx
-            except httpx2.TransportError:
-                time.sleep(0.05)
+        with httpx2.Client(timeout=2, verify=TLS) as http:  # one client: a new one per probe costs CPU
+            while time.monotonic() < deadline:
+                if process.poll() is not None:
+                    raise RuntimeError(f"nginx exited: {(prefix / 'logs' / 'stderr.log').read_text()}")
+                try:
+                    if http.get(f"{nginx.url}/healthz").status_code == 200:
+                        return nginx
+                except httpx2.TransportError:
+                    time.sleep(0.05)
         raise RuntimeError("nginx did not answer /healthz within 60 s")
     except BaseException:  # a failed start, or Ctrl-C while waiting
         nginx.stop()
