@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,12 +19,42 @@ from typing import Any
 import httpx2
 import pytest
 
+from exai.app import Services
 from exai.provider_specs import PROVIDER_SPECS
 
 pytest_plugins = ["tests.services", "tests.node_toolchain", "tests.container_engine"]
 TEST_JWT_SECRET = "a-test-secret-that-is-long-enough-0123456789"
+# One TLS context for every test HTTP client: building one loads the CA bundle, about 45 ms of CPU each time.
+TLS = ssl.create_default_context()
 LEAK_MARKERS = ("sk-test-kimi-secret", "sk-test-anthropic-secret", TEST_JWT_SECRET, "Bearer ey")
 SIM_MODELS = "sim-fast,sim-smart,sim-large:1000000"
+
+
+# Markers that follow from a fixture a test uses (directly or through another fixture), so that
+# `pytest -m "not containers"` and the fast lane `-m "not slow"` need no list kept by hand.
+FIXTURE_MARKERS: dict[str, tuple[str, ...]] = {
+    "daemon": ("daemon", "slow"),
+    "docker_engine": ("containers", "slow"),
+    "node_toolchain": ("js", "slow"),
+    "deploy": ("nginx", "slow"),
+    "nginx_prefix": ("nginx", "slow"),
+    "pgbouncer_url": ("slow",),
+    "postgres_url": ("postgres",),
+    "redis_url": ("redis",),
+}
+
+
+def pytest_keyboard_interrupt() -> None:
+    """Ctrl-C: pytest prints its short summary; asyncio would then add the interrupted test task's traceback
+    ("Task exception was never retrieved") when the event loop is collected. Fixtures still stop every process."""
+    logging.getLogger("asyncio").disabled = True
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        for fixture in getattr(item, "fixturenames", ()):
+            for marker in FIXTURE_MARKERS.get(fixture, ()):
+                item.add_marker(marker)
 
 
 @pytest.fixture
@@ -78,21 +111,46 @@ class Proc:
             return self.process.wait(5)
 
 
+def _die_with_pytest() -> None:
+    """In the child before exec: SIGKILL when the test process dies, however it dies (Linux)."""
+    if _prctl is not None:
+        _prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+try:
+    import ctypes
+
+    _prctl = ctypes.CDLL(None, use_errno=True).prctl if sys.platform == "linux" else None
+except (ImportError, OSError, AttributeError):
+    _prctl = None
+
+
+def popen_owned(args: list[str], **options: Any) -> subprocess.Popen[bytes]:
+    """`subprocess.Popen` for a helper process the tests own: it cannot outlive the test run, not even after a
+    SIGKILL of pytest (the fixtures that start it also stop it in a `finally`)."""
+    return subprocess.Popen(args, preexec_fn=_die_with_pytest, **options)
+
+
 def start_exai(args: list[str], env: dict[str, str], log_path: Path, port: int) -> Proc:
-    log = log_path.open("wb")
-    process = subprocess.Popen([sys.executable, "-m", "exai", *args], env=env, stdout=log, stderr=subprocess.STDOUT)
+    with log_path.open("wb") as log:
+        process = popen_owned([sys.executable, "-m", "exai", *args], env=env, stdout=log, stderr=subprocess.STDOUT)
     proc = Proc(process, port, log_path)
-    deadline = time.monotonic() + 120  # generous: the machine may be busy; a healthy start takes about a second
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"exai {' '.join(args)} exited with {process.returncode}:\n{proc.logs()}")
-        try:
-            if httpx2.get(f"{proc.url}/healthz", timeout=1).status_code == 200:
-                return proc
-        except httpx2.TransportError:
-            time.sleep(0.05)
-    proc.stop(signal.SIGKILL)
-    raise RuntimeError(f"exai {' '.join(args)} did not become healthy:\n{proc.logs()}")
+    try:
+        deadline = time.monotonic() + 120  # generous: the machine may be busy; a healthy start takes about a second
+        # One client for every probe: a new one per probe would cost CPU the starting daemon needs.
+        with httpx2.Client(timeout=1, verify=TLS) as http:
+            while time.monotonic() < deadline:
+                if process.poll() is not None:
+                    raise RuntimeError(f"exai {' '.join(args)} exited with {process.returncode}:\n{proc.logs()}")
+                try:
+                    if http.get(f"{proc.url}/healthz").status_code == 200:
+                        return proc
+                except httpx2.TransportError:
+                    time.sleep(0.05)
+        raise RuntimeError(f"exai {' '.join(args)} did not become healthy:\n{proc.logs()}")
+    except BaseException:  # a failed start, or Ctrl-C while waiting: no process is left behind
+        proc.stop(signal.SIGKILL)
+        raise
 
 
 @dataclass
@@ -100,7 +158,7 @@ class SimControl:
     """Drives the simulator's control API."""
 
     url: str
-    client: httpx2.Client = field(default_factory=lambda: httpx2.Client(timeout=10))
+    client: httpx2.Client = field(default_factory=lambda: httpx2.Client(timeout=10, verify=TLS))
 
     @property
     def openai_url(self) -> str:
@@ -156,6 +214,38 @@ def sim_env(sim: SimControl, **extra: str) -> dict[str, str]:
         "EXAI_RETRY_MAX_DELAY_SECONDS": "0.05",
         **extra,
     }
+
+
+MakeServices = Callable[..., Awaitable[Services]]
+Closing = Callable[[Any], Any]
+
+
+@pytest.fixture
+async def closing() -> AsyncIterator[Closing]:
+    """`closing(thing)` returns `thing` and closes it (its async `close()`) after the test, pass or fail."""
+    async with AsyncExitStack() as stack:
+
+        def close_later(thing: Any) -> Any:
+            stack.push_async_callback(thing.close)
+            return thing
+
+        yield close_later
+
+
+@pytest.fixture
+async def make_services(monkeypatch: pytest.MonkeyPatch, sim: SimControl) -> AsyncIterator[MakeServices]:
+    """Build started in-process services against the simulator (settings as `EXAI_*=value` keywords); every one
+    built is closed after the test, whether it passed or not."""
+    from tests.helpers import build_services
+
+    async with AsyncExitStack() as built:
+
+        async def make(**extra: str) -> Services:
+            services = await build_services(monkeypatch, sim, **extra)
+            built.push_async_callback(services.close)
+            return services
+
+        yield make
 
 
 @pytest.fixture

@@ -27,6 +27,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import popen_owned
+
 DOCKER = Path("/usr/bin/docker")
 DOCKERD = Path("/usr/sbin/dockerd")
 DEBOOTSTRAP = Path("/usr/sbin/debootstrap")
@@ -92,30 +94,57 @@ def start_engine(data_root: Path, run_dir: Path) -> Engine:
         f"--pidfile={run_dir / 'dockerd.pid'}",
         f"--host=unix://{socket_path}",
     ]
-    process = subprocess.Popen(command, stdout=log_path.open("wb"), stderr=subprocess.STDOUT, start_new_session=True)
+    with log_path.open("wb") as log:
+        process = popen_owned(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     engine = Engine(f"unix://{socket_path}", process, log_path)
-    deadline = time.monotonic() + ENGINE_START_TIMEOUT
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"dockerd exited with {process.returncode}:\n{log_path.read_text()[-3000:]}")
-        if socket_path.exists() and engine.docker("version", check=False, timeout=10).returncode == 0:
-            return engine
-        time.sleep(0.2)
-    stop_engine(engine)
-    raise RuntimeError(f"dockerd did not answer within {ENGINE_START_TIMEOUT:g} s:\n{log_path.read_text()[-3000:]}")
-
-
-def stop_engine(engine: Engine) -> None:
-    """Stop every container, then dockerd (SIGTERM, then SIGKILL of its process group)."""
-    running = engine.docker("ps", "-q", check=False, timeout=30).stdout.split()
-    if running:
-        engine.docker("kill", *running, check=False, timeout=60)
-    engine.process.send_signal(signal.SIGTERM)
     try:
-        engine.process.wait(30)
-    except subprocess.TimeoutExpired:
-        os.killpg(engine.process.pid, signal.SIGKILL)
-        engine.process.wait(10)
+        deadline = time.monotonic() + ENGINE_START_TIMEOUT
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise RuntimeError(f"dockerd exited with {process.returncode}:\n{log_path.read_text()[-3000:]}")
+            if socket_path.exists() and engine.docker("version", check=False, timeout=10).returncode == 0:
+                return engine
+            time.sleep(0.2)
+        raise RuntimeError(f"dockerd did not answer within {ENGINE_START_TIMEOUT:g} s:\n{log_path.read_text()[-3000:]}")
+    except BaseException:  # a failed start, or Ctrl-C while waiting
+        stop_engine(engine, run_dir, data_root)
+        raise
+
+
+def stop_engine(engine: Engine, *roots: Path) -> None:
+    """Stop every container, then dockerd (SIGTERM, then SIGKILL of its process group), then unmount whatever
+    it left mounted below `roots` (a SIGKILLed dockerd leaves its network namespace and overlay mounts)."""
+    try:
+        if engine.process.poll() is None:
+            running = engine.docker("ps", "-q", check=False, timeout=30).stdout.split()
+            if running:
+                engine.docker("kill", *running, check=False, timeout=60)
+    finally:
+        if engine.process.poll() is None:
+            engine.process.send_signal(signal.SIGTERM)
+        try:
+            engine.process.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(engine.process.pid, signal.SIGKILL)
+            engine.process.wait(10)
+        unmount_below(*roots)
+
+
+def mounts_below(*roots: Path) -> list[str]:
+    """Mount points at or below `roots`, deepest first (from /proc/self/mountinfo)."""
+    prefixes = [str(root.resolve()) for root in roots]
+    found = []
+    with open("/proc/self/mountinfo", encoding="utf-8") as info:
+        for line in info:
+            point = line.split()[4].encode().decode("unicode_escape")  # octal escapes such as \040
+            if any(point == prefix or point.startswith(prefix + "/") for prefix in prefixes):
+                found.append(point)
+    return sorted(found, key=len, reverse=True)
+
+
+def unmount_below(*roots: Path) -> None:
+    for point in mounts_below(*roots):
+        subprocess.run(["umount", "--lazy", point], capture_output=True, check=False, timeout=30)
 
 
 def ensure_base_image(engine: Engine) -> str:
@@ -175,9 +204,14 @@ def docker_engine() -> Iterator[Engine]:
     with (cache_root() / "docker.lock").open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         run_dir = Path(tempfile.mkdtemp(prefix="exai-dockerd-", dir="/tmp"))
-        engine = start_engine(root / "data", run_dir)
         try:
-            yield engine
+            engine = start_engine(root / "data", run_dir)
+            try:
+                yield engine
+            finally:
+                stop_engine(engine, run_dir, root / "data")
         finally:
-            stop_engine(engine)
+            unmount_below(run_dir, root / "data")
+            leftover = mounts_below(run_dir, root / "data")
             shutil.rmtree(run_dir, ignore_errors=True)
+            assert not leftover, f"still mounted after dockerd stopped: {leftover}"

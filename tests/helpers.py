@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import asynccontextmanager
 from typing import Any
 
 import anyio
+import httpx2
 import pytest
+from mcp import Client
+from mcp.client.streamable_http import streamable_http_client
 from mcp_types import CallToolResult
 
 from exai.app import Services
 from exai.config import load_settings
-from tests.conftest import SimControl, sim_env
+from tests.conftest import TLS, SimControl, sim_env
 
 
 async def build_services(monkeypatch: pytest.MonkeyPatch, sim: SimControl, **extra: str) -> Services:
@@ -39,13 +44,64 @@ def tool_error(result: CallToolResult) -> dict[str, Any]:
     return error
 
 
-async def wait_until(condition: Callable[[], bool], what: str, ceiling: float = 90.0) -> None:
-    """Poll `condition` until it holds; fail after a generous ceiling (the machine may be busy)."""
+CEILING_SECONDS = 90.0  # how long a wait may take before it fails: generous, the machine may be busy
+
+
+async def wait_until(
+    condition: Callable[[], bool | Awaitable[bool]], what: str, ceiling: float = CEILING_SECONDS, every: float = 0.1
+) -> None:
+    """Poll `condition` (plain or async) until it holds; fail after a generous ceiling."""
+    deadline = time.monotonic() + ceiling
+    while True:
+        held = condition()
+        if inspect.isawaitable(held):
+            held = await held
+        if held:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"gave up after {ceiling:.0f} s waiting until {what}")
+        await asyncio.sleep(every)
+
+
+def wait_until_sync(
+    condition: Callable[[], bool], what: str, ceiling: float = CEILING_SECONDS, every: float = 0.1
+) -> None:
+    """`wait_until` for synchronous tests."""
     deadline = time.monotonic() + ceiling
     while not condition():
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting until {what}")
-        await asyncio.sleep(0.1)
+            raise AssertionError(f"gave up after {ceiling:.0f} s waiting until {what}")
+        time.sleep(every)
+
+
+def bearer(token: str | None) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
+@asynccontextmanager
+async def mcp_client(
+    url: str, token: str | None = None, *, headers: Mapping[str, str | bytes] | None = None, timeout: float = 120
+) -> AsyncIterator[Client]:
+    """An MCP session with a daemon (`url` without `/mcp`), sending a bearer token and extra headers when given."""
+    async with (
+        httpx2.AsyncClient(headers={**(headers or {}), **bearer(token)}, timeout=timeout, verify=TLS) as http,
+        Client(streamable_http_client(f"{url}/mcp", http_client=http)) as client,
+    ):
+        yield client
+
+
+async def call_tool(
+    url: str,
+    tool: str,
+    args: dict[str, Any],
+    token: str | None = None,
+    *,
+    headers: Mapping[str, str | bytes] | None = None,
+    timeout: float = 120,
+) -> CallToolResult:
+    """One tool call in a session of its own."""
+    async with mcp_client(url, token, headers=headers, timeout=timeout) as client:
+        return await client.call_tool(tool, args)
 
 
 async def cancel_once_upstream(call: Callable[[], Awaitable[Any]], sim: SimControl) -> None:

@@ -19,7 +19,7 @@ from typing import Any
 import httpx2
 
 from exai.stress.balancer import NGINX, nginx_config
-from tests.conftest import Proc, free_port
+from tests.conftest import TLS, Proc, free_port, popen_owned
 
 LEGACY_VERSION = "2025-06-18"
 ACCEPT = "application/json, text/event-stream"
@@ -52,23 +52,27 @@ def start_nginx(replica_ports: list[int], prefix: Path) -> Nginx:
     conf = prefix / "nginx.conf"
     conf.write_text(nginx_config(replica_ports, port))
     globals_ = f"daemon off; pid {prefix}/nginx.pid; error_log {prefix}/logs/error.log warn;"
-    process = subprocess.Popen(
+    process = popen_owned(
         [str(NGINX), "-p", str(prefix), "-c", str(conf), "-g", globals_],
         stdout=subprocess.DEVNULL,
         stderr=(prefix / "logs" / "stderr.log").open("wb"),
     )
     nginx = Nginx(process, port, prefix)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"nginx exited: {(prefix / 'logs' / 'stderr.log').read_text()}")
-        try:
-            if httpx2.get(f"{nginx.url}/healthz", timeout=2).status_code == 200:
-                return nginx
-        except httpx2.TransportError:
-            time.sleep(0.05)
-    nginx.stop()
-    raise RuntimeError("nginx did not answer /healthz within 60 s")
+    try:
+        deadline = time.monotonic() + 60
+        with httpx2.Client(timeout=2, verify=TLS) as http:  # one client: a new one per probe costs CPU
+            while time.monotonic() < deadline:
+                if process.poll() is not None:
+                    raise RuntimeError(f"nginx exited: {(prefix / 'logs' / 'stderr.log').read_text()}")
+                try:
+                    if http.get(f"{nginx.url}/healthz").status_code == 200:
+                        return nginx
+                except httpx2.TransportError:
+                    time.sleep(0.05)
+        raise RuntimeError("nginx did not answer /healthz within 60 s")
+    except BaseException:  # a failed start, or Ctrl-C while waiting
+        nginx.stop()
+        raise
 
 
 @dataclass

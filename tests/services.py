@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import popen_owned
+
 DEFAULT_PG = "postgresql://postgres@127.0.0.1:5432/test"
 DEFAULT_REDIS = "redis://127.0.0.1:6379/0"
 
@@ -66,12 +68,12 @@ def postgres_url() -> Iterator[str]:
     if user:
         shutil.chown(data, "nobody")
     subprocess.run([*user, initdb, "-D", str(data), "-U", "postgres", "--auth=trust"], check=True, capture_output=True)
-    subprocess.run(
-        [*user, pg_ctl, "-D", str(data), "-o", f"-p {port} -k {data} -c listen_addresses=127.0.0.1", "-w", "start"],
-        check=True,
-        capture_output=True,
-    )
     try:
+        subprocess.run(
+            [*user, pg_ctl, "-D", str(data), "-o", f"-p {port} -k {data} -c listen_addresses=127.0.0.1", "-w", "start"],
+            check=True,
+            capture_output=True,
+        )
         yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
     finally:
         subprocess.run([*user, pg_ctl, "-D", str(data), "-m", "immediate", "stop"], capture_output=True)
@@ -90,17 +92,17 @@ def redis_url() -> Iterator[str]:
     if not binary:
         _unavailable("Redis")
     port = _free_port()
-    process = subprocess.Popen(
+    process = popen_owned(
         [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    for _ in range(100):
-        if _reachable(port):
-            break
-        time.sleep(0.05)
     try:
+        deadline = time.monotonic() + 60
+        while not _reachable(port):
+            assert process.poll() is None and time.monotonic() < deadline, "redis-server did not start"
+            time.sleep(0.05)
         yield f"redis://127.0.0.1:{port}/0"
     finally:
-        process.terminate()
+        process.kill()
         process.wait(10)

@@ -17,12 +17,11 @@ import httpx2
 import psycopg
 import pytest
 from mcp import Client
-from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 
 from exai.security.auth import issue_token
 from tests.conftest import Proc, SimControl, sim_env
-from tests.helpers import tool_error
+from tests.helpers import mcp_client, tool_error
 
 pytestmark = pytest.mark.anyio
 Daemon = Callable[..., Proc]
@@ -92,12 +91,7 @@ async def test_every_model_call_of_consensus_counts_in_limits_metrics_and_audit(
 async def test_refused_calls_are_audited(daemon: Daemon, sim: SimControl, tmp_path: Path) -> None:
     proc = daemon(EXAI_JWT_SECRET=SECRET, EXAI_RATE_LIMIT_RPM="4")
     narrow = issue_token(SECRET, "mallory[/bold]", ["exai:tool:chat"], 600)
-    async with (
-        httpx2.AsyncClient(
-            headers={"Authorization": f"Bearer {narrow}", "X-Request-ID": "probe-1"}, timeout=120
-        ) as http,
-        Client(streamable_http_client(f"{proc.url}/mcp", http_client=http)) as client,
-    ):
+    async with mcp_client(proc.url, narrow, headers={"X-Request-ID": "probe-1"}, timeout=120) as client:
         denied = [await client.call_tool("threads", {}) for _ in range(2)]
         for probe in ("admin_shell", "status2"):
             with pytest.raises(MCPError, match="Unknown tool"):
@@ -121,10 +115,7 @@ async def test_refused_calls_are_audited(daemon: Daemon, sim: SimControl, tmp_pa
 async def test_hostile_correlation_ids_are_replaced_not_echoed(daemon: Daemon, sim: SimControl) -> None:
     proc = daemon()
     for hostile in ("café", "[/bold]", "x" * 65, "a b"):
-        async with (
-            httpx2.AsyncClient(headers={"X-Request-ID": hostile.encode()}, timeout=120) as http,
-            Client(streamable_http_client(f"{proc.url}/mcp", http_client=http)) as client,
-        ):
+        async with mcp_client(proc.url, headers={"X-Request-ID": hostile.encode()}, timeout=120) as client:
             result = await client.call_tool("chat", {"prompt": "hi", "model": "sim-fast"})
         assert not result.is_error, result.content
         cid = result.structured_content["correlation_id"]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -12,6 +11,7 @@ import pytest
 from exai.storage.audit import AuditWriter
 from exai.storage.base import AuditRecord
 from exai.storage.sqlite import SQLiteStore
+from tests.helpers import wait_until
 
 pytestmark = pytest.mark.anyio
 RECORDS = 5
@@ -66,7 +66,8 @@ async def test_a_cancelled_close_still_writes_everything(store: GatedStore) -> N
     store.gate.set()
     with pytest.raises(asyncio.CancelledError):
         await closing
-    deadline = time.monotonic() + 60
-    while len(await store.list_audit()) < RECORDS:
-        assert time.monotonic() < deadline, f"only {len(await store.list_audit())} of {RECORDS} records written"
-        await asyncio.sleep(0.05)
+
+    async def all_written() -> bool:
+        return len(await store.list_audit()) >= RECORDS
+
+    await wait_until(all_written, f"all {RECORDS} records were written")

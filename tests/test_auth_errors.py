@@ -8,12 +8,11 @@ from collections.abc import Callable
 
 import httpx2
 import pytest
-from mcp import Client
-from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 
 from exai.security.auth import issue_token
 from tests.conftest import TEST_JWT_SECRET, Proc, SimControl
+from tests.helpers import bearer, mcp_client
 from tests.node_toolchain import NodeToolchain
 
 pytestmark = pytest.mark.anyio
@@ -43,16 +42,12 @@ def authed(daemon: Callable[..., Proc], sim: SimControl) -> Proc:
     return daemon(EXAI_JWT_SECRET=TEST_JWT_SECRET, EXAI_JWT_ISSUER=ISSUER, EXAI_JWT_AUDIENCE=AUDIENCE)
 
 
-def headers(token: str | None) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"} if token else {}
-
-
 async def test_401_says_invalid_token_and_why_over_http_and_in_the_python_sdk(authed: Proc) -> None:
     for case, (token, description) in tokens().items():
         answer = httpx2.post(
             f"{authed.url}/mcp",
             json={"jsonrpc": "2.0", "id": 1, "method": "ping"},
-            headers={**headers(token), "accept": "application/json, text/event-stream"},
+            headers={**bearer(token), "accept": "application/json, text/event-stream"},
         )
         assert answer.status_code == 401, case
         challenge = answer.headers["www-authenticate"]
@@ -60,19 +55,13 @@ async def test_401_says_invalid_token_and_why_over_http_and_in_the_python_sdk(au
         assert "resource_metadata=" in challenge, "OAuth clients still find the metadata"
         assert answer.json()["error"]["message"] == description, case
         with pytest.raises(BaseException) as raised:  # the SDK raises from its task group
-            async with (
-                httpx2.AsyncClient(headers=headers(token), timeout=30) as http,
-                Client(streamable_http_client(f"{authed.url}/mcp", http_client=http)) as client,
-            ):
+            async with mcp_client(authed.url, token, timeout=30) as client:
                 await client.list_tools()
         errors = raised.value.exceptions if isinstance(raised.value, BaseExceptionGroup) else [raised.value]
         flat = [e for group in errors for e in (group.exceptions if isinstance(group, BaseExceptionGroup) else [group])]
         assert any(isinstance(e, MCPError) and e.error.message == description for e in flat), (case, flat)
     valid = issue_token(TEST_JWT_SECRET, "alice", ["exai:tools"], 600, ISSUER, AUDIENCE)
-    async with (
-        httpx2.AsyncClient(headers=headers(valid), timeout=30) as http,
-        Client(streamable_http_client(f"{authed.url}/mcp", http_client=http)) as client,
-    ):
+    async with mcp_client(authed.url, valid, timeout=30) as client:
         assert (await client.list_tools()).tools
 
 

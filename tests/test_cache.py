@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -15,6 +14,7 @@ from exai.conversations.threads import Conversations
 from exai.storage.base import TurnRecord
 from exai.storage.cache import CachedStore
 from exai.storage.postgres import PostgresStore
+from tests.helpers import wait_until
 
 pytestmark = pytest.mark.anyio
 READS = {"GET", "LRANGE", "LLEN", "SCRIPT"}
@@ -75,11 +75,12 @@ async def test_an_append_pushes_only_the_new_turns(two_replicas: list[Conversati
 
     async def cached(count: int) -> list[bytes]:
         """The cached turns once the background extension after a commit has landed."""
-        for _ in range(600):
-            if len(turns := await redis.lrange(turns_key(thread.id), 0, -1)) >= count:
-                return turns
-            await asyncio.sleep(0.1)
-        raise AssertionError(f"the cache never reached {count} turns")
+
+        async def reached() -> bool:
+            return len(await redis.lrange(turns_key(thread.id), 0, -1)) >= count
+
+        await wait_until(reached, f"the cache reached {count} turns")
+        return await redis.lrange(turns_key(thread.id), 0, -1)
 
     await healthy.record(thread, [_turn("one"), _turn("two")], "chat")
     first = await cached(2)
@@ -111,11 +112,14 @@ async def test_a_fully_cached_thread_is_read_with_one_store_query(
     redis = aioredis.from_url(redis_url)
     thread = await healthy.start("alice", "t")
     await healthy.record(thread, [_turn("one"), _turn("two")], "chat")
-    for _ in range(600):  # the cache is extended in the background after the commit
-        if await redis.llen(turns_key(thread.id)) == 2:
-            break
-        await asyncio.sleep(0.1)
-    await redis.aclose()
+    try:
+
+        async def extended() -> bool:
+            return await redis.llen(turns_key(thread.id)) == 2
+
+        await wait_until(extended, "the cache was extended in the background after the commit")
+    finally:
+        await redis.aclose()
     store = healthy.store
     assert isinstance(store, CachedStore)
 

@@ -15,6 +15,7 @@ from exai.config import Settings
 from exai.server.call_records import CallRunner
 from exai.storage.base import CallEnd
 from exai.storage.sqlite import SQLiteStore
+from tests.conftest import Closing
 
 pytestmark = pytest.mark.anyio
 
@@ -31,9 +32,10 @@ class FlakyStore(SQLiteStore):
         return await super().finish_call(call_id, end, now, owner)
 
 
-async def test_a_kept_answer_wins_over_a_sweep_that_declared_its_call_lost(tmp_path: Path) -> None:
+async def test_a_kept_answer_wins_over_a_sweep_that_declared_its_call_lost(tmp_path: Path, closing: Closing) -> None:
     store = FlakyStore(tmp_path / "exai.db")
     await store.open()
+    closing(store)
     await store.migrate()
     settings = Settings(call_lease_seconds=3)  # type: ignore[call-arg]
     owner, other = CallRunner(store, settings), CallRunner(store, settings)
@@ -57,4 +59,3 @@ async def test_a_kept_answer_wins_over_a_sweep_that_declared_its_call_lost(tmp_p
     kept = await store.get_call(call.id)
     assert kept is not None and kept.status == "completed", kept
     assert kept.result is not None and kept.result["content"][0]["text"] == "the paid answer"
-    await store.close()

@@ -13,8 +13,8 @@ from mcp import Client
 from exai.conversations.tokens import count_tokens
 from exai.errors import NotFoundError
 from exai.server.mcp import build_server
-from tests.conftest import SimControl
-from tests.helpers import build_services, tool_error
+from tests.conftest import MakeServices, SimControl
+from tests.helpers import tool_error
 
 pytestmark = pytest.mark.anyio
 
@@ -32,8 +32,8 @@ async def test_tokenizer_is_o200k() -> None:
     assert count_tokens("") == 0
 
 
-async def test_chat_continues_with_history(sim: SimControl, monkeypatch: pytest.MonkeyPatch) -> None:
-    services = await build_services(monkeypatch, sim)
+async def test_chat_continues_with_history(sim: SimControl, make_services: MakeServices) -> None:
+    services = await make_services()
     async with Client(build_server(services)) as client:
         first = await client.call_tool("chat", {"prompt": "My name is Ada.", "model": "sim-fast"})
         thread = first.structured_content["continuation_id"]
@@ -47,15 +47,14 @@ async def test_chat_continues_with_history(sim: SimControl, monkeypatch: pytest.
     assert [m["role"] for m in messages] == ["system", "user", "assistant", "user"]
     assert messages[1]["content"] == "My name is Ada." and messages[3]["content"] == "What is my name?"
     assert messages[2]["content"].startswith("SIM sim-fast")
-    await services.close()
 
 
 async def test_files_are_embedded_once_in_their_newest_version(
-    sim: SimControl, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    sim: SimControl, tmp_path: Path, make_services: MakeServices
 ) -> None:
     source = tmp_path / "calc.py"
     source.write_text("def add(a, b):\n    return a - b\n")
-    services = await build_services(monkeypatch, sim, EXAI_FILE_ROOTS=str(tmp_path))
+    services = await make_services(EXAI_FILE_ROOTS=str(tmp_path))
     async with Client(build_server(services)) as client:
         first = await client.call_tool("chat", {"prompt": "Review", "files": [str(source)], "model": "sim-fast"})
         thread = first.structured_content["continuation_id"]
@@ -69,11 +68,10 @@ async def test_files_are_embedded_once_in_their_newest_version(
     assert text.count(f"BEGIN FILE: {source}") == 1, "one copy, however many turns referenced it"
     assert "return a + b" in text and "return a - b" not in text
     assert third.structured_content["files_included"] == [str(source)]
-    await services.close()
 
 
-async def test_bad_continuation_ids_are_clear_errors(sim: SimControl, monkeypatch: pytest.MonkeyPatch) -> None:
-    services = await build_services(monkeypatch, sim, EXAI_MAX_TURNS_PER_THREAD="4")
+async def test_bad_continuation_ids_are_clear_errors(sim: SimControl, make_services: MakeServices) -> None:
+    services = await make_services(EXAI_MAX_TURNS_PER_THREAD="4")
     async with Client(build_server(services)) as client:
         bad = await client.call_tool("chat", {"prompt": "x", "continuation_id": "not-a-thread"})
         assert tool_error(bad)["code"] == "invalid_continuation_id"
@@ -89,11 +87,10 @@ async def test_bad_continuation_ids_are_clear_errors(sim: SimControl, monkeypatc
         assert tool_error(full)["code"] == "thread_full"
     with pytest.raises(NotFoundError):
         await services.conversations.open(thread, "another-tenant")
-    await services.close()
 
 
-async def test_an_expired_thread_is_a_clear_error(sim: SimControl, monkeypatch: pytest.MonkeyPatch) -> None:
-    services = await build_services(monkeypatch, sim, EXAI_THREAD_TTL_HOURS="0.0003")  # about a second
+async def test_an_expired_thread_is_a_clear_error(sim: SimControl, make_services: MakeServices) -> None:
+    services = await make_services(EXAI_THREAD_TTL_HOURS="0.0003")  # about a second
     async with Client(build_server(services)) as client:
         first = await client.call_tool("chat", {"prompt": "x", "model": "sim-fast"})
         thread = first.structured_content["continuation_id"]
@@ -105,11 +102,10 @@ async def test_an_expired_thread_is_a_clear_error(sim: SimControl, monkeypatch: 
         expired = await client.call_tool("chat", {"prompt": "z", "model": "sim-fast", "continuation_id": thread})
     error = tool_error(expired)
     assert error["code"] == "thread_expired" and "without continuation_id" in error["remedy"]
-    await services.close()
 
 
-async def test_history_keeps_the_newest_turns_that_fit(sim: SimControl, monkeypatch: pytest.MonkeyPatch) -> None:
-    services = await build_services(monkeypatch, sim, CUSTOM_MODELS="sim-tiny:20000", EXAI_MAX_TURNS_PER_THREAD="100")
+async def test_history_keeps_the_newest_turns_that_fit(sim: SimControl, make_services: MakeServices) -> None:
+    services = await make_services(CUSTOM_MODELS="sim-tiny:20000", EXAI_MAX_TURNS_PER_THREAD="100")
     async with Client(build_server(services)) as client:
         thread = None
         for i in range(12):
@@ -123,11 +119,10 @@ async def test_history_keeps_the_newest_turns_that_fit(sim: SimControl, monkeypa
     messages = _body(sim)["messages"]
     assert "turn 10" in messages[-3]["content"], "the newest earlier turns are the ones kept"
     assert "turn 0 " not in _all_text(_body(sim))
-    await services.close()
 
 
-async def test_threads_tool_lists_and_shows(sim: SimControl, monkeypatch: pytest.MonkeyPatch) -> None:
-    services = await build_services(monkeypatch, sim)
+async def test_threads_tool_lists_and_shows(sim: SimControl, make_services: MakeServices) -> None:
+    services = await make_services()
     async with Client(build_server(services)) as client:
         first = await client.call_tool("chat", {"prompt": "Plan the migration to PostgreSQL", "model": "sim-fast"})
         thread = first.structured_content["continuation_id"]
@@ -151,14 +146,15 @@ async def test_threads_tool_lists_and_shows(sim: SimControl, monkeypatch: pytest
     assert [t["tool"] for t in shown["turns"]] == ["chat", "chat", "thinkdeep", "thinkdeep"]
     assert shown["workflows"] == {"thinkdeep": "complete"}
     assert missing.is_error and tool_error(missing)["details"]["field"] == "thread_id"
-    await services.close()
 
 
-async def test_history_tokens_are_counted_once_when_written(sim: SimControl, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_history_tokens_are_counted_once_when_written(
+    sim: SimControl, monkeypatch: pytest.MonkeyPatch, make_services: MakeServices
+) -> None:
     """Each turn's tokens are stored with it; continuing a thread counts only the new request, not the history."""
     from exai.conversations import history, threads
 
-    services = await build_services(monkeypatch, sim)
+    services = await make_services()
     async with Client(build_server(services)) as client:
         first = await client.call_tool("chat", {"prompt": "My name is Ada. " * 50, "model": "sim-fast"})
         thread = first.structured_content["continuation_id"]
@@ -179,4 +175,3 @@ async def test_history_tokens_are_counted_once_when_written(sim: SimControl, mon
         )
     assert second.structured_content["earlier_turns_included"] == 2
     assert not any(text in counted for text in (t.content for t in stored)), "the history was counted again"
-    await services.close()

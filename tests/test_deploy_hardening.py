@@ -29,7 +29,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from exai.stress.balancer import DEPLOY_NGINX_CONF, NGINX, nginx_config
-from tests.conftest import Proc, free_port
+from tests.conftest import Proc, free_port, popen_owned
 from tests.container_engine import unavailable
 from tests.helpers import wait_until
 from tests.test_deploy_static import PROFILES, compose_config, run, tool
@@ -87,7 +87,7 @@ def test_redis_started_as_compose_starts_it_keeps_its_password_off_every_command
         "--dir",
         str(tmp_path),
     ]
-    process = subprocess.Popen(argv + options, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = popen_owned(argv + options, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         cli = ["redis-cli", "-p", str(port), "ping"]
         deadline = time.monotonic() + 60
@@ -172,14 +172,19 @@ def _nginx_before(upstream_ports: list[int], prefix: Path) -> _Started:
     (prefix / "nginx.conf").write_text(nginx_config(upstream_ports, port))
     globals_ = f"daemon off; pid {prefix}/nginx.pid; error_log {prefix}/logs/error.log warn;"
     command = [str(NGINX), "-p", str(prefix), "-c", str(prefix / "nginx.conf"), "-g", globals_]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 60
-    while True:
-        with socket.socket() as probe:
-            if probe.connect_ex(("127.0.0.1", port)) == 0:
-                return _Started(process, port)
-        assert process.poll() is None and time.monotonic() < deadline, (prefix / "logs" / "error.log").read_text()
-        time.sleep(0.1)
+    process = popen_owned(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            with socket.socket() as probe:
+                if probe.connect_ex(("127.0.0.1", port)) == 0:
+                    return _Started(process, port)
+            assert process.poll() is None and time.monotonic() < deadline, (prefix / "logs" / "error.log").read_text()
+            time.sleep(0.1)
+    except BaseException:  # a failed start, or Ctrl-C while waiting
+        process.kill()
+        process.wait(10)
+        raise
 
 
 @pytest.mark.anyio

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import time
 from collections.abc import Callable
 
 import pytest
 from mcp import Client
 
 from tests.conftest import Proc, SimControl
+from tests.helpers import wait_until
 
 pytestmark = pytest.mark.anyio
 Daemon = Callable[..., Proc]
@@ -69,10 +69,8 @@ async def test_sigkill_under_load_loses_no_acknowledged_turn(daemon: Daemon, sim
                 raise
 
     async def killer() -> None:
-        deadline = time.monotonic() + 120
-        while sum(acknowledged.values()) < 20:  # kill under load, once enough calls were acknowledged
-            assert time.monotonic() < deadline, f"only {sum(acknowledged.values())} calls acknowledged in 120 s"
-            await asyncio.sleep(0.05)
+        # kill under load, once enough calls were acknowledged
+        await wait_until(lambda: sum(acknowledged.values()) >= 20, "20 calls were acknowledged", every=0.05)
         killed.set()
         proc.process.send_signal(signal.SIGKILL)
 

@@ -13,16 +13,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import httpx2
 import pytest
 import redis
-from mcp import Client
-from mcp.client.streamable_http import streamable_http_client
 
 from exai.conversations.tokens import count_tokens
 from exai.security.auth import issue_token
 from exai.security.limits import DAY, tenant_keys
 from tests.conftest import Proc, SimControl
+from tests.helpers import mcp_client
 from tests.test_accounting import audit_rows
 
 pytestmark = pytest.mark.anyio
@@ -43,10 +41,7 @@ async def test_the_counter_charges_reported_usage_and_estimates_only_the_rest(
     proc = daemon(EXAI_JWT_SECRET=SECRET, EXAI_REDIS_URL=redis_db)
     token = issue_token(SECRET, tenant, ["exai:tools"], 600)
     reported: dict[str, dict[str, Any]] = {}
-    async with (
-        httpx2.AsyncClient(headers={"Authorization": f"Bearer {token}"}, timeout=120) as http,
-        Client(streamable_http_client(f"{proc.url}/mcp", http_client=http)) as client,
-    ):
+    async with mcp_client(proc.url, token, timeout=120) as client:
         plain = await client.call_tool("chat", {"prompt": "count me exactly please", "model": "sim-fast"})
         reported["plain"] = plain.structured_content
         continued = await client.call_tool(

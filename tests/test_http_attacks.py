@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -15,6 +14,7 @@ import httpx2
 
 from exai.security.auth import issue_token
 from tests.conftest import TEST_JWT_SECRET, Proc, SimControl
+from tests.helpers import wait_until_sync
 
 Daemon = Callable[..., Proc]
 MCP_HEADERS = {"accept": "application/json, text/event-stream", "content-type": "application/json"}
@@ -58,13 +58,6 @@ def sse_result(response: httpx2.Response) -> dict[str, Any]:
     raise AssertionError(f"no JSON-RPC answer in {response.text[:300]!r}")
 
 
-def wait_for(condition: Callable[[], bool], what: str, ceiling: float = 60) -> None:
-    deadline = time.monotonic() + ceiling
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.1)
-
-
 def test_one_tenant_cannot_hold_more_sessions_than_its_cap(daemon: Daemon, sim: SimControl) -> None:
     proc = daemon(EXAI_JWT_SECRET=TEST_JWT_SECRET, EXAI_MAX_SESSIONS_PER_TENANT="3")
     mallory, alice = bearer("mallory"), bearer("alice")
@@ -96,7 +89,7 @@ def test_opening_sessions_counts_against_the_tenant_rate(daemon: Daemon, sim: Si
 def test_idle_sessions_expire_after_the_configured_time(daemon: Daemon, sim: SimControl) -> None:
     proc = daemon(EXAI_SESSION_IDLE_SECONDS="1", EXAI_MAX_SESSIONS_PER_TENANT="1")
     idle = ready_session(proc)
-    wait_for(lambda: open_session(proc).status_code == 200, "the idle session to free its place")
+    wait_until_sync(lambda: open_session(proc).status_code == 200, "the idle session to free its place")
     ping = post(proc, {"jsonrpc": "2.0", "id": 2, "method": "ping"}, idle)
     assert ping.status_code == 404, "the idle session was closed"
 
@@ -128,7 +121,7 @@ def test_a_request_id_in_flight_cannot_be_reused_in_the_same_session(daemon: Dae
     answers: dict[str, httpx2.Response] = {}
     first = threading.Thread(target=lambda: answers.update(first=post(proc, call("first question"), session)))
     first.start()
-    wait_for(lambda: sim.stats()["in_flight"] >= 1, "the first call to reach the model")
+    wait_until_sync(lambda: sim.stats()["in_flight"] >= 1, "the first call to reach the model")
     duplicate = post(proc, call("second question"), session)
     first.join(60)
     assert duplicate.status_code == 400, duplicate.text

@@ -14,7 +14,8 @@ import httpx2
 
 from exai.observability.context import SAFE_ID
 from tests.conftest import Proc, SimControl
-from tests.test_http_attacks import MCP_HEADERS, post, ready_session, sse_result, wait_for
+from tests.helpers import wait_until_sync
+from tests.test_http_attacks import MCP_HEADERS, post, ready_session, sse_result
 
 Daemon = Callable[..., Proc]
 TEST_CEILING = 60  # seconds a socket waits for the daemon's answer; the old daemon never answered
@@ -81,7 +82,7 @@ def test_a_body_that_never_arrives_is_answered_408_and_logged_in_one_line(daemon
         assert trickling.recv(65536).startswith(b"HTTP/1.1 405 ")
         assert trickles_until_closed(trickling), "a body trickling in after the answer holds the connection"
     raw_connection(proc, head + b'{"jsonrpc": "2.0", ').close()  # a client that goes away in the middle of its body
-    wait_for(lambda: proc.logs().count("request body incomplete") >= 2, "both incomplete bodies to be logged")
+    wait_until_sync(lambda: proc.logs().count("request body incomplete") >= 2, "both incomplete bodies to be logged")
     logs = proc.logs()
     assert "Traceback" not in logs and "ClientDisconnect" not in logs, logs[-3000:]
     incomplete = [json.loads(line) for line in logs.splitlines() if "request body incomplete" in line]
@@ -94,13 +95,13 @@ def test_connections_beyond_the_cap_are_answered_503(daemon: Daemon, sim: SimCon
     proc = daemon(EXAI_MAX_CONNECTIONS="4", EXAI_MAX_CALLS_IN_FLIGHT="2", EXAI_MAX_CALLS_WAITING="1")
     held = [raw_connection(proc) for _ in range(4)]
     try:
-        wait_for(lambda: httpx2.get(f"{proc.url}/healthz").status_code == 503, "the connection cap to be reached")
+        wait_until_sync(lambda: httpx2.get(f"{proc.url}/healthz").status_code == 503, "the connection cap was reached")
         refused = httpx2.get(f"{proc.url}/healthz")
         assert "EXAI_MAX_CONNECTIONS" in refused.text and refused.headers["retry-after"]
     finally:
         for sock in held:
             sock.close()
-    wait_for(lambda: httpx2.get(f"{proc.url}/healthz").status_code == 200, "closed connections to free the cap")
+    wait_until_sync(lambda: httpx2.get(f"{proc.url}/healthz").status_code == 200, "closed connections to free the cap")
 
 
 def nested(depth: int) -> str:

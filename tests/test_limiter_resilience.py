@@ -5,15 +5,12 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from urllib.parse import urlparse
 
-import httpx2
 import pytest
 import redis.asyncio as aioredis
-from mcp import Client
-from mcp.client.streamable_http import streamable_http_client
 from redis.crc import key_slot
 from redis.exceptions import ConnectionError as RedisConnectionError
 
@@ -21,17 +18,10 @@ from exai.errors import RateLimitError
 from exai.security.auth import LOCAL_TENANT, issue_token
 from exai.security.limits import Limits, RedisLimiter, TokenReservation, tenant_keys
 from tests.conftest import TEST_JWT_SECRET, Proc, SimControl, free_port
-from tests.helpers import tool_error
+from tests.helpers import mcp_client, tool_error, wait_until
 
 pytestmark = pytest.mark.anyio
 Daemon = Callable[..., Proc]
-
-
-async def eventually(condition: Callable[[], Awaitable[bool]], what: str, ceiling: float = 60) -> None:
-    deadline = time.monotonic() + ceiling
-    while not await condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.1)
 
 
 @asynccontextmanager
@@ -73,10 +63,7 @@ async def test_open_mode_keeps_per_replica_limits_while_redis_is_down(daemon: Da
         EXAI_RATE_LIMIT_ON_REDIS_ERROR="open",
     )
     token = issue_token(TEST_JWT_SECRET, f"tenant-{uuid.uuid4().hex[:8]}", ["exai:tools"], 600)
-    async with (
-        httpx2.AsyncClient(headers={"Authorization": f"Bearer {token}"}, timeout=60) as http,
-        Client(streamable_http_client(f"{proc.url}/mcp", http_client=http)) as client,
-    ):
+    async with mcp_client(proc.url, token, timeout=60) as client:
         results = [await client.call_tool("listmodels", {}) for _ in range(5)]
     limited = [tool_error(r)["code"] for r in results if r.is_error]
     assert limited == ["rate_limited_rpm", "rate_limited_rpm"], [r.content[0].text for r in results]
@@ -106,7 +93,7 @@ async def test_redis_dying_mid_run_degrades_to_local_limits_and_recovers(redis_u
             await limiter.release(lease)
             return not lease.local
 
-        await eventually(back_on_redis, "the limiter to use Redis again")
+        await wait_until(back_on_redis, "the limiter to use Redis again")
         assert not limiter.degraded
     await redis.aclose()
 
@@ -147,7 +134,7 @@ async def test_a_lease_is_kept_while_the_call_runs_past_its_ttl(redis_url: str) 
         expiry = await redis.zscore(slots, lease.id)
         return expiry is not None and expiry > first_expiry + 2
 
-    await eventually(refreshed_past_two_ttls, "the lease to be refreshed")
+    await wait_until(refreshed_past_two_ttls, "the lease to be refreshed")
     with pytest.raises(RateLimitError) as caught:
         await limiter.acquire(tenant)
     assert caught.value.code == "rate_limited_concurrency", "the running call still holds its slot"

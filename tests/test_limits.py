@@ -7,17 +7,14 @@ import uuid
 from collections.abc import Callable
 
 import anyio
-import httpx2
 import pytest
 import redis.asyncio as aioredis
-from mcp import Client
-from mcp.client.streamable_http import streamable_http_client
 
 from exai.errors import RateLimitError
 from exai.security.auth import issue_token
 from exai.security.limits import Limits, LocalLimiter, RedisLimiter, tenant_keys
 from tests.conftest import Proc, SimControl
-from tests.helpers import tool_error
+from tests.helpers import mcp_client, tool_error, wait_until
 
 pytestmark = pytest.mark.anyio
 SECRET = "a-test-secret-that-is-long-enough-0123456789"
@@ -69,10 +66,7 @@ async def _call(url: str, token: str, args: dict, tool: str = "chat") -> object:
 
 async def _calls(url: str, token: str, many: list[dict], tool: str = "chat") -> list:
     """Run the calls at once in one MCP session."""
-    async with (
-        httpx2.AsyncClient(headers={"Authorization": f"Bearer {token}"}, timeout=60) as http,
-        Client(streamable_http_client(f"{url}/mcp", http_client=http)) as client,
-    ):
+    async with mcp_client(url, token) as client:
         await client.list_tools()
         return list(await asyncio.gather(*(client.call_tool(tool, args) for args in many)))
 
@@ -125,11 +119,13 @@ async def test_slots_come_back_after_timeouts_and_cancellations(
             await _call(proc.url, token, {"prompt": "c", "model": "sim-fast"})
     sim.clear_faults()
     redis = aioredis.from_url(redis_url)
-    for _ in range(50):
-        if await redis.zcard(f"{tenant_keys(tenant)}:slots") == 0:
-            break
-        await asyncio.sleep(0.1)
-    assert await redis.zcard(f"{tenant_keys(tenant)}:slots") == 0, "every slot was given back"
-    await redis.aclose()
+    try:
+
+        async def slots_free() -> bool:
+            return await redis.zcard(f"{tenant_keys(tenant)}:slots") == 0
+
+        await wait_until(slots_free, "every slot was given back")
+    finally:
+        await redis.aclose()
     again = await asyncio.gather(*(_call(proc.url, token, {"prompt": "ok", "model": "sim-fast"}) for _ in range(2)))
     assert not any(r.is_error for r in again)

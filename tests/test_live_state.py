@@ -11,7 +11,6 @@ import httpx2
 import pytest
 import redis.asyncio as aioredis
 from mcp import Client
-from mcp.client.streamable_http import streamable_http_client
 
 from exai.observability.alerts import AlertManager, AlertThresholds
 from exai.observability.health import Health, limiter_health
@@ -22,8 +21,8 @@ from exai.security.auth import issue_token
 from exai.security.limits import Limits, RedisLimiter
 from exai.server.dashboard import dashboard_snapshot
 from exai.server.mcp import build_server
-from tests.conftest import TEST_JWT_SECRET, Proc, SimControl, free_port
-from tests.helpers import build_services, tool_error
+from tests.conftest import TEST_JWT_SECRET, MakeServices, Proc, SimControl, free_port
+from tests.helpers import bearer, mcp_client, tool_error
 
 pytestmark = pytest.mark.anyio
 ONLY_SIM_FAST = {"CUSTOM_ALLOWED_MODELS": "sim-fast", "KIMI_API_KEY": "", "ANTHROPIC_API_KEY": ""}
@@ -31,11 +30,9 @@ NO_ROUTER = SimpleNamespace(providers={}, available_models=list, breakers=dict)
 
 
 async def test_breaker_reason_is_the_same_in_status_page_and_alerts(
-    sim: SimControl, monkeypatch: pytest.MonkeyPatch
+    sim: SimControl, make_services: MakeServices
 ) -> None:
-    services = await build_services(
-        monkeypatch, sim, EXAI_BREAKER_FAILURE_THRESHOLD="2", EXAI_MAX_RETRIES="1", **ONLY_SIM_FAST
-    )
+    services = await make_services(EXAI_BREAKER_FAILURE_THRESHOLD="2", EXAI_MAX_RETRIES="1", **ONLY_SIM_FAST)
     sim.fault("503", model="sim-fast")
     async with Client(build_server(services)) as client:
         idle = (await client.call_tool("status", {})).structured_content
@@ -54,13 +51,10 @@ async def test_breaker_reason_is_the_same_in_status_page_and_alerts(
     assert dashboard_snapshot(services)["providers"] == status.structured_content["providers"]
     breaker = custom["breaker_details"][0]
     assert services.alerts.conditions()["breaker_open:custom/sim-fast"] == ("warning", f"custom/{breaker['reason']}")
-    await services.close()
 
 
-async def test_failures_in_the_window_give_degraded_with_the_rate(
-    sim: SimControl, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    services = await build_services(monkeypatch, sim, EXAI_MAX_RETRIES="2", **ONLY_SIM_FAST)
+async def test_failures_in_the_window_give_degraded_with_the_rate(sim: SimControl, make_services: MakeServices) -> None:
+    services = await make_services(EXAI_MAX_RETRIES="2", **ONLY_SIM_FAST)
     sim.fault("500", model="sim-fast", count=1)
     async with Client(build_server(services)) as client:
         assert not (await client.call_tool("chat", {"prompt": "x", "model": "sim-fast"})).is_error
@@ -68,13 +62,12 @@ async def test_failures_in_the_window_give_degraded_with_the_rate(
     assert custom.health == "degraded" and custom.breakers == {}
     assert custom.reason == "1 of 2 upstream attempts failed in the last 300 s (server x1)"
     assert custom.recent_errors == {"server": 1}
-    await services.close()
 
 
 async def test_tokens_and_cost_per_tenant_today_agree_with_metrics(
-    sim: SimControl, monkeypatch: pytest.MonkeyPatch
+    sim: SimControl, make_services: MakeServices
 ) -> None:
-    services = await build_services(monkeypatch, sim)
+    services = await make_services()
     async with Client(build_server(services)) as client:
         await client.call_tool("chat", {"prompt": "count me", "model": "sim-fast"})
         consensus = await client.call_tool(
@@ -95,7 +88,6 @@ async def test_tokens_and_cost_per_tenant_today_agree_with_metrics(
     page = dashboard_snapshot(services)["usage_today"]["tenants"]["local"]
     assert page["calls"] == 3, "the status call itself is counted once it finished"
     assert page["input_tokens"] == local["input_tokens"] and page["cost_usd"] == local["cost_usd"]
-    await services.close()
 
 
 def test_limiter_state_read_duck_typed() -> None:
@@ -131,11 +123,8 @@ async def test_redis_limiter_errors_are_counted() -> None:
 async def test_daemon_with_redis_down_shows_limiter_errors(daemon: Any, sim: SimControl) -> None:
     proc: Proc = daemon(EXAI_JWT_SECRET=TEST_JWT_SECRET, EXAI_REDIS_URL=f"redis://127.0.0.1:{free_port()}/0")
     token = issue_token(TEST_JWT_SECRET, "ops", ["exai:tools", "exai:admin"], 600)
-    headers = {"Authorization": f"Bearer {token}"}
-    async with (
-        httpx2.AsyncClient(headers=headers, timeout=60) as http,
-        Client(streamable_http_client(f"{proc.url}/mcp", http_client=http)) as client,
-    ):
+    headers = bearer(token)
+    async with mcp_client(proc.url, token, timeout=60) as client:
         result = await client.call_tool("chat", {"prompt": "limits?", "model": "sim-fast"})
     assert not result.is_error, result.content[0].text
     metrics = httpx2.get(f"{proc.url}/metrics", headers=headers).text

@@ -7,7 +7,6 @@ local queue must not take a healthy provider away from every other client.
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -25,8 +24,8 @@ from exai.providers.catalogue import Catalogue
 from exai.providers.openai_compatible import OpenAICompatibleProvider
 from exai.providers.router import Attempt
 from exai.providers.types import GenerateRequest, Message
-from tests.conftest import Proc, SimControl
-from tests.helpers import build_services, tool_error
+from tests.conftest import Closing, MakeServices, Proc, SimControl
+from tests.helpers import tool_error, wait_until
 
 pytestmark = pytest.mark.anyio
 Daemon = Callable[..., Proc]
@@ -34,38 +33,37 @@ CATALOGUE = Catalogue.load(custom_models=["sim-fast"])
 REQUEST = GenerateRequest(messages=[Message(role="user", content="q")])
 
 
-async def test_a_header_that_cannot_be_encoded_is_a_local_validation_error(sim: SimControl) -> None:
+async def test_a_header_that_cannot_be_encoded_is_a_local_validation_error(sim: SimControl, closing: Closing) -> None:
     with pytest.raises(InvalidInput) as caught:
         CallOptions(timeout=10, headers={"X-Request-ID": "café"})
     assert caught.value.code == "unsendable_header" and caught.value.details == {"header": "X-Request-ID"}
     options = CallOptions(timeout=10, headers={"X-Request-ID": "ok-1"})
-    provider = OpenAICompatibleProvider("kimi", sim.openai_url, "sk-pasted\u00a0")  # the SDK refuses to send it
+    # the SDK refuses to send it
+    provider = closing(OpenAICompatibleProvider("kimi", sim.openai_url, "sk-pasted\u00a0"))
     for on_delta in (None, _ignore):
         with pytest.raises(InvalidInput) as caught:
             await provider.generate(REQUEST, CATALOGUE.get("kimi-k2"), options, on_delta)
         assert caught.value.code == "unsendable_header"
         assert "sk-pasted" not in caught.value.render() and "KIMI_API_KEY" in (caught.value.remedy or "")
-    await provider.close()
     assert sim.count("requests") == 0
 
 
 async def test_a_defect_while_building_a_request_is_an_internal_error(
-    sim: SimControl, monkeypatch: pytest.MonkeyPatch
+    sim: SimControl, monkeypatch: pytest.MonkeyPatch, closing: Closing
 ) -> None:
     def broken(*_: Any) -> dict[str, Any]:
         raise TypeError("unsupported operand")
 
     monkeypatch.setattr(openai_compatible, "openai_params", broken)
-    provider = OpenAICompatibleProvider("custom", sim.openai_url, None)
+    provider = closing(OpenAICompatibleProvider("custom", sim.openai_url, None))
     with pytest.raises(InternalError) as caught:
         await provider.generate(REQUEST, CATALOGUE.get("sim-fast"), CallOptions(timeout=10, headers={}))
-    await provider.close()
     assert caught.value.code == "request_build_failed" and not caught.value.retryable
     assert sim.count("requests") == 0
 
 
-async def test_local_build_failures_never_reach_the_breaker(sim: SimControl, monkeypatch: pytest.MonkeyPatch) -> None:
-    services = await build_services(monkeypatch, sim, EXAI_BREAKER_FAILURE_THRESHOLD="2")
+async def test_local_build_failures_never_reach_the_breaker(sim: SimControl, make_services: MakeServices) -> None:
+    services = await make_services(EXAI_BREAKER_FAILURE_THRESHOLD="2")
     router = services.router
     seen: list[Attempt] = []
     router.on_attempt = seen.append
@@ -80,7 +78,6 @@ async def test_local_build_failures_never_reach_the_breaker(sim: SimControl, mon
     context._correlation_id.set("fine-id")
     result = await router.generate(REQUEST, model="sim-fast")
     assert result.response.model == "sim-fast" and [a.outcome for a in seen] == ["ok"]
-    await services.close()
 
 
 async def test_a_bad_key_and_a_bad_request_id_leave_every_breaker_closed(daemon: Daemon, sim: SimControl) -> None:
@@ -114,7 +111,7 @@ async def test_a_deadline_spent_in_the_local_queue_is_not_an_upstream_timeout(da
     ):
         await client.list_tools()
         holder = asyncio.create_task(client.call_tool("chat", {"prompt": "slow", "model": "sim-smart"}))
-        await _until(lambda: sim.stats()["in_flight"] == 1)
+        await wait_until(lambda: sim.stats()["in_flight"] == 1, "the call reached the upstream")
         waiters = [
             {"model": "sim-fast", "stance": stance} for stance in ("for", "against", "neutral")
         ]  # the same provider as the holder: they queue for its one slot
@@ -139,26 +136,18 @@ async def test_a_deadline_spent_in_the_local_queue_is_not_an_upstream_timeout(da
     assert sim.count("requests:sim-fast") == 1 and sim.count("requests:sim-smart") == 1
 
 
-async def _until(condition: Callable[[], bool], ceiling: float = 60.0) -> None:
-    deadline = time.monotonic() + ceiling
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.05)
-
-
 async def _ignore(_: object) -> None:
     return None
 
 
-async def test_a_key_with_a_newline_is_trimmed_or_refused_locally_never_sent(sim: SimControl) -> None:
+async def test_a_key_with_a_newline_is_trimmed_or_refused_locally_never_sent(sim: SimControl, closing: Closing) -> None:
     from exai.config import load_settings
 
     assert load_settings(kimi_api_key="sk-pasted\n").provider("kimi").api_key == "sk-pasted"
-    provider = OpenAICompatibleProvider("kimi", sim.openai_url, "sk-broken\nkey")
+    provider = closing(OpenAICompatibleProvider("kimi", sim.openai_url, "sk-broken\nkey"))
     model = CATALOGUE.get("sim-fast")
     assert model is not None
     with pytest.raises(InvalidInput) as caught:
         await provider.generate(REQUEST, model, CallOptions(timeout=10, headers={}))
     assert caught.value.code == "unsendable_header" and "sk-broken" not in caught.value.message
     assert sim.count("requests") == 0
-    await provider.close()

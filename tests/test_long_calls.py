@@ -18,15 +18,13 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-import httpx2
 import pytest
 from mcp import Client, StdioServerParameters
-from mcp.client.streamable_http import streamable_http_client
 from mcp_types import CallToolResult
 
 from exai.security.auth import issue_token
 from tests.conftest import TEST_JWT_SECRET, Proc, SimControl, sim_env
-from tests.helpers import tool_error, wait_until
+from tests.helpers import mcp_client, tool_error, wait_until
 
 pytestmark = pytest.mark.anyio
 Daemon = Callable[..., Proc]
@@ -55,10 +53,8 @@ async def test_a_call_longer_than_the_client_wait_comes_back_pending_and_is_coll
     proc = daemon(EXAI_CLIENT_WAIT_SECONDS="2")
     sim.fault("think", model="sim-smart", think_seconds=6)
     async with Client(f"{proc.url}/mcp") as client:
-        started = time.monotonic()
         first = await client.call_tool("chat", {"prompt": "think slowly", "model": "sim-smart"})
-        assert time.monotonic() - started < 5.5  # the client wait (2 s) and a heartbeat's slack, not the 6 s
-        pending = pending_of(first)
+        pending = pending_of(first)  # the client wait (2 s) ended before the answer (6 s): no clock needed
         collected = await client.call_tool(**pending["next_call"])
         while not collected.is_error and "exai/pending" in (collected.meta or {}):  # a busy machine: ask again
             collected = await client.call_tool(**pending["next_call"])
@@ -137,10 +133,7 @@ async def test_another_tenant_cannot_collect_a_call(daemon: Daemon, sim: SimCont
 @asynccontextmanager
 async def as_tenant(proc: Proc, tenant: str, scopes: list[str]) -> AsyncIterator[Client]:
     token = issue_token(TEST_JWT_SECRET, tenant, scopes, 600)
-    async with (
-        httpx2.AsyncClient(headers={"Authorization": f"Bearer {token}"}, timeout=120) as http,
-        Client(streamable_http_client(f"{proc.url}/mcp", http_client=http)) as client,
-    ):
+    async with mcp_client(proc.url, token, timeout=120) as client:
         yield client
 
 

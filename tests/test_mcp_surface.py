@@ -13,14 +13,14 @@ from exai.app import Services
 from exai.config import load_settings
 from exai.server.mcp import build_server
 from exai.tools import PROFILES
-from tests.conftest import SimControl
-from tests.helpers import build_services, tool_error
+from tests.conftest import MakeServices, SimControl
+from tests.helpers import tool_error
 
 pytestmark = pytest.mark.anyio
 
 
-async def test_every_tool_has_title_description_and_schemas(sim: SimControl, monkeypatch: pytest.MonkeyPatch) -> None:
-    services = await build_services(monkeypatch, sim)
+async def test_every_tool_has_title_description_and_schemas(sim: SimControl, make_services: MakeServices) -> None:
+    services = await make_services()
     async with Client(build_server(services)) as client:
         tools = (await client.list_tools()).tools
     assert {t.name for t in tools} == set(PROFILES["standard"])
@@ -43,8 +43,8 @@ async def test_every_tool_has_title_description_and_schemas(sim: SimControl, mon
     assert chat.input_schema["additionalProperties"] is False
 
 
-async def test_chat_returns_answer_and_structured_metadata(sim: SimControl, monkeypatch: pytest.MonkeyPatch) -> None:
-    services = await build_services(monkeypatch, sim)
+async def test_chat_returns_answer_and_structured_metadata(sim: SimControl, make_services: MakeServices) -> None:
+    services = await make_services()
     async with Client(build_server(services)) as client:
         await client.list_tools()
         result = await client.call_tool(
@@ -57,7 +57,6 @@ async def test_chat_returns_answer_and_structured_metadata(sim: SimControl, monk
     assert "echo: What is 2+2?" in result.content[0].text
     system = sim.requests(1)[0]["body"]["messages"][0]
     assert system["role"] == "system" and system["content"].endswith("Answer in French.")
-    await services.close()
 
 
 async def _error(client: Client, tool: str, args: dict[str, Any]) -> dict[str, Any]:
@@ -68,8 +67,8 @@ async def _error(client: Client, tool: str, args: dict[str, Any]) -> dict[str, A
     return error
 
 
-async def test_bad_inputs_get_clear_errors(sim: SimControl, monkeypatch: pytest.MonkeyPatch) -> None:
-    services = await build_services(monkeypatch, sim, EXAI_MAX_PROMPT_CHARS="1000")
+async def test_bad_inputs_get_clear_errors(sim: SimControl, make_services: MakeServices) -> None:
+    services = await make_services(EXAI_MAX_PROMPT_CHARS="1000")
     async with Client(build_server(services)) as client:
         error = await _error(client, "chat", {"model": "sim-fast"})
         assert error["category"] == "validation" and error["details"]["fields"] == ["prompt"]
@@ -88,7 +87,6 @@ async def test_bad_inputs_get_clear_errors(sim: SimControl, monkeypatch: pytest.
         with pytest.raises(MCPError) as caught:
             await client.call_tool("no-such-tool", {})
         assert caught.value.code == -32602 and "Available tools: analyze, challenge, chat" in caught.value.message
-    await services.close()
 
 
 async def test_no_provider_configured_names_the_variables() -> None:
@@ -110,10 +108,8 @@ async def test_no_provider_configured_names_the_variables() -> None:
     assert status.structured_content["health"] == "no_providers"
 
 
-async def test_upstream_failure_is_a_tool_error_with_category(sim: SimControl, monkeypatch: pytest.MonkeyPatch) -> None:
-    services = await build_services(
-        monkeypatch, sim, CUSTOM_ALLOWED_MODELS="sim-fast", KIMI_API_KEY="", ANTHROPIC_API_KEY=""
-    )
+async def test_upstream_failure_is_a_tool_error_with_category(sim: SimControl, make_services: MakeServices) -> None:
+    services = await make_services(CUSTOM_ALLOWED_MODELS="sim-fast", KIMI_API_KEY="", ANTHROPIC_API_KEY="")
     sim.fault("503")
     async with Client(build_server(services)) as client:
         error = await _error(client, "chat", {"prompt": "x", "model": "sim-fast"})
@@ -122,11 +118,10 @@ async def test_upstream_failure_is_a_tool_error_with_category(sim: SimControl, m
     assert [a["outcome"] for a in error["details"]["attempts"]] == ["server"] * 3
     assert status["recent_errors"] == {"provider": 1}
     assert status["providers"][0]["recent_errors"] == {"server": 3}
-    await services.close()
 
 
-async def test_listmodels_version_status(sim: SimControl, monkeypatch: pytest.MonkeyPatch) -> None:
-    services = await build_services(monkeypatch, sim, EXAI_DISABLED_TOOLS="status")
+async def test_listmodels_version_status(sim: SimControl, make_services: MakeServices) -> None:
+    services = await make_services(EXAI_DISABLED_TOOLS="status")
     async with Client(build_server(services)) as client:
         models = (await client.call_tool("listmodels", {})).structured_content
         version = (await client.call_tool("version", {})).structured_content
@@ -138,11 +133,10 @@ async def test_listmodels_version_status(sim: SimControl, monkeypatch: pytest.Mo
     assert all(m["capabilities"]["context_window"] > 0 for m in models["models"])
     assert "status" not in version["tools"] and {"chat", "listmodels", "version"} <= set(version["tools"])
     assert version["providers"] == ["anthropic", "custom", "kimi"]
-    await services.close()
 
 
-async def test_prompts_and_resources(sim: SimControl, monkeypatch: pytest.MonkeyPatch) -> None:
-    services = await build_services(monkeypatch, sim)
+async def test_prompts_and_resources(sim: SimControl, make_services: MakeServices) -> None:
+    services = await make_services()
     async with Client(build_server(services)) as client:
         prompts = (await client.list_prompts()).prompts
         prompt = await client.get_prompt("chat", {"request": "review my diff"})
@@ -152,13 +146,10 @@ async def test_prompts_and_resources(sim: SimControl, monkeypatch: pytest.Monkey
     assert "review my diff" in prompt.messages[0].content.text
     assert [str(r.uri) for r in resources] == ["exai://models"]
     assert any(m["name"] == "sim-fast" for m in json.loads(models.contents[0].text))
-    await services.close()
 
 
-async def test_progress_and_log_notifications(sim: SimControl, monkeypatch: pytest.MonkeyPatch) -> None:
-    services = await build_services(
-        monkeypatch, sim, EXAI_FALLBACK_CHAIN="sim-smart", EXAI_FALLBACK_FROM_EXPLICIT_MODEL="true"
-    )
+async def test_progress_and_log_notifications(sim: SimControl, make_services: MakeServices) -> None:
+    services = await make_services(EXAI_FALLBACK_CHAIN="sim-smart", EXAI_FALLBACK_FROM_EXPLICIT_MODEL="true")
     sim.fault("503", model="sim-fast")
     progress: list[tuple[float, str | None]] = []
     logs: list[Any] = []
@@ -181,4 +172,3 @@ async def test_progress_and_log_notifications(sim: SimControl, monkeypatch: pyte
     messages = [entry.data["message"] for entry in logs]
     assert sum("retrying" in m for m in messages) == 2
     assert sum("falling back to custom/sim-smart" in m for m in messages) == 1, "level error hides warnings"
-    await services.close()

@@ -10,7 +10,6 @@ import re
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
@@ -19,28 +18,15 @@ from typing import Any
 import httpx2
 import pytest
 from mcp import Client
-from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 
 from exai.security.auth import issue_token
 from exai.server.mcp import build_server
-from tests.conftest import TEST_JWT_SECRET, Proc, SimControl, free_port
-from tests.helpers import build_services, tool_error
+from tests.conftest import TEST_JWT_SECRET, MakeServices, Proc, SimControl, free_port
+from tests.helpers import call_tool, tool_error, wait_until
 
 pytestmark = pytest.mark.anyio
 Daemon = Callable[..., Proc]
-
-
-async def _call(
-    url: str, token: str | None, tool: str, args: dict[str, Any], headers: dict[str, str] | None = None
-) -> Any:
-    all_headers = {**(headers or {}), **({"Authorization": f"Bearer {token}"} if token else {})}
-    async with (
-        httpx2.AsyncClient(headers=all_headers, timeout=30) as http,
-        Client(streamable_http_client(f"{url}/mcp", http_client=http)) as client,
-    ):
-        await client.list_tools()
-        return await client.call_tool(tool, args)
 
 
 def corrupt_repository(path: Path) -> Path:
@@ -66,7 +52,7 @@ async def test_every_error_category_end_to_end(daemon: Daemon, sim: SimControl, 
     categories: dict[str, dict[str, Any]] = {}
 
     async def error_of(tool: str, args: dict[str, Any], token: str = user) -> None:
-        result = await _call(proc.url, token, tool, args)
+        result = await call_tool(proc.url, tool, args, token)
         assert result.is_error, result.content[0].text
         error = tool_error(result)
         assert error["correlation_id"] in result.content[0].text and error["message"] and "remedy" in error
@@ -89,10 +75,10 @@ async def test_every_error_category_end_to_end(daemon: Daemon, sim: SimControl, 
             "path": str(broken),
         },
     )
-    consensus = await _call(proc.url, user, "consensus", {"prompt": "x", "models": [{"model": "kimi-k2"}]})
+    consensus = await call_tool(proc.url, "consensus", {"prompt": "x", "models": [{"model": "kimi-k2"}]}, user)
     assert consensus.structured_content["opinions"][0]["error"]["category"] == "network"
     for _ in range(12):
-        result = await _call(proc.url, user, "listmodels", {})
+        result = await call_tool(proc.url, "listmodels", {}, user)
         if result.is_error:
             categories["rate_limit"] = tool_error(result)
             break
@@ -106,7 +92,7 @@ async def test_every_error_category_end_to_end(daemon: Daemon, sim: SimControl, 
     bad = httpx2.get(f"{proc.url}/alerts", headers={"Authorization": "Bearer nope"})
     assert bad.status_code == 401 and bad.json()["error"]["category"] == "auth"
     try:
-        await _call(proc.url, issue_token(TEST_JWT_SECRET, "erin2", ["exai:tools"], 600), "nope", {})
+        await call_tool(proc.url, "nope", {}, issue_token(TEST_JWT_SECRET, "erin2", ["exai:tools"], 600))
     except BaseException as exc:  # the SDK client re-raises from its task group
         errors = exc.exceptions if isinstance(exc, BaseExceptionGroup) else [exc]
         while errors and isinstance(errors[0], BaseExceptionGroup):
@@ -116,8 +102,10 @@ async def test_every_error_category_end_to_end(daemon: Daemon, sim: SimControl, 
         pytest.fail("an unknown tool must be a JSON-RPC error")
 
 
-async def test_internal_errors_do_not_leak_details(sim: SimControl, monkeypatch: pytest.MonkeyPatch) -> None:
-    services = await build_services(monkeypatch, sim)
+async def test_internal_errors_do_not_leak_details(
+    sim: SimControl, monkeypatch: pytest.MonkeyPatch, make_services: MakeServices
+) -> None:
+    services = await make_services()
     version = next(t for t in services.tools if t.name == "version")
 
     async def explode(*args: Any) -> Any:
@@ -128,16 +116,15 @@ async def test_internal_errors_do_not_leak_details(sim: SimControl, monkeypatch:
         result = await client.call_tool("version", {})
     error = tool_error(result)
     assert error["category"] == "internal" and "hunter2" not in result.content[0].text
-    await services.close()
 
 
 async def test_correlation_id_in_log_upstream_audit_and_response(daemon: Daemon, sim: SimControl) -> None:
     proc = daemon()
-    result = await _call(
-        proc.url, None, "chat", {"prompt": "trace", "model": "sim-fast"}, headers={"X-Request-ID": "corr-7f3a9"}
+    result = await call_tool(
+        proc.url, "chat", {"prompt": "trace", "model": "sim-fast"}, headers={"X-Request-ID": "corr-7f3a9"}
     )
     sim.fault("500", model="sim-fast", count=1)
-    await _call(proc.url, None, "chat", {"prompt": "trace", "model": "sim-fast"}, headers={"X-Request-ID": "corr-err"})
+    await call_tool(proc.url, "chat", {"prompt": "trace", "model": "sim-fast"}, headers={"X-Request-ID": "corr-err"})
     assert result.structured_content["correlation_id"] == "corr-7f3a9"
     assert any(r["headers"].get("x-request-id") == "corr-7f3a9" for r in sim.requests(10))
     lines = [json.loads(line) for line in proc.logs().splitlines() if line.startswith("{")]
@@ -171,10 +158,10 @@ def _metric(text: str, name: str, **labels: str) -> float:
 async def test_metrics_after_known_traffic(daemon: Daemon, sim: SimControl) -> None:
     proc = daemon(EXAI_MAX_RETRIES="1")
     for i in range(3):
-        await _call(proc.url, None, "chat", {"prompt": f"m{i}", "model": "sim-fast"})
+        await call_tool(proc.url, "chat", {"prompt": f"m{i}", "model": "sim-fast"})
     sim.fault("500", model="sim-smart", count=1)
-    await _call(proc.url, None, "chat", {"prompt": "retry once", "model": "sim-smart"})
-    await _call(proc.url, None, "chat", {"prompt": ""})
+    await call_tool(proc.url, "chat", {"prompt": "retry once", "model": "sim-smart"})
+    await call_tool(proc.url, "chat", {"prompt": ""})
     text = httpx2.get(f"{proc.url}/metrics").text
     assert _metric(text, "exai_tool_calls_total", tool="chat", outcome="ok") == 4
     assert _metric(text, "exai_tool_calls_total", tool="chat", outcome="error") == 1
@@ -255,18 +242,13 @@ async def test_alert_fires_and_resolves_against_a_webhook(
     )
     sim.fault("500", model="sim-fast")
     for _ in range(6):
-        await _call(proc.url, None, "chat", {"prompt": "x", "model": "sim-fast"})
+        await call_tool(proc.url, "chat", {"prompt": "x", "model": "sim-fast"})
 
-    async def wait_for(predicate: Callable[[], bool], seconds: float) -> None:
-        deadline = time.monotonic() + seconds
-        while not predicate() and time.monotonic() < deadline:
-            await asyncio.sleep(0.2)
-
-    await wait_for(lambda: any(a["state"] == "firing" for a in received), 10)
+    await wait_until(lambda: any(a["state"] == "firing" for a in received), "the alert fired")
     active = httpx2.get(f"{proc.url}/alerts").json()["active"]
     assert [a["name"] for a in active] == ["provider_error_rate:custom"]
     sim.clear_faults()
-    await wait_for(lambda: any(a["state"] == "resolved" for a in received), 15)
+    await wait_until(lambda: any(a["state"] == "resolved" for a in received), "the alert resolved")
     states = [(a["name"], a["state"]) for a in received]
     assert states == [("provider_error_rate:custom", "firing"), ("provider_error_rate:custom", "resolved")]
     assert httpx2.get(f"{proc.url}/alerts").json()["active"] == []
@@ -304,7 +286,7 @@ def test_deploy_rules_and_dashboard_use_metrics_that_exist() -> None:
     assert used and used <= exposed, used - exposed
 
 
-async def test_spans_for_tool_and_provider_calls(sim: SimControl, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_spans_for_tool_and_provider_calls(sim: SimControl, make_services: MakeServices) -> None:
     from opentelemetry import trace
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -314,9 +296,7 @@ async def test_spans_for_tool_and_provider_calls(sim: SimControl, monkeypatch: p
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     trace.set_tracer_provider(provider)
-    services = await build_services(
-        monkeypatch, sim, EXAI_FALLBACK_CHAIN="sim-smart", EXAI_FALLBACK_FROM_EXPLICIT_MODEL="true"
-    )
+    services = await make_services(EXAI_FALLBACK_CHAIN="sim-smart", EXAI_FALLBACK_FROM_EXPLICIT_MODEL="true")
     sim.fault("503", model="sim-fast")
     async with Client(build_server(services)) as client:
         result = await client.call_tool("chat", {"prompt": "traced", "model": "sim-fast"})
@@ -330,4 +310,3 @@ async def test_spans_for_tool_and_provider_calls(sim: SimControl, monkeypatch: p
     tool_span = next(s for s in exporter.get_finished_spans() if s.name == "tool chat")
     provider_span = next(s for s in exporter.get_finished_spans() if s.attributes.get("exai.model") == "sim-smart")
     assert provider_span.parent is not None and provider_span.parent.span_id == tool_span.context.span_id
-    await services.close()

@@ -22,7 +22,7 @@ import pytest
 from mcp import Client
 from psycopg.conninfo import conninfo_to_dict
 
-from tests.conftest import Proc, SimControl, free_port
+from tests.conftest import Proc, SimControl, free_port, popen_owned
 
 pytestmark = pytest.mark.anyio
 Daemon = Callable[..., Proc]
@@ -69,18 +69,23 @@ pidfile = {work}/pgbouncer.pid
     if os.geteuid() == 0:  # PgBouncer refuses to run as root
         shutil.chown(work, "nobody")
         as_user = ["-u", "nobody"]
-    process = subprocess.Popen([binary, *as_user, str(work / "pgbouncer.ini")], stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 60
-    while not _listening(port):
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            raise RuntimeError(f"pgbouncer did not start: {process.stderr.read().decode() if process.stderr else ''}")
-        time.sleep(0.05)
+    process = popen_owned([binary, *as_user, str(work / "pgbouncer.ini")], stderr=subprocess.PIPE)
     try:
+        deadline = time.monotonic() + 60
+        while not _listening(port):
+            if process.poll() is not None or time.monotonic() > deadline:
+                process.kill()
+                stderr = process.stderr.read().decode() if process.stderr else ""
+                raise RuntimeError(f"pgbouncer did not start: {stderr}")
+            time.sleep(0.05)
         yield f"postgresql://{target.get('user', 'postgres')}@127.0.0.1:{port}/{target['dbname']}"
     finally:
         process.terminate()
-        process.wait(30)
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(10)
         shutil.rmtree(work, ignore_errors=True)
 
 

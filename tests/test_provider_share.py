@@ -12,14 +12,12 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 import anyio
-import httpx2
 import pytest
 from mcp import Client
-from mcp.client.streamable_http import streamable_http_client
 
 from exai.security.auth import issue_token
 from tests.conftest import TEST_JWT_SECRET, Proc, SimControl
-from tests.helpers import wait_until
+from tests.helpers import mcp_client, wait_until
 
 pytestmark = pytest.mark.anyio
 Daemon = Callable[..., Proc]
@@ -30,10 +28,7 @@ MEMBERS = [{"model": SLOW[i % 3], "stance": ("for", "against", "neutral")[i // 3
 @asynccontextmanager
 async def _client(proc: Proc, tenant: str) -> AsyncIterator[Client]:
     token = issue_token(TEST_JWT_SECRET, tenant, ["exai:tools"], 900)
-    async with (
-        httpx2.AsyncClient(headers={"Authorization": f"Bearer {token}"}, timeout=180) as http,
-        Client(streamable_http_client(f"{proc.url}/mcp", http_client=http)) as client,
-    ):
+    async with mcp_client(proc.url, token, timeout=180) as client:
         yield client
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from exai.providers.anthropic import AnthropicProvider
@@ -10,7 +12,8 @@ from exai.providers.catalogue import Catalogue
 from exai.providers.openai_compatible import OpenAICompatibleProvider
 from exai.providers.types import GenerateRequest, ImageInput, Message, StreamChunk
 from exai.testing.replies import reply_digest
-from tests.conftest import SimControl
+from tests.conftest import Closing, SimControl
+from tests.helpers import wait_until
 
 pytestmark = pytest.mark.anyio
 CATALOGUE = Catalogue.load(custom_models=["sim-fast"])
@@ -22,25 +25,24 @@ HISTORY = [
 OPTIONS = CallOptions(timeout=10, headers={"X-Request-ID": "req-12345"})
 
 
-def _providers(sim: SimControl) -> list[tuple[object, str]]:
+def _providers(sim: SimControl, closing: Closing) -> list[tuple[Any, str]]:
     return [
-        (OpenAICompatibleProvider("custom", sim.openai_url, None), "sim-fast"),
-        (AnthropicProvider("anthropic", sim.url, "key"), "claude-haiku-4-5"),
+        (closing(OpenAICompatibleProvider("custom", sim.openai_url, None)), "sim-fast"),
+        (closing(AnthropicProvider("anthropic", sim.url, "key")), "claude-haiku-4-5"),
     ]
 
 
 @pytest.mark.parametrize("streaming", [False, True])
-async def test_prompt_system_and_history_arrive_intact(sim: SimControl, streaming: bool) -> None:
+async def test_prompt_system_and_history_arrive_intact(sim: SimControl, streaming: bool, closing: Closing) -> None:
     request = GenerateRequest(system="You are terse.", messages=HISTORY)
     expected = reply_digest("You are terse.", [(m.role, m.content) for m in HISTORY])
-    for provider, model in _providers(sim):
+    for provider, model in _providers(sim, closing):
         chunks: list[StreamChunk] = []
 
         async def on_delta(chunk: StreamChunk, chunks: list[StreamChunk] = chunks) -> None:
             chunks.append(chunk)
 
         response = await provider.generate(request, CATALOGUE.get(model), OPTIONS, on_delta if streaming else None)
-        await provider.close()
         assert f"digest: {expected}" in response.text
         assert "echo: second question, with unicode: żółw 🐢" in response.text
         assert response.usage.input_tokens > 0 and response.usage.output_tokens > 0
@@ -54,23 +56,21 @@ async def test_prompt_system_and_history_arrive_intact(sim: SimControl, streamin
     assert all(r["body"].get("stream", False) is streaming for r in sent)
 
 
-async def test_kimi_reasoning_content_is_returned(sim: SimControl) -> None:
-    provider = OpenAICompatibleProvider("kimi", sim.openai_url, "k")
+async def test_kimi_reasoning_content_is_returned(sim: SimControl, closing: Closing) -> None:
+    provider = closing(OpenAICompatibleProvider("kimi", sim.openai_url, "k"))
     request = GenerateRequest(messages=[Message(role="user", content="think")])
     for on_delta in (None, _ignore):
         response = await provider.generate(request, CATALOGUE.get("kimi-k2-thinking"), OPTIONS, on_delta)
         assert response.reasoning == "reasoning about kimi-k2-thinking"
-    await provider.close()
 
 
-async def test_quirk_flags_shape_the_wire_request(sim: SimControl) -> None:
-    provider = OpenAICompatibleProvider("openai", sim.openai_url, "k")
+async def test_quirk_flags_shape_the_wire_request(sim: SimControl, closing: Closing) -> None:
+    provider = closing(OpenAICompatibleProvider("openai", sim.openai_url, "k"))
     request = GenerateRequest(
         messages=[Message(role="user", content="q")], temperature=0.2, thinking="high", max_output_tokens=100
     )
     await provider.generate(request, CATALOGUE.get("gpt-5"), OPTIONS)
     await provider.generate(request, CATALOGUE.get("glm-4.6"), OPTIONS)
-    await provider.close()
     gpt5, glm = (r["body"] for r in sim.requests(2))
     assert gpt5["max_completion_tokens"] == 100 and "max_tokens" not in gpt5
     assert gpt5["temperature"] == 1.0, "gpt-5 only accepts its fixed temperature"
@@ -78,26 +78,24 @@ async def test_quirk_flags_shape_the_wire_request(sim: SimControl) -> None:
     assert glm["thinking"] == {"type": "enabled"} and glm["temperature"] == 0.2 and glm["max_tokens"] == 100
 
 
-async def test_reasoning_models_get_an_effort_they_accept_by_default(sim: SimControl) -> None:
-    provider = OpenAICompatibleProvider("openai", sim.openai_url, "k")
+async def test_reasoning_models_get_an_effort_they_accept_by_default(sim: SimControl, closing: Closing) -> None:
+    provider = closing(OpenAICompatibleProvider("openai", sim.openai_url, "k"))
     request = GenerateRequest(messages=[Message(role="user", content="q")], temperature=0.3)
     for name in ("o3", "o4-mini", "gpt-5"):
         await provider.generate(request, CATALOGUE.get(name), OPTIONS)
-    await provider.close()
     o3, o4, gpt5 = (r["body"] for r in sim.requests(3))
     assert o3["reasoning_effort"] == o4["reasoning_effort"] == "low", "o3 and o4-mini refuse 'minimal'"
     assert gpt5["reasoning_effort"] == "minimal"
     assert "temperature" not in o3 and "max_tokens" not in o3 and o3["max_completion_tokens"] > 0
 
 
-async def test_anthropic_thinking_and_images(sim: SimControl) -> None:
-    provider = AnthropicProvider("anthropic", sim.url, "k")
+async def test_anthropic_thinking_and_images(sim: SimControl, closing: Closing) -> None:
+    provider = closing(AnthropicProvider("anthropic", sim.url, "k"))
     image = ImageInput(url="data:image/png;base64,iVBORw0KGgo=")
     request = GenerateRequest(
         system="sys", thinking="medium", messages=[Message(role="user", content="look", images=[image])]
     )
     response = await provider.generate(request, CATALOGUE.get("claude-sonnet-4-5"), OPTIONS)
-    await provider.close()
     assert response.reasoning == "reasoning about claude-sonnet-4-5"
     assert "images: 1" in response.text
     body = sim.requests(1)[0]["body"]
@@ -110,11 +108,10 @@ async def test_anthropic_thinking_and_images(sim: SimControl) -> None:
     }
 
 
-async def test_list_models_on_both_wires(sim: SimControl) -> None:
-    for provider, _ in _providers(sim):
+async def test_list_models_on_both_wires(sim: SimControl, closing: Closing) -> None:
+    for provider, _ in _providers(sim, closing):
         listed = await provider.list_models(5)  # the simulator's own models, then every catalogued one
         assert listed[:3] == ["sim-fast", "sim-smart", "sim-large"] and "kimi-k2.6" in listed
-        await provider.close()
 
 
 FAULTS = [
@@ -131,37 +128,37 @@ FAULTS = [
 
 @pytest.mark.parametrize(("fault", "kind"), FAULTS)
 @pytest.mark.parametrize("streaming", [False, True])
-async def test_every_fault_is_classified(sim: SimControl, fault: str, kind: str, streaming: bool) -> None:
+async def test_every_fault_is_classified(
+    sim: SimControl, fault: str, kind: str, streaming: bool, closing: Closing
+) -> None:
     sim.fault(fault, retry_after=2)
     request = GenerateRequest(messages=[Message(role="user", content="q")])
-    for provider, model in _providers(sim):
+    for provider, model in _providers(sim, closing):
         with pytest.raises(UpstreamError) as caught:
             await provider.generate(request, CATALOGUE.get(model), OPTIONS, _ignore if streaming else None)
-        await provider.close()
         expected = "connection" if (fault == "malformed" and streaming) else kind
         assert caught.value.kind == expected, caught.value.message
         if fault == "429":
             assert caught.value.retry_after == 2
 
 
-async def test_truncated_stream_is_a_connection_failure(sim: SimControl) -> None:
+async def test_truncated_stream_is_a_connection_failure(sim: SimControl, closing: Closing) -> None:
     sim.fault("truncate")
     request = GenerateRequest(messages=[Message(role="user", content="a long enough question here")])
-    for provider, model in _providers(sim):
+    for provider, model in _providers(sim, closing):
         with pytest.raises(UpstreamError) as caught:
             await provider.generate(request, CATALOGUE.get(model), OPTIONS, _ignore)
-        await provider.close()
         assert caught.value.kind == "connection"
 
 
-async def test_hang_hits_the_timeout_and_the_upstream_sees_the_hang_up(sim: SimControl) -> None:
+async def test_hang_hits_the_timeout_and_the_upstream_sees_the_hang_up(sim: SimControl, closing: Closing) -> None:
     sim.fault("hang")
-    provider = OpenAICompatibleProvider("custom", sim.openai_url, None)
+    provider = closing(OpenAICompatibleProvider("custom", sim.openai_url, None))
     request = GenerateRequest(messages=[Message(role="user", content="q")])
     with pytest.raises(UpstreamError) as caught:
         await provider.generate(request, CATALOGUE.get("sim-fast"), CallOptions(timeout=0.3, headers={}))
-    await provider.close()
     assert caught.value.kind == "timeout"
+    await wait_until(lambda: sim.count("disconnects") >= 1, "the simulator saw the abandoned request hang up")
 
 
 async def _ignore(chunk: StreamChunk) -> None:

@@ -18,7 +18,8 @@ from typing import Any
 import pytest
 
 from tests.conftest import TEST_JWT_SECRET, Proc, SimControl
-from tests.test_http_attacks import bearer, post, ready_session, sse_result, wait_for
+from tests.helpers import wait_until_sync
+from tests.test_http_attacks import bearer, post, ready_session, sse_result
 
 Daemon = Callable[..., Proc]
 LIMIT = 30
@@ -74,7 +75,7 @@ def test_probing_for_tools_spends_the_rate_limit_and_writes_few_audit_rows(daemo
     assert not answer["result"].get("isError"), "another tenant is not limited"
 
     # The audit writer flushes every 0.5 s: once alice's later call is written, so are mallory's refusals.
-    wait_for(lambda: len(_audit_rows("alice")) == 1, "the last call's audit row")
+    wait_until_sync(lambda: len(_audit_rows("alice")) == 1, "the last call's audit row")
     rows = _audit_rows("mallory")
     kinds = {(r["tool"], r["outcome"]) for r in rows}
     most = LIMIT * minutes + len(kinds) * (minutes + 1)  # the admitted calls, and the first refusal of each kind

@@ -25,6 +25,7 @@ from exai.security.auth import new_api_key
 from exai.stress.balancer import NGINX
 from tests.conftest import Proc, SimControl
 from tests.container_engine import unavailable
+from tests.helpers import wait_until
 from tests.replica_cluster import CallFailed, Cluster, LegacyClient, Nginx, start_nginx
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(600)]
@@ -171,10 +172,8 @@ class Load:
         return thread if len(self.acknowledged[thread]) < THREAD_TURNS else None
 
     async def wait_for_calls(self, more: int) -> None:
-        target, deadline = self.calls + more, time.monotonic() + 120
-        while self.calls < target:
-            assert time.monotonic() < deadline, f"the load stalled at {self.calls} calls: {self.failures[-3:]}"
-            await asyncio.sleep(0.05)
+        target = self.calls + more
+        await wait_until(lambda: self.calls >= target, f"{more} more calls answered (failures: {self.failures[-3:]})")
 
 
 async def missing_turns(url: str, key: str, acknowledged: dict[str, list[str]]) -> dict[str, list[str]]:
@@ -251,12 +250,15 @@ async def calls_per_second(url: str, key: str, clients: int, calls_each: int) ->
 async def test_throughput_with_one_and_three_replicas(
     deploy: Callable[[int], Deployment], sim: SimControl, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """Measured, not asserted against a ratio: on 2 shared cores three replicas cannot scale linearly."""
+    """The rate is measured and printed, not asserted (on 2 shared cores three replicas cannot scale linearly, and
+    a timing bound would fail for the machine's load, not for the code). What is asserted: under this load every
+    call answered (a failed call raises) and reached the upstream exactly once."""
     rates = {}
     for replicas in (1, 3):
         dep = deploy(replicas)
         await calls_per_second(dep.nginx.url, dep.key, 4, 3)  # warm up every replica's pools
+        before = sim.count("requests:sim-fast")
         rates[replicas] = await calls_per_second(dep.nginx.url, dep.key, 8, 15)
+        assert sim.count("requests:sim-fast") - before == 8 * 15, "each call reached the upstream exactly once"
     with capsys.disabled():
         print(f"\nstateless replicas behind nginx, chat calls/s: 1 replica {rates[1]:.1f}, 3 replicas {rates[3]:.1f}")
-    assert min(rates.values()) > 0

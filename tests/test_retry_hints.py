@@ -13,8 +13,8 @@ from mcp import Client
 
 from exai.errors import ProviderError
 from exai.providers.types import GenerateRequest, Message
-from tests.conftest import Proc, SimControl
-from tests.helpers import build_services, tool_error
+from tests.conftest import MakeServices, Proc, SimControl
+from tests.helpers import tool_error
 
 pytestmark = pytest.mark.anyio
 Daemon = Callable[..., Proc]
@@ -62,10 +62,10 @@ async def test_retry_after_ms_is_waited(daemon: Daemon, sim: SimControl) -> None
 
 
 async def test_no_retry_wait_ends_after_the_client_stopped_waiting(
-    sim: SimControl, monkeypatch: pytest.MonkeyPatch
+    sim: SimControl, make_services: MakeServices
 ) -> None:
-    services = await build_services(
-        monkeypatch, sim, EXAI_RETRY_MAX_DELAY_SECONDS="30", EXAI_CLIENT_WAIT_SECONDS="2", EXAI_MAX_RETRIES="3"
+    services = await make_services(
+        EXAI_RETRY_MAX_DELAY_SECONDS="30", EXAI_CLIENT_WAIT_SECONDS="2", EXAI_MAX_RETRIES="3"
     )
     sim.fault("429", model="sim-fast", retry_after=10)  # honoured by the retry max delay, not by the client's wait
     started = time.monotonic()
@@ -75,4 +75,3 @@ async def test_no_retry_wait_ends_after_the_client_stopped_waiting(
     assert raised.value.details["retry_in_seconds"] == 10
     assert sim.count("requests:sim-fast") == 1, "no second attempt after the client's wait"
     assert took < 10, f"the call slept {took:.1f} s, past the client's wait"
-    await services.close()

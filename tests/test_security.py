@@ -16,12 +16,10 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from mcp import Client
-from mcp.client.streamable_http import streamable_http_client
 
 from exai.security.auth import JWTVerifier, issue_token, new_api_key, parse_api_keys, visible_tools
 from tests.conftest import Proc, SimControl
-from tests.helpers import tool_error
+from tests.helpers import mcp_client, tool_error
 
 pytestmark = pytest.mark.anyio
 SECRET = "a-test-secret-that-is-long-enough-0123456789"
@@ -165,10 +163,7 @@ def test_visible_tools_name_only_what_the_token_may_call() -> None:
 
 
 async def _client_call(url: str, token: str, tool: str, args: dict) -> object:
-    async with (
-        httpx2.AsyncClient(headers={"Authorization": f"Bearer {token}"}, timeout=120) as http,
-        Client(streamable_http_client(f"{url}/mcp", http_client=http)) as client,
-    ):
+    async with mcp_client(url, token, timeout=120) as client:
         names = {t.name for t in (await client.list_tools()).tools}
         return names, await client.call_tool(tool, args)
 

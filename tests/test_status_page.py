@@ -13,15 +13,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import httpx2
 import pytest
-from mcp import Client
-from mcp.client.streamable_http import streamable_http_client
 
 from exai.security.auth import issue_token
 from tests.conftest import TEST_JWT_SECRET, Proc, SimControl
+from tests.helpers import call_tool
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.browser, pytest.mark.slow]
 ADMIN = ["exai:tools", "exai:admin"]
 HOSTILE_TENANT = "ann<img src=x onerror=alert(1)>"
 RENDER_CEILING_SECONDS = 120
@@ -37,12 +35,7 @@ def _chromium() -> str:
 
 
 async def _call(url: str, token: str, tool: str, args: dict[str, Any], request_id: str | None = None) -> Any:
-    headers = {"Authorization": f"Bearer {token}", **({"X-Request-ID": request_id} if request_id else {})}
-    async with (
-        httpx2.AsyncClient(headers=headers, timeout=60) as http,
-        Client(streamable_http_client(f"{url}/mcp", http_client=http)) as client,
-    ):
-        return await client.call_tool(tool, args)
+    return await call_tool(url, tool, args, token, headers={"X-Request-ID": request_id} if request_id else None)
 
 
 def _dump_dom(chromium: str, profile: Path, url: str) -> str:

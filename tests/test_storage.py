@@ -18,6 +18,7 @@ from exai.storage.cache import CachedStore
 from exai.storage.migrations import LATEST
 from exai.storage.postgres import PostgresStore
 from exai.storage.sqlite import SQLiteStore
+from tests.conftest import Closing
 
 pytestmark = pytest.mark.anyio
 
@@ -155,11 +156,12 @@ async def test_purge_and_audit(store: Store) -> None:
     assert [a.correlation_id for a in await store.list_audit()] == ["c2"]
 
 
-async def test_redis_outage_falls_back_to_the_database(tmp_path: Path) -> None:
+async def test_redis_outage_falls_back_to_the_database(tmp_path: Path, closing: Closing) -> None:
     cached = CachedStore(
         SQLiteStore(tmp_path / "x.db"), aioredis.from_url("redis://127.0.0.1:1/0", socket_connect_timeout=0.2)
     )
     await cached.open()
+    closing(cached)
     await cached.migrate()
     thread = await _create(cached, _thread())
     await cached.append_turns(
@@ -167,7 +169,6 @@ async def test_redis_outage_falls_back_to_the_database(tmp_path: Path) -> None:
     )
     assert (await cached.get_thread(thread.id)).turn_count == 2
     assert [t.content for t in await cached.get_turns(thread.id)] == ["seed", "x"]
-    await cached.close()
 
 
 class AlwaysOvertaken(SQLiteStore):
@@ -179,9 +180,10 @@ class AlwaysOvertaken(SQLiteStore):
         await super().append_turns(thread, turns, expected_version=expected_version)
 
 
-async def test_a_write_that_keeps_losing_is_refused_as_a_conflict(tmp_path: Path) -> None:
+async def test_a_write_that_keeps_losing_is_refused_as_a_conflict(tmp_path: Path, closing: Closing) -> None:
     store = AlwaysOvertaken(tmp_path / "x.db")
     await store.open()
+    closing(store)
     await store.migrate()
     conversations = Conversations(store, ttl_seconds=3600, max_turns=100)
     thread = await conversations.start("alice", "t")
@@ -191,16 +193,16 @@ async def test_a_write_that_keeps_losing_is_refused_as_a_conflict(tmp_path: Path
     assert refused.value.code == "conflict" and refused.value.retryable
     assert "again" in (refused.value.remedy or "")
     assert [t.content for t in await store.get_turns(thread.id)] == ["seed"]
-    await store.close()
 
 
-async def test_sqlite_turn_commit_waits_for_another_writer_off_the_event_loop(tmp_path: Path) -> None:
+async def test_sqlite_turn_commit_waits_for_another_writer_off_the_event_loop(tmp_path: Path, closing: Closing) -> None:
     """The event loop's own connection never waits for a lock: while another process holds the write lock, the
     commit goes to the store's thread, which waits for the lock and then commits (before `append_turns` returns)."""
     import sqlite3
 
     store = SQLiteStore(tmp_path / "exai.db")
     await store.open()
+    closing(store)
     await store.migrate()
     other = sqlite3.connect(tmp_path / "exai.db", isolation_level=None)
     other.execute("BEGIN IMMEDIATE")
@@ -215,7 +217,6 @@ async def test_sqlite_turn_commit_waits_for_another_writer_off_the_event_loop(tm
     await asyncio.wait_for(commit, 60)
     other.close()
     assert [t.content for t in await store.get_turns(thread.id)] == ["while locked"]
-    await store.close()
 
 
 def _call(tenant: str = "alice", owner: str = "replica-a", lease: float = 30, ttl: float = 3600) -> CallRecord:

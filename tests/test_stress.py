@@ -8,15 +8,16 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 from mcp import Client
 
 from exai.server.mcp import build_server
-from tests.conftest import SimControl
-from tests.helpers import build_services
+from tests.conftest import MakeServices, SimControl, popen_owned
+from tests.helpers import wait_until_sync
+
+pytestmark = [pytest.mark.stress, pytest.mark.slow]
 
 
 @pytest.mark.timeout(1900)
@@ -73,13 +74,11 @@ def test_bad_isolation_arguments_are_refused_with_what_to_do(argument: list[str]
 
 @pytest.mark.anyio
 async def test_a_hanging_provider_costs_one_attempt_then_the_call_falls_back(
-    sim: SimControl, monkeypatch: pytest.MonkeyPatch
+    sim: SimControl, make_services: MakeServices
 ) -> None:
     """Found by the failover scenario: a hang used to hold every call until its deadline, with no fallback."""
-    services = await build_services(
-        monkeypatch,
-        sim,
-        EXAI_ATTEMPT_TIMEOUT_SECONDS="1",
+    services = await make_services(
+        EXAI_ATTEMPT_TIMEOUT_SECONDS="10",  # the fallback's healthy attempt must fit too, on a busy machine
         EXAI_MAX_RETRIES="0",
         EXAI_FALLBACK_FROM_EXPLICIT_MODEL="true",
         EXAI_FALLBACK_CHAIN="sim-fast",
@@ -88,7 +87,6 @@ async def test_a_hanging_provider_costs_one_attempt_then_the_call_falls_back(
     sim.fault("hang", model="kimi-k2-0905-preview")
     async with Client(build_server(services)) as client:
         result = await client.call_tool("chat", {"prompt": "still answered", "model": "kimi-k2"})
-    await services.close()
     assert not result.is_error, result.content[0].text
     assert result.structured_content["model"] == "sim-fast"
     assert sim.count("disconnects") >= 1, "the hanging request was abandoned after one attempt"
@@ -118,19 +116,29 @@ def _alive(pid: int) -> bool:
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_an_interrupted_run_stops_everything_and_writes_a_partial_report(tmp_path: Path, sig: signal.Signals) -> None:
     out = tmp_path / "report"
-    run = subprocess.Popen(
+    run = popen_owned(
         [sys.executable, "-m", "exai", "stress", "--quick", "recovery", "--out", str(out)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
     )
-    deadline = time.monotonic() + 300
-    while len(started := _descendants(run.pid)) < 2:  # the simulator and the scenario's daemon
-        assert run.poll() is None and time.monotonic() < deadline, "the run did not start its daemon"
-        time.sleep(0.2)
-    run.send_signal(sig)
-    _, stderr = run.communicate(timeout=240)
-    assert run.returncode == 130, stderr[-2000:]
-    assert not [pid for pid in started if _alive(pid)], "a process of the run outlived it"
+    started: set[int] = set()
+
+    def simulator_and_daemon_started() -> bool:
+        started.update(_descendants(run.pid))
+        return run.poll() is not None or len(started) >= 2
+
+    try:
+        wait_until_sync(simulator_and_daemon_started, "the run started its simulator and daemon", 300, every=0.2)
+        assert run.poll() is None, "the run ended before it was interrupted"
+        run.send_signal(sig)
+        _, stderr = run.communicate(timeout=240)
+        assert run.returncode == 130, stderr[-2000:]
+        assert not [pid for pid in started if _alive(pid)], "a process of the run outlived it"
+    finally:  # whatever failed above: nothing of the run survives the test
+        for pid in [run.pid, *started]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        run.wait(30)
     report = json.loads((out / "stress.json").read_text())
     assert report["interrupted"] and not report["passed"]

@@ -24,7 +24,8 @@ from exai.stress.target import Isolation, Target, local_target
 from exai.stress.workload import operation, workflow_step
 from tests.helpers import wait_until
 
-pytestmark = pytest.mark.timeout(600)  # each test starts the simulator and a daemon: slow on a busy machine
+# each test starts the simulator and a daemon: slow on a busy machine
+pytestmark = [pytest.mark.timeout(600), pytest.mark.stress, pytest.mark.slow]
 
 
 @pytest.fixture

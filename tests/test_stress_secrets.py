@@ -16,9 +16,13 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from exai.security.auth import issue_token
 from tests.conftest import TEST_JWT_SECRET, Proc, SimControl
 from tests.test_stress import _descendants
+
+pytestmark = [pytest.mark.stress, pytest.mark.slow]
 
 Daemon = Callable[..., Proc]
 

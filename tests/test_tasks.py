@@ -19,7 +19,7 @@ import pytest
 
 from exai.security.auth import issue_token
 from tests.conftest import TEST_JWT_SECRET, Proc, SimControl
-from tests.helpers import wait_until
+from tests.helpers import wait_until, wait_until_sync
 from tests.node_toolchain import NodeToolchain
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(600)]
@@ -242,10 +242,7 @@ def test_a_2025_client_with_an_open_stream_hears_when_its_task_ends(daemon: Daem
             url, headers=headers, json={"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": params}
         )
         task_id = json.loads(created.text.split("data: ", 1)[1])["result"]["task"]["taskId"]
-        deadline = time.monotonic() + 120
-        while not heard and time.monotonic() < deadline:
-            time.sleep(0.1)
-    assert heard, "no notifications/tasks/status on the open stream"
+        wait_until_sync(lambda: bool(heard), "a notifications/tasks/status arrived on the open stream")
     note = heard[0]
     assert note["method"] == "notifications/tasks/status"
     assert note["params"]["taskId"] == task_id and note["params"]["status"] == "completed"

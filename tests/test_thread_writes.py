@@ -15,7 +15,7 @@ import pytest
 from mcp import Client
 
 from tests.conftest import Proc, SimControl
-from tests.helpers import tool_error
+from tests.helpers import tool_error, wait_until
 
 pytestmark = pytest.mark.anyio
 Daemon = Callable[..., Proc]
@@ -94,13 +94,6 @@ async def test_a_full_thread_is_shown_and_its_limit_is_never_exceeded(daemon: Da
     assert not full.is_error and full.structured_content["thread"]["turns"] == 5
 
 
-async def _wait_for(condition: Callable[[], bool], what: str, ceiling: float = 60.0) -> None:
-    deadline = time.monotonic() + ceiling
-    while not condition():
-        assert time.monotonic() < deadline, f"gave up after {ceiling:.0f} s waiting for {what}"
-        await asyncio.sleep(0.1)
-
-
 async def test_a_running_daemon_purges_expired_threads_and_audit_rows(
     daemon: Daemon, sim: SimControl, tmp_path: Path
 ) -> None:
@@ -124,7 +117,7 @@ async def test_a_running_daemon_purges_expired_threads_and_audit_rows(
         with closing(sqlite3.connect(database)) as db:
             return db.execute(query).fetchone()[0]
 
-    await _wait_for(lambda: count(f"SELECT COUNT(*) FROM threads WHERE id = '{thread}'") == 0, "thread purge")
-    await _wait_for(lambda: count("SELECT COUNT(*) FROM audit WHERE correlation_id = 'old'") == 0, "audit purge")
+    await wait_until(lambda: count(f"SELECT COUNT(*) FROM threads WHERE id = '{thread}'") == 0, "thread purge")
+    await wait_until(lambda: count("SELECT COUNT(*) FROM audit WHERE correlation_id = 'old'") == 0, "audit purge")
     assert proc.stop() == 0, proc.logs()
     assert "Traceback" not in proc.logs() and "purge_failed" not in proc.logs()

@@ -51,10 +51,7 @@ async def _listing_arrived(client: Client, provider: str) -> dict[str, Any]:
         flagged = any(m["provider"] == provider and m.get("listed_by_vendor") is not None for m in listed["models"])
         return flagged or any(p["name"] == provider and p.get("not_listed") for p in listed["providers"])
 
-    deadline = time.monotonic() + 90
-    while not await probe():
-        assert time.monotonic() < deadline, "the vendor listing never arrived"
-        await anyio.sleep(0.2)
+    await wait_until(probe, "the vendor listing arrived", every=0.2)
     return listed
 
 

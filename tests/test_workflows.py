@@ -15,8 +15,8 @@ from mcp import Client
 from exai.conversations.tokens import count_tokens
 from exai.server.mcp import build_server
 from exai.tools import ALL_TOOLS, PROFILES
-from tests.conftest import Proc, SimControl
-from tests.helpers import build_services, tool_error
+from tests.conftest import MakeServices, Proc, SimControl
+from tests.helpers import tool_error
 
 pytestmark = pytest.mark.anyio
 EXPERT_TOOLS = ["thinkdeep", "debug", "analyze", "codereview", "refactor", "secaudit", "testgen", "docgen", "tracer"]
@@ -35,10 +35,10 @@ def _step(number: int, total: int, final: bool, **extra: Any) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize("tool", [*EXPERT_TOOLS, "precommit", "planner"])
-async def test_workflow_end_to_end(sim: SimControl, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, tool: str) -> None:
+async def test_workflow_end_to_end(sim: SimControl, tmp_path: Path, tool: str, make_services: MakeServices) -> None:
     code = tmp_path / "app.py"
     code.write_text("def handler(x):\n    return eval(x)\n")
-    services = await build_services(monkeypatch, sim, EXAI_TOOL_PROFILE="full", EXAI_FILE_ROOTS=str(tmp_path))
+    services = await make_services(EXAI_TOOL_PROFILE="full", EXAI_FILE_ROOTS=str(tmp_path))
     extra = {"diff": "diff --git a/app.py b/app.py\n+    return eval(x)"} if tool == "precommit" else {}
     async with Client(build_server(services)) as client:
         first = await client.call_tool(
@@ -65,13 +65,10 @@ async def test_workflow_end_to_end(sim: SimControl, monkeypatch: pytest.MonkeyPa
     assert "Step 1: step 1" in user and "finding 2" in user and "return eval(x)" in user
     expert_role = next(t for t in ALL_TOOLS if t.name == tool).spec.expert_role  # type: ignore[attr-defined]
     assert sent["messages"][0] == {"role": "system", "content": expert_role}
-    await services.close()
 
 
-async def test_expert_failure_keeps_the_steps_and_resumes(sim: SimControl, monkeypatch: pytest.MonkeyPatch) -> None:
-    services = await build_services(
-        monkeypatch, sim, CUSTOM_ALLOWED_MODELS="sim-smart", KIMI_API_KEY="", ANTHROPIC_API_KEY=""
-    )
+async def test_expert_failure_keeps_the_steps_and_resumes(sim: SimControl, make_services: MakeServices) -> None:
+    services = await make_services(CUSTOM_ALLOWED_MODELS="sim-smart", KIMI_API_KEY="", ANTHROPIC_API_KEY="")
     async with Client(build_server(services)) as client:
         first = await client.call_tool("debug", _step(1, 2, False, hypothesis="race in cache"))
         thread = first.structured_content["continuation_id"]
@@ -93,11 +90,10 @@ async def test_expert_failure_keeps_the_steps_and_resumes(sim: SimControl, monke
         ("user", "[debug step 2/2] step 2"),
     ]
     assert len(turns) == 3, "the resent step is not stored twice"
-    await services.close()
 
 
-async def test_two_concurrent_workflows_never_see_each_other(sim: SimControl, monkeypatch: pytest.MonkeyPatch) -> None:
-    services = await build_services(monkeypatch, sim)
+async def test_two_concurrent_workflows_never_see_each_other(sim: SimControl, make_services: MakeServices) -> None:
+    services = await make_services()
     sim.latency(100)
 
     async def run(client: Client, secret: str) -> str:
@@ -114,13 +110,12 @@ async def test_two_concurrent_workflows_never_see_each_other(sim: SimControl, mo
     for body in expert_calls:
         text = json.dumps(body)
         assert ("ALPHA-SECRET" in text) != ("BETA-SECRET" in text), "each expert sees only its own workflow"
-    await services.close()
 
 
 async def test_consensus_is_concurrent_blind_and_survives_a_failure(
-    sim: SimControl, monkeypatch: pytest.MonkeyPatch
+    sim: SimControl, make_services: MakeServices
 ) -> None:
-    services = await build_services(monkeypatch, sim)
+    services = await make_services()
     sim.latency(300, model="sim-fast")
     sim.latency(600, model="sim-smart")
     sim.fault("500", model="sim-large")
@@ -142,7 +137,6 @@ async def test_consensus_is_concurrent_blind_and_survives_a_failure(
     systems = {r["model"]: r["body"]["messages"][0]["content"] for r in sim.requests(20)}
     assert "in favour" in systems["sim-fast"] and "against" in systems["sim-smart"]
     assert sim.count("requests:sim-large") == 3, "a failing model is retried but not replaced by a fallback"
-    await services.close()
 
 
 def _git(repo: Path, *args: str) -> None:
@@ -150,7 +144,7 @@ def _git(repo: Path, *args: str) -> None:
 
 
 async def test_precommit_reads_the_diff_inside_roots(
-    sim: SimControl, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    sim: SimControl, tmp_path: Path, make_services: MakeServices
 ) -> None:
     repo = tmp_path / "repo"
     repo.mkdir()
@@ -159,7 +153,7 @@ async def test_precommit_reads_the_diff_inside_roots(
     (repo / "service.py").write_text("PASSWORD = 'hunter2'\n")
     _git(repo, "add", "service.py")
     (repo / "notes.md").write_text("unstaged\n")
-    services = await build_services(monkeypatch, sim, EXAI_FILE_ROOTS=str(tmp_path))
+    services = await make_services(EXAI_FILE_ROOTS=str(tmp_path))
     async with Client(build_server(services)) as client:
         result = await client.call_tool("precommit", _step(1, 1, True, path=str(repo)))
         outside = await client.call_tool("precommit", _step(1, 1, True, path="/etc"))
@@ -168,23 +162,21 @@ async def test_precommit_reads_the_diff_inside_roots(
     assert "diff --git a/service.py b/service.py" in sent and "hunter2" in sent
     error = tool_error(outside)
     assert error["code"] == "diff_required" and "git diff" in error["remedy"]
-    await services.close()
 
 
-async def test_step_two_without_thread_and_oversized_prompt(sim: SimControl, monkeypatch: pytest.MonkeyPatch) -> None:
-    services = await build_services(monkeypatch, sim, EXAI_MAX_PROMPT_CHARS="100")
+async def test_step_two_without_thread_and_oversized_prompt(sim: SimControl, make_services: MakeServices) -> None:
+    services = await make_services(EXAI_MAX_PROMPT_CHARS="100")
     async with Client(build_server(services)) as client:
         orphan = await client.call_tool("analyze", _step(2, 3, False))
         big = await client.call_tool("chat", {"prompt": "x" * 200})
     assert tool_error(orphan)["code"] == "missing_continuation_id"
     assert "files" in tool_error(big)["remedy"]
-    await services.close()
 
 
-async def test_tool_profiles_keep_the_listing_small(sim: SimControl, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_tool_profiles_keep_the_listing_small(sim: SimControl, make_services: MakeServices) -> None:
     sizes = {}
     for profile in ("lean", "standard", "full"):
-        services = await build_services(monkeypatch, sim, EXAI_TOOL_PROFILE=profile)
+        services = await make_services(EXAI_TOOL_PROFILE=profile)
         async with Client(build_server(services)) as client:
             tools = (await client.list_tools()).tools
         assert {t.name for t in tools} == set(PROFILES[profile])
@@ -192,7 +184,6 @@ async def test_tool_profiles_keep_the_listing_small(sim: SimControl, monkeypatch
             [t.model_dump(mode="json", by_alias=True, exclude_none=True) for t in tools], separators=(",", ":")
         )  # as it goes over the wire
         sizes[profile] = count_tokens(listing)
-        await services.close()
     print(f"tools/list tokens per profile: {sizes}")
     assert sizes["lean"] < sizes["standard"] < sizes["full"]
     assert sizes["standard"] < 8200, sizes  # 8,000 until every tool also declared task support and pending output
