@@ -37,7 +37,8 @@ class CallTokens:
     tool: str
     lease: Lease | None = None
     claims: list[TokenClaim] = field(default_factory=list)
-    _spare: int = 0
+    unclaimed: int = 0
+    """Tokens prepaid with the slot that no model call has claimed yet."""
     _closed: bool = False
 
     @classmethod
@@ -50,14 +51,14 @@ class CallTokens:
             last = limiter.prepay_sizes.get(tool, 0) if asks_model else 0
             call.lease = await limiter.acquire(tenant, prepay=int(last * PREPAY_MARGIN))
             if call.lease.prepaid is not None:
-                call._spare = call.lease.prepaid.tokens
+                call.unclaimed = call.lease.prepaid.tokens
         return call
 
     async def reserve(self, tokens: int) -> TokenClaim:
         """Count a model call's prompt against the day's budget before it is asked, or raise `RateLimitError`."""
         prepaid = self.lease.prepaid if self.lease is not None else None
-        if prepaid is not None and tokens <= self._spare:
-            self._spare -= tokens
+        if prepaid is not None and tokens <= self.unclaimed:
+            self.unclaimed -= tokens
             claim = TokenClaim(prepaid, tokens)
         else:
             with anyio.CancelScope(shield=True):  # a reservation made is always recorded, so it is always settled
