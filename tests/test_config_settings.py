@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from exai.config import RENAMED, env_names, load_settings
-from exai.config_checks import setting_warnings
+from exai.config import RENAMED, load_settings
+from exai.config_checks import env_names, setting_warnings
 from exai.config_problems import CONFIG_FILE_ENV, DEFAULT_CONFIG_FILE, ConfigError
 from exai.provider_specs import PROVIDER_SPECS
 

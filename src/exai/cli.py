@@ -136,7 +136,7 @@ def stdio(
 
         try:
             bridge = load_bridge_settings()
-            token = secret(bridge.token)
+            token = secret(bridge.token) or None  # an empty EXAI_TOKEN is no token
             check_token_transport(connect, token, bridge.bridge_allow_plain_http)
         except ExaiError as exc:
             _fail(exc)

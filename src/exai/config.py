@@ -14,22 +14,19 @@ from pydantic import (
     BeforeValidator,
     Field,
     SecretStr,
-    ValidationError,
     ValidationInfo,
     create_model,
     field_validator,
 )
-from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
     InitSettingsSource,
     NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
-    SettingsError,
 )
 
-from exai.config_problems import ConfigError, ConfigProblem, read_config_file, unknown_variables, where_set
+from exai.config_problems import ConfigError, read_config_file
 from exai.provider_specs import DEFAULT_CUSTOM_CONTEXT_WINDOW, PROVIDER_SPECS, ProviderSpec
 
 
@@ -364,8 +361,10 @@ def _sources(
     settings_cls: type[BaseSettings], *sources: PydanticBaseSettingsSource
 ) -> tuple[PydanticBaseSettingsSource, ...]:
     """Arguments, the environment, `.env`, then the TOML file (its keys may be field or variable names)."""
+    from exai.config_checks import field_of, file_keys  # they need the settings classes of this module
+
     config_file = read_config_file(file_keys())
-    values = {_field_of(key) or key: value for key, value in (config_file.values if config_file else {}).items()}
+    values = {field_of(key) or key: value for key, value in (config_file.values if config_file else {}).items()}
     return (*sources, InitSettingsSource(settings_cls, values))
 
 
@@ -379,105 +378,13 @@ def _default_data_dir() -> Path:
     return Path(base) / "exai"
 
 
-_URL_FIX = "write the whole URL with its scheme, e.g. http://127.0.0.1:11434/v1"
-_FIXES = {
-    "tenant_limits": "give each tenant whole numbers for requests_per_minute, concurrent or tokens_per_day, "
-    'e.g. {"alice": {"requests_per_minute": 60, "concurrent": 4}}',
-    "api_keys": "make each entry with `exai token apikey --tenant NAME` and join entries with commas",
-    "database_url": "use sqlite:///path/to/exai.db or postgresql://user:password@host:5432/db",
-    "redis_url": "use redis://host:6379/0, rediss://... or unix:///path/to/redis.sock",
-    "alert_webhook_url": "use an http:// or https:// URL",
-    "jwt_jwks_url": "use an http:// or https:// URL",
-    "jwt_secret": "generate one with `openssl rand -hex 32`",
-    "max_connections": "leave EXAI_MAX_CONNECTIONS unset (it follows admission), or raise it, or lower "
-    "EXAI_MAX_CALLS_IN_FLIGHT / EXAI_MAX_CALLS_WAITING",
-    "jwt_public_key": "paste the PEM text or give the path of a PEM file",
-    **{f"{name}_base_url": _URL_FIX for name in PROVIDER_SPECS},
-}
-
-
-def _fields() -> dict[str, FieldInfo]:
-    return {name: info for cls in SETTINGS_CLASSES for name, info in cls.model_fields.items()}
-
-
-def env_names(field: str) -> list[str]:
-    """The variables that set a field, the documented one first (then the old names it still answers to)."""
-    alias = _fields()[field].validation_alias
-    if isinstance(alias, str):
-        return [alias]
-    if isinstance(alias, AliasChoices):
-        return [str(choice) for choice in alias.choices]
-    return [f"EXAI_{field.upper()}"]
-
-
-def _old_keys(field: str) -> list[str]:
-    """The TOML keys of a renamed setting's old names (`retry_base_delay` for EXAI_RETRY_BASE_DELAY)."""
-    return [old.removeprefix("EXAI_").lower() for old, new in RENAMED.items() if new == field]
-
-
-def file_keys() -> list[str]:
-    """Keys the TOML file accepts: field names and the variable names that set them, old names included."""
-    return [key for field in _fields() for key in (field, *env_names(field), *_old_keys(field))]
-
-
-def _field_of(name: str) -> str | None:
-    lowered = name.lower()
-    for field in _fields():
-        if lowered in (field, *(n.lower() for n in (*env_names(field), *_old_keys(field)))):
-            return field
-    return None
-
-
-def unknown_variable_warnings() -> list[str]:
-    """EXAI_* names in the environment or `.env` that no setting reads (a typo is otherwise silently ignored)."""
-    return unknown_variables((n for field in _fields() for n in env_names(field)), dotenv_values())
-
-
-def dotenv_values() -> dict[str, str | None]:
-    import dotenv  # read on the error path and for the unknown-variable warnings
-
-    return dict(dotenv.dotenv_values(".env")) if Path(".env").is_file() else {}
-
-
-def where(field: str, dotenv: dict[str, str | None] | None = None) -> str:
-    """Where the user set a field: the variable as written, `NAME (in .env)` or `file:line`."""
-    names = env_names(field)
-    return where_set(names, [field, *names, *_old_keys(field)], dotenv_values() if dotenv is None else dotenv)
-
-
-def _problem(field: str | None, what: str, dotenv: dict[str, str | None]) -> ConfigProblem:
-    if field is None:
-        return ConfigProblem("configuration", what, "correct the settings and start again")
-    place = where(field, dotenv)
-    return ConfigProblem(place, what, _FIXES.get(field, f"correct {place} and start again"))
-
-
-def _message(error: Any) -> str:
-    message = str(error["msg"]).removeprefix("Value error, ")
-    return message[:1].lower() + message[1:]
-
-
-def _load(cls: type[SettingsT], overrides: dict[str, Any]) -> SettingsT:
-    try:
-        return cls(**overrides)
-    except ValidationError as exc:
-        dotenv = dotenv_values()
-        problems = [
-            _problem(_field_of(str(e["loc"][0])) if e["loc"] else None, _message(e), dotenv) for e in exc.errors()
-        ]
-        raise ConfigError(problems) from None
-    except SettingsError as exc:  # a value the settings sources could not even decode
-        field = next((f for f in cls.model_fields if f'"{f}"' in str(exc)), None)
-        raise ConfigError([_problem(field, "cannot be decoded", dotenv_values())]) from None
-
-
 def load_settings(**overrides: Any) -> Settings:
     """Read and validate the settings once; every problem names where the user wrote it and how to fix it.
 
     Values that contradict each other (an attempt timeout beyond the call's deadline, ...) are problems too."""
-    from exai.config_checks import contradictions
+    from exai.config_checks import contradictions, load
 
-    settings = _load(Settings, overrides)
+    settings = load(Settings, overrides)
     problems = contradictions(settings)
     if problems:
         raise ConfigError(problems)
@@ -485,4 +392,6 @@ def load_settings(**overrides: Any) -> Settings:
 
 
 def load_bridge_settings(**overrides: Any) -> BridgeSettings:
-    return _load(BridgeSettings, overrides)
+    from exai.config_checks import load
+
+    return load(BridgeSettings, overrides)

@@ -1,17 +1,123 @@
-"""Settings that are valid one by one but not together, and the warnings of start-up.
+"""Reading the settings: where the user wrote each, what is wrong with it, and the warnings of start-up.
 
-`contradictions` stops start-up (exit code 2, like any other configuration mistake): two values that cannot both
-hold, each told as the variable the user wrote and how to fix it. `setting_warnings` is what start-up says and goes
-on: unknown EXAI_* variables, old names of renamed settings, settings that mean nothing with the others.
+`config.py` says what the settings are. Here: the variables and `exai.toml` keys of each setting (old names of
+renamed settings included), validation errors turned into problems that name the place to edit, and settings that
+are valid one by one but not together: `contradictions` stops start-up (exit code 2, like any other configuration
+mistake), each told as the variable the user wrote and how to fix it. `setting_warnings` is what start-up says and
+goes on: unknown EXAI_* variables, old names of renamed settings, settings that mean nothing with the others.
 """
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
-from exai.config import RENAMED, Settings, dotenv_values, env_names, file_keys, unknown_variable_warnings, where
-from exai.config_problems import ConfigProblem, read_config_file
+from pydantic import AliasChoices, ValidationError
+from pydantic.fields import FieldInfo
+from pydantic_settings import SettingsError
+
+from exai.config import RENAMED, SETTINGS_CLASSES, Settings, SettingsT
+from exai.config_problems import (
+    ConfigError,
+    ConfigProblem,
+    read_config_file,
+    unknown_variables,
+    where_set,
+)
+from exai.providers.specs import PROVIDER_SPECS
+
+_URL_FIX = "write the whole URL with its scheme, e.g. http://127.0.0.1:11434/v1"
+_FIXES = {
+    "tenant_limits": "give each tenant whole numbers for requests_per_minute, concurrent or tokens_per_day, "
+    'e.g. {"alice": {"requests_per_minute": 60, "concurrent": 4}}',
+    "api_keys": "make each entry with `exai token apikey --tenant NAME` and join entries with commas",
+    "database_url": "use sqlite:///path/to/exai.db or postgresql://user:password@host:5432/db",
+    "redis_url": "use redis://host:6379/0, rediss://... or unix:///path/to/redis.sock",
+    "alert_webhook_url": "use an http:// or https:// URL",
+    "jwt_jwks_url": "use an http:// or https:// URL",
+    "jwt_secret": "generate one with `openssl rand -hex 32`",
+    "max_connections": "leave EXAI_MAX_CONNECTIONS unset (it follows admission), or raise it, or lower "
+    "EXAI_MAX_CALLS_IN_FLIGHT / EXAI_MAX_CALLS_WAITING",
+    "jwt_public_key": "paste the PEM text or give the path of a PEM file",
+    **{f"{name}_base_url": _URL_FIX for name in PROVIDER_SPECS},
+}
+
+
+def _fields() -> dict[str, FieldInfo]:
+    return {name: info for cls in SETTINGS_CLASSES for name, info in cls.model_fields.items()}
+
+
+def env_names(field: str) -> list[str]:
+    """The variables that set a field, the documented one first (then the old names it still answers to)."""
+    alias = _fields()[field].validation_alias
+    if isinstance(alias, str):
+        return [alias]
+    if isinstance(alias, AliasChoices):
+        return [str(choice) for choice in alias.choices]
+    return [f"EXAI_{field.upper()}"]
+
+
+def _old_keys(field: str) -> list[str]:
+    """The TOML keys of a renamed setting's old names (`retry_base_delay` for EXAI_RETRY_BASE_DELAY)."""
+    return [old.removeprefix("EXAI_").lower() for old, new in RENAMED.items() if new == field]
+
+
+def file_keys() -> list[str]:
+    """Keys the TOML file accepts: field names and the variable names that set them, old names included."""
+    return [key for field in _fields() for key in (field, *env_names(field), *_old_keys(field))]
+
+
+def field_of(name: str) -> str | None:
+    lowered = name.lower()
+    for field in _fields():
+        if lowered in (field, *(n.lower() for n in (*env_names(field), *_old_keys(field)))):
+            return field
+    return None
+
+
+def unknown_variable_warnings() -> list[str]:
+    """EXAI_* names in the environment or `.env` that no setting reads (a typo is otherwise silently ignored)."""
+    return unknown_variables((n for field in _fields() for n in env_names(field)), dotenv_values())
+
+
+def dotenv_values() -> dict[str, str | None]:
+    import dotenv  # read on the error path and for the unknown-variable warnings
+
+    return dict(dotenv.dotenv_values(".env")) if Path(".env").is_file() else {}
+
+
+def where(field: str, dotenv: dict[str, str | None] | None = None) -> str:
+    """Where the user set a field: the variable as written, `NAME (in .env)` or `file:line`."""
+    names = env_names(field)
+    return where_set(names, [field, *names, *_old_keys(field)], dotenv_values() if dotenv is None else dotenv)
+
+
+def _problem(field: str | None, what: str, dotenv: dict[str, str | None]) -> ConfigProblem:
+    if field is None:
+        return ConfigProblem("configuration", what, "correct the settings and start again")
+    place = where(field, dotenv)
+    return ConfigProblem(place, what, _FIXES.get(field, f"correct {place} and start again"))
+
+
+def _message(error: Any) -> str:
+    message = str(error["msg"]).removeprefix("Value error, ")
+    return message[:1].lower() + message[1:]
+
+
+def load(cls: type[SettingsT], overrides: dict[str, Any]) -> SettingsT:
+    try:
+        return cls(**overrides)
+    except ValidationError as exc:
+        dotenv = dotenv_values()
+        problems = [
+            _problem(field_of(str(e["loc"][0])) if e["loc"] else None, _message(e), dotenv) for e in exc.errors()
+        ]
+        raise ConfigError(problems) from None
+    except SettingsError as exc:  # a value the settings sources could not even decode
+        field = next((f for f in cls.model_fields if f'"{f}"' in str(exc)), None)
+        raise ConfigError([_problem(field, "cannot be decoded", dotenv_values())]) from None
 
 
 @dataclass(frozen=True, slots=True)
