@@ -26,7 +26,7 @@ from exai.config_problems import (
     unknown_variables,
     where_set,
 )
-from exai.providers.specs import PROVIDER_SPECS
+from exai.provider_specs import PROVIDER_SPECS
 
 _URL_FIX = "write the whole URL with its scheme, e.g. http://127.0.0.1:11434/v1"
 _FIXES = {
