@@ -41,7 +41,9 @@ class CircuitBreaker:
     failures: Counter[str] = field(default_factory=Counter)
     """Failures since the last success that say something about the upstream (BREAKER_KINDS), by kind."""
     opened_at: float | None = None
-    """When it last opened, on `clock`."""
+    """When it last opened, on `clock` (for the cooldown)."""
+    opened_on: float | None = None
+    """The same moment on the wall clock (for people: the status page, alerts)."""
     probing: bool = False
     times_opened: int = field(default=0)
 
@@ -54,8 +56,7 @@ class CircuitBreaker:
         return "open"
 
     def view(self) -> BreakerView:
-        opened = None if self.opened_at is None else time.time() - (self.clock() - self.opened_at)
-        return BreakerView(self.state, opened, dict(self.failures))
+        return BreakerView(self.state, self.opened_on, dict(self.failures))
 
     def retry_in(self) -> float:
         if self.opened_at is None:
@@ -74,7 +75,7 @@ class CircuitBreaker:
 
     def record_success(self) -> None:
         self.failures.clear()
-        self.opened_at = None
+        self.opened_at = self.opened_on = None
         self.probing = False
 
     def record_failure(self, kind: FailureKind) -> None:
@@ -85,7 +86,7 @@ class CircuitBreaker:
         if self.probing or self.failures.total() >= self.threshold:
             if self.opened_at is None or self.probing:
                 self.times_opened += 1
-            self.opened_at = self.clock()
+            self.opened_at, self.opened_on = self.clock(), time.time()
         self.probing = False
 
     def release_probe(self) -> None:

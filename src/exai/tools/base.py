@@ -97,11 +97,11 @@ def _check_arguments(value: Any, path: str, depth: int = 0) -> None:
             _check_arguments(item, f"{path}.{index}", depth + 1)
 
 
+# A model call's tokens in a tool's output, as the upstream reported them. No docstring: it would be a description
+# in the output schema of every tool that returns usage, paid for in each client's context.
 class UsageOut(BaseModel):
-    """A model call's tokens in a tool's output, as the upstream reported them."""
-
-    input_tokens: int
-    output_tokens: int
+    input_tokens: int = 0
+    output_tokens: int = 0
 
     @classmethod
     def of(cls, usage: Usage) -> UsageOut:
