@@ -10,7 +10,6 @@ from __future__ import annotations
 import re
 from typing import Any
 
-import psycopg
 from psycopg import AsyncConnection
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
@@ -47,10 +46,6 @@ _FINISH_CALL = (
     "WHERE id = %s AND (status = 'working' OR (status = 'failed' AND owner = %s AND result IS NULL))"
 )
 _CONNECTION = {"autocommit": True, "prepare_threshold": None}  # no prepared statements: poolers may swap backends
-
-
-class _VersionMoved(Exception):
-    """The thread's version is no longer the one the writer read."""
 
 
 class PostgresStore:
@@ -144,40 +139,27 @@ class PostgresStore:
             return ThreadRecord(**row), [TurnRecord(**turn) for turn in await cursor.fetchall()]
 
     async def append_turns(self, thread: ThreadRecord, turns: list[TurnRecord], *, expected_version: int) -> None:
-        """The thread's row and its new turns in one transaction, sent in pipeline mode: two round trips (the
-        statements with a sync, then the commit) where sending them one by one took four."""
-        updated = None
-        try:
-            async with self._pool.connection() as conn, conn.pipeline() as pipeline, conn.transaction():
-                if expected_version == 0:
-                    marks = ", ".join(["%s"] * 10)
-                    await conn.execute(
-                        self._sql(f"INSERT INTO {{schema}}threads ({THREAD_COLUMNS}) VALUES ({marks})"),
-                        thread_values(thread, Jsonb),
-                    )
-                else:
-                    updated = await conn.execute(
-                        self._sql(f"UPDATE {{schema}}threads SET {_POSTGRES_UPDATE} WHERE id = %s AND version = %s"),
-                        thread_update_values(thread, expected_version, Jsonb),
-                    )
-                async with conn.cursor() as cur:
-                    await cur.executemany(
-                        self._sql(
-                            f"INSERT INTO {{schema}}turns (thread_id, {TURN_COLUMNS}) VALUES ({', '.join(['%s'] * 11)})"
-                        ),
-                        [turn_values(thread.id, t, Jsonb) for t in turns],
-                    )
-                await pipeline.sync()  # every statement answered; nothing is committed yet
-                if updated is not None and updated.rowcount == 0:
-                    raise _VersionMoved
-        except (_VersionMoved, psycopg.IntegrityError) as exc:
-            # Another writer moved the thread on (its turns then clash with ours) or deleted it: nothing was written.
-            if isinstance(exc, psycopg.IntegrityError) and (updated is None or updated.rowcount > 0):
-                raise
-            async with self._pool.connection() as conn:
-                exists = await conn.execute(self._sql("SELECT 1 FROM {schema}threads WHERE id = %s"), (thread.id,))
-                gone = await exists.fetchone() is None
-            raise ThreadConflict(thread.id, gone=gone) from None
+        async with self._pool.connection() as conn, conn.transaction():
+            if expected_version == 0:
+                await conn.execute(
+                    self._sql(f"INSERT INTO {{schema}}threads ({THREAD_COLUMNS}) VALUES ({', '.join(['%s'] * 10)})"),
+                    thread_values(thread, Jsonb),
+                )
+            else:
+                updated = await conn.execute(
+                    self._sql(f"UPDATE {{schema}}threads SET {_POSTGRES_UPDATE} WHERE id = %s AND version = %s"),
+                    thread_update_values(thread, expected_version, Jsonb),
+                )
+                if updated.rowcount == 0:
+                    exists = await conn.execute(self._sql("SELECT 1 FROM {schema}threads WHERE id = %s"), (thread.id,))
+                    raise ThreadConflict(thread.id, gone=await exists.fetchone() is None)
+            async with conn.cursor() as cur:
+                await cur.executemany(
+                    self._sql(
+                        f"INSERT INTO {{schema}}turns (thread_id, {TURN_COLUMNS}) VALUES ({', '.join(['%s'] * 11)})"
+                    ),
+                    [turn_values(thread.id, t, Jsonb) for t in turns],
+                )
 
     async def list_threads(self, tenant: str, limit: int) -> list[ThreadRecord]:
         async with self._pool.connection() as conn:
