@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import random
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -82,6 +83,7 @@ async def test_an_append_pushes_only_the_new_turns(two_replicas: list[Conversati
         raise AssertionError(f"the cache never reached {count} turns")
 
     await healthy.record(thread, [_turn("one"), _turn("two")], "chat")
+    await healthy.open(thread.id, "alice")  # a new thread is cached when it is first continued
     first = await cached(2)
     await healthy.record(thread, [_turn("three")], "chat")
     later = await cached(3)
@@ -111,7 +113,8 @@ async def test_a_fully_cached_thread_is_read_with_one_store_query(
     redis = aioredis.from_url(redis_url)
     thread = await healthy.start("alice", "t")
     await healthy.record(thread, [_turn("one"), _turn("two")], "chat")
-    for _ in range(600):  # the cache is extended in the background after the commit
+    await healthy.open(thread.id, "alice")  # a new thread is cached when it is first continued
+    for _ in range(600):  # the cache is extended in the background after the read
         if await redis.llen(turns_key(thread.id)) == 2:
             break
         await asyncio.sleep(0.1)
@@ -124,3 +127,31 @@ async def test_a_fully_cached_thread_is_read_with_one_store_query(
 
     monkeypatch.setattr(store.inner, "get_turns", no_turns_from_the_store)
     assert [t.content for t in (await healthy.open(thread.id, "alice")).turns] == ["one", "two"]
+
+
+async def test_a_new_thread_costs_no_redis_work_until_it_is_continued(
+    daemon: Any, sim: Any, redis_url: str, postgres_url: str, pg_schema: str
+) -> None:
+    from mcp import Client
+
+    from exai.storage.cache import turns_key
+
+    base, _, _ = redis_url.rpartition("/")
+    db = f"{base}/{random.randint(1, 15)}"
+    proc = daemon(EXAI_REDIS_URL=db, EXAI_DATABASE_URL=postgres_url, EXAI_DATABASE_SCHEMA=pg_schema)
+    redis = aioredis.from_url(db)
+    async with Client(f"{proc.url}/mcp") as client:
+        one_shot = await client.call_tool("chat", {"prompt": "one shot", "model": "sim-fast"})
+        second = await client.call_tool("chat", {"prompt": "to continue", "model": "sim-fast"})
+        thread = second.structured_content["continuation_id"]
+        more = await client.call_tool("chat", {"prompt": "and again", "model": "sim-fast", "continuation_id": thread})
+        assert not more.is_error
+        for _ in range(600):  # the continuation cached its thread: work started before it is done by now
+            if await redis.llen(turns_key(thread)) >= 2:
+                break
+            await asyncio.sleep(0.1)
+        assert await redis.llen(turns_key(thread)) >= 2, "a continued thread's turns are cached"
+        never = one_shot.structured_content["continuation_id"]
+        assert await redis.exists(turns_key(never)) == 0, "a thread nobody continued cost no Redis write"
+        await redis.delete(turns_key(thread))
+    await redis.aclose()
