@@ -47,11 +47,13 @@ def table(overhead: dict[str, Any], startup: dict[str, Any]) -> str:
         f"| {startup['help_seconds']:.2f} s {'met' if help_met else '**missed**'} | — | — |"
     )
     load = ", ".join(f"{x:.1f}" for x in overhead["machine"]["load"])
+    startup_load = ", ".join(f"{x:.1f}" for x in startup.get("machine", {}).get("load", []))
     lines += [
         "",
         f"Measured by `{overhead['command']}` ({overhead['measured']['calls_c1']} calls per subject at c=1, "
-        f"{overhead['measured']['calls_c32']} at c=32) and `python bench/startup.py --rounds {startup['rounds']}` "
-        f"on {overhead['machine']['cpus']} cores shared with other work (load average {load}); every figure is in "
+        f"{overhead['measured']['calls_c32']} at c=32; load average {load} at its end) and "
+        f"`python bench/startup.py --rounds {startup['rounds']}` (load average {startup_load or 'not recorded'}) "
+        f"on {overhead['machine']['cpus']} cores shared with other work; every figure is in "
         "`bench/results/overhead.json` and `bench/results/startup.json`.",
     ]
     return "\n".join(lines)

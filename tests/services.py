@@ -21,7 +21,7 @@ import pytest
 from tests.conftest import popen_owned
 
 DEFAULT_PG = "postgresql://postgres@127.0.0.1:5432/test"
-DEFAULT_REDIS = "redis://127.0.0.1:6379/0"
+DEFAULT_REDIS = "redis://127.0.0.1:6379/13"  # the suite's own database number on the shared Redis, never 0
 
 
 def _reachable(port: int) -> bool:

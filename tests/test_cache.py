@@ -83,6 +83,7 @@ async def test_an_append_pushes_only_the_new_turns(two_replicas: list[Conversati
         return await redis.lrange(turns_key(thread.id), 0, -1)
 
     await healthy.record(thread, [_turn("one"), _turn("two")], "chat")
+    await healthy.open(thread.id, "alice")  # a new thread is cached when it is first continued
     first = await cached(2)
     await healthy.record(thread, [_turn("three")], "chat")
     later = await cached(3)
@@ -112,12 +113,13 @@ async def test_a_fully_cached_thread_is_read_with_one_store_query(
     redis = aioredis.from_url(redis_url)
     thread = await healthy.start("alice", "t")
     await healthy.record(thread, [_turn("one"), _turn("two")], "chat")
+    await healthy.open(thread.id, "alice")  # a new thread is cached when it is first continued
     try:
 
         async def extended() -> bool:
             return await redis.llen(turns_key(thread.id)) == 2
 
-        await wait_until(extended, "the cache was extended in the background after the commit")
+        await wait_until(extended, "the cache was extended in the background after the read")
     finally:
         await redis.aclose()
     store = healthy.store
@@ -128,3 +130,30 @@ async def test_a_fully_cached_thread_is_read_with_one_store_query(
 
     monkeypatch.setattr(store.inner, "get_turns", no_turns_from_the_store)
     assert [t.content for t in (await healthy.open(thread.id, "alice")).turns] == ["one", "two"]
+
+
+async def test_a_new_thread_costs_no_redis_work_until_it_is_continued(
+    daemon: Any, sim: Any, redis_url: str, postgres_url: str, pg_schema: str
+) -> None:
+    from mcp import Client
+
+    from exai.storage.cache import turns_key
+
+    db = redis_url  # the test's own Redis database
+    proc = daemon(EXAI_REDIS_URL=db, EXAI_DATABASE_URL=postgres_url, EXAI_DATABASE_SCHEMA=pg_schema)
+    redis = aioredis.from_url(db)
+    async with Client(f"{proc.url}/mcp") as client:
+        one_shot = await client.call_tool("chat", {"prompt": "one shot", "model": "sim-fast"})
+        second = await client.call_tool("chat", {"prompt": "to continue", "model": "sim-fast"})
+        thread = second.structured_content["continuation_id"]
+        more = await client.call_tool("chat", {"prompt": "and again", "model": "sim-fast", "continuation_id": thread})
+        assert not more.is_error
+
+        async def cached() -> bool:
+            return bool(await redis.llen(turns_key(thread)) >= 2)
+
+        await wait_until(cached, "a continued thread's turns are cached")
+        never = one_shot.structured_content["continuation_id"]
+        assert await redis.exists(turns_key(never)) == 0, "a thread nobody continued cost no Redis write"
+        await redis.delete(turns_key(thread))
+    await redis.aclose()

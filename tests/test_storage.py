@@ -93,6 +93,17 @@ async def test_a_write_at_a_stale_version_changes_nothing(store: Store) -> None:
     assert vanished.value.gone
 
 
+async def test_a_stale_write_whose_turns_clash_with_nothing_writes_nothing(store: Store) -> None:
+    thread = await _create(store, _thread())
+    moved = thread.model_copy(update={"state": {"by": "other"}, "version": 2})
+    await store.append_turns(moved, [], expected_version=1)  # another writer moved the thread on, adding no turn
+    stale = thread.model_copy(update={"turn_count": 2, "version": 2})
+    with pytest.raises(ThreadConflict) as raised:
+        await store.append_turns(stale, [_turn("stale", 2)], expected_version=1)
+    assert not raised.value.gone
+    assert [t.content for t in await store.get_turns(thread.id)] == ["seed"], "the turn went with the conflict"
+
+
 async def test_concurrent_records_keep_every_turn_and_state_change(store: Store) -> None:
     conversations = Conversations(store, ttl_seconds=3600, max_turns=1000)
     thread = await conversations.start("alice", "t")
