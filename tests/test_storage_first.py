@@ -3,8 +3,10 @@ lost), and once the store is back calls succeed without a restart. Counted on th
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from collections.abc import Callable
+from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
@@ -57,3 +59,24 @@ async def test_with_postgresql_unreachable_no_call_reaches_the_upstream_and_call
         assert "turns: 3" in back.content[0].text  # type: ignore[union-attr]  # the thread went on
     finally:
         proxy.close()
+
+
+async def test_an_answer_paid_for_is_returned_when_the_thread_cannot_be_saved(
+    daemon: Daemon, sim: SimControl, tmp_path: Path
+) -> None:
+    """The store takes the call's record, the model answers, then the thread's turns cannot be written (a store
+    that fails midway, as under overload): the caller still gets the answer it paid for, told the thread missed it."""
+    proc = daemon()
+    async with Client(f"{proc.url}/mcp") as client:
+        first = await client.call_tool("chat", {"prompt": "start a thread", "model": "sim-fast"})
+        thread = first.structured_content["continuation_id"]  # type: ignore[index]
+        with sqlite3.connect(tmp_path / "data" / "exai.db") as db:  # turns fail from now on; call records do not
+            db.execute("CREATE TRIGGER turns_fail BEFORE INSERT ON turns BEGIN SELECT RAISE(ABORT, 'disk I/O'); END")
+        paid = await client.call_tool(
+            "chat", {"prompt": "worth keeping", "model": "sim-fast", "continuation_id": thread}
+        )
+    assert not paid.is_error, paid
+    assert paid.structured_content is not None and "echo: worth keeping" in paid.structured_content["answer"]
+    assert (paid.meta or {}).get("exai/thread_saved") is False
+    assert f"not saved to thread {thread}" in paid.content[-1].text  # type: ignore[union-attr]
+    assert sim.count("requests") == 2  # one upstream request each: nothing asked twice, nothing paid and lost

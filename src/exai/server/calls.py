@@ -105,9 +105,22 @@ async def run(tool: Tool[Any, Any], args: pydantic.BaseModel, ctx: ToolContext) 
         result = await tool.run(args, ctx)
     if isinstance(result, types.CallToolResult):  # a whole result (`collect`): passed on as it is
         return result
-    return types.CallToolResult(
+    answer = types.CallToolResult(
         content=[types.TextContent(type="text", text=result.text)],
         structured_content=result.data.model_dump(mode="json", exclude_none=True),
+    )
+    return not_saved_to_thread(answer, ctx.unsaved_thread) if ctx.unsaved_thread else answer
+
+
+def not_saved_to_thread(result: types.CallToolResult, thread_id: str) -> types.CallToolResult:
+    """The paid answer with `_meta["exai/thread_saved"]: false` and a line saying what that means for the thread."""
+    note = (
+        f"Note: the conversation store was unavailable, so this exchange was not saved to thread {thread_id}; "
+        "continuing that thread will not include it (repeat what matters in your next prompt)."
+    )
+    meta = {**(result.meta or {}), "exai/thread_saved": False}
+    return result.model_copy(
+        update={"meta": meta, "content": [*result.content, types.TextContent(type="text", text=note)]}
     )
 
 

@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, model_validator
 
 from exai.config import DEFAULT_MAX_PROMPT_CHARS
 from exai.conversations.tokens import count_tokens_async
-from exai.errors import ExaiError
+from exai.errors import ExaiError, StorageError
 from exai.observability.events import ModelCall
 from exai.security.call_tokens import CallTokens
 
@@ -158,6 +158,8 @@ class ToolContext:
         self.model_calls: list[ModelCall] = []
         self.thread_id: str | None = None
         self.tokens: CallTokens | None = None
+        self.unsaved_thread: str | None = None
+        """The thread whose new turns the store could not take although a model had answered (see `record_turns`)."""
         """The call's slot and token reservations (set when it is admitted; None without limits)."""
         self.upstream_seconds = 0.0
         """Time this call's model requests spent upstream (every attempt, failed ones too): the gateway-overhead
@@ -216,9 +218,17 @@ class ToolContext:
 
     async def record_turns(
         self, thread: Thread, turns: list[TurnRecord], tool: str, change: StateChange | None = None
-    ) -> ThreadRecord:
-        """Commit the turns (and the state change) to the thread; only then may the answer go out."""
-        return await self._services.conversations.record(thread, turns, tool, change)
+    ) -> None:
+        """Commit the turns (and the state change) to the thread before the answer goes out.
+
+        A store that fails once a model has answered does not cost the caller the answer it paid for: the call
+        returns it, marked as not saved to the thread (`unsaved_thread`); with nothing paid, the error is raised."""
+        try:
+            await self._services.conversations.record(thread, turns, tool, change)
+        except StorageError:
+            if not any(call.failure is None for call in self.model_calls):
+                raise
+            self.unsaved_thread = thread.id
 
     # ----- models -----------------------------------------------------------------------------------------------
     def plan(
