@@ -8,6 +8,7 @@ simulator and the clients (from /proc and getrusage) at each step.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import resource
 import time
@@ -37,6 +38,16 @@ def cpu_seconds(pid: int) -> float:
     except OSError:
         return 0.0
     return (int(fields[11]) + int(fields[12])) / TICKS
+
+
+def family_cpu_seconds(pid: int) -> float:
+    """CPU seconds of a process and its living children (nginx: the master and its worker, which does the work)."""
+    children = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                children.append(int(stat.parent.name))
+    return cpu_seconds(pid) + sum(cpu_seconds(child) for child in children)
 
 
 def _clients_cpu() -> float:
@@ -77,6 +88,7 @@ class Step:
     overhead_p50_ms: float | None
     overhead_p95_ms: float | None
     client_p95_ms: float | None
+    storage_p95_ms: float | None  # the store's operations (part of the overhead): PostgreSQL on a busy machine
     daemon_cpu_ms_per_call: float  # all replicas together
     simulator_cpu_ms_per_call: float
     clients_cpu_ms_per_call: float  # includes starting the client processes (imports): an upper bound
@@ -131,7 +143,7 @@ async def step(
             cpu_seconds(sim_pid),
             _clients_cpu(),
             time.monotonic(),
-            cpu_seconds(balancer) if balancer else 0.0,
+            family_cpu_seconds(balancer) if balancer else 0.0,
         )
         ceiling = seconds + CALL_CEILING_SECONDS + 120
         try:
@@ -145,7 +157,7 @@ async def step(
     daemon_cpu = sum(cpu_seconds(p) for p in pids) - cpu[0]
     sim_cpu = cpu_seconds(sim_pid) - cpu[1]
     clients_cpu = _clients_cpu() - cpu[2]
-    balancer_cpu = cpu_seconds(balancer) - cpu[4] if balancer else None
+    balancer_cpu = family_cpu_seconds(balancer) - cpu[4] if balancer else None
     samples += own
     buckets = _summed(after, before, "exai_gateway_overhead_seconds")
     ok = sorted(s.ms for s in own if s.ok)
@@ -166,6 +178,7 @@ async def step(
         overhead_p50_ms=ms(histogram_quantile(buckets, 0.5)),
         overhead_p95_ms=ms(histogram_quantile(buckets, 0.95)),
         client_p95_ms=round(ok[min(len(ok) - 1, int(0.95 * len(ok)))], 1) if ok else None,
+        storage_p95_ms=ms(histogram_quantile(_summed(after, before, "exai_storage_latency_seconds"), 0.95)),
         daemon_cpu_ms_per_call=per_call(daemon_cpu),
         simulator_cpu_ms_per_call=per_call(sim_cpu),
         clients_cpu_ms_per_call=per_call(clients_cpu),

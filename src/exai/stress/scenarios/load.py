@@ -83,6 +83,7 @@ async def knee_of(
             "calls_per_s_per_core": round(knee.completed_per_s / cores, 1),
             "cores": cores,
             "overhead_p95_ms": knee.overhead_p95_ms,
+            "storage_p95_ms": knee.storage_p95_ms,
             "daemon_cores_busy": knee.daemon_cpu_busy,
             "cpu_ms_per_call": {
                 "daemons": knee.daemon_cpu_ms_per_call,
@@ -98,7 +99,10 @@ async def knee_of(
         if knee
         else "no step met the bound; "
     )
-    why += f"next step {last.offered_per_s:g}/s: overhead p95 {last.overhead_p95_ms} ms, {last.errors} errors"
+    why += (
+        f"next step {last.offered_per_s:g}/s: overhead p95 {last.overhead_p95_ms} ms (storage p95 "
+        f"{last.storage_p95_ms} ms), {last.errors} errors"
+    )
     if knee is last:
         why = f"knee above the highest step offered: {why}"
     result.check(
