@@ -10,6 +10,7 @@ clients give up on a call after 60 s, as most MCP clients do, and follow the pen
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import secrets
 import signal
 import time
@@ -58,7 +59,9 @@ async def _rpc(http: httpx2.AsyncClient, daemon: Daemon, method: str, params: di
     return payload
 
 
-async def _task_aware(ctx: Context, origin: Daemon, other: Daemon, index: int, think: float) -> tuple[Sample, str]:
+async def _task_aware(
+    ctx: Context, origin: Daemon, other: Daemon, index: int, think: float, answers: FirstAnswers
+) -> tuple[Sample, str]:
     """Start on `origin`, poll on `other` (then `origin`) until the task ends; the outcome as a sample."""
     args, marker = mark({"prompt": f"long task {index}", "model": "sim-smart"})
     started = time.perf_counter()
@@ -66,7 +69,10 @@ async def _task_aware(ctx: Context, origin: Daemon, other: Daemon, index: int, t
     status, category = "error", "client"
     async with httpx2.AsyncClient(headers=headers) as http:
         try:
-            created = await _rpc(http, origin, "tools/call", {"name": "chat", "arguments": args})
+            try:
+                created = await _rpc(http, origin, "tools/call", {"name": "chat", "arguments": args})
+            finally:
+                answers.back()
             result = created.get("result", {})
             if result.get("resultType") != "task":
                 status = "completed" if result and not result.get("isError") else "error"
@@ -108,13 +114,38 @@ async def _task_aware(ctx: Context, origin: Daemon, other: Daemon, index: int, t
     return sample, status
 
 
-async def _task_unaware(ctx: Context, daemon: Daemon, survivor: Daemon, index: int, think: float) -> tuple[Sample, str]:
+class FirstAnswers:
+    """Counts the calls whose first answer (pending, a task, or an error) is back, so that the SIGKILL comes once
+    every call has one, however slow the machine, and knows whether a session broke because of it."""
+
+    def __init__(self, expected: int) -> None:
+        self.left = expected
+        self.all_back = asyncio.Event()
+        self.killed = False
+
+    def back(self) -> None:
+        self.left -= 1
+        if self.left <= 0:
+            self.all_back.set()
+
+
+async def _task_unaware(
+    ctx: Context, daemon: Daemon, survivor: Daemon, index: int, think: float, answers: FirstAnswers
+) -> tuple[Sample, str]:
     """A client that gives up after 60 s: the pending answer's `next_call`, until the answer or a reason."""
     started = time.perf_counter()
-    async with session(daemon.mcp_url, ctx.target.token, timeout=CLIENT_TIMEOUT) as client:
-        first = await call(
-            client, "chat", {"prompt": f"long call {index}", "model": "sim-smart"}, ctx.epoch, CLIENT_TIMEOUT
-        )
+    try:
+        async with session(daemon.mcp_url, ctx.target.token, timeout=CLIENT_TIMEOUT) as client:
+            first = await call(
+                client, "chat", {"prompt": f"long call {index}", "model": "sim-smart"}, ctx.epoch, CLIENT_TIMEOUT
+            )
+    except Exception as exc:  # the session broke before any answer: its daemon was killed, or worse
+        answers.back()
+        status = "lost" if answers.killed else "error"
+        category = "lost" if answers.killed else f"client:{type(exc).__name__}"
+        elapsed = round((time.perf_counter() - started) * 1000, 2)
+        return Sample(round(ctx.elapsed(), 3), elapsed, False, category, "chat"), status
+    answers.back()
     marker = first.sample.marker
     pending = first.data.get("pending")
     outcome, status = first, "completed" if first.sample.ok and not pending else "error"
@@ -176,16 +207,19 @@ async def run(ctx: Context, result: ScenarioResult) -> None:
     await ctx.sim.fault("think", model="sim-smart", think_seconds=think)
     ctx.progress(0, 3, f"{calls} calls on a model that thinks {think:g} s")
     work = []
+    answers = FirstAnswers(calls)
     for index in range(calls):
         origin, other = (first, second) if index % 2 == 0 else (second, first)
         if index % 4 < 2:
-            work.append(_task_aware(ctx, origin, other, index, think))
+            work.append(_task_aware(ctx, origin, other, index, think, answers))
         else:
-            work.append(_task_unaware(ctx, origin, other, index, think))
+            work.append(_task_unaware(ctx, origin, other, index, think, answers))
     running = asyncio.gather(*work)
-    await asyncio.sleep(think * 0.7)  # after every call has come back pending or become a task
-    ctx.progress(1, 3, "SIGKILL of one daemon midway")
+    with contextlib.suppress(TimeoutError):  # once every call has come back pending or become a task
+        await asyncio.wait_for(answers.all_back.wait(), think * 3)
+    ctx.progress(1, 3, f"SIGKILL of one daemon midway ({calls - max(answers.left, 0)} of {calls} calls answered first)")
     assert first.managed is not None
+    answers.killed = True
     first.managed.stop(signal.SIGKILL)
     outcomes = await running
     ctx.progress(2, 3, "judging")
