@@ -53,6 +53,7 @@ def test_several_mistakes_are_reported_together(tmp_path: Path) -> None:
     assert named == ["EXAI_PORT", "KIMI_BASE_URL"]
 
 
+@pytest.mark.slow  # one of the slowest outside daemon tests (doctor probes, CLI processes)
 def test_valid_file_settings_apply_and_env_wins(tmp_path: Path) -> None:
     (tmp_path / "exai.toml").write_text('CUSTOM_MODELS = "from-file"\n[tenant_limits.alice]\nconcurrent = 3\n')
     shown = run_exai(["models"], {"CUSTOM_API_URL": "http://127.0.0.1:9/v1"}, cwd=tmp_path)

@@ -46,6 +46,7 @@ async def test_chat_answers_with_a_discovered_model(daemon: Callable[..., Proc])
     assert not auto.is_error and auto.structured_content["provider"] == "custom"
 
 
+@pytest.mark.slow  # one of the slowest outside daemon tests (doctor probes, CLI processes)
 def test_doctor_fails_when_custom_models_names_a_model_the_endpoint_does_not_list(sim: SimControl) -> None:
     wrong = cli(["doctor"], {"CUSTOM_API_URL": sim.openai_url, "CUSTOM_MODELS": "sim-fast,llama-not-pulled"})
     assert wrong.returncode == 1, wrong.stdout
@@ -56,6 +57,7 @@ def test_doctor_fails_when_custom_models_names_a_model_the_endpoint_does_not_lis
     assert discovered.returncode == 0 and "3 models listed" in discovered.stdout
 
 
+@pytest.mark.slow  # one of the slowest outside daemon tests (doctor probes, CLI processes)
 def test_an_unreachable_endpoint_is_a_warning_naming_custom_api_url() -> None:
     env = {"CUSTOM_API_URL": f"http://127.0.0.1:{free_port()}/v1"}
     listed = cli(["models", "--json"], env)
@@ -82,6 +84,7 @@ async def test_ollama_show_gives_the_context_window_the_listing_lacks() -> None:
     assert {m.name: m.context_window for m in found} == {"llama3.2:latest": 131072, "qwen3": 4096}
 
 
+@pytest.mark.slow  # one of the slowest outside daemon tests (doctor probes, CLI processes)
 def test_doctor_checks_the_default_model_against_discovered_models(sim: SimControl) -> None:
     found = cli(["doctor"], {"CUSTOM_API_URL": sim.openai_url, "EXAI_DEFAULT_MODEL": "sim-large"})
     assert found.returncode == 0, found.stdout
@@ -126,6 +129,7 @@ async def test_a_daemon_started_before_its_endpoint_uses_the_models_once_it_answ
     assert httpx2.get(f"{proc.url}/readyz", timeout=10).status_code == 200
 
 
+@pytest.mark.slow  # one of the slowest outside daemon tests (doctor probes, CLI processes)
 async def test_a_stdio_server_started_before_its_endpoint_recovers_the_same_way(tmp_path: Path) -> None:
     port = free_port()
     env = {**os.environ, "CUSTOM_API_URL": f"http://127.0.0.1:{port}/v1"}

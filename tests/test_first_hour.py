@@ -73,6 +73,7 @@ def jwks_server() -> Iterator[Callable[[bytes], str]]:
         server.shutdown()
 
 
+@pytest.mark.slow  # one of the slowest outside daemon tests (doctor probes, CLI processes)
 def test_doctor_checks_store_redis_jwks_and_file_roots_and_fails_on_any(
     sim: SimControl, tmp_path: Path, jwks_server: Callable[[bytes], str], postgres_url: str, redis_url: str
 ) -> None:
@@ -143,6 +144,7 @@ def test_serve_logs_one_start_line_and_json_logs_stay_json(
 
 
 @pytest.mark.parametrize("command", [["token", "issue", "--sub", "alice"], ["token", "apikey", "--tenant", "alice"]])
+@pytest.mark.slow  # one of the slowest outside daemon tests (doctor probes, CLI processes)
 def test_tokens_with_unknown_scopes_are_refused(command: list[str], tmp_path: Path) -> None:
     env = {"EXAI_JWT_SECRET": TEST_JWT_SECRET}
     for wrong in ("exai:tool", "exai:tools,exai:tool:chatt"):

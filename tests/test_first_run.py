@@ -72,6 +72,7 @@ def test_doctor_piped_keeps_whole_cells_and_logs_nothing_on_success(sim: SimCont
     assert "custom_models_discovered" not in result.stderr and result.stderr.strip() == "", result.stderr
 
 
+@pytest.mark.slow  # one of the slowest outside daemon tests (doctor probes, CLI processes)
 def test_models_logs_no_discovery_line_unless_asked(sim: SimControl) -> None:
     quiet = run_exai(["models", "--json"], {"CUSTOM_API_URL": sim.openai_url})
     assert quiet.returncode == 0 and quiet.stderr.strip() == "", quiet.stderr

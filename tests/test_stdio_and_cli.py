@@ -22,6 +22,7 @@ def cli(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str
     return run_exai(args, {**env, "COLUMNS": "200"})
 
 
+@pytest.mark.slow  # one of the slowest outside daemon tests (doctor probes, CLI processes)
 async def test_all_four_tools_over_stdio(sim: SimControl) -> None:
     params = StdioServerParameters(
         command=sys.executable, args=["-m", "exai", "stdio"], env={**os.environ, **sim_env(sim)}
@@ -37,6 +38,7 @@ async def test_all_four_tools_over_stdio(sim: SimControl) -> None:
     assert bad.is_error and tool_error(bad)["details"]["fields"] == ["prompt"]
 
 
+@pytest.mark.slow  # one of the slowest outside daemon tests (doctor probes, CLI processes)
 def test_doctor_reports_each_provider(sim: SimControl) -> None:
     ok = cli(["doctor"], {**os.environ, **sim_env(sim)})
     assert ok.returncode == 0, ok.stdout + ok.stderr
@@ -66,6 +68,7 @@ def test_models_table_and_secrets_stay_hidden(sim: SimControl) -> None:
     assert "sk-test" not in result.stdout + result.stderr
 
 
+@pytest.mark.slow  # one of the slowest outside daemon tests (doctor probes, CLI processes)
 def test_db_upgrade_and_token_commands(tmp_path) -> None:  # type: ignore[no-untyped-def]
     env = {**os.environ, "EXAI_DATABASE_URL": f"sqlite:///{tmp_path / 'cli.db'}"}
     upgraded = cli(["db", "upgrade"], env)
@@ -86,6 +89,7 @@ def test_db_upgrade_and_token_commands(tmp_path) -> None:  # type: ignore[no-unt
     assert cli(["token", "issue", "--sub", "x"], env).returncode == 2, "no secret configured is a clear error"
 
 
+@pytest.mark.slow  # one of the slowest outside daemon tests (doctor probes, CLI processes)
 def test_models_piped_keeps_whole_names() -> None:
     long_name = "a-local-model-with-a-very-long-name-that-a-table-would-cut-" + "x" * 40
     env = {k: v for k, v in os.environ.items() if k != "COLUMNS"}
