@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import os
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -19,6 +23,22 @@ from mcp_types import CallToolResult
 from exai.app import Services
 from exai.config import load_settings
 from tests.conftest import TLS, SimControl, sim_env
+
+
+def run_exai(
+    args: list[str], env: Mapping[str, str] | None = None, *, cwd: Path | str | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    """`python -m exai ARGS` to its end, in the test's environment plus `env`, its output captured as text."""
+    return subprocess.run(
+        [sys.executable, "-m", "exai", *args],
+        env={**os.environ, **(env or {})},
+        cwd=cwd,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
 
 
 async def build_services(monkeypatch: pytest.MonkeyPatch, sim: SimControl, **extra: str) -> Services:

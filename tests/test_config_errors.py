@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from tests.helpers import run_exai
 
 CUSTOM = {"CUSTOM_API_URL": "http://127.0.0.1:9/v1", "CUSTOM_MODELS": "m"}
 CASES: dict[str, tuple[dict[str, str], str, str]] = {
@@ -46,25 +45,13 @@ FILES = {
 }
 
 
-def _exai(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "exai", *args],
-        env={**os.environ, **env},
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=90,
-        check=False,
-    )
-
-
 @pytest.mark.parametrize("command", ["serve", "doctor"])
 @pytest.mark.parametrize("case", list(CASES))
 def test_configuration_mistake_is_reported_in_two_lines(case: str, command: str, tmp_path: Path) -> None:
     for name, text in FILES.items():
         (tmp_path / name).write_text(text)
     env, where, what = CASES[case]
-    result = _exai([command], {**CUSTOM, **env}, tmp_path)
+    result = run_exai([command], {**CUSTOM, **env}, cwd=tmp_path)
     report = result.stdout + result.stderr
     assert result.returncode == 2, report
     assert "Traceback" not in report and "hunter2" not in report
@@ -76,18 +63,19 @@ def test_configuration_mistake_is_reported_in_two_lines(case: str, command: str,
 
 
 def test_several_mistakes_are_reported_together(tmp_path: Path) -> None:
-    result = _exai(["doctor"], {**CUSTOM, "EXAI_PORT": "x", "KIMI_BASE_URL": "ftp://x"}, tmp_path)
+    result = run_exai(["doctor"], {**CUSTOM, "EXAI_PORT": "x", "KIMI_BASE_URL": "ftp://x"}, cwd=tmp_path)
     assert result.returncode == 2
     named = sorted(line.split(":")[0] for line in result.stderr.splitlines() if not line.startswith(" "))
     assert named == ["EXAI_PORT", "KIMI_BASE_URL"]
 
 
+@pytest.mark.slow  # one of the slowest outside daemon tests (doctor probes, CLI processes)
 def test_valid_file_settings_apply_and_env_wins(tmp_path: Path) -> None:
     (tmp_path / "exai.toml").write_text('CUSTOM_MODELS = "from-file"\n[tenant_limits.alice]\nconcurrent = 3\n')
-    shown = _exai(["models"], {"CUSTOM_API_URL": "http://127.0.0.1:9/v1"}, tmp_path)
+    shown = run_exai(["models"], {"CUSTOM_API_URL": "http://127.0.0.1:9/v1"}, cwd=tmp_path)
     assert shown.returncode == 0, shown.stderr
     assert "from-file" in shown.stdout
-    overridden = _exai(["models"], {**CUSTOM}, tmp_path)
+    overridden = run_exai(["models"], {**CUSTOM}, cwd=tmp_path)
     assert overridden.returncode == 0 and "from-file" not in overridden.stdout
 
 

@@ -19,23 +19,17 @@ from mcp_types import CallToolResult
 
 from exai.providers.discovery import list_endpoint_models
 from tests.conftest import Proc, SimControl, free_port, start_exai
+from tests.helpers import run_exai
 
 pytestmark = pytest.mark.anyio
 
 
-def _run(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "exai", *args],
-        env={**os.environ, "COLUMNS": "300", **env},
-        capture_output=True,
-        text=True,
-        timeout=90,
-        check=False,
-    )
+def cli(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return run_exai(args, {"COLUMNS": "300", **env})
 
 
 def test_models_lists_the_endpoint_models_with_their_context_windows(sim: SimControl) -> None:
-    result = _run(["models", "--json"], {"CUSTOM_API_URL": sim.openai_url, "CUSTOM_CONTEXT_WINDOW": "65536"})
+    result = cli(["models", "--json"], {"CUSTOM_API_URL": sim.openai_url, "CUSTOM_CONTEXT_WINDOW": "65536"})
     assert result.returncode == 0, result.stderr
     windows = {m["name"]: m["context_window"] for m in json.loads(result.stdout) if m["provider"] == "custom"}
     assert windows == {"sim-fast": 65536, "sim-smart": 65536, "sim-large": 1_000_000}
@@ -52,23 +46,25 @@ async def test_chat_answers_with_a_discovered_model(daemon: Callable[..., Proc])
     assert not auto.is_error and auto.structured_content["provider"] == "custom"
 
 
+@pytest.mark.slow  # one of the slowest outside daemon tests (doctor probes, CLI processes)
 def test_doctor_fails_when_custom_models_names_a_model_the_endpoint_does_not_list(sim: SimControl) -> None:
-    wrong = _run(["doctor"], {"CUSTOM_API_URL": sim.openai_url, "CUSTOM_MODELS": "sim-fast,llama-not-pulled"})
+    wrong = cli(["doctor"], {"CUSTOM_API_URL": sim.openai_url, "CUSTOM_MODELS": "sim-fast,llama-not-pulled"})
     assert wrong.returncode == 1, wrong.stdout
     assert "llama-not-pulled" in wrong.stdout and "CUSTOM_MODELS" in wrong.stdout
-    right = _run(["doctor"], {"CUSTOM_API_URL": sim.openai_url, "CUSTOM_MODELS": "sim-fast,sim-large:1000000"})
+    right = cli(["doctor"], {"CUSTOM_API_URL": sim.openai_url, "CUSTOM_MODELS": "sim-fast,sim-large:1000000"})
     assert right.returncode == 0, right.stdout
-    discovered = _run(["doctor"], {"CUSTOM_API_URL": sim.openai_url})
+    discovered = cli(["doctor"], {"CUSTOM_API_URL": sim.openai_url})
     assert discovered.returncode == 0 and "3 models listed" in discovered.stdout
 
 
+@pytest.mark.slow  # one of the slowest outside daemon tests (doctor probes, CLI processes)
 def test_an_unreachable_endpoint_is_a_warning_naming_custom_api_url() -> None:
     env = {"CUSTOM_API_URL": f"http://127.0.0.1:{free_port()}/v1"}
-    listed = _run(["models", "--json"], env)
+    listed = cli(["models", "--json"], env)
     assert listed.returncode == 0, listed.stderr
     assert json.loads(listed.stdout) == []
     assert "custom_models_not_discovered" in listed.stderr and "CUSTOM_API_URL" in listed.stderr
-    doctor = _run(["doctor", "--timeout", "2"], env)
+    doctor = cli(["doctor", "--timeout", "2"], env)
     assert doctor.returncode == 1 and "check CUSTOM_API_URL" in doctor.stdout
     for output in (listed.stdout, listed.stderr, doctor.stdout, doctor.stderr):
         assert "Traceback" not in output and "CUSTOM_BASE_URL" not in output
@@ -88,10 +84,11 @@ async def test_ollama_show_gives_the_context_window_the_listing_lacks() -> None:
     assert {m.name: m.context_window for m in found} == {"llama3.2:latest": 131072, "qwen3": 4096}
 
 
+@pytest.mark.slow  # one of the slowest outside daemon tests (doctor probes, CLI processes)
 def test_doctor_checks_the_default_model_against_discovered_models(sim: SimControl) -> None:
-    found = _run(["doctor"], {"CUSTOM_API_URL": sim.openai_url, "EXAI_DEFAULT_MODEL": "sim-large"})
+    found = cli(["doctor"], {"CUSTOM_API_URL": sim.openai_url, "EXAI_DEFAULT_MODEL": "sim-large"})
     assert found.returncode == 0, found.stdout
-    missing = _run(["doctor"], {"CUSTOM_API_URL": sim.openai_url, "EXAI_DEFAULT_MODEL": "sim-huge"})
+    missing = cli(["doctor"], {"CUSTOM_API_URL": sim.openai_url, "EXAI_DEFAULT_MODEL": "sim-huge"})
     assert missing.returncode == 1 and "EXAI_DEFAULT_MODEL" in missing.stdout, missing.stdout
 
 
@@ -132,6 +129,7 @@ async def test_a_daemon_started_before_its_endpoint_uses_the_models_once_it_answ
     assert httpx2.get(f"{proc.url}/readyz", timeout=10).status_code == 200
 
 
+@pytest.mark.slow  # one of the slowest outside daemon tests (doctor probes, CLI processes)
 async def test_a_stdio_server_started_before_its_endpoint_recovers_the_same_way(tmp_path: Path) -> None:
     port = free_port()
     env = {**os.environ, "CUSTOM_API_URL": f"http://127.0.0.1:{port}/v1"}

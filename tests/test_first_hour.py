@@ -5,9 +5,6 @@ one start line saying where and how it serves, and JSON logs stay JSON (no raw d
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import threading
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, HTTPServer
@@ -17,21 +14,9 @@ import httpx2
 import pytest
 
 from tests.conftest import TEST_JWT_SECRET, Proc, SimControl, free_port, sim_env
+from tests.helpers import run_exai
 
 STORE_DOWN = "Cannot open the store"
-
-
-def exai(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "exai", *args],
-        env={**os.environ, **env},
-        cwd=cwd,
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
 
 
 def unreachable_postgres() -> str:
@@ -41,7 +26,7 @@ def unreachable_postgres() -> str:
 @pytest.mark.parametrize("command", [["serve"], ["stdio"], ["db", "upgrade"], ["audit"]])
 def test_an_unreachable_database_is_two_lines_and_exit_2(command: list[str], sim: SimControl, tmp_path: Path) -> None:
     url = unreachable_postgres()
-    done = exai(command, {**sim_env(sim), "EXAI_DATABASE_URL": url, "EXAI_PORT": str(free_port())}, tmp_path)
+    done = run_exai(command, {**sim_env(sim), "EXAI_DATABASE_URL": url, "EXAI_PORT": str(free_port())}, cwd=tmp_path)
     lines = done.stderr.strip().splitlines()
     assert done.returncode == 2, done.stderr
     assert len(lines) == 2, done.stderr
@@ -55,7 +40,7 @@ def test_an_unwritable_data_directory_is_two_lines_and_exit_2(sim: SimControl, t
     blocker = tmp_path / "a-file"
     blocker.write_text("not a directory")
     env = {**sim_env(sim), "EXAI_DATA_DIR": str(blocker / "data"), "EXAI_PORT": str(free_port())}
-    done = exai(["serve"], env, tmp_path)
+    done = run_exai(["serve"], env, cwd=tmp_path)
     lines = done.stderr.strip().splitlines()
     assert done.returncode == 2 and len(lines) == 2, done.stderr
     assert lines[0].startswith(f"{STORE_DOWN} (SQLite at {blocker}/data/exai.db)"), lines[0]
@@ -88,6 +73,7 @@ def jwks_server() -> Iterator[Callable[[bytes], str]]:
         server.shutdown()
 
 
+@pytest.mark.slow  # one of the slowest outside daemon tests (doctor probes, CLI processes)
 def test_doctor_checks_store_redis_jwks_and_file_roots_and_fails_on_any(
     sim: SimControl, tmp_path: Path, jwks_server: Callable[[bytes], str], postgres_url: str, redis_url: str
 ) -> None:
@@ -100,7 +86,7 @@ def test_doctor_checks_store_redis_jwks_and_file_roots_and_fails_on_any(
         "EXAI_JWT_JWKS_URL": jwks_server(b"<html>not a key set</html>"),
         "EXAI_FILE_ROOTS": f"{roots},{tmp_path / 'missing'}",
     }
-    failed = exai(["doctor", "--timeout", "3"], down, tmp_path)
+    failed = run_exai(["doctor", "--timeout", "3"], down, cwd=tmp_path)
     assert failed.returncode != 0, failed.stdout
     lines = {line.split(":", 1)[0]: line for line in failed.stdout.splitlines() if line.startswith(("ok", "FAIL"))}
     assert lines["FAIL  store"].endswith("(fix: start PostgreSQL there, or correct EXAI_DATABASE_URL)"), lines
@@ -117,7 +103,7 @@ def test_doctor_checks_store_redis_jwks_and_file_roots_and_fails_on_any(
         "EXAI_JWT_JWKS_URL": jwks_server(json.dumps({"keys": [{"kty": "oct", "k": "AAAA"}]}).encode()),
         "EXAI_FILE_ROOTS": str(roots),
     }
-    passed = exai(["doctor", "--timeout", "3"], up, tmp_path)
+    passed = run_exai(["doctor", "--timeout", "3"], up, cwd=tmp_path)
     assert passed.returncode == 0, passed.stdout + passed.stderr
     for name in ("store", "redis", "jwks", "file root"):
         assert f"ok    {name}: " in passed.stdout, passed.stdout
@@ -158,16 +144,17 @@ def test_serve_logs_one_start_line_and_json_logs_stay_json(
 
 
 @pytest.mark.parametrize("command", [["token", "issue", "--sub", "alice"], ["token", "apikey", "--tenant", "alice"]])
+@pytest.mark.slow  # one of the slowest outside daemon tests (doctor probes, CLI processes)
 def test_tokens_with_unknown_scopes_are_refused(command: list[str], tmp_path: Path) -> None:
     env = {"EXAI_JWT_SECRET": TEST_JWT_SECRET}
     for wrong in ("exai:tool", "exai:tools,exai:tool:chatt"):
-        refused = exai([*command, "--scopes", wrong], env, tmp_path)
+        refused = run_exai([*command, "--scopes", wrong], env, cwd=tmp_path)
         assert refused.returncode == 2 and refused.stdout == "", refused.stdout
         first, fix = refused.stderr.strip().splitlines()
         assert first.startswith("Unknown scope '") and "exai:tools" not in first.split(":", 1)[0], first
         assert fix.startswith("  fix: use exai:tools, exai:admin, exai:metrics, exai:tool:chat"), fix
     for right in ("exai:tool:chat exai:tool:version", "exai:metrics"):
-        made = exai([*command, "--scopes", right], env, tmp_path)
+        made = run_exai([*command, "--scopes", right], env, cwd=tmp_path)
         assert made.returncode == 0 and made.stdout.strip(), made.stderr
 
 

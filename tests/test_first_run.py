@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import socket
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -17,19 +14,7 @@ from mcp.client.streamable_http import streamable_http_client
 
 from exai.security.auth import issue_token
 from tests.conftest import TEST_JWT_SECRET, Proc, SimControl, free_port, sim_env
-from tests.helpers import tool_error, wait_until
-
-
-def _run(args: list[str], env: dict[str, str], **kwargs: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "exai", *args],
-        env={**os.environ, **env},
-        capture_output=True,
-        text=True,
-        timeout=90,
-        check=False,
-        **kwargs,  # type: ignore[call-overload]
-    )
+from tests.helpers import run_exai, tool_error, wait_until
 
 
 @pytest.mark.parametrize("via", ["--port", "EXAI_PORT"])
@@ -37,7 +22,7 @@ def test_serve_on_a_busy_port_says_so_in_one_line(sim: SimControl, via: str) -> 
     with socket.create_server(("127.0.0.1", 0)) as taken:
         port = str(taken.getsockname()[1])
         args, env = (["serve", "--port", port], {}) if via == "--port" else (["serve"], {"EXAI_PORT": port})
-        result = _run(args, {**sim_env(sim), **env})
+        result = run_exai(args, {**sim_env(sim), **env})
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
@@ -48,7 +33,7 @@ def test_serve_on_a_busy_port_says_so_in_one_line(sim: SimControl, via: str) -> 
 def test_misspelt_variables_are_warned_about_with_a_suggestion(tmp_path: Path) -> None:
     (tmp_path / ".env").write_text("EXAI_LOG_LEVL=DEBUG\n")
     env = {"EXAI_MAX_RETRYS": "3", "EXAI_TEST_OWN_KNOB": "1", "EXAI_MAX_RETRIES": "3"}
-    result = _run(["models", "--json"], env, cwd=str(tmp_path))
+    result = run_exai(["models", "--json"], env, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     warnings = [line for line in result.stderr.splitlines() if "is not an EX-AI setting" in line]
     assert len(warnings) == 2, result.stderr
@@ -78,7 +63,7 @@ async def test_an_unreachable_redis_is_one_warning_at_start(daemon: Callable[...
 
 
 def test_doctor_piped_keeps_whole_cells_and_logs_nothing_on_success(sim: SimControl) -> None:
-    result = _run(["doctor"], {"CUSTOM_API_URL": sim.openai_url, "COLUMNS": "80"})
+    result = run_exai(["doctor"], {"CUSTOM_API_URL": sim.openai_url, "COLUMNS": "80"})
     assert result.returncode == 0, result.stdout
     rows = {line.split()[0]: line for line in result.stdout.splitlines() if line.strip()}
     assert f"{sim.openai_url}: 3 models listed" in rows["custom"], result.stdout
@@ -87,10 +72,11 @@ def test_doctor_piped_keeps_whole_cells_and_logs_nothing_on_success(sim: SimCont
     assert "custom_models_discovered" not in result.stderr and result.stderr.strip() == "", result.stderr
 
 
+@pytest.mark.slow  # one of the slowest outside daemon tests (doctor probes, CLI processes)
 def test_models_logs_no_discovery_line_unless_asked(sim: SimControl) -> None:
-    quiet = _run(["models", "--json"], {"CUSTOM_API_URL": sim.openai_url})
+    quiet = run_exai(["models", "--json"], {"CUSTOM_API_URL": sim.openai_url})
     assert quiet.returncode == 0 and quiet.stderr.strip() == "", quiet.stderr
-    asked = _run(["models", "--json"], {"CUSTOM_API_URL": sim.openai_url, "EXAI_LOG_LEVEL": "INFO"})
+    asked = run_exai(["models", "--json"], {"CUSTOM_API_URL": sim.openai_url, "EXAI_LOG_LEVEL": "INFO"})
     assert "custom_models_discovered" in asked.stderr, asked.stderr
 
 
@@ -101,12 +87,12 @@ async def test_audit_piped_keeps_whole_cells(daemon: Callable[..., Proc]) -> Non
         assert not (await client.call_tool("chat", {"prompt": "audited", "model": "sim-fast"})).is_error
 
     def recorded() -> list[dict[str, object]]:
-        listed = _run(["audit", "--json"], {"COLUMNS": "80"})
+        listed = run_exai(["audit", "--json"], {"COLUMNS": "80"})
         return [json.loads(line) for line in listed.stdout.splitlines() if '"chat"' in line]
 
     await wait_until(lambda: bool(recorded()), "the call was audited")
     record = recorded()[0]
-    table = _run(["audit"], {"COLUMNS": "80"})
+    table = run_exai(["audit"], {"COLUMNS": "80"})
     assert table.returncode == 0, table.stderr
     lines = [line for line in table.stdout.splitlines() if str(record["correlation_id"]) in line]
     assert len(lines) == 1, f"the correlation id is cut:\n{table.stdout}"

@@ -42,7 +42,10 @@ async def test_every_error_category_end_to_end(daemon: Daemon, sim: SimControl, 
     proc = daemon(
         EXAI_JWT_SECRET=TEST_JWT_SECRET,
         EXAI_RATE_LIMIT_RPM="12",
-        EXAI_CALL_DEADLINE_SECONDS="1",
+        # The hang becomes a timeout after one attempt; every other call, healthy or not, has a whole minute to
+        # give its own answer (a 1 s deadline turned the provider error below into a timeout on a busy machine).
+        EXAI_ATTEMPT_TIMEOUT_SECONDS="10",
+        EXAI_CALL_DEADLINE_SECONDS="60",
         EXAI_FILE_ROOTS=str(tmp_path),
         KIMI_BASE_URL=f"http://127.0.0.1:{free_port()}/v1",
         EXAI_MAX_RETRIES="0",

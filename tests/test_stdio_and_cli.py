@@ -13,22 +13,16 @@ from mcp import Client, StdioServerParameters
 
 from exai.storage.migrations import LATEST
 from tests.conftest import SimControl, free_port, sim_env
-from tests.helpers import tool_error
+from tests.helpers import run_exai, tool_error
 
 pytestmark = pytest.mark.anyio
 
 
-def _run(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "exai", *args],
-        env={**env, "COLUMNS": "200"},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+def cli(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return run_exai(args, {**env, "COLUMNS": "200"})
 
 
+@pytest.mark.slow  # one of the slowest outside daemon tests (doctor probes, CLI processes)
 async def test_all_four_tools_over_stdio(sim: SimControl) -> None:
     params = StdioServerParameters(
         command=sys.executable, args=["-m", "exai", "stdio"], env={**os.environ, **sim_env(sim)}
@@ -44,55 +38,58 @@ async def test_all_four_tools_over_stdio(sim: SimControl) -> None:
     assert bad.is_error and tool_error(bad)["details"]["fields"] == ["prompt"]
 
 
+@pytest.mark.slow  # one of the slowest outside daemon tests (doctor probes, CLI processes)
 def test_doctor_reports_each_provider(sim: SimControl) -> None:
-    ok = _run(["doctor"], {**os.environ, **sim_env(sim)})
+    ok = cli(["doctor"], {**os.environ, **sim_env(sim)})
     assert ok.returncode == 0, ok.stdout + ok.stderr
     assert "reachable" in ok.stdout and "set GLM_API_KEY" in ok.stdout
-    unreachable = _run(
+    unreachable = cli(
         ["doctor", "--timeout", "2"],
         {**os.environ, "CUSTOM_API_URL": f"http://127.0.0.1:{free_port()}/v1", "CUSTOM_MODELS": "m"},
     )
     assert unreachable.returncode == 1 and "connection" in unreachable.stdout
     sim.fault("401", model="/v1/models")  # the listings refuse the key
-    refused = _run(["doctor"], {**os.environ, **sim_env(sim)})
+    refused = cli(["doctor"], {**os.environ, **sim_env(sim)})
     assert refused.returncode == 1 and "auth" in refused.stdout
-    nothing = _run(["doctor"], dict(os.environ))
+    nothing = cli(["doctor"], dict(os.environ))
     assert nothing.returncode == 1 and "No provider is configured" in nothing.stdout
 
 
 def test_bad_configuration_names_the_variable(sim: SimControl) -> None:
-    result = _run(["models"], {**os.environ, "EXAI_PORT": "99999", "KIMI_BASE_URL": "ftp://x"})
+    result = cli(["models"], {**os.environ, "EXAI_PORT": "99999", "KIMI_BASE_URL": "ftp://x"})
     assert result.returncode == 2
     assert "EXAI_PORT" in result.stderr and "KIMI_BASE_URL" in result.stderr
 
 
 def test_models_table_and_secrets_stay_hidden(sim: SimControl) -> None:
-    result = _run(["models"], {**os.environ, **sim_env(sim)})
+    result = cli(["models"], {**os.environ, **sim_env(sim)})
     assert result.returncode == 0
     assert "sim-large" in result.stdout and "kimi-k2-thinking" in result.stdout
     assert "sk-test" not in result.stdout + result.stderr
 
 
+@pytest.mark.slow  # one of the slowest outside daemon tests (doctor probes, CLI processes)
 def test_db_upgrade_and_token_commands(tmp_path) -> None:  # type: ignore[no-untyped-def]
     env = {**os.environ, "EXAI_DATABASE_URL": f"sqlite:///{tmp_path / 'cli.db'}"}
-    upgraded = _run(["db", "upgrade"], env)
+    upgraded = cli(["db", "upgrade"], env)
     assert upgraded.returncode == 0 and f"schema at version {LATEST}" in upgraded.stdout
     secret_env = {**env, "EXAI_JWT_SECRET": "a-test-secret-that-is-long-enough-0123456789"}
-    token = _run(["token", "issue", "--sub", "alice", "--scopes", "exai:tools,exai:admin", "--ttl", "10m"], secret_env)
+    token = cli(["token", "issue", "--sub", "alice", "--scopes", "exai:tools,exai:admin", "--ttl", "10m"], secret_env)
     assert token.returncode == 0
-    verified = _run(["token", "verify", token.stdout.strip()], secret_env)
+    verified = cli(["token", "verify", token.stdout.strip()], secret_env)
     assert verified.returncode == 0 and "tenant=alice scopes=exai:tools exai:admin" in verified.stdout
     other = {**env, "EXAI_JWT_SECRET": "another-secret-that-is-long-enough-9876543210"}
-    assert _run(["token", "verify", token.stdout.strip()], other).returncode == 1
-    made = _run(["token", "apikey", "--tenant", "ci-bot"], env)
+    assert cli(["token", "verify", token.stdout.strip()], other).returncode == 1
+    made = cli(["token", "apikey", "--tenant", "ci-bot"], env)
     key = made.stdout.split("key:")[1].split()[0]
     entry = made.stdout.split("entry:")[1].split()[0]
     assert key not in entry
-    accepted = _run(["token", "verify", key], {**env, "EXAI_API_KEYS": entry})
+    accepted = cli(["token", "verify", key], {**env, "EXAI_API_KEYS": entry})
     assert accepted.returncode == 0 and "tenant=ci-bot" in accepted.stdout
-    assert _run(["token", "issue", "--sub", "x"], env).returncode == 2, "no secret configured is a clear error"
+    assert cli(["token", "issue", "--sub", "x"], env).returncode == 2, "no secret configured is a clear error"
 
 
+@pytest.mark.slow  # one of the slowest outside daemon tests (doctor probes, CLI processes)
 def test_models_piped_keeps_whole_names() -> None:
     long_name = "a-local-model-with-a-very-long-name-that-a-table-would-cut-" + "x" * 40
     env = {k: v for k, v in os.environ.items() if k != "COLUMNS"}

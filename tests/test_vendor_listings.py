@@ -199,6 +199,7 @@ async def test_model_ids_with_control_characters_are_never_shown(daemon: Callabl
 
 
 @pytest.mark.timeout(600)  # two `exai doctor` processes, each importing both SDKs
+@pytest.mark.slow  # one of the slowest outside daemon tests (doctor probes, CLI processes)
 async def test_doctor_live_makes_one_tiny_call_per_provider_and_reports_it(sim: SimControl, tmp_path: Path) -> None:
     env = {
         **os.environ,
