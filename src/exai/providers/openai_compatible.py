@@ -115,15 +115,18 @@ class OpenAICompatibleProvider:
     ) -> AsyncIterator[StreamChunk]:
         finished = False
         with sending(openai, self.name):
-            stream = await self._client.chat.completions.create(
+            # The SDK's overloads cannot see `stream=True` past the spread parameters, nor type our plain-dict
+            # messages (built once for both wires): the narrowing below checks what the call returned.
+            stream = await self._client.chat.completions.create(  # type: ignore[call-overload]
                 model=model.name,
-                messages=_messages(request),  # type: ignore[arg-type]
+                messages=_messages(request),
                 stream=True,
                 stream_options={"include_usage": True},
                 timeout=options.timeout,
                 extra_headers=dict(options.headers),
                 **openai_params(request, model),
             )
+        assert isinstance(stream, openai.AsyncStream)
         with reading(openai):
             async with stream:
                 async for event in stream:

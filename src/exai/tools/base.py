@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
 import anyio
-from pydantic import BaseModel, ConfigDict, model_validator
+from pydantic import BaseModel, ConfigDict, JsonValue, model_validator
 
 from exai.conversations.tokens import count_tokens_async
 from exai.errors import ExaiError
@@ -32,7 +32,7 @@ OutputT = TypeVar("OutputT", bound=BaseModel)
 
 TEXT_LIMIT = 100_000
 """Characters in one text field, unless the field sets its own limit (prompts follow EXAI_MAX_PROMPT_CHARS)."""
-PROMPT_LIMIT = {"x-exai-limit": "prompt"}
+PROMPT_LIMIT: dict[str, JsonValue] = {"x-exai-limit": "prompt"}
 """Marks a field limited by EXAI_MAX_PROMPT_CHARS: checked by the tool, advertised in the listing's schema."""
 PROMPT_CEILING = 10_000_000
 """What a prompt field accepts at most whatever the setting says (a request body is capped far below anyway)."""
@@ -215,7 +215,7 @@ def input_schema(model: type[BaseModel], prompt_chars: int) -> dict[str, Any]:
     the configured EXAI_MAX_PROMPT_CHARS, as validation and the tools enforce them.
     """
 
-    def limit(node: Any) -> Any:
+    def limit(node: Any) -> Any:  # a JSON value: object, array or scalar
         if isinstance(node, list):
             return [limit(v) for v in node]
         if not isinstance(node, dict):
@@ -229,7 +229,8 @@ def input_schema(model: type[BaseModel], prompt_chars: int) -> dict[str, Any]:
             node["maxItems"] = LIST_LIMIT
         return node
 
-    return limit(compact_schema(model))
+    schema: dict[str, Any] = limit(compact_schema(model))
+    return schema
 
 
 def compact_schema(model: type[BaseModel]) -> dict[str, Any]:
@@ -239,7 +240,7 @@ def compact_schema(model: type[BaseModel]) -> dict[str, Any]:
     required), and empty defaults (null, []) go. The best-known peer's tool listing cost about 15,000 tokens.
     """
 
-    def strip(node: Any) -> Any:
+    def strip(node: Any) -> Any:  # a JSON value: object, array or scalar
         if isinstance(node, list):
             return [strip(v) for v in node]
         if not isinstance(node, dict):
@@ -253,4 +254,5 @@ def compact_schema(model: type[BaseModel]) -> dict[str, Any]:
             del node["default"]
         return node
 
-    return strip(model.model_json_schema())
+    schema: dict[str, Any] = strip(model.model_json_schema())
+    return schema
