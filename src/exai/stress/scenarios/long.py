@@ -153,10 +153,11 @@ async def _task_unaware(ctx: Context, daemon: Daemon, survivor: Daemon, index: i
 async def run(ctx: Context, result: ScenarioResult) -> None:
     calls = ctx.scale(100, 10)
     think = ctx.seconds(90, 10)
-    if not ctx.target.local:
+    group = ctx.target.group
+    if not ctx.target.local or group is None:
         result.skipped = "needs local daemons (one is SIGKILLed midway)"
         return
-    shared = {"EXAI_DATA_DIR": str(ctx.target.group.workdir / f"data-long-{secrets.token_hex(3)}")}  # type: ignore[union-attr]
+    shared = {"EXAI_DATA_DIR": str(group.workdir / f"data-long-{secrets.token_hex(3)}")}
     if ctx.target.storage != "sqlite":
         schema = f"exai_stress_{secrets.token_hex(6)}"
         ctx.target.schemas.append(schema)
