@@ -6,8 +6,11 @@ answers throughout, memory stays bounded), and model ids with control characters
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+import socket
+import struct
 import sys
 import time
 from collections.abc import Callable
@@ -20,7 +23,7 @@ import pytest
 from mcp import Client
 
 from exai.config import load_settings
-from exai.providers.bounded import FetchError
+from exai.providers.bounded import FetchError, get_json_bounded
 from exai.providers.listings import fetch_listing
 from tests.conftest import Proc, SimControl
 from tests.helpers import tool_error, wait_until
@@ -126,6 +129,25 @@ async def test_a_listing_past_the_size_cap_is_refused_whole() -> None:
     async with httpx2.AsyncClient(transport=httpx2.MockTransport(lambda _: httpx2.Response(200, content=body))) as http:
         with pytest.raises(FetchError, match="cap"):
             await fetch_listing(http, config, 5.0, 100_000)
+
+
+async def test_a_listing_cut_by_a_reset_names_the_failure() -> None:
+    """A connection reset carries no message of its own: the error names its class rather than ending in ": "."""
+
+    async def reset(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(1024)
+        writer.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        writer.close()
+
+    server = await asyncio.start_server(reset, "127.0.0.1", 0)
+    url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/v1/models"
+    try:
+        async with httpx2.AsyncClient() as http:
+            with pytest.raises(FetchError) as caught:
+                await get_json_bounded(http, url, headers={}, deadline=10.0, max_bytes=1000)
+    finally:
+        server.close()
+    assert str(caught.value) == f"cannot reach {url}: ReadError"
 
 
 def _rss_mb(pid: int) -> float:

@@ -76,13 +76,14 @@ def build_store(settings: Settings) -> Store:
 
 
 def build_redis(settings: Settings) -> aioredis.Redis | None:
-    if not settings.redis_url:
+    url = secret(settings.redis_url)
+    if not url:
         return None
     import redis.asyncio as aioredis  # the client is loaded only when Redis is configured
 
     # A bounded pool: a burst of calls waits briefly for a connection instead of opening (and failing) hundreds.
     pool = aioredis.BlockingConnectionPool.from_url(
-        secret(settings.redis_url),
+        url,
         max_connections=settings.redis_pool_size,
         timeout=settings.redis_pool_timeout_seconds,
         socket_timeout=2,

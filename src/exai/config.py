@@ -87,7 +87,7 @@ def _provider_fields(spec: ProviderSpec) -> dict[str, Any]:
     }
 
 
-ProviderSettings: type[BaseSettings] = create_model(  # type: ignore[call-overload]
+ProviderSettings: type[BaseSettings] = create_model(
     "ProviderSettings",
     __base__=BaseSettings,
     **{name: field for spec in PROVIDER_SPECS.values() for name, field in _provider_fields(spec).items()},
@@ -121,7 +121,7 @@ class ProviderConfig:
         return not self.allowed or bool(lowered & self.allowed)
 
 
-class Settings(ProviderSettings):  # type: ignore[misc,valid-type]
+class Settings(ProviderSettings):
     model_config = SettingsConfigDict(
         env_prefix="EXAI_",
         env_file=".env",
@@ -230,7 +230,7 @@ class Settings(ProviderSettings):  # type: ignore[misc,valid-type]
     @classmethod
     def _check_connection_cap(cls, value: int, info: ValidationInfo) -> int:
         """The connection cap may never refuse a call that admission control would take."""
-        admitted = info.data.get("max_calls_in_flight", 0) + info.data.get("max_calls_waiting", 0)
+        admitted = int(info.data.get("max_calls_in_flight", 0)) + int(info.data.get("max_calls_waiting", 0))
         if value == 0:
             return admitted + CONNECTION_HEADROOM
         if value < admitted:

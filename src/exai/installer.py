@@ -108,17 +108,18 @@ def _plan_json(client: str, path: Path, name: str, conn: Connection) -> Plan:
     document: dict[str, Any] = {}
     if path.exists():
         try:
-            document = json.loads(path.read_text(encoding="utf-8") or "{}")
+            loaded: Any = json.loads(path.read_text(encoding="utf-8") or "{}")
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise InvalidInput(
                 f"{path} is not valid JSON ({exc}); it was left as it is.",
                 remedy=f"Fix the file, or add the entry by hand: `exai install {client} --print`.",
             ) from None
-        if not isinstance(document, dict) or not isinstance(document.get(servers_key, {}), dict):
+        if not isinstance(loaded, dict) or not isinstance(loaded.get(servers_key, {}), dict):
             raise InvalidInput(
                 f"{path} has no '{servers_key}' object where one is expected; it was left as it is.",
                 remedy=f"Fix the file, or add the entry by hand: `exai install {client} --print`.",
             )
+        document = loaded
     entry = json_entry(client, conn)
     document.setdefault(servers_key, {})[name] = entry
     return Plan(path, json.dumps(document, indent=2) + "\n", json.dumps({servers_key: {name: entry}}, indent=2))

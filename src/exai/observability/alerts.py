@@ -96,12 +96,12 @@ class AlertManager:
             p95 = percentile(recent.latency, 0.95) / 1000
             if p95 >= self.t.p95_latency_seconds:
                 found["p95_latency"] = ("warning", f"p95 tool latency {p95:.2f} s {window}")
-        for provider in self.health.providers():
-            for breaker in provider.breaker_details:
+        for health in self.health.providers():
+            for breaker in health.breaker_details:
                 if breaker.state == "open":
-                    found[f"breaker_open:{provider.name}/{breaker.model}"] = (
+                    found[f"breaker_open:{health.name}/{breaker.model}"] = (
                         "warning",
-                        f"{provider.name}/{breaker.reason}",
+                        f"{health.name}/{breaker.reason}",
                     )
         limiter = self.health.limiter()
         if limiter.degraded:

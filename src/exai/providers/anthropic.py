@@ -95,6 +95,8 @@ class AnthropicProvider:
                 extra_headers=dict(options.headers),
                 **anthropic_params(request, model),
             )
+        # `stream=True` picks the streaming overload, but the parameters spread after it hide that from the checker.
+        assert isinstance(stream, anthropic.AsyncStream)
         with reading(anthropic):
             async with stream:
                 async for event in stream:

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from types import ModuleType
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 import httpx2
 
@@ -174,8 +174,8 @@ def _error_code(body: str) -> str:
 def error_in_body(error: object) -> UpstreamError:
     """An error object an upstream sent with a 200 status (a JSON answer or a stream event), classified by its
     `code` or `type` as if it had come with the status it stands for; the upstream's own message is kept."""
-    body = error if isinstance(error, dict) else {"message": str(error)}
-    inner = body.get("error") if isinstance(body.get("error"), dict) else body
+    body: dict[str, Any] = error if isinstance(error, dict) else {"message": str(error)}
+    inner: dict[str, Any] = body["error"] if isinstance(body.get("error"), dict) else body
     code, kind = inner.get("code"), inner.get("type")
     status = int(code) if isinstance(code, int | str) and str(code).isdigit() and 400 <= int(code) < 600 else None
     status = status or _ERROR_TYPES.get(str(kind), 0) or _ERROR_TYPES.get(str(code), 0) or 500

@@ -56,7 +56,7 @@ async def get_json_bounded(
     except TimeoutError:
         raise FetchError(f"{url} did not answer in full within {deadline:g} s") from None
     except httpx2.HTTPError as exc:
-        raise FetchError(f"cannot reach {url}: {exc or type(exc).__name__}") from None
+        raise FetchError(f"cannot reach {url}: {str(exc) or type(exc).__name__}") from None
     body = b"".join(chunks)
     try:
         if len(body) > PARSE_ON_THREAD_BYTES:

@@ -146,6 +146,8 @@ async def discover_custom_models(settings: Settings, router: Router, *, quiet: b
     if not wants_discovery(settings, router):
         return None
     config = router.configs["custom"]
+    if not config.base_url:
+        return None
     try:
         found = await list_endpoint_models(
             config.base_url,

@@ -12,21 +12,35 @@ import asyncio
 import importlib
 import threading
 from collections.abc import AsyncIterator, Iterable
+from typing import TYPE_CHECKING, Protocol
 
 from exai.provider_specs import Wire
 from exai.providers.base import CallOptions, Provider
 from exai.providers.catalogue import ModelInfo
 from exai.providers.types import DeltaCallback, GenerateRequest, GenerateResponse, StreamChunk
 
+
+class WireProvider(Protocol):
+    """How a wire implementation is built: every class named in `WIRE_IMPLEMENTATIONS` takes exactly these."""
+
+    def __call__(self, name: str, base_url: str, api_key: str | None) -> Provider: ...
+
+
 WIRE_IMPLEMENTATIONS: dict[Wire, tuple[str, str]] = {
     "openai": ("exai.providers.openai_compatible", "OpenAICompatibleProvider"),
     "anthropic": ("exai.providers.anthropic", "AnthropicProvider"),
 }
 
+if TYPE_CHECKING:  # the type checker holds each implementation to the contract; at run time they load lazily
+    from exai.providers.anthropic import AnthropicProvider
+    from exai.providers.openai_compatible import OpenAICompatibleProvider
 
-def wire_implementation(wire: Wire) -> type[Provider]:
+    _CHECKED: tuple[WireProvider, ...] = (OpenAICompatibleProvider, AnthropicProvider)
+
+
+def wire_implementation(wire: Wire) -> WireProvider:
     module, name = WIRE_IMPLEMENTATIONS[wire]
-    implementation: type[Provider] = getattr(importlib.import_module(module), name)
+    implementation: WireProvider = getattr(importlib.import_module(module), name)
     return implementation
 
 

@@ -451,7 +451,11 @@ class Router:
         on_delta: DeltaCallback | None,
     ) -> GenerateResponse:
         """One attempt upstream, traced. Raises `UpstreamError` for upstream failures, `ExaiError` for local ones."""
-        attributes = {"exai.provider": info.provider, "exai.model": info.name, "exai.attempt": attempt + 1}
+        attributes: dict[str, str | int] = {
+            "exai.provider": info.provider,
+            "exai.model": info.name,
+            "exai.attempt": attempt + 1,
+        }
         span = tracer.start_span(f"provider {info.provider}", attributes=attributes)
         options = CallOptions(
             timeout=max(0.001, deadline - time.monotonic()),

@@ -19,7 +19,7 @@ import warnings
 from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, TypeVar, get_args
 from urllib.parse import urlsplit
 
 import httpx2
@@ -47,6 +47,7 @@ from exai.server.results import error_result
 log = get_logger(__name__)
 T = TypeVar("T")
 LogSink = Callable[[types.LoggingMessageNotificationParams], Awaitable[None]]
+LEVEL_NAMED: dict[str, types.LoggingLevel] = {level: level for level in get_args(types.LoggingLevel)}
 _log_sink: ContextVar[LogSink | None] = ContextVar("exai_bridge_log_sink", default=None)
 
 
@@ -284,7 +285,8 @@ def build_bridge(remote: RemoteDaemon) -> Server[Any]:
     def wanted_log_level(ctx: ServerRequestContext[Any, Any]) -> types.LoggingLevel | None:
         """The level the local client asked for: per request on modern connections, by logging/setLevel before."""
         if ctx.protocol_version in MODERN_PROTOCOL_VERSIONS:
-            return (ctx.meta or {}).get(types.LOG_LEVEL_META_KEY)
+            asked = (ctx.meta or {}).get(types.LOG_LEVEL_META_KEY)
+            return LEVEL_NAMED.get(asked) if isinstance(asked, str) else None
         return handshake_level["level"]
 
     async def read(operation: Callable[[Client], Awaitable[T]], what: str) -> T:
@@ -297,9 +299,9 @@ def build_bridge(remote: RemoteDaemon) -> Server[Any]:
         return types.ListToolsResult(tools=(await read(lambda c: c.list_tools(), "tools/list")).tools)
 
     async def call_tool(ctx: ServerRequestContext[Any, Any], params: types.CallToolRequestParams) -> Any:
-        async def forward_progress(done: float, total: float | None, message: str | None) -> None:
+        async def forward_progress(progress: float, total: float | None, message: str | None) -> None:
             with contextlib.suppress(Exception):
-                await ctx.session.report_progress(done, total, message)
+                await ctx.session.report_progress(progress, total, message)
 
         async def forward_log(entry: types.LoggingMessageNotificationParams) -> None:
             with contextlib.suppress(Exception), warnings.catch_warnings():
@@ -309,7 +311,11 @@ def build_bridge(remote: RemoteDaemon) -> Server[Any]:
                 )
 
         level = wanted_log_level(ctx)
-        meta: types.RequestParamsMeta | None = {types.LOG_LEVEL_META_KEY: level} if level else None
+        meta: types.RequestParamsMeta | None = None
+        if level:
+            meta = {}
+            # An extra key the SDK's TypedDict allows (`extra_items`), named by an SDK constant that is not `Final`.
+            meta[types.LOG_LEVEL_META_KEY] = level  # type: ignore[literal-required]
         _log_sink.set(forward_log)
         try:
             return await remote.request(

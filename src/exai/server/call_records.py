@@ -109,7 +109,8 @@ class Execution:
 
     async def record(self) -> CallRecord | None:
         """The call's record once written; None when the work ended before it (refused, or the store failed)."""
-        await asyncio.wait({self.recorded, self.task}, return_when=asyncio.FIRST_COMPLETED)
+        either: set[asyncio.Future[Any]] = {self.recorded, self.task}
+        await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
         return self.recorded.result() if self.recorded.done() and not self.recorded.cancelled() else None
 
     def outcome(self) -> types.CallToolResult:

@@ -115,10 +115,10 @@ def build_http_app(services: Services) -> Starlette:
             )
         if ADMIN_SCOPE not in access.scopes and (also is None or also not in access.scopes):
             needed = "the exai:admin scope" + (f" or {also}" if also else "")
-            error = PermissionDeniedError(
+            denied = PermissionDeniedError(
                 f"This endpoint needs {needed}.", code="missing_scope", remedy=f"Use a token with {needed}."
             )
-            return JSONResponse({"error": error.to_dict()}, status_code=error.http_status)
+            return JSONResponse({"error": denied.to_dict()}, status_code=denied.http_status)
         return None
 
     async def healthz(request: Request) -> JSONResponse:

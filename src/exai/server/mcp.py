@@ -19,7 +19,7 @@ import time
 import warnings
 from collections.abc import Awaitable, Callable
 from functools import cache
-from typing import Any
+from typing import Any, get_args
 from weakref import WeakKeyDictionary
 
 import mcp_types as types
@@ -44,7 +44,9 @@ from exai.server.tool_refusals import unknown_tool
 from exai.tools.base import Tool, ToolContext, compact_schema, input_schema
 
 log = get_logger(__name__)
-LEVELS: list[str] = ["debug", "info", "notice", "warning", "error", "critical", "alert", "emergency"]
+LEVELS: tuple[types.LoggingLevel, ...] = get_args(types.LoggingLevel)
+"""MCP's log levels, least severe first."""
+LEVEL_NAMED: dict[str, types.LoggingLevel] = {level: level for level in LEVELS}
 HEARTBEAT_SECONDS = 5.0
 """While a model works, a client that sent a progress token hears from the call at least this often."""
 INSTRUCTIONS = (
@@ -159,14 +161,15 @@ def build_server(services: Services) -> Server[Any]:
         async def send_log(level: str, message: str) -> None:
             if not attached:
                 return
+            wire_level = LEVEL_NAMED[level]  # tools log at MCP's levels only
             threshold = levels.get(connection_of(ctx), "info")
-            if LEVELS.index(level) < LEVELS.index(threshold):
+            if LEVELS.index(wire_level) < LEVELS.index(threshold):
                 return
             try:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
                     await ctx.session.send_log_message(
-                        level,
+                        wire_level,
                         {"message": message, "correlation_id": correlation_id},
                         logger="exai",
                         related_request_id=ctx.request_id,

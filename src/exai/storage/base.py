@@ -197,7 +197,8 @@ def turn_values(thread_id: str, turn: TurnRecord, encode: Callable[[Any], Any]) 
 
 def audit_filter(tenant: str | None, tool: str | None, since: float | None, mark: str) -> tuple[str, list[Any]]:
     """The WHERE clause and parameters of an audit query; `mark` is the dialect's placeholder."""
-    clauses, params = ["1 = 1"], []
+    clauses: list[str] = ["1 = 1"]
+    params: list[Any] = []
     for column, value in (("tenant", tenant), ("tool", tool)):
         if value is not None:
             clauses.append(f"{column} = {mark}")

@@ -55,7 +55,7 @@ class CachedStore:
 
     async def _cached(self, thread_id: str, after: int) -> list[TurnRecord]:
         try:
-            raw: list[Any] = await self.redis.lrange(turns_key(thread_id), after, -1)  # type: ignore[misc]
+            raw: list[Any] = await self.redis.lrange(turns_key(thread_id), after, -1)
         except RedisError as exc:
             log.warning("redis_unavailable", operation="lrange", error=str(exc))
             return []

@@ -11,7 +11,7 @@ import re
 from typing import Any
 
 from psycopg import AsyncConnection
-from psycopg.rows import dict_row
+from psycopg.rows import DictRow, dict_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
@@ -45,7 +45,8 @@ _FINISH_CALL = (
     "UPDATE {schema}calls SET status = %s, status_message = %s, result = %s, error = %s, updated_at = %s "
     "WHERE id = %s AND (status = 'working' OR (status = 'failed' AND owner = %s AND result IS NULL))"
 )
-_CONNECTION = {"autocommit": True, "prepare_threshold": None}  # no prepared statements: poolers may swap backends
+AUTOCOMMIT = True
+PREPARE_THRESHOLD = None  # no prepared statements: poolers may swap backends
 
 
 class PostgresStore:
@@ -59,13 +60,14 @@ class PostgresStore:
         self.url = url
         self.schema = schema
         self._prefix = f'"{schema}".' if schema else ""  # the name is checked above: quoting it is enough
-        self._pool = AsyncConnectionPool(
+        self._pool = AsyncConnectionPool[AsyncConnection[DictRow]](
             url,
+            connection_class=AsyncConnection[DictRow],
             min_size=1,
             max_size=max_connections,
             open=False,
             timeout=wait_seconds,
-            kwargs={**_CONNECTION, "row_factory": dict_row},
+            kwargs={"autocommit": AUTOCOMMIT, "prepare_threshold": PREPARE_THRESHOLD, "row_factory": dict_row},
         )
 
     def _sql(self, statement: str) -> Any:
@@ -75,7 +77,9 @@ class PostgresStore:
     async def open(self) -> None:
         # One connection first: a database that cannot be reached fails at once with the driver's reason, where the
         # pool would retry for its whole timeout and then say only that it timed out.
-        async with await AsyncConnection.connect(self.url, connect_timeout=10, **_CONNECTION) as conn:
+        async with await AsyncConnection.connect(
+            self.url, connect_timeout=10, autocommit=AUTOCOMMIT, prepare_threshold=PREPARE_THRESHOLD
+        ) as conn:
             if self.schema:
                 await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
         await self._pool.open(wait=True, timeout=10)

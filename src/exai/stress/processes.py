@@ -240,8 +240,12 @@ class PostgresCluster:
     def _run(self, *args: str) -> None:
         """PostgreSQL refuses to run as root: then the cluster belongs to `nobody`."""
         ids = pwd.getpwnam("nobody") if os.geteuid() == 0 else None
-        as_user = {"user": ids.pw_uid, "group": ids.pw_gid, "extra_groups": []} if ids else {}
-        subprocess.run(args, check=True, capture_output=True, timeout=120, **as_user)  # type: ignore[call-overload]
+        if ids is None:
+            subprocess.run(args, check=True, capture_output=True, timeout=120)
+        else:
+            subprocess.run(
+                args, check=True, capture_output=True, timeout=120, user=ids.pw_uid, group=ids.pw_gid, extra_groups=[]
+            )
 
     def create(self) -> None:
         self.data.mkdir(parents=True)

@@ -113,7 +113,7 @@ class LatencyRule(BaseModel):
     jitter_ms: float = Field(default=0.0, ge=0)
 
 
-RuleT = TypeVar("RuleT", FaultRule, LatencyRule)
+RuleT = TypeVar("RuleT", FaultRule, LatencyRule, ListingRule)
 
 
 @dataclass
@@ -286,16 +286,16 @@ class Simulator:
             return self._fault_response(wire, fault)
         names = [*self.state.models, *(m for m in self.state.vendor_models if m not in self.state.models)]
         if wire == "anthropic":
-            data = [{"id": m, "type": "model", "display_name": m, "created_at": "2025-01-01T00:00:00Z"} for m in names]
+            pages = [{"id": m, "type": "model", "display_name": m, "created_at": "2025-01-01T00:00:00Z"} for m in names]
             return JSONResponse(
                 {
-                    "data": data,
+                    "data": pages,
                     "has_more": False,
-                    "first_id": data[0]["id"] if data else None,
-                    "last_id": data[-1]["id"] if data else None,
+                    "first_id": pages[0]["id"] if pages else None,
+                    "last_id": pages[-1]["id"] if pages else None,
                 }
             )
-        data = [{"id": m, "object": "model", "created": 0, "owned_by": "exai-sim"} for m in names]
+        data: list[dict[str, Any]] = [{"id": m, "object": "model", "created": 0, "owned_by": "exai-sim"} for m in names]
         windows = {**self.state.vendor_models, **self.state.context_windows}
         for entry in data:
             if windows.get(entry["id"]):

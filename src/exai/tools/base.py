@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
-from pydantic import BaseModel, ConfigDict, model_validator
+from pydantic import BaseModel, ConfigDict, JsonValue, model_validator
 
 from exai.config import DEFAULT_MAX_PROMPT_CHARS
 from exai.conversations.tokens import count_tokens_async
@@ -38,7 +38,7 @@ OutputT = TypeVar("OutputT", bound=BaseModel)
 
 TEXT_LIMIT = DEFAULT_MAX_PROMPT_CHARS
 """Characters in one text field, unless the field sets its own limit (prompts follow EXAI_MAX_PROMPT_CHARS)."""
-PROMPT_LIMIT = {"x-exai-limit": "prompt"}
+PROMPT_LIMIT: dict[str, JsonValue] = {"x-exai-limit": "prompt"}
 """Marks a field limited by EXAI_MAX_PROMPT_CHARS: checked by the tool, advertised in the listing's schema."""
 PROMPT_CEILING = 10_000_000
 """What a prompt field accepts at most whatever the setting says (a request body is capped far below anyway)."""
@@ -336,7 +336,7 @@ def input_schema(model: type[BaseModel], prompt_chars: int) -> dict[str, Any]:
     the configured EXAI_MAX_PROMPT_CHARS, as validation and the tools enforce them.
     """
 
-    def limit(node: Any) -> Any:
+    def limit(node: Any) -> Any:  # a JSON value: object, array or scalar
         if isinstance(node, list):
             return [limit(v) for v in node]
         if not isinstance(node, dict):
@@ -350,7 +350,8 @@ def input_schema(model: type[BaseModel], prompt_chars: int) -> dict[str, Any]:
             node["maxItems"] = LIST_LIMIT
         return node
 
-    return limit(compact_schema(model))
+    schema: dict[str, Any] = limit(compact_schema(model))
+    return schema
 
 
 def compact_schema(model: type[BaseModel]) -> dict[str, Any]:
@@ -360,7 +361,7 @@ def compact_schema(model: type[BaseModel]) -> dict[str, Any]:
     required), and empty defaults (null, []) go. The best-known peer's tool listing cost about 15,000 tokens.
     """
 
-    def strip(node: Any) -> Any:
+    def strip(node: Any) -> Any:  # a JSON value: object, array or scalar
         if isinstance(node, list):
             return [strip(v) for v in node]
         if not isinstance(node, dict):
@@ -374,4 +375,5 @@ def compact_schema(model: type[BaseModel]) -> dict[str, Any]:
             del node["default"]
         return node
 
-    return strip(model.model_json_schema())
+    schema: dict[str, Any] = strip(model.model_json_schema())
+    return schema

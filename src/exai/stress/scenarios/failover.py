@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any
 
 import httpx2
 
@@ -25,7 +26,12 @@ CRITERION = (
     "baseline) <= 100 ms (full mode); the breaker half-opens and closes again after the provider heals."
 )
 DEAD_MODEL = "kimi-k2-0905-preview"
-KINDS = ({"kind": "503"}, {"kind": "hang"}, {"kind": "429", "retry_after": 1}, {"kind": "reset"})
+KINDS: tuple[dict[str, Any], ...] = (
+    {"kind": "503"},
+    {"kind": "hang"},
+    {"kind": "429", "retry_after": 1},
+    {"kind": "reset"},
+)
 QUICK_KINDS = KINDS[:2]  # the fast failure and the slow one; a quick run cannot afford four 30 s cooldowns
 CONCURRENCY = 4
 OPENING_CONCURRENCY = 8  # more than the breaker's threshold (5): a hang opens it within one attempt timeout

@@ -6,6 +6,7 @@ import asyncio
 import json
 import signal
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import httpx2
@@ -128,18 +129,24 @@ def judge_redis_down(
 
 
 async def _outage(
-    ctx: Context, result: ScenarioResult, what: str, daemon: Daemon, down: object, up: object, calls: int
+    ctx: Context,
+    result: ScenarioResult,
+    what: str,
+    daemon: Daemon,
+    down: Callable[[], object],
+    up: Callable[[], object],
+    calls: int,
 ) -> None:
     """Calls before, during and after an outage of a backing service; `down`/`up` are blocking callables."""
     before = await _chats(ctx, daemon, calls, f"{what} before")
-    await asyncio.to_thread(down)  # type: ignore[arg-type]
+    await asyncio.to_thread(down)
     during = await _chats(ctx, daemon, calls, f"{what} down")
     alive = await _healthy(daemon)
     if what == "redis":
         degraded = await limiter_degraded(ctx, daemon)
         admitted, limited = await limit_burst(ctx, daemon, f"{ctx.target.isolation.tenant}-limited")
         judge_redis_down(result, degraded, admitted, limited, REPLICA_LIMIT + 3)
-    await asyncio.to_thread(up)  # type: ignore[arg-type]
+    await asyncio.to_thread(up)
     started = time.monotonic()
     after: list[Sample] = []
     while time.monotonic() - started < 60 and not (after and after[-1].ok):
@@ -175,10 +182,10 @@ async def _not_degraded(ctx: Context, daemon: Daemon) -> bool:
     return not any(await limiter_degraded(ctx, daemon))
 
 
-async def _wait(condition: object, seconds: float) -> bool:
+async def _wait(condition: Callable[[], Awaitable[bool]], seconds: float) -> bool:
     started = time.monotonic()
     while time.monotonic() - started < seconds:
-        if await condition():  # type: ignore[operator]
+        if await condition():
             return True
         await asyncio.sleep(1)
     return False

@@ -184,10 +184,11 @@ async def _task_unaware(
 async def run(ctx: Context, result: ScenarioResult) -> None:
     calls = ctx.scale(100, 10)
     think = ctx.seconds(90, 10)
-    if not ctx.target.local:
+    group = ctx.target.group
+    if not ctx.target.local or group is None:
         result.skipped = "needs local daemons (one is SIGKILLed midway)"
         return
-    shared = {"EXAI_DATA_DIR": str(ctx.target.group.workdir / f"data-long-{secrets.token_hex(3)}")}  # type: ignore[union-attr]
+    shared = {"EXAI_DATA_DIR": str(group.workdir / f"data-long-{secrets.token_hex(3)}")}
     if ctx.target.storage != "sqlite":
         schema = f"exai_stress_{secrets.token_hex(6)}"
         ctx.target.schemas.append(schema)
@@ -201,8 +202,8 @@ async def run(ctx: Context, result: ScenarioResult) -> None:
     }
     if ctx.quick:  # the shipped 45 s client wait is longer than the quick model's thinking
         settings["EXAI_CLIENT_WAIT_SECONDS"] = "2"
-    first = ctx.target.daemon("long-a", **settings)
-    second = ctx.target.daemon("long-b", **settings)
+    first = ctx.target.daemon("long-a", None, **settings)
+    second = ctx.target.daemon("long-b", None, **settings)
     await ctx.sim.reset()
     await ctx.sim.fault("think", model="sim-smart", think_seconds=think)
     ctx.progress(0, 3, f"{calls} calls on a model that thinks {think:g} s")
@@ -229,13 +230,19 @@ async def run(ctx: Context, result: ScenarioResult) -> None:
         result.samples.append(sample)
     statuses = [status for _, status in outcomes]
     collected, lost = statuses.count("completed"), statuses.count("lost")
-    other = len(statuses) - collected - lost
-    result.figures |= {"calls": calls, "think_s": think, "collected": collected, "reported lost": lost, "other": other}
+    neither = len(statuses) - collected - lost
+    result.figures |= {
+        "calls": calls,
+        "think_s": think,
+        "collected": collected,
+        "reported lost": lost,
+        "other": neither,
+    }
     result.check(
         "every answer collected, or reported lost with its reason",
         f"{calls} of {calls}",
-        f"{collected} collected + {lost} lost with reason = {collected + lost}; {other} neither",
-        other == 0,
+        f"{collected} collected + {lost} lost with reason = {collected + lost}; {neither} neither",
+        neither == 0,
     )
     counts = await ctx.sim.markers([s.marker for s, _ in outcomes if s.marker])
     finished_upstream = {m for m, c in counts.items() if c.get("answered", 0) > 0}

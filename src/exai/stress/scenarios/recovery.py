@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
+from typing import Any
 
 from mcp import Client
 
@@ -78,11 +79,11 @@ async def _steps(
 
 async def _final(
     daemon: Daemon, ctx: Context, result: ScenarioResult, threads: list[str | None], expect_failure: bool
-) -> list[dict]:
+) -> list[dict[str, Any]]:
     """The last step (the expert call) of every workflow. With a fault on, each must fail with a resumable error;
     without, each is resumed the way a client does: again after the `retry_in_seconds` an open breaker names."""
 
-    async def one(client: Client, index: int) -> dict:
+    async def one(client: Client, index: int) -> dict[str, Any]:
         args = workflow_step(STEPS, STEPS, threads[index], f"recovery {index}")
         for _ in range(RESUME_ATTEMPTS):
             outcome = await call(client, "debug", args, ctx.epoch, ceiling=120)

@@ -49,7 +49,7 @@ def _bad_tokens(rng: random.Random) -> dict[str, str]:
     return {
         "forged": jwt.encode(good, secrets.token_hex(32), algorithm="HS256"),
         "expired": jwt.encode({**good, "iat": now - 900, "exp": now - 300}, STRESS_SECRET, algorithm="HS256"),
-        "alg none": jwt.encode(good, None, algorithm="none"),
+        "alg none": jwt.encode(good, "", algorithm="none"),  # PyJWT ignores the key of an unsigned token
         "wrong audience": jwt.encode({**good, "aud": "someone-else"}, STRESS_SECRET, algorithm="HS256"),
     }
 
@@ -72,7 +72,7 @@ async def _bad_token_probes(ctx: Context, result: ScenarioResult, daemons: list[
 async def _limits_across_replicas(ctx: Context, result: ScenarioResult, daemons: list[Daemon], tenant: str) -> None:
     token = _token(tenant)
 
-    async def burst(daemon: Daemon) -> list[bool]:
+    async def burst(daemon: Daemon) -> list[str]:
         async with session(daemon.mcp_url, token) as client:
             args = {"prompt": "limit", "model": "sim-fast"}
             outcomes = await asyncio.gather(*(call(client, "chat", args, ctx.epoch) for _ in range(LIMIT + 2)))
