@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import SecretStr
 
-from exai.config import Settings, secret
+from exai.config import Limits, Settings, secret
 from exai.conversations.threads import Conversations
 from exai.conversations.tokens import warm_up
 from exai.errors import ExaiError
@@ -27,7 +27,7 @@ from exai.providers.rediscovery import CustomModelDiscovery
 from exai.providers.router import Router
 from exai.security.auth import JWTVerifier, parse_api_keys
 from exai.security.files import FileAccess
-from exai.security.limits import Limits, LocalLimiter, RateLimiter, RedisLimiter
+from exai.security.limits import LocalLimiter, RateLimiter, RedisLimiter
 from exai.server.admission import Admission
 from exai.server.call_records import CallRunner
 from exai.storage.audit import AuditWriter
