@@ -52,9 +52,10 @@ def within(name: str, allowed: tuple[str, ...]) -> bool:
     ("package", "allowed"),
     [
         # Logging, metrics, alerts, health: told what happened (events, callables, protocols), never asking.
-        ("exai.observability", ("exai.observability", "exai.errors")),
+        ("exai.observability", ("exai.observability", "exai.errors", "exai.background")),
         ("exai.errors", ("exai.observability.context",)),
         ("exai.provider_specs", ()),
+        ("exai.background", ("exai.observability.logging",)),  # a utility: runs a loop, logs what failed
         ("exai.config_problems", ("exai.errors",)),
     ],
 )
