@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import json
 import os
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from contextlib import asynccontextmanager, contextmanager
+from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -136,3 +139,29 @@ async def cancel_once_upstream(call: Callable[[], Awaitable[Any]], sim: SimContr
         group.start_soon(run)
         await wait_until(lambda: sim.stats()["in_flight"] >= 1, "the call's request reached the upstream")
         scope.cancel()
+
+
+@contextmanager
+def jwks_endpoint() -> Iterator[tuple[str, list[dict[str, object]], list[int]]]:
+    """A JWKS endpoint on a free port: its URL, the keys it serves (change them at will) and a count of fetches."""
+    keys: list[dict[str, object]] = []
+    fetches: list[int] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            fetches.append(1)
+            body = json.dumps({"keys": keys}).encode()
+            self.send_response(200)
+            self.send_header("content-type", "application/json")
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            return None
+
+    server = HTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}/jwks.json", keys, fetches
+    finally:
+        server.shutdown()

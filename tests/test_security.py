@@ -6,10 +6,8 @@ import base64
 import hashlib
 import hmac
 import json
-import threading
 import time
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import httpx2
 import jwt
@@ -19,7 +17,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from exai.security.auth import JWTVerifier, issue_token, new_api_key, parse_api_keys, visible_tools
 from tests.conftest import Proc, SimControl
-from tests.helpers import mcp_client, tool_error
+from tests.helpers import jwks_endpoint, mcp_client, tool_error
 
 pytestmark = pytest.mark.anyio
 SECRET = "a-test-secret-that-is-long-enough-0123456789"
@@ -95,25 +93,8 @@ async def test_algorithm_confusion_is_refused() -> None:
 
 @pytest.fixture
 def jwks_server() -> Iterator[tuple[str, list[dict[str, object]], list[int]]]:
-    keys: list[dict[str, object]] = []
-    fetches: list[int] = []
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            fetches.append(1)
-            body = json.dumps({"keys": keys}).encode()
-            self.send_response(200)
-            self.send_header("content-type", "application/json")
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args: object) -> None:
-            return None
-
-    server = HTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_port}/jwks.json", keys, fetches
-    server.shutdown()
+    with jwks_endpoint() as served:
+        yield served
 
 
 async def test_jwks_is_cached_and_refreshed_on_an_unknown_kid(jwks_server: tuple[str, list, list]) -> None:
@@ -220,7 +201,7 @@ def test_refuses_a_public_bind_without_auth(tmp_path) -> None:  # type: ignore[n
         env=dict(os.environ),
         capture_output=True,
         text=True,
-        timeout=30,
+        timeout=120,  # the refusal comes after the imports: slow on a busy machine
     )
     assert refused.returncode == 2 and "without authentication" in refused.stderr
     weak = subprocess.run(
@@ -228,7 +209,7 @@ def test_refuses_a_public_bind_without_auth(tmp_path) -> None:  # type: ignore[n
         env={**os.environ, "EXAI_JWT_SECRET": "short"},
         capture_output=True,
         text=True,
-        timeout=30,
+        timeout=120,
     )
     assert weak.returncode == 2 and "EXAI_JWT_SECRET" in weak.stderr
 

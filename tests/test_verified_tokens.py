@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import json
-import threading
 import time
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import httpx2
 import jwt
@@ -15,7 +13,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from exai.security.auth import LEEWAY_SECONDS, JWTVerifier, VerifiedTokens
 from tests.conftest import Proc, SimControl
-from tests.helpers import wait_until
+from tests.helpers import jwks_endpoint, wait_until
 
 pytestmark = pytest.mark.anyio
 SECRET = "a-test-secret-that-is-long-enough-0123456789"
@@ -52,25 +50,8 @@ def test_the_cache_is_bounded() -> None:
 
 @pytest.fixture
 def jwks_server() -> Iterator[tuple[str, list[dict[str, object]], list[int]]]:
-    keys: list[dict[str, object]] = []
-    fetches: list[int] = []
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            fetches.append(1)
-            body = json.dumps({"keys": keys}).encode()
-            self.send_response(200)
-            self.send_header("content-type", "application/json")
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args: object) -> None:
-            return None
-
-    server = HTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_port}/jwks.json", keys, fetches
-    server.shutdown()
+    with jwks_endpoint() as served:
+        yield served
 
 
 def _signing_key(kid: str) -> tuple[rsa.RSAPrivateKey, dict[str, object]]:

@@ -87,9 +87,24 @@ def _provider_fields(spec: ProviderSpec) -> dict[str, Any]:
     }
 
 
+class ReadsExaiSources(BaseSettings):
+    """Settings read from arguments, the environment, `.env`, then the TOML file (see `_sources`)."""
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return _sources(settings_cls, init_settings, env_settings, dotenv_settings)
+
+
 ProviderSettings: type[BaseSettings] = create_model(
     "ProviderSettings",
-    __base__=BaseSettings,
+    __base__=ReadsExaiSources,
     **{name: field for spec in PROVIDER_SPECS.values() for name, field in _provider_fields(spec).items()},
 )
 """Every provider's settings, derived from the specs: a new OpenAI-compatible vendor is one entry of data."""
@@ -304,17 +319,6 @@ class Settings(ProviderSettings):
             raise ValueError("is neither a PEM key nor the path of a readable file")
         return value
 
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return _sources(settings_cls, init_settings, env_settings, dotenv_settings)
-
     @property
     def auth_enabled(self) -> bool:
         return bool(self.jwt_secret or self.jwt_public_key or self.jwt_jwks_url or self.api_keys)
@@ -332,7 +336,7 @@ class Settings(ProviderSettings):
         return {name: self.provider(name) for name in PROVIDER_SPECS}
 
 
-class BridgeSettings(BaseSettings):
+class BridgeSettings(ReadsExaiSources):
     """The stdio bridge's own settings (`exai stdio --connect URL`): the daemon's token is never a server setting."""
 
     model_config = SettingsConfigDict(env_prefix="EXAI_", env_file=".env", extra="ignore", populate_by_name=True)
@@ -340,17 +344,6 @@ class BridgeSettings(BaseSettings):
     token: SecretStr | None = None
     bridge_connect_timeout_seconds: float = Field(default=30.0, gt=0)
     bridge_allow_plain_http: bool = False  # send EXAI_TOKEN over http:// to a host that is not loopback
-
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return _sources(settings_cls, init_settings, env_settings, dotenv_settings)
 
 
 SETTINGS_CLASSES: tuple[type[BaseSettings], ...] = (Settings, BridgeSettings)
