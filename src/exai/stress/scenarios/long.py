@@ -199,6 +199,10 @@ async def run(ctx: Context, result: ScenarioResult) -> None:
         "EXAI_ATTEMPT_TIMEOUT_SECONDS": str(think + 60),
         "EXAI_CALL_DEADLINE_SECONDS": str(think + 120),
         "EXAI_TASK_AFTER_SECONDS": "2",
+        # every call of the run is one tenant's on one model: all of them think at once, none waits for a slot of
+        # the tenant's provider share (16 by default), which would push the last ones past their deadline
+        "EXAI_PROVIDER_CONCURRENCY": str(max(64, calls)),
+        "EXAI_PROVIDER_CONCURRENCY_PER_TENANT": str(calls),
     }
     if ctx.quick:  # the shipped 45 s client wait is longer than the quick model's thinking
         settings["EXAI_CLIENT_WAIT_SECONDS"] = "2"
