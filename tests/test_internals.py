@@ -34,11 +34,13 @@ def test_the_shims_were_written_for_the_installed_versions() -> None:
         for distribution in distributions:
             installed = metadata.version(distribution)
             written_for = internals.WRITTEN_FOR[distribution]
-            if installed != written_for:
-                stale.append(f"{shim}: written for {distribution} {written_for}, {installed} is installed")
+            if ".".join(installed.split(".")[:2]) not in written_for:
+                checked = ", ".join(f"{series}.x" for series in written_for)
+                stale.append(f"{shim}: checked against {distribution} {checked}, {installed} is installed")
     assert not stale, (
         "Re-check these shims in src/exai/server/internals.py against the installed versions (each docstring says "
-        "what it relies on), then update WRITTEN_FOR:\n" + "\n".join(stale)
+        "what it relies on), then add the series to WRITTEN_FOR and widen the pin in pyproject.toml:\n"
+        + "\n".join(stale)
     )
 
 
