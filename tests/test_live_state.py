@@ -16,7 +16,6 @@ from exai.observability.alerts import AlertManager, AlertThresholds
 from exai.observability.health import Health, limiter_health
 from exai.observability.metrics import Metrics
 from exai.observability.stats import Stats, percentile
-from exai.providers.resilience import BREAKER_KINDS
 from exai.security.auth import issue_token
 from exai.security.limits import Limits, RedisLimiter
 from exai.server.dashboard import dashboard_snapshot
@@ -106,7 +105,7 @@ def test_limiter_state_read_duck_typed() -> None:
     assert "exai_limiter_degraded 1.0" in text and "exai_limiter_redis_errors_total 4.0" in text
     stats = Stats()
     alerts = AlertManager(
-        AlertThresholds(), None, stats, Health(stats, NO_ROUTER, degraded, 300, 30, breaker_kinds=BREAKER_KINDS)
+        AlertThresholds(), None, stats, Health(stats, NO_ROUTER, degraded, 300, 30)
     )
     assert alerts.conditions() == {"limiter_degraded": ("critical", state.reason)}
 
