@@ -162,14 +162,14 @@ def test_tokens_with_unknown_scopes_are_refused(command: list[str], tmp_path: Pa
 async def test_the_status_page_shows_retries_and_the_model_of_failed_calls(
     daemon: Callable[..., Proc], sim: SimControl
 ) -> None:
-    from tests.test_observability import _call
+    from tests.helpers import call_tool
 
     proc = daemon(EXAI_MAX_RETRIES="2")
     sim.fault("503", model="sim-fast", count=1)
-    retried = await _call(proc.url, None, "chat", {"prompt": "retried marker-r1", "model": "sim-fast"}, None)
+    retried = await call_tool(proc.url, "chat", {"prompt": "retried marker-r1", "model": "sim-fast"})
     assert not retried.is_error
     sim.fault("500", model="*")
-    failed = await _call(proc.url, None, "chat", {"prompt": "failed marker-f1", "model": "sim-fast"}, None)
+    failed = await call_tool(proc.url, "chat", {"prompt": "failed marker-f1", "model": "sim-fast"})
     assert failed.is_error
     sent = sum("marker-f1" in json.dumps(entry["body"]) for entry in sim.requests(limit=200))
     rows = httpx2.get(f"{proc.url}/dashboard/data", timeout=30).json()["recent_calls"]
