@@ -104,7 +104,8 @@ def test_limiter_state_read_duck_typed() -> None:
     text = Metrics(lambda: limiter_health(degraded)).render().decode()
     assert "exai_limiter_degraded 1.0" in text and "exai_limiter_redis_errors_total 4.0" in text
     stats = Stats()
-    alerts = AlertManager(AlertThresholds(), None, stats, Health(stats, NO_ROUTER, degraded, 300, 30))
+    thresholds = AlertThresholds(300, 0.5, 30, 20, 50)
+    alerts = AlertManager(thresholds, None, stats, Health(stats, NO_ROUTER, degraded, 300, 30))
     assert alerts.conditions() == {"limiter_degraded": ("critical", state.reason)}
 
 

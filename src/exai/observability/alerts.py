@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx2
-from pydantic import BaseModel, Field
 
 from exai.background import BackgroundLoop
 from exai.observability.health import Health
@@ -27,14 +26,17 @@ from exai.observability.stats import Stats, percentile
 log = get_logger(__name__)
 
 
-class AlertThresholds(BaseModel):
-    window_seconds: float = Field(default=300, gt=0)
-    provider_error_rate: float = Field(default=0.5, gt=0, le=1)
-    provider_min_calls: int = Field(default=5, ge=1)
-    p95_latency_seconds: float = Field(default=30.0, gt=0)
-    auth_failures: int = Field(default=20, ge=1)
-    rate_limit_rejections: int = Field(default=50, ge=1)
-    storage_errors: int = Field(default=1, ge=1)
+@dataclass(frozen=True)
+class AlertThresholds:
+    """When an alert fires. The first five are settings (`EXAI_ALERT_*`), defined and validated in config."""
+
+    window_seconds: float
+    provider_error_rate: float
+    p95_latency_seconds: float
+    auth_failures: int
+    rate_limit_rejections: int
+    provider_min_calls: int = 5  # an error rate over fewer attempts says nothing
+    storage_errors: int = 1  # any storage error in the window is critical
 
 
 @dataclass
