@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import signal
@@ -50,11 +51,19 @@ def pytest_keyboard_interrupt() -> None:
     logging.getLogger("asyncio").disabled = True
 
 
+# Tests that share one machine-wide resource run on one pytest-xdist worker, one after another (`--dist loadgroup`):
+# the Docker engine is held by one test process at a time (a file lock).
+FIXTURE_GROUPS = {"docker_engine": "docker"}
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         for fixture in getattr(item, "fixturenames", ()):
             for marker in FIXTURE_MARKERS.get(fixture, ()):
                 item.add_marker(marker)
+            if group := FIXTURE_GROUPS.get(fixture):
+                item.add_marker(pytest.mark.xdist_group(group))
 
 
 @pytest.fixture
@@ -80,10 +89,44 @@ def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("EXAI_DATA_DIR", str(tmp_path / "data"))
 
 
+# Ports for the processes the tests start. Each pytest-xdist worker takes them in turn from a block of its own below
+# the kernel's ephemeral range, which `bind(0)` and outgoing connections draw from: a port handed to one test's
+# daemon cannot be picked by another worker, by a stress run's own processes or by a client's connection in the
+# moment between this check and the daemon's bind.
+PORT_BLOCK = 1_500
+PORT_BASE = 20_000
+_next_port = itertools.count()
+
+
+def worker_index() -> int:
+    """This pytest-xdist worker's number (0 without xdist)."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    return int(worker.removeprefix("gw")) if worker.removeprefix("gw").isdigit() else 0
+
+
+def _ephemeral_floor() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """A port nothing listens on, reserved to this worker (see PORT_BLOCK)."""
+    base = PORT_BASE + worker_index() * PORT_BLOCK
+    if base + PORT_BLOCK > _ephemeral_floor():  # an unusual port range: the kernel's choice it is
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            return int(sock.getsockname()[1])
+    for _ in range(PORT_BLOCK):
+        port = base + next(_next_port) % PORT_BLOCK
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:  # in use, or still in TIME_WAIT from an earlier test
+                continue
+            return port
+    raise RuntimeError(f"no free port in {base}-{base + PORT_BLOCK - 1}")
 
 
 @dataclass

@@ -91,10 +91,13 @@ class Cluster:
 
     def restart(self, index: int, sig: int = signal.SIGTERM) -> int:
         """Stop replica `index` with `sig`, start it again on its port, and return the old process's exit code."""
-        old = self.replicas[index]
-        code = old.stop(sig, timeout=60)
-        self.replicas[index] = self.start(old.port)
+        code = self.replicas[index].stop(sig, timeout=60)
+        self.start_again(index)
         return code
+
+    def start_again(self, index: int) -> None:
+        """Start stopped replica `index` again on its port."""
+        self.replicas[index] = self.start(self.replicas[index].port)
 
 
 class CallFailed(Exception):

@@ -18,22 +18,18 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import popen_owned
+from tests.conftest import free_port, popen_owned, worker_index
 
 DEFAULT_PG = "postgresql://postgres@127.0.0.1:5432/test"
-DEFAULT_REDIS = "redis://127.0.0.1:6379/13"  # the suite's own database number on the shared Redis, never 0
+# The suite's own database numbers on the shared Redis, never 0: 13 for a run in one process, 13 + n for
+# pytest-xdist worker n (tests/test_replicas.py `own_redis_db` takes 1 to 12).
+REDIS_DATABASES = (13, 14, 15)
 
 
 def _reachable(port: int) -> bool:
     with socket.socket() as sock:
         sock.settimeout(0.5)
         return sock.connect_ex(("127.0.0.1", port)) == 0
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _unavailable(what: str) -> None:
@@ -63,7 +59,7 @@ def postgres_url() -> Iterator[str]:
     if not (initdb and pg_ctl):
         _unavailable("PostgreSQL")
     data = Path(tempfile.mkdtemp(prefix="exai-pg-"))
-    port = _free_port()
+    port = free_port()
     user = ["sudo", "-u", "nobody"] if os.geteuid() == 0 else []
     if user:
         shutil.chown(data, "nobody")
@@ -86,12 +82,15 @@ def redis_url() -> Iterator[str]:
         yield url
         return
     if _reachable(6379):
-        yield DEFAULT_REDIS
+        worker = worker_index()
+        if worker >= len(REDIS_DATABASES):
+            pytest.fail(f"the shared Redis has databases for {len(REDIS_DATABASES)} test workers; run fewer (-n)")
+        yield f"redis://127.0.0.1:6379/{REDIS_DATABASES[worker]}"
         return
     binary = shutil.which("redis-server")
     if not binary:
         _unavailable("Redis")
-    port = _free_port()
+    port = free_port()
     process = popen_owned(
         [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
         stdout=subprocess.DEVNULL,
