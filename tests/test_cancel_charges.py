@@ -56,4 +56,5 @@ async def test_a_call_cut_upstream_is_charged_its_prompt_and_one_cut_before_cost
     prompt_tokens = count_tokens(PROMPT)
     for row in cancelled[1:]:
         assert row["model"] == "sim-smart" and row["input_tokens"] >= prompt_tokens, row
-    assert [r["outcome"] for r in rows if r["outcome"] != "cancelled"] == ["rate_limited"]
+    calls = [r["outcome"] for r in rows if not r["outcome"].startswith(("cancelled", "task_"))]
+    assert calls == ["rate_limited"], rows
