@@ -63,15 +63,25 @@ def _answers(tool: str, result: CallToolResult) -> int:
 
 
 @pytest.mark.parametrize(
-    ("tool", "max_turns"),
-    [("chat", 4), ("consensus", 4), ("thinkdeep", 4)],  # room for one more call (a workflow: steps and experts)
+    ("tool", "backend"),
+    [("chat", "sqlite"), ("consensus", "sqlite"), ("thinkdeep", "sqlite"), ("chat", "postgresql")],
 )
 async def test_calls_racing_for_a_threads_last_turns_each_get_the_answer_they_paid_for(
-    daemon: Daemon, sim: SimControl, tool: str, max_turns: int
+    daemon: Daemon, sim: SimControl, request: pytest.FixtureRequest, tool: str, backend: str
 ) -> None:
-    proc = daemon(EXAI_MAX_TURNS_PER_THREAD=str(max_turns))
+    max_turns = 4  # room for one more call after the first (a workflow: for steps and experts)
+    if backend == "sqlite":
+        urls = [daemon(EXAI_MAX_TURNS_PER_THREAD=str(max_turns)).url] * RACERS
+    else:  # two daemons sharing the database: the calls race across processes too
+        env = {
+            "EXAI_MAX_TURNS_PER_THREAD": str(max_turns),
+            "EXAI_DATABASE_URL": request.getfixturevalue("postgres_url"),
+            "EXAI_DATABASE_SCHEMA": request.getfixturevalue("pg_schema"),
+        }
+        a, b = daemon(**env), daemon(**env)
+        urls = [(a, b)[i % 2].url for i in range(RACERS)]
     async with AsyncExitStack() as stack:
-        clients = [await stack.enter_async_context(Client(f"{proc.url}/mcp")) for _ in range(RACERS)]
+        clients = [await stack.enter_async_context(Client(f"{url}/mcp")) for url in urls]
         first = await clients[0].call_tool(tool, _call(tool, 0, None))
         thread = (first.structured_content or {}).get("continuation_id")
         sim.latency(3000)  # the racers' models answer together, after every racer has found room for its turns
