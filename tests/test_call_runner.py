@@ -3,6 +3,7 @@ another replica's sweep has meanwhile declared the call lost."""
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 import time
 from pathlib import Path
@@ -12,8 +13,8 @@ import mcp_types as types
 import pytest
 
 from exai.config import Settings
-from exai.server.call_records import CallRunner
-from exai.storage.base import CallEnd
+from exai.server.call_records import CallRunner, Execution
+from exai.storage.base import CallEnd, CallRecord
 from exai.storage.sqlite import SQLiteStore
 from tests.conftest import Closing
 
@@ -59,3 +60,51 @@ async def test_a_kept_answer_wins_over_a_sweep_that_declared_its_call_lost(tmp_p
     kept = await store.get_call(call.id)
     assert kept is not None and kept.status == "completed", kept
     assert kept.result is not None and kept.result["content"][0]["text"] == "the paid answer"
+
+
+async def test_a_cancellation_that_comes_after_the_answer_lets_the_call_complete_with_it(
+    tmp_path: Path, closing: Closing
+) -> None:
+    """The answer has arrived (paid in full) and the call is saving it when the cancellation comes: the call
+    completes with the answer instead of being recorded cancelled with it dropped. One still asking is cut."""
+    store = SQLiteStore(tmp_path / "exai.db")
+    await store.open()
+    closing(store)
+    await store.migrate()
+    runner = CallRunner(store, Settings())  # type: ignore[call-arg]
+    answered = {"finished": False, "asking": False}
+    saving, save = asyncio.Event(), asyncio.Event()
+
+    def body_for(name: str) -> Any:
+        async def body(record: Any) -> types.CallToolResult:
+            await record()
+            answered[name] = name == "finished"  # the model answered `finished`; `asking` waits for one
+            saving.set()
+            await save.wait()  # writing the thread's turns, say
+            return types.CallToolResult(content=[types.TextContent(type="text", text=f"{name} answer")])
+
+        return body
+
+    calls: dict[str, tuple[Execution, CallRecord]] = {}
+    for name in answered:
+        execution = runner.launch(
+            body_for(name),
+            tenant="alice",
+            tool="chat",
+            correlation_id=name,
+            continuation_id=None,
+            task=True,
+            answered=lambda name=name: answered[name],  # type: ignore[misc]
+        )
+        call = await execution.record()
+        assert call is not None
+        calls[name] = (execution, call)
+        await saving.wait()
+        saving.clear()
+    for _, call in calls.values():
+        await runner.cancel(call.id, "alice")
+    save.set()
+    finished, asking = [await runner.wait(call.id, "alice", 30) for _, call in calls.values()]
+    assert finished.status == "completed" and finished.result is not None, finished
+    assert finished.result["content"][0]["text"] == "finished answer"
+    assert asking.status == "cancelled", asking

@@ -23,7 +23,9 @@ Outcome = Literal["ok", "error", "cancelled", "denied", "rate_limited"]
 class ModelCall:
     """One model call inside a tool call: who was asked, who answered, what it was charged.
 
-    A call that failed (`failure` holds its error category) names the model asked and was charged nothing.
+    A call that failed (`failure` holds its error category) names the model asked and was charged nothing; one
+    cut by a cancellation while its request was upstream (`failure` "cancelled") is charged its prompt and what
+    had streamed back, as the vendor bills it.
     """
 
     requested: str

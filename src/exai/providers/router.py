@@ -31,6 +31,9 @@ from exai.providers.types import DeltaCallback, GenerateRequest, GenerateRespons
 Category = Literal["fast", "balanced", "reasoning"]
 EventCallback = Callable[[str], Awaitable[None]]
 AttemptObserver = Callable[["Attempt"], None]
+CUT = "cancelled"
+"""The outcome of an attempt whose request was sent and then cut by a cancellation: reported to the call's
+`on_attempts` (it is charged), never to the router's observer (it says nothing about the upstream's health)."""
 log = get_logger(__name__)
 
 
@@ -364,8 +367,11 @@ class Router:
                 exc = UpstreamError("timeout", "no answer within the attempt's time limit")
             except UpstreamError as error:
                 exc = error
-            except BaseException:
+            except BaseException as error:
                 breaker.release_probe()
+                if isinstance(error, asyncio.CancelledError):  # cut while upstream: the vendor bills what it started
+                    elapsed = (time.perf_counter() - started) * 1000
+                    attempts.append(Attempt(info.provider, info.name, CUT, elapsed))  # the call's, not a failure
                 raise
             else:
                 breaker.record_success()

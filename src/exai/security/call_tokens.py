@@ -4,9 +4,11 @@
 reserved in all (when that fits today's budget; otherwise nothing is prepaid and nothing else changes). Before each
 model call the tool draws its prompt's tokens (`reserve`): from the prepayment when it covers them (no round trip),
 else as a reservation of their own, checked against the budget as before. Once the model answers, the claim learns
-what it used. `close` runs once, whatever the outcome (answered, failed, cancelled): it gives the slot back and
-replaces every reservation by what its model calls used, in one round trip with Redis. The day's counter ends at
-exactly what the upstream reported; a prepayment no model call drew on is given back whole.
+what it used; a model call cut by a cancellation after its request was sent used its prompt and whatever had streamed
+back (the vendor bills a request it started), one cut before it was sent used nothing. `close` runs once, whatever
+the outcome (answered, failed, cancelled): it gives the slot back and replaces every reservation by what its model
+calls used, in one round trip with Redis. The day's counter ends at exactly what the upstream reported; a prepayment
+no model call drew on is given back whole.
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ PREPAY_MARGIN = 1.125
 
 @dataclass
 class TokenClaim:
-    """One model call's prompt tokens, reserved before it is asked, and what it turned out to use (0 if it failed)."""
+    """One model call's prompt tokens, reserved before it is asked, and what it turned out to use (0 if it failed
+    or was cancelled before its request was sent; the prompt and the streamed output if cancelled after)."""
 
     reservation: TokenReservation
     tokens: int

@@ -106,6 +106,15 @@ class Execution:
 
     recorded: asyncio.Future[CallRecord]
     task: asyncio.Task[types.CallToolResult]
+    answered: Callable[[], bool] = lambda: False
+    """Whether the work holds a complete, paid answer and is only finishing (see `cancel`)."""
+
+    def cancel(self) -> bool:
+        """Cut the work, unless its answer has arrived: then the call completes with it (kept, and charged, as the
+        upstream answered it in full), instead of being recorded cancelled with a paid answer dropped."""
+        if self.answered():
+            return False
+        return self.task.cancel()
 
     async def record(self) -> CallRecord | None:
         """The call's record once written; None when the work ended before it (refused, or the store failed)."""
@@ -138,7 +147,7 @@ class CallRunner:
         self.on_task_event = on_task_event or (lambda kind, call: None)
         self.on_counts = on_counts or (lambda counts: None)
         self.counts = CallCounts({}, None)
-        self._running: dict[str, asyncio.Task[types.CallToolResult]] = {}
+        self._running: dict[str, Execution] = {}
         self._working_tasks: dict[str, int] = {}  # tenant -> working task calls on this replica
         self._waits: dict[str, int] = {}  # tenant -> `tasks/result` and `collect` requests waiting on this replica
         self._unrecorded: dict[str, CallEnd] = {}
@@ -160,7 +169,7 @@ class CallRunner:
     async def finish_running(self, seconds: float) -> None:
         """Give the calls still running (no request waits for them any more) up to `seconds` to finish and record
         their answers; `close` then records the rest as lost."""
-        running = list(self._running.values())
+        running = [execution.task for execution in self._running.values()]
         if running:
             log.info("finishing_detached_calls", calls=len(running), grace_seconds=seconds)
             await asyncio.wait(running, timeout=seconds)
@@ -169,7 +178,7 @@ class CallRunner:
         """Stop looking after calls; those still running are cut and recorded as lost (failed), so whoever
         collects them learns that the daemon stopped, not that someone cancelled them."""
         self._closing = True
-        running = list(self._running.values())
+        running = [execution.task for execution in self._running.values()]
         for task in running:
             task.cancel()
         await asyncio.gather(*running, return_exceptions=True)
@@ -218,8 +227,10 @@ class CallRunner:
         continuation_id: str | None,
         task: bool,
         ttl_seconds: float | None = None,
+        answered: Callable[[], bool] | None = None,
     ) -> Execution:
-        """Run `body` detached; its record is written when the body awaits `begin` (storage first)."""
+        """Run `body` detached; its record is written when the body awaits `begin` (storage first). `answered` says
+        when the work holds a complete answer and only finishes: a cancellation then lets it complete."""
         loop = asyncio.get_running_loop()
         recorded: asyncio.Future[CallRecord] = loop.create_future()
         ttl = min(self.ttl, ttl_seconds) if ttl_seconds else self.ttl
@@ -259,7 +270,7 @@ class CallRunner:
                     remedy="Try again shortly; nothing was spent. If it persists, check the database "
                     "(`exai doctor`, /readyz).",
                 ) from exc
-            self._running[call.id] = current
+            self._running[call.id] = execution
             if task:
                 self.on_task_event("created", call)
             recorded.set_result(call)
@@ -294,8 +305,8 @@ class CallRunner:
                 return unrecorded(result)
             return result
 
-        current = loop.create_task(work())
-        return Execution(recorded, current)
+        execution = Execution(recorded, loop.create_task(work()), answered or (lambda: False))
+        return execution
 
     def _forget_task(self, tenant: str) -> None:
         left = self._working_tasks.get(tenant, 1) - 1
@@ -369,7 +380,7 @@ class CallRunner:
         call = await self.get(call_id, tenant)  # the tenant first: another's id is unknown at once, never waited on
         local = self._running.get(call_id)
         if local is not None and call.status not in TERMINAL:
-            await asyncio.wait({local}, timeout=max(0.0, seconds))
+            await asyncio.wait({local.task}, timeout=max(0.0, seconds))
             call = await self.get(call_id, tenant)
         while call.status not in TERMINAL and (left := deadline - time.monotonic()) > 0:
             await asyncio.sleep(min(0.5, left))
@@ -381,8 +392,11 @@ class CallRunner:
         call = await self.get(call_id, tenant)
         if call.status in TERMINAL:
             return call
-        if not self._cancel_local(call_id):
+        local = self._running.get(call_id)
+        if local is None:
             await self.store.request_cancel(call_id, time.time())
+        elif not local.cancel():  # its answer has arrived: it completes with it
+            return call
         self.on_task_event("cancelled", call)
         return call
 
@@ -392,12 +406,10 @@ class CallRunner:
         await self.cancel(call_id, tenant)
         return await self.wait(call_id, tenant, CANCEL_WAIT_SECONDS)
 
-    def _cancel_local(self, call_id: str) -> bool:
-        task = self._running.get(call_id)
-        if task is None:
-            return False
-        task.cancel()
-        return True
+    def _cancel_local(self, call_id: str) -> None:
+        execution = self._running.get(call_id)
+        if execution is not None:
+            execution.cancel()
 
     def outcome(self, call: CallRecord) -> types.CallToolResult:
         """An ended call's result as the caller gets it: its own result, or the error that ended it."""

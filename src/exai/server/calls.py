@@ -109,19 +109,53 @@ async def run(tool: Tool[Any, Any], args: pydantic.BaseModel, ctx: ToolContext) 
         content=[types.TextContent(type="text", text=result.text)],
         structured_content=result.data.model_dump(mode="json", exclude_none=True),
     )
-    return not_saved_to_thread(answer, ctx.unsaved_thread) if ctx.unsaved_thread else answer
+    if ctx.unsaved_thread:
+        return not_saved_to_thread(answer, ctx.unsaved_thread, ctx.unsaved_because)
+    return answer
 
 
-def not_saved_to_thread(result: types.CallToolResult, thread_id: str) -> types.CallToolResult:
-    """The paid answer with `_meta["exai/thread_saved"]: false` and a line saying what that means for the thread."""
-    note = (
-        f"Note: the conversation store was unavailable, so this exchange was not saved to thread {thread_id}; "
-        "continuing that thread will not include it (repeat what matters in your next prompt)."
-    )
-    meta = {**(result.meta or {}), "exai/thread_saved": False}
+def not_saved_to_thread(
+    result: types.CallToolResult, thread_id: str, because: ExaiError | None = None
+) -> types.CallToolResult:
+    """The paid answer with `_meta["exai/thread_saved"]: false`, `_meta["exai/thread_error"]` (the code of what
+    stopped the write and what to do) and a line saying why and what that means for the thread."""
+    code = because.code if because is not None else "storage_unavailable"
+    why, then = _NOT_SAVED.get(code, _NOT_SAVED["storage_unavailable"])
+    note = f"Note: {why}, so this exchange was not saved to thread {thread_id}; {then}"
+    meta = {
+        **(result.meta or {}),
+        "exai/thread_saved": False,
+        "exai/thread_error": {"code": code, "remedy": then},
+    }
     return result.model_copy(
         update={"meta": meta, "content": [*result.content, types.TextContent(type="text", text=note)]}
     )
+
+
+_REPEAT = "repeat what matters from this answer in your next prompt"
+_NOT_SAVED: dict[str, tuple[str, str]] = {
+    "storage_unavailable": (
+        "the conversation store was unavailable",
+        f"continuing that thread will not include it ({_REPEAT}).",
+    ),
+    "thread_full": (
+        "the thread reached its turn limit while the model worked (other calls on it filled it)",
+        f"start a new thread (call without continuation_id) and {_REPEAT}.",
+    ),
+    "conflict": (
+        "other calls kept changing the thread while this one tried to add its turns",
+        f"continuing that thread will not include it ({_REPEAT}); avoid many simultaneous calls on one thread.",
+    ),
+    "thread_not_found": (
+        "the thread was deleted while the model worked",
+        f"start a new thread (call without continuation_id) and {_REPEAT}.",
+    ),
+    "thread_expired": (
+        "the thread expired while the model worked",
+        f"start a new thread (call without continuation_id) and {_REPEAT}.",
+    ),
+}
+"""Why a paid answer's turns could not be written (by the code of the error that stopped them), and what to do."""
 
 
 async def handle_call(

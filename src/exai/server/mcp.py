@@ -199,6 +199,7 @@ def build_server(services: Services) -> Server[Any]:
             continuation_id=continuation if isinstance(continuation, str) else None,
             task=as_task or modern_task,
             ttl_seconds=ttl_ms / 1000 if ttl_ms else None,
+            answered=lambda: tool_ctx.answered,
         )
         try:
             call = await execution.record()
@@ -221,7 +222,7 @@ def build_server(services: Services) -> Server[Any]:
             if await wait_with_heartbeat(execution, wait, progress if wants_progress else None):
                 return execution.outcome()
         except asyncio.CancelledError:  # the client cancelled (or went away) while it still waited: so does the work
-            execution.task.cancel()
+            execution.cancel()  # unless its answer has arrived: then it completes, kept for `collect`
             raise
         attached = False
         if modern_task:

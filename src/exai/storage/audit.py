@@ -32,8 +32,8 @@ def call_audit_records(event: CallEvent) -> list[AuditRecord]:
     return [
         AuditRecord(
             **common,
-            outcome="error" if call.failure else event.outcome,
-            error_category=call.failure or event.error_category,
+            outcome=_outcome(call.failure, event.outcome),
+            error_category=None if call.failure == "cancelled" else call.failure or event.error_category,
             model=call.model,
             provider=call.provider,
             input_tokens=call.input_tokens,
@@ -42,6 +42,13 @@ def call_audit_records(event: CallEvent) -> list[AuditRecord]:
         )
         for call in event.model_calls
     ]
+
+
+def _outcome(failure: str | None, outcome: str) -> str:
+    """A model call's outcome: the call's, unless it failed, or was cut by a cancellation (and charged)."""
+    if failure == "cancelled":
+        return "cancelled"
+    return "error" if failure else outcome
 
 
 class AuditWriter:

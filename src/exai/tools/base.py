@@ -6,16 +6,20 @@ Tool objects hold no per-call state: everything a call needs arrives in its `Too
 from __future__ import annotations
 
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
 from pydantic import BaseModel, ConfigDict, JsonValue, model_validator
 
 from exai.config import DEFAULT_MAX_PROMPT_CHARS
-from exai.conversations.tokens import count_tokens_async
-from exai.errors import ExaiError, StorageError
+from exai.conversations.tokens import count_tokens, count_tokens_async
+from exai.errors import ExaiError
 from exai.observability.events import ModelCall
+from exai.observability.logging import get_logger
+from exai.providers.router import CUT
+from exai.providers.types import StreamChunk
 from exai.security.call_tokens import CallTokens
 
 if TYPE_CHECKING:
@@ -34,6 +38,7 @@ if TYPE_CHECKING:
 
 InputT = TypeVar("InputT", bound=BaseModel)
 OutputT = TypeVar("OutputT", bound=BaseModel)
+log = get_logger(__name__)
 
 
 TEXT_LIMIT = DEFAULT_MAX_PROMPT_CHARS
@@ -158,9 +163,12 @@ class ToolContext:
         self.model_calls: list[ModelCall] = []
         self.thread_id: str | None = None
         self.tokens: CallTokens | None = None
-        self.unsaved_thread: str | None = None
-        """The thread whose new turns the store could not take although a model had answered (see `record_turns`)."""
         """The call's slot and token reservations (set when it is admitted; None without limits)."""
+        self.unsaved_thread: str | None = None
+        """The thread whose new turns could not be written although a model had answered (see `record_turns`)."""
+        self.unsaved_because: ExaiError | None = None
+        """Why they could not: the store failed, the thread filled up, kept changing, or was deleted meanwhile."""
+        self._asking = 0
         self.upstream_seconds = 0.0
         """Time this call's model requests spent upstream (every attempt, failed ones too): the gateway-overhead
         metric is the call's time minus this."""
@@ -221,14 +229,38 @@ class ToolContext:
     ) -> None:
         """Commit the turns (and the state change) to the thread before the answer goes out.
 
-        A store that fails once a model has answered does not cost the caller the answer it paid for: the call
-        returns it, marked as not saved to the thread (`unsaved_thread`); with nothing paid, the error is raised."""
+        Once a model has answered, nothing that stops the write costs the caller the answer it paid for: a store
+        that fails, a thread that other calls filled up, kept changing or deleted while the model worked. The call
+        returns the answer marked as not saved to the thread (`unsaved_thread`, `unsaved_because`); with nothing
+        paid, the error is raised (a refusal before anything was spent)."""
         try:
             await self._services.conversations.record(thread, turns, tool, change)
-        except StorageError:
-            if not any(call.failure is None for call in self.model_calls):
+        except ExaiError as exc:
+            if not self.paid:
                 raise
-            self.unsaved_thread = thread.id
+            log.warning("answer_not_saved_to_thread", thread_id=thread.id, code=exc.code, tool=tool)
+            self.unsaved_thread, self.unsaved_because = thread.id, exc
+
+    @property
+    def paid(self) -> bool:
+        """Whether a model has answered this call (its answer is paid for, whatever happens next)."""
+        return any(call.failure is None for call in self.model_calls)
+
+    @property
+    def answered(self) -> bool:
+        """A model has answered and none is being asked: the call is finishing with an answer it paid for, so a
+        cancellation from now on would only throw that answer away (the call runner lets it finish instead)."""
+        return self._asking == 0 and self.paid
+
+    @contextmanager
+    def asking_models(self) -> Iterator[None]:
+        """While open, the call is still asking models (`consensus` holds it over all its members): a cancellation
+        cuts it, and `answered` is False."""
+        self._asking += 1
+        try:
+            yield
+        finally:
+            self._asking -= 1
 
     # ----- models -----------------------------------------------------------------------------------------------
     def plan(
@@ -249,16 +281,44 @@ class ToolContext:
         concurrent or many-model calls cannot overspend it by more than their answers; once the call is done the
         reservation is settled with exactly the usage the upstream reported. Only what it did not report is
         estimated: the prompt from `input_tokens`, the answer by counting its text (a stream without usage).
-        A call that fails is charged nothing, and still kept (one audit row per model call).
+        A call that fails is charged nothing, and still kept (one audit row per model call). A call cancelled
+        while its request was upstream is charged what the vendor bills for it: the prompt (`input_tokens`) and
+        whatever had streamed back (`cut_model_call`); cancelled before its request was sent, nothing.
         """
+        with self.asking_models():
+            return await self._generate(request, plan, input_tokens, **options)
+
+    async def _generate(
+        self, request: GenerateRequest, plan: RoutePlan, input_tokens: int, **options: Any
+    ) -> RouteResult:
         services = self._services
         claim = await self.tokens.reserve(input_tokens) if self.tokens is not None else None
+        attempts: list[Attempt] = []
+        streamed: list[str] = []
+        on_delta = options.get("on_delta")
+        if on_delta is not None:
+
+            async def counted(chunk: StreamChunk) -> None:
+                streamed.append(chunk.text + chunk.reasoning)
+                await on_delta(chunk)
+
+            options["on_delta"] = counted
+
+        def seen(made: list[Attempt]) -> None:
+            attempts.extend(made)
+            self._upstream_attempts(made)
+
         try:
-            result = await services.router.generate(
-                request, plan=plan, tenant=self.tenant, on_attempts=self._upstream_attempts, **options
-            )
+            result = await services.router.generate(request, plan=plan, tenant=self.tenant, on_attempts=seen, **options)
         except ExaiError as exc:
             self.model_calls.append(failed_model_call(plan, exc))  # the status page and audit show the model
+            raise
+        except BaseException:  # cancelled: charged if its request had reached the upstream
+            if attempts and attempts[-1].outcome == CUT:
+                cut = cut_model_call(plan, attempts, input_tokens, "".join(streamed), services.router)
+                self.model_calls.append(cut)
+                if claim is not None:
+                    claim.used = cut.tokens
             raise
         response = result.response
         info = services.router.catalogue.get(response.model)
@@ -281,6 +341,29 @@ class ToolContext:
             )
         )
         return result
+
+
+def cut_model_call(
+    plan: RoutePlan, attempts: list[Attempt], input_tokens: int, streamed: str, router: Router
+) -> ModelCall:
+    """The model call a cancellation cut while its request was upstream, charged as the vendor bills it: the
+    prompt as we counted it and the answer (or reasoning) streamed back before the cut (`failure` "cancelled")."""
+    last = attempts[-1]
+    output_tokens = count_tokens(streamed) if streamed else 0
+    info = router.catalogue.get(last.model)
+    models = list(dict.fromkeys(a.model for a in attempts if a.outcome != "breaker_open"))
+    return ModelCall(
+        requested=plan.requested,
+        provider=last.provider,
+        model=last.model,
+        input_tokens=input_tokens,
+        output_tokens=output_tokens,
+        cost_usd=round(info.cost(input_tokens, output_tokens), 8) if info else 0.0,
+        latency_ms=round(sum(a.latency_ms for a in attempts if a.outcome != "breaker_open"), 2),
+        fallbacks=tuple(models[1:]),
+        retries=len([a for a in attempts if a.outcome != "breaker_open"]) - 1,
+        failure=CUT,
+    )
 
 
 def failed_model_call(plan: RoutePlan, error: ExaiError) -> ModelCall:

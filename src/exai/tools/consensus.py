@@ -156,7 +156,8 @@ class ConsensusTool(Tool[ConsensusInput, ConsensusOutput]):
 
         started = time.perf_counter()
         await ctx.progress(0, len(args.models), "consulting models")
-        opinions = await _all_or_none([consult(entry, i) for i, entry in enumerate(args.models)])
+        with ctx.asking_models():  # a cancellation cuts the call until every member has answered or failed
+            opinions = await _all_or_none([consult(entry, i) for i, entry in enumerate(args.models)])
         wall = (time.perf_counter() - started) * 1000
         summary = "\n\n".join(
             f"## {o.model} ({o.stance})\n" + (o.answer or f"FAILED: {o.error and o.error.get('message')}")

@@ -1,0 +1,60 @@
+"""A cancelled call pays for what the upstream started: the prompt of a request that reached the model (and what had
+streamed back) counts against the tenant's daily tokens and is audited; a call cancelled before its request was sent
+costs nothing. Through the real daemon, counted on the simulator's side.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from mcp import Client
+
+from exai.conversations.tokens import count_tokens
+from tests.conftest import Proc, SimControl
+from tests.helpers import cancel_once_upstream, tool_error, wait_until
+from tests.test_accounting import audit_rows
+from tests.test_long_calls import pending_of
+
+pytestmark = [pytest.mark.anyio, pytest.mark.timeout(600)]
+Daemon = Callable[..., Proc]
+PROMPT = "word " * 2000  # about 2,000 tokens: two such prompts fit a budget of 5,000, three do not
+
+
+async def test_a_call_cut_upstream_is_charged_its_prompt_and_one_cut_before_costs_nothing(
+    daemon: Daemon, sim: SimControl, tmp_path: Path
+) -> None:
+    proc = daemon(
+        EXAI_RATE_LIMIT_TOKENS_PER_DAY="5000",
+        EXAI_PROVIDER_CONCURRENCY="1",  # a second call waits for the provider: cancelled before it is sent
+        EXAI_PROVIDER_CONCURRENCY_PER_TENANT="1",
+        EXAI_CLIENT_WAIT_SECONDS="5",
+    )
+    sim.fault("think", model="sim-smart", think_seconds=300)
+    args = {"prompt": PROMPT, "model": "sim-smart"}
+    async with Client(f"{proc.url}/mcp") as client:
+        upstream = pending_of(await client.call_tool("chat", args))
+        await wait_until(lambda: sim.stats()["in_flight"] >= 1, "the first call's request reached the upstream")
+        waiting = pending_of(await client.call_tool("chat", args))  # holds no provider slot: never sent
+        cut_before = await client.call_tool("collect", {"task_id": waiting["task_id"], "cancel": True})
+        assert sim.count("requests") == 1, "the second call was cancelled before its request was sent"
+        cut_upstream = await client.call_tool("collect", {"task_id": upstream["task_id"], "cancel": True})
+        await wait_until(lambda: sim.count("disconnects") >= 1, "the simulator saw the first request cut")
+        await cancel_once_upstream(lambda: client.call_tool("chat", args), sim)  # notifications/cancelled
+        await wait_until(lambda: sim.count("disconnects") >= 2, "the simulator saw the third request cut")
+        over = await client.call_tool("chat", args)
+    assert tool_error(cut_before)["code"] == "cancelled"
+    assert tool_error(cut_upstream)["code"] == "cancelled"
+    assert tool_error(over)["code"] == "rate_limited_tokens", "two cut prompts spent the day's budget"
+    assert sim.count("requests") == 2 and sim.count("completed") == 0, "only the two cut requests reached it"
+
+    rows = [r for r in audit_rows({"EXAI_DATA_DIR": str(tmp_path / "data")}, expected=4) if r["tool"] == "chat"]
+    cancelled = sorted((r for r in rows if r["outcome"] == "cancelled"), key=lambda r: r["input_tokens"])
+    assert len(cancelled) == 3, rows
+    assert cancelled[0]["input_tokens"] == cancelled[0]["output_tokens"] == 0, "cut before it was sent: free"
+    prompt_tokens = count_tokens(PROMPT)
+    for row in cancelled[1:]:
+        assert row["model"] == "sim-smart" and row["input_tokens"] >= prompt_tokens, row
+    calls = [r["outcome"] for r in rows if not r["outcome"].startswith(("cancelled", "task_"))]
+    assert calls == ["rate_limited"], rows
