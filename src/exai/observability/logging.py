@@ -13,7 +13,18 @@ import re
 import sys
 from typing import Any
 
-import structlog
+# structlog imports rich (and with it pygments and attrs, about a tenth of a second of CPU) only to offer rich
+# tracebacks, which these logs never use (tracebacks are plain, see configure_logging); every stdio session paid for
+# it before answering `initialize`. Unless something loaded rich already, structlog is imported with rich hidden, so
+# it takes its no-rich path; rich itself stays importable for whoever needs it later (`exai models`, typer).
+_HIDE_RICH = "rich" not in sys.modules and "structlog" not in sys.modules
+if _HIDE_RICH:
+    sys.modules["rich"] = None  # type: ignore[assignment]  # `import rich` raises ImportError while this is set
+try:
+    import structlog
+finally:
+    if _HIDE_RICH:
+        del sys.modules["rich"]
 
 _SECRET_KEY = re.compile(r"(api_?key|token|secret|password|authorization)", re.IGNORECASE)
 _BEARER = re.compile(r"(Bearer\s+)[A-Za-z0-9._\-]+")
@@ -95,6 +106,11 @@ def configure_logging(level: str = "INFO", json: bool = False) -> None:
     # Python warnings (a library's deprecation notice) become log records: with EXAI_LOG_JSON a raw warning on
     # stderr would break the JSON lines a log shipper reads.
     logging.captureWarnings(True)
+
+
+def bind_to_logs(**values: Any) -> None:
+    """Show these values on every log line of the current context (task or request)."""
+    structlog.contextvars.bind_contextvars(**values)
 
 
 def get_logger(name: str) -> structlog.stdlib.BoundLogger:

