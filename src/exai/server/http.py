@@ -31,7 +31,14 @@ from exai.app import Services
 from exai.errors import AuthError, PermissionDeniedError
 from exai.observability.logging import get_logger
 from exai.observability.metrics import BREAKER_VALUES
-from exai.security.auth import ADMIN_SCOPE, METRICS_SCOPE, TOOLS_SCOPE, request_access, request_tenant
+from exai.security.auth import (
+    ADMIN_SCOPE,
+    COLLECT_TOOL,
+    METRICS_SCOPE,
+    TOOLS_SCOPE,
+    request_access,
+    request_tenant,
+)
 from exai.server.auth_errors import ExplainedRequireAuth, has_bearer, why_unauthenticated
 from exai.server.cancellation import CallCancellations, StatelessCancellation
 from exai.server.connection_guard import guarded_h11_protocol, raise_file_limit
@@ -284,7 +291,10 @@ def guard_mcp(
     if isinstance(route.app, RequireAuthMiddleware):
         required = route.app
         route.app = ExplainedRequireAuth(
-            checked(required.app), required.required_scopes, required.resource_metadata_url
+            checked(required.app),
+            required.required_scopes,
+            required.resource_metadata_url,
+            tools=[tool.name for tool in services.tools if tool.name != COLLECT_TOOL],
         )
     else:
         route.app = checked(route.app)

@@ -8,7 +8,8 @@
   declare the extension gets -32021 for `tasks/*`, and ordinary answers.
 
 A task belongs to its tenant, not to a connection: any connection of the tenant, on any replica, may read, collect
-or cancel it; for another tenant it does not exist (the same error as an unknown id).
+or cancel it, with a token that may call the tool that made it; for another tenant, or a token without that tool,
+it does not exist (the same error as an unknown id).
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ RESULT_WAIT_SECONDS = 3600.0
 LIST_PAGE = 50
 
 TenantOf = Callable[[], str]
+ToolsOf = Callable[[], list[str]]
 StartTask = Callable[[ServerRequestContext[Any, Any], types.CallToolRequestParams], Awaitable[HandlerResult]]
 
 
@@ -157,9 +159,12 @@ def _missing_extension() -> MCPError:
 class TasksSurface:
     """The `tasks/*` methods and the 2025-11-25 task-augmented `tools/call`, over one `CallRunner`."""
 
-    def __init__(self, runner: CallRunner, tenant_of: TenantOf, start_task: StartTask) -> None:
+    def __init__(self, runner: CallRunner, tenant_of: TenantOf, tools_of: ToolsOf, start_task: StartTask) -> None:
         self.runner = runner
         self.tenant_of = tenant_of
+        self.tools_of = tools_of
+        """The tools the caller's token may call: a task of any other tool is as unknown as one that does not
+        exist (an `exai:tool:version` token neither reads nor cancels a `chat` task of its tenant)."""
         self.start_task = start_task
 
     def install(self, server: Any) -> None:
@@ -175,7 +180,7 @@ class TasksSurface:
         if is_modern(ctx) and not declares_extension(ctx):
             raise _missing_extension()
         try:
-            call = await self.runner.get(task_id, self.tenant_of())
+            call = await self.runner.get(task_id, self.tenant_of(), self.tools_of())
         except ExaiError as exc:
             if exc.category.value == "not_found":
                 raise _unknown(task_id) from None
@@ -214,7 +219,8 @@ class TasksSurface:
         except ValueError:
             raise MCPError(types.INVALID_PARAMS, "Invalid cursor: pass the nextCursor of the previous page.") from None
         calls = await self.runner.store.list_calls(self.tenant_of(), LIST_PAGE, before)
-        page: dict[str, Any] = {"tasks": [task_fields(call, modern=False) for call in calls]}
+        tools = set(self.tools_of())
+        page: dict[str, Any] = {"tasks": [task_fields(call, modern=False) for call in calls if call.tool in tools]}
         if len(calls) == LIST_PAGE:
             page["nextCursor"] = repr(calls[-1].created_at)
         return page
