@@ -56,6 +56,9 @@ class Limits(BaseModel):
     requests_per_minute: int = Field(default=120, ge=1)
     concurrent: int = Field(default=8, ge=1)
     tokens_per_day: int = Field(default=5_000_000, ge=1)
+    task_requests_per_minute: int = Field(default=600, ge=1)
+    """`tasks/get`, `tasks/result`, `tasks/list`, `tasks/cancel`, `tasks/update`: store reads, in a window of their own
+    (a Tasks client polls `tasks/get` every 2 s per task: 600 a minute leaves room for 20 tasks polled at once)."""
 
 
 TENANT_LIMIT_KEYS = tuple(Limits.model_fields)
@@ -174,6 +177,7 @@ class Settings(ProviderSettings):
     rate_limit_rpm: int = Field(default=_DEFAULT_LIMITS.requests_per_minute, ge=1)
     rate_limit_concurrency: int = Field(default=_DEFAULT_LIMITS.concurrent, ge=1)
     rate_limit_tokens_per_day: int = Field(default=_DEFAULT_LIMITS.tokens_per_day, ge=1)
+    rate_limit_task_rpm: int = Field(default=_DEFAULT_LIMITS.task_requests_per_minute, ge=1)
     tenant_limits: TenantLimits = Field(default_factory=dict)
     rate_limit_on_redis_error: Literal["open", "closed"] = "open"
     max_sessions_per_tenant: int = Field(default=64, ge=1)

@@ -304,7 +304,9 @@ def build_server(services: Services) -> Server[Any]:
             on_set_logging_level=set_level,
             get_tool_input_schema=lambda name: listing_schema(listing(), name),
         )
-    TasksSurface(services.calls, caller_tenant, lambda: visible(list(tools)), start_task).install(server)
+    TasksSurface(services.calls, services.limiter, caller_tenant, lambda: visible(list(tools)), start_task).install(
+        server
+    )
     return server
 
 

@@ -27,6 +27,7 @@ from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 from pydantic import BaseModel, ConfigDict
 
 from exai.errors import ExaiError
+from exai.security.limits import RateLimiter
 from exai.server.call_records import CallRunner, jsonrpc_error, result_payload
 from exai.server.results import ERROR_META_KEY
 from exai.storage.base import TERMINAL, CallRecord
@@ -159,8 +160,16 @@ def _missing_extension() -> MCPError:
 class TasksSurface:
     """The `tasks/*` methods and the 2025-11-25 task-augmented `tools/call`, over one `CallRunner`."""
 
-    def __init__(self, runner: CallRunner, tenant_of: TenantOf, tools_of: ToolsOf, start_task: StartTask) -> None:
+    def __init__(
+        self,
+        runner: CallRunner,
+        limiter: RateLimiter | None,
+        tenant_of: TenantOf,
+        tools_of: ToolsOf,
+        start_task: StartTask,
+    ) -> None:
         self.runner = runner
+        self.limiter = limiter
         self.tenant_of = tenant_of
         self.tools_of = tools_of
         """The tools the caller's token may call: a task of any other tool is as unknown as one that does not
@@ -176,9 +185,20 @@ class TasksSurface:
         server.middleware.append(self.legacy_task_call)
         server.extensions[EXTENSION] = {}
 
+    async def _admit(self) -> None:
+        """Count the request against the tenant's `tasks/*` window (each reads the store), or refuse it with the
+        rate-limit error a tool call gets (its `details.retry_after_seconds` included), as the JSON-RPC error."""
+        if self.limiter is None:
+            return
+        try:
+            await self.limiter.task_request(self.tenant_of())
+        except ExaiError as exc:
+            raise protocol_error(exc) from None
+
     async def _call(self, ctx: ServerRequestContext[Any, Any], task_id: str) -> CallRecord:
         if is_modern(ctx) and not declares_extension(ctx):
             raise _missing_extension()
+        await self._admit()
         try:
             call = await self.runner.get(task_id, self.tenant_of(), self.tools_of())
         except ExaiError as exc:
@@ -214,6 +234,7 @@ class TasksSurface:
     async def list(self, ctx: ServerRequestContext[Any, Any], params: ListParams) -> dict[str, Any]:
         if is_modern(ctx):
             raise MCPError(types.METHOD_NOT_FOUND, "tasks/list is not part of the 2026-07-28 Tasks extension.")
+        await self._admit()
         try:
             before = float(params.cursor) if params.cursor else None
         except ValueError:

@@ -1,4 +1,5 @@
-"""Reading or cancelling a call needs a scope that allows the tool that made it, and /mcp needs a tool scope at all.
+"""Reading or cancelling a call needs a scope that allows the tool that made it, and /mcp needs a tool scope at all;
+`tasks/*` requests, which read the store, count against a per-tenant window of their own.
 
 Raw JSON-RPC against a real daemon, as a tenant holding several tokens of different reach would send it.
 """
@@ -87,3 +88,23 @@ def test_a_token_without_the_calls_tool_can_neither_read_nor_cancel_it(daemon: D
     answer = owner.rpc("tasks/result", {"taskId": task_id})["result"]
     assert not answer.get("isError") and "mine" in json.dumps(answer), answer
     assert sim.count("disconnects") == 0
+
+
+def test_task_requests_count_against_a_window_of_their_own(daemon: Daemon, sim: SimControl) -> None:
+    proc = daemon(EXAI_JWT_SECRET=TEST_JWT_SECRET, EXAI_RATE_LIMIT_RPM="3", EXAI_RATE_LIMIT_TASK_RPM="6")
+    mallory = Session(proc, bearer("mallory", ["exai:tools"]))
+    called = [mallory.rpc("tools/call", {"name": "version", "arguments": {}})["result"] for _ in range(4)]
+    assert [c.get("isError", False) for c in called] == [False, False, False, True]
+    assert called[-1]["_meta"]["exai/error"]["code"] == "rate_limited_rpm", "the tool budget is spent"
+
+    requests = [("tasks/list", {}), ("tasks/get", {"taskId": "no-such-task"})] * 3
+    answers = [mallory.rpc(method, params) for method, params in requests]
+    assert "result" in answers[0] and answers[1]["error"]["message"].startswith("Failed to retrieve task")
+    assert all("rate_limited" not in json.dumps(answer) for answer in answers), "six fit the tasks window"
+    for method, params in [("tasks/list", {}), ("tasks/get", {"taskId": "x"}), ("tasks/cancel", {"taskId": "x"})]:
+        refused = mallory.rpc(method, params)["error"]
+        assert refused["code"] == -32602, refused
+        assert refused["data"]["category"] == "rate_limit" and refused["data"]["code"] == "rate_limited_tasks"
+        assert refused["data"]["retryable"] and refused["data"]["details"]["retry_after_seconds"] > 0, refused
+        assert "6 task requests" in refused["message"], refused
+    assert "result" in Session(proc, bearer("alice", ["exai:tools"])).rpc("tasks/list", {}), "another tenant"
