@@ -73,6 +73,8 @@ RENAMED = {
 }
 CONNECTION_HEADROOM = 256
 """Connections beyond the admitted calls by default: health checks, scrapes, idle keep-alive and session streams."""
+ADDRESS_RESERVE = CONNECTION_HEADROOM // 2
+"""Connections one client address may never take by default (EXAI_MAX_CONNECTIONS_PER_ADDRESS): kept for the others."""
 
 
 def _renamed(field: str) -> AliasChoices:
@@ -162,6 +164,7 @@ class Settings(ProviderSettings):
     max_calls_waiting: int = Field(default=1024, ge=0)
     admission_queue_seconds: float = Field(default=5.0, gt=0)
     max_connections: int = Field(default=0, ge=0)  # 0: room for every admitted call, plus CONNECTION_HEADROOM
+    max_connections_per_address: int = Field(default=0, ge=0)  # 0: all but ADDRESS_RESERVE, never below admission
     disabled_tools: CommaList = Field(default_factory=list)
     max_prompt_chars: int = Field(default=DEFAULT_MAX_PROMPT_CHARS, gt=0)
 
@@ -258,6 +261,18 @@ class Settings(ProviderSettings):
                 "(EXAI_MAX_CALLS_IN_FLIGHT + EXAI_MAX_CALLS_WAITING)"
             )
         return value
+
+    @field_validator("max_connections_per_address")
+    @classmethod
+    def _address_share(cls, value: int, info: ValidationInfo) -> int:
+        """By default one address may hold every connection but the last ADDRESS_RESERVE, so it can never take them
+        all; yet never fewer than admission control admits, so a reverse proxy (one address for all its clients)
+        can still carry every call the replica takes."""
+        cap = int(info.data.get("max_connections", 0))
+        if value:
+            return min(value, cap) if cap else value
+        admitted = int(info.data.get("max_calls_in_flight", 0)) + int(info.data.get("max_calls_waiting", 0))
+        return max(cap - ADDRESS_RESERVE, min(admitted, cap))
 
     @field_validator("jwt_secret")
     @classmethod

@@ -357,7 +357,10 @@ async def serve_http(services: Services, listener: socket.socket | None = None) 
         port=settings.port,
         log_config=None,
         http=guarded_h11_protocol(
-            settings.http_header_timeout_seconds, settings.http_body_timeout_seconds, settings.max_connections
+            settings.http_header_timeout_seconds,
+            settings.http_body_timeout_seconds,
+            settings.max_connections,
+            settings.max_connections_per_address,
         ),
         access_log=False,
         # uvicorn cancels what is left (bare) only after our drain has cut the calls with a typed error
