@@ -108,3 +108,16 @@ def test_task_requests_count_against_a_window_of_their_own(daemon: Daemon, sim: 
         assert refused["data"]["retryable"] and refused["data"]["details"]["retry_after_seconds"] > 0, refused
         assert "6 task requests" in refused["message"], refused
     assert "result" in Session(proc, bearer("alice", ["exai:tools"])).rpc("tasks/list", {}), "another tenant"
+
+
+def test_a_negative_task_ttl_is_refused_as_invalid_before_anything_is_spent(daemon: Daemon, sim: SimControl) -> None:
+    proc = daemon(EXAI_JWT_SECRET=TEST_JWT_SECRET)
+    alice = Session(proc, bearer("alice", ["exai:tools"]))
+    params = {"name": "chat", "arguments": {"prompt": "keep it", "model": "sim-fast"}, "task": {"ttl": -5}}
+    refused = alice.rpc("tools/call", params)["error"]
+    assert refused["code"] == -32602 and refused["data"]["code"] == "invalid_task_ttl", refused
+    assert refused["data"]["category"] == "validation" and "cannot be negative" in refused["message"], refused
+    assert alice.rpc("tasks/list", {})["result"]["tasks"] == [], "no task was recorded"
+    assert sim.count("requests:sim-fast") == 0, "nothing was sent upstream"
+    params["task"] = {"ttl": 0}
+    assert alice.rpc("tools/call", params)["result"]["task"]["taskId"], "a ttl of 0 takes the server's default"

@@ -169,14 +169,13 @@ def build_http_app(services: Services) -> Starlette:
             return JSONResponse(
                 {"ready": False, "reason": services.discovery.problem, "remedy": remedy}, status_code=503
             )
-        return JSONResponse(
-            {
-                "ready": True,
-                "providers": providers,
-                "storage": services.store.name,
-                "tools": [t.name for t in services.tools],
-            }
-        )
+        ready: dict[str, object] = {"ready": True, "providers": providers, "storage": services.store.name}
+        access = request_access(request.scope)
+        if verifier is None or (access is not None and ADMIN_SCOPE in access.scopes):
+            # Probes read the status alone; the tool list is for the operator: an anonymous caller, or a narrow
+            # token, learns no tool it may not call from here (tools/list names those).
+            ready["tools"] = [t.name for t in services.tools]
+        return JSONResponse(ready)
 
     async def metrics(request: Request) -> Response:
         if denied := await admin_denied(request, also=METRICS_SCOPE):

@@ -39,7 +39,14 @@ from exai.server.call_records import Execution
 from exai.server.calls import Caller, handle_call
 from exai.server.internals import connection_of
 from exai.server.tasks import LEGACY_CAPABILITY as LEGACY_TASKS
-from exai.server.tasks import TasksSurface, announce_end, created, declares_extension, refusal_error
+from exai.server.tasks import (
+    TasksSurface,
+    announce_end,
+    created,
+    declares_extension,
+    refusal_error,
+    requested_ttl_seconds,
+)
 from exai.server.tool_refusals import unknown_tool
 from exai.tools.base import Tool, ToolContext, compact_schema, input_schema
 
@@ -190,7 +197,7 @@ def build_server(services: Services) -> Server[Any]:
             return await handle_call(services, tool, params.arguments, caller, tool_ctx)
         continuation = (params.arguments or {}).get("continuation_id")
         modern_task = declares_extension(ctx)
-        ttl_ms = params.task.ttl if params.task is not None else None
+        ttl_seconds = requested_ttl_seconds(params)  # a negative ttl is refused here, before anything is recorded
         execution = services.calls.launch(
             lambda record: handle_call(services, tool, params.arguments, caller, tool_ctx, record),
             tenant=caller.tenant,
@@ -198,7 +205,7 @@ def build_server(services: Services) -> Server[Any]:
             correlation_id=correlation_id,
             continuation_id=continuation if isinstance(continuation, str) else None,
             task=as_task or modern_task,
-            ttl_seconds=ttl_ms / 1000 if ttl_ms else None,
+            ttl_seconds=ttl_seconds,
         )
         try:
             call = await execution.record()

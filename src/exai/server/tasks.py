@@ -26,7 +26,7 @@ from mcp.shared.exceptions import MCPError
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 from pydantic import BaseModel, ConfigDict
 
-from exai.errors import ExaiError
+from exai.errors import ExaiError, InvalidInput
 from exai.security.limits import RateLimiter
 from exai.server.call_records import CallRunner, jsonrpc_error, result_payload
 from exai.server.results import ERROR_META_KEY
@@ -132,6 +132,22 @@ def protocol_error(exc: ExaiError) -> MCPError:
     """An error of ours as a `tasks/*` request's JSON-RPC error, with the tool error's data."""
     code = types.INVALID_PARAMS if exc.category.value in CLIENT_FAULTS else types.INTERNAL_ERROR
     return MCPError(code, exc.render(), data=exc.to_dict())
+
+
+def requested_ttl_seconds(params: types.CallToolRequestParams) -> float | None:
+    """How long the caller asks its task to be kept (`task.ttl`, in ms; None or 0: EXAI_TASK_TTL_SECONDS). A negative
+    ttl is refused as invalid params: it would make a record that expired before it was written."""
+    ttl_ms = params.task.ttl if params.task is not None else None
+    if ttl_ms is not None and ttl_ms < 0:
+        raise protocol_error(
+            InvalidInput(
+                f"task.ttl is {ttl_ms} ms; a task's time to live cannot be negative.",
+                code="invalid_task_ttl",
+                remedy="Send task.ttl in milliseconds, 0 or more (or leave it out for the server's default).",
+                details={"ttl": ttl_ms},
+            )
+        )
+    return ttl_ms / 1000 if ttl_ms else None
 
 
 def refusal_error(refused: types.CallToolResult) -> MCPError:
