@@ -86,3 +86,10 @@ async def test_an_upstream_that_echoes_the_key_in_its_error_body_never_passes_it
     assert "Incorrect API key provided: ***" in stored, "the call records keep the (redacted) upstream message"
     assert leaks(stored) == []
     assert leaks(proc.logs()) == []
+
+
+def test_a_listing_failure_names_the_url_without_its_credentials() -> None:
+    from exai.providers.bounded import FetchError
+
+    failure = FetchError(f"cannot reach http://user:{KEY}@proxy.example/v1/models: Authorization: Bearer {OTHER_BEARER}")
+    assert leaks(str(failure)) == [] and "proxy.example" in str(failure), str(failure)
