@@ -163,7 +163,7 @@ def test_the_bridge_token_is_the_bridge_s_own_setting(monkeypatch: pytest.Monkey
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 TABLE_TITLE = "Every setting"
-DERIVED = {"data_dir", "max_connections", "fallback_chain"}
+DERIVED = {"data_dir", "max_connections", "max_connections_per_address", "fallback_chain"}
 """Settings whose default is worked out at start (a path, a sum, a chain): the table says how, not a value."""
 UNITS = (" s", " ms", " bytes", " hours", " days")
 

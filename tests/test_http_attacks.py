@@ -162,3 +162,28 @@ def test_mcp_requires_the_accept_header_the_spec_names(daemon: Daemon, sim: SimC
     listening = httpx2.get(f"{proc.url}/mcp", headers={"accept": "*/*"})
     assert listening.status_code == 406
     assert open_session(proc).status_code == 200
+
+
+def test_a_request_naming_another_protocol_version_than_its_session_is_refused(daemon: Daemon, sim: SimControl) -> None:
+    proc = daemon()
+    session = ready_session(proc)  # negotiated 2025-06-18
+    listing = {"jsonrpc": "2.0", "id": 2, "method": "tools/list"}
+    for other in ("2025-11-25", "2026-07-28", "1999-01-01"):
+        refused = post(proc, listing, {**session, "mcp-protocol-version": other})
+        assert refused.status_code == 400, (other, refused.status_code, refused.text[:300])
+        message = refused.json()["error"]["message"]
+        assert "does not match" in message and "2025-06-18" in message, message
+    assert "tools" in sse_result(post(proc, listing, session))["result"], "the negotiated version is served"
+    unversioned = {key: value for key, value in session.items() if key != "mcp-protocol-version"}
+    assert "tools" in sse_result(post(proc, listing, unversioned))["result"], "no header: the SDK's fallback"
+
+
+def test_readyz_names_the_tools_to_an_operator_only(daemon: Daemon, sim: SimControl) -> None:
+    proc = daemon(EXAI_JWT_SECRET=TEST_JWT_SECRET)
+    anonymous = httpx2.get(f"{proc.url}/readyz")
+    assert anonymous.status_code == 200 and anonymous.json()["ready"] is True, "a probe needs no token"
+    assert "tools" not in anonymous.json() and "thinkdeep" not in anonymous.text, anonymous.text
+    narrow = httpx2.get(f"{proc.url}/readyz", headers=bearer("alice", ["exai:tool:version"])).json()
+    assert "tools" not in narrow, narrow
+    operator = httpx2.get(f"{proc.url}/readyz", headers=bearer("ops", ["exai:admin"])).json()
+    assert "thinkdeep" in operator["tools"] and "chat" in operator["tools"], operator

@@ -15,7 +15,7 @@ import httpx2
 from exai.observability.context import SAFE_ID
 from tests.conftest import Proc, SimControl
 from tests.helpers import wait_until_sync
-from tests.test_http_attacks import MCP_HEADERS, post, ready_session, sse_result
+from tests.test_http_attacks import INITIALIZE, MCP_HEADERS, post, ready_session, sse_result
 
 Daemon = Callable[..., Proc]
 TEST_CEILING = 60  # seconds a socket waits for the daemon's answer; the old daemon never answered
@@ -92,7 +92,12 @@ def test_a_body_that_never_arrives_is_answered_408_and_logged_in_one_line(daemon
 
 
 def test_connections_beyond_the_cap_are_answered_503(daemon: Daemon, sim: SimControl) -> None:
-    proc = daemon(EXAI_MAX_CONNECTIONS="4", EXAI_MAX_CALLS_IN_FLIGHT="2", EXAI_MAX_CALLS_WAITING="1")
+    proc = daemon(
+        EXAI_MAX_CONNECTIONS="4",
+        EXAI_MAX_CONNECTIONS_PER_ADDRESS="4",  # the whole cap to one address: the global cap alone
+        EXAI_MAX_CALLS_IN_FLIGHT="2",
+        EXAI_MAX_CALLS_WAITING="1",
+    )
     held = [raw_connection(proc) for _ in range(4)]
     try:
         wait_until_sync(lambda: httpx2.get(f"{proc.url}/healthz").status_code == 503, "the connection cap was reached")
@@ -102,6 +107,58 @@ def test_connections_beyond_the_cap_are_answered_503(daemon: Daemon, sim: SimCon
         for sock in held:
             sock.close()
     wait_until_sync(lambda: httpx2.get(f"{proc.url}/healthz").status_code == 200, "closed connections to free the cap")
+
+
+def test_one_address_cannot_take_every_connection(daemon: Daemon, sim: SimControl) -> None:
+    proc = daemon(
+        EXAI_MAX_CONNECTIONS="12",
+        EXAI_MAX_CONNECTIONS_PER_ADDRESS="6",
+        EXAI_MAX_CALLS_IN_FLIGHT="4",
+        EXAI_MAX_CALLS_WAITING="2",
+    )
+    stalled = f"GET /healthz HTTP/1.1\r\nhost: 127.0.0.1:{proc.port}\r\n".encode()  # never finished
+    attacker = [
+        socket.create_connection(("127.0.0.1", proc.port), timeout=TEST_CEILING, source_address=("127.0.0.2", 0))
+        for _ in range(12)
+    ]
+    try:
+        # The excess is answered at once, before the client sends a byte (written after that, a request the daemon
+        # never reads would turn its close into a reset that swallows the answer).
+        refused = [read_until_closed(sock) for sock in attacker[6:]]
+        assert all(answer.startswith(b"HTTP/1.1 429 ") for answer in refused), refused[0][:200]
+        assert b"EXAI_MAX_CONNECTIONS_PER_ADDRESS" in refused[0]
+        for sock in attacker[:6]:
+            sock.sendall(stalled)  # the share is held with requests that never finish
+        victim = httpx2.get(f"{proc.url}/healthz")  # from 127.0.0.1: the attacker left room for other addresses
+        assert victim.status_code == 200, victim.text
+        opened = post(proc, INITIALIZE)
+        assert opened.status_code == 200, opened.text
+    finally:
+        for sock in attacker:
+            sock.close()
+    wait_until_sync(
+        lambda: socket_answer(proc, ("127.0.0.2", 0)).startswith(b"HTTP/1.1 200 "), "the address's share to free up"
+    )
+
+
+def socket_answer(proc: Proc, source: tuple[str, int]) -> bytes:
+    with socket.create_connection(("127.0.0.1", proc.port), timeout=TEST_CEILING, source_address=source) as sock:
+        sock.sendall(request_head(proc, "GET", "/healthz", "connection: close"))
+        return read_until_closed(sock)
+
+
+def test_the_default_address_share_leaves_room_for_others_and_for_every_admitted_call() -> None:
+    from exai.config import ADDRESS_RESERVE, Settings
+
+    default = Settings()
+    assert default.max_connections_per_address == default.max_connections - ADDRESS_RESERVE
+    assert default.max_connections_per_address >= default.max_calls_in_flight + default.max_calls_waiting
+    tight = Settings(max_calls_in_flight=8, max_calls_waiting=2, max_connections=20)
+    assert tight.max_connections_per_address == 10, "never below what admission control takes (a proxy's share)"
+    above_the_cap = Settings(
+        max_calls_in_flight=8, max_calls_waiting=2, max_connections=20, max_connections_per_address=50
+    )
+    assert above_the_cap.max_connections_per_address == 20
 
 
 def nested(depth: int) -> str:

@@ -109,7 +109,9 @@ def build_verifier(settings: Settings) -> JWTVerifier | None:
     )
 
 
-LIMIT_SETTINGS = frozenset({"rate_limit_rpm", "rate_limit_concurrency", "rate_limit_tokens_per_day", "tenant_limits"})
+LIMIT_SETTINGS = frozenset(
+    {"rate_limit_rpm", "rate_limit_concurrency", "rate_limit_tokens_per_day", "rate_limit_task_rpm", "tenant_limits"}
+)
 
 
 def build_limiter(settings: Settings, redis: aioredis.Redis | None) -> RateLimiter | None:
@@ -120,6 +122,7 @@ def build_limiter(settings: Settings, redis: aioredis.Redis | None) -> RateLimit
         requests_per_minute=settings.rate_limit_rpm,
         concurrent=settings.rate_limit_concurrency,
         tokens_per_day=settings.rate_limit_tokens_per_day,
+        task_requests_per_minute=settings.rate_limit_task_rpm,
     )
     overrides = {tenant: defaults.model_copy(update=values) for tenant, values in settings.tenant_limits.items()}
     if redis is None:

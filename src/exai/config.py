@@ -56,6 +56,9 @@ class Limits(BaseModel):
     requests_per_minute: int = Field(default=120, ge=1)
     concurrent: int = Field(default=8, ge=1)
     tokens_per_day: int = Field(default=5_000_000, ge=1)
+    task_requests_per_minute: int = Field(default=600, ge=1)
+    """`tasks/get`, `tasks/result`, `tasks/list`, `tasks/cancel`, `tasks/update`: store reads, in a window of their own
+    (a Tasks client polls `tasks/get` every 2 s per task: 600 a minute leaves room for 20 tasks polled at once)."""
 
 
 TENANT_LIMIT_KEYS = tuple(Limits.model_fields)
@@ -70,6 +73,8 @@ RENAMED = {
 }
 CONNECTION_HEADROOM = 256
 """Connections beyond the admitted calls by default: health checks, scrapes, idle keep-alive and session streams."""
+ADDRESS_RESERVE = CONNECTION_HEADROOM // 2
+"""Connections one client address may never take by default (EXAI_MAX_CONNECTIONS_PER_ADDRESS): kept for the others."""
 
 
 def _renamed(field: str) -> AliasChoices:
@@ -159,6 +164,7 @@ class Settings(ProviderSettings):
     max_calls_waiting: int = Field(default=1024, ge=0)
     admission_queue_seconds: float = Field(default=5.0, gt=0)
     max_connections: int = Field(default=0, ge=0)  # 0: room for every admitted call, plus CONNECTION_HEADROOM
+    max_connections_per_address: int = Field(default=0, ge=0)  # 0: all but ADDRESS_RESERVE, never below admission
     disabled_tools: CommaList = Field(default_factory=list)
     max_prompt_chars: int = Field(default=DEFAULT_MAX_PROMPT_CHARS, gt=0)
 
@@ -174,6 +180,7 @@ class Settings(ProviderSettings):
     rate_limit_rpm: int = Field(default=_DEFAULT_LIMITS.requests_per_minute, ge=1)
     rate_limit_concurrency: int = Field(default=_DEFAULT_LIMITS.concurrent, ge=1)
     rate_limit_tokens_per_day: int = Field(default=_DEFAULT_LIMITS.tokens_per_day, ge=1)
+    rate_limit_task_rpm: int = Field(default=_DEFAULT_LIMITS.task_requests_per_minute, ge=1)
     tenant_limits: TenantLimits = Field(default_factory=dict)
     rate_limit_on_redis_error: Literal["open", "closed"] = "open"
     max_sessions_per_tenant: int = Field(default=64, ge=1)
@@ -254,6 +261,18 @@ class Settings(ProviderSettings):
                 "(EXAI_MAX_CALLS_IN_FLIGHT + EXAI_MAX_CALLS_WAITING)"
             )
         return value
+
+    @field_validator("max_connections_per_address")
+    @classmethod
+    def _address_share(cls, value: int, info: ValidationInfo) -> int:
+        """By default one address may hold every connection but the last ADDRESS_RESERVE, so it can never take them
+        all; yet never fewer than admission control admits, so a reverse proxy (one address for all its clients)
+        can still carry every call the replica takes."""
+        cap = int(info.data.get("max_connections", 0))
+        if value:
+            return min(value, cap) if cap else value
+        admitted = int(info.data.get("max_calls_in_flight", 0)) + int(info.data.get("max_calls_waiting", 0))
+        return max(cap - ADDRESS_RESERVE, min(admitted, cap))
 
     @field_validator("jwt_secret")
     @classmethod

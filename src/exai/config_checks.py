@@ -30,7 +30,8 @@ from exai.provider_specs import PROVIDER_SPECS
 
 _URL_FIX = "write the whole URL with its scheme, e.g. http://127.0.0.1:11434/v1"
 _FIXES = {
-    "tenant_limits": "give each tenant whole numbers for requests_per_minute, concurrent or tokens_per_day, "
+    "tenant_limits": "give each tenant whole numbers for requests_per_minute, concurrent, tokens_per_day or "
+    "task_requests_per_minute, "
     'e.g. {"alice": {"requests_per_minute": 60, "concurrent": 4}}',
     "api_keys": "make each entry with `exai token apikey --tenant NAME` and join entries with commas",
     "database_url": "use sqlite:///path/to/exai.db or postgresql://user:password@host:5432/db",

@@ -27,8 +27,9 @@ finally:
         del sys.modules["rich"]
 
 _SECRET_KEY = re.compile(r"(api_?key|token|secret|password|authorization)", re.IGNORECASE)
-_BEARER = re.compile(r"(Bearer\s+)[A-Za-z0-9._\-]+")
+_BEARER = re.compile(r"(Bearer\s+)[A-Za-z0-9._~+/\-]{8,}=*")  # 8+: not `Bearer realm=...` of a challenge
 _URL_PASSWORD = re.compile(r"(\b[a-zA-Z][a-zA-Z0-9+.-]*://[^:/@\s]*:)[^@\s/]+@")
+_KEY_SHAPED = re.compile(r"\bsk-[A-Za-z0-9_\-]{6,}")  # OpenAI-style keys (sk-..., sk-proj-..., sk-ant-...)
 _secret_values: set[str] = set()
 MIN_SECRET_LENGTH = 6
 
@@ -40,12 +41,15 @@ def register_secret(value: str | None) -> None:
 
 
 def redact(text: str) -> str:
-    """`text` with every registered secret and every URL password replaced by ***."""
-    text = _URL_PASSWORD.sub(r"\1***@", text)
+    """`text` with every registered secret, every URL password, every `Bearer` credential and every `sk-…`-shaped
+    key replaced by ***. The logs use it on every rendered record; provider errors on every piece of upstream text
+    they carry (an upstream may echo our key in its error body)."""
     for secret in sorted(_secret_values, key=len, reverse=True):
         if secret in text:
             text = text.replace(secret, "***")
-    return text
+    text = _URL_PASSWORD.sub(r"\1***@", text)
+    text = _BEARER.sub(r"\1***", text)
+    return _KEY_SHAPED.sub("sk-***", text)
 
 
 def _redacting(renderer: Any) -> Any:

@@ -15,7 +15,7 @@ from typing import Any, Literal, Protocol
 import httpx2
 
 from exai.errors import ExaiError, InternalError, InvalidInput
-from exai.observability.logging import get_logger
+from exai.observability.logging import get_logger, redact
 from exai.provider_specs import PROVIDER_SPECS
 from exai.providers.catalogue import ModelInfo
 from exai.providers.types import DeltaCallback, GenerateRequest, GenerateResponse, StreamChunk, Usage
@@ -59,20 +59,42 @@ class CallOptions:
 
 
 class UpstreamError(Exception):
-    """An upstream call failed; `kind` says how, so the router can decide what to do next."""
+    """An upstream call failed; `kind` says how, so the router can decide what to do next.
+
+    Its message is the only way upstream text (an error body, an exception of the transport) travels on to a
+    client's error, the call record and the audit: it is redacted here, on every assignment, with the logs'
+    redaction (configured keys and secrets, `Bearer` credentials, `sk-…` keys), since an upstream or a proxy in
+    front of it may echo the key we sent.
+    """
 
     def __init__(
         self, kind: FailureKind, message: str, *, status: int | None = None, retry_after: float | None = None
     ) -> None:
-        super().__init__(message)
+        super().__init__(redact(message))
         self.kind = kind
         self.message = message
         self.status = status
         self.retry_after = retry_after
 
     @property
+    def message(self) -> str:
+        return self._message
+
+    @message.setter
+    def message(self, text: str) -> None:
+        self._message = redact(text)
+
+    def __str__(self) -> str:
+        return self._message
+
+    @property
     def retryable(self) -> bool:
         return self.kind in RETRYABLE
+
+
+def upstream_text(text: str, limit: int = 300) -> str:
+    """At most `limit` characters of upstream text, redacted before it is cut (a key cut in two is not found)."""
+    return redact(text)[:limit]
 
 
 _CONTEXT_MARKERS = (
@@ -110,7 +132,7 @@ def classify_status(
     after = parse_retry_after_ms(retry_after_ms)
     if after is None:
         after = parse_retry_after(retry_after)
-    snippet = body[:300]
+    snippet = upstream_text(body)
     vendor_kind = _ZAI_CODES.get(_error_code(body))
     if vendor_kind is not None:
         return UpstreamError(vendor_kind, f"upstream refused the request ({status}): {snippet}", status=status)
@@ -180,7 +202,7 @@ def error_in_body(error: object) -> UpstreamError:
     status = int(code) if isinstance(code, int | str) and str(code).isdigit() and 400 <= int(code) < 600 else None
     status = status or _ERROR_TYPES.get(str(kind), 0) or _ERROR_TYPES.get(str(code), 0) or 500
     failure = classify_status(status, json.dumps(body, ensure_ascii=False))
-    message = str(inner.get("message") or inner.get("msg") or body)[:300]
+    message = upstream_text(str(inner.get("message") or inner.get("msg") or body))
     failure.message = f"upstream answered with an error ({kind or code or 'no type'}): {message}"
     return failure
 

@@ -15,14 +15,17 @@ from typing import Any
 
 import httpx2
 
+from exai.observability.logging import redact
+
 PARSE_ON_THREAD_BYTES = 256 * 1024
 
 
 class FetchError(Exception):
-    """The document could not be had within the bounds; the message says why, without the body."""
+    """The document could not be had within the bounds; the message says why, without the body, and redacted like
+    an upstream error (it names the URL, and may quote the transport's error): it reaches `/readyz` and errors."""
 
     def __init__(self, message: str, status: int | None = None) -> None:
-        super().__init__(message)
+        super().__init__(redact(message))
         self.status = status
 
 

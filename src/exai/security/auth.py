@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 import secrets
 import time
 from collections import OrderedDict
@@ -43,6 +44,7 @@ VERIFIED_TOKENS = 4096
 """Verified JWTs remembered at most (least recently used first out)."""
 ADMIN_TOOLS = frozenset({"status"})
 COLLECT_TOOL = "collect"
+_TOOL_SCOPE = re.compile(r"exai:tool:[a-z][a-z0-9_]*")
 LOCAL_TENANT = "local"
 """The one tenant of a daemon without authentication."""
 
@@ -78,13 +80,14 @@ def parse_api_keys(entries: list[str]) -> list[ApiKey]:
 def may_call(tool: str, scopes: list[str]) -> bool:
     """`exai:admin` may call anything; admin tools need it; others need `exai:tools` or `exai:tool:<name>`.
 
-    `collect` (a pending answer of the caller's own tenant) comes with any scope that allows a tool."""
+    `collect` (a pending answer of the caller's own tenant) comes with any well-formed scope that allows a tool (a
+    malformed one such as `exai:tool:version,exai:admin`, read as one scope, allows nothing)."""
     if ADMIN_SCOPE in scopes:
         return True
     if tool in ADMIN_TOOLS:
         return False
-    if tool == COLLECT_TOOL:
-        return any(scope == TOOLS_SCOPE or scope.startswith("exai:tool:") for scope in scopes)
+    if tool == COLLECT_TOOL:  # which calls it may read is checked per call, against the tool that made it
+        return any(scope == TOOLS_SCOPE or _TOOL_SCOPE.fullmatch(scope) for scope in scopes)
     return TOOLS_SCOPE in scopes or f"exai:tool:{tool}" in scopes
 
 

@@ -75,12 +75,12 @@ redis.call('EXPIRE', KEYS[1], 172800)
 return total
 """
 
-OPEN_SESSION = """
+COUNT_IN_WINDOW = """
 local key, now, limit = KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2])
 redis.call('ZREMRANGEBYSCORE', key, '-inf', now - 60)
 if redis.call('ZCARD', key) >= limit then
   local oldest = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
-  return {'sessions', tostring(tonumber(oldest[2]) + 60 - now)}
+  return {'limited', tostring(tonumber(oldest[2]) + 60 - now)}
 end
 redis.call('ZADD', key, now, ARGV[3])
 redis.call('EXPIRE', key, 120)

@@ -1,4 +1,5 @@
-"""Per-tenant limits: requests per minute, concurrent calls, tokens per day and new MCP sessions per minute.
+"""Per-tenant limits: requests per minute, concurrent calls, tokens per day, new MCP sessions per minute and task
+requests (`tasks/*`, which read the store) per minute.
 
 With Redis every replica checks and counts in one atomic script, so N replicas admit the limit, not N times it.
 A tenant's keys share the hash tag `{tenant}`, so the multi-key scripts also run on Redis Cluster.
@@ -88,6 +89,10 @@ class RateLimiter(Protocol):
 
     async def open_session(self, tenant: str) -> None: ...
 
+    async def task_request(self, tenant: str) -> None:
+        """Count one `tasks/*` request (it reads the store) against the tenant's own window for them."""
+        ...
+
 
 def _rejected(reason: str, limit: int, retry_after: float) -> RateLimitError:
     what = {
@@ -95,15 +100,27 @@ def _rejected(reason: str, limit: int, retry_after: float) -> RateLimitError:
         "concurrency": f"{limit} concurrent calls",
         "tokens": f"{limit:,} tokens per day",
         "sessions": f"{limit} new MCP sessions per minute",
+        "tasks": f"{limit} task requests (tasks/get, tasks/result, tasks/list, tasks/cancel) per minute",
         "unavailable": "the limiter is unavailable",
     }[reason]
-    reuse = "Reuse one MCP session for many calls instead of opening one per call. " if reason == "sessions" else ""
+    reuse = {
+        "sessions": "Reuse one MCP session for many calls instead of opening one per call. ",
+        "tasks": "Poll less often (tasks/result waits for the end in one request). ",
+    }.get(reason, "")
     return RateLimitError(
         f"Rate limit reached: {what}.",
         code=f"rate_limited_{reason}",
         remedy=f"{reuse}Retry after {retry_after:.1f} s, or ask the operator to raise your limits.",
         details={"retry_after_seconds": round(retry_after, 2), "limit": reason},
     )
+
+
+Window = Literal["sessions", "tasks"]
+"""Per-minute windows of their own, apart from the tool calls': new MCP sessions and `tasks/*` requests."""
+
+
+def window_limit(limits: Limits, window: Window) -> int:
+    return limits.requests_per_minute if window == "sessions" else limits.task_requests_per_minute
 
 
 def _trimmed(recent: deque[float], now: float) -> deque[float]:
@@ -118,7 +135,7 @@ class LocalLimiter:
     def __init__(self, defaults: Limits, overrides: dict[str, Limits]) -> None:
         self.defaults, self.overrides = defaults, overrides
         self._recent: dict[str, deque[float]] = defaultdict(deque)
-        self._sessions: dict[str, deque[float]] = defaultdict(deque)
+        self._windows: dict[tuple[str, Window], deque[float]] = defaultdict(deque)
         self._active: dict[str, set[str]] = defaultdict(set)
         self._tokens: dict[tuple[str, int], int] = defaultdict(int)
         self.failures = 0
@@ -169,10 +186,17 @@ class LocalLimiter:
         self._tokens[key] = max(self._tokens[key], used)
 
     async def open_session(self, tenant: str) -> None:
-        limit, now = self.limits(tenant).requests_per_minute, time.time()
-        recent = _trimmed(self._sessions[tenant], now)
+        await self.count(tenant, "sessions")
+
+    async def task_request(self, tenant: str) -> None:
+        await self.count(tenant, "tasks")
+
+    async def count(self, tenant: str, window: Window) -> None:
+        """One more request in the tenant's own per-minute `window`, or `RateLimitError` when it is full."""
+        limit, now = window_limit(self.limits(tenant), window), time.time()
+        recent = _trimmed(self._windows[(tenant, window)], now)
         if len(recent) >= limit:
-            raise _rejected("sessions", limit, recent[0] + WINDOW - now)
+            raise _rejected(window, limit, recent[0] + WINDOW - now)
         recent.append(now)
 
 
@@ -200,7 +224,7 @@ class RedisLimiter:
         self._acquire = redis.register_script(limit_scripts.ACQUIRE)
         self._give_back = redis.register_script(limit_scripts.GIVE_BACK)
         self._release = redis.register_script(limit_scripts.RELEASE)
-        self._open_session = redis.register_script(limit_scripts.OPEN_SESSION)
+        self._count_in_window = redis.register_script(limit_scripts.COUNT_IN_WINDOW)
         self._reserve_tokens = redis.register_script(limit_scripts.RESERVE_TOKENS)
         self._settle_tokens = redis.register_script(limit_scripts.SETTLE_TOKENS)
         self.fallback = LocalLimiter(defaults, overrides)
@@ -356,20 +380,26 @@ class RedisLimiter:
             self.fallback.note_used(tenant, int(total))
 
     async def open_session(self, tenant: str) -> None:
+        await self.count(tenant, "sessions")
+
+    async def task_request(self, tenant: str) -> None:
+        await self.count(tenant, "tasks")
+
+    async def count(self, tenant: str, window: Window) -> None:
         if self._redis_paused():
             self._refuse_if_closed()
-            await self.fallback.open_session(tenant)
+            await self.fallback.count(tenant, window)
             return
-        limit, now = self.limits(tenant).requests_per_minute, time.time()
+        limit, now = window_limit(self.limits(tenant), window), time.time()
         try:
-            verdict, wait = await self._open_session(
-                keys=[f"{tenant_keys(tenant)}:sessions"], args=[now, limit, uuid.uuid4().hex]
+            verdict, wait = await self._count_in_window(
+                keys=[f"{tenant_keys(tenant)}:{window}"], args=[now, limit, uuid.uuid4().hex]
             )
         except self._redis_error as exc:
-            self._redis_failed("open_session", exc)
+            self._redis_failed(f"count_{window}", exc)
             self._refuse_if_closed()
-            await self.fallback.open_session(tenant)
+            await self.fallback.count(tenant, window)
             return
         self._redis_answered()
         if (verdict.decode() if isinstance(verdict, bytes) else verdict) != "ok":
-            raise _rejected("sessions", limit, max(0.0, float(wait)))
+            raise _rejected(window, limit, max(0.0, float(wait)))

@@ -10,12 +10,14 @@ Python SDK otherwise reports only -32603 "Server returned an error response"; th
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser, RequireAuthMiddleware
 from starlette.datastructures import Headers
 from starlette.types import Receive, Scope, Send
 
 from exai.security import token_rejections
+from exai.security.auth import visible_tools
 
 MISSING = "Authentication required: send Authorization: Bearer <token>"
 AUTH_ERROR_CODE = -32001
@@ -33,14 +35,32 @@ def why_unauthenticated(scope: Scope) -> str:
     return f"Invalid token: {token_rejections.last() or 'not accepted by this server'}"
 
 
+NO_TOOL_SCOPE = (
+    "This token may call no tool: /mcp needs the exai:tools scope, exai:tool:<name> or exai:admin "
+    "(exai:metrics reads /metrics only)"
+)
+
+
 class ExplainedRequireAuth(RequireAuthMiddleware):
-    """The SDK's RequireAuthMiddleware, with a 401 description that tells missing from refused tokens."""
+    """The SDK's RequireAuthMiddleware, with a 401 description that tells missing from refused tokens, and a 403
+    for a token that may call none of `tools` (an `exai:metrics` scraper token, a malformed scope): such a token
+    has nothing to do on /mcp, and would otherwise read and cancel its tenant's tasks and hold its sessions."""
+
+    def __init__(
+        self, app: Any, required_scopes: list[str], resource_metadata_url: Any = None, *, tools: list[str]
+    ) -> None:
+        super().__init__(app, required_scopes, resource_metadata_url)
+        self.tools = tools
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if not isinstance(scope.get("user"), AuthenticatedUser):
+        user = scope.get("user")
+        if not isinstance(user, AuthenticatedUser):
             await self._send_auth_error(
                 send, status_code=401, error="invalid_token", description=why_unauthenticated(scope)
             )
+            return
+        if not visible_tools(self.tools, list(user.access_token.scopes)):
+            await self._send_auth_error(send, status_code=403, error="insufficient_scope", description=NO_TOOL_SCOPE)
             return
         await super().__call__(scope, receive, send)
 

@@ -18,7 +18,7 @@ import asyncio
 import os
 import socket
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -338,8 +338,10 @@ class CallRunner:
 
     # -- reading, waiting, cancelling ------------------------------------------------------------------------------
 
-    async def get(self, call_id: str, tenant: str) -> CallRecord:
-        """The tenant's call; another tenant's call is exactly as unknown as one that does not exist."""
+    async def get(self, call_id: str, tenant: str, tools: Collection[str] | None = None) -> CallRecord:
+        """The tenant's call; another tenant's call is exactly as unknown as one that does not exist. With `tools`
+        (those the caller's token may call), a call made by another tool is as unknown too: reading or cancelling
+        a call needs a scope that allows the tool that made it."""
         try:
             call = await self.store.get_call(call_id)
         except Exception as exc:
@@ -348,7 +350,7 @@ class CallRunner:
                 code="storage_unavailable",
                 remedy="Try again shortly; the answer is kept.",
             ) from exc
-        if call is None or call.tenant != tenant:
+        if call is None or call.tenant != tenant or (tools is not None and call.tool not in tools):
             raise not_found(call_id)
         if call.id in self._unrecorded and call.status == "working":  # finished here; the store is behind
             end = self._unrecorded[call.id]

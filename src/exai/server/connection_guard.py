@@ -4,6 +4,8 @@ uvicorn holds a connection for as long as the client takes to send its request h
 thousands of sockets that never finish a request exhaust the process's file descriptors. Here
 
 - a connection beyond `max_connections` is answered 503 at once and closed;
+- a connection beyond `per_address` from one client address (an IPv6 client's /64, which one host usually holds
+  whole) is answered 429 at once and closed, so one client cannot take every connection from the others;
 - a request's line and headers must arrive within `header_seconds` of the connection opening or of its first
   byte on a kept-alive connection, else the daemon answers 408 and closes the connection;
 - the rest of a body the application answered without reading must arrive within `body_seconds`, else the
@@ -16,7 +18,9 @@ application's response path.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import resource
+from collections import Counter
 
 from exai.observability.logging import get_logger
 from exai.server.internals import UvicornH11Connection
@@ -43,6 +47,11 @@ class GuardedH11Protocol(UvicornH11Connection):
     header_seconds: float = 10.0
     body_seconds: float = 30.0
     max_connections: int = 512
+    per_address: int = 512
+    by_address: Counter[str]
+    """Open connections per client address (of one server: each protocol class made by `guarded_h11_protocol` has
+    its own)."""
+    _address: str | None = None  # counted in `by_address` while this connection is open
     _clock: asyncio.TimerHandle | None = None
     _waiting_for: str | None = None  # "headers", or "body" of a request already answered
 
@@ -55,6 +64,18 @@ class GuardedH11Protocol(UvicornH11Connection):
             )
             self.close(plain_response("503 Service Unavailable", message, "retry-after: 1"))
             return
+        address = address_key(self.peer_host())
+        if address is not None:
+            if self.by_address[address] >= self.per_address:
+                log.warning("connection refused: the address holds its share", per_address=self.per_address)
+                message = (
+                    f"Too Many Requests: your address holds its share of {self.per_address} open connections "
+                    "(EXAI_MAX_CONNECTIONS_PER_ADDRESS). Close some, or retry shortly."
+                )
+                self.close(plain_response("429 Too Many Requests", message, "retry-after: 1"))
+                return
+            self.by_address[address] += 1
+            self._address = address
         self._watch()
 
     def progressed(self) -> None:
@@ -62,6 +83,11 @@ class GuardedH11Protocol(UvicornH11Connection):
 
     def closing(self) -> None:
         self._stop_clock()
+        if self._address is not None:
+            self.by_address[self._address] -= 1
+            if self.by_address[self._address] <= 0:
+                del self.by_address[self._address]
+            self._address = None
 
     def _watch(self) -> None:
         """Run a clock while the client owes us request headers, or the rest of a body we already answered.
@@ -98,9 +124,33 @@ class GuardedH11Protocol(UvicornH11Connection):
             self.close()
 
 
-def guarded_h11_protocol(header_seconds: float, body_seconds: float, max_connections: int) -> type[GuardedH11Protocol]:
-    """The protocol class for uvicorn's `http` option, with these limits."""
-    limits = {"header_seconds": header_seconds, "body_seconds": body_seconds, "max_connections": max_connections}
+def address_key(host: str | None) -> str | None:
+    """What the per-address share counts: the IPv4 address, or the /64 of an IPv6 one (one host usually holds a
+    whole /64 and can pick any address in it); None when there is no IP address (a Unix socket)."""
+    if host is None:
+        return None
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return host
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((ip, 64), strict=False))
+    return str(ip)
+
+
+def guarded_h11_protocol(
+    header_seconds: float, body_seconds: float, max_connections: int, per_address: int
+) -> type[GuardedH11Protocol]:
+    """The protocol class for uvicorn's `http` option, with these limits (and its own count per address)."""
+    limits = {
+        "header_seconds": header_seconds,
+        "body_seconds": body_seconds,
+        "max_connections": max_connections,
+        "per_address": per_address,
+        "by_address": Counter[str](),
+    }
     return type("GuardedH11Protocol", (GuardedH11Protocol,), limits)
 
 

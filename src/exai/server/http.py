@@ -31,7 +31,14 @@ from exai.app import Services
 from exai.errors import AuthError, PermissionDeniedError
 from exai.observability.logging import get_logger
 from exai.observability.metrics import BREAKER_VALUES
-from exai.security.auth import ADMIN_SCOPE, METRICS_SCOPE, TOOLS_SCOPE, request_access, request_tenant
+from exai.security.auth import (
+    ADMIN_SCOPE,
+    COLLECT_TOOL,
+    METRICS_SCOPE,
+    TOOLS_SCOPE,
+    request_access,
+    request_tenant,
+)
 from exai.server.auth_errors import ExplainedRequireAuth, has_bearer, why_unauthenticated
 from exai.server.cancellation import CallCancellations, StatelessCancellation
 from exai.server.connection_guard import guarded_h11_protocol, raise_file_limit
@@ -162,14 +169,13 @@ def build_http_app(services: Services) -> Starlette:
             return JSONResponse(
                 {"ready": False, "reason": services.discovery.problem, "remedy": remedy}, status_code=503
             )
-        return JSONResponse(
-            {
-                "ready": True,
-                "providers": providers,
-                "storage": services.store.name,
-                "tools": [t.name for t in services.tools],
-            }
-        )
+        ready: dict[str, object] = {"ready": True, "providers": providers, "storage": services.store.name}
+        access = request_access(request.scope)
+        if verifier is None or (access is not None and ADMIN_SCOPE in access.scopes):
+            # Probes read the status alone; the tool list is for the operator: an anonymous caller, or a narrow
+            # token, learns no tool it may not call from here (tools/list names those).
+            ready["tools"] = [t.name for t in services.tools]
+        return JSONResponse(ready)
 
     async def metrics(request: Request) -> Response:
         if denied := await admin_denied(request, also=METRICS_SCOPE):
@@ -284,7 +290,10 @@ def guard_mcp(
     if isinstance(route.app, RequireAuthMiddleware):
         required = route.app
         route.app = ExplainedRequireAuth(
-            checked(required.app), required.required_scopes, required.resource_metadata_url
+            checked(required.app),
+            required.required_scopes,
+            required.resource_metadata_url,
+            tools=[tool.name for tool in services.tools if tool.name != COLLECT_TOOL],
         )
     else:
         route.app = checked(route.app)
@@ -347,7 +356,10 @@ async def serve_http(services: Services, listener: socket.socket | None = None) 
         port=settings.port,
         log_config=None,
         http=guarded_h11_protocol(
-            settings.http_header_timeout_seconds, settings.http_body_timeout_seconds, settings.max_connections
+            settings.http_header_timeout_seconds,
+            settings.http_body_timeout_seconds,
+            settings.max_connections,
+            settings.max_connections_per_address,
         ),
         access_log=False,
         # uvicorn cancels what is left (bare) only after our drain has cut the calls with a typed error

@@ -77,8 +77,9 @@ class UvicornH11Connection(H11Protocol):
     Why: uvicorn has no limit on connections held open without a complete request (slowloris), and no hook per
     connection; the only way in is its protocol class (the `http` option accepts one). Relies on: uvicorn calling
     `connection_made`, `data_received`, `on_response_complete` and `connection_lost` on `H11Protocol` for each
-    connection, and its attributes `conn` (the `h11.Connection`), `transport`, `loop` and `connections` (the
-    server-wide set of open protocols). Subclasses override `opened`, `progressed` and `closing` only.
+    connection, and its attributes `conn` (the `h11.Connection`), `transport`, `loop`, `client` (the peer's host
+    and port, set in `connection_made`) and `connections` (the server-wide set of open protocols). Subclasses
+    override `opened`, `progressed` and `closing` only.
     """
 
     def opened(self) -> None:
@@ -110,6 +111,10 @@ class UvicornH11Connection(H11Protocol):
     def open_connections(self) -> int:
         """Connections this server holds now, this one included."""
         return len(self.connections)
+
+    def peer_host(self) -> str | None:
+        """The client's IP address as text (None on a Unix socket)."""
+        return self.client[0] if self.client else None
 
     def is_closing(self) -> bool:
         return self.transport.is_closing()

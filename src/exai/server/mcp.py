@@ -39,7 +39,14 @@ from exai.server.call_records import Execution
 from exai.server.calls import Caller, handle_call
 from exai.server.internals import connection_of
 from exai.server.tasks import LEGACY_CAPABILITY as LEGACY_TASKS
-from exai.server.tasks import TasksSurface, announce_end, created, declares_extension, refusal_error
+from exai.server.tasks import (
+    TasksSurface,
+    announce_end,
+    created,
+    declares_extension,
+    refusal_error,
+    requested_ttl_seconds,
+)
 from exai.server.tool_refusals import unknown_tool
 from exai.tools.base import Tool, ToolContext, compact_schema, input_schema
 
@@ -190,7 +197,7 @@ def build_server(services: Services) -> Server[Any]:
             return await handle_call(services, tool, params.arguments, caller, tool_ctx)
         continuation = (params.arguments or {}).get("continuation_id")
         modern_task = declares_extension(ctx)
-        ttl_ms = params.task.ttl if params.task is not None else None
+        ttl_seconds = requested_ttl_seconds(params)  # a negative ttl is refused here, before anything is recorded
         execution = services.calls.launch(
             lambda record: handle_call(services, tool, params.arguments, caller, tool_ctx, record),
             tenant=caller.tenant,
@@ -198,7 +205,7 @@ def build_server(services: Services) -> Server[Any]:
             correlation_id=correlation_id,
             continuation_id=continuation if isinstance(continuation, str) else None,
             task=as_task or modern_task,
-            ttl_seconds=ttl_ms / 1000 if ttl_ms else None,
+            ttl_seconds=ttl_seconds,
             answered=lambda: tool_ctx.answered,
         )
         try:
@@ -305,7 +312,9 @@ def build_server(services: Services) -> Server[Any]:
             on_set_logging_level=set_level,
             get_tool_input_schema=lambda name: listing_schema(listing(), name),
         )
-    TasksSurface(services.calls, caller_tenant, start_task).install(server)
+    TasksSurface(services.calls, services.limiter, caller_tenant, lambda: visible(list(tools)), start_task).install(
+        server
+    )
     return server
 
 

@@ -8,7 +8,8 @@
   declare the extension gets -32021 for `tasks/*`, and ordinary answers.
 
 A task belongs to its tenant, not to a connection: any connection of the tenant, on any replica, may read, collect
-or cancel it; for another tenant it does not exist (the same error as an unknown id).
+or cancel it, with a token that may call the tool that made it; for another tenant, or a token without that tool,
+it does not exist (the same error as an unknown id).
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ from mcp.shared.exceptions import MCPError
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 from pydantic import BaseModel, ConfigDict
 
-from exai.errors import ExaiError
+from exai.errors import ExaiError, InvalidInput
+from exai.security.limits import RateLimiter
 from exai.server.call_records import CallRunner, jsonrpc_error, result_payload
 from exai.server.results import ERROR_META_KEY
 from exai.storage.base import TERMINAL, CallRecord
@@ -41,6 +43,7 @@ RESULT_WAIT_SECONDS = 3600.0
 LIST_PAGE = 50
 
 TenantOf = Callable[[], str]
+ToolsOf = Callable[[], list[str]]
 StartTask = Callable[[ServerRequestContext[Any, Any], types.CallToolRequestParams], Awaitable[HandlerResult]]
 
 
@@ -131,6 +134,22 @@ def protocol_error(exc: ExaiError) -> MCPError:
     return MCPError(code, exc.render(), data=exc.to_dict())
 
 
+def requested_ttl_seconds(params: types.CallToolRequestParams) -> float | None:
+    """How long the caller asks its task to be kept (`task.ttl`, in ms; None or 0: EXAI_TASK_TTL_SECONDS). A negative
+    ttl is refused as invalid params: it would make a record that expired before it was written."""
+    ttl_ms = params.task.ttl if params.task is not None else None
+    if ttl_ms is not None and ttl_ms < 0:
+        raise protocol_error(
+            InvalidInput(
+                f"task.ttl is {ttl_ms} ms; a task's time to live cannot be negative.",
+                code="invalid_task_ttl",
+                remedy="Send task.ttl in milliseconds, 0 or more (or leave it out for the server's default).",
+                details={"ttl": ttl_ms},
+            )
+        )
+    return ttl_ms / 1000 if ttl_ms else None
+
+
 def refusal_error(refused: types.CallToolResult) -> MCPError:
     """A task-augmented call refused before it became a task (limits, the task cap, a store that is down): the
     request's JSON-RPC error with the same data a tool error carries, not a `CallToolResult` the client cannot read
@@ -157,9 +176,20 @@ def _missing_extension() -> MCPError:
 class TasksSurface:
     """The `tasks/*` methods and the 2025-11-25 task-augmented `tools/call`, over one `CallRunner`."""
 
-    def __init__(self, runner: CallRunner, tenant_of: TenantOf, start_task: StartTask) -> None:
+    def __init__(
+        self,
+        runner: CallRunner,
+        limiter: RateLimiter | None,
+        tenant_of: TenantOf,
+        tools_of: ToolsOf,
+        start_task: StartTask,
+    ) -> None:
         self.runner = runner
+        self.limiter = limiter
         self.tenant_of = tenant_of
+        self.tools_of = tools_of
+        """The tools the caller's token may call: a task of any other tool is as unknown as one that does not
+        exist (an `exai:tool:version` token neither reads nor cancels a `chat` task of its tenant)."""
         self.start_task = start_task
 
     def install(self, server: Any) -> None:
@@ -171,11 +201,22 @@ class TasksSurface:
         server.middleware.append(self.legacy_task_call)
         server.extensions[EXTENSION] = {}
 
+    async def _admit(self) -> None:
+        """Count the request against the tenant's `tasks/*` window (each reads the store), or refuse it with the
+        rate-limit error a tool call gets (its `details.retry_after_seconds` included), as the JSON-RPC error."""
+        if self.limiter is None:
+            return
+        try:
+            await self.limiter.task_request(self.tenant_of())
+        except ExaiError as exc:
+            raise protocol_error(exc) from None
+
     async def _call(self, ctx: ServerRequestContext[Any, Any], task_id: str) -> CallRecord:
         if is_modern(ctx) and not declares_extension(ctx):
             raise _missing_extension()
+        await self._admit()
         try:
-            call = await self.runner.get(task_id, self.tenant_of())
+            call = await self.runner.get(task_id, self.tenant_of(), self.tools_of())
         except ExaiError as exc:
             if exc.category.value == "not_found":
                 raise _unknown(task_id) from None
@@ -209,12 +250,14 @@ class TasksSurface:
     async def list(self, ctx: ServerRequestContext[Any, Any], params: ListParams) -> dict[str, Any]:
         if is_modern(ctx):
             raise MCPError(types.METHOD_NOT_FOUND, "tasks/list is not part of the 2026-07-28 Tasks extension.")
+        await self._admit()
         try:
             before = float(params.cursor) if params.cursor else None
         except ValueError:
             raise MCPError(types.INVALID_PARAMS, "Invalid cursor: pass the nextCursor of the previous page.") from None
         calls = await self.runner.store.list_calls(self.tenant_of(), LIST_PAGE, before)
-        page: dict[str, Any] = {"tasks": [task_fields(call, modern=False) for call in calls]}
+        tools = set(self.tools_of())
+        page: dict[str, Any] = {"tasks": [task_fields(call, modern=False) for call in calls if call.tool in tools]}
         if len(calls) == LIST_PAGE:
             page["nextCursor"] = repr(calls[-1].created_at)
         return page

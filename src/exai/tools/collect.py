@@ -3,7 +3,8 @@
 A client that knows nothing of MCP Tasks gets, after EXAI_CLIENT_WAIT_SECONDS, a normal result saying the model is
 still working, with `_meta["exai/pending"].next_call` naming this tool and the call's id. Calling it waits up to the
 same budget and returns the call's own result, exactly as the original call would have returned it (same text and
-structured content), or the pending result again. Only the caller's tenant can collect its calls.
+structured content), or the pending result again. Only the caller's tenant can collect its calls, and only with a
+token that may call the tool that made the call.
 """
 
 from __future__ import annotations
@@ -43,7 +44,8 @@ class CollectTool(Tool[CollectInput, Any]):
 
     async def run(self, args: CollectInput, ctx: ToolContext) -> types.CallToolResult:
         calls, wait = ctx.calls, ctx.settings.client_wait_seconds or DEFAULT_COLLECT_WAIT
-        if args.cancel:
+        await calls.get(args.task_id, ctx.tenant, ctx.visible_tools)  # a call of a tool this token may not call
+        if args.cancel:  # is as unknown as one that does not exist: it may neither read nor cancel it
             call = await calls.cancel_and_wait(args.task_id, ctx.tenant)
         else:
             call = await calls.wait(args.task_id, ctx.tenant, wait)
