@@ -23,6 +23,29 @@ class Outcome:
     data: dict[str, Any]  # the structured result, or the error (`_meta["exai/error"]`) when not ok
 
 
+def leaves(exc: BaseException) -> list[BaseException]:
+    """The real errors inside `exc`: an anyio task group (the SDK's transport runs one per session) raises an
+    `ExceptionGroup` wrapping the error of the task that failed; groups may nest."""
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for inner in exc.exceptions for leaf in leaves(inner)]
+    return [exc]
+
+
+def describe(exc: BaseException) -> tuple[str, str]:
+    """The type name(s) and message of what `exc` is really about: the leaves of a task group's exception group
+    (the cancellations a failing task causes in its siblings left out), e.g. `("ReadTimeout", "ReadTimeout: …")`
+    for a group wrapping an httpx read timeout. A message-less exception (httpx timeouts often are) is described
+    by the exception it was raised from."""
+    found = leaves(exc)
+    real = [e for e in found if not isinstance(e, asyncio.CancelledError)] or found
+    names = list(dict.fromkeys(type(e).__name__ for e in real))
+    parts = []
+    for e in real:
+        text = str(e) or str(e.__cause__ or e.__context__ or "") or "(no message)"
+        parts.append(f"{type(e).__name__}: {text}")
+    return "+".join(names), "; ".join(dict.fromkeys(parts))[:300]
+
+
 @asynccontextmanager
 async def session(url: str, token: str | None = None, timeout: float = 300.0) -> AsyncIterator[Client]:
     """An initialised MCP session on `url` (…/mcp); closed (DELETE) on exit."""
@@ -60,9 +83,10 @@ async def call(
         async with asyncio.timeout(ceiling):
             result = await client.call_tool(tool, args)
     except TimeoutError:
-        ok, category = False, "hang"
+        ok, category, data = False, "hang", {"message": f"no answer within the client's {ceiling:g} s"}
     except Exception as exc:  # a transport or protocol failure is a measured outcome, not a crash of the run
-        ok, category, data = False, f"client:{type(exc).__name__}", {"message": str(exc)[:300]}
+        kind, message = describe(exc)
+        ok, category, data = False, f"client:{kind}", {"message": message}
     else:
         ok = not result.is_error
         if ok:
@@ -71,5 +95,6 @@ async def call(
             data = dict((result.meta or {}).get("exai/error") or {})
             category = str(data.get("category", "tool_error"))
     ended = time.perf_counter()
-    sample = Sample(round(time.monotonic() - epoch, 3), round((ended - started) * 1000, 2), ok, category, tool, marker)
-    return Outcome(sample, data)
+    detail = "" if ok else str(data.get("message", ""))[:300]
+    t, ms = round(time.monotonic() - epoch, 3), round((ended - started) * 1000, 2)
+    return Outcome(Sample(t, ms, ok, category, tool, marker, detail=detail), data)

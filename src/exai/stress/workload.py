@@ -11,7 +11,7 @@ from typing import Any
 
 from mcp import Client
 
-from exai.stress.driver import Outcome, call, session
+from exai.stress.driver import Outcome, call, describe, session
 from exai.stress.results import Sample
 
 MIX = ("chat", "continue", "workflow", "chat", "continue", "consensus", "chat", "workflow", "continue", "chat")
@@ -128,6 +128,8 @@ async def run_plan(plan: LoadPlan, emit: Callable[[Sample], None], epoch: float)
                     await asyncio.gather(*(slot(client, name) for name in names))
             except Exception as exc:  # a session that cannot open (or breaks) is an error sample, not a crash
                 ms = (time.perf_counter() - started) * 1000
-                emit(Sample(round(time.monotonic() - epoch, 3), ms, False, f"session:{type(exc).__name__}", "session"))
+                kind, message = describe(exc)
+                t = round(time.monotonic() - epoch, 3)
+                emit(Sample(t, ms, False, f"session:{kind}", "session", detail=message))
 
     await asyncio.gather(*(one_session(i) for i in range(plan.sessions)))
