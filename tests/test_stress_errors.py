@@ -1,0 +1,56 @@
+"""The stress client says what really failed: the MCP SDK's transport runs a task group per session, so a transport
+error in it reaches the client as an `ExceptionGroup`; the category and message are those of the error inside."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import httpx2
+import pytest
+
+from exai.stress.driver import describe
+from exai.stress.results import Sample
+from exai.stress.workload import LoadPlan, run_plan
+
+pytestmark = [pytest.mark.stress]
+
+
+def test_an_exception_group_is_described_by_the_errors_it_wraps() -> None:
+    timeout = httpx2.ReadTimeout("timed out")
+    group = ExceptionGroup("unhandled errors in a TaskGroup", [timeout])
+    assert describe(group) == ("ReadTimeout", "ReadTimeout: timed out")
+    nested = BaseExceptionGroup("outer", [asyncio.CancelledError(), ExceptionGroup("inner", [group])])
+    assert describe(nested) == ("ReadTimeout", "ReadTimeout: timed out"), "a sibling's cancellation is no cause"
+    both = ExceptionGroup("two", [timeout, httpx2.RemoteProtocolError("Server disconnected")])
+    assert describe(both) == (
+        "ReadTimeout+RemoteProtocolError",
+        "ReadTimeout: timed out; RemoteProtocolError: Server disconnected",
+    )
+    try:
+        raise httpx2.ReadTimeout("") from TimeoutError("read of 65536 bytes")
+    except httpx2.ReadTimeout as silent:
+        assert describe(silent) == ("ReadTimeout", "ReadTimeout: read of 65536 bytes"), "said by its cause"
+
+
+@pytest.mark.anyio
+async def test_a_session_the_server_breaks_is_reported_as_the_real_error() -> None:
+    """A server that reads the request and closes the connection: the SDK's transport task fails with httpx's
+    RemoteProtocolError inside its task group; the sample says so, not `session:ExceptionGroup`."""
+
+    async def hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(1024)
+        writer.close()
+
+    server = await asyncio.start_server(hang_up, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    samples: list[Sample] = []
+    plan = LoadPlan(f"http://127.0.0.1:{port}/mcp", sessions=1, slots_per_session=1, operations_per_slot=1, ceiling=60)
+    try:
+        await run_plan(plan, samples.append, time.monotonic())
+    finally:
+        server.close()
+        await server.wait_closed()
+    [sample] = samples
+    assert not sample.ok and sample.category == "session:RemoteProtocolError", sample
+    assert "Server disconnected" in sample.detail, sample
