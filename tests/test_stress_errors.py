@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any, cast
 
 import httpx2
 import pytest
+from mcp import Client
 
-from exai.stress.driver import describe
+from exai.stress.driver import call, describe
 from exai.stress.results import Sample
 from exai.stress.workload import LoadPlan, run_plan
 
@@ -59,3 +61,24 @@ async def test_a_session_the_server_breaks_is_reported_as_the_real_error() -> No
     [sample] = samples
     assert not sample.ok and sample.category == "session:RemoteProtocolError", sample
     assert "Server disconnected" in sample.detail, sample
+
+
+@pytest.mark.anyio
+async def test_a_call_cut_off_by_its_sessions_failure_is_handed_over_with_its_marker() -> None:
+    """The SDK's task group cancels every call of a session whose transport failed: each is handed to `on_cut`
+    with its marker, so the session's failure counts per call and the simulator can say whether it was paid."""
+    entered = asyncio.Event()
+
+    class Stuck:
+        async def call_tool(self, tool: str, args: dict[str, Any]) -> None:
+            entered.set()
+            await asyncio.Event().wait()
+
+    cut: list[Sample] = []
+    task = asyncio.create_task(call(cast(Client, Stuck()), "chat", {"prompt": "hi"}, 0.0, 60, on_cut=cut.append))
+    await entered.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    [sample] = cut
+    assert not sample.ok and sample.tool == "chat" and sample.marker.startswith("simmark-"), sample
