@@ -143,6 +143,11 @@ async def run_plan(plan: LoadPlan, emit: Callable[[Sample], None], epoch: float)
             except Exception as exc:  # a session that cannot open (or breaks) is counted, not a crash
                 kind, message = describe(exc)
                 t, ms = round(time.monotonic() - epoch, 3), (time.perf_counter() - started) * 1000
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():  # the scenario stopped this load on purpose: the
+                    for sample in cut:  # teardown's errors are ours, and so are the calls it cut off
+                        emit(dataclasses.replace(sample, category="cut", detail=message, excused=True))
+                    raise
                 # each call it cut off fails with the session's error (and is checked against the simulator);
                 # a session that failed opening or closing, with no call in flight, is one failure of its own
                 for sample in cut or [Sample(t, ms, False, "", "session")]:
