@@ -70,6 +70,42 @@ def test_a_client_that_never_finishes_its_headers_is_cut_off(daemon: Daemon, sim
     assert httpx2.get(f"{proc.url}/healthz").status_code == 200
 
 
+def read_response(sock: socket.socket) -> bytes:
+    """One whole response (head and a body of `content-length` bytes) from a kept-alive connection."""
+    received = b""
+    while b"\r\n\r\n" not in received:
+        chunk = sock.recv(65536)
+        assert chunk, f"the daemon closed the connection instead of answering: {received[:200]!r}"
+        received += chunk
+    head, _, body = received.partition(b"\r\n\r\n")
+    length = next(
+        int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:")
+    )
+    while len(body) < length:
+        chunk = sock.recv(65536)
+        assert chunk, "the daemon closed the connection in the middle of an answer"
+        body += chunk
+    return head + b"\r\n\r\n" + body
+
+
+def test_an_idle_kept_alive_connection_outlives_the_clients_own_idle_limit(daemon: Daemon, sim: SimControl) -> None:
+    """httpx (the MCP SDK's HTTP client) reuses a connection idle for less than its `keepalive_expiry` (5 s) by its
+    own clock, which starts when it has read an answer. uvicorn's default closed idle connections after 5 s counted
+    from when the daemon wrote the answer: on a busy machine the client then sent its next call on a connection the
+    daemon was closing, and lost it to a connection reset (3 calls in the 2.5-hour soak). The daemon must keep an
+    idle connection open past the client's limit; the header clock must not cut it either."""
+    proc = daemon(EXAI_HTTP_HEADER_TIMEOUT_SECONDS="1")
+    client_idle_limit = httpx2.Limits().keepalive_expiry
+    assert client_idle_limit is not None
+    with raw_connection(proc, request_head(proc, "GET", "/healthz")) as kept_alive:
+        assert read_response(kept_alive).startswith(b"HTTP/1.1 200 ")
+        answered = time.monotonic()
+        # the property is an interval: idle past the client's limit (and past the header timeout), then reused
+        wait_until_sync(lambda: time.monotonic() > answered + client_idle_limit + 1, "the client's idle limit to pass")
+        kept_alive.sendall(request_head(proc, "GET", "/healthz"))
+        assert read_response(kept_alive).startswith(b"HTTP/1.1 200 ")
+
+
 def test_a_body_that_never_arrives_is_answered_408_and_logged_in_one_line(daemon: Daemon, sim: SimControl) -> None:
     proc = daemon(EXAI_HTTP_BODY_TIMEOUT_SECONDS="1")
     head = request_head(proc, "POST", "/mcp", *(f"{k}: {v}" for k, v in MCP_HEADERS.items()), "content-length: 1000")

@@ -160,6 +160,9 @@ class Settings(ProviderSettings):
     allowed_hosts: CommaList = Field(default_factory=list)
     http_header_timeout_seconds: float = Field(default=10.0, gt=0)
     http_body_timeout_seconds: float = Field(default=30.0, gt=0)
+    # an idle kept-alive connection is closed after this long: well past clients' own idle limits (httpx, which the
+    # MCP SDK uses, reuses a connection idle < 5 s), so the client closes first and never sends on one we close
+    http_keep_alive_seconds: int = Field(default=75, ge=1)
     max_calls_in_flight: int = Field(default=1024, ge=1)  # per replica, calls that ask a model (server/admission.py)
     max_calls_waiting: int = Field(default=1024, ge=0)
     admission_queue_seconds: float = Field(default=5.0, gt=0)

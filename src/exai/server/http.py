@@ -362,6 +362,7 @@ async def serve_http(services: Services, listener: socket.socket | None = None) 
             settings.max_connections_per_address,
         ),
         access_log=False,
+        timeout_keep_alive=settings.http_keep_alive_seconds,  # longer than clients keep an idle connection
         # uvicorn cancels what is left (bare) only after our drain has cut the calls with a typed error
         timeout_graceful_shutdown=math.ceil(settings.shutdown_grace_seconds + CUT_SECONDS + 1),
         lifespan="on",

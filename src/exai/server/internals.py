@@ -121,11 +121,17 @@ class UvicornH11Connection(H11Protocol):
 
     def owed(self) -> Literal["headers", "body"] | None:
         """What the client owes: a request's headers, the rest of a body already answered without being read, or
-        nothing (a request the application is handling, or a closing connection)."""
+        nothing (a request the application is handling, a kept-alive connection between requests, or a closing
+        connection).
+
+        A kept-alive connection (h11 knows the client's HTTP version once a request came) with no byte of its next
+        request owes nothing: its idleness is uvicorn's keep-alive timeout's to end, and a header clock started at
+        the previous answer would cut it sooner, closing a connection the client may be reusing at that moment."""
         if self.transport.is_closing():
             return None
         if self.conn.their_state is h11.IDLE:
-            return "headers"
+            between_requests = self.conn.their_http_version is not None and not self.conn.trailing_data[0]
+            return None if between_requests else "headers"
         if self.conn.their_state is h11.SEND_BODY and self.conn.our_state in (h11.DONE, h11.MUST_CLOSE):
             return "body"
         return None

@@ -29,6 +29,7 @@ class Sample:
     tool: str = ""
     marker: str = ""  # the simulator marker in its prompt ("" when none)
     excused: bool = False  # failed because the scenario itself cut it off (a deliberate SIGKILL): not paid-then-failed
+    detail: str = ""  # when not ok: what failed, in words (the server's message, or the client's exception)
 
 
 @dataclass
@@ -60,6 +61,16 @@ class ScenarioResult:
 
     def errors_by_category(self) -> dict[str, int]:
         return dict(Counter(s.category or "unknown" for s in self.samples if not s.ok))
+
+    def error_examples(self, per_category: int = 3) -> dict[str, list[str]]:
+        """Up to `per_category` distinct messages of each error category: what the failures said."""
+        examples: dict[str, list[str]] = {}
+        for s in self.samples:
+            if not s.ok and s.detail:
+                seen = examples.setdefault(s.category or "unknown", [])
+                if s.detail not in seen and len(seen) < per_category:
+                    seen.append(s.detail)
+        return examples
 
     def latency_figures(self) -> dict[str, float]:
         ok = sorted(s.ms for s in self.samples if s.ok)
@@ -105,6 +116,7 @@ class ScenarioResult:
             "load_average_max": max(self.machine_load, default=None),
             "checks": [asdict(c) for c in self.checks],
             "figures": {**self.latency_figures(), **self.figures},
+            "error_examples": self.error_examples(),
             "notes": self.notes,
             "series": self.series(),
         }

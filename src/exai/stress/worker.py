@@ -18,7 +18,7 @@ from exai.stress.workload import LoadPlan, run_plan
 
 
 def _emit(sample: Sample) -> None:
-    sys.stdout.write(json.dumps([sample.t, sample.ms, sample.ok, sample.category, sample.tool, sample.marker]) + "\n")
+    sys.stdout.write(json.dumps(asdict(sample)) + "\n")
     sys.stdout.flush()
 
 
@@ -54,7 +54,7 @@ async def run_workers(
     async def read(child: asyncio.subprocess.Process) -> None:
         assert child.stdout is not None
         async for line in child.stdout:
-            on_sample(Sample(*json.loads(line)))
+            on_sample(Sample(**json.loads(line)))
         await child.wait()
 
     try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -11,7 +12,7 @@ from typing import Any
 
 from mcp import Client
 
-from exai.stress.driver import Outcome, call, session
+from exai.stress.driver import Outcome, call, describe, session
 from exai.stress.results import Sample
 
 MIX = ("chat", "continue", "workflow", "chat", "continue", "consensus", "chat", "workflow", "continue", "chat")
@@ -50,25 +51,36 @@ def workflow_step(number: int, total: int, thread: str | None, text: str) -> dic
 
 
 async def operation(
-    client: Client, kind: str, tag: str, thread: str | None, epoch: float, ceiling: float
+    client: Client,
+    kind: str,
+    tag: str,
+    thread: str | None,
+    epoch: float,
+    ceiling: float,
+    on_cut: Callable[[Sample], None] | None = None,
 ) -> tuple[list[Outcome], str | None]:
-    """Run one operation of the mix; returns its calls and the thread a later `continue` may use."""
+    """Run one operation of the mix; returns its calls and the thread a later `continue` may use. A call cut off
+    by its session's failure goes to `on_cut` (see `driver.call`)."""
+
+    async def one(tool: str, args: dict[str, Any]) -> Outcome:
+        return await call(client, tool, args, epoch, ceiling, on_cut=on_cut)
+
     if kind == "continue" and thread:
-        done = await call(client, "chat", {"prompt": f"more {tag}", "continuation_id": thread}, epoch, ceiling)
+        done = await one("chat", {"prompt": f"more {tag}", "continuation_id": thread})
         return [done], done.data.get("continuation_id", thread)
     if kind == "workflow":
-        first = await call(client, "debug", workflow_step(1, 2, None, tag), epoch, ceiling)
+        first = await one("debug", workflow_step(1, 2, None, tag))
         if not first.sample.ok:
             return [first], thread
         final = workflow_step(2, 2, first.data["continuation_id"], tag)
-        return [first, await call(client, "debug", final, epoch, ceiling)], thread
+        return [first, await one("debug", final)], thread
     if kind == "consensus":
         models = [{"model": "sim-fast", "stance": "for"}, {"model": "sim-smart", "stance": "against"}]
-        done = await call(client, "consensus", {"prompt": f"decide {tag}", "models": models}, epoch, ceiling)
+        done = await one("consensus", {"prompt": f"decide {tag}", "models": models})
         if done.sample.ok and done.data.get("failed"):
             done.sample.ok, done.sample.category = False, "consensus_opinion_failed"
         return [done], thread
-    done = await call(client, "chat", {"prompt": f"hello {tag}", "model": "sim-fast"}, epoch, ceiling)
+    done = await one("chat", {"prompt": f"hello {tag}", "model": "sim-fast"})
     return [done], done.data.get("continuation_id") if done.sample.ok else thread
 
 
@@ -107,12 +119,13 @@ async def run_plan(plan: LoadPlan, emit: Callable[[Sample], None], epoch: float)
     def over() -> bool:
         return until is not None and time.time() >= until
 
-    async def slot(client: Client, name: str) -> None:
+    async def slot(client: Client, name: str, cut: list[Sample]) -> None:
         thread: str | None = None
         for n in range(plan.operations_per_slot):
             if over():
                 return
-            outcomes, thread = await operation(client, MIX[n % len(MIX)], f"{name}-{n}", thread, epoch, plan.ceiling)
+            kind, tag = MIX[n % len(MIX)], f"{name}-{n}"
+            outcomes, thread = await operation(client, kind, tag, thread, epoch, plan.ceiling, cut.append)
             for outcome in outcomes:
                 emit(outcome.sample)
 
@@ -122,12 +135,22 @@ async def run_plan(plan: LoadPlan, emit: Callable[[Sample], None], epoch: float)
             if over():
                 return
             started = time.perf_counter()
+            cut: list[Sample] = []  # calls of this opening cut off by its failure, each with its marker
             try:
                 async with session(plan.url, plan.token, plan.ceiling) as client:
                     names = [f"{plan.prefix}-{index}-{opening}-{k}" for k in range(plan.slots_per_session)]
-                    await asyncio.gather(*(slot(client, name) for name in names))
-            except Exception as exc:  # a session that cannot open (or breaks) is an error sample, not a crash
-                ms = (time.perf_counter() - started) * 1000
-                emit(Sample(round(time.monotonic() - epoch, 3), ms, False, f"session:{type(exc).__name__}", "session"))
+                    await asyncio.gather(*(slot(client, name, cut) for name in names))
+            except Exception as exc:  # a session that cannot open (or breaks) is counted, not a crash
+                kind, message = describe(exc)
+                t, ms = round(time.monotonic() - epoch, 3), (time.perf_counter() - started) * 1000
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():  # the scenario stopped this load on purpose: the
+                    for sample in cut:  # teardown's errors are ours, and so are the calls it cut off
+                        emit(dataclasses.replace(sample, category="cut", detail=message, excused=True))
+                    raise
+                # each call it cut off fails with the session's error (and is checked against the simulator);
+                # a session that failed opening or closing, with no call in flight, is one failure of its own
+                for sample in cut or [Sample(t, ms, False, "", "session")]:
+                    emit(dataclasses.replace(sample, category=f"session:{kind}", detail=message))
 
     await asyncio.gather(*(one_session(i) for i in range(plan.sessions)))

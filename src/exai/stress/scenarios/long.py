@@ -19,7 +19,7 @@ from typing import Any
 import httpx2
 
 from exai.stress.context import Context
-from exai.stress.driver import call, mark, session
+from exai.stress.driver import call, describe, mark, session
 from exai.stress.results import Sample, ScenarioResult
 from exai.stress.target import Daemon
 
@@ -102,7 +102,7 @@ async def _task_aware(
                 else:
                     status, category = "working", "hang"
         except (httpx2.TransportError, ValueError) as exc:
-            category = f"client:{type(exc).__name__}"
+            category = f"client:{describe(exc)[0]}"
     sample = Sample(
         round(ctx.elapsed(), 3),
         round((time.perf_counter() - started) * 1000, 2),
@@ -142,7 +142,7 @@ async def _task_unaware(
     except Exception as exc:  # the session broke before any answer: its daemon was killed, or worse
         answers.back()
         status = "lost" if answers.killed else "error"
-        category = "lost" if answers.killed else f"client:{type(exc).__name__}"
+        category = "lost" if answers.killed else f"client:{describe(exc)[0]}"
         elapsed = round((time.perf_counter() - started) * 1000, 2)
         return Sample(round(ctx.elapsed(), 3), elapsed, False, category, "chat"), status
     answers.back()

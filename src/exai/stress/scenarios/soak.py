@@ -29,7 +29,8 @@ WARM_UP_CALLS = 2000  # counted in calls, not seconds: a slow machine warms up l
 def judge_errors(result: ScenarioResult) -> None:
     """Every failed call counts, whatever its category (storage and rate_limit included)."""
     errors = result.errors_by_category()
-    shown = ", ".join(f"{k} {v:,}" for k, v in sorted(errors.items(), key=lambda kv: -kv[1]))
+    said = {category: f" ({texts[0][:120]})" for category, texts in result.error_examples(1).items()}
+    shown = ", ".join(f"{k} {v:,}{said.get(k, '')}" for k, v in sorted(errors.items(), key=lambda kv: -kv[1]))
     total = sum(errors.values())
     result.figures["errors_by_category"] = errors
     result.check("errors (every category)", "0", f"{total:,}" + (f": {shown}" if shown else ""), total == 0)
