@@ -20,6 +20,7 @@ from mcp_types import CallToolResult
 from exai.providers.discovery import list_endpoint_models
 from tests.conftest import Proc, SimControl, free_port, start_exai
 from tests.helpers import run_exai
+from tests.hostile_listing import hostile_listing
 
 pytestmark = pytest.mark.anyio
 
@@ -127,6 +128,29 @@ async def test_a_daemon_started_before_its_endpoint_uses_the_models_once_it_answ
     assert answered.structured_content["provider"] == "custom"
     assert "sim-smart" in listed.content[0].text
     assert httpx2.get(f"{proc.url}/readyz", timeout=10).status_code == 200
+
+
+@pytest.mark.parametrize("listing", ["unreachable", "refused", "empty"])
+def test_a_password_in_custom_api_url_stays_out_of_readyz(
+    daemon: Callable[..., Proc], sim: SimControl, listing: str
+) -> None:
+    """/readyz answers without a token: the endpoint's URL in its reason must not carry the URL's password."""
+    with hostile_listing("ids", ids=[]) as empty:
+        where = {
+            "unreachable": f"127.0.0.1:{free_port()}/v1",
+            "refused": sim.url.removeprefix("http://") + "/_sim",
+            "empty": empty.url.removeprefix("http://"),
+        }[listing]
+        proc = daemon(
+            CUSTOM_API_URL=f"http://user:pw-for-the-endpoint-123@{where}",
+            CUSTOM_MODELS="",
+            KIMI_API_KEY="",
+            ANTHROPIC_API_KEY="",
+        )
+        ready = httpx2.get(f"{proc.url}/readyz", timeout=10)
+    assert ready.status_code == 503 and "CUSTOM_API_URL" in ready.text, ready.text
+    assert "pw-for-the-endpoint-123" not in ready.text
+    assert "pw-for-the-endpoint-123" not in proc.logs()
 
 
 @pytest.mark.slow  # one of the slowest outside daemon tests (doctor probes, CLI processes)

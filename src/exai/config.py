@@ -56,7 +56,7 @@ class Limits(BaseModel):
     requests_per_minute: int = Field(default=120, ge=1)
     concurrent: int = Field(default=8, ge=1)
     tokens_per_day: int = Field(default=5_000_000, ge=1)
-    task_requests_per_minute: int = Field(default=600, ge=1)
+    task_requests_per_minute: int = Field(default=1200, ge=1)  # above 32 tasks polled every 2 s (960)
     """`tasks/get`, `tasks/result`, `tasks/list`, `tasks/cancel`, `tasks/update`: store reads, in a window of their own
     (a Tasks client polls `tasks/get` every 2 s per task: 600 a minute leaves room for 20 tasks polled at once)."""
 

@@ -17,7 +17,7 @@ from typing import Any
 import httpx2
 
 from exai.config import Settings
-from exai.observability.logging import get_logger
+from exai.observability.logging import get_logger, redact
 from exai.providers.bounded import FetchError, get_json_bounded
 from exai.providers.catalogue import ModelInfo, custom_model_info
 from exai.providers.model_ids import acceptable_model_id
@@ -37,7 +37,11 @@ SHOW_MAX_BYTES = 1_000_000
 
 
 class DiscoveryError(Exception):
-    """The endpoint could not be asked, or answered something that is not a model listing."""
+    """The endpoint could not be asked, or answered something that is not a model listing. Its message names the
+    endpoint, whose URL may carry a password: it is redacted here, where every such message is made."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(redact(message))
 
 
 async def list_endpoint_models(
@@ -167,7 +171,7 @@ async def discover_custom_models(settings: Settings, router: Router, *, quiet: b
         (log.debug if quiet else log.warning)(
             "custom_endpoint_lists_no_models", remedy="load or pull a model on the server at CUSTOM_API_URL"
         )
-        return f"the CUSTOM_API_URL endpoint ({config.base_url}) listed no models"
+        return f"the CUSTOM_API_URL endpoint ({redact(config.base_url)}) listed no models"
     router.catalogue.add(found)
     router.refresh_available()
     log.info("custom_models_discovered", models=[m.name for m in found])

@@ -169,6 +169,7 @@ class ToolContext:
         self.unsaved_because: ExaiError | None = None
         """Why they could not: the store failed, the thread filled up, kept changing, or was deleted meanwhile."""
         self._asking = 0
+        self._answers = 0
         self.upstream_seconds = 0.0
         """Time this call's model requests spent upstream (every attempt, failed ones too): the gateway-overhead
         metric is the call's time minus this."""
@@ -244,7 +245,7 @@ class ToolContext:
     @property
     def paid(self) -> bool:
         """Whether a model has answered this call (its answer is paid for, whatever happens next)."""
-        return any(call.failure is None for call in self.model_calls)
+        return self._answers > 0
 
     @property
     def answered(self) -> bool:
@@ -285,12 +286,6 @@ class ToolContext:
         while its request was upstream is charged what the vendor bills for it: the prompt (`input_tokens`) and
         whatever had streamed back (`cut_model_call`); cancelled before its request was sent, nothing.
         """
-        with self.asking_models():
-            return await self._generate(request, plan, input_tokens, **options)
-
-    async def _generate(
-        self, request: GenerateRequest, plan: RoutePlan, input_tokens: int, **options: Any
-    ) -> RouteResult:
         services = self._services
         claim = await self.tokens.reserve(input_tokens) if self.tokens is not None else None
         attempts: list[Attempt] = []
@@ -309,7 +304,11 @@ class ToolContext:
             self._upstream_attempts(made)
 
         try:
-            result = await services.router.generate(request, plan=plan, tenant=self.tenant, on_attempts=seen, **options)
+            with self.asking_models():
+                result = await services.router.generate(
+                    request, plan=plan, tenant=self.tenant, on_attempts=seen, **options
+                )
+            self._answers += 1  # paid for from here on, before anything else is awaited (see `answered`)
         except ExaiError as exc:
             self.model_calls.append(failed_model_call(plan, exc))  # the status page and audit show the model
             raise
