@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
 import subprocess
 import time
 from collections.abc import AsyncIterator
@@ -17,7 +18,7 @@ from exai.stress.context import Context
 from exai.stress.driver import call, session
 from exai.stress.html import render_html
 from exai.stress.results import Sample, ScenarioResult
-from exai.stress.runner import run_scenario
+from exai.stress.runner import _remember_interrupts, run_scenario
 from exai.stress.scenarios import faults, recovery, soak
 from exai.stress.sim import SimControl
 from exai.stress.target import Isolation, Target, local_target
@@ -183,3 +184,20 @@ def test_the_soak_trend_shows_growth_per_window() -> None:
     assert [r["load_average"] for r in rows] == [1.0, 2.0, 3.0]
     rss = [r["rss_mb"] for r in rows]
     assert rss == sorted(rss) and rss[0] != rss[-1], rss  # a slope, window by window
+
+
+def test_an_interrupt_is_remembered_when_a_scenario_swallows_the_cancellation() -> None:
+    """Ctrl-C cancels the run; code on the way that swallows the CancelledError must not turn the interrupted run
+    into a finished one (the full suite once saw `exai stress` exit 0 with PASS after its SIGINT)."""
+
+    async def run() -> int:
+        heard = _remember_interrupts()
+        try:
+            with contextlib.suppress(asyncio.CancelledError):  # a scenario that swallows the cancellation
+                signal.raise_signal(signal.SIGINT)
+                await asyncio.sleep(30)
+            return heard.count
+        finally:
+            signal.signal(signal.SIGINT, heard.previous)
+
+    assert asyncio.run(run()) == 1

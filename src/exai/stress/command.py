@@ -97,6 +97,9 @@ def run_command(
     finally:
         if built is not None:
             built.close()
+    if report["interrupted"]:
+        console.print(f"interrupted: partial reports in {out / 'stress.json'}, {out / 'stress.html'}")
+        return 130
     console.print(f"reports: {out / 'stress.json'}, {out / 'stress.html'}")
     return 0 if report["passed"] else 1
 

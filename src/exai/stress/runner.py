@@ -198,6 +198,7 @@ async def run_stress(target: Target, options: RunOptions, console: Console) -> d
     )
     tasks: dict[str, TaskID] = {n: progress.add_task(n, total=None, note="waiting", start=False) for n in options.names}
     interrupted = False
+    heard = _remember_interrupts()
     try:
         with Live(Group(progress, _running_table(results)), console=console, refresh_per_second=4) as live:
             for name in options.names:
@@ -228,12 +229,35 @@ async def run_stress(target: Target, options: RunOptions, console: Console) -> d
         interrupted = True
         raise
     finally:
+        signal.signal(signal.SIGINT, heard.previous)
+        interrupted = interrupted or heard.count > 0
         await load.stop()
         await sim.close()
         report = _report(target, options, results, started, load, load_before, interrupted)
         write_reports(report, options.out, options.secrets)
     console.print(summary_table(report))
     return report
+
+
+@dataclass
+class _Interrupts:
+    previous: Any
+    count: int = 0
+
+
+def _remember_interrupts() -> _Interrupts:
+    """Ctrl-C (and SIGTERM, which the command turns into SIGINT) is counted here before asyncio's own handler cancels
+    the run: a cancellation that some code on the way swallows can no longer make an interrupted run look finished
+    (the report says interrupted, and the command exits 130)."""
+    heard = _Interrupts(signal.getsignal(signal.SIGINT))
+
+    def on_sigint(signum: int, frame: Any) -> None:
+        heard.count += 1
+        if callable(heard.previous):
+            heard.previous(signum, frame)
+
+    signal.signal(signal.SIGINT, on_sigint)
+    return heard
 
 
 def _refuse_rest(results: list[ScenarioResult], names: list[str], name: str, leftovers: list[str]) -> None:
