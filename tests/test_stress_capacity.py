@@ -1,6 +1,6 @@
 """The load scenario's capacity steps against real processes (the simulator, `exai serve`, nginx), at small scale:
-the knee is the last step within the bound, a step with errors or over the overhead bound ends the search, and the
-three-replica path goes through a real nginx to every replica and stops all of it."""
+the knee is the last step within the bound; past it the steps go on, for the throughput, until one has errors; and
+the three-replica path goes through a real nginx to every replica and stops all of it."""
 
 from __future__ import annotations
 
@@ -48,21 +48,27 @@ async def test_the_knee_is_the_last_step_without_errors(ctx: Context) -> None:
     daemon = await asyncio.to_thread(ctx.target.daemon, "knee", EXAI_RATE_LIMIT_CONCURRENCY="6")
     await ctx.sim.latency(500)
     samples: list[Sample] = []
-    steps, knee = await find_knee(
+    found = await find_knee(
         ctx, Deployment.single(daemon), _sim_pid(ctx.target), [1.0, 40.0, 80.0], 4.0, samples, LOOSE_BOUND_MS
     )
-    assert len(steps) == 2, "the search stops at the first step that misses"
-    assert knee is steps[0] and steps[0].errors == 0 and steps[0].calls >= 4, steps[0]
+    steps = found.steps
+    assert len(steps) == 2, "the search stops at the first step with errors"
+    assert found.knee is steps[0] and steps[0].errors == 0 and steps[0].calls >= 4, steps[0]
+    assert found.throughput is not steps[1], "a step with errors is no throughput"
     assert steps[1].errors > 0 and {s.category for s in samples if not s.ok} == {"rate_limit"}, steps[1]
     assert steps[0].daemon_cpu_ms_per_call > 0 and steps[0].calls_by_replica == [steps[0].calls], steps[0]
 
 
-async def test_a_step_over_the_overhead_bound_is_no_knee(ctx: Context) -> None:
+async def test_past_the_overhead_bound_the_steps_go_on_for_the_throughput(ctx: Context) -> None:
+    """With a bound of 0 ms no step is a knee, but both steps run without errors: the last is the throughput (steps
+    long against a call, so a slow machine still keeps up with 1 call/s)."""
     daemon = await asyncio.to_thread(ctx.target.daemon, "bound")
     await ctx.sim.latency(50)
-    steps, knee = await find_knee(ctx, Deployment.single(daemon), _sim_pid(ctx.target), [2.0, 4.0], 3.0, [], 0.0)
-    assert knee is None and len(steps) == 1, steps
-    assert steps[0].errors == 0 and steps[0].overhead_p95_ms is not None and steps[0].overhead_p95_ms > 0
+    found = await find_knee(ctx, Deployment.single(daemon), _sim_pid(ctx.target), [0.5, 1.0], 8.0, [], 0.0)
+    assert found.knee is None and len(found.steps) == 2, found.steps
+    assert found.throughput is found.steps[1], found
+    first = found.steps[0]
+    assert first.errors == 0 and first.overhead_p95_ms is not None and first.overhead_p95_ms > 0
 
 
 async def test_three_replicas_behind_nginx_take_the_load_and_are_all_stopped(ctx: Context) -> None:
@@ -77,7 +83,8 @@ async def test_three_replicas_behind_nginx_take_the_load_and_are_all_stopped(ctx
     await ctx.sim.latency(50)
     samples: list[Sample] = []
     deployment = Deployment.behind_nginx(replicas)
-    steps, knee = await find_knee(ctx, deployment, _sim_pid(ctx.target), [6.0], 4.0, samples, LOOSE_BOUND_MS)
+    found = await find_knee(ctx, deployment, _sim_pid(ctx.target), [6.0], 4.0, samples, LOOSE_BOUND_MS)
+    steps, knee = found.steps, found.knee
     assert knee is steps[0] and knee.errors == 0, (knee, [s for s in samples if not s.ok][:5])
     assert len(knee.calls_by_replica) == 3 and all(n > 0 for n in knee.calls_by_replica), knee.calls_by_replica
     assert sum(knee.calls_by_replica) >= knee.calls and knee.storage_p95_ms is not None

@@ -28,6 +28,7 @@ from exai.stress.workload import LoadPlan
 TICKS = os.sysconf("SC_CLK_TCK")
 OVERHEAD_P95_MS = 5.0
 WARM_UP_CALLS = 100
+KEPT_UP = 0.75  # a step whose calls complete slower than this share of the offered rate is saturated
 CALL_CEILING_SECONDS = 150.0  # past the daemon's 120 s call deadline: an overloaded daemon answers before we give up
 
 
@@ -98,6 +99,10 @@ class Step:
 
     def within(self, bound_ms: float = OVERHEAD_P95_MS) -> bool:
         return self.errors == 0 and self.overhead_p95_ms is not None and self.overhead_p95_ms <= bound_ms
+
+    def kept_up(self) -> bool:
+        """No error, and the calls completed at (nearly) the rate offered: the deployment was not yet saturated."""
+        return self.errors == 0 and self.completed_per_s >= KEPT_UP * self.offered_per_s
 
 
 async def _scrape_all(http: httpx2.AsyncClient, deployment: Deployment) -> list[Scrape]:
@@ -203,6 +208,16 @@ async def warm_up(ctx: Context, mcp_url: str, calls: int) -> None:
     await asyncio.gather(*(worker() for _ in range(sessions)))
 
 
+@dataclass
+class Capacity:
+    """The steps run, the knee (the last step within the overhead bound, with no error) and the throughput (the
+    last step with no error that kept up with the offered rate, whatever its overhead): None when no step was."""
+
+    steps: list[Step]
+    knee: Step | None
+    throughput: Step | None
+
+
 async def find_knee(
     ctx: Context,
     deployment: Deployment,
@@ -211,11 +226,15 @@ async def find_knee(
     seconds: float,
     samples: list[Sample],
     bound_ms: float = OVERHEAD_P95_MS,
-) -> tuple[list[Step], Step | None]:
-    """Step through `rates` until a step misses the bound (overhead p95 > `bound_ms`, or any error); the knee is the
-    last step that met it (None when even the first did not)."""
+) -> Capacity:
+    """Step through `rates`: the knee is the last step before the first that misses the bound (overhead p95 over
+    `bound_ms`, or an error). Past the knee the steps go on while the deployment keeps up without error, so the run
+    also says how many calls/s it carries when its overhead no longer meets the bound (a store whose commits alone
+    take longer, say); the first step with an error, or that falls behind the offered rate, ends the search."""
     steps: list[Step] = []
     knee: Step | None = None
+    throughput: Step | None = None
+    within = True
     what = f"capacity, {deployment.label}"
     ctx.progress(0, len(rates), f"{what}: warm-up")
     await warm_up(ctx, deployment.mcp_url, ctx.scale(WARM_UP_CALLS, 20))
@@ -223,10 +242,13 @@ async def find_knee(
         ctx.progress(number, len(rates), f"{what}: offering {rate:.0f} calls/s")
         done = await step(ctx, deployment, sim_pid, rate, seconds, processes=2, samples=samples)
         steps.append(done)
-        if not done.within(bound_ms):
+        within = within and done.within(bound_ms)
+        if within:
+            knee = done
+        if not done.kept_up():
             break
-        knee = done
-    return steps, knee
+        throughput = done
+    return Capacity(steps, knee, throughput)
 
 
 def steps_json(steps: list[Step]) -> list[dict[str, object]]:

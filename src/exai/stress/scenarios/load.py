@@ -19,7 +19,8 @@ NAME = "load"
 SUMMARY = (
     "First capacity: new chats offered at a fixed rate (open loop, from 2 client processes, 50 ms upstream), the rate "
     "stepped up until the daemons' own overhead p95 (exai_gateway_overhead_seconds) passes 5 ms or an error "
-    "appears; the knee is the last rate that met both. Measured for one daemon (the run's storage) and, in full "
+    "appears; the knee is the last rate that met both. Past the knee the steps go on while the daemons keep up "
+    "without errors: the last such rate is their throughput. Measured for one daemon (the run's storage) and, in full "
     "mode, for 3 stateless replicas behind nginx (deploy/nginx.conf) on PostgreSQL + Redis. Then 1,024 concurrent "
     "tool calls (new chats, continued threads, two-step debug workflows, consensus) over 64 MCP sessions from 4 "
     "client processes, 200 ms upstream."
@@ -27,7 +28,8 @@ SUMMARY = (
 CRITERION = (
     "capacity: a knee is found for 1 replica and for 3 behind nginx (at least the first step within 5 ms overhead "
     "p95 and 0 errors), reported in calls/s and calls/s per core with the CPU time per call of daemons, nginx, "
-    "simulator and clients; at 1,024 in flight: every call completes, 0 errors, 0 paid-then-failed. Overhead at "
+    "simulator and clients (the throughput without errors reported beside it, not judged); at 1,024 in flight: "
+    "every call completes, 0 errors, 0 paid-then-failed. Overhead at "
     "1,024 in flight is reported, not judged (it is the wait for the event loop of one process). A quick run judges "
     "errors only."
 )
@@ -67,44 +69,37 @@ async def _capacity(ctx: Context, result: ScenarioResult) -> None:
 async def knee_of(
     ctx: Context, result: ScenarioResult, deployment: Deployment, rates: list[float], seconds: float
 ) -> Step | None:
-    """Find `deployment`'s knee, record its steps and knee as figures and judge that one was found."""
+    """Find `deployment`'s knee and throughput, record its steps, knee and throughput as figures and judge that a
+    knee was found."""
     sim_pid = ctx.target.sim_pid or 0
     capacity_samples: list[Sample] = []
     try:
-        steps, knee = await find_knee(ctx, deployment, sim_pid, rates, seconds, capacity_samples)
+        found = await find_knee(ctx, deployment, sim_pid, rates, seconds, capacity_samples)
     finally:
         result.samples += capacity_samples
+    steps, knee = found.steps, found.knee
     cores = os.cpu_count() or 1
     label = deployment.label
     result.figures[f"capacity steps, {label} (open loop, 50 ms upstream)"] = steps_json(steps)
     if knee is not None:
-        result.figures[f"capacity knee, {label}"] = {
-            "calls_per_s": knee.completed_per_s,
-            "calls_per_s_per_core": round(knee.completed_per_s / cores, 1),
-            "cores": cores,
-            "overhead_p95_ms": knee.overhead_p95_ms,
-            "storage_p95_ms": knee.storage_p95_ms,
-            "daemon_cores_busy": knee.daemon_cpu_busy,
-            "cpu_ms_per_call": {
-                "daemons": knee.daemon_cpu_ms_per_call,
-                **({"nginx": knee.balancer_cpu_ms_per_call} if knee.balancer_cpu_ms_per_call is not None else {}),
-                "simulator": knee.simulator_cpu_ms_per_call,
-                "clients": knee.clients_cpu_ms_per_call,
-            },
-            "load_average_1m": round(os.getloadavg()[0], 2),
-        }
-    last = steps[-1]
+        result.figures[f"capacity knee, {label}"] = _summary(knee, cores)
+    if found.throughput is not None:
+        result.figures[f"throughput without errors, {label}"] = _summary(found.throughput, cores)
+    missed = next((s for s in steps if not s.within()), None)
     why = (
         f"knee at {knee.completed_per_s:g} calls/s ({knee.completed_per_s / cores:.1f} per core); "
         if knee
         else "no step met the bound; "
     )
-    why += (
-        f"next step {last.offered_per_s:g}/s: overhead p95 {last.overhead_p95_ms} ms (storage p95 "
-        f"{last.storage_p95_ms} ms), {last.errors} errors"
-    )
-    if knee is last:
+    if missed is None:
         why = f"knee above the highest step offered: {why}"
+    else:
+        why += (
+            f"next step {missed.offered_per_s:g}/s: overhead p95 {missed.overhead_p95_ms} ms (storage p95 "
+            f"{missed.storage_p95_ms} ms), {missed.errors} errors"
+        )
+    if found.throughput is not None and found.throughput is not knee:
+        why += f"; carried {found.throughput.completed_per_s:g} calls/s without errors"
     result.check(
         f"capacity knee found ({label})",
         f"first step: overhead p95 <= {OVERHEAD_P95_MS:g} ms, 0 errors",
@@ -113,6 +108,25 @@ async def knee_of(
         judged=not ctx.quick,
     )
     return knee
+
+
+def _summary(at: Step, cores: int) -> dict[str, object]:
+    """One step as the figures publish a knee or a throughput: calls/s, per core, and where the time goes."""
+    return {
+        "calls_per_s": at.completed_per_s,
+        "calls_per_s_per_core": round(at.completed_per_s / cores, 1),
+        "cores": cores,
+        "overhead_p95_ms": at.overhead_p95_ms,
+        "storage_p95_ms": at.storage_p95_ms,
+        "daemon_cores_busy": at.daemon_cpu_busy,
+        "cpu_ms_per_call": {
+            "daemons": at.daemon_cpu_ms_per_call,
+            **({"nginx": at.balancer_cpu_ms_per_call} if at.balancer_cpu_ms_per_call is not None else {}),
+            "simulator": at.simulator_cpu_ms_per_call,
+            "clients": at.clients_cpu_ms_per_call,
+        },
+        "load_average_1m": round(os.getloadavg()[0], 2),
+    }
 
 
 async def run(ctx: Context, result: ScenarioResult) -> None:
