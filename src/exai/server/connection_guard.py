@@ -57,26 +57,33 @@ class GuardedH11Protocol(UvicornH11Connection):
 
     def opened(self) -> None:
         if self.open_connections() > self.max_connections:
-            log.warning("connection refused: connection cap reached", max_connections=self.max_connections)
-            message = (
+            self._refuse(
+                "503 Service Unavailable",
                 f"Service Unavailable: the server holds its maximum of {self.max_connections} connections "
-                "(EXAI_MAX_CONNECTIONS). Retry shortly."
+                "(EXAI_MAX_CONNECTIONS). Retry shortly.",
+                "connection cap reached",
+                max_connections=self.max_connections,
             )
-            self.close(plain_response("503 Service Unavailable", message, "retry-after: 1"))
             return
         address = address_key(self.peer_host())
         if address is not None:
             if self.by_address[address] >= self.per_address:
-                log.warning("connection refused: the address holds its share", per_address=self.per_address)
-                message = (
+                self._refuse(
+                    "429 Too Many Requests",
                     f"Too Many Requests: your address holds its share of {self.per_address} open connections "
-                    "(EXAI_MAX_CONNECTIONS_PER_ADDRESS). Close some, or retry shortly."
+                    "(EXAI_MAX_CONNECTIONS_PER_ADDRESS). Close some, or retry shortly.",
+                    "the address holds its share",
+                    per_address=self.per_address,
                 )
-                self.close(plain_response("429 Too Many Requests", message, "retry-after: 1"))
                 return
             self.by_address[address] += 1
             self._address = address
         self._watch()
+
+    def _refuse(self, status: str, message: str, why: str, **limit: int) -> None:
+        """Answer a connection over a limit at once (retry in a second) and close it; the log says which limit."""
+        log.warning(f"connection refused: {why}", **limit)
+        self.close(plain_response(status, message, "retry-after: 1"))
 
     def progressed(self) -> None:
         self._watch()
