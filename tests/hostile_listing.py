@@ -16,6 +16,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass
@@ -53,8 +54,8 @@ class HostileListing:
 
 
 @contextmanager
-def hostile_listing(mode: str, **options: object) -> Iterator[HostileListing]:
-    state = HostileListing(mode, **options)  # type: ignore[arg-type]
+def hostile_listing(mode: str, **options: Any) -> Iterator[HostileListing]:
+    state = HostileListing(mode, **options)
 
     class Handler(socketserver.BaseRequestHandler):
         def handle(self) -> None:

@@ -11,7 +11,7 @@ import json
 import signal
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -115,7 +115,7 @@ class LegacyClient:
     token: str
     http: httpx2.AsyncClient = field(init=False)
     session: str | None = None
-    ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
+    ids: Iterator[int] = field(default_factory=lambda: itertools.count(1))
 
     def __post_init__(self) -> None:
         self.http = httpx2.AsyncClient(timeout=120, headers={"Authorization": f"Bearer {self.token}", "Accept": ACCEPT})

@@ -15,6 +15,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 
@@ -32,7 +33,7 @@ def _reachable(port: int) -> bool:
         return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
-def _unavailable(what: str) -> None:
+def _unavailable(what: str) -> NoReturn:
     message = f"{what} is not available: no server on its default port and no binary to start one"
     if os.environ.get("CI") == "true":
         pytest.fail(f"{message} (CI=true: nothing may be skipped)")

@@ -21,7 +21,7 @@ from mcp.shared.exceptions import MCPError
 
 from exai.security.auth import issue_token
 from tests.conftest import Proc, SimControl, sim_env
-from tests.helpers import mcp_client, tool_error
+from tests.helpers import mcp_client, text_of, tool_error
 
 pytestmark = pytest.mark.anyio
 Daemon = Callable[..., Proc]
@@ -139,7 +139,7 @@ async def test_control_characters_are_refused_and_errors_quote_little(daemon: Da
     assert "U+0000" in tool_error(nul)["message"]
     assert "U+001B" in tool_error(nested)["message"]
     assert tool_error(huge)["details"]["fields"] == ["findings"]
-    assert len(huge.content[0].text) < 1000, "errors never echo a large value"
+    assert len(text_of(huge)) < 1000, "errors never echo a large value"
     assert not fine.is_error
     assert max(len(line) for line in proc.logs().splitlines()) < 5000
 
@@ -190,9 +190,9 @@ async def test_nested_text_is_limited_and_long_workflows_still_complete(daemon: 
                 "thinkdeep",
                 {**args, "next_step_required": number < 4, "model": "sim-large", "continuation_id": thread},
             )
-            assert not result.is_error, result.content[0].text[:300]
+            assert not result.is_error, text_of(result)[:300]
             thread = result.structured_content["continuation_id"]
-    assert tool_error(nested)["code"] == "invalid_arguments" and "issues_found.0.description" in nested.content[0].text
+    assert tool_error(nested)["code"] == "invalid_arguments" and "issues_found.0.description" in text_of(nested)
     assert tool_error(stance)["code"] == "invalid_arguments"
     assert result.structured_content["status"] == "complete"
 

@@ -27,6 +27,7 @@ from exai.observability.metrics import RATE_LIMITS, STORAGE_OPERATIONS, TOOL_OUT
 from exai.security.limits import _rejected
 from tests.conftest import Proc, SimControl
 from tests.container_engine import unavailable
+from tests.helpers import text_of
 
 pytestmark = pytest.mark.anyio
 ROOT = Path(__file__).parent.parent
@@ -116,7 +117,7 @@ async def test_a_short_postgres_outage_in_real_scrapes_fires_the_storage_alert(
     with psycopg.connect(postgres_url, autocommit=True) as conn:  # the tables vanish as in a failed-over database
         conn.execute(f'DROP SCHEMA "{pg_schema}" CASCADE')
     failed = await chat(proc.url, "during the outage")
-    assert failed.is_error and "store" in failed.content[0].text, failed.content[0].text
+    assert failed.is_error and "store" in text_of(failed), text_of(failed)
     after = scrape(proc)
     assert after['exai_errors_total{category="storage"}'] == 1, "the call failed with a storage error"
     names = {key.split("{")[0] for key in after}

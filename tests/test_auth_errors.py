@@ -70,7 +70,8 @@ def test_the_typescript_sdk_shows_why_the_token_was_refused(authed: Proc, node_t
     script = node_toolchain.script("auth.mjs")
     for case, (token, description) in tokens().items():
         env = {"EXAI_TEST_TOKEN": token} if token else {}
-        done = node_toolchain.run([script, f"{authed.url}/mcp"], **env)
+        # timeout: the default, named so that mypy knows **env does not fill it
+        done = node_toolchain.run([script, f"{authed.url}/mcp"], timeout=120.0, **env)
         assert done.returncode == 0, done.stderr[-2000:]
         outcome = json.loads(done.stdout)
         assert "thrown" in outcome and description in outcome["thrown"], (case, outcome)

@@ -208,10 +208,10 @@ async def test_a_refused_token_is_an_auth_error_at_once_not_a_retry_loop(
 
 async def test_progress_and_protocol_errors_pass_through(daemon: Daemon, sim: SimControl) -> None:
     proc = daemon()
-    progress: list[float] = []
+    reported: list[float] = []
 
-    async def on_progress(done: float, total: float | None, message: str | None) -> None:
-        progress.append(done)
+    async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+        reported.append(progress)
 
     async with Client(_bridge(proc.url)) as client:
         await client.list_tools()
@@ -221,7 +221,7 @@ async def test_progress_and_protocol_errors_pass_through(daemon: Daemon, sim: Si
         bad = await client.call_tool("chat", {"prompt": ""})
         with pytest.raises(Exception, match="Unknown tool"):
             await client.call_tool("nope", {})
-    assert not result.is_error and len(progress) > 3
+    assert not result.is_error and len(reported) > 3
     assert bad.is_error and "[validation/invalid_arguments]" in text_of(bad)
     assert upstream_requests(sim, "stream through the bridge") == 1
 

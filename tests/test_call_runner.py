@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +39,7 @@ async def test_a_kept_answer_wins_over_a_sweep_that_declared_its_call_lost(tmp_p
     await store.open()
     closing(store)
     await store.migrate()
-    settings = Settings(call_lease_seconds=3)  # type: ignore[call-arg]
+    settings = Settings(call_lease_seconds=3)
     owner, other = CallRunner(store, settings), CallRunner(store, settings)
     answer = types.CallToolResult(content=[types.TextContent(type="text", text="the paid answer")])
 
@@ -71,7 +72,7 @@ async def test_a_cancellation_that_comes_after_the_answer_lets_the_call_complete
     await store.open()
     closing(store)
     await store.migrate()
-    runner = CallRunner(store, Settings())  # type: ignore[call-arg]
+    runner = CallRunner(store, Settings())
     answered = {"finished": False, "asking": False}
     saving, save = asyncio.Event(), asyncio.Event()
 
@@ -94,7 +95,7 @@ async def test_a_cancellation_that_comes_after_the_answer_lets_the_call_complete
             correlation_id=name,
             continuation_id=None,
             task=True,
-            answered=lambda name=name: answered[name],  # type: ignore[misc]
+            answered=partial(answered.__getitem__, name),  # looks answered[name] up at each call
         )
         call = await execution.record()
         assert call is not None

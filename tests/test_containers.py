@@ -18,6 +18,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx2
 import pytest
@@ -60,7 +61,7 @@ class Stack:
         assert done.returncode == 0, f"docker compose {' '.join(args)} failed:\n{done.stderr[-3000:]}"
         return done
 
-    def bridge_answer(self, messages: list[dict[str, object]], answer_id: int) -> dict[str, object]:
+    def bridge_answer(self, messages: list[dict[str, object]], answer_id: int) -> dict[str, Any]:
         """Send messages to `docker compose run --rm -T exai-stdio` and read until the answer `answer_id`."""
         binary = compose_binary()
         assert binary is not None
@@ -76,7 +77,7 @@ class Stack:
             process.stdin.write("".join(json.dumps(m) + "\n" for m in messages))
             process.stdin.flush()
             for line in process.stdout:
-                message = json.loads(line)
+                message: dict[str, Any] = json.loads(line)
                 if message.get("id") == answer_id:
                     return message
             raise AssertionError(f"the bridge ended without answering request {answer_id}")
@@ -176,13 +177,14 @@ async def chat(url: str, prompt: str, thread: str | None = None) -> str:
         args = {"prompt": prompt, "model": "sim-fast", **({"continuation_id": thread} if thread else {})}
         result = await client.call_tool("chat", args)
     assert not result.is_error, result
-    return result.structured_content["continuation_id"]  # type: ignore[index]
+    continuation: str = result.structured_content["continuation_id"]
+    return continuation
 
 
 async def thread_prompts(url: str, thread: str) -> list[str]:
     async with Client(f"{url}/mcp") as client:
         shown = await client.call_tool("threads", {"action": "show", "thread_id": thread})
-    return [t["content"] for t in shown.structured_content["turns"] if t["role"] == "user"]  # type: ignore[index]
+    return [t["content"] for t in shown.structured_content["turns"] if t["role"] == "user"]
 
 
 async def test_the_compose_stack_serves_survives_a_kill_and_keeps_its_data(stack: Stack) -> None:
@@ -190,7 +192,7 @@ async def test_the_compose_stack_serves_survives_a_kill_and_keeps_its_data(stack
     thread = await chat(stack.url, "first")
     assert await chat(stack.url, "second", thread) == thread
 
-    lines = [
+    lines: list[dict[str, object]] = [
         {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
             "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}},
         {"jsonrpc": "2.0", "method": "notifications/initialized"},

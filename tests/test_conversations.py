@@ -14,13 +14,14 @@ from exai.conversations.tokens import count_tokens
 from exai.errors import NotFoundError
 from exai.server.mcp import build_server
 from tests.conftest import MakeServices, SimControl
-from tests.helpers import tool_error
+from tests.helpers import text_of, tool_error
 
 pytestmark = pytest.mark.anyio
 
 
 def _body(sim: SimControl) -> dict[str, Any]:
-    return sim.requests(1)[0]["body"]
+    body: dict[str, Any] = sim.requests(1)[0]["body"]
+    return body
 
 
 def _all_text(body: dict[str, Any]) -> str:
@@ -37,7 +38,7 @@ async def test_chat_continues_with_history(sim: SimControl, make_services: MakeS
     async with Client(build_server(services)) as client:
         first = await client.call_tool("chat", {"prompt": "My name is Ada.", "model": "sim-fast"})
         thread = first.structured_content["continuation_id"]
-        assert f"continuation_id: {thread}" in first.content[0].text
+        assert f"continuation_id: {thread}" in text_of(first)
         second = await client.call_tool(
             "chat", {"prompt": "What is my name?", "model": "sim-smart", "continuation_id": thread}
         )
@@ -152,7 +153,7 @@ async def test_history_tokens_are_counted_once_when_written(
     sim: SimControl, monkeypatch: pytest.MonkeyPatch, make_services: MakeServices
 ) -> None:
     """Each turn's tokens are stored with it; continuing a thread counts only the new request, not the history."""
-    from exai.conversations import history, threads
+    from exai.conversations import history, threads, tokens
 
     services = await make_services()
     async with Client(build_server(services)) as client:
@@ -162,7 +163,7 @@ async def test_history_tokens_are_counted_once_when_written(
         assert [t.tokens for t in stored] == [count_tokens(t.content) for t in stored]
 
         counted: list[str] = []
-        real = history.count_tokens_async
+        real = tokens.count_tokens_async  # the function history and threads import, not yet patched
 
         async def counting(text: str) -> int:
             counted.append(text)

@@ -12,7 +12,7 @@ import pytest
 from mcp import Client
 
 from tests.conftest import Proc, SimControl
-from tests.helpers import cancel_once_upstream, mcp_client, wait_until
+from tests.helpers import cancel_once_upstream, mcp_client, text_of, wait_until
 
 pytestmark = pytest.mark.anyio
 Daemon = Callable[..., Proc]
@@ -27,7 +27,7 @@ async def test_all_four_tools_over_http(daemon: Daemon, sim: SimControl) -> None
         version = await client.call_tool("version", {})
         status = await client.call_tool("status", {})
     assert not any(r.is_error for r in (chat, models, version, status))
-    assert chat.structured_content["provider"] == "kimi" and "echo: over http" in chat.content[0].text
+    assert chat.structured_content["provider"] == "kimi" and "echo: over http" in text_of(chat)
     assert version.structured_content["transports"] == ["stdio", "streamable-http"]
     assert status.structured_content["calls"]["chat"] == {"ok": 1}
 
@@ -119,6 +119,6 @@ async def test_a_hung_upstream_costs_one_attempt_not_the_whole_deadline(daemon: 
     sim.fault("hang", model="sim-fast", count=1)
     async with Client(f"{proc.url}/mcp") as client:
         result = await client.call_tool("chat", {"prompt": "answer after one hang", "model": "sim-fast"})
-    assert not result.is_error, result.content[0].text
+    assert not result.is_error, text_of(result)
     assert result.structured_content["retries"] == 1, "the hung attempt was given up and retried"
     assert sim.count("requests:sim-fast") == 2

@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import anyio
 import httpx2
@@ -40,11 +41,12 @@ HELD = 256  # deploy/nginx.conf: limit_conn exai_conn_per_ip 256
 MARKER = "leaked-" + secrets.token_hex(8)
 
 
-def rendered(profile: str) -> dict:
+def rendered(profile: str) -> dict[str, Any]:
     done = compose_config(profile, REDIS_PASSWORD=MARKER)
     assert done.returncode == 0, done.stderr
     assert MARKER not in done.stdout, "a password from the environment reached the compose configuration"
-    return yaml.safe_load(done.stdout)
+    config: dict[str, Any] = yaml.safe_load(done.stdout)
+    return config
 
 
 @pytest.mark.parametrize("profile", PROFILES, ids=lambda p: p or "default")

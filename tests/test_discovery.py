@@ -19,7 +19,7 @@ from mcp_types import CallToolResult
 
 from exai.providers.discovery import list_endpoint_models
 from tests.conftest import Proc, SimControl, free_port, start_exai
-from tests.helpers import run_exai
+from tests.helpers import run_exai, text_of
 from tests.hostile_listing import hostile_listing
 
 pytestmark = pytest.mark.anyio
@@ -43,7 +43,7 @@ async def test_chat_answers_with_a_discovered_model(daemon: Callable[..., Proc])
         auto = await client.call_tool("chat", {"prompt": "any model", "model": "auto"})
     assert not named.is_error, named.content
     assert named.structured_content["model"] == "sim-smart"
-    assert "echo: found by listing" in named.content[0].text
+    assert "echo: found by listing" in text_of(named)
     assert not auto.is_error and auto.structured_content["provider"] == "custom"
 
 
@@ -118,7 +118,7 @@ async def test_a_daemon_started_before_its_endpoint_uses_the_models_once_it_answ
     async with Client(f"{proc.url}/mcp") as client:
         refused = await client.call_tool("chat", {"prompt": "too early", "model": "auto"})
         assert refused.is_error
-        _assert_says_unreachable_and_retried(refused.content[0].text)
+        _assert_says_unreachable_and_retried(text_of(refused))
         endpoint = start_exai(["sim", "--port", str(port)], dict(os.environ), tmp_path / "late-sim.log", port)
         try:
             answered = await _until_answered(lambda: client.call_tool("chat", {"prompt": "late", "model": "auto"}))
@@ -126,7 +126,7 @@ async def test_a_daemon_started_before_its_endpoint_uses_the_models_once_it_answ
         finally:
             endpoint.stop()
     assert answered.structured_content["provider"] == "custom"
-    assert "sim-smart" in listed.content[0].text
+    assert "sim-smart" in text_of(listed)
     assert httpx2.get(f"{proc.url}/readyz", timeout=10).status_code == 200
 
 
@@ -161,10 +161,10 @@ async def test_a_stdio_server_started_before_its_endpoint_recovers_the_same_way(
     async with Client(server) as client:
         refused = await client.call_tool("chat", {"prompt": "too early"})
         assert refused.is_error
-        _assert_says_unreachable_and_retried(refused.content[0].text)
+        _assert_says_unreachable_and_retried(text_of(refused))
         endpoint = start_exai(["sim", "--port", str(port)], dict(os.environ), tmp_path / "late-sim.log", port)
         try:
             answered = await _until_answered(lambda: client.call_tool("chat", {"prompt": "late"}))
         finally:
             endpoint.stop()
-    assert "echo: late" in answered.content[0].text
+    assert "echo: late" in text_of(answered)

@@ -5,34 +5,37 @@ from __future__ import annotations
 import asyncio
 import signal
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 from mcp import Client
 
 from tests.conftest import Proc, SimControl
-from tests.helpers import wait_until
+from tests.helpers import text_of, wait_until
 
 pytestmark = pytest.mark.anyio
 Daemon = Callable[..., Proc]
 
 
-async def _chat(url: str, prompt: str, thread: str | None = None, tool: str = "chat") -> dict:
+async def _chat(url: str, prompt: str, thread: str | None = None, tool: str = "chat") -> dict[str, Any]:
     async with Client(f"{url}/mcp") as client:
         await client.list_tools()
         args = {"prompt": prompt, "model": "sim-fast"}
         if thread:
             args["continuation_id"] = thread
         result = await client.call_tool(tool, args)
-    assert not result.is_error, result.content[0].text
-    return result.structured_content
+    assert not result.is_error, text_of(result)
+    answer: dict[str, Any] = result.structured_content
+    return answer
 
 
 async def _turns(url: str, thread: str) -> int:
     async with Client(f"{url}/mcp") as client:
         await client.list_tools()
         shown = await client.call_tool("threads", {"action": "show", "thread_id": thread, "limit": 200})
-    assert not shown.is_error, shown.content[0].text
-    return shown.structured_content["thread"]["turns"]
+    assert not shown.is_error, text_of(shown)
+    turns: int = shown.structured_content["thread"]["turns"]
+    return turns
 
 
 async def test_a_thread_continues_after_a_restart(daemon: Daemon, sim: SimControl) -> None:
@@ -61,7 +64,7 @@ async def test_sigkill_under_load_loses_no_acknowledged_turn(daemon: Daemon, sim
                     if thread:
                         args["continuation_id"] = thread
                     result = await client.call_tool("chat", args)
-                    assert not result.is_error, result.content[0].text
+                    assert not result.is_error, text_of(result)
                     thread = result.structured_content["continuation_id"]
                     acknowledged[thread] = acknowledged.get(thread, 0) + 1
         except Exception:

@@ -28,7 +28,7 @@ Daemon = Callable[..., Proc]
 SECRET = "exact-accounting-secret-long-enough-0123456789"
 
 
-async def _ignore_progress(done: float, total: float | None, message: str | None) -> None:
+async def _ignore_progress(progress: float, total: float | None, message: str | None) -> None:
     return None
 
 

@@ -11,7 +11,7 @@ from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
 from tests.conftest import Proc, SimControl
-from tests.helpers import tool_error
+from tests.helpers import text_of, tool_error
 
 pytestmark = pytest.mark.anyio
 Daemon = Callable[..., Proc]
@@ -55,7 +55,7 @@ async def test_opt_in_fallback_is_visible_and_consensus_never_substitutes(daemon
     )
     assert not chat.is_error
     assert chat.structured_content["model"] == "sim-smart" and chat.structured_content["fallbacks"] == ["sim-smart"]
-    assert "SIM sim-smart" in chat.content[0].text
+    assert "SIM sim-smart" in text_of(chat)
     opinions = {o["model"]: o for o in consensus.structured_content["opinions"]}
     assert not opinions["sim-fast"]["ok"] and opinions["sim-large"]["ok"]
     assert opinions["sim-large"]["provider"] == "custom"

@@ -14,7 +14,7 @@ from mcp import Client
 from exai.errors import ExaiError, InvalidInput, NotFoundError, PermissionDeniedError
 from exai.security.files import FileAccess
 from tests.conftest import Proc, SimControl
-from tests.helpers import tool_error
+from tests.helpers import text_of, tool_error
 
 pytestmark = pytest.mark.anyio
 Daemon = Callable[..., Proc]
@@ -103,7 +103,7 @@ async def test_a_directory_swapped_for_a_link_after_the_check_is_not_followed(
 async def _chat_error(client: Client, path: str) -> dict[str, Any]:
     result = await client.call_tool("chat", {"prompt": "read this", "model": "sim-fast", "files": [path]})
     assert result.is_error, path[:100]
-    assert len(result.content[0].text) < 2000, "errors quote at most a short prefix of a path"
+    assert len(text_of(result)) < 2000, "errors quote at most a short prefix of a path"
     return tool_error(result)
 
 

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import httpx2
 import pytest
 from mcp import Client
 
 from tests.conftest import Proc, SimControl
-from tests.helpers import tool_error
+from tests.helpers import text_of, tool_error
 
 pytestmark = pytest.mark.anyio
 Daemon = Callable[..., Proc]
@@ -38,7 +39,7 @@ async def test_malformed_http_requests_are_refused_cleanly(daemon: Daemon, sim: 
 
 async def test_hostile_tool_arguments_get_validation_errors(daemon: Daemon, sim: SimControl) -> None:
     proc = daemon()
-    hostile = [
+    hostile: list[dict[str, Any]] = [
         {"prompt": {"$gt": ""}},
         {"prompt": ["a"] * 10_000},
         {"prompt": "x", "images": ["javascript:alert(1)"]},
@@ -55,12 +56,12 @@ async def test_hostile_tool_arguments_get_validation_errors(daemon: Daemon, sim:
             result = await client.call_tool("chat", args)
             if args.get("model") == "sim-fast" and "files" not in args:
                 assert not result.is_error, "odd but valid text is simply passed on"
-                assert "zero-width and bidi" in result.content[0].text
+                assert "zero-width and bidi" in text_of(result)
                 continue
             assert result.is_error, args
             error = tool_error(result)
             assert error["category"] in ("validation", "not_found", "permission"), error
-            assert len(result.content[0].text) < 2000, "errors do not echo huge inputs back"
+            assert len(text_of(result)) < 2000, "errors do not echo huge inputs back"
         ok = await client.call_tool("chat", {"prompt": "still fine?", "model": "sim-fast"})
     assert not ok.is_error
     status = httpx2.get(f"{proc.url}/readyz").json()

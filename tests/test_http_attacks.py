@@ -54,7 +54,8 @@ def ready_session(proc: Proc, headers: dict[str, str] | None = None) -> dict[str
 def sse_result(response: httpx2.Response) -> dict[str, Any]:
     for line in response.text.splitlines():
         if line.startswith("data: ") and '"id"' in line:
-            return json.loads(line[6:])
+            answer: dict[str, Any] = json.loads(line[6:])
+            return answer
     raise AssertionError(f"no JSON-RPC answer in {response.text[:300]!r}")
 
 

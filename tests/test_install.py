@@ -46,10 +46,13 @@ def install(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 def read_entry(home: Path, client: str, name: str = "exai") -> dict[str, Any]:
     path = home / FILES[client]
+    entry: dict[str, Any]
     if client == "codex":
-        return tomllib.loads(path.read_text())["mcp_servers"][name]
+        entry = tomllib.loads(path.read_text())["mcp_servers"][name]
+        return entry
     key = "servers" if client == "vscode" else "mcpServers"
-    return json.loads(path.read_text())[key][name]
+    entry = json.loads(path.read_text())[key][name]
+    return entry
 
 
 @pytest.mark.parametrize("client", list(FILES))

@@ -64,13 +64,14 @@ def test_the_shims_assumptions_hold_for_the_installed_libraries() -> None:
     from sse_starlette.sse import AppStatus
     from uvicorn.protocols.http.h11_impl import H11Protocol
 
-    server = uvicorn.Server(uvicorn.Config(app=None))
+    server = uvicorn.Server(uvicorn.Config(app=None))  # type: ignore[arg-type]  # no app: only the server is probed
     assert isinstance(server._captured_signals, list)
     manager = StreamableHTTPSessionManager(app=Server("probe"))
     assert isinstance(manager._server_instances, dict)
     for hook in ("connection_made", "data_received", "on_response_complete", "connection_lost"):
         assert callable(getattr(H11Protocol, hook))
-    assert callable(AppStatus.disable_automatic_graceful_drain) and isinstance(AppStatus.should_exit, bool)
+    assert callable(AppStatus.disable_automatic_graceful_drain)
+    assert isinstance(AppStatus.should_exit, bool)
 
 
 def test_no_module_but_internals_reaches_into_a_library() -> None:

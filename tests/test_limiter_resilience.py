@@ -7,6 +7,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from typing import Any
 from urllib.parse import urlparse
 
 import pytest
@@ -14,11 +15,12 @@ import redis.asyncio as aioredis
 from redis.crc import key_slot
 from redis.exceptions import ConnectionError as RedisConnectionError
 
+from exai.config import Limits
 from exai.errors import RateLimitError
 from exai.security.auth import LOCAL_TENANT, issue_token
-from exai.security.limits import Limits, RedisLimiter, TokenReservation, tenant_keys
+from exai.security.limits import RedisLimiter, TokenReservation, tenant_keys
 from tests.conftest import TEST_JWT_SECRET, Proc, SimControl, free_port
-from tests.helpers import mcp_client, tool_error, wait_until
+from tests.helpers import mcp_client, redis_int, text_of, tool_error, wait_until
 
 pytestmark = pytest.mark.anyio
 Daemon = Callable[..., Proc]
@@ -66,8 +68,13 @@ async def test_open_mode_keeps_per_replica_limits_while_redis_is_down(daemon: Da
     async with mcp_client(proc.url, token, timeout=60) as client:
         results = [await client.call_tool("listmodels", {}) for _ in range(5)]
     limited = [tool_error(r)["code"] for r in results if r.is_error]
-    assert limited == ["rate_limited_rpm", "rate_limited_rpm"], [r.content[0].text for r in results]
+    assert limited == ["rate_limited_rpm", "rate_limited_rpm"], [text_of(r) for r in results]
     assert "rate_limiter_redis_error" in proc.logs()
+
+
+def _degraded(limiter: RedisLimiter) -> bool:
+    """Whether the limiter is degraded, read through a call (mypy keeps `limiter.degraded` narrowed past calls)."""
+    return limiter.degraded
 
 
 async def test_redis_dying_mid_run_degrades_to_local_limits_and_recovers(redis_url: str) -> None:
@@ -81,7 +88,7 @@ async def test_redis_dying_mid_run_degrades_to_local_limits_and_recovers(redis_u
         await limiter.release(shared)
     tenant = LOCAL_TENANT  # the single tenant of a daemon without auth is limited like any other
     held = await limiter.acquire(tenant)
-    assert held.local and limiter.degraded and limiter.failures, "Redis is gone: the slot is held by this replica"
+    assert held.local and _degraded(limiter) and limiter.failures, "Redis is gone: the slot is held by this replica"
     with pytest.raises(RateLimitError) as caught:
         await limiter.acquire(tenant)
     assert caught.value.code == "rate_limited_concurrency"
@@ -105,12 +112,12 @@ async def test_a_cancelled_acquire_gives_back_the_slot_its_script_took(redis_url
     script_ran = asyncio.Event()
     real_script = limiter._acquire
 
-    async def answer_lost_in_transit(**kwargs: object) -> object:
+    async def answer_lost_in_transit(**kwargs: Any) -> None:
         await real_script(**kwargs)
         script_ran.set()
         await asyncio.Event().wait()  # the caller is cancelled before the reply arrives
 
-    limiter._acquire = answer_lost_in_transit  # type: ignore[assignment]
+    limiter._acquire = answer_lost_in_transit  # type: ignore[assignment]  # a stand-in for the registered script
     attempt = asyncio.create_task(limiter.acquire(tenant))
     await script_ran.wait()
     attempt.cancel()
@@ -129,6 +136,7 @@ async def test_a_lease_is_kept_while_the_call_runs_past_its_ttl(redis_url: str) 
     slots = f"{tenant_keys(tenant)}:slots"
     lease = await limiter.acquire(tenant)
     first_expiry = await redis.zscore(slots, lease.id)
+    assert first_expiry is not None
 
     async def refreshed_past_two_ttls() -> bool:
         expiry = await redis.zscore(slots, lease.id)
@@ -165,10 +173,10 @@ async def test_the_fallback_keeps_the_days_token_count_redis_last_reported(redis
     with pytest.raises(RateLimitError):
         await limiter.reserve_tokens(tenant, 200)  # Redis refuses what would pass the budget
 
-    async def redis_down(**kwargs: object) -> object:
+    async def redis_down(**kwargs: Any) -> None:
         raise RedisConnectionError("connection refused")
 
-    limiter._reserve_tokens = redis_down  # type: ignore[assignment]
+    limiter._reserve_tokens = redis_down  # type: ignore[assignment]  # a stand-in for the registered script
     with pytest.raises(RateLimitError):
         await limiter.reserve_tokens(tenant, 200)  # degraded: the per-replica count starts from Redis' 900
     assert limiter.degraded
@@ -185,12 +193,12 @@ async def test_a_reservation_is_settled_where_and_when_it_was_made(redis_url: st
     shared = await limiter.reserve_tokens(tenant, 300)
     local = await limiter.fallback.reserve_tokens(tenant, 200)  # as if made while Redis was down
     await limiter.settle(local, 0)  # given back to this replica's counter, never to Redis
-    assert int(await redis.get(key)) == 300
+    assert await redis_int(redis, key) == 300
     await limiter.settle(shared, 0)
-    assert int(await redis.get(key)) == 0
+    assert await redis_int(redis, key) == 0
     yesterday = TokenReservation(tenant, 500, int(time.time() // 86400) - 1, local=False)
     await limiter.settle(yesterday, 0)  # a call that began before midnight corrects yesterday's count
-    assert int(await redis.get(key)) == 0, "today's count never goes below zero"
-    assert int(await redis.get(f"{tenant_keys(tenant)}:tokens:{yesterday.day}")) == 0
+    assert await redis_int(redis, key) == 0, "today's count never goes below zero"
+    assert await redis_int(redis, f"{tenant_keys(tenant)}:tokens:{yesterday.day}") == 0
     await redis.delete(key, f"{tenant_keys(tenant)}:tokens:{yesterday.day}")
     await redis.aclose()

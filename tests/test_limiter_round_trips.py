@@ -7,6 +7,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from typing import Any
 
 import httpx2
 import pytest
@@ -14,10 +15,12 @@ import redis.asyncio as aioredis
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
+from exai.config import Limits
 from exai.security.auth import issue_token
 from exai.security.call_tokens import CallTokens
-from exai.security.limits import DAY, Limits, LocalLimiter, RedisLimiter, tenant_keys
+from exai.security.limits import DAY, LocalLimiter, RedisLimiter, tenant_keys
 from tests.conftest import TEST_JWT_SECRET, Proc, SimControl
+from tests.helpers import redis_int
 
 pytestmark = pytest.mark.anyio
 Daemon = Callable[..., Proc]
@@ -126,7 +129,7 @@ async def test_the_prepayment_is_taken_only_when_it_fits_and_settled_exactly(red
         assert big.lease is not None and big.lease.prepaid is None
         (await big.reserve(600)).used = 650  # a reservation of its own, checked against the budget
         await big.close()
-    assert int(await redis.get(key)) == 320 + 650, "the shared count is what the calls used"
+    assert await redis_int(redis, key) == 320 + 650, "the shared count is what the calls used"
     await redis.delete(key)
     assert await redis.zcard(f"{tenant_keys(tenant)}:slots") == 0
     await redis.aclose()
@@ -140,12 +143,12 @@ async def test_a_cancelled_admission_gives_back_its_prepayment(redis_url: str) -
     script_ran = asyncio.Event()
     real_script = limiter._acquire
 
-    async def answer_lost_in_transit(**kwargs: object) -> object:
+    async def answer_lost_in_transit(**kwargs: Any) -> None:
         await real_script(**kwargs)
         script_ran.set()
         await asyncio.Event().wait()
 
-    limiter._acquire = answer_lost_in_transit  # type: ignore[assignment]
+    limiter._acquire = answer_lost_in_transit  # type: ignore[assignment]  # a stand-in for the registered script
     attempt = asyncio.create_task(limiter.acquire(tenant, prepay=500))
     await script_ran.wait()
     attempt.cancel()

@@ -5,14 +5,17 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Callable
+from typing import Any
 
 import anyio
 import pytest
 import redis.asyncio as aioredis
+from mcp_types import CallToolResult
 
+from exai.config import Limits
 from exai.errors import RateLimitError
 from exai.security.auth import issue_token
-from exai.security.limits import Limits, LocalLimiter, RedisLimiter, tenant_keys
+from exai.security.limits import LocalLimiter, RedisLimiter, tenant_keys
 from tests.conftest import Proc, SimControl
 from tests.helpers import mcp_client, tool_error, wait_until
 
@@ -60,11 +63,11 @@ async def test_redis_outage_follows_the_setting() -> None:
     assert caught.value.code == "rate_limited_unavailable"
 
 
-async def _call(url: str, token: str, args: dict, tool: str = "chat") -> object:
+async def _call(url: str, token: str, args: dict[str, Any], tool: str = "chat") -> CallToolResult:
     return (await _calls(url, token, [args], tool))[0]
 
 
-async def _calls(url: str, token: str, many: list[dict], tool: str = "chat") -> list:
+async def _calls(url: str, token: str, many: list[dict[str, Any]], tool: str = "chat") -> list[CallToolResult]:
     """Run the calls at once in one MCP session."""
     async with mcp_client(url, token) as client:
         await client.list_tools()

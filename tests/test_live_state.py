@@ -12,16 +12,17 @@ import pytest
 import redis.asyncio as aioredis
 from mcp import Client
 
+from exai.config import Limits
 from exai.observability.alerts import AlertManager, AlertThresholds
 from exai.observability.health import Health, limiter_health
 from exai.observability.metrics import Metrics
 from exai.observability.stats import Stats, percentile
 from exai.security.auth import issue_token
-from exai.security.limits import Limits, RedisLimiter
+from exai.security.limits import RedisLimiter
 from exai.server.dashboard import dashboard_snapshot
 from exai.server.mcp import build_server
 from tests.conftest import TEST_JWT_SECRET, MakeServices, Proc, SimControl, free_port
-from tests.helpers import bearer, mcp_client, tool_error
+from tests.helpers import bearer, mcp_client, text_of, tool_error
 
 pytestmark = pytest.mark.anyio
 ONLY_SIM_FAST = {"CUSTOM_ALLOWED_MODELS": "sim-fast", "KIMI_API_KEY": "", "ANTHROPIC_API_KEY": ""}
@@ -46,7 +47,7 @@ async def test_breaker_reason_is_the_same_in_status_page_and_alerts(
         r"upstream failures \(server x2\), next probe at \d\d:\d\d:\d\d UTC",
         custom["reason"],
     ), custom["reason"]
-    assert custom["reason"] in status.content[0].text
+    assert custom["reason"] in text_of(status)
     assert dashboard_snapshot(services)["providers"] == status.structured_content["providers"]
     breaker = custom["breaker_details"][0]
     assert services.alerts.conditions()["breaker_open:custom/sim-fast"] == ("warning", f"custom/{breaker['reason']}")
@@ -83,7 +84,7 @@ async def test_tokens_and_cost_per_tenant_today_agree_with_metrics(
 
     assert local["calls"] == 2 and local["input_tokens"] + local["output_tokens"] == total("exai_tokens_total") > 0
     assert local["cost_usd"] == pytest.approx(total("exai_cost_usd_total")) and local["cost_usd"] > 0
-    assert "since daemon start" in usage["note"] and "since daemon start" in status.content[0].text
+    assert "since daemon start" in usage["note"] and "since daemon start" in text_of(status)
     page = dashboard_snapshot(services)["usage_today"]["tenants"]["local"]
     assert page["calls"] == 3, "the status call itself is counted once it finished"
     assert page["input_tokens"] == local["input_tokens"] and page["cost_usd"] == local["cost_usd"]
@@ -124,7 +125,7 @@ async def test_daemon_with_redis_down_shows_limiter_errors(daemon: Any, sim: Sim
     headers = bearer(token)
     async with mcp_client(proc.url, token, timeout=60) as client:
         result = await client.call_tool("chat", {"prompt": "limits?", "model": "sim-fast"})
-    assert not result.is_error, result.content[0].text
+    assert not result.is_error, text_of(result)
     metrics = httpx2.get(f"{proc.url}/metrics", headers=headers).text
     errors = re.search(r"^exai_limiter_redis_errors_total (\S+)$", metrics, re.MULTILINE)
     assert errors and float(errors.group(1)) >= 1, metrics[-2000:]

@@ -83,7 +83,7 @@ async def test_local_build_failures_never_reach_the_breaker(sim: SimControl, mak
 async def test_a_bad_key_and_a_bad_request_id_leave_every_breaker_closed(daemon: Daemon, sim: SimControl) -> None:
     proc = daemon(KIMI_API_KEY="sk-test-kimi\u00a0secret", EXAI_BREAKER_FAILURE_THRESHOLD="2")  # pasted with a NBSP
     async with (
-        httpx2.AsyncClient(headers={"X-Request-ID": "café".encode()}, timeout=60) as http,
+        httpx2.AsyncClient(headers={b"X-Request-ID": "café".encode()}, timeout=60) as http,
         Client(streamable_http_client(f"{proc.url}/mcp", http_client=http)) as client,
     ):
         await client.list_tools()

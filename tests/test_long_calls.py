@@ -24,7 +24,7 @@ from mcp_types import CallToolResult
 
 from exai.security.auth import issue_token
 from tests.conftest import TEST_JWT_SECRET, Proc, SimControl, sim_env
-from tests.helpers import mcp_client, tool_error, wait_until
+from tests.helpers import mcp_client, text_of, tool_error, wait_until
 
 pytestmark = pytest.mark.anyio
 Daemon = Callable[..., Proc]
@@ -33,10 +33,10 @@ Daemon = Callable[..., Proc]
 def pending_of(result: CallToolResult) -> dict[str, Any]:
     """The pending handle of an answer-later result, checked to be a normal, readable, non-error result."""
     assert not result.is_error, result
-    pending = (result.meta or {})["exai/pending"]
+    pending: dict[str, Any] = (result.meta or {})["exai/pending"]
     assert result.structured_content == {"pending": pending}
     assert pending["next_call"] == {"name": "collect", "arguments": {"task_id": pending["task_id"]}}
-    text = result.content[0].text  # type: ignore[union-attr]
+    text = text_of(result)
     assert "still working" in text and pending["task_id"] in text and "collect" in text, text
     return pending
 
@@ -64,7 +64,7 @@ async def test_a_call_longer_than_the_client_wait_comes_back_pending_and_is_coll
     assert collected.structured_content is not None and plain.structured_content is not None
     assert collected.structured_content.keys() == plain.structured_content.keys()
     assert collected.structured_content["model"] == "sim-smart"
-    assert collected.structured_content["answer"] in collected.content[0].text  # type: ignore[union-attr]
+    assert collected.structured_content["answer"] in text_of(collected)
     assert sim.count("requests:sim-smart") == 1  # asked once, paid once
     async with Client(f"{proc.url}/mcp") as client:  # collected again, from another connection: the same answer
         again = await client.call_tool(**pending["next_call"])
@@ -164,7 +164,7 @@ async def test_answer_later_works_over_stdio_and_through_the_bridge(
         pending = pending_of(await client.call_tool("chat", {"prompt": f"slow over {transport}", "model": "sim-smart"}))
         collected = await collect_all(client, pending)
     assert not collected.is_error, collected
-    assert f"echo: slow over {transport}" in collected.content[0].text  # type: ignore[union-attr]
+    assert f"echo: slow over {transport}" in text_of(collected)
     assert sim.count("requests:sim-smart") == 1
 
 
@@ -175,7 +175,7 @@ async def test_a_client_listening_for_progress_hears_from_a_slow_call_every_few_
     sim.fault("think", model="sim-smart", think_seconds=12)
     heard: list[float] = []
 
-    async def on_progress(done: float, total: float | None, message: str | None) -> None:
+    async def on_progress(progress: float, total: float | None, message: str | None) -> None:
         heard.append(time.monotonic())
 
     async with Client(f"{proc.url}/mcp") as client:
@@ -195,7 +195,7 @@ async def test_collecting_needs_no_slot_of_the_tenants_concurrency(daemon: Daemo
         pending = pending_of(await client.call_tool("chat", {"prompt": "one slot", "model": "sim-smart"}))
         collected = await collect_all(client, pending)  # the running call holds the one slot meanwhile
     assert not collected.is_error, collected
-    assert "echo: one slot" in collected.content[0].text  # type: ignore[union-attr]
+    assert "echo: one slot" in text_of(collected)
 
 
 async def test_a_daemon_stopped_with_sigterm_finishes_its_detached_calls_within_the_grace_period(
@@ -211,7 +211,7 @@ async def test_a_daemon_stopped_with_sigterm_finishes_its_detached_calls_within_
     async with Client(f"{restarted.url}/mcp") as client:
         collected = await collect_all(client, pending)
     assert not collected.is_error, collected
-    assert "echo: finish me" in collected.content[0].text  # type: ignore[union-attr]
+    assert "echo: finish me" in text_of(collected)
     assert sim.count("requests:sim-smart") == 1
 
 

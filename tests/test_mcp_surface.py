@@ -8,13 +8,14 @@ from typing import Any
 import pytest
 from mcp import Client
 from mcp.shared.exceptions import MCPError
+from mcp_types import TextContent, TextResourceContents
 
 from exai.app import Services
 from exai.config import load_settings
 from exai.server.mcp import build_server
 from exai.tools import PROFILES
 from tests.conftest import MakeServices, SimControl
-from tests.helpers import tool_error
+from tests.helpers import text_of, tool_error
 
 pytestmark = pytest.mark.anyio
 
@@ -54,7 +55,7 @@ async def test_chat_returns_answer_and_structured_metadata(sim: SimControl, make
     data = result.structured_content
     assert data["model"] == "sim-smart" and data["provider"] == "custom"
     assert data["usage"]["input_tokens"] > 0 and data["retries"] == 0 and data["fallbacks"] == []
-    assert "echo: What is 2+2?" in result.content[0].text
+    assert "echo: What is 2+2?" in text_of(result)
     system = sim.requests(1)[0]["body"]["messages"][0]
     assert system["role"] == "system" and system["content"].endswith("Answer in French.")
 
@@ -63,7 +64,7 @@ async def _error(client: Client, tool: str, args: dict[str, Any]) -> dict[str, A
     result = await client.call_tool(tool, args)
     assert result.is_error
     error = tool_error(result)
-    assert error["correlation_id"] in result.content[0].text
+    assert error["correlation_id"] in text_of(result)
     return error
 
 
@@ -143,19 +144,23 @@ async def test_prompts_and_resources(sim: SimControl, make_services: MakeService
         resources = (await client.list_resources()).resources
         models = await client.read_resource("exai://models")
     assert {p.name for p in prompts} == set(PROFILES["standard"])
-    assert "review my diff" in prompt.messages[0].content.text
+    message = prompt.messages[0].content
+    assert isinstance(message, TextContent), message
+    assert "review my diff" in message.text
     assert [str(r.uri) for r in resources] == ["exai://models"]
-    assert any(m["name"] == "sim-fast" for m in json.loads(models.contents[0].text))
+    listing = models.contents[0]
+    assert isinstance(listing, TextResourceContents), listing
+    assert any(m["name"] == "sim-fast" for m in json.loads(listing.text))
 
 
 async def test_progress_and_log_notifications(sim: SimControl, make_services: MakeServices) -> None:
     services = await make_services(EXAI_FALLBACK_CHAIN="sim-smart", EXAI_FALLBACK_FROM_EXPLICIT_MODEL="true")
     sim.fault("503", model="sim-fast")
-    progress: list[tuple[float, str | None]] = []
+    reported: list[tuple[float, str | None]] = []
     logs: list[Any] = []
 
-    async def on_progress(done: float, total: float | None, message: str | None) -> None:
-        progress.append((done, message))
+    async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+        reported.append((progress, message))
 
     async def on_log(params: Any) -> None:
         logs.append(params)
@@ -168,7 +173,7 @@ async def test_progress_and_log_notifications(sim: SimControl, make_services: Ma
         await client.set_logging_level("error")
         await client.call_tool("chat", {"prompt": "quiet", "model": "sim-fast"})
     assert not result.is_error and result.structured_content["fallbacks"] == ["sim-smart"]
-    assert len(progress) > 3 and progress[-1][0] > progress[1][0]
+    assert len(reported) > 3 and reported[-1][0] > reported[1][0]
     messages = [entry.data["message"] for entry in logs]
     assert sum("retrying" in m for m in messages) == 2
     assert sum("falling back to custom/sim-smart" in m for m in messages) == 1, "level error hides warnings"

@@ -22,7 +22,7 @@ import pytest
 from exai.config import load_settings
 from exai.providers.base import Provider
 from exai.providers.catalogue import FACT_KEYS, Catalogue
-from exai.providers.facts import data_version, facts_for
+from exai.providers.facts import ModelFacts, data_version, facts_for
 from exai.providers.router import Router
 from tests.conftest import SimControl
 
@@ -82,6 +82,13 @@ def test_catalogued_facts_match_the_reviewed_snapshot() -> None:
     )
 
 
+def _facts(provider: str, model: str) -> ModelFacts:
+    """The bundled facts of `model` as `provider` serves it, checked to be there."""
+    facts = facts_for(provider, model)
+    assert facts is not None, (provider, model)
+    return facts
+
+
 def test_todays_models_are_catalogued_and_ranked_first() -> None:
     catalogue = Catalogue.load()
     for provider, names in CURRENT.items():
@@ -94,8 +101,8 @@ def test_todays_models_are_catalogued_and_ranked_first() -> None:
         assert ranked[0].name == names[0], f"{provider}: auto would pick {ranked[0].name}"
         top = facts_for(provider, names[0])
         assert top is not None and all(
-            top.released >= facts_for(provider, m.name).released for m in ranked[1:] if m.intelligence < 17
-        ), provider  # type: ignore[union-attr]
+            top.released >= _facts(provider, m.name).released for m in ranked[1:] if m.intelligence < 17
+        ), provider
     for alias, name in {
         "kimi": "kimi-k2.6",
         "glm": "glm-5.1",
@@ -104,7 +111,8 @@ def test_todays_models_are_catalogued_and_ranked_first() -> None:
         "sonnet": "claude-sonnet-4-6",
         "claude": "claude-sonnet-4-6",
     }.items():
-        assert catalogue.get(alias).name == name, alias  # type: ignore[union-attr]
+        info = catalogue.get(alias)
+        assert info is not None and info.name == name, alias
 
 
 def test_auto_picks_a_current_model_with_every_vendor_configured(monkeypatch: pytest.MonkeyPatch) -> None:

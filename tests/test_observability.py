@@ -23,7 +23,7 @@ from mcp.shared.exceptions import MCPError
 from exai.security.auth import issue_token
 from exai.server.mcp import build_server
 from tests.conftest import TEST_JWT_SECRET, MakeServices, Proc, SimControl, free_port
-from tests.helpers import call_tool, tool_error, wait_until
+from tests.helpers import call_tool, text_of, tool_error, wait_until
 
 pytestmark = pytest.mark.anyio
 Daemon = Callable[..., Proc]
@@ -56,9 +56,9 @@ async def test_every_error_category_end_to_end(daemon: Daemon, sim: SimControl, 
 
     async def error_of(tool: str, args: dict[str, Any], token: str = user) -> None:
         result = await call_tool(proc.url, tool, args, token)
-        assert result.is_error, result.content[0].text
+        assert result.is_error, text_of(result)
         error = tool_error(result)
-        assert error["correlation_id"] in result.content[0].text and error["message"] and "remedy" in error
+        assert error["correlation_id"] in text_of(result) and error["message"] and "remedy" in error
         categories[error["category"]] = error
 
     await error_of("chat", {"prompt": 1})
@@ -118,7 +118,7 @@ async def test_internal_errors_do_not_leak_details(
     async with Client(build_server(services)) as client:
         result = await client.call_tool("version", {})
     error = tool_error(result)
-    assert error["category"] == "internal" and "hunter2" not in result.content[0].text
+    assert error["category"] == "internal" and "hunter2" not in text_of(result)
 
 
 async def test_correlation_id_in_log_upstream_audit_and_response(daemon: Daemon, sim: SimControl) -> None:
@@ -272,8 +272,13 @@ def test_deploy_rules_and_dashboard_use_metrics_that_exist() -> None:
         metrics.storage_errors,
     ):
         family.labels(*["x"] * len(family._labelnames)).inc()
-    for family in (metrics.tool_latency, metrics.upstream_latency, metrics.gateway_overhead, metrics.storage_latency):
-        family.labels(*["x"] * len(family._labelnames)).observe(1)
+    for histogram in (
+        metrics.tool_latency,
+        metrics.upstream_latency,
+        metrics.gateway_overhead,
+        metrics.storage_latency,
+    ):
+        histogram.labels(*["x"] * len(histogram._labelnames)).observe(1)
     names = r"\b(?:exai|process|python)_[a-z_]+"
     exposed = set(re.findall(rf"^{names}", metrics.render().decode(), re.MULTILINE))
     root = Path(__file__).parent.parent / "deploy"
@@ -291,9 +296,13 @@ def test_deploy_rules_and_dashboard_use_metrics_that_exist() -> None:
 
 async def test_spans_for_tool_and_provider_calls(sim: SimControl, make_services: MakeServices) -> None:
     from opentelemetry import trace
-    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
     from opentelemetry.sdk.trace.export import SimpleSpanProcessor
     from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    def attribute(span: ReadableSpan, name: str) -> object:
+        assert span.attributes is not None, span.name
+        return span.attributes.get(name)
 
     exporter = InMemorySpanExporter()
     provider = TracerProvider()
@@ -304,12 +313,9 @@ async def test_spans_for_tool_and_provider_calls(sim: SimControl, make_services:
     async with Client(build_server(services)) as client:
         result = await client.call_tool("chat", {"prompt": "traced", "model": "sim-fast"})
     assert not result.is_error
-    spans = {
-        (s.name, s.attributes.get("exai.model"), s.attributes.get("exai.failure"))
-        for s in exporter.get_finished_spans()
-    }
+    spans = {(s.name, attribute(s, "exai.model"), attribute(s, "exai.failure")) for s in exporter.get_finished_spans()}
     assert ("tool chat", None, None) in spans
     assert ("provider custom", "sim-fast", "server") in spans and ("provider custom", "sim-smart", None) in spans
     tool_span = next(s for s in exporter.get_finished_spans() if s.name == "tool chat")
-    provider_span = next(s for s in exporter.get_finished_spans() if s.attributes.get("exai.model") == "sim-smart")
+    provider_span = next(s for s in exporter.get_finished_spans() if attribute(s, "exai.model") == "sim-smart")
     assert provider_span.parent is not None and provider_span.parent.span_id == tool_span.context.span_id

@@ -39,7 +39,8 @@ def rendered_configmap() -> dict[str, str]:
         check=True,
     )
     documents = {doc["kind"]: doc for doc in yaml.safe_load_all(done.stdout)}
-    return documents["ConfigMap"]["data"]
+    data: dict[str, str] = documents["ConfigMap"]["data"]
+    return data
 
 
 def metrics_key() -> tuple[str, str]:

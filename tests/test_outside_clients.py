@@ -47,7 +47,8 @@ def bare_daemon(tmp_path: Path) -> Iterator[Proc]:
 def typescript_client(node: NodeToolchain, proc: Proc, *scenarios: str) -> dict[str, Any]:
     done = node.run([node.script("client.mjs"), f"{proc.url}/mcp", *scenarios])
     assert done.returncode == 0, f"the TypeScript client failed (exit {done.returncode}):\n{done.stderr[-3000:]}"
-    return json.loads(done.stdout)["steps"]
+    steps: dict[str, Any] = json.loads(done.stdout)["steps"]
+    return steps
 
 
 def unreadable_errors(steps: dict[str, Any]) -> list[str]:

@@ -19,7 +19,7 @@ from mcp import Client
 from mcp_types import CallToolResult
 
 from tests.conftest import Proc, SimControl
-from tests.helpers import tool_error, wait_until
+from tests.helpers import text_of, tool_error, wait_until
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(600)]
 Daemon = Callable[..., Proc]
@@ -104,7 +104,7 @@ async def test_calls_racing_for_a_threads_last_turns_each_get_the_answer_they_pa
     assert unsaved, "the racers' calls overlapped: some answers arrived after the thread had filled up"
     for result in unsaved:
         assert (result.meta or {})["exai/thread_error"]["code"] == "thread_full"
-        note = result.content[-1].text  # type: ignore[union-attr]
+        note = text_of(result, -1)
         assert f"not saved to thread {thread}" in note and "turn limit" in note, note
         assert "start a new thread" in note, note
     saved = [r for r in results if not r.is_error and r not in unsaved]
@@ -112,7 +112,7 @@ async def test_calls_racing_for_a_threads_last_turns_each_get_the_answer_they_pa
         assert len(saved) == 1, [r.content for r in results]
     assert tool_error(full)["code"] == "thread_full", full.content
     assert unspent, "a thread full before the call is refused with nothing sent upstream"
-    assert shown.structured_content["thread"]["turns"] == max_turns  # type: ignore[index]
+    assert shown.structured_content["thread"]["turns"] == max_turns
 
 
 async def test_an_answer_is_returned_when_its_thread_keeps_changing_or_is_deleted_while_the_model_works(
@@ -139,8 +139,8 @@ async def test_an_answer_is_returned_when_its_thread_keeps_changing_or_is_delete
         gone = await call
     for result, code, words in ((busy, "conflict", "kept changing"), (gone, "thread_not_found", "deleted")):
         assert not result.is_error, result.content
-        assert "echo: " in result.structured_content["answer"]  # type: ignore[index]
+        assert "echo: " in result.structured_content["answer"]
         assert (result.meta or {})["exai/thread_saved"] is False
         assert (result.meta or {})["exai/thread_error"]["code"] == code
-        assert words in result.content[-1].text  # type: ignore[union-attr]
+        assert words in text_of(result, -1)
     assert sim.count("completed") == 3, "three answers paid for, three returned"

@@ -16,6 +16,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -23,6 +24,7 @@ from mcp import Client
 from psycopg.conninfo import conninfo_to_dict
 
 from tests.conftest import Proc, SimControl, free_port, popen_owned
+from tests.helpers import text_of
 
 pytestmark = pytest.mark.anyio
 Daemon = Callable[..., Proc]
@@ -89,11 +91,12 @@ pidfile = {work}/pgbouncer.pid
         shutil.rmtree(work, ignore_errors=True)
 
 
-async def _call(url: str, tool: str, args: dict[str, object]) -> dict[str, object]:
+async def _call(url: str, tool: str, args: dict[str, object]) -> dict[str, Any]:
     async with Client(f"{url}/mcp") as client:
         result = await client.call_tool(tool, args)
-    assert not result.is_error, result.content[0].text
-    return result.structured_content
+    assert not result.is_error, text_of(result)
+    answer: dict[str, Any] = result.structured_content
+    return answer
 
 
 async def test_daemons_behind_pgbouncer_in_transaction_mode_use_their_schema(
@@ -108,7 +111,7 @@ async def test_daemons_behind_pgbouncer_in_transaction_mode_use_their_schema(
         _call(b.url, "chat", {"prompt": "again", "model": "sim-fast", "continuation_id": thread}),
     )
     shown = await _call(a.url, "threads", {"action": "show", "thread_id": thread})
-    assert shown["thread"]["turns"] == 2 + 4 + 2  # type: ignore[index]
+    assert shown["thread"]["turns"] == 2 + 4 + 2
     with psycopg.connect(postgres_url, autocommit=True) as direct:  # past the pooler: where did the rows go?
         rows = direct.execute(f'SELECT turn_count, version FROM "{pg_schema}".threads WHERE id = %s', (thread,))
         assert rows.fetchall() == [(8, 6)]

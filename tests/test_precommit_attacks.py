@@ -14,7 +14,7 @@ from mcp import Client
 from exai.errors import ToolFailure
 from exai.security.git import GitOutputTooLarge, run_git, safe_environment
 from tests.conftest import Proc, SimControl
-from tests.helpers import tool_error
+from tests.helpers import text_of, tool_error
 
 pytestmark = pytest.mark.anyio
 Daemon = Callable[..., Proc]
@@ -92,7 +92,7 @@ async def test_compare_to_cannot_smuggle_git_options(daemon: Daemon, sim: SimCon
     assert "no-such-branch" in tool_error(unknown)["message"]
 
     fine = await precommit(proc, path=str(repo), compare_to="HEAD")
-    assert not fine.is_error, fine.content[0].text
+    assert not fine.is_error, text_of(fine)
     assert "+x = 2" in sent_upstream(sim)
 
 
@@ -151,7 +151,7 @@ async def test_repository_config_runs_no_commands(daemon: Daemon, sim: SimContro
     proc = daemon(EXAI_FILE_ROOTS=str(roots))
 
     result = await precommit(proc, path=str(repo))
-    assert not result.is_error, result.content[0].text
+    assert not result.is_error, text_of(result)
     assert "+two" in sent_upstream(sim)
     for ran in (fsmonitor_ran, clean_ran, textconv_ran):
         assert not ran.exists(), f"git ran a command from the repository's config ({ran.stem})"
@@ -169,7 +169,7 @@ async def test_untracked_files_reach_the_reviewer(daemon: Daemon, sim: SimContro
     proc = daemon(EXAI_FILE_ROOTS=str(roots))
 
     result = await precommit(proc, path=str(repo))
-    assert not result.is_error, result.content[0].text
+    assert not result.is_error, text_of(result)
     sent = sent_upstream(sim)
     assert "+++ b/settings.py" in sent and "hunter2-untracked" in sent, "an untracked file was left out"
     assert "IGNORED_VALUE" not in sent, "ignored files are not pending changes"
@@ -285,7 +285,7 @@ async def test_a_tracked_hard_link_to_a_file_outside_is_not_diffed(
 
     for extra in ({}, {"compare_to": "HEAD"}):
         result = await precommit(proc, path=str(repo), **extra)
-        assert not result.is_error, result.content[0].text
+        assert not result.is_error, text_of(result)
         sent = sent_upstream(sim)
         assert "OUTSIDE-SECRET" not in sent, f"git read a hard-linked file outside the roots ({extra})"
         assert "+x = 2" in sent, "the other changes are still shown"
@@ -320,7 +320,7 @@ async def test_many_untracked_files_stay_within_the_cap(daemon: Daemon, sim: Sim
     proc = daemon(EXAI_FILE_ROOTS=str(roots), EXAI_MAX_FILE_BYTES_PER_CALL="300000")
 
     result = await precommit(proc, path=str(many))
-    assert not result.is_error, result.content[0].text
+    assert not result.is_error, text_of(result)
     sent = sent_upstream(sim)
     assert "b00000.bin" in sent and "b04999.bin" not in sent, "only the first untracked files are considered"
     assert "4,000 more untracked files" in sent, "the output says how many were left out"

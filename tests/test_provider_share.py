@@ -46,7 +46,7 @@ async def test_eight_consensus_calls_do_not_delay_another_tenants_chat(daemon: D
         sim.latency(60_000, model=model)
     consulting = 0
 
-    async def on_progress(done: float, total: float | None, message: str | None) -> None:
+    async def on_progress(progress: float, total: float | None, message: str | None) -> None:
         nonlocal consulting
         consulting += message == "consulting models"
 

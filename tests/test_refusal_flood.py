@@ -33,7 +33,10 @@ def _call(proc: Proc, headers: dict[str, str], number: int, name: str, arguments
 
 def _code(answer: dict[str, Any]) -> str:
     """The error code of a JSON-RPC error or of a tool error result."""
-    return answer["error"]["data"]["code"] if "error" in answer else answer["result"]["_meta"]["exai/error"]["code"]
+    code: str = (
+        answer["error"]["data"]["code"] if "error" in answer else answer["result"]["_meta"]["exai/error"]["code"]
+    )
+    return code
 
 
 def _audit_rows(tenant: str) -> list[dict[str, Any]]:
@@ -56,7 +59,7 @@ def test_probing_for_tools_spends_the_rate_limit_and_writes_few_audit_rows(daemo
         EXAI_MAX_SESSIONS_PER_TENANT="10",
     )
     mallory = ready_session(proc, bearer("mallory", ["exai:tool:chat"]))
-    probes = [(f"no-such-tool-{n}", {}) for n in range(FLOOD)]
+    probes: list[tuple[str, dict[str, Any]]] = [(f"no-such-tool-{n}", {}) for n in range(FLOOD)]
     probes += [("consensus", {"prompt": "x", "models": []})] * FLOOD  # a tool this token may not use
     started = time.monotonic()
     with ThreadPoolExecutor(8) as pool:

@@ -25,7 +25,7 @@ from exai.security.auth import new_api_key
 from exai.stress.balancer import NGINX
 from tests.conftest import Proc, SimControl
 from tests.container_engine import unavailable
-from tests.helpers import wait_until
+from tests.helpers import text_of, wait_until
 from tests.replica_cluster import CallFailed, Cluster, LegacyClient, Nginx, start_nginx
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(600)]
@@ -159,11 +159,11 @@ class Load:
                     args = {"prompt": prompt, "model": "sim-fast", **({"continuation_id": thread} if thread else {})}
                     result = await client.call_tool("chat", args)
                 if result.is_error:
-                    raise CallFailed(result.content[0].text)  # type: ignore[union-attr]
+                    raise CallFailed(text_of(result))
             except Exception as exc:  # the SDK raises its own types for HTTP and stream failures
                 self.failures.append((started, time.monotonic(), f"{name}: {type(exc).__name__}: {exc}"))
                 continue
-            thread = self.record(result.structured_content["continuation_id"], prompt)  # type: ignore[index]
+            thread = self.record(result.structured_content["continuation_id"], prompt)
 
     def record(self, thread: str, prompt: str) -> str | None:
         """Keep an acknowledged prompt; the thread to continue next (a new one once this one is long enough)."""

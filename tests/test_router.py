@@ -8,7 +8,7 @@ import time
 import pytest
 
 from exai.errors import DeadlineError, NotFoundError, ProviderError
-from exai.providers.types import GenerateRequest, Message
+from exai.providers.types import GenerateRequest, Message, StreamChunk
 from tests.conftest import MakeServices, SimControl
 from tests.helpers import wait_until
 
@@ -48,7 +48,7 @@ async def test_truncated_stream_is_retried(sim: SimControl, make_services: MakeS
     sim.fault("truncate", model="sim-fast", count=1)
     seen: list[str] = []
 
-    async def on_delta(chunk) -> None:  # type: ignore[no-untyped-def]
+    async def on_delta(chunk: StreamChunk) -> None:
         seen.append(chunk.text)
 
     result = await services.router.generate(REQUEST, model="sim-fast", on_delta=on_delta)

@@ -12,7 +12,7 @@ import pytest
 from mcp import Client
 
 from tests.conftest import Proc, SimControl
-from tests.helpers import tool_error
+from tests.helpers import text_of, tool_error
 
 pytestmark = pytest.mark.anyio
 
@@ -35,9 +35,9 @@ async def test_a_cut_answer_is_marked_in_data_text_and_stored_turn(
     assert not cut.is_error, cut.content
     data = cut.structured_content or {}
     assert data["truncated"] is True and data["finish_reason"] in ("length", "max_tokens"), data
-    text = cut.content[0].text  # type: ignore[union-attr]
+    text = text_of(cut)
     assert [line for line in text.splitlines() if line.startswith("[truncated:")], text
-    assert "truncated" not in (whole.structured_content or {}) and "[truncated:" not in whole.content[0].text  # type: ignore[union-attr]
+    assert "truncated" not in (whole.structured_content or {}) and "[truncated:" not in text_of(whole)
     assert _stored_answers(tmp_path / "data", data["continuation_id"]) == [
         {"input_tokens": data["usage"]["input_tokens"], "output_tokens": data["usage"]["output_tokens"], "truncated": 1}
     ]

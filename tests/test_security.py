@@ -8,12 +8,15 @@ import hmac
 import json
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
 
 import httpx2
 import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from mcp_types import CallToolResult
 
 from exai.security.auth import JWTVerifier, issue_token, new_api_key, parse_api_keys, visible_tools
 from tests.conftest import Proc, SimControl
@@ -29,12 +32,10 @@ def _claims(**extra: object) -> dict[str, object]:
     return {"sub": "alice", "scope": "exai:tools", "iat": now, "nbf": now, "exp": now + 600, **extra}
 
 
-def _pem(key: object) -> str:
+def _pem(key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey) -> str:
     return (
         key.public_key()
-        .public_bytes(  # type: ignore[attr-defined]
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
         .decode()
     )
 
@@ -54,7 +55,8 @@ async def test_hs256_accepts_good_tokens_and_refuses_every_attack() -> None:
         "wrong issuer": jwt.encode(_claims(iss="evil", aud="exai"), SECRET, algorithm="HS256"),
         "wrong audience": jwt.encode(_claims(iss="exai-test", aud="other"), SECRET, algorithm="HS256"),
         "wrong key": jwt.encode(_claims(iss="exai-test", aud="exai"), "x" * 40, algorithm="HS256"),
-        "alg none": jwt.encode(_claims(iss="exai-test", aud="exai"), None, algorithm="none"),
+        # No key for "none": pyjwt takes "" as None (the same token), and its types refuse None.
+        "alg none": jwt.encode(_claims(iss="exai-test", aud="exai"), "", algorithm="none"),
         "no exp": jwt.encode(
             {k: v for k, v in _claims(iss="exai-test", aud="exai").items() if k != "exp"}, SECRET, algorithm="HS256"
         ),
@@ -75,7 +77,7 @@ async def test_algorithm_confusion_is_refused() -> None:
     verifier = JWTVerifier(public_key=public_pem)
     assert await verifier.verify_token(jwt.encode(_claims(), key, algorithm="RS256")) is not None
     # An attacker signs HS256 with the (public) key as the HMAC secret.
-    assert await verifier.verify_token(jwt.encode(_claims(), None, algorithm="none")) is None
+    assert await verifier.verify_token(jwt.encode(_claims(), "", algorithm="none")) is None  # "": no key, as above
 
     def b64(data: bytes) -> str:
         return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
@@ -97,7 +99,9 @@ def jwks_server() -> Iterator[tuple[str, list[dict[str, object]], list[int]]]:
         yield served
 
 
-async def test_jwks_is_cached_and_refreshed_on_an_unknown_kid(jwks_server: tuple[str, list, list]) -> None:
+async def test_jwks_is_cached_and_refreshed_on_an_unknown_kid(
+    jwks_server: tuple[str, list[dict[str, object]], list[int]],
+) -> None:
     url, keys, fetches = jwks_server
 
     def add_key(kid: str) -> rsa.RSAPrivateKey:
@@ -114,7 +118,8 @@ async def test_jwks_is_cached_and_refreshed_on_an_unknown_kid(jwks_server: tuple
     assert len(fetches) == 1, "the key set is cached"
     rotated = add_key("k2")
     token2 = jwt.encode(_claims(sub="bob"), rotated, algorithm="RS256", headers={"kid": "k2"})
-    assert (await verifier.verify_token(token2)).subject == "bob"
+    bob = await verifier.verify_token(token2)
+    assert bob is not None and bob.subject == "bob"
     assert len(fetches) == 2, "an unknown kid refetches the set once"
     unknown = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     for kid in ("k3", "k4", "k5", "k6"):
@@ -128,7 +133,8 @@ async def test_api_keys_are_hashed_and_revocable() -> None:
     key, entry = new_api_key("carol", ["exai:tools"])
     assert key not in entry
     verifier = JWTVerifier(api_keys=parse_api_keys([entry]))
-    assert (await verifier.verify_token(key)).subject == "carol"
+    carol = await verifier.verify_token(key)
+    assert carol is not None and carol.subject == "carol"
     assert await JWTVerifier(api_keys=[]).verify_token(key) is None, "removing the entry revokes the key"
 
 
@@ -143,7 +149,7 @@ def test_visible_tools_name_only_what_the_token_may_call() -> None:
     assert visible_tools(names, None) == names, "without auth every tool is visible"
 
 
-async def _client_call(url: str, token: str, tool: str, args: dict) -> object:
+async def _client_call(url: str, token: str, tool: str, args: dict[str, Any]) -> tuple[set[str], CallToolResult]:
     async with mcp_client(url, token, timeout=120) as client:
         names = {t.name for t in (await client.list_tools()).tools}
         return names, await client.call_tool(tool, args)
@@ -191,7 +197,7 @@ async def test_daemon_requires_tokens_enforces_scopes_and_isolates_tenants(daemo
         assert secret not in logs
 
 
-def test_refuses_a_public_bind_without_auth(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_refuses_a_public_bind_without_auth(tmp_path: Path) -> None:
     import os
     import subprocess
     import sys

@@ -50,7 +50,7 @@ async def test_a_legacy_cancel_cuts_the_call_on_any_replica_and_only_for_its_ten
         for each in (client, elsewhere, *others):
             await each.open()
         request_id = 7
-        client.ids = iter([request_id, request_id + 1])  # type: ignore[assignment]
+        client.ids = iter([request_id, request_id + 1])
         args: dict[str, Any] = {"name": "chat", "arguments": {"prompt": "cancel me", "model": "sim-smart"}}
         running = asyncio.create_task(client.request("tools/call", args))
         await wait_until(lambda: sim.stats()["in_flight"] >= 1, "the call's request reached the upstream")

@@ -17,7 +17,7 @@ import pytest
 
 from exai.security.auth import issue_token
 from tests.conftest import TEST_JWT_SECRET, Proc, SimControl
-from tests.helpers import call_tool
+from tests.helpers import call_tool, text_of
 
 pytestmark = [pytest.mark.anyio, pytest.mark.browser, pytest.mark.slow]
 ADMIN = ["exai:tools", "exai:admin"]
@@ -104,7 +104,7 @@ async def test_status_page_shows_calls_models_fallbacks_and_charts(
     sim.fault("503", model="sim-fast")  # every call asked of sim-fast is answered by sim-smart
     for i in range(3):
         result = await _call(proc.url, user, "chat", {"prompt": f"fb {i}", "model": "sim-fast"}, f"corr-fb-{i}")
-        assert not result.is_error, result.content[0].text
+        assert not result.is_error, text_of(result)
     failed = await _call(proc.url, user, "chat", {"prompt": "x", "model": "no-such-model"}, "corr-bad-model")
     assert failed.is_error
     sim.clear_faults()

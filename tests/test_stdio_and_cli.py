@@ -14,7 +14,7 @@ from mcp import Client, StdioServerParameters
 
 from exai.storage.migrations import LATEST
 from tests.conftest import SimControl, free_port, popen_owned, sim_env
-from tests.helpers import run_exai, tool_error
+from tests.helpers import run_exai, text_of, tool_error
 
 pytestmark = pytest.mark.anyio
 
@@ -34,7 +34,7 @@ async def test_all_four_tools_over_stdio(sim: SimControl) -> None:
         others = [await client.call_tool(name, {}) for name in ("listmodels", "version", "status")]
         bad = await client.call_tool("chat", {"prompt": 42})
     assert not chat.is_error and chat.structured_content["provider"] == "anthropic"
-    assert "echo: over stdio" in chat.content[0].text
+    assert "echo: over stdio" in text_of(chat)
     assert not any(r.is_error for r in others)
     assert bad.is_error and tool_error(bad)["details"]["fields"] == ["prompt"]
 
@@ -70,7 +70,7 @@ def test_models_table_and_secrets_stay_hidden(sim: SimControl) -> None:
 
 
 @pytest.mark.slow  # one of the slowest outside daemon tests (doctor probes, CLI processes)
-def test_db_upgrade_and_token_commands(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_db_upgrade_and_token_commands(tmp_path: Path) -> None:
     env = {**os.environ, "EXAI_DATABASE_URL": f"sqlite:///{tmp_path / 'cli.db'}"}
     upgraded = cli(["db", "upgrade"], env)
     assert upgraded.returncode == 0 and f"schema at version {LATEST}" in upgraded.stdout

@@ -45,7 +45,7 @@ def _thread(tenant: str = "alice", ttl: float = 3600) -> ThreadRecord:
 
 
 def _turn(content: str, seq: int, tool: str = "chat", **extra: object) -> TurnRecord:
-    return TurnRecord(role="user", content=content, tool=tool, seq=seq, **extra)  # type: ignore[arg-type]
+    return TurnRecord(role="user", content=content, tool=tool, seq=seq, **extra)
 
 
 async def _create(store: Store, thread: ThreadRecord) -> ThreadRecord:
@@ -178,7 +178,8 @@ async def test_redis_outage_falls_back_to_the_database(tmp_path: Path, closing: 
     await cached.append_turns(
         thread.model_copy(update={"turn_count": 2, "version": 2}), [_turn("x", 2)], expected_version=1
     )
-    assert (await cached.get_thread(thread.id)).turn_count == 2
+    stored = await cached.get_thread(thread.id)
+    assert stored is not None and stored.turn_count == 2
     assert [t.content for t in await cached.get_turns(thread.id)] == ["seed", "x"]
 
 
@@ -257,8 +258,9 @@ async def test_leases_renew_cancellations_are_seen_by_the_owner_and_expired_call
     assert await store.renew_calls("b", time.time() + 60) == []
     lost = await store.expire_calls(time.time(), CallEnd("failed", message="lost"))
     assert [c.id for c in lost] == [dead.id]
-    assert (await store.get_call(dead.id)).status == "failed"  # type: ignore[union-attr]
-    assert (await store.get_call(theirs.id)).status == "working"  # type: ignore[union-attr]
+    failed, working = await store.get_call(dead.id), await store.get_call(theirs.id)
+    assert failed is not None and failed.status == "failed"
+    assert working is not None and working.status == "working"
     counts = await store.count_calls(time.time())
     assert counts.by_status == {"working": 2, "failed": 1} and counts.oldest_working is not None
 

@@ -13,7 +13,7 @@ import pytest
 from mcp import Client
 
 from tests.conftest import Proc, SimControl
-from tests.helpers import tool_error
+from tests.helpers import text_of, tool_error
 from tests.tcp_proxy import ThreadedProxy
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(600)]
@@ -36,7 +36,7 @@ async def test_with_postgresql_unreachable_no_call_reaches_the_upstream_and_call
         async with Client(f"{proc.url}/mcp") as client:
             first = await client.call_tool("chat", {"prompt": "before the outage", "model": "sim-fast"})
             assert not first.is_error, first
-            thread = first.structured_content["continuation_id"]  # type: ignore[index]
+            thread = first.structured_content["continuation_id"]
             before = sim.count("requests")
             proxy.stop()
             for i in range(10):
@@ -56,7 +56,7 @@ async def test_with_postgresql_unreachable_no_call_reaches_the_upstream_and_call
                     "chat", {"prompt": "after", "model": "sim-fast", "continuation_id": thread}
                 )
         assert not back.is_error, back
-        assert "turns: 3" in back.content[0].text  # type: ignore[union-attr]  # the thread went on
+        assert "turns: 3" in text_of(back)  # the thread went on
     finally:
         proxy.close()
 
@@ -69,7 +69,7 @@ async def test_an_answer_paid_for_is_returned_when_the_thread_cannot_be_saved(
     proc = daemon()
     async with Client(f"{proc.url}/mcp") as client:
         first = await client.call_tool("chat", {"prompt": "start a thread", "model": "sim-fast"})
-        thread = first.structured_content["continuation_id"]  # type: ignore[index]
+        thread = first.structured_content["continuation_id"]
         with sqlite3.connect(tmp_path / "data" / "exai.db") as db:  # turns fail from now on; call records do not
             db.execute("CREATE TRIGGER turns_fail BEFORE INSERT ON turns BEGIN SELECT RAISE(ABORT, 'disk I/O'); END")
         paid = await client.call_tool(
@@ -78,5 +78,5 @@ async def test_an_answer_paid_for_is_returned_when_the_thread_cannot_be_saved(
     assert not paid.is_error, paid
     assert paid.structured_content is not None and "echo: worth keeping" in paid.structured_content["answer"]
     assert (paid.meta or {}).get("exai/thread_saved") is False
-    assert f"not saved to thread {thread}" in paid.content[-1].text  # type: ignore[union-attr]
+    assert f"not saved to thread {thread}" in text_of(paid, -1)
     assert sim.count("requests") == 2  # one upstream request each: nothing asked twice, nothing paid and lost

@@ -10,6 +10,7 @@ import os
 import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import NoReturn
 from urllib.parse import urlsplit
 
 import pytest
@@ -77,7 +78,9 @@ async def test_three_replicas_behind_nginx_take_the_load_and_are_all_stopped(ctx
     if not (_reachable(LOCAL_POSTGRES) and _reachable(LOCAL_REDIS_HOST)):
         _unavailable("the replicas share PostgreSQL at 127.0.0.1:5432 and Redis at 127.0.0.1:6379, which are not up")
     replicas = await asyncio.to_thread(ctx.target.replicas, "cap", 3)
-    started = {replicas.balancer.process.pid} | _descendants(replicas.balancer.process.pid)  # master and worker
+    balancer = replicas.balancer.process
+    assert balancer is not None, "the balancer was started"
+    started = {balancer.pid} | _descendants(balancer.pid)  # master and worker
     conf = await asyncio.to_thread(Path(replicas.balancer.args[replicas.balancer.args.index("-c") + 1]).read_text)
     assert "limit_req zone=" not in conf.split("server {")[1].split("#")[0], "no per-address limit for the run"
     await ctx.sim.latency(50)
@@ -94,9 +97,11 @@ async def test_three_replicas_behind_nginx_take_the_load_and_are_all_stopped(ctx
     assert not any(d.managed is not None and d.managed.running for d in replicas.daemons)
 
 
-def _unavailable(reason: str) -> None:
+def _unavailable(reason: str) -> NoReturn:
     """In CI the services are there: a skip would hide a broken path."""
-    pytest.fail(reason) if os.environ.get("CI") == "true" else pytest.skip(reason)
+    if os.environ.get("CI") == "true":
+        pytest.fail(reason)
+    pytest.skip(reason)
 
 
 def _reachable(url: str) -> bool:

@@ -15,6 +15,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -37,13 +38,14 @@ def _stress(args: list[str], out: Path, **env: str) -> subprocess.CompletedProce
     )
 
 
-def _assert_private_and_clean(out: Path, token: str) -> dict:
+def _assert_private_and_clean(out: Path, token: str) -> dict[str, Any]:
     assert stat.S_IMODE(out.stat().st_mode) == 0o700, oct(out.stat().st_mode)
     for name in ("stress.json", "stress.html"):
         report = out / name
         assert stat.S_IMODE(report.stat().st_mode) == 0o600, (name, oct(report.stat().st_mode))
         assert token not in report.read_text(), f"the token is in {name}"
-    return json.loads((out / "stress.json").read_text())
+    summary: dict[str, Any] = json.loads((out / "stress.json").read_text())
+    return summary
 
 
 def test_the_token_comes_from_the_environment_and_never_reaches_the_reports(

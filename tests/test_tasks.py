@@ -44,7 +44,7 @@ def ts_tasks(toolchain: NodeToolchain, proc: Proc, tenant: str, scenario: str, a
 
 def modern(proc: Proc, method: str, params: dict[str, Any], *, declare: bool = True) -> dict[str, Any]:
     """A 2026-07-28 request (no session: the protocol version and capabilities travel in `_meta`)."""
-    capabilities = {"extensions": {EXTENSION: {}}} if declare else {}
+    capabilities: dict[str, Any] = {"extensions": {EXTENSION: {}}} if declare else {}
     meta = {
         "io.modelcontextprotocol/protocolVersion": "2026-07-28",
         "io.modelcontextprotocol/clientInfo": {"name": "raw-2026-client", "version": "1"},

@@ -15,7 +15,7 @@ import pytest
 from mcp import Client
 
 from tests.conftest import Proc, SimControl
-from tests.helpers import tool_error, wait_until
+from tests.helpers import text_of, tool_error, wait_until
 
 pytestmark = pytest.mark.anyio
 Daemon = Callable[..., Proc]
@@ -36,8 +36,9 @@ def _step(number: int, final: bool = False, **extra: Any) -> dict[str, Any]:
 
 async def _ok(client: Client, tool: str, args: dict[str, Any]) -> dict[str, Any]:
     result = await client.call_tool(tool, args)
-    assert not result.is_error, result.content[0].text
-    return result.structured_content
+    assert not result.is_error, text_of(result)
+    answer: dict[str, Any] = result.structured_content
+    return answer
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
@@ -89,7 +90,7 @@ async def test_a_full_thread_is_shown_and_its_limit_is_never_exceeded(daemon: Da
         full = await client.call_tool("threads", {"action": "show", "thread_id": thread})
     error = tool_error(over)
     assert error["code"] == "thread_full" and "new thread" in error["remedy"]
-    assert not shown.is_error, shown.content[0].text
+    assert not shown.is_error, text_of(shown)
     assert shown.structured_content["thread"]["turns"] == 4, "two turns more would have made 6 of 5"
     assert not full.is_error and full.structured_content["thread"]["turns"] == 5
 
@@ -115,7 +116,8 @@ async def test_a_running_daemon_purges_expired_threads_and_audit_rows(
 
     def count(query: str) -> int:
         with closing(sqlite3.connect(database)) as db:
-            return db.execute(query).fetchone()[0]
+            counted: int = db.execute(query).fetchone()[0]
+            return counted
 
     await wait_until(lambda: count(f"SELECT COUNT(*) FROM threads WHERE id = '{thread}'") == 0, "thread purge")
     await wait_until(lambda: count("SELECT COUNT(*) FROM audit WHERE correlation_id = 'old'") == 0, "audit purge")

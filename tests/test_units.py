@@ -14,11 +14,23 @@ from exai.config import load_settings
 from exai.errors import InvalidInput
 from exai.provider_specs import PROVIDER_SPECS
 from exai.providers.base import classify_status, parse_retry_after
-from exai.providers.catalogue import EFFORT_ORDER, Catalogue
+from exai.providers.catalogue import EFFORT_ORDER, Catalogue, ModelInfo
 from exai.providers.quirks import anthropic_params, effort_for, openai_params, temperature_for
-from exai.providers.resilience import BreakerView, CircuitBreaker, backoff_delay
+from exai.providers.resilience import BreakerState, BreakerView, CircuitBreaker, backoff_delay
 from exai.providers.types import GenerateRequest, Message, ThinkingMode
 from exai.tools import enabled_tools
+
+
+def _model(catalogue: Catalogue, name: str) -> ModelInfo:
+    """The catalogue's entry for `name`, checked to be there."""
+    info = catalogue.get(name)
+    assert info is not None, name
+    return info
+
+
+def _state(breaker: CircuitBreaker) -> BreakerState:
+    """The breaker's state, read through a call (mypy keeps `breaker.state` narrowed past calls that change it)."""
+    return breaker.state
 
 
 def test_catalogue_has_real_limits_for_every_model() -> None:
@@ -38,9 +50,9 @@ def test_catalogue_has_real_limits_for_every_model() -> None:
         "claude-sonnet-4-5",
     ):
         assert catalogue.get(name) is not None, name
-    assert catalogue.get("KIMI").name == "kimi-k2.6"
-    assert catalogue.get("glm-4.6").reasoning_field == "reasoning_content"
-    assert catalogue.get("glm-4.5v").images
+    assert _model(catalogue, "KIMI").name == "kimi-k2.6"
+    assert _model(catalogue, "glm-4.6").reasoning_field == "reasoning_content"
+    assert _model(catalogue, "glm-4.5v").images
 
 
 def test_user_models_file_adds_and_overrides(tmp_path: Path) -> None:
@@ -50,9 +62,9 @@ def test_user_models_file_adds_and_overrides(tmp_path: Path) -> None:
         '[models."my-model"]\nprovider = "custom"\ncontext_window = 4096\nmax_output_tokens = 512\n'
     )
     catalogue = Catalogue.load(user, ["llama3.2:131072"])
-    assert catalogue.get("glm-4.6").context_window == 1000
-    assert catalogue.get("my-model").provider == "custom"
-    assert catalogue.get("llama3.2").context_window == 131072
+    assert _model(catalogue, "glm-4.6").context_window == 1000
+    assert _model(catalogue, "my-model").provider == "custom"
+    assert _model(catalogue, "llama3.2").context_window == 131072
     user.write_text('[models.bad]\nprovider = "glm"\ncontext_window = 0\nmax_output_tokens = 1\n')
     with pytest.raises(InvalidInput, match="context_window"):
         Catalogue.load(user)
@@ -83,10 +95,10 @@ def test_unknown_disabled_tool_is_a_config_error() -> None:
 
 def test_temperature_rules() -> None:
     catalogue = Catalogue.load()
-    assert temperature_for(catalogue.get("gpt-5"), 0.2) == 1.0
-    assert temperature_for(catalogue.get("o3"), 0.2) is None
-    assert temperature_for(catalogue.get("kimi-k2"), 1.7) == 1.0
-    assert temperature_for(catalogue.get("gpt-4.1"), 1.7) == 1.7
+    assert temperature_for(_model(catalogue, "gpt-5"), 0.2) == 1.0
+    assert temperature_for(_model(catalogue, "o3"), 0.2) is None
+    assert temperature_for(_model(catalogue, "kimi-k2"), 1.7) == 1.0
+    assert temperature_for(_model(catalogue, "gpt-4.1"), 1.7) == 1.7
 
 
 CATALOGUE = Catalogue.load()
@@ -149,10 +161,10 @@ def test_efforts_are_listed_for_every_reasoning_model_and_grow_with_the_level() 
     for name in reasoning:
         efforts = [effort_for(CATALOGUE.models[name], level) for level in THINKING_LEVELS]
         assert efforts == sorted(efforts, key=EFFORT_ORDER.index), (name, efforts)
-    assert effort_for(CATALOGUE.get("o3"), "off") == "low", "o3 cannot switch reasoning off"
-    assert effort_for(CATALOGUE.get("gpt-5"), "max") == "high"
+    assert effort_for(_model(CATALOGUE, "o3"), "off") == "low", "o3 cannot switch reasoning off"
+    assert effort_for(_model(CATALOGUE, "gpt-5"), "max") == "high"
     off = GenerateRequest(messages=[Message(role="user", content="q")], thinking="off")
-    assert openai_params(off, CATALOGUE.get("glm-4.5"))["extra_body"] == {"thinking": {"type": "disabled"}}
+    assert openai_params(off, _model(CATALOGUE, "glm-4.5"))["extra_body"] == {"thinking": {"type": "disabled"}}
 
 
 def test_an_effort_model_without_its_efforts_is_refused(tmp_path: Path) -> None:
@@ -173,13 +185,13 @@ def test_breaker_states_with_a_fake_clock() -> None:
     assert breaker.state == "closed", "request errors say nothing about upstream health"
     breaker.record_failure("server")
     breaker.record_failure("timeout")
-    assert breaker.state == "open" and not breaker.allow()
+    assert _state(breaker) == "open" and not breaker.allow()
     assert breaker.view().failures == {"server": 1, "timeout": 1}, "what the status page says it opened after"
     now[0] = 10
-    assert breaker.state == "half_open"
+    assert _state(breaker) == "half_open"
     assert breaker.allow() and not breaker.allow(), "one probe at a time"
     breaker.record_success()
-    assert breaker.state == "closed" and breaker.times_opened == 1
+    assert _state(breaker) == "closed" and breaker.times_opened == 1
     assert breaker.view() == BreakerView("closed", None, {}), "a success ends the streak"
 
 

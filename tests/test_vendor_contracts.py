@@ -26,8 +26,9 @@ OPTIONS = CallOptions(timeout=30, headers={})
 def _expectation(name: str) -> dict[str, Any]:
     fixture = FIXTURES[name]
     if "twin" in fixture:
-        return FIXTURES[f"{fixture['vendor']}/{fixture['twin']}"]["expect"]
-    return fixture["expect"]
+        fixture = FIXTURES[f"{fixture['vendor']}/{fixture['twin']}"]
+    expect: dict[str, Any] = fixture["expect"]
+    return expect
 
 
 async def _replay(sim: SimControl, name: str) -> GenerateResponse | UpstreamError:

@@ -26,7 +26,7 @@ from exai.config import load_settings
 from exai.providers.bounded import FetchError, get_json_bounded
 from exai.providers.listings import fetch_listing
 from tests.conftest import Proc, SimControl
-from tests.helpers import tool_error, wait_until
+from tests.helpers import text_of, tool_error, wait_until
 from tests.hostile_listing import hostile_listing
 
 pytestmark = pytest.mark.anyio
@@ -206,7 +206,7 @@ async def test_model_ids_with_control_characters_are_never_shown(daemon: Callabl
         proc = daemon(CUSTOM_API_URL=endpoint.url, CUSTOM_MODELS="", KIMI_BASE_URL=endpoint.url)
         async with Client(f"{proc.url}/mcp") as client:
             listed = await _listing_arrived(client, "kimi")
-            text = (await client.call_tool("listmodels", {})).content[0].text  # type: ignore[union-attr]
+            text = text_of(await client.call_tool("listmodels", {}))
             named = tool_error(await client.call_tool("chat", {"prompt": "p", "model": "kimi-k2.6"}))
         env = {**os.environ, "CUSTOM_API_URL": endpoint.url, "EXAI_DATA_DIR": str(tmp_path)}
         as_json = await anyio.run_process([sys.executable, "-m", "exai", "models", "--json"], env=env, check=False)

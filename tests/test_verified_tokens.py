@@ -44,7 +44,7 @@ def test_the_cache_is_bounded() -> None:
     cache = VerifiedTokens(size=2)
     entry = object()
     for n in range(5):
-        cache.put(bytes([n]), entry)  # type: ignore[arg-type]
+        cache.put(bytes([n]), entry)  # type: ignore[arg-type]  # any object: the cache only holds it
     assert len(cache) == 2
 
 
@@ -61,7 +61,7 @@ def _signing_key(kid: str) -> tuple[rsa.RSAPrivateKey, dict[str, object]]:
 
 
 async def test_a_revoked_signing_key_ends_its_remembered_tokens_through_the_daemon(
-    daemon: Daemon, sim: SimControl, jwks_server: tuple[str, list, list]
+    daemon: Daemon, sim: SimControl, jwks_server: tuple[str, list[dict[str, object]], list[int]]
 ) -> None:
     url, keys, fetches = jwks_server
     old, old_jwk = _signing_key("old")

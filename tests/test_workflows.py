@@ -15,8 +15,9 @@ from mcp import Client
 from exai.conversations.tokens import count_tokens
 from exai.server.mcp import build_server
 from exai.tools import ALL_TOOLS, PROFILES
+from exai.tools.workflow_base import WorkflowTool
 from tests.conftest import MakeServices, Proc, SimControl
-from tests.helpers import tool_error
+from tests.helpers import text_of, tool_error
 
 pytestmark = pytest.mark.anyio
 EXPERT_TOOLS = ["thinkdeep", "debug", "analyze", "codereview", "refactor", "secaudit", "testgen", "docgen", "tracer"]
@@ -45,13 +46,13 @@ async def test_workflow_end_to_end(sim: SimControl, tmp_path: Path, tool: str, m
             tool,
             _step(1, 2, False, relevant_files=[str(code)], issues_found=[{"severity": "high", "description": "eval"}]),
         )
-        assert not first.is_error, first.content[0].text
+        assert not first.is_error, text_of(first)
         data = first.structured_content
         assert data["status"] == "in_progress" and data["required_actions"] and data["steps_recorded"] == [1]
         final = await client.call_tool(
             tool, _step(2, 2, True, continuation_id=data["continuation_id"], confidence="high", **extra)
         )
-    assert not final.is_error, final.content[0].text
+    assert not final.is_error, text_of(final)
     result = final.structured_content
     assert result["continuation_id"] == data["continuation_id"] and result["steps_recorded"] == [1, 2]
     assert result["issues_found"] == [{"severity": "high", "description": "eval"}]
@@ -63,7 +64,9 @@ async def test_workflow_end_to_end(sim: SimControl, tmp_path: Path, tool: str, m
     sent = sim.requests(1)[0]["body"]
     user = sent["messages"][-1]["content"]
     assert "Step 1: step 1" in user and "finding 2" in user and "return eval(x)" in user
-    expert_role = next(t for t in ALL_TOOLS if t.name == tool).spec.expert_role  # type: ignore[attr-defined]
+    workflow = next(t for t in ALL_TOOLS if t.name == tool)
+    assert issubclass(workflow, WorkflowTool), workflow
+    expert_role = workflow.spec.expert_role
     assert sent["messages"][0] == {"role": "system", "content": expert_role}
 
 
@@ -98,7 +101,7 @@ async def test_two_concurrent_workflows_never_see_each_other(sim: SimControl, ma
 
     async def run(client: Client, secret: str) -> str:
         first = await client.call_tool("debug", {**_step(1, 2, False), "findings": secret})
-        thread = first.structured_content["continuation_id"]
+        thread: str = first.structured_content["continuation_id"]
         await client.call_tool("debug", {**_step(2, 2, True, continuation_id=thread), "findings": secret + "-2"})
         return thread
 
@@ -157,7 +160,7 @@ async def test_precommit_reads_the_diff_inside_roots(
     async with Client(build_server(services)) as client:
         result = await client.call_tool("precommit", _step(1, 1, True, path=str(repo)))
         outside = await client.call_tool("precommit", _step(1, 1, True, path="/etc"))
-    assert not result.is_error, result.content[0].text
+    assert not result.is_error, text_of(result)
     sent = json.dumps(sim.requests(1)[0]["body"])
     assert "diff --git a/service.py b/service.py" in sent and "hunter2" in sent
     error = tool_error(outside)
@@ -210,8 +213,9 @@ async def test_a_named_file_is_embedded_or_reported_skipped_with_the_reason(
         final = await client.call_tool(
             "analyze", _step(2, 2, True, relevant_files=[str(files[1])], model=model, continuation_id=thread)
         )
-        assert not final.is_error, final.content[0].text
-        return final.structured_content
+        assert not final.is_error, text_of(final)
+        answer: dict[str, Any] = final.structured_content
+        return answer
 
     async with Client(f"{proc.url}/mcp") as client:
         too_many_tokens = await workflow(client, "sim-tiny", (small, huge))
