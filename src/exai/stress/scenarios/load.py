@@ -99,7 +99,10 @@ async def knee_of(
             f"{missed.storage_p95_ms} ms), {missed.errors} errors"
         )
     if found.throughput is not None and found.throughput is not knee:
-        why += f"; carried {found.throughput.completed_per_s:g} calls/s without errors"
+        why += (
+            f"; carried {found.throughput.completed_per_s:g} calls/s without errors (client p95 "
+            f"{found.throughput.client_p95_ms} ms)"
+        )
     result.check(
         f"capacity knee found ({label})",
         f"first step: overhead p95 <= {OVERHEAD_P95_MS:g} ms, 0 errors",
@@ -117,6 +120,7 @@ def _summary(at: Step, cores: int) -> dict[str, object]:
         "calls_per_s_per_core": round(at.completed_per_s / cores, 1),
         "cores": cores,
         "overhead_p95_ms": at.overhead_p95_ms,
+        "client_p95_ms": at.client_p95_ms,
         "storage_p95_ms": at.storage_p95_ms,
         "daemon_cores_busy": at.daemon_cpu_busy,
         "cpu_ms_per_call": {
