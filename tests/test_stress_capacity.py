@@ -23,7 +23,8 @@ from exai.stress.sim import SimControl
 from exai.stress.target import LOCAL_POSTGRES, LOCAL_REDIS_HOST, Isolation, Target, local_target
 from tests.test_stress import _alive, _descendants
 
-pytestmark = [pytest.mark.anyio, pytest.mark.timeout(900)]  # real daemons on a busy machine
+# real daemons (and nginx) started by the stress target: slow, and a generous bound for a busy machine
+pytestmark = [pytest.mark.anyio, pytest.mark.timeout(900), pytest.mark.stress, pytest.mark.slow]
 LOOSE_BOUND_MS = 60_000.0  # these tests judge the search, not this machine's latency: errors decide, or bound 0
 
 
