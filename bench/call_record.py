@@ -3,7 +3,9 @@
 Measured on the stores themselves (SQLite as the daemon opens it, PostgreSQL on 127.0.0.1 in a throwaway schema),
 one pair of writes at a time and then 16 callers at once, with a result the size of a typical chat answer.
 Reported as p50 and p95 milliseconds per call (insert + finish), beside one thread append of the same call's two
-turns, the write every model call already made before records existed.
+turns, the write every model call already made before records existed. For PostgreSQL also the floor any
+synchronously committed write pays on this machine: a one-row insert back to back, and paced at one every 100 ms
+(a daemon at 10 calls/s: between commits the database's processes sleep and must be woken).
 
 Run: `python bench/call_record.py [--calls 2000] [--postgres postgresql://postgres@127.0.0.1:5432/test]
 [--out bench/results/call_record.json]`
@@ -83,6 +85,23 @@ async def measure(store: Store, calls: int) -> dict[str, Any]:
     }
 
 
+async def commit_floor(url: str, schema: str, commits: int, gap_s: float) -> dict[str, float]:
+    """A one-row insert committed `commits` times, `gap_s` apart: the WAL flush and wake-ups, nothing of ours."""
+    import psycopg
+
+    table = f'"{schema}".commit_floor'
+    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+        await conn.execute(f"CREATE TABLE IF NOT EXISTS {table} (n integer)")
+        taken: list[float] = []
+        for n in range(commits):
+            started = time.perf_counter()
+            await conn.execute(f"INSERT INTO {table} VALUES (%s)", (n,))
+            taken.append(time.perf_counter() - started)
+            if gap_s:
+                await asyncio.sleep(gap_s)
+    return percentiles(taken)
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--calls", type=int, default=2000)
@@ -108,6 +127,8 @@ async def main() -> None:
     try:
         await postgres.migrate()
         results["postgresql"] = await measure(postgres, args.calls)
+        results["postgresql"]["commit_back_to_back"] = await commit_floor(args.postgres, schema, 1000, 0.0)
+        results["postgresql"]["commit_every_100_ms"] = await commit_floor(args.postgres, schema, 300, 0.1)
     finally:
         await postgres.close()
         import psycopg
