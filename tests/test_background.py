@@ -54,3 +54,31 @@ async def test_a_wait_of_none_ends_the_loop_and_close_stops_a_wait() -> None:
     assert waiting.running
     await waiting.close()
     assert not _running(waiting) and len(runs) == 2, "closed during its first wait: it never ran"
+
+
+async def test_closing_a_loop_keeps_the_callers_own_cancellation() -> None:
+    """A caller cancelled while it waits for the loop to stop (Ctrl-C during a stress run's cleanup, say) is still
+    cancelled afterwards: only the loop's own cancellation ends in `close`."""
+    cleaning = asyncio.Event()
+
+    async def work() -> None:
+        try:
+            await asyncio.sleep(3600)
+        finally:  # a run whose cleanup takes a while: the caller waits on it
+            cleaning.set()
+            await asyncio.sleep(30)
+
+    loop = BackgroundLoop("exai-test-loop", work, 60, at_once=True)
+    loop.start()
+    await asyncio.sleep(0)  # the first run begins
+
+    async def close_then_go_on() -> str:
+        await loop.close()
+        return "went on after being cancelled"
+
+    caller = asyncio.create_task(close_then_go_on())
+    await wait_until(cleaning.is_set, "the loop's run began its cleanup")
+    caller.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await caller
+    assert caller.cancelled()

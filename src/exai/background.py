@@ -8,12 +8,25 @@ written (and tested) once.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Awaitable, Callable
 
 from exai.observability.logging import get_logger
 
 log = get_logger(__name__)
+
+
+async def stop_task(task: asyncio.Task[object]) -> None:
+    """Cancel `task` and wait until it has ended. Its own cancellation ends here; a cancellation of the caller that
+    arrives while it waits goes on up (swallowing every CancelledError there would let a cancelled caller, a
+    Ctrl-C'd run say, carry on as if nothing had happened)."""
+    task.cancel()
+    try:
+        await task
+    except asyncio.CancelledError:
+        caller = asyncio.current_task()
+        if caller is not None and caller.cancelling():
+            raise
+
 
 Wait = float | Callable[[], float | None]
 """Seconds between two runs: a number, or a function asked after every run (None: the loop ends there)."""
@@ -56,9 +69,7 @@ class BackgroundLoop:
         """Stop the loop (a run under way is cancelled) and wait until it has stopped."""
         task, self._task = self._task, None
         if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await stop_task(task)
 
     def _next_wait(self) -> float | None:
         return self.every() if callable(self.every) else self.every

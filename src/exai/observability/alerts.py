@@ -10,7 +10,6 @@ condition clears.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -18,7 +17,7 @@ from typing import Any
 
 import httpx2
 
-from exai.background import BackgroundLoop
+from exai.background import BackgroundLoop, stop_task
 from exai.observability.health import Health
 from exai.observability.logging import get_logger
 from exai.observability.stats import Stats, percentile
@@ -169,9 +168,7 @@ class AlertManager:
     async def close(self) -> None:
         await self._evaluating.close()
         if self._delivering is not None:
-            self._delivering.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._delivering
+            await stop_task(self._delivering)
             self._delivering = None
 
     def snapshot(self) -> dict[str, Any]:

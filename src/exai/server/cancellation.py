@@ -25,6 +25,7 @@ from mcp.server.transport_security import DEFAULT_MAX_REQUEST_BODY_SIZE
 from mcp.shared.jsonrpc_dispatcher import cancelled_request_id_from_params
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from exai.background import stop_task
 from exai.observability.logging import get_logger
 from exai.server.request_body import read_body
 
@@ -89,9 +90,7 @@ class CallCancellations:
         try:
             yield
         finally:
-            task.cancel()
-            with suppress(asyncio.CancelledError):
-                await task
+            await stop_task(task)
 
     async def _listen(self, redis: aioredis.Redis) -> None:
         warned = False
