@@ -82,3 +82,35 @@ async def test_closing_a_loop_keeps_the_callers_own_cancellation() -> None:
     with pytest.raises(asyncio.CancelledError):
         await caller
     assert caller.cancelled()
+
+
+async def test_cleanup_of_a_cancelled_caller_closes_every_loop_and_goes_on() -> None:
+    """A caller already cancelled, closing loops in its `finally`, closes all of them and reaches the end of its
+    cleanup; its cancellation still ends it."""
+
+    async def idle() -> None:
+        await asyncio.sleep(3600)
+
+    loops = [BackgroundLoop(f"exai-test-loop-{n}", idle, 60, at_once=True) for n in range(2)]
+    cleaned: list[str] = []
+    started = asyncio.Event()
+
+    async def work_then_clean_up() -> None:
+        for loop in loops:
+            loop.start()
+        try:
+            started.set()
+            await asyncio.sleep(3600)
+        finally:
+            for loop in loops:
+                await loop.close()
+            cleaned.append("done")
+
+    caller = asyncio.create_task(work_then_clean_up())
+    await started.wait()
+    await asyncio.sleep(0)  # the loops' first runs begin
+    caller.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await caller
+    assert cleaned == ["done"], "the cleanup stopped at the first loop it closed"
+    assert not any(_running(loop) for loop in loops)

@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
+from exai.stress import capacity
 from exai.stress.balancer import nginx_binary
 from exai.stress.capacity import Deployment, find_knee
 from exai.stress.context import Context
@@ -56,14 +57,18 @@ async def test_the_knee_is_the_last_step_without_errors(ctx: Context) -> None:
     steps = found.steps
     assert len(steps) == 2, "the search stops at the first step with errors"
     assert found.knee is steps[0] and steps[0].errors == 0 and steps[0].calls >= 4, steps[0]
-    assert found.throughput is not steps[1], "a step with errors is no throughput"
+    assert found.throughput is steps[0], "a step with errors is no throughput"
     assert steps[1].errors > 0 and {s.category for s in samples if not s.ok} == {"rate_limit"}, steps[1]
     assert steps[0].daemon_cpu_ms_per_call > 0 and steps[0].calls_by_replica == [steps[0].calls], steps[0]
 
 
-async def test_past_the_overhead_bound_the_steps_go_on_for_the_throughput(ctx: Context) -> None:
-    """With a bound of 0 ms no step is a knee, but both steps run without errors: the last is the throughput (steps
-    long against a call, so a slow machine still keeps up with 1 call/s)."""
+async def test_past_the_overhead_bound_the_steps_go_on_for_the_throughput(
+    ctx: Context, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With a bound of 0 ms no step is a knee, but both steps run without errors: the last is the throughput. (How
+    far behind the offered rate a step may fall is a wall-clock measure, judged in tests/test_capacity_search.py;
+    here any step without errors keeps up, so a slow machine cannot decide the test.)"""
+    monkeypatch.setattr(capacity, "KEPT_UP", 0.0)
     daemon = await asyncio.to_thread(ctx.target.daemon, "bound")
     await ctx.sim.latency(50)
     found = await find_knee(ctx, Deployment.single(daemon), _sim_pid(ctx.target), [0.5, 1.0], 8.0, [], 0.0)

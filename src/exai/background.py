@@ -8,6 +8,7 @@ written (and tested) once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable
 
 from exai.observability.logging import get_logger
@@ -18,14 +19,19 @@ log = get_logger(__name__)
 async def stop_task(task: asyncio.Task[object]) -> None:
     """Cancel `task` and wait until it has ended. Its own cancellation ends here; a cancellation of the caller that
     arrives while it waits goes on up (swallowing every CancelledError there would let a cancelled caller, a
-    Ctrl-C'd run say, carry on as if nothing had happened)."""
+    Ctrl-C'd run say, carry on as if nothing had happened). A caller already being cancelled when it calls this
+    (cleanup in a `finally`) is not cancelled again: its cleanup goes on to the next statement.
+
+    The caller's cancellation is told apart by its count (`Task.cancelling`), read before and after: the error
+    raised here may be the task's own even when the caller was cancelled too, and a task that swallows its
+    cancellation ends normally while the caller's cancellation was spent on it."""
+    caller = asyncio.current_task()
+    before = caller.cancelling() if caller is not None else 0
     task.cancel()
-    try:
+    with contextlib.suppress(asyncio.CancelledError):
         await task
-    except asyncio.CancelledError:
-        caller = asyncio.current_task()
-        if caller is not None and caller.cancelling():
-            raise
+    if caller is not None and caller.cancelling() > before:
+        raise asyncio.CancelledError
 
 
 Wait = float | Callable[[], float | None]

@@ -101,7 +101,8 @@ class Step:
         return self.errors == 0 and self.overhead_p95_ms is not None and self.overhead_p95_ms <= bound_ms
 
     def kept_up(self) -> bool:
-        """No error, and the calls completed at (nearly) the rate offered: the deployment was not yet saturated."""
+        """No error, and the calls completed at no less than KEPT_UP of the rate offered: a queue may build at such a
+        step (the clients' p95 says how long), but the deployment still carries the rate."""
         return self.errors == 0 and self.completed_per_s >= KEPT_UP * self.offered_per_s
 
 
@@ -210,8 +211,9 @@ async def warm_up(ctx: Context, mcp_url: str, calls: int) -> None:
 
 @dataclass
 class Capacity:
-    """The steps run, the knee (the last step within the overhead bound, with no error) and the throughput (the
-    last step with no error that kept up with the offered rate, whatever its overhead): None when no step was."""
+    """The steps run, the knee (the last of the first steps within the overhead bound, with no error) and the
+    throughput (the last step with no error that was within the bound or kept up with the offered rate): None when
+    no step was."""
 
     steps: list[Step]
     knee: Step | None
@@ -230,7 +232,8 @@ async def find_knee(
     """Step through `rates`: the knee is the last step before the first that misses the bound (overhead p95 over
     `bound_ms`, or an error). Past the knee the steps go on while the deployment keeps up without error, so the run
     also says how many calls/s it carries when its overhead no longer meets the bound (a store whose commits alone
-    take longer, say); the first step with an error, or that falls behind the offered rate, ends the search."""
+    take longer, say). The first step with an error, or over the bound and
+    behind the offered rate, ends the search."""
     steps: list[Step] = []
     knee: Step | None = None
     throughput: Step | None = None
@@ -242,11 +245,12 @@ async def find_knee(
         ctx.progress(number, len(rates), f"{what}: offering {rate:.0f} calls/s")
         done = await step(ctx, deployment, sim_pid, rate, seconds, processes=2, samples=samples)
         steps.append(done)
-        within = within and done.within(bound_ms)
+        inside = done.within(bound_ms)
+        if not (inside or done.kept_up()):  # an error, or past the bound and falling behind: saturated
+            break
+        within = within and inside
         if within:
             knee = done
-        if not done.kept_up():
-            break
         throughput = done
     return Capacity(steps, knee, throughput)
 
