@@ -91,6 +91,17 @@ class Stack:
                 process.kill()
                 process.wait(10)
 
+    def down(self) -> None:
+        """Remove the project's containers, networks and volumes, whatever state they are in (also what a run
+        interrupted during its teardown left: `up` would reuse those containers, with bind mounts into that run's
+        deleted temporary folder)."""
+        binary = compose_binary()
+        files = ["-f", str(ROOT / "compose.yaml"), "-f", str(STAND_INS / "compose.test.yaml")]
+        subprocess.run(
+            [str(binary), "-p", PROJECT, *files, "down", "-v", "--remove-orphans", "--timeout", "20"],
+            cwd=ROOT, env=self.env, capture_output=True, timeout=120, check=False,
+        )  # fmt: skip
+
     def up(self) -> None:
         try:
             self.compose("up", "-d", "--no-build", "--wait", timeout=300)
@@ -152,15 +163,12 @@ def stack(docker_engine: Engine, sim: SimControl, tmp_path: Path) -> Iterator[St
         "CUSTOM_MODELS": "sim-fast",
     }
     stack = Stack(docker_engine, env, port)
+    stack.down()  # a clean slate: nothing of an earlier, interrupted run is reused
     try:
         stack.up()
         yield stack
     finally:
-        subprocess.run(
-            [str(compose_binary()), "-p", PROJECT, "-f", str(ROOT / "compose.yaml"), "-f",
-             str(STAND_INS / "compose.test.yaml"), "down", "-v", "--timeout", "20"],
-            cwd=ROOT, env=env, capture_output=True, timeout=120, check=False,
-        )  # fmt: skip
+        stack.down()
 
 
 def wait_restarted(engine: Engine, container: str, timeout: float = 120) -> None:

@@ -6,6 +6,8 @@ provider, and another tenant's chat on an instant model waited 18.8 s instead of
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import statistics
 import time
 from collections.abc import AsyncIterator, Callable
@@ -82,14 +84,25 @@ async def test_one_consensus_call_asks_a_model_at_most_three_times(daemon: Daemo
 async def test_a_call_that_waits_past_its_deadline_for_the_tenants_share_says_so(
     daemon: Daemon, sim: SimControl
 ) -> None:
+    """One chat holds the tenant's one slot for 20 s; a consensus started once it is upstream waits for the slot
+    past its members' 2 s deadline. (Two members of one call racing for the slot would release and expire at the
+    same instant: which came first would decide the test, not the daemon.)"""
     proc = daemon(EXAI_JWT_SECRET=TEST_JWT_SECRET, EXAI_PROVIDER_CONCURRENCY_PER_TENANT="1")
-    sim.latency(5_000, model="sim-smart")
+    sim.latency(20_000, model="sim-smart")
     members = [{"model": "sim-smart", "stance": stance} for stance in ("for", "against")]
     args = {"prompt": "two at once", "models": members, "per_model_timeout_seconds": 2}
-    async with _client(proc, "mallory") as mallory:
-        result = await mallory.call_tool("consensus", args)
-    errors = [o["error"] for o in result.structured_content["opinions"]]
+    async with _client(proc, "mallory") as holding, _client(proc, "mallory") as mallory:
+        holder = asyncio.create_task(holding.call_tool("chat", {"prompt": "holds the slot", "model": "sim-smart"}))
+        try:
+            await wait_until(lambda: sim.count("requests") >= 1, "the first call holds the slot, upstream")
+            result = await mallory.call_tool("consensus", args)
+        finally:
+            holder.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await holder
+    errors = [o["error"] for o in (result.structured_content or {})["opinions"]]
     queued = [e for e in errors if e["code"] == "local_queue_timeout"]
-    assert len(queued) == 1, f"one member held the tenant's one slot, the other queued for it: {errors}"
+    assert len(queued) == 2, f"both members queued for the slot the first call held: {errors}"
     assert "held by your other calls" in queued[0]["message"], queued
     assert "EXAI_PROVIDER_CONCURRENCY_PER_TENANT" in queued[0]["remedy"], queued
+    assert sim.count("requests") == 1, "only the holder reached the upstream"
