@@ -201,3 +201,34 @@ def test_an_interrupt_is_remembered_when_a_scenario_swallows_the_cancellation() 
             signal.signal(signal.SIGINT, heard.previous)
 
     assert asyncio.run(run()) == 1
+
+
+def _soak_result(calls: int, seconds: float) -> ScenarioResult:
+    result = ScenarioResult(soak.NAME, soak.SUMMARY, soak.CRITERION)
+    result.samples = [Sample(t=seconds * (n + 1) / calls, ms=100.0, ok=True) for n in range(calls)]
+    return result
+
+
+def test_the_soak_judges_memory_once_caches_have_filled_not_after_its_first_seconds() -> None:
+    """RSS that rises by 6% over the first 8% of a long run and then stays flat is warm-up, not a leak (the 2.5-hour
+    soak's RSS rose 16 MB over its first 300,000 calls and not at all over its last 90 minutes)."""
+    result = _soak_result(200_000, 9000.0)
+    readings = [(float(t), 240.0 + 14.0 * min(t, 720) / 720, 72.0) for t in range(0, 9000, 5)]
+    soak.judge_memory(result, readings, judged=True)
+    growth = next(c for c in result.checks if c.name == "RSS growth")
+    assert growth.passed, growth.measured
+    assert result.figures["warm_up_calls"] == 20_000
+
+
+def test_the_soak_fails_a_leak_that_grows_with_every_call() -> None:
+    result = _soak_result(200_000, 9000.0)
+    readings = [(float(t), 240.0 + t / 300, 72.0 + t // 1000) for t in range(0, 9000, 5)]
+    soak.judge_memory(result, readings, judged=True)
+    failed = {c.name for c in result.checks if not c.passed}
+    assert failed == {"RSS growth", "open files flat"}, [(c.name, c.measured) for c in result.checks]
+
+
+def test_the_soak_does_not_judge_memory_without_a_reading_after_warm_up() -> None:
+    result = _soak_result(1_500, 30.0)
+    soak.judge_memory(result, [(float(t), 240.0, 72.0) for t in range(30)], judged=True)
+    assert [(c.name, c.passed) for c in result.checks] == [("RSS growth and open files", False)]
