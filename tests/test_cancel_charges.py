@@ -13,7 +13,7 @@ from mcp import Client
 
 from exai.conversations.tokens import count_tokens
 from tests.conftest import Proc, SimControl
-from tests.helpers import cancel_once_upstream, tool_error, wait_until
+from tests.helpers import cancel_once_upstream, text_of, tool_error, wait_until
 from tests.test_accounting import audit_rows
 from tests.test_long_calls import pending_of
 
@@ -58,3 +58,25 @@ async def test_a_call_cut_upstream_is_charged_its_prompt_and_one_cut_before_cost
         assert row["model"] == "sim-smart" and row["input_tokens"] >= prompt_tokens, row
     calls = [r["outcome"] for r in rows if not r["outcome"].startswith(("cancelled", "task_"))]
     assert calls == ["rate_limited"], rows
+
+
+async def test_attempts_cut_by_their_time_limit_are_charged_their_prompt(
+    daemon: Daemon, sim: SimControl, tmp_path: Path
+) -> None:
+    """An attempt that outlives EXAI_ATTEMPT_TIMEOUT_SECONDS was sent and started: the vendor bills its prompt, so the
+    tenant's budget pays for it too, retries included. Otherwise a prompt that never finishes in time would spend
+    the provider's money for free, (retries + 1) times a call."""
+    proc = daemon(EXAI_RATE_LIMIT_TOKENS_PER_DAY="5000", EXAI_ATTEMPT_TIMEOUT_SECONDS="2", EXAI_MAX_RETRIES="1")
+    sim.fault("think", model="sim-smart", think_seconds=300)  # never answers within an attempt's 2 s
+    async with Client(f"{proc.url}/mcp") as client:
+        timed_out = await client.call_tool("chat", {"prompt": PROMPT, "model": "sim-smart"})
+        await wait_until(lambda: sim.count("disconnects") >= 2, "the simulator saw both attempts cut")
+        over = await client.call_tool("chat", {"prompt": PROMPT, "model": "sim-fast"})
+    assert tool_error(timed_out)["category"] == "timeout", text_of(timed_out)
+    assert sim.count("requests") == 2, "two attempts reached the upstream, and nothing after them"
+    assert tool_error(over)["code"] == "rate_limited_tokens", "two timed-out prompts spent the day's budget"
+
+    rows = [r for r in audit_rows({"EXAI_DATA_DIR": str(tmp_path / "data")}, expected=2) if r["tool"] == "chat"]
+    failed = [r for r in rows if r["outcome"] != "rate_limited"]
+    assert len(failed) == 1 and failed[0]["model"] == "sim-smart", rows
+    assert failed[0]["input_tokens"] >= 2 * count_tokens(PROMPT), failed[0]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import socket
 from typing import Any
 
 import pytest
@@ -163,3 +165,40 @@ async def test_hang_hits_the_timeout_and_the_upstream_sees_the_hang_up(sim: SimC
 
 async def _ignore(chunk: StreamChunk) -> None:
     return None
+
+
+@pytest.mark.parametrize("streamed", [False, True])
+async def test_a_request_that_could_not_be_sent_in_time_is_a_connection_failure_not_a_timeout(
+    streamed: bool, closing: Closing
+) -> None:
+    """A connect timeout means the upstream never had the request: it bills nothing, so the failure is `connection`;
+    `timeout` is kept for a request that was sent and not answered in time (charged its prompt, see
+    tests/test_cancel_charges.py). A listener whose accept queue is full drops new connections: a real connect
+    timeout."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    port = listener.getsockname()[1]
+    queued = [socket.socket() for _ in range(3)]
+    try:
+        for sock in queued:
+            sock.setblocking(False)
+            with contextlib.suppress(BlockingIOError):
+                sock.connect(("127.0.0.1", port))
+        url = f"http://127.0.0.1:{port}"
+        wires = [
+            (closing(OpenAICompatibleProvider("custom", f"{url}/v1", None)), "sim-fast"),
+            (closing(AnthropicProvider("anthropic", url, "key")), "claude-haiku-4-5"),
+        ]
+        request = GenerateRequest(messages=[Message(role="user", content="hello")])
+        for provider, name in wires:
+            model = CATALOGUE.get(name)
+            assert model is not None
+            with pytest.raises(UpstreamError) as caught:
+                await provider.generate(
+                    request, model, CallOptions(timeout=1.0, headers={}), _ignore if streamed else None
+                )
+            assert caught.value.kind == "connection" and "ConnectTimeout" in caught.value.message, (name, caught.value)
+    finally:
+        for sock in (*queued, listener):
+            sock.close()

@@ -23,9 +23,10 @@ Outcome = Literal["ok", "error", "cancelled", "denied", "rate_limited"]
 class ModelCall:
     """One model call inside a tool call: who was asked, who answered, what it was charged.
 
-    A call that failed (`failure` holds its error category) names the model asked and was charged nothing; one
-    cut by a cancellation while its request was upstream (`failure` "cancelled") is charged its prompt and what
-    had streamed back, as the vendor bills it.
+    A call that failed (`failure` holds its error category) or was cancelled (`failure` "cancelled") names the
+    last model tried (or the one asked) and is charged, as the vendor bills it, only its attempts cut on our side
+    after their request was sent (the attempt's time limit, the cancellation): each its prompt and what had
+    streamed back.
     """
 
     requested: str

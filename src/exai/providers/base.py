@@ -238,6 +238,10 @@ def classify_response(status: int, body: str, headers: Mapping[str, str]) -> Ups
     return classify_status(status, body, headers.get("retry-after"), headers.get("retry-after-ms"))
 
 
+_NOT_SENT = (httpx2.ConnectTimeout, httpx2.PoolTimeout, httpx2.WriteTimeout)
+"""Timeouts before the upstream had the whole request: it never started on it, so it bills nothing."""
+
+
 def _upstream_failure(sdk: ModuleType | None, exc: Exception) -> UpstreamError | None:
     """The upstream failure `exc` stands for, or None when it was not the upstream's doing. `sdk` is the vendor
     SDK the request went through (for its exception classes), None for a request sent with httpx2 directly."""
@@ -247,8 +251,10 @@ def _upstream_failure(sdk: ModuleType | None, exc: Exception) -> UpstreamError |
         return classify_response(exc.status_code, exc.response.text, exc.response.headers)
     if isinstance(exc, httpx2.LocalProtocolError) or isinstance(exc.__cause__, httpx2.LocalProtocolError):
         return None  # the request we built breaks HTTP (e.g. a header with a newline): ours, not the upstream's
+    if isinstance(exc, _NOT_SENT) or isinstance(exc.__cause__, _NOT_SENT):  # the SDKs wrap httpx's timeouts
+        return UpstreamError("connection", f"could not send the request in time: {type(exc.__cause__ or exc).__name__}")
     timeout = httpx2.TimeoutException if sdk is None else (sdk.APITimeoutError, httpx2.TimeoutException)
-    if isinstance(exc, timeout):
+    if isinstance(exc, timeout):  # sent, and then no answer in time: the upstream had started on it
         return UpstreamError("timeout", "upstream did not answer in time")
     unreachable = httpx2.TransportError if sdk is None else (sdk.APIConnectionError, httpx2.TransportError)
     if isinstance(exc, unreachable):

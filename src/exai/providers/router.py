@@ -26,7 +26,7 @@ from exai.providers.base import CallOptions, Provider, UpstreamError
 from exai.providers.catalogue import Catalogue, ModelInfo
 from exai.providers.fair_share import TenantShares
 from exai.providers.resilience import BreakerView, CircuitBreaker, backoff_delay, queue_timeout_error, to_exai_error
-from exai.providers.types import DeltaCallback, GenerateRequest, GenerateResponse
+from exai.providers.types import DeltaCallback, GenerateRequest, GenerateResponse, StreamChunk
 
 Category = Literal["fast", "balanced", "reasoning"]
 EventCallback = Callable[[str], Awaitable[None]]
@@ -43,6 +43,15 @@ class Attempt:
     model: str
     outcome: str
     latency_ms: float
+    billed: bool = False
+    """The request reached the upstream and was cut on our side (the attempt's time limit, a cancellation): the
+    vendor bills what it started, the prompt and `streamed`."""
+    streamed: str = ""
+    """Answer and reasoning text streamed back during this attempt."""
+
+    def summary(self) -> dict[str, str | float]:
+        """What an error's details say of the attempt (never the streamed text)."""
+        return {"provider": self.provider, "model": self.model, "outcome": self.outcome, "latency_ms": self.latency_ms}
 
 
 @dataclass(frozen=True)
@@ -328,10 +337,10 @@ class Router:
                     f"({len(attempts)} attempts).",
                     code="deadline_exceeded",
                     remedy="Try again, pick a faster model, or raise EXAI_CALL_DEADLINE_SECONDS.",
-                    details={"attempts": [a.__dict__ for a in attempts]},
+                    details={"attempts": [a.summary() for a in attempts]},
                 )
             assert last is not None
-            last.details["attempts"] = [a.__dict__ for a in attempts]
+            last.details["attempts"] = [a.summary() for a in attempts]
             raise last
         finally:
             if on_attempts is not None:
@@ -360,9 +369,11 @@ class Router:
             started = time.perf_counter()
             # One attempt may take EXAI_ATTEMPT_TIMEOUT_SECONDS, so a hung upstream leaves time to retry or fall back.
             attempt_deadline = min(deadline, time.monotonic() + self.settings.attempt_timeout_seconds)
+            heard: list[str] = []
+            relay = _recording(on_delta, heard) if on_delta is not None else None
             try:
                 async with asyncio.timeout(max(0.0, attempt_deadline - time.monotonic())):
-                    response = await self._send(provider, info, request, attempt_deadline, attempt, on_delta)
+                    response = await self._send(provider, info, request, attempt_deadline, attempt, relay)
             except TimeoutError:
                 exc = UpstreamError("timeout", "no answer within the attempt's time limit")
             except UpstreamError as error:
@@ -371,7 +382,8 @@ class Router:
                 breaker.release_probe()
                 if isinstance(error, asyncio.CancelledError):  # cut while upstream: the vendor bills what it started
                     elapsed = (time.perf_counter() - started) * 1000
-                    attempts.append(Attempt(info.provider, info.name, CUT, elapsed))  # the call's, not a failure
+                    cut = Attempt(info.provider, info.name, CUT, elapsed, billed=True, streamed="".join(heard))
+                    attempts.append(cut)  # the call's, not a failure
                 raise
             else:
                 breaker.record_success()
@@ -380,7 +392,9 @@ class Router:
             finally:
                 self._release_slot(info, tenant)
             elapsed = (time.perf_counter() - started) * 1000
-            self._observe(attempts, Attempt(info.provider, info.name, exc.kind, elapsed))
+            timed_out = exc.kind == "timeout" and exc.status is None  # sent, then cut by our time limit
+            failed = Attempt(info.provider, info.name, exc.kind, elapsed, billed=timed_out, streamed="".join(heard))
+            self._observe(attempts, failed)
             breaker.record_failure(exc.kind)
             log.warning(
                 "upstream_failure",
@@ -490,6 +504,16 @@ class Router:
 
     async def close(self) -> None:
         await asyncio.gather(*(p.close() for p in self.providers.values()), return_exceptions=True)
+
+
+def _recording(on_delta: DeltaCallback, heard: list[str]) -> DeltaCallback:
+    """`on_delta`, keeping what one attempt streamed back (what the vendor bills if the attempt is cut)."""
+
+    async def relay(chunk: StreamChunk) -> None:
+        heard.append(chunk.text + chunk.reasoning)
+        await on_delta(chunk)
+
+    return relay
 
 
 def _rank(model: ModelInfo, category: Category) -> tuple[float, ...]:

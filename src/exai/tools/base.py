@@ -14,12 +14,11 @@ from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 from pydantic import BaseModel, ConfigDict, JsonValue, model_validator
 
 from exai.config import DEFAULT_MAX_PROMPT_CHARS
-from exai.conversations.tokens import count_tokens, count_tokens_async
+from exai.conversations.tokens import count_tokens_async
 from exai.errors import ExaiError
 from exai.observability.events import ModelCall
 from exai.observability.logging import get_logger
 from exai.providers.router import CUT
-from exai.providers.types import StreamChunk
 from exai.security.call_tokens import CallTokens
 
 if TYPE_CHECKING:
@@ -282,22 +281,14 @@ class ToolContext:
         concurrent or many-model calls cannot overspend it by more than their answers; once the call is done the
         reservation is settled with exactly the usage the upstream reported. Only what it did not report is
         estimated: the prompt from `input_tokens`, the answer by counting its text (a stream without usage).
-        A call that fails is charged nothing, and still kept (one audit row per model call). A call cancelled
-        while its request was upstream is charged what the vendor bills for it: the prompt (`input_tokens`) and
-        whatever had streamed back (`cut_model_call`); cancelled before its request was sent, nothing.
+        An attempt that reached the upstream and was then cut on our side (its time limit, or a cancellation of the
+        call) is charged what the vendor bills for it: the prompt (`input_tokens`) and whatever had streamed back
+        during it. Nothing else of a failed call is charged (an upstream error, a request never sent), and a
+        failed or cancelled call is still kept (one audit row per model call).
         """
         services = self._services
         claim = await self.tokens.reserve(input_tokens) if self.tokens is not None else None
         attempts: list[Attempt] = []
-        streamed: list[str] = []
-        on_delta = options.get("on_delta")
-        if on_delta is not None:
-
-            async def counted(chunk: StreamChunk) -> None:
-                streamed.append(chunk.text + chunk.reasoning)
-                await on_delta(chunk)
-
-            options["on_delta"] = counted
 
         def seen(made: list[Attempt]) -> None:
             attempts.extend(made)
@@ -309,31 +300,30 @@ class ToolContext:
                     request, plan=plan, tenant=self.tenant, on_attempts=seen, **options
                 )
             self._answers += 1  # paid for from here on, before anything else is awaited (see `answered`)
-        except ExaiError as exc:
-            self.model_calls.append(failed_model_call(plan, exc))  # the status page and audit show the model
-            raise
-        except BaseException:  # cancelled: charged if its request had reached the upstream
-            if attempts and attempts[-1].outcome == CUT:
-                cut = cut_model_call(plan, attempts, input_tokens, "".join(streamed), services.router)
-                self.model_calls.append(cut)
+        except BaseException as exc:  # failed, or cancelled: charged what its cut attempts cost
+            if isinstance(exc, ExaiError) or any(a.billed for a in attempts):  # the status page and audit show it
+                failure = exc.category.value if isinstance(exc, ExaiError) else CUT
+                unanswered = await unanswered_model_call(plan, attempts, input_tokens, failure, services.router)
+                self.model_calls.append(unanswered)
                 if claim is not None:
-                    claim.used = cut.tokens
+                    claim.used = unanswered.tokens
             raise
         response = result.response
         info = services.router.catalogue.get(response.model)
         usage = response.usage
         charged_in = usage.input_tokens or input_tokens
         charged_out = usage.output_tokens or await count_tokens_async(response.text + (response.reasoning or ""))
+        cut = await cut_attempts(attempts, input_tokens, services.router)
         if claim is not None:
-            claim.used = charged_in + charged_out
+            claim.used = charged_in + charged_out + cut.input_tokens + cut.output_tokens
         self.model_calls.append(
             ModelCall(
                 requested=plan.requested,
                 provider=response.provider,
                 model=response.model,
-                input_tokens=charged_in,
-                output_tokens=charged_out,
-                cost_usd=round(info.cost(charged_in, charged_out), 8) if info else 0.0,
+                input_tokens=charged_in + cut.input_tokens,
+                output_tokens=charged_out + cut.output_tokens,
+                cost_usd=round((info.cost(charged_in, charged_out) if info else 0.0) + cut.cost_usd, 8),
                 latency_ms=round(response.upstream_latency_ms, 2),
                 fallbacks=tuple(result.fallbacks),
                 retries=result.retries,
@@ -342,49 +332,51 @@ class ToolContext:
         return result
 
 
-def cut_model_call(
-    plan: RoutePlan, attempts: list[Attempt], input_tokens: int, streamed: str, router: Router
+@dataclass
+class CutCost:
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost_usd: float = 0.0
+
+
+async def cut_attempts(attempts: list[Attempt], input_tokens: int, router: Router) -> CutCost:
+    """What the attempts cut on our side after their request reached the upstream cost, as the vendor bills them:
+    each its prompt as we counted it and what it had streamed back."""
+    cost = CutCost()
+    for attempt in attempts:
+        if not attempt.billed:
+            continue
+        output_tokens = await count_tokens_async(attempt.streamed) if attempt.streamed else 0
+        info = router.catalogue.get(attempt.model)
+        cost.input_tokens += input_tokens
+        cost.output_tokens += output_tokens
+        cost.cost_usd += info.cost(input_tokens, output_tokens) if info else 0.0
+    return cost
+
+
+async def unanswered_model_call(
+    plan: RoutePlan, attempts: list[Attempt], input_tokens: int, failure: str, router: Router
 ) -> ModelCall:
-    """The model call a cancellation cut while its request was upstream, charged as the vendor bills it: the
-    prompt as we counted it and the answer (or reasoning) streamed back before the cut (`failure` "cancelled")."""
-    last = attempts[-1]
-    output_tokens = count_tokens(streamed) if streamed else 0
-    info = router.catalogue.get(last.model)
-    models = list(dict.fromkeys(a.model for a in attempts if a.outcome != "breaker_open"))
+    """The model call a failure or a cancellation (`failure` "cancelled") stands for: the last model tried, its
+    fallbacks and retries (as for an answered call: every attempt after the first), or the model asked when none
+    was tried; charged only what its cut attempts cost (`cut_attempts`)."""
+    tried = [a for a in attempts if a.outcome != "breaker_open"]
+    if not tried:
+        first = plan.first
+        return ModelCall(plan.requested, first.provider, first.name, 0, 0, 0.0, 0.0, failure=failure)
+    cut = await cut_attempts(tried, input_tokens, router)
+    models = list(dict.fromkeys(a.model for a in tried))
+    last = tried[-1]
     return ModelCall(
         requested=plan.requested,
         provider=last.provider,
         model=last.model,
-        input_tokens=input_tokens,
-        output_tokens=output_tokens,
-        cost_usd=round(info.cost(input_tokens, output_tokens), 8) if info else 0.0,
-        latency_ms=round(sum(a.latency_ms for a in attempts if a.outcome != "breaker_open"), 2),
+        input_tokens=cut.input_tokens,
+        output_tokens=cut.output_tokens,
+        cost_usd=round(cut.cost_usd, 8),
+        latency_ms=round(sum(a.latency_ms for a in tried), 2),
         fallbacks=tuple(models[1:]),
-        retries=len([a for a in attempts if a.outcome != "breaker_open"]) - 1,
-        failure=CUT,
-    )
-
-
-def failed_model_call(plan: RoutePlan, error: ExaiError) -> ModelCall:
-    """The model call a router failure stands for, charged nothing: the last model tried, its fallbacks and
-    retries (as for an answered call: every attempt after the first), or the model asked when none was tried."""
-    attempts = [a for a in error.details.get("attempts", []) if a.get("outcome") != "breaker_open"]
-    failure = error.category.value
-    if not attempts:
-        first = plan.first
-        return ModelCall(plan.requested, first.provider, first.name, 0, 0, 0.0, 0.0, failure=failure)
-    models = list(dict.fromkeys(a["model"] for a in attempts))
-    last = attempts[-1]
-    return ModelCall(
-        requested=plan.requested,
-        provider=last["provider"],
-        model=last["model"],
-        input_tokens=0,
-        output_tokens=0,
-        cost_usd=0.0,
-        latency_ms=round(sum(a["latency_ms"] for a in attempts), 2),
-        fallbacks=tuple(models[1:]),
-        retries=len(attempts) - 1,
+        retries=len(tried) - 1,
         failure=failure,
     )
 
