@@ -46,6 +46,11 @@ class CircuitBreaker:
     """The same moment on the wall clock (for people: the status page, alerts)."""
     probing: bool = False
     times_opened: int = field(default=0)
+    culprits: set[str | None] = field(default_factory=set)
+    """The tenants whose calls failed since the last success. While that is one tenant, the breaker is open for it
+    alone: one tenant's poison prompts (requests that never finish in time, say) must not take a model away from
+    every tenant. Another tenant's call goes through and judges the upstream: its success closes the breaker, its
+    failure makes it an outage, open for all."""
 
     @property
     def state(self) -> BreakerState:
@@ -55,6 +60,13 @@ class CircuitBreaker:
             return "half_open"
         return "open"
 
+    def state_for(self, tenant: str | None) -> BreakerState:
+        """The state as `tenant` meets it: closed while every failure so far is another single tenant's."""
+        return "closed" if self._others_alone(tenant) else self.state
+
+    def _others_alone(self, tenant: str | None) -> bool:
+        return tenant is not None and len(self.culprits) == 1 and tenant not in self.culprits
+
     def view(self) -> BreakerView:
         return BreakerView(self.state, self.opened_on, dict(self.failures))
 
@@ -63,8 +75,10 @@ class CircuitBreaker:
             return 0.0
         return max(0.0, self.cooldown - (self.clock() - self.opened_at))
 
-    def allow(self) -> bool:
-        """May a call go through now? In half-open state only one probe at a time does."""
+    def allow(self, tenant: str | None = None) -> bool:
+        """May a call of `tenant` go through now? In half-open state only one probe at a time does."""
+        if self._others_alone(tenant):
+            return True
         state = self.state
         if state == "closed":
             return True
@@ -75,14 +89,16 @@ class CircuitBreaker:
 
     def record_success(self) -> None:
         self.failures.clear()
+        self.culprits.clear()
         self.opened_at = self.opened_on = None
         self.probing = False
 
-    def record_failure(self, kind: FailureKind) -> None:
+    def record_failure(self, kind: FailureKind, tenant: str | None = None) -> None:
         if kind not in BREAKER_KINDS:
             self.probing = False
             return
         self.failures[kind] += 1
+        self.culprits.add(tenant)
         if self.probing or self.failures.total() >= self.threshold:
             if self.opened_at is None or self.probing:
                 self.times_opened += 1

@@ -158,9 +158,12 @@ class Router:
             )
         return self._breakers[key]
 
-    def breaker_state(self, model: ModelInfo) -> str:
+    def breaker_state(self, model: ModelInfo, tenant: str | None = None) -> str:
+        """The model's breaker as `tenant` meets it (see `CircuitBreaker.culprits`), or as everyone does."""
         breaker = self._breakers.get((model.provider, model.name))
-        return breaker.state if breaker else "closed"
+        if breaker is None:
+            return "closed"
+        return breaker.state if tenant is None else breaker.state_for(tenant)
 
     def resolve(self, name: str) -> ModelInfo:
         """An explicit model name or alias, checked against what is configured and allowed."""
@@ -195,6 +198,7 @@ class Router:
         needs_images: bool = False,
         *,
         allow_fallback: bool | None = None,
+        tenant: str | None = None,
     ) -> RoutePlan:
         """Select the models for one call, once: the first is the one to size the prompt for.
 
@@ -246,7 +250,7 @@ class Router:
             falls_back = self.settings.fallback_from_explicit_model if allow_fallback is None else allow_fallback
             return RoutePlan(requested, (first, *(self._fallback_chain(first, available) if falls_back else [])))
         ranked = sorted(available, key=lambda m: _rank(m, category))
-        healthy = [m for m in ranked if self.breaker_state(m) != "open"]
+        healthy = [m for m in ranked if self.breaker_state(m, tenant) != "open"]
         ordered = healthy + [m for m in ranked if m not in healthy]
         if allow_fallback is False:
             return RoutePlan(requested, (ordered[0],))
@@ -287,7 +291,7 @@ class Router:
         sleep_until = min(deadline, time.monotonic() + patience) if patience else deadline
         if plan is None:
             needs_images = any(m.images for m in request.messages)
-            plan = self.plan(model, category, needs_images, allow_fallback=allow_fallback)
+            plan = self.plan(model, category, needs_images, allow_fallback=allow_fallback, tenant=tenant)
         queue = list(plan.candidates)
         attempts: list[Attempt] = []
         try:
@@ -298,7 +302,7 @@ class Router:
             while queue:
                 info = queue.pop(0)
                 breaker = self.breaker(info)
-                if not breaker.allow():
+                if not breaker.allow(tenant):
                     skipped_open.append(breaker)
                     attempts.append(Attempt(info.provider, info.name, "breaker_open", 0.0))
                     continue
@@ -395,7 +399,7 @@ class Router:
             timed_out = exc.kind == "timeout" and exc.status is None  # sent, then cut by our time limit
             failed = Attempt(info.provider, info.name, exc.kind, elapsed, billed=timed_out, streamed="".join(heard))
             self._observe(attempts, failed)
-            breaker.record_failure(exc.kind)
+            breaker.record_failure(exc.kind, tenant)
             log.warning(
                 "upstream_failure",
                 provider=info.provider,
@@ -404,7 +408,7 @@ class Router:
                 status=exc.status,
                 attempt=attempt + 1,
             )
-            if not exc.retryable or attempt == self.settings.max_retries or breaker.state == "open":
+            if not exc.retryable or attempt == self.settings.max_retries or breaker.state_for(tenant) == "open":
                 raise exc
             if exc.retry_after is not None and exc.retry_after > self.settings.retry_max_delay_seconds:
                 raise exc  # the upstream wants longer than we wait: the next model now, or fail with its hint
@@ -420,7 +424,7 @@ class Router:
             if on_event:
                 await on_event(f"{info.provider}/{info.name}: {exc.kind}; retrying in {delay:.2f} s")
             await asyncio.sleep(delay)
-            if not breaker.allow():
+            if not breaker.allow(tenant):
                 raise exc
         raise AssertionError("unreachable")
 

@@ -90,6 +90,9 @@ class FaultRule(BaseModel):
     kind: FaultKind
     rate: float = Field(default=1.0, ge=0.0, le=1.0)
     count: int | None = Field(default=None, ge=1, description="fire this many times, then stop")
+    prompt_contains: str | None = Field(
+        default=None, min_length=1, description="only for requests whose newest prompt contains this text"
+    )
     retry_after: float | None = Field(default=None, ge=0)
     retry_after_ms: float | None = Field(default=None, ge=0, description="sent as the retry-after-ms header (429)")
     hang_seconds: float = Field(default=600.0, gt=0)
@@ -131,13 +134,15 @@ class SimState:
     markers: dict[str, list[int]] = field(default_factory=dict)  # marker -> [received, answered]
     rng: random.Random = field(default_factory=lambda: random.Random(7))
 
-    def pick_fault(self, model: str, kinds: tuple[str, ...] | None = None) -> FaultRule | None:
-        """The fault to apply to a request for `model` (rules for "*" too, unless `kinds` narrows them: then only
-        rules naming `model` itself, of those kinds)."""
+    def pick_fault(self, model: str, kinds: tuple[str, ...] | None = None, prompt: str = "") -> FaultRule | None:
+        """The fault to apply to a request for `model` whose newest prompt is `prompt` (rules for "*" too, unless
+        `kinds` narrows them: then only rules naming `model` itself, of those kinds)."""
         for rule in self.faults:
             if rule.model not in ("*", model) or (
                 kinds is not None and (rule.model != model or rule.kind not in kinds)
             ):
+                continue
+            if rule.prompt_contains is not None and rule.prompt_contains not in prompt:
                 continue
             if rule.count is not None and rule.count <= 0:
                 continue
@@ -357,7 +362,7 @@ class Simulator:
         marks = MARKER.findall(users[-1]) if users else []  # the newest prompt only: history repeats old ones
         for mark in marks:
             state.markers.setdefault(mark, [0, 0])[0] += 1
-        fault = state.pick_fault(parsed.model)
+        fault = state.pick_fault(parsed.model, prompt=users[-1] if users else "")
         state.in_flight += 1
         state.max_in_flight = max(state.max_in_flight, state.in_flight)
         try:

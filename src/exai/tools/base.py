@@ -267,7 +267,7 @@ class ToolContext:
         self, requested: str, category: Category = "balanced", needs_images: bool = False, **options: Any
     ) -> RoutePlan:
         """The models this call may use, in order, selected once (see `Router.plan`)."""
-        return self._services.router.plan(requested, category, needs_images, **options)
+        return self._services.router.plan(requested, category, needs_images, tenant=self.tenant, **options)
 
     def _upstream_attempts(self, attempts: list[Attempt]) -> None:
         self.upstream_seconds += sum(a.latency_ms for a in attempts if a.outcome != "breaker_open") / 1000

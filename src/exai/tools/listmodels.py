@@ -75,7 +75,7 @@ class ListModelsTool(Tool[ListModelsInput, ListModelsOutput]):
                 provider=m.provider,
                 aliases=m.aliases,
                 capabilities=m.capabilities(),
-                breaker=router.breaker_state(m),
+                breaker=router.breaker_state(m, ctx.tenant),  # as this tenant meets it
                 listed_by_vendor=router.vendor_lists(m),
             )
             for m in available

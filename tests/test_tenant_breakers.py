@@ -1,0 +1,73 @@
+"""One tenant's failing calls cannot open a model's circuit breaker for every other tenant.
+
+A breaker is shared by the daemon's tenants, so a tenant whose prompts never finish within the attempt's time limit
+(an answer asked to run for hours, say) used to open it for everyone after a few calls: a denial of service with a
+narrow token. The breaker now stays open for that tenant alone until another tenant's call fails too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from mcp import Client
+from mcp.types import CallToolResult
+
+from exai.security.auth import issue_token
+from tests.conftest import TEST_JWT_SECRET, Proc, SimControl
+from tests.helpers import mcp_client, text_of, tool_error
+
+pytestmark = [pytest.mark.anyio, pytest.mark.timeout(300)]
+Daemon = Callable[..., Proc]
+
+
+async def _chat(proc: Proc, tenant: str, prompt: str) -> CallToolResult:
+    token = issue_token(TEST_JWT_SECRET, tenant, ["exai:tools"], 900)
+    async with mcp_client(proc.url, token) as client:
+        return await _ask(client, prompt)
+
+
+async def _ask(client: Client, prompt: str) -> CallToolResult:
+    args: dict[str, Any] = {"prompt": prompt, "model": "sim-fast"}
+    return await client.call_tool("chat", args)
+
+
+async def test_one_tenants_poison_prompts_open_the_breaker_for_that_tenant_alone(
+    daemon: Daemon, sim: SimControl
+) -> None:
+    proc = daemon(
+        EXAI_JWT_SECRET=TEST_JWT_SECRET,
+        EXAI_BREAKER_FAILURE_THRESHOLD="2",
+        EXAI_ATTEMPT_TIMEOUT_SECONDS="2",
+        EXAI_MAX_RETRIES="0",
+    )
+    sim.fault("hang", model="sim-fast", hang_seconds=300, prompt_contains="poison")
+    for n in range(2):
+        failed = await _chat(proc, "mallory", f"poison {n}")
+        assert tool_error(failed)["category"] == "timeout", text_of(failed)
+    own = await _chat(proc, "mallory", "an honest question")
+    assert tool_error(own)["code"] == "breakers_open", "the tenant whose calls failed meets the open breaker"
+    sent = sim.count("requests")
+    answered = await _chat(proc, "alice", "hello")
+    assert not answered.is_error, text_of(answered)
+    assert sim.count("requests") == sent + 1
+    again = await _chat(proc, "mallory", "an honest question")
+    assert not again.is_error, "another tenant's success closed the breaker: " + text_of(again)
+
+
+async def test_failures_of_two_tenants_are_an_outage_and_open_the_breaker_for_all(
+    daemon: Daemon, sim: SimControl
+) -> None:
+    proc = daemon(EXAI_JWT_SECRET=TEST_JWT_SECRET, EXAI_BREAKER_FAILURE_THRESHOLD="2", EXAI_MAX_RETRIES="0")
+    sim.fault("503", model="sim-fast")
+    for n in range(2):
+        assert tool_error(await _chat(proc, "mallory", f"question {n}"))["code"] != "breakers_open"
+    judged = await _chat(proc, "alice", "hello")
+    assert tool_error(judged)["code"] != "breakers_open", "alice's call went upstream and judged it: it failed too"
+    sent = sim.count("requests")
+    assert sent == 3
+    for tenant in ("bob", "alice", "mallory"):
+        refused = await _chat(proc, tenant, "hello")
+        assert tool_error(refused)["code"] == "breakers_open", (tenant, text_of(refused))
+    assert sim.count("requests") == sent, "with the upstream down for two tenants, nothing more was sent"
