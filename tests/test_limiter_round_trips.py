@@ -115,7 +115,8 @@ async def test_the_prepayment_is_taken_only_when_it_fits_and_settled_exactly(red
         RedisLimiter(redis, Limits(tokens_per_day=1000), {}, "open", 60),
         LocalLimiter(Limits(tokens_per_day=1000), {}),
     ):
-        limiter.prepay_sizes["chat"] = 400
+        limiter.prepay_sizes[(tenant, "chat")] = 400
+        limiter.prepay_sizes[("someone else", "chat")] = 100_000  # another tenant's sizes are never this one's
         call = await CallTokens.admit(limiter, tenant, "chat", holds_slot=True, asks_model=True)
         assert call.lease is not None and call.lease.prepaid is not None and call.lease.prepaid.tokens == 450
         claim = await call.reserve(300)  # drawn from the prepayment
@@ -124,7 +125,10 @@ async def test_the_prepayment_is_taken_only_when_it_fits_and_settled_exactly(red
         assert failed.reservation is claim.reservation
         await call.close()
         await call.close()  # settled once, however often it is closed
-        limiter.prepay_sizes["chat"] = 900  # 1.125 * 900 does not fit what is left of 1000: nothing is prepaid
+        assert limiter.prepay_sizes[(tenant, "chat")] == 400, "what this tenant's call reserved in all"
+        limiter.prepay_sizes[(tenant, "chat")] = (
+            900  # 1.125 * 900 does not fit what is left of 1000: nothing is prepaid
+        )
         big = await CallTokens.admit(limiter, tenant, "chat", holds_slot=True, asks_model=True)
         assert big.lease is not None and big.lease.prepaid is None
         (await big.reserve(600)).used = 650  # a reservation of its own, checked against the budget

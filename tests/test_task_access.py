@@ -110,6 +110,20 @@ def test_task_requests_count_against_a_window_of_their_own(daemon: Daemon, sim: 
     assert "result" in Session(proc, bearer("alice", ["exai:tools"])).rpc("tasks/list", {}), "another tenant"
 
 
+def test_collect_counts_against_the_task_window_like_the_polls_it_stands_for(daemon: Daemon, sim: SimControl) -> None:
+    """`collect` holds no slot of its own (the call it waits for holds one), so it used to count against no limit:
+    150 calls a second, each reading the store and writing an audit row."""
+    proc = daemon(EXAI_JWT_SECRET=TEST_JWT_SECRET, EXAI_RATE_LIMIT_TASK_RPM="3")
+    mallory = Session(proc, bearer("mallory", ["exai:tools"]))
+    params = {"name": "collect", "arguments": {"task_id": "0" * 32}}
+    answers = [mallory.rpc("tools/call", params)["result"] for _ in range(4)]
+    codes = [a["_meta"]["exai/error"]["code"] for a in answers]
+    assert codes == ["unknown_task"] * 3 + ["rate_limited_tasks"], codes
+    assert "collect" in answers[-1]["content"][0]["text"], answers[-1]
+    alice = Session(proc, bearer("alice", ["exai:tools"]))
+    assert alice.rpc("tools/call", params)["result"]["_meta"]["exai/error"]["code"] == "unknown_task", "her own window"
+
+
 def test_a_negative_task_ttl_is_refused_as_invalid_before_anything_is_spent(daemon: Daemon, sim: SimControl) -> None:
     proc = daemon(EXAI_JWT_SECRET=TEST_JWT_SECRET)
     alice = Session(proc, bearer("alice", ["exai:tools"]))

@@ -195,6 +195,39 @@ def test_breaker_states_with_a_fake_clock() -> None:
     assert breaker.view() == BreakerView("closed", None, {}), "a success ends the streak"
 
 
+def test_one_tenants_failures_keep_out_that_tenant_and_an_outage_keeps_out_everyone() -> None:
+    now = [0.0]
+    breaker = CircuitBreaker(threshold=2, cooldown=10, clock=lambda: now[0])
+    for _ in range(2):
+        breaker.record_failure("timeout", "mallory")
+    assert breaker.state_for("mallory") == "open" and not breaker.allow("mallory")
+    assert breaker.state_for("alice") == "closed" and breaker.allow("alice"), "another tenant judges the upstream"
+    assert breaker.view().state == "open" and breaker.view().open_for == ("mallory",)
+    breaker.record_failure("server", "alice")  # one failure of alice's, beside mallory's two: not yet an outage
+    assert breaker.state_for("alice") == "closed" and breaker.state_for("bob") == "closed"
+    breaker.record_failure("server", "alice")  # every tenant but the worst one failed `threshold` times
+    assert all(breaker.state_for(t) == "open" for t in ("alice", "bob", "mallory", None))
+    assert breaker.view().open_for == (), "open for everyone"
+    now[0] = 10
+    assert breaker.allow("bob") and not breaker.allow("alice"), "one probe at a time, whoever's it is"
+    breaker.release_probe("alice")  # a call of alice's that was not the probe leaves it out
+    breaker.record_failure("bad_request", "alice")
+    assert not breaker.allow("mallory")
+    breaker.release_probe("bob")
+    assert breaker.allow("mallory")
+    breaker.record_success()
+    assert breaker.view() == BreakerView("closed", None, {}) and breaker.allow("mallory")
+
+
+def test_with_one_tenant_the_breaker_is_a_plain_breaker() -> None:
+    breaker = CircuitBreaker(threshold=3, cooldown=10, clock=lambda: 0.0)
+    for n in range(3):
+        assert breaker.allow("local"), n
+        breaker.record_failure("connection", "local")
+    assert breaker.state_for("local") == "open" and not breaker.allow("local")
+    assert breaker.times_opened == 1
+
+
 def test_backoff_is_jittered_exponential_and_honours_retry_after() -> None:
     rng = random.Random(1)
     delays = [backoff_delay(attempt, 0.5, 8, None, rng) for attempt in range(6)]

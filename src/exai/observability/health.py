@@ -33,6 +33,8 @@ class _BreakerView(Protocol):
     def opened_at(self) -> float | None: ...
     @property
     def failures(self) -> Mapping[str, int]: ...
+    @property
+    def open_for(self) -> tuple[str, ...]: ...
 
 
 class RouterView(Protocol):
@@ -49,6 +51,8 @@ class Breaker(BaseModel):
     state: str
     since: float | None = None
     reason: str
+    open_for: list[str] = []
+    """The tenants it keeps out, when not everyone (their own calls failed, nobody else's did)."""
 
 
 class ProviderHealth(BaseModel):
@@ -120,7 +124,7 @@ class Health:
         tried = sum(n for kind, n in attempts.items() if kind != "breaker_open")
         window = f"in the last {self.window_seconds:g} s"
         health: ProviderState
-        if breakers and models and {b.model for b in breakers if b.state == "open"} >= set(models):
+        if breakers and models and {b.model for b in breakers if b.state == "open" and not b.open_for} >= set(models):
             health, reason = "down", "every model's circuit breaker is open: " + "; ".join(b.reason for b in breakers)
         elif breakers:
             health, reason = "degraded", "; ".join(b.reason for b in breakers)
@@ -148,15 +152,18 @@ class Health:
 
     def _breaker(self, model: str, view: _BreakerView) -> Breaker:
         state, since, cause = view.state, view.opened_at, _failures(view)
+        scope = (
+            f" for tenant {', '.join(view.open_for)} only (other tenants' calls go through)" if view.open_for else ""
+        )
         if state == "open":
             retry = f", next probe at {clock_time(since + self.breaker_cooldown)}" if since else ""
             opened = f" since {clock_time(since)}" if since else ""
-            reason = f"{model}: breaker open{opened}{cause}{retry}"
+            reason = f"{model}: breaker open{scope}{opened}{cause}{retry}"
         elif state == "half_open":
-            reason = f"{model}: breaker half-open (the next call probes it){cause}"
+            reason = f"{model}: breaker half-open{scope} (the next call probes it){cause}"
         else:
             reason = f"{model}: breaker {state}"
-        return Breaker(model=model, state=state, since=since, reason=reason)
+        return Breaker(model=model, state=state, since=since, reason=reason, open_for=list(view.open_for))
 
     @staticmethod
     def overall(providers: list[ProviderHealth]) -> str:

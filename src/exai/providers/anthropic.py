@@ -61,7 +61,7 @@ class AnthropicProvider:
             message = await self._client.messages.create(
                 model=model.name,
                 messages=_messages(request),  # type: ignore[arg-type]
-                timeout=options.timeout,
+                timeout=options.transport_timeout,
                 extra_headers=dict(options.headers),
                 **anthropic_params(request, model),
             )
@@ -91,7 +91,7 @@ class AnthropicProvider:
                 model=model.name,
                 messages=_messages(request),  # type: ignore[arg-type]
                 stream=True,
-                timeout=options.timeout,
+                timeout=options.transport_timeout,
                 extra_headers=dict(options.headers),
                 **anthropic_params(request, model),
             )

@@ -40,12 +40,24 @@ RETRYABLE: frozenset[FailureKind] = frozenset({"rate_limit", "timeout", "connect
 log = get_logger(__name__)
 
 
+CONNECT_SECONDS = 10.0
+"""The longest an attempt waits to connect to its upstream (half the attempt when that is shorter)."""
+
+
 @dataclass
 class CallOptions:
     """Per-call transport options. Header values are checked here, so every wire refuses the same ones."""
 
     timeout: float
     headers: Mapping[str, str]
+
+    @property
+    def transport_timeout(self) -> httpx2.Timeout:
+        """`timeout` for the whole request, with connecting and waiting for a pooled connection ending well before
+        it: a request the upstream never received fails as `connection` (free), never as the attempt's time limit,
+        which is charged as a request the upstream had started on (see `Attempt.billed`)."""
+        before_sending = min(CONNECT_SECONDS, self.timeout / 2)
+        return httpx2.Timeout(self.timeout, connect=before_sending, pool=before_sending)
 
     def __post_init__(self) -> None:
         for name, value in self.headers.items():

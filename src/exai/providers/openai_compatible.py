@@ -111,7 +111,7 @@ class OpenAICompatibleProvider:
                 self._completions_url,
                 content=self._body(request, model),
                 headers={**self._headers, **options.headers},
-                timeout=options.timeout,
+                timeout=options.transport_timeout,
             )
         if not 200 <= answer.status_code < 300:  # a redirect is not an answer either (httpx does not follow it)
             raise classify_response(answer.status_code, answer.text, answer.headers)
@@ -142,7 +142,7 @@ class OpenAICompatibleProvider:
             body = self._body(request, model, stream=True, stream_options={"include_usage": True})
             headers = {**self._headers, "Accept": "text/event-stream", **options.headers}
             sent = self._http.build_request(
-                "POST", self._completions_url, content=body, headers=headers, timeout=options.timeout
+                "POST", self._completions_url, content=body, headers=headers, timeout=options.transport_timeout
             )
             answer = await self._http.send(sent, stream=True)
         try:

@@ -20,17 +20,29 @@ BREAKER_KINDS: frozenset[FailureKind] = frozenset({"server", "timeout", "connect
 
 @dataclass(frozen=True)
 class BreakerView:
-    """A breaker as people see it: its state, when it last opened (wall clock), and the upstream failures since the
-    model's last success that count against its health, by kind."""
+    """A breaker as people see it: its state, when it last opened (wall clock), the upstream failures since the
+    model's last success that count against its health, by kind, and, when it is open for some tenants only (their
+    own calls failed, nobody else's did), which."""
 
     state: BreakerState
     opened_at: float | None
     failures: dict[str, int]
+    open_for: tuple[str, ...] = ()
+
+
+_NO_PROBE = object()
+"""`CircuitBreaker.prober` while no probe is out."""
 
 
 @dataclass
 class CircuitBreaker:
-    """Opens after `threshold` consecutive failures; lets one probe through after `cooldown` seconds.
+    """Opens after `threshold` failures in a row; lets one probe through after `cooldown` seconds.
+
+    The daemon's tenants share it, and one tenant must not take a model away from the others: a tenant is kept
+    out by its own `threshold` failures since the model's last success, and everyone is only once the failures of
+    every tenant but the worst one reach `threshold` too (an outage, seen by more than one tenant). So one tenant's
+    poison prompts (requests that never finish in time, say) keep out that tenant alone, while another tenant's
+    call still goes upstream, and its success closes the breaker. With one tenant it is a plain breaker.
 
     The one record of a model's upstream health: the router, the status page, `/metrics` and the alert rules all
     read it (through `view`)."""
@@ -40,35 +52,45 @@ class CircuitBreaker:
     clock: Callable[[], float] = time.monotonic
     failures: Counter[str] = field(default_factory=Counter)
     """Failures since the last success that say something about the upstream (BREAKER_KINDS), by kind."""
+    by_tenant: Counter[str | None] = field(default_factory=Counter)
+    """The same failures, by the tenant whose call met them."""
     opened_at: float | None = None
-    """When it last opened, on `clock` (for the cooldown)."""
+    """When it last opened, for anyone, on `clock` (for the cooldown)."""
     opened_on: float | None = None
     """The same moment on the wall clock (for people: the status page, alerts)."""
-    probing: bool = False
+    prober: object = _NO_PROBE
+    """The tenant whose call is the half-open probe."""
     times_opened: int = field(default=0)
-    culprits: set[str | None] = field(default_factory=set)
-    """The tenants whose calls failed since the last success. While that is one tenant, the breaker is open for it
-    alone: one tenant's poison prompts (requests that never finish in time, say) must not take a model away from
-    every tenant. Another tenant's call goes through and judges the upstream: its success closes the breaker, its
-    failure makes it an outage, open for all."""
+
+    @property
+    def _outage(self) -> bool:
+        worst = max(self.by_tenant.values(), default=0)
+        return self.by_tenant.total() - worst >= self.threshold
+
+    def _keeps_out(self, tenant: str | None) -> bool:
+        return self.by_tenant[tenant] >= self.threshold or self._outage
+
+    def _timed(self) -> BreakerState:
+        assert self.opened_at is not None
+        return "half_open" if self.clock() - self.opened_at >= self.cooldown else "open"
 
     @property
     def state(self) -> BreakerState:
-        if self.opened_at is None:
-            return "closed"
-        if self.clock() - self.opened_at >= self.cooldown:
-            return "half_open"
-        return "open"
+        """The state for the tenants it keeps out (open for anyone shows as open)."""
+        return "closed" if self.opened_at is None else self._timed()
 
     def state_for(self, tenant: str | None) -> BreakerState:
-        """The state as `tenant` meets it: closed while every failure so far is another single tenant's."""
-        return "closed" if self._others_alone(tenant) else self.state
+        """The state as `tenant` meets it."""
+        return "closed" if self.opened_at is None or not self._keeps_out(tenant) else self._timed()
 
-    def _others_alone(self, tenant: str | None) -> bool:
-        return tenant is not None and len(self.culprits) == 1 and tenant not in self.culprits
+    def open_for(self) -> tuple[str, ...]:
+        """The tenants it keeps out when it does not keep out everyone; () when it does, or is closed."""
+        if self.opened_at is None or self._outage:
+            return ()
+        return tuple(sorted(str(t) for t, n in self.by_tenant.items() if n >= self.threshold))
 
     def view(self) -> BreakerView:
-        return BreakerView(self.state, self.opened_on, dict(self.failures))
+        return BreakerView(self.state, self.opened_on, dict(self.failures), self.open_for())
 
     def retry_in(self) -> float:
         if self.opened_at is None:
@@ -77,37 +99,38 @@ class CircuitBreaker:
 
     def allow(self, tenant: str | None = None) -> bool:
         """May a call of `tenant` go through now? In half-open state only one probe at a time does."""
-        if self._others_alone(tenant):
-            return True
-        state = self.state
+        state = self.state_for(tenant)
         if state == "closed":
             return True
-        if state == "half_open" and not self.probing:
-            self.probing = True
+        if state == "half_open" and self.prober is _NO_PROBE:
+            self.prober = tenant
             return True
         return False
 
     def record_success(self) -> None:
         self.failures.clear()
-        self.culprits.clear()
+        self.by_tenant.clear()
         self.opened_at = self.opened_on = None
-        self.probing = False
+        self.prober = _NO_PROBE
 
     def record_failure(self, kind: FailureKind, tenant: str | None = None) -> None:
+        probe = self.prober is not _NO_PROBE and self.prober == tenant
+        if probe:
+            self.prober = _NO_PROBE
         if kind not in BREAKER_KINDS:
-            self.probing = False
             return
         self.failures[kind] += 1
-        self.culprits.add(tenant)
-        if self.probing or self.failures.total() >= self.threshold:
-            if self.opened_at is None or self.probing:
+        self.by_tenant[tenant] += 1
+        if probe or self._keeps_out(tenant):
+            if self.opened_at is None or probe:
                 self.times_opened += 1
             self.opened_at, self.opened_on = self.clock(), time.time()
-        self.probing = False
 
-    def release_probe(self) -> None:
-        """A probe that ended without a verdict (cancelled) frees the slot for the next one."""
-        self.probing = False
+    def release_probe(self, tenant: str | None = None) -> None:
+        """A probe that ended without a verdict (cancelled) frees the slot for the next one; another tenant's call
+        (never the probe) leaves it."""
+        if self.prober is not _NO_PROBE and self.prober == tenant:
+            self.prober = _NO_PROBE
 
 
 def backoff_delay(attempt: int, base: float, cap: float, retry_after: float | None, rng: random.Random) -> float:

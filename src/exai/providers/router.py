@@ -159,11 +159,9 @@ class Router:
         return self._breakers[key]
 
     def breaker_state(self, model: ModelInfo, tenant: str | None = None) -> str:
-        """The model's breaker as `tenant` meets it (see `CircuitBreaker.culprits`), or as everyone does."""
+        """The model's breaker as `tenant` meets it (see `CircuitBreaker`)."""
         breaker = self._breakers.get((model.provider, model.name))
-        if breaker is None:
-            return "closed"
-        return breaker.state if tenant is None else breaker.state_for(tenant)
+        return "closed" if breaker is None else breaker.state_for(tenant)
 
     def resolve(self, name: str) -> ModelInfo:
         """An explicit model name or alias, checked against what is configured and allowed."""
@@ -367,7 +365,7 @@ class Router:
         provider = self.providers[info.provider]
         for attempt in range(self.settings.max_retries + 1):
             if time.monotonic() >= deadline:
-                breaker.release_probe()
+                breaker.release_probe(tenant)
                 raise UpstreamError("timeout", "the call's deadline passed")
             await self._take_slot(info, breaker, deadline, tenant)
             started = time.perf_counter()
@@ -383,7 +381,7 @@ class Router:
             except UpstreamError as error:
                 exc = error
             except BaseException as error:
-                breaker.release_probe()
+                breaker.release_probe(tenant)
                 if isinstance(error, asyncio.CancelledError):  # cut while upstream: the vendor bills what it started
                     elapsed = (time.perf_counter() - started) * 1000
                     cut = Attempt(info.provider, info.name, CUT, elapsed, billed=True, streamed="".join(heard))
@@ -445,7 +443,7 @@ class Router:
         except BaseException as exc:
             if shared and tenant is not None:
                 self._shares.release(info.provider, tenant)
-            breaker.release_probe()
+            breaker.release_probe(tenant)
             if isinstance(exc, TimeoutError):
                 share_wait = tenant is not None and not shared
                 limit = self._shares.per_tenant if share_wait else self.settings.provider_concurrency
@@ -455,7 +453,7 @@ class Router:
             raise
         if time.monotonic() >= deadline:  # both taken, but too late: say which queue the time went to
             self._release_slot(info, tenant)
-            breaker.release_probe()
+            breaker.release_probe(tenant)
             share_wait = tenant is not None and shared_at >= deadline
             limit = self._shares.per_tenant if share_wait else self.settings.provider_concurrency
             raise queue_timeout_error(info.provider, info.name, limit, waited_from, tenant_share=share_wait)

@@ -1,14 +1,14 @@
 """One call's tokens and slot, from admission to settlement, in one object.
 
-`CallTokens.admit` takes the tenant's slot and, in the same round trip, prepays about what the tool's previous call
-reserved in all (when that fits today's budget; otherwise nothing is prepaid and nothing else changes). Before each
-model call the tool draws its prompt's tokens (`reserve`): from the prepayment when it covers them (no round trip),
-else as a reservation of their own, checked against the budget as before. Once the model answers, the claim learns
-what it used; a model call cut by a cancellation after its request was sent used its prompt and whatever had streamed
-back (the vendor bills a request it started), one cut before it was sent used nothing. `close` runs once, whatever
-the outcome (answered, failed, cancelled): it gives the slot back and replaces every reservation by what its model
-calls used, in one round trip with Redis. The day's counter ends at exactly what the upstream reported; a prepayment
-no model call drew on is given back whole.
+`CallTokens.admit` takes the tenant's slot and, in the same round trip, prepays about what the tenant's previous
+call of the tool reserved in all (when that fits today's budget; otherwise nothing is prepaid and nothing else
+changes). Before each model call the tool draws its prompt's tokens (`reserve`): from the prepayment when it covers
+them (no round trip), else as a reservation of their own, checked against the budget as before. Once the model
+answers, the claim learns what it used; an attempt cut on our side (a cancellation, its time limit) after its
+request was sent used its prompt and whatever had streamed back (the vendor bills a request it started), one cut
+before it was sent used nothing. `close` runs once, whatever the outcome (answered, failed, cancelled): it gives
+the slot back and replaces every reservation by what its model calls used, in one round trip with Redis. The day's
+counter ends at exactly what the upstream reported; a prepayment no model call drew on is given back whole.
 """
 
 from __future__ import annotations
@@ -23,10 +23,24 @@ PREPAY_MARGIN = 1.125
 """How much more than the tool's last call the prepayment covers: prompts of one tool differ a little in length."""
 
 
+PREPAY_SIZES_KEPT = 10_000
+"""(tenant, tool) pairs whose last reservation is remembered; the least recently updated go first."""
+
+
+def remember_prepay(sizes: dict[tuple[str, str], int], key: tuple[str, str], tokens: int) -> None:
+    """What a tenant's call of a tool reserved in all: that tenant's next call of it prepays about as much (one
+    tenant's large prompts never hold back another tenant's budget)."""
+    sizes.pop(key, None)
+    sizes[key] = tokens
+    if len(sizes) > PREPAY_SIZES_KEPT:
+        del sizes[next(iter(sizes))]
+
+
 @dataclass
 class TokenClaim:
     """One model call's prompt tokens, reserved before it is asked, and what it turned out to use (0 if it failed
-    or was cancelled before its request was sent; the prompt and the streamed output if cancelled after)."""
+    or was cut before its request was sent; the prompt and the streamed output for each attempt sent and then cut
+    on our side, by a cancellation or the attempt's time limit)."""
 
     reservation: TokenReservation
     tokens: int
@@ -51,10 +65,12 @@ class CallTokens:
         """The call's slot (unless the tool holds none) with a prepayment when the tool asks a model."""
         call = cls(limiter, tenant, tool)
         if holds_slot:
-            last = limiter.prepay_sizes.get(tool, 0) if asks_model else 0
+            last = limiter.prepay_sizes.get((tenant, tool), 0) if asks_model else 0
             call.lease = await limiter.acquire(tenant, prepay=int(last * PREPAY_MARGIN))
             if call.lease.prepaid is not None:
                 call.unclaimed = call.lease.prepaid.tokens
+        else:  # it waits for a call that holds the slot (`collect`): a poll, counted like `tasks/get`
+            await limiter.task_request(tenant)
         return call
 
     async def reserve(self, tokens: int) -> TokenClaim:
@@ -89,7 +105,7 @@ class CallTokens:
             return
         self._closed = True
         if self.claims:
-            self.limiter.prepay_sizes[self.tool] = sum(claim.tokens for claim in self.claims)
+            remember_prepay(self.limiter.prepay_sizes, (self.tenant, self.tool), sum(c.tokens for c in self.claims))
         with anyio.CancelScope(shield=True):
             corrections = self.corrections()
             if self.lease is not None:

@@ -68,8 +68,9 @@ class RateLimiter(Protocol):
     failures: int
     degraded: bool
 
-    prepay_sizes: dict[str, int]
-    """What each tool's last call reserved in all: the prepayment its next call asks for with its slot."""
+    prepay_sizes: dict[tuple[str, str], int]
+    """What each tenant's last call of each tool reserved in all: the prepayment its next call of the tool asks for
+    with its slot (see `call_tokens.remember_prepay`)."""
 
     async def acquire(self, tenant: str, prepay: int = 0) -> Lease:
         """A slot of the tenant's limits and, if `prepay` tokens fit today's budget, those too (else none)."""
@@ -100,12 +101,12 @@ def _rejected(reason: str, limit: int, retry_after: float) -> RateLimitError:
         "concurrency": f"{limit} concurrent calls",
         "tokens": f"{limit:,} tokens per day",
         "sessions": f"{limit} new MCP sessions per minute",
-        "tasks": f"{limit} task requests (tasks/get, tasks/result, tasks/list, tasks/cancel) per minute",
+        "tasks": f"{limit} task requests (tasks/get, tasks/result, tasks/list, tasks/cancel, collect) per minute",
         "unavailable": "the limiter is unavailable",
     }[reason]
     reuse = {
         "sessions": "Reuse one MCP session for many calls instead of opening one per call. ",
-        "tasks": "Poll less often (tasks/result waits for the end in one request). ",
+        "tasks": "Poll less often (tasks/result and collect wait for the end in one request). ",
     }.get(reason, "")
     return RateLimitError(
         f"Rate limit reached: {what}.",
@@ -140,7 +141,7 @@ class LocalLimiter:
         self._tokens: dict[tuple[str, int], int] = defaultdict(int)
         self.failures = 0
         self.degraded = False
-        self.prepay_sizes: dict[str, int] = {}
+        self.prepay_sizes: dict[tuple[str, str], int] = {}
 
     def limits(self, tenant: str) -> Limits:
         return self.overrides.get(tenant, self.defaults)

@@ -5,12 +5,14 @@ Tool objects hold no per-call state: everything a call needs arrives in its `Too
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
+import anyio
 from pydantic import BaseModel, ConfigDict, JsonValue, model_validator
 
 from exai.config import DEFAULT_MAX_PROMPT_CHARS
@@ -302,8 +304,9 @@ class ToolContext:
             self._answers += 1  # paid for from here on, before anything else is awaited (see `answered`)
         except BaseException as exc:  # failed, or cancelled: charged what its cut attempts cost
             if isinstance(exc, ExaiError) or any(a.billed for a in attempts):  # the status page and audit show it
-                failure = exc.category.value if isinstance(exc, ExaiError) else CUT
-                unanswered = await unanswered_model_call(plan, attempts, input_tokens, failure, services.router)
+                failure = _failure_of(exc)
+                with anyio.CancelScope(shield=True):  # a cancelled call's scope would cut the counting: never free
+                    unanswered = await unanswered_model_call(plan, attempts, input_tokens, failure, services.router)
                 self.model_calls.append(unanswered)
                 if claim is not None:
                     claim.used = unanswered.tokens
@@ -330,6 +333,13 @@ class ToolContext:
             )
         )
         return result
+
+
+def _failure_of(error: BaseException) -> str:
+    """What an unanswered model call records as its failure: the error's category, or "cancelled"."""
+    if isinstance(error, ExaiError):
+        return error.category.value
+    return CUT if isinstance(error, asyncio.CancelledError) else "internal"
 
 
 @dataclass
