@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import contextlib
 import socket
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
+from exai.errors import ExaiError
 from exai.providers.anthropic import AnthropicProvider
 from exai.providers.base import CallOptions, UpstreamError
 from exai.providers.catalogue import Catalogue
 from exai.providers.openai_compatible import OpenAICompatibleProvider
+from exai.providers.router import Attempt
 from exai.providers.types import GenerateRequest, ImageInput, Message, StreamChunk
 from exai.testing.replies import reply_digest
-from tests.conftest import Closing, SimControl
+from tests.conftest import Closing, MakeServices, SimControl
 from tests.helpers import wait_until
 
 pytestmark = pytest.mark.anyio
@@ -167,14 +170,10 @@ async def _ignore(chunk: StreamChunk) -> None:
     return None
 
 
-@pytest.mark.parametrize("streamed", [False, True])
-async def test_a_request_that_could_not_be_sent_in_time_is_a_connection_failure_not_a_timeout(
-    streamed: bool, closing: Closing
-) -> None:
-    """A connect timeout means the upstream never had the request: it bills nothing, so the failure is `connection`;
-    `timeout` is kept for a request that was sent and not answered in time (charged its prompt, see
-    tests/test_cancel_charges.py). A listener whose accept queue is full drops new connections: a real connect
-    timeout."""
+@contextlib.contextmanager
+def unreachable_upstream() -> Iterator[str]:
+    """The URL of a listener whose accept queue is full: the kernel drops new connections, so connecting times out
+    (a real connect timeout, not a refusal)."""
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     listener.listen(0)
@@ -185,7 +184,20 @@ async def test_a_request_that_could_not_be_sent_in_time_is_a_connection_failure_
             sock.setblocking(False)
             with contextlib.suppress(BlockingIOError):
                 sock.connect(("127.0.0.1", port))
-        url = f"http://127.0.0.1:{port}"
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        for sock in (*queued, listener):
+            sock.close()
+
+
+@pytest.mark.parametrize("streamed", [False, True])
+async def test_a_request_that_could_not_be_sent_in_time_is_a_connection_failure_not_a_timeout(
+    streamed: bool, closing: Closing
+) -> None:
+    """A connect timeout means the upstream never had the request: it bills nothing, so the failure is `connection`;
+    `timeout` is kept for a request that was sent and not answered in time (charged its prompt, see
+    tests/test_cancel_charges.py)."""
+    with unreachable_upstream() as url:
         wires = [
             (closing(OpenAICompatibleProvider("custom", f"{url}/v1", None)), "sim-fast"),
             (closing(AnthropicProvider("anthropic", url, "key")), "claude-haiku-4-5"),
@@ -199,6 +211,21 @@ async def test_a_request_that_could_not_be_sent_in_time_is_a_connection_failure_
                     request, model, CallOptions(timeout=1.0, headers={}), _ignore if streamed else None
                 )
             assert caught.value.kind == "connection" and "ConnectTimeout" in caught.value.message, (name, caught.value)
-    finally:
-        for sock in (*queued, listener):
-            sock.close()
+
+
+async def test_an_attempt_that_never_connected_is_not_charged(make_services: MakeServices, closing: Closing) -> None:
+    """Through the router, with the attempt's own time limit running: connecting gives up first (at half the
+    attempt), so the attempt is a `connection` failure and not billed, where the attempt's limit would have cut it
+    as a request the upstream had started on."""
+    services = await make_services(EXAI_ATTEMPT_TIMEOUT_SECONDS="2", EXAI_MAX_RETRIES="0")
+    seen: list[Attempt] = []
+    with unreachable_upstream() as url:
+        services.router.providers["custom"] = closing(OpenAICompatibleProvider("custom", f"{url}/v1", None))
+        with pytest.raises(ExaiError):
+            await services.router.generate(
+                GenerateRequest(messages=[Message(role="user", content="hello")]),
+                model="sim-fast",
+                tenant="alice",
+                on_attempts=seen.extend,
+            )
+    assert [(a.outcome, a.billed) for a in seen] == [("connection", False)], seen
