@@ -66,3 +66,27 @@ async def test_hostile_tool_arguments_get_validation_errors(daemon: Daemon, sim:
     assert not ok.is_error
     status = httpx2.get(f"{proc.url}/readyz").json()
     assert status["ready"]
+
+
+async def test_a_workflow_cannot_be_made_to_store_megabytes_per_call(daemon: Daemon, sim: SimControl) -> None:
+    """Intermediate workflow steps ask no model and cost no tokens, so their size is what bounds a thread's growth:
+    38 issues of 99,000 characters were one call's 3.7 MB (stored three times over), and a run grew a SQLite file
+    past a gigabyte in 20 calls. Text inside lists and objects is limited in all, and a run's kept text too."""
+    proc = daemon()
+    issues = [{"severity": "low", "description": "d" * 99_000} for _ in range(38)]
+    step: dict[str, Any] = {"step_number": 1, "total_steps": 9, "next_step_required": True, "model": "sim-fast"}
+    async with Client(f"{proc.url}/mcp") as client:
+        bulky = await client.call_tool("analyze", {**step, "step": "look", "issues_found": issues})
+        error = tool_error(bulky)
+        assert error["category"] == "validation" and "in all" in error["message"], error
+        assert len(text_of(bulky)) < 2000, "the error does not echo the input back"
+
+        wide = {"step": "s" * 90_000, "findings": "f" * 90_000, "hypothesis": "h" * 90_000}
+        first = await client.call_tool("analyze", {**step, **wide})
+        assert not first.is_error, text_of(first)
+        thread = first.structured_content["continuation_id"] if first.structured_content else None
+        assert thread
+        kept = [await client.call_tool("analyze", {**step, **wide, "step_number": 2, "continuation_id": thread})]
+        assert tool_error(kept[0])["code"] == "workflow_too_large", text_of(kept[0])
+        again = await client.call_tool("analyze", {**step, **wide, "continuation_id": thread})  # step 1 sent again
+        assert not again.is_error, "a step sent again replaces its earlier version: " + text_of(again)

@@ -35,6 +35,13 @@ class WorkflowStep(BaseModel):
     def same_as(self, other: WorkflowStep) -> bool:
         return self.model_dump(exclude={"at"}) == other.model_dump(exclude={"at"})
 
+    @property
+    def text_chars(self) -> int:
+        """Characters of text the step keeps (what its size in the thread's state grows with)."""
+        texts = [self.step, self.findings, self.hypothesis or "", *self.relevant_files]
+        texts += [text for issue in self.issues for text in (issue.description, issue.location or "")]
+        return sum(len(text) for text in texts)
+
 
 class WorkflowRun(BaseModel):
     steps: dict[int, WorkflowStep] = Field(default_factory=dict)
@@ -53,6 +60,11 @@ class WorkflowRun(BaseModel):
     @property
     def issues(self) -> list[Issue]:
         return [issue for n in self.step_numbers for issue in self.steps[n].issues]
+
+    def text_chars_with(self, number: int, step: WorkflowStep) -> int:
+        """Characters of text the run would keep with `step` recorded as step `number` (replacing one sent before)."""
+        kept = sum(s.text_chars for n, s in self.steps.items() if n != number)
+        return kept + step.text_chars
 
 
 class ThreadState(BaseModel):

@@ -75,6 +75,10 @@ class WorkflowSpec:
     extra_context: tuple[str, ...] = field(default_factory=tuple)
 
 
+RUN_TEXT_LIMIT = 500_000
+"""Characters of text one workflow run keeps over all its steps (about 125,000 tokens for the expert model)."""
+
+
 class WorkflowTool(Tool[WorkflowInput, WorkflowOutput]):
     """Runs one `WorkflowSpec`. Holds no state: everything is read from and written to the thread."""
 
@@ -113,6 +117,16 @@ class WorkflowTool(Tool[WorkflowInput, WorkflowOutput]):
         )
         final = not args.next_step_required
         current = thread.state.run_for(self.name, args.step_number)
+        kept = current.text_chars_with(args.step_number, step) if current else step.text_chars
+        if kept > RUN_TEXT_LIMIT:
+            raise InvalidInput(
+                f"This {self.name} run would keep {kept:,} characters of steps, findings and issues; a run keeps at "
+                f"most {RUN_TEXT_LIMIT:,} (its state is stored with the thread and sent whole to the expert model).",
+                code="workflow_too_large",
+                details={"chars": kept, "limit": RUN_TEXT_LIMIT},
+                remedy="Summarize: send shorter findings and issue descriptions, or finish this run with "
+                "next_step_required false and start a new one.",
+            )
         previous = current.steps.get(args.step_number) if current else None
         turns = (
             []
