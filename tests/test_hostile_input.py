@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import anyio
 import httpx2
 import pytest
 from mcp import Client
@@ -71,22 +72,45 @@ async def test_hostile_tool_arguments_get_validation_errors(daemon: Daemon, sim:
 async def test_a_workflow_cannot_be_made_to_store_megabytes_per_call(daemon: Daemon, sim: SimControl) -> None:
     """Intermediate workflow steps ask no model and cost no tokens, so their size is what bounds a thread's growth:
     38 issues of 99,000 characters were one call's 3.7 MB (stored three times over), and a run grew a SQLite file
-    past a gigabyte in 20 calls. Text inside lists and objects is limited in all, and a run's kept text too."""
+    past a gigabyte in 20 calls. A step's text is limited in all, top-level fields included, and a run's kept text
+    too, checked on the thread as committed: steps sent at once on four sessions cannot pass it together."""
     proc = daemon()
     issues = [{"severity": "low", "description": "d" * 99_000} for _ in range(38)]
     step: dict[str, Any] = {"step_number": 1, "total_steps": 9, "next_step_required": True, "model": "sim-fast"}
     async with Client(f"{proc.url}/mcp") as client:
-        bulky = await client.call_tool("analyze", {**step, "step": "look", "issues_found": issues})
-        error = tool_error(bulky)
-        assert error["category"] == "validation" and "in all" in error["message"], error
-        assert len(text_of(bulky)) < 2000, "the error does not echo the input back"
+        for bulky in (
+            {"step": "look", "issues_found": issues},
+            {"step": "s" * 40_000, "findings": "f" * 40_000, "hypothesis": "h" * 40_000},
+        ):
+            refused = await client.call_tool("analyze", {**step, **bulky})
+            error = tool_error(refused)
+            assert error["category"] == "validation" and "in all" in error["message"], error
+            assert len(text_of(refused)) < 2000, "the error does not echo the input back"
+        # other tools' nested text is not a step's: two 60,000-character stance prompts are fine
+        members = [{"model": "sim-fast", "stance": s, "stance_prompt": "p" * 60_000} for s in ("for", "against")]
+        assert not (await client.call_tool("consensus", {"prompt": "decide", "models": members})).is_error
 
-        wide = {"step": "s" * 90_000, "findings": "f" * 90_000, "hypothesis": "h" * 90_000}
-        first = await client.call_tool("analyze", {**step, **wide})
-        assert not first.is_error, text_of(first)
-        thread = first.structured_content["continuation_id"] if first.structured_content else None
-        assert thread
-        kept = [await client.call_tool("analyze", {**step, **wide, "step_number": 2, "continuation_id": thread})]
-        assert tool_error(kept[0])["code"] == "workflow_too_large", text_of(kept[0])
-        again = await client.call_tool("analyze", {**step, **wide, "continuation_id": thread})  # step 1 sent again
-        assert not again.is_error, "a step sent again replaces its earlier version: " + text_of(again)
+        first = await client.call_tool("debug", {**step, "step": "start"})
+        assert first.structured_content
+        thread = first.structured_content["continuation_id"]
+    wide = {"step": "s" * 30_000, "findings": "f" * 30_000, "hypothesis": "h" * 30_000}  # 90,000 a step
+
+    async def send(number: int) -> Any:
+        async with Client(f"{proc.url}/mcp") as session:
+            args = {**step, **wide, "step_number": number, "continuation_id": thread}
+            return await session.call_tool("debug", args)
+
+    results: list[Any] = [None] * 8
+    async with anyio.create_task_group() as group:
+        for n in range(8):
+
+            async def one(n: int = n) -> None:
+                results[n] = await send(n + 2)
+
+            group.start_soon(one)
+    accepted = sum(not r.is_error for r in results)
+    codes = {tool_error(r)["code"] for r in results if r.is_error}
+    assert accepted == 5 and codes == {"workflow_too_large"}, (accepted, codes)  # 5 x 90,000 + the first step
+    async with Client(f"{proc.url}/mcp") as client:
+        fresh = await client.call_tool("debug", {**step, **wide})  # a new run in a new thread is not stuck
+    assert not fresh.is_error, text_of(fresh)

@@ -8,9 +8,11 @@ reach the threshold too (tests/test_units.py has the rule with an injected clock
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
+import anyio
 import pytest
 from mcp import Client
 from mcp.types import CallToolResult
@@ -80,3 +82,27 @@ async def test_failures_of_two_tenants_are_an_outage_and_open_the_breaker_for_al
         refused = await _chat(proc, tenant, "hello")
         assert tool_error(refused)["code"] == "breakers_open", (tenant, text_of(refused))
     assert sim.count("requests") == sent, "with the upstream failing two tenants, nothing more was sent"
+
+
+async def test_a_poison_probe_cannot_hold_a_healed_model_shut_for_the_others(daemon: Daemon, sim: SimControl) -> None:
+    """After an outage each tenant probes for itself: mallory sending a never-ending prompt as the first probe after
+    the cooldown keeps out mallory for another cooldown, and no one else."""
+    proc = daemon(
+        EXAI_JWT_SECRET=TEST_JWT_SECRET,
+        EXAI_BREAKER_FAILURE_THRESHOLD="2",
+        EXAI_BREAKER_COOLDOWN_SECONDS="3",
+        EXAI_ATTEMPT_TIMEOUT_SECONDS="2",
+        EXAI_MAX_RETRIES="0",
+    )
+    sim.fault("503", model="sim-fast", count=4)
+    for tenant in ("alice", "alice", "bob", "bob"):
+        assert tool_error(await _chat(proc, tenant, "hello"))["code"] != "breakers_open"
+    assert tool_error(await _chat(proc, "carol", "hello"))["code"] == "breakers_open", "an outage: open for all"
+    sim.fault("hang", model="sim-fast", hang_seconds=300, prompt_contains="poison")  # the upstream has healed
+    deadline = time.monotonic() + 120
+    while (probe := tool_error(await _chat(proc, "mallory", "poison")))["code"] == "breakers_open":
+        assert time.monotonic() < deadline, "the cooldown never ended"
+        await anyio.sleep(0.5)
+    assert probe["category"] == "timeout", probe
+    answered = await _chat(proc, "alice", "hello again")
+    assert not answered.is_error, "mallory's failed probe kept out alice: " + text_of(answered)

@@ -197,7 +197,7 @@ def test_breaker_states_with_a_fake_clock() -> None:
 
 def test_one_tenants_failures_keep_out_that_tenant_and_an_outage_keeps_out_everyone() -> None:
     now = [0.0]
-    breaker = CircuitBreaker(threshold=2, cooldown=10, clock=lambda: now[0])
+    breaker = CircuitBreaker(threshold=2, cooldown=10, clock=lambda: now[0], tenants_apart=True)
     for _ in range(2):
         breaker.record_failure("timeout", "mallory")
     assert breaker.state_for("mallory") == "open" and not breaker.allow("mallory")
@@ -207,25 +207,42 @@ def test_one_tenants_failures_keep_out_that_tenant_and_an_outage_keeps_out_every
     assert breaker.state_for("alice") == "closed" and breaker.state_for("bob") == "closed"
     breaker.record_failure("server", "alice")  # every tenant but the worst one failed `threshold` times
     assert all(breaker.state_for(t) == "open" for t in ("alice", "bob", "mallory", None))
-    assert breaker.view().open_for == (), "open for everyone"
+    assert breaker.view().open_for == () and breaker.retry_in("bob") == 10, "open for everyone"
+
+
+def test_each_tenant_probes_for_itself_and_a_failed_probe_keeps_out_only_its_tenant() -> None:
+    """A tenant that sends a poison prompt as its probe cannot hold a healed model shut for the others."""
+    now = [0.0]
+    breaker = CircuitBreaker(threshold=2, cooldown=10, clock=lambda: now[0], tenants_apart=True)
+    for tenant in ("alice", "alice", "bob", "bob"):
+        breaker.record_failure("server", tenant)  # an outage: both tenants failed
+    assert breaker.state_for("carol") == "open"
     now[0] = 10
-    assert breaker.allow("bob") and not breaker.allow("alice"), "one probe at a time, whoever's it is"
-    breaker.release_probe("alice")  # a call of alice's that was not the probe leaves it out
-    breaker.record_failure("bad_request", "alice")
-    assert not breaker.allow("mallory")
-    breaker.release_probe("bob")
-    assert breaker.allow("mallory")
-    breaker.record_success()
+    mallorys, bobs, bobs_other, carols = object(), object(), object(), object()
+    assert breaker.allow("mallory", mallorys) and breaker.allow("bob", bobs), "one probe per tenant"
+    assert not breaker.allow("bob", bobs_other), "the tenant's other calls wait for its probe"
+    breaker.record_failure("timeout", "mallory", mallorys)  # the poison probe
+    assert breaker.state_for("mallory") == "open" and breaker.retry_in("mallory") == 10
+    assert breaker.state_for("carol") == "half_open" and breaker.allow("carol", carols), "no one else's clock moved"
+    breaker.release_probe(bobs_other)  # a call that is not the probe leaves it
+    breaker.record_failure("bad_request", "bob", bobs_other)
+    assert not breaker.allow("bob", object())
+    breaker.release_probe(bobs)  # the probe cut without a verdict frees it
+    assert breaker.allow("bob", object())
+    breaker.record_success()  # carol's probe: the model is healthy again, for everyone
     assert breaker.view() == BreakerView("closed", None, {}) and breaker.allow("mallory")
+    assert breaker.times_opened == 2, "the outage, then mallory's failed probe"
 
 
 def test_with_one_tenant_the_breaker_is_a_plain_breaker() -> None:
-    breaker = CircuitBreaker(threshold=3, cooldown=10, clock=lambda: 0.0)
-    for n in range(3):
-        assert breaker.allow("local"), n
-        breaker.record_failure("connection", "local")
-    assert breaker.state_for("local") == "open" and not breaker.allow("local")
-    assert breaker.times_opened == 1
+    for apart in (False, True):  # with authentication on, a daemon one tenant uses alone is no different
+        breaker = CircuitBreaker(threshold=3, cooldown=10, clock=lambda: 0.0, tenants_apart=apart)
+        for n in range(3):
+            assert breaker.allow("local"), n
+            breaker.record_failure("connection", "local")
+        assert breaker.state_for("local") == "open" and not breaker.allow("local")
+        assert breaker.times_opened == 1
+        assert breaker.view().open_for == (() if not apart else ("local",))
 
 
 def test_backoff_is_jittered_exponential_and_honours_retry_after() -> None:

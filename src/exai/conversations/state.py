@@ -12,8 +12,11 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
+from exai.errors import InvalidInput
 from exai.storage.base import ThreadRecord
 
+RUN_TEXT_LIMIT = 500_000
+"""Characters of text one workflow run keeps over all its steps (about 125,000 tokens for the expert model)."""
 Confidence = Literal["exploring", "low", "medium", "high", "very_high", "almost_certain", "certain"]
 
 
@@ -61,10 +64,9 @@ class WorkflowRun(BaseModel):
     def issues(self) -> list[Issue]:
         return [issue for n in self.step_numbers for issue in self.steps[n].issues]
 
-    def text_chars_with(self, number: int, step: WorkflowStep) -> int:
-        """Characters of text the run would keep with `step` recorded as step `number` (replacing one sent before)."""
-        kept = sum(s.text_chars for n, s in self.steps.items() if n != number)
-        return kept + step.text_chars
+    @property
+    def text_chars(self) -> int:
+        return sum(step.text_chars for step in self.steps.values())
 
 
 class ThreadState(BaseModel):
@@ -89,6 +91,16 @@ def record_step(tool: str, number: int, step: WorkflowStep, total_steps: int, fi
         if run is None:
             run = state.workflows[tool] = WorkflowRun(started_seq=thread.turn_count)
         run.steps[number] = step
+        if (kept := run.text_chars) > RUN_TEXT_LIMIT:  # checked on the thread as committed, retried or not
+            raise InvalidInput(
+                f"This {tool} run would keep {kept:,} characters of steps, findings and issues; a run keeps at most "
+                f"{RUN_TEXT_LIMIT:,} (its steps are stored with the thread and sent whole to the expert model).",
+                code="workflow_too_large",
+                details={"chars": kept, "limit": RUN_TEXT_LIMIT},
+                remedy="Send shorter findings and issues; or finish this run now (next_step_required false, with "
+                "use_assistant_model false if the expert would get too much), or start a new one in a new thread "
+                "(step_number 1 without continuation_id).",
+            )
         run.total_steps = max(total_steps, number)
         run.status = "expert_pending" if final else "in_progress"
 

@@ -30,19 +30,18 @@ class BreakerView:
     open_for: tuple[str, ...] = ()
 
 
-_NO_PROBE = object()
-"""`CircuitBreaker.prober` while no probe is out."""
-
-
 @dataclass
 class CircuitBreaker:
-    """Opens after `threshold` failures in a row; lets one probe through after `cooldown` seconds.
+    """Opens after `threshold` failures in a row; lets a probe through after `cooldown` seconds.
 
-    The daemon's tenants share it, and one tenant must not take a model away from the others: a tenant is kept
-    out by its own `threshold` failures since the model's last success, and everyone is only once the failures of
-    every tenant but the worst one reach `threshold` too (an outage, seen by more than one tenant). So one tenant's
-    poison prompts (requests that never finish in time, say) keep out that tenant alone, while another tenant's
-    call still goes upstream, and its success closes the breaker. With one tenant it is a plain breaker.
+    The daemon's tenants share it, and no tenant can take a model away from the others:
+    - a tenant is kept out by its own `threshold` failures since the model's last success (one tenant's poison
+      prompts, requests that never finish in time, keep out that tenant alone);
+    - everyone is kept out once the failures of all tenants but the worst one reach `threshold` too: an outage,
+      seen by more than one tenant;
+    - after `cooldown` each tenant it keeps out may send one probe: a probe's failure keeps out its own tenant for
+      another cooldown and no one else, and any success closes the breaker for all.
+    With one tenant it is a plain breaker.
 
     The one record of a model's upstream health: the router, the status page, `/metrics` and the alert rules all
     read it (through `view`)."""
@@ -50,16 +49,21 @@ class CircuitBreaker:
     threshold: int
     cooldown: float
     clock: Callable[[], float] = time.monotonic
+    tenants_apart: bool = False
+    """Whether the daemon tells tenants apart (authentication on): only then does `open_for` name the tenants a
+    breaker keeps out; without it every call is one tenant's."""
     failures: Counter[str] = field(default_factory=Counter)
     """Failures since the last success that say something about the upstream (BREAKER_KINDS), by kind."""
     by_tenant: Counter[str | None] = field(default_factory=Counter)
     """The same failures, by the tenant whose call met them."""
-    opened_at: float | None = None
-    """When it last opened, for anyone, on `clock` (for the cooldown)."""
+    since: dict[str | None, float] = field(default_factory=dict)
+    """When each tenant's own failures (a failed probe among them) last kept it out, on `clock`."""
+    outage_at: float | None = None
+    """When the failures became an outage (see above), on `clock`."""
     opened_on: float | None = None
-    """The same moment on the wall clock (for people: the status page, alerts)."""
-    prober: object = _NO_PROBE
-    """The tenant whose call is the half-open probe."""
+    """When it last opened for anyone, on the wall clock (for people: the status page, alerts)."""
+    probes: dict[str | None, object] = field(default_factory=dict)
+    """The call (its `caller` token) that is each tenant's half-open probe."""
     times_opened: int = field(default=0)
 
     @property
@@ -67,70 +71,85 @@ class CircuitBreaker:
         worst = max(self.by_tenant.values(), default=0)
         return self.by_tenant.total() - worst >= self.threshold
 
-    def _keeps_out(self, tenant: str | None) -> bool:
-        return self.by_tenant[tenant] >= self.threshold or self._outage
+    def _opened(self, tenant: str | None) -> float | None:
+        """When the breaker last opened for `tenant`, or None when it does not keep it out."""
+        own = self.since.get(tenant)
+        outage = self.outage_at if self._outage else None
+        return max((t for t in (own, outage) if t is not None), default=None)
 
-    def _timed(self) -> BreakerState:
-        assert self.opened_at is not None
-        return "half_open" if self.clock() - self.opened_at >= self.cooldown else "open"
+    def _timed(self, opened: float) -> BreakerState:
+        return "half_open" if self.clock() - opened >= self.cooldown else "open"
+
+    @property
+    def _last_opened(self) -> float | None:
+        return max((t for t in (*self.since.values(), self.outage_at) if t is not None), default=None)
 
     @property
     def state(self) -> BreakerState:
-        """The state for the tenants it keeps out (open for anyone shows as open)."""
-        return "closed" if self.opened_at is None else self._timed()
+        """The state for the tenants it keeps out, as of its latest opening (open for anyone shows as open)."""
+        last = self._last_opened
+        return "closed" if last is None else self._timed(last)
 
     def state_for(self, tenant: str | None) -> BreakerState:
         """The state as `tenant` meets it."""
-        return "closed" if self.opened_at is None or not self._keeps_out(tenant) else self._timed()
+        opened = self._opened(tenant)
+        return "closed" if opened is None else self._timed(opened)
 
     def open_for(self) -> tuple[str, ...]:
         """The tenants it keeps out when it does not keep out everyone; () when it does, or is closed."""
-        if self.opened_at is None or self._outage:
+        if self._last_opened is None or self._outage or not self.tenants_apart:
             return ()
-        return tuple(sorted(str(t) for t, n in self.by_tenant.items() if n >= self.threshold))
+        return tuple(sorted(str(t) for t in self.since))
 
     def view(self) -> BreakerView:
         return BreakerView(self.state, self.opened_on, dict(self.failures), self.open_for())
 
-    def retry_in(self) -> float:
-        if self.opened_at is None:
-            return 0.0
-        return max(0.0, self.cooldown - (self.clock() - self.opened_at))
+    def retry_in(self, tenant: str | None = None) -> float:
+        """Seconds until `tenant` may probe."""
+        opened = self._opened(tenant)
+        return 0.0 if opened is None else max(0.0, self.cooldown - (self.clock() - opened))
 
-    def allow(self, tenant: str | None = None) -> bool:
-        """May a call of `tenant` go through now? In half-open state only one probe at a time does."""
+    def allow(self, tenant: str | None = None, caller: object = None) -> bool:
+        """May a call of `tenant` go through now? Half-open, one probe of each tenant it keeps out does: the call
+        whose `caller` token took it, told apart from the tenant's other calls."""
         state = self.state_for(tenant)
         if state == "closed":
             return True
-        if state == "half_open" and self.prober is _NO_PROBE:
-            self.prober = tenant
+        if state == "half_open" and tenant not in self.probes:
+            self.probes[tenant] = caller
             return True
         return False
 
     def record_success(self) -> None:
         self.failures.clear()
         self.by_tenant.clear()
-        self.opened_at = self.opened_on = None
-        self.prober = _NO_PROBE
+        self.since.clear()
+        self.probes.clear()
+        self.outage_at = self.opened_on = None
 
-    def record_failure(self, kind: FailureKind, tenant: str | None = None) -> None:
-        probe = self.prober is not _NO_PROBE and self.prober == tenant
+    def record_failure(self, kind: FailureKind, tenant: str | None = None, caller: object = None) -> None:
+        probe = tenant in self.probes and self.probes[tenant] is caller
         if probe:
-            self.prober = _NO_PROBE
+            del self.probes[tenant]
         if kind not in BREAKER_KINDS:
             return
+        was_open = self._last_opened is not None
         self.failures[kind] += 1
         self.by_tenant[tenant] += 1
-        if probe or self._keeps_out(tenant):
-            if self.opened_at is None or probe:
-                self.times_opened += 1
-            self.opened_at, self.opened_on = self.clock(), time.time()
+        now = self.clock()
+        if probe or self.by_tenant[tenant] >= self.threshold:
+            self.since[tenant] = now  # kept out for another cooldown: this tenant, no one else
+        if self.outage_at is None and self._outage:
+            self.outage_at = now
+        if self._last_opened is not None and (not was_open or probe):
+            self.times_opened += 1
+            self.opened_on = time.time()
 
-    def release_probe(self, tenant: str | None = None) -> None:
-        """A probe that ended without a verdict (cancelled) frees the slot for the next one; another tenant's call
-        (never the probe) leaves it."""
-        if self.prober is not _NO_PROBE and self.prober == tenant:
-            self.prober = _NO_PROBE
+    def release_probe(self, caller: object = None) -> None:
+        """A probe that ended without a verdict (cancelled) frees its tenant's probe; any other call leaves it."""
+        for tenant, probe in list(self.probes.items()):
+            if probe is caller:
+                del self.probes[tenant]
 
 
 def backoff_delay(attempt: int, base: float, cap: float, retry_after: float | None, rng: random.Random) -> float:

@@ -63,6 +63,14 @@ class Listing:
     refused: int = 0
 
 
+@dataclass(eq=False)
+class Caller:
+    """One call through the router: its tenant (for the tenant's share of slots and its breakers), and by its
+    identity the token that tells the call that holds a breaker's half-open probe from the tenant's other calls."""
+
+    tenant: str | None
+
+
 @dataclass(frozen=True)
 class RoutePlan:
     """The models one call may use, in order, chosen once by `Router.plan`."""
@@ -154,7 +162,9 @@ class Router:
         key = (model.provider, model.name)
         if key not in self._breakers:
             self._breakers[key] = CircuitBreaker(
-                self.settings.breaker_failure_threshold, self.settings.breaker_cooldown_seconds
+                self.settings.breaker_failure_threshold,
+                self.settings.breaker_cooldown_seconds,
+                tenants_apart=self.settings.auth_enabled,
             )
         return self._breakers[key]
 
@@ -292,6 +302,7 @@ class Router:
             plan = self.plan(model, category, needs_images, allow_fallback=allow_fallback, tenant=tenant)
         queue = list(plan.candidates)
         attempts: list[Attempt] = []
+        caller = Caller(tenant)
         try:
             fallbacks: list[str] = []
             last: ExaiError | None = None
@@ -300,17 +311,21 @@ class Router:
             while queue:
                 info = queue.pop(0)
                 breaker = self.breaker(info)
-                if not breaker.allow(tenant):
+                if not breaker.allow(tenant, caller):
                     skipped_open.append(breaker)
                     attempts.append(Attempt(info.provider, info.name, "breaker_open", 0.0))
                     continue
                 if attempts and attempts[-1].model != info.name:
                     fallbacks.append(info.name)
                     if on_event:
-                        await on_event(f"falling back to {info.provider}/{info.name}")
+                        try:
+                            await on_event(f"falling back to {info.provider}/{info.name}")
+                        except BaseException:
+                            breaker.release_probe(caller)
+                            raise
                 try:
                     response = await self._call_with_retries(
-                        info, breaker, request, (deadline, sleep_until), attempts, on_delta, on_event, tenant
+                        info, breaker, request, (deadline, sleep_until), attempts, on_delta, on_event, caller
                     )
                     return RouteResult(response, attempts, fallbacks)
                 except UpstreamError as exc:
@@ -325,7 +340,7 @@ class Router:
                     break
 
             if last is None and skipped_open:
-                wait = min(b.retry_in() for b in skipped_open)
+                wait = min(b.retry_in(tenant) for b in skipped_open)
                 raise ProviderError(
                     "Every candidate model has its circuit breaker open after repeated upstream failures.",
                     code="breakers_open",
@@ -357,17 +372,18 @@ class Router:
         attempts: list[Attempt],
         on_delta: DeltaCallback | None,
         on_event: EventCallback | None,
-        tenant: str | None,
+        caller: Caller,
     ) -> GenerateResponse:
         """Ask one model, retrying transient failures; `deadlines` are the call's and the last moment a retry
         wait may end (when the client stops waiting)."""
         deadline, sleep_until = deadlines
         provider = self.providers[info.provider]
+        tenant = caller.tenant
         for attempt in range(self.settings.max_retries + 1):
             if time.monotonic() >= deadline:
-                breaker.release_probe(tenant)
+                breaker.release_probe(caller)
                 raise UpstreamError("timeout", "the call's deadline passed")
-            await self._take_slot(info, breaker, deadline, tenant)
+            await self._take_slot(info, breaker, deadline, caller)
             started = time.perf_counter()
             # One attempt may take EXAI_ATTEMPT_TIMEOUT_SECONDS, so a hung upstream leaves time to retry or fall back.
             attempt_deadline = min(deadline, time.monotonic() + self.settings.attempt_timeout_seconds)
@@ -381,7 +397,7 @@ class Router:
             except UpstreamError as error:
                 exc = error
             except BaseException as error:
-                breaker.release_probe(tenant)
+                breaker.release_probe(caller)
                 if isinstance(error, asyncio.CancelledError):  # cut while upstream: the vendor bills what it started
                     elapsed = (time.perf_counter() - started) * 1000
                     cut = Attempt(info.provider, info.name, CUT, elapsed, billed=True, streamed="".join(heard))
@@ -397,7 +413,7 @@ class Router:
             timed_out = exc.kind == "timeout" and exc.status is None  # sent, then cut by our time limit
             failed = Attempt(info.provider, info.name, exc.kind, elapsed, billed=timed_out, streamed="".join(heard))
             self._observe(attempts, failed)
-            breaker.record_failure(exc.kind, tenant)
+            breaker.record_failure(exc.kind, tenant, caller)
             log.warning(
                 "upstream_failure",
                 provider=info.provider,
@@ -422,14 +438,15 @@ class Router:
             if on_event:
                 await on_event(f"{info.provider}/{info.name}: {exc.kind}; retrying in {delay:.2f} s")
             await asyncio.sleep(delay)
-            if not breaker.allow(tenant):
+            if not breaker.allow(tenant, caller):
                 raise exc
         raise AssertionError("unreachable")
 
-    async def _take_slot(self, info: ModelInfo, breaker: CircuitBreaker, deadline: float, tenant: str | None) -> None:
+    async def _take_slot(self, info: ModelInfo, breaker: CircuitBreaker, deadline: float, caller: Caller) -> None:
         """Wait for one of the tenant's share of the provider's slots, then for one of the provider's concurrency
         slots. Time spent here is ours, not the upstream's: a deadline that passes in this queue fails the call
         locally and never touches the breaker."""
+        tenant = caller.tenant
         slot = self._slots[info.provider]
         waited_from = time.monotonic()
         shared = False
@@ -443,7 +460,7 @@ class Router:
         except BaseException as exc:
             if shared and tenant is not None:
                 self._shares.release(info.provider, tenant)
-            breaker.release_probe(tenant)
+            breaker.release_probe(caller)
             if isinstance(exc, TimeoutError):
                 share_wait = tenant is not None and not shared
                 limit = self._shares.per_tenant if share_wait else self.settings.provider_concurrency
@@ -453,7 +470,7 @@ class Router:
             raise
         if time.monotonic() >= deadline:  # both taken, but too late: say which queue the time went to
             self._release_slot(info, tenant)
-            breaker.release_probe(tenant)
+            breaker.release_probe(caller)
             share_wait = tenant is not None and shared_at >= deadline
             limit = self._shares.per_tenant if share_wait else self.settings.provider_concurrency
             raise queue_timeout_error(info.provider, info.name, limit, waited_from, tenant_share=share_wait)

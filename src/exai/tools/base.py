@@ -67,13 +67,6 @@ class ToolInput(BaseModel):
     @classmethod
     def _plain_text_and_bounded_lists(cls, data: Any) -> Any:
         _check_arguments(data, "")
-        nested = _nested_text(data)
-        if nested > TEXT_LIMIT:
-            raise ArgumentError(
-                "",
-                f"the text inside its lists and objects (issues, stances, ...) totals {nested:,} characters; at most "
-                f"{TEXT_LIMIT:,} are accepted in all",
-            )
         return data
 
 
@@ -108,18 +101,6 @@ def _check_arguments(value: Any, path: str, depth: int = 0) -> None:
             raise ArgumentError(path, f"{len(value)} items; at most {LIST_LIMIT} are accepted")
         for index, item in enumerate(value):
             _check_arguments(item, f"{path}.{index}", depth + 1)
-
-
-def _nested_text(value: Any, depth: int = 0) -> int:
-    """Characters of text inside the arguments' lists and objects: each piece is limited by `_check_arguments`, and
-    their sum too, or 200 issues of 100,000 characters each would be one call's 20 MB, stored with the thread."""
-    if isinstance(value, str):
-        return len(value) if depth > 1 else 0
-    if isinstance(value, dict):
-        return sum(_nested_text(item, depth + 1) for item in value.values())
-    if isinstance(value, list):
-        return sum(_nested_text(item, depth + 1) for item in value)
-    return 0
 
 
 # A model call's tokens in a tool's output, as the upstream reported them. No docstring: it would be a description

@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 from exai.conversations.history import SkippedFile, build_prompt
 from exai.conversations.state import Confidence, Issue, StateChange, WorkflowRun, WorkflowStep, finish_run, record_step
@@ -24,7 +24,7 @@ from exai.errors import ExaiError, InvalidInput
 from exai.providers.router import Category
 from exai.providers.types import GenerateRequest, ThinkingMode
 from exai.storage.base import TurnRecord
-from exai.tools.base import Tool, ToolContext, ToolInput, ToolResult, UsageOut
+from exai.tools.base import TEXT_LIMIT, ArgumentError, Tool, ToolContext, ToolInput, ToolResult, UsageOut
 
 
 class WorkflowInput(ToolInput):
@@ -41,6 +41,30 @@ class WorkflowInput(ToolInput):
     model: str = Field(default="auto", description="Expert model, or 'auto'.")
     thinking_mode: ThinkingMode = "medium"
     use_assistant_model: bool = Field(default=True, description="False skips the expert call.")
+
+    @model_validator(mode="after")
+    def _step_text_bounded(self) -> WorkflowInput:
+        """A step's text, all fields together, within TEXT_LIMIT: intermediate steps ask no model and cost no
+        tokens, so their size is what bounds a thread's growth (38 issues of 99,000 characters were 3.7 MB a call)."""
+        kept = self.as_step(0.0).text_chars
+        if kept > TEXT_LIMIT:
+            raise ArgumentError(
+                "",
+                f"the step's text (step, findings, hypothesis, issues, files) totals {kept:,} characters; at most "
+                f"{TEXT_LIMIT:,} are accepted in all: summarize, and leave details to the files you name",
+            )
+        return self
+
+    def as_step(self, at: float) -> WorkflowStep:
+        return WorkflowStep(
+            step=self.step,
+            findings=self.findings,
+            relevant_files=self.relevant_files,
+            issues=self.issues_found,
+            hypothesis=self.hypothesis,
+            confidence=self.confidence,
+            at=at,
+        )
 
 
 class WorkflowOutput(BaseModel):
@@ -75,10 +99,6 @@ class WorkflowSpec:
     extra_context: tuple[str, ...] = field(default_factory=tuple)
 
 
-RUN_TEXT_LIMIT = 500_000
-"""Characters of text one workflow run keeps over all its steps (about 125,000 tokens for the expert model)."""
-
-
 class WorkflowTool(Tool[WorkflowInput, WorkflowOutput]):
     """Runs one `WorkflowSpec`. Holds no state: everything is read from and written to the thread."""
 
@@ -106,27 +126,9 @@ class WorkflowTool(Tool[WorkflowInput, WorkflowOutput]):
         await self.precheck(args, ctx)
         await ctx.files.read(args.relevant_files)  # refuse unreadable files before anything is recorded
         thread = await ctx.open_thread(args.continuation_id, args.step)
-        step = WorkflowStep(
-            step=args.step,
-            findings=args.findings,
-            relevant_files=args.relevant_files,
-            issues=args.issues_found,
-            hypothesis=args.hypothesis,
-            confidence=args.confidence,
-            at=time.time(),
-        )
+        step = args.as_step(time.time())
         final = not args.next_step_required
         current = thread.state.run_for(self.name, args.step_number)
-        kept = current.text_chars_with(args.step_number, step) if current else step.text_chars
-        if kept > RUN_TEXT_LIMIT:
-            raise InvalidInput(
-                f"This {self.name} run would keep {kept:,} characters of steps, findings and issues; a run keeps at "
-                f"most {RUN_TEXT_LIMIT:,} (its state is stored with the thread and sent whole to the expert model).",
-                code="workflow_too_large",
-                details={"chars": kept, "limit": RUN_TEXT_LIMIT},
-                remedy="Summarize: send shorter findings and issue descriptions, or finish this run with "
-                "next_step_required false and start a new one.",
-            )
         previous = current.steps.get(args.step_number) if current else None
         turns = (
             []
