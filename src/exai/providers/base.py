@@ -41,7 +41,7 @@ log = get_logger(__name__)
 
 
 CONNECT_SECONDS = 10.0
-"""The longest an attempt waits to connect to its upstream (half the attempt when that is shorter)."""
+"""The longest an attempt waits to connect to its upstream (a quarter of the attempt when that is shorter)."""
 
 
 @dataclass
@@ -56,7 +56,7 @@ class CallOptions:
         """`timeout` for the whole request, with connecting and waiting for a pooled connection ending well before
         it: a request the upstream never received fails as `connection` (free), never as the attempt's time limit,
         which is charged as a request the upstream had started on (see `Attempt.billed`)."""
-        before_sending = min(CONNECT_SECONDS, self.timeout / 2)
+        before_sending = min(CONNECT_SECONDS, self.timeout / 4)  # the pool wait and the connect together: half
         return httpx2.Timeout(self.timeout, connect=before_sending, pool=before_sending)
 
     def __post_init__(self) -> None:
