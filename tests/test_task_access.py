@@ -124,6 +124,13 @@ def test_collect_counts_against_the_task_window_like_the_polls_it_stands_for(dae
     assert alice.rpc("tools/call", params)["result"]["_meta"]["exai/error"]["code"] == "unknown_task", "her own window"
 
 
+def test_an_unknown_task_id_is_echoed_with_its_control_characters_escaped(daemon: Daemon, sim: SimControl) -> None:
+    proc = daemon(EXAI_JWT_SECRET=TEST_JWT_SECRET)
+    mallory = Session(proc, bearer("mallory", ["exai:tools"]))
+    message = mallory.rpc("tasks/get", {"taskId": "\x1b[31mRED\n\rfake log line"})["error"]["message"]
+    assert "Task not found" in message and not any(ord(c) < 32 for c in message), repr(message)
+
+
 def test_a_negative_task_ttl_is_refused_as_invalid_before_anything_is_spent(daemon: Daemon, sim: SimControl) -> None:
     proc = daemon(EXAI_JWT_SECRET=TEST_JWT_SECRET)
     alice = Session(proc, bearer("alice", ["exai:tools"]))

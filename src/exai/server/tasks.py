@@ -162,7 +162,8 @@ def refusal_error(refused: types.CallToolResult) -> MCPError:
 
 
 def _unknown(task_id: str) -> MCPError:
-    return MCPError(types.INVALID_PARAMS, f"Failed to retrieve task: Task not found ({task_id[:80]}).")
+    shown = ascii(task_id[:80])  # echoed to its caller: control characters escaped, never sent raw
+    return MCPError(types.INVALID_PARAMS, f"Failed to retrieve task: Task not found ({shown}).")
 
 
 def _missing_extension() -> MCPError:
