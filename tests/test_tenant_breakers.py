@@ -90,7 +90,7 @@ async def test_a_poison_probe_cannot_hold_a_healed_model_shut_for_the_others(dae
     proc = daemon(
         EXAI_JWT_SECRET=TEST_JWT_SECRET,
         EXAI_BREAKER_FAILURE_THRESHOLD="2",
-        EXAI_BREAKER_COOLDOWN_SECONDS="3",
+        EXAI_BREAKER_COOLDOWN_SECONDS="10",  # carol is refused within it however slow the machine; then waited out
         EXAI_ATTEMPT_TIMEOUT_SECONDS="2",
         EXAI_MAX_RETRIES="0",
     )

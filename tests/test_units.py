@@ -198,6 +198,7 @@ def test_breaker_states_with_a_fake_clock() -> None:
 def test_one_tenants_failures_keep_out_that_tenant_and_an_outage_keeps_out_everyone() -> None:
     now = [0.0]
     breaker = CircuitBreaker(threshold=2, cooldown=10, clock=lambda: now[0], tenants_apart=True)
+    breaker.record_success("alice")  # alice uses the model too
     for _ in range(2):
         breaker.record_failure("timeout", "mallory")
     assert breaker.state_for("mallory") == "open" and not breaker.allow("mallory")
@@ -231,18 +232,32 @@ def test_each_tenant_probes_for_itself_and_a_failed_probe_keeps_out_only_its_ten
     assert breaker.allow("bob", object())
     breaker.record_success()  # carol's probe: the model is healthy again, for everyone
     assert breaker.view() == BreakerView("closed", None, {}) and breaker.allow("mallory")
-    assert breaker.times_opened == 2, "the outage, then mallory's failed probe"
+    assert breaker.times_opened == 3, "for alice alone, for everyone (the outage), for mallory again"
 
 
-def test_with_one_tenant_the_breaker_is_a_plain_breaker() -> None:
-    for apart in (False, True):  # with authentication on, a daemon one tenant uses alone is no different
-        breaker = CircuitBreaker(threshold=3, cooldown=10, clock=lambda: 0.0, tenants_apart=apart)
-        for n in range(3):
-            assert breaker.allow("local"), n
-            breaker.record_failure("connection", "local")
-        assert breaker.state_for("local") == "open" and not breaker.allow("local")
-        assert breaker.times_opened == 1
-        assert breaker.view().open_for == (() if not apart else ("local",))
+@pytest.mark.parametrize("apart", [False, True])
+def test_with_one_tenant_the_breaker_is_a_plain_breaker(apart: bool) -> None:
+    """A daemon one tenant uses alone, with authentication on or off: an outage shows as open for everyone (the status
+    page's "down", the metric, the alert), and a late failure pushes the next probe back, as a plain breaker does."""
+    now = [0.0]
+    breaker = CircuitBreaker(threshold=3, cooldown=10, clock=lambda: now[0], tenants_apart=apart)
+    breaker.record_success("local")
+    for n in range(3):
+        assert breaker.allow("local"), n
+        breaker.record_failure("connection", "local")
+    assert breaker.state_for("local") == "open" and not breaker.allow("local")
+    assert breaker.view().state == "open" and breaker.view().open_for == (), "open for everyone"
+    now[0] = 9
+    breaker.record_failure("timeout", "local")  # a call admitted before it opened fails now
+    now[0] = 10
+    assert breaker.state_for("local") == "open" and breaker.retry_in("local") == 9
+    now[0] = 19
+    probe = object()
+    assert breaker.allow("local", probe) and not breaker.allow("local", object()), "one probe"
+    breaker.record_failure("server", "local", probe)
+    assert breaker.state_for("local") == "open" and breaker.times_opened == 2
+    breaker.record_success("local")
+    assert breaker.state_for("local") == "closed"
 
 
 def test_backoff_is_jittered_exponential_and_honours_retry_after() -> None:

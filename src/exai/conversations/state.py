@@ -97,9 +97,10 @@ def record_step(tool: str, number: int, step: WorkflowStep, total_steps: int, fi
                 f"{RUN_TEXT_LIMIT:,} (its steps are stored with the thread and sent whole to the expert model).",
                 code="workflow_too_large",
                 details={"chars": kept, "limit": RUN_TEXT_LIMIT},
-                remedy="Send shorter findings and issues; or finish this run now (next_step_required false, with "
-                "use_assistant_model false if the expert would get too much), or start a new one in a new thread "
-                "(step_number 1 without continuation_id).",
+                remedy="Send this step shorter. To finish the run as it is, send your last step_number again, shorter, "
+                "with next_step_required false (a step sent again replaces its earlier text; add use_assistant_model "
+                "false if the expert would get too much). Or start a new run in a new thread (step_number 1 without "
+                "continuation_id).",
             )
         run.total_steps = max(total_steps, number)
         run.status = "expert_pending" if final else "in_progress"

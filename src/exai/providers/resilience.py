@@ -30,6 +30,12 @@ class BreakerView:
     open_for: tuple[str, ...] = ()
 
 
+ANSWERED_LATELY_SECONDS = 600.0
+"""How recent another tenant's answer must be for a breaker to count as keeping out some tenants only."""
+RECENT_TENANTS = 1_000
+"""Tenants whose last answer a breaker remembers."""
+
+
 @dataclass
 class CircuitBreaker:
     """Opens after `threshold` failures in a row; lets a probe through after `cooldown` seconds.
@@ -50,7 +56,7 @@ class CircuitBreaker:
     cooldown: float
     clock: Callable[[], float] = time.monotonic
     tenants_apart: bool = False
-    """Whether the daemon tells tenants apart (authentication on): only then does `open_for` name the tenants a
+    """Whether the daemon tells tenants apart (authentication on): only then can `open_for` name the tenants a
     breaker keeps out; without it every call is one tenant's."""
     failures: Counter[str] = field(default_factory=Counter)
     """Failures since the last success that say something about the upstream (BREAKER_KINDS), by kind."""
@@ -64,6 +70,8 @@ class CircuitBreaker:
     """When it last opened for anyone, on the wall clock (for people: the status page, alerts)."""
     probes: dict[str | None, object] = field(default_factory=dict)
     """The call (its `caller` token) that is each tenant's half-open probe."""
+    answered: dict[str | None, float] = field(default_factory=dict)
+    """When each tenant last had an answer from the model, on `clock` (the latest RECENT_TENANTS)."""
     times_opened: int = field(default=0)
 
     @property
@@ -96,8 +104,13 @@ class CircuitBreaker:
         return "closed" if opened is None else self._timed(opened)
 
     def open_for(self) -> tuple[str, ...]:
-        """The tenants it keeps out when it does not keep out everyone; () when it does, or is closed."""
+        """The tenants it keeps out when it is their failures alone: another tenant had an answer from the model in
+        the last ANSWERED_LATELY_SECONDS. () when it keeps out everyone, or as good as everyone (no other tenant
+        used the model lately, so nothing tells an outage from one tenant's poison prompts), or is closed."""
         if self._last_opened is None or self._outage or not self.tenants_apart:
+            return ()
+        lately = self.clock() - ANSWERED_LATELY_SECONDS
+        if not any(at >= lately for tenant, at in self.answered.items() if tenant not in self.since):
             return ()
         return tuple(sorted(str(t) for t in self.since))
 
@@ -120,12 +133,16 @@ class CircuitBreaker:
             return True
         return False
 
-    def record_success(self) -> None:
+    def record_success(self, tenant: str | None = None) -> None:
         self.failures.clear()
         self.by_tenant.clear()
         self.since.clear()
         self.probes.clear()
         self.outage_at = self.opened_on = None
+        self.answered.pop(tenant, None)
+        self.answered[tenant] = self.clock()
+        if len(self.answered) > RECENT_TENANTS:
+            del self.answered[next(iter(self.answered))]
 
     def record_failure(self, kind: FailureKind, tenant: str | None = None, caller: object = None) -> None:
         probe = tenant in self.probes and self.probes[tenant] is caller
@@ -136,14 +153,16 @@ class CircuitBreaker:
         was_open = self._last_opened is not None
         self.failures[kind] += 1
         self.by_tenant[tenant] += 1
-        now = self.clock()
+        now, opened = self.clock(), False
         if probe or self.by_tenant[tenant] >= self.threshold:
             self.since[tenant] = now  # kept out for another cooldown: this tenant, no one else
+            opened = True
         if self.outage_at is None and self._outage:
-            self.outage_at = now
-        if self._last_opened is not None and (not was_open or probe):
-            self.times_opened += 1
-            self.opened_on = time.time()
+            self.outage_at, opened = now, True
+        if opened:
+            self.opened_on = time.time()  # what the status page counts the next probe from
+            if not was_open or probe or self.outage_at == now:
+                self.times_opened += 1
 
     def release_probe(self, caller: object = None) -> None:
         """A probe that ended without a verdict (cancelled) frees its tenant's probe; any other call leaves it."""

@@ -340,7 +340,7 @@ class Router:
                     break
 
             if last is None and skipped_open:
-                wait = min(b.retry_in(tenant) for b in skipped_open)
+                wait = max(1.0, min(b.retry_in(tenant) for b in skipped_open))  # 0: its own probe is still out
                 raise ProviderError(
                     "Every candidate model has its circuit breaker open after repeated upstream failures.",
                     code="breakers_open",
@@ -404,7 +404,7 @@ class Router:
                     attempts.append(cut)  # the call's, not a failure
                 raise
             else:
-                breaker.record_success()
+                breaker.record_success(tenant)
                 self._observe(attempts, Attempt(info.provider, info.name, "ok", (time.perf_counter() - started) * 1000))
                 return response
             finally:

@@ -182,7 +182,8 @@ def build_http_app(services: Services) -> Starlette:
             return denied
         # Breaker states change with time (open -> half-open), so they are read when scraped.
         for (provider, model), breaker in services.router.breakers().items():
-            services.metrics.breaker.labels(provider, model).set(BREAKER_VALUES[breaker.state])
+            everyone = "closed" if breaker.open_for else breaker.state  # some tenants' own failures page no one
+            services.metrics.breaker.labels(provider, model).set(BREAKER_VALUES[everyone])
         return Response(services.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
     async def alerts(request: Request) -> JSONResponse:
