@@ -114,6 +114,8 @@ async def test_a_workflow_cannot_be_made_to_store_megabytes_per_call(daemon: Dae
     last = max(accepted)  # the run is full, and can still be finished as its remedy says
     final = {**step, "step_number": last, "step": "done", "next_step_required": False, "use_assistant_model": False}
     async with Client(f"{proc.url}/mcp") as client:
+        another = await client.call_tool("analyze", {**step, **wide, "continuation_id": thread})
         finished = await client.call_tool("debug", {**final, "continuation_id": thread})
     assert not finished.is_error, text_of(finished)
+    assert tool_error(another)["code"] == "workflow_too_large", "a thread's runs of every tool count together"
     assert finished.structured_content and finished.structured_content["status"] == "complete_without_expert"

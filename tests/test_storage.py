@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -280,3 +281,21 @@ async def test_call_listing_is_per_tenant_and_expired_calls_are_purged(store: St
     assert await store.purge(time.time()) >= 1
     assert await store.get_call(old.id) is None
     assert await store.get_call(fresh[0].id) is not None
+
+
+async def test_sqlite_keeps_text_as_utf_8_not_escaped(tmp_path: Path) -> None:
+    """An emoji in a thread's state took 12 bytes escaped (a 59 MB state row from 5 million characters); as UTF-8 it
+    takes 4, and reads back the same."""
+    store = SQLiteStore(tmp_path / "exai.db")
+    await store.open()
+    await store.migrate()
+    try:
+        thread = _thread().model_copy(update={"state": {"note": "\U0001f600" * 1000}})
+        created = await _create(store, thread)
+        stored = await store.get_thread(created.id)
+        assert stored is not None and stored.state == {"note": "\U0001f600" * 1000}
+        with sqlite3.connect(tmp_path / "exai.db") as db:
+            (size,) = db.execute("SELECT length(CAST(state AS BLOB)) FROM threads").fetchone()
+        assert 4000 <= size < 4100, size
+    finally:
+        await store.close()

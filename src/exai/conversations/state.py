@@ -16,7 +16,8 @@ from exai.errors import InvalidInput
 from exai.storage.base import ThreadRecord
 
 RUN_TEXT_LIMIT = 500_000
-"""Characters of text one workflow run keeps over all its steps (about 125,000 tokens for the expert model)."""
+"""Characters of step text a thread's workflow runs keep, all tools together (one run: about 125,000 tokens for the
+expert model)."""
 Confidence = Literal["exploring", "low", "medium", "high", "very_high", "almost_certain", "certain"]
 
 
@@ -72,6 +73,11 @@ class WorkflowRun(BaseModel):
 class ThreadState(BaseModel):
     workflows: dict[str, WorkflowRun] = Field(default_factory=dict)
 
+    @property
+    def text_chars(self) -> int:
+        """Characters of step text kept over every tool's run (a thread holds one run per workflow tool)."""
+        return sum(run.text_chars for run in self.workflows.values())
+
     def run_for(self, tool: str, step_number: int) -> WorkflowRun | None:
         """The run a step continues; None when it starts a new one (none yet, or step 1 after a finished run)."""
         run = self.workflows.get(tool)
@@ -91,10 +97,11 @@ def record_step(tool: str, number: int, step: WorkflowStep, total_steps: int, fi
         if run is None:
             run = state.workflows[tool] = WorkflowRun(started_seq=thread.turn_count)
         run.steps[number] = step
-        if (kept := run.text_chars) > RUN_TEXT_LIMIT:  # checked on the thread as committed, retried or not
+        if (kept := state.text_chars) > RUN_TEXT_LIMIT:  # checked on the thread as committed, retried or not
             raise InvalidInput(
-                f"This {tool} run would keep {kept:,} characters of steps, findings and issues; a run keeps at most "
-                f"{RUN_TEXT_LIMIT:,} (its steps are stored with the thread and sent whole to the expert model).",
+                f"This thread's workflow runs would keep {kept:,} characters of steps, findings and issues; a thread "
+                f"keeps at most {RUN_TEXT_LIMIT:,} over all its runs (they are stored with it, and a run is sent whole "
+                "to the expert model).",
                 code="workflow_too_large",
                 details={"chars": kept, "limit": RUN_TEXT_LIMIT},
                 remedy="Send this step shorter. To finish the run as it is, send your last step_number again, shorter, "

@@ -42,6 +42,14 @@ from exai.storage.base import (
 )
 from exai.storage.migrations import MIGRATIONS
 
+WAL_SIZE_LIMIT = 64 * 1024 * 1024
+
+
+def _json(value: Any) -> str:
+    """As stored: UTF-8 text as it is (escaped, an emoji took 12 bytes instead of 4)."""
+    return json.dumps(value, ensure_ascii=False)
+
+
 _SQLITE_UPDATE = ", ".join(f"{column} = ?" for column in THREAD_UPDATE.split(", "))
 
 T = TypeVar("T")
@@ -67,7 +75,7 @@ def _call(row: Any) -> CallRecord:
 
 def _insert_call(db: sqlite3.Connection, call: CallRecord) -> None:
     with _transaction(db, immediate=True):
-        db.execute(f"INSERT INTO calls ({CALL_COLUMNS}) VALUES ({', '.join('?' * 16)})", call_values(call, json.dumps))
+        db.execute(f"INSERT INTO calls ({CALL_COLUMNS}) VALUES ({', '.join('?' * 16)})", call_values(call, _json))
 
 
 def _finish_call(db: sqlite3.Connection, call_id: str, end: CallEnd, now: float, owner: str | None) -> bool:
@@ -83,8 +91,8 @@ def _finish_call_in(db: sqlite3.Connection, call_id: str, end: CallEnd, now: flo
             (
                 end.status,
                 end.message,
-                None if end.result is None else json.dumps(end.result),
-                None if end.error is None else json.dumps(end.error),
+                None if end.result is None else _json(end.result),
+                None if end.error is None else _json(end.error),
                 now,
                 call_id,
                 owner,
@@ -98,19 +106,19 @@ def _write(db: sqlite3.Connection, thread: ThreadRecord, turns: list[TurnRecord]
     """Insert the new thread, or update it if it is still at `expected_version`; then add its turns."""
     if expected_version == 0:
         db.execute(
-            f"INSERT INTO threads ({THREAD_COLUMNS}) VALUES ({', '.join('?' * 10)})", thread_values(thread, json.dumps)
+            f"INSERT INTO threads ({THREAD_COLUMNS}) VALUES ({', '.join('?' * 10)})", thread_values(thread, _json)
         )
     else:
         updated = db.execute(
             f"UPDATE threads SET {_SQLITE_UPDATE} WHERE id = ? AND version = ?",
-            thread_update_values(thread, expected_version, json.dumps),
+            thread_update_values(thread, expected_version, _json),
         ).rowcount
         if updated == 0:
             exists = db.execute("SELECT 1 FROM threads WHERE id = ?", (thread.id,)).fetchone()
             raise ThreadConflict(thread.id, gone=exists is None)
     db.executemany(
         f"INSERT INTO turns (thread_id, {TURN_COLUMNS}) VALUES ({', '.join('?' * 11)})",
-        [turn_values(thread.id, t, json.dumps) for t in turns],
+        [turn_values(thread.id, t, _json) for t in turns],
     )
 
 
@@ -121,7 +129,13 @@ def _append(db: sqlite3.Connection, thread: ThreadRecord, turns: list[TurnRecord
 
 def _connect(path: Path, busy_timeout_ms: int) -> sqlite3.Connection:
     db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-    for pragma in ("journal_mode=WAL", "synchronous=NORMAL", "foreign_keys=ON", f"busy_timeout={busy_timeout_ms}"):
+    for pragma in (
+        "journal_mode=WAL",
+        "synchronous=NORMAL",
+        "foreign_keys=ON",
+        f"busy_timeout={busy_timeout_ms}",
+        f"journal_size_limit={WAL_SIZE_LIMIT}",  # a checkpoint cuts the WAL back to this, whatever it grew to
+    ):
         db.execute(f"PRAGMA {pragma}")
     return db
 
