@@ -106,6 +106,8 @@ def test_redis_started_as_compose_starts_it_keeps_its_password_off_every_command
     finally:
         process.terminate()
         process.wait(20)
+    with socket.socket() as probe:  # the signal reached redis-server itself (behind a pipe, sh alone got it)
+        assert probe.connect_ex(("127.0.0.1", port)) != 0, "redis-server outlived its container's first process"
 
 
 @pytest.fixture
