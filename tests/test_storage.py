@@ -297,5 +297,7 @@ async def test_sqlite_keeps_text_as_utf_8_not_escaped(tmp_path: Path) -> None:
         with sqlite3.connect(tmp_path / "exai.db") as db:
             (size,) = db.execute("SELECT length(CAST(state AS BLOB)) FROM threads").fetchone()
         assert 4000 <= size < 4100, size
+        lone = _thread().model_copy(update={"state": {"note": "\ud83d"}})  # UTF-8 cannot carry it: kept escaped
+        assert (await store.get_thread((await _create(store, lone)).id)).state == {"note": "\ud83d"}  # type: ignore[union-attr]
     finally:
         await store.close()

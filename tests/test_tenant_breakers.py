@@ -13,14 +13,13 @@ from collections.abc import Callable
 from typing import Any
 
 import anyio
-import httpx2
 import pytest
 from mcp import Client
 from mcp.types import CallToolResult
 
 from exai.security.auth import issue_token
 from tests.conftest import TEST_JWT_SECRET, Proc, SimControl
-from tests.helpers import mcp_client, text_of, tool_error, wait_until
+from tests.helpers import mcp_client, text_of, tool_error
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(300)]
 Daemon = Callable[..., Proc]
@@ -107,28 +106,3 @@ async def test_a_poison_probe_cannot_hold_a_healed_model_shut_for_the_others(dae
     assert probe["category"] == "timeout", probe
     answered = await _chat(proc, "alice", "hello again")
     assert not answered.is_error, "mallory's failed probe kept out alice: " + text_of(answered)
-
-
-async def test_one_tenants_poison_prompts_do_not_raise_the_providers_error_rate_alert(
-    daemon: Daemon, sim: SimControl
-) -> None:
-    """The error-rate alert judges a provider by the other tenants' attempts when they made enough: mallory's 500s
-    beside alice's answers page no one; once alice fails too, it fires."""
-    proc = daemon(EXAI_JWT_SECRET=TEST_JWT_SECRET, EXAI_BREAKER_FAILURE_THRESHOLD="100", EXAI_MAX_RETRIES="0")
-    admin = {"Authorization": f"Bearer {issue_token(TEST_JWT_SECRET, 'ops', ['exai:admin'], 900)}"}
-
-    def alerts() -> list[str]:
-        return [a["name"] for a in httpx2.get(f"{proc.url}/alerts", headers=admin).json()["active"]]
-
-    sim.fault("500", model="sim-fast", prompt_contains="poison")
-    for n in range(6):
-        assert not (await _chat(proc, "alice", f"hello {n}")).is_error
-    for n in range(12):
-        assert tool_error(await _chat(proc, "mallory", f"poison {n}"))["code"] != "breakers_open"
-    evaluated = time.monotonic()
-    await wait_until(lambda: time.monotonic() > evaluated + 3, "a few evaluations of the alert rules (every 1 s)")
-    assert alerts() == [], "two thirds of the provider's attempts failed, all of them mallory's"
-    sim.fault("500", model="sim-fast")  # now it fails alice too
-    for n in range(6):
-        assert tool_error(await _chat(proc, "alice", f"again {n}"))["code"] != "breakers_open"
-    await wait_until(lambda: "provider_error_rate:custom" in alerts(), "the alert to fire on alice's failures")

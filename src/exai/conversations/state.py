@@ -15,7 +15,7 @@ from pydantic import BaseModel, Field
 from exai.errors import InvalidInput
 from exai.storage.base import ThreadRecord
 
-RUN_TEXT_LIMIT = 500_000
+THREAD_STEPS_TEXT_LIMIT = 500_000
 """Characters of step text a thread's workflow runs keep, all tools together (one run: about 125,000 tokens for the
 expert model)."""
 Confidence = Literal["exploring", "low", "medium", "high", "very_high", "almost_certain", "certain"]
@@ -96,14 +96,18 @@ def record_step(tool: str, number: int, step: WorkflowStep, total_steps: int, fi
         run = state.run_for(tool, number)
         if run is None:
             run = state.workflows[tool] = WorkflowRun(started_seq=thread.turn_count)
+        before = state.text_chars
         run.steps[number] = step
-        if (kept := state.text_chars) > RUN_TEXT_LIMIT:  # checked on the thread as committed, retried or not
+        kept = state.text_chars
+        if (
+            kept > THREAD_STEPS_TEXT_LIMIT and kept > before
+        ):  # on the thread as committed; a step that shrinks it always fits
             raise InvalidInput(
-                f"This thread's workflow runs would keep {kept:,} characters of steps, findings and issues; a thread "
-                f"keeps at most {RUN_TEXT_LIMIT:,} over all its runs (they are stored with it, and a run is sent whole "
-                "to the expert model).",
+                f"This thread's workflow runs would keep {kept:,} characters of steps, findings and issues; a "
+                f"thread keeps at most {THREAD_STEPS_TEXT_LIMIT:,} over all its runs (they are stored with it, and a "
+                "run is sent whole to the expert model).",
                 code="workflow_too_large",
-                details={"chars": kept, "limit": RUN_TEXT_LIMIT},
+                details={"chars": kept, "limit": THREAD_STEPS_TEXT_LIMIT},
                 remedy="Send this step shorter. To finish the run as it is, send your last step_number again, shorter, "
                 "with next_step_required false (a step sent again replaces its earlier text; add use_assistant_model "
                 "false if the expert would get too much). Or start a new run in a new thread (step_number 1 without "

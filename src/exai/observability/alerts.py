@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import Counter, deque
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -85,12 +85,13 @@ class AlertManager:
         found: dict[str, tuple[str, str]] = {}
         recent = self.stats.window(self.t.window_seconds)
         window = f"in the last {self.t.window_seconds:g} s"
-        for provider, counted in recent.tenant_attempts.items():
-            tried, failed, apart = _error_rate(counted, self.t.provider_min_calls)
+        for provider, outcomes in recent.attempts.items():
+            tried = sum(n for kind, n in outcomes.items() if kind != "breaker_open")
+            failed = tried - outcomes["ok"]
             if tried >= self.t.provider_min_calls and failed / tried >= self.t.provider_error_rate:
                 found[f"provider_error_rate:{provider}"] = (
                     "critical",
-                    f"{provider}: {failed / tried:.0%} of {tried} upstream calls{apart} failed {window}",
+                    f"{provider}: {failed / tried:.0%} of {tried} upstream calls failed {window}",
                 )
         if sum(recent.latency.values()) >= 5:
             p95 = percentile(recent.latency, 0.95) / 1000
@@ -175,18 +176,3 @@ class AlertManager:
             "active": [a.to_dict() for a in self.active.values()],
             "recent": [a.to_dict() for a in list(self.history)[-50:]],
         }
-
-
-def _error_rate(counted: Counter[tuple[str | None, bool]], enough: int) -> tuple[int, int, str]:
-    """Upstream attempts and failures to judge a provider by: those of every tenant but the one with the most
-    failures, when the others made `enough` attempts (one tenant's poison prompts are that tenant's, not an outage);
-    everyone's otherwise (one tenant alone, or the others idle). The third value says which were counted."""
-    failures: Counter[str | None] = Counter({tenant: n for (tenant, failed), n in counted.items() if failed})
-    tried = sum(counted.values())
-    if failures:
-        worst = failures.most_common(1)[0][0]
-        others = {key: n for key, n in counted.items() if key[0] != worst}
-        if sum(others.values()) >= enough:
-            kept_failed = sum(n for (_, failed), n in others.items() if failed)
-            return sum(others.values()), kept_failed, " of tenants other than the one failing most"
-    return tried, sum(failures.values()), ""

@@ -52,7 +52,7 @@ class Breaker(BaseModel):
     since: float | None = None
     reason: str
     open_for: list[str] = []
-    """The tenants it keeps out, when not everyone (their own calls failed, nobody else's did)."""
+    """The tenants it keeps out, when those alone failed while other tenants had answers lately."""
 
 
 class ProviderHealth(BaseModel):

@@ -38,8 +38,6 @@ class Attempt(Protocol):
     def outcome(self) -> str: ...
     @property
     def latency_ms(self) -> float: ...
-    @property
-    def tenant(self) -> str | None: ...
 
 
 def latency_bucket(ms: float) -> int:
@@ -71,8 +69,6 @@ class Slot:
     error_categories: Counter[str] = field(default_factory=Counter)
     latency: Counter[int] = field(default_factory=Counter)
     attempts: dict[str, Counter[str]] = field(default_factory=dict)
-    tenant_attempts: dict[str, Counter[tuple[str | None, bool]]] = field(default_factory=dict)
-    """Upstream attempts by provider, counted by (tenant, failed)."""
     marks: Counter[str] = field(default_factory=Counter)
 
     @property
@@ -90,8 +86,6 @@ class Slot:
         self.marks.update(other.marks)
         for provider, outcomes in other.attempts.items():
             self.attempts.setdefault(provider, Counter()).update(outcomes)
-        for provider, counted in other.tenant_attempts.items():
-            self.tenant_attempts.setdefault(provider, Counter()).update(counted)
 
 
 class TenantUsage(BaseModel):
@@ -133,10 +127,7 @@ class Stats:
     def attempt_finished(self, attempt: Attempt) -> None:
         now = self.clock()
         self.providers_seen.add(attempt.provider)
-        slot = self._slot(now)
-        slot.attempts.setdefault(attempt.provider, Counter())[attempt.outcome] += 1
-        if attempt.outcome != "breaker_open":
-            slot.tenant_attempts.setdefault(attempt.provider, Counter())[(attempt.tenant, attempt.outcome != "ok")] += 1
+        self._slot(now).attempts.setdefault(attempt.provider, Counter())[attempt.outcome] += 1
 
     def mark(self, kind: str) -> None:
         """Count a moment of `kind` (auth_failure, storage_error, ...) for the windowed alert rules."""

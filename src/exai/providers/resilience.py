@@ -21,8 +21,8 @@ BREAKER_KINDS: frozenset[FailureKind] = frozenset({"server", "timeout", "connect
 @dataclass(frozen=True)
 class BreakerView:
     """A breaker as people see it: its state, when it last opened (wall clock), the upstream failures since the
-    model's last success that count against its health, by kind, and, when it is open for some tenants only (their
-    own calls failed, nobody else's did), which."""
+    model's last success that count against its health, by kind, and, when it keeps out some tenants only while
+    other tenants had answers from the model lately, which (see `CircuitBreaker.open_for`)."""
 
     state: BreakerState
     opened_at: float | None
@@ -153,6 +153,7 @@ class CircuitBreaker:
         was_open = self._last_opened is not None
         self.failures[kind] += 1
         self.by_tenant[tenant] += 1
+        self.answered.pop(tenant, None)  # its answers before this failure say nothing of the model now
         now, opened = self.clock(), False
         if probe or self.by_tenant[tenant] >= self.threshold:
             self.since[tenant] = now  # kept out for another cooldown: this tenant, no one else

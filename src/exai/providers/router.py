@@ -48,8 +48,6 @@ class Attempt:
     vendor bills what it started, the prompt and `streamed`."""
     streamed: str = ""
     """Answer and reasoning text streamed back during this attempt."""
-    tenant: str | None = None
-    """Whose call it was: the alert on a provider's error rate leaves out one tenant's own failures."""
 
     def summary(self) -> dict[str, str | float]:
         """What an error's details say of the attempt (never the streamed text)."""
@@ -315,7 +313,7 @@ class Router:
                 breaker = self.breaker(info)
                 if not breaker.allow(tenant, caller):
                     skipped_open.append(breaker)
-                    attempts.append(Attempt(info.provider, info.name, "breaker_open", 0.0, tenant=tenant))
+                    attempts.append(Attempt(info.provider, info.name, "breaker_open", 0.0))
                     continue
                 if attempts and attempts[-1].model != info.name:
                     fallbacks.append(info.name)
@@ -402,19 +400,19 @@ class Router:
                 breaker.release_probe(caller)
                 if isinstance(error, asyncio.CancelledError):  # cut while upstream: the vendor bills what it started
                     elapsed = (time.perf_counter() - started) * 1000
-                    cut = Attempt(info.provider, info.name, CUT, elapsed, True, "".join(heard), tenant)
+                    cut = Attempt(info.provider, info.name, CUT, elapsed, billed=True, streamed="".join(heard))
                     attempts.append(cut)  # the call's, not a failure
                 raise
             else:
                 breaker.record_success(tenant)
                 elapsed = (time.perf_counter() - started) * 1000
-                self._observe(attempts, Attempt(info.provider, info.name, "ok", elapsed, tenant=tenant))
+                self._observe(attempts, Attempt(info.provider, info.name, "ok", elapsed))
                 return response
             finally:
                 self._release_slot(info, tenant)
             elapsed = (time.perf_counter() - started) * 1000
             timed_out = exc.kind == "timeout" and exc.status is None  # sent, then cut by our time limit
-            failed = Attempt(info.provider, info.name, exc.kind, elapsed, timed_out, "".join(heard), tenant)
+            failed = Attempt(info.provider, info.name, exc.kind, elapsed, billed=timed_out, streamed="".join(heard))
             self._observe(attempts, failed)
             breaker.record_failure(exc.kind, tenant, caller)
             log.warning(

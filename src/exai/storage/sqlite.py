@@ -46,8 +46,14 @@ WAL_SIZE_LIMIT = 64 * 1024 * 1024
 
 
 def _json(value: Any) -> str:
-    """As stored: UTF-8 text as it is (escaped, an emoji took 12 bytes instead of 4)."""
-    return json.dumps(value, ensure_ascii=False)
+    """As stored: UTF-8 text as it is (escaped, an emoji took 12 bytes instead of 4); escaped only when the value
+    holds what UTF-8 cannot carry (a lone surrogate from an upstream's JSON)."""
+    text = json.dumps(value, ensure_ascii=False)
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return json.dumps(value)
+    return text
 
 
 _SQLITE_UPDATE = ", ".join(f"{column} = ?" for column in THREAD_UPDATE.split(", "))
