@@ -135,7 +135,11 @@ class Metrics:
         self.cost = Counter("exai_cost_usd", "Estimated cost in US dollars", ["provider", "model"], registry=r)
         self.errors = Counter("exai_errors", "Errors returned to clients by category", ["category"], registry=r)
         self.breaker = Gauge(
-            "exai_breaker_state", "Circuit breaker: 0 closed, 1 half-open, 2 open", ["provider", "model"], registry=r
+            "exai_breaker_state",
+            "Circuit breaker for every tenant: 0 closed (or keeping out only tenants whose own calls failed while "
+            "others had answers), 1 half-open, 2 open",
+            ["provider", "model"],
+            registry=r,
         )
         self.rate_limited = Counter("exai_rate_limit_rejections", "Calls refused by rate limits", ["limit"], registry=r)
         self.auth_failures = Counter("exai_auth_failures", "Requests refused for a bad or missing token", registry=r)
