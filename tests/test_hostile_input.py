@@ -80,7 +80,7 @@ async def test_a_workflow_cannot_be_made_to_store_megabytes_per_call(daemon: Dae
     async with Client(f"{proc.url}/mcp") as client:
         for bulky in (
             {"step": "look", "issues_found": issues},
-            {"step": "s" * 40_000, "findings": "f" * 40_000, "hypothesis": "h" * 40_000},
+            {"step": "s" * 100_000, "findings": "f" * 100_000, "hypothesis": "h" * 100_000, "issues_found": issues[:2]},
         ):
             refused = await client.call_tool("analyze", {**step, **bulky})
             error = tool_error(refused)
@@ -93,7 +93,7 @@ async def test_a_workflow_cannot_be_made_to_store_megabytes_per_call(daemon: Dae
         first = await client.call_tool("debug", {**step, "step": "start"})
         assert first.structured_content
         thread = first.structured_content["continuation_id"]
-    wide = {"step": "s" * 30_000, "findings": "f" * 30_000, "hypothesis": "h" * 30_000}  # 90,000 a step
+    wide = {"step": "s" * 100_000, "findings": "f" * 100_000, "hypothesis": "h" * 100_000}  # 300,000 a step
 
     async def send(number: int) -> Any:
         async with Client(f"{proc.url}/mcp") as session:
@@ -110,7 +110,7 @@ async def test_a_workflow_cannot_be_made_to_store_megabytes_per_call(daemon: Dae
             group.start_soon(one)
     accepted = [n + 2 for n, r in enumerate(results) if not r.is_error]
     codes = {tool_error(r)["code"] for r in results if r.is_error}
-    assert len(accepted) == 5 and codes == {"workflow_too_large"}, (accepted, codes)  # 5 x 90,000 + the first step
+    assert len(accepted) == 6 and codes == {"workflow_too_large"}, (accepted, codes)  # 6 x 300,000 + the first step
     last = max(accepted)  # the run is full, and can still be finished as its remedy says
     final = {**step, "step_number": last, "step": "done", "next_step_required": False, "use_assistant_model": False}
     async with Client(f"{proc.url}/mcp") as client:

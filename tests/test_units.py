@@ -11,6 +11,7 @@ from typing import get_args
 import pytest
 
 from exai.config import load_settings
+from exai.conversations.state import ThreadState, WorkflowRun, WorkflowStep, record_step
 from exai.errors import InvalidInput
 from exai.provider_specs import PROVIDER_SPECS
 from exai.providers.base import classify_status, parse_retry_after
@@ -18,6 +19,7 @@ from exai.providers.catalogue import EFFORT_ORDER, Catalogue, ModelInfo
 from exai.providers.quirks import anthropic_params, effort_for, openai_params, temperature_for
 from exai.providers.resilience import BreakerState, BreakerView, CircuitBreaker, backoff_delay
 from exai.providers.types import GenerateRequest, Message, ThinkingMode
+from exai.storage.base import ThreadRecord
 from exai.tools import enabled_tools
 
 
@@ -209,6 +211,30 @@ def test_one_tenants_failures_keep_out_that_tenant_and_an_outage_keeps_out_every
     breaker.record_failure("server", "alice")  # every tenant but the worst one failed `threshold` times
     assert all(breaker.state_for(t) == "open" for t in ("alice", "bob", "mallory", None))
     assert breaker.view().open_for == () and breaker.retry_in("bob") == 10, "open for everyone"
+
+
+def test_a_tenant_that_fails_no_longer_counts_as_answered_lately() -> None:
+    """Alice's answer from before the trouble must not make bob's and her own failures look like bob's alone."""
+    breaker = CircuitBreaker(threshold=2, cooldown=10, clock=lambda: 0.0, tenants_apart=True)
+    breaker.record_success("alice")
+    for _ in range(2):
+        breaker.record_failure("server", "bob")
+    assert breaker.view().open_for == ("bob",), "alice had answers lately: bob's own failures"
+    breaker.record_failure("server", "alice")
+    assert breaker.view().open_for == (), "alice fails too: it counts as open, for the metric and the alert"
+
+
+def test_a_thread_over_the_workflow_text_bound_can_still_shrink() -> None:
+    """A thread stored before the bound (or filled by another tool's run) takes a step that makes it smaller, as the
+    remedy advises; one that makes it larger is refused."""
+    state, record = ThreadState(), ThreadRecord(tenant="t", title="t", expires_at=0.0)
+    big, more = WorkflowStep(step="x" * 2_500_000), WorkflowStep(step="y" * 600_000)
+    state.workflows["debug"] = WorkflowRun(steps={1: big, 2: more})
+    record_step("debug", 2, WorkflowStep(step="shorter"), 2, final=True)(state, record)
+    assert state.text_chars == 2_500_007, "still over the bound, but smaller: taken"
+    with pytest.raises(InvalidInput) as refused:
+        record_step("analyze", 1, WorkflowStep(step="z"), 1, final=False)(state, record)
+    assert refused.value.code == "workflow_too_large"
 
 
 def test_each_tenant_probes_for_itself_and_a_failed_probe_keeps_out_only_its_tenant() -> None:

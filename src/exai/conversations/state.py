@@ -15,9 +15,9 @@ from pydantic import BaseModel, Field
 from exai.errors import InvalidInput
 from exai.storage.base import ThreadRecord
 
-THREAD_STEPS_TEXT_LIMIT = 500_000
-"""Characters of step text a thread's workflow runs keep, all tools together (one run: about 125,000 tokens for the
-expert model)."""
+THREAD_STEPS_TEXT_LIMIT = 2_000_000
+"""Characters of step text a thread's workflow runs keep, all tools together: five steps at the step limit, a
+million characters and more for a large-context expert, bounded (one run per tool once held 5 million, escaped)."""
 Confidence = Literal["exploring", "low", "medium", "high", "very_high", "almost_certain", "certain"]
 
 
@@ -99,9 +99,7 @@ def record_step(tool: str, number: int, step: WorkflowStep, total_steps: int, fi
         before = state.text_chars
         run.steps[number] = step
         kept = state.text_chars
-        if (
-            kept > THREAD_STEPS_TEXT_LIMIT and kept > before
-        ):  # on the thread as committed; a step that shrinks it always fits
+        if kept > THREAD_STEPS_TEXT_LIMIT and kept > before:  # as committed; shrinking always fits
             raise InvalidInput(
                 f"This thread's workflow runs would keep {kept:,} characters of steps, findings and issues; a "
                 f"thread keeps at most {THREAD_STEPS_TEXT_LIMIT:,} over all its runs (they are stored with it, and a "

@@ -26,6 +26,10 @@ from exai.providers.types import GenerateRequest, ThinkingMode
 from exai.storage.base import TurnRecord
 from exai.tools.base import TEXT_LIMIT, ArgumentError, Tool, ToolContext, ToolInput, ToolResult, UsageOut
 
+STEP_TEXT_LIMIT = 4 * TEXT_LIMIT
+"""Characters of text in one workflow step, all fields together: each of step, findings and hypothesis at its own
+limit, and as much again in issues and files."""
+
 
 class WorkflowInput(ToolInput):
     step: str = Field(min_length=1, description="What you investigated or plan in this step.")
@@ -44,14 +48,14 @@ class WorkflowInput(ToolInput):
 
     @model_validator(mode="after")
     def _step_text_bounded(self) -> WorkflowInput:
-        """A step's text, all fields together, within TEXT_LIMIT: intermediate steps ask no model and cost no
+        """A step's text, all fields together, within STEP_TEXT_LIMIT: intermediate steps ask no model and cost no
         tokens, so their size is what bounds a thread's growth (38 issues of 99,000 characters were 3.7 MB a call)."""
         kept = self.as_step(0.0).text_chars
-        if kept > TEXT_LIMIT:
+        if kept > STEP_TEXT_LIMIT:
             raise ArgumentError(
                 "",
                 f"the step's text (step, findings, hypothesis, issues, files) totals {kept:,} characters; at most "
-                f"{TEXT_LIMIT:,} are accepted in all: summarize, and leave details to the files you name",
+                f"{STEP_TEXT_LIMIT:,} are accepted in all: summarize, and leave details to the files you name",
             )
         return self
 
