@@ -23,6 +23,7 @@ from mcp.client.streamable_http import streamable_http_client
 
 from exai.security.auth import new_api_key
 from exai.stress.balancer import NGINX
+from exai.stress.driver import describe
 from tests.conftest import Proc, SimControl
 from tests.container_engine import unavailable
 from tests.helpers import text_of, wait_until
@@ -161,7 +162,8 @@ class Load:
                 if result.is_error:
                     raise CallFailed(text_of(result))
             except Exception as exc:  # the SDK raises its own types for HTTP and stream failures
-                self.failures.append((started, time.monotonic(), f"{name}: {type(exc).__name__}: {exc}"))
+                said = describe(exc)[1]  # the task group's leaves: what failed, not "unhandled errors in a TaskGroup"
+                self.failures.append((started, time.monotonic(), f"{name}: {said}"))
                 continue
             thread = self.record(result.structured_content["continuation_id"], prompt)
 
