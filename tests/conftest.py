@@ -41,6 +41,7 @@ FIXTURE_MARKERS: dict[str, tuple[str, ...]] = {
     "nginx_prefix": ("nginx", "slow"),
     "pgbouncer_url": ("slow",),
     "postgres_url": ("postgres",),
+    "private_postgres": ("postgres",),
     "redis_url": ("redis",),
 }
 

@@ -48,6 +48,57 @@ def _which_pg(name: str) -> str | None:
     return str(candidates[-1]) if candidates else None
 
 
+class PrivateCluster:
+    """A throwaway PostgreSQL cluster of this test run's own (initdb, pg_ctl), which a test may crash: `crash()`
+    stops it in immediate mode (no shutdown checkpoint, the WAL buffers thrown away, as a killed server) and starts
+    it again, so that only what reached the WAL on disk survives."""
+
+    def __init__(self) -> None:
+        initdb, self.pg_ctl = _which_pg("initdb"), _which_pg("pg_ctl")
+        if not (initdb and self.pg_ctl):
+            _unavailable("PostgreSQL's initdb and pg_ctl")
+        self.data = Path(tempfile.mkdtemp(prefix="exai-pg-"))
+        self.port = free_port()
+        self.user = [shutil.which("runuser") or "runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+        if self.user:  # initdb refuses to run as root
+            shutil.chown(self.data, "postgres")
+        initialized = subprocess.run(
+            [*self.user, initdb, "-D", str(self.data), "-U", "postgres", "--auth=trust", "--no-sync"],
+            capture_output=True,
+        )
+        assert initialized.returncode == 0, f"initdb failed: {initialized.stderr.decode()[-2000:]}"
+        self.url = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+
+    def _ctl(self, *args: str) -> subprocess.CompletedProcess[bytes]:
+        assert self.pg_ctl is not None
+        return subprocess.run([*self.user, self.pg_ctl, "-D", str(self.data), *args], capture_output=True)
+
+    def start(self) -> None:
+        options = f"-p {self.port} -k {self.data} -c listen_addresses=127.0.0.1"
+        log = str(self.data / "server.log")  # not our pipes: the server would hold them open, and us waiting on them
+        started = self._ctl("-o", options, "-l", log, "-w", "-t", "120", "start")
+        assert started.returncode == 0, f"pg_ctl start failed: {started.stderr.decode()[-2000:]}"
+
+    def crash(self) -> None:
+        self._ctl("-m", "immediate", "-w", "stop")
+        self.start()
+
+    def remove(self) -> None:
+        self._ctl("-m", "immediate", "stop")
+        shutil.rmtree(self.data, ignore_errors=True)
+
+
+@pytest.fixture
+def private_postgres() -> Iterator[PrivateCluster]:
+    """A PostgreSQL cluster for one test alone, started; removed after it."""
+    cluster = PrivateCluster()
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.remove()
+
+
 @pytest.fixture(scope="session")
 def postgres_url() -> Iterator[str]:
     if url := os.environ.get("EXAI_TEST_DATABASE_URL"):
@@ -56,25 +107,12 @@ def postgres_url() -> Iterator[str]:
     if _reachable(5432):
         yield DEFAULT_PG
         return
-    initdb, pg_ctl = _which_pg("initdb"), _which_pg("pg_ctl")
-    if not (initdb and pg_ctl):
-        _unavailable("PostgreSQL")
-    data = Path(tempfile.mkdtemp(prefix="exai-pg-"))
-    port = free_port()
-    user = ["sudo", "-u", "nobody"] if os.geteuid() == 0 else []
-    if user:
-        shutil.chown(data, "nobody")
-    subprocess.run([*user, initdb, "-D", str(data), "-U", "postgres", "--auth=trust"], check=True, capture_output=True)
+    cluster = PrivateCluster()
     try:
-        subprocess.run(
-            [*user, pg_ctl, "-D", str(data), "-o", f"-p {port} -k {data} -c listen_addresses=127.0.0.1", "-w", "start"],
-            check=True,
-            capture_output=True,
-        )
-        yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
+        cluster.start()
+        yield cluster.url
     finally:
-        subprocess.run([*user, pg_ctl, "-D", str(data), "-m", "immediate", "stop"], capture_output=True)
-        shutil.rmtree(data, ignore_errors=True)
+        cluster.remove()
 
 
 @pytest.fixture(scope="session")
