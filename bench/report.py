@@ -53,7 +53,7 @@ def table(overhead: dict[str, Any], startup: dict[str, Any]) -> str:
         f"Measured by `{overhead['command']}` ({overhead['measured']['calls_c1']} calls per subject at c=1, "
         f"{overhead['measured']['calls_c32']} at c=32; load average {load} at its end) and "
         f"`python bench/startup.py --rounds {startup['rounds']}` (load average {startup_load or 'not recorded'}) "
-        f"on {overhead['machine']['cpus']} cores shared with other work; every figure is in "
+        f"on {overhead['machine']['cpus']} cores (the load average beside it says what else ran); every figure is in "
         "`bench/results/overhead.json` and `bench/results/startup.json`.",
     ]
     return "\n".join(lines)
