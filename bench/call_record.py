@@ -3,9 +3,7 @@
 Measured on the stores themselves (SQLite as the daemon opens it, PostgreSQL on 127.0.0.1 in a throwaway schema),
 one pair of writes at a time and then 16 callers at once, with a result the size of a typical chat answer.
 Reported as p50 and p95 milliseconds per call (insert + finish), beside one thread append of the same call's two
-turns, the write every model call already made before records existed; and a call's three writes together (record,
-turns, finish) with the turns committed without a WAL flush of their own (the finish's flush covers both, as the
-daemon does) against their own flush, interleaved. For PostgreSQL also the floor any
+turns, the write every model call already made before records existed. For PostgreSQL also the floor any
 synchronously committed write pays on this machine: a one-row insert back to back, and paced at one every 100 ms
 (a daemon at 10 calls/s: between commits the database's processes sleep and must be woken).
 
@@ -57,55 +55,16 @@ async def one_record(store: Store) -> float:
     return time.perf_counter() - started
 
 
-def new_thread() -> tuple[ThreadRecord, list[TurnRecord]]:
+async def one_append(store: Store) -> float:
     thread = ThreadRecord(tenant="bench", title="bench", expires_at=time.time() + 3600)
     turns = [
         TurnRecord(role="user", content="question", tool="chat", seq=1),
         TurnRecord(role="assistant", content="x" * 1500, tool="chat", seq=2),
     ]
     thread.turn_count, thread.version = 2, 1
-    return thread, turns
-
-
-async def one_append(store: Store) -> float:
-    thread, turns = new_thread()
     started = time.perf_counter()
     await store.append_turns(thread, turns, expected_version=0)
     return time.perf_counter() - started
-
-
-async def one_call(store: Store, flushed_later: bool) -> float:
-    """Everything a chat call writes, in its order: the record, the new thread's turns, the record's finish."""
-    now = time.time()
-    call = CallRecord(tenant="bench", tool="chat", owner="bench", lease_until=now + 30, expires_at=now + 3600)
-    thread, turns = new_thread()
-    started = time.perf_counter()
-    await store.create_call(call)
-    await store.append_turns(thread, turns, expected_version=0, flushed_later=flushed_later)
-    await store.finish_call(call.id, CallEnd("completed", result=RESULT), time.time())
-    return time.perf_counter() - started
-
-
-async def call_writes(store: Store, calls: int) -> dict[str, Any]:
-    """A call's writes with the turns committed without a flush of their own (the finish flushes both) and with
-    their own flush, interleaved: one caller, then 16 at once."""
-    alone: dict[bool, list[float]] = {True: [], False: []}
-    together: dict[bool, list[float]] = {True: [], False: []}
-
-    async def writer(n: int, flushed_later: bool) -> None:
-        for _ in range(n):
-            together[flushed_later].append(await one_call(store, flushed_later))
-
-    for round_ in range(10):
-        order = (True, False) if round_ % 2 else (False, True)
-        for flushed_later in order:
-            alone[flushed_later] += [await one_call(store, flushed_later) for _ in range(calls // 10)]
-            await asyncio.gather(*(writer(calls // 160, flushed_later) for _ in range(16)))
-    return {
-        f"{name}{suffix}": percentiles(samples[flushed_later])
-        for name, samples in (("call_writes", alone), ("call_writes_16_writers", together))
-        for flushed_later, suffix in ((True, "_one_flush"), (False, "_two_flushes"))
-    }
 
 
 async def measure(store: Store, calls: int) -> dict[str, Any]:
@@ -123,7 +82,6 @@ async def measure(store: Store, calls: int) -> dict[str, Any]:
         "call_record": percentiles(record),
         "thread_append": percentiles(append),
         "call_record_16_writers": percentiles(concurrent),
-        **await call_writes(store, calls),
     }
 
 

@@ -81,18 +81,6 @@ def _provider_env_names() -> set[str]:
 
 
 @pytest.fixture(autouse=True)
-def signal_handlers_restored() -> Iterator[None]:
-    """Every test ends with the SIGINT and SIGTERM handlers it started with: asyncio.run turns Ctrl-C into a
-    cancellation only where it finds Python's default SIGINT handler, so one left behind by an earlier test changed
-    what later tests saw (a test of the stress runner's interrupt waited out a 30 s sleep in the full suite)."""
-    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
-    yield
-    for sig, handler in handlers.items():
-        if signal.getsignal(sig) is not handler and handler is not None:
-            signal.signal(sig, handler)
-
-
-@pytest.fixture(autouse=True)
 def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """No test sees the developer's keys, .env or exai.toml."""
     for name in list(os.environ):

@@ -40,6 +40,16 @@ def _unavailable(what: str) -> NoReturn:
     pytest.skip(f"!!! SKIPPED: {message}")
 
 
+def _account_exists(name: str) -> bool:
+    import pwd
+
+    try:
+        pwd.getpwnam(name)
+    except KeyError:
+        return False
+    return True
+
+
 def _which_pg(name: str) -> str | None:
     found = shutil.which(name)
     if found:
@@ -50,24 +60,31 @@ def _which_pg(name: str) -> str | None:
 
 class PrivateCluster:
     """A throwaway PostgreSQL cluster of this test run's own (initdb, pg_ctl), which a test may crash: `crash()`
-    stops it in immediate mode (no shutdown checkpoint, the WAL buffers thrown away, as a killed server) and starts
-    it again, so that only what reached the WAL on disk survives."""
+    stops it in immediate mode (no shutdown checkpoint; WAL still in the server's buffers is thrown away, as when
+    the server is killed) and starts it again."""
 
     def __init__(self) -> None:
         initdb, self.pg_ctl = _which_pg("initdb"), _which_pg("pg_ctl")
         if not (initdb and self.pg_ctl):
             _unavailable("PostgreSQL's initdb and pg_ctl")
+        self.user: list[str] = []
+        if os.geteuid() == 0:  # initdb refuses to run as root: as the postgres account, or nobody without one
+            account = "postgres" if _account_exists("postgres") else "nobody"
+            self.user = [shutil.which("runuser") or "runuser", "-u", account, "--"]
         self.data = Path(tempfile.mkdtemp(prefix="exai-pg-"))
         self.port = free_port()
-        self.user = [shutil.which("runuser") or "runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
-        if self.user:  # initdb refuses to run as root
-            shutil.chown(self.data, "postgres")
-        initialized = subprocess.run(
-            [*self.user, initdb, "-D", str(self.data), "-U", "postgres", "--auth=trust", "--no-sync"],
-            capture_output=True,
-        )
-        assert initialized.returncode == 0, f"initdb failed: {initialized.stderr.decode()[-2000:]}"
         self.url = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+        try:
+            if self.user:
+                shutil.chown(self.data, self.user[2])
+            initialized = subprocess.run(
+                [*self.user, initdb, "-D", str(self.data), "-U", "postgres", "--auth=trust", "--no-sync"],
+                capture_output=True,
+            )
+            assert initialized.returncode == 0, f"initdb failed: {initialized.stderr.decode()[-2000:]}"
+        except BaseException:
+            shutil.rmtree(self.data, ignore_errors=True)
+            raise
 
     def _ctl(self, *args: str) -> subprocess.CompletedProcess[bytes]:
         assert self.pg_ctl is not None

@@ -187,12 +187,10 @@ async def test_redis_outage_falls_back_to_the_database(tmp_path: Path, closing: 
 class AlwaysOvertaken(SQLiteStore):
     """A store where another writer always commits first (after the thread was created)."""
 
-    async def append_turns(
-        self, thread: ThreadRecord, turns: list[TurnRecord], *, expected_version: int, flushed_later: bool = False
-    ) -> None:
+    async def append_turns(self, thread: ThreadRecord, turns: list[TurnRecord], *, expected_version: int) -> None:
         if expected_version:
             raise ThreadConflict(thread.id, gone=False)
-        await super().append_turns(thread, turns, expected_version=expected_version, flushed_later=flushed_later)
+        await super().append_turns(thread, turns, expected_version=expected_version)
 
 
 async def test_a_write_that_keeps_losing_is_refused_as_a_conflict(tmp_path: Path, closing: Closing) -> None:

@@ -137,21 +137,13 @@ class Conversations:
             )
 
     async def record(
-        self,
-        thread: Thread,
-        turns: list[TurnRecord],
-        tool: str,
-        change: StateChange | None = None,
-        *,
-        flushed_later: bool = False,
+        self, thread: Thread, turns: list[TurnRecord], tool: str, change: StateChange | None = None
     ) -> ThreadRecord:
         """Commit the turns (and the state change) on top of whatever is committed now.
 
         Only after this returns may the response be sent. On a concurrent write the thread is read again and the
         same turns and change are applied to it; after `WRITE_ATTEMPTS` the call is refused (retryable).
-        Each turn's tokens are counted here, once, so later prompts never count the history again. `flushed_later`:
-        the call commits its record's finish, waiting for the log flush, before the answer goes out (see the store's
-        `append_turns`)."""
+        Each turn's tokens are counted here, once, so later prompts never count the history again."""
         turns = [
             t if t.tokens is not None else t.model_copy(update={"tokens": await count_tokens_async(t.content)})
             for t in turns
@@ -165,9 +157,7 @@ class Conversations:
             conflict: ThreadConflict | None = None
             async with self._timed("append_turns"):
                 try:
-                    await self.store.append_turns(
-                        record, numbered, expected_version=thread.record.version, flushed_later=flushed_later
-                    )
+                    await self.store.append_turns(record, numbered, expected_version=thread.record.version)
                 except ThreadConflict as exc:
                     conflict = exc
             if conflict is None:

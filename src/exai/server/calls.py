@@ -183,7 +183,6 @@ async def handle_call(
             await services.discovery.settled()  # a call just after start needs the Custom endpoint's models
             if record is not None:
                 await record()
-                ctx.recorded = True
             result = await run(tool, args, ctx)
         outcome = "ok"
         return result

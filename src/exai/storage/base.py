@@ -244,15 +244,11 @@ class Store(Protocol):
         has them); None when the thread does not exist."""
         ...
 
-    async def append_turns(
-        self, thread: ThreadRecord, turns: list[TurnRecord], *, expected_version: int, flushed_later: bool = False
-    ) -> None:
+    async def append_turns(self, thread: ThreadRecord, turns: list[TurnRecord], *, expected_version: int) -> None:
         """Write `thread` (as it is after this append) and its new, numbered `turns` in one committed transaction.
 
         Only if the stored thread is still at `expected_version` (0: the thread is new and is inserted);
-        otherwise nothing is written and `ThreadConflict` is raised. `flushed_later`: the caller commits a later
-        write that waits for the log flush (the call record's finish) before anyone sees the answer, so this commit
-        need not wait for one of its own (the flush of the later write makes both durable)."""
+        otherwise nothing is written and `ThreadConflict` is raised."""
         ...
 
     async def list_threads(self, tenant: str, limit: int) -> list[ThreadRecord]: ...

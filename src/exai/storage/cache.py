@@ -110,10 +110,8 @@ class CachedStore:
         self._in_background(self._extend(thread_id, rest))
         return record, cached + rest
 
-    async def append_turns(
-        self, thread: ThreadRecord, turns: list[TurnRecord], *, expected_version: int, flushed_later: bool = False
-    ) -> None:
-        await self.inner.append_turns(thread, turns, expected_version=expected_version, flushed_later=flushed_later)
+    async def append_turns(self, thread: ThreadRecord, turns: list[TurnRecord], *, expected_version: int) -> None:
+        await self.inner.append_turns(thread, turns, expected_version=expected_version)
         if expected_version > 0:  # committed: safe to cache; skipped unless right behind
             self._in_background(self._extend(thread.id, turns))
         # A new thread is not cached: most are never continued. Its first continuation reads the turns from the

@@ -52,9 +52,6 @@ _TYPED_TURN_ROW = (
     "%s::integer)"
 )
 """A turn's TURN_COLUMNS values where nothing else types them (a VALUES list in a SELECT)."""
-_UNFLUSHED = "set_config('synchronous_commit', 'off', true)"
-"""Evaluated in a statement, commits its transaction without waiting for the WAL flush (a later synchronous commit,
-or the WAL writer within 3 x wal_writer_delay, flushes it)."""
 AUTOCOMMIT = True
 PREPARE_THRESHOLD = None  # no prepared statements: poolers may swap backends
 
@@ -156,26 +153,17 @@ class PostgresStore:
             )
             return ThreadRecord(**row), [TurnRecord(**turn) for turn in await cursor.fetchall()]
 
-    async def append_turns(
-        self, thread: ThreadRecord, turns: list[TurnRecord], *, expected_version: int, flushed_later: bool = False
-    ) -> None:
+    async def append_turns(self, thread: ThreadRecord, turns: list[TurnRecord], *, expected_version: int) -> None:
         """The thread row and its turns in one statement: one round trip and one commit (a transaction around
-        separate statements took four round trips, which cost more than the commit's WAL flush). `flushed_later`:
-        committed without waiting for the WAL flush, which the call's finish (committed synchronously after it, on
-        any connection) waits for on behalf of both: one flush a call instead of two."""
+        separate statements took four round trips, which cost more than the commit's WAL flush)."""
         rows = [turn_values(thread.id, t, Jsonb) for t in turns]
-        commit = _UNFLUSHED if flushed_later else "NULL"
         if expected_version == 0:
-            added = (
-                f", added AS (INSERT INTO {{schema}}turns (thread_id, {TURN_COLUMNS}) "
-                f"VALUES {', '.join([_TURN_ROW] * len(rows))})"
-                if rows
-                else ""
-            )
-            statement = (
-                f"WITH thread AS (INSERT INTO {{schema}}threads ({THREAD_COLUMNS}) VALUES ({', '.join(['%s'] * 10)}))"
-                f"{added} SELECT {commit} AS unflushed"
-            )
+            statement = f"INSERT INTO {{schema}}threads ({THREAD_COLUMNS}) VALUES ({', '.join(['%s'] * 10)})"
+            if rows:
+                statement = (
+                    f"WITH thread AS ({statement}) INSERT INTO {{schema}}turns (thread_id, {TURN_COLUMNS}) "
+                    f"VALUES {', '.join([_TURN_ROW] * len(rows))}"
+                )
             async with self._pool.connection() as conn:
                 await conn.execute(self._sql(statement), (*thread_values(thread, Jsonb), *_flat(rows)))
             return
@@ -191,7 +179,7 @@ class PostgresStore:
             f"WITH bumped AS (UPDATE {{schema}}threads SET {_POSTGRES_UPDATE} WHERE id = %s AND version = %s "
             f"RETURNING id){added} "
             "SELECT EXISTS (SELECT 1 FROM bumped) AS bumped, "
-            f"EXISTS (SELECT 1 FROM {{schema}}threads WHERE id = %s) AS present, {commit} AS unflushed"
+            "EXISTS (SELECT 1 FROM {schema}threads WHERE id = %s) AS present"
         )
         params = (*thread_update_values(thread, expected_version, Jsonb), *_flat(row[1:] for row in rows), thread.id)
         async with self._pool.connection() as conn:
@@ -255,7 +243,7 @@ class PostgresStore:
             await conn.execute(
                 self._sql(
                     f"INSERT INTO {{schema}}calls ({CALL_COLUMNS}) SELECT {', '.join(['%s'] * 16)} "
-                    f"FROM (SELECT {_UNFLUSHED}) AS unflushed"
+                    "FROM (SELECT set_config('synchronous_commit', 'off', true)) AS unflushed"
                 ),
                 call_values(call, Jsonb),
             )

@@ -245,10 +245,7 @@ class SQLiteStore:
                 raise
         return await self._run(write)
 
-    async def append_turns(
-        self, thread: ThreadRecord, turns: list[TurnRecord], *, expected_version: int, flushed_later: bool = False
-    ) -> None:
-        # Every commit here is already kept across a killed process without a flush of its own (WAL, NORMAL).
+    async def append_turns(self, thread: ThreadRecord, turns: list[TurnRecord], *, expected_version: int) -> None:
         await self._on_loop(lambda db: _append(db, thread, turns, expected_version))
 
     async def create_call(self, call: CallRecord) -> None:

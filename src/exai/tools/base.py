@@ -165,8 +165,6 @@ class ToolContext:
         self.thread_id: str | None = None
         self.tokens: CallTokens | None = None
         """The call's slot and token reservations (set when it is admitted; None without limits)."""
-        self.recorded = False
-        """The call has a durable record, whose finish is committed before the answer goes out."""
         self.unsaved_thread: str | None = None
         """The thread whose new turns could not be written although a model had answered (see `record_turns`)."""
         self.unsaved_because: ExaiError | None = None
@@ -238,7 +236,7 @@ class ToolContext:
         returns the answer marked as not saved to the thread (`unsaved_thread`, `unsaved_because`); with nothing
         paid, the error is raised (a refusal before anything was spent)."""
         try:
-            await self._services.conversations.record(thread, turns, tool, change, flushed_later=self.recorded)
+            await self._services.conversations.record(thread, turns, tool, change)
         except ExaiError as exc:
             if not self.paid:
                 raise
