@@ -85,6 +85,10 @@ def run_command(
         print(f"exai stress: {exc}", file=sys.stderr)
         return 2
     signal.signal(signal.SIGTERM, _interrupt)  # a terminated run stops what it started, as after Ctrl-C
+    # A run started with SIGINT ignored (a background job of a non-interactive shell: CI, nohup scripts) would only
+    # count Ctrl-C and SIGTERM and go on through every scenario: asyncio.run turns SIGINT into a cancellation only
+    # where it finds Python's default handler.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     command = "exai stress " + shlex.join(recorded_arguments(sys.argv[2:]))
     built: Target | None = None
     try:
