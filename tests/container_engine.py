@@ -77,6 +77,15 @@ class Engine:
             raise AssertionError(f"docker {' '.join(args)} failed ({done.returncode}):\n{done.stderr[-3000:]}")
         return done
 
+    def answers(self) -> bool:
+        """Whether the engine answers `docker version` now. A probe that takes long (a starting engine on a busy
+        machine: one took more than 10 s at load 4-5) is not an error, only a "not yet": the caller's deadline
+        decides."""
+        try:
+            return self.docker("version", check=False, timeout=30).returncode == 0
+        except subprocess.TimeoutExpired:
+            return False
+
     def has_image(self, tag: str) -> bool:
         return self.docker("image", "inspect", tag, check=False).returncode == 0
 
@@ -102,7 +111,7 @@ def start_engine(data_root: Path, run_dir: Path) -> Engine:
         while time.monotonic() < deadline:
             if process.poll() is not None:
                 raise RuntimeError(f"dockerd exited with {process.returncode}:\n{log_path.read_text()[-3000:]}")
-            if socket_path.exists() and engine.docker("version", check=False, timeout=10).returncode == 0:
+            if socket_path.exists() and engine.answers():
                 return engine
             time.sleep(0.2)
         raise RuntimeError(f"dockerd did not answer within {ENGINE_START_TIMEOUT:g} s:\n{log_path.read_text()[-3000:]}")
