@@ -86,7 +86,9 @@ class Servers:
 
     def exai_env(self, name: str, full: bool, postgres: bool = False) -> dict[str, str]:
         """`exai` as shipped by default (durable SQLite, metrics, audit, alerts); `full` adds limits and Redis
-        (and, over HTTP, JWT auth); `postgres` stores threads, calls and the audit in PostgreSQL."""
+        (and, over HTTP, JWT auth); `postgres` stores threads, calls and the audit in PostgreSQL. The one tenant of
+        the bench's calls gets limits and a provider share (`EXAI_PROVIDER_CONCURRENCY_PER_TENANT`, 16 by default)
+        above the 50 calls it makes at once: the rows measure the daemon's cost, not a tenant held to its share."""
         env = clean_env(
             CUSTOM_API_URL=f"{self.sim_url}/v1",
             CUSTOM_MODELS=f"{FAST_MODEL},{SLOW_MODEL}",
@@ -102,6 +104,7 @@ class Servers:
                 "EXAI_RATE_LIMIT_RPM": str(LIMIT),
                 "EXAI_RATE_LIMIT_TOKENS_PER_DAY": str(LIMIT * 1000),
                 "EXAI_TENANT_LIMITS": json.dumps({tenant: {"requests_per_minute": LIMIT, "concurrent": 64}}),
+                "EXAI_PROVIDER_CONCURRENCY_PER_TENANT": "64",
             }
         if postgres:
             schema = f"exai_bench_{secrets.token_hex(4)}"

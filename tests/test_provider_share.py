@@ -106,3 +106,17 @@ async def test_a_call_that_waits_past_its_deadline_for_the_tenants_share_says_so
     assert "held by your other calls" in queued[0]["message"], queued
     assert "EXAI_PROVIDER_CONCURRENCY_PER_TENANT" in queued[0]["remedy"], queued
     assert sim.count("requests") == 1, "only the holder reached the upstream"
+
+
+async def test_a_daemon_without_auth_serves_one_tenant_whose_calls_may_use_every_slot(
+    daemon: Daemon, sim: SimControl
+) -> None:
+    """With nobody else to be fair to, the share would only hold the one user's calls back: 50 chats would go 16 at
+    a time. Without auth both calls reach the upstream at once although the share is 1."""
+    proc = daemon(EXAI_PROVIDER_CONCURRENCY_PER_TENANT="1")
+    sim.latency(30_000, model="sim-smart")
+    async with mcp_client(proc.url, None, timeout=120) as client, anyio.create_task_group() as calls:
+        for i in range(2):
+            calls.start_soon(client.call_tool, "chat", {"prompt": f"call {i}", "model": "sim-smart"})
+        await wait_until(lambda: sim.stats()["in_flight"] >= 2, "both calls reached the upstream at once")
+        calls.cancel_scope.cancel()

@@ -409,7 +409,7 @@ class Router:
                 self._observe(attempts, Attempt(info.provider, info.name, "ok", elapsed))
                 return response
             finally:
-                self._release_slot(info, tenant)
+                self._release_slot(info, self._share_key(caller))
             elapsed = (time.perf_counter() - started) * 1000
             timed_out = exc.kind == "timeout" and exc.status is None  # sent, then cut by our time limit
             failed = Attempt(info.provider, info.name, exc.kind, elapsed, billed=timed_out, streamed="".join(heard))
@@ -447,7 +447,7 @@ class Router:
         """Wait for one of the tenant's share of the provider's slots, then for one of the provider's concurrency
         slots. Time spent here is ours, not the upstream's: a deadline that passes in this queue fails the call
         locally and never touches the breaker."""
-        tenant = caller.tenant
+        tenant = self._share_key(caller)
         slot = self._slots[info.provider]
         waited_from = time.monotonic()
         shared = False
@@ -475,6 +475,11 @@ class Router:
             share_wait = tenant is not None and shared_at >= deadline
             limit = self._shares.per_tenant if share_wait else self.settings.provider_concurrency
             raise queue_timeout_error(info.provider, info.name, limit, waited_from, tenant_share=share_wait)
+
+    def _share_key(self, caller: Caller) -> str | None:
+        """Whose share of a provider's slots a call takes: its tenant's where the daemon tells tenants apart (auth
+        on); none where it serves one tenant (stdio, HTTP without auth), whose calls may then use every slot."""
+        return caller.tenant if self.settings.auth_enabled else None
 
     def _release_slot(self, info: ModelInfo, tenant: str | None) -> None:
         self._slots[info.provider].release()
