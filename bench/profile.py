@@ -22,7 +22,7 @@ from pathlib import Path
 
 from mcp import Client
 
-from servers import FAST_MODEL, Servers, free_port, http_client, stdio_client
+from servers import FAST_MODEL, Servers, cpu_seconds, free_port, http_client, stdio_client
 
 
 async def drive(client: Client, calls: int, concurrency: int) -> None:
@@ -67,12 +67,6 @@ def summarize(collapsed: Path, top: int) -> None:
             print(f"{100 * samples / total:5.1f}%  {frame}")
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of one process so far (Linux)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def child_of(pid: int) -> int:
     """The process py-spy started (the daemon)."""
     for _ in range(100):
@@ -99,7 +93,7 @@ async def run(args: argparse.Namespace) -> None:
             servers.start_sim()
             full = args.full or args.all
             env = servers.exai_env("stdio" if args.stdio else "http", full=full, postgres=args.all)
-            record = [spy, "record", "--format", "raw", "--rate", "500", "-o", str(args.out), "--"]
+            record = [spy, "record", "--nonblocking", "--format", "raw", "--rate", "500", "-o", str(args.out), "--"]
             if args.stdio:
                 async with stdio_client([*record, sys.executable, "-m", "exai", "stdio"], env) as client:
                     await driven(client, child_of(spy_pid(args.out)), args)

@@ -19,7 +19,8 @@ VARIANTS = ("default", "auth, limits, Redis", "every feature on")
 def _cell(row: dict[str, Any] | None) -> str:
     if row is None:
         return "—"
-    return f"{row['ratio']:.2f} {'met' if row['met'] else '**missed**'}"
+    unit = f" {row['unit']}" if row.get("unit") else ""
+    return f"{row['ratio']:.2f}{unit} {'met' if row['met'] else '**missed**'}"
 
 
 def table(overhead: dict[str, Any], startup: dict[str, Any]) -> str:
@@ -27,7 +28,8 @@ def table(overhead: dict[str, Any], startup: dict[str, Any]) -> str:
     targets: dict[str, str] = {}
     for row in overhead["rows"]:
         by_claim.setdefault(row["claim"], {})[row["variant"]] = row
-        targets[row["claim"]] = f"{'≥' if row['at_least'] else '≤'} {row['target']:g}"
+        unit = f" {row['unit']}" if row.get("unit") else ""
+        targets[row["claim"]] = f"{'≥' if row['at_least'] else '≤'} {row['target']:g}{unit}"
     lines = [
         "| ratio (ours ÷ what a user could run instead) | target | as shipped | with auth, limits, Redis "
         "| every feature on (and PostgreSQL) |",
