@@ -45,12 +45,12 @@ class Nginx:
                 self.process.wait(5)
 
 
-def start_nginx(replica_ports: list[int], prefix: Path) -> Nginx:
+def start_nginx(replica_ports: list[int], prefix: Path, *, per_address_limits: bool = True) -> Nginx:
     port = free_port()
     prefix.mkdir(parents=True, exist_ok=True)
     (prefix / "logs").mkdir(exist_ok=True)
     conf = prefix / "nginx.conf"
-    conf.write_text(nginx_config(replica_ports, port))
+    conf.write_text(nginx_config(replica_ports, port, per_address_limits=per_address_limits))
     globals_ = f"daemon off; pid {prefix}/nginx.pid; error_log {prefix}/logs/error.log warn;"
     process = popen_owned(
         [str(NGINX), "-p", str(prefix), "-c", str(conf), "-g", globals_],

@@ -12,6 +12,7 @@ import json
 import os
 import signal
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +28,7 @@ from exai.stress.driver import describe
 from tests.conftest import Proc, SimControl
 from tests.container_engine import unavailable
 from tests.helpers import text_of, wait_until
-from tests.replica_cluster import CallFailed, Cluster, LegacyClient, Nginx, start_nginx
+from tests.replica_cluster import ACCEPT, LEGACY_VERSION, CallFailed, Cluster, LegacyClient, Nginx, start_nginx
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(600)]
 LIMITED_RPM = 10
@@ -52,7 +53,7 @@ def own_redis_db(redis_url: str) -> str:
 @pytest.fixture
 def deploy(
     daemon: Callable[..., Proc], sim: SimControl, postgres_url: str, pg_schema: str, redis_url: str, tmp_path: Path
-) -> Iterator[Callable[[int], Deployment]]:
+) -> Iterator[Callable[..., Deployment]]:
     if not NGINX.exists():
         unavailable("the replica tests need Debian's nginx (apt-get install nginx-light)")
     suffix = os.urandom(4).hex()
@@ -73,10 +74,11 @@ def deploy(
     }
     balancers: list[Nginx] = []
 
-    def make(replicas: int) -> Deployment:
+    def make(replicas: int, per_address_limits: bool = True) -> Deployment:
         cluster = Cluster(lambda port: daemon(port=port, **env))
         cluster.launch(replicas)
-        balancers.append(start_nginx(cluster.ports, tmp_path / f"nginx-{len(balancers)}"))
+        prefix = tmp_path / f"nginx-{len(balancers)}"
+        balancers.append(start_nginx(cluster.ports, prefix, per_address_limits=per_address_limits))
         return Deployment(cluster, balancers[-1], key, limited_key)
 
     yield make
@@ -221,6 +223,47 @@ async def test_rolling_restart_and_sigkill_under_load(deploy: Callable[[int], De
     assert late == [], f"calls started after the SIGKILL failed: {late[:5]}"
     assert all(ended >= kill_sent for _, ended, _ in load.failures), "only calls in flight at the kill may fail"
     assert await missing_turns(dep.nginx.url, dep.key, load.acknowledged) == {}, "an acknowledged turn was lost"
+
+
+async def test_a_restart_resets_no_request_the_balancer_has_sent(deploy: Callable[..., Deployment]) -> None:
+    """A replica's listener closing at shutdown reset the connections queued in it, and those accepted just before
+    whose request had not been read: nginx had sent a POST on each, got the reset and answered 502 (it does not
+    repeat a POST once sent). Found behind the rolling restart test's one unexplained failure: 13 of 31,000
+    `initialize` POSTs failed over 10 restarts at about 1,000 a second. Here 32 clients send them as fast as they
+    can through nginx (its per-address limits lifted: every client is 127.0.0.1) while each of two replicas is
+    restarted three times."""
+    dep = deploy(2, per_address_limits=False)
+    body = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "initialize",
+        "params": {"protocolVersion": LEGACY_VERSION, "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}},
+    }
+    headers = {"Authorization": f"Bearer {dep.key}", "Accept": ACCEPT}
+    answers: Counter[str] = Counter()
+    stop = asyncio.Event()
+
+    async def client() -> None:
+        async with httpx2.AsyncClient(headers=headers, timeout=60) as http:
+            while not stop.is_set():
+                try:
+                    answers[str((await http.post(f"{dep.nginx.url}/mcp", json=body)).status_code)] += 1
+                except httpx2.TransportError as exc:
+                    answers[type(exc).__name__] += 1
+
+    clients = [asyncio.create_task(client()) for _ in range(32)]
+    try:
+        await wait_until(lambda: answers.total() >= 100, "the clients' requests are answered")
+        for _ in range(3):
+            for index in range(2):
+                code = await asyncio.to_thread(dep.cluster.restart, index)
+                assert code == 0, f"replica {index} did not shut down cleanly (exit {code})"
+                sent = answers.total()
+                await wait_until(lambda sent=sent: answers.total() >= sent + 100, "answers after the restart")
+    finally:
+        stop.set()
+        await asyncio.gather(*clients, return_exceptions=True)
+    assert set(answers) == {"200"}, f"requests failed across the restarts: {dict(answers)}"
 
 
 async def test_rate_limits_are_exact_across_replicas(deploy: Callable[[int], Deployment], sim: SimControl) -> None:

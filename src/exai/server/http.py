@@ -46,7 +46,7 @@ from exai.server.correlation import RequestIdMiddleware
 from exai.server.dashboard import DASHBOARD_HTML, dashboard_snapshot
 from exai.server.draining import CUT_SECONDS, InFlightPosts, end_streams_when_idle
 from exai.server.header_checks import AcceptCheck, HostOriginCheck
-from exai.server.internals import forget_captured_signals, keep_streams_open_on_signal
+from exai.server.internals import forget_captured_signals, keep_streams_open_on_signal, serve_queued_connections
 from exai.server.mcp import build_server
 from exai.server.request_body import BodyDeadline, CompleteBody
 from exai.server.request_ids import IdTypeCheck, InFlightIds
@@ -333,8 +333,14 @@ class _GracefulServer(uvicorn.Server):
         return await super().on_tick(counter)
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
-        # The drain starts once uvicorn has closed its listeners (the parent's first, synchronous, step), so no
-        # request that arrives later can find the streams already told to end.
+        try:  # the listeners close here, and the connections queued in them are served, not reset
+            if taken := await serve_queued_connections(self):
+                log.info("queued_connections_served", connections=taken)
+        except Exception:  # e.g. no file descriptor left to accept with: uvicorn's shutdown closes them anyway
+            log.exception("queued_connections_not_served")
+        await asyncio.sleep(0)  # the handlers of those requests start, and count as in flight, before the drain looks
+        # The drain starts once the listeners are closed, so no request that arrives later can find the streams
+        # already told to end.
         drain = asyncio.create_task(end_streams_when_idle(self.posts, self.grace_seconds, self.admission.cut))
         try:
             await super().shutdown(sockets)
