@@ -13,6 +13,7 @@ import ast
 import importlib.machinery
 import importlib.metadata as metadata
 import importlib.util
+import inspect
 import re
 import sys
 import tomllib
@@ -64,8 +65,15 @@ def test_the_shims_assumptions_hold_for_the_installed_libraries() -> None:
     from sse_starlette.sse import AppStatus
     from uvicorn.protocols.http.h11_impl import H11Protocol
 
-    server = uvicorn.Server(uvicorn.Config(app=None))  # type: ignore[arg-type]  # no app: only the server is probed
+    config = uvicorn.Config(app=None)  # type: ignore[arg-type]  # no app: only the server is probed
+    server = uvicorn.Server(config)
     assert isinstance(server._captured_signals, list)
+    assert server.server_state.connections == set() and server.force_exit is False
+    startup = inspect.getsource(uvicorn.Server.startup)  # what serve_queued_connections takes from a started server
+    assert "self.servers" in startup and "app_state=self.lifespan.state" in startup, "uvicorn's startup changed"
+    config.load()
+    protocol = inspect.signature(config.http_protocol_class)
+    assert {"config", "server_state", "app_state"} <= set(protocol.parameters), protocol
     manager = StreamableHTTPSessionManager(app=Server("probe"))
     assert isinstance(manager._server_instances, dict)
     for hook in ("connection_made", "data_received", "on_response_complete", "connection_lost"):

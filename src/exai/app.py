@@ -203,7 +203,8 @@ class Services:
         for name, config in configs.items():
             if config.enabled and config.base_url:
                 providers[name] = LazyProvider(name, config.spec.wire, config.base_url, config.api_key)
-        router = Router(settings, catalogue, providers, configs)
+        one_tenant = transport == "stdio" or not settings.auth_enabled  # stdio has no tokens, whatever is set
+        router = Router(settings, catalogue, providers, configs, one_tenant=one_tenant)
         redis = build_redis(settings)
         limiter = build_limiter(settings, redis)
         stats = Stats()

@@ -104,8 +104,13 @@ class Router:
         configs: dict[str, ProviderConfig],
         rng: random.Random | None = None,
         on_attempt: AttemptObserver | None = None,
+        *,
+        one_tenant: bool = False,
     ) -> None:
+        """`one_tenant`: the daemon serves one tenant (stdio, or HTTP without auth), whose calls may use every slot
+        of a provider; otherwise each tenant's calls hold at most its share of them."""
         self.settings = settings
+        self.one_tenant = one_tenant
         self.catalogue = catalogue
         self.providers = providers
         self.configs = configs
@@ -477,9 +482,8 @@ class Router:
             raise queue_timeout_error(info.provider, info.name, limit, waited_from, tenant_share=share_wait)
 
     def _share_key(self, caller: Caller) -> str | None:
-        """Whose share of a provider's slots a call takes: its tenant's where the daemon tells tenants apart (auth
-        on); none where it serves one tenant (stdio, HTTP without auth), whose calls may then use every slot."""
-        return caller.tenant if self.settings.auth_enabled else None
+        """Whose share of a provider's slots a call takes: its tenant's, or none where the daemon serves one tenant."""
+        return None if self.one_tenant else caller.tenant
 
     def _release_slot(self, info: ModelInfo, tenant: str | None) -> None:
         self._slots[info.provider].release()

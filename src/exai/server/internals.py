@@ -23,6 +23,9 @@ from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 from sse_starlette.sse import AppStatus
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from exai.observability.logging import get_logger
+
+log = get_logger(__name__)
 WRITTEN_FOR: dict[str, tuple[str, ...]] = {
     "mcp": ("2.3",),
     "uvicorn": ("0.54", "0.55"),
@@ -75,7 +78,8 @@ def forget_captured_signals(server: uvicorn.Server) -> None:
 
 
 QUEUED_REQUEST_SECONDS = 1.0
-"""How long connections open at shutdown may take to send their requests' headers (a slow one is then closed)."""
+"""How long connections open at shutdown may take to send their requests' headers (a slow one is then closed;
+a second signal ends the wait at once)."""
 QUEUED_REQUEST_POLL_SECONDS = 0.01
 
 
@@ -96,16 +100,26 @@ async def serve_queued_connections(server: uvicorn.Server) -> int:
     and `Server.lifespan.state` (what uvicorn's own protocol factory and `create_server` call in `Server.startup`
     give each connection).
     """
+    def accept_all(listener: socket.socket) -> list[socket.socket]:
+        """Every connection waiting in a non-blocking listener's queue."""
+        accepted: list[socket.socket] = []
+        while True:
+            try:
+                accepted.append(listener.accept()[0])
+            except (BlockingIOError, InterruptedError):  # the queue is empty
+                return accepted
+            except ConnectionAbortedError:  # the client gave up while queued: the next one
+                continue
+            except OSError:  # e.g. no file descriptor left: what is still queued is reset by the close below
+                log.exception("queued_connections_not_accepted", accepted=len(accepted))
+                return accepted
+
     queued: list[socket.socket] = []
     for listening in server.servers:
         for listener in listening.sockets:
             with socket.socket(fileno=os.dup(listener.fileno())) as accepting:  # closing a copy leaves it open
                 accepting.setblocking(False)
-                while True:
-                    try:
-                        queued.append(accepting.accept()[0])
-                    except OSError:  # BlockingIOError: the queue is empty
-                        break
+                queued += accept_all(accepting)
         listening.close()
     loop = asyncio.get_running_loop()
 
@@ -114,16 +128,22 @@ async def serve_queued_connections(server: uvicorn.Server) -> int:
             config=server.config, server_state=server.server_state, app_state=server.lifespan.state
         )
 
-    ssl = server.config.ssl
-    for sock in queued:
-        await loop.connect_accepted_socket(uvicorn_protocol, sock, ssl=ssl)
-    for _ in range(round(QUEUED_REQUEST_SECONDS / QUEUED_REQUEST_POLL_SECONDS)):
+    served = 0
+    try:
+        for sock in queued:
+            await loop.connect_accepted_socket(uvicorn_protocol, sock, ssl=server.config.ssl)
+            served += 1
+    finally:
+        for sock in queued[served:]:  # a failure (or a cancellation) part way: close the rest, not leak them
+            sock.close()
+    deadline = loop.time() + QUEUED_REQUEST_SECONDS
+    while loop.time() < deadline and not server.force_exit:
         await asyncio.sleep(QUEUED_REQUEST_POLL_SECONDS)  # first: a connection the loop accepted just before the
         # listener closed gets its protocol a few iterations later, and its bytes after that
         connections = [c for c in server.server_state.connections if isinstance(c, UvicornH11Connection)]
         if not any(c.owed() == "headers" for c in connections):
             break
-    return len(queued)
+    return served
 
 
 class UvicornH11Connection(H11Protocol):

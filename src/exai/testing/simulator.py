@@ -277,6 +277,7 @@ class Simulator:
         fresh = SimState(
             api_key=self.state.api_key, models=self.state.models, context_windows=self.state.context_windows
         )
+        fresh.in_flight = self.state.in_flight  # live requests (an earlier test's) still end here, and count down
         self.state.__dict__.update(fresh.__dict__)
         return JSONResponse({"reset": True})
 
