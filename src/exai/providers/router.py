@@ -108,7 +108,8 @@ class Router:
         one_tenant: bool = False,
     ) -> None:
         """`one_tenant`: the daemon serves one tenant (stdio, or HTTP without auth), whose calls may use every slot
-        of a provider; otherwise each tenant's calls hold at most its share of them."""
+        of a provider and whose breakers are everyone's; otherwise each tenant's calls hold at most its share of
+        the slots, and a tenant's own failures open a breaker for that tenant first (`CircuitBreaker`)."""
         self.settings = settings
         self.one_tenant = one_tenant
         self.catalogue = catalogue
@@ -169,7 +170,7 @@ class Router:
             self._breakers[key] = CircuitBreaker(
                 self.settings.breaker_failure_threshold,
                 self.settings.breaker_cooldown_seconds,
-                tenants_apart=self.settings.auth_enabled,
+                tenants_apart=not self.one_tenant,
             )
         return self._breakers[key]
 

@@ -94,12 +94,12 @@ async def serve_queued_connections(server: uvicorn.Server) -> int:
     connection still owed a request's headers (these, and any accepted just before whose bytes were not read yet)
     is given until they arrive: uvicorn's shutdown, which follows, closes a connection that has sent nothing as
     idle (and closing a socket with unread bytes resets it), while one with a request in progress finishes it.
-    Relies on: `Server.servers` (the asyncio
-    servers uvicorn listens with; its `shutdown` closes them again, which does nothing the second time),
-    `Config.http_protocol_class`, `Config.ssl`, `Server.server_state` (and its `connections`, the open protocols)
-    and `Server.lifespan.state` (what uvicorn's own protocol factory and `create_server` call in `Server.startup`
-    give each connection).
+    Relies on: `Server.servers` (the asyncio servers uvicorn listens with; its `shutdown` closes them again, which
+    does nothing the second time), `Config.http_protocol_class`, `Config.ssl`, `Server.server_state` (and its
+    `connections`, the open protocols) and `Server.lifespan.state` (what uvicorn's own protocol factory and
+    `create_server` call in `Server.startup` give each connection).
     """
+
     def accept_all(listener: socket.socket) -> list[socket.socket]:
         """Every connection waiting in a non-blocking listener's queue."""
         accepted: list[socket.socket] = []
