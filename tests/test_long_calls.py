@@ -253,3 +253,47 @@ async def test_a_tenants_waiting_requests_are_capped(daemon: Daemon, sim: SimCon
         assert "Wait for one of them" in refused[0]["remedy"]
         assert sum("exai/pending" in (w.meta or {}) for w in waits) == 2, waits  # the other two waited
         await client.call_tool("collect", {"task_id": pending["task_id"], "cancel": True})
+
+
+async def test_an_answer_goes_out_without_waiting_for_its_call_record_and_is_recorded_after(
+    daemon: Daemon, sim: SimControl, postgres_url: str, pg_schema: str
+) -> None:
+    """The caller holds its answer before the call's row records it: with that row locked by another transaction
+    (a slow or busy database), the answer still arrives; the row says `completed` once the lock goes."""
+    import psycopg
+
+    proc = daemon(EXAI_DATABASE_URL=postgres_url, EXAI_DATABASE_SCHEMA=pg_schema)
+    sim.fault("think", model="sim-smart", think_seconds=3)  # time to find the call's row and lock it
+    calls = f'"{pg_schema}".calls'
+    async with Client(f"{proc.url}/mcp") as client, await psycopg.AsyncConnection.connect(postgres_url) as db:
+        answers: list[CallToolResult] = []
+
+        async def ask() -> None:
+            answers.append(await client.call_tool("chat", {"prompt": "answer first", "model": "sim-smart"}))
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(ask)
+            locked: list[str] = []
+
+            async def lock_the_working_row() -> bool:
+                cursor = await db.execute(f"SELECT id FROM {calls} WHERE status = 'working' FOR UPDATE")
+                locked.extend(row[0] for row in await cursor.fetchall())
+                if not locked:
+                    await db.rollback()
+                return bool(locked)
+
+            await wait_until(lock_the_working_row, "the call's row exists, working, and is locked", every=0.05)
+            await wait_until(lambda: bool(answers), "the answer arrives while its row is locked")
+        assert not answers[0].is_error, answers[0]
+        assert "echo: answer first" in text_of(answers[0])
+        assert sim.count("requests:sim-smart") == 1
+        status = await (await db.execute(f"SELECT status FROM {calls} WHERE id = %s", (locked[0],))).fetchone()
+        assert status == ("working",)  # locked: its finish waits behind this transaction
+        await db.rollback()  # the lock goes: the finish goes through
+
+        async def recorded() -> bool:
+            row = await (await db.execute(f"SELECT status, result FROM {calls} WHERE id = %s", (locked[0],))).fetchone()
+            await db.rollback()
+            return row is not None and row[0] == "completed" and "echo: answer first" in str(row[1])
+
+        await wait_until(recorded, "the call's row records the answer")

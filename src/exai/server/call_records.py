@@ -106,15 +106,24 @@ class Execution:
 
     recorded: asyncio.Future[CallRecord]
     task: asyncio.Task[types.CallToolResult]
+    answer: asyncio.Future[types.CallToolResult]
+    """The recorded call's result, set as soon as the work returns it: the waiting request sends it while the
+    task writes it to the call's row (a caller never waits for the record of an answer it already holds)."""
     answered: Callable[[], bool] = lambda: False
     """Whether the work holds a complete, paid answer and is only finishing (see `cancel`)."""
 
     def cancel(self) -> bool:
         """Cut the work, unless its answer has arrived: then the call completes with it (kept, and charged, as the
         upstream answered it in full), instead of being recorded cancelled with a paid answer dropped."""
-        if self.answered():
+        if self.answered() or self.answer.done():
             return False
         return self.task.cancel()
+
+    async def settled(self, seconds: float) -> bool:
+        """Wait up to `seconds` for the answer (or the end of the work); whether `outcome` can be read now."""
+        if not self.answer.done() and not self.task.done():
+            await asyncio.wait({self.answer, self.task}, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+        return self.answer.done() or self.task.done()
 
     async def record(self) -> CallRecord | None:
         """The call's record once written; None when the work ended before it (refused, or the store failed)."""
@@ -123,7 +132,9 @@ class Execution:
         return self.recorded.result() if self.recorded.done() and not self.recorded.cancelled() else None
 
     def outcome(self) -> types.CallToolResult:
-        """The ended work's result; a call cancelled from elsewhere (a task cancel) says so."""
+        """The answer, or the ended work's result; a call cancelled from elsewhere (a task cancel) says so."""
+        if self.answer.done():
+            return self.answer.result()
         if self.task.cancelled():
             call = self.recorded.result()
             return error_result(cancelled_error(call))
@@ -179,8 +190,9 @@ class CallRunner:
         collects them learns that the daemon stopped, not that someone cancelled them."""
         self._closing = True
         running = [execution.task for execution in self._running.values()]
-        for task in running:
-            task.cancel()
+        for execution in self._running.values():
+            if not execution.answer.done():  # one whose answer has arrived is only writing it: let it
+                execution.task.cancel()
         await asyncio.gather(*running, return_exceptions=True)
         await self._record_unrecorded()
         await self._upkeep.close()
@@ -233,6 +245,7 @@ class CallRunner:
         when the work holds a complete answer and only finishes: a cancellation then lets it complete."""
         loop = asyncio.get_running_loop()
         recorded: asyncio.Future[CallRecord] = loop.create_future()
+        answer: asyncio.Future[types.CallToolResult] = loop.create_future()
         ttl = min(self.ttl, ttl_seconds) if ttl_seconds else self.ttl
 
         async def begin() -> None:
@@ -277,6 +290,16 @@ class CallRunner:
 
         async def work() -> types.CallToolResult:
             try:
+                return await run()
+            finally:
+                if recorded.done():
+                    call = recorded.result()
+                    self._running.pop(call.id, None)
+                    if call.task:
+                        self._forget_task(tenant)
+
+        async def run() -> types.CallToolResult:
+            try:
                 result = await body(begin)
             except asyncio.CancelledError:
                 if recorded.done():
@@ -292,20 +315,16 @@ class CallRunner:
                     failure = CallEnd("failed", message="The call failed inside this server; nothing was kept.")
                     await asyncio.shield(self._end(recorded.result(), failure))
                 raise
-            finally:
-                if recorded.done():
-                    call = recorded.result()
-                    self._running.pop(call.id, None)
-                    if call.task:
-                        self._forget_task(tenant)
             if not recorded.done():
                 return result
-            end = CallEnd("completed", result=result_payload(result))
-            if not await asyncio.shield(self._end(recorded.result(), end)):
-                return unrecorded(result)
+            answer.set_result(result)  # the waiting request answers now, while the row is written
+            if not await asyncio.shield(
+                self._end(recorded.result(), CallEnd("completed", result=result_payload(result)))
+            ):
+                return unrecorded(result)  # what a task's reader gets while the store is behind
             return result
 
-        execution = Execution(recorded, loop.create_task(work()), answered or (lambda: False))
+        execution = Execution(recorded, loop.create_task(work()), answer, answered or (lambda: False))
         return execution
 
     def _forget_task(self, tenant: str) -> None:

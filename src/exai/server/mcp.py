@@ -321,16 +321,15 @@ def build_server(services: Services) -> Server[Any]:
 async def wait_with_heartbeat(
     execution: Execution, seconds: float, progress: Callable[[float, float | None, str | None], Awaitable[None]] | None
 ) -> bool:
-    """Wait up to `seconds` for the call to end (True), telling a client that listens for progress every few
+    """Wait up to `seconds` for the call's answer (True), telling a client that listens for progress every few
     seconds that the model is still working (clients that reset their timeout on progress keep waiting)."""
     started = time.monotonic()
     while (left := seconds - (time.monotonic() - started)) > 0:
-        done, _ = await asyncio.wait({execution.task}, timeout=min(left, HEARTBEAT_SECONDS))
-        if done:
+        if await execution.settled(min(left, HEARTBEAT_SECONDS)):
             return True
         if progress is not None:
             await progress(0, None, f"the model is still working ({time.monotonic() - started:.0f} s)")
-    return execution.task.done()
+    return await execution.settled(0)
 
 
 def listing_schema(listing: types.ListToolsResult, name: str) -> dict[str, Any] | None:
