@@ -20,4 +20,12 @@ if __name__ == "__main__":
     else:
         import uvicorn
 
-        uvicorn.run(server.streamable_http_app(), host="127.0.0.1", port=int(sys.argv[1]), log_level="warning")
+        # keep-alive as long as the daemon's (EXAI_HTTP_KEEP_ALIVE_SECONDS): an idle client connection is never
+        # closed under a request between two benchmark blocks
+        uvicorn.run(
+            server.streamable_http_app(),
+            host="127.0.0.1",
+            port=int(sys.argv[1]),
+            log_level="warning",
+            timeout_keep_alive=75,
+        )

@@ -209,7 +209,9 @@ def sim(
     if latency_ms:
         state.latency.append(LatencyRule(ms=latency_ms))
     _stderr().print(f"upstream simulator on http://{host}:{port} (OpenAI: /v1, Anthropic: /)")
-    config = uvicorn.Config(Simulator(state).app, log_level="warning", access_log=False)
+    # Idle connections are kept longer than clients keep theirs (httpx: 5 s), as vendors' APIs do: a server that
+    # closes one at the moment a client reuses it fails that request with a connection error.
+    config = uvicorn.Config(Simulator(state).app, log_level="warning", access_log=False, timeout_keep_alive=75)
     uvicorn.Server(config).run(sockets=[listener])
 
 

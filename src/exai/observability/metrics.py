@@ -35,6 +35,27 @@ from exai.observability.health import LimiterHealth, limiter_health
 from exai.observability.process import ProcessMeter
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+FINE_BUCKETS = (
+    0.00025,
+    0.0005,
+    0.001,
+    0.002,
+    0.003,
+    0.004,
+    0.005,
+    0.0065,
+    0.008,
+    0.01,
+    0.015,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    1,
+    5,
+)
+"""Milliseconds apart around the 5 ms overhead bound and the 10 ms commit bound: a store's commit or the gateway's
+own time is read from these, and a p95 between two coarse buckets would be a guess."""
 BREAKER_VALUES = {"closed": 0, "half_open": 1, "open": 2}
 RATE_LIMITS = ("rpm", "concurrency", "tokens", "sessions", "unavailable")
 """The `limit` label of exai_rate_limit_rejections_total: the reasons security/limits.py refuses a call for."""
@@ -126,7 +147,7 @@ class Metrics:
             "exai_gateway_overhead_seconds",
             "Tool latency minus time spent waiting for upstreams",
             ["tool"],
-            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1),
+            buckets=FINE_BUCKETS,
             registry=r,
         )
         self.tokens = Counter(
@@ -148,7 +169,7 @@ class Metrics:
             "exai_storage_latency_seconds",
             "Storage operation latency",
             ["operation"],
-            buckets=LATENCY_BUCKETS,
+            buckets=FINE_BUCKETS,
             registry=r,
         )
         self.storage_errors = Counter("exai_storage_errors", "Failed storage operations", ["operation"], registry=r)

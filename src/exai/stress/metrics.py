@@ -29,9 +29,14 @@ async def scrape(http: httpx2.AsyncClient, url: str) -> Scrape:
     """One reading; a histogram's buckets are kept summed (`name`) and per label value (`name:value`)."""
     response = await http.get(f"{url}/metrics", timeout=10)
     response.raise_for_status()
+    return parse(response.text)
+
+
+def parse(exposition: str) -> Scrape:
+    """A reading from Prometheus' text format."""
     values: dict[str, float] = defaultdict(float)
     buckets: dict[str, dict[float, float]] = defaultdict(lambda: defaultdict(float))
-    for family in text_string_to_metric_families(response.text):
+    for family in text_string_to_metric_families(exposition):
         for sample in family.samples:
             if sample.name.endswith("_bucket"):
                 bound = float(sample.labels["le"])
