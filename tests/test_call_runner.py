@@ -22,6 +22,17 @@ from tests.conftest import Closing
 pytestmark = pytest.mark.anyio
 
 
+class StuckStore(SQLiteStore):
+    """A store whose `finish_call` waits until `unstick` is set (a row locked elsewhere, a database that hangs)."""
+
+    unstick: asyncio.Event | None = None
+
+    async def finish_call(self, call_id: str, end: CallEnd, now: float, owner: str | None = None) -> bool:
+        if self.unstick is not None:
+            await self.unstick.wait()
+        return await super().finish_call(call_id, end, now, owner)
+
+
 class FlakyStore(SQLiteStore):
     """A store whose next `finish_call` fails, as during a database failover."""
 
@@ -49,8 +60,7 @@ async def test_a_kept_answer_wins_over_a_sweep_that_declared_its_call_lost(tmp_p
         return answer
 
     execution = owner.launch(body, tenant="alice", tool="chat", correlation_id="c", continuation_id=None, task=True)
-    returned = await execution.task
-    assert (returned.meta or {}).get("exai/recorded") is False  # the caller has it, marked not recorded yet
+    assert await execution.task is answer and execution.outcome() is answer  # the caller has it all the same
     call = await execution.record()
     assert call is not None
     with sqlite3.connect(tmp_path / "exai.db") as db:  # the owner's lease ran out while the store was away
@@ -109,3 +119,66 @@ async def test_a_cancellation_that_comes_after_the_answer_lets_the_call_complete
     assert finished.status == "completed" and finished.result is not None, finished
     assert finished.result["content"][0]["text"] == "finished answer"
     assert asking.status == "cancelled", asking
+
+
+async def _answered_task(runner: CallRunner, tenant: str, text: str) -> Execution:
+    """A task call whose answer has gone out (its record may still be being written)."""
+
+    async def body(record: Any) -> types.CallToolResult:
+        await record()
+        return types.CallToolResult(content=[types.TextContent(type="text", text=text)])
+
+    execution = runner.launch(body, tenant=tenant, tool="chat", correlation_id=text, continuation_id=None, task=True)
+    assert await execution.settled(30), "the answer did not arrive"
+    return execution
+
+
+async def test_a_tenants_next_task_may_start_once_the_answer_is_out_while_its_record_is_written(
+    tmp_path: Path, closing: Closing
+) -> None:
+    store = StuckStore(tmp_path / "exai.db")
+    await store.open()
+    closing(store)
+    await store.migrate()
+    store.unstick = asyncio.Event()
+    runner = CallRunner(store, Settings(max_tasks_per_tenant=1))
+    first = await _answered_task(runner, "alice", "first")
+    assert not first.task.done()  # its record is still being written
+    second = await _answered_task(runner, "alice", "second")  # not refused as too_many_tasks
+    assert second.outcome().content[0].text == "second"  # type: ignore[union-attr]
+    store.unstick.set()
+    await asyncio.gather(first.task, second.task)
+    for execution in (first, second):
+        call = await execution.record()
+        assert call is not None
+        kept = await store.get_call(call.id)
+        assert kept is not None and kept.status == "completed", kept
+
+
+async def test_a_stopping_runner_waits_for_answered_calls_records_but_not_for_a_store_that_hangs(
+    tmp_path: Path, closing: Closing, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from exai.server import call_records
+
+    store = StuckStore(tmp_path / "exai.db")
+    await store.open()
+    closing(store)
+    await store.migrate()
+    store.unstick = asyncio.Event()
+    runner = CallRunner(store, Settings())
+    written = await _answered_task(runner, "alice", "written at shutdown")
+    stopping = asyncio.create_task(runner.close())
+    await asyncio.sleep(0.05)
+    assert not stopping.done()  # it waits for the record of the answer that went out
+    store.unstick.set()
+    await stopping
+    call = await written.record()
+    assert call is not None
+    kept = await store.get_call(call.id)
+    assert kept is not None and kept.status == "completed", kept
+
+    monkeypatch.setattr(call_records, "FINISH_WAIT_SECONDS", 0.2)
+    stuck_runner = CallRunner(store, Settings())
+    store.unstick = asyncio.Event()  # and this time the store never answers
+    await _answered_task(stuck_runner, "alice", "never written")
+    await asyncio.wait_for(stuck_runner.close(), timeout=60)  # bounded: not held by the store

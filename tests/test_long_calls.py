@@ -258,42 +258,35 @@ async def test_a_tenants_waiting_requests_are_capped(daemon: Daemon, sim: SimCon
 async def test_an_answer_goes_out_without_waiting_for_its_call_record_and_is_recorded_after(
     daemon: Daemon, sim: SimControl, postgres_url: str, pg_schema: str
 ) -> None:
-    """The caller holds its answer before the call's row records it: with that row locked by another transaction
-    (a slow or busy database), the answer still arrives; the row says `completed` once the lock goes."""
+    """The caller holds its answer before the call's row records it: with every update of the calls table held up
+    (a trigger waits for a lock this test holds: a slow or busy database), the answer still arrives and the row says
+    `working`; once the lock goes, the row says `completed` with the answer."""
     import psycopg
 
-    proc = daemon(EXAI_DATABASE_URL=postgres_url, EXAI_DATABASE_SCHEMA=pg_schema)
-    sim.fault("think", model="sim-smart", think_seconds=3)  # time to find the call's row and lock it
-    calls = f'"{pg_schema}".calls'
-    async with Client(f"{proc.url}/mcp") as client, await psycopg.AsyncConnection.connect(postgres_url) as db:
-        answers: list[CallToolResult] = []
+    proc = daemon(EXAI_DATABASE_URL=postgres_url, EXAI_DATABASE_SCHEMA=pg_schema)  # migrated once it is ready
+    calls, key = f'"{pg_schema}".calls', int.from_bytes(os.urandom(4), "big")
+    async with await psycopg.AsyncConnection.connect(postgres_url, autocommit=True) as db:
+        await db.execute(
+            f'CREATE FUNCTION "{pg_schema}".held() RETURNS trigger LANGUAGE plpgsql AS '
+            f"$$ BEGIN PERFORM pg_advisory_xact_lock({key}); RETURN NEW; END $$"
+        )
+        await db.execute(
+            f'CREATE TRIGGER held BEFORE UPDATE ON {calls} FOR EACH ROW EXECUTE FUNCTION "{pg_schema}".held()'
+        )
+        await db.execute("SELECT pg_advisory_lock(%s)", (key,))
+        async with Client(f"{proc.url}/mcp") as client:
+            answer = await client.call_tool("chat", {"prompt": "answer first", "model": "sim-fast"})
+            assert not answer.is_error, answer
+            assert "echo: answer first" in text_of(answer)  # the old code answered "still working" after 45 s
+            rows = await (await db.execute(f"SELECT id, status FROM {calls}")).fetchall()
+            assert [status for _, status in rows] == ["working"]  # its finish waits behind the lock
+            await db.execute("SELECT pg_advisory_unlock(%s)", (key,))
 
-        async def ask() -> None:
-            answers.append(await client.call_tool("chat", {"prompt": "answer first", "model": "sim-smart"}))
+            async def recorded() -> bool:
+                row = await (
+                    await db.execute(f"SELECT status, result FROM {calls} WHERE id = %s", (rows[0][0],))
+                ).fetchone()
+                return row is not None and row[0] == "completed" and "echo: answer first" in str(row[1])
 
-        async with anyio.create_task_group() as group:
-            group.start_soon(ask)
-            locked: list[str] = []
-
-            async def lock_the_working_row() -> bool:
-                cursor = await db.execute(f"SELECT id FROM {calls} WHERE status = 'working' FOR UPDATE")
-                locked.extend(row[0] for row in await cursor.fetchall())
-                if not locked:
-                    await db.rollback()
-                return bool(locked)
-
-            await wait_until(lock_the_working_row, "the call's row exists, working, and is locked", every=0.05)
-            await wait_until(lambda: bool(answers), "the answer arrives while its row is locked")
-        assert not answers[0].is_error, answers[0]
-        assert "echo: answer first" in text_of(answers[0])
-        assert sim.count("requests:sim-smart") == 1
-        status = await (await db.execute(f"SELECT status FROM {calls} WHERE id = %s", (locked[0],))).fetchone()
-        assert status == ("working",)  # locked: its finish waits behind this transaction
-        await db.rollback()  # the lock goes: the finish goes through
-
-        async def recorded() -> bool:
-            row = await (await db.execute(f"SELECT status, result FROM {calls} WHERE id = %s", (locked[0],))).fetchone()
-            await db.rollback()
-            return row is not None and row[0] == "completed" and "echo: answer first" in str(row[1])
-
-        await wait_until(recorded, "the call's row records the answer")
+            await wait_until(recorded, "the call's row records the answer")
+    assert sim.count("requests:sim-fast") == 1

@@ -47,6 +47,8 @@ MAX_UNRECORDED = 10_000
 LOST_CODE = -32603
 CANCEL_WAIT_SECONDS = 10.0
 WAITS_PER_TASK = 2
+FINISH_WAIT_SECONDS = 10.0
+"""How long a replica that stops waits for its calls to write how they ended (a store that hangs cannot hold it)."""
 """A tenant may have this many waiting requests (`tasks/result`, `collect`) per task it may run."""
 
 
@@ -191,9 +193,15 @@ class CallRunner:
         self._closing = True
         running = [execution.task for execution in self._running.values()]
         for execution in self._running.values():
-            if not execution.answer.done():  # one whose answer has arrived is only writing it: let it
+            if not execution.answer.done():  # one whose answer went out is only writing it down: let it
                 execution.task.cancel()
-        await asyncio.gather(*running, return_exceptions=True)
+        if running:
+            _, late = await asyncio.wait(running, timeout=FINISH_WAIT_SECONDS)
+            if late:  # the store hangs: their rows end as lost, after their lease
+                log.warning("calls_not_recorded_at_shutdown", calls=len(late), waited_seconds=FINISH_WAIT_SECONDS)
+                for task in late:
+                    task.cancel()
+                await asyncio.gather(*late, return_exceptions=True)
         await self._record_unrecorded()
         await self._upkeep.close()
 
@@ -247,8 +255,16 @@ class CallRunner:
         recorded: asyncio.Future[CallRecord] = loop.create_future()
         answer: asyncio.Future[types.CallToolResult] = loop.create_future()
         ttl = min(self.ttl, ttl_seconds) if ttl_seconds else self.ttl
+        counted = False  # this call holds one of the tenant's working tasks
+
+        def uncount() -> None:
+            nonlocal counted
+            if counted:
+                counted = False
+                self._forget_task(tenant)
 
         async def begin() -> None:
+            nonlocal counted
             if task and self._working_tasks.get(tenant, 0) >= self.max_tasks:  # counted before any await below
                 raise RateLimitError(
                     f"You have {self.max_tasks} tasks working already (EXAI_MAX_TASKS_PER_TENANT).",
@@ -258,6 +274,7 @@ class CallRunner:
                 )
             if task:
                 self._working_tasks[tenant] = self._working_tasks.get(tenant, 0) + 1
+                counted = True
             now = time.time()
             call = CallRecord(
                 tenant=tenant,
@@ -274,8 +291,7 @@ class CallRunner:
             try:
                 await self.store.create_call(call)
             except Exception as exc:
-                if task:
-                    self._forget_task(tenant)
+                uncount()
                 log.exception("storage_failed", operation="create_call", tool=tool)  # the cause, secrets redacted
                 raise StorageError(
                     "The call could not be recorded (the store is unavailable), so no model was asked.",
@@ -292,11 +308,9 @@ class CallRunner:
             try:
                 return await run()
             finally:
+                uncount()
                 if recorded.done():
-                    call = recorded.result()
-                    self._running.pop(call.id, None)
-                    if call.task:
-                        self._forget_task(tenant)
+                    self._running.pop(recorded.result().id, None)
 
         async def run() -> types.CallToolResult:
             try:
@@ -318,10 +332,8 @@ class CallRunner:
             if not recorded.done():
                 return result
             answer.set_result(result)  # the waiting request answers now, while the row is written
-            if not await asyncio.shield(
-                self._end(recorded.result(), CallEnd("completed", result=result_payload(result)))
-            ):
-                return unrecorded(result)  # what a task's reader gets while the store is behind
+            uncount()  # no longer working for the tenant: its next task may start
+            await asyncio.shield(self._end(recorded.result(), CallEnd("completed", result=result_payload(result))))
             return result
 
         execution = Execution(recorded, loop.create_task(work()), answer, answered or (lambda: False))
@@ -334,17 +346,15 @@ class CallRunner:
         else:
             self._working_tasks.pop(tenant, None)
 
-    async def _end(self, call: CallRecord, end: CallEnd) -> bool:
-        """Write how the call ended; False when the store would not take it (kept here and retried)."""
+    async def _end(self, call: CallRecord, end: CallEnd) -> None:
+        """Write how the call ended; what the store would not take is kept here and retried."""
         try:
             if not await self.store.finish_call(call.id, end, time.time(), self.owner):
                 log.warning("call_already_ended", call_id=call.id, status=end.status)  # e.g. cancelled first
-            return True
         except Exception:
             log.exception("storage_failed", operation="finish_call", call_id=call.id)  # kept here, retried
             if len(self._unrecorded) < MAX_UNRECORDED:
                 self._unrecorded[call.id] = end
-            return False
 
     async def _record_unrecorded(self) -> None:
         for call_id, end in list(self._unrecorded.items()):
@@ -445,17 +455,3 @@ class CallRunner:
     @property
     def running(self) -> int:
         return len(self._running)
-
-
-UNRECORDED_NOTE = (
-    "Note: this answer could not be saved yet (the store is unavailable); this server keeps it and saves it when the "
-    "store is back, but it is lost if the server restarts before then."
-)
-
-
-def unrecorded(result: types.CallToolResult) -> types.CallToolResult:
-    """The result with `_meta["exai/recorded"]: false` and a one-line warning: the caller has the answer even when
-    the store does not (the structured content stays as the tool's output schema says)."""
-    meta = {**(result.meta or {}), "exai/recorded": False}
-    content = [*result.content, types.TextContent(type="text", text=UNRECORDED_NOTE)]
-    return result.model_copy(update={"meta": meta, "content": content})
