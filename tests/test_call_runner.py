@@ -121,6 +121,24 @@ async def test_a_cancellation_that_comes_after_the_answer_lets_the_call_complete
     assert asking.status == "cancelled", asking
 
 
+@pytest.fixture
+async def stuck_store(tmp_path: Path, closing: Closing) -> StuckStore:
+    """A migrated store whose `finish_call` waits until the test sets `unstick`."""
+    store = StuckStore(tmp_path / "exai.db")
+    await store.open()
+    closing(store)
+    await store.migrate()
+    store.unstick = asyncio.Event()
+    return store
+
+
+async def _assert_completed(store: SQLiteStore, execution: Execution) -> None:
+    call = await execution.record()
+    assert call is not None
+    kept = await store.get_call(call.id)
+    assert kept is not None and kept.status == "completed", kept
+
+
 async def _answered_task(runner: CallRunner, tenant: str, text: str) -> Execution:
     """A task call whose answer has gone out (its record may still be being written)."""
 
@@ -134,13 +152,9 @@ async def _answered_task(runner: CallRunner, tenant: str, text: str) -> Executio
 
 
 async def test_a_tenants_next_task_may_start_once_the_answer_is_out_while_its_record_is_written(
-    tmp_path: Path, closing: Closing
+    stuck_store: StuckStore,
 ) -> None:
-    store = StuckStore(tmp_path / "exai.db")
-    await store.open()
-    closing(store)
-    await store.migrate()
-    store.unstick = asyncio.Event()
+    store = stuck_store
     runner = CallRunner(store, Settings(max_tasks_per_tenant=1))
     first = await _answered_task(runner, "alice", "first")
     assert not first.task.done()  # its record is still being written
@@ -149,22 +163,15 @@ async def test_a_tenants_next_task_may_start_once_the_answer_is_out_while_its_re
     store.unstick.set()
     await asyncio.gather(first.task, second.task)
     for execution in (first, second):
-        call = await execution.record()
-        assert call is not None
-        kept = await store.get_call(call.id)
-        assert kept is not None and kept.status == "completed", kept
+        await _assert_completed(store, execution)
 
 
 async def test_a_stopping_runner_waits_for_answered_calls_records_but_not_for_a_store_that_hangs(
-    tmp_path: Path, closing: Closing, monkeypatch: pytest.MonkeyPatch
+    stuck_store: StuckStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from exai.server import call_records
 
-    store = StuckStore(tmp_path / "exai.db")
-    await store.open()
-    closing(store)
-    await store.migrate()
-    store.unstick = asyncio.Event()
+    store = stuck_store
     runner = CallRunner(store, Settings())
     written = await _answered_task(runner, "alice", "written at shutdown")
     stopping = asyncio.create_task(runner.close())
@@ -172,10 +179,7 @@ async def test_a_stopping_runner_waits_for_answered_calls_records_but_not_for_a_
     assert not stopping.done()  # it waits for the record of the answer that went out
     store.unstick.set()
     await stopping
-    call = await written.record()
-    assert call is not None
-    kept = await store.get_call(call.id)
-    assert kept is not None and kept.status == "completed", kept
+    await _assert_completed(store, written)
 
     monkeypatch.setattr(call_records, "FINISH_WAIT_SECONDS", 0.2)
     stuck_runner = CallRunner(store, Settings())

@@ -47,9 +47,9 @@ MAX_UNRECORDED = 10_000
 LOST_CODE = -32603
 CANCEL_WAIT_SECONDS = 10.0
 WAITS_PER_TASK = 2
+"""A tenant may have this many waiting requests (`tasks/result`, `collect`) per task it may run."""
 FINISH_WAIT_SECONDS = 10.0
 """How long a replica that stops waits for its calls to write how they ended (a store that hangs cannot hold it)."""
-"""A tenant may have this many waiting requests (`tasks/result`, `collect`) per task it may run."""
 
 
 def replica_id() -> str:
@@ -191,8 +191,9 @@ class CallRunner:
         """Stop looking after calls; those still running are cut and recorded as lost (failed), so whoever
         collects them learns that the daemon stopped, not that someone cancelled them."""
         self._closing = True
-        running = [execution.task for execution in self._running.values()]
+        running = []
         for execution in self._running.values():
+            running.append(execution.task)
             if not execution.answer.done():  # one whose answer went out is only writing it down: let it
                 execution.task.cancel()
         if running:
