@@ -25,11 +25,12 @@ pytestmark = pytest.mark.anyio
 class StuckStore(SQLiteStore):
     """A store whose `finish_call` waits until `unstick` is set (a row locked elsewhere, a database that hangs)."""
 
-    unstick: asyncio.Event | None = None
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.unstick = asyncio.Event()
 
     async def finish_call(self, call_id: str, end: CallEnd, now: float, owner: str | None = None) -> bool:
-        if self.unstick is not None:
-            await self.unstick.wait()
+        await self.unstick.wait()
         return await super().finish_call(call_id, end, now, owner)
 
 
@@ -128,7 +129,6 @@ async def stuck_store(tmp_path: Path, closing: Closing) -> StuckStore:
     await store.open()
     closing(store)
     await store.migrate()
-    store.unstick = asyncio.Event()
     return store
 
 
