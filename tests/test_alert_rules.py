@@ -23,11 +23,11 @@ from mcp.client.streamable_http import streamable_http_client
 from prometheus_client.parser import text_string_to_metric_families
 
 from exai.observability.events import Outcome
-from exai.observability.metrics import RATE_LIMITS, STORAGE_OPERATIONS, TOOL_OUTCOMES
+from exai.observability.metrics import LIMITER_OPERATIONS, RATE_LIMITS, STORAGE_OPERATIONS, TOOL_OUTCOMES
 from exai.security.limits import _rejected
 from tests.conftest import Proc, SimControl
 from tests.container_engine import unavailable
-from tests.helpers import text_of
+from tests.helpers import text_of, wait_until
 
 pytestmark = pytest.mark.anyio
 ROOT = Path(__file__).parent.parent
@@ -76,8 +76,13 @@ def test_the_known_labels_are_the_ones_the_code_uses() -> None:
     assert set(TOOL_OUTCOMES) == set(get_args(Outcome))
     for limit in RATE_LIMITS:
         assert _rejected(limit, 1, 1.0).code == f"rate_limited_{limit}"
-    threads = (ROOT / "src" / "exai" / "conversations" / "threads.py").read_text()
-    assert set(re.findall(r'_timed\("(\w+)"\)', threads)) == set(STORAGE_OPERATIONS)
+    source = ROOT / "src" / "exai"
+    threads = (source / "conversations" / "threads.py").read_text()
+    records = (source / "server" / "call_records.py").read_text()
+    timed = set(re.findall(r'_timed\("(\w+)"\)', threads)) | set(re.findall(r'on_storage\("(\w+)"', records))
+    assert timed == set(STORAGE_OPERATIONS)
+    limits = (source / "security" / "limits.py").read_text()
+    assert set(re.findall(r'self\._run\(\s*"(\w+)"', limits)) == set(LIMITER_OPERATIONS)
 
 
 def scrape(proc: Proc) -> dict[str, float]:
@@ -120,6 +125,11 @@ async def test_a_short_postgres_outage_in_real_scrapes_fires_the_storage_alert(
     assert failed.is_error and "store" in text_of(failed), text_of(failed)
     after = scrape(proc)
     assert after['exai_errors_total{category="storage"}'] == 1, "the call failed with a storage error"
+    assert after['exai_storage_errors_total{operation="create_call"}'] == 1, "its record was the write refused"
+    await wait_until(  # the built-in alerts (status page, webhook) count it too, not only thread writes
+        lambda: "storage" in {a["name"] for a in httpx2.get(f"{proc.url}/alerts").json()["active"]},
+        "the built-in storage alert fired",
+    )
     names = {key.split("{")[0] for key in after}
     missing = rule_metric_names() - names - SCRAPED_ELSEWHERE
     assert missing == set(), f"rules read metrics the daemon does not export: {missing}"

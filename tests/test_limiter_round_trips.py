@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -20,7 +21,7 @@ from exai.security.auth import issue_token
 from exai.security.call_tokens import CallTokens
 from exai.security.limits import DAY, LocalLimiter, RedisLimiter, tenant_keys
 from tests.conftest import TEST_JWT_SECRET, Proc, SimControl
-from tests.helpers import redis_int
+from tests.helpers import redis_int, wait_until
 
 pytestmark = pytest.mark.anyio
 Daemon = Callable[..., Proc]
@@ -97,6 +98,18 @@ async def test_a_chat_call_costs_two_limiter_round_trips_and_the_count_stays_exa
     assert sum(c.startswith("EVALSHA") for c in first) >= 3, first
     for commands in later:
         assert len(commands) == 2, f"a call admits in one round trip and settles in one: {commands}"
+    # Each round trip a call waits for is timed where an operator sees it, beside the store's writes.
+    admin = issue_token(TEST_JWT_SECRET, tenant, ["exai:admin"], 600)
+
+    def counted(histogram: str, operation: str) -> float:
+        metrics = httpx2.get(f"{proc.url}/metrics", headers={"Authorization": f"Bearer {admin}"}).text
+        found = re.search(rf'^{histogram}_count\{{operation="{operation}"\}} (\S+)$', metrics, re.MULTILINE)
+        return float(found.group(1)) if found else 0.0
+
+    assert counted("exai_limiter_latency_seconds", "acquire") == 3
+    assert counted("exai_limiter_latency_seconds", "release") == 3
+    assert counted("exai_storage_latency_seconds", "create_call") == 3, "each call's record, before the model"
+    await wait_until(lambda: counted("exai_storage_latency_seconds", "finish_call") == 3, "each call's record finished")
     redis = aioredis.from_url(redis_url)
     key = f"{tenant_keys(tenant)}:tokens:{int(time.time() // DAY)}"
     try:

@@ -235,6 +235,8 @@ class Services:
         audit = AuditWriter(store)
         events = Events(stats, metrics, audit)
         router.on_attempt = events.attempt_finished
+        if isinstance(limiter, RedisLimiter):
+            limiter.on_round_trip = events.limiter_round_trip
         verifier = build_verifier(settings)
         if verifier is not None:
             verifier.on_failure = events.auth_failed
@@ -254,6 +256,7 @@ class Services:
                 kind, call.tenant, call.tool, call.id, call.correlation_id
             ),
             on_counts=lambda counts: events.task_counts(counts.by_status, counts.oldest_working),
+            on_storage=events.storage_finished,
         )
         tool_services = ToolServices(
             router=router,

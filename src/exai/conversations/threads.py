@@ -12,7 +12,7 @@ import asyncio
 import random
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
@@ -21,7 +21,7 @@ from exai.conversations.tokens import count_tokens_async
 from exai.errors import Category, ExaiError, InvalidInput, NotFoundError, StorageError
 from exai.observability.logging import get_logger
 from exai.providers.types import GenerateResponse
-from exai.storage.base import Store, ThreadConflict, ThreadRecord, TurnRecord
+from exai.storage.base import StorageObserver, Store, ThreadConflict, ThreadRecord, TurnRecord
 
 log = get_logger(__name__)
 
@@ -48,9 +48,6 @@ class Thread:
     @property
     def id(self) -> str:
         return self.record.id
-
-
-StorageObserver = Callable[[str, float, bool], None]
 
 
 class Conversations:

@@ -139,6 +139,9 @@ class Events:
         self.stats.mark("auth_failure")
         self.metrics.auth_failures.inc()
 
+    def limiter_round_trip(self, operation: str, seconds: float) -> None:
+        self.metrics.limiter_latency.labels(operation).observe(seconds)
+
     def storage_finished(self, operation: str, seconds: float, ok: bool) -> None:
         self.metrics.storage_latency.labels(operation).observe(seconds)
         if not ok:

@@ -59,8 +59,13 @@ own time is read from these, and a p95 between two coarse buckets would be a gue
 BREAKER_VALUES = {"closed": 0, "half_open": 1, "open": 2}
 RATE_LIMITS = ("rpm", "concurrency", "tokens", "sessions", "unavailable")
 """The `limit` label of exai_rate_limit_rejections_total: the reasons security/limits.py refuses a call for."""
-STORAGE_OPERATIONS = ("read_thread", "append_turns")
-"""The `operation` label of exai_storage_errors_total and exai_storage_latency_seconds (conversations/threads.py)."""
+STORAGE_OPERATIONS = ("read_thread", "append_turns", "create_call", "finish_call")
+"""The `operation` label of exai_storage_errors_total and exai_storage_latency_seconds: a thread's reads and writes
+(conversations/threads.py) and a call's record, written before any model is asked and when it ends
+(server/call_records.py)."""
+LIMITER_OPERATIONS = ("acquire", "release", "reserve_tokens", "settle", "count")
+"""The `operation` label of exai_limiter_latency_seconds: the Redis round trips of security/limits.py a call waits
+for (its slot, its tokens, a per-minute window of sessions or task requests)."""
 TOOL_OUTCOMES = ("ok", "error", "cancelled", "denied", "rate_limited")
 
 
@@ -173,6 +178,13 @@ class Metrics:
             registry=r,
         )
         self.storage_errors = Counter("exai_storage_errors", "Failed storage operations", ["operation"], registry=r)
+        self.limiter_latency = Histogram(
+            "exai_limiter_latency_seconds",
+            "Round trips of the shared rate limiter to Redis",
+            ["operation"],
+            buckets=FINE_BUCKETS,
+            registry=r,
+        )
         self.task_events = Counter(
             "exai_task_events", "Durable calls created as tasks, cancelled, collected or lost", ["event"], registry=r
         )

@@ -19,9 +19,9 @@ import math
 import time
 import uuid
 from collections import defaultdict, deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import anyio
 
@@ -32,6 +32,7 @@ from exai.security import limit_scripts
 
 if TYPE_CHECKING:
     import redis.asyncio as aioredis
+    from redis.commands.core import AsyncScript
     from redis.exceptions import RedisError
 
 log = get_logger(__name__)
@@ -234,6 +235,16 @@ class RedisLimiter:
         self.degraded = False
         self._retry_redis_at = 0.0
         self._keepers: dict[str, asyncio.Task[None]] = {}
+        self.on_round_trip: Callable[[str, float], None] = lambda operation, seconds: None
+        """Told how long each of the round trips below took (exai_limiter_latency_seconds)."""
+
+    async def _run(self, operation: str, script: AsyncScript, keys: list[str], args: list[Any]) -> Any:
+        """One of the limiter's scripts in Redis: one round trip, timed whether or not it succeeds."""
+        started = time.perf_counter()
+        try:
+            return await script(keys=keys, args=args)
+        finally:
+            self.on_round_trip(operation, time.perf_counter() - started)
 
     def limits(self, tenant: str) -> Limits:
         return self.overrides.get(tenant, self.defaults)
@@ -268,9 +279,11 @@ class RedisLimiter:
         limits, now, lease = self.limits(tenant), time.time(), Lease(tenant, uuid.uuid4().hex)
         keys = self._keys(tenant, now)
         try:
-            verdict, wait, prepaid, used = await self._acquire(
-                keys=keys,
-                args=[
+            verdict, wait, prepaid, used = await self._run(
+                "acquire",
+                self._acquire,
+                keys,
+                [
                     now,
                     limits.requests_per_minute,
                     limits.concurrent,
@@ -339,7 +352,7 @@ class RedisLimiter:
             days = list(shared)
             keys = [self._keys(lease.tenant, 0)[1], *(self._keys(lease.tenant, day * DAY)[2] for day in days)]
             try:
-                totals = await self._release(keys=keys, args=[lease.id, *(shared[day] for day in days)])
+                totals = await self._run("release", self._release, keys, [lease.id, *(shared[day] for day in days)])
             except self._redis_error as exc:  # the lease expires by itself within one TTL; the reservation stands
                 self._redis_failed("release", exc)
                 return
@@ -354,7 +367,9 @@ class RedisLimiter:
             return await self.fallback.reserve_tokens(tenant, tokens)
         limit, now = self.limits(tenant).tokens_per_day, time.time()
         try:
-            admitted, used = await self._reserve_tokens(keys=[self._keys(tenant, now)[2]], args=[tokens, limit])
+            admitted, used = await self._run(
+                "reserve_tokens", self._reserve_tokens, [self._keys(tenant, now)[2]], [tokens, limit]
+            )
         except self._redis_error as exc:
             self._redis_failed("reserve_tokens", exc)
             self._refuse_if_closed()
@@ -373,7 +388,7 @@ class RedisLimiter:
 
     async def _correct(self, tenant: str, day: int, delta: int) -> None:
         try:
-            total = await self._settle_tokens(keys=[self._keys(tenant, day * DAY)[2]], args=[delta])
+            total = await self._run("settle", self._settle_tokens, [self._keys(tenant, day * DAY)[2]], [delta])
         except self._redis_error as exc:  # the correction is lost; the reservation stands
             self._redis_failed("settle", exc)
             return
@@ -393,8 +408,8 @@ class RedisLimiter:
             return
         limit, now = window_limit(self.limits(tenant), window), time.time()
         try:
-            verdict, wait = await self._count_in_window(
-                keys=[f"{tenant_keys(tenant)}:{window}"], args=[now, limit, uuid.uuid4().hex]
+            verdict, wait = await self._run(
+                "count", self._count_in_window, [f"{tenant_keys(tenant)}:{window}"], [now, limit, uuid.uuid4().hex]
             )
         except self._redis_error as exc:
             self._redis_failed(f"count_{window}", exc)

@@ -36,7 +36,7 @@ from exai.errors import (
 from exai.observability.logging import get_logger
 from exai.server.answers import outcome_result
 from exai.server.results import error_result
-from exai.storage.base import TERMINAL, CallCounts, CallEnd, CallRecord, Store, new_call_id
+from exai.storage.base import TERMINAL, CallCounts, CallEnd, CallRecord, StorageObserver, Store, new_call_id
 
 log = get_logger(__name__)
 CANCEL_POLL_SECONDS = 1.0
@@ -150,6 +150,7 @@ class CallRunner:
         settings: Settings,
         on_task_event: Callable[[str, CallRecord], None] | None = None,
         on_counts: Callable[[CallCounts], None] | None = None,
+        on_storage: StorageObserver | None = None,
     ) -> None:
         self.store = store
         self.owner = replica_id()
@@ -159,6 +160,7 @@ class CallRunner:
         self.max_waits = WAITS_PER_TASK * settings.max_tasks_per_tenant
         self.on_task_event = on_task_event or (lambda kind, call: None)
         self.on_counts = on_counts or (lambda counts: None)
+        self.on_storage = on_storage or (lambda operation, seconds, ok: None)
         self.counts = CallCounts({}, None)
         self._running: dict[str, Execution] = {}
         self._working_tasks: dict[str, int] = {}  # tenant -> working task calls on this replica
@@ -289,9 +291,11 @@ class CallRunner:
                 correlation_id=correlation_id,
                 continuation_id=continuation_id,
             )
+            started = time.perf_counter()
             try:
                 await self.store.create_call(call)
             except Exception as exc:
+                self.on_storage("create_call", time.perf_counter() - started, False)
                 uncount()
                 log.exception("storage_failed", operation="create_call", tool=tool)  # the cause, secrets redacted
                 raise StorageError(
@@ -300,6 +304,7 @@ class CallRunner:
                     remedy="Try again shortly; nothing was spent. If it persists, check the database "
                     "(`exai doctor`, /readyz).",
                 ) from exc
+            self.on_storage("create_call", time.perf_counter() - started, True)
             self._running[call.id] = execution
             if task:
                 self.on_task_event("created", call)
@@ -349,13 +354,18 @@ class CallRunner:
 
     async def _end(self, call: CallRecord, end: CallEnd) -> None:
         """Write how the call ended; what the store would not take is kept here and retried."""
+        started = time.perf_counter()
         try:
-            if not await self.store.finish_call(call.id, end, time.time(), self.owner):
-                log.warning("call_already_ended", call_id=call.id, status=end.status)  # e.g. cancelled first
+            ended = await self.store.finish_call(call.id, end, time.time(), self.owner)
         except Exception:
+            self.on_storage("finish_call", time.perf_counter() - started, False)
             log.exception("storage_failed", operation="finish_call", call_id=call.id)  # kept here, retried
             if len(self._unrecorded) < MAX_UNRECORDED:
                 self._unrecorded[call.id] = end
+            return
+        self.on_storage("finish_call", time.perf_counter() - started, True)
+        if not ended:
+            log.warning("call_already_ended", call_id=call.id, status=end.status)  # e.g. cancelled first
 
     async def _record_unrecorded(self) -> None:
         for call_id, end in list(self._unrecorded.items()):

@@ -218,6 +218,11 @@ class ThreadConflict(Exception):
         self.gone = gone
 
 
+StorageObserver = Callable[[str, float, bool], None]
+"""Told of each store operation a call waits for: its name (metrics.STORAGE_OPERATIONS), seconds, and whether it
+succeeded."""
+
+
 class Store(Protocol):
     """What the server needs from durable storage."""
 
