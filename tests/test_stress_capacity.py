@@ -15,10 +15,12 @@ from urllib.parse import urlsplit
 
 import pytest
 
+from exai.observability.metrics import Metrics
 from exai.stress import capacity
 from exai.stress.balancer import nginx_binary
-from exai.stress.capacity import Deployment, find_knee
+from exai.stress.capacity import Deployment, find_knee, overhead_split
 from exai.stress.context import Context
+from exai.stress.metrics import parse
 from exai.stress.results import Sample
 from exai.stress.sim import SimControl
 from exai.stress.target import LOCAL_POSTGRES, LOCAL_REDIS_HOST, Isolation, Target, local_target
@@ -39,6 +41,23 @@ async def ctx() -> AsyncIterator[Context]:
     finally:
         await sim.close()
         await asyncio.to_thread(target.close)
+
+
+def test_the_overhead_is_split_from_the_histograms_sums() -> None:
+    """The mean and its parts come from real /metrics text: only the waits inside a call count (a call's record is
+    finished after its answer, a session's count is no call's)."""
+    before, metrics = Metrics(), Metrics()
+    for seconds in (0.003, 0.005):
+        metrics.gateway_overhead.labels("chat").observe(seconds)
+    metrics.storage_latency.labels("create_call").observe(0.0004)
+    metrics.storage_latency.labels("append_turns").observe(0.0006)
+    metrics.storage_latency.labels("finish_call").observe(0.5)
+    metrics.limiter_latency.labels("acquire").observe(0.0003)
+    metrics.limiter_latency.labels("release").observe(0.0002)
+    metrics.limiter_latency.labels("count").observe(0.3)
+    split = overhead_split([parse(metrics.render().decode())], [parse(before.render().decode())])
+    assert split == {"mean": 4.0, "store": 0.5, "limiter": 0.25, "rest": 3.25}
+    assert overhead_split([parse(before.render().decode())], [parse(before.render().decode())]) == {}
 
 
 def _sim_pid(target: Target) -> int:
@@ -98,6 +117,8 @@ async def test_three_replicas_behind_nginx_take_the_load_and_are_all_stopped(ctx
     assert len(knee.calls_by_replica) == 3 and all(n > 0 for n in knee.calls_by_replica), knee.calls_by_replica
     assert sum(knee.calls_by_replica) >= knee.calls and knee.storage_p95_ms is not None
     assert knee.balancer_cpu_ms_per_call is not None
+    split = knee.overhead_split_ms  # the waits are timed inside the overhead they are part of
+    assert split["store"] > 0 and split["limiter"] > 0 and split["store"] + split["limiter"] <= split["mean"], split
     await asyncio.to_thread(ctx.target.stop_replicas, replicas)
     assert len(started) >= 2 and not [pid for pid in started if _alive(pid)], "nginx's master and worker are gone"
     assert not any(d.managed is not None and d.managed.running for d in replicas.daemons)

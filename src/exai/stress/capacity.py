@@ -90,6 +90,7 @@ class Step:
     overhead_p95_ms: float | None
     client_p95_ms: float | None
     storage_p95_ms: float | None  # the store's operations (part of the overhead): PostgreSQL on a busy machine
+    overhead_split_ms: dict[str, float]  # a call's mean overhead and where it went: waiting for the store, the limiter
     daemon_cpu_ms_per_call: float  # all replicas together
     simulator_cpu_ms_per_call: float
     clients_cpu_ms_per_call: float  # includes starting the client processes (imports): an upper bound
@@ -116,6 +117,29 @@ def _summed(after: list[Scrape], before: list[Scrape], histogram: str) -> dict[f
         for bound, count in now.bucket_delta(then, histogram).items():
             total[bound] = total.get(bound, 0.0) + count
     return total
+
+
+STORE_WAITS = ("read_thread", "append_turns", "create_call")
+"""The store operations a call's answer waits for (a call's record is finished after its answer went out)."""
+LIMITER_WAITS = ("acquire", "release", "reserve_tokens", "settle")
+"""The limiter's round trips inside a call (a new session's count is not part of any call)."""
+
+
+def overhead_split(after: list[Scrape], before: list[Scrape]) -> dict[str, float]:
+    """The daemons' mean overhead per call (exact, from the histograms' sums) and its parts: waiting for the store,
+    for the limiter's Redis, and the rest (the daemon's own work on the call's path, and its wait for the CPU)."""
+
+    def total(name: str) -> float:
+        return sum(now.delta(then, name) for now, then in zip(after, before, strict=True))
+
+    calls = total("exai_gateway_overhead_seconds_count")
+    if not calls:
+        return {}
+    mean = total("exai_gateway_overhead_seconds_sum") / calls
+    store = sum(total(f"exai_storage_latency_seconds_sum:{operation}") for operation in STORE_WAITS) / calls
+    limiter = sum(total(f"exai_limiter_latency_seconds_sum:{operation}") for operation in LIMITER_WAITS) / calls
+    parts = {"mean": mean, "store": store, "limiter": limiter, "rest": mean - store - limiter}
+    return {part: round(seconds * 1000, 2) for part, seconds in parts.items()}
 
 
 async def step(
@@ -185,6 +209,7 @@ async def step(
         overhead_p95_ms=ms(histogram_quantile(buckets, 0.95)),
         client_p95_ms=round(ok[min(len(ok) - 1, int(0.95 * len(ok)))], 1) if ok else None,
         storage_p95_ms=ms(histogram_quantile(_summed(after, before, "exai_storage_latency_seconds"), 0.95)),
+        overhead_split_ms=overhead_split(after, before),
         daemon_cpu_ms_per_call=per_call(daemon_cpu),
         simulator_cpu_ms_per_call=per_call(sim_cpu),
         clients_cpu_ms_per_call=per_call(clients_cpu),

@@ -123,7 +123,7 @@ def _value(value: Any) -> str:
         columns = list(dict.fromkeys(k for v in value for k in v))
         head = "".join(f"<th>{_esc(c.replace('_', ' '))}</th>" for c in columns)
         body = "".join(
-            "<tr>" + "".join(f"<td class=num>{_esc(_number(v.get(c)))}</td>" for c in columns) + "</tr>" for v in value
+            "<tr>" + "".join(f"<td class=num>{_value(v.get(c))}</td>" for c in columns) + "</tr>" for v in value
         )
         return f"<table><tr>{head}</tr>{body}</table>"
     if isinstance(value, dict):

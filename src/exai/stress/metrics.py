@@ -16,13 +16,17 @@ from exai.background import BackgroundLoop
 
 @dataclass
 class Scrape:
-    values: dict[str, float]  # unlabelled samples (summed over labels): process_resident_memory_bytes, ...
+    values: dict[str, float]  # samples summed over labels (`name`) and per label value (`name:value`)
     buckets: dict[str, dict[float, float]]  # histogram name -> upper bound -> cumulative count (summed over labels)
 
     def bucket_delta(self, earlier: Scrape | None, histogram: str) -> dict[float, float]:
         now = self.buckets.get(histogram, {})
         before = earlier.buckets.get(histogram, {}) if earlier else {}
         return {le: count - before.get(le, 0.0) for le, count in now.items()}
+
+    def delta(self, earlier: Scrape, name: str) -> float:
+        """How much a counter (or a histogram's `_sum` or `_count`) grew since `earlier`."""
+        return self.values.get(name, 0.0) - earlier.values.get(name, 0.0)
 
 
 async def scrape(http: httpx2.AsyncClient, url: str) -> Scrape:
@@ -46,6 +50,8 @@ def parse(exposition: str) -> Scrape:
                         buckets[f"{family.name}:{value}"][bound] += sample.value
             else:
                 values[sample.name] += sample.value
+                for value in sample.labels.values():
+                    values[f"{sample.name}:{value}"] += sample.value
     return Scrape(dict(values), {k: dict(v) for k, v in buckets.items()})
 
 

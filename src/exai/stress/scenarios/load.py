@@ -96,7 +96,7 @@ async def knee_of(
     else:
         why += (
             f"next step {missed.offered_per_s:g}/s: overhead p95 {missed.overhead_p95_ms} ms (storage p95 "
-            f"{missed.storage_p95_ms} ms), {missed.errors} errors"
+            f"{missed.storage_p95_ms} ms; per call {_split(missed)}), {missed.errors} errors"
         )
     if found.throughput is not None and found.throughput is not knee:
         why += (
@@ -113,6 +113,17 @@ async def knee_of(
     return knee
 
 
+def _split(at: Step) -> str:
+    """A step's mean overhead per call and where it went, in a few words."""
+    split = at.overhead_split_ms
+    if not split:
+        return "no call counted"
+    return (
+        f"mean {split['mean']:g} ms: store {split['store']:g}, limiter {split['limiter']:g}, the daemon's own "
+        f"{split['rest']:g}"
+    )
+
+
 def _summary(at: Step, cores: int) -> dict[str, object]:
     """One step as the figures publish a knee or a throughput: calls/s, per core, and where the time goes."""
     return {
@@ -122,6 +133,7 @@ def _summary(at: Step, cores: int) -> dict[str, object]:
         "overhead_p95_ms": at.overhead_p95_ms,
         "client_p95_ms": at.client_p95_ms,
         "storage_p95_ms": at.storage_p95_ms,
+        "overhead_per_call_ms": at.overhead_split_ms,
         "daemon_cores_busy": at.daemon_cpu_busy,
         "cpu_ms_per_call": {
             "daemons": at.daemon_cpu_ms_per_call,
