@@ -41,6 +41,21 @@ def test_misspelt_variables_are_warned_about_with_a_suggestion(tmp_path: Path) -
     assert "EXAI_LOG_LEVL (in .env)" in warnings[1] and "did you mean EXAI_LOG_LEVEL?" in warnings[1]
 
 
+def test_a_variable_warned_as_ignored_is_ignored(sim: SimControl, tmp_path: Path) -> None:
+    """`EXAI_` before the name of a setting that has names of its own (OPENAI_API_KEY, CUSTOM_MODELS) is warned
+    about as no EX-AI setting, and it is not read either: it configures no provider (it once did, silently)."""
+    env = {"EXAI_CUSTOM_BASE_URL": sim.openai_url, "EXAI_CUSTOM_MODELS": "sim-fast", "EXAI_OPENAI_API_KEY": "sk-no"}
+    result = run_exai(["models", "--json"], env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    warned = [line for line in result.stderr.splitlines() if "is not an EX-AI setting and is ignored" in line]
+    assert len(warned) == 3 and "did you mean OPENAI_API_KEY?" in "".join(warned), result.stderr
+    assert json.loads(result.stdout) == [], "no provider is configured by them"
+    named = run_exai(
+        ["models", "--json"], {"CUSTOM_BASE_URL": sim.openai_url, "CUSTOM_MODELS": "sim-fast"}, cwd=tmp_path
+    )
+    assert {m["provider"] for m in json.loads(named.stdout)} == {"custom"}, "the names they were mistaken for work"
+
+
 @pytest.mark.anyio
 async def test_a_bad_default_model_is_named_at_start_and_in_the_call_error(daemon: Callable[..., Proc]) -> None:
     proc = daemon(EXAI_DEFAULT_MODEL="gpt-9")

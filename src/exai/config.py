@@ -18,6 +18,7 @@ from pydantic import (
     create_model,
     field_validator,
 )
+from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
     InitSettingsSource,
@@ -104,7 +105,30 @@ class ReadsExaiSources(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return _sources(settings_cls, init_settings, env_settings, dotenv_settings)
+        return _sources(
+            settings_cls,
+            init_settings,
+            UnderOwnNames(settings_cls, env_settings),
+            UnderOwnNames(settings_cls, dotenv_settings),
+        )
+
+
+class UnderOwnNames(PydanticBaseSettingsSource):
+    """The environment (or `.env`) read only under the names the settings document: one with names of its own
+    (OPENAI_API_KEY, CUSTOM_MODELS, a renamed setting's old name) is never also read from `EXAI_<field name>`, which
+    pydantic-settings adds for such fields because `populate_by_name` is on (for the TOML file's keys). The warning
+    about an unknown `EXAI_` variable then tells the truth: it is ignored."""
+
+    def __init__(self, settings_cls: type[BaseSettings], inner: PydanticBaseSettingsSource) -> None:
+        super().__init__(settings_cls)
+        self.inner = inner
+        self.named = {name for name, field in settings_cls.model_fields.items() if field.validation_alias is not None}
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False  # unused: `__call__` reads every field through the inner source
+
+    def __call__(self) -> dict[str, Any]:
+        return {key: value for key, value in self.inner().items() if key not in self.named}
 
 
 ProviderSettings: type[BaseSettings] = create_model(
