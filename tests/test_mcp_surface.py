@@ -129,6 +129,7 @@ async def test_listmodels_version_status(sim: SimControl, make_services: MakeSer
     configured = {p["name"]: p for p in models["providers"]}
     assert configured["custom"]["configured"] and not configured["glm"]["configured"]
     assert configured["glm"]["enable_with"] == ["GLM_API_KEY", "ZHIPUAI_API_KEY", "ZAI_API_KEY"]
+    assert configured["custom"]["enable_with"] == ["CUSTOM_API_URL", "CUSTOM_BASE_URL"], "CUSTOM_MODELS alone does not"
     names = {m["name"] for m in models["models"]}
     assert {"sim-fast", "sim-large", "kimi-k2-thinking", "claude-haiku-4-5"} <= names
     assert all(m["capabilities"]["context_window"] > 0 for m in models["models"])

@@ -406,7 +406,7 @@ def stress(
         list[str] | None,
         typer.Argument(help="all, or some of: load recovery failover storage faults security soak long."),
     ] = None,
-    quick: Annotated[bool, typer.Option(help="Scale every scenario down (all of them in about 4 minutes).")] = False,
+    quick: Annotated[bool, typer.Option(help="Scale every scenario down (all: about 6 min on 2 quiet cores).")] = False,
     target: Annotated[str, typer.Option(help="local: start the simulator and daemons here.")] = "local",
     url: Annotated[
         str | None, typer.Option(help="An existing daemon instead (loopback), e.g. http://127.0.0.1:8765.")

@@ -53,7 +53,7 @@ class ListModelsTool(Tool[ListModelsInput, ListModelsOutput]):
         providers = []
         for name, spec in PROVIDER_SPECS.items():
             config = router.configs[name]
-            enable = list(spec.key_env) if spec.key_required else ["CUSTOM_API_URL", "CUSTOM_MODELS"]
+            enable = list(spec.key_env if spec.key_required else spec.url_envs)  # a model list alone enables nothing
             providers.append(
                 ProviderOut(
                     name=name,
