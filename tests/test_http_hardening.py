@@ -13,7 +13,8 @@ from collections.abc import Callable
 import httpx2
 
 from exai.observability.context import SAFE_ID
-from tests.conftest import Proc, SimControl
+from exai.security.auth import issue_token
+from tests.conftest import TEST_JWT_SECRET, Proc, SimControl
 from tests.helpers import wait_until_sync
 from tests.test_http_attacks import INITIALIZE, MCP_HEADERS, post, ready_session, sse_result
 
@@ -257,3 +258,29 @@ def test_debug_logs_hold_no_request_or_response_bodies(daemon: Daemon, sim: SimC
     assert "marker-7d41c2" in json.dumps(sse_result(answered))
     logs = proc.logs()
     assert "marker-7d41c2" not in logs, [line[:300] for line in logs.splitlines() if "marker-7d41c2" in line]
+
+
+def test_one_tenant_cannot_fill_the_memory_with_large_request_bodies(daemon: Daemon, sim: SimControl) -> None:
+    """A body counts from before it is read until its request is answered (a 4 MiB one held about 19 MB of memory,
+    and no per-call limit counts a ping): one tenant's bodies in flight past its share are refused 429, unread, and
+    another tenant is still served."""
+    share = 3 * 2**20
+    proc = daemon(EXAI_JWT_SECRET=TEST_JWT_SECRET, EXAI_BODY_BYTES_PER_TENANT=str(share))
+    mallory, alice = (issue_token(TEST_JWT_SECRET, who, ["exai:tools"], 600) for who in ("mallory", "alice"))
+    large = {"jsonrpc": "2.0", "id": 2, "method": "ping", "params": {"pad": "x" * (2 * 2**20)}}
+
+    def refused(token: str) -> httpx2.Response | None:
+        """The large body's answer when the share refused it (a made-up session: no new session is counted)."""
+        answer = post(proc, large, {"authorization": f"Bearer {token}", "mcp-session-id": "none-such"})
+        return answer if "EXAI_BODY_BYTES_PER_TENANT" in answer.text else None
+
+    assert refused(mallory) is None, "one large body fits the share"
+    lines = [*(f"{k}: {v}" for k, v in MCP_HEADERS.items()), f"authorization: Bearer {mallory}"]
+    head = request_head(proc, "POST", "/mcp", *lines, f"content-length: {2 * 2**20}")
+    with raw_connection(proc, head + b'{"jsonrpc": "2.0", ') as held:  # a large body still arriving
+        wait_until_sync(lambda: refused(mallory) is not None, "a second large body to be refused")
+        answer = refused(mallory)
+        assert answer is not None and answer.status_code == 429 and answer.headers["retry-after"] == "1", answer
+        assert refused(alice) is None, "another tenant's share is its own"
+        held.close()
+        wait_until_sync(lambda: refused(mallory) is None, "the share to be given back once the request ended")

@@ -211,6 +211,8 @@ class Settings(ProviderSettings):
     tenant_limits: TenantLimits = Field(default_factory=dict)
     rate_limit_on_redis_error: Literal["open", "closed"] = "open"
     max_sessions_per_tenant: int = Field(default=64, ge=1)
+    body_bytes_per_tenant: int = Field(default=16 * 2**20, ge=1)  # request bodies held at once (server/request_body.py)
+    body_bytes_total: int = Field(default=64 * 2**20, ge=1)
     stateless_http: bool = False  # no MCP sessions: every replica answers every request (see server/stateless.py)
     session_idle_seconds: float = Field(default=600.0, gt=0)
     authorization_server_url: str | None = None

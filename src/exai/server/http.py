@@ -48,7 +48,7 @@ from exai.server.draining import CUT_SECONDS, InFlightPosts, end_streams_when_id
 from exai.server.header_checks import AcceptCheck, HostOriginCheck
 from exai.server.internals import forget_captured_signals, keep_streams_open_on_signal, serve_queued_connections
 from exai.server.mcp import build_server
-from exai.server.request_body import BodyDeadline, CompleteBody
+from exai.server.request_body import BodyBudget, BodyDeadline, CompleteBody
 from exai.server.request_ids import IdTypeCheck, InFlightIds
 from exai.server.sessions import SessionQuota
 from exai.server.start_line import start_fields
@@ -275,11 +275,14 @@ def guard_mcp(
     def tenant(scope: Scope) -> str | None:
         return request_tenant(scope, auth_enabled)
 
+    budget = BodyBudget(settings.body_bytes_per_tenant, settings.body_bytes_total)
+
     def checked(app: ASGIApp) -> ASGIApp:
         if settings.stateless_http:
-            return AcceptCheck(PostOnly(CompleteBody(IdTypeCheck(StatelessCancellation(app, cancellations, tenant)))))
+            cancelling = StatelessCancellation(app, cancellations, tenant)
+            return AcceptCheck(PostOnly(CompleteBody(IdTypeCheck(cancelling), budget, tenant)))
         quota = SessionQuota(
-            CompleteBody(IdTypeCheck(InFlightIds(app, tenant))),
+            CompleteBody(IdTypeCheck(InFlightIds(app, tenant)), budget, tenant),
             manager,
             services.limiter,
             tenant,

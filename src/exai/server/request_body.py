@@ -4,9 +4,17 @@ A client that starts a body and never finishes it would hold its request (and it
 `BodyDeadline` answers it 408 once `seconds` have passed since the request's headers arrived. A client that goes
 away in the middle of its body made the SDK log a ten-line `ClientDisconnect` traceback at error level;
 `CompleteBody` reads the whole body before the SDK sees the request, so an incomplete body is one info line.
+
+A body and what it is parsed into stay in memory until its request is answered (a 4 MiB body held about 19 MB), and
+no per-call limit counts a `ping` or a call the limiter refuses. So `BodyBudget` caps the bytes of bodies this
+replica holds at once, per tenant and in all: one tenant's many large requests are refused (429) before they are
+read, instead of filling the memory every tenant's calls live in.
 """
 
 from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable
 
 import anyio
 from mcp.server.transport_security import DEFAULT_MAX_REQUEST_BODY_SIZE
@@ -89,20 +97,73 @@ class BodyDeadline:
         await response(scope, no_body, send)
 
 
-class CompleteBody:
-    """Hand the MCP SDK a POST only once its whole body is in (at most the SDK's 4 MiB)."""
+class BodyBudget:
+    """The bytes of request bodies held at once, per tenant and in all (see the module's docstring)."""
 
-    def __init__(self, app: ASGIApp, limit: int = DEFAULT_MAX_REQUEST_BODY_SIZE) -> None:
-        self.app, self.limit = app, limit
+    def __init__(self, per_tenant: int, total: int) -> None:
+        self.per_tenant, self.total = per_tenant, total
+        self.held: dict[str, int] = defaultdict(int)
+        self.all = 0
+
+    def take(self, tenant: str, size: int) -> tuple[int, str] | None:
+        """Count `size` more bytes for `tenant`; when that would pass a cap, count nothing and give the HTTP status
+        and the reason: 429 for the tenant's own cap, 503 for the server's."""
+        if self.held[tenant] + size > self.per_tenant:
+            return 429, (
+                f"Too many large requests at once: yours being read or answered here hold {self.held[tenant]} bytes "
+                f"of request bodies, and this one ({size} bytes) would pass the {self.per_tenant} a tenant may hold "
+                "(EXAI_BODY_BYTES_PER_TENANT). Wait for some to be answered, or send file paths instead of contents."
+            )
+        if self.all + size > self.total:
+            return 503, (
+                f"The server holds {self.all} bytes of request bodies, and this one ({size} bytes) would pass its "
+                f"{self.total} (EXAI_BODY_BYTES_TOTAL). Retry shortly."
+            )
+        self.held[tenant] += size
+        self.all += size
+        return None
+
+    def give_back(self, tenant: str, size: int) -> None:
+        self.all -= size
+        self.held[tenant] -= size
+        if not self.held[tenant]:
+            del self.held[tenant]
+
+
+class CompleteBody:
+    """Hand the MCP SDK a POST only once its whole body is in (at most the SDK's 4 MiB), counted in the budget from
+    before it is read until it is answered (a body without a Content-Length counts as the largest it may be)."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        budget: BodyBudget,
+        tenant_of: Callable[[Scope], str | None],
+        limit: int = DEFAULT_MAX_REQUEST_BODY_SIZE,
+    ) -> None:
+        self.app, self.budget, self.tenant_of, self.limit = app, budget, tenant_of, limit
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] != "POST":
             await self.app(scope, receive, send)
             return
         declared = Headers(scope=scope).get("content-length", "")
-        if declared.isascii() and declared.isdigit() and int(declared) > self.limit:
+        size = int(declared) if declared.isascii() and declared.isdigit() else self.limit
+        if size > self.limit:
             await self.refuse_too_large(send)
             return
+        tenant = self.tenant_of(scope) or ""
+        refused = self.budget.take(tenant, size)
+        if refused is not None:
+            status, reason = refused
+            await refuse(send, status, reason, retry_after="1")
+            return
+        try:
+            await self.read_and_answer(scope, receive, send)
+        finally:
+            self.budget.give_back(tenant, size)
+
+    async def read_and_answer(self, scope: Scope, receive: Receive, send: Send) -> None:
         body, messages, whole = await read_body(receive, self.limit)
         if not whole:
             if messages[-1]["type"] == "http.request":
