@@ -144,6 +144,9 @@ async def test_prompts_and_resources(sim: SimControl, make_services: MakeService
         prompt = await client.get_prompt("chat", {"request": "review my diff"})
         resources = (await client.list_resources()).resources
         models = await client.read_resource("exai://models")
+        with pytest.raises(MCPError) as unknown:
+            await client.read_resource("x:" + "A" * 3_000_000)
+    assert len(str(unknown.value)) < 300 and "x:AAAA" in str(unknown.value), "a short prefix of the value sent"
     assert {p.name for p in prompts} == set(PROFILES["standard"])
     message = prompt.messages[0].content
     assert isinstance(message, TextContent), message

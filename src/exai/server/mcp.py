@@ -282,7 +282,8 @@ def build_server(services: Services) -> Server[Any]:
 
     async def read_resource(ctx: ServerRequestContext[Any, Any], params: types.ReadResourceRequestParams) -> Any:
         if str(params.uri) != "exai://models":
-            error = NotFoundError(f"No resource '{params.uri}'.", remedy="List resources with resources/list.")
+            shown = ascii(str(params.uri)[:80])  # a caller's value is quoted short, control characters escaped
+            error = NotFoundError(f"No resource {shown}.", remedy="List resources with resources/list.")
             raise MCPError(types.INVALID_PARAMS, error.message, data=error.to_dict())
         models = [
             {"name": m.name, "provider": m.provider, "aliases": m.aliases, **m.capabilities()}
