@@ -104,6 +104,9 @@ async def test_refused_calls_are_audited(daemon: Daemon, sim: SimControl, tmp_pa
     assert outcomes.count("denied") == 2, outcomes
     assert [r["tool"] for r in rows if r["outcome"] == "error"].count("(unknown)") == 2, "probes are audited"
     assert outcomes.count("rate_limited") == 1, "a repeated rate-limited refusal leaves one row a minute"
+    logged = [json.loads(line) for line in proc.logs().splitlines() if '"tool_error"' in line]
+    codes = sorted(line["code"] for line in logged)
+    assert codes == [*["missing_scope"] * 2, "rate_limited_rpm", *["unknown_tool"] * 2], "one line a minute for those"
     assert len(outcomes) == 5, outcomes
     escape = issue_token(SECRET, "ev\x1b[31mil", ["exai:tools"], 600)
     refused = httpx2.post(f"{proc.url}/mcp", json={}, headers={"Authorization": f"Bearer {escape}"})

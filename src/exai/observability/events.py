@@ -12,9 +12,12 @@ import time
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
+from exai.observability.logging import get_logger
 from exai.observability.metrics import Metrics
 from exai.observability.refusals import RepeatedRefusals
 from exai.observability.stats import Attempt, Stats
+
+log = get_logger(__name__)
 
 Outcome = Literal["ok", "error", "cancelled", "denied", "rate_limited"]
 
@@ -57,6 +60,7 @@ class CallEvent:
     upstream_s: float = 0.0
     error_category: str | None = None
     error_code: str | None = None
+    error_message: str | None = None
     model_calls: list[ModelCall] = field(default_factory=list)
     thread_id: str | None = None
     finished_at: float = field(default_factory=time.time)
@@ -113,8 +117,17 @@ class Events:
             metrics.tokens.labels(call.provider, call.model, "out").inc(call.output_tokens)
             if call.cost_usd:
                 metrics.cost.labels(call.provider, call.model).inc(call.cost_usd)
-        if self.refusals.audited(event.tenant, event.tool, event.outcome, event.error_code, event.finished_at):
-            self.audit.add_call(event)
+        if not self.refusals.audited(event.tenant, event.tool, event.outcome, event.error_code, event.finished_at):
+            return  # a repeated refusal: counted above, and in the minute's `refusals_repeated` line
+        self.audit.add_call(event)
+        if event.error_code is not None:
+            log.info(
+                "tool_error",
+                tool=event.tool,
+                category=event.error_category,
+                code=event.error_code,
+                error=(event.error_message or "")[:300],
+            )
 
     def attempt_finished(self, attempt: Attempt) -> None:
         """One upstream request ended (or was skipped because its breaker is open)."""

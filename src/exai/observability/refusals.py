@@ -1,9 +1,10 @@
-"""Which rate-limited calls get an audit row: the first of each tenant, tool and reason per minute.
+"""Which rate-limited calls get an audit row and a log line: the first of each tenant, tool and reason per minute.
 
 Every call counts against the tenant's requests per minute, refused ones included (unknown and forbidden tools),
 so the rows of admitted calls grow at most as the limits allow. The calls refused by the limiter cost nothing and
-could be sent as fast as a client can: a repeat within the minute is counted instead of written, and when the minute
-is over one log line (`refusals_repeated`) says how many were not written; the Prometheus counters count every one.
+could be sent as fast as a client can: a repeat within the minute is counted instead of written (neither its row nor
+its `tool_error` line), and when the minute is over one log line (`refusals_repeated`) says how many were not
+written; the Prometheus counters count every one.
 """
 
 from __future__ import annotations

@@ -188,7 +188,6 @@ async def handle_call(
         return result
     except ExaiError as exc:
         error = exc
-        log.info("tool_error", tool=tool.name, category=exc.category.value, code=exc.code, error=exc.message[:300])
     except Exception as exc:
         log.exception("tool_crashed", tool=tool.name)
         error = InternalError(
@@ -209,6 +208,7 @@ async def handle_call(
                 upstream_s=ctx.upstream_seconds,
                 error_category=error.category.value if error is not None else None,
                 error_code=error.code if error is not None else None,
+                error_message=error.message if error is not None else None,
                 model_calls=ctx.model_calls,
                 thread_id=ctx.thread_id,
             ),
