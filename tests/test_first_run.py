@@ -141,3 +141,16 @@ async def test_the_dashboard_without_a_token_says_how_to_give_one(daemon: Callab
     dom = await _render_until(chromium, tmp_path / "chrome", f"{proc.url}/dashboard", lambda d: "bearer token" in d)
     assert "A valid bearer token is required." in dom and "/dashboard#token=&lt;admin token&gt;" in dom, dom[-3000:]
     assert "exai:admin" in dom
+
+
+def test_a_server_warns_when_tokens_for_any_audience_pass(daemon: Callable[..., Proc]) -> None:
+    """A daemon checking tokens without EXAI_JWT_AUDIENCE takes one minted for another service with the same secret:
+    it says so at start, as a JSON log line like every other (a warning printed as text broke JSON logs)."""
+    open_to_any = daemon(EXAI_JWT_SECRET=TEST_JWT_SECRET, EXAI_MAX_RETRYS="3")
+    logs = open_to_any.logs().splitlines()
+    warnings = [json.loads(line) for line in logs if "configuration_warning" in line]
+    assert len(warnings) == 2 and all(w["level"] == "warning" for w in warnings), logs[:5]
+    assert "EXAI_JWT_AUDIENCE is not set" in warnings[1]["detail"], warnings
+    assert "did you mean EXAI_MAX_RETRIES?" in warnings[0]["detail"], warnings
+    checked = daemon(EXAI_JWT_SECRET=TEST_JWT_SECRET, EXAI_JWT_AUDIENCE="exai-team")
+    assert "configuration_warning" not in checked.logs(), checked.logs()[:2000]

@@ -70,18 +70,21 @@ def _settings(*, server: bool = False, **overrides: object) -> Settings:
     from exai.config import load_settings
     from exai.config_checks import setting_warnings
     from exai.errors import ExaiError
-    from exai.observability.logging import configure_logging
+    from exai.observability.logging import configure_logging, get_logger
     from exai.observability.tracing import configure_tracing
 
     try:
         settings = load_settings(**{k: v for k, v in overrides.items() if v is not None})
     except ExaiError as exc:
         _fail(exc)
-    for warning in setting_warnings(settings):
-        print(warning, file=sys.stderr)
     quiet = not server and "log_level" not in settings.model_fields_set
     configure_logging("WARNING" if quiet else settings.log_level, settings.log_json)
     configure_tracing(settings.otel_exporter)
+    for warning in setting_warnings(settings, server):
+        if settings.log_json:  # JSON logs stay JSON
+            get_logger("exai.config").warning("configuration_warning", detail=warning.removeprefix("warning: "))
+        else:
+            print(warning, file=sys.stderr)
     return settings
 
 
