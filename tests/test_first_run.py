@@ -154,3 +154,11 @@ def test_a_server_warns_when_tokens_for_any_audience_pass(daemon: Callable[..., 
     assert "did you mean EXAI_MAX_RETRIES?" in warnings[0]["detail"], warnings
     checked = daemon(EXAI_JWT_SECRET=TEST_JWT_SECRET, EXAI_JWT_AUDIENCE="exai-team")
     assert "configuration_warning" not in checked.logs(), checked.logs()[:2000]
+
+
+def test_a_bad_option_is_named_as_the_user_wrote_it(tmp_path: Path) -> None:
+    """`serve --port 99999` is the option's mistake, not EXAI_PORT's (which the user never set)."""
+    result = run_exai(["serve", "--port", "99999"], {}, cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    first, fix = result.stderr.strip().splitlines()
+    assert first.startswith("--port: ") and "65535" in first and fix == "  fix: correct --port and start again", first

@@ -112,9 +112,14 @@ def load(cls: type[SettingsT], overrides: dict[str, Any]) -> SettingsT:
         return cls(**overrides)
     except ValidationError as exc:
         dotenv = dotenv_values()
-        problems = [
-            _problem(field_of(str(e["loc"][0])) if e["loc"] else None, _message(e), dotenv) for e in exc.errors()
-        ]
+        problems = []
+        for error in exc.errors():
+            field = field_of(str(error["loc"][0])) if error["loc"] else None
+            if field in overrides:  # given on the command line: the option is what the user wrote
+                option = f"--{field.replace('_', '-')}"
+                problems.append(ConfigProblem(option, _message(error), f"correct {option} and start again"))
+            else:
+                problems.append(_problem(field, _message(error), dotenv))
         raise ConfigError(problems) from None
     except SettingsError as exc:  # a value the settings sources could not even decode
         field = next((f for f in cls.model_fields if f'"{f}"' in str(exc)), None)
