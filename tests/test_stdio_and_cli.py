@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import socket
@@ -79,6 +80,8 @@ def test_db_upgrade_and_token_commands(tmp_path: Path) -> None:
     assert token.returncode == 0
     verified = cli(["token", "verify", token.stdout.strip()], secret_env)
     assert verified.returncode == 0 and "tenant=alice scopes=exai:tools exai:admin" in verified.stdout
+    claims = json.loads(base64.urlsafe_b64decode(token.stdout.strip().split(".")[1] + "=="))
+    assert f"expires_at={claims['exp']}\n" in verified.stdout, "the token's own expiry, not the leeway's"
     other = {**env, "EXAI_JWT_SECRET": "another-secret-that-is-long-enough-9876543210"}
     assert cli(["token", "verify", token.stdout.strip()], other).returncode == 1
     made = cli(["token", "apikey", "--tenant", "ci-bot"], env)

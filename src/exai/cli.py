@@ -379,6 +379,7 @@ def token_issue(
 def token_verify(token: Annotated[str, typer.Argument(help="The token to check.")]) -> None:
     """Check a token the way the daemon would; print its tenant and scopes."""
     from exai.app import build_verifier
+    from exai.security.auth import LEEWAY_SECONDS
 
     verifier = build_verifier(_settings())
     if verifier is None:
@@ -388,7 +389,9 @@ def token_verify(token: Annotated[str, typer.Argument(help="The token to check."
     if access is None:
         _stderr().print("[red]invalid[/red]: bad signature, expired, not yet valid, wrong issuer/audience, or revoked")
         raise typer.Exit(1)
-    print(f"valid: tenant={access.subject} scopes={' '.join(access.scopes)} expires_at={access.expires_at}")
+    # The token's own `exp` (the verifier's expiry adds the clock-skew leeway, for the checks of every request).
+    expiry = "never" if access.expires_at is None else str(access.expires_at - LEEWAY_SECONDS)
+    print(f"valid: tenant={access.subject} scopes={' '.join(access.scopes)} expires_at={expiry}")
 
 
 @token_app.command("apikey")
