@@ -162,3 +162,11 @@ def test_a_bad_option_is_named_as_the_user_wrote_it(tmp_path: Path) -> None:
     assert result.returncode == 2, result.stderr
     first, fix = result.stderr.strip().splitlines()
     assert first.startswith("--port: ") and "65535" in first and fix == "  fix: correct --port and start again", first
+
+
+def test_a_client_pointed_at_the_bare_address_is_told_where_mcp_is(daemon: Callable[..., Proc]) -> None:
+    proc = daemon()
+    for path in ("/", "/sse", "/v1/chat/completions"):
+        answer = httpx2.post(f"{proc.url}{path}", json={"jsonrpc": "2.0", "id": 1, "method": "ping"})
+        assert answer.status_code == 404, (path, answer.status_code)
+        assert f"{proc.url}/mcp" in answer.json()["error"]["message"], answer.text

@@ -235,11 +235,28 @@ def build_http_app(services: Services) -> Starlette:
     if auth:
         app.router.routes.append(protected_resource_route(public, settings.authorization_server_url))
     app.router.lifespan_context = with_cancellations(app.router.lifespan_context, cancellations)
+    app.add_exception_handler(404, no_such_path)
     hosts, origins = allowed_hosts_and_origins(settings.host, settings.allowed_hosts)
     app.add_middleware(BodyDeadline, seconds=settings.http_body_timeout_seconds)
     app.add_middleware(HostOriginCheck, allowed_hosts=hosts, allowed_origins=origins)
     app.add_middleware(RequestIdMiddleware)
     return app
+
+
+async def no_such_path(request: Request, exc: Exception) -> JSONResponse:
+    """A path the daemon does not serve: say where MCP is (a client pointed at the bare host and port got only "Not
+    Found")."""
+    path = ascii(request.url.path[:80])
+    return JSONResponse(
+        {
+            "error": {
+                "code": "not_found",
+                "message": f"Nothing is served at {path}. MCP clients connect to /mcp (e.g. {request.base_url}mcp); "
+                "health at /healthz and /readyz, metrics at /metrics, the status page at /dashboard.",
+            }
+        },
+        status_code=404,
+    )
 
 
 def route_path(route: BaseRoute) -> str:
