@@ -90,13 +90,13 @@ class Step:
     overhead_p95_ms: float | None
     client_p95_ms: float | None
     storage_p95_ms: float | None  # the store's operations (part of the overhead): PostgreSQL on a busy machine
-    overhead_split_ms: dict[str, float]  # a call's mean overhead and where it went: waiting for the store, the limiter
     daemon_cpu_ms_per_call: float  # all replicas together
     simulator_cpu_ms_per_call: float
     clients_cpu_ms_per_call: float  # includes starting the client processes (imports): an upper bound
     daemon_cpu_busy: float  # cores the daemons (all replicas) used while the step's calls ran
     balancer_cpu_ms_per_call: float | None = None  # nginx, when there is one
     calls_by_replica: list[int] = field(default_factory=list)  # tool calls each replica counted in its /metrics
+    overhead_split_ms: dict[str, float] = field(default_factory=dict)  # the mean overhead per call and where it went
 
     def within(self, bound_ms: float = OVERHEAD_P95_MS) -> bool:
         return self.errors == 0 and self.overhead_p95_ms is not None and self.overhead_p95_ms <= bound_ms
