@@ -209,11 +209,12 @@ def test_deeply_nested_json_is_a_parse_error_not_a_crash(daemon: Daemon, sim: Si
         '{"jsonrpc": "2.0", "id": 3, "method": "tools/call", '
         f'"params": {{"name": "chat", "arguments": {{"prompt": "hi", "files": {nested(50_000)}}}}}}}'
     )
-    for body in (nested(50_000), in_arguments, nested(1_500)):
+    for body, status in ((nested(50_000), 413), (in_arguments, 413), (nested(1_500), 400)):
         for headers in ({**MCP_HEADERS, **session}, MCP_HEADERS):
             answer = httpx2.post(f"{proc.url}/mcp", content=body, headers=headers, timeout=60)
-            assert answer.status_code == 400, (answer.status_code, answer.text[:300])
-            assert answer.json()["error"]["code"] == -32700
+            assert answer.status_code == status, (answer.status_code, answer.text[:300])
+            # 50,000 levels are 50,000 values: refused before any parser sees them; 1,500 levels: a parse error
+            assert answer.json()["error"]["code"] == (-32600 if status == 413 else -32700), answer.text[:300]
     ping = post(proc, {"jsonrpc": "2.0", "id": 4, "method": "ping"}, session)
     assert ping.status_code == 200 and sse_result(ping)["id"] == 4
     logs = proc.logs()
@@ -284,3 +285,22 @@ def test_one_tenant_cannot_fill_the_memory_with_large_request_bodies(daemon: Dae
         assert refused(alice) is None, "another tenant's share is its own"
         held.close()
         wait_until_sync(lambda: refused(mallory) is None, "the share to be given back once the request ended")
+
+
+def test_what_a_body_parses_into_is_bounded_before_it_is_parsed(daemon: Daemon, sim: SimControl) -> None:
+    """4 MB of `[{},{},...]` parsed into 1.4 million objects (about 130 MB), and a request's `_meta` lives as long as
+    its handler, after the client hung up: the first is refused unparsed (413), a `_meta` of data too (400), while a
+    prompt of the same size whose text is full of braces and commas is one value, and passes both checks."""
+    proc = daemon()
+    absent = {"mcp-session-id": "none-such"}  # past the checks the SDK answers 404: no session is opened
+
+    def ping(params: dict[str, object]) -> httpx2.Response:
+        return post(proc, {"jsonrpc": "2.0", "id": 1, "method": "ping", "params": params}, absent)
+
+    flood = ping({"_meta": {"j": [{}] * 1_000_000}})
+    assert flood.status_code == 413 and "too complex" in flood.text and "20000" in flood.text, flood.text[:300]
+    data = ping({"_meta": {"pad": "x" * 100_000}})
+    assert data.status_code == 400 and "params._meta holds" in data.text, data.text[:300]
+    code = {"name": "chat", "arguments": {"prompt": "{[x, y], z}, " * 300_000, "model": "sim-fast"}}
+    passed = post(proc, {"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": code}, absent)
+    assert passed.status_code == 404, passed.text[:300]

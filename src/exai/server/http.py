@@ -49,7 +49,7 @@ from exai.server.header_checks import AcceptCheck, HostOriginCheck
 from exai.server.internals import forget_captured_signals, keep_streams_open_on_signal, serve_queued_connections
 from exai.server.mcp import build_server
 from exai.server.request_body import BodyBudget, BodyDeadline, CompleteBody
-from exai.server.request_ids import IdTypeCheck, InFlightIds
+from exai.server.request_ids import InFlightIds, MessageCheck
 from exai.server.sessions import SessionQuota
 from exai.server.start_line import start_fields
 from exai.server.stateless import PostOnly
@@ -297,9 +297,9 @@ def guard_mcp(
     def checked(app: ASGIApp) -> ASGIApp:
         if settings.stateless_http:
             cancelling = StatelessCancellation(app, cancellations, tenant)
-            return AcceptCheck(PostOnly(CompleteBody(IdTypeCheck(cancelling), budget, tenant)))
+            return AcceptCheck(PostOnly(CompleteBody(MessageCheck(cancelling), budget, tenant)))
         quota = SessionQuota(
-            CompleteBody(IdTypeCheck(InFlightIds(app, tenant)), budget, tenant),
+            CompleteBody(MessageCheck(InFlightIds(app, tenant)), budget, tenant),
             manager,
             services.limiter,
             tenant,

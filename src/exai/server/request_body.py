@@ -8,11 +8,14 @@ away in the middle of its body made the SDK log a ten-line `ClientDisconnect` tr
 A body and what it is parsed into stay in memory until its request is answered (a 4 MiB body held about 19 MB), and
 no per-call limit counts a `ping` or a call the limiter refuses. So `BodyBudget` caps the bytes of bodies this
 replica holds at once, per tenant and in all: one tenant's many large requests are refused (429) before they are
-read, instead of filling the memory every tenant's calls live in.
+read, instead of filling the memory every tenant's calls live in. What a body parses into is bounded too: one of
+more than `MAX_JSON_VALUES` values is refused (413) before it is parsed (4 MB of `[{},{},...]` parsed into 1.4
+million objects, about 130 MB).
 """
 
 from __future__ import annotations
 
+import re
 from collections import defaultdict
 from collections.abc import Callable
 
@@ -28,6 +31,17 @@ from exai.server.refusals import refuse
 
 log = get_logger(__name__)
 DISCONNECT: Message = {"type": "http.disconnect"}
+MAX_JSON_VALUES = 20_000
+"""Values (objects, arrays and the elements between commas) a request body may hold: a tool call with its prompt,
+files and findings has tens; a body with more is a flood of tiny objects, each far larger parsed than sent."""
+_STRING = re.compile(rb'"(?:[^"\\]++|\\.)*+"')
+
+
+def json_values(body: bytes) -> int:
+    """About how many values a JSON body parses into: its objects, arrays and commas outside strings (a string's
+    content may hold any of those characters and is one value)."""
+    bare = _STRING.sub(b"", body)
+    return bare.count(b"{") + bare.count(b"[") + bare.count(b",")
 
 
 async def read_body(receive: Receive, limit: int) -> tuple[bytes, list[Message], bool]:
@@ -171,6 +185,14 @@ class CompleteBody:
                 return
             received = sum(len(m.get("body", b"")) for m in messages)
             log.info("request body incomplete: the client went away or was too slow", received_bytes=received)
+            return
+        if len(body) > MAX_JSON_VALUES and (values := json_values(body)) > MAX_JSON_VALUES:  # shorter cannot hold more
+            await refuse(
+                send,
+                413,
+                f"Request body too complex: about {values} JSON values, at most {MAX_JSON_VALUES}. Send file paths "
+                "instead of file contents, and split long lists over several calls.",
+            )
             return
         replayed = False
 

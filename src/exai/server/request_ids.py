@@ -35,20 +35,28 @@ def request_ids(body: bytes) -> list[Any]:
     return [item["id"] for item in items if isinstance(item, dict) and "method" in item and "id" in item]
 
 
-def ill_typed_ids(body: bytes) -> list[Any]:
+MAX_META_BYTES = 65_536
+"""How large a message's `params._meta` may be: it carries small protocol fields (a progress token, a task's
+options), and whatever it holds lives as long as the request's handler, which goes on after a client hangs up."""
+
+
+def _messages(body: bytes) -> list[Any]:
+    try:
+        payload = pydantic_core.from_json(body)
+    except ValueError:  # the SDK answers it -32700
+        return []
+    return payload if isinstance(payload, list) else [payload]
+
+
+def ill_typed_ids(messages: list[Any]) -> list[Any]:
     """The ids of messages with a method that are neither a string nor an integer (MCP allows no other kind).
 
     The SDK reads such a message as a notification and answers 202 with no body, so the caller waits for an
     answer that never comes.
     """
-    try:
-        payload = pydantic_core.from_json(body)
-    except ValueError:
-        return []
-    items = payload if isinstance(payload, list) else [payload]
     return [
         item["id"]
-        for item in items
+        for item in messages
         if isinstance(item, dict)
         and "method" in item
         and "id" in item
@@ -56,8 +64,19 @@ def ill_typed_ids(body: bytes) -> list[Any]:
     ]
 
 
-class IdTypeCheck:
-    """Answer a request whose id is of the wrong type (a float, a boolean, null, an object) with an Invalid Request."""
+def oversized_meta(messages: list[Any]) -> int | None:
+    """The size of the first `params._meta` over `MAX_META_BYTES`, if any."""
+    for item in messages:
+        params = item.get("params") if isinstance(item, dict) else None
+        meta = params.get("_meta") if isinstance(params, dict) else None
+        if meta is not None and (size := len(pydantic_core.to_json(meta))) > MAX_META_BYTES:
+            return size
+    return None
+
+
+class MessageCheck:
+    """Answer with an Invalid Request a message whose id is of the wrong type (a float, a boolean, null, an object)
+    or whose `_meta` is over `MAX_META_BYTES`."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -71,7 +90,16 @@ class IdTypeCheck:
         async def replay() -> Message:
             return messages.pop(0) if messages else await receive()
 
-        wrong = ill_typed_ids(body) if whole else []
+        sent = _messages(body) if whole else []
+        if (size := oversized_meta(sent)) is not None:
+            await refuse(
+                send,
+                400,
+                f"Invalid Request: params._meta holds {size} bytes, at most {MAX_META_BYTES}; it is for small protocol "
+                "fields (a progress token), not data. Put data in the tool's arguments.",
+            )
+            return
+        wrong = ill_typed_ids(sent)
         if wrong:
             await refuse(
                 send,
