@@ -95,8 +95,8 @@ async def knee_of(
         why = f"knee above the highest step offered: {why}"
     else:
         why += (
-            f"next step {missed.offered_per_s:g}/s: overhead p95 {missed.overhead_p95_ms} ms (storage p95 "
-            f"{missed.storage_p95_ms} ms; per call {_split(missed)}), {missed.errors} errors"
+            f"{'next' if knee else 'first'} step {missed.offered_per_s:g}/s: overhead p95 {missed.overhead_p95_ms} ms "
+            f"(storage p95 {missed.storage_p95_ms} ms; per call {_split(missed)}), {missed.errors} errors"
         )
     if found.throughput is not None and found.throughput is not knee:
         why += (
