@@ -49,6 +49,7 @@ async def unknown_tool(services: Services, name: str, tenant: str, correlation_i
             latency_s=0.0,
             error_category=category,
             error_code=code,
+            error_message=refusal.error.message,
         ),
         started=False,
     )
