@@ -11,9 +11,12 @@ import time
 from collections.abc import Callable
 
 import httpx2
+from mcp.server.transport_security import DEFAULT_MAX_REQUEST_BODY_SIZE
 
+from exai.config import MAX_REQUEST_BODY_BYTES
 from exai.observability.context import SAFE_ID
 from exai.security.auth import issue_token
+from exai.server.request_body import json_values
 from tests.conftest import TEST_JWT_SECRET, Proc, SimControl
 from tests.helpers import wait_until_sync
 from tests.test_http_attacks import INITIALIZE, MCP_HEADERS, post, ready_session, sse_result
@@ -262,10 +265,10 @@ def test_debug_logs_hold_no_request_or_response_bodies(daemon: Daemon, sim: SimC
 
 
 def test_one_tenant_cannot_fill_the_memory_with_large_request_bodies(daemon: Daemon, sim: SimControl) -> None:
-    """A body counts from before it is read until its request is answered (a 4 MiB one held about 19 MB of memory,
-    and no per-call limit counts a ping): one tenant's bodies in flight past its share are refused 429, unread, and
-    another tenant is still served."""
-    share = 3 * 2**20
+    """A body's bytes count as they arrive and until its request is answered (a 4 MiB one held about 19 MB of
+    memory, and no per-call limit counts a ping): one tenant's bytes in flight past its share are refused 429,
+    another tenant is still served, and connections that only announce large bodies hold nothing."""
+    share = 4 * 2**20
     proc = daemon(EXAI_JWT_SECRET=TEST_JWT_SECRET, EXAI_BODY_BYTES_PER_TENANT=str(share))
     mallory, alice = (issue_token(TEST_JWT_SECRET, who, ["exai:tools"], 600) for who in ("mallory", "alice"))
     large = {"jsonrpc": "2.0", "id": 2, "method": "ping", "params": {"pad": "x" * (2 * 2**20)}}
@@ -275,16 +278,22 @@ def test_one_tenant_cannot_fill_the_memory_with_large_request_bodies(daemon: Dae
         answer = post(proc, large, {"authorization": f"Bearer {token}", "mcp-session-id": "none-such"})
         return answer if "EXAI_BODY_BYTES_PER_TENANT" in answer.text else None
 
-    assert refused(mallory) is None, "one large body fits the share"
     lines = [*(f"{k}: {v}" for k, v in MCP_HEADERS.items()), f"authorization: Bearer {mallory}"]
-    head = request_head(proc, "POST", "/mcp", *lines, f"content-length: {2 * 2**20}")
-    with raw_connection(proc, head + b'{"jsonrpc": "2.0", ') as held:  # a large body still arriving
-        wait_until_sync(lambda: refused(mallory) is not None, "a second large body to be refused")
-        answer = refused(mallory)
-        assert answer is not None and answer.status_code == 429 and answer.headers["retry-after"] == "1", answer
-        assert refused(alice) is None, "another tenant's share is its own"
-        held.close()
-        wait_until_sync(lambda: refused(mallory) is None, "the share to be given back once the request ended")
+    announced = request_head(proc, "POST", "/mcp", *lines, f"content-length: {4 * 2**20}")
+    idle = [raw_connection(proc, announced) for _ in range(4)]  # 16 MiB announced, nothing sent
+    try:
+        assert refused(mallory) is None, "announced bytes that never came hold nothing"
+        sent = announced + b'{"jsonrpc": "2.0", "params": "' + b"x" * (3 * 2**20)
+        with raw_connection(proc, sent) as held:  # 3 MiB of a body still arriving
+            wait_until_sync(lambda: refused(mallory) is not None, "a second large body to be refused")
+            answer = refused(mallory)
+            assert answer is not None and answer.status_code == 429 and answer.headers["retry-after"] == "1", answer
+            assert refused(alice) is None, "another tenant's share is its own"
+            held.close()
+            wait_until_sync(lambda: refused(mallory) is None, "the share to be given back once the request ended")
+    finally:
+        for sock in idle:
+            sock.close()
 
 
 def test_what_a_body_parses_into_is_bounded_before_it_is_parsed(daemon: Daemon, sim: SimControl) -> None:
@@ -304,3 +313,13 @@ def test_what_a_body_parses_into_is_bounded_before_it_is_parsed(daemon: Daemon, 
     code = {"name": "chat", "arguments": {"prompt": "{[x, y], z}, " * 300_000, "model": "sim-fast"}}
     passed = post(proc, {"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": code}, absent)
     assert passed.status_code == 404, passed.text[:300]
+
+
+def test_counting_a_hostile_bodys_values_takes_one_pass() -> None:
+    """Bodies that are not JSON (an unclosed string, a trailing backslash, escaped newlines): the count runs on the
+    event loop before any parser, and a pattern that could fail at each quote took a minute for 160 KB of these (and
+    hours for 4 MiB), holding every request of the daemon meanwhile. Each of these finishes in one pass now."""
+    for body in (b'"' + b'\\"' * 500_000, b'"' + b"x" * 1_000_000 + b"\\", b'"\\\n' * 300_000):
+        assert json_values(body) <= 1, body[:20]
+    assert json_values(b'{"a": "x\\"y,[{", "b": [1, 2]}') == 4, "a string's escaped quote does not end it"
+    assert MAX_REQUEST_BODY_BYTES == DEFAULT_MAX_REQUEST_BODY_SIZE, "the settings' floor is the SDK's own limit"

@@ -64,7 +64,7 @@ def _fail(exc: ExaiError) -> NoReturn:
     raise typer.Exit(2)
 
 
-def _settings(*, server: bool = False, **overrides: object) -> Settings:
+def _settings(*, server: bool = False, checks_tokens: bool = False, **overrides: object) -> Settings:
     """The validated settings, logging configured. Commands other than the servers (`serve`, `stdio`) log
     warnings and errors only, unless EXAI_LOG_LEVEL says otherwise: their output is the answer, not a log."""
     from exai.config import load_settings
@@ -80,7 +80,7 @@ def _settings(*, server: bool = False, **overrides: object) -> Settings:
     quiet = not server and "log_level" not in settings.model_fields_set
     configure_logging("WARNING" if quiet else settings.log_level, settings.log_json)
     configure_tracing(settings.otel_exporter)
-    for warning in setting_warnings(settings, server):
+    for warning in setting_warnings(settings, checks_tokens):
         if settings.log_json:  # JSON logs stay JSON
             get_logger("exai.config").warning("configuration_warning", detail=warning.removeprefix("warning: "))
         else:
@@ -124,7 +124,7 @@ def serve(
     insecure: Annotated[bool, typer.Option(help="Allow a non-loopback address without authentication.")] = False,
 ) -> None:
     """Run the daemon: MCP over Streamable HTTP at /mcp, with /healthz, /readyz, /metrics and /dashboard."""
-    settings = _settings(server=True, host=host, port=port)
+    settings = _settings(server=True, checks_tokens=True, host=host, port=port)
     from exai.errors import ExaiError
     from exai.observability.logging import get_logger
     from exai.server.http import is_loopback, serve_http

@@ -30,6 +30,10 @@ from pydantic_settings import (
 from exai.config_problems import ConfigError, read_config_file
 from exai.provider_specs import DEFAULT_CUSTOM_CONTEXT_WINDOW, PROVIDER_SPECS, ProviderSpec
 
+MAX_REQUEST_BODY_BYTES = 4 * 2**20
+"""The largest request body the MCP SDK takes (its DEFAULT_MAX_REQUEST_BODY_SIZE, not imported here: `exai --help`
+does not load the SDK)."""
+
 
 def _split_commas(value: Any) -> Any:
     if isinstance(value, str):
@@ -211,8 +215,9 @@ class Settings(ProviderSettings):
     tenant_limits: TenantLimits = Field(default_factory=dict)
     rate_limit_on_redis_error: Literal["open", "closed"] = "open"
     max_sessions_per_tenant: int = Field(default=64, ge=1)
-    body_bytes_per_tenant: int = Field(default=16 * 2**20, ge=1)  # request bodies held at once (server/request_body.py)
-    body_bytes_total: int = Field(default=64 * 2**20, ge=1)
+    # Request bodies held at once (server/request_body.py): never below one body of the largest size the SDK takes.
+    body_bytes_per_tenant: int = Field(default=16 * 2**20, ge=MAX_REQUEST_BODY_BYTES)
+    body_bytes_total: int = Field(default=64 * 2**20, ge=MAX_REQUEST_BODY_BYTES)
     stateless_http: bool = False  # no MCP sessions: every replica answers every request (see server/stateless.py)
     session_idle_seconds: float = Field(default=600.0, gt=0)
     authorization_server_url: str | None = None

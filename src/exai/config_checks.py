@@ -201,9 +201,9 @@ def _deprecated_names() -> list[str]:
     return found
 
 
-def setting_warnings(settings: Settings, server: bool = False) -> list[str]:
-    """Start-up warnings, one line each: unknown EXAI_* variables, old names, settings without effect, and for a
-    server (`serve`, `stdio`) a token check weaker than it looks."""
+def setting_warnings(settings: Settings, checks_tokens: bool = False) -> list[str]:
+    """Start-up warnings, one line each: unknown EXAI_* variables, old names, settings without effect, and for the
+    server that checks tokens (`serve`) a token check weaker than it looks."""
     warnings = unknown_variable_warnings() + _deprecated_names()
     if settings.stateless_http:
         warnings += [
@@ -213,7 +213,7 @@ def setting_warnings(settings: Settings, server: bool = False) -> list[str]:
             if field in settings.model_fields_set
         ]
     jwt = settings.jwt_secret or settings.jwt_public_key or settings.jwt_jwks_url
-    if server and jwt and not settings.jwt_audience:
+    if checks_tokens and jwt and not settings.jwt_audience:
         warnings.append(
             "warning: EXAI_JWT_AUDIENCE is not set, so a token signed with this key is accepted whatever audience it "
             "names (one meant for another service that shares the secret or the issuer, say); set it to the audience "

@@ -7,10 +7,12 @@ away in the middle of its body made the SDK log a ten-line `ClientDisconnect` tr
 
 A body and what it is parsed into stay in memory until its request is answered (a 4 MiB body held about 19 MB), and
 no per-call limit counts a `ping` or a call the limiter refuses. So `BodyBudget` caps the bytes of bodies this
-replica holds at once, per tenant and in all: one tenant's many large requests are refused (429) before they are
-read, instead of filling the memory every tenant's calls live in. What a body parses into is bounded too: one of
-more than `MAX_JSON_VALUES` values is refused (413) before it is parsed (4 MB of `[{},{},...]` parsed into 1.4
-million objects, about 130 MB).
+replica holds at once, per tenant and in all, counted as they arrive: one tenant's many large requests are refused
+(429) once their bytes pass its share, instead of filling the memory every tenant's calls live in, and a connection
+that only announces a large body holds nothing. The bytes are given back when the HTTP request ends: a call whose
+client hung up goes on with its parsed arguments, bounded by the tenant's concurrency once the limiter admits it.
+What a body parses into is bounded too: one of more than `MAX_JSON_VALUES` values is refused (413) before it is
+parsed (4 MB of `[{},{},...]` parsed into 1.4 million objects, about 130 MB).
 """
 
 from __future__ import annotations
@@ -34,7 +36,9 @@ DISCONNECT: Message = {"type": "http.disconnect"}
 MAX_JSON_VALUES = 20_000
 """Values (objects, arrays and the elements between commas) a request body may hold: a tool call with its prompt,
 files and findings has tens; a body with more is a flood of tiny objects, each far larger parsed than sent."""
-_STRING = re.compile(rb'"(?:[^"\\]++|\\.)*+"')
+_STRING = re.compile(rb'"(?:[^"\\]++|\\.?)*+(?:"|\Z)', re.DOTALL)
+"""A JSON string, or what is left of the body after an unclosed one: every match that starts at a quote succeeds,
+so no quote is tried twice (a pattern that can fail made a 160 KB body of escaped quotes take a minute)."""
 
 
 def json_values(body: bytes) -> int:
@@ -122,22 +126,25 @@ class BodyBudget:
     def take(self, tenant: str, size: int) -> tuple[int, str] | None:
         """Count `size` more bytes for `tenant`; when that would pass a cap, count nothing and give the HTTP status
         and the reason: 429 for the tenant's own cap, 503 for the server's."""
-        if self.held[tenant] + size > self.per_tenant:
+        held = self.held.get(tenant, 0)
+        if held + size > self.per_tenant:
             return 429, (
-                f"Too many large requests at once: yours being read or answered here hold {self.held[tenant]} bytes "
-                f"of request bodies, and this one ({size} bytes) would pass the {self.per_tenant} a tenant may hold "
+                f"Too many large requests at once: yours being read or answered here hold {held} bytes of request "
+                f"bodies, and this one would pass the {self.per_tenant} a tenant may hold "
                 "(EXAI_BODY_BYTES_PER_TENANT). Wait for some to be answered, or send file paths instead of contents."
             )
         if self.all + size > self.total:
             return 503, (
-                f"The server holds {self.all} bytes of request bodies, and this one ({size} bytes) would pass its "
-                f"{self.total} (EXAI_BODY_BYTES_TOTAL). Retry shortly."
+                f"The server holds {self.all} bytes of request bodies, and this one would pass its {self.total} "
+                "(EXAI_BODY_BYTES_TOTAL). Retry shortly."
             )
         self.held[tenant] += size
         self.all += size
         return None
 
     def give_back(self, tenant: str, size: int) -> None:
+        if not size:
+            return
         self.all -= size
         self.held[tenant] -= size
         if not self.held[tenant]:
@@ -145,8 +152,8 @@ class BodyBudget:
 
 
 class CompleteBody:
-    """Hand the MCP SDK a POST only once its whole body is in (at most the SDK's 4 MiB), counted in the budget from
-    before it is read until it is answered (a body without a Content-Length counts as the largest it may be)."""
+    """Hand the MCP SDK a POST only once its whole body is in (at most the SDK's 4 MiB), its bytes counted in the
+    budget as they arrive and until the request is answered (a connection that sends nothing holds nothing)."""
 
     def __init__(
         self,
@@ -162,30 +169,35 @@ class CompleteBody:
             await self.app(scope, receive, send)
             return
         declared = Headers(scope=scope).get("content-length", "")
-        size = int(declared) if declared.isascii() and declared.isdigit() else self.limit
-        if size > self.limit:
+        if declared.isascii() and declared.isdigit() and int(declared) > self.limit:
             await self.refuse_too_large(send)
             return
         tenant = self.tenant_of(scope) or ""
-        refused = self.budget.take(tenant, size)
-        if refused is not None:
-            status, reason = refused
-            await refuse(send, status, reason, retry_after="1")
-            return
+        held = 0
         try:
-            await self.read_and_answer(scope, receive, send)
+            chunks: list[bytes] = []
+            while True:
+                message = await receive()
+                if message["type"] != "http.request":
+                    log.info("request body incomplete: the client went away or was too slow", received_bytes=held)
+                    return
+                chunk = message.get("body", b"")
+                if held + len(chunk) > self.limit:
+                    await self.refuse_too_large(send)
+                    return
+                if (refused := self.budget.take(tenant, len(chunk))) is not None:
+                    status, reason = refused
+                    await refuse(send, status, reason, retry_after="1")
+                    return
+                held += len(chunk)
+                chunks.append(chunk)
+                if not message.get("more_body", False):
+                    break
+            await self.answer(scope, b"".join(chunks), receive, send)
         finally:
-            self.budget.give_back(tenant, size)
+            self.budget.give_back(tenant, held)
 
-    async def read_and_answer(self, scope: Scope, receive: Receive, send: Send) -> None:
-        body, messages, whole = await read_body(receive, self.limit)
-        if not whole:
-            if messages[-1]["type"] == "http.request":
-                await self.refuse_too_large(send)
-                return
-            received = sum(len(m.get("body", b"")) for m in messages)
-            log.info("request body incomplete: the client went away or was too slow", received_bytes=received)
-            return
+    async def answer(self, scope: Scope, body: bytes, receive: Receive, send: Send) -> None:
         if len(body) > MAX_JSON_VALUES and (values := json_values(body)) > MAX_JSON_VALUES:  # shorter cannot hold more
             await refuse(
                 send,
