@@ -24,6 +24,7 @@ from sse_starlette.sse import AppStatus
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from exai.observability.logging import get_logger
+from exai.server.syn_filter import refuse_new_connections
 
 log = get_logger(__name__)
 WRITTEN_FOR: dict[str, tuple[str, ...]] = {
@@ -89,11 +90,13 @@ async def serve_queued_connections(server: uvicorn.Server) -> int:
     Why: closing a listening socket resets every connection the kernel completed but the server has not accepted
     yet. A balancer that had already sent a POST on one gets a reset and answers 502 without trying another replica
     (a POST is not repeated once sent): a rolling restart behind nginx failed about one request in 2,400 at 1,000
-    requests a second. So every queued connection is accepted first and the listener closed in the same step (no
-    await between them), then each is served by uvicorn's own protocol like any other connection. Then every open
-    connection still owed a request's headers (these, and any accepted just before whose bytes were not read yet)
-    is given until they arrive: uvicorn's shutdown, which follows, closes a connection that has sent nothing as
-    idle (and closing a socket with unread bytes resets it), while one with a request in progress finishes it.
+    requests a second. So new connection attempts are dropped first (server/syn_filter.py: one that completed
+    after the last accept was still reset, about one restart in a few dozen on a busy machine), every queued
+    connection is accepted and the listener closed in the same step (no await between them), then each is served
+    by uvicorn's own protocol like any other connection. Then every open connection still owed a request's headers
+    (these, and any accepted just before whose bytes were not read yet) is given until they arrive: uvicorn's
+    shutdown, which follows, closes a connection that has sent nothing as idle (and closing a socket with unread
+    bytes resets it), while one with a request in progress finishes it.
     Relies on: `Server.servers` (the asyncio servers uvicorn listens with; its `shutdown` closes them again, which
     does nothing the second time), `Config.http_protocol_class`, `Config.ssl`, `Server.server_state` (and its
     `connections`, the open protocols) and `Server.lifespan.state` (what uvicorn's own protocol factory and
@@ -118,6 +121,7 @@ async def serve_queued_connections(server: uvicorn.Server) -> int:
     for listening in server.servers:
         for listener in listening.sockets:
             with socket.socket(fileno=os.dup(listener.fileno())) as accepting:  # closing a copy leaves it open
+                refuse_new_connections(accepting)  # the filter is the socket's: nothing new joins the queue
                 accepting.setblocking(False)
                 queued += accept_all(accepting)
         listening.close()
