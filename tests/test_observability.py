@@ -17,6 +17,8 @@ from typing import Any
 
 import httpx2
 import pytest
+import structlog
+import structlog.testing
 from mcp import Client
 from mcp.shared.exceptions import MCPError
 
@@ -116,9 +118,15 @@ async def test_internal_errors_do_not_leak_details(
 
     monkeypatch.setattr(version, "run", explode)
     async with Client(build_server(services)) as client:
-        result = await client.call_tool("version", {})
+        with structlog.testing.capture_logs() as logged:
+            result = await client.call_tool("version", {})
     error = tool_error(result)
     assert error["category"] == "internal" and "hunter2" not in text_of(result)
+    # One line for the crash, with its traceback for the operator (the client saw none of it): it was two.
+    lines = [line for line in logged if line["log_level"] in ("error", "critical") or "exc_info" in line]
+    assert len(lines) == 1, lines
+    assert lines[0]["event"] == "tool_error" and lines[0]["code"] == "internal_error"
+    assert isinstance(lines[0]["exc_info"], RuntimeError)
 
 
 async def test_correlation_id_in_log_upstream_audit_and_response(daemon: Daemon, sim: SimControl) -> None:

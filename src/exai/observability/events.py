@@ -63,6 +63,7 @@ class CallEvent:
     error_message: str | None = None
     model_calls: list[ModelCall] = field(default_factory=list)
     thread_id: str | None = None
+    crash: BaseException | None = None  # what a tool raised that no error type covers: its traceback is logged
     finished_at: float = field(default_factory=time.time)
 
     @property
@@ -121,12 +122,13 @@ class Events:
             return  # a repeated refusal: counted above, and in the minute's `refusals_repeated` line
         self.audit.add_call(event)
         if event.error_code is not None:
-            log.info(
+            (log.error if event.crash is not None else log.info)(
                 "tool_error",
                 tool=event.tool,
                 category=event.error_category,
                 code=event.error_code,
                 error=(event.error_message or "")[:300],
+                exc_info=event.crash,
             )
 
     def attempt_finished(self, attempt: Attempt) -> None:

@@ -22,15 +22,12 @@ import pydantic
 from exai.app import Services
 from exai.errors import ExaiError, InternalError, InvalidInput, PermissionDeniedError, RateLimitError
 from exai.observability.events import CallEvent, Outcome
-from exai.observability.logging import get_logger
 from exai.observability.tracing import tracer
 from exai.security.auth import ADMIN_SCOPE, ADMIN_TOOLS, TOOLS_SCOPE, may_call
 from exai.security.call_tokens import CallTokens
 from exai.server.results import error_result
 from exai.server.tool_refusals import charge_refusal
 from exai.tools.base import ArgumentError, Tool, ToolContext
-
-log = get_logger(__name__)
 
 
 @dataclass
@@ -170,6 +167,7 @@ async def handle_call(
     started = time.perf_counter()
     outcome: Outcome = "cancelled"
     error: ExaiError | None = None
+    crash: Exception | None = None
     began = False
     try:
         await authorize(services, tool, caller)
@@ -189,7 +187,7 @@ async def handle_call(
     except ExaiError as exc:
         error = exc
     except Exception as exc:
-        log.exception("tool_crashed", tool=tool.name)
+        crash = exc
         error = InternalError(
             f"'{tool.name}' failed unexpectedly ({type(exc).__name__}).",
             code="internal_error",
@@ -211,6 +209,7 @@ async def handle_call(
                 error_message=error.message if error is not None else None,
                 model_calls=ctx.model_calls,
                 thread_id=ctx.thread_id,
+                crash=crash,
             ),
             started=began,
         )
