@@ -62,7 +62,9 @@ def outcome(client: socket.socket, seconds: float = 30) -> str:
 async def test_a_connection_arriving_as_the_listener_closes_is_refused_not_reset() -> None:
     """One client connected just before the shutdown, one connects at the last instant before the listener closes,
     after every queued connection was accepted. The first is answered; the second, before, completed its handshake
-    into the emptied queue and was reset by the close (behind nginx: a 502 for a POST already sent)."""
+    into the emptied queue and was reset by the close (behind nginx: a 502 for a POST already sent). Not covered
+    here: a handshake under way when new connections are refused, whose last packet is held back (that needs a
+    firewall rule on the path); the shutdown gives those HANDSHAKE_SETTLE_SECONDS to join the queue."""
     listener = socket.create_server(("127.0.0.1", 0))
     port = listener.getsockname()[1]
     config = uvicorn.Config(ok, log_config=None, lifespan="off", http=guarded_h11_protocol(10, 30, 100, 100))
@@ -77,7 +79,8 @@ async def test_a_connection_arriving_as_the_listener_closes_is_refused_not_reset
             closing = listening.close
 
             def connect_then_close(close: Callable[[], None] = closing) -> None:
-                late.append(connect_and_send(port))
+                if not late:  # uvicorn's own shutdown closes the listener again: that does nothing
+                    late.append(connect_and_send(port))
                 close()
 
             listening.close = connect_then_close  # type: ignore[method-assign]

@@ -3,14 +3,17 @@
 Closing a listener resets every connection the kernel completed and queued in it. A server can accept what is
 queued first, but a connection that completes between its last `accept` and the close is still reset, and a
 client that had already sent its request (a balancer's POST) cannot know whether to repeat it. On a busy machine
-the process can be preempted in that gap, and the gap becomes a time slice: one restart in a few dozen lost a
-request behind nginx.
+the process can be preempted in that gap, and the gap becomes a time slice (one request in 12,874 behind nginx,
+over six restarts, in one CI run).
 
 `refuse_new_connections` attaches a socket filter (classic BPF, unprivileged, Linux) that drops every packet with
-the SYN flag arriving at the listener. No new handshake starts, so once the queue is emptied nothing can land in
-it before the close. A client whose SYN was dropped sends it again about a second later, finds the port closed and
-is refused (a balancer then tries another replica: nothing was sent). Packets that complete handshakes already
-under way (ACKs without SYN) still pass, so those connections are queued and served like the rest.
+the SYN flag arriving at the listener: no new handshake starts. A client whose SYN was dropped sends it again about
+a second later, finds the port closed and is refused (a balancer then tries another replica: nothing was sent).
+Packets that complete handshakes already under way (ACKs without SYN, SYN cookies included) still pass: those
+connections still join the queue, about one round trip later, so the caller waits that long before emptying it.
+The filter is the socket's, not the descriptor's (a dup shares it, and so do connections accepted after it, where
+it is harmless: an established connection receives no SYN): use it only on a listener this process alone holds,
+as `exai serve` binds its own.
 """
 
 from __future__ import annotations
