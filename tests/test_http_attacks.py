@@ -135,6 +135,30 @@ def test_a_request_id_in_flight_cannot_be_reused_in_the_same_session(daemon: Dae
     assert again.status_code == 200 and "third question" in json.dumps(sse_result(again)["result"])
 
 
+def test_an_answered_request_id_may_be_used_again_at_once(daemon: Daemon, sim: SimControl) -> None:
+    """JSON-RPC ids must be unique among a client's unanswered requests only. The id used to stay "in flight" until
+    the SDK's handler returned, a moment after the answer had gone out: clients reusing it at once (each request
+    sent when the last was answered, eight sessions side by side) were refused about half the time."""
+    proc = daemon()
+    listing = {"jsonrpc": "2.0", "id": 7, "method": "tools/list"}
+    version = {"jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": {"name": "version", "arguments": {}}}
+    refused: list[str] = []
+
+    def client() -> None:
+        with httpx2.Client(headers={**MCP_HEADERS, **ready_session(proc)}, timeout=60) as http:
+            for body in [listing, version] * 25:
+                answer = http.post(f"{proc.url}/mcp", json=body)
+                if answer.status_code != 200:
+                    refused.append(answer.text)
+
+    clients = [threading.Thread(target=client) for _ in range(8)]
+    for thread in clients:
+        thread.start()
+    for thread in clients:
+        thread.join(120)
+    assert refused == [], f"{len(refused)} of 400 refused: {refused[0]}"
+
+
 def test_protected_resource_metadata_names_only_a_configured_authorization_server(
     daemon: Daemon, sim: SimControl
 ) -> None:

@@ -8,8 +8,10 @@ Invalid Request (-32600), answered at once, before the SDK sees it.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import pydantic_core
@@ -119,12 +121,28 @@ def _json_kind(value: Any) -> str:
     return {type(None): "null", list: "list", dict: "object"}.get(type(value), type(value).__name__)
 
 
+ANSWERED_CLEANUP_SECONDS = 5.0
+"""How long a request reusing an answered request's id waits for the SDK to forget that one (it does so at once
+after the answer; a wait this long means its handler is stuck, and the id is refused as in flight)."""
+
+
+@dataclass
+class _InFlight:
+    answered: bool = False  # the whole response went out: the client may reuse the id
+    gone: asyncio.Event = field(default_factory=asyncio.Event)  # the SDK has forgotten the request
+
+
 class InFlightIds:
-    """Tracks the ids of requests being answered, per principal and session, and refuses duplicates."""
+    """Tracks the ids of requests being answered, per principal and session, and refuses duplicates.
+
+    A request's id is the client's again once its whole answer has gone out (JSON-RPC allows reusing it), but
+    the SDK forgets the request a moment later, when its handler returns; a request reusing the id in between
+    would have its answer stream taken by that cleanup. So such a request waits for it, and only an id whose
+    answer has not gone out is refused."""
 
     def __init__(self, app: ASGIApp, principal_of: Callable[[Scope], str | None]) -> None:
         self.app, self.principal_of = app, principal_of
-        self._in_flight: set[tuple[str | None, str, str]] = set()
+        self._in_flight: dict[tuple[str | None, str, str], _InFlight] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         session = Headers(scope=scope).get(MCP_SESSION_ID_HEADER) if scope["type"] == "http" else None
@@ -139,7 +157,7 @@ class InFlightIds:
         principal = self.principal_of(scope)
         # The SDK keys answers by str(id), so 7 and "7" are the same request to it.
         keys = {(principal, session, str(request_id)) for request_id in (request_ids(body) if whole else [])}
-        if taken := next((key for key in keys if key in self._in_flight), None):
+        if taken := await self._first_unanswered(keys):
             duplicate = next(i for i in request_ids(body) if str(i) == taken[2])
             await refuse(
                 send,
@@ -149,8 +167,31 @@ class InFlightIds:
                 request_id=duplicate,
             )
             return
-        self._in_flight |= keys
+        mine = _InFlight()
+        for key in keys:
+            self._in_flight[key] = mine
+
+        async def send_and_note(message: Message) -> None:
+            await send(message)
+            if message["type"] == "http.response.body" and not message.get("more_body", False):
+                mine.answered = True
+
         try:
-            await self.app(scope, replay, send)
+            await self.app(scope, replay, send_and_note)
         finally:
-            self._in_flight -= keys
+            for key in keys:
+                if self._in_flight.get(key) is mine:
+                    del self._in_flight[key]
+            mine.gone.set()
+
+    async def _first_unanswered(self, keys: set[tuple[str | None, str, str]]) -> tuple[str | None, str, str] | None:
+        """The first of `keys` held by a request whose answer has not gone out, after waiting for answered ones."""
+        for key in keys:
+            while (held := self._in_flight.get(key)) is not None:
+                if not held.answered:
+                    return key
+                try:
+                    await asyncio.wait_for(held.gone.wait(), ANSWERED_CLEANUP_SECONDS)
+                except TimeoutError:
+                    return key
+        return None
