@@ -15,10 +15,11 @@ the owner sees the flag within a second and cuts the upstream request.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
 import time
-from collections.abc import Awaitable, Callable, Collection
+from collections.abc import Awaitable, Callable, Collection, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -400,18 +401,25 @@ class CallRunner:
         return call
 
     async def wait(self, call_id: str, tenant: str, seconds: float) -> CallRecord:
-        """The call once it has ended, or as it is after `seconds` (still working). A tenant's waits at once are
-        capped: each holds a request open, and a client could otherwise open them without end."""
+        """The call once it has ended, or as it is after `seconds` (still working)."""
+        with self._waiting(tenant):
+            return await self._wait(call_id, tenant, seconds)
+
+    @contextlib.contextmanager
+    def _waiting(self, tenant: str) -> Iterator[None]:
+        """Count one of the tenant's requests waiting for an answer, or refuse it (nothing done) at the cap: each
+        holds a request open, and a client could otherwise open them without end."""
         if self._waits.get(tenant, 0) >= self.max_waits:
             raise RateLimitError(
-                f"You have {self.max_waits} requests waiting for answers already (twice EXAI_MAX_TASKS_PER_TENANT).",
+                f"You have {self.max_waits} requests waiting for answers already (twice EXAI_MAX_TASKS_PER_TENANT); "
+                "nothing was done.",
                 code="too_many_waits",
                 remedy="Wait for one of them to return before asking again.",
                 details={"retry_in_seconds": 5.0},
             )
         self._waits[tenant] = self._waits.get(tenant, 0) + 1
         try:
-            return await self._wait(call_id, tenant, seconds)
+            yield
         finally:
             self._waits[tenant] -= 1
             if not self._waits[tenant]:
@@ -444,9 +452,11 @@ class CallRunner:
 
     async def cancel_and_wait(self, call_id: str, tenant: str) -> CallRecord:
         """Cancel, then the call as it ended (a call on another replica stops within about a second: its owner
-        polls for cancellations), or as it is after CANCEL_WAIT_SECONDS when its owner does not answer."""
-        await self.cancel(call_id, tenant)
-        return await self.wait(call_id, tenant, CANCEL_WAIT_SECONDS)
+        polls for cancellations), or as it is after CANCEL_WAIT_SECONDS when its owner does not answer. Refused
+        before anything is cancelled when the tenant has its cap of requests waiting (a refusal cancelled nothing)."""
+        with self._waiting(tenant):
+            await self.cancel(call_id, tenant)
+            return await self._wait(call_id, tenant, CANCEL_WAIT_SECONDS)
 
     def _cancel_local(self, call_id: str) -> None:
         execution = self._running.get(call_id)
