@@ -247,3 +247,28 @@ def test_a_2025_client_with_an_open_stream_hears_when_its_task_ends(daemon: Daem
     assert note["method"] == "notifications/tasks/status"
     assert note["params"]["taskId"] == task_id and note["params"]["status"] == "completed"
     assert note["params"]["_meta"]["io.modelcontextprotocol/related-task"] == {"taskId": task_id}
+
+
+async def test_a_task_id_no_call_could_have_is_unknown_not_a_store_outage(
+    daemon: Daemon, sim: SimControl, postgres_url: str, pg_schema: str
+) -> None:
+    """An id with a NUL byte made PostgreSQL refuse the query, answered as "the store is unavailable, retry" (and
+    counted nowhere); a 3 MB id went to the database. Neither can name a call: both are unknown tasks at once."""
+    proc = secured(daemon, EXAI_DATABASE_URL=postgres_url, EXAI_DATABASE_SCHEMA=pg_schema)
+    headers = {"Accept": "application/json, text/event-stream", "Authorization": f"Bearer {token('alice')}"}
+    hello = {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "raw", "version": "1"}}
+    with httpx2.Client(base_url=proc.url, headers=headers, timeout=60) as http:
+        opened = http.post("/mcp", json={"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": hello})
+        http.headers.update({"Mcp-Session-Id": opened.headers["mcp-session-id"], "MCP-Protocol-Version": "2025-11-25"})
+        http.post("/mcp", json={"jsonrpc": "2.0", "method": "notifications/initialized"})
+        for method in ("tasks/get", "tasks/result", "tasks/cancel"):
+            for task_id in ("x\u0000", "\u001b[31mred", "y" * 3_000_000):
+                answer = http.post(
+                    "/mcp", json={"jsonrpc": "2.0", "id": 1, "method": method, "params": {"taskId": task_id}}
+                )
+                error = next(json.loads(line[5:]) for line in answer.text.splitlines() if line.startswith("data:"))
+                assert error["error"]["code"] == -32602, (method, error)
+                message = error["error"]["message"]
+                assert "not found" in message.lower() or "No call or task" in message, (method, message)
+                assert "\u001b" not in message and "storage" not in message, (method, message)
+    assert '"storage_failed"' not in proc.logs()

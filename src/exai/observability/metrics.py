@@ -59,10 +59,10 @@ own time is read from these, and a p95 between two coarse buckets would be a gue
 BREAKER_VALUES = {"closed": 0, "half_open": 1, "open": 2}
 RATE_LIMITS = ("rpm", "concurrency", "tokens", "sessions", "unavailable")
 """The `limit` label of exai_rate_limit_rejections_total: the reasons security/limits.py refuses a call for."""
-STORAGE_OPERATIONS = ("read_thread", "append_turns", "create_call", "finish_call")
+STORAGE_OPERATIONS = ("read_thread", "append_turns", "create_call", "finish_call", "read_call")
 """The `operation` label of exai_storage_errors_total and exai_storage_latency_seconds: a thread's reads and writes
-(conversations/threads.py) and a call's record, written before any model is asked and when it ends
-(server/call_records.py)."""
+(conversations/threads.py) and a call's record, written before any model is asked and when it ends, and read by
+its waiting requests, `collect` and the task methods (server/call_records.py)."""
 LIMITER_OPERATIONS = ("acquire", "release", "reserve_tokens", "settle", "count")
 """The `operation` label of exai_limiter_latency_seconds: the Redis round trips of security/limits.py a call waits
 for (its slot, its tokens, a per-minute window of sessions or task requests)."""

@@ -37,7 +37,16 @@ from exai.errors import (
 from exai.observability.logging import get_logger
 from exai.server.answers import outcome_result
 from exai.server.results import error_result
-from exai.storage.base import TERMINAL, CallCounts, CallEnd, CallRecord, StorageObserver, Store, new_call_id
+from exai.storage.base import (
+    TERMINAL,
+    CallCounts,
+    CallEnd,
+    CallRecord,
+    StorageObserver,
+    Store,
+    is_call_id,
+    new_call_id,
+)
 
 log = get_logger(__name__)
 CANCEL_POLL_SECONDS = 1.0
@@ -93,7 +102,7 @@ def jsonrpc_error(call: CallRecord) -> dict[str, Any]:
 
 def not_found(call_id: str) -> NotFoundError:
     return NotFoundError(
-        f"No call or task '{call_id[:80]}' is known to this server for you (it may have expired).",
+        f"No call or task '{ascii(call_id[:80])[1:-1]}' is known to this server for you (it may have expired).",
         code="unknown_task",
         remedy="Check the id; answers are kept for EXAI_TASK_TTL_SECONDS after the call starts.",
     )
@@ -383,14 +392,20 @@ class CallRunner:
         """The tenant's call; another tenant's call is exactly as unknown as one that does not exist. With `tools`
         (those the caller's token may call), a call made by another tool is as unknown too: reading or cancelling
         a call needs a scope that allows the tool that made it."""
+        if not is_call_id(call_id):
+            raise not_found(call_id)
+        started = time.perf_counter()
         try:
             call = await self.store.get_call(call_id)
         except Exception as exc:
+            self.on_storage("read_call", time.perf_counter() - started, False)
+            log.exception("storage_failed", operation="read_call")  # the cause, secrets redacted
             raise StorageError(
                 "The call records could not be read (the store is unavailable).",
                 code="storage_unavailable",
                 remedy="Try again shortly; the answer is kept.",
             ) from exc
+        self.on_storage("read_call", time.perf_counter() - started, True)
         if call is None or call.tenant != tenant or (tools is not None and call.tool not in tools):
             raise not_found(call_id)
         if call.id in self._unrecorded and call.status == "working":  # finished here; the store is behind

@@ -8,6 +8,7 @@ at the version the writer read (compare-and-set). The rules (turn numbering, too
 
 from __future__ import annotations
 
+import re
 import secrets
 import time
 import uuid
@@ -71,6 +72,15 @@ TERMINAL: frozenset[str] = frozenset({"completed", "failed", "cancelled"})
 def new_call_id() -> str:
     """A call's id, also its task id: 128 random bits, so nobody can guess another tenant's."""
     return secrets.token_urlsafe(16)
+
+
+_CALL_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+def is_call_id(value: str) -> bool:
+    """Whether `value` could be a call's id (what `new_call_id` makes); anything else names no call, and is not
+    sent to the store (a NUL byte made PostgreSQL refuse the query, which read as an outage)."""
+    return _CALL_ID.fullmatch(value) is not None
 
 
 class CallRecord(BaseModel):
