@@ -248,3 +248,28 @@ def test_every_provider_is_in_the_readme_providers_table() -> None:
         for name in (*spec.key_env, spec.base_url_env):
             assert f"`{name}`" in row, f"{name} is missing from the README's {spec.title} row"
         assert spec.default_base_url is None or f"`{spec.default_base_url}`" in row, spec.title
+
+
+def test_the_env_example_as_shipped_starts_without_errors_or_warnings(tmp_path: Path) -> None:
+    """`cp .env.example .env`, as the README's Compose steps say: its empty `EXAI_JWT_SECRET=`
+    was a 0-character secret that stopped start-up, and compose's own variables were each "not an EX-AI setting"."""
+    (tmp_path / ".env").write_text((Path(__file__).resolve().parent.parent / ".env.example").read_text())
+    result = _exai(["models"], {}, tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "EXAI_JWT_SECRET" not in result.stdout + result.stderr, result.stdout + result.stderr
+    assert "not an EX-AI setting" not in result.stderr, result.stderr
+
+
+def test_the_deployment_variables_are_the_ones_compose_and_deploy_read() -> None:
+    """Names compose.yaml and deploy/ interpolate that no setting reads are exactly the ones the check passes over."""
+    import re
+
+    from exai.config import SETTINGS_CLASSES
+    from exai.config_problems import DEPLOYMENT_VARIABLES
+
+    root = Path(__file__).resolve().parent.parent
+    texts = [(root / "compose.yaml").read_text(), *(p.read_text() for p in (root / "deploy").glob("*.sh"))]
+    used = {name for text in texts for name in re.findall(r"\$\{(EXAI_[A-Z0-9_]+)", text)}
+    fields = {field for cls in SETTINGS_CLASSES for field in cls.model_fields}
+    settings = {name.upper() for field in fields for name in env_names(field)}
+    assert used - settings == DEPLOYMENT_VARIABLES

@@ -145,6 +145,19 @@ async def collect_all(client: Client, pending: dict[str, Any]) -> CallToolResult
     return result
 
 
+async def test_a_model_cut_by_the_attempt_limit_names_that_limit(daemon: Daemon, sim: SimControl) -> None:
+    """The error said "raise EXAI_CALL_DEADLINE_SECONDS", which a user did, and the next call was cut at the same
+    45 s: the attempt's limit had cut it. It now says which limit, and that both must be raised."""
+    proc = daemon(EXAI_ATTEMPT_TIMEOUT_SECONDS="2", EXAI_MAX_RETRIES="0", EXAI_CLIENT_WAIT_SECONDS="0")
+    sim.fault("think", model="sim-smart", think_seconds=60)
+    async with Client(f"{proc.url}/mcp") as client:
+        result = await client.call_tool("chat", {"prompt": "too slow", "model": "sim-smart"})
+    error = tool_error(result)
+    assert error["code"] == "upstream_timeout", error
+    assert "EXAI_ATTEMPT_TIMEOUT_SECONDS" in error["message"] and "2 s" in error["message"], error
+    assert "EXAI_ATTEMPT_TIMEOUT_SECONDS" in error["remedy"] and "EXAI_CALL_DEADLINE_SECONDS" in error["remedy"]
+
+
 @pytest.mark.parametrize("transport", ["stdio", "bridge"])
 async def test_answer_later_works_over_stdio_and_through_the_bridge(
     daemon: Daemon, sim: SimControl, transport: str

@@ -173,6 +173,7 @@ class Settings(ProviderSettings):
     model_config = SettingsConfigDict(
         env_prefix="EXAI_",
         env_file=".env",
+        env_ignore_empty=True,  # `EXAI_JWT_SECRET=` (as .env.example has it) is unset, not a 0-character secret
         extra="ignore",
         populate_by_name=True,
     )
@@ -392,7 +393,9 @@ class Settings(ProviderSettings):
 class BridgeSettings(ReadsExaiSources):
     """The stdio bridge's own settings (`exai stdio --connect URL`): the daemon's token is never a server setting."""
 
-    model_config = SettingsConfigDict(env_prefix="EXAI_", env_file=".env", extra="ignore", populate_by_name=True)
+    model_config = SettingsConfigDict(
+        env_prefix="EXAI_", env_file=".env", env_ignore_empty=True, extra="ignore", populate_by_name=True
+    )
 
     token: SecretStr | None = None
     bridge_connect_timeout_seconds: float = Field(default=30.0, gt=0)

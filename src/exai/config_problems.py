@@ -142,6 +142,28 @@ def where_set(names: list[str], file_keys: list[str], dotenv: Mapping[str, str |
 
 
 IGNORED_PREFIXES = ("EXAI_TEST_",)  # set by the test suite for itself, never settings
+DEPLOYMENT_VARIABLES = frozenset(
+    {
+        "EXAI_BALANCER_PORT",
+        "EXAI_BASE_IMAGE",
+        "EXAI_DB_HOST",
+        "EXAI_DB_PORT",
+        "EXAI_DEBIAN_MIRROR",
+        "EXAI_GRAFANA_PASSWORD_FILE",
+        "EXAI_IMAGE",
+        "EXAI_METRICS_TOKEN_FILE",
+        "EXAI_POSTGRES_IMAGE",
+        "EXAI_POSTGRES_PASSWORD_FILE",
+        "EXAI_PUBLIC_HOST",
+        "EXAI_PUBLISH_PORT",
+        "EXAI_REDIS_HOST",
+        "EXAI_REDIS_IMAGE",
+        "EXAI_REDIS_PASSWORD_FILE",
+        "EXAI_REDIS_PORT",
+        "EXAI_STDIO_CONNECT",
+    }
+)
+"""Read by compose.yaml and deploy/ (the same .env serves both), never by the daemon: not worth a warning."""
 
 
 def unknown_variables(known: Iterable[str], dotenv: Mapping[str, str | None]) -> list[str]:
@@ -154,6 +176,8 @@ def unknown_variables(known: Iterable[str], dotenv: Mapping[str, str | None]) ->
     for name, place in places:
         upper = name.upper()
         if not upper.startswith("EXAI_") or upper in known_names or upper.startswith(IGNORED_PREFIXES):
+            continue
+        if upper in DEPLOYMENT_VARIABLES:
             continue
         close = difflib.get_close_matches(upper, sorted(known_names), n=1, cutoff=0.8)
         hint = f"; did you mean {close[0]}?" if close else ""

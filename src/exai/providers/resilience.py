@@ -278,10 +278,12 @@ def to_exai_error(error: UpstreamError, provider: str, model: str, key_env: str)
             )
         case "timeout":
             return DeadlineError(
-                f"{where} did not answer in time.",
+                f"{where} did not answer in time: {error.message}.",
                 code="upstream_timeout",
                 details=details,
-                remedy="Try again, pick a faster model, or raise EXAI_CALL_DEADLINE_SECONDS.",
+                remedy="Try again or pick a faster model; for a model that thinks longer, raise "
+                "EXAI_ATTEMPT_TIMEOUT_SECONDS (one attempt) and EXAI_CALL_DEADLINE_SECONDS (the whole call, above it), "
+                "for example to 600 and 900.",
             )
         case "connection":
             return NetworkError(

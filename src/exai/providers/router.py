@@ -300,7 +300,9 @@ class Router:
         A `tenant`'s upstream requests hold at most its share of each provider's slots. `on_attempts` is told every
         attempt made once the call ends, however it ends (answered, failed or cancelled)."""
         deadline = time.monotonic() + (deadline_seconds or self.settings.call_deadline_seconds)
-        # A retry wait never ends after the client stopped waiting for the answer (EXAI_CLIENT_WAIT_SECONDS).
+        # A retry wait never ends after the client stopped waiting for the answer (EXAI_CLIENT_WAIT_SECONDS): the
+        # client gets the upstream's hint at once, or (holding a pending answer) the failure to collect, instead of
+        # a retry that pays again for a model that thinks longer than one attempt may take.
         patience = self.settings.client_wait_seconds
         sleep_until = min(deadline, time.monotonic() + patience) if patience else deadline
         if plan is None:
@@ -399,7 +401,12 @@ class Router:
                 async with asyncio.timeout(max(0.0, attempt_deadline - time.monotonic())):
                     response = await self._send(provider, info, request, attempt_deadline, attempt, relay)
             except TimeoutError:
-                exc = UpstreamError("timeout", "no answer within the attempt's time limit")
+                limit = (
+                    f"one attempt's limit of {self.settings.attempt_timeout_seconds:g} s (EXAI_ATTEMPT_TIMEOUT_SECONDS)"
+                    if attempt_deadline < deadline
+                    else "the call's deadline (EXAI_CALL_DEADLINE_SECONDS)"
+                )
+                exc = UpstreamError("timeout", f"no answer within {limit}")
             except UpstreamError as error:
                 exc = error
             except BaseException as error:
