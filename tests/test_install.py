@@ -103,6 +103,14 @@ def test_a_file_that_cannot_be_read_is_left_alone_and_bad_input_is_refused(tmp_p
     refused = install(home, "cursor")
     assert refused.returncode == 2 and "is not valid JSON" in refused.stderr and "fix:" in refused.stderr
     assert broken.read_text() == "{ not json"
+    # VS Code's own mcp.json may hold comments and trailing commas: the suggested --print shows the entry anyway
+    # (it said "not valid JSON" again, and pointed at itself).
+    (home / ".config" / "Code" / "User").mkdir(parents=True)
+    jsonc = home / ".config" / "Code" / "User" / "mcp.json"
+    jsonc.write_text('{\n  // my servers\n  "servers": {},\n}\n')
+    shown = install(home, "vscode", "--print")
+    assert shown.returncode == 0, shown.stderr
+    assert json.loads(shown.stdout.split("\n", 1)[1])["servers"]["exai"]["type"] == "http", shown.stdout
     unknown = install(home, "emacs")
     assert unknown.returncode == 2 and "claude-code, codex, cursor, vscode, gemini" in unknown.stderr
     assert install(home, "gemini", "--url", "ftp://x").returncode == 2

@@ -107,6 +107,22 @@ async def test_every_error_category_end_to_end(daemon: Daemon, sim: SimControl, 
         pytest.fail("an unknown tool must be a JSON-RPC error")
 
 
+async def test_a_tool_this_server_does_not_offer_says_how_its_operator_turns_it_on(
+    sim: SimControl, make_services: MakeServices
+) -> None:
+    """The README lists every tool; the default profile offers some. `secaudit` answered only "Unknown tool"."""
+    services = await make_services(EXAI_DISABLED_TOOLS="challenge")
+    async with Client(build_server(services)) as client:
+        messages = {}
+        for name in ("secaudit", "challenge", "no-such-tool"):
+            with pytest.raises(MCPError) as refused:
+                await client.call_tool(name, {})
+            messages[name] = refused.value.error.message
+    assert "EXAI_TOOL_PROFILE=full" in messages["secaudit"] and "(standard)" in messages["secaudit"]
+    assert "EXAI_DISABLED_TOOLS" in messages["challenge"], messages
+    assert "EXAI_" not in messages["no-such-tool"], messages
+
+
 async def test_internal_errors_do_not_leak_details(
     sim: SimControl, monkeypatch: pytest.MonkeyPatch, make_services: MakeServices
 ) -> None:

@@ -544,18 +544,19 @@ def install(
 ) -> None:
     """Write a client's MCP configuration for this server (the local daemon, stdio, or a shared daemon)."""
     from exai.errors import ExaiError
-    from exai.installer import CLIENTS, connection, plan, write
+    from exai.installer import CLIENTS, config_path, connection, entry, plan, write
 
     if client not in CLIENTS:
         print(f"Unknown client {client[:40]!r}.\n  fix: use one of {', '.join(CLIENTS)}", file=sys.stderr)
         raise typer.Exit(2)
     try:
-        planned = plan(client, name, connection(stdio=stdio, url=url, token_env=token_env))
+        conn = connection(stdio=stdio, url=url, token_env=token_env)
+        if print_only:  # the file is not read: a file this command cannot rewrite still gets its entry shown
+            print(f"# {config_path(client)}\n{entry(client, name, conn)}")
+            return
+        planned = plan(client, name, conn)
     except ExaiError as exc:
         _fail(exc)
-    if print_only:
-        print(f"# {planned.path}\n{planned.entry}")
-        return
     write(planned)
     print(f"{client}: wrote '{name}' to {planned.path}")
 

@@ -111,8 +111,9 @@ def _plan_json(client: str, path: Path, name: str, conn: Connection) -> Plan:
             loaded: Any = json.loads(path.read_text(encoding="utf-8") or "{}")
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise InvalidInput(
-                f"{path} is not valid JSON ({exc}); it was left as it is.",
-                remedy=f"Fix the file, or add the entry by hand: `exai install {client} --print`.",
+                f"{path} is not valid JSON ({exc}); it was left as it is (comments and trailing commas, which "
+                "the client may accept, would be lost if it were rewritten).",
+                remedy=f"Add the entry by hand (`exai install {client} --print` shows it), or fix the file.",
             ) from None
         if not isinstance(loaded, dict) or not isinstance(loaded.get(servers_key, {}), dict):
             raise InvalidInput(
@@ -120,9 +121,16 @@ def _plan_json(client: str, path: Path, name: str, conn: Connection) -> Plan:
                 remedy=f"Fix the file, or add the entry by hand: `exai install {client} --print`.",
             )
         document = loaded
-    entry = json_entry(client, conn)
-    document.setdefault(servers_key, {})[name] = entry
-    return Plan(path, json.dumps(document, indent=2) + "\n", json.dumps({servers_key: {name: entry}}, indent=2))
+    document.setdefault(servers_key, {})[name] = json_entry(client, conn)
+    return Plan(path, json.dumps(document, indent=2) + "\n", entry(client, name, conn))
+
+
+def entry(client: str, name: str, conn: Connection) -> str:
+    """The part of the client's configuration for this server, as it is to be pasted (the file is not read)."""
+    if client == "codex":
+        return toml_table(name, conn)
+    servers_key = "servers" if client == "vscode" else "mcpServers"
+    return json.dumps({servers_key: {name: json_entry(client, conn)}}, indent=2)
 
 
 def toml_table(name: str, conn: Connection) -> str:
@@ -148,9 +156,9 @@ def _plan_codex(path: Path, name: str, conn: Connection) -> Plan:
     except tomllib.TOMLDecodeError as exc:
         raise InvalidInput(
             f"{path} is not valid TOML ({exc}); it was left as it is.",
-            remedy="Fix the file, or add the entry by hand: `exai install codex --print`.",
+            remedy="Add the entry by hand (`exai install codex --print` shows it), or fix the file.",
         ) from None
-    table = toml_table(name, conn)
+    table = entry("codex", name, conn)
     kept = _without_table(text, name).rstrip("\n")
     return Plan(path, f"{kept}\n\n{table}" if kept else table, table)
 

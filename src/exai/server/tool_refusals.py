@@ -14,6 +14,7 @@ from mcp.shared.exceptions import MCPError
 from exai.app import Services
 from exai.errors import RateLimitError
 from exai.observability.events import CallEvent, Outcome
+from exai.tools import PROFILES
 
 UNKNOWN_TOOL = "(unknown)"
 """How a call to a tool that does not exist is recorded (never its name: metrics labels stay bounded)."""
@@ -30,7 +31,7 @@ async def unknown_tool(services: Services, name: str, tenant: str, correlation_i
     """The JSON-RPC error for a call to a tool that does not exist (or is hidden from this token), recorded once."""
     refusal = MCPError(
         types.INVALID_PARAMS,
-        f"Unknown tool '{name[:80]}'. Available tools: {', '.join(visible)}.",
+        f"Unknown tool '{name[:80]}'. Available tools: {', '.join(visible)}.{not_offered(services, name)}",
         data={"category": "not_found", "code": "unknown_tool", "tools": visible},
     )
     outcome: Outcome = "error"
@@ -54,3 +55,18 @@ async def unknown_tool(services: Services, name: str, tenant: str, correlation_i
         started=False,
     )
     return refusal
+
+
+def not_offered(services: Services, name: str) -> str:
+    """For one of EX-AI's tools that this server does not offer at all (its profile or EXAI_DISABLED_TOOLS leave it
+    out): how its operator turns it on. A tool the server offers but the caller's token may not call stays unknown
+    without a hint, as it is to that caller."""
+    settings = services.settings
+    if name not in PROFILES["full"] or any(tool.name == name for tool in services.tools):
+        return ""
+    if name in settings.disabled_tools:
+        return f" '{name}' is one of EX-AI's tools, turned off here: its operator removes it from EXAI_DISABLED_TOOLS."
+    return (
+        f" '{name}' is one of EX-AI's tools, not in this server's profile ({settings.tool_profile}): its operator "
+        "turns it on with EXAI_TOOL_PROFILE=full."
+    )
