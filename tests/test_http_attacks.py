@@ -159,6 +159,20 @@ def test_an_answered_request_id_may_be_used_again_at_once(daemon: Daemon, sim: S
     assert refused == [], f"{len(refused)} of 400 refused: {refused[0]}"
 
 
+def test_asking_to_resume_a_stream_opens_a_fresh_one(daemon: Daemon, sim: SimControl) -> None:
+    """The daemon keeps no event store: a GET with Last-Event-ID got uvicorn's 500 and cost an error log line, as
+    often as any tenant liked."""
+    proc = daemon()
+    session = ready_session(proc)
+    headers = {**session, "accept": "text/event-stream", "last-event-id": "1"}
+    for _ in range(3):
+        with httpx2.stream("GET", f"{proc.url}/mcp", headers=headers, timeout=30) as stream:
+            assert stream.status_code == 200, stream.read()
+            assert stream.headers["content-type"].startswith("text/event-stream")
+    assert post(proc, {"jsonrpc": "2.0", "id": 2, "method": "tools/list"}, session).status_code == 200
+    assert "without starting response" not in proc.logs() and '"level": "error"' not in proc.logs()
+
+
 def test_protected_resource_metadata_names_only_a_configured_authorization_server(
     daemon: Daemon, sim: SimControl
 ) -> None:

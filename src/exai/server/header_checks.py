@@ -108,3 +108,21 @@ class AcceptCheck:
                 )
                 return
         await self.app(scope, receive, send)
+
+
+class FreshStreams:
+    """A GET /mcp that asks to resume a stream (`Last-Event-ID`) opens a fresh one: the daemon keeps no event store
+    to replay from, and the SDK, asked to resume without one, answered nothing (uvicorn's 500 and an error log line
+    per request, at any tenant's will). What was sent while the client was away is not replayed, as the client
+    knows from the missing event ids."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "GET":
+            headers = scope["headers"]
+            kept = [(name, value) for name, value in headers if name.lower() != b"last-event-id"]
+            if len(kept) != len(headers):
+                scope = {**scope, "headers": kept}
+        await self.app(scope, receive, send)

@@ -45,7 +45,7 @@ from exai.server.connection_guard import guarded_h11_protocol, raise_file_limit
 from exai.server.correlation import RequestIdMiddleware
 from exai.server.dashboard import DASHBOARD_HTML, dashboard_snapshot
 from exai.server.draining import CUT_SECONDS, InFlightPosts, end_streams_when_idle
-from exai.server.header_checks import AcceptCheck, HostOriginCheck
+from exai.server.header_checks import AcceptCheck, FreshStreams, HostOriginCheck
 from exai.server.internals import forget_captured_signals, keep_streams_open_on_signal, serve_queued_connections
 from exai.server.mcp import build_server
 from exai.server.request_body import BodyBudget, BodyDeadline, CompleteBody
@@ -306,7 +306,7 @@ def guard_mcp(
             settings.max_sessions_per_tenant,
             settings.session_idle_seconds,
         )
-        return AcceptCheck(quota)
+        return AcceptCheck(FreshStreams(quota))
 
     if isinstance(route.app, RequireAuthMiddleware):
         required = route.app
