@@ -223,3 +223,17 @@ async def test_unknown_model_gets_suggestions(sim: SimControl, make_services: Ma
     with pytest.raises(NotFoundError) as caught:
         await services.router.generate(REQUEST, model="kimi-k3")
     assert "kimi-k2" in caught.value.message
+
+
+async def test_a_known_model_of_a_provider_not_set_up_names_the_key_to_set(
+    sim: SimControl, make_services: MakeServices
+) -> None:
+    """ "kimi-k2.6 is not configured. Use a model listed by listmodels" left the user to guess why."""
+    services = await make_services(KIMI_API_KEY="")
+    with pytest.raises(NotFoundError) as caught:
+        await services.router.generate(REQUEST, model="kimi-k2.6")
+    assert "is not configured" in caught.value.message
+    assert "KIMI_API_KEY" in (caught.value.remedy or ""), caught.value.remedy
+    with pytest.raises(NotFoundError) as unknown:
+        await services.router.generate(REQUEST, model="no-such-model")
+    assert "_API_KEY" not in (unknown.value.remedy or "")

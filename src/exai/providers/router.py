@@ -196,11 +196,19 @@ class Router:
             names = sorted({n for m in available for n in (m.name, *m.aliases)})
             hints = self.catalogue.suggestions(name, [n.lower() for n in names])
             reason = "is not configured" if info is not None else "is unknown"
+            remedy = "Use 'auto' or a model listed by the `listmodels` tool" + (
+                f" (configured providers: {', '.join(self.providers)})." if self.providers else "."
+            )
+            if info is not None and info.provider not in self.providers:
+                from exai.provider_specs import PROVIDER_SPECS
+
+                spec = PROVIDER_SPECS[info.provider]
+                needs = " or ".join(spec.key_env) if spec.key_required else spec.url_env or "CUSTOM_API_URL"
+                remedy += f" Its provider, {spec.title}, is not set up: the operator sets {needs} to offer it."
             raise NotFoundError(
                 f"Model '{name[:80]}' {reason}." + (f" Did you mean: {', '.join(hints)}?" if hints else ""),
                 code="unknown_model",
-                remedy="Use 'auto' or a model listed by the `listmodels` tool"
-                + (f" (configured providers: {', '.join(self.providers)})." if self.providers else "."),
+                remedy=remedy,
                 details={"suggestions": hints},
             )
         return info
