@@ -83,7 +83,10 @@ def test_db_upgrade_and_token_commands(tmp_path: Path) -> None:
     claims = json.loads(base64.urlsafe_b64decode(token.stdout.strip().split(".")[1] + "=="))
     assert f"expires_at={claims['exp']}\n" in verified.stdout, "the token's own expiry, not the leeway's"
     other = {**env, "EXAI_JWT_SECRET": "another-secret-that-is-long-enough-9876543210"}
-    assert cli(["token", "verify", token.stdout.strip()], other).returncode == 1
+    wrong_key = cli(["token", "verify", token.stdout.strip()], other)
+    assert wrong_key.returncode == 1 and "invalid: bad signature" in wrong_key.stderr, wrong_key.stderr
+    garbage = cli(["token", "verify", "garbage"], secret_env)  # it listed every possible reason, not the one
+    assert garbage.returncode == 1 and "invalid: not a well-formed JWT" in garbage.stderr, garbage.stderr
     made = cli(["token", "apikey", "--tenant", "ci-bot"], env)
     key = made.stdout.split("key:")[1].split()[0]
     entry = made.stdout.split("entry:")[1].split()[0]

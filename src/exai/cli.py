@@ -14,6 +14,7 @@ import typer
 if TYPE_CHECKING:  # each command imports what it needs when it runs: `exai --help` loads no server stack
     from collections.abc import Coroutine
 
+    from mcp.server.auth.provider import AccessToken
     from rich.console import Console
 
     from exai.app import Services, Transport
@@ -385,9 +386,16 @@ def token_verify(token: Annotated[str, typer.Argument(help="The token to check."
     if verifier is None:
         _stderr().print("[red]No authentication is configured[/red] (EXAI_JWT_SECRET, EXAI_JWT_PUBLIC_KEY, ...).")
         raise typer.Exit(2)
-    access = _run(verifier.verify_token(token))
+    from exai.security import token_rejections
+
+    async def verified() -> tuple[AccessToken | None, str | None]:
+        token_rejections.clear()
+        access = await verifier.verify_token(token)
+        return access, token_rejections.last()  # the reason is noted in the verifying task's context
+
+    access, reason = _run(verified())
     if access is None:
-        _stderr().print("[red]invalid[/red]: bad signature, expired, not yet valid, wrong issuer/audience, or revoked")
+        _stderr().print(f"[red]invalid[/red]: {reason or 'not accepted by this configuration'}")
         raise typer.Exit(1)
     # The token's own `exp` (the verifier's expiry adds the clock-skew leeway, for the checks of every request).
     expiry = "never" if access.expires_at is None else str(access.expires_at - LEEWAY_SECONDS)
