@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 from collections.abc import Callable
@@ -170,3 +171,12 @@ def test_a_client_pointed_at_the_bare_address_is_told_where_mcp_is(daemon: Calla
         answer = httpx2.post(f"{proc.url}{path}", json={"jsonrpc": "2.0", "id": 1, "method": "ping"})
         assert answer.status_code == 404, (path, answer.status_code)
         assert f"{proc.url}/mcp" in answer.json()["error"]["message"], answer.text
+    # What the official SDK shows its user (it dropped a body that was not a JSON-RPC error: "Not Found").
+
+    async def connect() -> None:
+        async with Client(f"{proc.url}/"):
+            pass
+
+    with pytest.raises(BaseException) as raised:
+        asyncio.run(connect())
+    assert f"{proc.url}/mcp" in repr(raised.value), repr(raised.value)

@@ -48,6 +48,7 @@ from exai.server.draining import CUT_SECONDS, InFlightPosts, end_streams_when_id
 from exai.server.header_checks import AcceptCheck, FreshStreams, HostOriginCheck
 from exai.server.internals import forget_captured_signals, keep_streams_open_on_signal, serve_queued_connections
 from exai.server.mcp import build_server
+from exai.server.refusals import INVALID_REQUEST
 from exai.server.request_body import BodyBudget, BodyDeadline, CompleteBody
 from exai.server.request_ids import InFlightIds, MessageCheck
 from exai.server.sessions import SessionQuota
@@ -245,18 +246,14 @@ def build_http_app(services: Services) -> Starlette:
 
 async def no_such_path(request: Request, exc: Exception) -> JSONResponse:
     """A path the daemon does not serve: say where MCP is (a client pointed at the bare host and port got only "Not
-    Found")."""
+    Found"). In the JSON-RPC error form, which MCP clients show to their users (the SDK dropped any other body)."""
     path = ascii(request.url.path[:80])
-    return JSONResponse(
-        {
-            "error": {
-                "code": "not_found",
-                "message": f"Nothing is served at {path}. MCP clients connect to /mcp (e.g. {request.base_url}mcp); "
-                "health at /healthz and /readyz, metrics at /metrics, the status page at /dashboard.",
-            }
-        },
-        status_code=404,
+    message = (
+        f"Nothing is served at {path}. MCP clients connect to /mcp (e.g. {request.base_url}mcp); health at /healthz "
+        "and /readyz, metrics at /metrics, the status page at /dashboard."
     )
+    error = {"code": INVALID_REQUEST, "message": message, "data": {"category": "not_found", "code": "not_found"}}
+    return JSONResponse({"jsonrpc": "2.0", "id": None, "error": error}, status_code=404)
 
 
 def route_path(route: BaseRoute) -> str:
