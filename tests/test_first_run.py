@@ -42,6 +42,17 @@ def test_misspelt_variables_are_warned_about_with_a_suggestion(tmp_path: Path) -
     assert "EXAI_LOG_LEVL (in .env)" in warnings[1] and "did you mean EXAI_LOG_LEVEL?" in warnings[1]
 
 
+def test_a_misspelt_provider_variable_is_warned_about(tmp_path: Path) -> None:
+    """KIMI_KEY left Kimi out without a word; another tool's OPENAI_ORG_ID is no near miss and is left alone."""
+    env = {"KIMI_KEY": "sk-x", "CUSTOM_URL": "http://127.0.0.1:9/v1", "OPENAI_ORG_ID": "org-1"}
+    result = run_exai(["models", "--json"], env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    warnings = [line for line in result.stderr.splitlines() if "is not read by EX-AI" in line]
+    assert len(warnings) == 2, result.stderr
+    assert any("KIMI_KEY" in w and "did you mean KIMI_API_KEY?" in w for w in warnings), warnings
+    assert any("CUSTOM_URL" in w and "did you mean CUSTOM_API_URL?" in w for w in warnings), warnings
+
+
 def test_a_variable_warned_as_ignored_is_ignored(sim: SimControl, tmp_path: Path) -> None:
     """`EXAI_` before the name of a setting that has names of its own (OPENAI_API_KEY, CUSTOM_MODELS) is warned
     about as no EX-AI setting, and it is not read either: it configures no provider (it once did, silently)."""

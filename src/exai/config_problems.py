@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from exai.errors import InvalidInput
+from exai.provider_specs import PROVIDER_SPECS
 
 CONFIG_FILE_ENV = "EXAI_CONFIG_FILE"
 DEFAULT_CONFIG_FILE = "exai.toml"
@@ -167,19 +168,23 @@ DEPLOYMENT_VARIABLES = frozenset(
 
 
 def unknown_variables(known: Iterable[str], dotenv: Mapping[str, str | None]) -> list[str]:
-    """One warning line per EXAI_* variable in the environment or `.env` that no setting reads.
+    """One warning line per EXAI_* variable in the environment or `.env` that no setting reads, and per provider
+    variable (KIMI_..., CUSTOM_...) that no setting reads but one is close to (a misspelt key is a provider left
+    out, silently).
 
     Warnings, not errors: other tools may set EXAI_-prefixed variables of their own."""
     known_names = {name.upper() for name in known} | {CONFIG_FILE_ENV}
     places = [(name, "the environment") for name in os.environ] + [(name, ".env") for name in dotenv]
     warnings: list[str] = []
+    provider_prefixes = tuple(f"{spec.env_prefix}_" for spec in PROVIDER_SPECS.values())
     for name, place in places:
         upper = name.upper()
-        if not upper.startswith("EXAI_") or upper in known_names or upper.startswith(IGNORED_PREFIXES):
-            continue
-        if upper in DEPLOYMENT_VARIABLES:
+        if upper in known_names or upper in DEPLOYMENT_VARIABLES or upper.startswith(IGNORED_PREFIXES):
             continue
         close = difflib.get_close_matches(upper, sorted(known_names), n=1, cutoff=0.8)
-        hint = f"; did you mean {close[0]}?" if close else ""
-        warnings.append(f"warning: {name} (in {place}) is not an EX-AI setting and is ignored{hint}")
+        if upper.startswith("EXAI_"):
+            hint = f"; did you mean {close[0]}?" if close else ""
+            warnings.append(f"warning: {name} (in {place}) is not an EX-AI setting and is ignored{hint}")
+        elif upper.startswith(provider_prefixes) and close:  # KIMI_KEY; other tools' OPENAI_ORG_ID is no near miss
+            warnings.append(f"warning: {name} (in {place}) is not read by EX-AI; did you mean {close[0]}?")
     return warnings
