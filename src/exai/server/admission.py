@@ -67,7 +67,8 @@ class Admission:
             raise UnavailableError(
                 "This server is shutting down and could not finish the call within its grace period.",
                 code="shutting_down",
-                remedy=f"Retry in {RETRY_IN_SECONDS:g} s: another replica, or this one restarted, takes it.",
+                remedy=f"Send the call again in {RETRY_IN_SECONDS:g} s (nothing retries it for you): another "
+                "replica, or this one once restarted, takes it.",
                 details={"retry_in_seconds": RETRY_IN_SECONDS},
             )
 
