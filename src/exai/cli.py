@@ -260,7 +260,7 @@ def models(
             )
         )
         return
-    listed_text = {True: "yes", False: "NO (not used)", None: "?"}
+    listed_text = {True: "yes", False: "NO (not used)", None: "not read"}
     rows = [
         [
             m.provider,
@@ -288,6 +288,10 @@ def models(
         "vendor lists",
     ]
     print_table("Models", header, rows)
+    _stderr().print(
+        "[dim]vendor lists: whether the provider's own model listing names the model; 'not read' when that listing "
+        "was not read (the Custom endpoint's models are the ones it lists, filtered by CUSTOM_MODELS)[/dim]"
+    )
     for name, problem in sorted(listings.problems.items()):
         _stderr().print(f"[yellow]{name}: its model listing could not be read ({escape(problem)})[/yellow]")
     missing = [s for n, s in PROVIDER_SPECS.items() if n not in router.providers]
