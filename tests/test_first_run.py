@@ -43,8 +43,10 @@ def test_misspelt_variables_are_warned_about_with_a_suggestion(tmp_path: Path) -
 
 
 def test_a_misspelt_provider_variable_is_warned_about(tmp_path: Path) -> None:
-    """KIMI_KEY left Kimi out without a word; another tool's OPENAI_ORG_ID is no near miss and is left alone."""
+    """KIMI_KEY left Kimi out without a word; other tools' variables (LangChain's, Claude Code's) are left alone."""
     env = {"KIMI_KEY": "sk-x", "CUSTOM_URL": "http://127.0.0.1:9/v1", "OPENAI_ORG_ID": "org-1"}
+    env |= {"OPENAI_API_BASE": "http://x", "ANTHROPIC_VERTEX_BASE_URL": "http://y", "OPENROUTER_MODEL": "m"}
+    env |= {"KIMI_API_KEY": "", "MOONSHOT_API_KEY": "", "CUSTOM_API_URL": ""}  # neither provider set up
     result = run_exai(["models", "--json"], env, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     warnings = [line for line in result.stderr.splitlines() if "is not read by EX-AI" in line]

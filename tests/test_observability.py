@@ -118,7 +118,7 @@ async def test_a_tool_this_server_does_not_offer_says_how_its_operator_turns_it_
             with pytest.raises(MCPError) as refused:
                 await client.call_tool(name, {})
             messages[name] = refused.value.error.message
-    assert "EXAI_TOOL_PROFILE=full" in messages["secaudit"] and "(standard)" in messages["secaudit"]
+    assert "EXAI_TOOL_PROFILE=full" in messages["secaudit"] and "profile is standard" in messages["secaudit"]
     assert "EXAI_DISABLED_TOOLS" in messages["challenge"], messages
     assert "EXAI_" not in messages["no-such-tool"], messages
 

@@ -393,7 +393,6 @@ def token_verify(token: Annotated[str, typer.Argument(help="The token to check."
     from exai.security import token_rejections
 
     async def verified() -> tuple[AccessToken | None, str | None]:
-        token_rejections.clear()
         access = await verifier.verify_token(token)
         return access, token_rejections.last()  # the reason is noted in the verifying task's context
 

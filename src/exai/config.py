@@ -173,7 +173,6 @@ class Settings(ProviderSettings):
     model_config = SettingsConfigDict(
         env_prefix="EXAI_",
         env_file=".env",
-        env_ignore_empty=True,  # `EXAI_JWT_SECRET=` (as .env.example has it) is unset, not a 0-character secret
         extra="ignore",
         populate_by_name=True,
     )
@@ -312,6 +311,8 @@ class Settings(ProviderSettings):
     @field_validator("jwt_secret")
     @classmethod
     def _check_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value():
+            return None  # `EXAI_JWT_SECRET=`, as .env.example has it: no secret, like an empty provider key
         if value is not None and len(value.get_secret_value()) < 32:
             raise ValueError("must be at least 32 characters (e.g. `openssl rand -hex 32`)")
         return value
@@ -393,9 +394,7 @@ class Settings(ProviderSettings):
 class BridgeSettings(ReadsExaiSources):
     """The stdio bridge's own settings (`exai stdio --connect URL`): the daemon's token is never a server setting."""
 
-    model_config = SettingsConfigDict(
-        env_prefix="EXAI_", env_file=".env", env_ignore_empty=True, extra="ignore", populate_by_name=True
-    )
+    model_config = SettingsConfigDict(env_prefix="EXAI_", env_file=".env", extra="ignore", populate_by_name=True)
 
     token: SecretStr | None = None
     bridge_connect_timeout_seconds: float = Field(default=30.0, gt=0)

@@ -79,7 +79,8 @@ def field_of(name: str) -> str | None:
 
 
 def unknown_variable_warnings() -> list[str]:
-    """EXAI_* names in the environment or `.env` that no setting reads (a typo is otherwise silently ignored)."""
+    """EXAI_* names in the environment or `.env` that no setting reads, and misspelt provider keys and URLs (a typo
+    is otherwise silently ignored)."""
     return unknown_variables((n for field in _fields() for n in env_names(field)), dotenv_values())
 
 

@@ -176,15 +176,35 @@ def unknown_variables(known: Iterable[str], dotenv: Mapping[str, str | None]) ->
     known_names = {name.upper() for name in known} | {CONFIG_FILE_ENV}
     places = [(name, "the environment") for name in os.environ] + [(name, ".env") for name in dotenv]
     warnings: list[str] = []
-    provider_prefixes = tuple(f"{spec.env_prefix}_" for spec in PROVIDER_SPECS.values())
     for name, place in places:
         upper = name.upper()
         if upper in known_names or upper in DEPLOYMENT_VARIABLES or upper.startswith(IGNORED_PREFIXES):
             continue
-        close = difflib.get_close_matches(upper, sorted(known_names), n=1, cutoff=0.8)
         if upper.startswith("EXAI_"):
+            close = difflib.get_close_matches(upper, sorted(known_names), n=1, cutoff=0.8)
             hint = f"; did you mean {close[0]}?" if close else ""
             warnings.append(f"warning: {name} (in {place}) is not an EX-AI setting and is ignored{hint}")
-        elif upper.startswith(provider_prefixes) and close:  # KIMI_KEY; other tools' OPENAI_ORG_ID is no near miss
-            warnings.append(f"warning: {name} (in {place}) is not read by EX-AI; did you mean {close[0]}?")
+        elif (meant := misspelt_provider_variable(upper, {**dotenv, **os.environ})) is not None:
+            warnings.append(f"warning: {name} (in {place}) is not read by EX-AI; did you mean {meant}?")
     return warnings
+
+
+_KEY_SPELLINGS = ("KEY", "APIKEY", "TOKEN", "API_TOKEN", "SECRET", "SECRET_KEY")
+_URL_SPELLINGS = ("URL", "API_URL", "ENDPOINT", "HOST")
+
+
+def misspelt_provider_variable(name: str, values: Mapping[str, str | None]) -> str | None:
+    """The variable `name` was meant to be, when it is a provider's prefix and a usual wrong spelling of its key or
+    URL (KIMI_KEY, CUSTOM_URL) and that provider is not set up in `values` (the environment and .env): a misspelt
+    key leaves a provider out without a word.
+    Other tools' variables (OPENAI_API_BASE, ANTHROPIC_VERTEX_BASE_URL, ...) are not such spellings."""
+    for spec in PROVIDER_SPECS.values():
+        prefix = f"{spec.env_prefix}_"
+        if not name.startswith(prefix):
+            continue
+        suffix = name.removeprefix(prefix)
+        if suffix in _KEY_SPELLINGS and spec.key_required and not any(values.get(v) for v in spec.key_env):
+            return spec.key_env[0]
+        if suffix in _URL_SPELLINGS and name != spec.base_url_env and not values.get(spec.base_url_env):
+            return spec.base_url_env
+    return None

@@ -203,7 +203,7 @@ class Router:
                 from exai.provider_specs import PROVIDER_SPECS
 
                 spec = PROVIDER_SPECS[info.provider]
-                needs = " or ".join(spec.key_env) if spec.key_required else spec.url_env or "CUSTOM_API_URL"
+                needs = " or ".join(spec.key_env) if spec.key_required else spec.base_url_env
                 remedy += f" Its provider, {spec.title}, is not set up: the operator sets {needs} to offer it."
             raise NotFoundError(
                 f"Model '{name[:80]}' {reason}." + (f" Did you mean: {', '.join(hints)}?" if hints else ""),

@@ -113,8 +113,8 @@ class AcceptCheck:
 class FreshStreams:
     """A GET /mcp that asks to resume a stream (`Last-Event-ID`) opens a fresh one: the daemon keeps no event store
     to replay from, and the SDK, asked to resume without one, answered nothing (uvicorn's 500 and an error log line
-    per request, at any tenant's will). What was sent while the client was away is not replayed, as the client
-    knows from the missing event ids."""
+    per request, at any tenant's will). What was sent while the client was away is not replayed. The daemon wires
+    this in only because it configures no event store (server/http.py)."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app

@@ -303,6 +303,8 @@ def guard_mcp(
             settings.max_sessions_per_tenant,
             settings.session_idle_seconds,
         )
+        if manager.event_store is not None:  # resuming would work then: FreshStreams must not hide it
+            raise RuntimeError("an event store is configured: drop FreshStreams from the /mcp route")
         return AcceptCheck(FreshStreams(quota))
 
     if isinstance(route.app, RequireAuthMiddleware):

@@ -64,9 +64,9 @@ def not_offered(services: Services, name: str) -> str:
     settings = services.settings
     if name not in PROFILES["full"] or any(tool.name == name for tool in services.tools):
         return ""
+    steps = []
+    if name not in PROFILES[settings.tool_profile]:
+        steps.append(f"EXAI_TOOL_PROFILE=full (this server's profile is {settings.tool_profile})")
     if name in settings.disabled_tools:
-        return f" '{name}' is one of EX-AI's tools, turned off here: its operator removes it from EXAI_DISABLED_TOOLS."
-    return (
-        f" '{name}' is one of EX-AI's tools, not in this server's profile ({settings.tool_profile}): its operator "
-        "turns it on with EXAI_TOOL_PROFILE=full."
-    )
+        steps.append("removing it from EXAI_DISABLED_TOOLS")
+    return f" '{name}' is one of EX-AI's tools, not offered here: its operator turns it on with {' and '.join(steps)}."
