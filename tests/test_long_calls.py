@@ -248,8 +248,8 @@ async def test_a_pending_answer_can_be_cancelled_through_collect(
 
 async def test_a_tenants_waiting_requests_are_capped(daemon: Daemon, sim: SimControl) -> None:
     """Each `collect` holds a request open while it waits; a tenant cannot open them without end (twice its task
-    cap at once), and the refusal says how to go on. A cancellation at the cap is refused before it cancels: it
-    used to cancel the call and then report the refusal, so the client was told nothing happened."""
+    cap at once), and the refusal says how to go on. A cancellation at the cap is not refused: it used to cancel
+    the call and then report the cap, so the client was told nothing happened."""
     proc = daemon(EXAI_CLIENT_WAIT_SECONDS="15", EXAI_MAX_TASKS_PER_TENANT="1")
     sim.fault("think", model="sim-smart", think_seconds=120)
     async with Client(f"{proc.url}/mcp") as client:
@@ -262,16 +262,13 @@ async def test_a_tenants_waiting_requests_are_capped(daemon: Daemon, sim: SimCon
 
             for _ in range(3):
                 group.start_soon(collect)
-            await wait_until(lambda: any(w.is_error for w in waits), "the third wait refused")
+            await wait_until(lambda: len(waits) == 1, "the third wait refused")
             cancel = await client.call_tool("collect", {"task_id": pending["task_id"], "cancel": True})
-            assert tool_error(cancel)["code"] == "too_many_waits", cancel
-            assert "nothing was done" in tool_error(cancel)["message"]
+            assert tool_error(cancel)["code"] == "cancelled", cancel  # what it says is what happened
         refused = [tool_error(w) for w in waits if w.is_error]
-        assert [r["code"] for r in refused] == ["too_many_waits"], waits
+        assert [r["code"] for r in refused] == ["too_many_waits", "cancelled", "cancelled"], waits
         assert "Wait for one of them" in refused[0]["remedy"]
-        assert sum("exai/pending" in (w.meta or {}) for w in waits) == 2, waits  # the other two waited: not cancelled
-        assert sim.count("disconnects") == 0
-        await client.call_tool("collect", {"task_id": pending["task_id"], "cancel": True})
+    await wait_until(lambda: sim.count("disconnects") >= 1, "the simulator saw the request cut")
 
 
 async def test_an_answer_goes_out_without_waiting_for_its_call_record_and_is_recorded_after(

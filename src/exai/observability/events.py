@@ -63,7 +63,6 @@ class CallEvent:
     error_message: str | None = None
     model_calls: list[ModelCall] = field(default_factory=list)
     thread_id: str | None = None
-    crash: BaseException | None = None  # what a tool raised that no error type covers: its traceback is logged
     finished_at: float = field(default_factory=time.time)
 
     @property
@@ -99,8 +98,10 @@ class Events:
         self.stats.call_started()
         self.metrics.in_flight.inc()
 
-    def call_finished(self, event: CallEvent, *, started: bool = True) -> None:
-        """Record `event`; `started` is False for calls refused before they began (no in-flight slot taken)."""
+    def call_finished(self, event: CallEvent, *, started: bool = True, crash: BaseException | None = None) -> None:
+        """Record `event`; `started` is False for calls refused before they began (no in-flight slot taken).
+        `crash` is what a tool raised that no error type covers: its traceback goes to the call's log line (and
+        is not kept with the event, which the recent calls hold, nor are its frames' locals)."""
         self.stats.call_finished(event, started=started)
         metrics = self.metrics
         if started:
@@ -122,14 +123,11 @@ class Events:
             return  # a repeated refusal: counted above, and in the minute's `refusals_repeated` line
         self.audit.add_call(event)
         if event.error_code is not None:
-            (log.error if event.crash is not None else log.info)(
-                "tool_error",
-                tool=event.tool,
-                category=event.error_category,
-                code=event.error_code,
-                error=(event.error_message or "")[:300],
-                exc_info=event.crash,
-            )
+            fields = {"tool": event.tool, "category": event.error_category, "code": event.error_code}
+            if crash is not None:
+                log.error("tool_error", **fields, error=(event.error_message or "")[:300], exc_info=crash)
+            else:
+                log.info("tool_error", **fields, error=(event.error_message or "")[:300])
 
     def attempt_finished(self, attempt: Attempt) -> None:
         """One upstream request ended (or was skipped because its breaker is open)."""

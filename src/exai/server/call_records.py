@@ -426,8 +426,7 @@ class CallRunner:
         holds a request open, and a client could otherwise open them without end."""
         if self._waits.get(tenant, 0) >= self.max_waits:
             raise RateLimitError(
-                f"You have {self.max_waits} requests waiting for answers already (twice EXAI_MAX_TASKS_PER_TENANT); "
-                "nothing was done.",
+                f"You have {self.max_waits} requests waiting for answers already (twice EXAI_MAX_TASKS_PER_TENANT).",
                 code="too_many_waits",
                 remedy="Wait for one of them to return before asking again.",
                 details={"retry_in_seconds": 5.0},
@@ -467,11 +466,11 @@ class CallRunner:
 
     async def cancel_and_wait(self, call_id: str, tenant: str) -> CallRecord:
         """Cancel, then the call as it ended (a call on another replica stops within about a second: its owner
-        polls for cancellations), or as it is after CANCEL_WAIT_SECONDS when its owner does not answer. Refused
-        before anything is cancelled when the tenant has its cap of requests waiting (a refusal cancelled nothing)."""
-        with self._waiting(tenant):
-            await self.cancel(call_id, tenant)
-            return await self._wait(call_id, tenant, CANCEL_WAIT_SECONDS)
+        polls for cancellations), or as it is after CANCEL_WAIT_SECONDS when its owner does not answer. Never
+        refused for the tenant's cap of waiting requests (it cancelled, then reported the cap as if nothing had
+        happened): it ends work instead of asking for more, and its wait is short."""
+        await self.cancel(call_id, tenant)
+        return await self._wait(call_id, tenant, CANCEL_WAIT_SECONDS)
 
     def _cancel_local(self, call_id: str) -> None:
         execution = self._running.get(call_id)

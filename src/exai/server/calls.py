@@ -209,9 +209,9 @@ async def handle_call(
                 error_message=error.message if error is not None else None,
                 model_calls=ctx.model_calls,
                 thread_id=ctx.thread_id,
-                crash=crash,
             ),
             started=began,
+            crash=crash,
         )
     assert error is not None
     return error_result(error)
