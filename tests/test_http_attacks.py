@@ -156,6 +156,7 @@ def test_an_answered_request_id_may_be_used_again_at_once(daemon: Daemon, sim: S
         thread.start()
     for thread in clients:
         thread.join(120)
+        assert not thread.is_alive(), "a client hung"
     assert refused == [], f"{len(refused)} of 400 refused: {refused[0]}"
 
 

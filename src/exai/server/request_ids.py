@@ -124,6 +124,10 @@ def _json_kind(value: Any) -> str:
 ANSWERED_CLEANUP_SECONDS = 5.0
 """How long a request reusing an answered request's id waits for the SDK to forget that one (it does so at once
 after the answer; a wait this long means its handler is stuck, and the id is refused as in flight)."""
+UNANSWERED_GRACE_SECONDS = 0.5
+"""How long a request reusing the id of one whose HTTP answer has not ended waits before it is refused: on an event
+stream the JSON-RPC answer goes out as an event a moment before the stream ends, and a client may reuse the id as
+soon as it reads the event."""
 
 
 @dataclass
@@ -185,13 +189,14 @@ class InFlightIds:
             mine.gone.set()
 
     async def _first_unanswered(self, keys: set[tuple[str | None, str, str]]) -> tuple[str | None, str, str] | None:
-        """The first of `keys` held by a request whose answer has not gone out, after waiting for answered ones."""
+        """The first of `keys` still held by another request once that one had its moment to end (see
+        ANSWERED_CLEANUP_SECONDS and UNANSWERED_GRACE_SECONDS). The keys are checked again after every wait: a
+        request of the same id may have taken one meanwhile (bodies are single requests: the SDK refuses batches)."""
         for key in keys:
             while (held := self._in_flight.get(key)) is not None:
-                if not held.answered:
-                    return key
                 try:
-                    await asyncio.wait_for(held.gone.wait(), ANSWERED_CLEANUP_SECONDS)
+                    seconds = ANSWERED_CLEANUP_SECONDS if held.answered else UNANSWERED_GRACE_SECONDS
+                    await asyncio.wait_for(held.gone.wait(), seconds)
                 except TimeoutError:
                     return key
         return None
