@@ -267,7 +267,7 @@ def _upstream_failure(sdk: ModuleType | None, exc: Exception) -> UpstreamError |
         return UpstreamError("connection", f"could not send the request in time: {type(exc.__cause__ or exc).__name__}")
     timeout = httpx2.TimeoutException if sdk is None else (sdk.APITimeoutError, httpx2.TimeoutException)
     if isinstance(exc, timeout):  # sent, and then no answer in time: the upstream had started on it
-        return UpstreamError("timeout", "upstream did not answer in time")
+        return UpstreamError("timeout", "the time the attempt had left")  # its client's timeout is that time
     unreachable = httpx2.TransportError if sdk is None else (sdk.APIConnectionError, httpx2.TransportError)
     if isinstance(exc, unreachable):
         return UpstreamError("connection", f"cannot reach upstream: {exc.__cause__ or exc}")

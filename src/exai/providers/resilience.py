@@ -276,9 +276,16 @@ def to_exai_error(error: UpstreamError, provider: str, model: str, key_env: str)
                 details=details,
                 remedy="Check the arguments (model, temperature, images) against `listmodels`.",
             )
-        case "timeout":
+        case "timeout" if error.status is not None:  # the vendor's own 408 / 504
             return DeadlineError(
-                f"{where} did not answer in time: {error.message}.",
+                f"{where} timed out on its side: {error.message}",
+                code="upstream_timeout",
+                details=details,
+                remedy="Try again later, or pick another model.",
+            )
+        case "timeout":  # cut by our own limits: the message names the one
+            return DeadlineError(
+                f"{where} did not answer within {error.message}.",
                 code="upstream_timeout",
                 details=details,
                 remedy="Try again or pick a faster model; for a model that thinks longer, raise "

@@ -398,7 +398,7 @@ class Router:
         for attempt in range(self.settings.max_retries + 1):
             if time.monotonic() >= deadline:
                 breaker.release_probe(caller)
-                raise UpstreamError("timeout", "the call's deadline passed")
+                raise UpstreamError("timeout", "the call's deadline (EXAI_CALL_DEADLINE_SECONDS)")
             await self._take_slot(info, breaker, deadline, caller)
             started = time.perf_counter()
             # One attempt may take EXAI_ATTEMPT_TIMEOUT_SECONDS, so a hung upstream leaves time to retry or fall back.
@@ -414,7 +414,7 @@ class Router:
                     if attempt_deadline < deadline
                     else "the call's deadline (EXAI_CALL_DEADLINE_SECONDS)"
                 )
-                exc = UpstreamError("timeout", f"no answer within {limit}")
+                exc = UpstreamError("timeout", limit)
             except UpstreamError as error:
                 exc = error
             except BaseException as error:
