@@ -10,6 +10,7 @@ goes on: unknown EXAI_* variables, old names of renamed settings, settings that 
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -81,7 +82,35 @@ def field_of(name: str) -> str | None:
 def unknown_variable_warnings() -> list[str]:
     """EXAI_* names in the environment or `.env` that no setting reads, and misspelt provider keys and URLs (a typo
     is otherwise silently ignored)."""
-    return unknown_variables((n for field in _fields() for n in env_names(field)), dotenv_values())
+    dotenv = dotenv_values()
+    warnings = unknown_variables((n for field in _fields() for n in env_names(field)), dotenv)
+    places = [(name, "the environment") for name in os.environ] + [(name, ".env") for name in dotenv]
+    values = {**dotenv, **os.environ}
+    for name, place in places:
+        if (meant := misspelt_provider_variable(name.upper(), values)) is not None:
+            warnings.append(f"warning: {name} (in {place}) is not read by EX-AI; did you mean {meant}?")
+    return warnings
+
+
+_KEY_SPELLINGS = ("KEY", "APIKEY", "TOKEN", "API_TOKEN", "SECRET", "SECRET_KEY")
+_URL_SPELLINGS = ("URL", "API_URL", "ENDPOINT", "HOST")
+
+
+def misspelt_provider_variable(name: str, values: Mapping[str, str | None]) -> str | None:
+    """The variable `name` was meant to be, when it is a provider's prefix and a usual wrong spelling of its key or
+    URL (KIMI_KEY, CUSTOM_URL) and that provider is not set up in `values` (the environment and .env): a misspelt
+    key leaves a provider out without a word. Other tools' variables (OPENAI_API_BASE, ANTHROPIC_VERTEX_BASE_URL,
+    ...) are not such spellings."""
+    for spec in PROVIDER_SPECS.values():
+        prefix = f"{spec.env_prefix}_"
+        if not name.startswith(prefix):
+            continue
+        suffix = name.removeprefix(prefix)
+        if suffix in _KEY_SPELLINGS and spec.key_required and not any(values.get(v) for v in spec.key_env):
+            return spec.key_env[0]
+        if suffix in _URL_SPELLINGS and name != spec.base_url_env and not values.get(spec.base_url_env):
+            return spec.base_url_env
+    return None
 
 
 def dotenv_values() -> dict[str, str | None]:

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 from exai.errors import InvalidInput
-from exai.provider_specs import PROVIDER_SPECS
 
 CONFIG_FILE_ENV = "EXAI_CONFIG_FILE"
 DEFAULT_CONFIG_FILE = "exai.toml"
@@ -168,9 +167,7 @@ DEPLOYMENT_VARIABLES = frozenset(
 
 
 def unknown_variables(known: Iterable[str], dotenv: Mapping[str, str | None]) -> list[str]:
-    """One warning line per EXAI_* variable in the environment or `.env` that no setting reads, and per provider
-    variable (KIMI_..., CUSTOM_...) that no setting reads but one is close to (a misspelt key is a provider left
-    out, silently).
+    """One warning line per EXAI_* variable in the environment or `.env` that no setting reads.
 
     Warnings, not errors: other tools may set EXAI_-prefixed variables of their own."""
     known_names = {name.upper() for name in known} | {CONFIG_FILE_ENV}
@@ -178,33 +175,11 @@ def unknown_variables(known: Iterable[str], dotenv: Mapping[str, str | None]) ->
     warnings: list[str] = []
     for name, place in places:
         upper = name.upper()
-        if upper in known_names or upper in DEPLOYMENT_VARIABLES or upper.startswith(IGNORED_PREFIXES):
+        if not upper.startswith("EXAI_") or upper in known_names or upper.startswith(IGNORED_PREFIXES):
             continue
-        if upper.startswith("EXAI_"):
-            close = difflib.get_close_matches(upper, sorted(known_names), n=1, cutoff=0.8)
-            hint = f"; did you mean {close[0]}?" if close else ""
-            warnings.append(f"warning: {name} (in {place}) is not an EX-AI setting and is ignored{hint}")
-        elif (meant := misspelt_provider_variable(upper, {**dotenv, **os.environ})) is not None:
-            warnings.append(f"warning: {name} (in {place}) is not read by EX-AI; did you mean {meant}?")
+        if upper in DEPLOYMENT_VARIABLES:
+            continue
+        close = difflib.get_close_matches(upper, sorted(known_names), n=1, cutoff=0.8)
+        hint = f"; did you mean {close[0]}?" if close else ""
+        warnings.append(f"warning: {name} (in {place}) is not an EX-AI setting and is ignored{hint}")
     return warnings
-
-
-_KEY_SPELLINGS = ("KEY", "APIKEY", "TOKEN", "API_TOKEN", "SECRET", "SECRET_KEY")
-_URL_SPELLINGS = ("URL", "API_URL", "ENDPOINT", "HOST")
-
-
-def misspelt_provider_variable(name: str, values: Mapping[str, str | None]) -> str | None:
-    """The variable `name` was meant to be, when it is a provider's prefix and a usual wrong spelling of its key or
-    URL (KIMI_KEY, CUSTOM_URL) and that provider is not set up in `values` (the environment and .env): a misspelt
-    key leaves a provider out without a word.
-    Other tools' variables (OPENAI_API_BASE, ANTHROPIC_VERTEX_BASE_URL, ...) are not such spellings."""
-    for spec in PROVIDER_SPECS.values():
-        prefix = f"{spec.env_prefix}_"
-        if not name.startswith(prefix):
-            continue
-        suffix = name.removeprefix(prefix)
-        if suffix in _KEY_SPELLINGS and spec.key_required and not any(values.get(v) for v in spec.key_env):
-            return spec.key_env[0]
-        if suffix in _URL_SPELLINGS and name != spec.base_url_env and not values.get(spec.base_url_env):
-            return spec.base_url_env
-    return None
