@@ -25,6 +25,7 @@ from exai.config_problems import (
     ConfigProblem,
     read_config_file,
     unknown_variables,
+    variable_places,
     where_set,
 )
 from exai.provider_specs import PROVIDER_SPECS
@@ -84,9 +85,8 @@ def unknown_variable_warnings() -> list[str]:
     is otherwise silently ignored)."""
     dotenv = dotenv_values()
     warnings = unknown_variables((n for field in _fields() for n in env_names(field)), dotenv)
-    places = [(name, "the environment") for name in os.environ] + [(name, ".env") for name in dotenv]
     values = {**dotenv, **os.environ}
-    for name, place in places:
+    for name, place in variable_places(dotenv):
         if (meant := misspelt_provider_variable(name.upper(), values)) is not None:
             warnings.append(f"warning: {name} (in {place}) is not read by EX-AI; did you mean {meant}?")
     return warnings

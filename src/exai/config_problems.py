@@ -166,14 +166,18 @@ DEPLOYMENT_VARIABLES = frozenset(
 """Read by compose.yaml and deploy/ (the same .env serves both), never by the daemon: not worth a warning."""
 
 
+def variable_places(dotenv: Mapping[str, str | None]) -> list[tuple[str, str]]:
+    """Every variable of the environment and of `.env`, with where it is set, as warnings name it."""
+    return [(name, "the environment") for name in os.environ] + [(name, ".env") for name in dotenv]
+
+
 def unknown_variables(known: Iterable[str], dotenv: Mapping[str, str | None]) -> list[str]:
     """One warning line per EXAI_* variable in the environment or `.env` that no setting reads.
 
     Warnings, not errors: other tools may set EXAI_-prefixed variables of their own."""
     known_names = {name.upper() for name in known} | {CONFIG_FILE_ENV}
-    places = [(name, "the environment") for name in os.environ] + [(name, ".env") for name in dotenv]
     warnings: list[str] = []
-    for name, place in places:
+    for name, place in variable_places(dotenv):
         upper = name.upper()
         if not upper.startswith("EXAI_") or upper in known_names or upper.startswith(IGNORED_PREFIXES):
             continue

@@ -15,11 +15,10 @@ the owner sees the flag within a second and cuts the upstream request.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import socket
 import time
-from collections.abc import Awaitable, Callable, Collection, Iterator
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -416,14 +415,8 @@ class CallRunner:
         return call
 
     async def wait(self, call_id: str, tenant: str, seconds: float) -> CallRecord:
-        """The call once it has ended, or as it is after `seconds` (still working)."""
-        with self._waiting(tenant):
-            return await self._wait(call_id, tenant, seconds)
-
-    @contextlib.contextmanager
-    def _waiting(self, tenant: str) -> Iterator[None]:
-        """Count one of the tenant's requests waiting for an answer, or refuse it (nothing done) at the cap: each
-        holds a request open, and a client could otherwise open them without end."""
+        """The call once it has ended, or as it is after `seconds` (still working). A tenant's waits at once are
+        capped: each holds a request open, and a client could otherwise open them without end."""
         if self._waits.get(tenant, 0) >= self.max_waits:
             raise RateLimitError(
                 f"You have {self.max_waits} requests waiting for answers already (twice EXAI_MAX_TASKS_PER_TENANT).",
@@ -433,7 +426,7 @@ class CallRunner:
             )
         self._waits[tenant] = self._waits.get(tenant, 0) + 1
         try:
-            yield
+            return await self._wait(call_id, tenant, seconds)
         finally:
             self._waits[tenant] -= 1
             if not self._waits[tenant]:

@@ -141,8 +141,9 @@ class InFlightIds:
 
     A request's id is the client's again once its whole answer has gone out (JSON-RPC allows reusing it), but
     the SDK forgets the request a moment later, when its handler returns; a request reusing the id in between
-    would have its answer stream taken by that cleanup. So such a request waits for it, and only an id whose
-    answer has not gone out is refused."""
+    would have its answer stream taken by that cleanup. So such a request waits for it; one reusing the id of a
+    request whose answer has not gone out is refused unless that request ends within a moment (its answer may
+    have gone out as an event on a stream not yet closed)."""
 
     def __init__(self, app: ASGIApp, principal_of: Callable[[Scope], str | None]) -> None:
         self.app, self.principal_of = app, principal_of
