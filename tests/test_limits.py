@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -132,3 +133,66 @@ async def test_slots_come_back_after_timeouts_and_cancellations(
         await redis.aclose()
     again = await asyncio.gather(*(_call(proc.url, token, {"prompt": "ok", "model": "sim-fast"}) for _ in range(2)))
     assert not any(r.is_error for r in again)
+
+
+async def test_a_call_gives_its_slot_back_while_its_turns_are_written(
+    daemon: Daemon, sim: SimControl, redis_url: str, postgres_url: str, pg_schema: str
+) -> None:
+    """Once the model has answered, the tenant's slot goes back and its tokens are settled while the thread is
+    written, not after: with every write of a thread row held up (a trigger waits for a lock this test holds), the
+    call's slot is already free in Redis; once the lock goes, the answer arrives with its turns saved."""
+    import psycopg
+
+    tenant = f"tenant-{uuid.uuid4().hex[:8]}"
+    proc = daemon(
+        EXAI_JWT_SECRET=SECRET,
+        EXAI_REDIS_URL=redis_url,
+        EXAI_RATE_LIMIT_CONCURRENCY="1",
+        EXAI_DATABASE_URL=postgres_url,
+        EXAI_DATABASE_SCHEMA=pg_schema,
+    )
+    token = issue_token(SECRET, tenant, ["exai:tools"], 600)
+    threads, key = f'"{pg_schema}".threads', int.from_bytes(os.urandom(4), "big")
+    redis = aioredis.from_url(redis_url)
+    async with await psycopg.AsyncConnection.connect(postgres_url, autocommit=True) as db:
+        await db.execute(
+            f'CREATE FUNCTION "{pg_schema}".held() RETURNS trigger LANGUAGE plpgsql AS '
+            f"$$ BEGIN PERFORM pg_advisory_xact_lock({key}); RETURN NEW; END $$"
+        )
+        await db.execute(
+            f"CREATE TRIGGER held BEFORE INSERT OR UPDATE ON {threads} "
+            f'FOR EACH ROW EXECUTE FUNCTION "{pg_schema}".held()'
+        )
+        await db.execute("SELECT pg_advisory_lock(%s)", (key,))
+        answers: list[CallToolResult] = []
+        try:
+            async with anyio.create_task_group() as group:
+
+                async def call() -> None:
+                    answers.append(await _call(proc.url, token, {"prompt": "held write", "model": "sim-fast"}))
+
+                group.start_soon(call)
+
+                async def writing() -> bool:  # the call's thread write waits for the lock
+                    row = await (
+                        await db.execute(
+                            "SELECT count(*) FROM pg_locks "
+                            "WHERE locktype = 'advisory' AND NOT granted AND objid::bigint = %s",
+                            (key,),
+                        )
+                    ).fetchone()
+                    return row is not None and row[0] == 1
+
+                await wait_until(writing, "the call's thread write waits for the lock")
+
+                async def slot_free() -> bool:
+                    return await redis.zcard(f"{tenant_keys(tenant)}:slots") == 0
+
+                await wait_until(slot_free, "the slot is back while the turns are still being written")
+                assert not answers
+                await db.execute("SELECT pg_advisory_unlock(%s)", (key,))
+        finally:
+            await redis.aclose()
+    assert len(answers) == 1 and not answers[0].is_error, answers
+    assert (answers[0].meta or {}).get("exai/thread_saved") is not False, answers[0]
+    assert sim.count("requests:sim-fast") == 1

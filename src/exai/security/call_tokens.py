@@ -75,6 +75,8 @@ class CallTokens:
 
     async def reserve(self, tokens: int) -> TokenClaim:
         """Count a model call's prompt against the day's budget before it is asked, or raise `RateLimitError`."""
+        if self._closed:  # a reservation after the settlement would never be settled: the day's count would drift
+            raise RuntimeError(f"'{self.tool}' asked a model after its call's tokens were settled")
         prepaid = self.lease.prepaid if self.lease is not None else None
         if prepaid is not None and tokens <= self.unclaimed:
             self.unclaimed -= tokens

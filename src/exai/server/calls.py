@@ -91,7 +91,7 @@ async def admitted(services: Services, tool: Tool[Any, Any], tenant: str, ctx: T
     try:
         yield
     finally:
-        await ctx.tokens.close()  # with Redis, one round trip: the slot back and the tokens corrected
+        await ctx.tokens.close()  # settled already by a tool that recorded turns (while they were written)
 
 
 async def run(tool: Tool[Any, Any], args: pydantic.BaseModel, ctx: ToolContext) -> types.CallToolResult:
