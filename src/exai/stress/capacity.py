@@ -121,8 +121,10 @@ def _summed(after: list[Scrape], before: list[Scrape], histogram: str) -> dict[f
 
 STORE_WAITS = ("read_thread", "append_turns", "create_call")
 """The store operations a call's answer waits for (a call's record is finished after its answer went out)."""
-LIMITER_WAITS = ("acquire", "release", "reserve_tokens", "settle")
-"""The limiter's round trips inside a call (a new session's count is not part of any call)."""
+LIMITER_WAITS = ("acquire", "reserve_tokens")
+"""The limiter's round trips a call's answer waits for: its admission, and a token reservation its prepayment did
+not cover (the release and settlement go out while the call's turns are written; a new session's count is not
+part of any call)."""
 
 
 def overhead_split(after: list[Scrape], before: list[Scrape]) -> dict[str, float]:
