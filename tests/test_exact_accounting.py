@@ -84,7 +84,11 @@ async def test_the_counter_charges_reported_usage_and_estimates_only_the_rest(
         assert usage["input_tokens"] > 0 and usage["output_tokens"] > 0, name
         assert (row["input_tokens"], row["output_tokens"]) == (usage["input_tokens"], usage["output_tokens"]), name
     estimated = by_call[reported["unreported"]["correlation_id"]]
-    assert reported["unreported"]["usage"] == {"input_tokens": 0, "output_tokens": 0}, "the upstream reported none"
+    assert reported["unreported"]["usage"] == {  # the upstream reported none: the caller sees what it is charged
+        "input_tokens": estimated["input_tokens"],
+        "output_tokens": estimated["output_tokens"],
+        "estimated": True,
+    }
     assert estimated["output_tokens"] == count_tokens(reported["unreported"]["answer"]), "the answer is counted"
     assert estimated["input_tokens"] > 0, "the prompt is estimated"
 

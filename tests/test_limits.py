@@ -148,6 +148,7 @@ async def test_a_call_gives_its_slot_back_while_its_turns_are_written(
         EXAI_JWT_SECRET=SECRET,
         EXAI_REDIS_URL=redis_url,
         EXAI_RATE_LIMIT_CONCURRENCY="1",
+        EXAI_CLIENT_WAIT_SECONDS="0",  # the answer, however long the held write takes: never "still working"
         EXAI_DATABASE_URL=postgres_url,
         EXAI_DATABASE_SCHEMA=pg_schema,
     )

@@ -35,11 +35,17 @@ def _step(number: int, total: int, final: bool, **extra: Any) -> dict[str, Any]:
     }
 
 
+@pytest.mark.parametrize("limits", [{}, {"EXAI_RATE_LIMIT_CONCURRENCY": "2"}], ids=["no limits", "limits"])
 @pytest.mark.parametrize("tool", [*EXPERT_TOOLS, "precommit", "planner"])
-async def test_workflow_end_to_end(sim: SimControl, tmp_path: Path, tool: str, make_services: MakeServices) -> None:
+async def test_workflow_end_to_end(
+    sim: SimControl, tmp_path: Path, tool: str, limits: dict[str, str], make_services: MakeServices
+) -> None:
+    """Every workflow tool, with and without per-tenant limits: with them, the step is recorded before the expert
+    is asked (holding the call's slot), and the expert's answer settles the call's tokens."""
     code = tmp_path / "app.py"
     code.write_text("def handler(x):\n    return eval(x)\n")
-    services = await make_services(EXAI_TOOL_PROFILE="full", EXAI_FILE_ROOTS=str(tmp_path))
+    services = await make_services(EXAI_TOOL_PROFILE="full", EXAI_FILE_ROOTS=str(tmp_path), **limits)
+    assert (services.limiter is not None) == bool(limits)
     extra = {"diff": "diff --git a/app.py b/app.py\n+    return eval(x)"} if tool == "precommit" else {}
     async with Client(build_server(services)) as client:
         first = await client.call_tool(
@@ -115,10 +121,11 @@ async def test_two_concurrent_workflows_never_see_each_other(sim: SimControl, ma
         assert ("ALPHA-SECRET" in text) != ("BETA-SECRET" in text), "each expert sees only its own workflow"
 
 
+@pytest.mark.parametrize("limits", [{}, {"EXAI_RATE_LIMIT_CONCURRENCY": "2"}], ids=["no limits", "limits"])
 async def test_consensus_is_concurrent_blind_and_survives_a_failure(
-    sim: SimControl, make_services: MakeServices
+    sim: SimControl, limits: dict[str, str], make_services: MakeServices
 ) -> None:
-    services = await make_services()
+    services = await make_services(**limits)
     sim.latency(300, model="sim-fast")
     sim.latency(600, model="sim-smart")
     sim.fault("500", model="sim-large")

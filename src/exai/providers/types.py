@@ -34,12 +34,14 @@ class GenerateRequest(BaseModel):
 
 
 class Usage(BaseModel):
-    """Tokens as the upstream reported them: cached input is part of `input_tokens`, reasoning of `output_tokens`."""
+    """Tokens as the upstream reported them: cached input is part of `input_tokens`, reasoning of `output_tokens`.
+    Where it reported none, the call fills in what it is charged, counted here, and says so (`estimated`)."""
 
     input_tokens: int = 0
     output_tokens: int = 0
     cached_input_tokens: int = 0
     reasoning_tokens: int = 0
+    estimated: bool = Field(default=False, exclude=True)  # set by the tool context, never part of a vendor's report
 
 
 TRUNCATED_REASONS = frozenset({"length", "max_tokens", "model_length"})

@@ -91,7 +91,7 @@ async def admitted(services: Services, tool: Tool[Any, Any], tenant: str, ctx: T
     try:
         yield
     finally:
-        await ctx.tokens.close()  # settled already by a tool that recorded turns (while they were written)
+        await ctx.tokens.close()  # a no-op when `record_turns` settled it while an answer's turns were written
 
 
 async def run(tool: Tool[Any, Any], args: pydantic.BaseModel, ctx: ToolContext) -> types.CallToolResult:

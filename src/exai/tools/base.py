@@ -108,10 +108,14 @@ def _check_arguments(value: Any, path: str, depth: int = 0) -> None:
 class UsageOut(BaseModel):
     input_tokens: int = 0
     output_tokens: int = 0
+    estimated: bool | None = None
+    """True when the upstream reported no usage: the tokens are what the call is charged, counted by the server."""
 
     @classmethod
     def of(cls, usage: Usage) -> UsageOut:
-        return cls(input_tokens=usage.input_tokens, output_tokens=usage.output_tokens)
+        return cls(
+            input_tokens=usage.input_tokens, output_tokens=usage.output_tokens, estimated=usage.estimated or None
+        )
 
 
 @dataclass(frozen=True)
@@ -171,6 +175,8 @@ class ToolContext:
         """Why they could not: the store failed, the thread filled up, kept changing, or was deleted meanwhile."""
         self._asking = 0
         self._answers = 0
+        self._settling: asyncio.Task[None] | None = None
+        """The settlement sent while an answer's turns are written (see `record_turns`), kept until it ends."""
         self.upstream_seconds = 0.0
         """Time this call's model requests spent upstream (every attempt, failed ones too): the gateway-overhead
         metric is the call's time minus this."""
@@ -236,9 +242,12 @@ class ToolContext:
         returns the answer marked as not saved to the thread (`unsaved_thread`, `unsaved_because`); with nothing
         paid, the error is raised (a refusal before anything was spent).
 
-        It is a tool's last step: no model is asked after it. So the call's slot goes back and its tokens are
-        settled (with Redis, one round trip) while the turns are written, instead of one after the other."""
-        settling = asyncio.ensure_future(self.tokens.close()) if self.tokens is not None else None
+        When the call's models have answered and none is being asked (`answered`: the turns hold a paid answer,
+        not a workflow step that an expert call follows), the call's slot goes back and its tokens are settled
+        (with Redis, one round trip) while the turns are written: the answer waits for the longer of the two, not
+        for both one after the other. A model asked after that is refused (`CallTokens.reserve`)."""
+        if self.tokens is not None and self.answered:
+            self._settling = asyncio.create_task(self.tokens.close())
         try:
             await self._services.conversations.record(thread, turns, tool, change)
         except ExaiError as exc:
@@ -247,9 +256,9 @@ class ToolContext:
             log.warning("answer_not_saved_to_thread", thread_id=thread.id, code=exc.code, tool=tool)
             self.unsaved_thread, self.unsaved_because = thread.id, exc
         finally:
-            if settling is not None:
-                with anyio.CancelScope(shield=True):  # settled once, whatever happens to the call meanwhile
-                    await settling
+            if self._settling is not None:
+                with anyio.CancelScope(shield=True):  # a native cancel of the call still leaves it to finish
+                    await asyncio.shield(self._settling)
 
     @property
     def paid(self) -> bool:
@@ -324,6 +333,10 @@ class ToolContext:
         usage = response.usage
         charged_in = usage.input_tokens or input_tokens
         charged_out = usage.output_tokens or await count_tokens_async(response.text + (response.reasoning or ""))
+        if (charged_in, charged_out) != (usage.input_tokens, usage.output_tokens):  # the caller sees its charge
+            response.usage = usage.model_copy(
+                update={"input_tokens": charged_in, "output_tokens": charged_out, "estimated": True}
+            )
         cut = await cut_attempts(attempts, input_tokens, services.router)
         if claim is not None:
             claim.used = charged_in + charged_out + cut.input_tokens + cut.output_tokens
