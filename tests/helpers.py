@@ -183,3 +183,19 @@ def jwks_endpoint() -> Iterator[tuple[str, list[dict[str, object]], list[int]]]:
         yield f"http://127.0.0.1:{server.server_port}/jwks.json", keys, fetches
     finally:
         server.shutdown()
+
+
+async def hold_writes(db: Any, schema: str, table: str, events: str) -> int:
+    """Hold up every `events` (e.g. "UPDATE", "INSERT OR UPDATE") on the schema's `table` (a slow or busy
+    database): a trigger waits for an advisory lock that `db` (an autocommit psycopg connection) takes here.
+    Returns the lock's key: `SELECT pg_advisory_unlock(key)` lets the writes through."""
+    key = int.from_bytes(os.urandom(4), "big")
+    await db.execute(
+        f'CREATE FUNCTION "{schema}".held() RETURNS trigger LANGUAGE plpgsql AS '
+        f"$$ BEGIN PERFORM pg_advisory_xact_lock({key}); RETURN NEW; END $$"
+    )
+    await db.execute(
+        f'CREATE TRIGGER held BEFORE {events} ON "{schema}".{table} FOR EACH ROW EXECUTE FUNCTION "{schema}".held()'
+    )
+    await db.execute("SELECT pg_advisory_lock(%s)", (key,))
+    return key

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -18,7 +17,7 @@ from exai.errors import RateLimitError
 from exai.security.auth import issue_token
 from exai.security.limits import LocalLimiter, RedisLimiter, tenant_keys
 from tests.conftest import Proc, SimControl
-from tests.helpers import mcp_client, tool_error, wait_until
+from tests.helpers import hold_writes, mcp_client, tool_error, wait_until
 
 pytestmark = pytest.mark.anyio
 SECRET = "a-test-secret-that-is-long-enough-0123456789"
@@ -153,18 +152,9 @@ async def test_a_call_gives_its_slot_back_while_its_turns_are_written(
         EXAI_DATABASE_SCHEMA=pg_schema,
     )
     token = issue_token(SECRET, tenant, ["exai:tools"], 600)
-    threads, key = f'"{pg_schema}".threads', int.from_bytes(os.urandom(4), "big")
     redis = aioredis.from_url(redis_url)
     async with await psycopg.AsyncConnection.connect(postgres_url, autocommit=True) as db:
-        await db.execute(
-            f'CREATE FUNCTION "{pg_schema}".held() RETURNS trigger LANGUAGE plpgsql AS '
-            f"$$ BEGIN PERFORM pg_advisory_xact_lock({key}); RETURN NEW; END $$"
-        )
-        await db.execute(
-            f"CREATE TRIGGER held BEFORE INSERT OR UPDATE ON {threads} "
-            f'FOR EACH ROW EXECUTE FUNCTION "{pg_schema}".held()'
-        )
-        await db.execute("SELECT pg_advisory_lock(%s)", (key,))
+        key = await hold_writes(db, pg_schema, "threads", "INSERT OR UPDATE")
         answers: list[CallToolResult] = []
         try:
             async with anyio.create_task_group() as group:

@@ -24,7 +24,7 @@ from mcp_types import CallToolResult
 
 from exai.security.auth import issue_token
 from tests.conftest import TEST_JWT_SECRET, Proc, SimControl, sim_env
-from tests.helpers import mcp_client, text_of, tool_error, wait_until
+from tests.helpers import hold_writes, mcp_client, text_of, tool_error, wait_until
 
 pytestmark = pytest.mark.anyio
 Daemon = Callable[..., Proc]
@@ -280,16 +280,9 @@ async def test_an_answer_goes_out_without_waiting_for_its_call_record_and_is_rec
     import psycopg
 
     proc = daemon(EXAI_DATABASE_URL=postgres_url, EXAI_DATABASE_SCHEMA=pg_schema)  # migrated once it is ready
-    calls, key = f'"{pg_schema}".calls', int.from_bytes(os.urandom(4), "big")
+    calls = f'"{pg_schema}".calls'
     async with await psycopg.AsyncConnection.connect(postgres_url, autocommit=True) as db:
-        await db.execute(
-            f'CREATE FUNCTION "{pg_schema}".held() RETURNS trigger LANGUAGE plpgsql AS '
-            f"$$ BEGIN PERFORM pg_advisory_xact_lock({key}); RETURN NEW; END $$"
-        )
-        await db.execute(
-            f'CREATE TRIGGER held BEFORE UPDATE ON {calls} FOR EACH ROW EXECUTE FUNCTION "{pg_schema}".held()'
-        )
-        await db.execute("SELECT pg_advisory_lock(%s)", (key,))
+        key = await hold_writes(db, pg_schema, "calls", "UPDATE")
         async with Client(f"{proc.url}/mcp") as client:
             answer = await client.call_tool("chat", {"prompt": "answer first", "model": "sim-fast"})
             assert not answer.is_error, answer
