@@ -206,6 +206,7 @@ async def test_metrics_after_known_traffic(daemon: Daemon, sim: SimControl) -> N
         "the gateway overhead is each call's time minus every upstream attempt it made, the failed one too"
     )
     assert _metric(text, "exai_storage_latency_seconds_count", operation="append_turns") == 4
+    assert _metric(text, "exai_event_loop_lag_seconds_count") > 0, "the loop's lag is sampled while the daemon runs"
     assert _metric(text, "exai_in_flight_calls") == 0
     assert _metric(text, "exai_breaker_state", provider="custom", model="sim-smart") == 0
     # the standard process, platform and GC collectors of prometheus-client

@@ -12,11 +12,13 @@ from pydantic import SecretStr
 from exai.config import Limits, Settings, secret
 from exai.conversations.threads import Conversations
 from exai.conversations.tokens import warm_up
+from exai.conversations.turn_memory import TurnMemory
 from exai.errors import ExaiError
 from exai.observability.alerts import AlertManager, AlertThresholds
 from exai.observability.events import Events
 from exai.observability.health import Health
 from exai.observability.logging import get_logger, register_secret
+from exai.observability.loop_lag import LoopLagProbe
 from exai.observability.metrics import Metrics
 from exai.observability.stats import Stats
 from exai.providers.base import Provider
@@ -190,6 +192,7 @@ class Services:
     admission: Admission
     calls: CallRunner
     tool_services: ToolServices
+    loop_lag: LoopLagProbe
     """What tools may use (the narrow part of these services handed to each call)."""
     schema_version: int | None = None
     """The store's schema version once it is open (migrations applied)."""
@@ -246,7 +249,11 @@ class Services:
         tools = enabled_tools(settings.tool_profile, settings.disabled_tools)
         metrics.know_tools(t.name for t in tools)
         conversations = Conversations(
-            store, settings.thread_ttl_hours * 3600, settings.max_turns_per_thread, events.storage_finished
+            store,
+            settings.thread_ttl_hours * 3600,
+            settings.max_turns_per_thread,
+            events.storage_finished,
+            TurnMemory(int(settings.thread_memory_mb * 2**20)),
         )
         files = FileAccess([Path(r) for r in roots], settings.max_file_bytes, settings.max_file_bytes_per_call)
         calls = CallRunner(
@@ -297,6 +304,7 @@ class Services:
             admission=admission,
             calls=calls,
             tool_services=tool_services,
+            loop_lag=LoopLagProbe(events.loop_lagged),
         )
 
     async def start(self) -> None:
@@ -315,6 +323,7 @@ class Services:
         self.purger.start()
         self.alerts.start()
         self.calls.start()
+        self.loop_lag.start()
 
     async def _open_store(self) -> None:
         settings = self.settings
@@ -322,6 +331,7 @@ class Services:
         await self.purger.purge()
 
     async def close(self) -> None:
+        await self.loop_lag.close()
         await self.calls.close()
         await self.discovery.close()
         await self.listings.close()

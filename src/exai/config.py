@@ -241,6 +241,7 @@ class Settings(ProviderSettings):
     redis_pool_timeout_seconds: float = Field(default=5.0, gt=0)
     thread_ttl_hours: float = Field(default=72.0, gt=0)
     max_turns_per_thread: int = Field(default=50, ge=2)
+    thread_memory_mb: int = Field(default=32, ge=0)  # recently used threads' turns held per replica; 0: none
     audit_retention_days: float = Field(default=30.0, gt=0)
     purge_interval_seconds: float = Field(default=3600.0, gt=0)  # expired threads and old audit rows
 

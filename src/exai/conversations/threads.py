@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 from exai.conversations.state import StateChange, ThreadState
 from exai.conversations.tokens import count_tokens_async
+from exai.conversations.turn_memory import TurnMemory
 from exai.errors import Category, ExaiError, InvalidInput, NotFoundError, StorageError
 from exai.observability.logging import get_logger
 from exai.providers.types import GenerateResponse
@@ -52,12 +53,18 @@ class Thread:
 
 class Conversations:
     def __init__(
-        self, store: Store, ttl_seconds: float, max_turns: int, on_storage: StorageObserver | None = None
+        self,
+        store: Store,
+        ttl_seconds: float,
+        max_turns: int,
+        on_storage: StorageObserver | None = None,
+        memory: TurnMemory | None = None,
     ) -> None:
         self.store = store
         self.ttl = ttl_seconds
         self.max_turns = max_turns
         self.on_storage = on_storage
+        self.memory = memory or TurnMemory(0)
 
     @asynccontextmanager
     async def _timed(self, operation: str) -> AsyncIterator[None]:
@@ -96,19 +103,35 @@ class Conversations:
                 remedy=START_OVER,
                 details={"field": "continuation_id"},
             ) from None
-        async with self._timed("read_thread"):
-            found = await self.store.read_thread(continuation_id)
-        if found is None or found[0].tenant != tenant:
+        found = await self._read(continuation_id)
+        if found is None or found.record.tenant != tenant:
             raise _not_found(continuation_id)
-        record, turns = found
-        if record.expires_at < time.time():
+        if found.record.expires_at < time.time():
             raise NotFoundError(
                 f"Thread {continuation_id} expired (threads live {self.ttl / 3600:g} h after their last turn).",
                 code="thread_expired",
                 remedy=START_OVER,
                 details={"field": "continuation_id"},
             )
-        return _thread(record, turns)
+        return found
+
+    async def _read(self, thread_id: str) -> Thread | None:
+        """The thread as committed: its row from the store, and of its turns only those this replica does not
+        hold already (all of them when the store disagrees with what is held, which a committed turn cannot)."""
+        known = self.memory.known(thread_id)
+        async with self._timed("read_thread"):
+            found = await self.store.read_thread(thread_id, after=len(known))
+            if found is not None and known and not _continues(known, *found):
+                self.memory.forget(thread_id)
+                known = ()
+                found = await self.store.read_thread(thread_id)
+        if found is None:
+            self.memory.forget(thread_id)
+            return None
+        record, turns = found
+        thread = _thread(record, [*known, *turns])
+        self.memory.keep(thread_id, thread.turns)
+        return thread
 
     async def open(self, continuation_id: str, tenant: str, adding: int = 1) -> Thread:
         """The caller's thread to continue: as `read`, and refused when it has no room for `adding` more turns."""
@@ -160,6 +183,7 @@ class Conversations:
             if conflict is None:
                 thread.record, thread.state = record, state
                 thread.turns.extend(numbered)
+                self.memory.keep(thread.id, thread.turns)
                 return record
             if conflict.gone:
                 raise NotFoundError(
@@ -187,6 +211,11 @@ class Conversations:
     async def list(self, tenant: str, limit: int) -> list[ThreadRecord]:
         now = time.time()
         return [t for t in await self.store.list_threads(tenant, limit) if t.expires_at >= now]
+
+
+def _continues(known: tuple[TurnRecord, ...], record: ThreadRecord, turns: list[TurnRecord]) -> bool:
+    """Whether turns read after the `known` ones follow them in the thread as its row describes it."""
+    return len(known) <= record.turn_count and (not turns or turns[0].seq == len(known) + 1)
 
 
 def _thread(record: ThreadRecord, turns: list[TurnRecord]) -> Thread:

@@ -155,6 +155,9 @@ class Events:
     def limiter_round_trip(self, operation: str, seconds: float) -> None:
         self.metrics.limiter_latency.labels(operation).observe(seconds)
 
+    def loop_lagged(self, seconds: float) -> None:
+        self.metrics.loop_lag.observe(seconds)
+
     def storage_finished(self, operation: str, seconds: float, ok: bool) -> None:
         self.metrics.storage_latency.labels(operation).observe(seconds)
         if not ok:

@@ -178,6 +178,12 @@ class Metrics:
             registry=r,
         )
         self.storage_errors = Counter("exai_storage_errors", "Failed storage operations", ["operation"], registry=r)
+        self.loop_lag = Histogram(
+            "exai_event_loop_lag_seconds",
+            "How late the event loop ran a timer that was due (every await of a call waits this beside its own work)",
+            buckets=FINE_BUCKETS,
+            registry=r,
+        )
         self.limiter_latency = Histogram(
             "exai_limiter_latency_seconds",
             "Round trips of the shared rate limiter to Redis",
