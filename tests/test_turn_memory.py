@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -118,3 +120,42 @@ def test_memory_is_bounded_and_forgets_the_least_recently_used() -> None:
     off = TurnMemory(0)
     off.keep("a", numbered[:1])
     assert off.known("a") == () and off.held_bytes == 0
+
+
+async def test_a_thread_is_read_in_one_statement(postgres_url: str, pg_schema: str) -> None:
+    """The row and its new turns in one round trip (in a transaction the same reads took four: BEGIN, two SELECTs,
+    COMMIT), consistent with each other: only turns the row counts."""
+    store = PostgresStore(postgres_url, schema=pg_schema)
+    await store.open()
+    await store.migrate()
+    try:
+        conversations = Conversations(store, 3600, 100)
+        thread = await conversations.start("alice", "t")
+        await conversations.record(thread, [_turn("one"), _turn("two"), _turn("three")], "chat")
+        sent: list[str] = []
+        real = store._pool.connection
+
+        @contextlib.asynccontextmanager
+        async def watched() -> AsyncIterator[Any]:
+            async with real() as conn:
+                original = conn.execute
+
+                async def execute(query: Any, params: Any = None, **kwargs: Any) -> Any:
+                    sent.append(str(query))
+                    return await original(query, params, **kwargs)
+
+                conn.execute = execute  # type: ignore[method-assign]
+                try:
+                    yield conn
+                finally:
+                    conn.execute = original  # type: ignore[method-assign]
+
+        store._pool.connection = watched  # type: ignore[method-assign,assignment]
+        found = await store.read_thread(thread.id, after=1)
+        assert len(sent) == 1, sent
+        assert found is not None and [t.content for t in found[1]] == ["two", "three"]
+        assert found[0].turn_count == 3 and found[0].tenant == "alice"
+        assert (await store.read_thread(thread.id, after=3)) == (found[0], [])
+        assert await store.read_thread(str(uuid.uuid4())) is None
+    finally:
+        await store.close()

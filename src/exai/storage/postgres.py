@@ -52,6 +52,17 @@ _TYPED_TURN_ROW = (
     "%s::integer)"
 )
 """A turn's TURN_COLUMNS values where nothing else types them (a VALUES list in a SELECT)."""
+_THREAD_FIELDS = THREAD_COLUMNS.split(", ")
+_TURN_FIELDS = TURN_COLUMNS.split(", ")
+_THREAD_AND_TURNS = (
+    f"SELECT {', '.join(f'thread.{c}' for c in _THREAD_FIELDS)}, "
+    f"{', '.join(f'turn.{c} AS turn_{c}' for c in _TURN_FIELDS)} "
+    "FROM {schema}threads AS thread LEFT JOIN {schema}turns AS turn "
+    "ON turn.thread_id = thread.id AND turn.seq > %s AND turn.seq <= thread.turn_count "
+    "WHERE thread.id = %s ORDER BY turn.seq"
+)
+"""A thread's row with its turns after a given one and up to the row's turn count (a turn committed after the
+row was read is left for the next read, as `conversations.threads` expects)."""
 AUTOCOMMIT = True
 PREPARE_THRESHOLD = None  # no prepared statements: poolers may swap backends
 
@@ -140,18 +151,21 @@ class PostgresStore:
             return [TurnRecord(**row) for row in await cursor.fetchall()]
 
     async def read_thread(self, thread_id: str, after: int = 0) -> tuple[ThreadRecord, list[TurnRecord]] | None:
-        async with self._pool.connection() as conn, conn.transaction():
-            cursor = await conn.execute(
-                self._sql(f"SELECT {THREAD_COLUMNS} FROM {{schema}}threads WHERE id = %s"), (thread_id,)
-            )
-            row = await cursor.fetchone()
-            if row is None:
-                return None
-            cursor = await conn.execute(
-                self._sql(f"SELECT {TURN_COLUMNS} FROM {{schema}}turns WHERE thread_id = %s AND seq > %s ORDER BY seq"),
-                (thread_id, after),
-            )
-            return ThreadRecord(**row), [TurnRecord(**turn) for turn in await cursor.fetchall()]
+        """The row and its turns after `after`, in one statement (one snapshot, one round trip: in a transaction
+        the same two reads took four); the row's columns repeat on each turn's line, and a thread with no new turns
+        is one line without a turn."""
+        async with self._pool.connection() as conn:
+            cursor = await conn.execute(self._sql(_THREAD_AND_TURNS), (after, thread_id))
+            rows = await cursor.fetchall()
+        if not rows:
+            return None
+        record = ThreadRecord(**{column: rows[0][column] for column in _THREAD_FIELDS})
+        turns = [
+            TurnRecord(**{column: row[f"turn_{column}"] for column in _TURN_FIELDS})
+            for row in rows
+            if row["turn_seq"] is not None
+        ]
+        return record, turns
 
     async def append_turns(self, thread: ThreadRecord, turns: list[TurnRecord], *, expected_version: int) -> None:
         """The thread row and its turns in one statement: one round trip and one commit (a transaction around
