@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import logging
 import os
+import random
 import signal
 import socket
 import ssl
@@ -96,7 +97,10 @@ def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 # moment between this check and the daemon's bind.
 PORT_BLOCK = 1_500
 PORT_BASE = 20_000
-_next_port = itertools.count()
+_next_port = itertools.count(random.randrange(PORT_BLOCK))
+"""From a random place in the block: two test runs at once on one machine (a CI run beside a developer's) would
+otherwise hand out the same ports in the same order, and a daemon that lost the race for its port left its test
+talking to the other run's daemon."""
 
 
 def worker_index() -> int:

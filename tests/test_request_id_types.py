@@ -1,4 +1,5 @@
-"""A JSON-RPC request id of the wrong type gets an error answer at once, never a silent 202."""
+"""A JSON-RPC request id of the wrong type, or a string id too long to hold, gets an error answer at once (never a
+silent 202, never echoed back)."""
 
 from __future__ import annotations
 
@@ -16,10 +17,15 @@ Daemon = Callable[..., Proc]
 def test_a_request_id_of_the_wrong_type_is_answered(daemon: Daemon, sim: SimControl, stateless: bool) -> None:
     proc = daemon(EXAI_STATELESS_HTTP=str(stateless).lower())
     headers = ready_session(proc) if not stateless else {"mcp-protocol-version": "2025-06-18"}
-    for wrong in (1.5, 2.0, True, None, {"a": 1}):
+    for wrong, said in [
+        *((w, "strings or integers") for w in (1.5, 2.0, True, None, {"a": 1})),
+        ("x" * 100_000, "100,000 characters"),
+    ]:
         answer = post(proc, {"jsonrpc": "2.0", "id": wrong, "method": "tools/list"}, headers)
-        assert answer.status_code == 400, (wrong, answer.status_code, answer.text)
+        assert answer.status_code == 400, (str(wrong)[:40], answer.status_code, answer.text[:200])
         error = answer.json()["error"]
-        assert error["code"] == -32600 and "strings or integers" in error["message"], error
-    listed = post(proc, {"jsonrpc": "2.0", "id": 3, "method": "tools/list"}, headers)
-    assert listed.status_code == 200 and "chat" in listed.text, "a well-typed id is still answered"
+        assert error["code"] == -32600 and said in error["message"], error
+        assert len(answer.content) < 1_000, "a refused id is not echoed back"
+    for good in (3, "y" * 256):
+        listed = post(proc, {"jsonrpc": "2.0", "id": good, "method": "tools/list"}, headers)
+        assert listed.status_code == 200 and "chat" in listed.text, "a well-typed id is still answered"

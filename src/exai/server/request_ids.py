@@ -50,20 +50,31 @@ def _messages(body: bytes) -> list[Any]:
     return payload if isinstance(payload, list) else [payload]
 
 
-def ill_typed_ids(messages: list[Any]) -> list[Any]:
-    """The ids of messages with a method that are neither a string nor an integer (MCP allows no other kind).
+MAX_ID_CHARS = 256
+"""The longest string id taken. Clients send counters or UUIDs; an id is held while its request runs (the session's
+in-flight ids) and goes back in its answer, so one of 100,000 characters (a body may hold that) is refused."""
 
-    The SDK reads such a message as a notification and answers 202 with no body, so the caller waits for an
-    answer that never comes.
+
+def id_problem(value: Any) -> str | None:
+    """What is wrong with a request's id, or None: MCP allows strings and integers, and this server short strings."""
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        return f"is a {_json_kind(value)}; JSON-RPC request ids in MCP are strings or integers"
+    if isinstance(value, str) and len(value) > MAX_ID_CHARS:
+        return f"has {len(value):,} characters; this server takes string ids of at most {MAX_ID_CHARS}"
+    return None
+
+
+def wrong_id(messages: list[Any]) -> tuple[Any, str] | None:
+    """The first id of a message with a method that is not one to take, with what is wrong with it.
+
+    The SDK reads a message whose id is of another type as a notification and answers 202 with no body, so the
+    caller waits for an answer that never comes.
     """
-    return [
-        item["id"]
-        for item in messages
-        if isinstance(item, dict)
-        and "method" in item
-        and "id" in item
-        and (isinstance(item["id"], bool) or not isinstance(item["id"], str | int))
-    ]
+    for item in messages:
+        is_request = isinstance(item, dict) and "method" in item and "id" in item
+        if is_request and (problem := id_problem(item["id"])) is not None:
+            return item["id"], problem
+    return None
 
 
 def oversized_meta(messages: list[Any]) -> int | None:
@@ -78,7 +89,7 @@ def oversized_meta(messages: list[Any]) -> int | None:
 
 class MessageCheck:
     """Answer with an Invalid Request a message whose id is of the wrong type (a float, a boolean, null, an object)
-    or whose `_meta` is over `MAX_META_BYTES`."""
+    or a string over `MAX_ID_CHARS`, or whose `_meta` is over `MAX_META_BYTES`."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -101,16 +112,21 @@ class MessageCheck:
                 "fields (a progress token), not data. Put data in the tool's arguments.",
             )
             return
-        wrong = ill_typed_ids(sent)
-        if wrong:
+        if (wrong := wrong_id(sent)) is not None:
+            value, problem = wrong
             await refuse(
                 send,
                 400,
-                f"Invalid Request: the request id {json.dumps(wrong[0])[:40]} is a {_json_kind(wrong[0])}; "
-                "JSON-RPC request ids in MCP are strings or integers. Send the request again with such an id.",
+                f"Invalid Request: the request id {_shown(value)} {problem}. Send the request again with "
+                f"a string (at most {MAX_ID_CHARS} characters) or integer id.",
             )
             return
         await self.app(scope, replay, send)
+
+
+def _shown(value: Any, chars: int = 40) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= chars else text[: chars - 2] + '…"'
 
 
 def _json_kind(value: Any) -> str:
