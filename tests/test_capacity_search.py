@@ -14,7 +14,7 @@ pytestmark = pytest.mark.anyio
 
 
 def _step(rate: float, completed: float, overhead_p95_ms: float, errors: int = 0) -> Step:
-    return Step(rate, completed, round(rate * 20), errors, 1.0, overhead_p95_ms, 80.0, 4.0, 5.0, 1.0, 4.0, 0.1)
+    return Step(rate, completed, round(rate * 20), errors, 1.0, overhead_p95_ms, 80.0, 4.0, 0.5, 5.0, 1.0, 4.0, 0.1)
 
 
 async def _search(monkeypatch: pytest.MonkeyPatch, measured: list[Step]) -> capacity.Capacity:

@@ -116,6 +116,7 @@ async def test_three_replicas_behind_nginx_take_the_load_and_are_all_stopped(ctx
     assert knee is steps[0] and knee.errors == 0, (knee, [s for s in samples if not s.ok][:5])
     assert len(knee.calls_by_replica) == 3 and all(n > 0 for n in knee.calls_by_replica), knee.calls_by_replica
     assert sum(knee.calls_by_replica) >= knee.calls and knee.storage_p95_ms is not None
+    assert knee.loop_lag_p95_ms is not None, "the daemons' event-loop lag is read beside the store's"
     assert knee.balancer_cpu_ms_per_call is not None
     split = knee.overhead_split_ms  # the waits are timed inside the overhead they are part of
     assert split["store"] > 0 and split["limiter"] > 0 and split["store"] + split["limiter"] <= split["mean"], split

@@ -90,6 +90,7 @@ class Step:
     overhead_p95_ms: float | None
     client_p95_ms: float | None
     storage_p95_ms: float | None  # the store's operations (part of the overhead): PostgreSQL on a busy machine
+    loop_lag_p95_ms: float | None  # the daemons' event-loop lag: part of every wait above, the store's included
     daemon_cpu_ms_per_call: float  # all replicas together
     simulator_cpu_ms_per_call: float
     clients_cpu_ms_per_call: float  # includes starting the client processes (imports): an upper bound
@@ -211,6 +212,7 @@ async def step(
         overhead_p95_ms=ms(histogram_quantile(buckets, 0.95)),
         client_p95_ms=round(ok[min(len(ok) - 1, int(0.95 * len(ok)))], 1) if ok else None,
         storage_p95_ms=ms(histogram_quantile(_summed(after, before, "exai_storage_latency_seconds"), 0.95)),
+        loop_lag_p95_ms=ms(histogram_quantile(_summed(after, before, "exai_event_loop_lag_seconds"), 0.95)),
         overhead_split_ms=overhead_split(after, before),
         daemon_cpu_ms_per_call=per_call(daemon_cpu),
         simulator_cpu_ms_per_call=per_call(sim_cpu),

@@ -96,7 +96,8 @@ async def knee_of(
     else:
         why += (
             f"{'next' if knee else 'first'} step {missed.offered_per_s:g}/s: overhead p95 {missed.overhead_p95_ms} ms "
-            f"(storage p95 {missed.storage_p95_ms} ms; per call {_split(missed)}), {missed.errors} errors"
+            f"(storage p95 {missed.storage_p95_ms} ms, event-loop lag p95 {missed.loop_lag_p95_ms} ms; per call "
+            f"{_split(missed)}), {missed.errors} errors"
         )
     if found.throughput is not None and found.throughput is not knee:
         why += (
@@ -133,6 +134,7 @@ def _summary(at: Step, cores: int) -> dict[str, object]:
         "overhead_p95_ms": at.overhead_p95_ms,
         "client_p95_ms": at.client_p95_ms,
         "storage_p95_ms": at.storage_p95_ms,
+        "event_loop_lag_p95_ms": at.loop_lag_p95_ms,
         "overhead_per_call_ms": at.overhead_split_ms,
         "daemon_cores_busy": at.daemon_cpu_busy,
         "cpu_ms_per_call": {
