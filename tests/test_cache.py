@@ -141,9 +141,7 @@ async def test_a_new_thread_costs_no_redis_work_until_it_is_continued(
     from exai.storage.cache import turns_key
 
     db = redis_url  # the test's own Redis database
-    proc = daemon(  # the Redis layer alone: a replica holding the thread in memory would not ask Redis
-        EXAI_REDIS_URL=db, EXAI_DATABASE_URL=postgres_url, EXAI_DATABASE_SCHEMA=pg_schema, EXAI_THREAD_MEMORY_MB="0"
-    )
+    proc = daemon(EXAI_REDIS_URL=db, EXAI_DATABASE_URL=postgres_url, EXAI_DATABASE_SCHEMA=pg_schema)
     redis = aioredis.from_url(db)
     async with Client(f"{proc.url}/mcp") as client:
         one_shot = await client.call_tool("chat", {"prompt": "one shot", "model": "sim-fast"})

@@ -192,8 +192,8 @@ class Services:
     admission: Admission
     calls: CallRunner
     tool_services: ToolServices
-    loop_lag: LoopLagProbe
     """What tools may use (the narrow part of these services handed to each call)."""
+    loop_lag: LoopLagProbe
     schema_version: int | None = None
     """The store's schema version once it is open (migrations applied)."""
 

@@ -113,14 +113,17 @@ class Conversations:
                 remedy=START_OVER,
                 details={"field": "continuation_id"},
             )
+        self.memory.keep(found.id, found.turns)
         return found
 
     async def _read(self, thread_id: str) -> Thread | None:
-        """The thread as committed: its row from the store, and of its turns only those this replica does not
-        hold already (all of them when the store disagrees with what is held, which a committed turn cannot)."""
+        """The thread as committed: its row, and of its turns only those from the last one this replica holds on.
+        That last turn is compared with the store's: a history the store no longer has (a database restored, or
+        failed over to a standby that missed the last commits, after which new turns took the same numbers) is
+        dropped and the whole thread read again, never mixed with the store's."""
         known = self.memory.known(thread_id)
         async with self._timed("read_thread"):
-            found = await self.store.read_thread(thread_id, after=len(known))
+            found = await self.store.read_thread(thread_id, after=max(0, len(known) - 1))
             if found is not None and known and not _continues(known, *found):
                 self.memory.forget(thread_id)
                 known = ()
@@ -129,9 +132,7 @@ class Conversations:
             self.memory.forget(thread_id)
             return None
         record, turns = found
-        thread = _thread(record, [*known, *turns])
-        self.memory.keep(thread_id, thread.turns)
-        return thread
+        return _thread(record, [*known[:-1], *turns])
 
     async def open(self, continuation_id: str, tenant: str, adding: int = 1) -> Thread:
         """The caller's thread to continue: as `read`, and refused when it has no room for `adding` more turns."""
@@ -181,9 +182,11 @@ class Conversations:
                 except ThreadConflict as exc:
                     conflict = exc
             if conflict is None:
+                continued = thread.record.version > 0  # a new thread is held once continued: most never are
                 thread.record, thread.state = record, state
                 thread.turns.extend(numbered)
-                self.memory.keep(thread.id, thread.turns)
+                if continued:
+                    self.memory.keep(thread.id, thread.turns)
                 return record
             if conflict.gone:
                 raise NotFoundError(
@@ -214,8 +217,12 @@ class Conversations:
 
 
 def _continues(known: tuple[TurnRecord, ...], record: ThreadRecord, turns: list[TurnRecord]) -> bool:
-    """Whether turns read after the `known` ones follow them in the thread as its row describes it."""
-    return len(known) <= record.turn_count and (not turns or turns[0].seq == len(known) + 1)
+    """Whether turns read from the last held one on extend what is held: the row counts at least as many turns, and
+    the store's turn of that number is the one held (same time and text)."""
+    if not turns or record.turn_count < len(known):
+        return False
+    held, stored = known[-1], turns[0]
+    return (held.seq, held.created_at, held.content) == (stored.seq, stored.created_at, stored.content)
 
 
 def _thread(record: ThreadRecord, turns: list[TurnRecord]) -> Thread:

@@ -2,25 +2,30 @@
 
 Safe for the same reason as the Redis turn cache (storage/cache.py): a committed turn never changes, and the thread
 row (version, turn count, state, tenant) is always read from the store, so a commit made on another replica is
-seen as soon as it lands; only the turns already known are not read and parsed again. Without it, every
-continuation read and validated the whole thread: with 16 threads continued at once on PostgreSQL, that was a fifth
-of the daemon's CPU (py-spy, `exai stress storage`). Bounded by an estimate of the bytes held; the threads used
-least recently are forgotten first.
+seen as soon as it lands; only the turns already known are not read and parsed again (the last one held is read
+again and compared, so a history the store no longer has is dropped: see `Conversations._read`). Without it, every
+continuation read and validated the whole thread: with 16 threads of up to 200 turns continued at once on
+PostgreSQL, that was a fifth of the daemon's CPU (py-spy, `exai stress storage`). Bounded by an estimate of the
+memory held; the threads used least recently are forgotten first.
 """
 
 from __future__ import annotations
 
+import sys
 from collections import OrderedDict
 from collections.abc import Sequence
 
 from exai.storage.base import TurnRecord
 
-TURN_OVERHEAD_BYTES = 600
-"""What a parsed turn costs beside its text (the model object, its fields, the usage dict), measured roughly."""
+TURN_OVERHEAD_BYTES = 1_500
+"""What a parsed turn costs beside its text and file paths (the model object, its fields and sets, the usage dict),
+measured with tracemalloc: 1,420-1,490 bytes for turns of 20 to 2,000 characters, ASCII, CJK or emoji."""
 
 
 def turn_bytes(turn: TurnRecord) -> int:
-    return len(turn.content) + TURN_OVERHEAD_BYTES
+    """The memory a held turn takes: its strings as Python stores them (1, 2 or 4 bytes a character), plus the rest."""
+    paths = sum(sys.getsizeof(path) + 8 for path in turn.files)
+    return sys.getsizeof(turn.content) + paths + TURN_OVERHEAD_BYTES
 
 
 class TurnMemory:
@@ -42,13 +47,13 @@ class TurnMemory:
         return entry[0]
 
     def keep(self, thread_id: str, turns: Sequence[TurnRecord]) -> None:
-        """Hold the thread's committed turns, numbered 1..n in order (anything else is not held)."""
+        """Hold the thread's committed turns, numbered 1..n in order (anything else, or none, is not held)."""
         held, size = self._threads.pop(thread_id, ((), 0))
         self._bytes -= size
-        if len(turns) < len(held):  # fewer than held (cannot happen: turns are never removed): count them afresh
+        if len(turns) < len(held):  # a read that began before this replica's last commit: hold what it read
             held, size = (), 0
         added = turns[len(held) :]
-        if any(turn.seq != number for number, turn in enumerate(added, start=len(held) + 1)):
+        if not turns or any(turn.seq != number for number, turn in enumerate(added, start=len(held) + 1)):
             return
         size += sum(turn_bytes(turn) for turn in added)
         if size > self.max_bytes:

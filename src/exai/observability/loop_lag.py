@@ -3,7 +3,9 @@
 A latency measured around an await (a storage write, a limiter round trip) includes this wait: on a busy replica a
 0.3 ms PostgreSQL commit reads as several milliseconds, because the call that waits for it resumes only when the
 loop gets to it. `exai_event_loop_lag_seconds` tells the two apart: a slow database shows in the storage latency
-alone, a busy replica in both. A timer due every PROBE_SECONDS notes how late it ran (20 wake-ups a second).
+alone, a busy replica in both. A timer due PROBE_SECONDS after the previous sample notes how late it ran (about 20
+wake-ups a second). A long stall is one sample however long it lasts, so quantiles understate stalls: the
+histogram's sum (total lag sampled) and its top buckets show them.
 """
 
 from __future__ import annotations
