@@ -20,12 +20,14 @@ def test_a_request_id_of_the_wrong_type_is_answered(daemon: Daemon, sim: SimCont
     for wrong, said in [
         *((w, "strings or integers") for w in (1.5, 2.0, True, None, {"a": 1})),
         ("x" * 100_000, "100,000 characters"),
+        (10**4_000, "64-bit"),
+        (-(2**63) - 1, "64-bit"),
     ]:
         answer = post(proc, {"jsonrpc": "2.0", "id": wrong, "method": "tools/list"}, headers)
         assert answer.status_code == 400, (str(wrong)[:40], answer.status_code, answer.text[:200])
         error = answer.json()["error"]
         assert error["code"] == -32600 and said in error["message"], error
         assert len(answer.content) < 1_000, "a refused id is not echoed back"
-    for good in (3, "y" * 256):
+    for good in (3, "y" * 256, 2**63 - 1, -(2**63)):
         listed = post(proc, {"jsonrpc": "2.0", "id": good, "method": "tools/list"}, headers)
         assert listed.status_code == 200 and "chat" in listed.text, "a well-typed id is still answered"

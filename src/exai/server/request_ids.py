@@ -52,7 +52,8 @@ def _messages(body: bytes) -> list[Any]:
 
 MAX_ID_CHARS = 256
 """The longest string id taken. Clients send counters or UUIDs; an id is held while its request runs (the session's
-in-flight ids) and goes back in its answer, so one of 100,000 characters (a body may hold that) is refused."""
+in-flight ids) and goes back in its answer, so one of 100,000 characters (a body may hold that) is refused, and so
+is an integer id outside 64 bits (the parser takes 4,300 digits)."""
 
 
 def id_problem(value: Any) -> str | None:
@@ -61,6 +62,8 @@ def id_problem(value: Any) -> str | None:
         return f"is a {_json_kind(value)}; JSON-RPC request ids in MCP are strings or integers"
     if isinstance(value, str) and len(value) > MAX_ID_CHARS:
         return f"has {len(value):,} characters; this server takes string ids of at most {MAX_ID_CHARS}"
+    if isinstance(value, int) and not -(2**63) <= value < 2**63:
+        return "is an integer outside the signed 64-bit range this server takes"
     return None
 
 
@@ -118,7 +121,7 @@ class MessageCheck:
                 send,
                 400,
                 f"Invalid Request: the request id {_shown(value)} {problem}. Send the request again with "
-                f"a string (at most {MAX_ID_CHARS} characters) or integer id.",
+                f"a string (at most {MAX_ID_CHARS} characters) or a 64-bit integer id.",
             )
             return
         await self.app(scope, replay, send)
