@@ -9,6 +9,7 @@ import json
 import socket
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import httpx2
 from mcp.server.transport_security import DEFAULT_MAX_REQUEST_BODY_SIZE
@@ -323,3 +324,30 @@ def test_counting_a_hostile_bodys_values_takes_one_pass() -> None:
         assert json_values(body) <= 1, body[:20]
     assert json_values(b'{"a": "x\\"y,[{", "b": [1, 2]}') == 4, "a string's escaped quote does not end it"
     assert MAX_REQUEST_BODY_BYTES == DEFAULT_MAX_REQUEST_BODY_SIZE, "the settings' floor is the SDK's own limit"
+
+
+def test_an_idle_session_holds_no_request_body(daemon: Daemon, sim: SimControl) -> None:
+    """The SDK frames every message with its HTTP request, and a session holds its last message until the next one
+    arrives: each session left idle after one call kept that call's body (Starlette caches it in the request) for as
+    long as the session lived. Here each body is 3 MiB of padding around a `ping` (it parses into a few bytes), so
+    what idle sessions hold is what the framing keeps: 16 of them held 48 MiB more; now nothing of the bodies."""
+    proc = daemon()
+    status = Path(f"/proc/{proc.process.pid}/status")
+
+    def rss_mib() -> float:
+        return int(status.read_text().split("VmRSS:")[1].split()[0]) / 1024
+
+    padded = '{"jsonrpc": "2.0", "id": 2, "method": "ping"' + " " * (3 * 2**20) + "}"
+
+    def one_padded_call() -> None:
+        headers = {**MCP_HEADERS, **ready_session(proc)}
+        answer = httpx2.post(f"{proc.url}/mcp", content=padded, headers=headers, timeout=60)
+        assert answer.status_code == 200, answer.text[:300]
+
+    for _ in range(32):  # warm-up: the daemon's background loading (token tables, SDKs), allocator arenas
+        one_padded_call()
+    before = rss_mib()
+    for _ in range(16):
+        one_padded_call()
+    grown = rss_mib() - before
+    assert grown < 20, f"16 more idle sessions grew the daemon by {grown:.0f} MiB (old code: 48 or more)"

@@ -80,6 +80,17 @@ def test_the_shims_assumptions_hold_for_the_installed_libraries() -> None:
         assert callable(getattr(H11Protocol, hook))
     assert callable(AppStatus.disable_automatic_graceful_drain)
     assert isinstance(AppStatus.should_exit, bool)
+    from mcp.server.streamable_http import StreamableHTTPServerTransport
+    from starlette.requests import Request
+
+    source = inspect.getsource(StreamableHTTPServerTransport)  # messages are framed in the one method the shim wraps
+    assert source.count("ServerMessageMetadata(") == 1, "the SDK frames messages somewhere else too"
+    internals.frame_messages_without_bodies()
+    transport = StreamableHTTPServerTransport(mcp_session_id=None)
+    request = Request({"type": "http", "method": "POST", "headers": [(b"x-probe", b"1")]})
+    request._body = b"x" * 1000
+    framed = transport._message_metadata(request).request_context
+    assert isinstance(framed, Request) and framed.headers["x-probe"] == "1" and not hasattr(framed, "_body")
 
 
 def test_no_module_but_internals_reaches_into_a_library() -> None:

@@ -46,7 +46,12 @@ from exai.server.correlation import RequestIdMiddleware
 from exai.server.dashboard import DASHBOARD_HTML, dashboard_snapshot
 from exai.server.draining import CUT_SECONDS, InFlightPosts, end_streams_when_idle
 from exai.server.header_checks import AcceptCheck, FreshStreams, HostOriginCheck
-from exai.server.internals import forget_captured_signals, keep_streams_open_on_signal, serve_queued_connections
+from exai.server.internals import (
+    forget_captured_signals,
+    frame_messages_without_bodies,
+    keep_streams_open_on_signal,
+    serve_queued_connections,
+)
 from exai.server.mcp import build_server
 from exai.server.refusals import INVALID_REQUEST
 from exai.server.request_body import BodyBudget, BodyDeadline, CompleteBody
@@ -99,6 +104,7 @@ def protected_resource_route(resource: str, authorization_server: str | None) ->
 def build_http_app(services: Services) -> Starlette:
     settings = services.settings
     verifier = services.verifier
+    frame_messages_without_bodies()
 
     async def admin_denied(request: Request, also: str | None = None) -> JSONResponse | None:
         """None when the caller may see operator data (admin scope, or the scope `also`; or no auth configured).

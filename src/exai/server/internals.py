@@ -19,8 +19,10 @@ from typing import Any, Literal
 import h11
 import uvicorn
 from mcp.server.context import ServerRequestContext
+from mcp.server.streamable_http import StreamableHTTPServerTransport
 from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 from sse_starlette.sse import AppStatus
+from starlette.requests import Request
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from exai.observability.logging import get_logger
@@ -38,6 +40,7 @@ inside them, so a new series is a deliberate upgrade that re-checks the shims, n
 
 SHIMS: dict[str, tuple[str, ...]] = {
     "live_sessions": ("mcp",),
+    "frame_messages_without_bodies": ("mcp",),
     "connection_of": ("mcp",),
     "forget_captured_signals": ("uvicorn",),
     "serve_queued_connections": ("uvicorn",),
@@ -56,6 +59,28 @@ def live_sessions(manager: StreamableHTTPSessionManager) -> Container[str]:
     keyed by session id that the manager keeps current.
     """
     return manager._server_instances
+
+
+def frame_messages_without_bodies() -> None:
+    """Frame each inbound MCP message with its HTTP request's scope, not with the request that read its body.
+
+    Why: the SDK attaches the Starlette request to every message it hands the session
+    (`ServerMessageMetadata.request_context`), and a session's receive loop holds its last message until the next
+    one arrives. An idle session so kept its last request, and the body Starlette caches in it, for as long as the
+    session lived: one tenant's 64 sessions, each left after one 4 MB call, held about a gigabyte for the 10 minutes
+    of `EXAI_SESSION_IDLE_SECONDS`. Handlers here read the request's headers and scope only, so a request over the
+    same scope (no receive channel, no cached body) serves them. The SDK offers no hook for the metadata. Relies on:
+    `StreamableHTTPServerTransport._message_metadata(self, request, **callbacks)`, the one place it is built.
+    """
+    original = StreamableHTTPServerTransport._message_metadata
+    if getattr(original, "exai_without_bodies", False):
+        return
+
+    def without_body(self: StreamableHTTPServerTransport, request: Request, **callbacks: Any) -> Any:
+        return original(self, Request(request.scope), **callbacks)
+
+    without_body.exai_without_bodies = True  # type: ignore[attr-defined]
+    StreamableHTTPServerTransport._message_metadata = without_body  # type: ignore[method-assign]
 
 
 def connection_of(ctx: ServerRequestContext[Any, Any]) -> Any:
