@@ -125,6 +125,7 @@ class Conversations:
         async with self._timed("read_thread"):
             found = await self.store.read_thread(thread_id, after=max(0, len(known) - 1))
             if found is not None and known and not _continues(known, *found):
+                log.warning("thread_memory_disagrees", thread_id=thread_id, held_turns=len(known))
                 self.memory.forget(thread_id)
                 known = ()
                 found = await self.store.read_thread(thread_id)
@@ -222,7 +223,8 @@ def _continues(known: tuple[TurnRecord, ...], record: ThreadRecord, turns: list[
     if not turns or record.turn_count < len(known):
         return False
     held, stored = known[-1], turns[0]
-    return (held.seq, held.created_at, held.content) == (stored.seq, stored.created_at, stored.content)
+    same_time = abs(held.created_at - stored.created_at) < 1e-6  # a float through a database's text form
+    return held.seq == stored.seq and same_time and held.content == stored.content
 
 
 def _thread(record: ThreadRecord, turns: list[TurnRecord]) -> Thread:

@@ -67,10 +67,12 @@ def frame_messages_without_bodies() -> None:
     Why: the SDK attaches the Starlette request to every message it hands the session
     (`ServerMessageMetadata.request_context`), and a session's receive loop holds its last message until the next
     one arrives. An idle session so kept its last request, and the body Starlette caches in it, for as long as the
-    session lived: one tenant's 64 sessions, each left after one 4 MB call, held about a gigabyte for the 10 minutes
-    of `EXAI_SESSION_IDLE_SECONDS`. Handlers here read the request's headers and scope only, so a request over the
+    session lived: 16 sessions left idle after a 3 MiB call each held 97-139 MiB more, for the 10 minutes of
+    `EXAI_SESSION_IDLE_SECONDS`. Handlers here read the request's headers and scope only, so a request over the
     same scope (no receive channel, no cached body) serves them. The SDK offers no hook for the metadata. Relies on:
-    `StreamableHTTPServerTransport._message_metadata(self, request, **callbacks)`, the one place it is built.
+    `StreamableHTTPServerTransport._message_metadata(self, request, **callbacks)`, where the session transport builds
+    it (the SDK's single-exchange transports build their own and hold nothing once their exchange is over). What a
+    session still holds is its last message itself (the parsed arguments) until its next one.
     """
     original = StreamableHTTPServerTransport._message_metadata
     if getattr(original, "exai_without_bodies", False):

@@ -129,7 +129,9 @@ class MessageCheck:
 
 def _shown(value: Any, chars: int = 40) -> str:
     text = json.dumps(value)
-    return text if len(text) <= chars else text[: chars - 2] + '…"'
+    if len(text) <= chars:
+        return text
+    return text[: chars - 2] + ('…"' if text.startswith('"') else "…")
 
 
 def _json_kind(value: Any) -> str:

@@ -54,15 +54,24 @@ _TYPED_TURN_ROW = (
 """A turn's TURN_COLUMNS values where nothing else types them (a VALUES list in a SELECT)."""
 _THREAD_FIELDS = THREAD_COLUMNS.split(", ")
 _TURN_FIELDS = TURN_COLUMNS.split(", ")
+_THREAD_JSON = ("tools", "state")
+"""The thread's JSON columns: sent and decoded once, on the first line, not again on every turn's."""
 _THREAD_AND_TURNS = (
-    f"SELECT {', '.join(f'thread.{c}' for c in _THREAD_FIELDS)}, "
-    f"{', '.join(f'turn.{c} AS turn_{c}' for c in _TURN_FIELDS)} "
+    "SELECT "
+    + ", ".join(
+        f"CASE WHEN turn.seq IS NULL OR turn.seq = %(after)s + 1 THEN thread.{c} END AS {c}"
+        if c in _THREAD_JSON
+        else f"thread.{c}"
+        for c in _THREAD_FIELDS
+    )
+    + f", {', '.join(f'turn.{c} AS turn_{c}' for c in _TURN_FIELDS)} "
     "FROM {schema}threads AS thread LEFT JOIN {schema}turns AS turn "
-    "ON turn.thread_id = thread.id AND turn.seq > %s AND turn.seq <= thread.turn_count "
-    "WHERE thread.id = %s ORDER BY turn.seq"
+    "ON turn.thread_id = thread.id AND turn.seq > %(after)s AND turn.seq <= thread.turn_count "
+    "WHERE thread.id = %(id)s ORDER BY turn.seq"
 )
 """A thread's row with its turns after a given one and up to the row's turn count (a turn committed after the
-row was read is left for the next read, as `conversations.threads` expects)."""
+row was read is left for the next read, as `conversations.threads` expects); the row's columns repeat on each
+turn's line, but for its JSON, which the first line alone carries."""
 AUTOCOMMIT = True
 PREPARE_THRESHOLD = None  # no prepared statements: poolers may swap backends
 
@@ -152,10 +161,10 @@ class PostgresStore:
 
     async def read_thread(self, thread_id: str, after: int = 0) -> tuple[ThreadRecord, list[TurnRecord]] | None:
         """The row and its turns after `after`, in one statement (one snapshot, one round trip: in a transaction
-        the same two reads took four); the row's columns repeat on each turn's line, and a thread with no new turns
-        is one line without a turn."""
+        the same two reads took four); the first line carries the whole row, and a thread with no new turns is one
+        line without a turn."""
         async with self._pool.connection() as conn:
-            cursor = await conn.execute(self._sql(_THREAD_AND_TURNS), (after, thread_id))
+            cursor = await conn.execute(self._sql(_THREAD_AND_TURNS), {"after": after, "id": thread_id})
             rows = await cursor.fetchall()
         if not rows:
             return None

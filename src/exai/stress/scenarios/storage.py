@@ -101,7 +101,7 @@ async def run(ctx: Context, result: ScenarioResult) -> None:
         result.skipped = "needs local daemons on each backend (SQLite, PostgreSQL, PostgreSQL + Redis)"
         return
     await ctx.sim.reset()
-    await ctx.sim.latency(50)  # paced writers: commit latency is measured under sustained load, not CPU starvation
+    await ctx.sim.latency(50)
     writers, turns = ctx.scale(16, 4), ctx.scale(100, 10)
     for number, storage in enumerate(BACKENDS):
         ctx.progress(number, len(BACKENDS), storage)
