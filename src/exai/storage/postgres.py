@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, Literal
 
 from psycopg import AsyncConnection
 from psycopg.rows import DictRow, dict_row
@@ -35,6 +35,7 @@ from exai.storage.base import (
     thread_values,
     turn_values,
 )
+from exai.storage.batching import WriteBatcher
 from exai.storage.migrations import MIGRATIONS
 
 _POSTGRES_UPDATE = ", ".join(f"{column} = %s" for column in THREAD_UPDATE.split(", "))
@@ -42,16 +43,42 @@ _POSTGRES_UPDATE = ", ".join(f"{column} = %s" for column in THREAD_UPDATE.split(
 _MIGRATION_LOCK = 0x4558_4149  # advisory lock id: one daemon migrates at a time
 _SCHEMA_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 POOL_WAIT_SECONDS = 5.0  # a call waits this long for a connection, then fails as `storage` (not at 30 s)
-_FINISH_CALL = (
-    "UPDATE {schema}calls SET status = %s, status_message = %s, result = %s, error = %s, updated_at = %s "
-    "WHERE id = %s AND (status = 'working' OR (status = 'failed' AND owner = %s AND result IS NULL))"
-)
+
+
+def _typed(*types: str) -> str:
+    """A row of placeholders, each cast: where nothing else types a VALUES list (a CTE, or a SELECT from it)."""
+    return "(" + ", ".join(f"%s::{kind}" for kind in types) + ")"
+
+
 _TURN_ROW = "(" + ", ".join(["%s"] * 11) + ")"
-_TYPED_TURN_ROW = (
-    "(%s::integer, %s::text, %s::text, %s::text, %s::text, %s::text, %s::jsonb, %s::jsonb, %s::double precision, "
-    "%s::integer)"
+_THREAD_ROW = "(" + ", ".join(["%s"] * 10) + ")"
+_TURN_TYPES = ("integer", "text", "text", "text", "text", "text", "jsonb", "jsonb", "double precision", "integer")
+_TYPED_TURN_ROW = _typed("text", *_TURN_TYPES)
+"""A turn's values (its thread's id, then TURN_COLUMNS) in a VALUES list that an INSERT does not type."""
+_THREAD_UPDATE_ROW = _typed(
+    "text", "double precision", "double precision", "integer", "jsonb", "jsonb", "integer", "text", "integer"
 )
-"""A turn's TURN_COLUMNS values where nothing else types them (a VALUES list in a SELECT)."""
+"""`thread_update_values`: THREAD_UPDATE, then the id and the version the row must still have."""
+_SET_APPENDED = ", ".join(f"{column} = appended.{column}" for column in THREAD_UPDATE.split(", "))
+_CALL_ROW = _typed(*["text"] * 6, *["double precision"] * 4, "boolean", "boolean", "text", "text", "jsonb", "jsonb")
+_END_ROW = _typed("text", "text", "jsonb", "jsonb", "double precision", "text", "text")
+
+
+def _ends_written(count: int) -> str:
+    """How `count` calls ended, each written only over a working row (or over the row of a call this replica found
+    lost while it still held the answer: the answer wins); the ids written come back."""
+    return (
+        "UPDATE {schema}calls AS stored SET status = ended.status, status_message = ended.message, "
+        "result = ended.result, error = ended.error, updated_at = ended.at "
+        f"FROM (VALUES {', '.join([_END_ROW] * count)}) AS ended (status, message, result, error, at, id, owner) "
+        "WHERE stored.id = ended.id AND (stored.status = 'working' "
+        "OR (stored.status = 'failed' AND stored.owner = ended.owner AND stored.result IS NULL)) RETURNING stored.id"
+    )
+
+
+Appended = Literal["added", "changed", "gone"]
+BATCHED_IN_FLIGHT = 2
+"""Batched writes of one kind on their way at once: calls one or two at a time write alone, as before."""
 _THREAD_FIELDS = THREAD_COLUMNS.split(", ")
 _TURN_FIELDS = TURN_COLUMNS.split(", ")
 _THREAD_JSON = ("tools", "state")
@@ -100,6 +127,18 @@ class PostgresStore:
             timeout=wait_seconds,
             kwargs={"autocommit": AUTOCOMMIT, "prepare_threshold": PREPARE_THRESHOLD, "row_factory": dict_row},
         )
+        self._new_calls = WriteBatcher(self._insert_calls, limit=BATCHED_IN_FLIGHT)
+        self._ends = WriteBatcher(self._write_ends, limit=BATCHED_IN_FLIGHT, key=lambda end: end[0])
+        self._new_threads = WriteBatcher(
+            self._insert_threads, limit=BATCHED_IN_FLIGHT, max_batch=16, size=lambda item: 10 + 11 * len(item[1])
+        )
+        self._appends = WriteBatcher(
+            self._append_to_threads,
+            limit=BATCHED_IN_FLIGHT,
+            max_batch=16,
+            key=lambda item: item[0].id,
+            size=lambda item: 9 + 11 * len(item[1]),
+        )
 
     def _sql(self, statement: str) -> Any:
         """A statement with `{schema}` before each table name, qualified with this store's schema."""
@@ -116,6 +155,8 @@ class PostgresStore:
         await self._pool.open(wait=True, timeout=10)
 
     async def close(self) -> None:
+        for batcher in (self._new_calls, self._ends, self._new_threads, self._appends):
+            await batcher.close()
         await self._pool.close()
 
     async def migrate(self) -> int:
@@ -177,38 +218,54 @@ class PostgresStore:
         return record, turns
 
     async def append_turns(self, thread: ThreadRecord, turns: list[TurnRecord], *, expected_version: int) -> None:
-        """The thread row and its turns in one statement: one round trip and one commit (a transaction around
-        separate statements took four round trips, which cost more than the commit's WAL flush)."""
-        rows = [turn_values(thread.id, t, Jsonb) for t in turns]
+        """The thread row and its turns in one statement, batched with other threads' appends: one round trip and
+        one commit (a transaction around separate statements took four, which cost more than the WAL flush)."""
         if expected_version == 0:
-            statement = f"INSERT INTO {{schema}}threads ({THREAD_COLUMNS}) VALUES ({', '.join(['%s'] * 10)})"
-            if rows:
-                statement = (
-                    f"WITH thread AS ({statement}) INSERT INTO {{schema}}turns (thread_id, {TURN_COLUMNS}) "
-                    f"VALUES {', '.join([_TURN_ROW] * len(rows))}"
-                )
-            async with self._pool.connection() as conn:
-                await conn.execute(self._sql(statement), (*thread_values(thread, Jsonb), *_flat(rows)))
+            await self._new_threads.write((thread, turns))
             return
-        # A versioned append: the turns are inserted only if the update found the row at the expected version (the
-        # join with `bumped` is empty otherwise), and the answer says which of the two happened.
+        appended = await self._appends.write((thread, turns, expected_version))
+        if appended != "added":
+            raise ThreadConflict(thread.id, gone=appended == "gone")
+
+    async def _insert_threads(self, threads: list[tuple[ThreadRecord, list[TurnRecord]]]) -> list[None]:
+        statement = f"INSERT INTO {{schema}}threads ({THREAD_COLUMNS}) VALUES {', '.join([_THREAD_ROW] * len(threads))}"
+        turns = [turn_values(thread.id, turn, Jsonb) for thread, added in threads for turn in added]
+        if turns:
+            statement = (
+                f"WITH thread AS ({statement}) INSERT INTO {{schema}}turns (thread_id, {TURN_COLUMNS}) "
+                f"VALUES {', '.join([_TURN_ROW] * len(turns))}"
+            )
+        params = (*_flat(thread_values(thread, Jsonb) for thread, _ in threads), *_flat(turns))
+        async with self._pool.connection() as conn:
+            await conn.execute(self._sql(statement), params)
+        return [None] * len(threads)
+
+    async def _append_to_threads(self, appends: list[tuple[ThreadRecord, list[TurnRecord], int]]) -> list[Appended]:
+        """Versioned appends: each thread's turns are inserted only if its update found the row at the expected
+        version, and the answer says, per thread, which happened (a thread appears once per batch)."""
+        turns = [turn_values(thread.id, turn, Jsonb) for thread, added, _ in appends for turn in added]
         added = (
-            f", added AS (INSERT INTO {{schema}}turns (thread_id, {TURN_COLUMNS}) "
-            f"SELECT bumped.id, turn.* FROM bumped, (VALUES {', '.join([_TYPED_TURN_ROW] * len(rows))}) AS turn)"
-            if rows
+            f", added AS (INSERT INTO {{schema}}turns (thread_id, {TURN_COLUMNS}) SELECT turn.* "
+            f"FROM (VALUES {', '.join([_TYPED_TURN_ROW] * len(turns))}) AS turn (thread_id, {TURN_COLUMNS}) "
+            "WHERE turn.thread_id IN (SELECT id FROM bumped))"
+            if turns
             else ""
         )
         statement = (
-            f"WITH bumped AS (UPDATE {{schema}}threads SET {_POSTGRES_UPDATE} WHERE id = %s AND version = %s "
-            f"RETURNING id){added} "
-            "SELECT EXISTS (SELECT 1 FROM bumped) AS bumped, "
-            "EXISTS (SELECT 1 FROM {schema}threads WHERE id = %s) AS present"
+            f"WITH appended ({THREAD_UPDATE}, id, expected) AS "
+            f"(VALUES {', '.join([_THREAD_UPDATE_ROW] * len(appends))}), "
+            f"bumped AS (UPDATE {{schema}}threads AS thread SET {_SET_APPENDED} FROM appended "
+            f"WHERE thread.id = appended.id AND thread.version = appended.expected RETURNING thread.id){added} "
+            "SELECT appended.id, appended.id IN (SELECT id FROM bumped) AS bumped, "
+            "EXISTS (SELECT 1 FROM {schema}threads AS thread WHERE thread.id = appended.id) AS present FROM appended"
         )
-        params = (*thread_update_values(thread, expected_version, Jsonb), *_flat(row[1:] for row in rows), thread.id)
+        params = (*_flat(thread_update_values(thread, version, Jsonb) for thread, _, version in appends), *_flat(turns))
         async with self._pool.connection() as conn:
-            answer = await (await conn.execute(self._sql(statement), params)).fetchone()
-        if answer is None or not answer["bumped"]:
-            raise ThreadConflict(thread.id, gone=answer is None or not answer["present"])
+            rows = await (await conn.execute(self._sql(statement), params)).fetchall()
+        found: dict[str, Appended] = {
+            row["id"]: "added" if row["bumped"] else "changed" if row["present"] else "gone" for row in rows
+        }
+        return [found.get(thread.id, "gone") for thread, _, _ in appends]
 
     async def list_threads(self, tenant: str, limit: int) -> list[ThreadRecord]:
         async with self._pool.connection() as conn:
@@ -258,28 +315,39 @@ class PostgresStore:
             return removed
 
     async def create_call(self, call: CallRecord) -> None:
-        """One statement, committed without waiting for the WAL flush: the row is visible to every replica at
-        once (a task can be read as soon as it is returned), and what must survive a crash is the finished call
-        (`finish_call` waits for the flush as usual). A database crash in the ~0.6 s before the flush would
-        forget a working call, whose client then gets "unknown task" instead of "lost"."""
+        """Committed without waiting for the WAL flush (batched with other calls' records): the row is visible to
+        every replica at once (a task can be read as soon as it is returned), and what must survive a crash is the
+        finished call (`finish_call` waits for the flush as usual). A database crash in the ~0.6 s before the flush
+        would forget a working call, whose client then gets "unknown task" instead of "lost"."""
+        await self._new_calls.write(call)
+
+    async def _insert_calls(self, calls: list[CallRecord]) -> list[None]:
         async with self._pool.connection() as conn:
             await conn.execute(
                 self._sql(
-                    f"INSERT INTO {{schema}}calls ({CALL_COLUMNS}) SELECT {', '.join(['%s'] * 16)} "
-                    "FROM (SELECT set_config('synchronous_commit', 'off', true)) AS unflushed"
+                    f"INSERT INTO {{schema}}calls ({CALL_COLUMNS}) SELECT call.* "
+                    "FROM (SELECT set_config('synchronous_commit', 'off', true)) AS unflushed, "
+                    f"(VALUES {', '.join([_CALL_ROW] * len(calls))}) AS call"
                 ),
-                call_values(call, Jsonb),
+                _flat(call_values(call, Jsonb) for call in calls),
             )
+        return [None] * len(calls)
 
     @staticmethod
-    def _finish_values(call_id: str, end: CallEnd, now: float, owner: str | None = None) -> tuple[Any, ...]:
+    def _end_values(call_id: str, end: CallEnd, now: float, owner: str | None = None) -> tuple[Any, ...]:
         result, error = (None if v is None else Jsonb(v) for v in (end.result, end.error))
         return (end.status, end.message, result, error, now, call_id, owner)
 
     async def finish_call(self, call_id: str, end: CallEnd, now: float, owner: str | None = None) -> bool:
+        return await self._ends.write((call_id, end, now, owner))
+
+    async def _write_ends(self, ends: list[tuple[str, CallEnd, float, str | None]]) -> list[bool]:
         async with self._pool.connection() as conn:
-            done = await conn.execute(self._sql(_FINISH_CALL), self._finish_values(call_id, end, now, owner))
-            return done.rowcount == 1
+            cursor = await conn.execute(
+                self._sql(_ends_written(len(ends))), _flat(self._end_values(*end) for end in ends)
+            )
+            written = {row["id"] for row in await cursor.fetchall()}
+        return [end[0] in written for end in ends]
 
     async def get_call(self, call_id: str) -> CallRecord | None:
         async with self._pool.connection() as conn:
@@ -331,8 +399,10 @@ class PostgresStore:
                 (now, except_owner),
             )
             lost = [CallRecord(**row) for row in await cursor.fetchall()]
-            for call in lost:
-                await conn.execute(self._sql(_FINISH_CALL), self._finish_values(call.id, end, now))
+            if lost:
+                await conn.execute(
+                    self._sql(_ends_written(len(lost))), _flat(self._end_values(call.id, end, now) for call in lost)
+                )
             return lost
 
     async def count_calls(self, now: float) -> CallCounts:

@@ -1,0 +1,205 @@
+"""PostgreSQL writes that arrive together go together (one statement, one commit), on a real database.
+
+Each test makes the writes of many calls at once through `PostgresStore`, as many calls in flight make them, and
+checks what a neighbour in a batch must never see: another's refusal, another's cancellation, another's outcome.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg import AsyncConnection
+
+from exai.storage.base import CallEnd, CallRecord, ThreadConflict, ThreadRecord, TurnRecord
+from exai.storage.postgres import PostgresStore
+
+pytestmark = pytest.mark.anyio
+CALLS = 32
+RESULT = {"content": [{"type": "text", "text": "answer"}]}
+
+
+@pytest.fixture
+async def store(postgres_url: str, pg_schema: str) -> AsyncIterator[PostgresStore]:
+    built = PostgresStore(postgres_url, schema=pg_schema)
+    await built.open()
+    await built.migrate()
+    yield built
+    await built.close()
+
+
+@pytest.fixture
+def statements(monkeypatch: pytest.MonkeyPatch) -> Counter[str]:
+    """The statements sent to PostgreSQL, by their first two words and table (counted, then sent as usual)."""
+    seen: Counter[str] = Counter()
+    execute = AsyncConnection.execute
+
+    async def counted(self: AsyncConnection[Any], query: Any, *args: Any, **kwargs: Any) -> Any:
+        words = str(query).split()
+        if words[:2] == ["INSERT", "INTO"] or words[:1] == ["UPDATE"]:
+            table = words[2] if words[0] == "INSERT" else words[1]
+            seen[f"{words[0]} {table.rsplit('.', 1)[-1]}"] += 1
+        elif words[:1] == ["WITH"]:
+            seen["WITH"] += 1
+        return await execute(self, query, *args, **kwargs)
+
+    monkeypatch.setattr(AsyncConnection, "execute", counted)
+    return seen
+
+
+def _call(tenant: str = "alice") -> CallRecord:
+    now = time.time()
+    return CallRecord(tenant=tenant, tool="chat", owner="replica-a", lease_until=now + 30, expires_at=now + 3600)
+
+
+def _thread() -> ThreadRecord:
+    return ThreadRecord(tenant="alice", title="t", expires_at=time.time() + 3600, turn_count=1, version=1)
+
+
+def _turn(content: str, seq: int) -> TurnRecord:
+    return TurnRecord(role="user", content=content, tool="chat", seq=seq)
+
+
+async def test_the_records_of_calls_in_flight_together_share_statements(
+    store: PostgresStore, statements: Counter[str]
+) -> None:
+    calls = [_call() for _ in range(CALLS)]
+    await asyncio.gather(*(store.create_call(call) for call in calls))
+    ends = [CallEnd("completed", result={**RESULT, "n": n}) for n in range(CALLS)]
+    written = await asyncio.gather(*(store.finish_call(c.id, e, time.time()) for c, e in zip(calls, ends, strict=True)))
+    assert written == [True] * CALLS
+    for n, call in enumerate(calls):  # each row got its own end, not a neighbour's
+        stored = await store.get_call(call.id)
+        assert stored is not None and stored.status == "completed" and stored.result == {**RESULT, "n": n}
+    # Two go at once by themselves; the rest wait for one of them and go together (one each was 32 + 32).
+    assert statements["INSERT calls"] <= 6, statements
+    assert statements["UPDATE calls"] <= 6, statements
+
+
+async def test_threads_written_together_share_statements_and_keep_their_own_turns(
+    store: PostgresStore, statements: Counter[str]
+) -> None:
+    threads = [_thread() for _ in range(CALLS)]
+    await asyncio.gather(
+        *(store.append_turns(t, [_turn(f"first {n}", 1)], expected_version=0) for n, t in enumerate(threads))
+    )
+    continued = [t.model_copy(update={"turn_count": 3, "version": 2}) for t in threads]
+    await asyncio.gather(
+        *(
+            store.append_turns(t, [_turn(f"second {n}", 2), _turn(f"third {n}", 3)], expected_version=1)
+            for n, t in enumerate(continued)
+        )
+    )
+    for n, thread in enumerate(threads):
+        found = await store.read_thread(thread.id)
+        assert found is not None
+        record, turns = found
+        assert (record.turn_count, record.version) == (3, 2)
+        assert [t.content for t in turns] == [f"first {n}", f"second {n}", f"third {n}"]
+    assert statements["INSERT threads"] + statements["WITH"] <= 14, statements  # 64 one at a time
+
+
+async def test_appends_racing_on_one_thread_never_both_win_even_in_one_batch(
+    store: PostgresStore, postgres_url: str, pg_schema: str
+) -> None:
+    threads = [_thread() for _ in range(10)]
+    for thread in threads:
+        await store.append_turns(thread, [_turn("seed", 1)], expected_version=0)
+    blockers, racing = threads[:2], threads[2:]
+    gone = _thread().model_copy(update={"turn_count": 2, "version": 2})
+
+    async def append(thread: ThreadRecord, who: str) -> str:
+        # No turn, only a new title: no turn's primary key can catch two writers of one version.
+        bumped = thread.model_copy(update={"version": 2, "title": who})
+        try:
+            await store.append_turns(bumped, [], expected_version=1)
+        except ThreadConflict as exc:
+            return "gone" if exc.gone else "changed"
+        return "added"
+
+    async with _locked(postgres_url, pg_schema, "threads", [t.id for t in blockers]) as release:
+        # Two appends on locked rows take every place in flight: all the racing ones then go in one batch.
+        held = [asyncio.create_task(append(t, "blocker")) for t in blockers]
+        await _until_waiting_on_locks(postgres_url, pg_schema, 2)
+        racers = asyncio.gather(
+            *(append(t, f"{who} {n}") for who in ("a", "b") for n, t in enumerate(racing)), append(gone, "x")
+        )
+        await asyncio.sleep(0.05)
+        await release()
+        outcomes = await racers
+    assert await asyncio.gather(*held) == ["added", "added"]
+    assert outcomes[-1] == "gone"
+    for n, thread in enumerate(racing):
+        mine = [outcomes[n], outcomes[len(racing) + n]]
+        assert sorted(mine) == ["added", "changed"], (n, mine)
+        winner = f"{'ab'[mine.index('added')]} {n}"
+        found = await store.read_thread(thread.id)
+        assert found is not None and found[0].title == winner
+
+
+async def test_a_write_the_database_refuses_fails_alone_not_its_batch(store: PostgresStore) -> None:
+    calls = [_call() for _ in range(16)]
+    await asyncio.gather(*(store.create_call(call) for call in calls))
+    refused = 5  # PostgreSQL cannot keep U+0000 in a JSON value: this end is refused, and only it
+    ends = [CallEnd("completed", result={"text": "\u0000" if n == refused else f"fine {n}"}) for n in range(16)]
+    outcomes = await asyncio.gather(
+        *(store.finish_call(c.id, e, time.time()) for c, e in zip(calls, ends, strict=True)), return_exceptions=True
+    )
+    assert isinstance(outcomes[refused], psycopg.Error), outcomes[refused]
+    assert [o for n, o in enumerate(outcomes) if n != refused] == [True] * 15
+    for n, call in enumerate(calls):
+        stored = await store.get_call(call.id)
+        assert stored is not None
+        assert stored.status == ("working" if n == refused else "completed")
+
+
+async def test_a_write_cancelled_while_it_waits_is_left_out_and_its_neighbours_are_kept(
+    store: PostgresStore, postgres_url: str, pg_schema: str
+) -> None:
+    calls = [_call() for _ in range(8)]
+    for call in calls:
+        await store.create_call(call)
+    done = CallEnd("completed", result=RESULT)
+    async with _locked(postgres_url, pg_schema, "calls", [c.id for c in calls[:2]]) as release:
+        # Two ends on locked rows take every place in flight, and the next ones must wait.
+        blocked = [asyncio.create_task(store.finish_call(c.id, done, time.time())) for c in calls[:2]]
+        await _until_waiting_on_locks(postgres_url, pg_schema, 2)
+        queued = [asyncio.create_task(store.finish_call(c.id, done, time.time())) for c in calls[2:]]
+        await asyncio.sleep(0.05)
+        assert not any(task.done() for task in queued)
+        queued[0].cancel()
+        await release()
+    assert await asyncio.gather(*blocked) == [True, True]
+    assert await asyncio.gather(*queued[1:]) == [True] * 5
+    assert queued[0].cancelled()
+    statuses = [(await store.get_call(c.id)).status for c in calls]  # type: ignore[union-attr]
+    assert statuses == ["completed"] * 2 + ["working"] + ["completed"] * 5
+
+
+@asynccontextmanager
+async def _locked(url: str, schema: str, table: str, ids: list[str]) -> AsyncIterator[Callable[[], Awaitable[None]]]:
+    """Rows locked by another transaction until the returned `release` is awaited (or the block ends)."""
+    async with await AsyncConnection.connect(url) as holder:
+        await holder.execute(f'SELECT id FROM "{schema}".{table} WHERE id = ANY(%s) FOR UPDATE', (ids,))
+        yield holder.rollback
+
+
+async def _until_waiting_on_locks(url: str, schema: str, count: int) -> None:
+    """Wait until `count` statements on this test's schema wait for a lock."""
+    async with await AsyncConnection.connect(url, autocommit=True) as conn:
+        while True:
+            row = await (
+                await conn.execute(
+                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE %s",
+                    (f"%{schema}%",),
+                )
+            ).fetchone()
+            if row is not None and row[0] >= count:
+                return
+            await asyncio.sleep(0.01)
