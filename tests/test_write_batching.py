@@ -18,7 +18,8 @@ import pytest
 from psycopg import AsyncConnection
 
 from exai.storage.base import CallEnd, CallRecord, ThreadConflict, ThreadRecord, TurnRecord
-from exai.storage.postgres import PostgresStore
+from exai.storage.batching import WriteBatcher
+from exai.storage.postgres import PostgresStore, refused_for_content
 
 pytestmark = pytest.mark.anyio
 CALLS = 32
@@ -203,3 +204,41 @@ async def _until_waiting_on_locks(url: str, schema: str, count: int) -> None:
             if row is not None and row[0] >= count:
                 return
             await asyncio.sleep(0.01)
+
+
+async def _batched_outcomes(error: Exception) -> tuple[list[int | BaseException], list[list[int]]]:
+    """Six writes through a batcher set up as PostgreSQL's, whose batches of more than one item fail with `error`:
+    what each caller got, and the batches the writer was given (two go alone while the rest queue behind them)."""
+    given: list[list[int]] = []
+    gate = asyncio.Event()
+
+    async def write_many(items: list[int]) -> list[int]:
+        given.append(items)
+        await gate.wait()
+        if len(items) > 1:
+            raise error
+        return [item * 10 for item in items]
+
+    batcher: WriteBatcher[int, int] = WriteBatcher(write_many, limit=2, one_item_may_be_at_fault=refused_for_content)
+    writes = [asyncio.create_task(batcher.write(n)) for n in range(6)]
+    while len(given) < 2:
+        await asyncio.sleep(0)
+    gate.set()
+    outcomes = await asyncio.gather(*writes, return_exceptions=True)
+    await batcher.close()
+    return outcomes, given
+
+
+async def test_a_batch_refused_for_its_content_is_written_again_item_by_item() -> None:
+    outcomes, given = await _batched_outcomes(psycopg.errors.UntranslatableCharacter("cannot keep U+0000"))
+    assert outcomes == [0, 10, 20, 30, 40, 50]
+    assert given == [[0], [1], [2, 3, 4, 5], [2], [3], [4], [5]]
+
+
+async def test_a_batch_failed_by_an_outage_is_not_written_again_item_by_item() -> None:
+    # A database that cannot be reached fails every item alike: writing each again would only make a refusal
+    # take twice the pool's wait, and send one attempt per waiting call at a database that is down.
+    outage = psycopg.OperationalError("connection refused")
+    outcomes, given = await _batched_outcomes(outage)
+    assert outcomes == [0, 10, outage, outage, outage, outage]
+    assert given == [[0], [1], [2, 3, 4, 5]]

@@ -6,10 +6,10 @@ whole queue as one batch. Under load one round trip, one statement and one commi
 took its own: at 32 concurrent calls on a 2-core machine a call record cost the daemon and PostgreSQL about a
 third of the CPU (`bench/call_record.py`).
 
-Neighbours in a batch never fail for each other: a batch the database refuses is written again item by item, at
-once (an item it cannot store fails alone, with its own error); a write whose caller is cancelled while it queues is
-left out, and one already sent is not torn by its caller's cancellation. Items with the same key (two appends to one
-thread) never share a batch: the later one waits for the next.
+Neighbours in a batch never fail for each other: a batch the database refuses for what it holds is written again
+item by item, at once (an item it cannot store fails alone, with its own error); a write whose caller is cancelled
+while it queues is left out, and one already sent is not torn by its caller's cancellation. Items with the same key
+(two appends to one thread) never share a batch: the later one waits for the next.
 """
 
 from __future__ import annotations
@@ -33,15 +33,19 @@ class WriteBatcher(Generic[Item, Outcome]):
         key: Callable[[Item], Hashable] | None = None,
         size: Callable[[Item], int] | None = None,
         max_size: int = 20_000,
+        one_item_may_be_at_fault: Callable[[Exception], bool] = lambda exc: True,
     ) -> None:
         """`write_many` writes its items in one statement and returns one outcome per item, in order; `size` and
-        `max_size` bound a batch by its statement's parameters as well as by `max_batch` items."""
+        `max_size` bound a batch by its statement's parameters as well as by `max_batch` items. A batch that
+        failed is written again item by item only when `one_item_may_be_at_fault` says its error could be one
+        item's (not, say, a database that cannot be reached: that fails every item alike)."""
         self._write_many = write_many
         self._limit = limit
         self._max_batch = max_batch
         self._key = key
         self._size = size or (lambda item: 1)
         self._max_size = max_size
+        self._one_item_may_be_at_fault = one_item_may_be_at_fault
         self._queue: deque[tuple[Item, asyncio.Future[Outcome]]] = deque()
         self._in_flight = 0
         self._senders: set[asyncio.Task[None]] = set()
@@ -121,8 +125,8 @@ class WriteBatcher(Generic[Item, Outcome]):
         try:
             return list(await self._write_many(items))
         except Exception as exc:
-            if len(items) == 1:
-                return [exc]
+            if len(items) == 1 or not self._one_item_may_be_at_fault(exc):
+                return [exc] * len(items)
         # One item the database cannot take must not fail the others: each alone, all at once.
         return await asyncio.gather(*(self._write_one(item) for item in items), return_exceptions=True)
 

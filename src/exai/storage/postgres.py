@@ -11,6 +11,7 @@ import re
 from collections.abc import Iterable
 from typing import Any, Literal
 
+import psycopg
 from psycopg import AsyncConnection
 from psycopg.rows import DictRow, dict_row
 from psycopg.types.json import Jsonb
@@ -77,8 +78,16 @@ def _ends_written(count: int) -> str:
 
 
 Appended = Literal["added", "changed", "gone"]
-BATCHED_IN_FLIGHT = 2
-"""Batched writes of one kind on their way at once: calls one or two at a time write alone, as before."""
+
+
+def refused_for_content(exc: Exception) -> bool:
+    """Whether PostgreSQL (or the driver, before sending) refused a statement for what it holds, which one item of
+    a batch may be at fault for; not a lost connection, a pool timeout or a database that is down."""
+    return not isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError)
+
+
+_BATCHING: dict[str, Any] = {"limit": 2, "one_item_may_be_at_fault": refused_for_content}
+"""Two batched writes of one kind on their way at once (calls one or two at a time write alone, as before)."""
 _THREAD_FIELDS = THREAD_COLUMNS.split(", ")
 _TURN_FIELDS = TURN_COLUMNS.split(", ")
 _THREAD_JSON = ("tools", "state")
@@ -127,17 +136,17 @@ class PostgresStore:
             timeout=wait_seconds,
             kwargs={"autocommit": AUTOCOMMIT, "prepare_threshold": PREPARE_THRESHOLD, "row_factory": dict_row},
         )
-        self._new_calls = WriteBatcher(self._insert_calls, limit=BATCHED_IN_FLIGHT)
-        self._ends = WriteBatcher(self._write_ends, limit=BATCHED_IN_FLIGHT, key=lambda end: end[0])
+        self._new_calls = WriteBatcher(self._insert_calls, **_BATCHING)
+        self._ends = WriteBatcher(self._write_ends, key=lambda end: end[0], **_BATCHING)
         self._new_threads = WriteBatcher(
-            self._insert_threads, limit=BATCHED_IN_FLIGHT, max_batch=16, size=lambda item: 10 + 11 * len(item[1])
+            self._insert_threads, max_batch=16, size=lambda item: 10 + 11 * len(item[1]), **_BATCHING
         )
         self._appends = WriteBatcher(
             self._append_to_threads,
-            limit=BATCHED_IN_FLIGHT,
             max_batch=16,
             key=lambda item: item[0].id,
             size=lambda item: 9 + 11 * len(item[1]),
+            **_BATCHING,
         )
 
     def _sql(self, statement: str) -> Any:
