@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -31,6 +34,30 @@ def _all_text(body: dict[str, Any]) -> str:
 async def test_tokenizer_is_o200k() -> None:
     assert count_tokens("hello world") == 2
     assert count_tokens("") == 0
+
+
+def test_counts_are_the_packages_own_and_its_python_tables_are_never_built() -> None:
+    """The counts are those of bpe-openai's public `encode_ordinary` (o200k_base) on every kind of text, in a
+    process that counted first: the package's `__init__`, which builds three encodings' tables in pure Python
+    (1.3-2.7 s of CPU and about 80 MB), never ran for the count."""
+    probe = r"""
+import json, sys
+from exai.conversations.tokens import count_tokens
+texts = ["hello world", "def f(x):\n    return x ** 2  # 🎉", "日本語のテキスト、한국어 텍스트", "<|endoftext|> text",
+         "a\ud800b lone surrogate", "ünïcödé " * 5000, "x" * 999_999]
+ours = [count_tokens(text) for text in texts]
+built = "bpe_openai" in sys.modules
+import bpe_openai
+public = [len(bpe_openai.get_encoding("o200k_base").encode_ordinary(text)) for text in texts]
+long = "word " * 400_000  # 2 million characters: counted whole (the package's own API refuses a million)
+print(json.dumps({"ours": ours, "public": public, "built": built, "long": count_tokens(long)}))
+"""
+    ran = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert ran.returncode == 0, ran.stderr
+    seen = json.loads(ran.stdout)
+    assert seen["ours"] == seen["public"]
+    assert seen["built"] is False
+    assert seen["long"] == 400_001
 
 
 async def test_chat_continues_with_history(sim: SimControl, make_services: MakeServices) -> None:

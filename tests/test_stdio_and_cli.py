@@ -129,7 +129,8 @@ def test_start_up_imports_only_what_the_command_needs() -> None:
     probe = (
         "import sys; from exai.app import Services; from exai.config import load_settings; "
         "Services.build(load_settings(), 'stdio'); "
-        "print(sorted(m for m in ('openai', 'anthropic', 'bpe_openai', 'psycopg') if m in sys.modules))"
+        "print(sorted(m for m in ('openai', 'anthropic', 'bpe_openai', 'bpe_openai._bindings', 'psycopg') "
+        "if m in sys.modules))"
     )
     env = {**os.environ, "CUSTOM_API_URL": "http://127.0.0.1:9/v1", "CUSTOM_MODELS": "m", "ANTHROPIC_API_KEY": "k"}
     built = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=60)
