@@ -1,7 +1,9 @@
 """What the durable call record costs one call: its insert before the upstream request and its finish after.
 
 Measured on the stores themselves (SQLite as the daemon opens it, PostgreSQL on 127.0.0.1 in a throwaway schema),
-one pair of writes at a time and then 16 callers at once, with a result the size of a typical chat answer.
+one pair of writes at a time and then 16 callers at once, with a result the size of a typical chat answer; then a
+chat call's three writes (record, thread, end) from 32 callers at once, with the CPU they cost this process and the
+database's processes per call (PostgreSQL batches writes that arrive together: `exai.storage.batching`).
 Reported as p50 and p95 milliseconds per call: the insert alone (what the caller waits for: its answer goes out
 while the finish is written) and both writes (the store's work), beside one thread append of the same call's two
 turns, the write every model call already made before records existed. For PostgreSQL also the floor any
@@ -86,7 +88,43 @@ async def measure(store: Store, calls: int) -> dict[str, Any]:
         "call_record": percentiles([both for _, both in record]),
         "thread_append": percentiles(append),
         "call_record_16_writers": percentiles(concurrent),
+        "calls_32_at_once": await calls_at_once(store, calls, 32),
     }
+
+
+async def calls_at_once(store: Store, calls: int, writers: int) -> dict[str, Any]:
+    """A chat call's three writes (record, a new thread's two turns, the record's end) from `writers` at once: the
+    rate, and the CPU per call of this process (the store's client) and of the database's processes."""
+
+    async def writer(n: int) -> None:
+        for _ in range(n):
+            now = time.time()
+            call = CallRecord(tenant="bench", tool="chat", owner="bench", lease_until=now + 30, expires_at=now + 3600)
+            await store.create_call(call)
+            await one_append(store)
+            await store.finish_call(call.id, CallEnd("completed", result=RESULT), time.time())
+
+    client, database, started = time.process_time(), database_cpu_seconds(), time.perf_counter()
+    await asyncio.gather(*(writer(calls // writers) for _ in range(writers)))
+    seconds, done = time.perf_counter() - started, calls // writers * writers
+    return {
+        "calls_per_s": round(done / seconds, 1),
+        "client_cpu_ms_per_call": round((time.process_time() - client) / done * 1000, 3),
+        "database_cpu_ms_per_call": round((database_cpu_seconds() - database) / done * 1000, 3),
+    }
+
+
+def database_cpu_seconds() -> float:
+    """User and system time of this machine's PostgreSQL processes (0 for SQLite, which runs in this process)."""
+    total = 0
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and (proc / "comm").read_text().startswith("postgres"):
+                fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
+                total += int(fields[11]) + int(fields[12])
+        except OSError:
+            continue
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 async def commit_floor(url: str, schema: str, commits: int, gap_s: float) -> dict[str, float]:

@@ -255,14 +255,22 @@ async def test_with_redis_a_replica_that_does_not_hold_the_thread_fills_the_cach
     postgres_url: str, pg_schema: str, redis_url: str
 ) -> None:
     """Memory and the Redis cache together. A new thread is in neither; its first continuation reads its turns from
-    the database once and fills Redis, the replica holds them from then on and extends Redis with each append, and
+    the database once and fills Redis, the replica holds them from then on (reading the row and the turns after
+    the last it holds in the database's one statement, never from Redis) and extends Redis with each append, and
     other replicas read every turn from Redis."""
     import redis.asyncio as aioredis
 
     from exai.storage.cache import CachedStore, turns_key
 
+    class CountingRedis(aioredis.Redis):
+        lists_read = 0
+
+        async def lrange(self, name: str, start: int, end: int) -> Any:  # type: ignore[override]
+            CountingRedis.lists_read += 1
+            return await super().lrange(name, start, end)
+
     inner = [CountingTurns(postgres_url, schema=pg_schema) for _ in range(3)]
-    stores = [CachedStore(store, aioredis.from_url(redis_url)) for store in inner]
+    stores = [CachedStore(store, CountingRedis.from_url(redis_url)) for store in inner]
     for store in stores:
         await store.open()
     await stores[0].migrate()
@@ -282,12 +290,14 @@ async def test_with_redis_a_replica_that_does_not_hold_the_thread_fills_the_cach
             await holder.record(await holder.open(thread.id, "alice"), [_turn(f"q{n}"), _turn(f"a{n}")], "chat")
             await cached(2 * n)
         assert inner[0].turn_reads == 1, "the database was asked for turns once: at the first continuation"
+        assert CountingRedis.lists_read == 1, "Redis was read once: at the first continuation, holding nothing"
         assert (await reader.open(thread.id, "alice")).record.turn_count == 8
         await holder.record(await holder.open(thread.id, "alice"), [_turn("q5"), _turn("a5")], "chat")
         await cached(10)
         seen = await third.open(thread.id, "alice")
         assert [t.content for t in seen.turns] == [f"{r}{n}" for n in range(1, 6) for r in "qa"]
         assert inner[0].turn_reads == 1 and inner[1].turn_reads == inner[2].turn_reads == 0, "the rest from Redis"
+        assert CountingRedis.lists_read == 3, "the holder's reads went to the database alone"
     finally:
         await redis.delete(turns_key(thread.id))
         await redis.aclose()

@@ -99,8 +99,12 @@ class CachedStore:
         return cached + rest
 
     async def read_thread(self, thread_id: str, after: int = 0) -> tuple[ThreadRecord, list[TurnRecord]] | None:
-        """The row from the store and the turns from Redis at once; the store is asked for turns only when the
-        cache is behind the row's turn count."""
+        """A replica that holds the thread's turns (`after` > 0) reads the row and the few turns after them from the
+        store, in its one statement: Redis would only add a round trip. One that holds none reads the row from the
+        store and the turns from Redis at once, and asks the store for turns only when the cache is behind the
+        row's turn count."""
+        if after > 0:
+            return await self.inner.read_thread(thread_id, after)
         record, cached = await asyncio.gather(self.inner.get_thread(thread_id), self._cached(thread_id, after))
         if record is None:
             return None
