@@ -65,6 +65,10 @@ _CALL_ROW = _typed(*["text"] * 6, *["double precision"] * 4, "boolean", "boolean
 _END_ROW = _typed("text", "text", "jsonb", "jsonb", "double precision", "text", "text")
 
 
+ENDS_PER_STATEMENT = 1_000
+"""Call ends written by one statement (7 parameters each, of PostgreSQL's 65,535); more go in several."""
+
+
 def _ends_written(count: int) -> str:
     """How `count` calls ended, each written only over a working row (or over the row of a call this replica found
     lost while it still held the answer: the answer wins); the ids written come back."""
@@ -80,14 +84,27 @@ def _ends_written(count: int) -> str:
 Appended = Literal["added", "changed", "gone"]
 
 
+_ONE_ITEMS_FAULT = ("22", "23", "40", "54")
+"""SQLSTATE classes one item of a batch can cause: data exception, integrity constraint violation, transaction
+rollback (a deadlock or serialization failure: rows locked in another order by another writer), program limit
+exceeded."""
+
+
 def refused_for_content(exc: Exception) -> bool:
-    """Whether PostgreSQL (or the driver, before sending) refused a statement for what it holds, which one item of
-    a batch may be at fault for; not a lost connection, a pool timeout or a database that is down."""
-    return not isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError)
+    """Whether a batch may have failed for what one of its items holds, so that writing each alone isolates it:
+    an error of those SQLSTATE classes, or one raised before anything was sent (data the driver cannot send, an
+    error of ours while building the statement). Not a lost connection, a pool timeout, a read-only standby or a
+    missing table: those fail every item alike."""
+    if not isinstance(exc, psycopg.Error):
+        return True
+    if exc.sqlstate is None:  # the driver's own: its connection (operational), or the data it was given
+        return not isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError)
+    return exc.sqlstate[:2] in _ONE_ITEMS_FAULT
 
 
-_BATCHING: dict[str, Any] = {"limit": 2, "one_item_may_be_at_fault": refused_for_content}
-"""Two batched writes of one kind on their way at once (calls one or two at a time write alone, as before)."""
+_BATCHING: dict[str, Any] = {"limit": 4, "one_item_may_be_at_fault": refused_for_content}
+"""Four batched writes of one kind on their way at once: calls up to four at a time write alone, as before, and a
+slow statement holds up no other write while three more can go."""
 _THREAD_FIELDS = THREAD_COLUMNS.split(", ")
 _TURN_FIELDS = TURN_COLUMNS.split(", ")
 _THREAD_JSON = ("tools", "state")
@@ -252,7 +269,8 @@ class PostgresStore:
     async def _append_to_threads(self, appends: list[tuple[ThreadRecord, list[TurnRecord], int]]) -> list[Appended]:
         """Versioned appends: each thread's turns are inserted only if its update found the row at the expected
         version, and the answer says, per thread, which happened (a thread appears once per batch)."""
-        turns = [turn_values(thread.id, turn, Jsonb) for thread, added, _ in appends for turn in added]
+        ordered = sorted(appends, key=lambda append: append[0].id)  # rows locked in one order by every writer
+        turns = [turn_values(thread.id, turn, Jsonb) for thread, added, _ in ordered for turn in added]
         added = (
             f", added AS (INSERT INTO {{schema}}turns (thread_id, {TURN_COLUMNS}) SELECT turn.* "
             f"FROM (VALUES {', '.join([_TYPED_TURN_ROW] * len(turns))}) AS turn (thread_id, {TURN_COLUMNS}) "
@@ -262,13 +280,13 @@ class PostgresStore:
         )
         statement = (
             f"WITH appended ({THREAD_UPDATE}, id, expected) AS "
-            f"(VALUES {', '.join([_THREAD_UPDATE_ROW] * len(appends))}), "
+            f"(VALUES {', '.join([_THREAD_UPDATE_ROW] * len(ordered))}), "
             f"bumped AS (UPDATE {{schema}}threads AS thread SET {_SET_APPENDED} FROM appended "
             f"WHERE thread.id = appended.id AND thread.version = appended.expected RETURNING thread.id){added} "
             "SELECT appended.id, appended.id IN (SELECT id FROM bumped) AS bumped, "
             "EXISTS (SELECT 1 FROM {schema}threads AS thread WHERE thread.id = appended.id) AS present FROM appended"
         )
-        params = (*_flat(thread_update_values(thread, version, Jsonb) for thread, _, version in appends), *_flat(turns))
+        params = (*_flat(thread_update_values(thread, version, Jsonb) for thread, _, version in ordered), *_flat(turns))
         async with self._pool.connection() as conn:
             rows = await (await conn.execute(self._sql(statement), params)).fetchall()
         found: dict[str, Appended] = {
@@ -352,11 +370,19 @@ class PostgresStore:
 
     async def _write_ends(self, ends: list[tuple[str, CallEnd, float, str | None]]) -> list[bool]:
         async with self._pool.connection() as conn:
-            cursor = await conn.execute(
-                self._sql(_ends_written(len(ends))), _flat(self._end_values(*end) for end in ends)
-            )
-            written = {row["id"] for row in await cursor.fetchall()}
+            written = await self._end_calls(conn, [self._end_values(*end) for end in ends])
         return [end[0] in written for end in ends]
+
+    async def _end_calls(self, conn: AsyncConnection[DictRow], ends: list[tuple[Any, ...]]) -> set[str]:
+        """Write `_end_values` rows, in order of their ids (every writer locks rows in one order: no deadlock
+        between batches), at most ENDS_PER_STATEMENT to a statement; the ids written."""
+        ends = sorted(ends, key=lambda values: values[5])
+        written: set[str] = set()
+        for first in range(0, len(ends), ENDS_PER_STATEMENT):
+            chunk = ends[first : first + ENDS_PER_STATEMENT]
+            cursor = await conn.execute(self._sql(_ends_written(len(chunk))), _flat(chunk))
+            written.update(row["id"] for row in await cursor.fetchall())
+        return written
 
     async def get_call(self, call_id: str) -> CallRecord | None:
         async with self._pool.connection() as conn:
@@ -408,10 +434,7 @@ class PostgresStore:
                 (now, except_owner),
             )
             lost = [CallRecord(**row) for row in await cursor.fetchall()]
-            if lost:
-                await conn.execute(
-                    self._sql(_ends_written(len(lost))), _flat(self._end_values(call.id, end, now) for call in lost)
-                )
+            await self._end_calls(conn, [self._end_values(call.id, end, now) for call in lost])
             return lost
 
     async def count_calls(self, now: float) -> CallCounts:
