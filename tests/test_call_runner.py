@@ -18,6 +18,7 @@ from exai.server.call_records import CallRunner, Execution
 from exai.storage.base import CallEnd, CallRecord
 from exai.storage.sqlite import SQLiteStore
 from tests.conftest import Closing
+from tests.helpers import wait_until
 
 pytestmark = pytest.mark.anyio
 
@@ -186,3 +187,53 @@ async def test_a_stopping_runner_waits_for_answered_calls_records_but_not_for_a_
     store.unstick = asyncio.Event()  # and this time the store never answers
     await _answered_task(stuck_runner, "alice", "never written")
     await asyncio.wait_for(stuck_runner.close(), timeout=60)  # bounded: not held by the store
+
+
+class SentStore(SQLiteStore):
+    """A store whose call record, once asked for, is written whatever happens to its caller (as a record sent in a
+    batch with others' is), when `send` is set."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.asked, self.send = asyncio.Event(), asyncio.Event()
+
+    async def create_call(self, call: CallRecord) -> None:
+        async def sent() -> None:
+            await self.send.wait()
+            await SQLiteStore.create_call(self, call)
+
+        self.asked.set()
+        await asyncio.shield(asyncio.ensure_future(sent()))
+
+
+async def test_a_call_cancelled_while_its_record_is_written_ends_cancelled_not_working(
+    tmp_path: Path, closing: Closing
+) -> None:
+    """The client cancels while the call's record is on its way: the row lands all the same, and is ended as
+    cancelled. It stayed working for ever (its replica renewed every working row it owned); nothing was spent."""
+    store = SentStore(tmp_path / "exai.db")
+    await store.open()
+    closing(store)
+    await store.migrate()
+    runner = CallRunner(store, Settings())
+    asked_a_model = False
+
+    async def body(record: Any) -> types.CallToolResult:
+        nonlocal asked_a_model
+        await record()
+        asked_a_model = True
+        return types.CallToolResult(content=[])
+
+    execution = runner.launch(body, tenant="alice", tool="chat", correlation_id="c", continuation_id=None, task=False)
+    await store.asked.wait()
+    execution.task.cancel()
+    store.send.set()
+    with pytest.raises(asyncio.CancelledError):
+        await execution.task
+
+    def statuses() -> list[str]:
+        with sqlite3.connect(tmp_path / "exai.db") as db:
+            return [row[0] for row in db.execute("SELECT status FROM calls")]
+
+    await wait_until(lambda: statuses() != ["working"], "the record's row ends")
+    assert statuses() == ["cancelled"] and not asked_a_model

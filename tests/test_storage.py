@@ -252,18 +252,22 @@ async def test_call_records_end_once_and_keep_the_exact_result(store: Store) -> 
 
 async def test_leases_renew_cancellations_are_seen_by_the_owner_and_expired_calls_end_lost(store: Store) -> None:
     mine, theirs, dead = _call(owner="a"), _call(owner="b"), _call(owner="gone", lease=-1)
-    for call in (mine, theirs, dead):
+    forgotten, running = _call(owner="a", lease=-1), _call(owner="a", lease=-1)
+    for call in (mine, theirs, dead, forgotten, running):
         await store.create_call(call)
     await store.request_cancel(mine.id, time.time())
-    assert await store.renew_calls("a", time.time() + 60) == [mine.id]
-    assert await store.renew_calls("b", time.time() + 60) == []
-    lost = await store.expire_calls(time.time(), CallEnd("failed", message="lost"))
-    assert [c.id for c in lost] == [dead.id]
+    assert await store.renew_calls([mine.id], time.time() + 60) == [mine.id]
+    assert await store.renew_calls([theirs.id], time.time() + 60) == []
+    assert await store.renew_calls([], time.time() + 60) == []
+    # A row of replica a's that a does not run (its record was written after its call was given up) expires like
+    # any other; the one it runs does not, even with its lease run out.
+    lost = await store.expire_calls(time.time(), CallEnd("failed", message="lost"), running=[running.id])
+    assert sorted(c.id for c in lost) == sorted([dead.id, forgotten.id])
     failed, working = await store.get_call(dead.id), await store.get_call(theirs.id)
     assert failed is not None and failed.status == "failed"
     assert working is not None and working.status == "working"
     counts = await store.count_calls(time.time())
-    assert counts.by_status == {"working": 2, "failed": 1} and counts.oldest_working is not None
+    assert counts.by_status == {"working": 3, "failed": 2} and counts.oldest_working is not None
 
 
 async def test_call_listing_is_per_tenant_and_expired_calls_are_purged(store: Store) -> None:

@@ -222,7 +222,8 @@ class CallRunner:
         and refresh the counts (every third of a lease), and retry results the store did not take."""
         now = time.time()
         if self._running or self._unrecorded:  # an answer the store has not taken yet keeps its lease too
-            for call_id in await self.store.renew_calls(self.owner, now + self.lease):
+            held = [*self._running, *self._unrecorded]
+            for call_id in await self.store.renew_calls(held, now + self.lease):
                 self._cancel_local(call_id)
         if self._unrecorded:  # before any sweep: a kept answer must land before its row could expire
             await self._record_unrecorded()
@@ -239,7 +240,7 @@ class CallRunner:
         """End every call whose replica stopped renewing its lease: failed, saying the work was lost."""
         now = time.time() if now is None else now
         end = CallEnd("failed", message="The daemon running this call stopped; the work was lost.")
-        lost = await self.store.expire_calls(now, end, self.owner)
+        lost = await self.store.expire_calls(now, end, [*self._running, *self._unrecorded])
         for call in lost:
             if call.id in self._running:  # cannot happen while this replica renews; be safe
                 continue
@@ -301,8 +302,13 @@ class CallRunner:
                 continuation_id=continuation_id,
             )
             started = time.perf_counter()
+            creating = asyncio.ensure_future(self.store.create_call(call))  # its own task: a cancel cannot tear it
             try:
-                await self.store.create_call(call)
+                await asyncio.shield(creating)
+            except asyncio.CancelledError:
+                uncount()
+                await self._cancelled_while_recorded(call, creating)
+                raise
             except Exception as exc:
                 self.on_storage("create_call", time.perf_counter() - started, False)
                 uncount()
@@ -353,6 +359,17 @@ class CallRunner:
 
         execution = Execution(recorded, loop.create_task(work()), answer, answered or (lambda: False))
         return execution
+
+    async def _cancelled_while_recorded(self, call: CallRecord, creating: asyncio.Future[None]) -> None:
+        """A call cancelled while its record was being written: once the row is in (a write sent with others goes
+        on), it is ended as cancelled; it would otherwise stay working, renewed by this replica as its own, for ever.
+        Nothing was spent. A second cancellation stops the wait; the row then ends as lost after its lease (a replica
+        renews only the calls it runs)."""
+        try:
+            await creating
+        except Exception:
+            return  # not recorded: nothing to end
+        await self._end(call, CallEnd("cancelled", message="Cancelled before any model was asked."))
 
     def _forget_task(self, tenant: str) -> None:
         left = self._working_tasks.get(tenant, 1) - 1

@@ -12,7 +12,7 @@ import re
 import secrets
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
@@ -298,13 +298,14 @@ class Store(Protocol):
         """Flag a working call for cancellation; its owner sees the flag when it next renews its leases."""
         ...
 
-    async def renew_calls(self, owner: str, lease_until: float) -> list[str]:
-        """Extend the leases of the owner's working calls; return those flagged for cancellation."""
+    async def renew_calls(self, call_ids: Collection[str], lease_until: float) -> list[str]:
+        """Extend the leases of these working calls (those a replica runs, by id: a row of its own that it does not
+        run expires like any other); return those flagged for cancellation."""
         ...
 
-    async def expire_calls(self, now: float, end: CallEnd, except_owner: str = "") -> list[CallRecord]:
-        """End every working call whose lease ran out before `now` with `end`, except `except_owner`'s (a replica
-        never declares its own calls lost); return them as they were."""
+    async def expire_calls(self, now: float, end: CallEnd, running: Collection[str] = ()) -> list[CallRecord]:
+        """End every working call whose lease ran out before `now` with `end`, except those in `running` (a replica
+        never declares the calls it runs lost); return them as they were."""
         ...
 
     async def count_calls(self, now: float) -> CallCounts: ...

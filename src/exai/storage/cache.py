@@ -15,7 +15,7 @@ daemon CPU per call, measured with py-spy at load 25).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Coroutine
+from collections.abc import Collection, Coroutine
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -150,11 +150,11 @@ class CachedStore:
     async def request_cancel(self, call_id: str, now: float) -> None:
         await self.inner.request_cancel(call_id, now)
 
-    async def renew_calls(self, owner: str, lease_until: float) -> list[str]:
-        return await self.inner.renew_calls(owner, lease_until)
+    async def renew_calls(self, call_ids: Collection[str], lease_until: float) -> list[str]:
+        return await self.inner.renew_calls(call_ids, lease_until)
 
-    async def expire_calls(self, now: float, end: CallEnd, except_owner: str = "") -> list[CallRecord]:
-        return await self.inner.expire_calls(now, end, except_owner)
+    async def expire_calls(self, now: float, end: CallEnd, running: Collection[str] = ()) -> list[CallRecord]:
+        return await self.inner.expire_calls(now, end, running)
 
     async def count_calls(self, now: float) -> CallCounts:
         return await self.inner.count_calls(now)

@@ -8,7 +8,7 @@ one transaction to the next, so nothing here relies on any: every table name is 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from typing import Any, Literal
 
 import psycopg
@@ -413,25 +413,30 @@ class PostgresStore:
                 (now, call_id),
             )
 
-    async def renew_calls(self, owner: str, lease_until: float) -> list[str]:
+    async def renew_calls(self, call_ids: Collection[str], lease_until: float) -> list[str]:
+        """Rows another statement holds (a call's end being written) are skipped, not waited for: they are ending,
+        and waiting on them in another order than a batch of ends locks them in could deadlock with it."""
+        if not call_ids:
+            return []
         async with self._pool.connection() as conn:
             cursor = await conn.execute(
                 self._sql(
-                    "UPDATE {schema}calls SET lease_until = %s WHERE owner = %s AND status = 'working' "
+                    "UPDATE {schema}calls SET lease_until = %s WHERE id IN (SELECT id FROM {schema}calls "
+                    "WHERE id = ANY(%s) AND status = 'working' ORDER BY id FOR UPDATE SKIP LOCKED) "
                     "RETURNING id, cancel_requested"
                 ),
-                (lease_until, owner),
+                (lease_until, list(call_ids)),
             )
             return [row["id"] for row in await cursor.fetchall() if row["cancel_requested"]]
 
-    async def expire_calls(self, now: float, end: CallEnd, except_owner: str = "") -> list[CallRecord]:
+    async def expire_calls(self, now: float, end: CallEnd, running: Collection[str] = ()) -> list[CallRecord]:
         async with self._pool.connection() as conn, conn.transaction():
             cursor = await conn.execute(
                 self._sql(
                     f"SELECT {CALL_COLUMNS} FROM {{schema}}calls WHERE status = 'working' AND lease_until < %s "
-                    "AND owner != %s FOR UPDATE SKIP LOCKED"
+                    "AND NOT (id = ANY(%s)) ORDER BY id FOR UPDATE SKIP LOCKED"
                 ),
-                (now, except_owner),
+                (now, list(running)),
             )
             lost = [CallRecord(**row) for row in await cursor.fetchall()]
             await self._end_calls(conn, [self._end_values(call.id, end, now) for call in lost])

@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
@@ -280,25 +280,34 @@ class SQLiteStore:
 
         await self._run(flag)
 
-    async def renew_calls(self, owner: str, lease_until: float) -> list[str]:
+    async def renew_calls(self, call_ids: Collection[str], lease_until: float) -> list[str]:
+        ids = json.dumps(list(call_ids))
+
         def renew(db: sqlite3.Connection) -> list[str]:
             with _transaction(db, immediate=True):
                 db.execute(
-                    "UPDATE calls SET lease_until = ? WHERE owner = ? AND status = 'working'", (lease_until, owner)
+                    "UPDATE calls SET lease_until = ? WHERE id IN (SELECT value FROM json_each(?)) "
+                    "AND status = 'working'",
+                    (lease_until, ids),
                 )
                 rows = db.execute(
-                    "SELECT id FROM calls WHERE owner = ? AND status = 'working' AND cancel_requested", (owner,)
+                    "SELECT id FROM calls WHERE id IN (SELECT value FROM json_each(?)) AND status = 'working' "
+                    "AND cancel_requested",
+                    (ids,),
                 ).fetchall()
             return [row[0] for row in rows]
 
         return await self._run(renew)
 
-    async def expire_calls(self, now: float, end: CallEnd, except_owner: str = "") -> list[CallRecord]:
+    async def expire_calls(self, now: float, end: CallEnd, running: Collection[str] = ()) -> list[CallRecord]:
+        ids = json.dumps(list(running))
+
         def expire(db: sqlite3.Connection) -> list[CallRecord]:
             with _transaction(db, immediate=True):
                 rows = db.execute(
-                    f"SELECT {CALL_COLUMNS} FROM calls WHERE status = 'working' AND lease_until < ? AND owner != ?",
-                    (now, except_owner),
+                    f"SELECT {CALL_COLUMNS} FROM calls WHERE status = 'working' AND lease_until < ? "
+                    "AND id NOT IN (SELECT value FROM json_each(?))",
+                    (now, ids),
                 ).fetchall()
                 for row in rows:
                     _finish_call_in(db, row[0], end, now)
