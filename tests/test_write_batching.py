@@ -237,9 +237,10 @@ async def test_a_batch_refused_for_its_content_is_written_again_item_by_item() -
     assert given == [[0], [1], [2, 3, 4, 5], [2], [3], [4], [5]]
 
 
-async def test_an_outage_fails_its_batch_and_the_writes_queued_behind_it_at_once() -> None:
-    # A database that cannot be reached fails every item alike: writing each again, or sending the next batch into
-    # the same outage, would only make each refusal wait out the pool once more.
+async def test_an_outage_fails_its_batch_and_the_writes_queued_before_it_was_sent_at_once() -> None:
+    # A database that cannot be reached fails every item alike: writing each again, or sending the writes that
+    # waited behind it into the same outage, would only make each refusal wait out the pool once more. A write
+    # queued after the failed batch was sent gets its own attempt (a pool that was only busy may serve it).
     outage = psycopg.OperationalError("connection refused")
     given: list[list[int]] = []
     alone, together = asyncio.Event(), asyncio.Event()
@@ -252,18 +253,20 @@ async def test_an_outage_fails_its_batch_and_the_writes_queued_behind_it_at_once
         await together.wait()
         raise outage
 
-    batcher: WriteBatcher[int, int] = WriteBatcher(write_many, limit=1, one_item_may_be_at_fault=refused_for_content)
-    writes = [asyncio.create_task(batcher.write(n)) for n in range(3)]  # 0 alone; 1 and 2 queue behind it
+    batcher: WriteBatcher[int, int] = WriteBatcher(
+        write_many, limit=1, max_batch=2, one_item_may_be_at_fault=refused_for_content
+    )
+    writes = [asyncio.create_task(batcher.write(n)) for n in range(5)]  # 0 alone; 1-4 queue behind it
     while not given:
         await asyncio.sleep(0)
     alone.set()
     while len(given) < 2:
         await asyncio.sleep(0)
-    writes += [asyncio.create_task(batcher.write(n)) for n in (3, 4)]  # queued behind the batch that will fail
+    writes.append(asyncio.create_task(batcher.write(5)))  # queued after the batch [1, 2] was sent
     await asyncio.sleep(0)
     together.set()
-    assert await asyncio.gather(*writes, return_exceptions=True) == [0, outage, outage, outage, outage]
-    assert given == [[0], [1, 2]]
+    assert await asyncio.gather(*writes, return_exceptions=True) == [0, outage, outage, outage, outage, 50]
+    assert given == [[0], [1, 2], [5]], "3 and 4 were never sent into the outage; 5 had its own attempt"
 
 
 @pytest.mark.parametrize(

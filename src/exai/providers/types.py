@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Awaitable, Callable
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 Role = Literal["user", "assistant"]
 ThinkingMode = Literal["off", "minimal", "low", "medium", "high", "max"]
@@ -47,7 +48,15 @@ class Usage(BaseModel):
 TRUNCATED_REASONS = frozenset({"length", "max_tokens", "model_length"})
 
 
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+"""What JSON can carry but no UTF-8 store can keep (PostgreSQL refuses NUL in text and JSON; a lone surrogate is
+no UTF-8 at all)."""
+
+
 class GenerateResponse(BaseModel):
+    """A model's answer. Its text holds nothing a store cannot keep: NUL and lone surrogates an upstream sent (valid
+    JSON escapes) are replaced with U+FFFD, so a paid answer is never refused by the database that must keep it."""
+
     text: str
     reasoning: str | None = None
     usage: Usage = Field(default_factory=Usage)
@@ -55,6 +64,11 @@ class GenerateResponse(BaseModel):
     model: str
     provider: str
     upstream_latency_ms: float = 0.0
+
+    @field_validator("text", "reasoning")
+    @classmethod
+    def _storable(cls, value: str | None) -> str | None:
+        return _UNSTORABLE.sub("\ufffd", value) if value and _UNSTORABLE.search(value) else value
 
     @property
     def truncated(self) -> bool:

@@ -6,18 +6,20 @@ whole queue as one batch. Under load one round trip, one statement and one commi
 took its own: 32 calls at once on a 2-core machine cost the store's client and PostgreSQL about half the CPU per
 call (`bench/call_record.py`).
 
-Neighbours in a batch never fail for each other: a batch refused for what one item holds (`one_item_may_be_at_fault`)
-is written again item by item, at once, so that item fails alone with its own error. A batch that failed for every
-item alike (a database that cannot be reached) fails, with it, every write queued behind it: they would each wait
-out the same failure in turn. A write whose caller is cancelled while it queues is left out; one sent in a batch is
-not torn by its caller's cancellation (a write that goes alone runs in its caller's task, as before). Items with the
-same key (two appends to one thread) never share a batch: the later one waits for the next. An item's key and size
-are read in its caller's task, before it queues: an item that cannot say them fails alone.
+Neighbours in a batch never fail for each other: a batch refused for what one item holds
+(`one_item_may_be_at_fault`) is written again item by item, at once, so that item fails alone with its own error.
+A batch that failed for every item alike (a database that cannot be reached) fails, with it, the writes queued
+since before it was sent: they would each wait out the same failure in turn (those queued since get their own
+attempt, so a write waits about two of the pool's waits at most, not one per batch ahead of it). A write whose
+caller is cancelled while it queues is left out; one sent in a batch is not torn by its caller's cancellation. Items
+with the same key (two appends to one thread) never share a batch: the later one waits for the next. An item's key
+and size are read in its caller's task, before it queues: an item that cannot say them fails alone.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass, field
@@ -32,6 +34,7 @@ class _Queued(Generic[Item, Outcome]):
     item: Item
     key: Hashable
     size: int
+    since: float = field(default_factory=time.monotonic)
     waiter: asyncio.Future[Outcome] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
 
 
@@ -73,7 +76,7 @@ class WriteBatcher(Generic[Item, Outcome]):
             try:
                 return (await self._write_many([item]))[0]
             except Exception as exc:
-                self._failed_for_all(exc)
+                self._failed_for_all(exc, queued.since)
                 raise
             finally:
                 self._in_flight -= 1
@@ -131,7 +134,7 @@ class WriteBatcher(Generic[Item, Outcome]):
 
     async def _send(self, batch: list[_Queued[Item, Outcome]]) -> None:
         try:
-            outcomes = await self._outcomes([queued.item for queued in batch])
+            outcomes = await self._outcomes([queued.item for queued in batch], time.monotonic())
         except asyncio.CancelledError:
             for queued in batch:
                 if not queued.waiter.done():
@@ -145,26 +148,32 @@ class WriteBatcher(Generic[Item, Outcome]):
             else:
                 queued.waiter.set_result(outcome)
 
-    async def _outcomes(self, items: list[Item]) -> list[Outcome | BaseException]:
+    async def _outcomes(self, items: list[Item], sent: float) -> list[Outcome | BaseException]:
         try:
             return list(await self._write_many(items))
         except Exception as exc:
             if len(items) > 1 and self._one_item_may_be_at_fault(exc):
                 return await asyncio.gather(*(self._write_one(item) for item in items), return_exceptions=True)
-            self._failed_for_all(exc)
+            self._failed_for_all(exc, sent)
             return [exc] * len(items)
 
     async def _write_one(self, item: Item) -> Outcome:
         return (await self._write_many([item]))[0]
 
-    def _failed_for_all(self, error: Exception) -> None:
-        """A write failed: when not for what it held, the writes queued behind it fail with it at once, instead of
-        each waiting out the same failure (a pool's wait, a dead connection) one batch after another."""
+    def _failed_for_all(self, error: Exception, sent: float) -> None:
+        """A write sent at `sent` failed, not for what it held: the writes queued since before then fail with it at
+        once, having waited as long, instead of each waiting out the same failure (a pool's wait, a dead
+        connection) one batch after another. Those queued since get their own attempt: a pool that was only busy
+        may have a connection for them."""
         if not self._one_item_may_be_at_fault(error):
-            self._fail_queued(error)
+            self._fail_queued(error, since_before=sent)
 
-    def _fail_queued(self, error: BaseException) -> None:
+    def _fail_queued(self, error: BaseException, since_before: float = float("inf")) -> None:
+        kept: list[_Queued[Item, Outcome]] = []
         while self._queue:
             queued = self._queue.popleft()
-            if not queued.waiter.done():
+            if queued.since > since_before:
+                kept.append(queued)
+            elif not queued.waiter.done():
                 queued.waiter.set_exception(error)
+        self._queue.extend(kept)
