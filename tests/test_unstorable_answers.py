@@ -85,3 +85,13 @@ async def test_an_answer_with_nul_and_a_lone_surrogate_is_kept_in_the_thread_and
         calls = conn.execute(f'SELECT status FROM "{pg_schema}".calls').fetchall()
     assert [t[0] for t in turns] == ["say something odd", "before\ufffdafter, half a pair: \ufffd."]
     assert [c[0] for c in calls] == ["completed"]
+
+
+def test_a_streamed_emoji_split_between_chunks_is_joined_and_upstream_errors_are_storable() -> None:
+    from exai.providers.base import upstream_text
+    from exai.providers.types import GenerateResponse
+
+    pieces = ["smile \ud83d", "\ude00!"]  # each chunk's JSON decoded alone: half a pair in each
+    joined = GenerateResponse(text="".join(pieces), model="m", provider="p")
+    assert joined.text == "smile \U0001f600!"
+    assert upstream_text("bad\u0000request \udc00") == "bad\ufffdrequest \ufffd"

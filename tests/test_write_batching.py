@@ -348,7 +348,7 @@ async def test_calls_lost_by_the_thousands_end_in_statements_postgresql_can_take
             "%s, '' FROM generate_series(1, 10000) AS n",
             (now - 60, now - 120, now - 120, now + 3600),
         )
-    lost = await store.expire_calls(now, CallEnd("failed", message="lost"), "replica-a")
+    lost = await store.expire_calls(now, CallEnd("failed", message="lost"), ["a-call-this-replica-runs"])
     assert len(lost) == 10_000
     counts = await store.count_calls(now)
     assert counts.by_status == {"failed": 10_000}

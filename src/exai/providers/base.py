@@ -18,7 +18,7 @@ from exai.errors import ExaiError, InternalError, InvalidInput
 from exai.observability.logging import get_logger, redact
 from exai.provider_specs import PROVIDER_SPECS
 from exai.providers.catalogue import ModelInfo
-from exai.providers.types import DeltaCallback, GenerateRequest, GenerateResponse, StreamChunk, Usage
+from exai.providers.types import DeltaCallback, GenerateRequest, GenerateResponse, StreamChunk, Usage, storable
 
 FailureKind = Literal[
     "auth",
@@ -105,8 +105,9 @@ class UpstreamError(Exception):
 
 
 def upstream_text(text: str, limit: int = 300) -> str:
-    """At most `limit` characters of upstream text, redacted before it is cut (a key cut in two is not found)."""
-    return redact(text)[:limit]
+    """At most `limit` characters of upstream text, redacted before it is cut (a key cut in two is not found), and
+    storable (it may end up in a call's recorded error)."""
+    return storable(redact(text)[:limit])
 
 
 _CONTEXT_MARKERS = (

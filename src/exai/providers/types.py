@@ -49,8 +49,15 @@ TRUNCATED_REASONS = frozenset({"length", "max_tokens", "model_length"})
 
 
 _UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
-"""What JSON can carry but no UTF-8 store can keep (PostgreSQL refuses NUL in text and JSON; a lone surrogate is
-no UTF-8 at all)."""
+
+
+def storable(text: str) -> str:
+    """`text` as any UTF-8 store and client can keep it: what JSON carries and no store keeps (NUL, which PostgreSQL
+    refuses in text and JSON; a lone surrogate, which is no UTF-8 at all) becomes U+FFFD. A surrogate pair split
+    across two decoded pieces (a streamed emoji) is joined again, not replaced."""
+    if not _UNSTORABLE.search(text):
+        return text
+    return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace").replace("\x00", "\ufffd")
 
 
 class GenerateResponse(BaseModel):
@@ -68,7 +75,7 @@ class GenerateResponse(BaseModel):
     @field_validator("text", "reasoning")
     @classmethod
     def _storable(cls, value: str | None) -> str | None:
-        return _UNSTORABLE.sub("\ufffd", value) if value and _UNSTORABLE.search(value) else value
+        return storable(value) if value else value
 
     @property
     def truncated(self) -> bool:

@@ -175,6 +175,7 @@ class CallRunner:
         self._working_tasks: dict[str, int] = {}  # tenant -> working task calls on this replica
         self._waits: dict[str, int] = {}  # tenant -> `tasks/result` and `collect` requests waiting on this replica
         self._unrecorded: dict[str, CallEnd] = {}
+        self._creating: set[str] = set()  # records on their way to the store
         self._upkeep = BackgroundLoop(
             "exai-call-records",
             self._maintain,
@@ -221,8 +222,7 @@ class CallRunner:
         """Renew leases and watch for cancellations (every second while calls run), end calls whose replica died
         and refresh the counts (every third of a lease), and retry results the store did not take."""
         now = time.time()
-        if self._running or self._unrecorded:  # an answer the store has not taken yet keeps its lease too
-            held = [*self._running, *self._unrecorded]
+        if held := self._held():  # an answer the store has not taken yet keeps its lease too
             for call_id in await self.store.renew_calls(held, now + self.lease):
                 self._cancel_local(call_id)
         if self._unrecorded:  # before any sweep: a kept answer must land before its row could expire
@@ -233,6 +233,11 @@ class CallRunner:
             self.counts = await self.store.count_calls(now)
             self.on_counts(self.counts)
 
+    def _held(self) -> list[str]:
+        """The calls this replica answers for: running, holding an answer the store has not taken, or whose record
+        is on its way (a slow write may land after its first lease ran out)."""
+        return [*self._running, *self._unrecorded, *self._creating]
+
     def _maintenance_wait(self) -> float:
         return CANCEL_POLL_SECONDS if self._running else min(self.lease / 3, UNRECORDED_RETRY_SECONDS)
 
@@ -240,7 +245,7 @@ class CallRunner:
         """End every call whose replica stopped renewing its lease: failed, saying the work was lost."""
         now = time.time() if now is None else now
         end = CallEnd("failed", message="The daemon running this call stopped; the work was lost.")
-        lost = await self.store.expire_calls(now, end, [*self._running, *self._unrecorded])
+        lost = await self.store.expire_calls(now, end, self._held())
         for call in lost:
             if call.id in self._running:  # cannot happen while this replica renews; be safe
                 continue
@@ -303,6 +308,8 @@ class CallRunner:
             )
             started = time.perf_counter()
             creating = asyncio.ensure_future(self.store.create_call(call))  # its own task: a cancel cannot tear it
+            self._creating.add(call.id)
+            creating.add_done_callback(lambda _: self._creating.discard(call.id))
             try:
                 await asyncio.shield(creating)
             except asyncio.CancelledError:
@@ -366,10 +373,10 @@ class CallRunner:
         Nothing was spent. A second cancellation stops the wait; the row then ends as lost after its lease (a replica
         renews only the calls it runs)."""
         try:
-            await creating
+            await asyncio.shield(creating)
         except Exception:
             return  # not recorded: nothing to end
-        await self._end(call, CallEnd("cancelled", message="Cancelled before any model was asked."))
+        await asyncio.shield(self._end(call, CallEnd("cancelled", message="Cancelled before any model was asked.")))
 
     def _forget_task(self, tenant: str) -> None:
         left = self._working_tasks.get(tenant, 1) - 1

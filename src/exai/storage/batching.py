@@ -73,11 +73,8 @@ class WriteBatcher(Generic[Item, Outcome]):
         queued = _Queued[Item, Outcome](item, self._key(item) if self._key else None, self._size(item))
         if self._in_flight < self._limit and not self._queue:
             self._in_flight += 1  # by itself, in the caller's task: no hand-off on an idle store
-            try:
+            try:  # a failure here fails no queued write: every one queued after this one was sent
                 return (await self._write_many([item]))[0]
-            except Exception as exc:
-                self._failed_for_all(exc, queued.since)
-                raise
             finally:
                 self._in_flight -= 1
                 self._send_queued()
