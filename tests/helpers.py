@@ -12,7 +12,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from contextlib import asynccontextmanager, contextmanager
-from http.server import BaseHTTPRequestHandler, HTTPServer
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, cast
 
@@ -177,12 +177,20 @@ def jwks_endpoint() -> Iterator[tuple[str, list[dict[str, object]], list[int]]]:
         def log_message(self, *args: object) -> None:
             return None
 
-    server = HTTPServer(("127.0.0.1", 0), Handler)
+    with serve_on_loopback(Handler) as port:
+        yield f"http://127.0.0.1:{port}/jwks.json", keys, fetches
+
+
+@contextmanager
+def serve_on_loopback(handler: type[BaseHTTPRequestHandler]) -> Iterator[int]:
+    """An HTTP server of `handler` on a free loopback port, from threads of the test process; its port."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        yield f"http://127.0.0.1:{server.server_port}/jwks.json", keys, fetches
+        yield server.server_port
     finally:
         server.shutdown()
+        server.server_close()
 
 
 async def hold_writes(db: Any, schema: str, table: str, events: str) -> int:

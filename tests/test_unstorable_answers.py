@@ -4,17 +4,16 @@ answer is kept, in the thread and in the call's record, on a real PostgreSQL, th
 from __future__ import annotations
 
 import json
-import socketserver
-import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler
 
 import psycopg
 import pytest
 from mcp import Client
 
 from tests.conftest import Proc, SimControl
-from tests.helpers import text_of
+from tests.helpers import serve_on_loopback, text_of
 
 pytestmark = pytest.mark.anyio
 ANSWER = "before\u0000after, half a pair: \ud83d."
@@ -35,31 +34,26 @@ def answering_upstream(model: str) -> Iterator[str]:
         }
     ).encode()  # json.dumps escapes both as \\uXXXX, as an upstream would send them
 
-    class Handler(socketserver.StreamRequestHandler):
-        def handle(self) -> None:
-            while True:
-                start = self.rfile.readline()
-                if not start:
-                    return
-                length = 0
-                while (line := self.rfile.readline()) not in (b"\r\n", b""):
-                    name, _, value = line.decode("latin-1").partition(":")
-                    if name.strip().lower() == "content-length":
-                        length = int(value)
-                self.rfile.read(length)
-                body = listing if start.startswith(b"GET") else chat
-                self.wfile.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n")
-                self.wfile.write(b"Content-Length: %d\r\n\r\n" % len(body) + body)
-                self.wfile.flush()
+    class Handler(BaseHTTPRequestHandler):
+        def _send(self, body: bytes) -> None:
+            self.send_response(200)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
 
-    server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/v1"
-    finally:
-        server.shutdown()
-        server.server_close()
+        def do_GET(self) -> None:
+            self._send(listing)
+
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("content-length", 0)))
+            self._send(chat)
+
+        def log_message(self, *args: object) -> None:
+            return None
+
+    with serve_on_loopback(Handler) as port:
+        yield f"http://127.0.0.1:{port}/v1"
 
 
 async def test_an_answer_with_nul_and_a_lone_surrogate_is_kept_in_the_thread_and_the_record(

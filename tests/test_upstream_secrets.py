@@ -4,15 +4,14 @@ caller's error, nor the call record in the store, nor the daemon's log."""
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import Proc, SimControl
-from tests.helpers import call_tool, tool_error
+from tests.helpers import call_tool, serve_on_loopback, tool_error
 
 pytestmark = pytest.mark.anyio
 Daemon = Callable[..., Proc]
@@ -50,13 +49,8 @@ def echoing_upstream() -> Iterator[str]:
         def log_message(self, *args: object) -> None:
             return None
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{server.server_port}/v1"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with serve_on_loopback(Handler) as port:
+        yield f"http://127.0.0.1:{port}/v1"
 
 
 def leaks(text: str) -> list[str]:
