@@ -18,6 +18,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from exai.providers.types import storable
+
 ENCODING = "o200k_base"
 _OFFLOAD_CHARS = 100_000  # longer texts are counted off the event loop
 WARM_UP_DELAY_SECONDS = 1.0
@@ -62,7 +64,7 @@ def count_tokens(text: str) -> int:
     try:
         return int(_encoding().count(text))
     except UnicodeEncodeError:  # lone surrogates (valid in JSON, not in UTF-8): replaced, as the package does
-        return int(_encoding().count(text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")))
+        return int(_encoding().count(storable(text)))
 
 
 async def count_tokens_async(text: str) -> int:

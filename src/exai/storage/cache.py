@@ -105,12 +105,12 @@ class CachedStore:
         row's turn count."""
         if after > 0:
             return await self.inner.read_thread(thread_id, after)
-        record, cached = await asyncio.gather(self.inner.get_thread(thread_id), self._cached(thread_id, after))
+        record, cached = await asyncio.gather(self.inner.get_thread(thread_id), self._cached(thread_id, 0))
         if record is None:
             return None
-        if after + len(cached) >= record.turn_count:
+        if len(cached) >= record.turn_count:
             return record, cached
-        rest = await self.inner.get_turns(thread_id, after=after + len(cached))
+        rest = await self.inner.get_turns(thread_id, after=len(cached))
         self._in_background(self._extend(thread_id, rest))
         return record, cached + rest
 
