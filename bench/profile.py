@@ -51,8 +51,10 @@ def summarize(collapsed: Path, top: int) -> None:
     inclusive: Counter[str] = Counter()
     own: Counter[str] = Counter()
     total = 0
-    for line in collapsed.read_text().splitlines():
+    for line in collapsed.read_text(errors="replace").split("\n"):  # a torn sample may hold other line breaks
         stack, _, count = line.rpartition(" ")
+        if not count.isdigit():
+            continue
         frames = [f.split(" (")[0] + " (" + f.split(" (")[-1].split(":")[0].rsplit("/", 1)[-1] + ")" for f in
                   stack.split(";")]  # fmt: skip
         samples = int(count)

@@ -41,6 +41,7 @@ from exai.storage.base import (
     CallCounts,
     CallEnd,
     CallRecord,
+    EndRefused,
     StorageObserver,
     Store,
     is_call_id,
@@ -69,6 +70,16 @@ def replica_id() -> str:
 def result_payload(result: types.CallToolResult) -> dict[str, Any]:
     """The wire form of a result, exactly as the client receives it."""
     return result.model_dump(by_alias=True, mode="json", exclude_none=True)
+
+
+def unstorable(end: CallEnd, reason: str) -> CallEnd:
+    """The failed end written in place of one the store refused for what it holds."""
+    what = "its answer" if end.status == "completed" else f"how it ended ({end.status})"
+    return CallEnd(
+        "failed",
+        message=f"The call ended, but the store refused {what} ({reason}), so it was not kept. A request that "
+        "waited for the call received it; otherwise make the call again.",
+    )
 
 
 def lost_message(call: CallRecord) -> str:
@@ -389,7 +400,7 @@ class CallRunner:
         """Write how the call ended; what the store would not take is kept here and retried."""
         started = time.perf_counter()
         try:
-            ended = await self.store.finish_call(call.id, end, time.time(), self.owner)
+            ended = await self._write_end(call.id, end)
         except Exception:
             self.on_storage("finish_call", time.perf_counter() - started, False)
             log.exception("storage_failed", operation="finish_call", call_id=call.id)  # kept here, retried
@@ -400,12 +411,26 @@ class CallRunner:
         if not ended:
             log.warning("call_already_ended", call_id=call.id, status=end.status)  # e.g. cancelled first
 
+    async def _write_end(self, call_id: str, end: CallEnd) -> bool:
+        """Write how the call ended. An end the store refuses for what it holds would be refused on every retry and
+        keep its call working for ever: it is replaced by a failed end that says so (the request that waited for
+        the call, if any, has had its answer)."""
+        try:
+            return await self.store.finish_call(call_id, end, time.time(), self.owner)
+        except EndRefused as refused:
+            log.error("call_end_refused", call_id=call_id, status=end.status, reason=str(refused))
+            return await self.store.finish_call(call_id, unstorable(end, str(refused)), time.time(), self.owner)
+
     async def _record_unrecorded(self) -> None:
-        for call_id, end in list(self._unrecorded.items()):
-            try:
-                written = await self.store.finish_call(call_id, end, time.time(), self.owner)
-            except Exception:
-                continue  # still down (or this one is refused): the next round tries again
+        """Write the ends the store did not take, all at once: a store that batches writes sends them together,
+        and one that is still down fails them together, instead of one after another inside the lease round."""
+        pending = list(self._unrecorded.items())
+        outcomes = await asyncio.gather(
+            *(self._write_end(call_id, end) for call_id, end in pending), return_exceptions=True
+        )
+        for (call_id, _), written in zip(pending, outcomes, strict=True):
+            if isinstance(written, BaseException):
+                continue  # still down: the next round tries again
             del self._unrecorded[call_id]
             log.info("call_result_recorded_late" if written else "call_already_ended", call_id=call_id)
 

@@ -228,6 +228,11 @@ class ThreadConflict(Exception):
         self.gone = gone
 
 
+class EndRefused(Exception):
+    """The store would not take how a call ended for what it holds (a data error, not an outage): writing the same
+    end again cannot help."""
+
+
 StorageObserver = Callable[[str, float, bool], None]
 """Told of each store operation a call waits for: its name (metrics.STORAGE_OPERATIONS), seconds, and whether it
 succeeded."""
@@ -285,7 +290,8 @@ class Store(Protocol):
 
     async def finish_call(self, call_id: str, end: CallEnd, now: float, owner: str | None = None) -> bool:
         """End a call that is still working (or, for its `owner`, one a sweep ended as lost while the owner still
-        held its answer: the answer wins); False when it had already ended otherwise."""
+        held its answer: the answer wins); False when it had already ended otherwise. `EndRefused` when the store
+        refuses what the end holds."""
         ...
 
     async def get_call(self, call_id: str) -> CallRecord | None: ...

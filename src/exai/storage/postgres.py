@@ -27,6 +27,7 @@ from exai.storage.base import (
     CallCounts,
     CallEnd,
     CallRecord,
+    EndRefused,
     ThreadConflict,
     ThreadRecord,
     TurnRecord,
@@ -100,6 +101,19 @@ def refused_for_content(exc: Exception) -> bool:
     if exc.sqlstate is None:  # the driver's own: its connection (operational), or the data it was given
         return not isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError)
     return exc.sqlstate[:2] in _ONE_ITEMS_FAULT
+
+
+def refused_for_good(exc: Exception) -> bool:
+    """Whether a write alone failed for what it holds, so that sending it again cannot succeed: as
+    `refused_for_content`, less a deadlock or serialization failure (class 40), which the next attempt survives."""
+    return refused_for_content(exc) and not (isinstance(exc, psycopg.Error) and (exc.sqlstate or "").startswith("40"))
+
+
+def _refusal(exc: Exception) -> str:
+    """What PostgreSQL (or the driver) said, without the detail that may quote the data itself."""
+    if isinstance(exc, psycopg.Error) and exc.sqlstate:
+        return f"{exc.diag.message_primary or type(exc).__name__} (SQLSTATE {exc.sqlstate})"
+    return type(exc).__name__
 
 
 _BATCHING: dict[str, Any] = {"limit": 4, "one_item_may_be_at_fault": refused_for_content}
@@ -366,7 +380,12 @@ class PostgresStore:
         return (end.status, end.message, result, error, now, call_id, owner)
 
     async def finish_call(self, call_id: str, end: CallEnd, now: float, owner: str | None = None) -> bool:
-        return await self._ends.write((call_id, end, now, owner))
+        try:
+            return await self._ends.write((call_id, end, now, owner))
+        except Exception as exc:
+            if refused_for_good(exc):
+                raise EndRefused(_refusal(exc)) from exc
+            raise
 
     async def _write_ends(self, ends: list[tuple[str, CallEnd, float, str | None]]) -> list[bool]:
         async with self._pool.connection() as conn:

@@ -31,6 +31,7 @@ from exai.storage.base import (
     CallCounts,
     CallEnd,
     CallRecord,
+    EndRefused,
     ThreadConflict,
     ThreadRecord,
     TurnRecord,
@@ -55,6 +56,10 @@ def _json(value: Any) -> str:
         return json.dumps(value)
     return text
 
+
+_REFUSED_FOR_GOOD = (sqlite3.DataError, sqlite3.IntegrityError, ValueError, TypeError)
+"""What a write fails with for the data it holds (too big, a constraint, a value JSON cannot carry), not for the
+database's state: the same write again fails again."""
 
 _SQLITE_UPDATE = ", ".join(f"{column} = ?" for column in THREAD_UPDATE.split(", "))
 
@@ -252,7 +257,10 @@ class SQLiteStore:
         await self._on_loop(lambda db: _insert_call(db, call))
 
     async def finish_call(self, call_id: str, end: CallEnd, now: float, owner: str | None = None) -> bool:
-        return await self._on_loop(lambda db: _finish_call(db, call_id, end, now, owner))
+        try:
+            return await self._on_loop(lambda db: _finish_call(db, call_id, end, now, owner))
+        except _REFUSED_FOR_GOOD as exc:
+            raise EndRefused(type(exc).__name__) from exc
 
     async def get_call(self, call_id: str) -> CallRecord | None:
         row = await self._run(
