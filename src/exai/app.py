@@ -14,6 +14,7 @@ from exai.conversations.threads import Conversations
 from exai.conversations.tokens import warm_up
 from exai.conversations.turn_memory import TurnMemory
 from exai.errors import ExaiError
+from exai.heap import HeapTrimmer
 from exai.observability.alerts import AlertManager, AlertThresholds
 from exai.observability.events import Events
 from exai.observability.health import Health
@@ -194,6 +195,7 @@ class Services:
     tool_services: ToolServices
     """What tools may use (the narrow part of these services handed to each call)."""
     loop_lag: LoopLagProbe
+    heap: HeapTrimmer
     schema_version: int | None = None
     """The store's schema version once it is open (migrations applied)."""
 
@@ -305,6 +307,7 @@ class Services:
             calls=calls,
             tool_services=tool_services,
             loop_lag=LoopLagProbe(events.loop_lagged),
+            heap=HeapTrimmer(settings.memory_trim_seconds),
         )
 
     async def start(self) -> None:
@@ -324,6 +327,7 @@ class Services:
         self.alerts.start()
         self.calls.start()
         self.loop_lag.start()
+        self.heap.start()
 
     async def _open_store(self) -> None:
         settings = self.settings
@@ -331,6 +335,7 @@ class Services:
         await self.purger.purge()
 
     async def close(self) -> None:
+        await self.heap.close()
         await self.loop_lag.close()
         await self.calls.close()
         await self.discovery.close()

@@ -244,6 +244,7 @@ class Settings(ProviderSettings):
     thread_memory_mb: int = Field(default=32, ge=0)  # recently used threads' turns held per replica; 0: none
     audit_retention_days: float = Field(default=30.0, gt=0)
     purge_interval_seconds: float = Field(default=3600.0, gt=0)  # expired threads and old audit rows
+    memory_trim_seconds: float = Field(default=60.0, ge=0)  # freed heap memory handed back this often; 0: never
 
     # Long calls: call records, MCP Tasks, answers collected later
     client_wait_seconds: float = Field(default=45.0, ge=0)  # a call still running then answers "pending"; 0: never
