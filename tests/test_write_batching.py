@@ -13,13 +13,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
-import mcp_types as types
 import psycopg
 import pytest
 from psycopg import AsyncConnection
 
-from exai.config import Settings
-from exai.server.call_records import CallRunner, Execution
 from exai.storage.base import CallEnd, CallRecord, EndRefused, ThreadConflict, ThreadRecord, TurnRecord
 from exai.storage.batching import WriteBatcher
 from exai.storage.postgres import PostgresStore, refused_for_content
@@ -356,69 +353,3 @@ async def test_calls_lost_by_the_thousands_end_in_statements_postgresql_can_take
     assert len(lost) == 10_000
     counts = await store.count_calls(now)
     assert counts.by_status == {"failed": 10_000}
-
-
-class EndsFailing(PostgresStore):
-    """A store whose call ends fail while `failing` is set, as while the database fails over."""
-
-    failing = False
-
-    async def finish_call(self, call_id: str, end: CallEnd, now: float, owner: str | None = None) -> bool:
-        if self.failing:
-            raise psycopg.OperationalError("the database is failing over")
-        return await super().finish_call(call_id, end, now, owner)
-
-
-async def _answered(runner: CallRunner, text: str) -> Execution:
-    """A task call whose answer is `text` and whose work, the writing of its end included, is over."""
-
-    async def body(record: Callable[[], Awaitable[None]]) -> types.CallToolResult:
-        await record()
-        return types.CallToolResult(content=[types.TextContent(type="text", text=text)])
-
-    execution = runner.launch(body, tenant="alice", tool="chat", correlation_id="c", continuation_id=None, task=True)
-    await execution.task
-    return execution
-
-
-async def test_ends_kept_through_an_outage_are_written_together_once_it_is_over(
-    postgres_url: str, pg_schema: str, statements: Counter[str]
-) -> None:
-    """They were written one after another, each its own statement and commit, inside the round that renews the
-    replica's leases: a backlog of thousands held the renewal of every running call for its whole length."""
-    store = EndsFailing(postgres_url, schema=pg_schema)
-    await store.open()
-    await store.migrate()
-    try:
-        runner = CallRunner(store, Settings(max_tasks_per_tenant=1000))
-        store.failing = True
-        executions = await asyncio.gather(*(_answered(runner, f"answer {n}") for n in range(CALLS * 8)))
-        store.failing = False
-        statements.clear()
-        await runner.close()  # writes what it holds
-        assert statements["UPDATE calls"] <= 16, statements  # 256 one at a time
-        for n, execution in enumerate(executions):
-            call = await execution.record()
-            assert call is not None
-            stored = await store.get_call(call.id)
-            assert stored is not None and stored.status == "completed", stored
-            assert stored.result is not None and stored.result["content"][0]["text"] == f"answer {n}"
-    finally:
-        await store.close()
-
-
-async def test_an_end_the_database_refuses_for_what_it_holds_ends_the_call_failed_not_working_for_ever(
-    store: PostgresStore,
-) -> None:
-    """PostgreSQL cannot keep U+0000 in a JSON value, so the same end is refused on every retry: the call stayed
-    working, its lease renewed by its replica for as long as it ran."""
-    runner = CallRunner(store, Settings())
-    execution = await _answered(runner, "paid for, but \u0000 cannot be stored")
-    assert execution.outcome().content[0].text.startswith("paid for")  # type: ignore[union-attr]
-    await runner.close()  # what it still holds, it tries once more
-    call = await execution.record()
-    assert call is not None
-    stored = await store.get_call(call.id)
-    assert stored is not None and stored.status == "failed", stored
-    assert stored.status_message is not None and "store refused its answer" in stored.status_message
-    assert "SQLSTATE 22" in stored.status_message, stored.status_message

@@ -29,6 +29,7 @@ from exai.config import Settings
 from exai.errors import (
     CallCancelledError,
     CallLostError,
+    ExaiError,
     NotFoundError,
     RateLimitError,
     StorageError,
@@ -55,6 +56,8 @@ UNRECORDED_RETRY_SECONDS = 2.0
 MAX_UNRECORDED = 10_000
 """Answers kept in memory while the store is down; past this, the newest are only returned to their callers."""
 LOST_CODE = -32603
+NOT_KEPT = "answer_not_kept"
+"""The code of a call whose end the store refused to keep (`refused_end`)."""
 CANCEL_WAIT_SECONDS = 10.0
 WAITS_PER_TASK = 2
 """A tenant may have this many waiting requests (`tasks/result`, `collect`) per task it may run."""
@@ -72,13 +75,19 @@ def result_payload(result: types.CallToolResult) -> dict[str, Any]:
     return result.model_dump(by_alias=True, mode="json", exclude_none=True)
 
 
-def unstorable(end: CallEnd, reason: str) -> CallEnd:
-    """The failed end written in place of one the store refused for what it holds."""
+def refused_end(end: CallEnd, reason: str) -> CallEnd:
+    """The failed end written in place of one the store refused for what it holds, with the error that says so to
+    whoever reads the call (`tasks/get`, `tasks/result`, `collect`)."""
     what = "its answer" if end.status == "completed" else f"how it ended ({end.status})"
+    error = StorageError(
+        f"This call ended, but the store refused to keep {what} ({reason}).",
+        code=NOT_KEPT,
+        remedy="The request that waited for the call, if one still did, received its answer; otherwise make the "
+        "call again.",
+        retryable=False,
+    )
     return CallEnd(
-        "failed",
-        message=f"The call ended, but the store refused {what} ({reason}), so it was not kept. A request that "
-        "waited for the call received it; otherwise make the call again.",
+        "failed", message=error.message, error={"code": LOST_CODE, "message": error.message, "data": error.to_dict()}
     )
 
 
@@ -104,9 +113,18 @@ def cancelled_error(call: CallRecord) -> CallCancelledError:
     )
 
 
+def failure_error(call: CallRecord) -> ExaiError:
+    """Why a failed call has no answer: the error written with its end (the store refused to keep its answer), else
+    that the daemon running it stopped."""
+    data = (call.error or {}).get("data")
+    if isinstance(data, dict) and data.get("code") == NOT_KEPT:
+        return StorageError(data["message"], code=NOT_KEPT, remedy=data.get("remedy"), retryable=False)
+    return lost_error(call)
+
+
 def jsonrpc_error(call: CallRecord) -> dict[str, Any]:
     """The JSON-RPC error of a call that could not finish (a failed task)."""
-    error = lost_error(call)
+    error = failure_error(call)
     return {"code": LOST_CODE, "message": error.message, "data": error.to_dict()}
 
 
@@ -226,8 +244,8 @@ class CallRunner:
                 for task in late:
                     task.cancel()
                 await asyncio.gather(*late, return_exceptions=True)
+        await self._upkeep.close()  # before the last round below: two rounds at once would write the same ends
         await self._record_unrecorded()
-        await self._upkeep.close()
 
     async def _maintain(self) -> None:
         """Renew leases and watch for cancellations (every second while calls run), end calls whose replica died
@@ -400,39 +418,56 @@ class CallRunner:
         """Write how the call ended; what the store would not take is kept here and retried."""
         started = time.perf_counter()
         try:
-            ended = await self._write_end(call.id, end)
+            await self._write_end(call.id, end)
         except Exception:
             self.on_storage("finish_call", time.perf_counter() - started, False)
             log.exception("storage_failed", operation="finish_call", call_id=call.id)  # kept here, retried
-            if len(self._unrecorded) < MAX_UNRECORDED:
-                self._unrecorded[call.id] = end
             return
         self.on_storage("finish_call", time.perf_counter() - started, True)
-        if not ended:
-            log.warning("call_already_ended", call_id=call.id, status=end.status)  # e.g. cancelled first
 
-    async def _write_end(self, call_id: str, end: CallEnd) -> bool:
-        """Write how the call ended. An end the store refuses for what it holds would be refused on every retry and
-        keep its call working for ever: it is replaced by a failed end that says so (the request that waited for
-        the call, if any, has had its answer)."""
+    async def _write_end(self, call_id: str, end: CallEnd, *, late: bool = False) -> None:
+        """Write how the call ended; an end the store does not take is kept (`_unrecorded`) for the next round and
+        the error raised. An end it refuses for what it holds would be refused on every round and keep its call
+        working for ever: a failed end saying so (`refused_end`) goes in its place, and is given up if the store
+        refuses that too."""
         try:
-            return await self.store.finish_call(call_id, end, time.time(), self.owner)
+            written = await self.store.finish_call(call_id, end, time.time(), self.owner)
         except EndRefused as refused:
-            log.error("call_end_refused", call_id=call_id, status=end.status, reason=str(refused))
-            return await self.store.finish_call(call_id, unstorable(end, str(refused)), time.time(), self.owner)
+            if end.error is not None and end.error["data"].get("code") == NOT_KEPT:  # refused already in its place
+                self._unrecorded.pop(call_id, None)
+                log.error("call_end_given_up", call_id=call_id, reason=refused.reason, detail=refused.detail)
+                return
+            log.error(
+                "call_end_refused", call_id=call_id, status=end.status, reason=refused.reason, detail=refused.detail
+            )
+            await self._write_end(call_id, refused_end(end, refused.reason), late=late)
+            return
+        except Exception:
+            if call_id in self._unrecorded or len(self._unrecorded) < MAX_UNRECORDED:
+                self._unrecorded[call_id] = end
+            raise
+        self._unrecorded.pop(call_id, None)
+        if not written:
+            log.warning("call_already_ended", call_id=call_id, status=end.status)  # e.g. cancelled first
+        elif late:
+            log.info("call_result_recorded_late", call_id=call_id)
 
     async def _record_unrecorded(self) -> None:
-        """Write the ends the store did not take, all at once: a store that batches writes sends them together,
-        and one that is still down fails them together, instead of one after another inside the lease round."""
+        """Write the ends the store did not take. One goes first: while the store is still down a round costs one
+        failed write, not one per end (each waiting out the store's timeout, and holding up the reads queued
+        behind it); once that one is written, the rest go at once, and a store that batches writes sends them
+        together (256 ends were 256 statements, one after another)."""
         pending = list(self._unrecorded.items())
-        outcomes = await asyncio.gather(
-            *(self._write_end(call_id, end) for call_id, end in pending), return_exceptions=True
+        if not pending:
+            return
+        (first, end), rest = pending[0], pending[1:]
+        try:
+            await self._write_end(first, end, late=True)
+        except Exception:
+            return  # still down: the next round tries again
+        await asyncio.gather(
+            *(self._write_end(call_id, end, late=True) for call_id, end in rest), return_exceptions=True
         )
-        for (call_id, _), written in zip(pending, outcomes, strict=True):
-            if isinstance(written, BaseException):
-                continue  # still down: the next round tries again
-            del self._unrecorded[call_id]
-            log.info("call_result_recorded_late" if written else "call_already_ended", call_id=call_id)
 
     # -- reading, waiting, cancelling ------------------------------------------------------------------------------
 
@@ -521,7 +556,7 @@ class CallRunner:
 
     def outcome(self, call: CallRecord) -> types.CallToolResult:
         """An ended call's result as the caller gets it: its own result, or the error that ended it."""
-        return outcome_result(call, lost_error(call), cancelled_error(call))
+        return outcome_result(call, failure_error(call), cancelled_error(call))
 
     def collected(self, call: CallRecord) -> None:
         self.on_task_event("collected", call)

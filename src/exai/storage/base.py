@@ -230,7 +230,13 @@ class ThreadConflict(Exception):
 
 class EndRefused(Exception):
     """The store would not take how a call ended for what it holds (a data error, not an outage): writing the same
-    end again cannot help."""
+    end again cannot help. `reason` names the refusal without quoting anything (a SQLSTATE, an error's type), fit
+    for the call's tenant; `detail` is the store's own words, for the log."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.detail = detail
 
 
 StorageObserver = Callable[[str, float, bool], None]

@@ -104,16 +104,22 @@ def refused_for_content(exc: Exception) -> bool:
 
 
 def refused_for_good(exc: Exception) -> bool:
-    """Whether a write alone failed for what it holds, so that sending it again cannot succeed: as
-    `refused_for_content`, less a deadlock or serialization failure (class 40), which the next attempt survives."""
-    return refused_for_content(exc) and not (isinstance(exc, psycopg.Error) and (exc.sqlstate or "").startswith("40"))
-
-
-def _refusal(exc: Exception) -> str:
-    """What PostgreSQL (or the driver) said, without the detail that may quote the data itself."""
+    """Whether PostgreSQL refused a write, sent alone, for what it holds, so that sending it again cannot succeed: a
+    data exception (SQLSTATE class 22), an integrity constraint (23), a program limit (54), or data the driver itself
+    cannot send (its `DataError`, with no SQLSTATE). Nothing else: a transport fault, a closed store or an error of
+    ours may pass next time, and an end given up for good is an answer thrown away."""
     if isinstance(exc, psycopg.Error) and exc.sqlstate:
-        return f"{exc.diag.message_primary or type(exc).__name__} (SQLSTATE {exc.sqlstate})"
-    return type(exc).__name__
+        return exc.sqlstate[:2] in _REFUSED_FOR_GOOD
+    return isinstance(exc, psycopg.DataError)
+
+
+_REFUSED_FOR_GOOD = ("22", "23", "54")
+
+
+def end_refused(exc: psycopg.Error) -> EndRefused:
+    if exc.sqlstate:
+        return EndRefused(f"SQLSTATE {exc.sqlstate}", exc.diag.message_primary or type(exc).__name__)
+    return EndRefused(type(exc).__name__, str(exc))
 
 
 _BATCHING: dict[str, Any] = {"limit": 4, "one_item_may_be_at_fault": refused_for_content}
@@ -382,9 +388,9 @@ class PostgresStore:
     async def finish_call(self, call_id: str, end: CallEnd, now: float, owner: str | None = None) -> bool:
         try:
             return await self._ends.write((call_id, end, now, owner))
-        except Exception as exc:
+        except psycopg.Error as exc:
             if refused_for_good(exc):
-                raise EndRefused(_refusal(exc)) from exc
+                raise end_refused(exc) from exc
             raise
 
     async def _write_ends(self, ends: list[tuple[str, CallEnd, float, str | None]]) -> list[bool]:

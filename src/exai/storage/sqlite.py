@@ -57,9 +57,9 @@ def _json(value: Any) -> str:
     return text
 
 
-_REFUSED_FOR_GOOD = (sqlite3.DataError, sqlite3.IntegrityError, ValueError, TypeError)
-"""What a write fails with for the data it holds (too big, a constraint, a value JSON cannot carry), not for the
-database's state: the same write again fails again."""
+_REFUSED_FOR_GOOD = (sqlite3.DataError, sqlite3.IntegrityError, OverflowError)
+"""What a write fails with for the data it holds (too big for SQLite or for its C interface, a constraint), not for
+the database's state: the same write again fails again."""
 
 _SQLITE_UPDATE = ", ".join(f"{column} = ?" for column in THREAD_UPDATE.split(", "))
 
@@ -260,7 +260,7 @@ class SQLiteStore:
         try:
             return await self._on_loop(lambda db: _finish_call(db, call_id, end, now, owner))
         except _REFUSED_FOR_GOOD as exc:
-            raise EndRefused(type(exc).__name__) from exc
+            raise EndRefused(type(exc).__name__, str(exc)) from exc
 
     async def get_call(self, call_id: str) -> CallRecord | None:
         row = await self._run(
