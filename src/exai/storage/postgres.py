@@ -47,13 +47,17 @@ _SCHEMA_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 POOL_WAIT_SECONDS = 5.0  # a call waits this long for a connection, then fails as `storage` (not at 30 s)
 
 
+def _row(*placeholders: str) -> str:
+    return "(" + ", ".join(placeholders) + ")"
+
+
 def _typed(*types: str) -> str:
     """A row of placeholders, each cast: where nothing else types a VALUES list (a CTE, or a SELECT from it)."""
-    return "(" + ", ".join(f"%s::{kind}" for kind in types) + ")"
+    return _row(*(f"%s::{kind}" for kind in types))
 
 
-_TURN_ROW = "(" + ", ".join(["%s"] * 11) + ")"
-_THREAD_ROW = "(" + ", ".join(["%s"] * 10) + ")"
+_TURN_ROW = _row(*["%s"] * 11)  # typed by the INSERT's columns
+_THREAD_ROW = _row(*["%s"] * 10)
 _TURN_TYPES = ("integer", "text", "text", "text", "text", "text", "jsonb", "jsonb", "double precision", "integer")
 _TYPED_TURN_ROW = _typed("text", *_TURN_TYPES)
 """A turn's values (its thread's id, then TURN_COLUMNS) in a VALUES list that an INSERT does not type."""
