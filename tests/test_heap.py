@@ -18,7 +18,7 @@ PROMPT = "lorem ipsum dolor " * 5_500  # about 100,000 characters, the largest p
 
 async def test_memory_freed_after_a_burst_of_large_prompts_goes_back_to_the_system(daemon: Daemon) -> None:
     """256 calls of 100,000 characters, 32 at once: the replica's heap (its anonymous resident memory) grew by about
-    50 MiB and stayed there once they were over (glibc keeps the pages it freed); now it shrinks back."""
+    50 MiB and stayed there once they were over (glibc keeps the pages it freed); now half of it or more goes back."""
     proc = daemon(EXAI_MEMORY_TRIM_SECONDS="1")
     status = Path(f"/proc/{proc.process.pid}/status")
 
@@ -49,6 +49,6 @@ async def test_memory_freed_after_a_burst_of_large_prompts_goes_back_to_the_syst
     grown = peak - before
     assert grown > 12, f"the burst grew the replica by {grown:.0f} MiB only: it says nothing about giving memory back"
     await wait_until(
-        lambda: rss_mib() - before < grown / 3, f"the replica's heap ({before:.0f} MiB before) shrinks back"
+        lambda: rss_mib() - before < grown / 2, f"the replica's heap ({before:.0f} MiB before) shrinks back"
     )
     assert '"event": "memory_returned"' in proc.logs()

@@ -15,6 +15,7 @@ the owner sees the flag within a second and cuts the upstream request.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
 import time
@@ -29,7 +30,6 @@ from exai.config import Settings
 from exai.errors import (
     CallCancelledError,
     CallLostError,
-    ExaiError,
     NotFoundError,
     RateLimitError,
     StorageError,
@@ -53,11 +53,11 @@ log = get_logger(__name__)
 CANCEL_POLL_SECONDS = 1.0
 """How often a replica running calls looks for cancellations that reached another replica."""
 UNRECORDED_RETRY_SECONDS = 2.0
+HELD_LOG_SECONDS = 60.0
+"""While the store does not take the ends held, how often that is logged (with how many)."""
 MAX_UNRECORDED = 10_000
 """Answers kept in memory while the store is down; past this, the newest are only returned to their callers."""
 LOST_CODE = -32603
-NOT_KEPT = "answer_not_kept"
-"""The code of a call whose end the store refused to keep (`refused_end`)."""
 CANCEL_WAIT_SECONDS = 10.0
 WAITS_PER_TASK = 2
 """A tenant may have this many waiting requests (`tasks/result`, `collect`) per task it may run."""
@@ -75,20 +75,20 @@ def result_payload(result: types.CallToolResult) -> dict[str, Any]:
     return result.model_dump(by_alias=True, mode="json", exclude_none=True)
 
 
-def refused_end(end: CallEnd, reason: str) -> CallEnd:
-    """The failed end written in place of one the store refused for what it holds, with the error that says so to
-    whoever reads the call (`tasks/get`, `tasks/result`, `collect`)."""
+def replacement_end(end: CallEnd, reason: str) -> CallEnd:
+    """What is written in place of an end the store refused for what it holds: the same status (a task that ended
+    never changes status, and a held end may already have been served from memory), with a message saying so; a
+    completed call's result becomes the error `storage/answer_not_kept`, for `tasks/result` and `collect`."""
     what = "its answer" if end.status == "completed" else f"how it ended ({end.status})"
     error = StorageError(
         f"This call ended, but the store refused to keep {what} ({reason}).",
-        code=NOT_KEPT,
+        code="answer_not_kept",
         remedy="The request that waited for the call, if one still did, received its answer; otherwise make the "
         "call again.",
         retryable=False,
     )
-    return CallEnd(
-        "failed", message=error.message, error={"code": LOST_CODE, "message": error.message, "data": error.to_dict()}
-    )
+    result = result_payload(error_result(error)) if end.status == "completed" else None
+    return CallEnd(end.status, message=error.message, result=result)
 
 
 def lost_message(call: CallRecord) -> str:
@@ -113,18 +113,9 @@ def cancelled_error(call: CallRecord) -> CallCancelledError:
     )
 
 
-def failure_error(call: CallRecord) -> ExaiError:
-    """Why a failed call has no answer: the error written with its end (the store refused to keep its answer), else
-    that the daemon running it stopped."""
-    data = (call.error or {}).get("data")
-    if isinstance(data, dict) and data.get("code") == NOT_KEPT:
-        return StorageError(data["message"], code=NOT_KEPT, remedy=data.get("remedy"), retryable=False)
-    return lost_error(call)
-
-
 def jsonrpc_error(call: CallRecord) -> dict[str, Any]:
     """The JSON-RPC error of a call that could not finish (a failed task)."""
-    error = failure_error(call)
+    error = lost_error(call)
     return {"code": LOST_CODE, "message": error.message, "data": error.to_dict()}
 
 
@@ -214,6 +205,8 @@ class CallRunner:
         )
         self._last_sweep = 0.0
         self._closing = False
+        self._round = asyncio.Lock()  # one round of writing held ends at a time
+        self._told_held = 0.0  # when the ends still held were last logged
 
     # -- lifecycle -----------------------------------------------------------------------------------------------
 
@@ -244,8 +237,12 @@ class CallRunner:
                 for task in late:
                     task.cancel()
                 await asyncio.gather(*late, return_exceptions=True)
-        await self._upkeep.close()  # before the last round below: two rounds at once would write the same ends
-        await self._record_unrecorded()
+        async with self._round:  # a round under way finishes first: a write torn midway would be written twice
+            await self._upkeep.close()
+            with contextlib.suppress(TimeoutError):  # every end held, not one first: nothing is tried after this
+                await asyncio.wait_for(self._write_held(list(self._unrecorded.items())), FINISH_WAIT_SECONDS)
+        if self._unrecorded:  # their rows end as lost after their lease
+            log.error("call_ends_lost_at_shutdown", calls=len(self._unrecorded))
 
     async def _maintain(self) -> None:
         """Renew leases and watch for cancellations (every second while calls run), end calls whose replica died
@@ -255,7 +252,8 @@ class CallRunner:
             for call_id in await self.store.renew_calls(held, now + self.lease):
                 self._cancel_local(call_id)
         if self._unrecorded:  # before any sweep: a kept answer must land before its row could expire
-            await self._record_unrecorded()
+            async with self._round:
+                await self._record_unrecorded()
         if now - self._last_sweep >= self.lease / 3:
             self._last_sweep = now
             await self.expire_lost(now)
@@ -425,22 +423,21 @@ class CallRunner:
             return
         self.on_storage("finish_call", time.perf_counter() - started, True)
 
-    async def _write_end(self, call_id: str, end: CallEnd, *, late: bool = False) -> None:
+    async def _write_end(self, call_id: str, end: CallEnd, *, late: bool = False, replacing: bool = False) -> None:
         """Write how the call ended; an end the store does not take is kept (`_unrecorded`) for the next round and
         the error raised. An end it refuses for what it holds would be refused on every round and keep its call
-        working for ever: a failed end saying so (`refused_end`) goes in its place, and is given up if the store
-        refuses that too."""
+        working for ever: `replacement_end` goes in its place, and is given up if the store refuses that too."""
         try:
             written = await self.store.finish_call(call_id, end, time.time(), self.owner)
         except EndRefused as refused:
-            if end.error is not None and end.error["data"].get("code") == NOT_KEPT:  # refused already in its place
+            if replacing:  # not the answer's content, then: the row's (a trigger, a constraint)
                 self._unrecorded.pop(call_id, None)
                 log.error("call_end_given_up", call_id=call_id, reason=refused.reason, detail=refused.detail)
                 return
             log.error(
                 "call_end_refused", call_id=call_id, status=end.status, reason=refused.reason, detail=refused.detail
             )
-            await self._write_end(call_id, refused_end(end, refused.reason), late=late)
+            await self._write_end(call_id, replacement_end(end, refused.reason), replacing=True)
             return
         except Exception:
             if call_id in self._unrecorded or len(self._unrecorded) < MAX_UNRECORDED:
@@ -455,18 +452,24 @@ class CallRunner:
     async def _record_unrecorded(self) -> None:
         """Write the ends the store did not take. One goes first: while the store is still down a round costs one
         failed write, not one per end (each waiting out the store's timeout, and holding up the reads queued
-        behind it); once that one is written, the rest go at once, and a store that batches writes sends them
-        together (256 ends were 256 statements, one after another)."""
-        pending = list(self._unrecorded.items())
-        if not pending:
-            return
-        (first, end), rest = pending[0], pending[1:]
+        behind it). Once it is written the rest go at once, and a store that batches writes sends them together
+        (256 ends were 256 statements, one after another). One that failed goes to the back: an end the store
+        cannot take for a reason of its own (too large for a statement timeout, say) holds up no other."""
+        first, end = next(iter(self._unrecorded.items()))
         try:
             await self._write_end(first, end, late=True)
-        except Exception:
-            return  # still down: the next round tries again
+        except Exception as exc:
+            if first in self._unrecorded:
+                self._unrecorded[first] = self._unrecorded.pop(first)
+            if time.monotonic() - self._told_held >= HELD_LOG_SECONDS:
+                self._told_held = time.monotonic()
+                log.warning("call_ends_held", calls=len(self._unrecorded), error=f"{type(exc).__name__}: {exc}"[:300])
+            return
+        await self._write_held(list(self._unrecorded.items()))
+
+    async def _write_held(self, held: list[tuple[str, CallEnd]]) -> None:
         await asyncio.gather(
-            *(self._write_end(call_id, end, late=True) for call_id, end in rest), return_exceptions=True
+            *(self._write_end(call_id, end, late=True) for call_id, end in held), return_exceptions=True
         )
 
     # -- reading, waiting, cancelling ------------------------------------------------------------------------------
@@ -556,7 +559,7 @@ class CallRunner:
 
     def outcome(self, call: CallRecord) -> types.CallToolResult:
         """An ended call's result as the caller gets it: its own result, or the error that ended it."""
-        return outcome_result(call, failure_error(call), cancelled_error(call))
+        return outcome_result(call, lost_error(call), cancelled_error(call))
 
     def collected(self, call: CallRecord) -> None:
         self.on_task_event("collected", call)

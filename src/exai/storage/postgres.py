@@ -107,20 +107,24 @@ def refused_for_content(exc: Exception) -> bool:
     return exc.sqlstate[:2] in _ONE_ITEMS_FAULT
 
 
+_REFUSED_CLASSES = ("22", "23", "54")
+"""SQLSTATE classes of what a write holds, not of the database's state: data exception, integrity constraint
+violation, program limit exceeded."""
+
+
 def refused_for_good(exc: Exception) -> bool:
-    """Whether PostgreSQL refused a write, sent alone, for what it holds, so that sending it again cannot succeed: a
-    data exception (SQLSTATE class 22), an integrity constraint (23), a program limit (54), or data the driver itself
-    cannot send (its `DataError`, with no SQLSTATE). Nothing else: a transport fault, a closed store or an error of
-    ours may pass next time, and an end given up for good is an answer thrown away."""
+    """Whether PostgreSQL refused a write, sent alone, for what it holds, so that sending it again cannot succeed: an
+    error of `_REFUSED_CLASSES`, or data the driver itself cannot send (its `DataError`, with no SQLSTATE). Nothing
+    else: a transport fault, a closed store or an error of ours may pass next time, and an end given up for good is
+    an answer thrown away."""
     if isinstance(exc, psycopg.Error) and exc.sqlstate:
-        return exc.sqlstate[:2] in _REFUSED_FOR_GOOD
+        return exc.sqlstate[:2] in _REFUSED_CLASSES
     return isinstance(exc, psycopg.DataError)
 
 
-_REFUSED_FOR_GOOD = ("22", "23", "54")
-
-
-def end_refused(exc: psycopg.Error) -> EndRefused:
+def as_end_refused(exc: psycopg.Error) -> EndRefused:
+    """The refusal with its SQLSTATE (or the driver error's type) for the tenant, and PostgreSQL's primary message
+    for the log (it may quote a few bytes of the data)."""
     if exc.sqlstate:
         return EndRefused(f"SQLSTATE {exc.sqlstate}", exc.diag.message_primary or type(exc).__name__)
     return EndRefused(type(exc).__name__, str(exc))
@@ -394,7 +398,7 @@ class PostgresStore:
             return await self._ends.write((call_id, end, now, owner))
         except psycopg.Error as exc:
             if refused_for_good(exc):
-                raise end_refused(exc) from exc
+                raise as_end_refused(exc) from exc
             raise
 
     async def _write_ends(self, ends: list[tuple[str, CallEnd, float, str | None]]) -> list[bool]:

@@ -57,7 +57,7 @@ def _json(value: Any) -> str:
     return text
 
 
-_REFUSED_FOR_GOOD = (sqlite3.DataError, sqlite3.IntegrityError, OverflowError)
+_REFUSED_ERRORS = (sqlite3.DataError, sqlite3.IntegrityError, OverflowError)
 """What a write fails with for the data it holds (too big for SQLite or for its C interface, a constraint), not for
 the database's state: the same write again fails again."""
 
@@ -259,7 +259,7 @@ class SQLiteStore:
     async def finish_call(self, call_id: str, end: CallEnd, now: float, owner: str | None = None) -> bool:
         try:
             return await self._on_loop(lambda db: _finish_call(db, call_id, end, now, owner))
-        except _REFUSED_FOR_GOOD as exc:
+        except _REFUSED_ERRORS as exc:
             raise EndRefused(type(exc).__name__, str(exc)) from exc
 
     async def get_call(self, call_id: str) -> CallRecord | None:
