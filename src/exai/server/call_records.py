@@ -455,6 +455,8 @@ class CallRunner:
         behind it). Once it is written the rest go at once, and a store that batches writes sends them together
         (256 ends were 256 statements, one after another). One that failed goes to the back: an end the store
         cannot take for a reason of its own (too large for a statement timeout, say) holds up no other."""
+        if not self._unrecorded:
+            return
         first, end = next(iter(self._unrecorded.items()))
         try:
             await self._write_end(first, end, late=True)
