@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import statistics
-import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
@@ -34,26 +32,29 @@ async def _client(proc: Proc, tenant: str) -> AsyncIterator[Client]:
         yield client
 
 
-async def _chat_seconds(client: Client) -> float:
-    started = time.perf_counter()
+async def _chat(client: Client) -> None:
     result = await client.call_tool("chat", {"prompt": "quick one", "model": "sim-fast"})
     assert not result.is_error, result
-    return time.perf_counter() - started
 
 
 @pytest.mark.timeout(240)
 async def test_eight_consensus_calls_do_not_delay_another_tenants_chat(daemon: Daemon, sim: SimControl) -> None:
+    """The attacker's members hang for two minutes upstream: the other tenant's chats come back while not one of
+    them has been answered, so they waited for no slot of the attacker's (no wall clock: the machine may be busy)."""
     proc = daemon(EXAI_JWT_SECRET=TEST_JWT_SECRET, CUSTOM_MODELS=",".join(("sim-fast", *SLOW)))
     for model in SLOW:
-        sim.latency(60_000, model=model)
+        sim.latency(120_000, model=model)
     consulting = 0
 
     async def on_progress(progress: float, total: float | None, message: str | None) -> None:
         nonlocal consulting
         consulting += message == "consulting models"
 
+    def answered_upstream() -> int:
+        return sum(sim.count(f"completed:{model}") for model in SLOW)
+
     async with _client(proc, "alice") as alice:
-        baseline = statistics.median([await _chat_seconds(alice) for _ in range(5)])
+        await _chat(alice)
         async with _client(proc, "mallory") as mallory, anyio.create_task_group() as attack:
             for _ in range(8):
                 attack.start_soon(
@@ -63,10 +64,11 @@ async def test_eight_consensus_calls_do_not_delay_another_tenants_chat(daemon: D
                 )
             await wait_until(lambda: consulting == 8, "every consensus call started its eight members")
             await wait_until(lambda: sim.stats()["in_flight"] >= 16, "the attacker's requests reached the upstream")
-            during = [await _chat_seconds(alice) for _ in range(3)]
-            held = sim.stats()["in_flight"]
+            for _ in range(3):
+                await _chat(alice)
+            held, answered = sim.stats()["in_flight"], answered_upstream()
             attack.cancel_scope.cancel()
-    assert max(during) - baseline < 1.0, f"chat took {during} s under attack, {baseline:.2f} s before"
+    assert answered == 0, f"{answered} of the attacker's requests were answered first: the chats waited for them"
     assert held <= 16 + 1, f"one tenant held {held} upstream requests at once (its share is 16)"
 
 
