@@ -453,7 +453,7 @@ class CallRunner:
         """Write the ends the store did not take. One goes first: while the store is still down a round costs one
         failed write, not one per end (each waiting out the store's timeout, and holding up the reads queued
         behind it). Once it is written the rest go at once, and a store that batches writes sends them together
-        (256 ends were 256 statements, one after another). One that failed goes to the back: an end the store
+        (64 ends were 64 statements, one after another). One that failed goes to the back: an end the store
         cannot take for a reason of its own (too large for a statement timeout, say) holds up no other."""
         if not self._unrecorded:
             return
