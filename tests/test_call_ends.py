@@ -18,6 +18,7 @@ from psycopg import AsyncConnection
 from psycopg_pool import PoolTimeout
 
 from exai.config import Settings
+from exai.server import call_records
 from exai.server.call_records import CallRunner, Execution
 from exai.storage.base import CallEnd, CallRecord, Store
 from exai.storage.batching import StoreClosed
@@ -286,3 +287,36 @@ async def test_a_stopping_runner_tries_every_end_it_holds(tmp_path: Path, closin
     await runner.close()
     statuses = [(await _stored(store, execution)).status for execution in held]
     assert sorted(statuses) == ["completed"] * 4 + ["working"], statuses
+
+
+class HangingSQLite(SQLiteStore):
+    """A SQLite store whose call ends fail while `failing` is set, then hang (a database that stopped answering)."""
+
+    failing = True
+    writing = asyncio.Event()
+
+    async def finish_call(self, call_id: str, end: CallEnd, now: float, owner: str | None = None) -> bool:
+        if self.failing:
+            raise sqlite3.OperationalError("database is locked")
+        self.writing.set()
+        await asyncio.Event().wait()
+        raise AssertionError("never answered")
+
+
+async def test_a_runner_stops_even_while_its_upkeep_waits_on_a_store_that_hangs(
+    tmp_path: Path, closing: Closing, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The stop waits for the round under way (a write torn midway would be written twice), but only so long: it
+    waited for ever behind a round that a hanging store never let finish."""
+    monkeypatch.setattr(call_records, "FINISH_WAIT_SECONDS", 0.5)
+    store = HangingSQLite(tmp_path / "exai.db")
+    closing(store)
+    await store.open()
+    await store.migrate()
+    runner = CallRunner(store, Settings())
+    execution = await _answered(runner, "held answer")
+    store.failing = False
+    runner.start()
+    await store.writing.wait()
+    await asyncio.wait_for(runner.close(), 60)  # a ceiling, not a measure: it returned at once, or never
+    assert (await _stored(store, execution)).status == "working"  # its row ends as lost after its lease

@@ -237,10 +237,18 @@ class CallRunner:
                 for task in late:
                     task.cancel()
                 await asyncio.gather(*late, return_exceptions=True)
-        async with self._round:  # a round under way finishes first: a write torn midway would be written twice
+        try:  # a round under way finishes first (a write torn midway would be written twice), unless the store hangs
+            await asyncio.wait_for(self._round.acquire(), FINISH_WAIT_SECONDS)
+            waited = True
+        except TimeoutError:
+            waited = False
+        try:
             await self._upkeep.close()
             with contextlib.suppress(TimeoutError):  # every end held, not one first: nothing is tried after this
                 await asyncio.wait_for(self._write_held(list(self._unrecorded.items())), FINISH_WAIT_SECONDS)
+        finally:
+            if waited:
+                self._round.release()
         if self._unrecorded:  # their rows end as lost after their lease
             log.error("call_ends_lost_at_shutdown", calls=len(self._unrecorded))
 
