@@ -12,6 +12,7 @@ import ssl
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ from typing import Any
 
 import httpx2
 import pytest
+from psycopg import AsyncConnection
 
 from exai.app import Services
 from exai.provider_specs import PROVIDER_SPECS
@@ -235,6 +237,25 @@ class SimControl:
 
     def reset(self) -> None:
         self.client.post(f"{self.url}/_sim/reset").raise_for_status()
+
+
+@pytest.fixture
+def statements(monkeypatch: pytest.MonkeyPatch) -> Counter[str]:
+    """The statements sent to PostgreSQL, by their first two words and table (counted, then sent as usual)."""
+    seen: Counter[str] = Counter()
+    execute = AsyncConnection.execute
+
+    async def counted(self: AsyncConnection[Any], query: Any, *args: Any, **kwargs: Any) -> Any:
+        words = str(query).split()
+        if words[:2] == ["INSERT", "INTO"] or words[:1] == ["UPDATE"]:
+            table = words[2] if words[0] == "INSERT" else words[1]
+            seen[f"{words[0]} {table.rsplit('.', 1)[-1]}"] += 1
+        elif words[:1] == ["WITH"]:
+            seen["WITH"] += 1
+        return await execute(self, query, *args, **kwargs)
+
+    monkeypatch.setattr(AsyncConnection, "execute", counted)
+    return seen
 
 
 @pytest.fixture(scope="session")

@@ -9,12 +9,10 @@ import sqlite3
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import Any
 
 import mcp_types as types
 import psycopg
 import pytest
-from psycopg import AsyncConnection
 from psycopg_pool import PoolTimeout
 
 from exai.config import Settings
@@ -54,20 +52,6 @@ async def store(postgres_url: str, pg_schema: str) -> AsyncIterator[EndsFailing]
     await built.close()
 
 
-@pytest.fixture
-def statements(monkeypatch: pytest.MonkeyPatch) -> Counter[str]:
-    """The UPDATE statements sent to PostgreSQL (counted, then sent as usual)."""
-    seen: Counter[str] = Counter()
-    execute = AsyncConnection.execute
-
-    async def counted(self: AsyncConnection[Any], query: Any, *args: Any, **kwargs: Any) -> Any:
-        seen[str(query).split()[0]] += 1
-        return await execute(self, query, *args, **kwargs)
-
-    monkeypatch.setattr(AsyncConnection, "execute", counted)
-    return seen
-
-
 async def _answered(runner: CallRunner, text: str) -> Execution:
     """A task call whose answer is `text` and whose work, the writing of its end included, is over."""
 
@@ -99,7 +83,7 @@ async def test_ends_kept_through_an_outage_are_written_together_once_it_is_over(
     store.failure = None
     statements.clear()
     await runner.close()  # writes what it holds
-    assert statements["UPDATE"] <= 12, statements  # 64 one at a time
+    assert statements["UPDATE calls"] <= 12, statements  # 64 one at a time
     for n, execution in enumerate(executions):
         stored = await _stored(store, execution)
         assert stored.status == "completed", stored
@@ -203,16 +187,21 @@ async def test_an_end_sqlite_refuses_for_what_it_holds_ends_the_call_failed_too(
 
 
 class SlowToWrite(SQLiteStore):
-    """A SQLite store whose call ends fail while `failing` is set, and take a moment once it is not."""
+    """A SQLite store whose call ends fail while `failing` is set, then take `pause` seconds (None: for ever, a
+    database that stopped answering)."""
 
     failing = True
-    writing = asyncio.Event()
+    pause: float | None = 0.2
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.writing = asyncio.Event()
 
     async def finish_call(self, call_id: str, end: CallEnd, now: float, owner: str | None = None) -> bool:
         if self.failing:
             raise sqlite3.OperationalError("database is locked")
         self.writing.set()
-        await asyncio.sleep(0.2)
+        await (asyncio.Event().wait() if self.pause is None else asyncio.sleep(self.pause))
         return await super().finish_call(call_id, end, now, owner)
 
 
@@ -289,27 +278,14 @@ async def test_a_stopping_runner_tries_every_end_it_holds(tmp_path: Path, closin
     assert sorted(statuses) == ["completed"] * 4 + ["working"], statuses
 
 
-class HangingSQLite(SQLiteStore):
-    """A SQLite store whose call ends fail while `failing` is set, then hang (a database that stopped answering)."""
-
-    failing = True
-    writing = asyncio.Event()
-
-    async def finish_call(self, call_id: str, end: CallEnd, now: float, owner: str | None = None) -> bool:
-        if self.failing:
-            raise sqlite3.OperationalError("database is locked")
-        self.writing.set()
-        await asyncio.Event().wait()
-        raise AssertionError("never answered")
-
-
 async def test_a_runner_stops_even_while_its_upkeep_waits_on_a_store_that_hangs(
     tmp_path: Path, closing: Closing, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The stop waits for the round under way (a write torn midway would be written twice), but only so long: it
     waited for ever behind a round that a hanging store never let finish."""
     monkeypatch.setattr(call_records, "FINISH_WAIT_SECONDS", 0.5)
-    store = HangingSQLite(tmp_path / "exai.db")
+    store = SlowToWrite(tmp_path / "exai.db")
+    store.pause = None
     closing(store)
     await store.open()
     await store.migrate()

@@ -11,7 +11,6 @@ import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Any
 
 import psycopg
 import pytest
@@ -35,25 +34,6 @@ async def store(postgres_url: str, pg_schema: str) -> AsyncIterator[PostgresStor
     await built.migrate()
     yield built
     await built.close()
-
-
-@pytest.fixture
-def statements(monkeypatch: pytest.MonkeyPatch) -> Counter[str]:
-    """The statements sent to PostgreSQL, by their first two words and table (counted, then sent as usual)."""
-    seen: Counter[str] = Counter()
-    execute = AsyncConnection.execute
-
-    async def counted(self: AsyncConnection[Any], query: Any, *args: Any, **kwargs: Any) -> Any:
-        words = str(query).split()
-        if words[:2] == ["INSERT", "INTO"] or words[:1] == ["UPDATE"]:
-            table = words[2] if words[0] == "INSERT" else words[1]
-            seen[f"{words[0]} {table.rsplit('.', 1)[-1]}"] += 1
-        elif words[:1] == ["WITH"]:
-            seen["WITH"] += 1
-        return await execute(self, query, *args, **kwargs)
-
-    monkeypatch.setattr(AsyncConnection, "execute", counted)
-    return seen
 
 
 def _call(tenant: str = "alice") -> CallRecord:
