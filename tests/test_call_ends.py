@@ -146,10 +146,12 @@ async def test_an_end_the_database_refuses_for_what_it_holds_ends_the_call_faile
 ) -> None:
     """PostgreSQL cannot keep U+0000 in a JSON value, so the same end is refused on every retry: the call stayed
     working, its lease renewed by its replica for as long as it ran."""
-    runner = CallRunner(store, Settings())
+    writes: list[tuple[str, bool]] = []
+    runner = CallRunner(store, Settings(), on_storage=lambda operation, seconds, ok: writes.append((operation, ok)))
     execution = await _answered(runner, UNSTORABLE)
     assert execution.outcome().content[0].text == UNSTORABLE  # type: ignore[union-attr]  # the waiting request's
     await _assert_not_kept(runner, store, execution, "SQLSTATE 22P05")
+    assert ("finish_call", False) in writes and ("finish_call", True) not in writes, "a replaced end is no success"
     await runner.close()
 
 

@@ -424,29 +424,29 @@ class CallRunner:
         """Write how the call ended; what the store would not take is kept here and retried."""
         started = time.perf_counter()
         try:
-            await self._write_end(call.id, end)
+            kept = await self._write_end(call.id, end)
         except Exception:
-            self.on_storage("finish_call", time.perf_counter() - started, False)
+            kept = False
             log.exception("storage_failed", operation="finish_call", call_id=call.id)  # kept here, retried
-            return
-        self.on_storage("finish_call", time.perf_counter() - started, True)
+        self.on_storage("finish_call", time.perf_counter() - started, kept)
 
-    async def _write_end(self, call_id: str, end: CallEnd, *, late: bool = False, replacing: bool = False) -> None:
-        """Write how the call ended; an end the store does not take is kept (`_unrecorded`) for the next round and
-        the error raised. An end it refuses for what it holds would be refused on every round and keep its call
-        working for ever: `replacement_end` goes in its place, and is given up if the store refuses that too."""
+    async def _write_end(self, call_id: str, end: CallEnd, *, late: bool = False, replacing: bool = False) -> bool:
+        """Write how the call ended; whether the store took it as given. An end the store does not take is kept
+        (`_unrecorded`) for the next round and the error raised. An end it refuses for what it holds would be
+        refused on every round and keep its call working for ever: `replacement_end` goes in its place (False: the
+        answer was not kept), and is given up if the store refuses that too."""
         try:
             written = await self.store.finish_call(call_id, end, time.time(), self.owner)
         except EndRefused as refused:
             if replacing:  # not the answer's content, then: the row's (a trigger, a constraint)
                 self._unrecorded.pop(call_id, None)
                 log.error("call_end_given_up", call_id=call_id, reason=refused.reason, detail=refused.detail)
-                return
+                return False
             log.error(
                 "call_end_refused", call_id=call_id, status=end.status, reason=refused.reason, detail=refused.detail
             )
             await self._write_end(call_id, replacement_end(end, refused.reason), replacing=True)
-            return
+            return False
         except Exception:
             if call_id in self._unrecorded or len(self._unrecorded) < MAX_UNRECORDED:
                 self._unrecorded[call_id] = end
@@ -456,6 +456,7 @@ class CallRunner:
             log.warning("call_already_ended", call_id=call_id, status=end.status)  # e.g. cancelled first
         elif late:
             log.info("call_result_recorded_late", call_id=call_id)
+        return True
 
     async def _record_unrecorded(self) -> None:
         """Write the ends the store did not take. One goes first: while the store is still down a round costs one
