@@ -91,6 +91,16 @@ def test_the_shims_assumptions_hold_for_the_installed_libraries() -> None:
     request._body = b"x" * 1000
     framed = transport._message_metadata(request).request_context
     assert isinstance(framed, Request) and framed.headers["x-probe"] == "1" and not hasattr(framed, "_body")
+    import httpcore2
+    import httpx2
+
+    from exai.providers.coalescing import CoalescingBackend
+
+    wrapped = internals.send_requests_whole(httpx2.AsyncHTTPTransport())._pool
+    assert isinstance(wrapped, httpcore2.AsyncConnectionPool)
+    assert isinstance(wrapped._network_backend, CoalescingBackend), "the pool no longer keeps its backend there"
+    opens = inspect.getsource(httpcore2.AsyncConnectionPool.create_connection)
+    assert "network_backend=self._network_backend" in opens, "the pool takes its backend from elsewhere"
 
 
 def test_no_module_but_internals_reaches_into_a_library() -> None:

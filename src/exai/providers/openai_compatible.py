@@ -30,6 +30,7 @@ from exai.providers.bounded import FetchError, get_json_bounded
 from exai.providers.catalogue import ModelInfo
 from exai.providers.quirks import openai_params, reasoning_from
 from exai.providers.types import DeltaCallback, GenerateRequest, GenerateResponse, Message, StreamChunk, Usage
+from exai.server.internals import send_requests_whole
 
 
 def _content(message: Message) -> Any:
@@ -90,7 +91,10 @@ class OpenAICompatibleProvider:
     def __init__(self, name: str, base_url: str, api_key: str | None) -> None:
         self.name = name
         key = api_key or "not-needed"
-        self._http = httpx2.AsyncClient(limits=httpx2.Limits(max_connections=1000, max_keepalive_connections=100))
+        limits = httpx2.Limits(max_connections=1000, max_keepalive_connections=100)
+        self._http = httpx2.AsyncClient(
+            limits=limits, transport=send_requests_whole(httpx2.AsyncHTTPTransport(limits=limits))
+        )
         self._base_url = base_url.rstrip("/")
         self._completions_url = f"{self._base_url}/chat/completions"
         self._headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
