@@ -17,6 +17,7 @@ from contextlib import ExitStack
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from typing import Any
 
+import anyio
 import mcp_types as types
 import pytest
 from mcp import Client, StdioServerParameters
@@ -171,6 +172,19 @@ async def test_a_wrong_url_or_tls_failure_is_reported_at_once_not_retried(
         # the SDK's handshake (server/discover, then initialize on a 404) once per request, none sent again
         assert posts == ["server/discover", "initialize"] * 2, f"requests that reached the address: {posts}"
     assert result.is_error and upstream_requests(sim, "wrong address") == 0
+
+
+@pytest.mark.parametrize("url", ["127.0.0.1:8765/mcp", "ftp://127.0.0.1:8765/mcp", "http:///mcp"])
+async def test_a_url_no_request_could_use_is_refused_at_start(url: str) -> None:
+    """Without a scheme every call was retried for the whole connect timeout (29 s), then reported as a daemon
+    that cannot be reached, with "start the daemon" as the fix."""
+    command = [sys.executable, "-m", "exai", "stdio", "--connect", url]
+    with anyio.fail_after(CEILING):
+        refused = await anyio.run_process(command, input=b"", check=False)
+    stderr = refused.stderr.decode()
+    assert refused.returncode == 2, stderr
+    assert "is not a daemon's URL: it needs http:// or https:// and a host" in stderr, stderr
+    assert "--connect http://127.0.0.1:8765/mcp" in stderr, stderr
 
 
 async def test_a_503_is_retried_then_reported_as_safe_to_retry(sim: SimControl) -> None:

@@ -162,9 +162,10 @@ def stdio(
     if connect:
         from exai.config import load_bridge_settings, secret
         from exai.errors import ExaiError
-        from exai.server.bridge import check_token_transport, serve_bridge
+        from exai.server.bridge import check_daemon_url, check_token_transport, serve_bridge
 
         try:
+            check_daemon_url(connect)
             bridge = load_bridge_settings()
             token = secret(bridge.token) or None  # an empty EXAI_TOKEN is no token
             check_token_transport(connect, token, bridge.bridge_allow_plain_http)

@@ -65,6 +65,19 @@ def is_loopback_host(host: str) -> bool:
         return False
 
 
+def check_daemon_url(url: str) -> None:
+    """Refuse at start a URL no request could use (no http:// or https://, no host): every call would otherwise be
+    retried until the connect timeout and then reported as a daemon that cannot be reached."""
+    parts = urlsplit(url)
+    if parts.scheme in ("http", "https") and parts.hostname:
+        return
+    raise InvalidInput(
+        f"--connect {url[:200]!r} is not a daemon's URL: it needs http:// or https:// and a host.",
+        code="invalid_daemon_url",
+        remedy="Give the daemon's MCP endpoint in full, e.g. --connect http://127.0.0.1:8765/mcp.",
+    )
+
+
 def check_token_transport(url: str, token: str | None, allow_plain_http: bool) -> None:
     """Refuse to send a token in clear text to another machine unless the user said so (EXAI_BRIDGE_ALLOW_PLAIN_HTTP).
 
