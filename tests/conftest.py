@@ -341,10 +341,13 @@ def daemon(sim: SimControl, tmp_path: Path) -> Iterator[Callable[..., Proc]]:
 
 
 @pytest.fixture
-def pg_schema(postgres_url: str) -> Iterator[str]:
+def pg_schema(postgres_url: str, request: pytest.FixtureRequest) -> Iterator[str]:
     """A fresh schema per test in the shared database, dropped afterwards."""
     import psycopg
 
+    # A test that reaches PostgreSQL through `request.getfixturevalue` is not marked by the fixtures it names: its
+    # parameter must carry the mark, or `-m "not postgres"` would still run it against the shared database.
+    assert request.node.get_closest_marker("postgres"), "mark the parameter that uses PostgreSQL (pytest.param)"
     schema = f"exai_test_{os.getpid()}_{int(time.time() * 1000) % 10_000_000}"
     yield schema
     with psycopg.connect(postgres_url, autocommit=True) as conn:

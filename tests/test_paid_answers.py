@@ -64,7 +64,12 @@ def _answers(tool: str, result: CallToolResult) -> int:
 
 @pytest.mark.parametrize(
     ("tool", "backend"),
-    [("chat", "sqlite"), ("consensus", "sqlite"), ("thinkdeep", "sqlite"), ("chat", "postgresql")],
+    [
+        ("chat", "sqlite"),
+        ("consensus", "sqlite"),
+        ("thinkdeep", "sqlite"),
+        pytest.param("chat", "postgresql", marks=pytest.mark.postgres),
+    ],
 )
 async def test_calls_racing_for_a_threads_last_turns_each_get_the_answer_they_paid_for(
     daemon: Daemon, sim: SimControl, request: pytest.FixtureRequest, tool: str, backend: str

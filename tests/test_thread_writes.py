@@ -41,7 +41,7 @@ async def _ok(client: Client, tool: str, args: dict[str, Any]) -> dict[str, Any]
     return answer
 
 
-@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+@pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
 async def test_concurrent_workflow_steps_on_one_thread_are_all_kept(
     daemon: Daemon, sim: SimControl, request: pytest.FixtureRequest, backend: str
 ) -> None:
