@@ -36,8 +36,8 @@ WRITTEN_FOR: dict[str, tuple[str, ...]] = {
     "mcp": ("2.3",),
     "uvicorn": ("0.54", "0.55"),
     "h11": ("0.16",),
-    "httpx2": ("2.17",),
-    "httpcore2": ("2.17",),
+    "httpx2": ("2.16", "2.17"),
+    "httpcore2": ("2.16", "2.17"),
     "sse-starlette": ("3.7",),
 }
 """The release series (major.minor) each shim was checked against, by distribution; pyproject.toml keeps installs
