@@ -149,13 +149,35 @@ async def test_a_model_cut_by_the_attempt_limit_names_that_limit(daemon: Daemon,
     """The error said "raise EXAI_CALL_DEADLINE_SECONDS", which a user did, and the next call was cut at the same
     45 s: the attempt's limit had cut it. It now says which limit, and that both must be raised."""
     proc = daemon(EXAI_ATTEMPT_TIMEOUT_SECONDS="2", EXAI_MAX_RETRIES="0", EXAI_CLIENT_WAIT_SECONDS="0")
-    sim.fault("think", model="sim-smart", think_seconds=60)
+    sim.fault("hang", model="sim-smart", hang_seconds=60)  # silent: nothing to tell a thinking model from a hung one
     async with Client(f"{proc.url}/mcp") as client:
         result = await client.call_tool("chat", {"prompt": "too slow", "model": "sim-smart"})
     error = tool_error(result)
     assert error["code"] == "upstream_timeout", error
-    assert "EXAI_ATTEMPT_TIMEOUT_SECONDS" in error["message"] and "2 s" in error["message"], error
+    assert "EXAI_ATTEMPT_TIMEOUT_SECONDS" in error["message"] and "2 s without a word" in error["message"], error
     assert "EXAI_ATTEMPT_TIMEOUT_SECONDS" in error["remedy"] and "EXAI_CALL_DEADLINE_SECONDS" in error["remedy"]
+
+
+@pytest.mark.parametrize(("model", "thinking"), [("kimi-k2-thinking", "off"), ("sim-smart", "medium")])
+async def test_a_model_that_streams_its_thinking_is_not_cut_by_the_attempt_limit(
+    daemon: Daemon, sim: SimControl, model: str, thinking: str
+) -> None:
+    """On the shipped defaults the attempt's limit (45 s) cut every model that thought longer, at the moment a
+    client without Tasks would have had its pending answer (EXAI_CLIENT_WAIT_SECONDS, 45): there was never anything
+    to collect. A model that will think (one that always does, or one asked to) is now asked to stream, and runs on
+    while it speaks, up to the call's deadline: here it thinks 3 times the attempt's limit, streaming its reasoning,
+    and the client, which stopped waiting after 1 s, collects the answer."""
+    proc = daemon(EXAI_ATTEMPT_TIMEOUT_SECONDS="2", EXAI_MAX_RETRIES="0", EXAI_CLIENT_WAIT_SECONDS="1")
+    sim.fault("think", model=model, think_seconds=6)
+    async with Client(f"{proc.url}/mcp") as client:
+        first = await client.call_tool("chat", {"prompt": "thinks aloud", "model": model, "thinking_mode": thinking})
+        assert not first.is_error, text_of(first)
+        pending = (first.meta or {})["exai/pending"]
+        result = await collect_all(client, pending)
+    assert not result.is_error, text_of(result)
+    assert "thinks aloud" in text_of(result)
+    counters = sim.stats()["counters"]
+    assert counters[f"requests:{model}"] == counters[f"completed:{model}"] == 1, counters  # asked once
 
 
 @pytest.mark.parametrize("transport", ["stdio", "bridge"])

@@ -26,6 +26,12 @@ _ADAPTIVE_EFFORT: dict[ThinkingMode, str] = {
 DEFAULT_MAX_OUTPUT = 8192
 
 
+def streams_its_thinking(model: ModelInfo, request: GenerateRequest) -> bool:
+    """Whether the model will think for this request (asked to, or always): streamed, a model shows it is alive
+    while it thinks, if its vendor streams the reasoning (see the router's attempt limit)."""
+    return request.thinking != "off" or model.thinking_style == "native"
+
+
 def temperature_for(model: ModelInfo, requested: float | None) -> float | None:
     """The temperature to send: clamped into the model's range, its fixed value, or none at all."""
     rule = model.temperature

@@ -288,7 +288,7 @@ def to_exai_error(error: UpstreamError, provider: str, model: str, key_env: str)
                 f"{where} did not answer within {error.message}.",
                 code="upstream_timeout",
                 details=details,
-                remedy="Try again or pick a faster model; for a model that thinks longer, raise "
+                remedy="Try again or pick a faster model; for a model that thinks longer in silence, raise "
                 "EXAI_ATTEMPT_TIMEOUT_SECONDS (one attempt) and EXAI_CALL_DEADLINE_SECONDS (the whole call, above it), "
                 "for example to 600 and 900.",
             )

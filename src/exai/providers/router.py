@@ -25,6 +25,7 @@ from exai.observability.tracing import tracer
 from exai.providers.base import CallOptions, Provider, UpstreamError
 from exai.providers.catalogue import Catalogue, ModelInfo
 from exai.providers.fair_share import TenantShares
+from exai.providers.quirks import streams_its_thinking
 from exai.providers.resilience import BreakerView, CircuitBreaker, backoff_delay, queue_timeout_error, to_exai_error
 from exai.providers.types import DeltaCallback, GenerateRequest, GenerateResponse, StreamChunk
 
@@ -401,20 +402,25 @@ class Router:
                 raise UpstreamError("timeout", "the call's deadline (EXAI_CALL_DEADLINE_SECONDS)")
             await self._take_slot(info, breaker, deadline, caller)
             started = time.perf_counter()
-            # One attempt may take EXAI_ATTEMPT_TIMEOUT_SECONDS, so a hung upstream leaves time to retry or fall back.
-            attempt_deadline = min(deadline, time.monotonic() + self.settings.attempt_timeout_seconds)
+            # One attempt may stay silent EXAI_ATTEMPT_TIMEOUT_SECONDS, so a hung upstream leaves time to retry or
+            # fall back. A model that streams its thinking is asked to stream: what it sends shows it alive, and
+            # each chunk extends the limit, up to the call's deadline.
+            streamed = info.streaming and (on_delta is not None or streams_its_thinking(info, request))
+            quiet = self.settings.attempt_timeout_seconds
+            attempt_deadline = min(deadline, time.monotonic() + quiet)
             heard: list[str] = []
-            relay = _recording(on_delta, heard) if on_delta is not None else None
             try:
-                async with asyncio.timeout(max(0.0, attempt_deadline - time.monotonic())):
+                async with asyncio.timeout(max(0.0, attempt_deadline - time.monotonic())) as limit:
+                    relay = _recording(on_delta, heard, _extending(limit, deadline, quiet)) if streamed else None
                     response = await self._send(provider, info, request, attempt_deadline, attempt, relay)
             except TimeoutError:
-                limit = (
-                    f"one attempt's limit of {self.settings.attempt_timeout_seconds:g} s (EXAI_ATTEMPT_TIMEOUT_SECONDS)"
-                    if attempt_deadline < deadline
-                    else "the call's deadline (EXAI_CALL_DEADLINE_SECONDS)"
+                cut_by_deadline = time.monotonic() >= deadline - 0.001
+                exc = UpstreamError(
+                    "timeout",
+                    "the call's deadline (EXAI_CALL_DEADLINE_SECONDS)"
+                    if cut_by_deadline
+                    else f"one attempt's limit of {quiet:g} s without a word from it (EXAI_ATTEMPT_TIMEOUT_SECONDS)",
                 )
-                exc = UpstreamError("timeout", limit)
             except UpstreamError as error:
                 exc = error
             except BaseException as error:
@@ -551,14 +557,32 @@ class Router:
         await asyncio.gather(*(p.close() for p in self.providers.values()), return_exceptions=True)
 
 
-def _recording(on_delta: DeltaCallback, heard: list[str]) -> DeltaCallback:
-    """`on_delta`, keeping what one attempt streamed back (what the vendor bills if the attempt is cut)."""
+def _recording(on_delta: DeltaCallback | None, heard: list[str], alive: Callable[[], None]) -> DeltaCallback:
+    """`on_delta` (if any), keeping what one attempt streamed back (what the vendor bills if the attempt is cut) and
+    telling `alive` that the upstream spoke."""
 
     async def relay(chunk: StreamChunk) -> None:
         heard.append(chunk.text + chunk.reasoning)
-        await on_delta(chunk)
+        alive()
+        if on_delta is not None:
+            await on_delta(chunk)
 
     return relay
+
+
+def _extending(limit: asyncio.Timeout, deadline: float, quiet: float) -> Callable[[], None]:
+    """Move the attempt's limit to `quiet` seconds from now, never past the call's `deadline` (monotonic); at most
+    once a second (a reasoning model streams hundreds of chunks a second)."""
+    loop = asyncio.get_running_loop()
+    moved = [loop.time()]
+
+    def alive() -> None:
+        now = loop.time()
+        if now - moved[0] >= 1.0 and not limit.expired():
+            moved[0] = now
+            limit.reschedule(now + max(0.0, min(quiet, deadline - time.monotonic())))
+
+    return alive
 
 
 def _rank(model: ModelInfo, category: Category) -> tuple[float, ...]:
