@@ -214,6 +214,10 @@ class SimControl:
     def openai_url(self) -> str:
         return f"{self.url}/v1"
 
+    def listed(self) -> list[str]:
+        """The models the simulator's OpenAI listing names (its own and every vendor's it plays)."""
+        return [model["id"] for model in self.client.get(f"{self.openai_url}/models").json()["data"]]
+
     def fault(self, kind: str, model: str = "*", **options: Any) -> None:
         self.client.post(f"{self.url}/_sim/faults", json={"kind": kind, "model": model, **options}).raise_for_status()
 

@@ -17,6 +17,7 @@ import pytest
 from mcp import Client, StdioServerParameters
 from mcp_types import CallToolResult
 
+from exai.providers.catalogue import Catalogue
 from exai.providers.discovery import list_endpoint_models
 from tests.conftest import Proc, SimControl, free_port, start_exai
 from tests.helpers import run_exai, text_of
@@ -30,10 +31,31 @@ def cli(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str
 
 
 def test_models_lists_the_endpoint_models_with_their_context_windows(sim: SimControl) -> None:
+    """Every model the endpoint lists is used: its own, and a vendor's whose provider is not configured (a proxy in
+    front of that vendor), with the catalogue's facts. A vendor's model was skipped, and calling it named the
+    vendor's missing key although the endpoint served it."""
     result = cli(["models", "--json"], {"CUSTOM_API_URL": sim.openai_url, "CUSTOM_CONTEXT_WINDOW": "65536"})
     assert result.returncode == 0, result.stderr
     windows = {m["name"]: m["context_window"] for m in json.loads(result.stdout) if m["provider"] == "custom"}
-    assert windows == {"sim-fast": 65536, "sim-smart": 65536, "sim-large": 1_000_000}
+    assert set(windows) == set(sim.listed()), set(sim.listed()) ^ set(windows)
+    assert {name: windows[name] for name in ("sim-fast", "sim-smart", "sim-large")} == {
+        "sim-fast": 65536,
+        "sim-smart": 65536,
+        "sim-large": 1_000_000,
+    }
+    assert windows["kimi-k2.6"] == Catalogue.load().get("kimi-k2.6").context_window  # type: ignore[union-attr]
+    with_kimi = cli(["models", "--json"], {"CUSTOM_API_URL": sim.openai_url, "KIMI_API_KEY": "sk-test-kimi-secret"})
+    served = {m["name"]: m["provider"] for m in json.loads(with_kimi.stdout)}
+    assert served["kimi-k2.6"] == "kimi", "a configured vendor keeps its models"
+
+
+async def test_a_vendor_model_the_endpoint_lists_is_called_there(daemon: Callable[..., Proc], sim: SimControl) -> None:
+    proc = daemon(CUSTOM_MODELS="", KIMI_API_KEY="", ANTHROPIC_API_KEY="")
+    async with Client(f"{proc.url}/mcp") as client:
+        result = await client.call_tool("chat", {"prompt": "through a proxy", "model": "kimi-k2.6"})
+    assert not result.is_error, text_of(result)
+    assert result.structured_content["provider"] == "custom" and result.structured_content["model"] == "kimi-k2.6"
+    assert sim.stats()["counters"]["completed:kimi-k2.6"] == 1
 
 
 async def test_chat_answers_with_a_discovered_model(daemon: Callable[..., Proc]) -> None:
@@ -55,7 +77,7 @@ def test_doctor_fails_when_custom_models_names_a_model_the_endpoint_does_not_lis
     right = cli(["doctor"], {"CUSTOM_API_URL": sim.openai_url, "CUSTOM_MODELS": "sim-fast,sim-large:1000000"})
     assert right.returncode == 0, right.stdout
     discovered = cli(["doctor"], {"CUSTOM_API_URL": sim.openai_url})
-    assert discovered.returncode == 0 and "3 models listed" in discovered.stdout
+    assert discovered.returncode == 0 and f"{len(sim.listed())} models listed" in discovered.stdout
 
 
 @pytest.mark.slow  # one of the slowest outside daemon tests (doctor probes, CLI processes)

@@ -202,12 +202,14 @@ class Services:
     @classmethod
     def build(cls, settings: Settings, transport: Transport = "memory") -> Services:
         register_secrets(settings)
-        catalogue = Catalogue.load(settings.models_file, settings.custom_models, settings.custom_context_window)
         configs = settings.providers()
         providers: dict[str, Provider] = {}
         for name, config in configs.items():
             if config.enabled and config.base_url:
                 providers[name] = LazyProvider(name, config.spec.wire, config.base_url, config.api_key)
+        catalogue = Catalogue.load(
+            settings.models_file, settings.custom_models, settings.custom_context_window, configured=providers
+        )
         one_tenant = transport == "stdio" or not settings.auth_enabled  # stdio has no tokens, whatever is set
         router = Router(settings, catalogue, providers, configs, one_tenant=one_tenant)
         redis = build_redis(settings)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import tomllib
+from collections.abc import Collection
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
@@ -156,6 +157,7 @@ class Catalogue:
         user_file: Path | None = None,
         custom_models: list[str] | None = None,
         custom_context: int = DEFAULT_CUSTOM_CONTEXT_WINDOW,
+        configured: Collection[str] = (),
     ) -> Catalogue:
         text = resources.files("exai.providers").joinpath("catalogue.toml").read_text(encoding="utf-8")
         data = tomllib.loads(text)
@@ -172,17 +174,25 @@ class Catalogue:
             merged_defaults = {**data.get("defaults", {}), **user_data.get("defaults", {})}
             models.update(_parse({"defaults": merged_defaults, "models": user_data.get("models", {})}, str(user_file)))
         catalogue = cls(models)
-        catalogue.add([custom_model(entry, custom_context) for entry in custom_models or []])
+        catalogue.add([custom_model(entry, custom_context) for entry in custom_models or []], configured)
         return catalogue
 
-    def add(self, models: list[ModelInfo]) -> None:
-        """Add models that are not known yet (a known name or alias keeps its catalogue entry)."""
+    def add(self, models: list[ModelInfo], configured: Collection[str] = ()) -> None:
+        """Add models that are not known yet. A known name or alias keeps its catalogue entry, unless that entry's
+        provider is not `configured`: then the newcomer's provider serves it, with the catalogue's facts (a Custom
+        endpoint that lists a vendor's model, such as a proxy in front of that vendor, serves that same model)."""
         for info in models:
-            if info.name.lower() in self._index:
+            known = self._index.get(info.name.lower())
+            if known is not None and (known.provider == info.provider or known.provider in configured):
                 continue
+            if known is not None:
+                if known.name.lower() == info.name.lower():
+                    del self.models[known.name]  # the vendor's entry, which nothing here can serve, gives way
+                info = known.model_copy(update={"name": info.name, "provider": info.provider, "aliases": []})
             self.models[info.name] = info
-            for key in (info.name, *info.aliases):
-                self._index.setdefault(key.lower(), info)
+            self._index[info.name.lower()] = info
+            for alias in info.aliases:
+                self._index.setdefault(alias.lower(), info)
 
     def get(self, name: str) -> ModelInfo | None:
         return self._index.get(name.lower())

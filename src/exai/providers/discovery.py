@@ -172,7 +172,7 @@ async def discover_custom_models(settings: Settings, router: Router, *, quiet: b
             "custom_endpoint_lists_no_models", remedy="load or pull a model on the server at CUSTOM_API_URL"
         )
         return f"the CUSTOM_API_URL endpoint ({redact(config.base_url)}) listed no models"
-    router.catalogue.add(found)
+    router.catalogue.add(found, configured=router.providers)
     router.refresh_available()
     log.info("custom_models_discovered", models=[m.name for m in found])
     return None
