@@ -96,9 +96,13 @@ def test_the_shims_assumptions_hold_for_the_installed_libraries() -> None:
 
     from exai.providers.coalescing import CoalescingBackend
 
-    wrapped = internals.send_requests_whole(httpx2.AsyncHTTPTransport())._pool
-    assert isinstance(wrapped, httpcore2.AsyncConnectionPool)
-    assert isinstance(wrapped._network_backend, CoalescingBackend), "the pool no longer keeps its backend there"
+    proxied = httpx2.AsyncClient(proxy="http://127.0.0.1:9", mounts={"http://direct": httpx2.AsyncHTTPTransport()})
+    internals.send_requests_whole(proxied)
+    pools = [t._pool for t in (proxied._transport, *proxied._mounts.values()) if t is not None]  # type: ignore[attr-defined]
+    assert len(pools) == 3 and all(isinstance(pool, httpcore2.AsyncConnectionPool) for pool in pools), pools
+    assert all(isinstance(p._network_backend, CoalescingBackend) for p in pools), (
+        "the pools keep their backend elsewhere"
+    )
     opens = inspect.getsource(httpcore2.AsyncConnectionPool.create_connection)
     assert "network_backend=self._network_backend" in opens, "the pool takes its backend from elsewhere"
 

@@ -92,9 +92,7 @@ class OpenAICompatibleProvider:
         self.name = name
         key = api_key or "not-needed"
         limits = httpx2.Limits(max_connections=1000, max_keepalive_connections=100)
-        self._http = httpx2.AsyncClient(
-            limits=limits, transport=send_requests_whole(httpx2.AsyncHTTPTransport(limits=limits))
-        )
+        self._http = send_requests_whole(httpx2.AsyncClient(limits=limits))
         self._base_url = base_url.rstrip("/")
         self._completions_url = f"{self._base_url}/chat/completions"
         self._headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}

@@ -282,16 +282,19 @@ def end_every_stream() -> None:
     AppStatus.should_exit = True
 
 
-def send_requests_whole(transport: httpx2.AsyncHTTPTransport) -> httpx2.AsyncHTTPTransport:
-    """The transport, its connections sending each request's headers and body in one write (`CoalescingStream`).
+def send_requests_whole(client: httpx2.AsyncClient) -> httpx2.AsyncClient:
+    """The client, its connections sending each request's headers and body in one write (`CoalescingStream`).
 
     Why: httpcore writes a request's headers and its body with a system call each, which cost 7.5 % of the
-    daemon's CPU at 32 clients (providers/coalescing.py); a pool takes a network backend only when it is built, and
-    httpx2's transport builds its pool itself with none. Relies on: `AsyncHTTPTransport._pool`, an
-    `httpcore2.AsyncConnectionPool` (its proxies too), whose `_network_backend` is read each time the pool opens a
-    connection.
+    daemon's CPU at 32 clients (providers/coalescing.py); a pool takes a network backend only when it is built,
+    and httpx2 builds the client's pools itself with none (a transport passed in instead would turn off the proxies
+    the environment names: `HTTP_PROXY`, `HTTPS_PROXY`, `ALL_PROXY`, `NO_PROXY`). Relies on: `AsyncClient._transport`
+    and the values of `AsyncClient._mounts` (None, or the transports of the environment's proxies), each an
+    `AsyncHTTPTransport` whose `_pool` is an `httpcore2.AsyncConnectionPool` (its proxies subclass it) that reads
+    its `_network_backend` each time it opens a connection.
     """
-    pool = transport._pool
-    if isinstance(pool, httpcore2.AsyncConnectionPool):
-        pool._network_backend = CoalescingBackend(pool._network_backend)
-    return transport
+    for transport in (client._transport, *client._mounts.values()):
+        pool = getattr(transport, "_pool", None)
+        if isinstance(pool, httpcore2.AsyncConnectionPool):
+            pool._network_backend = CoalescingBackend(pool._network_backend)
+    return client
