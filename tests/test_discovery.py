@@ -52,10 +52,23 @@ def test_models_lists_the_endpoint_models_with_their_context_windows(sim: SimCon
 async def test_a_vendor_model_the_endpoint_lists_is_called_there(daemon: Callable[..., Proc], sim: SimControl) -> None:
     proc = daemon(CUSTOM_MODELS="", KIMI_API_KEY="", ANTHROPIC_API_KEY="")
     async with Client(f"{proc.url}/mcp") as client:
-        result = await client.call_tool("chat", {"prompt": "through a proxy", "model": "kimi-k2.6"})
-    assert not result.is_error, text_of(result)
-    assert result.structured_content["provider"] == "custom" and result.structured_content["model"] == "kimi-k2.6"
-    assert sim.stats()["counters"]["completed:kimi-k2.6"] == 1
+        for name in ("kimi-k2.6", "kimi"):  # by its name, and by its alias (which still named the unset vendor)
+            result = await client.call_tool("chat", {"prompt": f"through a proxy as {name}", "model": name})
+            assert not result.is_error, text_of(result)
+            assert result.structured_content["provider"] == "custom", result.structured_content
+            assert result.structured_content["model"] == "kimi-k2.6", result.structured_content
+    assert sim.stats()["counters"]["completed:kimi-k2.6"] == 2
+
+
+def test_a_vendor_model_served_by_the_endpoint_never_gets_more_room_than_the_endpoint_states() -> None:
+    catalogue = Catalogue.load(None, ["kimi-k2.6:4096", "Claude-Sonnet-4-6"], configured={"custom"})
+    kimi, sonnet = catalogue.get("kimi"), catalogue.get("sonnet")
+    assert kimi is not None and (kimi.name, kimi.provider, kimi.context_window) == ("kimi-k2.6", "custom", 4096)
+    assert kimi.max_output_tokens <= 4096 and kimi.thinking_style == "switch", kimi  # the catalogue's quirks kept
+    assert sonnet is not None and (sonnet.name, sonnet.provider) == ("Claude-Sonnet-4-6", "custom"), sonnet
+    assert sonnet.context_window == 32768 and sonnet.max_output_tokens == 8192, "CUSTOM_CONTEXT_WINDOW, no window"
+    assert [m.name for m in catalogue.models.values() if m.name.lower() == "claude-sonnet-4-6"] == [sonnet.name]
+    assert Catalogue.load(None, ["kimi-k2.6:4096"], configured={"custom", "kimi"}).get("kimi-k2.6").provider == "kimi"  # type: ignore[union-attr]
 
 
 async def test_chat_answers_with_a_discovered_model(daemon: Callable[..., Proc]) -> None:

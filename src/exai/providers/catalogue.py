@@ -179,20 +179,36 @@ class Catalogue:
 
     def add(self, models: list[ModelInfo], configured: Collection[str] = ()) -> None:
         """Add models that are not known yet. A known name or alias keeps its catalogue entry, unless that entry's
-        provider is not `configured`: then the newcomer's provider serves it, with the catalogue's facts (a Custom
-        endpoint that lists a vendor's model, such as a proxy in front of that vendor, serves that same model)."""
+        provider is not `configured`: then the newcomer's provider serves it, under its name and the entry's aliases,
+        with the catalogue's facts (a Custom endpoint that lists a vendor's model, such as a proxy in front of that
+        vendor, serves that same model), but never a larger context window than the newcomer states (a deployment
+        may serve it with less)."""
         for info in models:
             known = self._index.get(info.name.lower())
             if known is not None and (known.provider == info.provider or known.provider in configured):
                 continue
             if known is not None:
-                if known.name.lower() == info.name.lower():
-                    del self.models[known.name]  # the vendor's entry, which nothing here can serve, gives way
-                info = known.model_copy(update={"name": info.name, "provider": info.provider, "aliases": []})
+                window = min(known.context_window, info.context_window)
+                narrowed = window < known.context_window  # the endpoint's own room for the answer, then
+                served = known.model_copy(
+                    update={
+                        "name": info.name,  # as the endpoint spells it
+                        "provider": info.provider,
+                        "context_window": window,
+                        "max_output_tokens": min(known.max_output_tokens, info.max_output_tokens)
+                        if narrowed
+                        else known.max_output_tokens,
+                    }
+                )
+                del self.models[known.name]  # the vendor's entry, which nothing here can serve, gives way
+                self.models[served.name] = served
+                for key, entry in list(self._index.items()):
+                    if entry is known:
+                        self._index[key] = served
+                continue
             self.models[info.name] = info
-            self._index[info.name.lower()] = info
-            for alias in info.aliases:
-                self._index.setdefault(alias.lower(), info)
+            for key in (info.name, *info.aliases):
+                self._index.setdefault(key.lower(), info)
 
     def get(self, name: str) -> ModelInfo | None:
         return self._index.get(name.lower())
