@@ -174,7 +174,17 @@ async def test_a_wrong_url_or_tls_failure_is_reported_at_once_not_retried(
     assert result.is_error and upstream_requests(sim, "wrong address") == 0
 
 
-@pytest.mark.parametrize("url", ["127.0.0.1:8765/mcp", "ftp://127.0.0.1:8765/mcp", "http:///mcp"])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "127.0.0.1:8765/mcp",
+        "ftp://127.0.0.1:8765/mcp",
+        "http:///mcp",
+        "http://127.0.0.1:notaport/mcp",
+        "http://127.0.0.1:99999/mcp",
+        "http://[::1/mcp",
+    ],
+)
 async def test_a_url_no_request_could_use_is_refused_at_start(url: str) -> None:
     """Without a scheme every call was retried for the whole connect timeout (29 s), then reported as a daemon
     that cannot be reached, with "start the daemon" as the fix."""
@@ -183,7 +193,8 @@ async def test_a_url_no_request_could_use_is_refused_at_start(url: str) -> None:
         refused = await anyio.run_process(command, input=b"", check=False)
     stderr = refused.stderr.decode()
     assert refused.returncode == 2, stderr
-    assert "is not a daemon's URL: it needs http:// or https:// and a host" in stderr, stderr
+    assert "is not a daemon's URL: it needs http:// or https://, a host and a valid port" in stderr, stderr
+    assert "Traceback" not in stderr, stderr
     assert "--connect http://127.0.0.1:8765/mcp" in stderr, stderr
 
 

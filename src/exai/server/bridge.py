@@ -68,11 +68,15 @@ def is_loopback_host(host: str) -> bool:
 def check_daemon_url(url: str) -> None:
     """Refuse at start a URL no request could use (no http:// or https://, no host): every call would otherwise be
     retried until the connect timeout and then reported as a daemon that cannot be reached."""
-    parts = urlsplit(url)
-    if parts.scheme in ("http", "https") and parts.hostname:
+    try:
+        parts = urlsplit(url)
+        usable = parts.scheme in ("http", "https") and bool(parts.hostname) and parts.port != 0
+    except ValueError:  # a port that is not a number or out of range, a bracket left open
+        usable = False
+    if usable:
         return
     raise InvalidInput(
-        f"--connect {url[:200]!r} is not a daemon's URL: it needs http:// or https:// and a host.",
+        f"--connect {url[:200]!r} is not a daemon's URL: it needs http:// or https://, a host and a valid port.",
         code="invalid_daemon_url",
         remedy="Give the daemon's MCP endpoint in full, e.g. --connect http://127.0.0.1:8765/mcp.",
     )
