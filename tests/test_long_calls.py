@@ -22,6 +22,9 @@ import pytest
 from mcp import Client, StdioServerParameters
 from mcp_types import CallToolResult
 
+from exai.providers.catalogue import Catalogue, custom_model_info
+from exai.providers.quirks import streams_its_thinking
+from exai.providers.types import GenerateRequest, ThinkingMode
 from exai.security.auth import issue_token
 from tests.conftest import TEST_JWT_SECRET, Proc, SimControl, sim_env
 from tests.helpers import hold_writes, mcp_client, text_of, tool_error, wait_until
@@ -158,7 +161,7 @@ async def test_a_model_cut_by_the_attempt_limit_names_that_limit(daemon: Daemon,
     assert "EXAI_ATTEMPT_TIMEOUT_SECONDS" in error["remedy"] and "EXAI_CALL_DEADLINE_SECONDS" in error["remedy"]
 
 
-@pytest.mark.parametrize(("model", "thinking"), [("kimi-k2-thinking", "off"), ("sim-smart", "medium")])
+@pytest.mark.parametrize(("model", "thinking"), [("kimi-k2-thinking", "off"), ("kimi-k2.6", "medium")])
 async def test_a_model_that_streams_its_thinking_is_not_cut_by_the_attempt_limit(
     daemon: Daemon, sim: SimControl, model: str, thinking: str
 ) -> None:
@@ -321,3 +324,15 @@ async def test_an_answer_goes_out_without_waiting_for_its_call_record_and_is_rec
 
             await wait_until(recorded, "the call's row records the answer")
     assert sim.count("requests:sim-fast") == 1
+
+
+def test_only_a_request_a_model_will_think_for_is_streamed() -> None:
+    catalogue = Catalogue.load()
+
+    def streamed(name: str, thinking: ThinkingMode) -> bool:
+        model = catalogue.get(name) or custom_model_info(name, 32768)
+        return streams_its_thinking(model, GenerateRequest(messages=[], thinking=thinking))
+
+    assert streamed("kimi-k2-thinking", "off") and streamed("kimi-k2.6", "medium")  # always thinks; asked to
+    assert not streamed("kimi-k2.6", "off"), "not asked to think"
+    assert not streamed("sim-smart", "high"), "a Custom model's thinking is not known: its request stays whole"

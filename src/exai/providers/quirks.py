@@ -27,9 +27,12 @@ DEFAULT_MAX_OUTPUT = 8192
 
 
 def streams_its_thinking(model: ModelInfo, request: GenerateRequest) -> bool:
-    """Whether the model will think for this request (asked to, or always): streamed, a model shows it is alive
-    while it thinks, if its vendor streams the reasoning (see the router's attempt limit)."""
-    return request.thinking != "off" or model.thinking_style == "native"
+    """Whether the model will think for this request (one that can, asked to; or one that always does): streamed,
+    it shows it is alive while it thinks, if its vendor streams the reasoning (see the router's attempt limit).
+    Other requests stay whole: a stream's usage needs `stream_options`, which not every endpoint takes."""
+    if model.thinking_style == "native":
+        return True
+    return request.thinking != "off" and model.thinking_style != "none"
 
 
 def temperature_for(model: ModelInfo, requested: float | None) -> float | None:
