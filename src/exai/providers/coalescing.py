@@ -64,10 +64,10 @@ class CoalescingStream(httpcore2.AsyncNetworkStream):
 
 
 class CoalescingBackend(httpcore2.AsyncNetworkBackend):
-    """The default network backend, its streams wrapped in `CoalescingStream`."""
+    """A pool's network backend, its streams wrapped in `CoalescingStream`."""
 
-    def __init__(self, inner: httpcore2.AsyncNetworkBackend | None = None) -> None:
-        self._inner = inner or httpcore2.AnyIOBackend()
+    def __init__(self, inner: httpcore2.AsyncNetworkBackend) -> None:
+        self._inner = inner
 
     async def connect_tcp(
         self,

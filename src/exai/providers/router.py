@@ -574,12 +574,13 @@ def _extending(limit: asyncio.Timeout, deadline: float, quiet: float) -> Callabl
     """Move the attempt's limit to `quiet` seconds from now, never past the call's `deadline` (monotonic); at most
     once a second (a reasoning model streams hundreds of chunks a second)."""
     loop = asyncio.get_running_loop()
-    moved = [loop.time()]
+    moved = loop.time()
 
     def alive() -> None:
+        nonlocal moved
         now = loop.time()
-        if now - moved[0] >= 1.0 and not limit.expired():
-            moved[0] = now
+        if now - moved >= 1.0 and not limit.expired():
+            moved = now
             limit.reschedule(now + max(0.0, min(quiet, deadline - time.monotonic())))
 
     return alive
