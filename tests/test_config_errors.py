@@ -23,9 +23,14 @@ CASES: dict[str, tuple[dict[str, str], str, str]] = {
     "database url": ({"EXAI_DATABASE_URL": "mysql://u:hunter2@h/db"}, "EXAI_DATABASE_URL", "postgresql://"),
     # values valid alone that contradict each other
     "attempt beyond deadline": (
-        {"EXAI_ATTEMPT_TIMEOUT_SECONDS": "200"},
+        {"EXAI_ATTEMPT_TIMEOUT_SECONDS": "700"},
         "EXAI_ATTEMPT_TIMEOUT_SECONDS",
-        "above EXAI_CALL_DEADLINE_SECONDS (120)",
+        "above EXAI_CALL_DEADLINE_SECONDS (600)",
+    ),
+    "thinking beyond deadline": (
+        {"EXAI_THINKING_TIMEOUT_SECONDS": "900"},
+        "EXAI_THINKING_TIMEOUT_SECONDS",
+        "above EXAI_CALL_DEADLINE_SECONDS (600)",
     ),
     "retry delays": (
         {"EXAI_RETRY_BASE_DELAY_SECONDS": "5", "EXAI_RETRY_MAX_DELAY_SECONDS": "2"},
@@ -35,7 +40,7 @@ CASES: dict[str, tuple[dict[str, str], str, str]] = {
     "task ttl below deadline": (
         {"EXAI_TASK_TTL_SECONDS": "60"},
         "EXAI_TASK_TTL_SECONDS",
-        "below EXAI_CALL_DEADLINE_SECONDS (120)",
+        "below EXAI_CALL_DEADLINE_SECONDS (600)",
     ),
 }
 FILES = {

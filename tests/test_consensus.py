@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 from mcp import Client
 
 from exai.server.mcp import build_server
-from tests.conftest import MakeServices, SimControl
+from tests.conftest import MakeServices, Proc, SimControl
 from tests.helpers import tool_error, wait_until
 
 pytestmark = pytest.mark.anyio
@@ -34,3 +35,19 @@ async def test_an_unexpected_failure_cancels_the_other_experts(
         result = await client.call_tool("consensus", args)
     assert tool_error(result)["category"] == "internal"
     await wait_until(lambda: sim.count("disconnects") >= 1, "the hanging expert's upstream request was cancelled")
+
+
+async def test_a_members_own_timeout_never_lengthens_the_servers_call_deadline(
+    daemon: Callable[..., Proc], sim: SimControl
+) -> None:
+    """`per_model_timeout_seconds` replaced the operator's EXAI_CALL_DEADLINE_SECONDS: a tenant could ask for 600 s
+    on a server that allows 2 (and was capped at 600 on a server that allows more). It may now only shorten it."""
+    proc = daemon(EXAI_CALL_DEADLINE_SECONDS="2", EXAI_CLIENT_WAIT_SECONDS="0")
+    sim.fault("hang", model="sim-fast", hang_seconds=30)
+    args = {"prompt": "q", "models": [{"model": "sim-fast"}], "per_model_timeout_seconds": 600}
+    async with Client(f"{proc.url}/mcp") as client:
+        result = await client.call_tool("consensus", args)
+    assert not result.is_error, result
+    [opinion] = (result.structured_content or {})["opinions"]
+    assert not opinion["ok"] and "deadline of 2 s" in opinion["error"]["message"], opinion
+    assert sim.count("requests:sim-fast") == 1, "retried past the server's deadline"

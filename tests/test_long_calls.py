@@ -23,7 +23,7 @@ from mcp import Client, StdioServerParameters
 from mcp_types import CallToolResult
 
 from exai.providers.catalogue import Catalogue, custom_model_info
-from exai.providers.quirks import streams_its_thinking
+from exai.providers.quirks import will_think
 from exai.providers.types import GenerateRequest, ThinkingMode
 from exai.security.auth import issue_token
 from tests.conftest import TEST_JWT_SECRET, Proc, SimControl, sim_env
@@ -183,6 +183,55 @@ async def test_a_model_that_streams_its_thinking_is_not_cut_by_the_attempt_limit
     assert counters[f"requests:{model}"] == counters[f"completed:{model}"] == 1, counters  # asked once
 
 
+async def test_a_model_that_thinks_in_silence_has_the_thinking_limit_before_its_first_word(
+    daemon: Daemon, sim: SimControl
+) -> None:
+    """OpenAI's reasoning models stream an empty chunk, then nothing until the answer: on the shipped defaults the
+    attempt's limit (45 s of silence) cut every such model that thought longer, and the prompt was paid for. A
+    model that will think may now stay silent EXAI_THINKING_TIMEOUT_SECONDS before its first word: here it thinks
+    3 times the attempt's limit in silence and the client, which stopped waiting after 1 s, collects the answer."""
+    proc = daemon(
+        EXAI_ATTEMPT_TIMEOUT_SECONDS="2",
+        EXAI_MAX_RETRIES="0",
+        EXAI_CLIENT_WAIT_SECONDS="1",
+        OPENAI_API_KEY="sk-test-openai-secret",
+        OPENAI_BASE_URL=sim.openai_url,
+    )
+    sim.fault("think", model="gpt-5.5", think_seconds=6, silent=True)
+    async with Client(f"{proc.url}/mcp") as client:
+        args = {"prompt": "thinks quietly", "model": "gpt-5.5", "thinking_mode": "high"}
+        first = await client.call_tool("chat", args)
+        result = await collect_all(client, pending_of(first))
+    assert not result.is_error, text_of(result)
+    assert "thinks quietly" in text_of(result)
+    assert sim.count("requests:gpt-5.5") == sim.count("completed:gpt-5.5") == 1  # asked once
+
+
+async def test_a_silent_thinker_past_the_thinking_limit_is_cut_and_told_which_limit(
+    daemon: Daemon, sim: SimControl
+) -> None:
+    """The thinking limit still cuts a model that never speaks (a hung upstream looks the same), and the error
+    names that limit, not the attempt's; a request not asked to think keeps the attempt's limit."""
+    proc = daemon(
+        EXAI_ATTEMPT_TIMEOUT_SECONDS="1",
+        EXAI_THINKING_TIMEOUT_SECONDS="3",
+        EXAI_MAX_RETRIES="0",
+        EXAI_CLIENT_WAIT_SECONDS="0",
+        OPENAI_API_KEY="sk-test-openai-secret",
+        OPENAI_BASE_URL=sim.openai_url,
+    )
+    sim.fault("think", model="gpt-5.5", think_seconds=60, silent=True)
+    async with Client(f"{proc.url}/mcp") as client:
+        thinking = await client.call_tool("chat", {"prompt": "ponders", "model": "gpt-5.5", "thinking_mode": "high"})
+        plain = await client.call_tool("chat", {"prompt": "answers", "model": "gpt-5.5", "thinking_mode": "off"})
+    error = tool_error(thinking)
+    assert error["code"] == "upstream_timeout", error
+    assert "3 s for a model's thinking" in error["message"] and "EXAI_THINKING_TIMEOUT_SECONDS" in error["message"]
+    assert "EXAI_THINKING_TIMEOUT_SECONDS" in error["remedy"], error
+    error = tool_error(plain)
+    assert "1 s without a word" in error["message"] and "EXAI_ATTEMPT_TIMEOUT_SECONDS" in error["message"], error
+
+
 @pytest.mark.parametrize("transport", ["stdio", "bridge"])
 async def test_answer_later_works_over_stdio_and_through_the_bridge(
     daemon: Daemon, sim: SimControl, transport: str
@@ -331,7 +380,7 @@ def test_only_a_request_a_model_will_think_for_is_streamed() -> None:
 
     def streamed(name: str, thinking: ThinkingMode) -> bool:
         model = catalogue.get(name) or custom_model_info(name, 32768)
-        return streams_its_thinking(model, GenerateRequest(messages=[], thinking=thinking))
+        return will_think(model, GenerateRequest(messages=[], thinking=thinking))
 
     assert streamed("kimi-k2-thinking", "off") and streamed("kimi-k2.6", "medium")  # always thinks; asked to
     assert not streamed("kimi-k2.6", "off"), "not asked to think"

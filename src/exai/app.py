@@ -131,7 +131,7 @@ def build_limiter(settings: Settings, redis: aioredis.Redis | None) -> RateLimit
     if redis is None:
         return LocalLimiter(defaults, overrides)
     return RedisLimiter(
-        redis, defaults, overrides, settings.rate_limit_on_redis_error, lease_ttl=settings.call_deadline_seconds + 60
+        redis, defaults, overrides, settings.rate_limit_on_redis_error, lease_ttl=settings.call_lease_seconds
     )
 
 

@@ -169,6 +169,7 @@ class AtMost:
 
 BOUNDS = (
     AtMost("attempt_timeout_seconds", "call_deadline_seconds", "one upstream attempt cannot outlast the whole call"),
+    AtMost("thinking_timeout_seconds", "call_deadline_seconds", "a model's thinking cannot outlast the whole call"),
     AtMost("retry_base_delay_seconds", "retry_max_delay_seconds", "the first retry wait is above the longest one"),
     AtMost(
         "call_deadline_seconds",

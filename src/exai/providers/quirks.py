@@ -26,10 +26,11 @@ _ADAPTIVE_EFFORT: dict[ThinkingMode, str] = {
 DEFAULT_MAX_OUTPUT = 8192
 
 
-def streams_its_thinking(model: ModelInfo, request: GenerateRequest) -> bool:
-    """Whether the model will think for this request (one that can, asked to; or one that always does): streamed,
-    it shows it is alive while it thinks, if its vendor streams the reasoning (see the router's attempt limit).
-    Other requests stay whole: a stream's usage needs `stream_options`, which not every endpoint takes."""
+def will_think(model: ModelInfo, request: GenerateRequest) -> bool:
+    """Whether the model will think for this request: one that can, asked to; or one that always does. Such a
+    request is streamed (a model that streams its reasoning shows it is alive while it thinks) and may stay silent
+    longer before its first word (see the router's attempt limit). Other requests stay whole: a stream's usage needs
+    `stream_options`, which not every endpoint takes."""
     if model.thinking_style == "native":
         return True
     return request.thinking != "off" and model.thinking_style != "none"

@@ -9,6 +9,7 @@ handed to the next model of the fallback chain, all inside one deadline per call
 from __future__ import annotations
 
 import asyncio
+import math
 import random
 import time
 from collections.abc import Awaitable, Callable
@@ -25,7 +26,7 @@ from exai.observability.tracing import tracer
 from exai.providers.base import CallOptions, Provider, UpstreamError
 from exai.providers.catalogue import Catalogue, ModelInfo
 from exai.providers.fair_share import TenantShares
-from exai.providers.quirks import streams_its_thinking
+from exai.providers.quirks import will_think
 from exai.providers.resilience import BreakerView, CircuitBreaker, backoff_delay, queue_timeout_error, to_exai_error
 from exai.providers.types import DeltaCallback, GenerateRequest, GenerateResponse, StreamChunk
 
@@ -308,7 +309,9 @@ class Router:
         `allow_fallback` when no plan is given). A fallback is always reported in `RouteResult.fallbacks`.
         A `tenant`'s upstream requests hold at most its share of each provider's slots. `on_attempts` is told every
         attempt made once the call ends, however it ends (answered, failed or cancelled)."""
-        deadline = time.monotonic() + (deadline_seconds or self.settings.call_deadline_seconds)
+        # A tool's own timeout may shorten the call's deadline, never lengthen it.
+        seconds = min(deadline_seconds or math.inf, self.settings.call_deadline_seconds)
+        deadline = time.monotonic() + seconds
         # A retry wait never ends after the client stopped waiting for the answer (EXAI_CLIENT_WAIT_SECONDS): the
         # client gets the upstream's hint at once, or (holding a pending answer) the failure to collect, instead of
         # a retry that pays again for a model that thinks longer than one attempt may take.
@@ -366,9 +369,7 @@ class Router:
                 )
             if time.monotonic() >= deadline and (last is None or last.code != "context_too_long"):
                 raise DeadlineError(
-                    f"The call did not finish within its deadline of "
-                    f"{deadline_seconds or self.settings.call_deadline_seconds:.0f} s "
-                    f"({len(attempts)} attempts).",
+                    f"The call did not finish within its deadline of {seconds:g} s ({len(attempts)} attempts).",
                     code="deadline_exceeded",
                     remedy="Try again, pick a faster model, or raise EXAI_CALL_DEADLINE_SECONDS.",
                     details={"attempts": [a.summary() for a in attempts]},
@@ -403,24 +404,21 @@ class Router:
             await self._take_slot(info, breaker, deadline, caller)
             started = time.perf_counter()
             # One attempt may stay silent EXAI_ATTEMPT_TIMEOUT_SECONDS, so a hung upstream leaves time to retry or
-            # fall back. A model that streams its thinking is asked to stream: what it sends shows it alive, and
-            # each chunk extends the limit, up to the call's deadline.
-            streamed = info.streaming and (on_delta is not None or streams_its_thinking(info, request))
+            # fall back. A model that will think may stay silent EXAI_THINKING_TIMEOUT_SECONDS before its first word
+            # (OpenAI's reasoning models stream nothing while they think); it is asked to stream, and each chunk it
+            # sends moves the limit on, up to the call's deadline.
+            thinks = will_think(info, request)
+            streamed = info.streaming and (on_delta is not None or thinks)
             quiet = self.settings.attempt_timeout_seconds
-            attempt_deadline = min(deadline, time.monotonic() + quiet)
+            first_word = max(quiet, self.settings.thinking_timeout_seconds) if thinks else quiet
+            attempt_deadline = min(deadline, time.monotonic() + first_word)
             heard: list[str] = []
             try:
                 async with asyncio.timeout(max(0.0, attempt_deadline - time.monotonic())) as limit:
                     relay = _recording(on_delta, heard, _extending(limit, deadline, quiet)) if streamed else None
                     response = await self._send(provider, info, request, attempt_deadline, attempt, relay)
             except TimeoutError:
-                cut_by_deadline = time.monotonic() >= deadline - 0.001
-                exc = UpstreamError(
-                    "timeout",
-                    "the call's deadline (EXAI_CALL_DEADLINE_SECONDS)"
-                    if cut_by_deadline
-                    else f"one attempt's limit of {quiet:g} s without a word from it (EXAI_ATTEMPT_TIMEOUT_SECONDS)",
-                )
+                exc = UpstreamError("timeout", _limit_that_cut(deadline, quiet, first_word, any(heard)))
             except UpstreamError as error:
                 exc = error
             except BaseException as error:
@@ -559,11 +557,13 @@ class Router:
 
 def _recording(on_delta: DeltaCallback | None, heard: list[str], alive: Callable[[], None]) -> DeltaCallback:
     """`on_delta` (if any), keeping what one attempt streamed back (what the vendor bills if the attempt is cut) and
-    telling `alive` that the upstream spoke."""
+    telling `alive` when the upstream said a word (a chunk with text or reasoning; OpenAI sends an empty one before
+    it thinks)."""
 
     async def relay(chunk: StreamChunk) -> None:
-        heard.append(chunk.text + chunk.reasoning)
-        alive()
+        if words := chunk.text + chunk.reasoning:
+            heard.append(words)
+            alive()
         if on_delta is not None:
             await on_delta(chunk)
 
@@ -571,19 +571,32 @@ def _recording(on_delta: DeltaCallback | None, heard: list[str], alive: Callable
 
 
 def _extending(limit: asyncio.Timeout, deadline: float, quiet: float) -> Callable[[], None]:
-    """Move the attempt's limit to `quiet` seconds from now, never past the call's `deadline` (monotonic); at most
-    once a second (a reasoning model streams hundreds of chunks a second)."""
+    """Move the attempt's limit to `quiet` seconds from now, never past the call's `deadline` (monotonic): at the
+    first word (the limit before it may be a thinking model's longer one), then at most once a second (a reasoning
+    model streams hundreds of chunks a second)."""
     loop = asyncio.get_running_loop()
-    moved = loop.time()
+    moved: float | None = None
 
     def alive() -> None:
         nonlocal moved
         now = loop.time()
-        if now - moved >= 1.0 and not limit.expired():
+        if (moved is None or now - moved >= 1.0) and not limit.expired():
             moved = now
             limit.reschedule(now + max(0.0, min(quiet, deadline - time.monotonic())))
 
     return alive
+
+
+def _limit_that_cut(deadline: float, quiet: float, first_word: float, spoke: bool) -> str:
+    """What an attempt's timeout was, in words, naming the setting that sets it."""
+    if time.monotonic() >= deadline - 0.001:
+        return "the call's deadline (EXAI_CALL_DEADLINE_SECONDS)"
+    if first_word > quiet and not spoke:
+        return (
+            f"the limit of {first_word:g} s for a model's thinking before its first word "
+            "(EXAI_THINKING_TIMEOUT_SECONDS)"
+        )
+    return f"one attempt's limit of {quiet:g} s without a word from it (EXAI_ATTEMPT_TIMEOUT_SECONDS)"
 
 
 def _rank(model: ModelInfo, category: Category) -> tuple[float, ...]:

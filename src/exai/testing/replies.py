@@ -104,14 +104,23 @@ def _sse(data: dict[str, Any], event: str | None = None) -> str:
 
 
 async def openai_stream(
-    p: ParsedRequest, truncate: bool, cut: bool = False, think_seconds: float = 0.0, usage: bool = True
+    p: ParsedRequest,
+    truncate: bool,
+    cut: bool = False,
+    think_seconds: float = 0.0,
+    usage: bool = True,
+    silent: bool = False,
 ) -> AsyncIterator[str]:
-    """The answer streamed word by word; `think_seconds` of reasoning first, one delta a second (a slow model);
-    `cut` stops it at the output limit (finish reason `length`); without `usage`, no usage chunk at the end."""
+    """The answer streamed word by word; `think_seconds` of reasoning first, one delta a second (a slow model), or,
+    `silent`, an empty first chunk and nothing more until the answer (as OpenAI's reasoning models stream); `cut`
+    stops it at the output limit (finish reason `length`); without `usage`, no usage chunk at the end."""
     words = _words(p.reply())
     base = {"id": "chatcmpl-sim", "object": "chat.completion.chunk", "created": 0, "model": p.model}
     started = time.monotonic()
-    while (left := think_seconds - (time.monotonic() - started)) > 0:
+    if silent:
+        yield _sse({**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]})
+        await asyncio.sleep(think_seconds)
+    while not silent and (left := think_seconds - (time.monotonic() - started)) > 0:
         delta = {"reasoning_content": f"thinking ({time.monotonic() - started:.0f} s)... "}
         yield _sse({**base, "choices": [{"index": 0, "delta": delta, "finish_reason": None}]})
         await asyncio.sleep(min(1.0, left))

@@ -97,6 +97,10 @@ class FaultRule(BaseModel):
     retry_after_ms: float | None = Field(default=None, ge=0, description="sent as the retry-after-ms header (429)")
     hang_seconds: float = Field(default=600.0, gt=0)
     think_seconds: float = Field(default=60.0, ge=0, description="`think`: reason this long, then answer")
+    silent: bool = Field(
+        default=False,
+        description="`think`: stream nothing while thinking (OpenAI's reasoning models), not one delta a second",
+    )
     fixture: str | None = Field(
         default=None, description='with kind "replay": a vendor fixture, e.g. "zai/chat_thinking"'
     )
@@ -390,7 +394,8 @@ class Simulator:
             truncate = fault is not None and fault.kind == "truncate"
             usage = wire != "openai" or fault is None or fault.kind != "no_usage"  # no_usage: OpenAI wire only
             if streamed_thinking:
-                stream = openai_stream(parsed, truncate=False, think_seconds=think)
+                silent = fault is not None and fault.silent
+                stream = openai_stream(parsed, truncate=False, think_seconds=think, silent=silent)
                 return StreamingResponse(self._counting_cuts(stream), media_type="text/event-stream")
             if parsed.stream:
                 if wire == "openai":

@@ -43,7 +43,12 @@ class ConsensusInput(ToolInput):
     models: list[ModelStance] = Field(min_length=1, max_length=8, description="Models to consult, with stances.")
     files: list[str] = Field(default_factory=list, description="Absolute paths of files to include.")
     continuation_id: str | None = None
-    per_model_timeout_seconds: float = Field(default=120.0, gt=0, le=600)
+    per_model_timeout_seconds: float | None = Field(
+        default=None,
+        gt=0,
+        description="Each model's deadline; the server's call deadline (EXAI_CALL_DEADLINE_SECONDS) when absent, "
+        "and never more than it.",
+    )
 
 
 class Opinion(BaseModel):

@@ -31,7 +31,7 @@ CRITERION = (
 )
 DEADLINE_S = 10.0
 CLEAR_DOWN = {"storage", "rate_limit"}  # the categories a call may fail with while a backing service is down
-CLIENT_CEILING_S = 150.0  # past the daemon's 120 s call deadline: the daemon, not our patience, decides a call's end
+CLIENT_CEILING_S = 150.0  # past the daemon's client wait (45 s, then a pending answer): the daemon decides a call's end
 REPLICA_LIMIT = 5  # requests per minute of the `-limited` tenant: the fallback limiter must still enforce it
 
 
