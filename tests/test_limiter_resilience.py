@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import signal
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -202,3 +203,37 @@ async def test_a_reservation_is_settled_where_and_when_it_was_made(redis_url: st
     assert await redis_int(redis, f"{tenant_keys(tenant)}:tokens:{yesterday.day}") == 0
     await redis.delete(key, f"{tenant_keys(tenant)}:tokens:{yesterday.day}")
     await redis.aclose()
+
+
+async def test_a_killed_replicas_concurrency_slot_comes_back_within_the_call_lease(
+    daemon: Daemon, sim: SimControl, redis_url: str
+) -> None:
+    """A slot's lease in Redis lasted the call's deadline plus a minute (3 minutes as shipped, 11 with the deadline
+    of 10 minutes): a SIGKILLed replica's calls held the tenant's concurrency that long on every other replica. It
+    is now renewed on EXAI_CALL_LEASE_SECONDS, as the call's own record is."""
+    tenant = f"tenant-{uuid.uuid4().hex[:8]}"
+    token = issue_token(TEST_JWT_SECRET, tenant, ["exai:tools"], 600)
+    env = {
+        "EXAI_JWT_SECRET": TEST_JWT_SECRET,
+        "EXAI_REDIS_URL": redis_url,
+        "EXAI_RATE_LIMIT_CONCURRENCY": "1",
+        "EXAI_RATE_LIMIT_RPM": "1000",
+        "EXAI_CALL_LEASE_SECONDS": "3",
+        "EXAI_CLIENT_WAIT_SECONDS": "1",
+    }
+    doomed, survivor = daemon(**env), daemon(**env)
+    sim.fault("hang", model="sim-smart", hang_seconds=120)
+    async with mcp_client(doomed.url, token, timeout=60) as client:
+        held = await client.call_tool("chat", {"prompt": "hangs", "model": "sim-smart"})
+    assert "exai/pending" in (held.meta or {}), text_of(held)  # still running, holding the tenant's one slot
+    async with mcp_client(survivor.url, token, timeout=60) as client:
+        refused = await client.call_tool("chat", {"prompt": "waits", "model": "sim-fast"})
+        assert tool_error(refused)["code"] == "rate_limited_concurrency"
+        doomed.stop(signal.SIGKILL)
+
+        async def answered() -> bool:
+            result = await client.call_tool("chat", {"prompt": "after the kill", "model": "sim-fast"})
+            return not result.is_error
+
+        # 20 leases: a slow machine's margin, and still well short of the old lease of 11 minutes
+        await wait_until(answered, "the killed replica's slot came back", ceiling=60, every=1.0)
