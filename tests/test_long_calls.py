@@ -207,6 +207,31 @@ async def test_a_model_that_thinks_in_silence_has_the_thinking_limit_before_its_
     assert sim.count("requests:gpt-5.5") == sim.count("completed:gpt-5.5") == 1  # asked once
 
 
+async def test_a_custom_endpoints_reasoning_model_declared_in_the_models_file_thinks_as_long(
+    daemon: Daemon, sim: SimControl, tmp_path: Path
+) -> None:
+    """A Custom endpoint's model (Ollama, vLLM) is not known to think, so its request stays whole and is cut by the
+    attempt's limit; declared in EXAI_MODELS_FILE with the thinking style it has, it is streamed and thinks on."""
+    models = tmp_path / "models.toml"
+    models.write_text(
+        '[models."local-reasoner"]\nprovider = "custom"\nthinking_style = "native"\n'
+        "context_window = 65536\nmax_output_tokens = 8192\n"
+    )
+    proc = daemon(
+        EXAI_MODELS_FILE=str(models),
+        EXAI_ATTEMPT_TIMEOUT_SECONDS="2",
+        EXAI_MAX_RETRIES="0",
+        EXAI_CLIENT_WAIT_SECONDS="1",
+    )
+    sim.fault("think", model="local-reasoner", think_seconds=6)
+    async with Client(f"{proc.url}/mcp") as client:
+        first = await client.call_tool("chat", {"prompt": "thinks locally", "model": "local-reasoner"})
+        result = await collect_all(client, pending_of(first))
+    assert not result.is_error, text_of(result)
+    assert "thinks locally" in text_of(result)
+    assert sim.count("requests:local-reasoner") == sim.count("completed:local-reasoner") == 1
+
+
 async def test_a_silent_thinker_past_the_thinking_limit_is_cut_and_told_which_limit(
     daemon: Daemon, sim: SimControl
 ) -> None:
@@ -273,6 +298,25 @@ async def test_a_client_listening_for_progress_hears_from_a_slow_call_every_few_
     assert len(heard) >= 2, heard  # 12 s of thinking: a heartbeat every 5 s
     gaps = [later - earlier for earlier, later in itertools.pairwise(heard)]
     assert max(gaps, default=0.0) < 30, gaps  # well inside the 60 s a client waits without news
+
+
+async def test_a_streamed_call_is_kept_alive_by_chunks_whose_reasoning_is_not_read(
+    daemon: Daemon, sim: SimControl
+) -> None:
+    """A client listening for progress gets its call streamed; a Custom model's reasoning field is not known, so its
+    reasoning chunks carry no word we read, but they show the upstream alive: the attempt's limit moves on."""
+    proc = daemon(EXAI_ATTEMPT_TIMEOUT_SECONDS="2", EXAI_MAX_RETRIES="0", EXAI_CLIENT_WAIT_SECONDS="0")
+    sim.fault("think", model="sim-smart", think_seconds=6)
+
+    async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+        pass
+
+    async with Client(f"{proc.url}/mcp") as client:
+        result = await client.call_tool(
+            "chat", {"prompt": "streams along", "model": "sim-smart"}, progress_callback=on_progress
+        )
+    assert not result.is_error, text_of(result)
+    assert sim.count("requests:sim-smart") == 1
 
 
 async def test_collecting_needs_no_slot_of_the_tenants_concurrency(daemon: Daemon, sim: SimControl) -> None:

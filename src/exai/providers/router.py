@@ -415,7 +415,8 @@ class Router:
             heard: list[str] = []
             try:
                 async with asyncio.timeout(max(0.0, attempt_deadline - time.monotonic())) as limit:
-                    relay = _recording(on_delta, heard, _extending(limit, deadline, quiet)) if streamed else None
+                    alive = _extending(limit, deadline, quiet, thinking=first_word > quiet)
+                    relay = _recording(on_delta, heard, alive) if streamed else None
                     response = await self._send(provider, info, request, attempt_deadline, attempt, relay)
             except TimeoutError:
                 exc = UpstreamError("timeout", _limit_that_cut(deadline, quiet, first_word, any(heard)))
@@ -555,30 +556,35 @@ class Router:
         await asyncio.gather(*(p.close() for p in self.providers.values()), return_exceptions=True)
 
 
-def _recording(on_delta: DeltaCallback | None, heard: list[str], alive: Callable[[], None]) -> DeltaCallback:
+def _recording(on_delta: DeltaCallback | None, heard: list[str], alive: Callable[[bool], None]) -> DeltaCallback:
     """`on_delta` (if any), keeping what one attempt streamed back (what the vendor bills if the attempt is cut) and
-    telling `alive` when the upstream said a word (a chunk with text or reasoning; OpenAI sends an empty one before
-    it thinks)."""
+    telling `alive` that the upstream sent a chunk, and whether it held a word (text or reasoning)."""
 
     async def relay(chunk: StreamChunk) -> None:
-        if words := chunk.text + chunk.reasoning:
+        words = chunk.text + chunk.reasoning
+        if words:
             heard.append(words)
-            alive()
+        alive(bool(words))
         if on_delta is not None:
             await on_delta(chunk)
 
     return relay
 
 
-def _extending(limit: asyncio.Timeout, deadline: float, quiet: float) -> Callable[[], None]:
-    """Move the attempt's limit to `quiet` seconds from now, never past the call's `deadline` (monotonic): at the
-    first word (the limit before it may be a thinking model's longer one), then at most once a second (a reasoning
-    model streams hundreds of chunks a second)."""
+def _extending(limit: asyncio.Timeout, deadline: float, quiet: float, thinking: bool) -> Callable[[bool], None]:
+    """Move the attempt's limit to `quiet` seconds from now, never past the call's `deadline` (monotonic), when the
+    upstream sends a chunk: at once for the first, then at most once a second (a reasoning model streams hundreds
+    of chunks a second). A `thinking` attempt's longer limit before the first word stands until a chunk holds one
+    (OpenAI sends an empty chunk, then thinks in silence)."""
     loop = asyncio.get_running_loop()
     moved: float | None = None
+    waiting_for_a_word = thinking
 
-    def alive() -> None:
-        nonlocal moved
+    def alive(words: bool) -> None:
+        nonlocal moved, waiting_for_a_word
+        if waiting_for_a_word and not words:
+            return
+        waiting_for_a_word = False
         now = loop.time()
         if (moved is None or now - moved >= 1.0) and not limit.expired():
             moved = now
