@@ -152,6 +152,29 @@ async def test_a_lease_is_kept_while_the_call_runs_past_its_ttl(redis_url: str) 
     await redis.aclose()
 
 
+async def test_a_lease_that_lapsed_while_redis_was_away_is_added_again_by_its_renewal(redis_url: str) -> None:
+    """A renewal only moved an existing lease (ZADD XX): a lease that lapsed during a Redis outage longer than its
+    TTL, and was pruned by another replica's admission, was gone for good while its call ran on, and the tenant
+    ran over its concurrency for the rest of the call (found by a review)."""
+    redis = aioredis.from_url(redis_url)
+    tenant = f"tenant-{uuid.uuid4().hex[:8]}"
+    limiter = RedisLimiter(redis, Limits(concurrent=1), {}, "open", lease_ttl=1)
+    slots = f"{tenant_keys(tenant)}:slots"
+    lease = await limiter.acquire(tenant)
+    await redis.zrem(slots, lease.id)  # lapsed and pruned, as another replica's admission does
+
+    async def added_again() -> bool:
+        return await redis.zscore(slots, lease.id) is not None
+
+    await wait_until(added_again, "the running call's lease to be added again")
+    with pytest.raises(RateLimitError) as caught:
+        await limiter.acquire(tenant)
+    assert caught.value.code == "rate_limited_concurrency", "the running call holds its slot again"
+    await limiter.release(lease)
+    assert await redis.zcard(slots) == 0, "no renewal landed after the release"
+    await redis.aclose()
+
+
 async def test_a_tenants_keys_share_one_cluster_slot(redis_url: str) -> None:
     redis = aioredis.from_url(redis_url)
     tenant = f"team:{uuid.uuid4().hex[:8]}"

@@ -207,6 +207,27 @@ async def test_a_model_that_thinks_in_silence_has_the_thinking_limit_before_its_
     assert sim.count("requests:gpt-5.5") == sim.count("completed:gpt-5.5") == 1  # asked once
 
 
+async def test_a_thinking_model_that_spoke_then_stalls_is_cut_by_the_attempt_limit(
+    daemon: Daemon, sim: SimControl
+) -> None:
+    """Past its first word a thinking model has the attempt's limit again, not its longer thinking limit: one that
+    reasons aloud and then goes silent (hung mid-answer) is cut by EXAI_ATTEMPT_TIMEOUT_SECONDS, and says so."""
+    proc = daemon(
+        EXAI_ATTEMPT_TIMEOUT_SECONDS="2",
+        EXAI_THINKING_TIMEOUT_SECONDS="120",
+        EXAI_MAX_RETRIES="0",
+        EXAI_CLIENT_WAIT_SECONDS="0",
+    )
+    sim.fault("think", model="kimi-k2.6", think_seconds=2, stall_seconds=300)
+    async with Client(f"{proc.url}/mcp") as client:
+        started = time.monotonic()
+        result = await client.call_tool("chat", {"prompt": "stalls", "model": "kimi-k2.6", "thinking_mode": "high"})
+    # cut about 2 s after its last word; the thinking limit would have cut it at 120 s (a wide margin, not a bound)
+    assert time.monotonic() - started < 60, "cut by the thinking limit: the attempt's limit was not moved back"
+    error = tool_error(result)
+    assert "2 s without a word" in error["message"] and "EXAI_ATTEMPT_TIMEOUT_SECONDS" in error["message"], error
+
+
 async def test_a_custom_endpoints_reasoning_model_declared_in_the_models_file_thinks_as_long(
     daemon: Daemon, sim: SimControl, tmp_path: Path
 ) -> None:
@@ -429,3 +450,5 @@ def test_only_a_request_a_model_will_think_for_is_streamed() -> None:
     assert streamed("kimi-k2-thinking", "off") and streamed("kimi-k2.6", "medium")  # always thinks; asked to
     assert not streamed("kimi-k2.6", "off"), "not asked to think"
     assert not streamed("sim-smart", "high"), "a Custom model's thinking is not known: its request stays whole"
+    # Thinking that cannot be switched off: o3's least effort is "low", GPT-5's "minimal"; GPT-5.5 takes "none"
+    assert streamed("o3", "off") and streamed("gpt-5", "off") and not streamed("gpt-5.5", "off")

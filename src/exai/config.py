@@ -265,7 +265,8 @@ class Settings(ProviderSettings):
     fallback_from_explicit_model: bool = False
     call_deadline_seconds: float = Field(default=600.0, gt=0)  # the vendors' own SDKs wait 10 minutes too
     attempt_timeout_seconds: float = Field(default=45.0, gt=0)
-    thinking_timeout_seconds: float = Field(default=600.0, gt=0)  # a thinking model's silence before its first word
+    # A thinking model's silence before its first word; below the deadline, so a hung one leaves time to fall back.
+    thinking_timeout_seconds: float = Field(default=300.0, gt=0)
     max_retries: int = Field(default=2, ge=0, le=10)
     retry_base_delay_seconds: float = Field(default=0.5, ge=0, validation_alias=_renamed("retry_base_delay_seconds"))
     retry_max_delay_seconds: float = Field(default=8.0, ge=0, validation_alias=_renamed("retry_max_delay_seconds"))

@@ -34,7 +34,7 @@ from exai.errors import Category
 from exai.observability.health import LimiterHealth, limiter_health
 from exai.observability.process import ProcessMeter
 
-LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 FINE_BUCKETS = (
     0.00025,
     0.0005,

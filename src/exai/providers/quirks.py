@@ -33,6 +33,8 @@ def will_think(model: ModelInfo, request: GenerateRequest) -> bool:
     `stream_options`, which not every endpoint takes."""
     if model.thinking_style == "native":
         return True
+    if model.thinking_style == "openai_effort":  # o3 and GPT-5 cannot switch reasoning off: "off" is their least
+        return effort_for(model, request.thinking) != "none"
     return request.thinking != "off" and model.thinking_style != "none"
 
 

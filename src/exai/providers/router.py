@@ -410,16 +410,17 @@ class Router:
             thinks = will_think(info, request)
             streamed = info.streaming and (on_delta is not None or thinks)
             quiet = self.settings.attempt_timeout_seconds
-            first_word = max(quiet, self.settings.thinking_timeout_seconds) if thinks else quiet
+            first_word = self.settings.thinking_timeout_seconds if thinks else quiet
             attempt_deadline = min(deadline, time.monotonic() + first_word)
             heard: list[str] = []
             try:
                 async with asyncio.timeout(max(0.0, attempt_deadline - time.monotonic())) as limit:
-                    alive = _extending(limit, deadline, quiet, thinking=first_word > quiet)
+                    alive = _extending(limit, deadline, quiet, thinking=thinks)
                     relay = _recording(on_delta, heard, alive) if streamed else None
                     response = await self._send(provider, info, request, attempt_deadline, attempt, relay)
             except TimeoutError:
-                exc = UpstreamError("timeout", _limit_that_cut(deadline, quiet, first_word, any(heard)))
+                still_thinking = first_word if thinks and not heard else None
+                exc = UpstreamError("timeout", _limit_that_cut(deadline, quiet, still_thinking))
             except UpstreamError as error:
                 exc = error
             except BaseException as error:
@@ -593,14 +594,14 @@ def _extending(limit: asyncio.Timeout, deadline: float, quiet: float, thinking: 
     return alive
 
 
-def _limit_that_cut(deadline: float, quiet: float, first_word: float, spoke: bool) -> str:
-    """What an attempt's timeout was, in words, naming the setting that sets it."""
+def _limit_that_cut(deadline: float, quiet: float, thinking: float | None) -> str:
+    """What an attempt's timeout was, in words, naming the setting that sets it; `thinking` is the limit of a
+    thinking model that had not said a word yet."""
     if time.monotonic() >= deadline - 0.001:
         return "the call's deadline (EXAI_CALL_DEADLINE_SECONDS)"
-    if first_word > quiet and not spoke:
+    if thinking is not None:
         return (
-            f"the limit of {first_word:g} s for a model's thinking before its first word "
-            "(EXAI_THINKING_TIMEOUT_SECONDS)"
+            f"the limit of {thinking:g} s for a model's thinking before its first word (EXAI_THINKING_TIMEOUT_SECONDS)"
         )
     return f"one attempt's limit of {quiet:g} s without a word from it (EXAI_ATTEMPT_TIMEOUT_SECONDS)"
 

@@ -321,17 +321,20 @@ class RedisLimiter:
         return lease
 
     async def _keep_alive(self, lease: Lease) -> None:
-        """Push the lease's expiry forward while the call runs, so no call outlives its slot."""
+        """Push the lease's expiry forward while the call runs, so no call outlives its slot. A lease that lapsed
+        while Redis was unreachable (longer than its TTL) is added again: the call still runs and counts. A renewal
+        under way finishes before the keeper stops (`release` waits for it), so none lands after the release."""
         slots = self._keys(lease.tenant, 0)[1]
         while True:
             await asyncio.sleep(self.lease_ttl / 3)
-            try:
-                async with self.redis.pipeline(transaction=True) as pipe:
-                    pipe.zadd(slots, {lease.id: time.time() + self.lease_ttl}, xx=True)
-                    pipe.expire(slots, math.ceil(self.lease_ttl) + 60)
-                    await pipe.execute()
-            except self._redis_error as exc:
-                self._redis_failed("refresh", exc)
+            with anyio.CancelScope(shield=True):
+                try:
+                    async with self.redis.pipeline(transaction=True) as pipe:
+                        pipe.zadd(slots, {lease.id: time.time() + self.lease_ttl})
+                        pipe.expire(slots, math.ceil(self.lease_ttl) + 60)
+                        await pipe.execute()
+                except self._redis_error as exc:
+                    self._redis_failed("refresh", exc)
 
     async def release(self, lease: Lease, corrections: Sequence[Correction] = ()) -> None:
         with anyio.CancelScope(shield=True):  # a cancelled caller must still give its slot back
@@ -349,6 +352,7 @@ class RedisLimiter:
             keeper = self._keepers.pop(lease.id, None)
             if keeper is not None:
                 keeper.cancel()
+                await asyncio.gather(keeper, return_exceptions=True)  # a renewal under way lands before the release
             days = list(shared)
             keys = [self._keys(lease.tenant, 0)[1], *(self._keys(lease.tenant, day * DAY)[2] for day in days)]
             try:

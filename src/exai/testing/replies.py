@@ -110,10 +110,12 @@ async def openai_stream(
     think_seconds: float = 0.0,
     usage: bool = True,
     silent: bool = False,
+    stall_seconds: float = 0.0,
 ) -> AsyncIterator[str]:
     """The answer streamed word by word; `think_seconds` of reasoning first, one delta a second (a slow model), or,
-    `silent`, an empty first chunk and nothing more until the answer (as OpenAI's reasoning models stream); `cut`
-    stops it at the output limit (finish reason `length`); without `usage`, no usage chunk at the end."""
+    `silent`, an empty first chunk and nothing more until the answer (as OpenAI's reasoning models stream), then
+    `stall_seconds` without a word; `cut` stops it at the output limit (finish reason `length`); without `usage`, no
+    usage chunk at the end."""
     words = _words(p.reply())
     base = {"id": "chatcmpl-sim", "object": "chat.completion.chunk", "created": 0, "model": p.model}
     started = time.monotonic()
@@ -124,6 +126,7 @@ async def openai_stream(
         delta = {"reasoning_content": f"thinking ({time.monotonic() - started:.0f} s)... "}
         yield _sse({**base, "choices": [{"index": 0, "delta": delta, "finish_reason": None}]})
         await asyncio.sleep(min(1.0, left))
+    await asyncio.sleep(stall_seconds)
     if p.thinking:
         yield _sse(
             {

@@ -101,6 +101,9 @@ class FaultRule(BaseModel):
         default=False,
         description="`think`: stream nothing while thinking (OpenAI's reasoning models), not one delta a second",
     )
+    stall_seconds: float = Field(
+        default=0.0, ge=0, description="`think`, streamed: after the reasoning, this long without a word (then answer)"
+    )
     fixture: str | None = Field(
         default=None, description='with kind "replay": a vendor fixture, e.g. "zai/chat_thinking"'
     )
@@ -394,8 +397,10 @@ class Simulator:
             truncate = fault is not None and fault.kind == "truncate"
             usage = wire != "openai" or fault is None or fault.kind != "no_usage"  # no_usage: OpenAI wire only
             if streamed_thinking:
-                silent = fault is not None and fault.silent
-                stream = openai_stream(parsed, truncate=False, think_seconds=think, silent=silent)
+                assert fault is not None
+                stream = openai_stream(
+                    parsed, truncate=False, think_seconds=think, silent=fault.silent, stall_seconds=fault.stall_seconds
+                )
                 return StreamingResponse(self._counting_cuts(stream), media_type="text/event-stream")
             if parsed.stream:
                 if wire == "openai":
