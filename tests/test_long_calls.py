@@ -251,17 +251,21 @@ async def test_a_custom_endpoints_reasoning_model_declared_in_the_models_file_th
     assert not result.is_error, text_of(result)
     assert "thinks locally" in text_of(result)
     assert sim.count("requests:local-reasoner") == sim.count("completed:local-reasoner") == 1
+    reasoner = Catalogue.load(user_file=models).get("local-reasoner")
+    assert reasoner is not None and reasoner.thinking, "listed as a model that does not think"
 
 
-async def test_a_silent_thinker_past_the_thinking_limit_is_cut_and_told_which_limit(
+async def test_a_silent_thinker_past_the_thinking_limit_is_cut_told_which_limit_and_not_asked_again(
     daemon: Daemon, sim: SimControl
 ) -> None:
     """The thinking limit still cuts a model that never speaks (a hung upstream looks the same), and the error
-    names that limit, not the attempt's; a request not asked to think keeps the attempt's limit."""
+    names that limit, not the attempt's. Asked again it would think, and be paid, again: with retries left and the
+    client still waiting, it was sent the prompt 3 times (found by a new user). A request not asked to think keeps
+    the attempt's limit, and its retries."""
     proc = daemon(
         EXAI_ATTEMPT_TIMEOUT_SECONDS="1",
         EXAI_THINKING_TIMEOUT_SECONDS="3",
-        EXAI_MAX_RETRIES="0",
+        EXAI_MAX_RETRIES="2",
         EXAI_CLIENT_WAIT_SECONDS="0",
         OPENAI_API_KEY="sk-test-openai-secret",
         OPENAI_BASE_URL=sim.openai_url,
@@ -269,13 +273,16 @@ async def test_a_silent_thinker_past_the_thinking_limit_is_cut_and_told_which_li
     sim.fault("think", model="gpt-5.5", think_seconds=60, silent=True)
     async with Client(f"{proc.url}/mcp") as client:
         thinking = await client.call_tool("chat", {"prompt": "ponders", "model": "gpt-5.5", "thinking_mode": "high"})
+        assert sim.count("requests:gpt-5.5") == 1, "a model cut while thinking was asked again"
         plain = await client.call_tool("chat", {"prompt": "answers", "model": "gpt-5.5", "thinking_mode": "off"})
     error = tool_error(thinking)
     assert error["code"] == "upstream_timeout", error
     assert "3 s for a model's thinking" in error["message"] and "EXAI_THINKING_TIMEOUT_SECONDS" in error["message"]
-    assert "EXAI_THINKING_TIMEOUT_SECONDS" in error["remedy"], error
+    assert "EXAI_THINKING_TIMEOUT_SECONDS" in error["remedy"] and "paid, again" in error["remedy"], error
     error = tool_error(plain)
     assert "1 s without a word" in error["message"] and "EXAI_ATTEMPT_TIMEOUT_SECONDS" in error["message"], error
+    assert "EXAI_MODELS_FILE" in error["remedy"], error
+    assert sim.count("requests:gpt-5.5") == 1 + 3, "a silent request not asked to think is retried as before"
 
 
 @pytest.mark.parametrize("transport", ["stdio", "bridge"])

@@ -199,11 +199,13 @@ def sim(
 
     Control API: POST /_sim/faults {"kind": "429|500|503|401|hang|reset|malformed|truncate|context_length|
     content_filter|length|error_in_200|413|replay|think|no_usage", "model": "*", "rate": 1.0, "count": N (N >= 1),
-    "retry_after": s, "retry_after_ms": ms, "think_seconds": s (with think), "fixture": "zai/chat_thinking" (with
-    replay: a vendor fixture)} (model "/v1/models": the listing); DELETE /_sim/faults clears them; POST /_sim/models
-    {"vendor_models": [...]} sets which catalogued models the listing names (null: all); POST /_sim/latency
-    {"ms": 200, "jitter_ms": 50, "model": "*"}; GET /_sim/stats (counters); GET /_sim/requests?limit=50 (recent
-    requests with headers); POST /_sim/reset (faults, latency, counters).
+    "retry_after": s, "retry_after_ms": ms, "think_seconds": s, "silent": true, "stall_seconds": s (with think:
+    reason this long, one delta a second or, silent, none; then stall this long without a word), "prompt_contains":
+    "text", "fixture": "zai/chat_thinking" (with replay: a vendor fixture)} (model "/v1/models": the listing);
+    DELETE /_sim/faults clears them; POST /_sim/models {"vendor_models": [...]} sets which catalogued models the
+    listing names (null: all); POST /_sim/latency {"ms": 200, "jitter_ms": 50, "model": "*"}; GET /_sim/stats
+    (counters); GET /_sim/requests?limit=50 (recent requests with headers); POST /_sim/reset (faults, latency,
+    counters).
     """
     import uvicorn
 

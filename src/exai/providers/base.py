@@ -80,13 +80,24 @@ class UpstreamError(Exception):
     """
 
     def __init__(
-        self, kind: FailureKind, message: str, *, status: int | None = None, retry_after: float | None = None
+        self,
+        kind: FailureKind,
+        message: str,
+        *,
+        status: int | None = None,
+        retry_after: float | None = None,
+        remedy: str | None = None,
+        worth_repeating: bool = True,
     ) -> None:
         super().__init__(redact(message))
         self.kind = kind
         self.message = message
         self.status = status
         self.retry_after = retry_after
+        self.remedy = remedy
+        """What to do, when the failure knows better than its kind (our own time limits name theirs)."""
+        self.worth_repeating = worth_repeating
+        """False when asking the same model again would only repeat what failed (and be paid again)."""
 
     @property
     def message(self) -> str:
@@ -101,7 +112,7 @@ class UpstreamError(Exception):
 
     @property
     def retryable(self) -> bool:
-        return self.kind in RETRYABLE
+        return self.worth_repeating and self.kind in RETRYABLE
 
 
 def upstream_text(text: str, limit: int = 300) -> str:

@@ -69,6 +69,7 @@ class ModelInfo(BaseModel):
                 '"openai_effort", and only there'
             )
         self.reasoning_efforts = sorted(set(self.reasoning_efforts), key=EFFORT_ORDER.index)
+        self.thinking = self.thinking or self.thinking_style != "none"  # a model file's own model says how it thinks
         return self
 
     def cost(self, input_tokens: int, output_tokens: int, cached_input_tokens: int = 0) -> float:

@@ -288,9 +288,7 @@ def to_exai_error(error: UpstreamError, provider: str, model: str, key_env: str)
                 f"{where} did not answer within {error.message}.",
                 code="upstream_timeout",
                 details=details,
-                remedy="Try again or pick a faster model; or raise the limit named: EXAI_THINKING_TIMEOUT_SECONDS "
-                "(a thinking model's silence before its first word), EXAI_ATTEMPT_TIMEOUT_SECONDS (silence otherwise) "
-                "or EXAI_CALL_DEADLINE_SECONDS (the whole call, which no other limit passes).",
+                remedy=error.remedy or "Try again or pick a faster model.",
             )
         case "connection":
             return NetworkError(

@@ -400,7 +400,7 @@ class Router:
         for attempt in range(self.settings.max_retries + 1):
             if time.monotonic() >= deadline:
                 breaker.release_probe(caller)
-                raise UpstreamError("timeout", "the call's deadline (EXAI_CALL_DEADLINE_SECONDS)")
+                raise _cut_by_the_deadline()
             await self._take_slot(info, breaker, deadline, caller)
             started = time.perf_counter()
             # One attempt may stay silent EXAI_ATTEMPT_TIMEOUT_SECONDS, so a hung upstream leaves time to retry or
@@ -419,8 +419,7 @@ class Router:
                     relay = _recording(on_delta, heard, alive) if streamed else None
                     response = await self._send(provider, info, request, attempt_deadline, attempt, relay)
             except TimeoutError:
-                still_thinking = first_word if thinks and not heard else None
-                exc = UpstreamError("timeout", _limit_that_cut(deadline, quiet, still_thinking))
+                exc = _limit_that_cut(deadline, quiet, first_word if thinks and not heard else None)
             except UpstreamError as error:
                 exc = error
             except BaseException as error:
@@ -574,11 +573,13 @@ def _recording(on_delta: DeltaCallback | None, heard: list[str], alive: Callable
 
 def _extending(limit: asyncio.Timeout, deadline: float, quiet: float, thinking: bool) -> Callable[[bool], None]:
     """Move the attempt's limit to `quiet` seconds from now, never past the call's `deadline` (monotonic), when the
-    upstream sends a chunk: at once for the first, then at most once a second (a reasoning model streams hundreds
-    of chunks a second). A `thinking` attempt's longer limit before the first word stands until a chunk holds one
+    upstream sends a chunk: at once for the first, then at most once a second, or a tenth of `quiet` when that is
+    shorter (a reasoning model streams hundreds of chunks a second; skipping one must not cost a short limit the
+    chunk after it). A `thinking` attempt's longer limit before the first word stands until a chunk holds one
     (OpenAI sends an empty chunk, then thinks in silence)."""
     loop = asyncio.get_running_loop()
     moved: float | None = None
+    every = min(1.0, quiet / 10)
     waiting_for_a_word = thinking
 
     def alive(words: bool) -> None:
@@ -587,23 +588,42 @@ def _extending(limit: asyncio.Timeout, deadline: float, quiet: float, thinking: 
             return
         waiting_for_a_word = False
         now = loop.time()
-        if (moved is None or now - moved >= 1.0) and not limit.expired():
+        if (moved is None or now - moved >= every) and not limit.expired():
             moved = now
             limit.reschedule(now + max(0.0, min(quiet, deadline - time.monotonic())))
 
     return alive
 
 
-def _limit_that_cut(deadline: float, quiet: float, thinking: float | None) -> str:
-    """What an attempt's timeout was, in words, naming the setting that sets it; `thinking` is the limit of a
-    thinking model that had not said a word yet."""
+def _cut_by_the_deadline() -> UpstreamError:
+    return UpstreamError(
+        "timeout",
+        "the call's deadline (EXAI_CALL_DEADLINE_SECONDS)",
+        remedy="Raise EXAI_CALL_DEADLINE_SECONDS, or pick a faster model or less thinking (thinking_mode).",
+    )
+
+
+def _limit_that_cut(deadline: float, quiet: float, thinking: float | None) -> UpstreamError:
+    """An attempt's timeout, naming the limit that cut it and what to do; `thinking` is the limit of a thinking
+    model that had not said a word yet. Such a model is not asked again: it would think, and be paid, again."""
     if time.monotonic() >= deadline - 0.001:
-        return "the call's deadline (EXAI_CALL_DEADLINE_SECONDS)"
+        return _cut_by_the_deadline()
     if thinking is not None:
-        return (
-            f"the limit of {thinking:g} s for a model's thinking before its first word (EXAI_THINKING_TIMEOUT_SECONDS)"
+        return UpstreamError(
+            "timeout",
+            f"the limit of {thinking:g} s for a model's thinking before its first word (EXAI_THINKING_TIMEOUT_SECONDS)",
+            remedy="Asked again as it was, the model would think, and be paid, again: raise "
+            "EXAI_THINKING_TIMEOUT_SECONDS (EXAI_CALL_DEADLINE_SECONDS above it), or ask for less thinking "
+            "(thinking_mode low) or a faster model.",
+            worth_repeating=False,
         )
-    return f"one attempt's limit of {quiet:g} s without a word from it (EXAI_ATTEMPT_TIMEOUT_SECONDS)"
+    return UpstreamError(
+        "timeout",
+        f"one attempt's limit of {quiet:g} s without a word from it (EXAI_ATTEMPT_TIMEOUT_SECONDS)",
+        remedy="Try again or pick a faster model, or raise EXAI_ATTEMPT_TIMEOUT_SECONDS (EXAI_CALL_DEADLINE_SECONDS "
+        "above it). A model that thinks before it answers and is not known to (a Custom endpoint's) gets "
+        "EXAI_THINKING_TIMEOUT_SECONDS once EXAI_MODELS_FILE gives its thinking_style (see Long calls in the README).",
+    )
 
 
 def _rank(model: ModelInfo, category: Category) -> tuple[float, ...]:
