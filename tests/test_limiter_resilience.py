@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import random
 import signal
 import time
 import uuid
@@ -172,6 +173,22 @@ async def test_a_lease_that_lapsed_while_redis_was_away_is_added_again_by_its_re
     assert caught.value.code == "rate_limited_concurrency", "the running call holds its slot again"
     await limiter.release(lease)
     assert await redis.zcard(slots) == 0, "no renewal landed after the release"
+    await redis.aclose()
+
+
+async def test_a_release_during_a_renewal_ends_and_leaves_no_slot(redis_url: str) -> None:
+    """`release` cancelled the lease's keeper and waited for it; a cancellation that landed in the middle of a
+    renewal was swallowed, so the release never returned (the call stayed `working`, its slot renewed for ever:
+    found by an attack round, 17 releases of 200 here). The keeper is now told to stop, and stops between renewals."""
+    redis = aioredis.from_url(redis_url)
+    tenant = f"tenant-{uuid.uuid4().hex[:8]}"
+    limiter = RedisLimiter(redis, Limits(concurrent=1000), {}, "open", lease_ttl=0.3)  # a renewal every 0.1 s
+    slots = f"{tenant_keys(tenant)}:slots"
+    for _ in range(100):
+        lease = await limiter.acquire(tenant)
+        await asyncio.sleep(0.1 + random.random() * 0.01)  # the release lands around the keeper's renewal
+        await asyncio.wait_for(asyncio.shield(limiter.release(lease)), 30)
+    assert await redis.zcard(slots) == 0, "a renewal put a released slot back"
     await redis.aclose()
 
 

@@ -234,7 +234,7 @@ class RedisLimiter:
         self.failures = 0
         self.degraded = False
         self._retry_redis_at = 0.0
-        self._keepers: dict[str, asyncio.Task[None]] = {}
+        self._keepers: dict[str, tuple[asyncio.Task[None], asyncio.Event]] = {}
         self.on_round_trip: Callable[[str, float], None] = lambda operation, seconds: None
         """Told how long each of the round trips below took (exai_limiter_latency_seconds)."""
 
@@ -317,24 +317,30 @@ class RedisLimiter:
         lease.id = f"{lease.id}:{int(prepaid)}"  # the slot's member in Redis names what was prepaid with it
         if int(prepaid):
             lease.prepaid = TokenReservation(tenant, int(prepaid), int(now // DAY), local=False)
-        self._keepers[lease.id] = asyncio.create_task(self._keep_alive(lease))
+        stop = asyncio.Event()
+        self._keepers[lease.id] = (asyncio.create_task(self._keep_alive(lease, stop)), stop)
         return lease
 
-    async def _keep_alive(self, lease: Lease) -> None:
+    async def _keep_alive(self, lease: Lease, stop: asyncio.Event) -> None:
         """Push the lease's expiry forward while the call runs, so no call outlives its slot. A lease that lapsed
-        while Redis was unreachable (longer than its TTL) is added again: the call still runs and counts. A renewal
-        under way finishes before the keeper stops (`release` waits for it), so none lands after the release."""
+        while Redis was unreachable (longer than its TTL) is added again: the call still runs and counts.
+
+        It ends when `stop` is set, never in the middle of a renewal (`release` waits for it to end, so no renewal
+        lands after the release): a cancellation there is not reliably delivered (the Redis client may swallow
+        it), which left the release waiting for ever and the keeper renewing (found by an attack round)."""
         slots = self._keys(lease.tenant, 0)[1]
         while True:
-            await asyncio.sleep(self.lease_ttl / 3)
-            with anyio.CancelScope(shield=True):
-                try:
-                    async with self.redis.pipeline(transaction=True) as pipe:
-                        pipe.zadd(slots, {lease.id: time.time() + self.lease_ttl})
-                        pipe.expire(slots, math.ceil(self.lease_ttl) + 60)
-                        await pipe.execute()
-                except self._redis_error as exc:
-                    self._redis_failed("refresh", exc)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self.lease_ttl / 3)
+            if stop.is_set():
+                return
+            try:
+                async with self.redis.pipeline(transaction=True) as pipe:
+                    pipe.zadd(slots, {lease.id: time.time() + self.lease_ttl})
+                    pipe.expire(slots, math.ceil(self.lease_ttl) + 60)
+                    await pipe.execute()
+            except self._redis_error as exc:
+                self._redis_failed("refresh", exc)
 
     async def release(self, lease: Lease, corrections: Sequence[Correction] = ()) -> None:
         with anyio.CancelScope(shield=True):  # a cancelled caller must still give its slot back
@@ -349,9 +355,9 @@ class RedisLimiter:
                 for day, delta in shared.items():
                     await self._correct(lease.tenant, day, delta)
                 return
-            keeper = self._keepers.pop(lease.id, None)
-            if keeper is not None:
-                keeper.cancel()
+            if kept := self._keepers.pop(lease.id, None):
+                keeper, stop = kept
+                stop.set()
                 await asyncio.gather(keeper, return_exceptions=True)  # a renewal under way lands before the release
             days = list(shared)
             keys = [self._keys(lease.tenant, 0)[1], *(self._keys(lease.tenant, day * DAY)[2] for day in days)]
