@@ -228,6 +228,27 @@ async def test_a_thinking_model_that_spoke_then_stalls_is_cut_by_the_attempt_lim
     assert "2 s without a word" in error["message"] and "EXAI_ATTEMPT_TIMEOUT_SECONDS" in error["message"], error
 
 
+async def test_a_model_cut_by_the_thinking_limit_gives_way_to_its_fallback(daemon: Daemon, sim: SimControl) -> None:
+    """Not asked again, the model cut while thinking hands the call to the fallback chain, with the rest of the
+    deadline: the answer comes from the next model, and the cut one was asked once."""
+    proc = daemon(
+        EXAI_THINKING_TIMEOUT_SECONDS="2",
+        EXAI_MAX_RETRIES="2",
+        EXAI_CLIENT_WAIT_SECONDS="0",
+        EXAI_FALLBACK_CHAIN="sim-fast",
+        EXAI_FALLBACK_FROM_EXPLICIT_MODEL="true",
+        OPENAI_API_KEY="sk-test-openai-secret",
+        OPENAI_BASE_URL=sim.openai_url,
+    )
+    sim.fault("think", model="gpt-5.5", think_seconds=60, silent=True)
+    async with Client(f"{proc.url}/mcp") as client:
+        result = await client.call_tool("chat", {"prompt": "falls back", "model": "gpt-5.5", "thinking_mode": "high"})
+    assert not result.is_error, text_of(result)
+    data = result.structured_content or {}
+    assert data["model"] == "sim-fast" and data["fallbacks"] == ["sim-fast"], data
+    assert sim.count("requests:gpt-5.5") == 1 and sim.count("completed:sim-fast") == 1
+
+
 async def test_a_custom_endpoints_reasoning_model_declared_in_the_models_file_thinks_as_long(
     daemon: Daemon, sim: SimControl, tmp_path: Path
 ) -> None:
@@ -253,6 +274,9 @@ async def test_a_custom_endpoints_reasoning_model_declared_in_the_models_file_th
     assert sim.count("requests:local-reasoner") == sim.count("completed:local-reasoner") == 1
     reasoner = Catalogue.load(user_file=models).get("local-reasoner")
     assert reasoner is not None and reasoner.thinking, "listed as a model that does not think"
+    models.write_text(models.read_text() + "thinking = false\n")  # what the file says outright stands
+    reasoner = Catalogue.load(user_file=models).get("local-reasoner")
+    assert reasoner is not None and not reasoner.thinking
 
 
 async def test_a_silent_thinker_past_the_thinking_limit_is_cut_told_which_limit_and_not_asked_again(
@@ -279,6 +303,7 @@ async def test_a_silent_thinker_past_the_thinking_limit_is_cut_told_which_limit_
     assert error["code"] == "upstream_timeout", error
     assert "3 s for a model's thinking" in error["message"] and "EXAI_THINKING_TIMEOUT_SECONDS" in error["message"]
     assert "EXAI_THINKING_TIMEOUT_SECONDS" in error["remedy"] and "paid, again" in error["remedy"], error
+    assert error["retryable"] is False, "the client was told to retry what it was told would be paid again"
     error = tool_error(plain)
     assert "1 s without a word" in error["message"] and "EXAI_ATTEMPT_TIMEOUT_SECONDS" in error["message"], error
     assert "EXAI_MODELS_FILE" in error["remedy"], error

@@ -69,7 +69,8 @@ class ModelInfo(BaseModel):
                 '"openai_effort", and only there'
             )
         self.reasoning_efforts = sorted(set(self.reasoning_efforts), key=EFFORT_ORDER.index)
-        self.thinking = self.thinking or self.thinking_style != "none"  # a model file's own model says how it thinks
+        if "thinking" not in self.model_fields_set:  # a models file's own model says how it thinks, not whether
+            self.thinking = self.thinking_style != "none"
         return self
 
     def cost(self, input_tokens: int, output_tokens: int, cached_input_tokens: int = 0) -> float:

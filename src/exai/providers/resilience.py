@@ -287,6 +287,7 @@ def to_exai_error(error: UpstreamError, provider: str, model: str, key_env: str)
             return DeadlineError(
                 f"{where} did not answer within {error.message}.",
                 code="upstream_timeout",
+                retryable=error.worth_repeating,
                 details=details,
                 remedy=error.remedy or "Try again or pick a faster model.",
             )

@@ -614,7 +614,7 @@ def _limit_that_cut(deadline: float, quiet: float, thinking: float | None) -> Up
             f"the limit of {thinking:g} s for a model's thinking before its first word (EXAI_THINKING_TIMEOUT_SECONDS)",
             remedy="Asked again as it was, the model would think, and be paid, again: raise "
             "EXAI_THINKING_TIMEOUT_SECONDS (EXAI_CALL_DEADLINE_SECONDS above it), or ask for less thinking "
-            "(thinking_mode low) or a faster model.",
+            "(a lower thinking_mode, where the model takes one) or a faster model.",
             worth_repeating=False,
         )
     return UpstreamError(

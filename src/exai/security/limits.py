@@ -207,6 +207,10 @@ def tenant_keys(tenant: str) -> str:
     return f"exai:rl:{{{tenant}}}"
 
 
+KEEPER_WAIT_SECONDS = 0.5
+"""How long a release waits for a renewal of its lease already under way (a healthy Redis answers in a millisecond)."""
+
+
 class RedisLimiter:
     """Limits shared by every replica through Redis, with a per-replica fallback while Redis is down."""
 
@@ -358,7 +362,9 @@ class RedisLimiter:
             if kept := self._keepers.pop(lease.id, None):
                 keeper, stop = kept
                 stop.set()
-                await asyncio.gather(keeper, return_exceptions=True)  # a renewal under way lands before the release
+                # A renewal under way lands before the release; one Redis holds up (a timeout of its own) is not
+                # waited for: landing late, it holds the slot one lease at most.
+                await asyncio.wait({keeper}, timeout=KEEPER_WAIT_SECONDS)
             days = list(shared)
             keys = [self._keys(lease.tenant, 0)[1], *(self._keys(lease.tenant, day * DAY)[2] for day in days)]
             try:
