@@ -44,6 +44,11 @@ def pending_of(result: CallToolResult) -> dict[str, Any]:
     return pending
 
 
+def openai_at(sim: SimControl) -> dict[str, str]:
+    """The OpenAI provider's settings, pointed at the simulator (its reasoning models think in silence there)."""
+    return {"OPENAI_API_KEY": "sk-test-openai-secret", "OPENAI_BASE_URL": sim.openai_url}
+
+
 def call_status(data_dir: Path, task_id: str) -> str | None:
     with sqlite3.connect(data_dir / "exai.db") as db:
         row = db.execute("SELECT status FROM calls WHERE id = ?", (task_id,)).fetchone()
@@ -194,8 +199,7 @@ async def test_a_model_that_thinks_in_silence_has_the_thinking_limit_before_its_
         EXAI_ATTEMPT_TIMEOUT_SECONDS="2",
         EXAI_MAX_RETRIES="0",
         EXAI_CLIENT_WAIT_SECONDS="1",
-        OPENAI_API_KEY="sk-test-openai-secret",
-        OPENAI_BASE_URL=sim.openai_url,
+        **openai_at(sim),
     )
     sim.fault("think", model="gpt-5.5", think_seconds=6, silent=True)
     async with Client(f"{proc.url}/mcp") as client:
@@ -237,8 +241,7 @@ async def test_a_model_cut_by_the_thinking_limit_gives_way_to_its_fallback(daemo
         EXAI_CLIENT_WAIT_SECONDS="0",
         EXAI_FALLBACK_CHAIN="sim-fast",
         EXAI_FALLBACK_FROM_EXPLICIT_MODEL="true",
-        OPENAI_API_KEY="sk-test-openai-secret",
-        OPENAI_BASE_URL=sim.openai_url,
+        **openai_at(sim),
     )
     sim.fault("think", model="gpt-5.5", think_seconds=60, silent=True)
     async with Client(f"{proc.url}/mcp") as client:
@@ -291,8 +294,7 @@ async def test_a_silent_thinker_past_the_thinking_limit_is_cut_told_which_limit_
         EXAI_THINKING_TIMEOUT_SECONDS="3",
         EXAI_MAX_RETRIES="2",
         EXAI_CLIENT_WAIT_SECONDS="0",
-        OPENAI_API_KEY="sk-test-openai-secret",
-        OPENAI_BASE_URL=sim.openai_url,
+        **openai_at(sim),
     )
     sim.fault("think", model="gpt-5.5", think_seconds=60, silent=True)
     async with Client(f"{proc.url}/mcp") as client:
