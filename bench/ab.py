@@ -1,9 +1,11 @@
-"""Two builds of the daemon side by side: its CPU per `chat` call, in alternated blocks, in one run.
+"""Two builds of the daemon side by side: its CPU per `chat` call and the calls' median latency, in alternated
+blocks, in one run.
 
 A change that saves a few percent of CPU is lost in the spread between two runs on a shared machine (the same
 code's CPU per call moved from 3.0 to 4.7 ms between two days here). Both daemons run at once against one
 simulator, and blocks of calls alternate between them in a new random order every round, so whatever else the
-machine does falls on both alike; the claim is the ratio of their medians.
+machine does falls on both alike; the claims are the ratios of their medians (CPU per call, and each block's
+median call latency as the client sees it: at `--concurrency 1`, what a change on the call's path saves).
 
   A: this checkout as it is.
   B: `--base REV` (that commit, from a worktree of this repository, which is removed after), and/or `--path DIR`
@@ -25,6 +27,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 from mcp import Client
@@ -34,18 +37,22 @@ from servers import FAST_MODEL, Servers, cpu_seconds, free_port, http_client
 REPOSITORY = Path(__file__).resolve().parent.parent
 
 
-async def cpu_per_call(client: Client, pid: int, calls: int, concurrency: int) -> float:
-    """Milliseconds of the daemon's CPU per call over `calls` calls, `concurrency` at a time."""
+async def block(client: Client, pid: int, calls: int, concurrency: int) -> tuple[float, float]:
+    """Milliseconds of the daemon's CPU per call over `calls` calls, `concurrency` at a time, and their median
+    latency in milliseconds."""
     queue = iter(range(calls))
+    latencies: list[float] = []
 
     async def worker() -> None:
         for i in queue:
+            started = time.perf_counter()
             result = await client.call_tool("chat", {"prompt": f"ab {i}", "model": FAST_MODEL})
+            latencies.append(time.perf_counter() - started)
             assert not result.is_error, result.content
 
     before = cpu_seconds(pid)
     await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return 1000 * (cpu_seconds(pid) - before) / calls
+    return 1000 * (cpu_seconds(pid) - before) / calls, 1000 * statistics.median(latencies)
 
 
 def daemon_b_env(args: argparse.Namespace, worktree: Path | None) -> dict[str, str]:
@@ -70,22 +77,28 @@ async def run(args: argparse.Namespace, worktree: Path | None) -> None:
             async with http_client(sides["A"][0], bearer) as a, http_client(sides["B"][0], bearer) as b:
                 clients = {"A": a, "B": b}
                 for side, client in clients.items():  # warm-up: connections, caches, the tokenizer
-                    await cpu_per_call(client, sides[side][1], 100, args.concurrency)
+                    await block(client, sides[side][1], 100, args.concurrency)
                 figures: dict[str, list[float]] = {"A": [], "B": []}
+                latencies: dict[str, list[float]] = {"A": [], "B": []}
                 for round_ in range(args.rounds):
                     order = random.sample(list(clients), 2)
                     for side in order:
-                        figures[side].append(
-                            await cpu_per_call(clients[side], sides[side][1], args.calls, args.concurrency)
-                        )
-                    print(f"round {round_ + 1}: " + ", ".join(f"{s} {figures[s][-1]:.2f}" for s in sorted(figures)))
+                        cpu, latency = await block(clients[side], sides[side][1], args.calls, args.concurrency)
+                        figures[side].append(cpu)
+                        latencies[side].append(latency)
+                    print(
+                        f"round {round_ + 1}: "
+                        + ", ".join(f"{s} {figures[s][-1]:.2f} ms CPU, p50 {latencies[s][-1]:.2f} ms" for s in "AB")
+                    )
         finally:
             servers.close()
-    a, b = statistics.median(figures["A"]), statistics.median(figures["B"])
-    for side, values in figures.items():
-        print(f"{side}: median {statistics.median(values):.2f} ms of CPU per call (min {min(values):.2f}, "
-              f"max {max(values):.2f}, {len(values)} blocks of {args.calls})")  # fmt: skip
-    print(f"B ÷ A: {b / a:.3f}   (load average {os.getloadavg()})")
+    for what, sides_figures in (("ms of CPU per call", figures), ("ms call latency p50", latencies)):
+        for side, values in sides_figures.items():
+            print(f"{side}: median {statistics.median(values):.2f} {what} (min {min(values):.2f}, "
+                  f"max {max(values):.2f}, {len(values)} blocks of {args.calls})")  # fmt: skip
+        a, b = statistics.median(sides_figures["A"]), statistics.median(sides_figures["B"])
+        print(f"B ÷ A, {what}: {b / a:.3f}")
+    print(f"load average {os.getloadavg()}")
 
 
 def main() -> None:

@@ -199,7 +199,9 @@ def build_server(services: Services) -> Server[Any]:
         modern_task = declares_extension(ctx)
         ttl_seconds = requested_ttl_seconds(params)  # a negative ttl is refused here, before anything is recorded
         execution = services.calls.launch(
-            lambda record: handle_call(services, tool, params.arguments, caller, tool_ctx, record),
+            lambda record: handle_call(
+                services, tool, params.arguments, caller, tool_ctx, record, record_while_admitted=not as_task
+            ),
             tenant=caller.tenant,
             tool=tool.name,
             correlation_id=correlation_id,
