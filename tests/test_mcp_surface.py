@@ -75,6 +75,16 @@ async def test_bad_inputs_get_clear_errors(sim: SimControl, make_services: MakeS
         assert error["category"] == "validation" and error["details"]["fields"] == ["prompt"]
         error = await _error(client, "chat", {"prompt": "x", "temperature": 9})
         assert error["details"]["fields"] == ["temperature"] and "less than or equal to 2" in error["message"]
+        for field, value in (("temperature", True), ("max_output_tokens", True), ("max_output_tokens", False)):
+            error = await _error(client, "chat", {"prompt": "x", "model": "sim-fast", field: value})
+            assert error["details"]["fields"] == [field] and "is not a number" in error["message"], error
+        error = await _error(client, "consensus", {"prompt": "x", "models": [], "per_model_timeout_seconds": True})
+        assert error["details"]["fields"] == ["per_model_timeout_seconds"], error
+        error = await _error(
+            client, "planner", {"step": "x", "step_number": True, "total_steps": 2, "next_step_required": True}
+        )
+        assert error["details"]["fields"] == ["step_number"], error
+        assert sim.count("requests") == 0, "no model was asked with a boolean read as a number"
         error = await _error(client, "chat", {"prompt": "x", "modle": "sim-fast"})
         assert "modle: unknown field" in error["message"]
         error = await _error(client, "chat", {"prompt": "x", "model": "sim-fsat"})

@@ -23,8 +23,9 @@ from mcp import Client
 from exai.security.auth import issue_token
 from exai.security.limits import Lease
 from exai.server.mcp import build_server
+from exai.server.tasks import EXTENSION
 from tests.conftest import TEST_JWT_SECRET, MakeServices, Proc, SimControl
-from tests.helpers import call_tool, tool_error, wait_until
+from tests.helpers import call_tool, mcp_client, tool_error, wait_until_sync
 
 pytestmark = pytest.mark.anyio
 Daemon = Callable[..., Proc]
@@ -60,58 +61,84 @@ async def test_the_record_is_written_while_the_admission_is_on_its_way(
         result = await client.call_tool("chat", {"prompt": "beside", "model": "sim-fast"})
     assert not result.is_error, result.content
     assert sim.count("requests") == 1
-    assert call_rows(tmp_path) == [("completed", "local")]
+    assert ended_rows(tmp_path) == [("completed", "local")]
+
+
+def ended_rows(data_dir: Path) -> list[tuple[str, str]]:
+    """The calls table once no call in it is working (an end is written just after its answer goes out)."""
+    wait_until_sync(lambda: all(status != "working" for status, _ in call_rows(data_dir)), "every call ended")
+    return call_rows(data_dir)
+
+
+def limited_daemon(daemon: Daemon, redis_url: str, data_dir: Path, rpm: int) -> Proc:
+    return daemon(
+        EXAI_JWT_SECRET=TEST_JWT_SECRET,
+        EXAI_REDIS_URL=redis_url,
+        EXAI_RATE_LIMIT_RPM=str(rpm),
+        EXAI_DATA_DIR=str(data_dir),
+    )
 
 
 async def test_a_refused_call_leaves_no_working_record_and_later_refusals_none_at_all(
     daemon: Daemon, sim: SimControl, redis_url: str, tmp_path: Path
 ) -> None:
     tenant = f"refused-{uuid.uuid4().hex[:8]}"
-    proc = daemon(
-        EXAI_JWT_SECRET=TEST_JWT_SECRET,
-        EXAI_REDIS_URL=redis_url,
-        EXAI_RATE_LIMIT_RPM="2",
-        EXAI_DATA_DIR=str(tmp_path),
-    )
-    token = issue_token(TEST_JWT_SECRET, tenant, ["exai:tools"], 600)
-    results = [
-        await call_tool(proc.url, "chat", {"prompt": f"limit {i}", "model": "sim-fast"}, token) for i in range(8)
-    ]
+    proc = limited_daemon(daemon, redis_url, tmp_path, rpm=2)
+    async with mcp_client(proc.url, issue_token(TEST_JWT_SECRET, tenant, ["exai:tools"], 600)) as client:
+        results = [await client.call_tool("chat", {"prompt": f"limit {i}", "model": "sim-fast"}) for i in range(8)]
     assert [r.is_error for r in results] == [False, False, *[True] * 6]
     assert all(tool_error(r)["code"] == "rate_limited_rpm" for r in results[2:])
     assert sim.count("requests") == 2, "a refused call asked no model"
-    await wait_until(lambda: all(status != "working" for status, _ in call_rows(tmp_path)), "every call ended")
-    rows = call_rows(tmp_path)
+    rows = ended_rows(tmp_path)
     assert rows.count(("completed", tenant)) == 2
     # The first refusal's record was on its way beside its admission: it ended with the refusal (completed, its
     # result the error) or cancelled; the tenant's later calls were admitted first and wrote nothing.
     assert len(rows) == 3 and all(status in ("completed", "cancelled") for status, _ in rows), rows
 
 
-async def test_a_task_refused_by_its_limit_is_the_requests_error_and_records_nothing(
+async def test_a_task_refused_by_its_limit_is_the_requests_answer_and_records_nothing(
     daemon: Daemon, sim: SimControl, redis_url: str, tmp_path: Path
 ) -> None:
-    """The 2025 task form: the client waits for `CreateTaskResult`, so its admission is known before any record."""
-    tenant = f"task-refused-{uuid.uuid4().hex[:8]}"
-    proc = daemon(
-        EXAI_JWT_SECRET=TEST_JWT_SECRET,
-        EXAI_REDIS_URL=redis_url,
-        EXAI_RATE_LIMIT_RPM="1",
-        EXAI_DATA_DIR=str(tmp_path),
-    )
-    token = issue_token(TEST_JWT_SECRET, tenant, ["exai:tools"], 600)
-    first = await call_tool(proc.url, "chat", {"prompt": "only one", "model": "sim-fast"}, token)
-    assert not first.is_error
-    refused = await call_tool(proc.url, "chat", {"prompt": "past it", "model": "sim-fast"}, token)
-    assert tool_error(refused)["code"] == "rate_limited_rpm"
-    rows_before = call_rows(tmp_path)
-    answer = task_call(
-        proc.url, token, {"name": "chat", "arguments": {"prompt": "a task past it", "model": "sim-fast"}}
-    )
-    assert "result" not in answer, answer
-    assert answer["error"]["data"]["code"] == "rate_limited_rpm", answer
-    assert call_rows(tmp_path) == rows_before, "a refused task wrote no record"
-    assert sim.count("requests") == 1
+    """A task's record is its creation: counted, announced, listed, and in the 2025 form returned at once. Both
+    forms are admitted before it is written, even when the tenant's last call was admitted (its next would be
+    recorded beside its admission)."""
+    proc = limited_daemon(daemon, redis_url, tmp_path, rpm=1)
+    for form in ("2025", "2026"):
+        tenant = f"task-refused-{form}-{uuid.uuid4().hex[:8]}"
+        token = issue_token(TEST_JWT_SECRET, tenant, ["exai:tools"], 600)
+        first = await call_tool(proc.url, "chat", {"prompt": f"the one of {form}", "model": "sim-fast"}, token)
+        assert not first.is_error
+        rows_before = ended_rows(tmp_path)
+        params = {"name": "chat", "arguments": {"prompt": f"a {form} task past it", "model": "sim-fast"}}
+        if form == "2025":
+            answer = task_call(proc.url, token, params)
+            assert "result" not in answer, answer
+            assert answer["error"]["data"]["code"] == "rate_limited_rpm", answer
+        else:
+            answer = extension_call(proc.url, token, params)
+            assert answer["result"].get("resultType") != "task", answer
+            assert answer["result"]["_meta"]["exai/error"]["code"] == "rate_limited_rpm", answer
+        assert ended_rows(tmp_path) == rows_before, f"a refused {form} task wrote no record"
+    assert sim.count("requests") == 2
+
+
+def extension_call(url: str, token: str, params: dict[str, Any]) -> dict[str, Any]:
+    """`tools/call` from a client of the 2026-07-28 Tasks extension (no session; it may be answered with a task)."""
+    meta = {
+        "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+        "io.modelcontextprotocol/clientInfo": {"name": "raw-2026-client", "version": "1"},
+        "io.modelcontextprotocol/clientCapabilities": {"extensions": {EXTENSION: {}}},
+    }
+    headers = {
+        "Accept": "application/json, text/event-stream",
+        "MCP-Protocol-Version": "2026-07-28",
+        "Mcp-Method": "tools/call",
+        "Mcp-Name": params["name"],
+        "Authorization": f"Bearer {token}",
+    }
+    body = {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {**params, "_meta": meta}}
+    payload: dict[str, Any] = httpx2.post(f"{url}/mcp", headers=headers, json=body, timeout=120).json()
+    return payload
 
 
 def task_call(url: str, token: str, params: dict[str, Any]) -> dict[str, Any]:

@@ -13,7 +13,6 @@ counter ends at exactly what the upstream reported; a prepayment no model call d
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 
 import anyio
@@ -39,23 +38,21 @@ def remember_prepay(sizes: dict[tuple[str, str], int], key: tuple[str, str], tok
 
 
 REFUSALS_KEPT = 10_000
-"""Tenants whose last refusal is remembered (`refused_recently`); the oldest go first."""
-REFUSAL_REMEMBERED_SECONDS = 1.0
-"""How long a refusal is remembered at least, when it said to retry sooner."""
+"""Tenants whose last admission was refused, remembered (`CallTokens.admit`); the oldest go first."""
 
 
-def remember_refusal(refused_until: dict[str, float], tenant: str, error: RateLimitError) -> None:
-    retry = float(error.details.get("retry_after_seconds") or 0.0)
-    refused_until.pop(tenant, None)
-    refused_until[tenant] = time.monotonic() + max(retry, REFUSAL_REMEMBERED_SECONDS)
-    if len(refused_until) > REFUSALS_KEPT:
-        del refused_until[next(iter(refused_until))]
+def refused_last(limiter: RateLimiter, tenant: str) -> bool:
+    """Whether the tenant's last admission on this replica was refused. Its calls are then admitted before their
+    record is written, until one is admitted: calls sent past a limit cost the store nothing."""
+    return tenant in limiter.refused
 
 
-def refused_recently(limiter: RateLimiter, tenant: str) -> bool:
-    """Whether the tenant's last admission was refused and the time it said to wait has not passed. Such a tenant's
-    calls are admitted first and recorded after, so calls sent past a limit cost no write to the store."""
-    return limiter.refused_until.get(tenant, 0.0) > time.monotonic()
+def _note_admission(refused: dict[str, None], tenant: str, admitted: bool) -> None:
+    refused.pop(tenant, None)
+    if not admitted:
+        refused[tenant] = None
+        if len(refused) > REFUSALS_KEPT:
+            del refused[next(iter(refused))]
 
 
 @dataclass
@@ -90,9 +87,10 @@ class CallTokens:
             last = limiter.prepay_sizes.get((tenant, tool), 0) if asks_model else 0
             try:
                 call.lease = await limiter.acquire(tenant, prepay=int(last * PREPAY_MARGIN))
-            except RateLimitError as refusal:
-                remember_refusal(limiter.refused_until, tenant, refusal)
+            except RateLimitError:
+                _note_admission(limiter.refused, tenant, admitted=False)
                 raise
+            _note_admission(limiter.refused, tenant, admitted=True)
             if call.lease.prepaid is not None:
                 call.unclaimed = call.lease.prepaid.tokens
         else:  # it waits for a call that holds the slot (`collect`): a poll, counted like `tasks/get`

@@ -73,9 +73,9 @@ class RateLimiter(Protocol):
     """What each tenant's last call of each tool reserved in all: the prepayment its next call of the tool asks for
     with its slot (see `call_tokens.remember_prepay`)."""
 
-    refused_until: dict[str, float]
-    """Tenants whose last admission was refused, with when (monotonic) the refusal said to retry: their calls are
-    admitted before their record is written, not beside it (see `call_tokens.refused_recently`)."""
+    refused: dict[str, None]
+    """Tenants whose last admission on this replica was refused (insertion-ordered, bounded): their calls are
+    admitted before their record is written, not beside it, until one is admitted (see `call_tokens.admit`)."""
 
     async def acquire(self, tenant: str, prepay: int = 0) -> Lease:
         """A slot of the tenant's limits and, if `prepay` tokens fit today's budget, those too (else none)."""
@@ -147,7 +147,7 @@ class LocalLimiter:
         self.failures = 0
         self.degraded = False
         self.prepay_sizes: dict[tuple[str, str], int] = {}
-        self.refused_until: dict[str, float] = {}
+        self.refused: dict[str, None] = {}
 
     def limits(self, tenant: str) -> Limits:
         return self.overrides.get(tenant, self.defaults)
@@ -240,7 +240,7 @@ class RedisLimiter:
         self._settle_tokens = redis.register_script(limit_scripts.SETTLE_TOKENS)
         self.fallback = LocalLimiter(defaults, overrides)
         self.prepay_sizes = self.fallback.prepay_sizes
-        self.refused_until = self.fallback.refused_until
+        self.refused = self.fallback.refused
         self.failures = 0
         self.degraded = False
         self._retry_redis_at = 0.0

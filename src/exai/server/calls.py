@@ -5,8 +5,8 @@ turns the outcome into an MCP result. Invalid arguments are found before admissi
 count against the tenant's limits like any call. `record` (given for the tools that call models) writes the durable
 call record before anything is spent: when the store cannot take it, the call ends there with `storage`. It is
 written while the limiter admits the call (a round trip to Redis and one to the store, waited for as one), unless
-the tenant's last admission was refused a moment ago (then after it: calls sent past a limit cost the store
-nothing); a call refused meanwhile ends its record with the refusal (cancelled, if it had not landed yet): nothing
+the tenant's last admission was refused (then after it, until one is admitted: calls sent past a limit cost the
+store nothing); a call refused meanwhile ends its record with the refusal (cancelled, if it had not landed yet): nothing
 spent, no row left working. Every call, refused ones included, ends in exactly one `CallEvent`, which
 `Events` fans out to stats, metrics, alerts and the audit log. Usage comes from the model calls the tool made
 through its context, never from its output.
@@ -29,7 +29,7 @@ from exai.errors import ExaiError, InternalError, InvalidInput, PermissionDenied
 from exai.observability.events import CallEvent, Outcome
 from exai.observability.tracing import tracer
 from exai.security.auth import ADMIN_SCOPE, ADMIN_TOOLS, TOOLS_SCOPE, may_call
-from exai.security.call_tokens import CallTokens, refused_recently
+from exai.security.call_tokens import CallTokens, refused_last
 from exai.server.results import error_result
 from exai.server.tool_refusals import charge_refusal
 from exai.tools.base import ArgumentError, Tool, ToolContext
@@ -88,11 +88,11 @@ async def recording_early(
     services: Services, tenant: str, record: Callable[[], Awaitable[None]] | None
 ) -> AsyncIterator[asyncio.Future[None] | None]:
     """The call's record on its way while the limiter admits the call, when there is a limiter to wait for and the
-    tenant was not refused a moment ago; None otherwise (the record is then written after admission). Whatever ends
+    tenant's last admission was not refused; None otherwise (the record is then written after admission). Whatever ends
     the call before it waits for its record (a refusal, a cancellation), the write is cancelled and waited for on
     the way out: the call runner ends a record that landed with the call's result (the refusal), or as cancelled
     if the cancellation reached it first; nothing spent, no row left working."""
-    if record is None or services.limiter is None or refused_recently(services.limiter, tenant):
+    if record is None or services.limiter is None or refused_last(services.limiter, tenant):
         yield None
         return
     recording = asyncio.ensure_future(record())
@@ -195,7 +195,8 @@ async def handle_call(
     record_while_admitted: bool = True,
 ) -> types.CallToolResult:
     """Run one call through every step; whatever happens, account for it once. `record_while_admitted` False keeps
-    the record after admission (a task's creation must not be seen before its admission is known)."""
+    the record after admission: a task's record is its creation (counted, announced, listed, and returned at once
+    to a client that asks for a task), which a refusal must come before."""
     started = time.perf_counter()
     outcome: Outcome = "cancelled"
     error: ExaiError | None = None
@@ -203,23 +204,23 @@ async def handle_call(
     began = False
     try:
         await authorize(services, tool, caller)
-        args = validate(tool, arguments)
-        early = record if record_while_admitted and not isinstance(args, InvalidInput) else None
-        async with (
-            services.admission.slot(queued=tool.calls_model),
-            recording_early(services, caller.tenant, early) as recording,
-            admitted(services, tool, caller.tenant, ctx),
-        ):
-            services.events.call_started()
-            began = True
-            if isinstance(args, InvalidInput):
-                raise args
-            await services.discovery.settled()  # a call just after start needs the Custom endpoint's models
-            if recording is not None:
-                await recording
-            elif record is not None:
-                await record()
-            result = await run(tool, args, ctx)
+        async with services.admission.slot(queued=tool.calls_model):
+            args = validate(tool, arguments)
+            early = record if record_while_admitted and not isinstance(args, InvalidInput) else None
+            async with (
+                recording_early(services, caller.tenant, early) as recording,
+                admitted(services, tool, caller.tenant, ctx),
+            ):
+                services.events.call_started()
+                began = True
+                if isinstance(args, InvalidInput):
+                    raise args
+                await services.discovery.settled()  # a call just after start needs the Custom endpoint's models
+                if recording is not None:
+                    await recording
+                elif record is not None:
+                    await record()
+                result = await run(tool, args, ctx)
         outcome = "ok"
         return result
     except ExaiError as exc:

@@ -10,7 +10,8 @@ import re
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
+from functools import cache
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar, get_args
 
 import anyio
 from pydantic import BaseModel, ConfigDict, JsonValue, model_validator
@@ -58,7 +59,8 @@ class ToolInput(BaseModel):
 
     Every text field has a length limit and every list a size limit; NUL and other control characters (tabs and
     newlines aside) are refused anywhere in the arguments: they are never what a caller meant to send, and they
-    break storage and terminals downstream.
+    break storage and terminals downstream. A number field refuses `true` and `false` (the schema says number;
+    Python's lax rules would read them as 1 and 0: `max_output_tokens: true` paid for a one-token answer).
     """
 
     model_config = ConfigDict(extra="forbid", str_max_length=TEXT_LIMIT)
@@ -67,7 +69,25 @@ class ToolInput(BaseModel):
     @classmethod
     def _plain_text_and_bounded_lists(cls, data: Any) -> Any:
         _check_arguments(data, "")
+        if isinstance(data, dict):
+            for name in _number_fields(cls):
+                if isinstance(data.get(name), bool):
+                    raise ArgumentError(name, f"{str(data[name]).lower()} is not a number; send a number")
         return data
+
+
+@cache
+def _number_fields(model: type[BaseModel]) -> tuple[str, ...]:
+    """The fields of `model` that take a number and not a boolean (their names as sent)."""
+
+    def kinds(annotation: Any) -> set[Any]:
+        return {annotation, *(kind for arg in get_args(annotation) for kind in kinds(arg))}
+
+    return tuple(
+        field.alias or name
+        for name, field in model.model_fields.items()
+        if kinds(field.annotation) & {int, float} and bool not in kinds(field.annotation)
+    )
 
 
 class ArgumentError(ValueError):
