@@ -20,6 +20,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from exai.config import Limits
 from exai.errors import RateLimitError
 from exai.security.auth import LOCAL_TENANT, issue_token
+from exai.security.call_tokens import CallTokens
 from exai.security.limits import RedisLimiter, TokenReservation, tenant_keys
 from tests.conftest import TEST_JWT_SECRET, Proc, SimControl, free_port
 from tests.helpers import mcp_client, redis_int, text_of, tool_error, wait_until
@@ -128,6 +129,42 @@ async def test_a_cancelled_acquire_gives_back_the_slot_its_script_took(redis_url
     assert await redis.zcard(f"{tenant_keys(tenant)}:slots") == 0, "the slot taken by the script was given back"
     limiter._acquire = real_script
     await limiter.release(await limiter.acquire(tenant))
+    await redis.aclose()
+
+
+async def test_a_call_cancelled_while_it_gives_its_slot_back_still_gives_it_back(redis_url: str) -> None:
+    """asyncio's `Task.cancel` (how a call is cut: a client's `notifications/cancelled`, a task cancelled) lands
+    inside an anyio shield: a call cancelled while its release waited for Redis kept its slot for a whole lease,
+    and its tenant's next call was refused `rate_limited_concurrency` with nothing running. The same for a token
+    reservation cut on its way: it is recorded, so the call's settlement corrects it."""
+    redis = aioredis.from_url(redis_url)
+    tenant = f"tenant-{uuid.uuid4().hex[:8]}"
+    limiter = RedisLimiter(redis, Limits(concurrent=1, tokens_per_day=1_000_000), {}, "open", 600)
+    tokens = await CallTokens.admit(limiter, tenant, "chat", holds_slot=True, asks_model=True)
+    real_run, held, go_on = limiter._run, asyncio.Event(), asyncio.Event()
+
+    async def slow(operation: str, *args: Any) -> Any:
+        if operation in ("reserve_tokens", "release"):
+            held.set()
+            await go_on.wait()
+        return await real_run(operation, *args)
+
+    limiter._run = slow  # type: ignore[method-assign, assignment]
+    for step in (lambda: tokens.reserve(500), tokens.close):
+        held.clear()
+        go_on.clear()
+        cut = asyncio.ensure_future(step())
+        await held.wait()
+        cut.cancel()  # as `Execution.cancel` cuts a call
+        go_on.set()
+        with pytest.raises(asyncio.CancelledError):
+            await cut
+    assert await redis.zcard(f"{tenant_keys(tenant)}:slots") == 0, "the cut release still gave the slot back"
+    today = int(time.time() // 86_400)
+    assert await redis_int(redis, f"{tenant_keys(tenant)}:tokens:{today}") == 0, "the cut reservation was settled"
+    limiter._run = real_run  # type: ignore[method-assign]
+    again = await CallTokens.admit(limiter, tenant, "chat", holds_slot=True, asks_model=True)
+    await again.close()
     await redis.aclose()
 
 

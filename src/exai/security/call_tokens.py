@@ -15,10 +15,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import anyio
-
-from exai.errors import RateLimitError
 from exai.security.limits import Correction, Lease, RateLimiter, TokenReservation
+from exai.uncancelled import to_the_end
 
 PREPAY_MARGIN = 1.125
 """How much more than the tool's last call the prepayment covers: prompts of one tool differ a little in length."""
@@ -35,24 +33,6 @@ def remember_prepay(sizes: dict[tuple[str, str], int], key: tuple[str, str], tok
     sizes[key] = tokens
     if len(sizes) > PREPAY_SIZES_KEPT:
         del sizes[next(iter(sizes))]
-
-
-REFUSALS_KEPT = 10_000
-"""Tenants whose last admission was refused, remembered (`CallTokens.admit`); the oldest go first."""
-
-
-def refused_last(limiter: RateLimiter, tenant: str) -> bool:
-    """Whether the tenant's last admission on this replica was refused. Its calls are then admitted before their
-    record is written, until one is admitted: calls sent past a limit cost the store nothing."""
-    return tenant in limiter.refused
-
-
-def _note_admission(refused: dict[str, None], tenant: str, admitted: bool) -> None:
-    refused.pop(tenant, None)
-    if not admitted:
-        refused[tenant] = None
-        if len(refused) > REFUSALS_KEPT:
-            del refused[next(iter(refused))]
 
 
 @dataclass
@@ -85,12 +65,7 @@ class CallTokens:
         call = cls(limiter, tenant, tool)
         if holds_slot:
             last = limiter.prepay_sizes.get((tenant, tool), 0) if asks_model else 0
-            try:
-                call.lease = await limiter.acquire(tenant, prepay=int(last * PREPAY_MARGIN))
-            except RateLimitError:
-                _note_admission(limiter.refused, tenant, admitted=False)
-                raise
-            _note_admission(limiter.refused, tenant, admitted=True)
+            call.lease = await limiter.acquire(tenant, prepay=int(last * PREPAY_MARGIN))
             if call.lease.prepaid is not None:
                 call.unclaimed = call.lease.prepaid.tokens
         else:  # it waits for a call that holds the slot (`collect`): a poll, counted like `tasks/get`
@@ -106,10 +81,13 @@ class CallTokens:
             self.unclaimed -= tokens
             claim = TokenClaim(prepaid, tokens)
         else:
-            with anyio.CancelScope(shield=True):  # a reservation made is always recorded, so it is always settled
-                claim = TokenClaim(await self.limiter.reserve_tokens(self.tenant, tokens), tokens)
-                self.claims.append(claim)
-            return claim
+            return await to_the_end(self._reserve_recorded(tokens))
+        self.claims.append(claim)
+        return claim
+
+    async def _reserve_recorded(self, tokens: int) -> TokenClaim:
+        """A reservation of its own, recorded as soon as it is made (so it is always settled)."""
+        claim = TokenClaim(await self.limiter.reserve_tokens(self.tenant, tokens), tokens)
         self.claims.append(claim)
         return claim
 
@@ -132,10 +110,11 @@ class CallTokens:
         self._closed = True
         if self.claims:
             remember_prepay(self.limiter.prepay_sizes, (self.tenant, self.tool), sum(c.tokens for c in self.claims))
-        with anyio.CancelScope(shield=True):
-            corrections = self.corrections()
-            if self.lease is not None:
-                await self.limiter.release(self.lease, corrections)
-            else:
-                for reservation, used in corrections:
-                    await self.limiter.settle(reservation, used)
+        await to_the_end(self._give_back(self.corrections()))
+
+    async def _give_back(self, corrections: list[Correction]) -> None:
+        if self.lease is not None:
+            await self.limiter.release(self.lease, corrections)
+        else:
+            for reservation, used in corrections:
+                await self.limiter.settle(reservation, used)

@@ -23,12 +23,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
-import anyio
-
 from exai.config import Limits
 from exai.errors import RateLimitError
 from exai.observability.logging import get_logger
 from exai.security import limit_scripts
+from exai.uncancelled import to_the_end
 
 if TYPE_CHECKING:
     import redis.asyncio as aioredis
@@ -72,10 +71,6 @@ class RateLimiter(Protocol):
     prepay_sizes: dict[tuple[str, str], int]
     """What each tenant's last call of each tool reserved in all: the prepayment its next call of the tool asks for
     with its slot (see `call_tokens.remember_prepay`)."""
-
-    refused: dict[str, None]
-    """Tenants whose last admission on this replica was refused (insertion-ordered, bounded): their calls are
-    admitted before their record is written, not beside it, until one is admitted (see `call_tokens.admit`)."""
 
     async def acquire(self, tenant: str, prepay: int = 0) -> Lease:
         """A slot of the tenant's limits and, if `prepay` tokens fit today's budget, those too (else none)."""
@@ -147,7 +142,6 @@ class LocalLimiter:
         self.failures = 0
         self.degraded = False
         self.prepay_sizes: dict[tuple[str, str], int] = {}
-        self.refused: dict[str, None] = {}
 
     def limits(self, tenant: str) -> Limits:
         return self.overrides.get(tenant, self.defaults)
@@ -240,7 +234,6 @@ class RedisLimiter:
         self._settle_tokens = redis.register_script(limit_scripts.SETTLE_TOKENS)
         self.fallback = LocalLimiter(defaults, overrides)
         self.prepay_sizes = self.fallback.prepay_sizes
-        self.refused = self.fallback.refused
         self.failures = 0
         self.degraded = False
         self._retry_redis_at = 0.0
@@ -306,13 +299,11 @@ class RedisLimiter:
             )
         except self._redis_error as exc:
             self._redis_failed("acquire", exc)
-            with anyio.CancelScope(shield=True), contextlib.suppress(self._redis_error):
-                await self._give_back(keys=keys[1:], args=[lease.id, prepay])  # the script may have run
+            await to_the_end(self._give_back_quietly(keys[1:], lease.id, prepay))  # the script may have run
             self._refuse_if_closed()
             return await self.fallback.acquire(tenant, prepay)
         except BaseException:  # cancelled while the script may already have taken the slot: give it back
-            with anyio.CancelScope(shield=True), contextlib.suppress(self._redis_error):
-                await self._give_back(keys=keys[1:], args=[lease.id, prepay])
+            await to_the_end(self._give_back_quietly(keys[1:], lease.id, prepay))
             raise
         self._redis_answered()
         self.fallback.note_used(tenant, int(used))
@@ -330,6 +321,10 @@ class RedisLimiter:
         stop = asyncio.Event()
         self._keepers[lease.id] = (asyncio.create_task(self._keep_alive(lease, stop)), stop)
         return lease
+
+    async def _give_back_quietly(self, keys: list[str], lease_id: str, prepay: int) -> None:
+        with contextlib.suppress(self._redis_error):
+            await self._give_back(keys=keys, args=[lease_id, prepay])
 
     async def _keep_alive(self, lease: Lease, stop: asyncio.Event) -> None:
         """Push the lease's expiry forward while the call runs, so no call outlives its slot. A lease that lapsed
@@ -353,35 +348,37 @@ class RedisLimiter:
                 self._redis_failed("refresh", exc)
 
     async def release(self, lease: Lease, corrections: Sequence[Correction] = ()) -> None:
-        with anyio.CancelScope(shield=True):  # a cancelled caller must still give its slot back
-            shared: dict[int, int] = {}  # day: the correction of that day's shared count
-            for reservation, used in corrections:
-                if reservation.local:  # counted by this replica while Redis was down: corrected there
-                    await self.fallback.settle(reservation, used)
-                else:
-                    shared[reservation.day] = shared.get(reservation.day, 0) + used - reservation.tokens
-            if lease.local:
-                await self.fallback.release(lease)
-                for day, delta in shared.items():
-                    await self._correct(lease.tenant, day, delta)
-                return
-            if kept := self._keepers.pop(lease.id, None):
-                keeper, stop = kept
-                stop.set()
-                # A renewal under way lands before the release; one Redis holds up (a timeout of its own) is not
-                # waited for: landing late, it holds the slot one lease at most.
-                await asyncio.wait({keeper}, timeout=KEEPER_WAIT_SECONDS)
-            days = list(shared)
-            keys = [self._keys(lease.tenant, 0)[1], *(self._keys(lease.tenant, day * DAY)[2] for day in days)]
-            try:
-                totals = await self._run("release", self._release, keys, [lease.id, *(shared[day] for day in days)])
-            except self._redis_error as exc:  # the lease expires by itself within one TTL; the reservation stands
-                self._redis_failed("release", exc)
-                return
-            today = int(time.time() // DAY)
-            for day, total in zip(days, totals, strict=True):
-                if day == today:
-                    self.fallback.note_used(lease.tenant, int(total))
+        await to_the_end(self._give_slot_back(lease, corrections))  # a cancelled caller still gives it back
+
+    async def _give_slot_back(self, lease: Lease, corrections: Sequence[Correction]) -> None:
+        shared: dict[int, int] = {}  # day: the correction of that day's shared count
+        for reservation, used in corrections:
+            if reservation.local:  # counted by this replica while Redis was down: corrected there
+                await self.fallback.settle(reservation, used)
+            else:
+                shared[reservation.day] = shared.get(reservation.day, 0) + used - reservation.tokens
+        if lease.local:
+            await self.fallback.release(lease)
+            for day, delta in shared.items():
+                await self._correct(lease.tenant, day, delta)
+            return
+        if kept := self._keepers.pop(lease.id, None):
+            keeper, stop = kept
+            stop.set()
+            # A renewal under way lands before the release; one Redis holds up (a timeout of its own) is not
+            # waited for: landing late, it holds the slot one lease at most.
+            await asyncio.wait({keeper}, timeout=KEEPER_WAIT_SECONDS)
+        days = list(shared)
+        keys = [self._keys(lease.tenant, 0)[1], *(self._keys(lease.tenant, day * DAY)[2] for day in days)]
+        try:
+            totals = await self._run("release", self._release, keys, [lease.id, *(shared[day] for day in days)])
+        except self._redis_error as exc:  # the lease expires by itself within one TTL; the reservation stands
+            self._redis_failed("release", exc)
+            return
+        today = int(time.time() // DAY)
+        for day, total in zip(days, totals, strict=True):
+            if day == today:
+                self.fallback.note_used(lease.tenant, int(total))
 
     async def reserve_tokens(self, tenant: str, tokens: int) -> TokenReservation:
         if self._redis_paused():

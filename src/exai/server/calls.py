@@ -1,20 +1,15 @@
-"""One `tools/call`, as a short pipeline of named steps: authorize → validate → admit → record → run → account.
+"""One `tools/call`, as a short pipeline of named steps: authorize → admit → validate → record → run → account.
 
 Each step is a small function that either passes or raises an `ExaiError`; `handle_call` runs them in order and
-turns the outcome into an MCP result. Invalid arguments are found before admission but refused after it, so they
-count against the tenant's limits like any call. `record` (given for the tools that call models) writes the durable
-call record before anything is spent: when the store cannot take it, the call ends there with `storage`. It is
-written while the limiter admits the call (a round trip to Redis and one to the store, waited for as one), unless
-the tenant's last admission was refused (then after it, until one is admitted: calls sent past a limit cost the
-store nothing); a call refused meanwhile ends its record with the refusal (cancelled, if it had not landed yet): nothing
-spent, no row left working. Every call, refused ones included, ends in exactly one `CallEvent`, which
+turns the outcome into an MCP result. `record` (given for the tools that call models) writes the durable call record
+before anything is spent: when the store cannot take it, the call ends there with `storage`. Every call, refused
+ones included, ends in exactly one `CallEvent`, which
 `Events` fans out to stats, metrics, alerts and the audit log. Usage comes from the model calls the tool made
 through its context, never from its output.
 """
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -29,7 +24,7 @@ from exai.errors import ExaiError, InternalError, InvalidInput, PermissionDenied
 from exai.observability.events import CallEvent, Outcome
 from exai.observability.tracing import tracer
 from exai.security.auth import ADMIN_SCOPE, ADMIN_TOOLS, TOOLS_SCOPE, may_call
-from exai.security.call_tokens import CallTokens, refused_last
+from exai.security.call_tokens import CallTokens
 from exai.server.results import error_result
 from exai.server.tool_refusals import charge_refusal
 from exai.tools.base import ArgumentError, Tool, ToolContext
@@ -55,12 +50,11 @@ async def authorize(services: Services, tool: Tool[Any, Any], caller: Caller) ->
     )
 
 
-def validate(tool: Tool[Any, Any], arguments: dict[str, Any] | None) -> pydantic.BaseModel | InvalidInput:
-    """The tool's arguments, or what is wrong with them (raised once the call is admitted)."""
+def validate(tool: Tool[Any, Any], arguments: dict[str, Any] | None) -> pydantic.BaseModel:
     try:
         return tool.input_model.model_validate(arguments or {})
     except pydantic.ValidationError as exc:
-        return validation_error(tool, exc)
+        raise validation_error(tool, exc) from None
 
 
 def validation_error(tool: Tool[Any, Any], exc: pydantic.ValidationError) -> InvalidInput:
@@ -81,30 +75,6 @@ def validation_error(tool: Tool[Any, Any], exc: pydantic.ValidationError) -> Inv
         remedy=f"Correct the named fields; the tool's input schema is in tools/list under '{tool.name}'.",
         details={"fields": fields},
     )
-
-
-@asynccontextmanager
-async def recording_early(
-    services: Services, tenant: str, record: Callable[[], Awaitable[None]] | None
-) -> AsyncIterator[asyncio.Future[None] | None]:
-    """The call's record on its way while the limiter admits the call, when there is a limiter to wait for and the
-    tenant's last admission was not refused; None otherwise (the record is then written after admission). Whatever ends
-    the call before it waits for its record (a refusal, a cancellation), the write is cancelled and waited for on
-    the way out: the call runner ends a record that landed with the call's result (the refusal), or as cancelled
-    if the cancellation reached it first; nothing spent, no row left working."""
-    if record is None or services.limiter is None or refused_last(services.limiter, tenant):
-        yield None
-        return
-    recording = asyncio.ensure_future(record())
-    try:
-        yield recording
-    finally:
-        if not recording.done():
-            if not recording.cancelling():  # once: a second cancel would cut the ending of a record that landed
-                recording.cancel()
-            await asyncio.wait({recording})
-        if not recording.cancelled():
-            recording.exception()  # retrieved: a refusal raised first says why the call ended
 
 
 @asynccontextmanager
@@ -192,11 +162,8 @@ async def handle_call(
     caller: Caller,
     ctx: ToolContext,
     record: Callable[[], Awaitable[None]] | None = None,
-    record_while_admitted: bool = True,
 ) -> types.CallToolResult:
-    """Run one call through every step; whatever happens, account for it once. `record_while_admitted` False keeps
-    the record after admission: a task's record is its creation (counted, announced, listed, and returned at once
-    to a client that asks for a task), which a refusal must come before."""
+    """Run one call through every step; whatever happens, account for it once."""
     started = time.perf_counter()
     outcome: Outcome = "cancelled"
     error: ExaiError | None = None
@@ -204,23 +171,17 @@ async def handle_call(
     began = False
     try:
         await authorize(services, tool, caller)
-        async with services.admission.slot(queued=tool.calls_model):
+        async with (
+            services.admission.slot(queued=tool.calls_model),
+            admitted(services, tool, caller.tenant, ctx),
+        ):
+            services.events.call_started()
+            began = True
             args = validate(tool, arguments)
-            early = record if record_while_admitted and not isinstance(args, InvalidInput) else None
-            async with (
-                recording_early(services, caller.tenant, early) as recording,
-                admitted(services, tool, caller.tenant, ctx),
-            ):
-                services.events.call_started()
-                began = True
-                if isinstance(args, InvalidInput):
-                    raise args
-                await services.discovery.settled()  # a call just after start needs the Custom endpoint's models
-                if recording is not None:
-                    await recording
-                elif record is not None:
-                    await record()
-                result = await run(tool, args, ctx)
+            await services.discovery.settled()  # a call just after start needs the Custom endpoint's models
+            if record is not None:
+                await record()
+            result = await run(tool, args, ctx)
         outcome = "ok"
         return result
     except ExaiError as exc:

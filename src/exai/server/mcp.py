@@ -199,15 +199,7 @@ def build_server(services: Services) -> Server[Any]:
         modern_task = declares_extension(ctx)
         ttl_seconds = requested_ttl_seconds(params)  # a negative ttl is refused here, before anything is recorded
         execution = services.calls.launch(
-            lambda record: handle_call(
-                services,
-                tool,
-                params.arguments,
-                caller,
-                tool_ctx,
-                record,
-                record_while_admitted=not (as_task or modern_task),
-            ),
+            lambda record: handle_call(services, tool, params.arguments, caller, tool_ctx, record),
             tenant=caller.tenant,
             tool=tool.name,
             correlation_id=correlation_id,

@@ -23,6 +23,7 @@ from exai.observability.events import ModelCall
 from exai.observability.logging import get_logger
 from exai.providers.router import CUT
 from exai.security.call_tokens import CallTokens
+from exai.uncancelled import to_the_end
 
 if TYPE_CHECKING:
     from mcp_types import CallToolResult
@@ -342,11 +343,14 @@ class ToolContext:
         except BaseException as exc:  # failed, or cancelled: charged what its cut attempts cost
             if isinstance(exc, ExaiError) or any(a.billed for a in attempts):  # the status page and audit show it
                 failure = _failure_of(exc)
-                with anyio.CancelScope(shield=True):  # a cancelled call's scope would cut the counting: never free
+
+                async def charge() -> None:
                     unanswered = await unanswered_model_call(plan, attempts, input_tokens, failure, services.router)
-                self.model_calls.append(unanswered)
-                if claim is not None:
-                    claim.used = unanswered.tokens
+                    self.model_calls.append(unanswered)
+                    if claim is not None:
+                        claim.used = unanswered.tokens
+
+                await to_the_end(charge())  # a cancellation that cut the call must not cut its counting too
             raise
         response = result.response
         info = services.router.catalogue.get(response.model)

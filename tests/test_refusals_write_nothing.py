@@ -1,10 +1,10 @@
-"""A call's durable record is written while the limiter admits the call: two round trips waited for as one.
+"""A call the limiter refuses writes nothing to the store: it is admitted before its durable record is written.
 
-A refusal meanwhile ends the record with the refusal, or as cancelled if it had not landed yet (nothing was asked,
-nothing spent, no row left working); a tenant
-refused a moment ago is admitted before its record is written, so calls sent past a limit cost the store nothing.
-A task (the 2025 `tasks` form, whose client waits for `CreateTaskResult`) is still admitted first: a refusal is
-the request's error, not a task that fails."""
+Writing the record while the limiter admits the call was measured (a quarter of a millisecond at one client,
+nothing at 10 calls/s) and not kept: every call of a burst past a limit then wrote a record and its end, and a
+slow store held refusals back (see the README's Performance section). These tests keep it that way: a burst past
+the limit leaves only the admitted calls' rows, and a task refused by its limit is the request's answer, never a
+task."""
 
 from __future__ import annotations
 
@@ -18,13 +18,10 @@ from typing import Any
 
 import httpx2
 import pytest
-from mcp import Client
 
 from exai.security.auth import issue_token
-from exai.security.limits import Lease
-from exai.server.mcp import build_server
 from exai.server.tasks import EXTENSION
-from tests.conftest import TEST_JWT_SECRET, MakeServices, Proc, SimControl
+from tests.conftest import TEST_JWT_SECRET, Proc, SimControl
 from tests.helpers import call_tool, mcp_client, tool_error, wait_until_sync
 
 pytestmark = pytest.mark.anyio
@@ -34,34 +31,6 @@ Daemon = Callable[..., Proc]
 def call_rows(data_dir: Path) -> list[tuple[str, str]]:
     with sqlite3.connect(data_dir / "exai.db") as db:
         return [(row[0], row[1]) for row in db.execute("SELECT status, tenant FROM calls")]
-
-
-async def test_the_record_is_written_while_the_admission_is_on_its_way(
-    make_services: MakeServices, sim: SimControl, redis_url: str, tmp_path: Path
-) -> None:
-    services = await make_services(EXAI_REDIS_URL=redis_url, EXAI_RATE_LIMIT_RPM="1000", EXAI_DATA_DIR=str(tmp_path))
-    limiter, store = services.limiter, services.store
-    assert limiter is not None
-    recorded = asyncio.Event()
-    create_call, acquire = store.create_call, limiter.acquire
-
-    async def noted_create(call: Any) -> None:
-        await create_call(call)
-        recorded.set()
-
-    async def acquire_once_recorded(tenant: str, prepay: int = 0) -> Lease:
-        """Redis answers the admission only once the record is in the store: with the two one after the other,
-        the call would wait here for ever (30 s, then fail)."""
-        await asyncio.wait_for(recorded.wait(), 30)
-        return await acquire(tenant, prepay)
-
-    store.create_call = noted_create  # type: ignore[method-assign]
-    limiter.acquire = acquire_once_recorded  # type: ignore[method-assign]
-    async with Client(build_server(services)) as client:
-        result = await client.call_tool("chat", {"prompt": "beside", "model": "sim-fast"})
-    assert not result.is_error, result.content
-    assert sim.count("requests") == 1
-    assert ended_rows(tmp_path) == [("completed", "local")]
 
 
 def ended_rows(data_dir: Path) -> list[tuple[str, str]]:
@@ -79,29 +48,26 @@ def limited_daemon(daemon: Daemon, redis_url: str, data_dir: Path, rpm: int) -> 
     )
 
 
-async def test_a_refused_call_leaves_no_working_record_and_later_refusals_none_at_all(
+async def test_a_burst_past_the_limit_writes_a_record_for_the_admitted_calls_only(
     daemon: Daemon, sim: SimControl, redis_url: str, tmp_path: Path
 ) -> None:
-    tenant = f"refused-{uuid.uuid4().hex[:8]}"
-    proc = limited_daemon(daemon, redis_url, tmp_path, rpm=2)
+    tenant = f"burst-{uuid.uuid4().hex[:8]}"
+    proc = limited_daemon(daemon, redis_url, tmp_path, rpm=3)
     async with mcp_client(proc.url, issue_token(TEST_JWT_SECRET, tenant, ["exai:tools"], 600)) as client:
-        results = [await client.call_tool("chat", {"prompt": f"limit {i}", "model": "sim-fast"}) for i in range(8)]
-    assert [r.is_error for r in results] == [False, False, *[True] * 6]
-    assert all(tool_error(r)["code"] == "rate_limited_rpm" for r in results[2:])
-    assert sim.count("requests") == 2, "a refused call asked no model"
-    rows = ended_rows(tmp_path)
-    assert rows.count(("completed", tenant)) == 2
-    # The first refusal's record was on its way beside its admission: it ended with the refusal (completed, its
-    # result the error) or cancelled; the tenant's later calls were admitted first and wrote nothing.
-    assert len(rows) == 3 and all(status in ("completed", "cancelled") for status, _ in rows), rows
+        results = await asyncio.gather(
+            *(client.call_tool("chat", {"prompt": f"burst {i}", "model": "sim-fast"}) for i in range(20))
+        )
+    refused = [tool_error(r)["code"] for r in results if r.is_error]
+    assert len(refused) == 17 and set(refused) == {"rate_limited_rpm"}, refused
+    assert sim.count("requests") == 3, "a refused call asked no model"
+    assert ended_rows(tmp_path) == [("completed", tenant)] * 3, "the refused calls wrote no record"
 
 
 async def test_a_task_refused_by_its_limit_is_the_requests_answer_and_records_nothing(
     daemon: Daemon, sim: SimControl, redis_url: str, tmp_path: Path
 ) -> None:
     """A task's record is its creation: counted, announced, listed, and in the 2025 form returned at once. Both
-    forms are admitted before it is written, even when the tenant's last call was admitted (its next would be
-    recorded beside its admission)."""
+    forms are admitted before it is written."""
     proc = limited_daemon(daemon, redis_url, tmp_path, rpm=1)
     for form in ("2025", "2026"):
         tenant = f"task-refused-{form}-{uuid.uuid4().hex[:8]}"
