@@ -144,10 +144,16 @@ async def test_a_call_cancelled_while_it_gives_its_slot_back_still_gives_it_back
     real_run, held, go_on = limiter._run, asyncio.Event(), asyncio.Event()
 
     async def slow(operation: str, *args: Any) -> Any:
-        if operation in ("reserve_tokens", "release"):
+        """The reservation's reply is held after Redis made it (what the call must record); the release is held
+        before Redis gets it (what the call must still send)."""
+        if operation == "release":
             held.set()
             await go_on.wait()
-        return await real_run(operation, *args)
+        answer = await real_run(operation, *args)
+        if operation == "reserve_tokens":
+            held.set()
+            await go_on.wait()
+        return answer
 
     limiter._run = slow  # type: ignore[method-assign, assignment]
     for step in (lambda: tokens.reserve(500), tokens.close):

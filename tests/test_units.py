@@ -345,3 +345,36 @@ def test_every_provider_spec_has_its_settings(monkeypatch: pytest.MonkeyPatch) -
         config = configs[spec.name]
         assert config.api_key == f"key-of-{spec.name}" and config.base_url == f"https://{spec.name}.example/v1"
         assert config.allowed == {f"{spec.name}-a", f"{spec.name}-b"}
+
+
+@pytest.mark.anyio
+async def test_work_run_to_the_end_finishes_under_asyncio_cancels_and_the_cancel_still_wins() -> None:
+    """asyncio's `Task.cancel` lands inside an anyio shield; `to_the_end` lets the work finish, then cancels."""
+    import asyncio
+
+    from exai.uncancelled import to_the_end
+
+    started, go_on, done = asyncio.Event(), asyncio.Event(), []
+
+    async def work(fails: bool) -> str:
+        started.set()
+        await go_on.wait()
+        done.append(fails)
+        if fails:
+            raise RuntimeError("Redis said no")
+        return "given back"
+
+    for fails in (False, True):
+        started.clear()
+        go_on.clear()
+        caller = asyncio.ensure_future(to_the_end(work(fails)))
+        await started.wait()
+        caller.cancel()
+        caller.cancel()  # twice: a second cut does not tear the work either
+        await asyncio.sleep(0)
+        go_on.set()
+        with pytest.raises(asyncio.CancelledError) as cut:
+            await caller
+        assert done[-1] is fails, "the work ran to its end"
+        assert isinstance(cut.value.__cause__, RuntimeError) is fails, "an error after the cut is the cut's cause"
+    assert await to_the_end(asyncio.sleep(0, "as it returned")) == "as it returned"

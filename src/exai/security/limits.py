@@ -368,6 +368,8 @@ class RedisLimiter:
             # A renewal under way lands before the release; one Redis holds up (a timeout of its own) is not
             # waited for: landing late, it holds the slot one lease at most.
             await asyncio.wait({keeper}, timeout=KEEPER_WAIT_SECONDS)
+        if self._redis_paused():  # known to be down: the lease expires within its TTL; the reservation stands
+            return
         days = list(shared)
         keys = [self._keys(lease.tenant, 0)[1], *(self._keys(lease.tenant, day * DAY)[2] for day in days)]
         try:
@@ -406,6 +408,8 @@ class RedisLimiter:
         await self._correct(reservation.tenant, reservation.day, used - reservation.tokens)
 
     async def _correct(self, tenant: str, day: int, delta: int) -> None:
+        if self._redis_paused():  # known to be down: the correction is lost, the reservation stands
+            return
         try:
             total = await self._run("settle", self._settle_tokens, [self._keys(tenant, day * DAY)[2]], [delta])
         except self._redis_error as exc:  # the correction is lost; the reservation stands

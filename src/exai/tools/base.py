@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from functools import cache
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar, get_args
 
-import anyio
 from pydantic import BaseModel, ConfigDict, JsonValue, model_validator
 
 from exai.config import DEFAULT_MAX_PROMPT_CHARS
@@ -278,8 +277,7 @@ class ToolContext:
             self.unsaved_thread, self.unsaved_because = thread.id, exc
         finally:
             if self._settling is not None:
-                with anyio.CancelScope(shield=True):  # a native cancel of the call still leaves it to finish
-                    await asyncio.shield(self._settling)
+                await to_the_end(self._settling)  # a cancelled call still waits for it: never torn by a shutdown
 
     @property
     def paid(self) -> bool:
