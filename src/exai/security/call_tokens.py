@@ -110,11 +110,12 @@ class CallTokens:
         self._closed = True
         if self.claims:
             remember_prepay(self.limiter.prepay_sizes, (self.tenant, self.tool), sum(c.tokens for c in self.claims))
-        await to_the_end(self._give_back(self.corrections()))
-
-    async def _give_back(self, corrections: list[Correction]) -> None:
+        corrections = self.corrections()
         if self.lease is not None:
-            await self.limiter.release(self.lease, corrections)
+            await self.limiter.release(self.lease, corrections)  # finishes whatever cancels the caller
         else:
-            for reservation, used in corrections:
-                await self.limiter.settle(reservation, used)
+            await to_the_end(self._settle(corrections))
+
+    async def _settle(self, corrections: list[Correction]) -> None:
+        for reservation, used in corrections:
+            await self.limiter.settle(reservation, used)

@@ -77,7 +77,8 @@ class RateLimiter(Protocol):
         ...
 
     async def release(self, lease: Lease, corrections: Sequence[Correction] = ()) -> None:
-        """Give the slot back and settle the call's reservations: with Redis, one round trip for both."""
+        """Give the slot back and settle the call's reservations: with Redis, one round trip for both. It finishes
+        even when its caller is cancelled (`uncancelled.to_the_end`)."""
         ...
 
     async def reserve_tokens(self, tenant: str, tokens: int) -> TokenReservation:
