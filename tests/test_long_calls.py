@@ -252,6 +252,32 @@ async def test_a_model_cut_by_the_thinking_limit_gives_way_to_its_fallback(daemo
     assert sim.count("requests:gpt-5.5") == 1 and sim.count("completed:sim-fast") == 1
 
 
+@pytest.mark.parametrize(("model", "silent"), [("kimi-k2.6", False), ("gpt-5.5", True)])
+async def test_a_thinking_model_cut_by_the_calls_deadline_does_not_count_against_its_breaker(
+    daemon: Daemon, sim: SimControl, model: str, silent: bool
+) -> None:
+    """A model still reasoning when the call's own deadline cut it (aloud, or in silence within its thinking limit)
+    was counted as a failing upstream: a few long `thinkdeep` calls opened its breaker, and the tenant's next
+    calls were refused `breakers_open` with the model healthy. The deadline is the call's budget, not a verdict on
+    the model; a model that went silent past its limits still counts (the attempt-limit tests above)."""
+    proc = daemon(
+        EXAI_CALL_DEADLINE_SECONDS="3",
+        EXAI_BREAKER_FAILURE_THRESHOLD="1",
+        EXAI_MAX_RETRIES="0",
+        EXAI_CLIENT_WAIT_SECONDS="0",
+        **openai_at(sim),
+    )
+    sim.fault("think", model=model, think_seconds=60, silent=silent)
+    args = {"prompt": "ponders at length", "model": model, "thinking_mode": "high"}
+    async with Client(f"{proc.url}/mcp") as client:
+        error = tool_error(await client.call_tool("chat", args))
+        assert error["code"] == "deadline_exceeded" and "deadline of 3 s" in error["message"], error
+        sim.clear_faults()
+        again = await client.call_tool("chat", {**args, "prompt": "answers now"})
+    assert not again.is_error, text_of(again)
+    assert sim.count(f"requests:{model}") == 2  # the cut request, then the answered one: no breaker between
+
+
 async def test_a_custom_endpoints_reasoning_model_declared_in_the_models_file_thinks_as_long(
     daemon: Daemon, sim: SimControl, tmp_path: Path
 ) -> None:

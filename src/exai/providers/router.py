@@ -420,8 +420,11 @@ class Router:
                     response = await self._send(provider, info, request, attempt_deadline, attempt, relay)
             except TimeoutError:
                 exc = _limit_that_cut(deadline, quiet, first_word if thinks and not heard else None)
+                # The call's own deadline cut an upstream still within its limits (speaking, or thinking as it was
+                # asked to): that says nothing of its health, so it does not count towards its breaker.
+                within_limits = _at_the_deadline(deadline) and (bool(heard) or thinks)
             except UpstreamError as error:
-                exc = error
+                exc, within_limits = error, False
             except BaseException as error:
                 breaker.release_probe(caller)
                 if isinstance(error, asyncio.CancelledError):  # cut while upstream: the vendor bills what it started
@@ -440,7 +443,10 @@ class Router:
             timed_out = exc.kind == "timeout" and exc.status is None  # sent, then cut by our time limit
             failed = Attempt(info.provider, info.name, exc.kind, elapsed, billed=timed_out, streamed="".join(heard))
             self._observe(attempts, failed)
-            breaker.record_failure(exc.kind, tenant, caller)
+            if within_limits:
+                breaker.release_probe(caller)
+            else:
+                breaker.record_failure(exc.kind, tenant, caller)
             log.warning(
                 "upstream_failure",
                 provider=info.provider,
@@ -603,10 +609,15 @@ def _cut_by_the_deadline() -> UpstreamError:
     )
 
 
+def _at_the_deadline(deadline: float) -> bool:
+    """Whether the call's deadline (monotonic) is what a limit that just fired stood for."""
+    return time.monotonic() >= deadline - 0.001
+
+
 def _limit_that_cut(deadline: float, quiet: float, thinking: float | None) -> UpstreamError:
     """An attempt's timeout, naming the limit that cut it and what to do; `thinking` is the limit of a thinking
     model that had not said a word yet. Such a model is not asked again: it would think, and be paid, again."""
-    if time.monotonic() >= deadline - 0.001:
+    if _at_the_deadline(deadline):
         return _cut_by_the_deadline()
     if thinking is not None:
         return UpstreamError(
