@@ -187,3 +187,33 @@ async def test_a_call_gives_its_slot_back_while_its_turns_are_written(
     assert len(answers) == 1 and not answers[0].is_error, answers
     assert (answers[0].meta or {}).get("exai/thread_saved") is not False, answers[0]
     assert sim.count("requests:sim-fast") == 1
+
+
+@pytest.mark.parametrize("shared", [False, True], ids=["local", "redis"])
+async def test_a_tenant_past_its_token_budget_still_uses_the_tools_that_ask_no_model(
+    daemon: Daemon, sim: SimControl, redis_url: str, shared: bool
+) -> None:
+    """Every tool was refused `rate_limited_tokens` once the day's budget was spent, `threads` too: the call that
+    spent it, whose answer a client that hung up gets back through `threads`, could not be read until the next day
+    (an attack round's finding). Only a call that asks a model is refused for the budget now; the refusal of a
+    forbidden tool names its own reason, not the budget."""
+    tenant = f"tenant-{uuid.uuid4().hex[:8]}"
+    proc = daemon(
+        EXAI_JWT_SECRET=SECRET,
+        EXAI_RATE_LIMIT_TOKENS_PER_DAY="60",  # the prompt fits; prompt and answer together do not
+        **({"EXAI_REDIS_URL": redis_url} if shared else {}),
+    )
+    token = issue_token(SECRET, tenant, ["exai:tools"], 600)
+    async with mcp_client(proc.url, token) as client:
+        spent = await client.call_tool("chat", {"prompt": "spend the day's budget", "model": "sim-fast"})
+        assert not spent.is_error, spent.content
+        thread = (spent.structured_content or {})["continuation_id"]
+        refused = await client.call_tool("chat", {"prompt": "one more", "model": "sim-fast"})
+        assert tool_error(refused)["code"] == "rate_limited_tokens"
+        shown = await client.call_tool("threads", {"action": "show", "thread_id": thread})
+        version = await client.call_tool("version", {})
+        forbidden = await client.call_tool("status", {})
+    assert not shown.is_error and "spend the day's budget" in str(shown.content), shown.content
+    assert not version.is_error, version.content
+    assert tool_error(forbidden)["code"] == "missing_scope"
+    assert sim.count("requests") == 1, "a model was asked past the budget"

@@ -61,11 +61,12 @@ class CallTokens:
     async def admit(
         cls, limiter: RateLimiter, tenant: str, tool: str, holds_slot: bool, asks_model: bool
     ) -> CallTokens:
-        """The call's slot (unless the tool holds none) with a prepayment when the tool asks a model."""
+        """The call's slot (unless the tool holds none) with a prepayment when the tool asks a model; only such a
+        call is refused for a spent budget."""
         call = cls(limiter, tenant, tool)
         if holds_slot:
             last = limiter.prepay_sizes.get((tenant, tool), 0) if asks_model else 0
-            call.lease = await limiter.acquire(tenant, prepay=int(last * PREPAY_MARGIN))
+            call.lease = await limiter.acquire(tenant, prepay=int(last * PREPAY_MARGIN), spends_tokens=asks_model)
             if call.lease.prepaid is not None:
                 call.unclaimed = call.lease.prepaid.tokens
         else:  # it waits for a call that holds the slot (`collect`): a poll, counted like `tasks/get`

@@ -7,8 +7,9 @@ ACQUIRE = """
 local rpm_key, slots_key, tokens_key = KEYS[1], KEYS[2], KEYS[3]
 local now, rpm, concurrent, tokens_per_day = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local lease, lease_ttl, request_id, prepay = ARGV[5], tonumber(ARGV[6]), ARGV[7], tonumber(ARGV[8] or '0')
+local spends_tokens = ARGV[9] ~= '0'
 local used = tonumber(redis.call('GET', tokens_key) or '0')
-if used >= tokens_per_day then return {'tokens', tostring(86400 - (now % 86400)), 0, used} end
+if spends_tokens and used >= tokens_per_day then return {'tokens', tostring(86400 - (now % 86400)), 0, used} end
 redis.call('ZREMRANGEBYSCORE', rpm_key, '-inf', now - 60)
 if redis.call('ZCARD', rpm_key) >= rpm then
   local oldest = redis.call('ZRANGE', rpm_key, 0, 0, 'WITHSCORES')
@@ -28,7 +29,8 @@ redis.call('ZADD', slots_key, now + lease_ttl, lease .. ':' .. prepaid)
 redis.call('EXPIRE', slots_key, math.ceil(lease_ttl) + 60)
 return {'ok', '0', prepaid, used}
 """
-"""The slot and, when it fits the day's budget, a prepayment of tokens; the slot's member names what was prepaid."""
+"""The slot and, when it fits the day's budget, a prepayment of tokens; the slot's member names what was prepaid. A
+call that spends no tokens (ARGV[9] '0') is not refused for a spent budget."""
 
 GIVE_BACK = """
 local slots_key, tokens_key, lease, prepay = KEYS[1], KEYS[2], ARGV[1], tonumber(ARGV[2])

@@ -72,8 +72,10 @@ class RateLimiter(Protocol):
     """What each tenant's last call of each tool reserved in all: the prepayment its next call of the tool asks for
     with its slot (see `call_tokens.remember_prepay`)."""
 
-    async def acquire(self, tenant: str, prepay: int = 0) -> Lease:
-        """A slot of the tenant's limits and, if `prepay` tokens fit today's budget, those too (else none)."""
+    async def acquire(self, tenant: str, prepay: int = 0, spends_tokens: bool = True) -> Lease:
+        """A slot of the tenant's limits and, if `prepay` tokens fit today's budget, those too (else none). A call
+        that `spends_tokens` (asks a model) is refused once the day's budget is spent; one that does not (`threads`,
+        `version`: how a tenant gets back a paid answer) is not."""
         ...
 
     async def release(self, lease: Lease, corrections: Sequence[Correction] = ()) -> None:
@@ -147,11 +149,11 @@ class LocalLimiter:
     def limits(self, tenant: str) -> Limits:
         return self.overrides.get(tenant, self.defaults)
 
-    async def acquire(self, tenant: str, prepay: int = 0) -> Lease:
+    async def acquire(self, tenant: str, prepay: int = 0, spends_tokens: bool = True) -> Lease:
         limits, now = self.limits(tenant), time.time()
         recent = _trimmed(self._recent[tenant], now)
         day = int(now // DAY)
-        if self._tokens[(tenant, day)] >= limits.tokens_per_day:
+        if spends_tokens and self._tokens[(tenant, day)] >= limits.tokens_per_day:
             raise _rejected("tokens", limits.tokens_per_day, DAY - now % DAY)
         if len(recent) >= limits.requests_per_minute:
             raise _rejected("rpm", limits.requests_per_minute, recent[0] + WINDOW - now)
@@ -276,10 +278,10 @@ class RedisLimiter:
         if self.when_redis_fails == "closed":
             raise _rejected("unavailable", 0, REDIS_RETRY_SECONDS)
 
-    async def acquire(self, tenant: str, prepay: int = 0) -> Lease:
+    async def acquire(self, tenant: str, prepay: int = 0, spends_tokens: bool = True) -> Lease:
         if self._redis_paused():
             self._refuse_if_closed()
-            return await self.fallback.acquire(tenant, prepay)
+            return await self.fallback.acquire(tenant, prepay, spends_tokens)
         limits, now, lease = self.limits(tenant), time.time(), Lease(tenant, uuid.uuid4().hex)
         keys = self._keys(tenant, now)
         try:
@@ -296,13 +298,14 @@ class RedisLimiter:
                     self.lease_ttl,
                     uuid.uuid4().hex,
                     prepay,
+                    int(spends_tokens),
                 ],
             )
         except self._redis_error as exc:
             self._redis_failed("acquire", exc)
             await to_the_end(self._give_back_quietly(keys[1:], lease.id, prepay))  # the script may have run
             self._refuse_if_closed()
-            return await self.fallback.acquire(tenant, prepay)
+            return await self.fallback.acquire(tenant, prepay, spends_tokens)
         except BaseException:  # cancelled while the script may already have taken the slot: give it back
             await to_the_end(self._give_back_quietly(keys[1:], lease.id, prepay))
             raise

@@ -24,7 +24,7 @@ async def charge_refusal(services: Services, tenant: str) -> None:
     """Count one refused call against `tenant`'s limits; raises `RateLimitError` when they are spent."""
     limiter = services.limiter
     if limiter is not None:
-        await limiter.release(await limiter.acquire(tenant))
+        await limiter.release(await limiter.acquire(tenant, spends_tokens=False))  # refused for its own reason
 
 
 async def unknown_tool(services: Services, name: str, tenant: str, correlation_id: str, visible: list[str]) -> MCPError:
