@@ -10,10 +10,12 @@ from dataclasses import dataclass, field
 
 @dataclass
 class TcpProxy:
-    """Forwards 127.0.0.1:`port` to `target_port`; `stop` closes the listener and cuts every open connection."""
+    """Forwards 127.0.0.1:`port` to `target_port`; `stop` closes the listener and cuts every open connection.
+    `reply_delay` holds each reply this many seconds (a distant or busy server)."""
 
     target_port: int
     port: int = 0
+    reply_delay: float = 0.0
     _server: asyncio.Server | None = None
     _writers: set[asyncio.StreamWriter] = field(default_factory=set)
 
@@ -38,25 +40,26 @@ class TcpProxy:
             return
         self._writers |= {writer, upstream_writer}
 
-        async def pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+        async def pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter, delay: float = 0.0) -> None:
             with contextlib.suppress(OSError, asyncio.CancelledError):
                 while data := await source.read(65536):
+                    await asyncio.sleep(delay)
                     sink.write(data)
                     await sink.drain()
             sink.transport.abort()
 
-        await asyncio.gather(pipe(reader, upstream_writer), pipe(upstream_reader, writer))
+        await asyncio.gather(pipe(reader, upstream_writer), pipe(upstream_reader, writer, self.reply_delay))
         self._writers -= {writer, upstream_writer}
 
 
 class ThreadedProxy:
     """A `TcpProxy` on an event loop of its own thread, so it forwards while the test blocks (starting a daemon)."""
 
-    def __init__(self, target_port: int) -> None:
+    def __init__(self, target_port: int, reply_delay: float = 0.0) -> None:
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
-        self.proxy = TcpProxy(target_port)
+        self.proxy = TcpProxy(target_port, reply_delay=reply_delay)
 
     @property
     def port(self) -> int:

@@ -7,14 +7,18 @@ from __future__ import annotations
 
 import json
 import threading
+import uuid
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx2
 
 from exai.security.auth import issue_token
 from tests.conftest import TEST_JWT_SECRET, Proc, SimControl
 from tests.helpers import wait_until_sync
+from tests.tcp_proxy import ThreadedProxy
 
 Daemon = Callable[..., Proc]
 MCP_HEADERS = {"accept": "application/json, text/event-stream", "content-type": "application/json"}
@@ -72,6 +76,25 @@ def test_one_tenant_cannot_hold_more_sessions_than_its_cap(daemon: Daemon, sim: 
     closed = httpx2.delete(f"{proc.url}/mcp", headers=session_headers(opened[0], mallory))
     assert closed.status_code == 200
     assert open_session(proc, mallory).status_code == 200, "closing a session makes room for a new one"
+
+
+def test_sessions_opened_at_once_cannot_pass_the_cap_while_redis_counts_them(
+    daemon: Daemon, sim: SimControl, redis_url: str
+) -> None:
+    """The cap was checked before the wait for Redis (the session rate) and the opening counted after it, so every
+    `initialize` that arrived during that wait passed: 150 at once took one tenant to 116 sessions against a cap of
+    64 (an attack round). Replies from Redis are held here, so each wait is long and the burst lands inside it."""
+    proxy = ThreadedProxy(int(urlsplit(redis_url).port or 6379), reply_delay=0.3)
+    proxy.start()
+    try:
+        redis_via_proxy = urlsplit(redis_url)._replace(netloc=f"127.0.0.1:{proxy.port}").geturl()
+        proc = daemon(EXAI_JWT_SECRET=TEST_JWT_SECRET, EXAI_MAX_SESSIONS_PER_TENANT="3", EXAI_REDIS_URL=redis_via_proxy)
+        mallory = bearer(f"mallory-{uuid.uuid4().hex[:8]}")
+        with ThreadPoolExecutor(12) as pool:
+            statuses = sorted(pool.map(lambda _: open_session(proc, mallory).status_code, range(12)))
+    finally:
+        proxy.close()
+    assert statuses.count(200) <= 3 and set(statuses) <= {200, 429}, statuses
 
 
 def test_opening_sessions_counts_against_the_tenant_rate(daemon: Daemon, sim: SimControl) -> None:

@@ -89,13 +89,8 @@ class SessionQuota:
                 retry_after="5",
             )
             return
-        try:
-            if self.limiter is not None:
-                await self.limiter.open_session(tenant)
-        except RateLimitError as exc:
-            retry = str(max(1, round(exc.details.get("retry_after_seconds", 1))))
-            await refuse(send, 429, f"{exc.message} {exc.remedy}", retry_after=retry)
-            return
+        # Counted as opening before the wait for the limiter below: requests that arrive meanwhile see it (counted
+        # after, a burst of initializations all passed the cap while the first waited for Redis).
         self._opening[tenant] += 1
         opening = True
         opened: str | None = None
@@ -119,6 +114,13 @@ class SessionQuota:
             await send(message)
 
         try:
+            if self.limiter is not None:
+                try:
+                    await self.limiter.open_session(tenant)
+                except RateLimitError as exc:
+                    retry = str(max(1, round(exc.details.get("retry_after_seconds", 1))))
+                    await refuse(send, 429, f"{exc.message} {exc.remedy}", retry_after=retry)
+                    return
             await self.app(scope, receive, note_session)
         finally:
             if opening:
