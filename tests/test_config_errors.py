@@ -21,6 +21,8 @@ CASES: dict[str, tuple[dict[str, str], str, str]] = {
     "toml unknown key": ({"EXAI_CONFIG_FILE": "unknown.toml"}, "unknown.toml:3", "'rate_limit_rmp'"),
     "toml bad value": ({"EXAI_CONFIG_FILE": "value.toml"}, "value.toml:2", "65535"),
     "database url": ({"EXAI_DATABASE_URL": "mysql://u:hunter2@h/db"}, "EXAI_DATABASE_URL", "postgresql://"),
+    # written for /var/lib/exai.db, it made a database under each directory the server was started in
+    "sqlite path": ({"EXAI_DATABASE_URL": "sqlite:///var/lib/exai.db"}, "EXAI_DATABASE_URL", "sqlite:////var/lib"),
     # values valid alone that contradict each other
     "attempt beyond deadline": (
         {"EXAI_ATTEMPT_TIMEOUT_SECONDS": "700"},

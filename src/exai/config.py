@@ -324,8 +324,19 @@ class Settings(ProviderSettings):
     @field_validator("database_url")
     @classmethod
     def _check_database_url(cls, value: SecretStr | None) -> SecretStr | None:
-        if value and not value.get_secret_value().startswith(("sqlite:///", "postgresql://", "postgres://")):
+        url = value.get_secret_value() if value else ""
+        if url and not url.startswith(("sqlite:///", "postgresql://", "postgres://")):
             raise ValueError("is not a sqlite:/// or postgresql:// URL")
+        path = url.removeprefix("sqlite:///") if url.startswith("sqlite:///") else None
+        if path is not None and not path.startswith(("/", "./", "../")):
+            # As in SQLAlchemy, three slashes then a path is relative to the working directory: written for an
+            # absolute path (sqlite:///tmp/x.db), each directory a client starts the server in got a database of
+            # its own, and threads seemed lost. Said outright, or refused.
+            raise ValueError(
+                f"names the relative path {path!r} (after sqlite:/// a path is relative to the working directory); "
+                f"for /{path} write sqlite:////{path}, for a path relative to where the server starts write "
+                f"sqlite:///./{path}"
+            )
         return value
 
     @field_validator("redis_url", "alert_webhook_url", "jwt_jwks_url")

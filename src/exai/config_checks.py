@@ -36,7 +36,8 @@ _FIXES = {
     "task_requests_per_minute, "
     'e.g. {"alice": {"requests_per_minute": 60, "concurrent": 4}}',
     "api_keys": "make each entry with `exai token apikey --tenant NAME` and join entries with commas",
-    "database_url": "use sqlite:///path/to/exai.db or postgresql://user:password@host:5432/db",
+    "database_url": "use sqlite:////absolute/path/exai.db (four slashes), sqlite:///./relative/exai.db or "
+    "postgresql://user:password@host:5432/db",
     "redis_url": "use redis://host:6379/0, rediss://... or unix:///path/to/redis.sock",
     "alert_webhook_url": "use an http:// or https:// URL",
     "jwt_jwks_url": "use an http:// or https:// URL",
