@@ -32,11 +32,11 @@ TOKEN_REFERENCE = {
 }
 
 
-def install(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("CODEX_HOME", "XDG_CONFIG_HOME")}
+def install(home: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    inherited = {k: v for k, v in os.environ.items() if k not in ("CODEX_HOME", "XDG_CONFIG_HOME")}
     return subprocess.run(
         [sys.executable, "-m", "exai", "install", *args],
-        env={**env, "HOME": str(home)},
+        env={**inherited, **(env or {}), "HOME": str(home)},
         capture_output=True,
         text=True,
         timeout=120,
@@ -73,6 +73,10 @@ def test_install_writes_each_way_of_connecting_and_keeps_the_rest(client: str, t
     assert install(home, client).returncode == 0
     local = read_entry(home, client)
     assert local.get("url", local.get("httpUrl")) == "http://127.0.0.1:8765/mcp" and "headers" not in local
+
+    # the local daemon where EXAI_HOST and EXAI_PORT put it (it was always 127.0.0.1:8765)
+    moved = install(home, client, "--print", env={"EXAI_PORT": "18111", "EXAI_HOST": "0.0.0.0"})
+    assert "http://127.0.0.1:18111/mcp" in moved.stdout, moved.stdout + moved.stderr
 
     assert install(home, client, "--stdio").returncode == 0
     stdio = read_entry(home, client)

@@ -548,7 +548,10 @@ def install(
     stdio: Annotated[bool, typer.Option(help="Let the client start `exai stdio` itself.")] = False,
     url: Annotated[
         str | None,
-        typer.Option(help="A shared daemon's MCP URL (default: the local daemon, http://127.0.0.1:8765/mcp)."),
+        typer.Option(
+            help="A shared daemon's MCP URL (default: the local daemon at EXAI_HOST and EXAI_PORT, "
+            "http://127.0.0.1:8765/mcp unless set)."
+        ),
     ] = None,
     token_env: Annotated[
         str | None, typer.Option(help="The environment variable that holds the token (e.g. EXAI_TOKEN).")
@@ -558,13 +561,14 @@ def install(
 ) -> None:
     """Write a client's MCP configuration for this server (the local daemon, stdio, or a shared daemon)."""
     from exai.errors import ExaiError
-    from exai.installer import CLIENTS, config_path, connection, entry, plan, write
+    from exai.installer import CLIENTS, config_path, connection, entry, local_url, plan, write
 
     if client not in CLIENTS:
         print(f"Unknown client {client[:40]!r}.\n  fix: use one of {', '.join(CLIENTS)}", file=sys.stderr)
         raise typer.Exit(2)
+    settings = _settings()
     try:
-        conn = connection(stdio=stdio, url=url, token_env=token_env)
+        conn = connection(stdio=stdio, url=url, token_env=token_env, local=local_url(settings.host, settings.port))
         if print_only:  # the file is not read: a file this command cannot rewrite still gets its entry shown
             print(f"# {config_path(client)}\n{entry(client, name, conn)}")
             return

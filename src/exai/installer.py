@@ -21,7 +21,6 @@ from typing import Any
 
 from exai.errors import InvalidInput
 
-LOCAL_URL = "http://127.0.0.1:8765/mcp"
 CLIENTS = ("claude-code", "codex", "cursor", "vscode", "gemini")
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
@@ -52,7 +51,15 @@ def exai_command() -> list[str]:
     return [str(Path(sys.executable).absolute()), "-m", "exai"]
 
 
-def connection(*, stdio: bool, url: str | None, token_env: str | None) -> Connection:
+def local_url(host: str, port: int) -> str:
+    """The MCP URL of the daemon `exai serve` runs with these settings (EXAI_HOST, EXAI_PORT), reached from this
+    machine: a wildcard address is reached on loopback."""
+    reach = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
+    return f"http://[{reach}]:{port}/mcp" if ":" in reach else f"http://{reach}:{port}/mcp"
+
+
+def connection(*, stdio: bool, url: str | None, token_env: str | None, local: str) -> Connection:
+    """How the client connects: `exai stdio`, the daemon at `url`, or the local daemon at `local`."""
     if stdio and url:
         raise InvalidInput("--stdio and --url exclude each other.", remedy="Give one of them.")
     if token_env is not None and not ENV_NAME.fullmatch(token_env):
@@ -61,7 +68,7 @@ def connection(*, stdio: bool, url: str | None, token_env: str | None) -> Connec
         return Connection(command=[*exai_command(), "stdio"])
     if url is not None and not url.startswith(("http://", "https://")):
         raise InvalidInput(f"--url {url[:80]!r} is not an http(s) URL.", remedy="e.g. https://team-host:8765/mcp")
-    return Connection(url=url or LOCAL_URL, token_env=token_env)
+    return Connection(url=url or local, token_env=token_env)
 
 
 def _home() -> Path:
