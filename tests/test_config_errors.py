@@ -96,3 +96,26 @@ def test_secret_urls_stay_out_of_reprs(monkeypatch: pytest.MonkeyPatch) -> None:
     shown = repr(settings) + str(settings) + settings.model_dump_json()
     assert "hunter2" not in shown
     assert secret(settings.database_url) == "postgresql://u:pg-hunter2@127.0.0.1/test"
+
+
+@pytest.mark.parametrize(
+    ("text", "what"),
+    [
+        (
+            '[models."local-reasoner"]\nprovider = "custom"\nthinkng_style = "native"\n'
+            "context_window = 65536\nmax_output_tokens = 8192\n",
+            "thinkng_style: unknown key (did you mean thinking_style?)",
+        ),
+        ('[model."sim-fast"]\nprovider = "custom"\n', "unknown table(s): model"),
+    ],
+    ids=["misspelt key", "misspelt table"],
+)
+def test_a_models_file_with_a_misspelt_key_or_table_is_refused(text: str, what: str, tmp_path: Path) -> None:
+    """A misspelt key or table in EXAI_MODELS_FILE was ignored without a word: the model ran without what the
+    entry said (a reasoning model cut by the attempt's limit, say), and nothing told why."""
+    (tmp_path / "models.toml").write_text(text)
+    for command in ("serve", "doctor"):
+        result = run_exai([command], {**CUSTOM, "EXAI_MODELS_FILE": "models.toml"}, cwd=tmp_path)
+        lines = result.stderr.strip().splitlines()
+        assert result.returncode == 2 and len(lines) == 2, result.stdout + result.stderr
+        assert "models.toml" in lines[0] and what in lines[0] and lines[1].startswith("  fix: "), lines

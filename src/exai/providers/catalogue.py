@@ -14,7 +14,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, PositiveInt, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, model_validator
 
 from exai.errors import InvalidInput
 from exai.observability.logging import get_logger
@@ -31,6 +31,8 @@ log = get_logger(__name__)
 
 
 class TemperatureRule(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # a misspelt key in a models file is an error, not ignored
+
     kind: Literal["range", "fixed", "none"] = "range"
     min: float = 0.0
     max: float = 1.0
@@ -38,6 +40,8 @@ class TemperatureRule(BaseModel):
 
 
 class ModelInfo(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # a misspelt key in a models file is an error, not ignored
+
     name: str
     provider: str
     aliases: list[str] = Field(default_factory=list)
@@ -117,6 +121,16 @@ def _with_facts(name: str, raw: dict[str, Any], source: str, built_in: bool) -> 
     return {**facts.as_fields(), "facts_source": source_of(provider, name), **raw}
 
 
+def _problem(loc: tuple[int | str, ...], kind: str, message: str) -> str:
+    """One problem of a model entry; an unknown key with the known key it is closest to."""
+    where = ".".join(map(str, loc))
+    if kind != "extra_forbidden":
+        return f"{where}: {message}"
+    fields = TemperatureRule.model_fields if len(loc) > 1 else ModelInfo.model_fields
+    close = difflib.get_close_matches(str(loc[-1]), list(fields), n=1)
+    return f"{where}: unknown key" + (f" (did you mean {close[0]}?)" if close else "")
+
+
 def _parse(data: dict[str, Any], source: str, built_in: bool = False) -> dict[str, ModelInfo]:
     defaults = data.get("defaults", {})
     models: dict[str, ModelInfo] = {}
@@ -127,7 +141,7 @@ def _parse(data: dict[str, Any], source: str, built_in: bool = False) -> dict[st
         try:
             info = ModelInfo.model_validate({**defaults, **raw, "name": name})
         except ValidationError as exc:
-            problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+            problems = "; ".join(_problem(e["loc"], e["type"], e["msg"]) for e in exc.errors())
             raise InvalidInput(
                 f"Model '{name}' in {source} is invalid: {problems}.",
                 code="catalogue_invalid",
@@ -173,6 +187,13 @@ class Catalogue:
                     code="catalogue_invalid",
                     remedy="Fix EXAI_MODELS_FILE or the TOML in that file.",
                 ) from exc
+            unknown = sorted(set(user_data) - {"defaults", "models"})
+            if unknown:
+                raise InvalidInput(
+                    f"The models file {user_file} has unknown table(s): {', '.join(unknown)}.",
+                    code="catalogue_invalid",
+                    remedy='A models file holds [defaults] and one [models."name"] table per model.',
+                )
             merged_defaults = {**data.get("defaults", {}), **user_data.get("defaults", {})}
             models.update(_parse({"defaults": merged_defaults, "models": user_data.get("models", {})}, str(user_file)))
         catalogue = cls(models)
