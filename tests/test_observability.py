@@ -145,6 +145,15 @@ async def test_internal_errors_do_not_leak_details(
     assert isinstance(lines[0]["exc_info"], RuntimeError)
 
 
+async def test_an_error_answered_before_any_tool_runs_names_the_id_of_its_header(daemon: Daemon) -> None:
+    """A refused scrape of /metrics answered `X-Request-ID: scrape-9` with an error body naming an id of its own
+    (a new user's finding): the operator searching the logs for the one found nothing."""
+    proc = daemon(EXAI_JWT_SECRET="observability-secret-long-enough-0123456789")
+    refused = httpx2.get(f"{proc.url}/metrics", headers={"X-Request-ID": "scrape-9", "Authorization": "Bearer x"})
+    assert refused.status_code == 401 and refused.headers["x-request-id"] == "scrape-9", refused.text
+    assert refused.json()["error"]["correlation_id"] == "scrape-9", refused.text
+
+
 async def test_correlation_id_in_log_upstream_audit_and_response(daemon: Daemon, sim: SimControl) -> None:
     proc = daemon()
     result = await call_tool(
