@@ -427,6 +427,25 @@ async def test_a_daemon_stopped_with_sigterm_finishes_its_detached_calls_within_
     assert sim.count("requests:sim-smart") == 1
 
 
+async def test_a_call_cut_because_the_grace_period_ended_is_logged_and_collected_as_lost(
+    daemon: Daemon, sim: SimControl
+) -> None:
+    """A call still thinking when the grace period ended was cut without a line in the log (`detached_calls_drained`
+    only): the operator never heard that a paid call was thrown away. It is logged now, with what to change."""
+    settings = {"EXAI_CLIENT_WAIT_SECONDS": "1", "EXAI_DRAIN_NOTICE_SECONDS": "0.1", "EXAI_SHUTDOWN_GRACE_SECONDS": "1"}
+    proc = daemon(**settings)
+    sim.fault("think", model="sim-smart", think_seconds=120)
+    async with Client(f"{proc.url}/mcp") as client:
+        pending = pending_of(await client.call_tool("chat", {"prompt": "cut me", "model": "sim-smart"}))
+    proc.stop(signal.SIGTERM, timeout=120)
+    cut = [line for line in proc.logs().splitlines() if '"calls_cut_at_shutdown"' in line]
+    assert len(cut) == 1 and '"calls": 1' in cut[0] and "EXAI_SHUTDOWN_GRACE_SECONDS" in cut[0], proc.logs()[-2000:]
+    restarted = daemon(**settings)
+    async with Client(f"{restarted.url}/mcp") as client:
+        result = await client.call_tool(**pending["next_call"])
+    assert tool_error(result)["code"] == "call_lost"
+
+
 async def test_a_pending_answer_can_be_cancelled_through_collect(
     daemon: Daemon, sim: SimControl, tmp_path: Path
 ) -> None:

@@ -225,11 +225,18 @@ class CallRunner:
         """Stop looking after calls; those still running are cut and recorded as lost (failed), so whoever
         collects them learns that the daemon stopped, not that someone cancelled them."""
         self._closing = True
-        running = []
+        running, cut = [], 0
         for execution in self._running.values():
             running.append(execution.task)
             if not execution.answer.done():  # one whose answer went out is only writing it down: let it
-                execution.task.cancel()
+                cut += execution.task.cancel()
+        if cut:  # what was spent on them is lost: the operator hears of it, not only whoever collects them
+            log.warning(
+                "calls_cut_at_shutdown",
+                calls=cut,
+                remedy="each ends as call_lost for its caller; a longer EXAI_SHUTDOWN_GRACE_SECONDS lets such "
+                "calls finish before the daemon stops",
+            )
         if running:
             _, late = await asyncio.wait(running, timeout=FINISH_WAIT_SECONDS)
             if late:  # the store hangs: their rows end as lost, after their lease
