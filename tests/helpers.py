@@ -145,8 +145,11 @@ async def call_tool(
         return await client.call_tool(tool, args)
 
 
-async def cancel_once_upstream(call: Callable[[], Awaitable[Any]], sim: SimControl) -> None:
-    """Start `call`, wait until its request is held at the simulator, then cancel it as a client would."""
+async def cancel_once_upstream(
+    call: Callable[[], Awaitable[Any]], sim: SimControl, until: Callable[[], bool] | None = None
+) -> None:
+    """Start `call`, wait until its request is held at the simulator (or, given, until `until` holds: a streamed
+    answer is not held), then cancel it as a client would."""
     scope = anyio.CancelScope()
 
     async def run() -> None:
@@ -155,7 +158,10 @@ async def cancel_once_upstream(call: Callable[[], Awaitable[Any]], sim: SimContr
 
     async with anyio.create_task_group() as group:
         group.start_soon(run)
-        await wait_until(lambda: sim.stats()["in_flight"] >= 1, "the call's request reached the upstream")
+        if until is None:
+            await wait_until(lambda: sim.stats()["in_flight"] >= 1, "the call's request reached the upstream")
+        else:
+            await wait_until(until, "the call got as far as the test needs")
         scope.cancel()
 
 

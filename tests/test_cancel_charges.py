@@ -80,3 +80,31 @@ async def test_attempts_cut_by_their_time_limit_are_charged_their_prompt(
     failed = [r for r in rows if r["outcome"] != "rate_limited"]
     assert len(failed) == 1 and failed[0]["model"] == "sim-smart", rows
     assert failed[0]["input_tokens"] >= 2 * count_tokens(PROMPT), failed[0]
+
+
+async def test_a_custom_models_streamed_reasoning_counts_when_its_call_is_cut(
+    daemon: Daemon, sim: SimControl, tmp_path: Path
+) -> None:
+    """A Custom endpoint's model streams its reasoning in `reasoning_content`, which its entry does not name: the
+    chunks went unread, so a call cut after seconds of streamed thinking was charged its prompt and 0 output (an
+    attack round: let it think, cancel, pay for the prompt). The field OpenAI-compatible servers use is read now."""
+    proc = daemon(EXAI_CLIENT_WAIT_SECONDS="0")
+    sim.fault("think", model="sim-smart", think_seconds=300)  # a reasoning delta each second, then the answer
+
+    heard: list[str] = []
+
+    async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+        heard.append(message or "")  # a client listening for progress: its call is streamed
+
+    async with Client(f"{proc.url}/mcp") as client:
+        await cancel_once_upstream(
+            lambda: client.call_tool(
+                "chat", {"prompt": "think, then be cut", "model": "sim-smart"}, progress_callback=on_progress
+            ),
+            sim,
+            until=lambda: any("of reasoning" in message for message in heard),  # the daemon read some thinking
+        )
+    await wait_until(lambda: sim.count("disconnects") >= 1, "the simulator saw the request cut")
+    rows = [r for r in audit_rows({"EXAI_DATA_DIR": str(tmp_path / "data")}, expected=1) if r["tool"] == "chat"]
+    assert len(rows) == 1 and rows[0]["outcome"] == "cancelled", rows
+    assert rows[0]["output_tokens"] > 0, "the reasoning streamed before the cut was not counted"

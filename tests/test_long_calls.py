@@ -384,8 +384,8 @@ async def test_a_client_listening_for_progress_hears_from_a_slow_call_every_few_
 async def test_a_streamed_call_is_kept_alive_by_chunks_whose_reasoning_is_not_read(
     daemon: Daemon, sim: SimControl
 ) -> None:
-    """A client listening for progress gets its call streamed; a Custom model's reasoning field is not known, so its
-    reasoning chunks carry no word we read, but they show the upstream alive: the attempt's limit moves on."""
+    """A client listening for progress gets its call streamed; a Custom model is not known to think, but its reasoning
+    chunks show the upstream alive: the attempt's limit moves on."""
     proc = daemon(EXAI_ATTEMPT_TIMEOUT_SECONDS="2", EXAI_MAX_RETRIES="0", EXAI_CLIENT_WAIT_SECONDS="0")
     sim.fault("think", model="sim-smart", think_seconds=6)
 

@@ -105,15 +105,23 @@ def anthropic_params(request: GenerateRequest, model: ModelInfo) -> dict[str, An
     return params
 
 
+UNDECLARED_REASONING_FIELDS = ("reasoning_content", "reasoning")
+"""Where OpenAI-compatible servers put a model's reasoning (vLLM, LM Studio, DeepSeek: `reasoning_content`; Ollama,
+newer vLLM: `reasoning`), read for a model whose entry names no field: a Custom endpoint's reasoning model streamed
+its thinking unread, so a cut call was charged its prompt alone."""
+
+
 def reasoning_from(model: ModelInfo, payload: Any) -> str | None:
     """The reasoning text a vendor returns beside the answer (Kimi and GLM: `reasoning_content`)."""
-    if not model.reasoning_field or payload is None:
+    if payload is None:
         return None
-    if isinstance(payload, dict):  # a message as JSON
-        value = payload.get(model.reasoning_field)
-        return value if isinstance(value, str) and value else None
-    value = getattr(payload, model.reasoning_field, None)
-    if value is None:
-        extra = getattr(payload, "model_extra", None) or {}
-        value = extra.get(model.reasoning_field)
-    return value if isinstance(value, str) and value else None
+    for field in (model.reasoning_field,) if model.reasoning_field else UNDECLARED_REASONING_FIELDS:
+        if isinstance(payload, dict):  # a message as JSON
+            value = payload.get(field)
+        else:
+            value = getattr(payload, field, None)
+            if value is None:
+                value = (getattr(payload, "model_extra", None) or {}).get(field)
+        if isinstance(value, str) and value:
+            return value
+    return None

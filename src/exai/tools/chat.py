@@ -117,13 +117,16 @@ class ChatTool(Tool[ChatInput, ChatOutput]):
             thinking=args.thinking_mode,
             max_output_tokens=args.max_output_tokens,
         )
-        received = 0
+        received = reasoned = 0
 
         async def on_delta(chunk: StreamChunk) -> None:
-            nonlocal received
+            nonlocal received, reasoned
             received += len(chunk.text)
+            reasoned += len(chunk.reasoning)
             if chunk.text:
                 await ctx.progress(received, None, f"{received} characters received")
+            elif chunk.reasoning:  # a model thinking aloud: the client hears it think, not only the heartbeat
+                await ctx.progress(received, None, f"thinking ({reasoned} characters of reasoning)")
 
         async def on_event(message: str) -> None:
             await ctx.log("warning", message)
