@@ -84,6 +84,9 @@ async def test_bad_inputs_get_clear_errors(sim: SimControl, make_services: MakeS
             client, "planner", {"step": "x", "step_number": True, "total_steps": 2, "next_step_required": True}
         )
         assert error["details"]["fields"] == ["step_number"], error
+        huge = {"step": "x", "step_number": 10**300, "total_steps": 10**1000, "next_step_required": True}
+        error = await _error(client, "planner", huge)  # stored and echoed back, whatever its size
+        assert error["details"]["fields"] == ["step_number", "total_steps"] and "1000" in error["message"], error
         assert sim.count("requests") == 0, "no model was asked with a boolean read as a number"
         error = await _error(client, "chat", {"prompt": "x", "modle": "sim-fast"})
         assert "modle: unknown field" in error["message"]

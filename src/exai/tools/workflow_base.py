@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 
 from exai.conversations.history import SkippedFile, build_prompt
 from exai.conversations.state import Confidence, Issue, StateChange, WorkflowRun, WorkflowStep, finish_run, record_step
@@ -29,6 +29,8 @@ from exai.tools.base import TEXT_LIMIT, ArgumentError, Tool, ToolContext, ToolIn
 STEP_TEXT_LIMIT = 4 * TEXT_LIMIT
 """Characters of text in one workflow step, all fields together: each of step, findings and hypothesis at its own
 limit, and as much again in issues and files."""
+MAX_STEPS = 1000
+"""The highest step number and estimate of steps a workflow takes (a 1,000-digit one was stored and echoed)."""
 
 
 class WorkflowInput(ToolInput):
@@ -45,6 +47,14 @@ class WorkflowInput(ToolInput):
     model: str = Field(default="auto", description="Expert model, or 'auto'.")
     thinking_mode: ThinkingMode = "medium"
     use_assistant_model: bool = Field(default=True, description="False skips the expert call.")
+
+    @field_validator("step_number", "total_steps")
+    @classmethod
+    def _steps_bounded(cls, value: int) -> int:
+        """At most MAX_STEPS (checked here, not in the schema: every tool listing would carry the bound)."""
+        if value > MAX_STEPS:
+            raise ValueError(f"at most {MAX_STEPS} steps")
+        return value
 
     @model_validator(mode="after")
     def _step_text_bounded(self) -> WorkflowInput:
