@@ -84,6 +84,9 @@ def test_valid_file_settings_apply_and_env_wins(tmp_path: Path) -> None:
     assert "from-file" in shown.stdout
     overridden = run_exai(["models"], {**CUSTOM}, cwd=tmp_path)
     assert overridden.returncode == 0 and "from-file" not in overridden.stdout
+    # piped, the notes beside the table are whole lines too (they wrapped at 80 columns, mid-sentence)
+    unset = next(line for line in shown.stderr.splitlines() if line.startswith("ZhipuAI"))
+    assert unset.endswith("ZAI_API_KEY)"), shown.stderr
 
 
 def test_secret_urls_stay_out_of_reprs(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -56,7 +56,7 @@ def _run(main: Coroutine[Any, Any, T]) -> T:
 def _stderr() -> Console:
     from rich.console import Console
 
-    return Console(stderr=True)
+    return Console(stderr=True) if sys.stderr.isatty() else Console(stderr=True, soft_wrap=True)  # no 80-column wrap
 
 
 def _fail(exc: ExaiError) -> NoReturn:
