@@ -5,12 +5,11 @@ from __future__ import annotations
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from exai.observability.context import bind_correlation_id, caller_correlation_id, new_correlation_id
+from exai.observability.context import caller_correlation_id, new_correlation_id
 
 
 class RequestIdMiddleware:
-    """Give every HTTP request one safe correlation id, the current one while it is served, and echo it in the
-    X-Request-ID response header.
+    """Give every HTTP request one safe correlation id and echo it in the X-Request-ID response header.
 
     The id is the caller's X-Request-ID or traceparent trace id when it is a safe one, else a new id: an unsafe
     value is never echoed. The request's X-Request-ID header is replaced by the chosen id, so the tool call
@@ -24,9 +23,7 @@ class RequestIdMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        # Bound for the whole request: an error the daemon answers before any tool runs (a refused token at
-        # /metrics, a body too slow) carries the id the response header names, not one of its own.
-        request_id = bind_correlation_id(caller_correlation_id(Headers(scope=scope)) or new_correlation_id()).encode()
+        request_id = (caller_correlation_id(Headers(scope=scope)) or new_correlation_id()).encode()
         headers = [(name, value) for name, value in scope["headers"] if name != b"x-request-id"]
         scope = {**scope, "headers": [*headers, (b"x-request-id", request_id)]}
 

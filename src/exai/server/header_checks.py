@@ -16,11 +16,10 @@ import ipaddress
 import re
 
 from starlette.datastructures import Headers
-from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from exai.errors import PermissionDeniedError
-from exai.server.refusals import refuse
+from exai.server.refusals import error_response, refuse
 
 ACCEPT_BOTH = "application/json, text/event-stream"
 PORT = re.compile(r"[0-9]{1,5}")
@@ -72,7 +71,7 @@ class HostOriginCheck:
                 remedy="Connect through 127.0.0.1/localhost or the configured host, or add the name to "
                 "EXAI_ALLOWED_HOSTS.",
             )
-            await JSONResponse({"error": error.to_dict()}, status_code=421)(scope, receive, send)
+            await error_response(error, scope, 421)(scope, receive, send)
             return
         if origin is not None and not matches(origin, self.allowed_origins):
             error = PermissionDeniedError(
@@ -80,7 +79,7 @@ class HostOriginCheck:
                 code="origin_not_allowed",
                 remedy="Browser pages may call the server only from its own host names (see EXAI_ALLOWED_HOSTS).",
             )
-            await JSONResponse({"error": error.to_dict()}, status_code=403)(scope, receive, send)
+            await error_response(error, scope, 403)(scope, receive, send)
             return
         await self.app(scope, receive, send)
 

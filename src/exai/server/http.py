@@ -53,7 +53,7 @@ from exai.server.internals import (
     serve_queued_connections,
 )
 from exai.server.mcp import build_server
-from exai.server.refusals import INVALID_REQUEST
+from exai.server.refusals import INVALID_REQUEST, error_response
 from exai.server.request_body import BodyBudget, BodyDeadline, CompleteBody
 from exai.server.request_ids import InFlightIds, MessageCheck
 from exai.server.sessions import SessionQuota
@@ -122,17 +122,13 @@ def build_http_app(services: Services) -> Starlette:
                 code="unauthenticated",
                 remedy=f"Send Authorization: Bearer <token> with the exai:admin scope{f' or {also}' if also else ''}.",
             )
-            return JSONResponse(
-                {"error": error.to_dict()},
-                status_code=error.http_status,
-                headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
-            )
+            return error_response(error, request.scope, www_authenticate='Bearer error="invalid_token"')
         if ADMIN_SCOPE not in access.scopes and (also is None or also not in access.scopes):
             needed = "the exai:admin scope" + (f" or {also}" if also else "")
             denied = PermissionDeniedError(
                 f"This endpoint needs {needed}.", code="missing_scope", remedy=f"Use a token with {needed}."
             )
-            return JSONResponse({"error": denied.to_dict()}, status_code=denied.http_status)
+            return error_response(denied, request.scope)
         return None
 
     async def healthz(request: Request) -> JSONResponse:

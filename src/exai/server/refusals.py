@@ -5,7 +5,11 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from starlette.types import Send
+from starlette.datastructures import Headers
+from starlette.responses import JSONResponse
+from starlette.types import Scope, Send
+
+from exai.errors import ExaiError
 
 INVALID_REQUEST = -32600
 
@@ -24,3 +28,12 @@ async def refuse(
         }
     )
     await send({"type": "http.response.body", "body": body})
+
+
+def error_response(error: ExaiError, scope: Scope, status: int | None = None, **headers: str) -> JSONResponse:
+    """An error answered before any tool runs (a refused token at /metrics, a slow body), naming the request's
+    correlation id: the one `RequestIdMiddleware` chose, put in the request's X-Request-ID and echoes in the
+    response's (the error named an id of its own, found in no log line)."""
+    error.correlation_id = Headers(scope=scope).get("x-request-id") or error.correlation_id
+    extra = {name.replace("_", "-"): value for name, value in headers.items()}
+    return JSONResponse({"error": error.to_dict()}, status_code=status or error.http_status, headers=extra or None)

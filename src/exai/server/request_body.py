@@ -24,12 +24,11 @@ from collections.abc import Callable
 import anyio
 from mcp.server.transport_security import DEFAULT_MAX_REQUEST_BODY_SIZE
 from starlette.datastructures import Headers
-from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from exai.errors import DeadlineError
 from exai.observability.logging import get_logger
-from exai.server.refusals import refuse
+from exai.server.refusals import error_response, refuse
 
 log = get_logger(__name__)
 DISCONNECT: Message = {"type": "http.disconnect"}
@@ -107,7 +106,7 @@ class BodyDeadline:
             code="body_timeout",
             remedy="Send the whole body at once, or raise EXAI_HTTP_BODY_TIMEOUT_SECONDS for slow links.",
         )
-        response = JSONResponse({"error": error.to_dict()}, status_code=408, headers={"connection": "close"})
+        response = error_response(error, scope, 408, connection="close")
 
         async def no_body() -> Message:
             return DISCONNECT
