@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import free_port
 from tests.helpers import run_exai
 
 CUSTOM = {"CUSTOM_API_URL": "http://127.0.0.1:9/v1", "CUSTOM_MODELS": "m"}
@@ -110,15 +111,17 @@ def test_secret_urls_stay_out_of_reprs(monkeypatch: pytest.MonkeyPatch) -> None:
             "thinkng_style: unknown key (did you mean thinking_style?)",
         ),
         ('[model."sim-fast"]\nprovider = "custom"\n', "unknown table(s): model"),
+        ("[defaults]\nstreamng = false\n", "streamng: unknown key (did you mean streaming?)"),
     ],
-    ids=["misspelt key", "misspelt table"],
+    ids=["misspelt key", "misspelt table", "misspelt default"],
 )
 def test_a_models_file_with_a_misspelt_key_or_table_is_refused(text: str, what: str, tmp_path: Path) -> None:
     """A misspelt key or table in EXAI_MODELS_FILE was ignored without a word: the model ran without what the
     entry said (a reasoning model cut by the attempt's limit, say), and nothing told why."""
     (tmp_path / "models.toml").write_text(text)
     for command in ("serve", "doctor"):
-        result = run_exai([command], {**CUSTOM, "EXAI_MODELS_FILE": "models.toml"}, cwd=tmp_path)
+        env = {**CUSTOM, "EXAI_MODELS_FILE": "models.toml", "EXAI_PORT": str(free_port())}  # serve binds first
+        result = run_exai([command], env, cwd=tmp_path)
         lines = result.stderr.strip().splitlines()
         assert result.returncode == 2 and len(lines) == 2, result.stdout + result.stderr
         assert "models.toml" in lines[0] and what in lines[0] and lines[1].startswith("  fix: "), lines

@@ -278,6 +278,28 @@ async def test_a_thinking_model_cut_by_the_calls_deadline_does_not_count_against
     assert sim.count(f"requests:{model}") == 2  # the cut request, then the answered one: no breaker between
 
 
+async def test_a_thinking_request_that_never_got_an_answer_still_counts_against_the_breaker(
+    daemon: Daemon, sim: SimControl
+) -> None:
+    """A hung upstream looks like a model thinking in silence, except that it never answers at all (OpenAI's
+    reasoning models send an empty chunk first): cut by the call's deadline, it still counts, so the breaker opens
+    and later calls no longer spend their whole deadline on it."""
+    proc = daemon(
+        EXAI_CALL_DEADLINE_SECONDS="3",
+        EXAI_BREAKER_FAILURE_THRESHOLD="1",
+        EXAI_MAX_RETRIES="0",
+        EXAI_CLIENT_WAIT_SECONDS="0",
+    )
+    sim.fault("hang", model="kimi-k2.6", hang_seconds=60)
+    args = {"prompt": "hangs", "model": "kimi-k2.6", "thinking_mode": "high"}
+    async with Client(f"{proc.url}/mcp") as client:
+        assert tool_error(await client.call_tool("chat", args))["code"] == "deadline_exceeded"
+        sim.clear_faults()
+        shut = await client.call_tool("chat", args)
+    assert tool_error(shut)["code"] == "breakers_open", text_of(shut)
+    assert sim.count("requests:kimi-k2.6") == 1
+
+
 async def test_a_custom_endpoints_reasoning_model_declared_in_the_models_file_thinks_as_long(
     daemon: Daemon, sim: SimControl, tmp_path: Path
 ) -> None:

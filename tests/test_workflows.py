@@ -196,7 +196,8 @@ async def test_tool_profiles_keep_the_listing_small(sim: SimControl, make_servic
         sizes[profile] = count_tokens(listing)
     print(f"tools/list tokens per profile: {sizes}")
     assert sizes["lean"] < sizes["standard"] < sizes["full"]
-    assert sizes["standard"] < 8200, sizes  # 8,000 until every tool also declared task support and pending output
+    # 8,000 until every tool also declared task support and pending output; 8,200 until the workflows' step bounds
+    assert sizes["standard"] < 8300, sizes
 
 
 async def test_a_named_file_is_embedded_or_reported_skipped_with_the_reason(

@@ -542,6 +542,13 @@ def printable(value: str) -> str:
     return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in value)
 
 
+def _local_daemon_url() -> str:
+    from exai.installer import local_url
+
+    settings = _settings()
+    return local_url(settings.host, settings.port)
+
+
 @app.command()
 def install(
     client: Annotated[str, typer.Argument(help="claude-code, codex, cursor, vscode or gemini.")],
@@ -561,14 +568,14 @@ def install(
 ) -> None:
     """Write a client's MCP configuration for this server (the local daemon, stdio, or a shared daemon)."""
     from exai.errors import ExaiError
-    from exai.installer import CLIENTS, config_path, connection, entry, local_url, plan, write
+    from exai.installer import CLIENTS, config_path, connection, entry, plan, write
 
     if client not in CLIENTS:
         print(f"Unknown client {client[:40]!r}.\n  fix: use one of {', '.join(CLIENTS)}", file=sys.stderr)
         raise typer.Exit(2)
-    settings = _settings()
     try:
-        conn = connection(stdio=stdio, url=url, token_env=token_env, local=local_url(settings.host, settings.port))
+        local = "" if stdio or url else _local_daemon_url()  # the settings are read only when they are used
+        conn = connection(stdio=stdio, url=url, token_env=token_env, local=local)
         if print_only:  # the file is not read: a file this command cannot rewrite still gets its entry shown
             print(f"# {config_path(client)}\n{entry(client, name, conn)}")
             return

@@ -328,6 +328,8 @@ class Settings(ProviderSettings):
         if url and not url.startswith(("sqlite:///", "postgresql://", "postgres://")):
             raise ValueError("is not a sqlite:/// or postgresql:// URL")
         path = url.removeprefix("sqlite:///") if url.startswith("sqlite:///") else None
+        if path == ":memory:":
+            raise ValueError("names an in-memory database, which would lose every thread and answer at each restart")
         if path is not None and not path.startswith(("/", "./", "../")):
             # As in SQLAlchemy, three slashes then a path is relative to the working directory: written for an
             # absolute path (sqlite:///tmp/x.db), each directory a client starts the server in got a database of

@@ -194,6 +194,13 @@ class Catalogue:
                     code="catalogue_invalid",
                     remedy='A models file holds [defaults] and one [models."name"] table per model.',
                 )
+            if odd := sorted(set(user_data.get("defaults", {})) - set(ModelInfo.model_fields)):  # with no model too
+                problems = "; ".join(_problem((key,), "extra_forbidden", "") for key in odd)
+                raise InvalidInput(
+                    f"The [defaults] of the models file {user_file} are invalid: {problems}.",
+                    code="catalogue_invalid",
+                    remedy=f"Correct the [defaults] table in {user_file}.",
+                )
             merged_defaults = {**data.get("defaults", {}), **user_data.get("defaults", {})}
             models.update(_parse({"defaults": merged_defaults, "models": user_data.get("models", {})}, str(user_file)))
         catalogue = cls(models)

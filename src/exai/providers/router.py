@@ -419,10 +419,12 @@ class Router:
                     relay = _recording(on_delta, heard, alive) if streamed else None
                     response = await self._send(provider, info, request, attempt_deadline, attempt, relay)
             except TimeoutError:
-                exc = _limit_that_cut(deadline, quiet, first_word if thinks and not heard else None)
-                # The call's own deadline cut an upstream still within its limits (speaking, or thinking as it was
-                # asked to): that says nothing of its health, so it does not count towards its breaker.
-                within_limits = _at_the_deadline(deadline) and (bool(heard) or thinks)
+                at_deadline = time.monotonic() >= deadline - 0.001
+                exc = _limit_that_cut(at_deadline, quiet, first_word if thinks and not any(heard) else None)
+                # The call's own deadline cut an upstream that had answered and was still within its limits
+                # (speaking, or thinking as it was asked to): that says nothing of its health, so it does not count
+                # towards its breaker. One that never answered (a hung upstream looks like a silent thinker) counts.
+                within_limits = at_deadline and bool(heard)
             except UpstreamError as error:
                 exc, within_limits = error, False
             except BaseException as error:
@@ -563,12 +565,13 @@ class Router:
 
 
 def _recording(on_delta: DeltaCallback | None, heard: list[str], alive: Callable[[bool], None]) -> DeltaCallback:
-    """`on_delta` (if any), keeping what one attempt streamed back (what the vendor bills if the attempt is cut) and
-    telling `alive` that the upstream sent a chunk, and whether it held a word (text or reasoning)."""
+    """`on_delta` (if any), keeping what one attempt streamed back (what the vendor bills if the attempt is cut; an
+    empty first chunk as "": the upstream answered) and telling `alive` that the upstream sent a chunk, and whether
+    it held a word (text or reasoning)."""
 
     async def relay(chunk: StreamChunk) -> None:
         words = chunk.text + chunk.reasoning
-        if words:
+        if words or not heard:
             heard.append(words)
         alive(bool(words))
         if on_delta is not None:
@@ -609,15 +612,11 @@ def _cut_by_the_deadline() -> UpstreamError:
     )
 
 
-def _at_the_deadline(deadline: float) -> bool:
-    """Whether the call's deadline (monotonic) is what a limit that just fired stood for."""
-    return time.monotonic() >= deadline - 0.001
-
-
-def _limit_that_cut(deadline: float, quiet: float, thinking: float | None) -> UpstreamError:
-    """An attempt's timeout, naming the limit that cut it and what to do; `thinking` is the limit of a thinking
-    model that had not said a word yet. Such a model is not asked again: it would think, and be paid, again."""
-    if _at_the_deadline(deadline):
+def _limit_that_cut(at_deadline: bool, quiet: float, thinking: float | None) -> UpstreamError:
+    """An attempt's timeout, naming the limit that cut it (the call's deadline, when `at_deadline`) and what to do;
+    `thinking` is the limit of a thinking model that had not said a word yet. Such a model is not asked again: it
+    would think, and be paid, again."""
+    if at_deadline:
         return _cut_by_the_deadline()
     if thinking is not None:
         return UpstreamError(

@@ -234,8 +234,8 @@ class CallRunner:
             log.warning(
                 "calls_cut_at_shutdown",
                 calls=cut,
-                remedy="each ends as call_lost for its caller; a longer EXAI_SHUTDOWN_GRACE_SECONDS lets such "
-                "calls finish before the daemon stops",
+                remedy="each ends as call_lost for its caller; for a daemon (exai serve), a longer "
+                "EXAI_SHUTDOWN_GRACE_SECONDS lets such calls finish before it stops",
             )
         if running:
             _, late = await asyncio.wait(running, timeout=FINISH_WAIT_SECONDS)

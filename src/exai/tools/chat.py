@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Annotated
 
@@ -118,14 +119,16 @@ class ChatTool(Tool[ChatInput, ChatOutput]):
             max_output_tokens=args.max_output_tokens,
         )
         received = reasoned = 0
+        told_reasoning = -math.inf
 
         async def on_delta(chunk: StreamChunk) -> None:
-            nonlocal received, reasoned
+            nonlocal received, reasoned, told_reasoning
             received += len(chunk.text)
             reasoned += len(chunk.reasoning)
             if chunk.text:
                 await ctx.progress(received, None, f"{received} characters received")
-            elif chunk.reasoning:  # a model thinking aloud: the client hears it think, not only the heartbeat
+            elif chunk.reasoning and time.monotonic() - told_reasoning >= 1:  # thinking aloud: heard once a second
+                told_reasoning = time.monotonic()
                 await ctx.progress(received, None, f"thinking ({reasoned} characters of reasoning)")
 
         async def on_event(message: str) -> None:

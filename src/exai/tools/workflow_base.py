@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import BaseModel, Field, model_validator
 
 from exai.conversations.history import SkippedFile, build_prompt
 from exai.conversations.state import Confidence, Issue, StateChange, WorkflowRun, WorkflowStep, finish_run, record_step
@@ -35,8 +35,8 @@ MAX_STEPS = 1000
 
 class WorkflowInput(ToolInput):
     step: str = Field(min_length=1, description="What you investigated or plan in this step.")
-    step_number: int = Field(ge=1, description="This step's number, from 1.")
-    total_steps: int = Field(ge=1, description="Your current estimate of the steps needed.")
+    step_number: int = Field(ge=1, le=MAX_STEPS, description="This step's number, from 1.")
+    total_steps: int = Field(ge=1, le=MAX_STEPS, description="Your current estimate of the steps needed.")
     next_step_required: bool = Field(description="False on the final step: then the expert analysis runs.")
     findings: str = Field(default="", description="What this step found.")
     relevant_files: list[str] = Field(default_factory=list, description="Absolute paths that matter.")
@@ -47,14 +47,6 @@ class WorkflowInput(ToolInput):
     model: str = Field(default="auto", description="Expert model, or 'auto'.")
     thinking_mode: ThinkingMode = "medium"
     use_assistant_model: bool = Field(default=True, description="False skips the expert call.")
-
-    @field_validator("step_number", "total_steps")
-    @classmethod
-    def _steps_bounded(cls, value: int) -> int:
-        """At most MAX_STEPS (checked here, not in the schema: every tool listing would carry the bound)."""
-        if value > MAX_STEPS:
-            raise ValueError(f"at most {MAX_STEPS} steps")
-        return value
 
     @model_validator(mode="after")
     def _step_text_bounded(self) -> WorkflowInput:
