@@ -378,3 +378,13 @@ async def test_work_run_to_the_end_finishes_under_asyncio_cancels_and_the_cancel
         assert done[-1] is fails, "the work ran to its end"
         assert isinstance(cut.value.__cause__, RuntimeError) is fails, "an error after the cut is the cut's cause"
     assert await to_the_end(asyncio.sleep(0, "as it returned")) == "as it returned"
+
+
+def test_progress_pacing_lets_a_burst_through_then_a_rate() -> None:
+    """A stream's first chunks are each heard; a flood of tiny ones is not relayed chunk by chunk."""
+    from exai.tools.chat import Pacing
+
+    held = Pacing(burst=3, per_second=0)
+    assert [held.allows() for _ in range(5)] == [True, True, True, False, False]
+    flowing = Pacing(burst=1, per_second=1e9)
+    assert all(flowing.allows() for _ in range(100))

@@ -420,11 +420,11 @@ class Router:
                     response = await self._send(provider, info, request, attempt_deadline, attempt, relay)
             except TimeoutError:
                 at_deadline = time.monotonic() >= deadline - 0.001
-                exc = _limit_that_cut(at_deadline, quiet, first_word if thinks and not any(heard) else None)
-                # The call's own deadline cut an upstream that had answered and was still within its limits
-                # (speaking, or thinking as it was asked to): that says nothing of its health, so it does not count
-                # towards its breaker. One that never answered (a hung upstream looks like a silent thinker) counts.
-                within_limits = at_deadline and bool(heard)
+                exc = _limit_that_cut(at_deadline, quiet, first_word if thinks and not heard else None)
+                # The call's own deadline cut an upstream that was speaking (words, or reasoning, within its limits):
+                # that says nothing of its health, so it does not count towards its breaker. One that said nothing
+                # counts: a hung upstream looks like a silent thinker, even behind a proxy that sends an empty chunk.
+                within_limits = at_deadline and any(heard)
             except UpstreamError as error:
                 exc, within_limits = error, False
             except BaseException as error:
@@ -565,13 +565,12 @@ class Router:
 
 
 def _recording(on_delta: DeltaCallback | None, heard: list[str], alive: Callable[[bool], None]) -> DeltaCallback:
-    """`on_delta` (if any), keeping what one attempt streamed back (what the vendor bills if the attempt is cut; an
-    empty first chunk as "": the upstream answered) and telling `alive` that the upstream sent a chunk, and whether
-    it held a word (text or reasoning)."""
+    """`on_delta` (if any), keeping what one attempt streamed back (what the vendor bills if the attempt is cut) and
+    telling `alive` that the upstream sent a chunk, and whether it held a word (text or reasoning)."""
 
     async def relay(chunk: StreamChunk) -> None:
         words = chunk.text + chunk.reasoning
-        if words or not heard:
+        if words:
             heard.append(words)
         alive(bool(words))
         if on_delta is not None:

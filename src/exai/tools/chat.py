@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import math
+import dataclasses
 import time
+from dataclasses import dataclass
 from typing import Annotated
 
 from pydantic import BaseModel, Field
@@ -67,6 +68,29 @@ class ChatOutput(BaseModel):
     correlation_id: str
 
 
+@dataclass
+class Pacing:
+    """A token bucket for progress notifications: `burst` at once, then `per_second`. A stream of a few hundred
+    chunks is heard chunk by chunk; a flood of tiny ones (an upstream sending 200,000 one-character chunks sent
+    as many notifications, 33 MB to the client, and slowed other tenants' calls) ten times a second."""
+
+    burst: float
+    per_second: float
+    tokens: float = dataclasses.field(init=False)
+    at: float = dataclasses.field(init=False, default_factory=time.monotonic)
+
+    def __post_init__(self) -> None:
+        self.tokens = self.burst
+
+    def allows(self) -> bool:
+        now = time.monotonic()
+        self.tokens, self.at = min(self.burst, self.tokens + (now - self.at) * self.per_second), now
+        if self.tokens < 1:
+            return False
+        self.tokens -= 1
+        return True
+
+
 class ChatTool(Tool[ChatInput, ChatOutput]):
     name = "chat"
     title = "Chat with another model"
@@ -119,16 +143,15 @@ class ChatTool(Tool[ChatInput, ChatOutput]):
             max_output_tokens=args.max_output_tokens,
         )
         received = reasoned = 0
-        told_reasoning = -math.inf
+        answer_paced, reasoning_paced = Pacing(burst=20, per_second=10), Pacing(burst=1, per_second=1)
 
         async def on_delta(chunk: StreamChunk) -> None:
-            nonlocal received, reasoned, told_reasoning
+            nonlocal received, reasoned
             received += len(chunk.text)
             reasoned += len(chunk.reasoning)
-            if chunk.text:
+            if chunk.text and answer_paced.allows():
                 await ctx.progress(received, None, f"{received} characters received")
-            elif chunk.reasoning and time.monotonic() - told_reasoning >= 1:  # thinking aloud: heard once a second
-                told_reasoning = time.monotonic()
+            elif not chunk.text and chunk.reasoning and reasoning_paced.allows():  # a model thinking aloud
                 await ctx.progress(received, None, f"thinking ({reasoned} characters of reasoning)")
 
         async def on_event(message: str) -> None:
