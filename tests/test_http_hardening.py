@@ -254,6 +254,16 @@ def test_the_host_check_wants_an_exact_name_and_a_numeric_port(daemon: Daemon, s
     assert httpx2.get(f"{proc.url}/healthz", headers={"origin": "https://team-host:8443"}).status_code == 200
 
 
+def test_an_ipv6_address_the_daemon_answers_to_is_matched_in_brackets(daemon: Daemon, sim: SimControl) -> None:
+    """A Host header carries an IPv6 address in brackets; the pattern was `fd00::7:*`, so a daemon on an IPv6
+    address (or named one in EXAI_ALLOWED_HOSTS) refused requests to its own URL with 421 (a review's finding)."""
+    proc = daemon(EXAI_ALLOWED_HOSTS="fd00::7,[fd00::8]")  # /dashboard: not a probe path, answered by address
+    for host in ("[fd00::7]:8765", "[fd00::8]:80"):
+        assert httpx2.get(f"{proc.url}/dashboard", headers={"host": host}).status_code == 200, host
+    for host in ("[fd00::9]:8765", "fd00::7:8765"):
+        assert httpx2.get(f"{proc.url}/dashboard", headers={"host": host}).status_code == 421, host
+
+
 def test_debug_logs_hold_no_request_or_response_bodies(daemon: Daemon, sim: SimControl) -> None:
     proc = daemon(EXAI_LOG_LEVEL="DEBUG")
     session = ready_session(proc)

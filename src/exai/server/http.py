@@ -72,11 +72,22 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def on_any_port(host: str) -> str:
+    """A Host pattern for `host` on any port: `name:*`, `[fd00::7]:*` for an IPv6 address (bracketed in a Host
+    header, as `fd00::7:*` never was: a daemon on an IPv6 address refused its own URL with 421), or as given when it
+    already names a port (`team-host:443`)."""
+    if host.startswith("["):
+        return host if "]:" in host else f"{host}:*"
+    if host.count(":") > 1:  # an IPv6 address without brackets
+        return f"[{host}]:*"
+    return host if ":" in host else f"{host}:*"
+
+
 def allowed_hosts_and_origins(host: str, extra_hosts: list[str]) -> tuple[list[str], list[str]]:
     """DNS-rebinding protection: our own Host names, and browser Origins on them."""
-    hosts = ["127.0.0.1:*", "localhost:*", "[::1]:*", *(h if ":" in h else f"{h}:*" for h in extra_hosts)]
+    hosts = ["127.0.0.1:*", "localhost:*", "[::1]:*", *(on_any_port(h) for h in extra_hosts)]
     if not is_loopback(host) and host not in ("0.0.0.0", "::"):
-        hosts.append(f"{host}:*")
+        hosts.append(on_any_port(host))
     return hosts, [f"http://{h}" for h in hosts] + [f"https://{h}" for h in hosts]
 
 
