@@ -409,6 +409,25 @@ async def test_a_client_listening_for_progress_hears_from_a_slow_call_every_few_
     assert max(gaps, default=0.0) < 30, gaps  # well inside the 60 s a client waits without news
 
 
+async def test_an_answer_of_many_small_chunks_is_relayed_as_paced_progress(daemon: Daemon, sim: SimControl) -> None:
+    """Each chunk of an answer was a progress notification: an upstream sending 200,000 one-character chunks sent
+    as many (33 MB to the client) and slowed other tenants' calls (an attack round). The first 20 are each heard,
+    then 10 a second: the simulator streams this answer word by word, about 260 chunks at once."""
+    proc = daemon(EXAI_CLIENT_WAIT_SECONDS="0")
+    heard: list[str] = []
+
+    async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+        heard.append(message or "")
+
+    async with Client(f"{proc.url}/mcp") as client:
+        result = await client.call_tool(
+            "chat", {"prompt": "w " * 240, "model": "sim-fast"}, progress_callback=on_progress
+        )
+    assert not result.is_error, text_of(result)
+    relayed = [m for m in heard if "characters received" in m]
+    assert 20 <= len(relayed) < 150, len(relayed)  # 20 + 10 a second: ~260 chunks would take 13 s to reach 150
+
+
 async def test_a_streamed_call_is_kept_alive_by_chunks_whose_reasoning_is_not_read(
     daemon: Daemon, sim: SimControl
 ) -> None:
