@@ -32,7 +32,7 @@ async def refuse(
 
 def error_response(error: ExaiError, scope: Scope, status: int | None = None, **headers: str) -> JSONResponse:
     """An error answered before any tool runs (a refused token at /metrics, a slow body), naming the request's
-    correlation id: the one `RequestIdMiddleware` chose, put in the request's X-Request-ID and echoes in the
+    correlation id: the one `RequestIdMiddleware` chose, put in the request's X-Request-ID and echoed in the
     response's (the error named an id of its own, found in no log line)."""
     error.correlation_id = Headers(scope=scope).get("x-request-id") or error.correlation_id
     extra = {name.replace("_", "-"): value for name, value in headers.items()}
