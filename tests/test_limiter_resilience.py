@@ -140,7 +140,7 @@ async def test_a_call_cancelled_while_it_gives_its_slot_back_still_gives_it_back
     redis = aioredis.from_url(redis_url)
     tenant = f"tenant-{uuid.uuid4().hex[:8]}"
     limiter = RedisLimiter(redis, Limits(concurrent=1, tokens_per_day=1_000_000), {}, "open", 600)
-    tokens = await CallTokens.admit(limiter, tenant, "chat", holds_slot=True, asks_model=True)
+    tokens = await CallTokens.admit(limiter, tenant, "chat", holds_slot=True, asks_model=True, writes_threads=True)
     real_run, held, go_on = limiter._run, asyncio.Event(), asyncio.Event()
 
     async def slow(operation: str, *args: Any) -> Any:
@@ -169,7 +169,7 @@ async def test_a_call_cancelled_while_it_gives_its_slot_back_still_gives_it_back
     today = int(time.time() // 86_400)
     assert await redis_int(redis, f"{tenant_keys(tenant)}:tokens:{today}") == 0, "the cut reservation was settled"
     limiter._run = real_run  # type: ignore[method-assign]
-    again = await CallTokens.admit(limiter, tenant, "chat", holds_slot=True, asks_model=True)
+    again = await CallTokens.admit(limiter, tenant, "chat", holds_slot=True, asks_model=True, writes_threads=True)
     await again.close()
     await redis.aclose()
 

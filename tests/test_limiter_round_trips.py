@@ -130,26 +130,31 @@ async def test_the_prepayment_is_taken_only_when_it_fits_and_settled_exactly(red
     ):
         limiter.prepay_sizes[(tenant, "chat")] = 400
         limiter.prepay_sizes[("someone else", "chat")] = 100_000  # another tenant's sizes are never this one's
-        call = await CallTokens.admit(limiter, tenant, "chat", holds_slot=True, asks_model=True)
+        call = await CallTokens.admit(limiter, tenant, "chat", holds_slot=True, asks_model=True, writes_threads=True)
         assert call.lease is not None and call.lease.prepaid is not None and call.lease.prepaid.tokens == 450
         claim = await call.reserve(300)  # drawn from the prepayment
         claim.used = 320
         failed = await call.reserve(100)  # the rest of it: a model call that fails is charged nothing
         assert failed.reservation is claim.reservation
+        call.add_thread_text(70)  # counted in the settlement's round trip
         await call.close()
         await call.close()  # settled once, however often it is closed
         with pytest.raises(RuntimeError, match="after its call's tokens were settled"):
             await call.reserve(10)  # a reservation after the settlement would never be settled: refused
+        with pytest.raises(RuntimeError, match="wrote to a thread after"):
+            call.add_thread_text(10)  # nor would characters counted after it
         assert limiter.prepay_sizes[(tenant, "chat")] == 400, "what this tenant's call reserved in all"
         limiter.prepay_sizes[(tenant, "chat")] = (
             900  # 1.125 * 900 does not fit what is left of 1000: nothing is prepaid
         )
-        big = await CallTokens.admit(limiter, tenant, "chat", holds_slot=True, asks_model=True)
+        big = await CallTokens.admit(limiter, tenant, "chat", holds_slot=True, asks_model=True, writes_threads=True)
         assert big.lease is not None and big.lease.prepaid is None
         (await big.reserve(600)).used = 650  # a reservation of its own, checked against the budget
         await big.close()
     assert await redis_int(redis, key) == 320 + 650, "the shared count is what the calls used"
-    await redis.delete(key)
+    text_key = f"{tenant_keys(tenant)}:thread_text:{int(time.time() // DAY)}"
+    assert await redis_int(redis, text_key) == 70, "the thread text went with the settlement"
+    await redis.delete(key, text_key)
     assert await redis.zcard(f"{tenant_keys(tenant)}:slots") == 0
     await redis.aclose()
 

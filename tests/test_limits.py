@@ -217,3 +217,44 @@ async def test_a_tenant_past_its_token_budget_still_uses_the_tools_that_ask_no_m
     assert not version.is_error, version.content
     assert tool_error(forbidden)["code"] == "missing_scope"
     assert sim.count("requests") == 1, "a model was asked past the budget"
+
+
+@pytest.mark.parametrize("shared", [False, True], ids=["local", "redis"])
+async def test_a_tenant_stops_adding_to_threads_once_its_day_of_thread_text_is_spent(
+    daemon: Daemon, redis_url: str, shared: bool
+) -> None:
+    """A workflow step asks no model and costs no tokens, so nothing bounded what a tenant kept in the store but its
+    calls per minute: a `planner` step 1 at the text limits kept about 0.8 MB in a new thread, 120 a minute (an
+    attack round's finding). The characters a tenant's calls add to threads (turns, and steps kept in a thread's
+    state) now count against a day's allowance; once it is spent, only tools that write no thread still answer."""
+    tenant = f"tenant-{uuid.uuid4().hex[:8]}"
+    proc = daemon(
+        EXAI_JWT_SECRET=SECRET,
+        EXAI_RATE_LIMIT_THREAD_CHARS_PER_DAY="5000",
+        **({"EXAI_REDIS_URL": redis_url} if shared else {}),
+    )
+    token = issue_token(SECRET, tenant, ["exai:tools", "exai:admin"], 600)
+    step = {"step": "x" * 1500, "step_number": 1, "total_steps": 2, "next_step_required": True}
+    async with mcp_client(proc.url, token) as client:
+        first = await client.call_tool("planner", step)
+        second = await client.call_tool("planner", step)  # admitted: 3,000 and more counted, under 5,000
+        refused = await client.call_tool("planner", step)
+        chat = await client.call_tool("chat", {"prompt": "hello", "model": "sim-fast"})
+        listed = await client.call_tool("threads", {"action": "list"})
+        status = await client.call_tool("status", {})
+    assert not first.is_error and not second.is_error, (first.content, second.content)
+    error = tool_error(refused)
+    assert error["code"] == "rate_limited_thread_text", error
+    assert "5,000 characters added to threads per day" in error["message"], error
+    assert 0 < error["details"]["retry_after_seconds"] <= 86400, error
+    assert tool_error(chat)["code"] == "rate_limited_thread_text", "a chat adds to a thread too"
+    assert not listed.is_error and not status.is_error, (listed.content, status.content)
+    assert len((listed.structured_content or {})["threads"]) == 2, listed.structured_content
+    if shared:  # one count for every replica: the step's text twice (the turn and the workflow state) per call
+        redis = aioredis.from_url(redis_url)
+        try:
+            keys = await redis.keys(f"{tenant_keys(tenant)}:thread_text:*")
+            assert len(keys) == 1, keys
+            assert 2 * 2 * 1500 <= int(await redis.get(keys[0])) < 2 * 2 * 1500 + 1000
+        finally:
+            await redis.aclose()

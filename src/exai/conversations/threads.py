@@ -12,7 +12,7 @@ import asyncio
 import random
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
@@ -159,13 +159,20 @@ class Conversations:
             )
 
     async def record(
-        self, thread: Thread, turns: list[TurnRecord], tool: str, change: StateChange | None = None
+        self,
+        thread: Thread,
+        turns: list[TurnRecord],
+        tool: str,
+        change: StateChange | None = None,
+        before_write: Callable[[int], None] | None = None,
     ) -> ThreadRecord:
         """Commit the turns (and the state change) on top of whatever is committed now.
 
         Only after this returns may the response be sent. On a concurrent write the thread is read again and the
         same turns and change are applied to it; after `WRITE_ATTEMPTS` the call is refused (retryable).
-        Each turn's tokens are counted here, once, so later prompts never count the history again."""
+        Each turn's tokens are counted here, once, so later prompts never count the history again.
+        `before_write` is told, once, just before the first write, how many characters it adds to the thread: its
+        turns' text and what the state change adds to the thread's workflow steps."""
         turns = [
             t if t.tokens is not None else t.model_copy(update={"tokens": await count_tokens_async(t.content)})
             for t in turns
@@ -176,6 +183,10 @@ class Conversations:
             if change is not None:
                 change(state, thread.record)
             record, numbered = _next(thread.record, turns, tool, state, expires_at=time.time() + self.ttl)
+            if before_write is not None:
+                grown = state.text_chars - thread.state.text_chars if change is not None else 0
+                before_write(sum(len(t.content) for t in turns) + max(0, grown))
+                before_write = None
             conflict: ThreadConflict | None = None
             async with self._timed("append_turns"):
                 try:

@@ -1,5 +1,5 @@
-"""Per-tenant limits: requests per minute, concurrent calls, tokens per day, new MCP sessions per minute and task
-requests (`tasks/*`, which read the store) per minute.
+"""Per-tenant limits: requests per minute, concurrent calls, tokens per day, characters added to threads per day,
+new MCP sessions per minute and task requests (`tasks/*`, which read the store) per minute.
 
 With Redis every replica checks and counts in one atomic script, so N replicas admit the limit, not N times it.
 A tenant's keys share the hash tag `{tenant}`, so the multi-key scripts also run on Redis Cluster.
@@ -72,15 +72,18 @@ class RateLimiter(Protocol):
     """What each tenant's last call of each tool reserved in all: the prepayment its next call of the tool asks for
     with its slot (see `call_tokens.remember_prepay`)."""
 
-    async def acquire(self, tenant: str, prepay: int = 0, spends_tokens: bool = True) -> Lease:
+    async def acquire(
+        self, tenant: str, prepay: int = 0, spends_tokens: bool = True, writes_threads: bool = False
+    ) -> Lease:
         """A slot of the tenant's limits and, if `prepay` tokens fit today's budget, those too (else none). A call
         that `spends_tokens` (asks a model) is refused once the day's budget is spent; one that does not (`threads`,
-        `version`: how a tenant gets back a paid answer) is not."""
+        `version`: how a tenant gets back a paid answer) is not. A call that `writes_threads` is refused once the
+        day's thread text is spent."""
         ...
 
-    async def release(self, lease: Lease, corrections: Sequence[Correction] = ()) -> None:
-        """Give the slot back and settle the call's reservations: with Redis, one round trip for both. It finishes
-        even when its caller is cancelled (`uncancelled.to_the_end`)."""
+    async def release(self, lease: Lease, corrections: Sequence[Correction] = (), thread_chars: int = 0) -> None:
+        """Give the slot back, settle the call's reservations and count the characters it added to threads today:
+        with Redis, one round trip for all. It finishes even when its caller is cancelled (`uncancelled.to_the_end`)."""
         ...
 
     async def reserve_tokens(self, tenant: str, tokens: int) -> TokenReservation:
@@ -103,6 +106,7 @@ def _rejected(reason: str, limit: int, retry_after: float) -> RateLimitError:
         "rpm": f"{limit} requests per minute",
         "concurrency": f"{limit} concurrent calls",
         "tokens": f"{limit:,} tokens per day",
+        "thread_text": f"{limit:,} characters added to threads per day",
         "sessions": f"{limit} new MCP sessions per minute",
         "tasks": f"{limit} task requests (tasks/get, tasks/result, tasks/list, tasks/cancel, collect) per minute",
         "unavailable": "the limiter is unavailable",
@@ -110,6 +114,7 @@ def _rejected(reason: str, limit: int, retry_after: float) -> RateLimitError:
     reuse = {
         "sessions": "Reuse one MCP session for many calls instead of opening one per call. ",
         "tasks": "Poll less often (tasks/result and collect wait for the end in one request). ",
+        "thread_text": "Tools that write no thread (threads, version, listmodels) still answer. ",
     }.get(reason, "")
     return RateLimitError(
         f"Rate limit reached: {what}.",
@@ -142,6 +147,7 @@ class LocalLimiter:
         self._windows: dict[tuple[str, Window], deque[float]] = defaultdict(deque)
         self._active: dict[str, set[str]] = defaultdict(set)
         self._tokens: dict[tuple[str, int], int] = defaultdict(int)
+        self._thread_text: dict[tuple[str, int], int] = defaultdict(int)
         self.failures = 0
         self.degraded = False
         self.prepay_sizes: dict[tuple[str, str], int] = {}
@@ -149,12 +155,16 @@ class LocalLimiter:
     def limits(self, tenant: str) -> Limits:
         return self.overrides.get(tenant, self.defaults)
 
-    async def acquire(self, tenant: str, prepay: int = 0, spends_tokens: bool = True) -> Lease:
+    async def acquire(
+        self, tenant: str, prepay: int = 0, spends_tokens: bool = True, writes_threads: bool = False
+    ) -> Lease:
         limits, now = self.limits(tenant), time.time()
         recent = _trimmed(self._recent[tenant], now)
         day = int(now // DAY)
         if spends_tokens and self._tokens[(tenant, day)] >= limits.tokens_per_day:
             raise _rejected("tokens", limits.tokens_per_day, DAY - now % DAY)
+        if writes_threads and self._thread_text[(tenant, day)] >= limits.thread_chars_per_day:
+            raise _rejected("thread_text", limits.thread_chars_per_day, DAY - now % DAY)
         if len(recent) >= limits.requests_per_minute:
             raise _rejected("rpm", limits.requests_per_minute, recent[0] + WINDOW - now)
         if len(self._active[tenant]) >= limits.concurrent:
@@ -167,10 +177,20 @@ class LocalLimiter:
         self._active[tenant].add(lease.id)
         return lease
 
-    async def release(self, lease: Lease, corrections: Sequence[Correction] = ()) -> None:
+    async def release(self, lease: Lease, corrections: Sequence[Correction] = (), thread_chars: int = 0) -> None:
         self._active[lease.tenant].discard(lease.id)
         for reservation, used in corrections:
             await self.settle(reservation, used)
+        self.add_thread_text(lease.tenant, thread_chars)
+
+    def add_thread_text(self, tenant: str, chars: int) -> None:
+        """Count `chars` more added to the tenant's threads today."""
+        self._thread_text[(tenant, int(time.time() // DAY))] += chars
+
+    def note_thread_text(self, tenant: str, total: int) -> None:
+        """Remember today's thread text as Redis last reported it, so a fallback during an outage starts from it."""
+        key = (tenant, int(time.time() // DAY))
+        self._thread_text[key] = max(self._thread_text[key], total)
 
     async def reserve_tokens(self, tenant: str, tokens: int) -> TokenReservation:
         limit, now = self.limits(tenant).tokens_per_day, time.time()
@@ -256,8 +276,9 @@ class RedisLimiter:
         return self.overrides.get(tenant, self.defaults)
 
     def _keys(self, tenant: str, now: float) -> list[str]:
-        prefix = tenant_keys(tenant)
-        return [f"{prefix}:rpm", f"{prefix}:slots", f"{prefix}:tokens:{int(now // DAY)}"]
+        """The keys of ACQUIRE: the minute's calls, the slots, and the day's tokens and thread text."""
+        prefix, day = tenant_keys(tenant), int(now // DAY)
+        return [f"{prefix}:rpm", f"{prefix}:slots", f"{prefix}:tokens:{day}", f"{prefix}:thread_text:{day}"]
 
     def _redis_failed(self, operation: str, exc: RedisError) -> None:
         self.failures += 1
@@ -278,14 +299,16 @@ class RedisLimiter:
         if self.when_redis_fails == "closed":
             raise _rejected("unavailable", 0, REDIS_RETRY_SECONDS)
 
-    async def acquire(self, tenant: str, prepay: int = 0, spends_tokens: bool = True) -> Lease:
+    async def acquire(
+        self, tenant: str, prepay: int = 0, spends_tokens: bool = True, writes_threads: bool = False
+    ) -> Lease:
         if self._redis_paused():
             self._refuse_if_closed()
-            return await self.fallback.acquire(tenant, prepay, spends_tokens)
+            return await self.fallback.acquire(tenant, prepay, spends_tokens, writes_threads)
         limits, now, lease = self.limits(tenant), time.time(), Lease(tenant, uuid.uuid4().hex)
         keys = self._keys(tenant, now)
         try:
-            verdict, wait, prepaid, used = await self._run(
+            verdict, wait, prepaid, used, written = await self._run(
                 "acquire",
                 self._acquire,
                 keys,
@@ -299,24 +322,27 @@ class RedisLimiter:
                     uuid.uuid4().hex,
                     prepay,
                     int(spends_tokens),
+                    limits.thread_chars_per_day if writes_threads else 0,
                 ],
             )
         except self._redis_error as exc:
             self._redis_failed("acquire", exc)
-            await to_the_end(self._give_back_quietly(keys[1:], lease.id, prepay))  # the script may have run
+            await to_the_end(self._give_back_quietly(keys[1:3], lease.id, prepay))  # the script may have run
             self._refuse_if_closed()
-            return await self.fallback.acquire(tenant, prepay, spends_tokens)
+            return await self.fallback.acquire(tenant, prepay, spends_tokens, writes_threads)
         except BaseException:  # cancelled while the script may already have taken the slot: give it back
-            await to_the_end(self._give_back_quietly(keys[1:], lease.id, prepay))
+            await to_the_end(self._give_back_quietly(keys[1:3], lease.id, prepay))
             raise
         self._redis_answered()
         self.fallback.note_used(tenant, int(used))
+        self.fallback.note_thread_text(tenant, int(written))
         verdict = verdict.decode() if isinstance(verdict, bytes) else verdict
         if verdict != "ok":
             limit = {
                 "rpm": limits.requests_per_minute,
                 "concurrency": limits.concurrent,
                 "tokens": limits.tokens_per_day,
+                "thread_text": limits.thread_chars_per_day,
             }[verdict]
             raise _rejected(verdict, limit, max(0.0, float(wait)))
         lease.id = f"{lease.id}:{int(prepaid)}"  # the slot's member in Redis names what was prepaid with it
@@ -351,10 +377,10 @@ class RedisLimiter:
             except self._redis_error as exc:
                 self._redis_failed("refresh", exc)
 
-    async def release(self, lease: Lease, corrections: Sequence[Correction] = ()) -> None:
-        await to_the_end(self._give_slot_back(lease, corrections))  # a cancelled caller still gives it back
+    async def release(self, lease: Lease, corrections: Sequence[Correction] = (), thread_chars: int = 0) -> None:
+        await to_the_end(self._give_slot_back(lease, corrections, thread_chars))  # a cancelled caller still does
 
-    async def _give_slot_back(self, lease: Lease, corrections: Sequence[Correction]) -> None:
+    async def _give_slot_back(self, lease: Lease, corrections: Sequence[Correction], thread_chars: int) -> None:
         shared: dict[int, int] = {}  # day: the correction of that day's shared count
         for reservation, used in corrections:
             if reservation.local:  # counted by this replica while Redis was down: corrected there
@@ -362,7 +388,7 @@ class RedisLimiter:
             else:
                 shared[reservation.day] = shared.get(reservation.day, 0) + used - reservation.tokens
         if lease.local:
-            await self.fallback.release(lease)
+            await self.fallback.release(lease, thread_chars=thread_chars)
             for day, delta in shared.items():
                 await self._correct(lease.tenant, day, delta)
             return
@@ -373,18 +399,27 @@ class RedisLimiter:
             # waited for: landing late, it holds the slot one lease at most.
             await asyncio.wait({keeper}, timeout=KEEPER_WAIT_SECONDS)
         if self._redis_paused():  # known to be down: the lease expires within its TTL; the reservation stands
+            self.fallback.add_thread_text(lease.tenant, thread_chars)  # counted where the next calls are checked
             return
+        now = time.time()
         days = list(shared)
         keys = [self._keys(lease.tenant, 0)[1], *(self._keys(lease.tenant, day * DAY)[2] for day in days)]
+        deltas = [shared[day] for day in days]
+        if thread_chars:
+            keys.append(self._keys(lease.tenant, now)[3])
+            deltas.append(thread_chars)
         try:
-            totals = await self._run("release", self._release, keys, [lease.id, *(shared[day] for day in days)])
+            totals = await self._run("release", self._release, keys, [lease.id, *deltas])
         except self._redis_error as exc:  # the lease expires by itself within one TTL; the reservation stands
             self._redis_failed("release", exc)
+            self.fallback.add_thread_text(lease.tenant, thread_chars)
             return
-        today = int(time.time() // DAY)
-        for day, total in zip(days, totals, strict=True):
+        today = int(now // DAY)
+        for day, total in zip(days, totals, strict=False):
             if day == today:
                 self.fallback.note_used(lease.tenant, int(total))
+        if thread_chars:
+            self.fallback.note_thread_text(lease.tenant, int(totals[-1]))
 
     async def reserve_tokens(self, tenant: str, tokens: int) -> TokenReservation:
         if self._redis_paused():

@@ -87,7 +87,9 @@ async def admitted(services: Services, tool: Tool[Any, Any], tenant: str, ctx: T
     if limiter is None:
         yield
         return
-    ctx.tokens = await CallTokens.admit(limiter, tenant, tool.name, tool.holds_slot, tool.calls_model)
+    ctx.tokens = await CallTokens.admit(
+        limiter, tenant, tool.name, tool.holds_slot, tool.calls_model, tool.writes_threads
+    )
     try:
         yield
     finally:

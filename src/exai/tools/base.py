@@ -262,14 +262,20 @@ class ToolContext:
         returns the answer marked as not saved to the thread (`unsaved_thread`, `unsaved_because`); with nothing
         paid, the error is raised (a refusal before anything was spent).
 
-        When the call's models have answered and none is being asked (`answered`: the turns hold a paid answer,
-        not a workflow step that an expert call follows), the call's slot goes back and its tokens are settled
-        (with Redis, one round trip) while the turns are written: the answer waits for the longer of the two, not
-        for both one after the other. A model asked after that is refused (`CallTokens.reserve`)."""
-        if self.tokens is not None and self.answered:
-            self._settling = asyncio.create_task(self.tokens.close())
+        The characters the write adds count against the tenant's thread text of the day. When the call's models
+        have answered and none is being asked (`answered`: the turns hold a paid answer, not a workflow step that
+        an expert call follows), the call's slot goes back and its tokens and text are settled (with Redis, one
+        round trip) while the turns are written: the answer waits for the longer of the two, not for both one after
+        the other. A model asked after that is refused (`CallTokens.reserve`)."""
+
+        def counted(chars: int) -> None:  # just before the write
+            if self.tokens is not None:
+                self.tokens.add_thread_text(chars)
+                if self.answered:
+                    self._settling = asyncio.create_task(self.tokens.close())
+
         try:
-            await self._services.conversations.record(thread, turns, tool, change)
+            await self._services.conversations.record(thread, turns, tool, change, before_write=counted)
         except ExaiError as exc:
             if not self.paid:
                 raise
@@ -449,6 +455,8 @@ class Tool(Generic[InputT, OutputT]):
     """None: the tool returns whole results (`collect` returns another call's), and declares no output schema."""
     read_only: ClassVar[bool] = True
     calls_model: ClassVar[bool] = False
+    writes_threads: ClassVar[bool] = False
+    """Whether a call of this tool adds to a thread (refused once the tenant's thread text of the day is spent)."""
     holds_slot: ClassVar[bool] = True
     """Whether a call of this tool takes a slot of the tenant's limits (not `collect`: the call it waits for has)."""
 

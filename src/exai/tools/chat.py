@@ -101,6 +101,7 @@ class ChatTool(Tool[ChatInput, ChatOutput]):
     input_model = ChatInput
     output_model = ChatOutput
     calls_model = True
+    writes_threads = True
 
     async def run(self, args: ChatInput, ctx: ToolContext) -> ToolResult[ChatOutput]:
         limit = ctx.settings.max_prompt_chars

@@ -95,6 +95,7 @@ class ConsensusTool(Tool[ConsensusInput, ConsensusOutput]):
     input_model = ConsensusInput
     output_model = ConsensusOutput
     calls_model = True
+    writes_threads = True
 
     async def run(self, args: ConsensusInput, ctx: ToolContext) -> ToolResult[ConsensusOutput]:
         # Each expert is asked exactly the model named: consensus never substitutes one model for another.

@@ -112,6 +112,7 @@ class WorkflowTool(Tool[WorkflowInput, WorkflowOutput]):
     input_model = WorkflowInput
     output_model = WorkflowOutput
     read_only = True
+    writes_threads = True
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
