@@ -60,6 +60,11 @@ async def redis_proxy(redis_url: str, port: int) -> AsyncIterator[None]:
         await server.wait_closed()
 
 
+def through_proxy(redis_url: str, port: int) -> str:
+    """`redis_url` (its database too) reached through `redis_proxy` on `port`."""
+    return urlparse(redis_url)._replace(netloc=f"127.0.0.1:{port}").geturl()
+
+
 async def test_open_mode_keeps_per_replica_limits_while_redis_is_down(daemon: Daemon, sim: SimControl) -> None:
     proc = daemon(
         EXAI_JWT_SECRET=TEST_JWT_SECRET,
@@ -82,7 +87,7 @@ def _degraded(limiter: RedisLimiter) -> bool:
 
 async def test_redis_dying_mid_run_degrades_to_local_limits_and_recovers(redis_url: str) -> None:
     port = free_port()
-    redis = aioredis.from_url(f"redis://127.0.0.1:{port}/0", socket_timeout=2, socket_connect_timeout=2)
+    redis = aioredis.from_url(through_proxy(redis_url, port), socket_timeout=2, socket_connect_timeout=2)
     limiter = RedisLimiter(redis, Limits(concurrent=1), {}, "open", 60)
     elsewhere = f"tenant-{uuid.uuid4().hex[:8]}"
     async with redis_proxy(redis_url, port):
@@ -320,3 +325,32 @@ async def test_a_killed_replicas_concurrency_slot_comes_back_within_the_call_lea
 
         # 20 leases: a slow machine's margin, and still well short of the old lease of 11 minutes
         await wait_until(answered, "the killed replica's slot came back", ceiling=60, every=1.0)
+
+
+async def test_thread_text_is_counted_by_the_replica_while_redis_is_down(redis_url: str) -> None:
+    """While Redis is away, the day's thread text goes on from the count Redis last reported, and what a call whose
+    release could not reach Redis wrote is counted by this replica: an outage is not a fresh allowance."""
+    port = free_port()
+    redis = aioredis.from_url(through_proxy(redis_url, port), socket_timeout=2, socket_connect_timeout=2)
+    limiter = RedisLimiter(redis, Limits(thread_chars_per_day=5000), {}, "open", 60)
+    tenant = f"tenant-{uuid.uuid4().hex[:8]}"
+    async with redis_proxy(redis_url, port):
+        await limiter.release(await limiter.acquire(tenant), thread_chars=3000)  # counted in Redis
+        running = await limiter.acquire(tenant)
+        assert not running.local
+    await limiter.release(running, thread_chars=1500)  # Redis is gone: counted here, 4,500 in all
+    again = await limiter.acquire(tenant)
+    assert again.local and limiter.degraded, "Redis is gone: the per-replica fallback admits"
+    await limiter.release(again, thread_chars=600)
+    with pytest.raises(RateLimitError) as caught:
+        await limiter.acquire(tenant)
+    assert caught.value.code == "rate_limited_thread_text", "3,000 from Redis and 2,100 here pass 5,000"
+    await limiter.release(await limiter.acquire(tenant, writes_threads=False))  # `threads` and the like still pass
+    direct = aioredis.from_url(redis_url)
+    try:
+        key = f"{tenant_keys(tenant)}:thread_text:{int(time.time() // 86400)}"
+        assert await redis_int(direct, key) == 3000
+        await direct.delete(key)
+    finally:
+        await direct.aclose()
+    await redis.aclose()

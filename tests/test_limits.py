@@ -258,3 +258,42 @@ async def test_a_tenant_stops_adding_to_threads_once_its_day_of_thread_text_is_s
             assert 2 * 2 * 1500 <= int(await redis.get(keys[0])) < 2 * 2 * 1500 + 1000
         finally:
             await redis.aclose()
+
+
+async def test_a_write_the_store_refused_costs_no_thread_text(
+    daemon: Daemon, redis_url: str, postgres_url: str, pg_schema: str
+) -> None:
+    """The characters of a workflow step were counted before its write, so steps the store refused (a database
+    failing, a thread that kept changing) spent the day's allowance with nothing kept: a minute of retries during an
+    outage could spend the day (a cold review's finding). A step is counted once its turns are written."""
+    import psycopg
+
+    tenant = f"tenant-{uuid.uuid4().hex[:8]}"
+    proc = daemon(
+        EXAI_JWT_SECRET=SECRET,
+        EXAI_REDIS_URL=redis_url,
+        EXAI_RATE_LIMIT_THREAD_CHARS_PER_DAY="5000",
+        EXAI_DATABASE_URL=postgres_url,
+        EXAI_DATABASE_SCHEMA=pg_schema,
+    )
+    token = issue_token(SECRET, tenant, ["exai:tools"], 600)
+    step = {"step": "x" * 1500, "step_number": 1, "total_steps": 2, "next_step_required": True}
+    async with (
+        mcp_client(proc.url, token) as client,
+        await psycopg.AsyncConnection.connect(postgres_url, autocommit=True) as db,
+    ):
+        await db.execute(
+            f'CREATE FUNCTION "{pg_schema}".refused() RETURNS trigger LANGUAGE plpgsql AS '
+            "$$ BEGIN RAISE EXCEPTION 'this store takes no threads now'; END $$"
+        )
+        await db.execute(
+            f'CREATE TRIGGER refused BEFORE INSERT ON "{pg_schema}".threads '
+            f'FOR EACH ROW EXECUTE FUNCTION "{pg_schema}".refused()'
+        )
+        failed = [await client.call_tool("planner", step) for _ in range(3)]
+        await db.execute(f'DROP TRIGGER refused ON "{pg_schema}".threads')
+        kept = [await client.call_tool("planner", step) for _ in range(2)]
+        refused = await client.call_tool("planner", step)
+    assert all(r.is_error for r in failed), [r.content for r in failed]
+    assert all(not r.is_error for r in kept), [r.content for r in kept]
+    assert tool_error(refused)["code"] == "rate_limited_thread_text", "what was kept counts"

@@ -66,7 +66,7 @@ class Limits(BaseModel):
     (a Tasks client polls `tasks/get` every 2 s per task: 600 a minute leaves room for 20 tasks polled at once)."""
     thread_chars_per_day: int = Field(default=100_000_000, ge=1)
     """Characters a tenant's calls may add to its threads in a day (turns, and workflow steps kept in a thread's
-    state): what the store holds for a tenant is bounded by this times the days a thread lives."""
+    state): what the store holds for a tenant grows by at most about this a day."""
 
 
 TENANT_LIMIT_KEYS = tuple(Limits.model_fields)

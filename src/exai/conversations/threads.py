@@ -172,7 +172,7 @@ class Conversations:
         same turns and change are applied to it; after `WRITE_ATTEMPTS` the call is refused (retryable).
         Each turn's tokens are counted here, once, so later prompts never count the history again.
         `before_write` is told, once, just before the first write, how many characters it adds to the thread: its
-        turns' text and what the state change adds to the thread's workflow steps."""
+        turns' text and file names, and what the state change adds to the thread's workflow steps."""
         turns = [
             t if t.tokens is not None else t.model_copy(update={"tokens": await count_tokens_async(t.content)})
             for t in turns
@@ -185,7 +185,7 @@ class Conversations:
             record, numbered = _next(thread.record, turns, tool, state, expires_at=time.time() + self.ttl)
             if before_write is not None:
                 grown = state.text_chars - thread.state.text_chars if change is not None else 0
-                before_write(sum(len(t.content) for t in turns) + max(0, grown))
+                before_write(sum(len(t.content) + sum(map(len, t.files)) for t in turns) + max(0, grown))
                 before_write = None
             conflict: ThreadConflict | None = None
             async with self._timed("append_turns"):

@@ -73,7 +73,7 @@ class RateLimiter(Protocol):
     with its slot (see `call_tokens.remember_prepay`)."""
 
     async def acquire(
-        self, tenant: str, prepay: int = 0, spends_tokens: bool = True, writes_threads: bool = False
+        self, tenant: str, prepay: int = 0, spends_tokens: bool = True, writes_threads: bool = True
     ) -> Lease:
         """A slot of the tenant's limits and, if `prepay` tokens fit today's budget, those too (else none). A call
         that `spends_tokens` (asks a model) is refused once the day's budget is spent; one that does not (`threads`,
@@ -114,7 +114,8 @@ def _rejected(reason: str, limit: int, retry_after: float) -> RateLimitError:
     reuse = {
         "sessions": "Reuse one MCP session for many calls instead of opening one per call. ",
         "tasks": "Poll less often (tasks/result and collect wait for the end in one request). ",
-        "thread_text": "Tools that write no thread (threads, version, listmodels) still answer. ",
+        "thread_text": "The day's count starts again at 00:00 UTC; the tools that write no thread (threads, version, "
+        "listmodels, challenge, collect) still answer. ",
     }.get(reason, "")
     return RateLimitError(
         f"Rate limit reached: {what}.",
@@ -156,7 +157,7 @@ class LocalLimiter:
         return self.overrides.get(tenant, self.defaults)
 
     async def acquire(
-        self, tenant: str, prepay: int = 0, spends_tokens: bool = True, writes_threads: bool = False
+        self, tenant: str, prepay: int = 0, spends_tokens: bool = True, writes_threads: bool = True
     ) -> Lease:
         limits, now = self.limits(tenant), time.time()
         recent = _trimmed(self._recent[tenant], now)
@@ -187,10 +188,9 @@ class LocalLimiter:
         """Count `chars` more added to the tenant's threads today."""
         self._thread_text[(tenant, int(time.time() // DAY))] += chars
 
-    def note_thread_text(self, tenant: str, total: int) -> None:
-        """Remember today's thread text as Redis last reported it, so a fallback during an outage starts from it."""
-        key = (tenant, int(time.time() // DAY))
-        self._thread_text[key] = max(self._thread_text[key], total)
+    def note_thread_text(self, tenant: str, day: int, total: int) -> None:
+        """Remember a day's thread text as Redis last reported it, so a fallback during an outage starts from it."""
+        self._thread_text[(tenant, day)] = max(self._thread_text[(tenant, day)], total)
 
     async def reserve_tokens(self, tenant: str, tokens: int) -> TokenReservation:
         limit, now = self.limits(tenant).tokens_per_day, time.time()
@@ -300,7 +300,7 @@ class RedisLimiter:
             raise _rejected("unavailable", 0, REDIS_RETRY_SECONDS)
 
     async def acquire(
-        self, tenant: str, prepay: int = 0, spends_tokens: bool = True, writes_threads: bool = False
+        self, tenant: str, prepay: int = 0, spends_tokens: bool = True, writes_threads: bool = True
     ) -> Lease:
         if self._redis_paused():
             self._refuse_if_closed()
@@ -335,7 +335,7 @@ class RedisLimiter:
             raise
         self._redis_answered()
         self.fallback.note_used(tenant, int(used))
-        self.fallback.note_thread_text(tenant, int(written))
+        self.fallback.note_thread_text(tenant, int(now // DAY), int(written))
         verdict = verdict.decode() if isinstance(verdict, bytes) else verdict
         if verdict != "ok":
             limit = {
@@ -415,11 +415,11 @@ class RedisLimiter:
             self.fallback.add_thread_text(lease.tenant, thread_chars)
             return
         today = int(now // DAY)
-        for day, total in zip(days, totals, strict=False):
+        for day, total in zip(days, totals[: len(days)], strict=True):
             if day == today:
                 self.fallback.note_used(lease.tenant, int(total))
         if thread_chars:
-            self.fallback.note_thread_text(lease.tenant, int(totals[-1]))
+            self.fallback.note_thread_text(lease.tenant, today, int(totals[-1]))
 
     async def reserve_tokens(self, tenant: str, tokens: int) -> TokenReservation:
         if self._redis_paused():

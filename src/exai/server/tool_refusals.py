@@ -24,7 +24,9 @@ async def charge_refusal(services: Services, tenant: str) -> None:
     """Count one refused call against `tenant`'s limits; raises `RateLimitError` when they are spent."""
     limiter = services.limiter
     if limiter is not None:
-        await limiter.release(await limiter.acquire(tenant, spends_tokens=False))  # refused for its own reason
+        await limiter.release(
+            await limiter.acquire(tenant, spends_tokens=False, writes_threads=False)
+        )  # refused for its own reason
 
 
 async def unknown_tool(services: Services, name: str, tenant: str, correlation_id: str, visible: list[str]) -> MCPError:

@@ -262,20 +262,26 @@ class ToolContext:
         returns the answer marked as not saved to the thread (`unsaved_thread`, `unsaved_because`); with nothing
         paid, the error is raised (a refusal before anything was spent).
 
-        The characters the write adds count against the tenant's thread text of the day. When the call's models
-        have answered and none is being asked (`answered`: the turns hold a paid answer, not a workflow step that
-        an expert call follows), the call's slot goes back and its tokens and text are settled (with Redis, one
-        round trip) while the turns are written: the answer waits for the longer of the two, not for both one after
-        the other. A model asked after that is refused (`CallTokens.reserve`)."""
+        The characters the write adds count against the tenant's thread text of the day once they are written.
+        When the call's models have answered and none is being asked (`answered`: the turns hold a paid answer,
+        not a workflow step that an expert call follows), the call's slot goes back and its tokens and text are
+        settled (with Redis, one round trip) while the turns are written: the answer waits for the longer of the
+        two, not for both one after the other (the text is then counted even if the write fails). A model asked
+        after that is refused (`CallTokens.reserve`)."""
+        writing = 0
 
-        def counted(chars: int) -> None:  # just before the write
-            if self.tokens is not None:
+        def about_to_write(chars: int) -> None:
+            nonlocal writing
+            if self.tokens is not None and self.answered:
                 self.tokens.add_thread_text(chars)
-                if self.answered:
-                    self._settling = asyncio.create_task(self.tokens.close())
+                self._settling = asyncio.create_task(self.tokens.close())
+            else:
+                writing = chars
 
         try:
-            await self._services.conversations.record(thread, turns, tool, change, before_write=counted)
+            await self._services.conversations.record(thread, turns, tool, change, before_write=about_to_write)
+            if self.tokens is not None and writing:
+                self.tokens.add_thread_text(writing)
         except ExaiError as exc:
             if not self.paid:
                 raise
