@@ -255,7 +255,7 @@ async def test_a_tenant_stops_adding_to_threads_once_its_day_of_thread_text_is_s
         try:
             keys = await redis.keys(f"{tenant_keys(tenant)}:thread_text:*")
             assert len(keys) == 1, keys
-            assert 2 * 2 * 1500 <= await redis_int(redis, keys[0]) < 2 * 2 * 1500 + 1000
+            assert 2 * 2 * 1500 <= await redis_int(redis, keys[0].decode()) < 2 * 2 * 1500 + 1000
         finally:
             await redis.aclose()
 
