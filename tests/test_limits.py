@@ -17,7 +17,7 @@ from exai.errors import RateLimitError
 from exai.security.auth import issue_token
 from exai.security.limits import LocalLimiter, RedisLimiter, tenant_keys
 from tests.conftest import Proc, SimControl
-from tests.helpers import hold_writes, mcp_client, redis_int, tool_error, wait_until
+from tests.helpers import hold_writes, mcp_client, tool_error, wait_until
 
 pytestmark = pytest.mark.anyio
 SECRET = "a-test-secret-that-is-long-enough-0123456789"
@@ -255,7 +255,8 @@ async def test_a_tenant_stops_adding_to_threads_once_its_day_of_thread_text_is_s
         try:
             keys = await redis.keys(f"{tenant_keys(tenant)}:thread_text:*")
             assert len(keys) == 1, keys
-            assert 2 * 2 * 1500 <= await redis_int(redis, keys[0].decode()) < 2 * 2 * 1500 + 1000
+            count = await redis.get(keys[0])
+            assert count is not None and 2 * 2 * 1500 <= int(count) < 2 * 2 * 1500 + 1000, count
         finally:
             await redis.aclose()
 
