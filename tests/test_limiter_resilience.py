@@ -327,28 +327,28 @@ async def test_a_killed_replicas_concurrency_slot_comes_back_within_the_call_lea
         await wait_until(answered, "the killed replica's slot came back", ceiling=60, every=1.0)
 
 
-async def test_thread_text_is_counted_by_the_replica_while_redis_is_down(redis_url: str) -> None:
-    """While Redis is away, the day's thread text goes on from the count Redis last reported, and what a call whose
+async def test_stored_text_is_counted_by_the_replica_while_redis_is_down(redis_url: str) -> None:
+    """While Redis is away, the day's stored text goes on from the count Redis last reported, and what a call whose
     release could not reach Redis wrote is counted by this replica: an outage is not a fresh allowance."""
     port = free_port()
     redis = aioredis.from_url(through_proxy(redis_url, port), socket_timeout=2, socket_connect_timeout=2)
-    limiter = RedisLimiter(redis, Limits(thread_chars_per_day=5000), {}, "open", 60)
+    limiter = RedisLimiter(redis, Limits(stored_chars_per_day=5000), {}, "open", 60)
     tenant = f"tenant-{uuid.uuid4().hex[:8]}"
     async with redis_proxy(redis_url, port):
-        await limiter.release(await limiter.acquire(tenant), thread_chars=3000)  # counted in Redis
+        await limiter.release(await limiter.acquire(tenant), stored_chars=3000)  # counted in Redis
         running = await limiter.acquire(tenant)
         assert not running.local
-    await limiter.release(running, thread_chars=1500)  # Redis is gone: counted here, 4,500 in all
+    await limiter.release(running, stored_chars=1500)  # Redis is gone: counted here, 4,500 in all
     again = await limiter.acquire(tenant)
     assert again.local and limiter.degraded, "Redis is gone: the per-replica fallback admits"
-    await limiter.release(again, thread_chars=600)
+    await limiter.release(again, stored_chars=600)
     with pytest.raises(RateLimitError) as caught:
         await limiter.acquire(tenant)
-    assert caught.value.code == "rate_limited_thread_text", "3,000 from Redis and 2,100 here pass 5,000"
+    assert caught.value.code == "rate_limited_stored_text", "3,000 from Redis and 2,100 here pass 5,000"
     await limiter.release(await limiter.acquire(tenant, writes_threads=False))  # `threads` and the like still pass
     direct = aioredis.from_url(redis_url)
     try:
-        key = f"{tenant_keys(tenant)}:thread_text:{int(time.time() // 86400)}"
+        key = f"{tenant_keys(tenant)}:stored_text:{int(time.time() // 86400)}"
         assert await redis_int(direct, key) == 3000
         await direct.delete(key)
     finally:

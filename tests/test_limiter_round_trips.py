@@ -136,13 +136,13 @@ async def test_the_prepayment_is_taken_only_when_it_fits_and_settled_exactly(red
         claim.used = 320
         failed = await call.reserve(100)  # the rest of it: a model call that fails is charged nothing
         assert failed.reservation is claim.reservation
-        call.add_thread_text(70)  # counted in the settlement's round trip
+        call.add_stored_text(70)  # counted in the settlement's round trip
         await call.close()
         await call.close()  # settled once, however often it is closed
         with pytest.raises(RuntimeError, match="after its call's tokens were settled"):
             await call.reserve(10)  # a reservation after the settlement would never be settled: refused
-        with pytest.raises(RuntimeError, match="wrote to a thread after"):
-            call.add_thread_text(10)  # nor would characters counted after it
+        with pytest.raises(RuntimeError, match="stored text after"):
+            call.add_stored_text(10)  # nor would characters counted after it
         assert limiter.prepay_sizes[(tenant, "chat")] == 400, "what this tenant's call reserved in all"
         limiter.prepay_sizes[(tenant, "chat")] = (
             900  # 1.125 * 900 does not fit what is left of 1000: nothing is prepaid
@@ -152,8 +152,8 @@ async def test_the_prepayment_is_taken_only_when_it_fits_and_settled_exactly(red
         (await big.reserve(600)).used = 650  # a reservation of its own, checked against the budget
         await big.close()
     assert await redis_int(redis, key) == 320 + 650, "the shared count is what the calls used"
-    text_key = f"{tenant_keys(tenant)}:thread_text:{int(time.time() // DAY)}"
-    assert await redis_int(redis, text_key) == 70, "the thread text went with the settlement"
+    text_key = f"{tenant_keys(tenant)}:stored_text:{int(time.time() // DAY)}"
+    assert await redis_int(redis, text_key) == 70, "the stored text went with the settlement"
     await redis.delete(key, text_key)
     assert await redis.zcard(f"{tenant_keys(tenant)}:slots") == 0
     await redis.aclose()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -220,7 +221,7 @@ async def test_a_tenant_past_its_token_budget_still_uses_the_tools_that_ask_no_m
 
 
 @pytest.mark.parametrize("shared", [False, True], ids=["local", "redis"])
-async def test_a_tenant_stops_adding_to_threads_once_its_day_of_thread_text_is_spent(
+async def test_a_tenant_stops_adding_to_threads_once_its_day_of_stored_text_is_spent(
     daemon: Daemon, redis_url: str, shared: bool
 ) -> None:
     """A workflow step asks no model and costs no tokens, so nothing bounded what a tenant kept in the store but its
@@ -230,7 +231,7 @@ async def test_a_tenant_stops_adding_to_threads_once_its_day_of_thread_text_is_s
     tenant = f"tenant-{uuid.uuid4().hex[:8]}"
     proc = daemon(
         EXAI_JWT_SECRET=SECRET,
-        EXAI_RATE_LIMIT_THREAD_CHARS_PER_DAY="5000",
+        EXAI_RATE_LIMIT_STORED_CHARS_PER_DAY="5000",
         **({"EXAI_REDIS_URL": redis_url} if shared else {}),
     )
     token = issue_token(SECRET, tenant, ["exai:tools", "exai:admin"], 600)
@@ -244,16 +245,16 @@ async def test_a_tenant_stops_adding_to_threads_once_its_day_of_thread_text_is_s
         status = await client.call_tool("status", {})
     assert not first.is_error and not second.is_error, (first.content, second.content)
     error = tool_error(refused)
-    assert error["code"] == "rate_limited_thread_text", error
-    assert "5,000 characters added to threads per day" in error["message"], error
+    assert error["code"] == "rate_limited_stored_text", error
+    assert "5,000 characters stored per day" in error["message"], error
     assert 0 < error["details"]["retry_after_seconds"] <= 86400, error
-    assert tool_error(chat)["code"] == "rate_limited_thread_text", "a chat adds to a thread too"
+    assert tool_error(chat)["code"] == "rate_limited_stored_text", "a chat adds to a thread too"
     assert not listed.is_error and not status.is_error, (listed.content, status.content)
     assert len((listed.structured_content or {})["threads"]) == 2, listed.structured_content
     if shared:  # one count for every replica: the step's text twice (the turn and the workflow state) per call
         redis = aioredis.from_url(redis_url)
         try:
-            keys = await redis.keys(f"{tenant_keys(tenant)}:thread_text:*")
+            keys = await redis.keys(f"{tenant_keys(tenant)}:stored_text:*")
             assert len(keys) == 1, keys
             count = await redis.get(keys[0])
             assert count is not None and 2 * 2 * 1500 <= int(count) < 2 * 2 * 1500 + 1000, count
@@ -261,7 +262,7 @@ async def test_a_tenant_stops_adding_to_threads_once_its_day_of_thread_text_is_s
             await redis.aclose()
 
 
-async def test_a_write_the_store_refused_costs_no_thread_text(
+async def test_a_write_the_store_refused_costs_no_stored_text(
     daemon: Daemon, redis_url: str, postgres_url: str, pg_schema: str
 ) -> None:
     """The characters of a workflow step were counted before its write, so steps the store refused (a database
@@ -273,7 +274,7 @@ async def test_a_write_the_store_refused_costs_no_thread_text(
     proc = daemon(
         EXAI_JWT_SECRET=SECRET,
         EXAI_REDIS_URL=redis_url,
-        EXAI_RATE_LIMIT_THREAD_CHARS_PER_DAY="5000",
+        EXAI_RATE_LIMIT_STORED_CHARS_PER_DAY="5000",
         EXAI_DATABASE_URL=postgres_url,
         EXAI_DATABASE_SCHEMA=pg_schema,
     )
@@ -297,4 +298,45 @@ async def test_a_write_the_store_refused_costs_no_thread_text(
         refused = await client.call_tool("planner", step)
     assert all(r.is_error for r in failed), [r.content for r in failed]
     assert all(not r.is_error for r in kept), [r.content for r in kept]
-    assert tool_error(refused)["code"] == "rate_limited_thread_text", "what was kept counts"
+    assert tool_error(refused)["code"] == "rate_limited_stored_text", "what was kept counts"
+
+
+async def test_a_workflow_step_sent_again_counts_the_result_its_call_keeps(daemon: Daemon, redis_url: str) -> None:
+    """A workflow step sent again unchanged adds nothing to its thread, but its call's record keeps the result for a
+    day, and the result echoes the run's issues: 100 resends of a step with one 90,000-character issue kept 9 MB in
+    the store with nothing counted (an attack round's finding). A recorded call's result counts too."""
+    tenant = f"tenant-{uuid.uuid4().hex[:8]}"
+    proc = daemon(EXAI_JWT_SECRET=SECRET, EXAI_REDIS_URL=redis_url, EXAI_RATE_LIMIT_STORED_CHARS_PER_DAY="12000")
+    token = issue_token(SECRET, tenant, ["exai:tools"], 600)
+    issue = {"severity": "high", "description": "y" * 3000}
+    step = {"step": "look", "step_number": 1, "total_steps": 2, "next_step_required": True, "issues_found": [issue]}
+    async with mcp_client(proc.url, token) as client:
+        first = await client.call_tool("thinkdeep", step)  # the issue as a turn, in the state and in the result
+        assert not first.is_error, first.content
+        again = {**step, "continuation_id": (first.structured_content or {})["continuation_id"]}
+        results = [await client.call_tool("thinkdeep", again) for _ in range(4)]
+    codes = [tool_error(r)["code"] if r.is_error else "ok" for r in results]
+    assert codes[0] == "ok" and "rate_limited_stored_text" in codes, codes
+
+
+async def test_a_thread_keeps_each_file_once_and_its_paths_count(daemon: Daemon, tmp_path: Path) -> None:
+    """`files` were kept with the turn as sent: 200 spellings of one 4,000-character path (`/r/./././f`) stored
+    820,000 characters a call, none of them counted, and every later call of the thread sorted them with list
+    lookups on the event loop (an attack round's finding: another tenant's call waited seconds). A path is kept
+    in its normal form, once, and the stored text counts it."""
+    (tmp_path / "f.txt").write_text("hello\n")
+    spellings = [f"{tmp_path}/{'./' * n}f.txt" for n in range(200)]
+    tenant = f"tenant-{uuid.uuid4().hex[:8]}"
+    proc = daemon(
+        EXAI_JWT_SECRET=SECRET, EXAI_FILE_ROOTS=str(tmp_path), EXAI_RATE_LIMIT_STORED_CHARS_PER_DAY="50000"
+    )  # the 200 spellings take about 53,000 characters
+    token = issue_token(SECRET, tenant, ["exai:tools"], 600)
+    async with mcp_client(proc.url, token) as client:
+        answer = await client.call_tool("chat", {"prompt": "x", "model": "sim-fast", "files": spellings})
+        assert not answer.is_error, answer.content
+        thread = (answer.structured_content or {})["continuation_id"]
+        shown = await client.call_tool("threads", {"action": "show", "thread_id": thread})
+        admitted = await client.call_tool("chat", {"prompt": "y", "model": "sim-fast"})
+    assert (shown.structured_content or {})["turns"][0]["files"] == [f"{tmp_path}/f.txt"], shown.structured_content
+    assert (answer.structured_content or {})["files_included"] == [f"{tmp_path}/f.txt"]
+    assert not admitted.is_error, "one path counted, not 200 spellings of it"

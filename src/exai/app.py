@@ -118,7 +118,7 @@ LIMIT_SETTINGS = frozenset(
         "rate_limit_concurrency",
         "rate_limit_tokens_per_day",
         "rate_limit_task_rpm",
-        "rate_limit_thread_chars_per_day",
+        "rate_limit_stored_chars_per_day",
         "tenant_limits",
     }
 )
@@ -133,7 +133,7 @@ def build_limiter(settings: Settings, redis: aioredis.Redis | None) -> RateLimit
         concurrent=settings.rate_limit_concurrency,
         tokens_per_day=settings.rate_limit_tokens_per_day,
         task_requests_per_minute=settings.rate_limit_task_rpm,
-        thread_chars_per_day=settings.rate_limit_thread_chars_per_day,
+        stored_chars_per_day=settings.rate_limit_stored_chars_per_day,
     )
     overrides = {tenant: defaults.model_copy(update=values) for tenant, values in settings.tenant_limits.items()}
     if redis is None:

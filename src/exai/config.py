@@ -64,9 +64,10 @@ class Limits(BaseModel):
     task_requests_per_minute: int = Field(default=1200, ge=1)  # above 32 tasks polled every 2 s (960)
     """`tasks/get`, `tasks/result`, `tasks/list`, `tasks/cancel`, `tasks/update`: store reads, in a window of their own
     (a Tasks client polls `tasks/get` every 2 s per task: 600 a minute leaves room for 20 tasks polled at once)."""
-    thread_chars_per_day: int = Field(default=100_000_000, ge=1)
-    """Characters a tenant's calls may add to its threads in a day (turns, and workflow steps kept in a thread's
-    state): what the store holds for a tenant grows by at most about this a day."""
+    stored_chars_per_day: int = Field(default=100_000_000, ge=1)
+    """Characters a tenant's calls may leave in the store in a day (the turns and workflow steps they add to threads,
+    and the results of recorded calls, kept for `collect` and `tasks/result`): what the store holds for a tenant grows
+    by at most about this a day."""
 
 
 TENANT_LIMIT_KEYS = tuple(Limits.model_fields)
@@ -215,7 +216,7 @@ class Settings(ProviderSettings):
     rate_limit_concurrency: int = Field(default=_DEFAULT_LIMITS.concurrent, ge=1)
     rate_limit_tokens_per_day: int = Field(default=_DEFAULT_LIMITS.tokens_per_day, ge=1)
     rate_limit_task_rpm: int = Field(default=_DEFAULT_LIMITS.task_requests_per_minute, ge=1)
-    rate_limit_thread_chars_per_day: int = Field(default=_DEFAULT_LIMITS.thread_chars_per_day, ge=1)
+    rate_limit_stored_chars_per_day: int = Field(default=_DEFAULT_LIMITS.stored_chars_per_day, ge=1)
     tenant_limits: TenantLimits = Field(default_factory=dict)
     rate_limit_on_redis_error: Literal["open", "closed"] = "open"
     max_sessions_per_tenant: int = Field(default=64, ge=1)

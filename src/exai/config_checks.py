@@ -33,7 +33,7 @@ from exai.provider_specs import PROVIDER_SPECS
 _URL_FIX = "write the whole URL with its scheme, e.g. http://127.0.0.1:11434/v1"
 _FIXES = {
     "tenant_limits": "give each tenant whole numbers for requests_per_minute, concurrent, tokens_per_day, "
-    "task_requests_per_minute or thread_chars_per_day, "
+    "task_requests_per_minute or stored_chars_per_day, "
     'e.g. {"alice": {"requests_per_minute": 60, "concurrent": 4}}',
     "api_keys": "make each entry with `exai token apikey --tenant NAME` and join entries with commas",
     "database_url": "use sqlite:////absolute/path/exai.db (four slashes), sqlite:///./relative/exai.db or "

@@ -3,8 +3,9 @@
 The budget is the model's context window minus room for the answer, the system prompt and the new request.
 Files referenced anywhere in the thread are embedded once, in their current version: this call's files first
 (they may use the whole budget), then those of earlier turns, newest reference first (up to `FILE_SHARE` of it).
-All of them together stay under the per-call byte cap (EXAI_MAX_FILE_BYTES_PER_CALL). A file is either embedded or
-listed in `files_skipped` with the reason; this call's files must be readable. Turns are taken newest first until the
+All of them together stay under the per-call byte cap (EXAI_MAX_FILE_BYTES_PER_CALL); an earlier turn's file is
+not read once that share or the cap is spent. A file is either embedded or listed in `files_skipped` with the
+reason; this call's files must be readable. Turns are taken newest first until the
 budget is spent and then presented in order.
 """
 
@@ -56,17 +57,19 @@ async def build_prompt(
     budget = int(model.context_window * (1 - SAFETY_MARGIN)) - max_output_for(model, max_output_tokens) - fixed
     budget = max(budget, 0)
 
-    # Files: this call's first, then those earlier turns referenced, newest first, each once.
-    ordered: list[str] = []
-    for path in [*files, *(p for turn in reversed(turns) for p in turn.files)]:
-        if path not in ordered:
-            ordered.append(path)
+    # Files: this call's first, then those earlier turns referenced, newest first, each once. An earlier turn's file
+    # is not even read once the files' share of the budget or their bytes are spent (a thread may name thousands).
+    named_now = set(files)
+    ordered = dict.fromkeys([*files, *(p for turn in reversed(turns) for p in turn.files)])
     blocks: list[str] = []
-    included: list[str] = []
+    included: dict[str, None] = {}
     skipped: list[SkippedFile] = []
     spent = size = 0
     for path in ordered:
-        named = path in files
+        named = path in named_now
+        if not named and (spent >= int(budget * FILE_SHARE) or size >= file_access.max_total_bytes):
+            skipped.append(SkippedFile(path=path, reason="not read: earlier files already fill this call's room"))
+            continue
         try:
             (item,) = await file_access.read([path])
         except ExaiError as exc:
@@ -94,7 +97,7 @@ async def build_prompt(
             skipped.append(SkippedFile(path=path, reason=reason))
             continue
         blocks.append(block)
-        included.append(item.path)
+        included[item.path] = None
         spent += cost
         size += item.size
 
@@ -116,7 +119,7 @@ async def build_prompt(
         messages[-1] = Message(role="user", content=messages[-1].content + "\n\n" + final)
     else:
         messages.append(Message(role="user", content=final))
-    return Prompt(messages, len(kept), included, skipped, spent + fixed)
+    return Prompt(messages, len(kept), list(included), skipped, spent + fixed)
 
 
 def _alternate(messages: list[Message]) -> list[Message]:

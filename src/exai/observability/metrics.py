@@ -57,7 +57,7 @@ FINE_BUCKETS = (
 """Milliseconds apart around the 5 ms overhead bound and the 10 ms commit bound: a store's commit or the gateway's
 own time is read from these, and a p95 between two coarse buckets would be a guess."""
 BREAKER_VALUES = {"closed": 0, "half_open": 1, "open": 2}
-RATE_LIMITS = ("rpm", "concurrency", "tokens", "thread_text", "sessions", "tasks", "unavailable")
+RATE_LIMITS = ("rpm", "concurrency", "tokens", "stored_text", "sessions", "tasks", "unavailable")
 """The `limit` label of exai_rate_limit_rejections_total: the reasons security/limits.py refuses a call for."""
 STORAGE_OPERATIONS = ("read_thread", "append_turns", "create_call", "finish_call", "read_call")
 """The `operation` label of exai_storage_errors_total and exai_storage_latency_seconds: a thread's reads and writes

@@ -9,7 +9,7 @@ request was sent used its prompt and whatever had streamed back (the vendor bill
 before it was sent used nothing. `close` runs once, whatever the outcome (answered, failed, cancelled): it gives
 the slot back and replaces every reservation by what its model calls used, in one round trip with Redis. The day's
 counter ends at exactly what the upstream reported; a prepayment no model call drew on is given back whole. The
-characters the call added to threads (`add_thread_text`, before each write) are counted in that same round trip.
+characters the call stored (`add_stored_text`: its thread writes, its kept result) go in that same round trip.
 """
 
 from __future__ import annotations
@@ -56,8 +56,8 @@ class CallTokens:
     claims: list[TokenClaim] = field(default_factory=list)
     unclaimed: int = 0
     """Tokens prepaid with the slot that no model call has claimed yet."""
-    thread_chars: int = 0
-    """Characters the call is adding to threads: counted against today's thread text when it closes."""
+    stored_chars: int = 0
+    """Characters the call stored: counted against today's stored text when it closes."""
     _closed: bool = False
 
     @classmethod
@@ -65,7 +65,7 @@ class CallTokens:
         cls, limiter: RateLimiter, tenant: str, tool: str, holds_slot: bool, asks_model: bool, writes_threads: bool
     ) -> CallTokens:
         """The call's slot (unless the tool holds none) with a prepayment when the tool asks a model; only such a
-        call is refused for a spent budget, and only one that writes threads for the day's thread text spent."""
+        call is refused for a spent budget, and only one that writes threads for the day's stored text spent."""
         call = cls(limiter, tenant, tool)
         if holds_slot:
             last = limiter.prepay_sizes.get((tenant, tool), 0) if asks_model else 0
@@ -97,11 +97,16 @@ class CallTokens:
         self.claims.append(claim)
         return claim
 
-    def add_thread_text(self, chars: int) -> None:
-        """Count characters the call is about to add to a thread; they are counted with the settlement."""
+    @property
+    def closed(self) -> bool:
+        """Whether the call's slot went back and its tokens and text were settled (see `close`)."""
+        return self._closed
+
+    def add_stored_text(self, chars: int) -> None:
+        """Count characters the call stored; they are counted with the settlement."""
         if self._closed:  # counted after the settlement, they would never reach the day's count
-            raise RuntimeError(f"'{self.tool}' wrote to a thread after its call's tokens were settled")
-        self.thread_chars += chars
+            raise RuntimeError(f"'{self.tool}' stored text after its call's tokens were settled")
+        self.stored_chars += chars
 
     def corrections(self) -> list[Correction]:
         """Every reservation whose count differs from what its model calls used, with what they used."""
@@ -124,7 +129,7 @@ class CallTokens:
             remember_prepay(self.limiter.prepay_sizes, (self.tenant, self.tool), sum(c.tokens for c in self.claims))
         corrections = self.corrections()
         if self.lease is not None:
-            await self.limiter.release(self.lease, corrections, self.thread_chars)  # finishes whatever cancels it
+            await self.limiter.release(self.lease, corrections, self.stored_chars)  # finishes whatever cancels it
         else:
             await to_the_end(self._settle(corrections))
 

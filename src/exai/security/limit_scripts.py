@@ -7,13 +7,13 @@ ACQUIRE = """
 local rpm_key, slots_key, tokens_key, text_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local now, rpm, concurrent, tokens_per_day = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local lease, lease_ttl, request_id, prepay = ARGV[5], tonumber(ARGV[6]), ARGV[7], tonumber(ARGV[8])
-local spends_tokens, thread_chars_per_day = ARGV[9] ~= '0', tonumber(ARGV[10])
+local spends_tokens, stored_chars_per_day = ARGV[9] ~= '0', tonumber(ARGV[10])
 local used = tonumber(redis.call('GET', tokens_key) or '0')
 local written = tonumber(redis.call('GET', text_key) or '0')
 local tomorrow = tostring(86400 - (now % 86400))
 if spends_tokens and used >= tokens_per_day then return {'tokens', tomorrow, 0, used, written} end
-if thread_chars_per_day > 0 and written >= thread_chars_per_day then
-  return {'thread_text', tomorrow, 0, used, written}
+if stored_chars_per_day > 0 and written >= stored_chars_per_day then
+  return {'stored_text', tomorrow, 0, used, written}
 end
 redis.call('ZREMRANGEBYSCORE', rpm_key, '-inf', now - 60)
 if redis.call('ZCARD', rpm_key) >= rpm then
@@ -36,7 +36,7 @@ return {'ok', '0', prepaid, used, written}
 """
 """The slot and, when it fits the day's budget, a prepayment of tokens; the slot's member names what was prepaid. A
 call that spends no tokens (ARGV[9] '0') is not refused for a spent budget, nor one that writes no thread (ARGV[10]
-0) for the day's thread text spent."""
+0) for the day's stored text spent."""
 
 GIVE_BACK = """
 local slots_key, tokens_key, lease, prepay = KEYS[1], KEYS[2], ARGV[1], tonumber(ARGV[2])
@@ -63,7 +63,7 @@ end
 return totals
 """
 """Give the slot back and correct the day counters by the call's deltas: the token counts (one key per day the call
-reserved in) by what the call used, and today's thread text by what the call added to threads."""
+reserved in) by what the call used, and today's stored text by what the call stored."""
 
 RESERVE_TOKENS = """
 local used = tonumber(redis.call('GET', KEYS[1]) or '0')

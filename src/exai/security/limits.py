@@ -1,4 +1,4 @@
-"""Per-tenant limits: requests per minute, concurrent calls, tokens per day, characters added to threads per day,
+"""Per-tenant limits: requests per minute, concurrent calls, tokens per day, characters stored per day,
 new MCP sessions per minute and task requests (`tasks/*`, which read the store) per minute.
 
 With Redis every replica checks and counts in one atomic script, so N replicas admit the limit, not N times it.
@@ -78,11 +78,11 @@ class RateLimiter(Protocol):
         """A slot of the tenant's limits and, if `prepay` tokens fit today's budget, those too (else none). A call
         that `spends_tokens` (asks a model) is refused once the day's budget is spent; one that does not (`threads`,
         `version`: how a tenant gets back a paid answer) is not. A call that `writes_threads` is refused once the
-        day's thread text is spent."""
+        day's stored text is spent."""
         ...
 
-    async def release(self, lease: Lease, corrections: Sequence[Correction] = (), thread_chars: int = 0) -> None:
-        """Give the slot back, settle the call's reservations and count the characters it added to threads today:
+    async def release(self, lease: Lease, corrections: Sequence[Correction] = (), stored_chars: int = 0) -> None:
+        """Give the slot back, settle the call's reservations and count the characters it stored today:
         with Redis, one round trip for all. It finishes even when its caller is cancelled (`uncancelled.to_the_end`)."""
         ...
 
@@ -106,7 +106,7 @@ def _rejected(reason: str, limit: int, retry_after: float) -> RateLimitError:
         "rpm": f"{limit} requests per minute",
         "concurrency": f"{limit} concurrent calls",
         "tokens": f"{limit:,} tokens per day",
-        "thread_text": f"{limit:,} characters added to threads per day",
+        "stored_text": f"{limit:,} characters stored per day (thread turns, workflow steps and kept results)",
         "sessions": f"{limit} new MCP sessions per minute",
         "tasks": f"{limit} task requests (tasks/get, tasks/result, tasks/list, tasks/cancel, collect) per minute",
         "unavailable": "the limiter is unavailable",
@@ -114,7 +114,7 @@ def _rejected(reason: str, limit: int, retry_after: float) -> RateLimitError:
     reuse = {
         "sessions": "Reuse one MCP session for many calls instead of opening one per call. ",
         "tasks": "Poll less often (tasks/result and collect wait for the end in one request). ",
-        "thread_text": "The day's count starts again at 00:00 UTC; the tools that write no thread (threads, version, "
+        "stored_text": "The day's count starts again at 00:00 UTC; the tools that write no thread (threads, version, "
         "listmodels, challenge, collect) still answer. ",
     }.get(reason, "")
     return RateLimitError(
@@ -148,7 +148,7 @@ class LocalLimiter:
         self._windows: dict[tuple[str, Window], deque[float]] = defaultdict(deque)
         self._active: dict[str, set[str]] = defaultdict(set)
         self._tokens: dict[tuple[str, int], int] = defaultdict(int)
-        self._thread_text: dict[tuple[str, int], int] = defaultdict(int)
+        self._stored_text: dict[tuple[str, int], int] = defaultdict(int)
         self.failures = 0
         self.degraded = False
         self.prepay_sizes: dict[tuple[str, str], int] = {}
@@ -164,8 +164,8 @@ class LocalLimiter:
         day = int(now // DAY)
         if spends_tokens and self._tokens[(tenant, day)] >= limits.tokens_per_day:
             raise _rejected("tokens", limits.tokens_per_day, DAY - now % DAY)
-        if writes_threads and self._thread_text[(tenant, day)] >= limits.thread_chars_per_day:
-            raise _rejected("thread_text", limits.thread_chars_per_day, DAY - now % DAY)
+        if writes_threads and self._stored_text[(tenant, day)] >= limits.stored_chars_per_day:
+            raise _rejected("stored_text", limits.stored_chars_per_day, DAY - now % DAY)
         if len(recent) >= limits.requests_per_minute:
             raise _rejected("rpm", limits.requests_per_minute, recent[0] + WINDOW - now)
         if len(self._active[tenant]) >= limits.concurrent:
@@ -178,19 +178,19 @@ class LocalLimiter:
         self._active[tenant].add(lease.id)
         return lease
 
-    async def release(self, lease: Lease, corrections: Sequence[Correction] = (), thread_chars: int = 0) -> None:
+    async def release(self, lease: Lease, corrections: Sequence[Correction] = (), stored_chars: int = 0) -> None:
         self._active[lease.tenant].discard(lease.id)
         for reservation, used in corrections:
             await self.settle(reservation, used)
-        self.add_thread_text(lease.tenant, thread_chars)
+        self.add_stored_text(lease.tenant, stored_chars)
 
-    def add_thread_text(self, tenant: str, chars: int) -> None:
+    def add_stored_text(self, tenant: str, chars: int) -> None:
         """Count `chars` more added to the tenant's threads today."""
-        self._thread_text[(tenant, int(time.time() // DAY))] += chars
+        self._stored_text[(tenant, int(time.time() // DAY))] += chars
 
-    def note_thread_text(self, tenant: str, day: int, total: int) -> None:
-        """Remember a day's thread text as Redis last reported it, so a fallback during an outage starts from it."""
-        self._thread_text[(tenant, day)] = max(self._thread_text[(tenant, day)], total)
+    def note_stored_text(self, tenant: str, day: int, total: int) -> None:
+        """Remember a day's stored text as Redis last reported it, so a fallback during an outage starts from it."""
+        self._stored_text[(tenant, day)] = max(self._stored_text[(tenant, day)], total)
 
     async def reserve_tokens(self, tenant: str, tokens: int) -> TokenReservation:
         limit, now = self.limits(tenant).tokens_per_day, time.time()
@@ -276,9 +276,9 @@ class RedisLimiter:
         return self.overrides.get(tenant, self.defaults)
 
     def _keys(self, tenant: str, now: float) -> list[str]:
-        """The keys of ACQUIRE: the minute's calls, the slots, and the day's tokens and thread text."""
+        """The keys of ACQUIRE: the minute's calls, the slots, and the day's tokens and stored text."""
         prefix, day = tenant_keys(tenant), int(now // DAY)
-        return [f"{prefix}:rpm", f"{prefix}:slots", f"{prefix}:tokens:{day}", f"{prefix}:thread_text:{day}"]
+        return [f"{prefix}:rpm", f"{prefix}:slots", f"{prefix}:tokens:{day}", f"{prefix}:stored_text:{day}"]
 
     def _redis_failed(self, operation: str, exc: RedisError) -> None:
         self.failures += 1
@@ -322,7 +322,7 @@ class RedisLimiter:
                     uuid.uuid4().hex,
                     prepay,
                     int(spends_tokens),
-                    limits.thread_chars_per_day if writes_threads else 0,
+                    limits.stored_chars_per_day if writes_threads else 0,
                 ],
             )
         except self._redis_error as exc:
@@ -335,14 +335,14 @@ class RedisLimiter:
             raise
         self._redis_answered()
         self.fallback.note_used(tenant, int(used))
-        self.fallback.note_thread_text(tenant, int(now // DAY), int(written))
+        self.fallback.note_stored_text(tenant, int(now // DAY), int(written))
         verdict = verdict.decode() if isinstance(verdict, bytes) else verdict
         if verdict != "ok":
             limit = {
                 "rpm": limits.requests_per_minute,
                 "concurrency": limits.concurrent,
                 "tokens": limits.tokens_per_day,
-                "thread_text": limits.thread_chars_per_day,
+                "stored_text": limits.stored_chars_per_day,
             }[verdict]
             raise _rejected(verdict, limit, max(0.0, float(wait)))
         lease.id = f"{lease.id}:{int(prepaid)}"  # the slot's member in Redis names what was prepaid with it
@@ -377,10 +377,10 @@ class RedisLimiter:
             except self._redis_error as exc:
                 self._redis_failed("refresh", exc)
 
-    async def release(self, lease: Lease, corrections: Sequence[Correction] = (), thread_chars: int = 0) -> None:
-        await to_the_end(self._give_slot_back(lease, corrections, thread_chars))  # a cancelled caller still does
+    async def release(self, lease: Lease, corrections: Sequence[Correction] = (), stored_chars: int = 0) -> None:
+        await to_the_end(self._give_slot_back(lease, corrections, stored_chars))  # a cancelled caller still does
 
-    async def _give_slot_back(self, lease: Lease, corrections: Sequence[Correction], thread_chars: int) -> None:
+    async def _give_slot_back(self, lease: Lease, corrections: Sequence[Correction], stored_chars: int) -> None:
         shared: dict[int, int] = {}  # day: the correction of that day's shared count
         for reservation, used in corrections:
             if reservation.local:  # counted by this replica while Redis was down: corrected there
@@ -388,7 +388,7 @@ class RedisLimiter:
             else:
                 shared[reservation.day] = shared.get(reservation.day, 0) + used - reservation.tokens
         if lease.local:
-            await self.fallback.release(lease, thread_chars=thread_chars)
+            await self.fallback.release(lease, stored_chars=stored_chars)
             for day, delta in shared.items():
                 await self._correct(lease.tenant, day, delta)
             return
@@ -399,27 +399,27 @@ class RedisLimiter:
             # waited for: landing late, it holds the slot one lease at most.
             await asyncio.wait({keeper}, timeout=KEEPER_WAIT_SECONDS)
         if self._redis_paused():  # known to be down: the lease expires within its TTL; the reservation stands
-            self.fallback.add_thread_text(lease.tenant, thread_chars)  # counted where the next calls are checked
+            self.fallback.add_stored_text(lease.tenant, stored_chars)  # counted where the next calls are checked
             return
         now = time.time()
         days = list(shared)
         keys = [self._keys(lease.tenant, 0)[1], *(self._keys(lease.tenant, day * DAY)[2] for day in days)]
         deltas = [shared[day] for day in days]
-        if thread_chars:
+        if stored_chars:
             keys.append(self._keys(lease.tenant, now)[3])
-            deltas.append(thread_chars)
+            deltas.append(stored_chars)
         try:
             totals = await self._run("release", self._release, keys, [lease.id, *deltas])
         except self._redis_error as exc:  # the lease expires by itself within one TTL; the reservation stands
             self._redis_failed("release", exc)
-            self.fallback.add_thread_text(lease.tenant, thread_chars)
+            self.fallback.add_stored_text(lease.tenant, stored_chars)
             return
         today = int(now // DAY)
         for day, total in zip(days, totals[: len(days)], strict=True):
             if day == today:
                 self.fallback.note_used(lease.tenant, int(total))
-        if thread_chars:
-            self.fallback.note_thread_text(lease.tenant, today, int(totals[-1]))
+        if stored_chars:
+            self.fallback.note_stored_text(lease.tenant, today, int(totals[-1]))
 
     async def reserve_tokens(self, tenant: str, tokens: int) -> TokenReservation:
         if self._redis_paused():

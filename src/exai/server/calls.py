@@ -10,6 +10,7 @@ through its context, never from its output.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -184,6 +185,10 @@ async def handle_call(
             if record is not None:
                 await record()
             result = await run(tool, args, ctx)
+            if record is not None and ctx.tokens is not None and not ctx.tokens.closed:
+                # The call's record keeps the result for `collect`: a workflow step's echoes the run's issues. One
+                # that settled while its turns were written (an answer) was counted as those turns.
+                ctx.tokens.add_stored_text(kept_chars(result))
         outcome = "ok"
         return result
     except ExaiError as exc:
@@ -217,6 +222,13 @@ async def handle_call(
         )
     assert error is not None
     return error_result(error)
+
+
+def kept_chars(result: types.CallToolResult) -> int:
+    """About the characters a call's record keeps of its result: its text and its structured content."""
+    text = sum(len(block.text) for block in result.content if isinstance(block, types.TextContent))
+    structured = result.structured_content
+    return text + (len(json.dumps(structured, ensure_ascii=False)) if structured else 0)
 
 
 def _outcome_of(error: ExaiError) -> Outcome:

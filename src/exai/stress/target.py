@@ -133,7 +133,7 @@ class Target:
             "EXAI_RATE_LIMIT_RPM": "1000000",
             "EXAI_RATE_LIMIT_CONCURRENCY": "5000",
             "EXAI_RATE_LIMIT_TOKENS_PER_DAY": "1000000000",
-            "EXAI_RATE_LIMIT_THREAD_CHARS_PER_DAY": "1000000000000",  # a 4-hour soak's turns, and far more
+            "EXAI_RATE_LIMIT_STORED_CHARS_PER_DAY": "1000000000000",  # a 4-hour soak's turns, and far more
             "EXAI_PROVIDER_CONCURRENCY": "2000",
             "EXAI_MAX_TURNS_PER_THREAD": "100000",
             "EXAI_DATA_DIR": str(self.group.workdir / f"data-{secrets.token_hex(4)}"),

@@ -6,14 +6,15 @@ Tool objects hold no per-call state: everything a call needs arrives in its `Too
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cache
-from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar, get_args
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Generic, TypeVar, get_args
 
-from pydantic import BaseModel, ConfigDict, JsonValue, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, JsonValue, model_validator
 
 from exai.config import DEFAULT_MAX_PROMPT_CHARS
 from exai.conversations.tokens import count_tokens_async
@@ -51,6 +52,16 @@ PROMPT_CEILING = 10_000_000
 """What a prompt field accepts at most whatever the setting says (a request body is capped far below anyway)."""
 LIST_LIMIT = 200
 """Items in one list argument."""
+
+
+def _distinct_paths(paths: list[str]) -> list[str]:
+    """Each path once, an absolute one in its normal form (`/r/./a/../f` is `/r/f`), in the order given: what is read
+    and what a thread keeps. A relative path is left as sent, for the file check to refuse with its own message."""
+    return list(dict.fromkeys(os.path.normpath(p) if os.path.isabs(p) else p for p in paths))
+
+
+FilePaths = Annotated[list[str], AfterValidator(_distinct_paths)]
+"""A list of file paths, as `_distinct_paths` leaves it (a thread kept 200 spellings of one file per turn)."""
 _CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 
 
@@ -262,7 +273,7 @@ class ToolContext:
         returns the answer marked as not saved to the thread (`unsaved_thread`, `unsaved_because`); with nothing
         paid, the error is raised (a refusal before anything was spent).
 
-        The characters the write adds count against the tenant's thread text of the day once they are written.
+        The characters the write adds count against the tenant's stored text of the day once they are written.
         When the call's models have answered and none is being asked (`answered`: the turns hold a paid answer,
         not a workflow step that an expert call follows), the call's slot goes back and its tokens and text are
         settled (with Redis, one round trip) while the turns are written: the answer waits for the longer of the
@@ -273,7 +284,7 @@ class ToolContext:
         def about_to_write(chars: int) -> None:
             nonlocal writing
             if self.tokens is not None and self.answered:
-                self.tokens.add_thread_text(chars)
+                self.tokens.add_stored_text(chars)
                 self._settling = asyncio.create_task(self.tokens.close())
             else:
                 writing = chars
@@ -281,7 +292,7 @@ class ToolContext:
         try:
             await self._services.conversations.record(thread, turns, tool, change, before_write=about_to_write)
             if self.tokens is not None and writing:
-                self.tokens.add_thread_text(writing)
+                self.tokens.add_stored_text(writing)
         except ExaiError as exc:
             if not self.paid:
                 raise
@@ -462,7 +473,7 @@ class Tool(Generic[InputT, OutputT]):
     read_only: ClassVar[bool] = True
     calls_model: ClassVar[bool] = False
     writes_threads: ClassVar[bool] = False
-    """Whether a call of this tool adds to a thread (refused once the tenant's thread text of the day is spent)."""
+    """Whether a call of this tool adds to a thread (refused once the tenant's stored text of the day is spent)."""
     holds_slot: ClassVar[bool] = True
     """Whether a call of this tool takes a slot of the tenant's limits (not `collect`: the call it waits for has)."""
 

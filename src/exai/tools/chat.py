@@ -14,7 +14,16 @@ from exai.conversations.threads import answer_turn, truncation_notice
 from exai.errors import InvalidInput
 from exai.providers.types import GenerateRequest, ImageInput, StreamChunk, ThinkingMode
 from exai.storage.base import TurnRecord
-from exai.tools.base import PROMPT_CEILING, PROMPT_LIMIT, Tool, ToolContext, ToolInput, ToolResult, UsageOut
+from exai.tools.base import (
+    PROMPT_CEILING,
+    PROMPT_LIMIT,
+    FilePaths,
+    Tool,
+    ToolContext,
+    ToolInput,
+    ToolResult,
+    UsageOut,
+)
 
 SYSTEM_PROMPT = (
     "You are a senior software engineer consulted by an AI coding agent. Answer precisely and concretely; "
@@ -43,7 +52,7 @@ class ChatInput(ToolInput):
     )
     images: list[str] = Field(default_factory=list, max_length=8, description="Image data URLs or http(s) URLs.")
     max_output_tokens: int | None = Field(default=None, ge=1, description="Cap on the answer's length in tokens.")
-    files: list[str] = Field(default_factory=list, description="Absolute paths of files to include.")
+    files: FilePaths = Field(default_factory=list, description="Absolute paths of files to include.")
     continuation_id: str | None = Field(default=None, description="Thread id from an earlier response.")
 
 

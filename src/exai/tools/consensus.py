@@ -15,7 +15,7 @@ from exai.conversations.threads import truncation_notice
 from exai.errors import ExaiError, InvalidInput
 from exai.providers.types import GenerateRequest
 from exai.storage.base import TurnRecord
-from exai.tools.base import Tool, ToolContext, ToolInput, ToolResult
+from exai.tools.base import FilePaths, Tool, ToolContext, ToolInput, ToolResult
 
 MAX_REPEATS_PER_MODEL = 3
 """How often one call may ask the same model (once per stance): eight copies of one model with different stance
@@ -41,7 +41,7 @@ class ModelStance(BaseModel):
 class ConsensusInput(ToolInput):
     prompt: str = Field(min_length=1, description="The proposal or question to weigh.")
     models: list[ModelStance] = Field(min_length=1, max_length=8, description="Models to consult, with stances.")
-    files: list[str] = Field(default_factory=list, description="Absolute paths of files to include.")
+    files: FilePaths = Field(default_factory=list, description="Absolute paths of files to include.")
     continuation_id: str | None = None
     per_model_timeout_seconds: float | None = Field(
         default=None,

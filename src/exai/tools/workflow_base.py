@@ -24,7 +24,16 @@ from exai.errors import ExaiError, InvalidInput
 from exai.providers.router import Category
 from exai.providers.types import GenerateRequest, ThinkingMode
 from exai.storage.base import TurnRecord
-from exai.tools.base import TEXT_LIMIT, ArgumentError, Tool, ToolContext, ToolInput, ToolResult, UsageOut
+from exai.tools.base import (
+    TEXT_LIMIT,
+    ArgumentError,
+    FilePaths,
+    Tool,
+    ToolContext,
+    ToolInput,
+    ToolResult,
+    UsageOut,
+)
 
 STEP_TEXT_LIMIT = 4 * TEXT_LIMIT
 """Characters of text in one workflow step, all fields together: each of step, findings and hypothesis at its own
@@ -39,7 +48,7 @@ class WorkflowInput(ToolInput):
     total_steps: int = Field(ge=1, le=MAX_STEPS, description="Your current estimate of the steps needed.")
     next_step_required: bool = Field(description="False on the final step: then the expert analysis runs.")
     findings: str = Field(default="", description="What this step found.")
-    relevant_files: list[str] = Field(default_factory=list, description="Absolute paths that matter.")
+    relevant_files: FilePaths = Field(default_factory=list, description="Absolute paths that matter.")
     issues_found: list[Issue] = Field(default_factory=list)
     hypothesis: str | None = Field(default=None, description="Current theory, if any.")
     confidence: Confidence = "exploring"
