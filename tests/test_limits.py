@@ -340,3 +340,17 @@ async def test_a_thread_keeps_each_file_once_and_its_paths_count(daemon: Daemon,
     assert (shown.structured_content or {})["turns"][0]["files"] == [f"{tmp_path}/f.txt"], shown.structured_content
     assert (answer.structured_content or {})["files_included"] == [f"{tmp_path}/f.txt"]
     assert not admitted.is_error, "one path counted, not 200 spellings of it"
+
+
+async def test_a_workflow_step_counts_what_its_issues_take_in_the_thread(daemon: Daemon) -> None:
+    """Only the text of a step's issues counted, while each issue takes its JSON too: 200 issues with empty
+    descriptions grew a thread's state by 12,743 characters and counted 2,653 (an attack round's finding)."""
+    tenant = f"tenant-{uuid.uuid4().hex[:8]}"
+    proc = daemon(EXAI_JWT_SECRET=SECRET, EXAI_RATE_LIMIT_STORED_CHARS_PER_DAY="20000")
+    token = issue_token(SECRET, tenant, ["exai:tools"], 600)
+    issues = [{"severity": "low", "description": ""}] * 200
+    step = {"step": "s", "step_number": 1, "total_steps": 2, "next_step_required": True, "issues_found": issues}
+    async with mcp_client(proc.url, token) as client:
+        results = [await client.call_tool("planner", step) for _ in range(3)]
+    assert [r.is_error for r in results] == [False, False, True], [r.content for r in results]
+    assert tool_error(results[2])["code"] == "rate_limited_stored_text"

@@ -46,6 +46,12 @@ class WorkflowStep(BaseModel):
         texts += [text for issue in self.issues for text in (issue.description, issue.location or "")]
         return sum(len(text) for text in texts)
 
+    @property
+    def stored_chars(self) -> int:
+        """About the characters the step takes in a stored thread state: its text and the JSON around it (200 empty
+        issues are 12,000 characters there)."""
+        return self.text_chars + 160 + 64 * len(self.issues) + 4 * len(self.relevant_files)
+
 
 class WorkflowRun(BaseModel):
     steps: dict[int, WorkflowStep] = Field(default_factory=dict)
@@ -69,6 +75,10 @@ class WorkflowRun(BaseModel):
     def text_chars(self) -> int:
         return sum(step.text_chars for step in self.steps.values())
 
+    @property
+    def stored_chars(self) -> int:
+        return sum(step.stored_chars for step in self.steps.values())
+
 
 class ThreadState(BaseModel):
     workflows: dict[str, WorkflowRun] = Field(default_factory=dict)
@@ -77,6 +87,11 @@ class ThreadState(BaseModel):
     def text_chars(self) -> int:
         """Characters of step text kept over every tool's run (a thread holds one run per workflow tool)."""
         return sum(run.text_chars for run in self.workflows.values())
+
+    @property
+    def stored_chars(self) -> int:
+        """About the characters every tool's run takes in the stored state (see `WorkflowStep.stored_chars`)."""
+        return sum(run.stored_chars for run in self.workflows.values())
 
     def run_for(self, tool: str, step_number: int) -> WorkflowRun | None:
         """The run a step continues; None when it starts a new one (none yet, or step 1 after a finished run)."""

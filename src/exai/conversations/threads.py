@@ -184,7 +184,7 @@ class Conversations:
                 change(state, thread.record)
             record, numbered = _next(thread.record, turns, tool, state, expires_at=time.time() + self.ttl)
             if before_write is not None:
-                grown = state.text_chars - thread.state.text_chars if change is not None else 0
+                grown = state.stored_chars - thread.state.stored_chars if change is not None else 0
                 before_write(sum(len(t.content) + sum(map(len, t.files)) for t in turns) + max(0, grown))
                 before_write = None
             conflict: ThreadConflict | None = None
