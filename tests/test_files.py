@@ -107,6 +107,10 @@ async def _chat_error(client: Client, path: str) -> dict[str, Any]:
     return tool_error(result)
 
 
+def _normal(path: str) -> str:
+    return os.path.normpath(path)
+
+
 async def test_paths_outside_the_roots_reveal_nothing(daemon: Daemon, sim: SimControl, tmp_path: Path) -> None:
     roots = tmp_path / "roots"
     roots.mkdir()
@@ -125,9 +129,7 @@ async def test_paths_outside_the_roots_reveal_nothing(daemon: Daemon, sim: SimCo
             seen, unseen = await _chat_error(client, existing), await _chat_error(client, missing)
             assert seen["code"] == unseen["code"] == "outside_roots", (seen, unseen)
             # A path is quoted in its normal form (as it is read and kept).
-            assert seen["message"].replace(os.path.normpath(existing), "P") == unseen["message"].replace(
-                os.path.normpath(missing), "P"
-            )
+            assert seen["message"].replace(_normal(existing), "P") == unseen["message"].replace(_normal(missing), "P")
         hard = await _chat_error(client, str(roots / "hardlink.txt"))
         assert hard["code"] == "hard_link" and "hard link" in hard["message"]
         # A path longer than any text argument may be is refused at validation, before the file layer sees it;
