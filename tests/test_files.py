@@ -140,3 +140,25 @@ async def test_paths_outside_the_roots_reveal_nothing(daemon: Daemon, sim: SimCo
         assert long_inside["code"] == "invalid_path"
     assert "OUTSIDE-SECRET" not in json.dumps(sim.requests(50))
     assert max(len(line) for line in proc.logs().splitlines()) < 20_000, "a huge path reached the log"
+
+
+async def test_a_thread_naming_many_files_lists_the_unread_ones_briefly(daemon: Daemon, tmp_path: Path) -> None:
+    """A continued thread read every file its earlier turns named, and listed each it could not embed: one that named
+    thousands read them all on every call. Once the earlier files' room is spent, the rest are not read, and
+    `files_skipped` names 20 of them, the last saying how many more."""
+    paths = []
+    for n in range(30):
+        path = tmp_path / f"f{n:02d}.txt"
+        path.write_text("x" * 49 + "\n")  # 50 bytes: two fill the call's 100
+        paths.append(str(path))
+    proc = daemon(EXAI_FILE_ROOTS=str(tmp_path), EXAI_MAX_FILE_BYTES_PER_CALL="100")
+    async with Client(f"{proc.url}/mcp") as client:
+        first = await client.call_tool("chat", {"prompt": "x", "model": "sim-fast", "files": paths})
+        assert not first.is_error, first.content
+        thread = (first.structured_content or {})["continuation_id"]
+        later = await client.call_tool("chat", {"prompt": "y", "model": "sim-fast", "continuation_id": thread})
+    answer = later.structured_content or {}
+    assert len(answer["files_included"]) == 2, answer
+    skipped = answer["files_skipped"]
+    assert len(skipped) == 20 and all(s["reason"].startswith("not read:") for s in skipped), skipped
+    assert "8 more earlier files after this one were not read either" in skipped[-1]["reason"], skipped[-1]

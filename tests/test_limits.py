@@ -354,3 +354,25 @@ async def test_a_workflow_step_counts_what_its_issues_take_in_the_thread(daemon:
         results = [await client.call_tool("planner", step) for _ in range(3)]
     assert [r.is_error for r in results] == [False, False, True], [r.content for r in results]
     assert tool_error(results[2])["code"] == "rate_limited_stored_text"
+
+
+async def test_answers_and_the_paths_of_their_files_count(daemon: Daemon, tmp_path: Path) -> None:
+    """What a chat adds to its thread counts: its prompt and answer (settled while the turns are written) and the
+    paths of its files."""
+    deep = tmp_path.joinpath(*["d" * 200] * 12)  # a path of about 2,500 characters
+    deep.mkdir(parents=True)
+    (deep / "f.txt").write_text("hello\n")
+    tenant = f"tenant-{uuid.uuid4().hex[:8]}"
+    proc = daemon(EXAI_JWT_SECRET=SECRET, EXAI_FILE_ROOTS=str(tmp_path), EXAI_RATE_LIMIT_STORED_CHARS_PER_DAY="2500")
+    token = issue_token(SECRET, tenant, ["exai:tools"], 600)
+    chat = {"prompt": "p" * 1000, "model": "sim-fast"}
+    async with mcp_client(proc.url, token) as client:
+        prompts = [await client.call_tool("chat", chat) for _ in range(3)]  # 1,000 and the answer, each
+    other = f"tenant-{uuid.uuid4().hex[:8]}"
+    async with mcp_client(proc.url, issue_token(SECRET, other, ["exai:tools"], 600)) as client:
+        with_file = await client.call_tool("chat", {"prompt": "x", "model": "sim-fast", "files": [str(deep / "f.txt")]})
+        after_it = await client.call_tool("chat", {"prompt": "x", "model": "sim-fast"})
+    assert [r.is_error for r in prompts] == [False, False, True], [r.content for r in prompts]
+    assert tool_error(prompts[2])["code"] == "rate_limited_stored_text"
+    assert not with_file.is_error, with_file.content
+    assert tool_error(after_it)["code"] == "rate_limited_stored_text", "the file's path counted"

@@ -25,6 +25,8 @@ from exai.storage.base import TurnRecord
 
 SAFETY_MARGIN = 0.05
 FILE_SHARE = 0.6  # files of earlier turns get at most this part of the budget; turns get the rest
+UNREAD_LISTED = 20
+"""Earlier turns' files left unread that `files_skipped` names one by one; the last says how many more there were."""
 
 
 class SkippedFile(BaseModel):
@@ -65,10 +67,16 @@ async def build_prompt(
     included: dict[str, None] = {}
     skipped: list[SkippedFile] = []
     spent = size = 0
+    unread: list[str] = []
+    unread_reason = ""
     for path in ordered:
         named = path in named_now
         if not named and (spent >= int(budget * FILE_SHARE) or size >= file_access.max_total_bytes):
-            skipped.append(SkippedFile(path=path, reason="not read: earlier files already fill this call's room"))
+            unread_reason = unread_reason or (
+                f"not read: earlier turns' files get {int(budget * FILE_SHARE):,} tokens of {model.name}'s context "
+                f"and {file_access.max_total_bytes:,} bytes, and {spent:,} tokens and {size:,} bytes were used"
+            )
+            unread.append(path)
             continue
         try:
             (item,) = await file_access.read([path])
@@ -100,6 +108,12 @@ async def build_prompt(
         included[item.path] = None
         spent += cost
         size += item.size
+
+    listed = unread[:UNREAD_LISTED]
+    skipped += [SkippedFile(path=path, reason=unread_reason) for path in listed]
+    if len(unread) > len(listed):
+        more = f"{unread_reason}; {len(unread) - len(listed):,} more earlier files after this one were not read either"
+        skipped[-1] = SkippedFile(path=listed[-1], reason=more)
 
     # Turns: newest first while they fit, then back in order.
     kept: list[TurnRecord] = []

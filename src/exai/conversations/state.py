@@ -72,21 +72,12 @@ class WorkflowRun(BaseModel):
         return [issue for n in self.step_numbers for issue in self.steps[n].issues]
 
     @property
-    def text_chars(self) -> int:
-        return sum(step.text_chars for step in self.steps.values())
-
-    @property
     def stored_chars(self) -> int:
         return sum(step.stored_chars for step in self.steps.values())
 
 
 class ThreadState(BaseModel):
     workflows: dict[str, WorkflowRun] = Field(default_factory=dict)
-
-    @property
-    def text_chars(self) -> int:
-        """Characters of step text kept over every tool's run (a thread holds one run per workflow tool)."""
-        return sum(run.text_chars for run in self.workflows.values())
 
     @property
     def stored_chars(self) -> int:
@@ -111,9 +102,9 @@ def record_step(tool: str, number: int, step: WorkflowStep, total_steps: int, fi
         run = state.run_for(tool, number)
         if run is None:
             run = state.workflows[tool] = WorkflowRun(started_seq=thread.turn_count)
-        before = state.text_chars
+        before = state.stored_chars  # with the JSON around the text: 10,000 empty issues are not nothing
         run.steps[number] = step
-        kept = state.text_chars
+        kept = state.stored_chars
         if kept > THREAD_STEPS_TEXT_LIMIT and kept > before:  # as committed; shrinking always fits
             raise InvalidInput(
                 f"This thread's workflow runs would keep {kept:,} characters of steps, findings and issues; a "

@@ -16,8 +16,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from exai.observability.logging import get_logger
 from exai.security.limits import Correction, Lease, RateLimiter, TokenReservation
 from exai.uncancelled import to_the_end
+
+log = get_logger(__name__)
 
 PREPAY_MARGIN = 1.125
 """How much more than the tool's last call the prepayment covers: prompts of one tool differ a little in length."""
@@ -104,8 +107,9 @@ class CallTokens:
 
     def add_stored_text(self, chars: int) -> None:
         """Count characters the call stored; they are counted with the settlement."""
-        if self._closed:  # counted after the settlement, they would never reach the day's count
-            raise RuntimeError(f"'{self.tool}' stored text after its call's tokens were settled")
+        if self._closed:  # they would never reach the day's count; a slip not worth the paid answer it would cost
+            log.error("stored_text_after_settlement", tool=self.tool, chars=chars)
+            return
         self.stored_chars += chars
 
     def corrections(self) -> list[Correction]:

@@ -283,7 +283,7 @@ class ToolContext:
 
         def about_to_write(chars: int) -> None:
             nonlocal writing
-            if self.tokens is not None and self.answered:
+            if self.tokens is not None and self.answered and not self.tokens.closed:
                 self.tokens.add_stored_text(chars)
                 self._settling = asyncio.create_task(self.tokens.close())
             else:
