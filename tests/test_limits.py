@@ -376,3 +376,51 @@ async def test_answers_and_the_paths_of_their_files_count(daemon: Daemon, tmp_pa
     assert tool_error(prompts[2])["code"] == "rate_limited_stored_text"
     assert not with_file.is_error, with_file.content
     assert tool_error(after_it)["code"] == "rate_limited_stored_text", "the file's path counted"
+
+
+async def test_a_step_cancelled_while_its_write_lands_still_counts(
+    daemon: Daemon, redis_url: str, postgres_url: str, pg_schema: str
+) -> None:
+    """A workflow step's characters were counted after its write returned, so a client that cancelled 10-20 ms after
+    sending left the write to land and the count at 0 (an attack round: 40 M characters stored on PostgreSQL, the
+    count still 0). They count as the write goes out, and stop counting only when the store refuses it."""
+    import psycopg
+
+    tenant = f"tenant-{uuid.uuid4().hex[:8]}"
+    proc = daemon(
+        EXAI_JWT_SECRET=SECRET,
+        EXAI_REDIS_URL=redis_url,
+        EXAI_RATE_LIMIT_STORED_CHARS_PER_DAY="5000",
+        EXAI_DATABASE_URL=postgres_url,
+        EXAI_DATABASE_SCHEMA=pg_schema,
+    )
+    token = issue_token(SECRET, tenant, ["exai:tools"], 600)
+    step = {"step": "x" * 3000, "step_number": 1, "total_steps": 2, "next_step_required": True}
+    async with (
+        mcp_client(proc.url, token) as client,
+        await psycopg.AsyncConnection.connect(postgres_url, autocommit=True) as db,
+    ):
+        key = await hold_writes(db, pg_schema, "threads", "INSERT OR UPDATE")
+
+        async def held() -> bool:  # the step's write waits for the lock
+            row = await (
+                await db.execute(
+                    "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted AND objid::bigint = %s",
+                    (key,),
+                )
+            ).fetchone()
+            return row is not None and row[0] == 1
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(client.call_tool, "planner", step)
+            await wait_until(held, "the step's write waits for the lock")
+            group.cancel_scope.cancel()  # the client gives up while the write is on its way
+        await db.execute("SELECT pg_advisory_unlock(%s)", (key,))
+
+        async def landed() -> bool:
+            row = await (await db.execute(f'SELECT count(*) FROM "{pg_schema}".threads')).fetchone()
+            return row is not None and row[0] == 1
+
+        await wait_until(landed, "the cancelled step's write to land")
+        refused = await client.call_tool("planner", step)
+    assert tool_error(refused)["code"] == "rate_limited_stored_text", "the landed step counted"

@@ -121,3 +121,23 @@ def task_call(url: str, token: str, params: dict[str, Any]) -> dict[str, Any]:
     text = answered.text
     payload: dict[str, Any] = json.loads(text.split("data: ", 1)[1] if "data: " in text else text)
     return payload
+
+
+async def test_a_call_record_keeps_only_a_continuation_id_that_could_name_a_thread(
+    daemon: Daemon, sim: SimControl, tmp_path: Path
+) -> None:
+    """The record of a call was written with its `continuation_id` as sent, before the tool refused it: 20 calls with
+    a 100,000-character id kept 2 MB in the store for a day, counted nowhere (an attack round's finding; `uuid.UUID`
+    takes any number of hyphens, so the length is checked too)."""
+    proc = daemon(EXAI_DATA_DIR=str(tmp_path))
+    bogus = ["x" * 100_000, "-" * 99_968 + uuid.uuid4().hex]
+    async with mcp_client(proc.url, None) as client:
+        refused = [
+            await client.call_tool("chat", {"prompt": "p", "model": "sim-fast", "continuation_id": cid})
+            for cid in bogus
+        ]
+    assert [tool_error(r)["code"] for r in refused] == ["invalid_continuation_id"] * 2
+    ended_rows(tmp_path)
+    with sqlite3.connect(tmp_path / "exai.db") as db:
+        kept = [row[0] for row in db.execute("SELECT continuation_id FROM calls")]
+    assert kept == [None, None], [len(k or "") for k in kept]

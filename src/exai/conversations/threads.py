@@ -94,15 +94,13 @@ class Conversations:
 
     async def read(self, continuation_id: str, tenant: str) -> Thread:
         """The caller's thread with its turns, to show or continue; unknown, foreign and expired ids are errors."""
-        try:
-            uuid.UUID(continuation_id)
-        except ValueError:
+        if not is_thread_id(continuation_id):
             raise InvalidInput(
                 f"continuation_id '{continuation_id[:60]}' is not a thread id.",
                 code="invalid_continuation_id",
                 remedy=START_OVER,
                 details={"field": "continuation_id"},
-            ) from None
+            )
         found = await self._read(continuation_id)
         if found is None or found.record.tenant != tenant:
             raise _not_found(continuation_id)
@@ -226,6 +224,18 @@ class Conversations:
     async def list(self, tenant: str, limit: int) -> list[ThreadRecord]:
         now = time.time()
         return [t for t in await self.store.list_threads(tenant, limit) if t.expires_at >= now]
+
+
+def is_thread_id(value: str) -> bool:
+    """Whether `value` could name a thread (a UUID, as `start` makes them; `uuid.UUID` alone takes any number of
+    hyphens)."""
+    if len(value) > 45:  # the longest spelling of a UUID: urn:uuid:<36>
+        return False
+    try:
+        uuid.UUID(value)
+    except ValueError:
+        return False
+    return True
 
 
 def _continues(known: tuple[TurnRecord, ...], record: ThreadRecord, turns: list[TurnRecord]) -> bool:

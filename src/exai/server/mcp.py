@@ -30,6 +30,7 @@ from mcp.shared.exceptions import MCPError
 
 from exai import __version__
 from exai.app import Services
+from exai.conversations.threads import is_thread_id
 from exai.errors import NotFoundError
 from exai.observability.context import bind_correlation_id, caller_correlation_id
 from exai.observability.logging import get_logger
@@ -203,7 +204,8 @@ def build_server(services: Services) -> Server[Any]:
             tenant=caller.tenant,
             tool=tool.name,
             correlation_id=correlation_id,
-            continuation_id=continuation if isinstance(continuation, str) else None,
+            # kept with the call's record, so only what could name a thread (the call refuses anything else)
+            continuation_id=continuation if isinstance(continuation, str) and is_thread_id(continuation) else None,
             task=as_task or modern_task,
             ttl_seconds=ttl_seconds,
             answered=lambda: tool_ctx.answered,

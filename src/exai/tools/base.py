@@ -273,27 +273,29 @@ class ToolContext:
         returns the answer marked as not saved to the thread (`unsaved_thread`, `unsaved_because`); with nothing
         paid, the error is raised (a refusal before anything was spent).
 
-        The characters the write adds count against the tenant's stored text of the day once they are written.
-        When the call's models have answered and none is being asked (`answered`: the turns hold a paid answer,
-        not a workflow step that an expert call follows), the call's slot goes back and its tokens and text are
-        settled (with Redis, one round trip) while the turns are written: the answer waits for the longer of the
-        two, not for both one after the other (the text is then counted even if the write fails). A model asked
-        after that is refused (`CallTokens.reserve`)."""
+        The characters the write adds count against the tenant's stored text of the day as the write goes out, and
+        no longer once the store refused it (a call cancelled meanwhile keeps them counted: its write may have
+        landed). When the call's models have answered and none is being asked (`answered`: the turns hold a paid
+        answer, not a workflow step that an expert call follows), the call's slot goes back and its tokens and text
+        are settled (with Redis, one round trip) while the turns are written: the answer waits for the longer of
+        the two, not for both one after the other (its text then stays counted whatever the write's outcome). A
+        model asked after that is refused (`CallTokens.reserve`)."""
         writing = 0
 
         def about_to_write(chars: int) -> None:
             nonlocal writing
-            if self.tokens is not None and self.answered and not self.tokens.closed:
-                self.tokens.add_stored_text(chars)
+            if self.tokens is None:
+                return
+            self.tokens.add_stored_text(chars)
+            writing = chars
+            if self.answered and not self.tokens.closed:
                 self._settling = asyncio.create_task(self.tokens.close())
-            else:
-                writing = chars
 
         try:
             await self._services.conversations.record(thread, turns, tool, change, before_write=about_to_write)
-            if self.tokens is not None and writing:
-                self.tokens.add_stored_text(writing)
         except ExaiError as exc:
+            if self.tokens is not None and writing and not self.tokens.closed:
+                self.tokens.add_stored_text(-writing)  # refused: nothing of it was kept
             if not self.paid:
                 raise
             log.warning("answer_not_saved_to_thread", thread_id=thread.id, code=exc.code, tool=tool)
