@@ -162,3 +162,33 @@ async def test_a_thread_naming_many_files_lists_the_unread_ones_briefly(daemon: 
     skipped = answer["files_skipped"]
     assert len(skipped) == 20 and all(s["reason"].startswith("not read:") for s in skipped), skipped
     assert "8 more earlier files after this one were not read either" in skipped[-1]["reason"], skipped[-1]
+
+
+async def test_one_file_under_many_names_is_weighed_once_and_a_call_reads_a_bounded_number(
+    daemon: Daemon, tmp_path: Path
+) -> None:
+    """A file read under many names (links to its folder) was read and weighed once per name, and a continued
+    thread read every file its turns had named: with a large file behind 5,000 links, one call took 16.7 s of the
+    daemon's CPU and another tenant's calls waited seconds (an attack round's finding). A file is weighed once,
+    and a call reads at most 50 of its earlier turns' files."""
+    (tmp_path / "big").mkdir()
+    (tmp_path / "big" / "big.txt").write_text("word " * 20_000)  # 20,000 tokens: more than the model's room
+    for n in range(40):
+        (tmp_path / f"l{n:02d}").symlink_to(tmp_path / "big")
+    small = []
+    for n in range(60):
+        (tmp_path / f"s{n:02d}.txt").write_text(f"{n}\n")
+        small.append(str(tmp_path / f"s{n:02d}.txt"))
+    proc = daemon(EXAI_FILE_ROOTS=str(tmp_path), CUSTOM_MODELS="sim-fast:20000")
+    links = [str(tmp_path / f"l{n:02d}" / "big.txt") for n in range(40)]
+    async with Client(f"{proc.url}/mcp") as client:
+        linked = await client.call_tool("chat", {"prompt": "x", "model": "sim-fast", "files": links})
+        many = await client.call_tool("chat", {"prompt": "x", "model": "sim-fast", "files": small})
+        thread = (many.structured_content or {})["continuation_id"]
+        later = await client.call_tool("chat", {"prompt": "y", "model": "sim-fast", "continuation_id": thread})
+    assert not linked.is_error, linked.content
+    assert len((linked.structured_content or {})["files_skipped"]) == 1, "one file, however many names"
+    answer = later.structured_content or {}
+    assert len(answer["files_included"]) == 50, answer["files_included"]
+    skipped = answer["files_skipped"]
+    assert len(skipped) == 10 and "reads at most 50 of its earlier turns' files" in skipped[0]["reason"], skipped

@@ -3,10 +3,10 @@
 The budget is the model's context window minus room for the answer, the system prompt and the new request.
 Files referenced anywhere in the thread are embedded once, in their current version: this call's files first
 (they may use the whole budget), then those of earlier turns, newest reference first (up to `FILE_SHARE` of it).
-All of them together stay under the per-call byte cap (EXAI_MAX_FILE_BYTES_PER_CALL); an earlier turn's file is
-not read once that share or the cap is spent. A file is either embedded or listed in `files_skipped` with the
-reason; this call's files must be readable. Turns are taken newest first until the
-budget is spent and then presented in order.
+All of them together stay under the per-call byte cap (EXAI_MAX_FILE_BYTES_PER_CALL); of earlier turns' files, a
+call reads a bounded number (see `_embed_files`). A file is either embedded or listed in `files_skipped` with the
+reason; this call's files must be readable. Turns are taken newest first until the budget is spent and then
+presented in order.
 """
 
 from __future__ import annotations
@@ -25,6 +25,10 @@ from exai.storage.base import TurnRecord
 
 SAFETY_MARGIN = 0.05
 FILE_SHARE = 0.6  # files of earlier turns get at most this part of the budget; turns get the rest
+EARLIER_FILES_READ = 50
+"""Earlier turns' files a call reads at most, newest first (a thread may name 10,000: 50 turns of 200)."""
+WEIGHED_SHARE = 2
+"""A call tokenizes at most this many times EXAI_MAX_FILE_BYTES_PER_CALL of files (what it embeds is at most once)."""
 UNREAD_LISTED = 20
 """Earlier turns' files left unread that `files_skipped` names one by one; the last says how many more there were."""
 
@@ -59,61 +63,7 @@ async def build_prompt(
     budget = int(model.context_window * (1 - SAFETY_MARGIN)) - max_output_for(model, max_output_tokens) - fixed
     budget = max(budget, 0)
 
-    # Files: this call's first, then those earlier turns referenced, newest first, each once. An earlier turn's file
-    # is not even read once the files' share of the budget or their bytes are spent (a thread may name thousands).
-    named_now = set(files)
-    ordered = dict.fromkeys([*files, *(p for turn in reversed(turns) for p in turn.files)])
-    blocks: list[str] = []
-    included: dict[str, None] = {}
-    skipped: list[SkippedFile] = []
-    spent = size = 0
-    unread: list[str] = []
-    unread_reason = ""
-    for path in ordered:
-        named = path in named_now
-        if not named and (spent >= int(budget * FILE_SHARE) or size >= file_access.max_total_bytes):
-            unread_reason = unread_reason or (
-                f"not read: earlier turns' files get {int(budget * FILE_SHARE):,} tokens of {model.name}'s context "
-                f"and {file_access.max_total_bytes:,} bytes, and {spent:,} tokens and {size:,} bytes were used"
-            )
-            unread.append(path)
-            continue
-        try:
-            (item,) = await file_access.read([path])
-        except ExaiError as exc:
-            if named:  # this call's files must be readable: the caller gets the reason
-                raise
-            skipped.append(SkippedFile(path=path, reason=f"no longer readable: {exc.message}"))
-            continue
-        if item.path in included:
-            continue
-        if size + item.size > file_access.max_total_bytes:
-            reason = (
-                f"{item.size:,} bytes more would take this call's files past {file_access.max_total_bytes:,} bytes "
-                "(EXAI_MAX_FILE_BYTES_PER_CALL); pass fewer files or raise the limit"
-            )
-            skipped.append(SkippedFile(path=path, reason=reason))
-            continue
-        block = item.numbered()
-        cost = await count_tokens_async(block)
-        room = (budget if named else int(budget * FILE_SHARE)) - spent
-        if cost > room:
-            reason = (
-                f"needs {cost:,} tokens; {max(room, 0):,} were left for files in {model.name}'s context window; "
-                "pass a smaller part of it or use a model with a larger context"
-            )
-            skipped.append(SkippedFile(path=path, reason=reason))
-            continue
-        blocks.append(block)
-        included[item.path] = None
-        spent += cost
-        size += item.size
-
-    listed = unread[:UNREAD_LISTED]
-    skipped += [SkippedFile(path=path, reason=unread_reason) for path in listed]
-    if len(unread) > len(listed):
-        more = f"{unread_reason}; {len(unread) - len(listed):,} more earlier files after this one were not read either"
-        skipped[-1] = SkippedFile(path=listed[-1], reason=more)
+    blocks, included, skipped, spent = await _embed_files(files, turns, budget, model.name, file_access)
 
     # Turns: newest first while they fit, then back in order.
     kept: list[TurnRecord] = []
@@ -133,7 +83,85 @@ async def build_prompt(
         messages[-1] = Message(role="user", content=messages[-1].content + "\n\n" + final)
     else:
         messages.append(Message(role="user", content=final))
-    return Prompt(messages, len(kept), list(included), skipped, spent + fixed)
+    return Prompt(messages, len(kept), included, skipped, spent + fixed)
+
+
+async def _embed_files(
+    files: list[str], turns: list[TurnRecord], budget: int, model: str, file_access: FileAccess
+) -> tuple[list[str], list[str], list[SkippedFile], int]:
+    """The file blocks to send, the files they hold, those left out (with why) and the tokens they take.
+
+    This call's files first (all read: they must be readable), then those earlier turns named, newest first, each
+    once; of those, at most `EARLIER_FILES_READ` are read, and none once their share of the budget or the per-call
+    bytes are spent. A file read under several names is weighed once, and files are tokenized for at most
+    `WEIGHED_SHARE` times the per-call bytes: a thread may name thousands of files, or one large file by thousands
+    of links, and every continued call would read and tokenize them all again."""
+    cap, share = file_access.max_total_bytes, int(budget * FILE_SHARE)
+    named_now = set(files)
+    blocks: list[str] = []
+    included: list[str] = []
+    skipped: list[SkippedFile] = []
+    seen: set[str] = set()  # resolved paths read, embedded or not
+    spent = size = weighed = earlier_read = 0
+    unread: list[str] = []
+    unread_reason = ""
+    for path in dict.fromkeys([*files, *(p for turn in reversed(turns) for p in turn.files)]):
+        named = path in named_now
+        if not named and (earlier_read >= EARLIER_FILES_READ or spent >= share or size >= cap):
+            unread_reason = unread_reason or (
+                f"not read: a call reads at most {EARLIER_FILES_READ} of its earlier turns' files, newest first"
+                if earlier_read >= EARLIER_FILES_READ
+                else f"not read: earlier turns' files get {share:,} tokens of {model}'s context and {cap:,} bytes, "
+                f"and {spent:,} tokens and {size:,} bytes were used"
+            )
+            unread.append(path)
+            continue
+        earlier_read += not named
+        try:
+            (item,) = await file_access.read([path])
+        except ExaiError as exc:
+            if named:  # this call's files must be readable: the caller gets the reason
+                raise
+            skipped.append(SkippedFile(path=path, reason=f"no longer readable: {exc.message}"))
+            continue
+        if item.path in seen:
+            continue
+        seen.add(item.path)
+        if size + item.size > cap:
+            reason = (
+                f"{item.size:,} bytes more would take this call's files past {cap:,} bytes "
+                "(EXAI_MAX_FILE_BYTES_PER_CALL); pass fewer files or raise the limit"
+            )
+            skipped.append(SkippedFile(path=path, reason=reason))
+            continue
+        if weighed + item.size > WEIGHED_SHARE * cap:
+            reason = (
+                f"not weighed: this call's files that did not fit already took {weighed:,} bytes of counting; "
+                "pass fewer or smaller files"
+            )
+            skipped.append(SkippedFile(path=path, reason=reason))
+            continue
+        weighed += item.size
+        block = item.numbered()
+        cost = await count_tokens_async(block)
+        room = (budget if named else share) - spent
+        if cost > room:
+            reason = (
+                f"needs {cost:,} tokens; {max(room, 0):,} were left for files in {model}'s context window; "
+                "pass a smaller part of it or use a model with a larger context"
+            )
+            skipped.append(SkippedFile(path=path, reason=reason))
+            continue
+        blocks.append(block)
+        included.append(item.path)
+        spent += cost
+        size += item.size
+    listed = unread[:UNREAD_LISTED]
+    skipped += [SkippedFile(path=path, reason=unread_reason) for path in listed]
+    if len(unread) > len(listed):
+        more = f"{unread_reason}; {len(unread) - len(listed):,} more earlier files after this one were not read either"
+        skipped[-1] = SkippedFile(path=listed[-1], reason=more)
+    return blocks, included, skipped, spent
 
 
 def _alternate(messages: list[Message]) -> list[Message]:
