@@ -141,7 +141,7 @@ async def test_the_prepayment_is_taken_only_when_it_fits_and_settled_exactly(red
         await call.close()  # settled once, however often it is closed
         with pytest.raises(RuntimeError, match="after its call's tokens were settled"):
             await call.reserve(10)  # a reservation after the settlement would never be settled: refused
-        call.add_stored_text(10)  # after the settlement: logged and not counted, never an error that loses an answer
+        call.add_stored_text(10)  # after the settlement: gathered with the tenant's next ones (none here: not sent)
         assert limiter.prepay_sizes[(tenant, "chat")] == 400, "what this tenant's call reserved in all"
         limiter.prepay_sizes[(tenant, "chat")] = (
             900  # 1.125 * 900 does not fit what is left of 1000: nothing is prepaid

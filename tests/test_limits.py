@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -356,26 +357,36 @@ async def test_a_workflow_step_counts_what_its_issues_take_in_the_thread(daemon:
     assert tool_error(results[2])["code"] == "rate_limited_stored_text"
 
 
-async def test_answers_and_the_paths_of_their_files_count(daemon: Daemon, tmp_path: Path) -> None:
-    """What a chat adds to its thread counts: its prompt and answer (settled while the turns are written) and the
-    paths of its files."""
+async def test_a_chats_turns_count_exactly_its_prompt_answer_and_paths(
+    daemon: Daemon, redis_url: str, tmp_path: Path
+) -> None:
+    """What a chat adds to its thread counts with its settlement, exactly: its prompt, its answer and the paths of
+    its files (its kept result waits to be sent with the tenant's next 65,536 characters)."""
     deep = tmp_path.joinpath(*["d" * 200] * 12)  # a path of about 2,500 characters
     deep.mkdir(parents=True)
+    path = str(deep / "f.txt")
     (deep / "f.txt").write_text("hello\n")
     tenant = f"tenant-{uuid.uuid4().hex[:8]}"
-    proc = daemon(EXAI_JWT_SECRET=SECRET, EXAI_FILE_ROOTS=str(tmp_path), EXAI_RATE_LIMIT_STORED_CHARS_PER_DAY="2500")
+    proc = daemon(
+        EXAI_JWT_SECRET=SECRET,
+        EXAI_REDIS_URL=redis_url,
+        EXAI_FILE_ROOTS=str(tmp_path),
+        EXAI_RATE_LIMIT_STORED_CHARS_PER_DAY="5000",
+    )
     token = issue_token(SECRET, tenant, ["exai:tools"], 600)
-    chat = {"prompt": "p" * 1000, "model": "sim-fast"}
     async with mcp_client(proc.url, token) as client:
-        prompts = [await client.call_tool("chat", chat) for _ in range(3)]  # 1,000 and the answer, each
-    other = f"tenant-{uuid.uuid4().hex[:8]}"
-    async with mcp_client(proc.url, issue_token(SECRET, other, ["exai:tools"], 600)) as client:
-        with_file = await client.call_tool("chat", {"prompt": "x", "model": "sim-fast", "files": [str(deep / "f.txt")]})
-        after_it = await client.call_tool("chat", {"prompt": "x", "model": "sim-fast"})
-    assert [r.is_error for r in prompts] == [False, False, True], [r.content for r in prompts]
-    assert tool_error(prompts[2])["code"] == "rate_limited_stored_text"
-    assert not with_file.is_error, with_file.content
-    assert tool_error(after_it)["code"] == "rate_limited_stored_text", "the file's path counted"
+        first = await client.call_tool("chat", {"prompt": "p" * 1000, "model": "sim-fast", "files": [path]})
+        assert not first.is_error, first.content
+        second = await client.call_tool("chat", {"prompt": "p" * 1000, "model": "sim-fast"})  # under 5,000: admitted
+        refused = await client.call_tool("chat", {"prompt": "p", "model": "sim-fast"})
+    answers = [len((r.structured_content or {})["answer"]) for r in (first, second)]
+    redis = aioredis.from_url(redis_url)
+    try:
+        count = await redis.get(f"{tenant_keys(tenant)}:stored_text:{int(time.time() // 86400)}")
+    finally:
+        await redis.aclose()
+    assert count is not None and int(count) == 2 * 1000 + sum(answers) + len(path), (count, answers, len(path))
+    assert tool_error(refused)["code"] == "rate_limited_stored_text"
 
 
 async def test_a_step_cancelled_while_its_write_lands_still_counts(
@@ -424,3 +435,27 @@ async def test_a_step_cancelled_while_its_write_lands_still_counts(
         await wait_until(landed, "the cancelled step's write to land")
         refused = await client.call_tool("planner", step)
     assert tool_error(refused)["code"] == "rate_limited_stored_text", "the landed step counted"
+
+
+async def test_an_answers_kept_result_counts_too(daemon: Daemon, redis_url: str) -> None:
+    """An answer settles its call while its turns are written, so the result its call's record keeps (for
+    `collect`) was never counted, though it holds more than the turns: the answer again, and every file the
+    thread names that the call left out (an attack round: 23 continued chats kept 4.7 M characters, counting 16 K).
+    It is counted after the settlement, gathered per tenant and sent to Redis once 65,536 characters wait."""
+    tenant = f"tenant-{uuid.uuid4().hex[:8]}"
+    proc = daemon(EXAI_JWT_SECRET=SECRET, EXAI_REDIS_URL=redis_url)
+    token = issue_token(SECRET, tenant, ["exai:tools"], 600)
+    async with mcp_client(proc.url, token) as client:
+        answers = [await client.call_tool("chat", {"prompt": "p" * 500, "model": "sim-fast"}) for _ in range(50)]
+    turns = sum(500 + len((a.structured_content or {})["answer"]) for a in answers)  # kept: about 2,000 a call
+    redis = aioredis.from_url(redis_url)
+    try:
+        key = f"{tenant_keys(tenant)}:stored_text:{int(time.time() // 86400)}"
+
+        async def results_counted() -> bool:
+            count = await redis.get(key)
+            return count is not None and int(count) >= turns + 65_536
+
+        await wait_until(results_counted, "the kept results to be counted beside the turns")
+    finally:
+        await redis.aclose()

@@ -9,18 +9,16 @@ request was sent used its prompt and whatever had streamed back (the vendor bill
 before it was sent used nothing. `close` runs once, whatever the outcome (answered, failed, cancelled): it gives
 the slot back and replaces every reservation by what its model calls used, in one round trip with Redis. The day's
 counter ends at exactly what the upstream reported; a prepayment no model call drew on is given back whole. The
-characters the call stored (`add_stored_text`: its thread writes, its kept result) go in that same round trip.
+characters the call stored (`add_stored_text`: its thread writes, its kept result) go in that same round trip, or,
+stored after it, with the tenant's next ones (`RateLimiter.count_stored_later`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from exai.observability.logging import get_logger
 from exai.security.limits import Correction, Lease, RateLimiter, TokenReservation
 from exai.uncancelled import to_the_end
-
-log = get_logger(__name__)
 
 PREPAY_MARGIN = 1.125
 """How much more than the tool's last call the prepayment covers: prompts of one tool differ a little in length."""
@@ -106,9 +104,10 @@ class CallTokens:
         return self._closed
 
     def add_stored_text(self, chars: int) -> None:
-        """Count characters the call stored; they are counted with the settlement."""
-        if self._closed:  # they would never reach the day's count; a slip not worth the paid answer it would cost
-            log.error("stored_text_after_settlement", tool=self.tool, chars=chars)
+        """Count characters the call stored: with the settlement, or after it (an answer's kept result, stored once
+        the call settled while its turns were written) gathered with the tenant's next ones."""
+        if self._closed:
+            self.limiter.count_stored_later(self.tenant, chars)
             return
         self.stored_chars += chars
 

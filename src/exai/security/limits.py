@@ -38,6 +38,8 @@ log = get_logger(__name__)
 WINDOW = 60.0
 DAY = 86400
 REDIS_RETRY_SECONDS = 5.0
+STORED_FLUSH_CHARS = 65_536
+"""Characters counted after their calls settled that a replica gathers per tenant before sending them to Redis."""
 
 
 @dataclass(frozen=True)
@@ -92,6 +94,11 @@ class RateLimiter(Protocol):
 
     async def settle(self, reservation: TokenReservation, used: int) -> None:
         """Replace what was reserved by what the call used, in the counter (and day) the reservation went to."""
+        ...
+
+    def count_stored_later(self, tenant: str, chars: int) -> None:
+        """Count characters stored after the call settled (an answer's kept result) against today's stored text:
+        with Redis, gathered per tenant and sent once `STORED_FLUSH_CHARS` are waiting, not a round trip each."""
         ...
 
     async def open_session(self, tenant: str) -> None: ...
@@ -185,8 +192,11 @@ class LocalLimiter:
         self.add_stored_text(lease.tenant, stored_chars)
 
     def add_stored_text(self, tenant: str, chars: int) -> None:
-        """Count `chars` more added to the tenant's threads today."""
+        """Count `chars` more stored for the tenant today."""
         self._stored_text[(tenant, int(time.time() // DAY))] += chars
+
+    def count_stored_later(self, tenant: str, chars: int) -> None:
+        self.add_stored_text(tenant, chars)
 
     def note_stored_text(self, tenant: str, day: int, total: int) -> None:
         """Remember a day's stored text as Redis last reported it, so a fallback during an outage starts from it."""
@@ -261,6 +271,8 @@ class RedisLimiter:
         self.degraded = False
         self._retry_redis_at = 0.0
         self._keepers: dict[str, tuple[asyncio.Task[None], asyncio.Event]] = {}
+        self._stored_waiting: dict[str, int] = defaultdict(int)
+        self._flushes: set[asyncio.Task[None]] = set()
         self.on_round_trip: Callable[[str, float], None] = lambda operation, seconds: None
         """Told how long each of the round trips below took (exai_limiter_latency_seconds)."""
 
@@ -456,6 +468,26 @@ class RedisLimiter:
             return
         if day == int(time.time() // DAY):
             self.fallback.note_used(tenant, int(total))
+
+    def count_stored_later(self, tenant: str, chars: int) -> None:
+        if self._redis_paused():
+            self.fallback.add_stored_text(tenant, chars)
+            return
+        self._stored_waiting[tenant] += chars
+        if self._stored_waiting[tenant] >= STORED_FLUSH_CHARS:
+            flush = asyncio.create_task(self._send_stored(tenant, self._stored_waiting.pop(tenant)))
+            self._flushes.add(flush)
+            flush.add_done_callback(self._flushes.discard)
+
+    async def _send_stored(self, tenant: str, chars: int) -> None:
+        now = time.time()
+        try:
+            total = await self._run("settle", self._settle_tokens, [self._keys(tenant, now)[3]], [chars])
+        except self._redis_error as exc:  # counted here instead: the next calls are checked against it
+            self._redis_failed("settle", exc)
+            self.fallback.add_stored_text(tenant, chars)
+            return
+        self.fallback.note_stored_text(tenant, int(now // DAY), int(total))
 
     async def open_session(self, tenant: str) -> None:
         await self.count(tenant, "sessions")

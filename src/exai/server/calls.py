@@ -185,9 +185,7 @@ async def handle_call(
             if record is not None:
                 await record()
             result = await run(tool, args, ctx)
-            if record is not None and ctx.tokens is not None and not ctx.tokens.closed:
-                # The call's record keeps the result for `collect`: a workflow step's echoes the run's issues. One
-                # that settled while its turns were written (an answer) was counted as those turns.
+            if record is not None and ctx.tokens is not None:  # the call's record keeps the result for `collect`
                 ctx.tokens.add_stored_text(kept_chars(result))
         outcome = "ok"
         return result
