@@ -263,6 +263,18 @@ async def test_a_tenant_stops_adding_to_threads_once_its_day_of_stored_text_is_s
             await redis.aclose()
 
 
+def _on_postgres(daemon: Daemon, redis_url: str, postgres_url: str, schema: str, stored_chars: int) -> tuple[Proc, str]:
+    """A daemon on PostgreSQL and Redis with the day's stored text at `stored_chars`, and a new tenant's token."""
+    proc = daemon(
+        EXAI_JWT_SECRET=SECRET,
+        EXAI_REDIS_URL=redis_url,
+        EXAI_RATE_LIMIT_STORED_CHARS_PER_DAY=str(stored_chars),
+        EXAI_DATABASE_URL=postgres_url,
+        EXAI_DATABASE_SCHEMA=schema,
+    )
+    return proc, issue_token(SECRET, f"tenant-{uuid.uuid4().hex[:8]}", ["exai:tools"], 600)
+
+
 async def test_a_write_the_store_refused_costs_no_stored_text(
     daemon: Daemon, redis_url: str, postgres_url: str, pg_schema: str
 ) -> None:
@@ -271,15 +283,7 @@ async def test_a_write_the_store_refused_costs_no_stored_text(
     outage could spend the day (a cold review's finding). A step is counted once its turns are written."""
     import psycopg
 
-    tenant = f"tenant-{uuid.uuid4().hex[:8]}"
-    proc = daemon(
-        EXAI_JWT_SECRET=SECRET,
-        EXAI_REDIS_URL=redis_url,
-        EXAI_RATE_LIMIT_STORED_CHARS_PER_DAY="5000",
-        EXAI_DATABASE_URL=postgres_url,
-        EXAI_DATABASE_SCHEMA=pg_schema,
-    )
-    token = issue_token(SECRET, tenant, ["exai:tools"], 600)
+    proc, token = _on_postgres(daemon, redis_url, postgres_url, pg_schema, stored_chars=5000)
     step = {"step": "x" * 1500, "step_number": 1, "total_steps": 2, "next_step_required": True}
     async with (
         mcp_client(proc.url, token) as client,
@@ -397,15 +401,7 @@ async def test_a_step_cancelled_while_its_write_lands_still_counts(
     count still 0). They count as the write goes out, and stop counting only when the store refuses it."""
     import psycopg
 
-    tenant = f"tenant-{uuid.uuid4().hex[:8]}"
-    proc = daemon(
-        EXAI_JWT_SECRET=SECRET,
-        EXAI_REDIS_URL=redis_url,
-        EXAI_RATE_LIMIT_STORED_CHARS_PER_DAY="5000",
-        EXAI_DATABASE_URL=postgres_url,
-        EXAI_DATABASE_SCHEMA=pg_schema,
-    )
-    token = issue_token(SECRET, tenant, ["exai:tools"], 600)
+    proc, token = _on_postgres(daemon, redis_url, postgres_url, pg_schema, stored_chars=5000)
     step = {"step": "x" * 3000, "step_number": 1, "total_steps": 2, "next_step_required": True}
     async with (
         mcp_client(proc.url, token) as client,

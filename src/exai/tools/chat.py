@@ -14,16 +14,7 @@ from exai.conversations.threads import answer_turn, truncation_notice
 from exai.errors import InvalidInput
 from exai.providers.types import GenerateRequest, ImageInput, StreamChunk, ThinkingMode
 from exai.storage.base import TurnRecord
-from exai.tools.base import (
-    PROMPT_CEILING,
-    PROMPT_LIMIT,
-    FilePaths,
-    Tool,
-    ToolContext,
-    ToolInput,
-    ToolResult,
-    UsageOut,
-)
+from exai.tools.base import PROMPT_CEILING, PROMPT_LIMIT, FilePaths, Tool, ToolContext, ToolInput, ToolResult, UsageOut
 
 SYSTEM_PROMPT = (
     "You are a senior software engineer consulted by an AI coding agent. Answer precisely and concretely; "

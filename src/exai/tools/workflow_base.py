@@ -24,16 +24,7 @@ from exai.errors import ExaiError, InvalidInput
 from exai.providers.router import Category
 from exai.providers.types import GenerateRequest, ThinkingMode
 from exai.storage.base import TurnRecord
-from exai.tools.base import (
-    TEXT_LIMIT,
-    ArgumentError,
-    FilePaths,
-    Tool,
-    ToolContext,
-    ToolInput,
-    ToolResult,
-    UsageOut,
-)
+from exai.tools.base import TEXT_LIMIT, ArgumentError, FilePaths, Tool, ToolContext, ToolInput, ToolResult, UsageOut
 
 STEP_TEXT_LIMIT = 4 * TEXT_LIMIT
 """Characters of text in one workflow step, all fields together: each of step, findings and hypothesis at its own
