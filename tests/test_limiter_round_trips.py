@@ -141,7 +141,7 @@ async def test_the_prepayment_is_taken_only_when_it_fits_and_settled_exactly(red
         await call.close()  # settled once, however often it is closed
         with pytest.raises(RuntimeError, match="after its call's tokens were settled"):
             await call.reserve(10)  # a reservation after the settlement would never be settled: refused
-        call.add_stored_text(10)  # after the settlement: gathered with the tenant's next ones (none here: not sent)
+        call.add_stored_text(10)  # after the settlement: it goes with the tenant's next release
         assert limiter.prepay_sizes[(tenant, "chat")] == 400, "what this tenant's call reserved in all"
         limiter.prepay_sizes[(tenant, "chat")] = (
             900  # 1.125 * 900 does not fit what is left of 1000: nothing is prepaid
@@ -152,7 +152,7 @@ async def test_the_prepayment_is_taken_only_when_it_fits_and_settled_exactly(red
         await big.close()
     assert await redis_int(redis, key) == 320 + 650, "the shared count is what the calls used"
     text_key = f"{tenant_keys(tenant)}:stored_text:{int(time.time() // DAY)}"
-    assert await redis_int(redis, text_key) == 70, "the stored text went with the settlement"
+    assert await redis_int(redis, text_key) == 70 + 10, "with the settlement, and after it with the next release"
     await redis.delete(key, text_key)
     assert await redis.zcard(f"{tenant_keys(tenant)}:slots") == 0
     await redis.aclose()

@@ -19,7 +19,7 @@ from exai.errors import RateLimitError
 from exai.security.auth import issue_token
 from exai.security.limits import LocalLimiter, RedisLimiter, tenant_keys
 from tests.conftest import Proc, SimControl
-from tests.helpers import hold_writes, mcp_client, tool_error, wait_until
+from tests.helpers import hold_writes, mcp_client, redis_int, tool_error, wait_until
 
 pytestmark = pytest.mark.anyio
 SECRET = "a-test-secret-that-is-long-enough-0123456789"
@@ -365,7 +365,7 @@ async def test_a_chats_turns_count_exactly_its_prompt_answer_and_paths(
     daemon: Daemon, redis_url: str, tmp_path: Path
 ) -> None:
     """What a chat adds to its thread counts with its settlement, exactly: its prompt, its answer and the paths of
-    its files (its kept result waits to be sent with the tenant's next 65,536 characters)."""
+    its files (its kept result waits to be sent with the tenant's next call)."""
     deep = tmp_path.joinpath(*["d" * 200] * 12)  # a path of about 2,500 characters
     deep.mkdir(parents=True)
     path = str(deep / "f.txt")
@@ -378,18 +378,19 @@ async def test_a_chats_turns_count_exactly_its_prompt_answer_and_paths(
         EXAI_RATE_LIMIT_STORED_CHARS_PER_DAY="5000",
     )
     token = issue_token(SECRET, tenant, ["exai:tools"], 600)
-    async with mcp_client(proc.url, token) as client:
-        first = await client.call_tool("chat", {"prompt": "p" * 1000, "model": "sim-fast", "files": [path]})
-        assert not first.is_error, first.content
-        second = await client.call_tool("chat", {"prompt": "p" * 1000, "model": "sim-fast"})  # under 5,000: admitted
-        refused = await client.call_tool("chat", {"prompt": "p", "model": "sim-fast"})
-    answers = [len((r.structured_content or {})["answer"]) for r in (first, second)]
     redis = aioredis.from_url(redis_url)
     try:
-        count = await redis.get(f"{tenant_keys(tenant)}:stored_text:{int(time.time() // 86400)}")
+        async with mcp_client(proc.url, token) as client:
+            first = await client.call_tool("chat", {"prompt": "p" * 1000, "model": "sim-fast", "files": [path]})
+            assert not first.is_error, first.content
+            count = await redis.get(f"{tenant_keys(tenant)}:stored_text:{int(time.time() // 86400)}")
+            second = await client.call_tool("chat", {"prompt": "p", "model": "sim-fast"})  # under 5,000: admitted
+            refused = await client.call_tool("chat", {"prompt": "p", "model": "sim-fast"})
     finally:
         await redis.aclose()
-    assert count is not None and int(count) == 2 * 1000 + sum(answers) + len(path), (count, answers, len(path))
+    answer = len((first.structured_content or {})["answer"])
+    assert count is not None and int(count) == 1000 + answer + len(path), (count, answer, len(path))
+    assert not second.is_error, "its release carried the first call's kept result"
     assert tool_error(refused)["code"] == "rate_limited_stored_text"
 
 
@@ -453,5 +454,23 @@ async def test_an_answers_kept_result_counts_too(daemon: Daemon, redis_url: str)
             return count is not None and int(count) >= turns + 65_536
 
         await wait_until(results_counted, "the kept results to be counted beside the turns")
+    finally:
+        await redis.aclose()
+
+
+async def test_a_daemon_that_stops_sends_the_stored_text_still_waiting(daemon: Daemon, redis_url: str) -> None:
+    """An answer's kept result waits to be counted with the tenant's next release; a daemon stopping (SIGTERM) sends
+    what waits instead of dropping it (a cold review's finding: nothing sent it but the next call)."""
+    tenant = f"tenant-{uuid.uuid4().hex[:8]}"
+    proc = daemon(EXAI_JWT_SECRET=SECRET, EXAI_REDIS_URL=redis_url)
+    async with mcp_client(proc.url, issue_token(SECRET, tenant, ["exai:tools"], 600)) as client:
+        answer = await client.call_tool("chat", {"prompt": "p" * 300, "model": "sim-fast"})
+    turns = 300 + len((answer.structured_content or {})["answer"])
+    redis = aioredis.from_url(redis_url)
+    key = f"{tenant_keys(tenant)}:stored_text:{int(time.time() // 86400)}"
+    try:
+        assert await redis_int(redis, key) == turns, "the kept result waits"
+        assert proc.stop() == 0
+        assert await redis_int(redis, key) > turns + 300, "the kept result (the answer twice) was sent at the stop"
     finally:
         await redis.aclose()

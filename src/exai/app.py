@@ -348,6 +348,8 @@ class Services:
         await self.heap.close()
         await self.loop_lag.close()
         await self.calls.close()
+        if self.limiter is not None:
+            await self.limiter.close()  # after the calls: what they stored is counted
         await self.discovery.close()
         await self.listings.close()
         await self.alerts.close()

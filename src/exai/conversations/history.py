@@ -101,7 +101,7 @@ async def _embed_files(
     blocks: list[str] = []
     included: list[str] = []
     skipped: list[SkippedFile] = []
-    seen: set[str] = set()  # resolved paths read, embedded or not
+    seen: dict[str, str] = {}  # resolved paths read, embedded or not, and the name each was first read by
     spent = size = weighed = earlier_read = 0
     unread: list[str] = []
     unread_reason = ""
@@ -125,8 +125,11 @@ async def _embed_files(
             skipped.append(SkippedFile(path=path, reason=f"no longer readable: {exc.message}"))
             continue
         if item.path in seen:
+            if named and item.path not in included:  # left out under its first name: this one says so
+                reason = f"the same file as {seen[item.path][:120]}, left out above"
+                skipped.append(SkippedFile(path=path, reason=reason))
             continue
-        seen.add(item.path)
+        seen[item.path] = path
         if size + item.size > cap:
             reason = (
                 f"{item.size:,} bytes more would take this call's files past {cap:,} bytes "
@@ -136,8 +139,8 @@ async def _embed_files(
             continue
         if weighed + item.size > WEIGHED_SHARE * cap:
             reason = (
-                f"not weighed: this call's files that did not fit already took {weighed:,} bytes of counting; "
-                "pass fewer or smaller files"
+                f"not weighed: this call already weighed {weighed:,} bytes of files, and weighs at most "
+                f"{WEIGHED_SHARE * cap:,} (twice EXAI_MAX_FILE_BYTES_PER_CALL); name fewer or smaller files"
             )
             skipped.append(SkippedFile(path=path, reason=reason))
             continue

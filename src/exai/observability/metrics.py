@@ -63,7 +63,7 @@ STORAGE_OPERATIONS = ("read_thread", "append_turns", "create_call", "finish_call
 """The `operation` label of exai_storage_errors_total and exai_storage_latency_seconds: a thread's reads and writes
 (conversations/threads.py) and a call's record, written before any model is asked and when it ends, and read by
 its waiting requests, `collect` and the task methods (server/call_records.py)."""
-LIMITER_OPERATIONS = ("acquire", "release", "reserve_tokens", "settle", "count")
+LIMITER_OPERATIONS = ("acquire", "release", "reserve_tokens", "settle", "stored_text", "count")
 """The `operation` label of exai_limiter_latency_seconds: the Redis round trips of security/limits.py a call waits
 for (its slot, its tokens, a per-minute window of sessions or task requests)."""
 TOOL_OUTCOMES = ("ok", "error", "cancelled", "denied", "rate_limited")

@@ -98,7 +98,12 @@ class RateLimiter(Protocol):
 
     def count_stored_later(self, tenant: str, chars: int) -> None:
         """Count characters stored after the call settled (an answer's kept result) against today's stored text:
-        with Redis, gathered per tenant and sent once `STORED_FLUSH_CHARS` are waiting, not a round trip each."""
+        with Redis, gathered per tenant and sent with the tenant's next release, or on their own once
+        `STORED_FLUSH_CHARS` are waiting, not a round trip each."""
+        ...
+
+    async def close(self) -> None:
+        """Send what is waiting to be counted (see `count_stored_later`)."""
         ...
 
     async def open_session(self, tenant: str) -> None: ...
@@ -155,7 +160,8 @@ class LocalLimiter:
         self._windows: dict[tuple[str, Window], deque[float]] = defaultdict(deque)
         self._active: dict[str, set[str]] = defaultdict(set)
         self._tokens: dict[tuple[str, int], int] = defaultdict(int)
-        self._stored_text: dict[tuple[str, int], int] = defaultdict(int)
+        self._stored_text: dict[str, tuple[int, int]] = {}
+        """Per tenant, the day and its stored text (one entry a tenant: an earlier day's is replaced)."""
         self.failures = 0
         self.degraded = False
         self.prepay_sizes: dict[tuple[str, str], int] = {}
@@ -171,7 +177,7 @@ class LocalLimiter:
         day = int(now // DAY)
         if spends_tokens and self._tokens[(tenant, day)] >= limits.tokens_per_day:
             raise _rejected("tokens", limits.tokens_per_day, DAY - now % DAY)
-        if writes_threads and self._stored_text[(tenant, day)] >= limits.stored_chars_per_day:
+        if writes_threads and self._stored_on(tenant, day) >= limits.stored_chars_per_day:
             raise _rejected("stored_text", limits.stored_chars_per_day, DAY - now % DAY)
         if len(recent) >= limits.requests_per_minute:
             raise _rejected("rpm", limits.requests_per_minute, recent[0] + WINDOW - now)
@@ -191,16 +197,25 @@ class LocalLimiter:
             await self.settle(reservation, used)
         self.add_stored_text(lease.tenant, stored_chars)
 
+    def _stored_on(self, tenant: str, day: int) -> int:
+        kept_day, count = self._stored_text.get(tenant, (day, 0))
+        return count if kept_day == day else 0
+
     def add_stored_text(self, tenant: str, chars: int) -> None:
         """Count `chars` more stored for the tenant today."""
-        self._stored_text[(tenant, int(time.time() // DAY))] += chars
+        day = int(time.time() // DAY)
+        self._stored_text[tenant] = (day, self._stored_on(tenant, day) + chars)
 
     def count_stored_later(self, tenant: str, chars: int) -> None:
         self.add_stored_text(tenant, chars)
 
     def note_stored_text(self, tenant: str, day: int, total: int) -> None:
         """Remember a day's stored text as Redis last reported it, so a fallback during an outage starts from it."""
-        self._stored_text[(tenant, day)] = max(self._stored_text[(tenant, day)], total)
+        if day >= self._stored_text.get(tenant, (day, 0))[0]:
+            self._stored_text[tenant] = (day, max(self._stored_on(tenant, day), total))
+
+    async def close(self) -> None:
+        """Nothing is waiting: every count is made at once."""
 
     async def reserve_tokens(self, tenant: str, tokens: int) -> TokenReservation:
         limit, now = self.limits(tenant).tokens_per_day, time.time()
@@ -393,6 +408,7 @@ class RedisLimiter:
         await to_the_end(self._give_slot_back(lease, corrections, stored_chars))  # a cancelled caller still does
 
     async def _give_slot_back(self, lease: Lease, corrections: Sequence[Correction], stored_chars: int) -> None:
+        stored_chars += self._stored_waiting.pop(lease.tenant, 0)  # what waited goes with it, no round trip of its own
         shared: dict[int, int] = {}  # day: the correction of that day's shared count
         for reservation, used in corrections:
             if reservation.local:  # counted by this replica while Redis was down: corrected there
@@ -482,12 +498,21 @@ class RedisLimiter:
     async def _send_stored(self, tenant: str, chars: int) -> None:
         now = time.time()
         try:
-            total = await self._run("settle", self._settle_tokens, [self._keys(tenant, now)[3]], [chars])
-        except self._redis_error as exc:  # counted here instead: the next calls are checked against it
-            self._redis_failed("settle", exc)
+            total = await self._run("stored_text", self._settle_tokens, [self._keys(tenant, now)[3]], [chars])
+        except Exception as exc:  # counted here instead: the next calls are checked against it
+            if isinstance(exc, self._redis_error):
+                self._redis_failed("stored_text", exc)
+            else:
+                log.exception("stored_text_not_sent", tenant=tenant, chars=chars)
             self.fallback.add_stored_text(tenant, chars)
             return
         self.fallback.note_stored_text(tenant, int(now // DAY), int(total))
+
+    async def close(self) -> None:
+        for tenant in list(self._stored_waiting):
+            self._flushes.add(asyncio.create_task(self._send_stored(tenant, self._stored_waiting.pop(tenant))))
+        if self._flushes:
+            await asyncio.wait(self._flushes, timeout=REDIS_RETRY_SECONDS)
 
     async def open_session(self, tenant: str) -> None:
         await self.count(tenant, "sessions")

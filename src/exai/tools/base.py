@@ -278,8 +278,8 @@ class ToolContext:
         landed). When the call's models have answered and none is being asked (`answered`: the turns hold a paid
         answer, not a workflow step that an expert call follows), the call's slot goes back and its tokens and text
         are settled (with Redis, one round trip) while the turns are written: the answer waits for the longer of
-        the two, not for both one after the other (its text then stays counted whatever the write's outcome). A
-        model asked after that is refused (`CallTokens.reserve`)."""
+        the two, not for both one after the other (its text then stays counted whatever the write's outcome, as
+        does that of a write after the settlement). A model asked after that is refused (`CallTokens.reserve`)."""
         writing = 0
 
         def about_to_write(chars: int) -> None:
