@@ -491,9 +491,13 @@ class RedisLimiter:
             return
         self._stored_waiting[tenant] += chars
         if self._stored_waiting[tenant] >= STORED_FLUSH_CHARS:
-            flush = asyncio.create_task(self._send_stored(tenant, self._stored_waiting.pop(tenant)))
-            self._flushes.add(flush)
-            flush.add_done_callback(self._flushes.discard)
+            self._send_waiting(tenant)
+
+    def _send_waiting(self, tenant: str) -> None:
+        """Send what waits to be counted for `tenant` in a round trip of its own, in the background."""
+        flush = asyncio.create_task(self._send_stored(tenant, self._stored_waiting.pop(tenant)))
+        self._flushes.add(flush)
+        flush.add_done_callback(self._flushes.discard)
 
     async def _send_stored(self, tenant: str, chars: int) -> None:
         now = time.time()
@@ -510,7 +514,7 @@ class RedisLimiter:
 
     async def close(self) -> None:
         for tenant in list(self._stored_waiting):
-            self._flushes.add(asyncio.create_task(self._send_stored(tenant, self._stored_waiting.pop(tenant))))
+            self._send_waiting(tenant)
         if self._flushes:
             await asyncio.wait(self._flushes, timeout=REDIS_RETRY_SECONDS)
 
